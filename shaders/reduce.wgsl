@@ -1,0 +1,54 @@
+// Row reductions: out[r] = sum_j x[r, j] over contiguous rows, accumulated in f32.
+//
+// Tiling: one workgroup of 256 invocations per row. Each invocation sums a strided slice of
+// the row (j = lid, lid + 256, ...), so neighbouring invocations read neighbouring words;
+// then a tree reduction in workgroup memory (8 steps, barrier between them).
+// Rows beyond 65535 use the grid's y dimension.
+//
+// Traffic: rows·cols·size(x) bytes read, rows·4 written; cols FLOPs per row: memory bound.
+//
+// Specialised by text substitution: the LOAD_X placeholder is the loader body for x's dtype.
+
+const WORKGROUP: u32 = 256u;
+
+// params: [0] rows  [1] cols  [2] x offset (elements)
+@group(0) @binding(0) var<storage, read> x: array<u32>;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<storage, read> params: array<u32>;
+
+var<workgroup> partial: array<f32, WORKGROUP>;
+
+fn load_x(e: u32) -> f32 {
+    {{LOAD_X}}
+}
+
+@compute @workgroup_size(256)
+fn sum_rows(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let rows = params[0];
+    let cols = params[1];
+    let row = wid.x + wid.y * nwg.x;
+    // Uniform per workgroup, so the early return keeps the barriers below uniform.
+    if (row >= rows) {
+        return;
+    }
+    let base = params[2] + row * cols;
+    var acc = 0.0;
+    for (var j = lid; j < cols; j += WORKGROUP) {
+        acc += load_x(base + j);
+    }
+    partial[lid] = acc;
+    workgroupBarrier();
+    for (var stride = WORKGROUP / 2u; stride > 0u; stride /= 2u) {
+        if (lid < stride) {
+            partial[lid] += partial[lid + stride];
+        }
+        workgroupBarrier();
+    }
+    if (lid == 0u) {
+        out[row] = partial[0];
+    }
+}

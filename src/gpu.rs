@@ -1,0 +1,586 @@
+//! The GPU context: adapter choice, device, memory pool, pipeline cache, command batching.
+//!
+//! `Gpu` is a cheap-to-clone handle (`Arc` inside) that is `Send + Sync`. Kernels record
+//! their dispatches into one pending command encoder; it is submitted when a result is
+//! read back, before any upload (so queue writes stay ordered after earlier dispatches),
+//! and every `MAX_PENDING_DISPATCHES` dispatches.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::profiler::ProfilerState;
+use crate::shaders::PipelineKey;
+
+/// Dispatches recorded before the pending encoder is submitted without being asked.
+const MAX_PENDING_DISPATCHES: usize = 64;
+
+/// What the library got from the adapter: the answer to "what can this machine do?".
+#[derive(Clone, Debug)]
+pub struct GpuInfo {
+    /// Adapter name as the driver reports it.
+    pub name: String,
+    /// Vulkan, Metal, Dx12 or Gl.
+    pub backend: wgpu::Backend,
+    /// Discrete, integrated, virtual, CPU (software).
+    pub device_type: wgpu::DeviceType,
+    /// Driver name and version.
+    pub driver: String,
+    /// Features requested and granted (a subset of what the library can use).
+    pub features: wgpu::Features,
+    /// The device limits (the adapter's own, requested in full).
+    pub limits: wgpu::Limits,
+    /// Cooperative-matrix (tensor core) configurations, empty where there are none.
+    pub cooperative_matrix: Vec<wgpu::CooperativeMatrixProperties>,
+    /// Every adapter that was found, as "name (backend, type)", best first.
+    pub candidates: Vec<String>,
+}
+
+impl GpuInfo {
+    /// True when the device has 16×16×16 f16×f16→f32 cooperative matrices (tensor cores).
+    pub fn has_coop_f16_16x16x16(&self) -> bool {
+        self.cooperative_matrix.iter().any(|p| {
+            p.m_size == 16
+                && p.n_size == 16
+                && p.k_size == 16
+                && p.ab_type == wgpu::CooperativeScalarType::F16
+                && p.cr_type == wgpu::CooperativeScalarType::F32
+        })
+    }
+}
+
+impl std::fmt::Display for GpuInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "adapter   {} ({:?}, {:?})", self.name, self.backend, self.device_type)?;
+        writeln!(f, "driver    {}", self.driver)?;
+        let names: Vec<&str> = self.features.iter_names().map(|(n, _)| n).collect();
+        writeln!(f, "features  {}", if names.is_empty() { "(none optional)".into() } else { names.join(", ") })?;
+        let l = &self.limits;
+        writeln!(
+            f,
+            "limits    storage binding {} MiB, buffer {} MiB, workgroup storage {} KiB, invocations/workgroup {}",
+            l.max_storage_buffer_binding_size as u64 >> 20,
+            l.max_buffer_size >> 20,
+            l.max_compute_workgroup_storage_size >> 10,
+            l.max_compute_invocations_per_workgroup,
+        )?;
+        if self.cooperative_matrix.is_empty() {
+            write!(f, "coop-mat  none (no tensor-core path on this adapter)")
+        } else {
+            let cfgs: Vec<String> = self
+                .cooperative_matrix
+                .iter()
+                .map(|p| format!("{}x{}x{} {:?}->{:?}", p.m_size, p.n_size, p.k_size, p.ab_type, p.cr_type))
+                .collect();
+            write!(f, "coop-mat  {}", cfgs.join(", "))
+        }
+    }
+}
+
+/// Bytes in use, as `gpu.memory()` reports them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Bytes held by live tensors (their buffers, rounded up to the pool's size class).
+    pub live_bytes: u64,
+    /// Bytes of idle buffers kept by the pool for reuse.
+    pub pool_bytes: u64,
+    /// Highest `live_bytes` since the device was created or `reset_peak()` was called.
+    pub peak_live_bytes: u64,
+}
+
+/// Counters for the pipeline cache (and, later, the fusion JIT).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Pipelines compiled (cache misses).
+    pub pipelines_compiled: u64,
+    /// Pipeline cache hits.
+    pub pipeline_cache_hits: u64,
+    /// GPU commands recorded: dispatches, buffer copies and clears.
+    pub dispatches: u64,
+    /// Command buffers submitted.
+    pub submits: u64,
+}
+
+struct Pool {
+    /// Idle buffers by size class.
+    free: HashMap<u64, Vec<wgpu::Buffer>>,
+    stats: MemoryStats,
+}
+
+struct Pending {
+    encoder: Option<wgpu::CommandEncoder>,
+    dispatches: usize,
+}
+
+pub(crate) struct GpuInner {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    pub(crate) info: GpuInfo,
+    /// Build every module with runtime bounds checks (`WGK_CHECKED=1`).
+    pub(crate) checked: bool,
+    pub(crate) pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
+    pool: Mutex<Pool>,
+    pending: Mutex<Pending>,
+    pub(crate) profiler: Mutex<Option<ProfilerState>>,
+    lost: Arc<Mutex<Option<String>>>,
+    uncaptured: Arc<Mutex<Option<String>>>,
+    pub(crate) compiled: AtomicU64,
+    pub(crate) cache_hits: AtomicU64,
+    dispatches: AtomicU64,
+    submits: AtomicU64,
+}
+
+/// A handle to one GPU device. Clone it freely; clones share the device, the pool and the caches.
+#[derive(Clone)]
+pub struct Gpu {
+    pub(crate) inner: Arc<GpuInner>,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Gpu({} on {:?})", self.inner.info.name, self.inner.info.backend)
+    }
+}
+
+/// How to pick an adapter; `GpuOptions::from_env()` reads `WGK_BACKEND`, `WGK_ADAPTER`, `WGK_CHECKED`.
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    /// Backends to try; `None` means all compiled in.
+    pub backends: Option<wgpu::Backends>,
+    /// Case-insensitive substring the adapter name must contain.
+    pub adapter_name: Option<String>,
+    /// Build every shader with runtime bounds checks.
+    pub checked: bool,
+}
+
+impl GpuOptions {
+    /// Options from the environment: `WGK_BACKEND=vulkan|metal|dx12|gl`,
+    /// `WGK_ADAPTER=<substring>`, `WGK_CHECKED=1`.
+    pub fn from_env() -> Result<Self> {
+        let backends = match std::env::var("WGK_BACKEND") {
+            Ok(s) if !s.is_empty() => Some(parse_backend(&s)?),
+            _ => None,
+        };
+        let adapter_name = std::env::var("WGK_ADAPTER").ok().filter(|s| !s.is_empty());
+        let checked = matches!(std::env::var("WGK_CHECKED").as_deref(), Ok("1") | Ok("true"));
+        Ok(Self { backends, adapter_name, checked })
+    }
+}
+
+fn parse_backend(s: &str) -> Result<wgpu::Backends> {
+    match s.to_ascii_lowercase().as_str() {
+        "vulkan" | "vk" => Ok(wgpu::Backends::VULKAN),
+        "metal" | "mtl" => Ok(wgpu::Backends::METAL),
+        "dx12" | "d3d12" => Ok(wgpu::Backends::DX12),
+        "gl" | "gles" | "opengl" => Ok(wgpu::Backends::GL),
+        other => Err(Error::InvalidArgument {
+            op: "Gpu::new",
+            msg: format!("WGK_BACKEND={other:?} is not one of vulkan, metal, dx12, gl"),
+        }),
+    }
+}
+
+fn device_type_rank(t: wgpu::DeviceType) -> u8 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    }
+}
+
+fn backend_rank(b: wgpu::Backend) -> u8 {
+    match b {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 0,
+        wgpu::Backend::Gl => 1,
+        _ => 2,
+    }
+}
+
+/// The optional features the library uses when the adapter has them.
+fn wanted_features() -> wgpu::Features {
+    wgpu::Features::SHADER_F16
+        | wgpu::Features::SUBGROUP
+        | wgpu::Features::TIMESTAMP_QUERY
+        | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX
+}
+
+impl Gpu {
+    /// Picks the best adapter (discrete > integrated > software), honouring `WGK_BACKEND`,
+    /// `WGK_ADAPTER` and `WGK_CHECKED`, and creates a device with the adapter's own limits and
+    /// every optional feature the library can use.
+    pub fn new() -> Result<Self> {
+        Self::with_options(GpuOptions::from_env()?)
+    }
+
+    /// Like [`Gpu::new`] with explicit options instead of the environment.
+    pub fn with_options(opts: GpuOptions) -> Result<Self> {
+        pollster::block_on(Self::new_async(opts))
+    }
+
+    async fn new_async(opts: GpuOptions) -> Result<Self> {
+        let backends = opts.backends.unwrap_or(wgpu::Backends::all());
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+        desc.backends = backends;
+        let instance = wgpu::Instance::new(desc);
+        let mut adapters = instance.enumerate_adapters(backends).await;
+        let mut candidates: Vec<(wgpu::Adapter, wgpu::AdapterInfo)> =
+            adapters.drain(..).map(|a| { let i = a.get_info(); (a, i) }).collect();
+        candidates.sort_by_key(|(_, i)| (device_type_rank(i.device_type), backend_rank(i.backend)));
+        let names: Vec<String> = candidates
+            .iter()
+            .map(|(_, i)| format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type))
+            .collect();
+        if let Some(want) = &opts.adapter_name {
+            let want = want.to_lowercase();
+            candidates.retain(|(_, i)| i.name.to_lowercase().contains(&want));
+        }
+        let Some((adapter, ainfo)) = candidates.into_iter().next() else {
+            let tried = format!(
+                "backends {:?}{}; adapters seen: [{}]",
+                backends,
+                opts.adapter_name.as_ref().map(|n| format!(", name containing {n:?}")).unwrap_or_default(),
+                names.join(", ")
+            );
+            return Err(Error::NoAdapter {
+                tried,
+                hint: "Without a GPU, install a software Vulkan device (Debian/Ubuntu: \
+                       `apt-get install mesa-vulkan-drivers`), or try WGK_BACKEND=gl with Mesa's llvmpipe."
+                    .into(),
+            });
+        };
+
+        let features = adapter.features() & wanted_features();
+        let limits = adapter.limits();
+        let device_desc = wgpu::DeviceDescriptor {
+            label: Some("wgkernels"),
+            required_features: features,
+            required_limits: limits.clone(),
+            // SAFETY: the only experimental feature requested is cooperative matrices, used
+            // by kernels that the tests check against CPU references on the devices that have it.
+            experimental_features: unsafe { wgpu::ExperimentalFeatures::enabled() },
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        };
+        let (device, queue) = adapter.request_device(&device_desc).await.map_err(|e| Error::RequestDevice {
+            adapter: ainfo.name.clone(),
+            reason: e.to_string(),
+        })?;
+        let cooperative_matrix = if features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
+            adapter.cooperative_matrix_properties()
+        } else {
+            Vec::new()
+        };
+
+        // Device loss and errors that escape the host checks become `Err`s on the next
+        // call instead of wgpu's default handler, which panics.
+        let lost = Arc::new(Mutex::new(None));
+        let lost_cb = lost.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            *lost_cb.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{reason:?}: {msg}"));
+        });
+        let uncaptured = Arc::new(Mutex::new(None::<String>));
+        let uncaptured_cb = uncaptured.clone();
+        device.on_uncaptured_error(Arc::new(move |err: wgpu::Error| {
+            let mut slot = uncaptured_cb.lock().unwrap_or_else(|e| e.into_inner());
+            if slot.is_none() {
+                *slot = Some(err.to_string());
+            }
+        }));
+
+        let info = GpuInfo {
+            name: ainfo.name.clone(),
+            backend: ainfo.backend,
+            device_type: ainfo.device_type,
+            driver: format!("{} {}", ainfo.driver, ainfo.driver_info).trim().to_string(),
+            features,
+            limits,
+            cooperative_matrix,
+            candidates: names,
+        };
+        Ok(Gpu {
+            inner: Arc::new(GpuInner {
+                device,
+                queue,
+                info,
+                checked: opts.checked,
+                pipelines: Mutex::new(HashMap::new()),
+                pool: Mutex::new(Pool { free: HashMap::new(), stats: MemoryStats::default() }),
+                pending: Mutex::new(Pending { encoder: None, dispatches: 0 }),
+                profiler: Mutex::new(None),
+                lost,
+                uncaptured,
+                compiled: AtomicU64::new(0),
+                cache_hits: AtomicU64::new(0),
+                dispatches: AtomicU64::new(0),
+                submits: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// What the adapter is and what the library got from it.
+    pub fn info(&self) -> &GpuInfo {
+        &self.inner.info
+    }
+
+    /// True when shaders are built with runtime bounds checks (`WGK_CHECKED=1`).
+    pub fn checked(&self) -> bool {
+        self.inner.checked
+    }
+
+    /// The underlying wgpu device, for interop.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.inner.device
+    }
+
+    /// The underlying wgpu queue, for interop.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.inner.queue
+    }
+
+    /// True when the device has `feature`.
+    pub fn has(&self, feature: wgpu::Features) -> bool {
+        self.inner.info.features.contains(feature)
+    }
+
+    /// Returns `Err(MissingFeature)` naming `op` when the device lacks `feature`.
+    pub(crate) fn require(&self, op: &'static str, feature: wgpu::Features, name: &'static str, hint: &'static str) -> Result<()> {
+        if self.has(feature) {
+            Ok(())
+        } else {
+            Err(Error::MissingFeature { op, feature: name, hint })
+        }
+    }
+
+    /// Bytes in tensors, in the pool, and the peak since `reset_peak()`.
+    pub fn memory(&self) -> MemoryStats {
+        lock(&self.inner.pool).stats
+    }
+
+    /// Starts a new peak measurement at the current live bytes.
+    pub fn reset_peak(&self) {
+        let mut pool = lock(&self.inner.pool);
+        pool.stats.peak_live_bytes = pool.stats.live_bytes;
+    }
+
+    /// Frees every idle buffer the pool holds.
+    pub fn empty_cache(&self) {
+        let mut pool = lock(&self.inner.pool);
+        pool.free.clear();
+        pool.stats.pool_bytes = 0;
+    }
+
+    /// Pipeline cache and dispatch counters.
+    pub fn stats(&self) -> Stats {
+        let i = &self.inner;
+        Stats {
+            pipelines_compiled: i.compiled.load(Ordering::Relaxed),
+            pipeline_cache_hits: i.cache_hits.load(Ordering::Relaxed),
+            dispatches: i.dispatches.load(Ordering::Relaxed),
+            submits: i.submits.load(Ordering::Relaxed),
+        }
+    }
+
+    /// `Err(DeviceLost)` once the device is gone; `Err(Backend)` if wgpu reported an
+    /// error that escaped the host-side checks (a bug in the library: please report it).
+    pub(crate) fn check_health(&self) -> Result<()> {
+        if let Some(msg) = lock(&self.inner.lost).clone() {
+            return Err(Error::DeviceLost(msg));
+        }
+        if let Some(msg) = lock(&self.inner.uncaptured).take() {
+            return Err(Error::Backend { op: "device", msg });
+        }
+        Ok(())
+    }
+
+    /// A storage buffer of at least `bytes` bytes from the pool (size-classed).
+    pub(crate) fn alloc(&self, op: &'static str, bytes: u64) -> Result<(wgpu::Buffer, u64)> {
+        self.check_health()?;
+        let class = size_class(bytes.max(4));
+        let limit = self.inner.info.limits.max_buffer_size;
+        if class > limit {
+            return Err(Error::TooLarge { op, shape: vec![], bytes, limit });
+        }
+        let reused = {
+            let mut pool = lock(&self.inner.pool);
+            let buf = pool.free.get_mut(&class).and_then(|v| v.pop());
+            if buf.is_some() {
+                pool.stats.pool_bytes -= class;
+            }
+            buf
+        };
+        let buffer = match reused {
+            Some(b) => b,
+            None => {
+                let scope = self.inner.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+                let b = self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(op),
+                    size: class,
+                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                if pollster::block_on(scope.pop()).is_some() {
+                    return Err(Error::OutOfMemory { op, bytes: class });
+                }
+                b
+            }
+        };
+        let mut pool = lock(&self.inner.pool);
+        pool.stats.live_bytes += class;
+        pool.stats.peak_live_bytes = pool.stats.peak_live_bytes.max(pool.stats.live_bytes);
+        Ok((buffer, class))
+    }
+
+    /// Returns a tensor's buffer to the pool.
+    pub(crate) fn release(&self, buffer: wgpu::Buffer, class: u64) {
+        let mut pool = lock(&self.inner.pool);
+        pool.stats.live_bytes -= class;
+        pool.stats.pool_bytes += class;
+        pool.free.entry(class).or_default().push(buffer);
+    }
+
+    /// Uploads bytes into `buffer` at `offset`, after the dispatches recorded so far.
+    pub(crate) fn write(&self, buffer: &wgpu::Buffer, offset: u64, bytes: &[u8]) -> Result<()> {
+        self.check_health()?;
+        let mut padded;
+        let data = if bytes.len() % 4 == 0 {
+            bytes
+        } else {
+            padded = bytes.to_vec();
+            padded.resize(bytes.len().next_multiple_of(4), 0);
+            &padded
+        };
+        // queue.write_buffer lands before the next submission's commands, and the pending
+        // encoder may still read this pooled buffer as an older tensor: submit it first.
+        // Both under the lock, so no other thread's submission slips in between.
+        let mut pending = lock(&self.inner.pending);
+        self.submit_locked(&mut pending);
+        self.inner.queue.write_buffer(buffer, offset, data);
+        Ok(())
+    }
+
+    /// Records work into the pending encoder; submits when enough has accumulated.
+    pub(crate) fn record(&self, f: impl FnOnce(&mut wgpu::CommandEncoder)) -> Result<()> {
+        self.check_health()?;
+        {
+            let mut pending = lock(&self.inner.pending);
+            let encoder = pending.encoder.get_or_insert_with(|| {
+                self.inner.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgkernels") })
+            });
+            f(encoder);
+            pending.dispatches += 1;
+            if pending.dispatches >= MAX_PENDING_DISPATCHES {
+                self.submit_locked(&mut pending);
+            }
+        };
+        self.inner.dispatches.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Submits all recorded work (does not wait for it).
+    pub fn flush(&self) -> Result<()> {
+        self.submit_locked(&mut lock(&self.inner.pending));
+        self.check_health()
+    }
+
+    /// Submits the pending encoder. The caller holds the lock through the submit, so that
+    /// submissions (and uploads ordered against them) happen in the order work was recorded.
+    fn submit_locked(&self, pending: &mut Pending) {
+        pending.dispatches = 0;
+        if let Some(encoder) = pending.encoder.take() {
+            self.inner.queue.submit(Some(encoder.finish()));
+            self.inner.submits.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Submits all recorded work and blocks until the GPU has finished it.
+    pub fn synchronize(&self) -> Result<()> {
+        self.flush()?;
+        self.inner
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Backend { op: "synchronize", msg: e.to_string() })?;
+        self.check_health()
+    }
+
+    /// Copies `bytes` bytes at `offset` of `buffer` back to the host.
+    pub(crate) fn read(&self, buffer: &wgpu::Buffer, offset: u64, bytes: u64) -> Result<Vec<u8>> {
+        let aligned = bytes.next_multiple_of(4).max(4);
+        let staging = self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: aligned,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.record(|enc| enc.copy_buffer_to_buffer(buffer, offset, &staging, 0, aligned))?;
+        self.flush()?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.inner
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Backend { op: "read", msg: e.to_string() })?;
+        self.check_health()?;
+        match rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Error::Backend { op: "read", msg: e.to_string() }),
+            Err(_) => return Err(Error::DeviceLost("map callback never ran".into())),
+        }
+        let out = {
+            let view = staging
+                .get_mapped_range(..)
+                .map_err(|e| Error::Backend { op: "read", msg: e.to_string() })?;
+            view[..bytes as usize].to_vec()
+        };
+        staging.unmap();
+        Ok(out)
+    }
+
+    /// Times `f` (which records GPU work) in wall-clock milliseconds, including a final sync.
+    pub fn time_wall<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
+        self.synchronize()?;
+        let t0 = Instant::now();
+        let out = f()?;
+        self.synchronize()?;
+        Ok((out, t0.elapsed().as_secs_f64() * 1e3))
+    }
+}
+
+/// Size classes: powers of two below 64 KiB, then four classes per power of two
+/// (at most 25 % over-allocation), so that buffers of similar tensors are reused.
+pub(crate) fn size_class(bytes: u64) -> u64 {
+    let bytes = bytes.next_multiple_of(4);
+    if bytes <= 65536 {
+        return bytes.next_power_of_two();
+    }
+    let pow = 63 - (bytes - 1).leading_zeros(); // 2^pow < bytes <= 2^(pow+1)
+    let step = 1u64 << (pow - 2);
+    bytes.next_multiple_of(step)
+}
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::size_class;
+
+    #[test]
+    fn size_classes_cover_and_waste_little() {
+        for bytes in [1u64, 4, 5, 100, 65536, 65537, 100_000, 1 << 20, (1 << 20) + 1, 3 << 30] {
+            let c = size_class(bytes);
+            assert!(c >= bytes, "{bytes} -> {c}");
+            assert!(c % 4 == 0);
+            if bytes > 65536 {
+                assert!((c as f64) <= bytes as f64 * 1.25 + 4.0, "{bytes} -> {c}");
+            }
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! Element-wise binary ops with broadcasting, copies of strided views, and casts.
+//! One dispatch per op (the fusion JIT will batch chains of them into one kernel).
+
+use crate::error::{Error, Result};
+use crate::ops::wgsl_load;
+use crate::shaders::{Kernel, Shader};
+use crate::tensor::{contiguous_strides, Tensor};
+use crate::DType;
+
+/// Dims the kernel indexes; more are collapsed on the host where the layout allows.
+const MAX_DIMS: usize = 6;
+const WORKGROUP: usize = 256;
+
+/// Binary element-wise ops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Maximum,
+    Minimum,
+}
+
+impl BinaryOp {
+    /// All binary ops, for tests and the portability check.
+    pub const ALL: [BinaryOp; 6] = [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div, BinaryOp::Maximum, BinaryOp::Minimum];
+
+    /// The op's name in errors.
+    pub fn name(self) -> &'static str {
+        match self {
+            BinaryOp::Add => "add",
+            BinaryOp::Sub => "sub",
+            BinaryOp::Mul => "mul",
+            BinaryOp::Div => "div",
+            BinaryOp::Maximum => "maximum",
+            BinaryOp::Minimum => "minimum",
+        }
+    }
+
+    /// WGSL expression over `x` and `y`.
+    fn wgsl(self) -> &'static str {
+        match self {
+            BinaryOp::Add => "x + y",
+            BinaryOp::Sub => "x - y",
+            BinaryOp::Mul => "x * y",
+            BinaryOp::Div => "x / y",
+            BinaryOp::Maximum => "max(x, y)",
+            BinaryOp::Minimum => "min(x, y)",
+        }
+    }
+
+    /// The same op in f64, for CPU references.
+    pub fn apply_f64(self, x: f64, y: f64) -> f64 {
+        match self {
+            BinaryOp::Add => x + y,
+            BinaryOp::Sub => x - y,
+            BinaryOp::Mul => x * y,
+            BinaryOp::Div => x / y,
+            BinaryOp::Maximum => x.max(y),
+            BinaryOp::Minimum => x.min(y),
+        }
+    }
+}
+
+/// Unary maps. `Copy` with another output dtype is a cast.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UnaryOp {
+    Copy,
+}
+
+/// NumPy broadcasting of two shapes.
+pub fn broadcast_shapes(op: &'static str, a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
+    let rank = a.len().max(b.len());
+    let dim = |s: &[usize], d: usize| if d + s.len() < rank { 1 } else { s[d + s.len() - rank] };
+    (0..rank)
+        .map(|d| match (dim(a, d), dim(b, d)) {
+            (x, y) if x == y => Ok(x),
+            (1, y) => Ok(y),
+            (x, 1) => Ok(x),
+            _ => Err(Error::ShapeMismatch { op, lhs: a.to_vec(), rhs: b.to_vec() }),
+        })
+        .collect()
+}
+
+/// Merges adjacent dims that every operand walks contiguously, and drops size-1 dims, so
+/// that most layouts fit `MAX_DIMS` and the index math does fewer divisions.
+fn collapse(shape: &[usize], strides: &mut [Vec<usize>]) -> (Vec<usize>, Vec<Vec<usize>>) {
+    let mut out_shape: Vec<usize> = Vec::new();
+    let mut out_strides: Vec<Vec<usize>> = vec![Vec::new(); strides.len()];
+    for d in 0..shape.len() {
+        if shape[d] == 1 {
+            continue;
+        }
+        let mergeable = !out_shape.is_empty()
+            && strides.iter().enumerate().all(|(k, s)| *out_strides[k].last().unwrap() == s[d] * shape[d]);
+        if mergeable {
+            *out_shape.last_mut().unwrap() *= shape[d];
+            for (k, s) in strides.iter().enumerate() {
+                *out_strides[k].last_mut().unwrap() = s[d];
+            }
+        } else {
+            out_shape.push(shape[d]);
+            for (k, s) in strides.iter().enumerate() {
+                out_strides[k].push(s[d]);
+            }
+        }
+    }
+    (out_shape, out_strides)
+}
+
+/// The kernel for given input dtypes (None for the absent second input), contiguity and
+/// output dtype. Trusted: see `launch` for why every index is in range.
+fn kernel(a: (DType, bool), b: Option<(DType, bool)>, op: &str, out: DType) -> Kernel {
+    let index = |contiguous: bool, base: u32| {
+        if contiguous {
+            format!("return params[{base}] + i;")
+        } else {
+            format!("return strided_index(i, {base}u);")
+        }
+    };
+    let (load_b, index_b) = match b {
+        Some((dt, contig)) => (wgsl_load("b", dt), index(contig, 15)),
+        // Unused by the op: `b` drops out of the pipeline layout.
+        None => ("return 0.0;".to_string(), "return 0u;".to_string()),
+    };
+    let (per, store) = match out {
+        DType::F32 => (1, "out[first] = bitcast<u32>(value(first));".to_string()),
+        DType::F16 | DType::BF16 => {
+            let pack = if out == DType::F16 {
+                "pack2x16float(vec2<f32>(lo, hi))"
+            } else {
+                "f32_to_bf16_bits(lo) | (f32_to_bf16_bits(hi) << 16u)"
+            };
+            (2, format!("let lo = value(first);\n    var hi = 0.0;\n    if (first + 1u < n) {{ hi = value(first + 1u); }}\n    out[first >> 1u] = {pack};"))
+        }
+    };
+    Kernel::new(Shader::Elementwise, "main")
+        .sub("LOAD_A", wgsl_load("a", a.0))
+        .sub("INDEX_A", index(a.1, 8))
+        .sub("LOAD_B", load_b)
+        .sub("INDEX_B", index_b)
+        .sub("OP", op)
+        .sub("STORE", store)
+        .sub("PER_INVOCATION", per.to_string())
+        .trusted()
+}
+
+/// Every specialisation `binary` and `map` can launch.
+pub fn all_kernels() -> Vec<Kernel> {
+    let mut all = Vec::new();
+    for out in DType::ALL {
+        for a in DType::ALL {
+            for ac in [false, true] {
+                all.push(kernel((a, ac), None, "x", out));
+            }
+        }
+        for op in BinaryOp::ALL {
+            for ac in [false, true] {
+                for bc in [false, true] {
+                    all.push(kernel((out, ac), Some((out, bc)), op.wgsl(), out));
+                }
+            }
+        }
+    }
+    all
+}
+
+/// Launches one element-wise kernel writing a new contiguous tensor of `out_shape`.
+///
+/// Why the kernel may run unchecked: every input is a view whose elements all lie inside
+/// its storage (an invariant of `Tensor`'s view constructors), and it has been expanded to
+/// `out_shape`, so for each output index `i < n` the element index the shader computes is
+/// one of the view's elements; its word (`e` or `e >> 1`) is inside the buffer. The output
+/// word of invocation `t` is written only when `t·per < n`, and the buffer holds
+/// ceil(n / per) words. `meta` has exactly the 22 words the shader reads.
+fn launch(op: &'static str, inputs: &[&Tensor], out_shape: &[usize], out_dtype: DType, wgsl_op: &str) -> Result<Tensor> {
+    let gpu = inputs[0].gpu();
+    let out = Tensor::empty(gpu, op, out_shape, out_dtype)?;
+    let n = out.numel();
+    if n == 0 {
+        return Ok(out);
+    }
+    let mut strides: Vec<Vec<usize>> = inputs.iter().map(|t| t.strides().to_vec()).collect();
+    let (shape, strides) = collapse(out_shape, &mut strides);
+    if shape.len() > MAX_DIMS {
+        return Err(Error::InvalidArgument {
+            op,
+            msg: format!("layout of shape {out_shape:?} needs {} dims after merging; at most {MAX_DIMS} are supported (call contiguous() first)", shape.len()),
+        });
+    }
+    let contiguous: Vec<bool> = strides.iter().map(|s| *s == contiguous_strides(&shape)).collect();
+    let mut meta = vec![0u32; 22];
+    meta[0] = n as u32;
+    meta[1] = shape.len() as u32;
+    let pad = MAX_DIMS - shape.len();
+    for d in 0..MAX_DIMS {
+        meta[2 + d] = if d < pad { 1 } else { shape[d - pad] as u32 };
+    }
+    for (k, t) in inputs.iter().enumerate() {
+        let base = 8 + 7 * k;
+        meta[base] = t.offset() as u32;
+        for d in pad..MAX_DIMS {
+            meta[base + 1 + d] = strides[k][d - pad] as u32;
+        }
+    }
+    let a = (inputs[0].dtype(), contiguous[0]);
+    let b = inputs.get(1).map(|t| (t.dtype(), contiguous[1]));
+    let k = kernel(a, b, wgsl_op, out_dtype);
+    let meta_buf = gpu.meta_buffer(&meta);
+    let per = if out_dtype == DType::F32 { 1 } else { 2 };
+    let groups = n.div_ceil(per).div_ceil(WORKGROUP) as u32;
+    let out_buf = out.storage()?.buffer();
+    let a_buf = inputs[0].storage()?.buffer();
+    match inputs.get(1) {
+        Some(t) => gpu.dispatch(&k, &[(0, a_buf), (1, t.storage()?.buffer()), (2, out_buf), (3, &meta_buf)], groups)?,
+        None => gpu.dispatch(&k, &[(0, a_buf), (2, out_buf), (3, &meta_buf)], groups)?,
+    }
+    Ok(out)
+}
+
+/// `op(a, b)` with broadcasting; both operands must have the same dtype.
+pub fn binary(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
+    let name = op.name();
+    if a.dtype() != b.dtype() {
+        return Err(Error::DTypeMismatch { op: name, lhs: a.dtype(), rhs: b.dtype() });
+    }
+    if !std::ptr::eq(a.gpu().inner.as_ref(), b.gpu().inner.as_ref()) {
+        return Err(Error::InvalidArgument { op: name, msg: "operands live on different Gpu devices".into() });
+    }
+    let shape = broadcast_shapes(name, a.shape(), b.shape())?;
+    let (a, b) = (a.expand(&shape)?, b.expand(&shape)?);
+    launch(name, &[&a, &b], &shape, a.dtype(), op.wgsl())
+}
+
+/// `op(x)` into a new contiguous tensor of `out_dtype` (a copy, or a cast when the dtype changes).
+pub fn map(x: &Tensor, op: UnaryOp, out_dtype: DType) -> Result<Tensor> {
+    let UnaryOp::Copy = op;
+    let name = if out_dtype == x.dtype() { "contiguous" } else { "to_dtype" };
+    launch(name, &[x], x.shape(), out_dtype, "x")
+}
+
+macro_rules! binary_methods {
+    ($($method:ident => $op:ident, $trait:ident :: $tmethod:ident;)*) => {
+        impl Tensor {
+            $(
+                #[doc = concat!("Element-wise `", stringify!($method), "` with NumPy broadcasting; dtypes must match.")]
+                pub fn $method(&self, other: &Tensor) -> Result<Tensor> {
+                    binary(self, other, BinaryOp::$op)
+                }
+            )*
+        }
+        $(
+            impl std::ops::$trait<&Tensor> for &Tensor {
+                type Output = Result<Tensor>;
+                fn $tmethod(self, rhs: &Tensor) -> Result<Tensor> {
+                    binary(self, rhs, BinaryOp::$op)
+                }
+            }
+        )*
+    };
+}
+
+binary_methods! {
+    add => Add, Add::add;
+    sub => Sub, Sub::sub;
+    mul => Mul, Mul::mul;
+    div => Div, Div::div;
+}
+
+impl Tensor {
+    /// Element-wise maximum with broadcasting (NaN handling follows the backend's `max`).
+    pub fn maximum(&self, other: &Tensor) -> Result<Tensor> {
+        binary(self, other, BinaryOp::Maximum)
+    }
+
+    /// Element-wise minimum with broadcasting.
+    pub fn minimum(&self, other: &Tensor) -> Result<Tensor> {
+        binary(self, other, BinaryOp::Minimum)
+    }
+}

@@ -1,0 +1,52 @@
+//! Reductions: sum over one dim, accumulated in f32.
+
+use crate::error::{Error, Result};
+use crate::ops::wgsl_load;
+use crate::shaders::{Kernel, Shader};
+use crate::tensor::{resolve_dim, Tensor};
+use crate::DType;
+
+fn kernel(dtype: DType) -> Kernel {
+    Kernel::new(Shader::Reduce, "sum_rows").sub("LOAD_X", wgsl_load("x", dtype)).trusted()
+}
+
+/// Every specialisation `sum` can launch.
+pub fn all_kernels() -> Vec<Kernel> {
+    DType::ALL.into_iter().map(kernel).collect()
+}
+
+impl Tensor {
+    /// Sum over `dim` (negative counts from the end), which is removed from the shape.
+    /// Accumulates in f32; the result has the input's dtype. The last dim is reduced in
+    /// place; another dim is first moved last with a copy.
+    ///
+    /// Errors: `AxisOutOfRange` for a bad `dim`, `Empty` when the tensor has no elements.
+    pub fn sum(&self, dim: isize) -> Result<Tensor> {
+        let d = resolve_dim("sum", dim, self.shape())?;
+        if self.numel() == 0 {
+            return Err(Error::Empty { op: "sum", shape: self.shape().to_vec() });
+        }
+        let last = self.rank() - 1;
+        let x = if d == last && self.is_contiguous() {
+            self.clone()
+        } else {
+            // Move `d` last, keeping the other dims in order: they are the output's dims.
+            let order: Vec<usize> = (0..self.rank()).filter(|&k| k != d).chain([d]).collect();
+            self.permute(&order)?.contiguous()?
+        };
+        let cols = x.shape()[last];
+        let rows = x.numel() / cols;
+        let mut out_shape = self.shape().to_vec();
+        out_shape.remove(d);
+        let out = Tensor::empty(self.gpu(), "sum", &out_shape, DType::F32)?;
+        // Unchecked is safe: workgroup `row < rows` reads elements offset + row·cols + j
+        // with j < cols, all inside the contiguous view, and writes out[row] < rows words.
+        let meta = self.gpu().meta_buffer(&[rows as u32, cols as u32, x.offset() as u32]);
+        self.gpu().dispatch(
+            &kernel(x.dtype()),
+            &[(0, x.storage()?.buffer()), (1, out.storage()?.buffer()), (2, &meta)],
+            rows as u32,
+        )?;
+        out.to_dtype(self.dtype())
+    }
+}

@@ -1,0 +1,194 @@
+//! Per-kernel GPU timing: timestamp queries around each dispatch where the adapter has
+//! `TIMESTAMP_QUERY`, wall-clock time (each dispatch submitted and waited for) otherwise.
+//!
+//! ```no_run
+//! # fn main() -> wgkernels::Result<()> {
+//! let gpu = wgkernels::Gpu::new()?;
+//! let x = wgkernels::Tensor::randn(&gpu, &[1024, 1024], wgkernels::DType::F32, 0)?;
+//! let profiler = wgkernels::Profiler::start(&gpu)?;
+//! let y = x.add(&x)?;
+//! let report = profiler.finish()?;
+//! println!("{report}");
+//! # Ok(()) }
+//! ```
+
+use std::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::gpu::{lock, Gpu};
+
+/// Timestamp pairs a profile can hold; dispatches beyond it are counted but not timed.
+const MAX_TIMED_DISPATCHES: u32 = 2048;
+
+pub(crate) struct ProfilerState {
+    /// `Some` when the device has timestamp queries.
+    queries: Option<wgpu::QuerySet>,
+    /// Kernel label for each timed dispatch, in order.
+    labels: Vec<String>,
+    /// Wall-clock fallback: milliseconds per dispatch.
+    wall_ms: Vec<f64>,
+    wall_start: Option<Instant>,
+    untimed: usize,
+}
+
+/// One timed dispatch.
+#[derive(Clone, Debug)]
+pub struct KernelTime {
+    /// `family:entry` of the kernel.
+    pub name: String,
+    /// GPU time in milliseconds (or wall time when `Report::timestamps` is false).
+    pub ms: f64,
+}
+
+/// The result of a profile: every dispatch, in order.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// Each timed dispatch.
+    pub kernels: Vec<KernelTime>,
+    /// True when the times come from GPU timestamps, false when from wall clock.
+    pub timestamps: bool,
+    /// Dispatches that were not timed because the profile was full.
+    pub untimed: usize,
+}
+
+impl Report {
+    /// Total milliseconds over all dispatches.
+    pub fn total_ms(&self) -> f64 {
+        self.kernels.iter().map(|k| k.ms).sum()
+    }
+
+    /// (name, count, total ms) per kernel name, in order of first appearance.
+    pub fn by_kernel(&self) -> Vec<(String, usize, f64)> {
+        let mut out: Vec<(String, usize, f64)> = Vec::new();
+        for k in &self.kernels {
+            match out.iter_mut().find(|(n, _, _)| *n == k.name) {
+                Some(e) => {
+                    e.1 += 1;
+                    e.2 += k.ms;
+                }
+                None => out.push((k.name.clone(), 1, k.ms)),
+            }
+        }
+        out
+    }
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let source = if self.timestamps { "GPU timestamps" } else { "wall clock" };
+        writeln!(f, "{:<32} {:>6} {:>12}   ({source})", "kernel", "count", "ms")?;
+        for (name, count, ms) in self.by_kernel() {
+            writeln!(f, "{name:<32} {count:>6} {ms:>12.4}")?;
+        }
+        write!(f, "{:<32} {:>6} {:>12.4}", "total", self.kernels.len(), self.total_ms())
+    }
+}
+
+/// An active profile on one `Gpu`. Only one can be active per device.
+pub struct Profiler {
+    gpu: Gpu,
+}
+
+impl Profiler {
+    /// Starts timing every dispatch on `gpu` until [`Profiler::finish`].
+    pub fn start(gpu: &Gpu) -> Result<Self> {
+        gpu.synchronize()?;
+        let mut slot = lock(&gpu.inner.profiler);
+        if slot.is_some() {
+            return Err(Error::InvalidArgument { op: "Profiler::start", msg: "a profile is already active on this Gpu".into() });
+        }
+        let queries = gpu.has(wgpu::Features::TIMESTAMP_QUERY).then(|| {
+            gpu.inner.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("profiler"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2 * MAX_TIMED_DISPATCHES,
+            })
+        });
+        *slot = Some(ProfilerState { queries, labels: Vec::new(), wall_ms: Vec::new(), wall_start: None, untimed: 0 });
+        Ok(Self { gpu: gpu.clone() })
+    }
+
+    /// Waits for the profiled work and returns the per-dispatch times.
+    pub fn finish(self) -> Result<Report> {
+        self.gpu.synchronize()?;
+        let state = lock(&self.gpu.inner.profiler).take().expect("profile state is present while a Profiler lives");
+        let Some(queries) = state.queries else {
+            let kernels = state.labels.into_iter().zip(state.wall_ms).map(|(name, ms)| KernelTime { name, ms }).collect();
+            return Ok(Report { kernels, timestamps: false, untimed: state.untimed });
+        };
+        let n = state.labels.len() as u32;
+        if n == 0 {
+            return Ok(Report { kernels: Vec::new(), timestamps: true, untimed: state.untimed });
+        }
+        let bytes = 2 * n as u64 * 8;
+        let resolve = self.gpu.inner.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("timestamps"),
+            size: bytes,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        self.gpu.record(|enc| enc.resolve_query_set(&queries, 0..2 * n, &resolve, 0))?;
+        let raw = self.gpu.read(&resolve, 0, bytes)?;
+        let ticks: &[u64] = bytemuck::cast_slice(&raw);
+        let period_ns = self.gpu.inner.queue.get_timestamp_period() as f64;
+        let kernels = state
+            .labels
+            .into_iter()
+            .enumerate()
+            .map(|(i, name)| KernelTime { name, ms: ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * period_ns * 1e-6 })
+            .collect();
+        Ok(Report { kernels, timestamps: true, untimed: state.untimed })
+    }
+}
+
+impl Drop for Profiler {
+    fn drop(&mut self) {
+        // A profile dropped without `finish` (e.g. on an early `?`) must not block the next one.
+        lock(&self.gpu.inner.profiler).take();
+    }
+}
+
+impl Gpu {
+    /// While profiling with timestamps: the query set and the first of the two query
+    /// indices for the next dispatch. In wall-clock mode, syncs and starts the clock.
+    pub(crate) fn profiler_slot(&self, label: &str) -> Option<(wgpu::QuerySet, u32)> {
+        let mut slot = lock(&self.inner.profiler);
+        let state = slot.as_mut()?;
+        match &state.queries {
+            Some(qs) => {
+                let i = state.labels.len() as u32;
+                if i >= MAX_TIMED_DISPATCHES {
+                    state.untimed += 1;
+                    return None;
+                }
+                state.labels.push(label.to_string());
+                Some((qs.clone(), 2 * i))
+            }
+            None => {
+                drop(slot);
+                // Wall clock: everything before this dispatch must be finished first.
+                let _ = self.synchronize();
+                if let Some(state) = lock(&self.inner.profiler).as_mut() {
+                    state.wall_start = Some(Instant::now());
+                }
+                None
+            }
+        }
+    }
+
+    /// In wall-clock mode, waits for the dispatch just recorded and stores its time.
+    pub(crate) fn profiler_after_dispatch(&self, label: &str) -> Result<()> {
+        let wall = matches!(lock(&self.inner.profiler).as_ref(), Some(s) if s.queries.is_none());
+        if !wall {
+            return Ok(());
+        }
+        self.synchronize()?;
+        if let Some(state) = lock(&self.inner.profiler).as_mut() {
+            if let Some(t0) = state.wall_start.take() {
+                state.labels.push(label.to_string());
+                state.wall_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        Ok(())
+    }
+}

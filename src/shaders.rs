@@ -1,0 +1,225 @@
+//! The shader registry: one WGSL file per kernel family, embedded at build time,
+//! specialised, compiled on first use and cached.
+//!
+//! # Specialising a shader
+//! Two mechanisms, in this order of preference:
+//! - **Pipeline-overridable constants** (`override NAME: u32 = ...;` in WGSL), passed as
+//!   [`Kernel::constant`]: the module text stays the same and the driver folds the value.
+//!   Use them for numbers (tile sizes, workgroup sizes, unroll factors).
+//! - **Text substitution** of `{{NAME}}` placeholders, passed as [`Kernel::sub`]: for what
+//!   overrides cannot express in WGSL, such as types, loader bodies and expressions.
+//!   Every placeholder must be substituted; a leftover one is a bug caught by the tests.
+//!
+//! Pipelines are cached by (shader, entry point, substitutions, constants, checked), so the
+//! dtype is part of the key through the substitutions it causes.
+//!
+//! # Bounds checks
+//! A kernel is built *trusted* (wgpu's runtime bounds checks off) only when the code that
+//! launches it has proven on the host that every index it computes is in range (see each
+//! op's `launch` function for the argument). `WGK_CHECKED=1` builds every module checked.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::gpu::{lock, Gpu};
+
+/// Conversions for the packed 16-bit dtypes, prepended to every module.
+const DTYPE_PRELUDE: &str = include_str!("../shaders/dtype.wgsl");
+
+/// The kernel families, one .wgsl file each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Shader {
+    /// Binary ops, copies and casts over strided, broadcast views.
+    Elementwise,
+    /// Row reductions.
+    Reduce,
+}
+
+impl Shader {
+    /// Every shader family, for the portability test.
+    pub const ALL: [Shader; 2] = [Shader::Elementwise, Shader::Reduce];
+
+    /// The file name under shaders/.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Shader::Elementwise => "elementwise.wgsl",
+            Shader::Reduce => "reduce.wgsl",
+        }
+    }
+
+    /// The unspecialised WGSL source.
+    pub fn source(self) -> &'static str {
+        match self {
+            Shader::Elementwise => include_str!("../shaders/elementwise.wgsl"),
+            Shader::Reduce => include_str!("../shaders/reduce.wgsl"),
+        }
+    }
+}
+
+/// One specialisation of one entry point: what gets compiled into a pipeline.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Kernel {
+    /// The family.
+    pub shader: Shader,
+    /// The entry point.
+    pub entry: &'static str,
+    /// `{{NAME}}` → text, applied in order.
+    pub subs: Vec<(&'static str, String)>,
+    /// Overridable constants, as (name, value bits of an f64) so the key is hashable.
+    constants: Vec<(&'static str, u64)>,
+    /// Built without runtime bounds checks unless the device runs checked.
+    pub trusted: bool,
+}
+
+impl Kernel {
+    /// A kernel with no specialisation yet.
+    pub fn new(shader: Shader, entry: &'static str) -> Self {
+        Self { shader, entry, subs: Vec::new(), constants: Vec::new(), trusted: false }
+    }
+
+    /// Replaces `{{name}}` by `text`.
+    pub fn sub(mut self, name: &'static str, text: impl Into<String>) -> Self {
+        self.subs.push((name, text.into()));
+        self
+    }
+
+    /// Sets the pipeline-overridable constant `name`.
+    pub fn constant(mut self, name: &'static str, value: f64) -> Self {
+        self.constants.push((name, value.to_bits()));
+        self
+    }
+
+    /// Marks the kernel as safe to build without bounds checks: the caller has proven
+    /// every index in range.
+    pub fn trusted(mut self) -> Self {
+        self.trusted = true;
+        self
+    }
+
+    /// The overridable constants as wgpu and naga take them.
+    pub fn constants(&self) -> Vec<(&'static str, f64)> {
+        self.constants.iter().map(|&(n, b)| (n, f64::from_bits(b))).collect()
+    }
+
+    /// The specialised WGSL text: the dtype prelude, then the family's source.
+    pub fn wgsl(&self) -> String {
+        let mut text = format!("{}\n{}", DTYPE_PRELUDE, self.shader.source());
+        for (name, value) in &self.subs {
+            text = text.replace(&format!("{{{{{name}}}}}"), value);
+        }
+        text
+    }
+
+    /// A short label for profiles and errors: `family:entry`.
+    pub fn label(&self) -> String {
+        format!("{}:{}", self.shader.file_name().trim_end_matches(".wgsl"), self.entry)
+    }
+}
+
+/// Cache key of a compiled pipeline.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct PipelineKey {
+    kernel: Kernel,
+    checked: bool,
+}
+
+impl Gpu {
+    /// The compute pipeline for `kernel`, compiled on first use.
+    pub(crate) fn pipeline(&self, kernel: &Kernel) -> Result<Arc<wgpu::ComputePipeline>> {
+        let checked = self.checked() || !kernel.trusted;
+        let key = PipelineKey { kernel: kernel.clone(), checked };
+        if let Some(p) = lock(&self.inner.pipelines).get(&key) {
+            self.inner.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(p.clone());
+        }
+        let device = &self.inner.device;
+        let source = kernel.wgsl();
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let desc = wgpu::ShaderModuleDescriptor {
+            label: Some(kernel.entry),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        };
+        let module = if checked {
+            device.create_shader_module(desc)
+        } else {
+            // SAFETY: `trusted` kernels are launched only after the host has checked that
+            // every buffer index the shader computes is in range (see the op's launcher).
+            unsafe { device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) }
+        };
+        let constants = kernel.constants();
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(kernel.entry),
+            layout: None,
+            module: &module,
+            entry_point: Some(kernel.entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &constants,
+                // Our kernels write workgroup memory before reading it.
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: None,
+        });
+        if let Some(err) = pollster::block_on(scope.pop()) {
+            return Err(Error::Backend { op: "compile", msg: format!("{}: {err}", kernel.label()) });
+        }
+        let pipeline = Arc::new(pipeline);
+        self.inner.compiled.fetch_add(1, Ordering::Relaxed);
+        lock(&self.inner.pipelines).insert(key, pipeline.clone());
+        Ok(pipeline)
+    }
+
+    /// Records one dispatch of `kernel` over `workgroups` workgroups (spread over a 2-D grid
+    /// when above the 65535 per-dimension limit; shaders flatten `wid.x + wid.y * nwg.x`
+    /// and ignore the excess). `buffers` are (binding, buffer) pairs of group 0.
+    pub(crate) fn dispatch(&self, kernel: &Kernel, buffers: &[(u32, &wgpu::Buffer)], workgroups: u32) -> Result<()> {
+        if workgroups == 0 {
+            return Ok(());
+        }
+        let pipeline = self.pipeline(kernel)?;
+        let layout = pipeline.get_bind_group_layout(0);
+        let entries: Vec<wgpu::BindGroupEntry> = buffers
+            .iter()
+            .map(|&(binding, b)| wgpu::BindGroupEntry { binding, resource: b.as_entire_binding() })
+            .collect();
+        let bind_group = self.inner.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(kernel.entry),
+            layout: &layout,
+            entries: &entries,
+        });
+        let max = self.inner.info.limits.max_compute_workgroups_per_dimension.max(1);
+        let (x, y) = if workgroups <= max { (workgroups, 1) } else { (max, workgroups.div_ceil(max)) };
+        let label = kernel.label();
+        let timestamps = self.profiler_slot(&label);
+        self.record(|enc| {
+            let timestamp_writes = timestamps.as_ref().map(|(qs, i)| wgpu::ComputePassTimestampWrites {
+                query_set: qs,
+                beginning_of_pass_write_index: Some(*i),
+                end_of_pass_write_index: Some(*i + 1),
+            });
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(&label), timestamp_writes });
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &bind_group, &[]);
+            pass.dispatch_workgroups(x, y, 1);
+        })?;
+        self.profiler_after_dispatch(&label)
+    }
+
+    /// A small read-only storage buffer holding `words` (kernel metadata: shapes, strides).
+    pub(crate) fn meta_buffer(&self, words: &[u32]) -> wgpu::Buffer {
+        use wgpu::util::DeviceExt;
+        self.inner.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("meta"),
+            contents: bytemuck::cast_slice(words),
+            usage: wgpu::BufferUsages::STORAGE,
+        })
+    }
+}
+
+/// Every specialisation the library can build, for the portability test. Each op module
+/// contributes the kernels it can launch; later kernel families add theirs here.
+pub fn all_kernels() -> Vec<Kernel> {
+    let mut all = crate::ops::elementwise::all_kernels();
+    all.extend(crate::ops::reduce::all_kernels());
+    all
+}

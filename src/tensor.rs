@@ -1,0 +1,372 @@
+//! `Tensor`: a strided view of GPU storage, with a dtype. Cheap to clone (shared storage),
+//! `Send + Sync`. Views (reshape of contiguous data, transpose, permute, narrow, expand)
+//! never copy; `contiguous()` materialises.
+//!
+//! Every kernel reaches the data through [`Tensor::storage`]: that is the one place where
+//! the fusion JIT will realise a pending element-wise expression before a non-fusable
+//! kernel reads it, without changing this public API.
+
+use std::sync::Arc;
+
+use crate::dtype::{decode_f32, encode_f32, DType, Element};
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+
+/// GPU memory behind one or more tensors. Returns its buffer to the pool on drop.
+pub(crate) struct Storage {
+    gpu: Gpu,
+    buffer: Option<wgpu::Buffer>,
+    class: u64,
+    /// Elements of `dtype` the buffer holds.
+    pub(crate) len: usize,
+}
+
+impl Storage {
+    pub(crate) fn buffer(&self) -> &wgpu::Buffer {
+        self.buffer.as_ref().expect("a live storage has a buffer")
+    }
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        if let Some(b) = self.buffer.take() {
+            self.gpu.release(b, self.class);
+        }
+    }
+}
+
+/// An n-dimensional array on the GPU.
+#[derive(Clone)]
+pub struct Tensor {
+    gpu: Gpu,
+    dtype: DType,
+    shape: Vec<usize>,
+    /// Element strides per dim; 0 where broadcast.
+    strides: Vec<usize>,
+    /// First element, in elements from the start of the storage.
+    offset: usize,
+    storage: Arc<Storage>,
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor({:?}, {:?}", self.shape, self.dtype)?;
+        if !self.is_contiguous() {
+            write!(f, ", strides {:?}, offset {}", self.strides, self.offset)?;
+        }
+        write!(f, ")")
+    }
+}
+
+/// Row-major strides for `shape`.
+pub(crate) fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
+    let mut strides = vec![1; shape.len()];
+    for d in (0..shape.len().saturating_sub(1)).rev() {
+        strides[d] = strides[d + 1] * shape[d + 1];
+    }
+    strides
+}
+
+/// Resolves a possibly negative dim (`-1` is the last) against `rank`.
+pub(crate) fn resolve_dim(op: &'static str, dim: isize, shape: &[usize]) -> Result<usize> {
+    let rank = shape.len() as isize;
+    let d = if dim < 0 { dim + rank } else { dim };
+    if d < 0 || d >= rank {
+        return Err(Error::AxisOutOfRange { op, axis: dim, rank: shape.len(), shape: shape.to_vec() });
+    }
+    Ok(d as usize)
+}
+
+/// Splitmix64: a counter-based generator, so element `i` of a seeded tensor does not
+/// depend on how the work is split, and every backend gets the same values.
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Two independent uniforms in (0, 1] from element `i` of the stream `seed`.
+fn uniform_pair(seed: u64, i: u64) -> (f64, f64) {
+    let h = splitmix64(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ splitmix64(i));
+    let u1 = ((h >> 40) as f64 + 1.0) / (1u64 << 24) as f64;
+    let u2 = (((h >> 16) & 0xFF_FFFF) as f64 + 1.0) / (1u64 << 24) as f64;
+    (u1, u2)
+}
+
+impl Tensor {
+    // ---- creation -------------------------------------------------------------------
+
+    /// Allocates an uninitialised contiguous tensor (pool-backed). Every caller fills it.
+    pub(crate) fn empty(gpu: &Gpu, op: &'static str, shape: &[usize], dtype: DType) -> Result<Self> {
+        let numel: usize = shape.iter().product();
+        let bytes = (numel * dtype.size_in_bytes()) as u64;
+        let limit = gpu.info().limits.max_storage_buffer_binding_size as u64;
+        if bytes.next_multiple_of(4) > limit {
+            return Err(Error::TooLarge { op, shape: shape.to_vec(), bytes, limit });
+        }
+        let (buffer, class) = gpu.alloc(op, bytes.min(limit))?;
+        Ok(Self {
+            gpu: gpu.clone(),
+            dtype,
+            shape: shape.to_vec(),
+            strides: contiguous_strides(shape),
+            offset: 0,
+            storage: Arc::new(Storage { gpu: gpu.clone(), buffer: Some(buffer), class, len: numel }),
+        })
+    }
+
+    /// A tensor holding `data` (row-major) with `shape`; the dtype follows `T`.
+    pub fn from_slice<T: Element>(gpu: &Gpu, data: &[T], shape: &[usize]) -> Result<Self> {
+        let numel: usize = shape.iter().product();
+        if numel != data.len() {
+            return Err(Error::ShapeMismatch { op: "from_slice", lhs: vec![data.len()], rhs: shape.to_vec() });
+        }
+        let t = Self::empty(gpu, "from_slice", shape, T::DTYPE)?;
+        gpu.write(t.storage.buffer(), 0, bytemuck::cast_slice(data))?;
+        Ok(t)
+    }
+
+    /// A tensor of `dtype` from f32 values, rounded to nearest-even for 16-bit dtypes.
+    pub fn from_f32(gpu: &Gpu, data: &[f32], shape: &[usize], dtype: DType) -> Result<Self> {
+        let numel: usize = shape.iter().product();
+        if numel != data.len() {
+            return Err(Error::ShapeMismatch { op: "from_f32", lhs: vec![data.len()], rhs: shape.to_vec() });
+        }
+        let t = Self::empty(gpu, "from_f32", shape, dtype)?;
+        gpu.write(t.storage.buffer(), 0, &encode_f32(data, dtype))?;
+        Ok(t)
+    }
+
+    /// A tensor of zeros.
+    pub fn zeros(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<Self> {
+        let t = Self::empty(gpu, "zeros", shape, dtype)?;
+        let buffer = t.storage.buffer().clone();
+        gpu.record(|enc| enc.clear_buffer(&buffer, 0, None))?;
+        Ok(t)
+    }
+
+    /// A tensor with every element `value` (rounded to `dtype`).
+    pub fn full(gpu: &Gpu, shape: &[usize], value: f32, dtype: DType) -> Result<Self> {
+        let numel: usize = shape.iter().product();
+        Self::from_f32(gpu, &vec![value; numel], shape, dtype)
+    }
+
+    /// Uniform values in [0, 1), reproducible from `seed` on every backend.
+    pub fn rand(gpu: &Gpu, shape: &[usize], dtype: DType, seed: u64) -> Result<Self> {
+        let numel: usize = shape.iter().product();
+        let data: Vec<f32> = (0..numel as u64).map(|i| (uniform_pair(seed, i).0 - 2f64.powi(-24)) as f32).collect();
+        Self::from_f32(gpu, &data, shape, dtype)
+    }
+
+    /// Standard normal values (Box–Muller), reproducible from `seed` on every backend.
+    pub fn randn(gpu: &Gpu, shape: &[usize], dtype: DType, seed: u64) -> Result<Self> {
+        let numel: usize = shape.iter().product();
+        let data: Vec<f32> = (0..numel as u64)
+            .map(|i| {
+                let (u1, u2) = uniform_pair(seed, i);
+                ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+            })
+            .collect();
+        Self::from_f32(gpu, &data, shape, dtype)
+    }
+
+    // ---- properties -----------------------------------------------------------------
+
+    /// The device this tensor lives on.
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// Element type.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Size of each dim.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Element stride of each dim (0 where broadcast).
+    pub fn strides(&self) -> &[usize] {
+        &self.strides
+    }
+
+    /// Offset of the first element in the storage, in elements.
+    pub fn offset(&self) -> usize {
+        self.offset
+    }
+
+    /// Number of dims.
+    pub fn rank(&self) -> usize {
+        self.shape.len()
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Size of dim `dim` (negative counts from the end).
+    pub fn dim(&self, dim: isize) -> Result<usize> {
+        Ok(self.shape[resolve_dim("dim", dim, &self.shape)?])
+    }
+
+    /// True when the elements are laid out row-major without gaps from `offset`.
+    pub fn is_contiguous(&self) -> bool {
+        let want = contiguous_strides(&self.shape);
+        self.shape.iter().zip(self.strides.iter().zip(&want)).all(|(&n, (&s, &w))| n == 1 || s == w)
+    }
+
+    /// True when `self` and `other` share storage.
+    pub fn shares_storage(&self, other: &Tensor) -> bool {
+        Arc::ptr_eq(&self.storage, &other.storage)
+    }
+
+    /// The realised storage. The lazy-fusion hook: kernels go through here.
+    pub(crate) fn storage(&self) -> Result<&Arc<Storage>> {
+        Ok(&self.storage)
+    }
+
+    // ---- views ----------------------------------------------------------------------
+
+    fn view(&self, shape: Vec<usize>, strides: Vec<usize>, offset: usize) -> Self {
+        // Every view stays inside its storage: launchers rely on this to build unchecked shaders.
+        debug_assert!(
+            shape.contains(&0)
+                || offset + shape.iter().zip(&strides).map(|(&n, &s)| (n - 1) * s).sum::<usize>() < self.storage.len.max(1)
+        );
+        Self { gpu: self.gpu.clone(), dtype: self.dtype, shape, strides, offset, storage: self.storage.clone() }
+    }
+
+    /// The same elements with a new shape. A view when the data is contiguous; otherwise
+    /// the data is first copied (like `torch.reshape`).
+    pub fn reshape(&self, shape: &[usize]) -> Result<Self> {
+        let numel: usize = shape.iter().product();
+        if numel != self.numel() {
+            return Err(Error::ShapeMismatch { op: "reshape", lhs: self.shape.clone(), rhs: shape.to_vec() });
+        }
+        let src = if self.is_contiguous() { self.clone() } else { self.contiguous()? };
+        Ok(src.view(shape.to_vec(), contiguous_strides(shape), src.offset))
+    }
+
+    /// Swaps two dims (negative counts from the end). A view.
+    pub fn transpose(&self, dim0: isize, dim1: isize) -> Result<Self> {
+        let a = resolve_dim("transpose", dim0, &self.shape)?;
+        let b = resolve_dim("transpose", dim1, &self.shape)?;
+        let mut order: Vec<usize> = (0..self.rank()).collect();
+        order.swap(a, b);
+        self.permute(&order)
+    }
+
+    /// Reorders dims: dim `i` of the result is dim `order[i]` of `self`. A view.
+    pub fn permute(&self, order: &[usize]) -> Result<Self> {
+        let mut seen = vec![false; self.rank()];
+        let valid = order.len() == self.rank() && order.iter().all(|&d| d < self.rank() && !std::mem::replace(&mut seen[d], true));
+        if !valid {
+            return Err(Error::InvalidArgument {
+                op: "permute",
+                msg: format!("{order:?} is not a permutation of the {} dims of shape {:?}", self.rank(), self.shape),
+            });
+        }
+        let shape = order.iter().map(|&d| self.shape[d]).collect();
+        let strides = order.iter().map(|&d| self.strides[d]).collect();
+        Ok(self.view(shape, strides, self.offset))
+    }
+
+    /// `len` elements of dim `dim` starting at `start`. A view.
+    pub fn narrow(&self, dim: isize, start: usize, len: usize) -> Result<Self> {
+        let d = resolve_dim("narrow", dim, &self.shape)?;
+        if start.checked_add(len).is_none_or(|end| end > self.shape[d]) {
+            return Err(Error::InvalidArgument {
+                op: "narrow",
+                msg: format!("range {start}..{} is outside dim {d} of shape {:?}", start.saturating_add(len), self.shape),
+            });
+        }
+        let mut shape = self.shape.clone();
+        shape[d] = len;
+        let offset = if len == 0 { self.offset } else { self.offset + start * self.strides[d] };
+        Ok(self.view(shape, self.strides.clone(), offset))
+    }
+
+    /// Inserts a dim of size 1 at `dim` (`0..=rank`). A view.
+    pub fn unsqueeze(&self, dim: usize) -> Result<Self> {
+        if dim > self.rank() {
+            return Err(Error::AxisOutOfRange { op: "unsqueeze", axis: dim as isize, rank: self.rank(), shape: self.shape.clone() });
+        }
+        let mut shape = self.shape.clone();
+        let mut strides = self.strides.clone();
+        shape.insert(dim, 1);
+        strides.insert(dim, 0);
+        Ok(self.view(shape, strides, self.offset))
+    }
+
+    /// Broadcasts to `shape` (NumPy rules: leading dims added, size-1 dims repeated with
+    /// stride 0). A view.
+    pub fn expand(&self, shape: &[usize]) -> Result<Self> {
+        let err = || Error::ShapeMismatch { op: "expand", lhs: self.shape.clone(), rhs: shape.to_vec() };
+        if shape.len() < self.rank() {
+            return Err(err());
+        }
+        let lead = shape.len() - self.rank();
+        let mut strides = vec![0; shape.len()];
+        for (d, &n) in shape.iter().enumerate() {
+            if d < lead {
+                continue;
+            }
+            let (own, s) = (self.shape[d - lead], self.strides[d - lead]);
+            strides[d] = if own == n {
+                s
+            } else if own == 1 {
+                0
+            } else {
+                return Err(err());
+            };
+        }
+        Ok(self.view(shape.to_vec(), strides, self.offset))
+    }
+
+    /// A contiguous copy when `self` is a strided view or has an offset; `self` otherwise.
+    pub fn contiguous(&self) -> Result<Self> {
+        if self.is_contiguous() && self.offset == 0 {
+            return Ok(self.clone());
+        }
+        crate::ops::elementwise::map(self, crate::ops::elementwise::UnaryOp::Copy, self.dtype)
+    }
+
+    /// The same values in `dtype` (round-to-nearest-even when narrowing).
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        if dtype == self.dtype {
+            return Ok(self.clone());
+        }
+        crate::ops::elementwise::map(self, crate::ops::elementwise::UnaryOp::Copy, dtype)
+    }
+
+    // ---- reading back ---------------------------------------------------------------
+
+    /// The elements, row-major, as `T` (which must match the dtype).
+    pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
+        if T::DTYPE != self.dtype {
+            return Err(Error::DTypeMismatch { op: "to_vec", lhs: self.dtype, rhs: T::DTYPE });
+        }
+        let bytes = self.raw_bytes()?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    /// The elements, row-major, converted to f32 whatever the dtype.
+    pub fn to_vec_f32(&self) -> Result<Vec<f32>> {
+        let bytes = self.raw_bytes()?;
+        Ok(decode_f32(&bytes, self.dtype))
+    }
+
+    fn raw_bytes(&self) -> Result<Vec<u8>> {
+        if self.numel() == 0 {
+            return Ok(Vec::new());
+        }
+        let c = self.contiguous()?;
+        let bytes = (c.numel() * c.dtype.size_in_bytes()) as u64;
+        // An offset view of 16-bit data may start mid-word: `contiguous()` gave offset 0.
+        self.gpu.read(c.storage()?.buffer(), 0, bytes)
+    }
+}

@@ -1,0 +1,107 @@
+//! Shared test harness: one device per test binary, float64 references, seeded inputs,
+//! and `assert_close` with per-dtype tolerances that names the worst element.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+
+use wgkernels::{DType, Gpu, Tensor};
+
+/// The device for this test binary, chosen as users get it (`WGK_BACKEND`, `WGK_CHECKED`).
+pub fn gpu() -> Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| Gpu::new().expect("a GPU or software adapter (apt-get install mesa-vulkan-drivers)")).clone()
+}
+
+/// (atol, rtol) for results stored in `dtype` after f32 math. 16-bit storage rounds each
+/// stored value to half an ulp: 2^-11 relative for f16, 2^-8 for bf16.
+pub fn tol(dtype: DType) -> (f64, f64) {
+    match dtype {
+        DType::F32 => (1e-5, 1e-5),
+        DType::F16 => (1e-3, 2e-3),
+        DType::BF16 => (1e-2, 1e-2),
+    }
+}
+
+/// Checks |got − want| ≤ atol + rtol·|want| everywhere; on failure names the worst element.
+#[track_caller]
+pub fn assert_close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length {} vs {}", got.len(), want.len());
+    let mut worst: Option<(usize, f64)> = None;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let g = g as f64;
+        let excess = if g.is_nan() || w.is_nan() {
+            if g.is_nan() && w.is_nan() { 0.0 } else { f64::INFINITY }
+        } else if g == w {
+            0.0 // equal infinities included
+        } else {
+            (g - w).abs() - (atol + rtol * w.abs())
+        };
+        if excess > 0.0 && worst.is_none_or(|(_, e)| excess > e) {
+            worst = Some((i, excess));
+        }
+    }
+    if let Some((i, _)) = worst {
+        panic!(
+            "{what}: element {i} is {} but should be {} (|diff| {:e} > atol {atol:e} + rtol {rtol:e}·|want|)",
+            got[i],
+            want[i],
+            (got[i] as f64 - want[i]).abs()
+        );
+    }
+}
+
+/// Deterministic values in [-2, 2) that are never all zero (xorshift).
+pub fn random_vec(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+        })
+        .collect()
+}
+
+/// Values as a tensor of `dtype` holds them (rounded), widened to f64 for references.
+pub fn rounded(values: &[f32], dtype: DType) -> Vec<f64> {
+    values
+        .iter()
+        .map(|&x| match dtype {
+            DType::F32 => x as f64,
+            DType::F16 => half::f16::from_f32(x).to_f64(),
+            DType::BF16 => half::bf16::from_f32(x).to_f64(),
+        })
+        .collect()
+}
+
+/// A random tensor and its values (as stored) in f64.
+pub fn random_tensor(gpu: &Gpu, shape: &[usize], dtype: DType, seed: u64) -> (Tensor, Vec<f64>) {
+    let n: usize = shape.iter().product();
+    let v = random_vec(n, seed);
+    (Tensor::from_f32(gpu, &v, shape, dtype).unwrap(), rounded(&v, dtype))
+}
+
+/// Row-major strides of `shape`.
+pub fn strides_of(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; shape.len()];
+    for d in (0..shape.len().saturating_sub(1)).rev() {
+        s[d] = s[d + 1] * shape[d + 1];
+    }
+    s
+}
+
+/// CPU reference of a strided view: element at each row-major index of `shape`.
+pub fn gather(data: &[f64], shape: &[usize], strides: &[usize], offset: usize) -> Vec<f64> {
+    let n: usize = shape.iter().product();
+    (0..n)
+        .map(|mut i| {
+            let mut e = offset;
+            for d in (0..shape.len()).rev() {
+                e += (i % shape[d]) * strides[d];
+                i /= shape[d];
+            }
+            data[e]
+        })
+        .collect()
+}

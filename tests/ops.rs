@@ -1,0 +1,161 @@
+//! Element-wise ops, casts, copies of views and reductions against float64 references.
+
+mod common;
+use common::*;
+use wgkernels::ops::elementwise::BinaryOp;
+use wgkernels::{DType, Tensor};
+
+/// Broadcast pairs with odd sizes that do not divide the 256-wide workgroup.
+const SHAPES: &[(&[usize], &[usize])] = &[
+    (&[1], &[1]),
+    (&[7], &[7]),
+    (&[1000], &[1]),
+    (&[3, 257], &[257]),
+    (&[5, 1, 13], &[1, 7, 13]),
+    (&[2, 3, 4, 5, 6, 7], &[3, 1, 5, 1, 7]),
+    (&[33, 65], &[33, 1]),
+];
+
+fn broadcast_ref(op: BinaryOp, a: &[f64], ash: &[usize], b: &[f64], bsh: &[usize], out: &[usize]) -> Vec<f64> {
+    let expand = |sh: &[usize]| -> Vec<usize> {
+        let lead = out.len() - sh.len();
+        let own = strides_of(sh);
+        (0..out.len()).map(|d| if d < lead || sh[d - lead] == 1 { 0 } else { own[d - lead] }).collect()
+    };
+    let ga = gather(a, out, &expand(ash), 0);
+    let gb = gather(b, out, &expand(bsh), 0);
+    ga.iter().zip(&gb).map(|(&x, &y)| op.apply_f64(x, y)).collect()
+}
+
+#[test]
+fn binary_ops_broadcast_every_dtype() {
+    let gpu = gpu();
+    for dtype in DType::ALL {
+        let (atol, rtol) = tol(dtype);
+        for (k, (ash, bsh)) in SHAPES.iter().enumerate() {
+            let (a, av) = random_tensor(&gpu, ash, dtype, 10 + k as u64);
+            // b in [1, 5): divisors away from zero keep `div` well conditioned.
+            let shifted: Vec<f32> = random_vec(bsh.iter().product(), 100 + k as u64).iter().map(|&x| x + 3.0).collect();
+            let bv = rounded(&shifted, dtype);
+            let b = Tensor::from_f32(&gpu, &shifted, bsh, dtype).unwrap();
+            let out_shape = wgkernels::ops::elementwise::broadcast_shapes("test", ash, bsh).unwrap();
+            for op in BinaryOp::ALL {
+                let got = wgkernels::ops::elementwise::binary(&a, &b, op).unwrap();
+                assert_eq!(got.shape(), &out_shape[..]);
+                assert_eq!(got.dtype(), dtype);
+                let want = broadcast_ref(op, &av, ash, &bv, bsh, &out_shape);
+                assert_close(&format!("{op:?} {ash:?}x{bsh:?} {dtype:?}"), &got.to_vec_f32().unwrap(), &want, atol, rtol);
+            }
+        }
+    }
+}
+
+#[test]
+fn operators_on_references() {
+    let gpu = gpu();
+    let (a, av) = random_tensor(&gpu, &[4, 9], DType::F32, 1);
+    let (b, bv) = random_tensor(&gpu, &[9], DType::F32, 2);
+    let sum = (&a + &b).unwrap().to_vec_f32().unwrap();
+    let prod = (&a * &b).unwrap().to_vec_f32().unwrap();
+    let want_sum: Vec<f64> = (0..36).map(|i| av[i] + bv[i % 9]).collect();
+    let want_prod: Vec<f64> = (0..36).map(|i| av[i] * bv[i % 9]).collect();
+    assert_close("a + b", &sum, &want_sum, 1e-6, 1e-6);
+    assert_close("a * b", &prod, &want_prod, 1e-6, 1e-6);
+    let diff = (&a - &a).unwrap().to_vec_f32().unwrap();
+    assert!(diff.iter().all(|&x| x == 0.0), "a - a must be exactly 0");
+}
+
+#[test]
+fn strided_inputs_transposed_and_narrowed() {
+    let gpu = gpu();
+    for dtype in DType::ALL {
+        let (atol, rtol) = tol(dtype);
+        let shape = [6, 35, 17];
+        let (x, xv) = random_tensor(&gpu, &shape, dtype, 7);
+        // transpose(0, 2) then narrow the middle dim: strides (1, 17, 595), offset 3·17.
+        let v = x.transpose(0, 2).unwrap().narrow(1, 3, 29).unwrap();
+        assert_eq!(v.shape(), &[17, 29, 6]);
+        assert!(!v.is_contiguous());
+        let want = gather(&xv, &[17, 29, 6], &[1, 17, 595], 3 * 17);
+        assert_close(&format!("view to_vec {dtype:?}"), &v.to_vec_f32().unwrap(), &want, 0.0, 0.0);
+        let (y, yv) = random_tensor(&gpu, &[17, 29, 6], dtype, 8);
+        let got = v.add(&y).unwrap();
+        let want: Vec<f64> = want.iter().zip(&yv).map(|(a, b)| a + b).collect();
+        assert_close(&format!("strided add {dtype:?}"), &got.to_vec_f32().unwrap(), &want, atol, rtol);
+        // An odd offset into 16-bit data starts mid-word.
+        let odd = x.reshape(&[6 * 35 * 17]).unwrap().narrow(0, 1, 101).unwrap();
+        assert_close(&format!("odd offset {dtype:?}"), &odd.contiguous().unwrap().to_vec_f32().unwrap(), &xv[1..102], 0.0, 0.0);
+    }
+}
+
+#[test]
+fn casts_round_to_nearest_even() {
+    let gpu = gpu();
+    // Include values that need rounding, ties, subnormals of f16, large and negative values.
+    let mut v = random_vec(1001, 3);
+    v.extend_from_slice(&[0.0, -0.0, 1.0 + 1.0 / 2048.0, 1.0 + 3.0 / 2048.0, 65504.0, -3.0e-6, 1.0e30, -7.5]);
+    let n = v.len();
+    for from in DType::ALL {
+        for to in DType::ALL {
+            if from == DType::F16 || to == DType::F16 {
+                // 1e30 is out of f16's range: the WGSL pack is undefined there.
+                if v.iter().any(|x| x.abs() > 65504.0) {
+                    let w: Vec<f32> = v.iter().map(|&x| x.clamp(-65504.0, 65504.0)).collect();
+                    check_cast(&gpu, &w, from, to);
+                    continue;
+                }
+            }
+            check_cast(&gpu, &v, from, to);
+        }
+    }
+    assert_eq!(n, 1009);
+}
+
+fn check_cast(gpu: &wgkernels::Gpu, v: &[f32], from: DType, to: DType) {
+    let x = Tensor::from_f32(gpu, v, &[v.len()], from).unwrap();
+    let y = x.to_dtype(to).unwrap();
+    assert_eq!(y.dtype(), to);
+    let stored: Vec<f32> = rounded(v, from).iter().map(|&x| x as f32).collect();
+    let want = rounded(&stored, to);
+    // bf16 rounding is done in the shader (exact RNE); f16 packing may round either way
+    // on some backends, so allow one f16 ulp there.
+    let (atol, rtol) = if to == DType::F16 && from != DType::F16 { (6e-8, 1.0 / 1024.0) } else { (0.0, 0.0) };
+    assert_close(&format!("cast {from:?}->{to:?}"), &y.to_vec_f32().unwrap(), &want, atol, rtol);
+}
+
+#[test]
+fn sum_over_each_dim() {
+    let gpu = gpu();
+    for dtype in DType::ALL {
+        let (atol, rtol) = tol(dtype);
+        for shape in [vec![1usize], vec![3], vec![1000], vec![4097], vec![7, 300], vec![3, 5, 257], vec![70000, 2]] {
+            let (x, xv) = random_tensor(&gpu, &shape, dtype, 11);
+            for dim in 0..shape.len() {
+                let got = x.sum(dim as isize).unwrap();
+                let mut out_shape = shape.clone();
+                let len = out_shape.remove(dim);
+                assert_eq!(got.shape(), &out_shape[..]);
+                let strides = strides_of(&shape);
+                let n_out: usize = out_shape.iter().product();
+                let want: Vec<f64> = (0..n_out)
+                    .map(|o| {
+                        // Row-major index over out_shape -> base offset in x.
+                        let mut rem = o;
+                        let mut base = 0;
+                        for d in (0..shape.len()).rev() {
+                            if d == dim {
+                                continue;
+                            }
+                            base += (rem % shape[d]) * strides[d];
+                            rem /= shape[d];
+                        }
+                        (0..len).map(|j| xv[base + j * strides[dim]]).sum()
+                    })
+                    .collect();
+                // Summation error grows with the row length; the result is then stored in `dtype`.
+                let sum_atol = atol + 1e-6 * len as f64;
+                assert_close(&format!("sum {shape:?} dim {dim} {dtype:?}"), &got.to_vec_f32().unwrap(), &want, sum_atol, rtol);
+            }
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! Tensor creation, views, dtypes, memory accounting, errors, profiler.
+
+mod common;
+use common::*;
+use wgkernels::{bf16, f16, DType, Error, Gpu, Profiler, Tensor};
+
+#[test]
+fn from_slice_roundtrips_every_element_type() {
+    let gpu = gpu();
+    let v = random_vec(37, 1);
+    let t = Tensor::from_slice(&gpu, &v, &[37]).unwrap();
+    assert_eq!(t.to_vec::<f32>().unwrap(), v);
+    let h: Vec<f16> = v.iter().map(|&x| f16::from_f32(x)).collect();
+    assert_eq!(Tensor::from_slice(&gpu, &h, &[37]).unwrap().to_vec::<f16>().unwrap(), h);
+    let b: Vec<bf16> = v.iter().map(|&x| bf16::from_f32(x)).collect();
+    let tb = Tensor::from_slice(&gpu, &b, &[37]).unwrap();
+    assert_eq!(tb.dtype(), DType::BF16);
+    assert_eq!(tb.to_vec::<bf16>().unwrap(), b);
+}
+
+#[test]
+fn zeros_full_and_seeded_random() {
+    let gpu = gpu();
+    for dtype in DType::ALL {
+        assert!(Tensor::zeros(&gpu, &[5, 3], dtype).unwrap().to_vec_f32().unwrap().iter().all(|&x| x == 0.0));
+        assert!(Tensor::full(&gpu, &[7], 2.5, dtype).unwrap().to_vec_f32().unwrap().iter().all(|&x| x == 2.5));
+    }
+    let a = Tensor::randn(&gpu, &[10000], DType::F32, 5).unwrap().to_vec_f32().unwrap();
+    let b = Tensor::randn(&gpu, &[10000], DType::F32, 5).unwrap().to_vec_f32().unwrap();
+    let c = Tensor::randn(&gpu, &[10000], DType::F32, 6).unwrap().to_vec_f32().unwrap();
+    assert_eq!(a, b, "same seed, same values");
+    assert_ne!(a, c, "another seed, other values");
+    let mean = a.iter().map(|&x| x as f64).sum::<f64>() / 1e4;
+    let var = a.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / 1e4;
+    assert!(mean.abs() < 0.05 && (var - 1.0).abs() < 0.05, "randn mean {mean} var {var}");
+    let u = Tensor::rand(&gpu, &[10000], DType::F32, 5).unwrap().to_vec_f32().unwrap();
+    assert!(u.iter().all(|&x| (0.0..1.0).contains(&x)));
+    let mean = u.iter().map(|&x| x as f64).sum::<f64>() / 1e4;
+    assert!((mean - 0.5).abs() < 0.02, "rand mean {mean}");
+}
+
+#[test]
+fn views_share_storage_and_contiguous_materialises() {
+    let gpu = gpu();
+    let (x, xv) = random_tensor(&gpu, &[4, 6, 5], DType::F32, 2);
+    let p = x.permute(&[2, 0, 1]).unwrap();
+    assert!(p.shares_storage(&x));
+    assert_eq!(p.shape(), &[5, 4, 6]);
+    assert_eq!(p.strides(), &[1, 30, 5]);
+    let c = p.contiguous().unwrap();
+    assert!(!c.shares_storage(&x) && c.is_contiguous());
+    assert_close("permute", &c.to_vec_f32().unwrap(), &gather(&xv, &[5, 4, 6], &[1, 30, 5], 0), 0.0, 0.0);
+    // reshape of a contiguous tensor is a view; of a permuted one, a copy.
+    let r = x.reshape(&[24, 5]).unwrap();
+    assert!(r.shares_storage(&x));
+    let r2 = p.reshape(&[20, 6]).unwrap();
+    assert!(!r2.shares_storage(&x));
+    assert_close("reshape copy", &r2.to_vec_f32().unwrap(), &gather(&xv, &[5, 4, 6], &[1, 30, 5], 0), 0.0, 0.0);
+    // expand: stride 0, values repeated.
+    let (row, rv) = random_tensor(&gpu, &[1, 5], DType::F32, 3);
+    let e = row.expand(&[3, 4, 5]).unwrap();
+    assert_eq!(e.strides(), &[0, 0, 1]);
+    let want: Vec<f64> = (0..60).map(|i| rv[i % 5]).collect();
+    assert_close("expand", &e.to_vec_f32().unwrap(), &want, 0.0, 0.0);
+    // unsqueeze + narrow.
+    let n = x.narrow(-1, 1, 3).unwrap().unsqueeze(0).unwrap();
+    assert_eq!(n.shape(), &[1, 4, 6, 3]);
+    assert_close("narrow", &n.to_vec_f32().unwrap(), &gather(&xv, &[4, 6, 3], &[30, 5, 1], 1), 0.0, 0.0);
+}
+
+#[test]
+fn tensors_are_send_sync_and_usable_from_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Tensor>();
+    assert_send_sync::<Gpu>();
+    let gpu = gpu();
+    let handles: Vec<_> = (0..4)
+        .map(|k| {
+            let gpu = gpu.clone();
+            std::thread::spawn(move || {
+                let (a, av) = random_tensor(&gpu, &[100 + k], DType::F32, k as u64);
+                let got = a.add(&a).unwrap().to_vec_f32().unwrap();
+                let want: Vec<f64> = av.iter().map(|x| 2.0 * x).collect();
+                assert_close("thread add", &got, &want, 0.0, 0.0);
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+}
+
+#[test]
+fn memory_is_accounted_and_does_not_grow() {
+    // A device of its own: the accounting must not see other tests' tensors.
+    let gpu = Gpu::new().unwrap();
+    assert_eq!(gpu.memory().live_bytes, 0);
+    let a = Tensor::rand(&gpu, &[1000], DType::F32, 1).unwrap();
+    let live = gpu.memory().live_bytes;
+    assert!(live >= 4000, "live {live}");
+    drop(a);
+    assert_eq!(gpu.memory().live_bytes, 0);
+    let (x, _) = random_tensor(&gpu, &[3, 333], DType::F32, 2);
+    let before = {
+        let y = x.add(&x).unwrap().sum(-1).unwrap();
+        drop(y);
+        gpu.memory()
+    };
+    for _ in 0..1000 {
+        let y = x.add(&x).unwrap();
+        let s = y.sum(-1).unwrap();
+        drop((y, s));
+    }
+    let after = gpu.memory();
+    assert_eq!(after.live_bytes, before.live_bytes, "live bytes grew: {before:?} -> {after:?}");
+    assert_eq!(after.pool_bytes, before.pool_bytes, "pool grew: {before:?} -> {after:?}");
+    gpu.reset_peak();
+    assert_eq!(gpu.memory().peak_live_bytes, gpu.memory().live_bytes);
+    gpu.empty_cache();
+    assert_eq!(gpu.memory().pool_bytes, 0);
+}
+
+#[test]
+fn bad_inputs_return_errors_naming_the_op() {
+    // A device of its own, so that the command counter sees only this test.
+    let gpu = Gpu::new().unwrap();
+    let a = Tensor::zeros(&gpu, &[2, 3], DType::F32).unwrap();
+    let b = Tensor::zeros(&gpu, &[4, 3], DType::F32).unwrap();
+    let h = Tensor::zeros(&gpu, &[2, 3], DType::F16).unwrap();
+    let empty = Tensor::zeros(&gpu, &[4, 0], DType::F32).unwrap();
+    let dispatched = gpu.stats().dispatches;
+
+    let e = a.add(&b).unwrap_err();
+    assert!(matches!(e, Error::ShapeMismatch { op: "add", .. }), "{e}");
+    assert!(e.to_string().contains("[2, 3]") && e.to_string().contains("[4, 3]"), "{e}");
+    let e = a.mul(&h).unwrap_err();
+    assert!(matches!(e, Error::DTypeMismatch { op: "mul", lhs: DType::F32, rhs: DType::F16 }), "{e}");
+    let e = a.sum(2).unwrap_err();
+    assert!(matches!(e, Error::AxisOutOfRange { op: "sum", axis: 2, rank: 2, .. }), "{e}");
+    let e = a.transpose(0, -3).unwrap_err();
+    assert!(matches!(e, Error::AxisOutOfRange { op: "transpose", .. }), "{e}");
+    let e = Tensor::from_slice(&gpu, &[1.0f32; 5], &[2, 3]).unwrap_err();
+    assert!(matches!(e, Error::ShapeMismatch { op: "from_slice", .. }), "{e}");
+    let e = a.reshape(&[7]).unwrap_err();
+    assert!(matches!(e, Error::ShapeMismatch { op: "reshape", .. }), "{e}");
+    let e = a.narrow(1, 2, 2).unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument { op: "narrow", .. }), "{e}");
+    let e = a.permute(&[0, 0]).unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument { op: "permute", .. }), "{e}");
+    let e = a.expand(&[2, 4]).unwrap_err();
+    assert!(matches!(e, Error::ShapeMismatch { op: "expand", .. }), "{e}");
+    let e = a.to_vec::<f16>().unwrap_err();
+    assert!(matches!(e, Error::DTypeMismatch { op: "to_vec", .. }), "{e}");
+    let e = empty.sum(-1).unwrap_err();
+    assert!(matches!(e, Error::Empty { op: "sum", .. }), "{e}");
+    let limit = gpu.info().limits.max_storage_buffer_binding_size as usize;
+    let e = Tensor::zeros(&gpu, &[limit / 4 + 1, 2], DType::F32).unwrap_err();
+    assert!(matches!(e, Error::TooLarge { op: "zeros", .. }), "{e}");
+    assert_eq!(gpu.stats().dispatches, dispatched, "a refused op must not dispatch");
+}
+
+#[test]
+fn empty_tensors_are_allowed_where_well_defined() {
+    let gpu = gpu();
+    let e = Tensor::zeros(&gpu, &[0, 3], DType::F32).unwrap();
+    assert_eq!(e.add(&e).unwrap().shape(), &[0, 3]);
+    assert!(e.to_vec::<f32>().unwrap().is_empty());
+}
+
+#[test]
+fn pipelines_are_cached() {
+    let gpu = gpu();
+    let (a, _) = random_tensor(&gpu, &[17], DType::F32, 1);
+    a.maximum(&a).unwrap();
+    let s0 = gpu.stats();
+    a.maximum(&a).unwrap();
+    let s1 = gpu.stats();
+    assert_eq!(s1.pipelines_compiled, s0.pipelines_compiled, "second launch must not compile");
+    assert!(s1.pipeline_cache_hits > s0.pipeline_cache_hits);
+}
+
+#[test]
+fn profiler_names_every_dispatch() {
+    let gpu = Gpu::new().unwrap();
+    let (a, _) = random_tensor(&gpu, &[256, 100], DType::F32, 1);
+    let profile = Profiler::start(&gpu).unwrap();
+    assert!(Profiler::start(&gpu).is_err(), "one profile at a time");
+    let y = a.add(&a).unwrap();
+    let _s = y.sum(-1).unwrap();
+    let report = profile.finish().unwrap();
+    let names: Vec<&str> = report.kernels.iter().map(|k| k.name.as_str()).collect();
+    assert_eq!(names, ["elementwise:main", "reduce:sum_rows"]);
+    assert!(report.kernels.iter().all(|k| k.ms >= 0.0 && k.ms.is_finite()));
+    assert_eq!(report.timestamps, gpu.has(wgkernels::wgpu::Features::TIMESTAMP_QUERY));
+    assert!(report.to_string().contains("reduce:sum_rows"));
+}
+
+#[test]
+fn info_describes_the_adapter() {
+    let gpu = gpu();
+    let info = gpu.info();
+    assert!(!info.name.is_empty());
+    assert!(!info.candidates.is_empty());
+    let text = info.to_string();
+    assert!(text.contains(&info.name) && text.contains("coop-mat"), "{text}");
+    // CI runs the suite per backend: make sure the one asked for is the one tested.
+    if let Ok(want) = std::env::var("WGK_BACKEND") {
+        assert!(format!("{:?}", info.backend).to_lowercase().starts_with(&want.to_lowercase()), "asked for {want}, got {:?}", info.backend);
+    }
+}
