@@ -34,7 +34,9 @@ const WORKGROUP: u32 = 256u;
 fn strided_index(i: u32, base: u32) -> u32 {
     var rem = i;
     var e = params[base];
-    for (var d = 0u; d < MAX_DIMS; d++) {
+    // Only the innermost `rank` dims vary; the host pads the rest with size 1.
+    let rank = params[1];
+    for (var d = 0u; d < rank; d++) {
         let dim = MAX_DIMS - 1u - d;
         let size = params[2u + dim];
         e += (rem % size) * params[base + 1u + dim];

@@ -222,11 +222,19 @@ impl Gpu {
     }
 
     async fn new_async(opts: GpuOptions) -> Result<Self> {
-        let backends = opts.backends.unwrap_or(wgpu::Backends::all());
+        // Without an explicit choice, GL is probed only when no primary backend has an
+        // adapter: it is the slowest path, and probing it wakes EGL (and its warnings).
+        let mut backends = opts.backends.unwrap_or(wgpu::Backends::PRIMARY);
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
         desc.backends = backends;
         let instance = wgpu::Instance::new(desc);
         let mut adapters = instance.enumerate_adapters(backends).await;
+        if adapters.is_empty() && opts.backends.is_none() {
+            backends = wgpu::Backends::all();
+            let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+            desc.backends = backends;
+            adapters = wgpu::Instance::new(desc).enumerate_adapters(backends).await;
+        }
         let mut candidates: Vec<(wgpu::Adapter, wgpu::AdapterInfo)> =
             adapters.drain(..).map(|a| { let i = a.get_info(); (a, i) }).collect();
         candidates.sort_by_key(|(_, i)| (device_type_rank(i.device_type), backend_rank(i.backend)));

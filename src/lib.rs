@@ -20,6 +20,7 @@
 mod dtype;
 mod error;
 mod gpu;
+pub mod bench;
 pub mod ops;
 mod profiler;
 pub mod shaders;

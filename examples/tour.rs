@@ -1,0 +1,128 @@
+//! The main job: what this machine's GPU is, and every kernel family the library has, run
+//! once on real-sized data, checked against the CPU on a sample, timed, in one table.
+//!
+//!     cargo run --release --example tour            # sizes picked for the device
+//!     cargo run --release --example tour -- --large # full sizes even on a software device
+
+use std::time::Instant;
+
+use wgkernels::bench::measure;
+use wgkernels::{DType, Gpu, Tensor};
+
+struct Row {
+    kernel: String,
+    shape: String,
+    dtype: DType,
+    ms: f64,
+    rate: String,
+    path: String,
+    check: String,
+}
+
+/// Worst |got − want| / (atol + rtol·|want|) over sampled indices: ≤ 1 passes.
+fn check(got: &[f32], want: impl Fn(usize) -> f64, dtype: DType, samples: usize) -> (bool, String) {
+    let (atol, rtol) = match dtype {
+        DType::F32 => (1e-5, 1e-5),
+        DType::F16 => (1e-3, 2e-3),
+        DType::BF16 => (1e-2, 1e-2),
+    };
+    let step = (got.len() / samples).max(1);
+    let mut worst = 0.0f64;
+    for i in (0..got.len()).step_by(step) {
+        let w = want(i);
+        worst = worst.max((got[i] as f64 - w).abs() / (atol + rtol * w.abs()));
+    }
+    (worst <= 1.0, format!("ok ({:.2} of tol)", worst))
+}
+
+fn main() -> wgkernels::Result<()> {
+    let t0 = Instant::now();
+    let gpu = Gpu::new()?;
+    println!("{}\n", gpu.info());
+    let software = gpu.info().device_type == wgpu::DeviceType::Cpu;
+    let large = std::env::args().any(|a| a == "--large");
+    // 64 M elements (256 MB in f32) outgrows any cache; a software device gets 1 M.
+    let n: usize = if software && !large { 1 << 20 } else { 64 << 20 };
+    let reps = if software && !large { 5 } else { 20 };
+    let mut rows: Vec<Row> = Vec::new();
+    let mut failed = Vec::new();
+    let mut not_used: Vec<String> = Vec::new();
+    let timing_src = if gpu.has(wgpu::Features::TIMESTAMP_QUERY) { "GPU timestamps" } else { "wall clock" };
+
+    for dtype in DType::ALL {
+        let esize = dtype.size_in_bytes() as f64;
+        let x = Tensor::randn(&gpu, &[n], dtype, 1)?;
+        let y = Tensor::randn(&gpu, &[n], dtype, 2)?;
+        let xs = x.to_vec_f32()?;
+        let ys = y.to_vec_f32()?;
+
+        // add: read 2, write 1.
+        let z = x.add(&y)?;
+        let (ok, msg) = check(&z.to_vec_f32()?, |i| xs[i] as f64 + ys[i] as f64, dtype, 4096);
+        let t = measure(&gpu, 2, reps, || x.add(&y).map(drop))?;
+        if !ok { failed.push(format!("add {dtype:?}")); }
+        rows.push(Row { kernel: "add".into(), shape: format!("[{n}]"), dtype, ms: t.median_ms, rate: format!("{:.1} GB/s", t.rate(3.0 * n as f64 * esize)), path: "element-wise".into(), check: msg });
+
+        // broadcast add of a row vector over a [rows, 1024] matrix, through a transposed view.
+        let cols = 1024;
+        let m = x.reshape(&[n / cols, cols])?;
+        let bias = Tensor::randn(&gpu, &[cols], dtype, 3)?;
+        let bs = bias.to_vec_f32()?;
+        let z = m.add(&bias)?;
+        let (ok, msg) = check(&z.to_vec_f32()?, |i| xs[i] as f64 + bs[i % cols] as f64, dtype, 4096);
+        let t = measure(&gpu, 2, reps, || m.add(&bias).map(drop))?;
+        if !ok { failed.push(format!("bias add {dtype:?}")); }
+        rows.push(Row { kernel: "bias add (broadcast)".into(), shape: format!("[{}, {cols}]", n / cols), dtype, ms: t.median_ms, rate: format!("{:.1} GB/s", t.rate(2.0 * n as f64 * esize)), path: "element-wise".into(), check: msg });
+
+        // transpose materialised: a strided read.
+        let tr = m.transpose(0, 1)?;
+        let c = tr.contiguous()?;
+        let rows_m = n / cols;
+        let (ok, msg) = check(&c.to_vec_f32()?, |i| xs[(i % rows_m) * cols + i / rows_m] as f64, dtype, 4096);
+        let t = measure(&gpu, 2, reps, || tr.contiguous().map(drop))?;
+        if !ok { failed.push(format!("transpose {dtype:?}")); }
+        rows.push(Row { kernel: "transpose copy".into(), shape: format!("[{rows_m}, {cols}]ᵀ"), dtype, ms: t.median_ms, rate: format!("{:.1} GB/s", t.rate(2.0 * n as f64 * esize)), path: "strided".into(), check: msg });
+
+        // row sum.
+        let s = m.sum(-1)?;
+        let sv = s.to_vec_f32()?;
+        let (ok, msg) = check(&sv, |r| (0..cols).map(|j| xs[r * cols + j] as f64).sum(), dtype, 256);
+        let t = measure(&gpu, 2, reps, || m.sum(-1).map(drop))?;
+        if !ok { failed.push(format!("sum {dtype:?}")); }
+        let path = if dtype == DType::F32 { "workgroup tree" } else { "workgroup tree + cast" };
+        rows.push(Row { kernel: "row sum".into(), shape: format!("[{rows_m}, {cols}]"), dtype, ms: t.median_ms, rate: format!("{:.1} GB/s", t.rate(n as f64 * esize)), path: path.into(), check: msg });
+
+        // cast to the next dtype.
+        let to = match dtype { DType::F32 => DType::F16, DType::F16 => DType::BF16, DType::BF16 => DType::F32 };
+        let c = x.to_dtype(to)?;
+        let (ok, msg) = check(&c.to_vec_f32()?, |i| xs[i] as f64, to, 4096);
+        let t = measure(&gpu, 2, reps, || x.to_dtype(to).map(drop))?;
+        if !ok { failed.push(format!("cast {dtype:?}->{to:?}")); }
+        rows.push(Row { kernel: format!("cast to {}", to.name()), shape: format!("[{n}]"), dtype, ms: t.median_ms, rate: format!("{:.1} GB/s", t.rate(n as f64 * (esize + to.size_in_bytes() as f64))), path: "element-wise".into(), check: msg });
+    }
+
+    if !gpu.info().has_coop_f16_16x16x16() {
+        not_used.push("tensor cores: the adapter reports no 16x16x16 f16->f32 cooperative matrix".into());
+    }
+    if !gpu.has(wgpu::Features::SUBGROUP) {
+        not_used.push("subgroups: the adapter lacks SUBGROUP".into());
+    }
+    not_used.push("matmul, softmax/layernorm/rmsnorm, flash attention, fused AdamW, fusion JIT: not in this build yet (see the issues)".into());
+
+    println!("{:<22} {:<16} {:<5} {:>10} {:>14}  {:<22} {}", "kernel", "shape", "dtype", "ms", "rate", "path", "check vs CPU");
+    for r in &rows {
+        println!("{:<22} {:<16} {:<5} {:>10.4} {:>14}  {:<22} {}", r.kernel, r.shape, r.dtype.name(), r.ms, r.rate, r.path, r.check);
+    }
+    println!("\ntimes: median of {reps} repeats, {timing_src}; GB/s counts bytes read + written.");
+    for n in &not_used {
+        println!("not used: {n}");
+    }
+    let m = gpu.memory();
+    println!("memory: {:.1} MiB live, {:.1} MiB pooled, peak {:.1} MiB", m.live_bytes as f64 / 1048576.0, m.pool_bytes as f64 / 1048576.0, m.peak_live_bytes as f64 / 1048576.0);
+    println!("tour finished in {:.1} s", t0.elapsed().as_secs_f64());
+    if !failed.is_empty() {
+        eprintln!("FAILED checks: {}", failed.join(", "));
+        std::process::exit(1);
+    }
+    Ok(())
+}

@@ -1,0 +1,57 @@
+//! Measuring kernels: warm up, then time repeats with GPU timestamps (wall clock where the
+//! adapter has none) and report the median. Used by the examples and `cargo bench`.
+
+use crate::error::Result;
+use crate::gpu::Gpu;
+use crate::profiler::Profiler;
+
+/// The median and spread of repeated runs of one piece of GPU work.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// Median milliseconds per repeat.
+    pub median_ms: f64,
+    /// Fastest repeat, in milliseconds.
+    pub min_ms: f64,
+    /// True when measured with GPU timestamps, false when with the wall clock.
+    pub timestamps: bool,
+}
+
+impl Timing {
+    /// `work / median_s / 1e9`: GB/s when `work` is bytes, GFLOP/s when it is FLOPs.
+    pub fn rate(&self, work: f64) -> f64 {
+        work / (self.median_ms * 1e-3) / 1e9
+    }
+}
+
+/// Runs `f` `warmup` times (compiling pipelines, filling the pool), then `reps` times under
+/// the profiler. With timestamps, one repeat's time is the sum of its dispatches' GPU times
+/// (launch gaps excluded); without, each repeat is synchronised and timed on the host.
+pub fn measure(gpu: &Gpu, warmup: usize, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<Timing> {
+    let reps = reps.max(1);
+    for _ in 0..warmup {
+        f()?;
+    }
+    gpu.synchronize()?;
+    let mut per_rep = Vec::with_capacity(reps);
+    if gpu.has(wgpu::Features::TIMESTAMP_QUERY) {
+        let profiler = Profiler::start(gpu)?;
+        for _ in 0..reps {
+            f()?;
+        }
+        let report = profiler.finish()?;
+        // Each repeat issues the same kernels, so the timed list splits evenly.
+        let per = (report.kernels.len() / reps.max(1)).max(1);
+        per_rep.extend(report.kernels.chunks(per).take(reps).map(|c| c.iter().map(|k| k.ms).sum::<f64>()));
+    } else {
+        for _ in 0..reps {
+            let ((), ms) = gpu.time_wall(&mut f)?;
+            per_rep.push(ms);
+        }
+    }
+    per_rep.sort_by(f64::total_cmp);
+    Ok(Timing {
+        median_ms: per_rep[per_rep.len() / 2],
+        min_ms: per_rep[0],
+        timestamps: gpu.has(wgpu::Features::TIMESTAMP_QUERY),
+    })
+}
