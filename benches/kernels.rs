@@ -1,1 +1,199 @@
-fn main(){}
+//! The benchmark report: every kernel family at the issue sizes, GFLOP/s or GB/s with the
+//! work counted here, beside PyTorch's figure for the same work when given its JSON.
+//!
+//!     cargo bench --bench kernels -- [--quick] [--reference torch.json] [--json out.json] [--md out.md]
+//!
+//! `--reference` takes the JSON lines that ../shared/gpu/torch_ref.py prints (one object per
+//! measurement: bench, size, dtype, variant, rate). Run both in the same device call: the
+//! machine is shared and absolute figures drift between calls.
+
+use std::fmt::Write as _;
+
+use wgkernels::bench::measure;
+use wgkernels::ops::matmul::{candidates, MatmulOptions, MatmulPath};
+use wgkernels::{DType, Gpu, Tensor};
+
+struct Row {
+    bench: &'static str,
+    size: String,
+    dtype: &'static str,
+    variant: String,
+    ms: f64,
+    rate: f64,
+    unit: &'static str,
+    /// PyTorch's (bench, size, dtype, variant) to compare with.
+    torch_key: Option<(String, String, String, String)>,
+}
+
+struct Args {
+    quick: bool,
+    reference: Option<String>,
+    json: Option<String>,
+    md: Option<String>,
+    only: Option<String>,
+}
+
+fn args() -> Args {
+    let mut a = Args { quick: false, reference: None, json: None, md: None, only: None };
+    let mut it = std::env::args().skip(1);
+    while let Some(x) = it.next() {
+        match x.as_str() {
+            "--quick" => a.quick = true,
+            "--reference" => a.reference = it.next(),
+            "--json" => a.json = it.next(),
+            "--md" => a.md = it.next(),
+            "--only" => a.only = it.next(),
+            _ => {} // cargo bench passes --bench
+        }
+    }
+    a
+}
+
+fn torch_rates(path: &str) -> Vec<(String, String, String, String, f64)> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("--reference {path}: {e}"));
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| {
+            let s = |k: &str| v.get(k).map(|x| x.as_str().map(String::from).unwrap_or_else(|| x.to_string()));
+            Some((s("bench")?, s("size")?, s("dtype")?, s("variant")?, v.get("rate")?.as_f64()?))
+        })
+        .collect()
+}
+
+/// Three significant digits, without exponent: 0.0123, 1.23, 123, 12300.
+fn sig3(x: f64) -> String {
+    let decimals = if x >= 100.0 { 0 } else if x >= 10.0 { 1 } else if x >= 1.0 { 2 } else { 3 };
+    format!("{x:.decimals$}")
+}
+
+fn progress(done: usize, total: usize, what: &str) {
+    let width = 30;
+    let filled = done * width / total.max(1);
+    eprint!("\r[{}{}] {done}/{total} {what:<48}", "#".repeat(filled), ".".repeat(width - filled));
+}
+
+fn main() -> wgkernels::Result<()> {
+    let args = args();
+    let gpu = Gpu::new()?;
+    eprintln!("{}", gpu.info());
+    let quick = args.quick;
+    let reps = if quick { 3 } else { 10 };
+    let want = |name: &str| args.only.as_deref().is_none_or(|o| name.contains(o));
+    let mut rows: Vec<Row> = Vec::new();
+
+    // Plan: (label, closure) pairs so the progress bar knows the total.
+    type Job<'a> = Box<dyn FnMut(&mut Vec<Row>) -> wgkernels::Result<()> + 'a>;
+    let mut jobs: Vec<(String, Job)> = Vec::new();
+
+    if want("copy") {
+        let n: usize = if quick { 1 << 20 } else { 1 << 28 };
+        let gpu = gpu.clone();
+        jobs.push((format!("copy {n}"), Box::new(move |rows: &mut Vec<Row>| {
+            // The roofline of memory-bound kernels. A view at offset 1 makes contiguous()
+            // copy: (n - 1)·4 bytes read + as many written.
+            let x = Tensor::randn(&gpu, &[n], DType::F32, 1)?;
+            let view = x.narrow(0, 1, n - 1)?;
+            let t = measure(&gpu, 2, reps, || view.contiguous().map(drop))?;
+            let key = Some(("copy".into(), "256M".into(), "f32".into(), "torch".into()));
+            rows.push(Row { bench: "copy", size: format!("{}M", n >> 20), dtype: "f32", variant: "elementwise".into(), ms: t.median_ms, rate: t.rate(2.0 * (n - 1) as f64 * 4.0), unit: "GB/s", torch_key: key });
+            let y = Tensor::randn(&gpu, &[n], DType::F32, 2)?;
+            let t = measure(&gpu, 2, reps, || x.add(&y).map(drop))?;
+            rows.push(Row { bench: "add", size: format!("{}M", n >> 20), dtype: "f32", variant: "elementwise".into(), ms: t.median_ms, rate: t.rate(3.0 * n as f64 * 4.0), unit: "GB/s", torch_key: None });
+            Ok(())
+        })));
+    }
+
+    let sizes: Vec<usize> = if quick { vec![128, 256] } else { vec![1024, 2048, 4096, 8192] };
+    for dtype in [DType::F32, DType::F16] {
+        if !want("matmul") {
+            break;
+        }
+        for &n in &sizes {
+            let gpu = gpu.clone();
+            jobs.push((format!("matmul {n} {}", dtype.name()), Box::new(move |rows: &mut Vec<Row>| {
+                let a = Tensor::randn(&gpu, &[n, n], dtype, 1)?;
+                let b = Tensor::randn(&gpu, &[n, n], dtype, 2)?;
+                let flops = 2.0 * (n * n * n) as f64;
+                // Every candidate at 4096 (the variants table); the autotuned choice elsewhere.
+                let paths: Vec<Option<MatmulPath>> = if n == 4096 || (quick && n == 256) {
+                    candidates(&gpu, dtype, n, false).into_iter().map(Some).chain([None]).collect()
+                } else {
+                    vec![None]
+                };
+                for p in paths {
+                    let opts = MatmulOptions { path: p, ..Default::default() };
+                    let t = measure(&gpu, 2, reps, || a.matmul_with(&b, &opts).map(drop))?;
+                    let torch_variant = if dtype == DType::F32 { "cublas-fp32" } else { "cublas" };
+                    rows.push(Row {
+                        bench: "matmul",
+                        size: n.to_string(),
+                        dtype: dtype.name(),
+                        variant: p.map(|p| p.name()).unwrap_or_else(|| "auto".into()),
+                        ms: t.median_ms,
+                        rate: t.rate(flops),
+                        unit: "GFLOP/s",
+                        torch_key: Some(("matmul".into(), n.to_string(), dtype.name().into(), torch_variant.into())),
+                    });
+                }
+                if dtype == DType::F32 && wgkernels::ops::matmul::coop_available(&gpu, DType::F32, true) {
+                    let opts = MatmulOptions { allow_reduced_precision: true, ..Default::default() };
+                    let t = measure(&gpu, 2, reps, || a.matmul_with(&b, &opts).map(drop))?;
+                    rows.push(Row { bench: "matmul", size: n.to_string(), dtype: "f32", variant: "auto, f16 tensor cores".into(), ms: t.median_ms, rate: t.rate(flops), unit: "GFLOP/s", torch_key: Some(("matmul".into(), n.to_string(), "f32".into(), "cublas-tf32".into())) });
+                }
+                Ok(())
+            })));
+        }
+        // GPT-2 small MLP: [B·T, 768] × [768, 3072] and back, B·T = 8·1024.
+        let tokens = if quick { 256 } else { 8 * 1024 };
+        for (m, k, n) in [(tokens, 768, 3072), (tokens, 3072, 768), (1, 768, 3072)] {
+            let gpu = gpu.clone();
+            jobs.push((format!("gpt2 {m}x{k}x{n} {}", dtype.name()), Box::new(move |rows: &mut Vec<Row>| {
+                let a = Tensor::randn(&gpu, &[m, k], dtype, 3)?;
+                let b = Tensor::randn(&gpu, &[k, n], dtype, 4)?;
+                let t = measure(&gpu, 2, reps, || a.matmul(&b).map(drop))?;
+                rows.push(Row { bench: "matmul", size: format!("{m}x{k}x{n}"), dtype: dtype.name(), variant: "auto".into(), ms: t.median_ms, rate: t.rate(2.0 * (m * k * n) as f64), unit: "GFLOP/s", torch_key: None });
+                Ok(())
+            })));
+        }
+    }
+
+    let total = jobs.len();
+    for (i, (label, job)) in jobs.iter_mut().enumerate() {
+        progress(i, total, label);
+        job(&mut rows)?;
+    }
+    progress(total, total, "done");
+    eprintln!();
+
+    let torch = args.reference.as_deref().map(torch_rates).unwrap_or_default();
+    let torch_rate = |key: &Option<(String, String, String, String)>| {
+        key.as_ref().and_then(|(b, s, d, v)| torch.iter().find(|t| &t.0 == b && &t.1 == s && &t.2 == d && &t.3 == v).map(|t| (t.3.clone(), t.4)))
+    };
+    let info = gpu.info();
+    let mut md = String::new();
+    let _ = writeln!(md, "Adapter: {} ({:?}, driver {}).\n", info.name, info.backend, info.driver);
+    let _ = writeln!(md, "| bench | size | dtype | variant | ms | ours | PyTorch | ratio |");
+    let _ = writeln!(md, "|---|---|---|---|---:|---:|---:|---:|");
+    let mut json = String::new();
+    for r in &rows {
+        let t = torch_rate(&r.torch_key);
+        let (tcol, ratio) = match &t {
+            Some((v, rate)) => (format!("{} {} ({v})", sig3(*rate), r.unit), format!("{:.2}", r.rate / rate)),
+            None => ("—".into(), "—".into()),
+        };
+        let _ = writeln!(md, "| {} | {} | {} | {} | {:.4} | {} {} | {} | {} |", r.bench, r.size, r.dtype, r.variant, r.ms, sig3(r.rate), r.unit, tcol, ratio);
+        let _ = writeln!(
+            json,
+            "{}",
+            serde_json::json!({"bench": r.bench, "size": r.size, "dtype": r.dtype, "variant": r.variant, "median_ms": r.ms, "rate": r.rate, "unit": r.unit, "torch_rate": t.map(|t| t.1)})
+        );
+    }
+    println!("{md}");
+    if let Some(p) = &args.md {
+        std::fs::write(p, &md).expect("write --md");
+    }
+    if let Some(p) = &args.json {
+        std::fs::write(p, &json).expect("write --json");
+    }
+    Ok(())
+}

@@ -36,6 +36,8 @@ pub struct GpuInfo {
     pub cooperative_matrix: Vec<wgpu::CooperativeMatrixProperties>,
     /// Every adapter that was found, as "name (backend, type)", best first.
     pub candidates: Vec<String>,
+    /// Smallest and largest subgroup (warp, wave) size the adapter may use.
+    pub subgroup_sizes: (u32, u32),
 }
 
 impl GpuInfo {
@@ -60,11 +62,13 @@ impl std::fmt::Display for GpuInfo {
         let l = &self.limits;
         writeln!(
             f,
-            "limits    storage binding {} MiB, buffer {} MiB, workgroup storage {} KiB, invocations/workgroup {}",
+            "limits    storage binding {} MiB, buffer {} MiB, workgroup storage {} KiB, invocations/workgroup {}, subgroup {}..{}",
             l.max_storage_buffer_binding_size as u64 >> 20,
             l.max_buffer_size >> 20,
             l.max_compute_workgroup_storage_size >> 10,
             l.max_compute_invocations_per_workgroup,
+            self.subgroup_sizes.0,
+            self.subgroup_sizes.1,
         )?;
         if self.cooperative_matrix.is_empty() {
             write!(f, "coop-mat  none (no tensor-core path on this adapter)")
@@ -120,6 +124,9 @@ pub(crate) struct GpuInner {
     pub(crate) info: GpuInfo,
     /// Build every module with runtime bounds checks (`WGK_CHECKED=1`).
     pub(crate) checked: bool,
+    pub(crate) autotune: bool,
+    /// Autotuning winners: shape-class key -> candidate index.
+    pub(crate) tuned: Mutex<HashMap<String, String>>,
     pub(crate) pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
     pool: Mutex<Pool>,
     pending: Mutex<Pending>,
@@ -145,7 +152,7 @@ impl std::fmt::Debug for Gpu {
 }
 
 /// How to pick an adapter; `GpuOptions::from_env()` reads `WGK_BACKEND`, `WGK_ADAPTER`, `WGK_CHECKED`.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct GpuOptions {
     /// Backends to try; `None` means all compiled in.
     pub backends: Option<wgpu::Backends>,
@@ -153,6 +160,15 @@ pub struct GpuOptions {
     pub adapter_name: Option<String>,
     /// Build every shader with runtime bounds checks.
     pub checked: bool,
+    /// Time candidate kernel configurations on first use of a shape class (`WGK_AUTOTUNE=0`
+    /// turns it off and uses portable defaults).
+    pub autotune: bool,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        Self { backends: None, adapter_name: None, checked: false, autotune: true }
+    }
 }
 
 impl GpuOptions {
@@ -165,7 +181,8 @@ impl GpuOptions {
         };
         let adapter_name = std::env::var("WGK_ADAPTER").ok().filter(|s| !s.is_empty());
         let checked = matches!(std::env::var("WGK_CHECKED").as_deref(), Ok("1") | Ok("true"));
-        Ok(Self { backends, adapter_name, checked })
+        let autotune = !matches!(std::env::var("WGK_AUTOTUNE").as_deref(), Ok("0") | Ok("false"));
+        Ok(Self { backends, adapter_name, checked, autotune })
     }
 }
 
@@ -308,6 +325,7 @@ impl Gpu {
             limits,
             cooperative_matrix,
             candidates: names,
+            subgroup_sizes: (ainfo.subgroup_min_size, ainfo.subgroup_max_size),
         };
         Ok(Gpu {
             inner: Arc::new(GpuInner {
@@ -315,6 +333,8 @@ impl Gpu {
                 queue,
                 info,
                 checked: opts.checked,
+                autotune: opts.autotune,
+                tuned: Mutex::new(HashMap::new()),
                 pipelines: Mutex::new(HashMap::new()),
                 pool: Mutex::new(Pool { free: HashMap::new(), stats: MemoryStats::default() }),
                 pending: Mutex::new(Pending { encoder: None, dispatches: 0 }),
@@ -352,15 +372,6 @@ impl Gpu {
     /// True when the device has `feature`.
     pub fn has(&self, feature: wgpu::Features) -> bool {
         self.inner.info.features.contains(feature)
-    }
-
-    /// Returns `Err(MissingFeature)` naming `op` when the device lacks `feature`.
-    pub(crate) fn require(&self, op: &'static str, feature: wgpu::Features, name: &'static str, hint: &'static str) -> Result<()> {
-        if self.has(feature) {
-            Ok(())
-        } else {
-            Err(Error::MissingFeature { op, feature: name, hint })
-        }
     }
 
     /// Bytes in tensors, in the pool, and the peak since `reset_peak()`.

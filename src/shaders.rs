@@ -34,17 +34,23 @@ pub enum Shader {
     Elementwise,
     /// Row reductions.
     Reduce,
+    /// Register-tiled and thin matmul.
+    Matmul,
+    /// Matmul on cooperative matrices (tensor cores).
+    MatmulCoop,
 }
 
 impl Shader {
     /// Every shader family, for the portability test.
-    pub const ALL: [Shader; 2] = [Shader::Elementwise, Shader::Reduce];
+    pub const ALL: [Shader; 4] = [Shader::Elementwise, Shader::Reduce, Shader::Matmul, Shader::MatmulCoop];
 
     /// The file name under shaders/.
     pub fn file_name(self) -> &'static str {
         match self {
             Shader::Elementwise => "elementwise.wgsl",
             Shader::Reduce => "reduce.wgsl",
+            Shader::Matmul => "matmul.wgsl",
+            Shader::MatmulCoop => "matmul_coop.wgsl",
         }
     }
 
@@ -53,6 +59,8 @@ impl Shader {
         match self {
             Shader::Elementwise => include_str!("../shaders/elementwise.wgsl"),
             Shader::Reduce => include_str!("../shaders/reduce.wgsl"),
+            Shader::Matmul => include_str!("../shaders/matmul.wgsl"),
+            Shader::MatmulCoop => include_str!("../shaders/matmul_coop.wgsl"),
         }
     }
 }
@@ -102,9 +110,12 @@ impl Kernel {
         self.constants.iter().map(|&(n, b)| (n, f64::from_bits(b))).collect()
     }
 
-    /// The specialised WGSL text: the dtype prelude, then the family's source.
+    /// The specialised WGSL text: the family's `enable` directives (which WGSL wants
+    /// first), the dtype prelude, then the rest of the family's source.
     pub fn wgsl(&self) -> String {
-        let mut text = format!("{}\n{}", DTYPE_PRELUDE, self.shader.source());
+        let source = self.shader.source();
+        let (enables, body): (Vec<&str>, Vec<&str>) = source.lines().partition(|l| l.starts_with("enable "));
+        let mut text = format!("{}\n{}\n{}", enables.join("\n"), DTYPE_PRELUDE, body.join("\n"));
         for (name, value) in &self.subs {
             text = text.replace(&format!("{{{{{name}}}}}"), value);
         }
@@ -173,7 +184,14 @@ impl Gpu {
     /// when above the 65535 per-dimension limit; shaders flatten `wid.x + wid.y * nwg.x`
     /// and ignore the excess). `buffers` are (binding, buffer) pairs of group 0.
     pub(crate) fn dispatch(&self, kernel: &Kernel, buffers: &[(u32, &wgpu::Buffer)], workgroups: u32) -> Result<()> {
-        if workgroups == 0 {
+        let max = self.inner.info.limits.max_compute_workgroups_per_dimension.max(1);
+        let (x, y) = if workgroups <= max { (workgroups, 1) } else { (max, workgroups.div_ceil(max)) };
+        self.dispatch_3d(kernel, buffers, [x, y, 1])
+    }
+
+    /// Records one dispatch of `kernel` over a `[x, y, z]` grid of workgroups.
+    pub(crate) fn dispatch_3d(&self, kernel: &Kernel, buffers: &[(u32, &wgpu::Buffer)], grid: [u32; 3]) -> Result<()> {
+        if grid.contains(&0) {
             return Ok(());
         }
         let pipeline = self.pipeline(kernel)?;
@@ -187,8 +205,6 @@ impl Gpu {
             layout: &layout,
             entries: &entries,
         });
-        let max = self.inner.info.limits.max_compute_workgroups_per_dimension.max(1);
-        let (x, y) = if workgroups <= max { (workgroups, 1) } else { (max, workgroups.div_ceil(max)) };
         let label = kernel.label();
         let timestamps = self.profiler_slot(&label);
         self.record(|enc| {
@@ -200,7 +216,7 @@ impl Gpu {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(&label), timestamp_writes });
             pass.set_pipeline(&pipeline);
             pass.set_bind_group(0, &bind_group, &[]);
-            pass.dispatch_workgroups(x, y, 1);
+            pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
         })?;
         self.profiler_after_dispatch(&label)
     }
@@ -221,5 +237,6 @@ impl Gpu {
 pub fn all_kernels() -> Vec<Kernel> {
     let mut all = crate::ops::elementwise::all_kernels();
     all.extend(crate::ops::reduce::all_kernels());
+    all.extend(crate::ops::matmul::all_kernels());
     all
 }

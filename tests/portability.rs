@@ -1,6 +1,7 @@
 //! Every shader specialisation the library can build is parsed and validated by naga and
 //! translated to SPIR-V (Vulkan), MSL (Metal), HLSL (DX12) and GLSL (GL): that is how we
-//! know the kernels compile on backends this machine does not have.
+//! know the kernels compile on backends this machine does not have. Cooperative-matrix
+//! kernels go to SPIR-V and MSL, the targets naga can write them for.
 
 use naga::back::{glsl, hlsl, msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
@@ -21,6 +22,12 @@ fn translate(label: &str, wgsl: &str, entry: &str, constants: &[(&str, f64)]) ->
     let msl_opts = msl::Options { lang_version: (2, 4), ..Default::default() };
     let msl_pipe = msl::PipelineOptions { entry_point: Some((naga::ShaderStage::Compute, entry.to_string())), ..Default::default() };
     msl::write_string(module, info, &msl_opts, &msl_pipe).map_err(|e| format!("msl: {e}"))?;
+
+    // naga 30 writes cooperative matrices only for SPIR-V and MSL; on DX12 and GL the
+    // library never selects the coop path (the adapter reports no configuration).
+    if wgsl.contains("enable wgpu_cooperative_matrix") {
+        return Ok(());
+    }
 
     let hlsl_opts = hlsl::Options { shader_model: hlsl::ShaderModel::V6_2, ..Default::default() };
     let hlsl_pipe = hlsl::PipelineOptions { entry_point: Some((naga::ShaderStage::Compute, entry.to_string())) };
@@ -43,14 +50,14 @@ fn every_specialisation_translates_to_every_backend() {
     let kernels = wgkernels::shaders::all_kernels();
     assert!(kernels.len() > 50, "expected every dtype/layout/op combination, got {}", kernels.len());
     let mut failures = Vec::new();
-    for k in &kernels {
+    for (i, k) in kernels.iter().enumerate() {
         let wgsl = k.wgsl();
         if let Some(pos) = wgsl.find("{{") {
             failures.push(format!("{}: unsubstituted placeholder at {}", k.label(), &wgsl[pos..(pos + 30).min(wgsl.len())]));
             continue;
         }
         if let Err(e) = translate(&k.label(), &wgsl, k.entry, &k.constants()) {
-            failures.push(format!("{} {:?}: {e}", k.label(), k.subs));
+            failures.push(format!("{} (#{i} of all_kernels()): {e}", k.label()));
         }
     }
     assert!(failures.is_empty(), "{} of {} kernels failed:\n{}", failures.len(), kernels.len(), failures.join("\n"));

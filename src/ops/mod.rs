@@ -1,6 +1,8 @@
 //! Kernel launchers: host-side validation, then one dispatch each.
 
+pub mod autotune;
 pub mod elementwise;
+pub mod matmul;
 pub mod reduce;
 
 use crate::DType;

@@ -1,0 +1,211 @@
+// Matmul C[b] = A[b] · B[b] (+ bias, activation), f32 accumulation, for every dtype.
+//
+// `tiled` — register-blocked tiles. A workgroup of (BN/TN)·(BM/TM) invocations computes a
+// BM×BN tile of C. Per K-step of BK it stages A[BM×BK] and B[BK×BN] in workgroup memory
+// (converted to f32, zero-filled past the edges), then each invocation accumulates a TM×TN
+// block of outputs in registers: rows ty + i·(BM/TM), columns tx + j·(BN/TN), so a
+// subgroup reads workgroup memory without bank conflicts and stores C coalesced.
+//   FLOPs per workgroup K-step: 2·BM·BN·BK. Global bytes: (BM + BN)·BK·size(dtype).
+//   Arithmetic intensity: 2·BM·BN / ((BM + BN)·size) FLOP/byte — 16 for 64×64 f32.
+//   Workgroup memory: (BM + BN)·BK·4 bytes (8 KiB for 64×64×16).
+//
+// `thin` — M ≤ THIN_M rows (matrix–vector, decode-time shapes): one workgroup covers 64
+// columns of C for all rows; 4 slices of K per column reduced in workgroup memory. Reads
+// B once (the dominant traffic, K·N·size bytes) and A from cache.
+//
+// Operands are strided views: element (m, k) of A is a_off + batch_a + m·a_sm + k·a_sk,
+// so transposed operands need no copy. The loader mapping puts consecutive invocations on
+// the operand's unit-stride dim (A_K_FAST / B_N_FAST) so global loads coalesce.
+//
+// Placeholders, each in double braces: LOAD_A/LOAD_B/LOAD_BIAS (loader bodies),
+// BM BN BK TM TN (tile constants), A_COORD/B_COORD (load mapping), EPILOGUE (bias and
+// activation on `v` at column `n`).
+
+const MAX_BATCH_DIMS: u32 = 4u;
+
+// params (u32 words):
+//   [0] M  [1] N  [2] K  [3] batches
+//   [4] a_off [5] a_sm [6] a_sk   [7] b_off [8] b_sk [9] b_sn
+//   [10] batch rank  [11..15) batch shape  [15..19) A batch strides  [19..23) B batch strides
+//   [23] bias offset  [24] bias stride
+@group(0) @binding(0) var<storage, read> a: array<u32>;
+@group(0) @binding(1) var<storage, read> b: array<u32>;
+@group(0) @binding(2) var<storage, read_write> c: array<f32>;
+@group(0) @binding(3) var<storage, read> params: array<u32>;
+@group(0) @binding(4) var<storage, read> bias: array<u32>;
+
+fn load_a(e: u32) -> f32 {
+    {{LOAD_A}}
+}
+
+fn load_b(e: u32) -> f32 {
+    {{LOAD_B}}
+}
+
+fn load_bias(e: u32) -> f32 {
+    {{LOAD_BIAS}}
+}
+
+fn gelu_tanh(x: f32) -> f32 {
+    // 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), written with exp so large |x| cannot
+    // produce inf/inf: tanh(u) = 1 - 2/(exp(2u) + 1).
+    let u = 0.7978845608 * (x + 0.044715 * x * x * x);
+    return x * (1.0 - 1.0 / (exp(2.0 * u) + 1.0));
+}
+
+fn epilogue(acc: f32, n: u32) -> f32 {
+    var v = acc;
+    {{EPILOGUE}}
+    return v;
+}
+
+// Element offsets of batch `z` in A and B (batch dims broadcast with stride 0).
+fn batch_offsets(z: u32) -> vec2<u32> {
+    var rem = z;
+    var off = vec2<u32>(params[4], params[7]);
+    let rank = params[10];
+    for (var d = 0u; d < rank; d++) {
+        let dim = MAX_BATCH_DIMS - 1u - d;
+        let size = params[11u + dim];
+        let i = rem % size;
+        rem /= size;
+        off += i * vec2<u32>(params[15u + dim], params[19u + dim]);
+    }
+    return off;
+}
+
+const BM: u32 = {{BM}}u;
+const BN: u32 = {{BN}}u;
+const BK: u32 = {{BK}}u;
+const TM: u32 = {{TM}}u;
+const TN: u32 = {{TN}}u;
+const WG_X: u32 = BN / TN;
+const WG_Y: u32 = BM / TM;
+const THREADS: u32 = WG_X * WG_Y;
+
+var<workgroup> tile_a: array<f32, BK * BM>; // [k][m]
+var<workgroup> tile_b: array<f32, BK * BN>; // [k][n]
+
+@compute @workgroup_size(THREADS)
+fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let M = params[0];
+    let N = params[1];
+    let K = params[2];
+    let a_sm = params[5];
+    let a_sk = params[6];
+    let b_sk = params[8];
+    let b_sn = params[9];
+    let tx = lid % WG_X;
+    let ty = lid / WG_X;
+    let m0 = wid.y * BM;
+    let n0 = wid.x * BN;
+    let z = wid.z;
+    let base = batch_offsets(z);
+
+    var acc: array<f32, TM * TN>;
+    for (var i = 0u; i < TM * TN; i++) {
+        acc[i] = 0.0;
+    }
+    var a_reg: array<f32, TM>;
+    var b_reg: array<f32, TN>;
+
+    for (var k0 = 0u; k0 < K; k0 += BK) {
+        for (var s = 0u; s < BM * BK / THREADS; s++) {
+            let l = lid + s * THREADS;
+            {{A_COORD}}
+            let m = m0 + mm;
+            let k = k0 + kk;
+            var v = 0.0;
+            if (m < M && k < K) {
+                v = load_a(base.x + m * a_sm + k * a_sk);
+            }
+            tile_a[kk * BM + mm] = v;
+        }
+        for (var s = 0u; s < BK * BN / THREADS; s++) {
+            let l = lid + s * THREADS;
+            {{B_COORD}}
+            let k = k0 + kk;
+            let n = n0 + nn;
+            var v = 0.0;
+            if (k < K && n < N) {
+                v = load_b(base.y + k * b_sk + n * b_sn);
+            }
+            tile_b[kk * BN + nn] = v;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            for (var i = 0u; i < TM; i++) {
+                a_reg[i] = tile_a[kk * BM + ty + i * WG_Y];
+            }
+            for (var j = 0u; j < TN; j++) {
+                b_reg[j] = tile_b[kk * BN + tx + j * WG_X];
+            }
+            for (var i = 0u; i < TM; i++) {
+                for (var j = 0u; j < TN; j++) {
+                    acc[i * TN + j] = fma(a_reg[i], b_reg[j], acc[i * TN + j]);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+
+    let c_base = z * M * N;
+    for (var i = 0u; i < TM; i++) {
+        let m = m0 + ty + i * WG_Y;
+        for (var j = 0u; j < TN; j++) {
+            let n = n0 + tx + j * WG_X;
+            if (m < M && n < N) {
+                c[c_base + m * N + n] = epilogue(acc[i * TN + j], n);
+            }
+        }
+    }
+}
+
+const THIN_M: u32 = 8u;
+const THIN_COLS: u32 = 64u;
+const THIN_SLICES: u32 = 4u;
+
+var<workgroup> thin_partial: array<f32, THIN_SLICES * THIN_M * THIN_COLS>;
+
+@compute @workgroup_size(64, 4)
+fn thin(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let M = params[0];
+    let N = params[1];
+    let K = params[2];
+    let a_sm = params[5];
+    let a_sk = params[6];
+    let b_sk = params[8];
+    let b_sn = params[9];
+    let col = lid3.x;
+    let slice = lid3.y;
+    let n = wid.x * THIN_COLS + col;
+    let z = wid.z;
+    let base = batch_offsets(z);
+    var acc: array<f32, THIN_M>;
+    for (var r = 0u; r < THIN_M; r++) {
+        acc[r] = 0.0;
+    }
+    if (n < N) {
+        for (var k = slice; k < K; k += THIN_SLICES) {
+            let bv = load_b(base.y + k * b_sk + n * b_sn);
+            for (var r = 0u; r < THIN_M; r++) {
+                if (r < M) {
+                    acc[r] = fma(load_a(base.x + r * a_sm + k * a_sk), bv, acc[r]);
+                }
+            }
+        }
+    }
+    for (var r = 0u; r < THIN_M; r++) {
+        thin_partial[(slice * THIN_M + r) * THIN_COLS + col] = acc[r];
+    }
+    workgroupBarrier();
+    if (slice == 0u && n < N) {
+        for (var r = 0u; r < min(M, THIN_M); r++) {
+            var total = 0.0;
+            for (var s = 0u; s < THIN_SLICES; s++) {
+                total += thin_partial[(s * THIN_M + r) * THIN_COLS + col];
+            }
+            c[z * M * N + r * N + n] = epilogue(total, n);
+        }
+    }
+}

@@ -1,0 +1,121 @@
+// Matmul on tensor cores: 16×16×16 cooperative matrices, f16 A/B, f32 accumulation.
+//
+// Tiling: a workgroup of SG_M·SG_N subgroups computes a BM×BN tile of C, BM = SG_M·FM·16,
+// BN = SG_N·FN·16. Each subgroup owns FM×FN fragments of 16×16 (named accumulators,
+// unrolled by the generator in src/ops/matmul.rs: an array of fragments indexed in a
+// loop ran 2.3× slower on the H200). Per K-step of BK, A[BM×BK] and B[BK×BN] are staged in
+// workgroup memory as f16 (rows padded by 8 halves against bank conflicts), then each
+// subgroup runs BK/16 × FM×FN coopMultiplyAdd.
+//   FLOPs per K-step: 2·BM·BN·BK. Global bytes: (BM + BN)·BK·2 (f16).
+//   Arithmetic intensity: BM·BN / (BM + BN) FLOP/byte — 64 for a 128×128 tile.
+// Staging is either 8 halves (one vec4<u32>) per load when the operand is contiguous along
+// its inner dim and 8-aligned (VEC8), or one element per load through the dtype loader
+// (any strides; f32 inputs rounded to f16 here, which only an explicit reduced-precision
+// option allows). The epilogue goes through a per-subgroup 16×16 f32 scratch tile so that
+// edge tiles are stored with bounds checks and bias/activation apply before the store.
+//
+// Placeholders, each in double braces: A_ELEM B_ELEM (buffer element types), LOAD_A
+// LOAD_B LOAD_BIAS, SG_M SG_N FM FN BK SUBGROUP (constants), STAGE_A STAGE_B (staging
+// loops), ACC_DECL MMA STORE (generated fragment code), EPILOGUE.
+
+enable f16;
+enable wgpu_cooperative_matrix;
+
+const MAX_BATCH_DIMS: u32 = 4u;
+
+// params: the same layout as matmul.wgsl.
+@group(0) @binding(0) var<storage, read> a: array<{{A_ELEM}}>;
+@group(0) @binding(1) var<storage, read> b: array<{{B_ELEM}}>;
+@group(0) @binding(2) var<storage, read_write> c: array<f32>;
+@group(0) @binding(3) var<storage, read> params: array<u32>;
+@group(0) @binding(4) var<storage, read> bias: array<u32>;
+
+fn load_a(e: u32) -> f32 {
+    {{LOAD_A}}
+}
+
+fn load_b(e: u32) -> f32 {
+    {{LOAD_B}}
+}
+
+fn load_bias(e: u32) -> f32 {
+    {{LOAD_BIAS}}
+}
+
+fn gelu_tanh(x: f32) -> f32 {
+    let u = 0.7978845608 * (x + 0.044715 * x * x * x);
+    return x * (1.0 - 1.0 / (exp(2.0 * u) + 1.0));
+}
+
+fn epilogue(acc: f32, n: u32) -> f32 {
+    var v = acc;
+    {{EPILOGUE}}
+    return v;
+}
+
+fn batch_offsets(z: u32) -> vec2<u32> {
+    var rem = z;
+    var off = vec2<u32>(params[4], params[7]);
+    let rank = params[10];
+    for (var d = 0u; d < rank; d++) {
+        let dim = MAX_BATCH_DIMS - 1u - d;
+        let size = params[11u + dim];
+        let i = rem % size;
+        rem /= size;
+        off += i * vec2<u32>(params[15u + dim], params[19u + dim]);
+    }
+    return off;
+}
+
+const SG_M: u32 = {{SG_M}}u;
+const SG_N: u32 = {{SG_N}}u;
+const FM: u32 = {{FM}}u;
+const FN: u32 = {{FN}}u;
+const BK: u32 = {{BK}}u;
+const SUBGROUP: u32 = {{SUBGROUP}}u;
+const BM: u32 = SG_M * FM * 16u;
+const BN: u32 = SG_N * FN * 16u;
+const THREADS: u32 = SG_M * SG_N * SUBGROUP;
+const A_STRIDE: u32 = BK + 8u;
+const B_STRIDE: u32 = BN + 8u;
+
+var<workgroup> tile_a: array<f16, BM * A_STRIDE>; // [m][k]
+var<workgroup> tile_b: array<f16, BK * B_STRIDE>; // [k][n]
+var<workgroup> scratch: array<f32, SG_M * SG_N * 256u>;
+
+@compute @workgroup_size(THREADS)
+fn coop(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(subgroup_id) sg: u32,
+    @builtin(subgroup_invocation_id) lane: u32,
+) {
+    let M = params[0];
+    let N = params[1];
+    let K = params[2];
+    let a_sm = params[5];
+    let a_sk = params[6];
+    let b_sk = params[8];
+    let b_sn = params[9];
+    let m0 = wid.y * BM;
+    let n0 = wid.x * BN;
+    let z = wid.z;
+    let base = batch_offsets(z);
+    // This subgroup's corner inside the workgroup tile.
+    let sg_m = (sg / SG_N) * FM * 16u;
+    let sg_n = (sg % SG_N) * FN * 16u;
+
+    {{ACC_DECL}}
+
+    for (var k0 = 0u; k0 < K; k0 += BK) {
+        {{STAGE_A}}
+        {{STAGE_B}}
+        workgroupBarrier();
+        {{MMA}}
+        workgroupBarrier();
+    }
+
+    let c_base = z * M * N;
+    let own = sg * 256u;
+    {{STORE}}
+}

@@ -1,0 +1,650 @@
+//! Matmul: `[..., M, K] × [..., K, N] → [..., M, N]`, batch dims broadcast, operands may be
+//! strided views (transposes cost no copy), f32 accumulation, an epilogue (bias,
+//! activation) applied before the store, and three kernel paths:
+//!
+//! - **tiled** (`shaders/matmul.wgsl:tiled`): register-blocked, any dtype, every adapter;
+//! - **thin** (`shaders/matmul.wgsl:thin`): M ≤ 8, the matrix–vector shapes of decoding;
+//! - **coop** (`shaders/matmul_coop.wgsl`): tensor cores through 16×16×16 f16→f32
+//!   cooperative matrices, for F16 inputs, or F32 inputs when the caller allows reduced
+//!   precision (`MatmulOptions::allow_reduced_precision`, like PyTorch's TF32 switch).
+//!
+//! Configurations are autotuned per shape class on first use (see [`crate::ops::autotune`]).
+
+use crate::error::{Error, Result};
+use crate::ops::autotune;
+use crate::ops::wgsl_load;
+use crate::shaders::{Kernel, Shader};
+use crate::tensor::Tensor;
+use crate::{DType, Gpu};
+
+/// Activation applied in the matmul's epilogue, after the bias.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Activation {
+    #[default]
+    None,
+    Relu,
+    /// x·Φ(x) with the erf form of Φ (PyTorch's default `gelu`).
+    Gelu,
+    /// The tanh approximation (`gelu(approximate="tanh")`, GPT-2's).
+    GeluTanh,
+    /// x·sigmoid(x).
+    Silu,
+}
+
+impl Activation {
+    /// Every activation, for tests.
+    pub const ALL: [Activation; 5] = [Activation::None, Activation::Relu, Activation::Gelu, Activation::GeluTanh, Activation::Silu];
+
+    fn wgsl(self) -> &'static str {
+        match self {
+            Activation::None => "",
+            Activation::Relu => "v = max(v, 0.0);",
+            // erf by Abramowitz–Stegun 7.1.26 (|error| < 1.5e-7), odd-extended.
+            Activation::Gelu => {
+                "let z = abs(v) * 0.7071067811865476;\n    let t = 1.0 / (1.0 + 0.3275911 * z);\n    let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));\n    let erf_abs = 1.0 - poly * exp(-z * z);\n    v = 0.5 * v * (1.0 + sign(v) * erf_abs);"
+            }
+            Activation::GeluTanh => "v = gelu_tanh(v);",
+            // exp(-v) overflows to inf for v < -88: v / inf = -0, the right limit.
+            Activation::Silu => "v = v / (1.0 + exp(-v));",
+        }
+    }
+
+    /// The activation in f64, for CPU references.
+    pub fn apply_f64(self, x: f64) -> f64 {
+        match self {
+            Activation::None => x,
+            Activation::Relu => x.max(0.0),
+            Activation::Gelu => 0.5 * x * (1.0 + erf_f64(x / std::f64::consts::SQRT_2)),
+            Activation::GeluTanh => 0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh()),
+            Activation::Silu => x / (1.0 + (-x).exp()),
+        }
+    }
+}
+
+/// erf in f64 (series for small |x|, continued fraction tail), accurate to ~1e-15.
+fn erf_f64(x: f64) -> f64 {
+    let a = x.abs();
+    let r = if a < 3.0 {
+        // Maclaurin series: 2/√π Σ (-1)^n x^(2n+1) / (n! (2n+1)).
+        let mut term = a;
+        let mut sum = a;
+        let mut n = 0.0;
+        while term.abs() > 1e-17 * sum.abs() {
+            n += 1.0;
+            term *= -a * a / n;
+            sum += term / (2.0 * n + 1.0);
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    } else {
+        // erfc continued fraction (Lentz), converges fast for a ≥ 3.
+        let mut f = a;
+        let mut c = a;
+        let mut d = 0.0;
+        for k in 1..200 {
+            let ak = k as f64 * 0.5;
+            d = a + ak * d;
+            d = 1.0 / d;
+            c = a + ak / c;
+            let delta = c * d;
+            f *= delta;
+            if (delta - 1.0).abs() < 1e-16 {
+                break;
+            }
+        }
+        1.0 - (-a * a).exp() / (f * std::f64::consts::PI.sqrt())
+    };
+    r.copysign(x)
+}
+
+/// Register-tiled configuration: a BM×BN workgroup tile, K-steps of BK, TM×TN outputs
+/// per invocation ((BM/TM)·(BN/TN) invocations).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TileConfig {
+    pub bm: u32,
+    pub bn: u32,
+    pub bk: u32,
+    pub tm: u32,
+    pub tn: u32,
+}
+
+/// Cooperative-matrix configuration: SG_M×SG_N subgroups, each FM×FN 16×16 fragments,
+/// K-steps of BK (a multiple of 16).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CoopConfig {
+    pub sg_m: u32,
+    pub sg_n: u32,
+    pub fm: u32,
+    pub fn_: u32,
+    pub bk: u32,
+}
+
+impl CoopConfig {
+    fn bm(&self) -> u32 {
+        self.sg_m * self.fm * 16
+    }
+    fn bn(&self) -> u32 {
+        self.sg_n * self.fn_ * 16
+    }
+}
+
+/// Which kernel runs a matmul.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MatmulPath {
+    Tiled(TileConfig),
+    Thin,
+    Coop(CoopConfig),
+}
+
+impl MatmulPath {
+    /// A short name for reports: `tiled 64x64x16/4x4`, `thin`, `coop 128x128x32`.
+    pub fn name(&self) -> String {
+        match self {
+            MatmulPath::Tiled(t) => format!("tiled {}x{}x{}/{}x{}", t.bm, t.bn, t.bk, t.tm, t.tn),
+            MatmulPath::Thin => "thin".into(),
+            MatmulPath::Coop(c) => format!("coop {}x{}x{} ({}x{} sg of {}x{})", c.bm(), c.bn(), c.bk, c.sg_m, c.sg_n, c.fm, c.fn_),
+        }
+    }
+}
+
+/// Register-tiled candidates; the first is the portable default.
+pub const TILED_CANDIDATES: [TileConfig; 4] = [
+    TileConfig { bm: 64, bn: 64, bk: 16, tm: 4, tn: 4 },
+    TileConfig { bm: 128, bn: 128, bk: 8, tm: 8, tn: 8 },
+    TileConfig { bm: 128, bn: 64, bk: 16, tm: 8, tn: 4 },
+    TileConfig { bm: 32, bn: 32, bk: 16, tm: 2, tn: 2 },
+];
+
+/// Cooperative-matrix candidates; the first is the default.
+pub const COOP_CANDIDATES: [CoopConfig; 4] = [
+    CoopConfig { sg_m: 2, sg_n: 4, fm: 4, fn_: 2, bk: 32 },
+    CoopConfig { sg_m: 2, sg_n: 2, fm: 2, fn_: 2, bk: 32 },
+    CoopConfig { sg_m: 2, sg_n: 2, fm: 4, fn_: 2, bk: 32 },
+    CoopConfig { sg_m: 4, sg_n: 2, fm: 2, fn_: 4, bk: 16 },
+];
+
+/// The largest M the thin path takes.
+pub const THIN_M: usize = 8;
+
+/// Options for [`Tensor::matmul_with`].
+#[derive(Clone, Debug, Default)]
+pub struct MatmulOptions<'a> {
+    /// Output dtype; the inputs' dtype when `None`.
+    pub out_dtype: Option<DType>,
+    /// Lets F32 inputs run on f16 tensor cores (inputs rounded to f16, f32 accumulation).
+    /// Off by default: never silently.
+    pub allow_reduced_precision: bool,
+    /// Added to every row before the activation: shape `[N]`, any dtype.
+    pub bias: Option<&'a Tensor>,
+    /// Applied after the bias, before the store.
+    pub activation: Activation,
+    /// Forces a kernel path (tests, benchmarks); `None` lets the library choose.
+    pub path: Option<MatmulPath>,
+}
+
+/// The subgroup size the coop kernel is generated for, when the adapter's is fixed.
+fn fixed_subgroup(gpu: &Gpu) -> Option<u32> {
+    let (lo, hi) = gpu.info().subgroup_sizes;
+    (lo == hi && lo >= 8 && gpu.has(wgpu::Features::SUBGROUP)).then_some(lo)
+}
+
+/// True when the coop path can run `dtype` inputs on this device.
+pub fn coop_available(gpu: &Gpu, dtype: DType, allow_reduced_precision: bool) -> bool {
+    let dtype_ok = dtype == DType::F16 || (dtype == DType::F32 && allow_reduced_precision);
+    dtype_ok && gpu.info().has_coop_f16_16x16x16() && gpu.has(wgpu::Features::SHADER_F16) && fixed_subgroup(gpu).is_some()
+}
+
+/// Every path the library may choose for these inputs on this device, default first.
+pub fn candidates(gpu: &Gpu, dtype: DType, m: usize, allow_reduced_precision: bool) -> Vec<MatmulPath> {
+    let max_threads = gpu.info().limits.max_compute_invocations_per_workgroup;
+    let wg_bytes = gpu.info().limits.max_compute_workgroup_storage_size;
+    let mut out = Vec::new();
+    // Few rows: the thin kernel reads B once and wastes no tile rows; it goes first.
+    if m <= THIN_M {
+        out.push(MatmulPath::Thin);
+    }
+    if coop_available(gpu, dtype, allow_reduced_precision) {
+        let sub = fixed_subgroup(gpu).unwrap_or(32);
+        out.extend(
+            COOP_CANDIDATES
+                .iter()
+                .filter(|c| c.sg_m * c.sg_n * sub <= max_threads && coop_workgroup_bytes(c) <= wg_bytes)
+                .map(|&c| MatmulPath::Coop(c)),
+        );
+    }
+    out.extend(
+        TILED_CANDIDATES
+            .iter()
+            .filter(|t| (t.bm / t.tm) * (t.bn / t.tn) <= max_threads && (t.bm + t.bn) * t.bk * 4 <= wg_bytes)
+            .map(|&t| MatmulPath::Tiled(t)),
+    );
+    out
+}
+
+fn coop_workgroup_bytes(c: &CoopConfig) -> u32 {
+    c.bm() * (c.bk + 8) * 2 + c.bk * (c.bn() + 8) * 2 + c.sg_m * c.sg_n * 256 * 4
+}
+
+fn epilogue_wgsl(bias: bool, act: Activation) -> String {
+    let mut s = String::new();
+    if bias {
+        s.push_str("v += load_bias(params[23] + n * params[24]);\n    ");
+    }
+    s.push_str(act.wgsl());
+    s
+}
+
+/// Layout facts the kernels specialise on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Layout {
+    /// A's unit-stride dim is K (row-major A), else M.
+    a_k_fast: bool,
+    /// B's unit-stride dim is N (row-major B), else K.
+    b_n_fast: bool,
+    /// A can be staged 8 halves at a time (f16, contiguous along its fast dim, 8-aligned).
+    a_vec8: bool,
+    b_vec8: bool,
+}
+
+fn tiled_kernel(t: TileConfig, dtype: DType, bias: Option<DType>, act: Activation, lay: Layout, thin: bool) -> Kernel {
+    let a_coord = if lay.a_k_fast { "let mm = l / BK;\n            let kk = l % BK;" } else { "let mm = l % BM;\n            let kk = l / BM;" };
+    let b_coord = if lay.b_n_fast { "let kk = l / BN;\n            let nn = l % BN;" } else { "let kk = l % BK;\n            let nn = l / BK;" };
+    let k = Kernel::new(Shader::Matmul, if thin { "thin" } else { "tiled" })
+        .sub("LOAD_A", wgsl_load("a", dtype))
+        .sub("LOAD_B", wgsl_load("b", dtype))
+        .sub("LOAD_BIAS", bias.map(|d| wgsl_load("bias", d)).unwrap_or_else(|| "return 0.0;".into()))
+        .sub("EPILOGUE", epilogue_wgsl(bias.is_some(), act));
+    let k = if thin {
+        // The tiled entry's constants must still be well-formed; the thin entry ignores them.
+        let d = TILED_CANDIDATES[0];
+        k.sub("BM", d.bm.to_string()).sub("BN", d.bn.to_string()).sub("BK", d.bk.to_string()).sub("TM", d.tm.to_string()).sub("TN", d.tn.to_string()).sub("A_COORD", "let mm = l / BK;\n            let kk = l % BK;").sub("B_COORD", "let kk = l / BN;\n            let nn = l % BN;")
+    } else {
+        k.sub("BM", t.bm.to_string())
+            .sub("BN", t.bn.to_string())
+            .sub("BK", t.bk.to_string())
+            .sub("TM", t.tm.to_string())
+            .sub("TN", t.tn.to_string())
+            .sub("A_COORD", a_coord)
+            .sub("B_COORD", b_coord)
+    };
+    k.trusted()
+}
+
+/// Generates the coop kernel: staging loops for the layout, then the fragment code
+/// (named accumulators, unrolled), then the guarded epilogue stores.
+fn coop_kernel(c: CoopConfig, sub: u32, dtype: DType, bias: Option<DType>, act: Activation, lay: Layout) -> Kernel {
+    let unpack8 = |tile: &str, idx: &dyn Fn(u32) -> String| {
+        let mut s = String::new();
+        for (w, comp) in ["x", "y", "z", "w"].iter().enumerate() {
+            s.push_str(&format!("            let h{w} = vec2<f16>(unpack2x16float(word.{comp}));\n"));
+            for half in 0..2u32 {
+                let e = 2 * w as u32 + half;
+                s.push_str(&format!("            {tile}[{}] = h{w}.{};\n", idx(e), if half == 0 { "x" } else { "y" }));
+            }
+        }
+        s
+    };
+    let stage_a = if lay.a_vec8 {
+        let (coords, addr, idx): (&str, &str, Box<dyn Fn(u32) -> String>) = if lay.a_k_fast {
+            ("let mm = l / (BK / 8u);\n            let kk = (l % (BK / 8u)) * 8u;", "base.x + m * a_sm + k", Box::new(|e| format!("mm * A_STRIDE + kk + {e}u")))
+        } else {
+            ("let kk = l / (BM / 8u);\n            let mm = (l % (BM / 8u)) * 8u;", "base.x + m + k * a_sk", Box::new(|e| format!("(mm + {e}u) * A_STRIDE + kk")))
+        };
+        format!(
+            "for (var s = 0u; s < BM * BK / 8u / THREADS; s++) {{\n            let l = lid + s * THREADS;\n            {coords}\n            let m = m0 + mm;\n            let k = k0 + kk;\n            var word = vec4<u32>(0u);\n            if (m < M && k < K) {{\n                word = a[({addr}) / 8u];\n            }}\n{}        }}",
+            unpack8("tile_a", &*idx)
+        )
+    } else {
+        let coords = if lay.a_k_fast { "let mm = l / BK;\n            let kk = l % BK;" } else { "let mm = l % BM;\n            let kk = l / BM;" };
+        format!("for (var s = 0u; s < BM * BK / THREADS; s++) {{\n            let l = lid + s * THREADS;\n            {coords}\n            let m = m0 + mm;\n            let k = k0 + kk;\n            var v = 0.0;\n            if (m < M && k < K) {{\n                v = load_a(base.x + m * a_sm + k * a_sk);\n            }}\n            tile_a[mm * A_STRIDE + kk] = f16(v);\n        }}")
+    };
+    let stage_b = if lay.b_vec8 {
+        let (coords, addr, idx): (&str, &str, Box<dyn Fn(u32) -> String>) = if lay.b_n_fast {
+            ("let kk = l / (BN / 8u);\n            let nn = (l % (BN / 8u)) * 8u;", "base.y + k * b_sk + n", Box::new(|e| format!("kk * B_STRIDE + nn + {e}u")))
+        } else {
+            ("let nn = l / (BK / 8u);\n            let kk = (l % (BK / 8u)) * 8u;", "base.y + k + n * b_sn", Box::new(|e| format!("(kk + {e}u) * B_STRIDE + nn")))
+        };
+        format!(
+            "for (var s = 0u; s < BK * BN / 8u / THREADS; s++) {{\n            let l = lid + s * THREADS;\n            {coords}\n            let k = k0 + kk;\n            let n = n0 + nn;\n            var word = vec4<u32>(0u);\n            if (k < K && n < N) {{\n                word = b[({addr}) / 8u];\n            }}\n{}        }}",
+            unpack8("tile_b", &*idx)
+        )
+    } else {
+        let coords = if lay.b_n_fast { "let kk = l / BN;\n            let nn = l % BN;" } else { "let kk = l % BK;\n            let nn = l / BK;" };
+        format!("for (var s = 0u; s < BK * BN / THREADS; s++) {{\n            let l = lid + s * THREADS;\n            {coords}\n            let k = k0 + kk;\n            let n = n0 + nn;\n            var v = 0.0;\n            if (k < K && n < N) {{\n                v = load_b(base.y + k * b_sk + n * b_sn);\n            }}\n            tile_b[kk * B_STRIDE + nn] = f16(v);\n        }}")
+    };
+    let mut acc = String::new();
+    let mut mma = String::new();
+    let mut store = String::new();
+    for i in 0..c.fm {
+        for j in 0..c.fn_ {
+            acc.push_str(&format!("var acc_{i}_{j} = coop_mat16x16<f32, C>();\n    "));
+        }
+    }
+    for ks in 0..c.bk / 16 {
+        mma.push_str("{\n");
+        // Pointer operands take a bound index: naga 30 cannot cache inline index expressions there.
+        for i in 0..c.fm {
+            mma.push_str(&format!("            let oa{i} = (sg_m + {}u) * A_STRIDE + {}u;\n            let a{i} = coopLoadT<coop_mat16x16<f16, A>>(&tile_a[oa{i}], A_STRIDE);\n", i * 16, ks * 16));
+        }
+        for j in 0..c.fn_ {
+            mma.push_str(&format!("            let ob{j} = {}u * B_STRIDE + sg_n + {}u;\n            let b{j} = coopLoadT<coop_mat16x16<f16, B>>(&tile_b[ob{j}], B_STRIDE);\n", ks * 16, j * 16));
+        }
+        for i in 0..c.fm {
+            for j in 0..c.fn_ {
+                mma.push_str(&format!("            acc_{i}_{j} = coopMultiplyAdd(a{i}, b{j}, acc_{i}_{j});\n"));
+            }
+        }
+        mma.push_str("        }\n        ");
+    }
+    for i in 0..c.fm {
+        for j in 0..c.fn_ {
+            store.push_str(&format!(
+                "coopStoreT(acc_{i}_{j}, &scratch[own], 16u);\n    workgroupBarrier();\n    for (var e = lane; e < 256u; e += SUBGROUP) {{\n        let m = m0 + sg_m + {}u + e / 16u;\n        let n = n0 + sg_n + {}u + e % 16u;\n        if (m < M && n < N) {{\n            c[c_base + m * N + n] = epilogue(scratch[own + e], n);\n        }}\n    }}\n    workgroupBarrier();\n    ",
+                i * 16,
+                j * 16
+            ));
+        }
+    }
+    Kernel::new(Shader::MatmulCoop, "coop")
+        .sub("A_ELEM", if lay.a_vec8 { "vec4<u32>" } else { "u32" })
+        .sub("B_ELEM", if lay.b_vec8 { "vec4<u32>" } else { "u32" })
+        .sub("LOAD_A", if lay.a_vec8 { "return 0.0;".to_string() } else { wgsl_load("a", dtype) })
+        .sub("LOAD_B", if lay.b_vec8 { "return 0.0;".to_string() } else { wgsl_load("b", dtype) })
+        .sub("LOAD_BIAS", bias.map(|d| wgsl_load("bias", d)).unwrap_or_else(|| "return 0.0;".into()))
+        .sub("EPILOGUE", epilogue_wgsl(bias.is_some(), act))
+        .sub("SG_M", c.sg_m.to_string())
+        .sub("SG_N", c.sg_n.to_string())
+        .sub("FM", c.fm.to_string())
+        .sub("FN", c.fn_.to_string())
+        .sub("BK", c.bk.to_string())
+        .sub("SUBGROUP", sub.to_string())
+        .sub("STAGE_A", stage_a)
+        .sub("STAGE_B", stage_b)
+        .sub("ACC_DECL", acc)
+        .sub("MMA", mma)
+        .sub("STORE", store)
+        .trusted()
+}
+
+/// Every specialisation the matmul launchers can build, for the portability test
+/// (coop kernels only where SPIR-V and MSL can express cooperative matrices).
+pub fn all_kernels() -> Vec<Kernel> {
+    let mut all = Vec::new();
+    let layouts = |vec: bool| {
+        let mut v = Vec::new();
+        for a_k_fast in [true, false] {
+            for b_n_fast in [true, false] {
+                for (a_vec8, b_vec8) in if vec { vec![(false, false), (true, true), (true, false)] } else { vec![(false, false)] } {
+                    v.push(Layout { a_k_fast, b_n_fast, a_vec8, b_vec8 });
+                }
+            }
+        }
+        v
+    };
+    for dtype in DType::ALL {
+        for lay in layouts(false) {
+            for t in TILED_CANDIDATES {
+                all.push(tiled_kernel(t, dtype, None, Activation::None, lay, false));
+            }
+            all.push(tiled_kernel(TILED_CANDIDATES[0], dtype, None, Activation::None, lay, true));
+        }
+        for act in Activation::ALL {
+            all.push(tiled_kernel(TILED_CANDIDATES[0], dtype, Some(dtype), act, layouts(false)[0], false));
+        }
+    }
+    for dtype in [DType::F16, DType::F32] {
+        for lay in layouts(dtype == DType::F16) {
+            for c in COOP_CANDIDATES {
+                all.push(coop_kernel(c, 32, dtype, None, Activation::None, lay));
+            }
+        }
+        for act in Activation::ALL {
+            all.push(coop_kernel(COOP_CANDIDATES[0], 32, dtype, Some(DType::F32), act, layouts(false)[0]));
+        }
+    }
+    all
+}
+
+/// NumPy-style broadcast of the batch dims.
+fn broadcast_batch(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
+    let rank = a.len().max(b.len());
+    let dim = |s: &[usize], d: usize| if d + s.len() < rank { 1 } else { s[d + s.len() - rank] };
+    (0..rank)
+        .map(|d| match (dim(a, d), dim(b, d)) {
+            (x, y) if x == y => Some(x),
+            (1, y) => Some(y),
+            (x, 1) => Some(x),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Batch strides of `t` (rank ≥ 2) expanded to `batch` (0 where broadcast).
+fn batch_strides(t: &Tensor, batch: &[usize]) -> Vec<usize> {
+    let own = &t.shape()[..t.rank() - 2];
+    let st = &t.strides()[..t.rank() - 2];
+    let lead = batch.len() - own.len();
+    (0..batch.len()).map(|d| if d < lead || own[d - lead] == 1 { 0 } else { st[d - lead] }).collect()
+}
+
+const MAX_BATCH_DIMS: usize = 4;
+
+impl Tensor {
+    /// Matrix product with batch broadcasting: `[..., M, K] × [..., K, N] → [..., M, N]`;
+    /// 1-D operands are treated as a row (left) or column (right) vector and the added dim is
+    /// removed, as in `torch.matmul`. Same dtype on both sides; the result has that dtype.
+    pub fn matmul(&self, other: &Tensor) -> Result<Tensor> {
+        self.matmul_with(other, &MatmulOptions::default())
+    }
+
+    /// [`Tensor::matmul`] with options: output dtype, reduced precision, bias, activation.
+    pub fn matmul_with(&self, other: &Tensor, opts: &MatmulOptions) -> Result<Tensor> {
+        const OP: &str = "matmul";
+        if self.rank() == 0 || other.rank() == 0 {
+            return Err(Error::InvalidArgument { op: OP, msg: format!("operands must have at least one dim, got {:?} and {:?}", self.shape(), other.shape()) });
+        }
+        if self.dtype() != other.dtype() {
+            return Err(Error::DTypeMismatch { op: OP, lhs: self.dtype(), rhs: other.dtype() });
+        }
+        let a = if self.rank() == 1 { self.unsqueeze(0)? } else { self.clone() };
+        let b = if other.rank() == 1 { other.unsqueeze(1)? } else { other.clone() };
+        let (m, k) = (a.shape()[a.rank() - 2], a.shape()[a.rank() - 1]);
+        let (k2, n) = (b.shape()[b.rank() - 2], b.shape()[b.rank() - 1]);
+        if k != k2 {
+            return Err(Error::ShapeMismatch { op: OP, lhs: self.shape().to_vec(), rhs: other.shape().to_vec() });
+        }
+        let batch = broadcast_batch(&a.shape()[..a.rank() - 2], &b.shape()[..b.rank() - 2])
+            .ok_or_else(|| Error::ShapeMismatch { op: OP, lhs: self.shape().to_vec(), rhs: other.shape().to_vec() })?;
+        if let Some(bias) = opts.bias {
+            if bias.shape() != [n] {
+                return Err(Error::ShapeMismatch { op: "matmul bias", lhs: bias.shape().to_vec(), rhs: vec![n] });
+            }
+        }
+        let out_dtype = opts.out_dtype.unwrap_or(self.dtype());
+        let mut out_shape = batch.clone();
+        out_shape.extend([m, n]);
+        if k == 0 {
+            return Err(Error::Empty { op: OP, shape: vec![m, k, n] });
+        }
+        let nbatch: usize = batch.iter().product();
+        let gpu = self.gpu().clone();
+        if let Some(p) = opts.path {
+            let allowed = candidates(&gpu, self.dtype(), m, opts.allow_reduced_precision);
+            if !allowed.contains(&p) {
+                let names: Vec<String> = allowed.iter().map(|p| p.name()).collect();
+                let msg = format!("path {} cannot run {:?} inputs with M = {m} on this adapter (allowed: {})", p.name(), self.dtype(), names.join(", "));
+                return Err(Error::InvalidArgument { op: OP, msg });
+            }
+        }
+        // Collapse the batch dims where both operands walk them contiguously.
+        let (bshape, sa, sb) = collapse_batch(&batch, &batch_strides(&a, &batch), &batch_strides(&b, &batch));
+        if bshape.len() > MAX_BATCH_DIMS {
+            return Err(Error::InvalidArgument { op: OP, msg: format!("batch shape {batch:?} needs more than {MAX_BATCH_DIMS} dims after merging; reshape it first") });
+        }
+        let max_groups = gpu.info().limits.max_compute_workgroups_per_dimension as usize;
+        if nbatch > max_groups {
+            return Err(Error::InvalidArgument { op: OP, msg: format!("{nbatch} batches exceed the {max_groups} workgroups per dispatch dimension") });
+        }
+        let out = Tensor::empty(&gpu, OP, &out_shape, DType::F32)?;
+        if out.numel() == 0 {
+            return out.to_dtype(out_dtype);
+        }
+        let launch = Launch { a: &a, b: &b, m, n, k, nbatch, bshape: &bshape, sa: &sa, sb: &sb, out: &out, opts };
+        let path = match opts.path {
+            Some(p) => p,
+            None => autotune::choose(&gpu, &launch, candidates(&gpu, self.dtype(), m, opts.allow_reduced_precision))?,
+        };
+        launch.run(path)?;
+        let out = if self.rank() == 1 && other.rank() == 1 {
+            out.reshape(&out_shape[..out_shape.len() - 2])?
+        } else if self.rank() == 1 {
+            let mut s = out_shape.clone();
+            s.remove(s.len() - 2);
+            out.reshape(&s)?
+        } else if other.rank() == 1 {
+            out.reshape(&out_shape[..out_shape.len() - 1])?
+        } else {
+            out
+        };
+        out.to_dtype(out_dtype)
+    }
+}
+
+/// Merges adjacent batch dims that both operands (and the contiguous output) walk with
+/// one stride; drops size-1 dims.
+fn collapse_batch(shape: &[usize], sa: &[usize], sb: &[usize]) -> (Vec<usize>, Vec<usize>, Vec<usize>) {
+    let (mut s, mut a, mut b): (Vec<usize>, Vec<usize>, Vec<usize>) = (vec![], vec![], vec![]);
+    for d in 0..shape.len() {
+        if shape[d] == 1 {
+            continue;
+        }
+        if let (Some(ls), Some(la), Some(lb)) = (s.last_mut(), a.last_mut(), b.last_mut()) {
+            if *la == sa[d] * shape[d] && *lb == sb[d] * shape[d] {
+                *ls *= shape[d];
+                *la = sa[d];
+                *lb = sb[d];
+                continue;
+            }
+        }
+        s.push(shape[d]);
+        a.push(sa[d]);
+        b.push(sb[d]);
+    }
+    (s, a, b)
+}
+
+/// One validated matmul, ready to run on any candidate path (autotuning runs it several times).
+pub(crate) struct Launch<'a> {
+    a: &'a Tensor,
+    b: &'a Tensor,
+    m: usize,
+    n: usize,
+    k: usize,
+    nbatch: usize,
+    bshape: &'a [usize],
+    sa: &'a [usize],
+    sb: &'a [usize],
+    out: &'a Tensor,
+    opts: &'a MatmulOptions<'a>,
+}
+
+impl Launch<'_> {
+    /// The autotuning key: dtype, layout and the shape class (log2 buckets of M, N, K).
+    pub(crate) fn class_key(&self) -> String {
+        let lg = |x: usize| usize::BITS - (x.max(1) - 1).leading_zeros();
+        let lay = self.layout();
+        format!(
+            "matmul {} m{} n{} k{} b{} a{} b{}{}{} red{}",
+            self.a.dtype().name(),
+            lg(self.m),
+            lg(self.n),
+            lg(self.k),
+            lg(self.nbatch).min(4),
+            if lay.a_k_fast { "k" } else { "m" },
+            if lay.b_n_fast { "n" } else { "k" },
+            if lay.a_vec8 { "8" } else { "" },
+            if lay.b_vec8 { "8" } else { "" },
+            self.opts.allow_reduced_precision as u8,
+        )
+    }
+
+    pub(crate) fn gpu(&self) -> &Gpu {
+        self.a.gpu()
+    }
+
+    pub(crate) fn flops(&self) -> f64 {
+        2.0 * (self.m * self.n * self.k * self.nbatch) as f64
+    }
+
+    fn layout(&self) -> Layout {
+        let (a, b) = (self.a, self.b);
+        let (ra, rb) = (a.rank(), b.rank());
+        let (a_sm, a_sk) = (a.strides()[ra - 2], a.strides()[ra - 1]);
+        let (b_sk, b_sn) = (b.strides()[rb - 2], b.strides()[rb - 1]);
+        let a_k_fast = a_sk == 1 || (a_sm != 1 && a_sk <= a_sm);
+        let b_n_fast = b_sn == 1 || (b_sk != 1 && b_sn <= b_sk);
+        let aligned = |off: usize, strides: &[usize]| off % 8 == 0 && strides.iter().all(|&s| s % 8 == 0);
+        let a_vec8 = a.dtype() == DType::F16
+            && if a_k_fast { a_sk == 1 && self.k % 8 == 0 && aligned(a.offset(), &[&[a_sm][..], self.sa].concat()) } else { a_sm == 1 && self.m % 8 == 0 && aligned(a.offset(), &[&[a_sk][..], self.sa].concat()) };
+        let b_vec8 = b.dtype() == DType::F16
+            && if b_n_fast { b_sn == 1 && self.n % 8 == 0 && aligned(b.offset(), &[&[b_sk][..], self.sb].concat()) } else { b_sk == 1 && self.k % 8 == 0 && aligned(b.offset(), &[&[b_sn][..], self.sb].concat()) };
+        Layout { a_k_fast, b_n_fast, a_vec8, b_vec8 }
+    }
+
+    /// Records the matmul on `path` into `self.out`.
+    ///
+    /// Why the kernels may run unchecked: every load is guarded by m < M, k < K, n < N and
+    /// its element index is then an element of the operand's view (batch offsets come from
+    /// batch coordinates < the broadcast batch shape, with stride 0 where broadcast), which
+    /// lies inside its storage. A vec8 load reads elements e..e+8 with e 8-aligned and
+    /// e + 7 also in the view, because the fast dim's extent is a multiple of 8. Stores are
+    /// guarded by m < M, n < N into the contiguous [batches, M, N] output. Workgroup
+    /// indices are bounded by the tile constants.
+    pub(crate) fn run(&self, path: MatmulPath) -> Result<()> {
+        let gpu = self.gpu();
+        let (a, b) = (self.a, self.b);
+        let (ra, rb) = (a.rank(), b.rank());
+        let pad = MAX_BATCH_DIMS - self.bshape.len();
+        let mut p = vec![0u32; 25];
+        p[0] = self.m as u32;
+        p[1] = self.n as u32;
+        p[2] = self.k as u32;
+        p[3] = self.nbatch as u32;
+        p[4] = a.offset() as u32;
+        p[5] = a.strides()[ra - 2] as u32;
+        p[6] = a.strides()[ra - 1] as u32;
+        p[7] = b.offset() as u32;
+        p[8] = b.strides()[rb - 2] as u32;
+        p[9] = b.strides()[rb - 1] as u32;
+        p[10] = self.bshape.len() as u32;
+        for d in 0..MAX_BATCH_DIMS {
+            p[11 + d] = if d < pad { 1 } else { self.bshape[d - pad] as u32 };
+            p[15 + d] = if d < pad { 0 } else { self.sa[d - pad] as u32 };
+            p[19 + d] = if d < pad { 0 } else { self.sb[d - pad] as u32 };
+        }
+        let bias_dtype = self.opts.bias.map(|t| t.dtype());
+        if let Some(bias) = self.opts.bias {
+            p[23] = bias.offset() as u32;
+            p[24] = bias.strides()[0] as u32;
+        }
+        let lay = self.layout();
+        let act = self.opts.activation;
+        let (kernel, groups) = match path {
+            MatmulPath::Tiled(t) => (tiled_kernel(t, a.dtype(), bias_dtype, act, lay, false), (self.n.div_ceil(t.bn as usize), self.m.div_ceil(t.bm as usize))),
+            MatmulPath::Thin => (tiled_kernel(TILED_CANDIDATES[0], a.dtype(), bias_dtype, act, lay, true), (self.n.div_ceil(64), 1)),
+            MatmulPath::Coop(c) => {
+                let sub = fixed_subgroup(gpu).ok_or(Error::MissingFeature { op: "matmul", feature: "SUBGROUP (fixed size)", hint: "the coop path needs a fixed subgroup size" })?;
+                (coop_kernel(c, sub, a.dtype(), bias_dtype, act, lay), (self.n.div_ceil(c.bn() as usize), self.m.div_ceil(c.bm() as usize)))
+            }
+        };
+        let max = gpu.info().limits.max_compute_workgroups_per_dimension as usize;
+        if groups.0 > max || groups.1 > max {
+            return Err(Error::InvalidArgument { op: "matmul", msg: format!("{}x{} output tiles exceed {max} workgroups per dimension", groups.0, groups.1) });
+        }
+        let params = gpu.meta_buffer(&p);
+        let mut bindings = vec![(0, a.storage()?.buffer()), (1, b.storage()?.buffer()), (2, self.out.storage()?.buffer()), (3, &params)];
+        if let Some(bias) = self.opts.bias {
+            bindings.push((4, bias.storage()?.buffer()));
+        }
+        gpu.dispatch_3d(&kernel, &bindings, [groups.0 as u32, groups.1 as u32, self.nbatch as u32])
+    }
+}

@@ -1,0 +1,197 @@
+//! Matmul against a float64 CPU reference: every path the library can choose on this
+//! adapter, every dtype, odd sizes, batches with broadcasting, transposed operands,
+//! epilogues, and the errors.
+
+mod common;
+use common::*;
+use wgkernels::ops::matmul::{candidates, Activation, MatmulOptions, MatmulPath};
+use wgkernels::{DType, Error, Gpu, Tensor};
+
+/// C = A·B (+ bias, activation) in f64. `a` is [batch, m, k], `b` is [batch, k, n] (batch 1
+/// broadcasts), both row-major.
+#[allow(clippy::too_many_arguments)]
+fn reference(a: &[f64], b: &[f64], batch: usize, a_batched: bool, b_batched: bool, m: usize, k: usize, n: usize, bias: Option<&[f64]>, act: Activation) -> Vec<f64> {
+    let mut out = vec![0.0; batch * m * n];
+    for z in 0..batch {
+        let ao = if a_batched { z * m * k } else { 0 };
+        let bo = if b_batched { z * k * n } else { 0 };
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0.0;
+                for p in 0..k {
+                    s += a[ao + i * k + p] * b[bo + p * n + j];
+                }
+                if let Some(bias) = bias {
+                    s += bias[j];
+                }
+                out[(z * m + i) * n + j] = act.apply_f64(s);
+            }
+        }
+    }
+    out
+}
+
+/// Tolerance for a K-long dot product of values in [-2, 2): f32 accumulation error grows
+/// with K; the result is then stored in `dtype`.
+fn mm_tol(dtype: DType, k: usize) -> (f64, f64) {
+    let (atol, rtol) = tol(dtype);
+    (atol + 4e-7 * k as f64, rtol)
+}
+
+/// Values as the coop path sees F32 inputs with reduced precision: rounded to f16.
+fn as_f16(v: &[f64]) -> Vec<f64> {
+    v.iter().map(|&x| half::f16::from_f64(x).to_f64()).collect()
+}
+
+fn check_paths(gpu: &Gpu, m: usize, k: usize, n: usize, dtype: DType, seed: u64) {
+    let (a, av) = random_tensor(gpu, &[m, k], dtype, seed);
+    let (b, bv) = random_tensor(gpu, &[k, n], dtype, seed + 1);
+    let want = reference(&av, &bv, 1, true, true, m, k, n, None, Activation::None);
+    let (atol, rtol) = mm_tol(dtype, k);
+    let paths = candidates(gpu, dtype, m, false);
+    assert!(!paths.is_empty());
+    for path in paths {
+        let opts = MatmulOptions { path: Some(path), ..Default::default() };
+        let got = a.matmul_with(&b, &opts).unwrap();
+        assert_eq!(got.shape(), &[m, n]);
+        assert_eq!(got.dtype(), dtype);
+        assert_close(&format!("{m}x{k}x{n} {dtype:?} {}", path.name()), &got.to_vec_f32().unwrap(), &want, atol, rtol);
+    }
+    // F32 on tensor cores only when asked for; checked against f16-rounded inputs.
+    if dtype == DType::F32 {
+        let want16 = reference(&as_f16(&av), &as_f16(&bv), 1, true, true, m, k, n, None, Activation::None);
+        for path in candidates(gpu, dtype, m, true).into_iter().filter(|p| matches!(p, MatmulPath::Coop(_))) {
+            let opts = MatmulOptions { path: Some(path), allow_reduced_precision: true, ..Default::default() };
+            let got = a.matmul_with(&b, &opts).unwrap();
+            assert_close(&format!("{m}x{k}x{n} f32 reduced {}", path.name()), &got.to_vec_f32().unwrap(), &want16, atol, rtol);
+        }
+    }
+    // The default choice (autotuned or not) agrees too.
+    let got = a.matmul(&b).unwrap();
+    assert_close(&format!("{m}x{k}x{n} {dtype:?} default"), &got.to_vec_f32().unwrap(), &want, atol, rtol);
+}
+
+#[test]
+fn every_path_every_dtype_odd_sizes() {
+    let gpu = gpu();
+    // (M, K, N) from the issue; none but the last two divide a tile.
+    for (i, &(m, k, n)) in [(1, 1, 1), (7, 13, 5), (33, 65, 17), (128, 256, 64), (1, 768, 3072)].iter().enumerate() {
+        for dtype in DType::ALL {
+            check_paths(&gpu, m, k, n, dtype, 100 + i as u64);
+        }
+    }
+}
+
+#[test]
+fn thin_shapes_up_to_eight_rows() {
+    let gpu = gpu();
+    for m in [2, 5, 8] {
+        check_paths(&gpu, m, 100, 77, DType::F32, 7);
+    }
+}
+
+#[test]
+fn batched_with_broadcast_and_transposed_views() {
+    let gpu = gpu();
+    for dtype in DType::ALL {
+        let (m, k, n) = (19, 37, 23);
+        let (atol, rtol) = mm_tol(dtype, k);
+        // A: [2, 3, m, k]; B: [3, k, n] broadcast over the leading dim.
+        let (a, av) = random_tensor(&gpu, &[2, 3, m, k], dtype, 1);
+        let (b, bv) = random_tensor(&gpu, &[3, k, n], dtype, 2);
+        let bv6: Vec<f64> = (0..6).flat_map(|z| bv[(z % 3) * k * n..(z % 3 + 1) * k * n].to_vec()).collect();
+        let want = reference(&av, &bv6, 6, true, true, m, k, n, None, Activation::None);
+        for path in candidates(&gpu, dtype, m, false) {
+            let got = a.matmul_with(&b, &MatmulOptions { path: Some(path), ..Default::default() }).unwrap();
+            assert_eq!(got.shape(), &[2, 3, m, n]);
+            assert_close(&format!("batched {dtype:?} {}", path.name()), &got.to_vec_f32().unwrap(), &want, atol, rtol);
+        }
+        // Transposed operands as views: Aᵀ stored [k, m], Bᵀ stored [n, k].
+        let (at, atv) = random_tensor(&gpu, &[k, m], dtype, 3);
+        let (bt, btv) = random_tensor(&gpu, &[n, k], dtype, 4);
+        let a_rows: Vec<f64> = (0..m * k).map(|i| atv[(i % k) * m + i / k]).collect();
+        let b_rows: Vec<f64> = (0..k * n).map(|i| btv[(i % n) * k + i / n]).collect();
+        let want = reference(&a_rows, &b_rows, 1, true, true, m, k, n, None, Activation::None);
+        let a_view = at.transpose(0, 1).unwrap();
+        let b_view = bt.transpose(0, 1).unwrap();
+        let before = gpu.stats().dispatches;
+        for path in candidates(&gpu, dtype, m, false) {
+            let got = a_view.matmul_with(&b_view, &MatmulOptions { path: Some(path), ..Default::default() }).unwrap();
+            assert_close(&format!("transposed {dtype:?} {}", path.name()), &got.to_vec_f32().unwrap(), &want, atol, rtol);
+        }
+        assert!(gpu.stats().dispatches > before);
+    }
+}
+
+#[test]
+fn epilogue_bias_and_activations() {
+    let gpu = gpu();
+    for dtype in DType::ALL {
+        let (m, k, n) = (21, 40, 35);
+        let (atol, rtol) = mm_tol(dtype, k);
+        let (a, av) = random_tensor(&gpu, &[m, k], dtype, 5);
+        let (b, bv) = random_tensor(&gpu, &[k, n], dtype, 6);
+        let (bias, biasv) = random_tensor(&gpu, &[n], dtype, 7);
+        for act in Activation::ALL {
+            let want = reference(&av, &bv, 1, true, true, m, k, n, Some(&biasv), act);
+            for path in candidates(&gpu, dtype, m, false) {
+                let opts = MatmulOptions { bias: Some(&bias), activation: act, path: Some(path), ..Default::default() };
+                let got = a.matmul_with(&b, &opts).unwrap();
+                assert_close(&format!("epilogue {act:?} {dtype:?} {}", path.name()), &got.to_vec_f32().unwrap(), &want, atol, rtol);
+            }
+            // The fused epilogue equals the same function built from separate ops.
+            if act == Activation::None {
+                let unfused = a.matmul(&b).unwrap().add(&bias).unwrap();
+                let fused = a.matmul_with(&b, &MatmulOptions { bias: Some(&bias), ..Default::default() }).unwrap();
+                assert_close(&format!("fused vs unfused bias {dtype:?}"), &fused.to_vec_f32().unwrap(), &unfused.to_vec_f32().unwrap().iter().map(|&x| x as f64).collect::<Vec<_>>(), atol, rtol);
+            }
+        }
+    }
+}
+
+#[test]
+fn output_dtype_and_vectors() {
+    let gpu = gpu();
+    let (a, av) = random_tensor(&gpu, &[9, 14], DType::BF16, 8);
+    let (b, bv) = random_tensor(&gpu, &[14, 6], DType::BF16, 9);
+    let got = a.matmul_with(&b, &MatmulOptions { out_dtype: Some(DType::F32), ..Default::default() }).unwrap();
+    assert_eq!(got.dtype(), DType::F32);
+    let want = reference(&av, &bv, 1, true, true, 9, 14, 6, None, Activation::None);
+    assert_close("bf16 in, f32 out", &got.to_vec_f32().unwrap(), &want, 1e-5 * 14.0, 1e-5);
+    // 1-D operands, as torch.matmul treats them.
+    let (v, vv) = random_tensor(&gpu, &[14], DType::F32, 10);
+    let (w, wv) = random_tensor(&gpu, &[14, 6], DType::F32, 11);
+    let got = v.matmul(&w).unwrap();
+    assert_eq!(got.shape(), &[6]);
+    assert_close("vector x matrix", &got.to_vec_f32().unwrap(), &reference(&vv, &wv, 1, true, true, 1, 14, 6, None, Activation::None), 1e-5, 1e-5);
+    let dot = v.matmul(&v).unwrap();
+    assert_eq!(dot.shape(), &[] as &[usize]);
+    let want: f64 = vv.iter().map(|x| x * x).sum();
+    assert_close("dot", &dot.to_vec_f32().unwrap(), &[want], 1e-5, 1e-5);
+}
+
+#[test]
+fn matmul_errors() {
+    let gpu = gpu();
+    let a = Tensor::randn(&gpu, &[4, 5], DType::F32, 1).unwrap();
+    let b = Tensor::randn(&gpu, &[6, 3], DType::F32, 2).unwrap();
+    let h = Tensor::randn(&gpu, &[5, 3], DType::F16, 3).unwrap();
+    let e = a.matmul(&b).unwrap_err();
+    assert!(matches!(e, Error::ShapeMismatch { op: "matmul", .. }), "{e}");
+    assert!(e.to_string().contains("[4, 5]") && e.to_string().contains("[6, 3]"), "{e}");
+    let e = a.matmul(&h).unwrap_err();
+    assert!(matches!(e, Error::DTypeMismatch { op: "matmul", .. }), "{e}");
+    let c = Tensor::randn(&gpu, &[2, 4, 5], DType::F32, 4).unwrap();
+    let d = Tensor::randn(&gpu, &[3, 5, 2], DType::F32, 5).unwrap();
+    let e = c.matmul(&d).unwrap_err();
+    assert!(matches!(e, Error::ShapeMismatch { op: "matmul", .. }), "batch dims 2 vs 3: {e}");
+    let good_b = Tensor::randn(&gpu, &[5, 3], DType::F32, 6).unwrap();
+    let bad_bias = Tensor::randn(&gpu, &[4], DType::F32, 7).unwrap();
+    let e = a.matmul_with(&good_b, &MatmulOptions { bias: Some(&bad_bias), ..Default::default() }).unwrap_err();
+    assert!(matches!(e, Error::ShapeMismatch { op: "matmul bias", .. }), "{e}");
+    // A path the adapter or the shape cannot take is refused, not run.
+    assert!(a.matmul_with(&good_b, &MatmulOptions { path: Some(MatmulPath::Thin), ..Default::default() }).is_ok(), "M = 4 may take the thin path");
+    let big = Tensor::randn(&gpu, &[9, 5], DType::F32, 8).unwrap();
+    let e = big.matmul_with(&good_b, &MatmulOptions { path: Some(MatmulPath::Thin), ..Default::default() }).unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument { op: "matmul", .. }), "{e}");
+}
