@@ -9,6 +9,9 @@
 //   Arithmetic intensity: 2·BM·BN / ((BM + BN)·size) FLOP/byte — 16 for 64×64 f32.
 //   Workgroup memory: (BM + BN)·BK·4 bytes (8 KiB for 64×64×16).
 //
+// `tiled_v4` — the same with contiguous per-invocation blocks and vec4 workgroup loads
+// (see the entry point).
+//
 // `thin` — M ≤ THIN_M rows (matrix–vector, decode-time shapes): one workgroup covers 64
 // columns of C for all rows; 4 slices of K per column reduced in workgroup memory. Reads
 // B once (the dominant traffic, K·N·size bytes) and A from cache.
@@ -156,6 +159,91 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index)
             let n = n0 + tx + j * WG_X;
             if (m < M && n < N) {
                 c[c_base + m * N + n] = epilogue(acc[i * TN + j], n);
+            }
+        }
+    }
+}
+
+// `tiled_v4` — the same tiling with each invocation owning a contiguous TM×TN block, so
+// its operands come out of workgroup memory as vec4 loads: (TM + TN)/4 loads per TM·TN
+// FMAs instead of TM + TN (TM, TN multiples of 4).
+var<workgroup> tile_a4: array<vec4<f32>, BK * BM / 4u>; // [k][m/4]
+var<workgroup> tile_b4: array<vec4<f32>, BK * BN / 4u>; // [k][n/4]
+
+@compute @workgroup_size(THREADS)
+fn tiled_v4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let M = params[0];
+    let N = params[1];
+    let K = params[2];
+    let a_sm = params[5];
+    let a_sk = params[6];
+    let b_sk = params[8];
+    let b_sn = params[9];
+    let tx = lid % WG_X;
+    let ty = lid / WG_X;
+    let m0 = wid.y * BM;
+    let n0 = wid.x * BN;
+    let z = wid.z;
+    let base = batch_offsets(z);
+
+    var acc: array<vec4<f32>, max(TM * TN / 4u, 1u)>; // row i, columns 4q..4q+3 at [i * TN/4 + q]
+    for (var i = 0u; i < TM * TN / 4u; i++) {
+        acc[i] = vec4<f32>(0.0);
+    }
+    // max(.., 1): the module also builds for the scalar entry's TM, TN of 2.
+    var a_reg: array<vec4<f32>, max(TM / 4u, 1u)>;
+    var b_reg: array<vec4<f32>, max(TN / 4u, 1u)>;
+
+    for (var k0 = 0u; k0 < K; k0 += BK) {
+        for (var s = 0u; s < BM * BK / THREADS; s++) {
+            let l = lid + s * THREADS;
+            {{A_COORD}}
+            let m = m0 + mm;
+            let k = k0 + kk;
+            var v = 0.0;
+            if (m < M && k < K) {
+                v = load_a(base.x + m * a_sm + k * a_sk);
+            }
+            let t = kk * BM + mm;
+            tile_a4[t / 4u][t % 4u] = v;
+        }
+        for (var s = 0u; s < BK * BN / THREADS; s++) {
+            let l = lid + s * THREADS;
+            {{B_COORD}}
+            let k = k0 + kk;
+            let n = n0 + nn;
+            var v = 0.0;
+            if (k < K && n < N) {
+                v = load_b(base.y + k * b_sk + n * b_sn);
+            }
+            let t = kk * BN + nn;
+            tile_b4[t / 4u][t % 4u] = v;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            for (var q = 0u; q < TM / 4u; q++) {
+                a_reg[q] = tile_a4[(kk * BM + ty * TM) / 4u + q];
+            }
+            for (var q = 0u; q < TN / 4u; q++) {
+                b_reg[q] = tile_b4[(kk * BN + tx * TN) / 4u + q];
+            }
+            for (var i = 0u; i < TM; i++) {
+                let av = a_reg[i / 4u][i % 4u];
+                for (var q = 0u; q < TN / 4u; q++) {
+                    acc[i * (TN / 4u) + q] = fma(vec4<f32>(av), b_reg[q], acc[i * (TN / 4u) + q]);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+
+    let c_base = z * M * N;
+    for (var i = 0u; i < TM; i++) {
+        let m = m0 + ty * TM + i;
+        for (var j = 0u; j < TN; j++) {
+            let n = n0 + tx * TN + j;
+            if (m < M && n < N) {
+                c[c_base + m * N + n] = epilogue(acc[i * (TN / 4u) + j / 4u][j % 4u], n);
             }
         }
     }

@@ -11,12 +11,15 @@
 // Staging is either 8 halves (one vec4<u32>) per load when the operand is contiguous along
 // its inner dim and 8-aligned (VEC8), or one element per load through the dtype loader
 // (any strides; f32 inputs rounded to f16 here, which only an explicit reduced-precision
-// option allows). The epilogue goes through a per-subgroup 16×16 f32 scratch tile so that
+// option allows). With PREFETCH (vec8 staging only), the next K-step's global words are
+// loaded into registers before this step's MMAs, so their latency hides behind the tensor
+// cores; they are written to workgroup memory after the second barrier. The epilogue goes through a per-subgroup 16×16 f32 scratch tile so that
 // edge tiles are stored with bounds checks and bias/activation apply before the store.
 //
 // Placeholders, each in double braces: A_ELEM B_ELEM (buffer element types), LOAD_A
 // LOAD_B LOAD_BIAS, SG_M SG_N FM FN BK SUBGROUP (constants), STAGE_A STAGE_B (staging
-// loops), ACC_DECL MMA STORE (generated fragment code), EPILOGUE.
+// loops), PROLOGUE PREFETCH (register prefetch), ACC_DECL MMA STORE (generated fragment
+// code), EPILOGUE.
 
 enable f16;
 enable wgpu_cooperative_matrix;
@@ -106,11 +109,13 @@ fn coop(
     let sg_n = (sg % SG_N) * FN * 16u;
 
     {{ACC_DECL}}
+    {{PROLOGUE}}
 
     for (var k0 = 0u; k0 < K; k0 += BK) {
         {{STAGE_A}}
         {{STAGE_B}}
         workgroupBarrier();
+        {{PREFETCH}}
         {{MMA}}
         workgroupBarrier();
     }

@@ -5,6 +5,9 @@ use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::profiler::Profiler;
 
+/// Minimum wall time of warm-up before timing.
+pub const WARMUP_MS: f64 = 200.0;
+
 /// The median and spread of repeated runs of one piece of GPU work.
 #[derive(Clone, Copy, Debug)]
 pub struct Timing {
@@ -23,15 +26,20 @@ impl Timing {
     }
 }
 
-/// Runs `f` `warmup` times (compiling pipelines, filling the pool), then `reps` times under
+/// Runs `f` at least `warmup` times and for at least `WARMUP_MS` of wall time (compiling
+/// pipelines, filling the pool, and letting the GPU leave its idle clocks: on the H200 the
+/// first ~50 ms of work after an idle gap ran up to 4× slower), then `reps` times under
 /// the profiler. With timestamps, one repeat's time is the sum of its dispatches' GPU times
 /// (launch gaps excluded); without, each repeat is synchronised and timed on the host.
 pub fn measure(gpu: &Gpu, warmup: usize, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<Timing> {
     let reps = reps.max(1);
-    for _ in 0..warmup {
+    let start = std::time::Instant::now();
+    let mut runs = 0;
+    while runs < warmup || start.elapsed().as_secs_f64() * 1e3 < WARMUP_MS {
         f()?;
+        gpu.synchronize()?;
+        runs += 1;
     }
-    gpu.synchronize()?;
     let mut per_rep = Vec::with_capacity(reps);
     if gpu.has(wgpu::Features::TIMESTAMP_QUERY) {
         let profiler = Profiler::start(gpu)?;

@@ -48,8 +48,14 @@ fn check_paths(gpu: &Gpu, m: usize, k: usize, n: usize, dtype: DType, seed: u64)
     let (b, bv) = random_tensor(gpu, &[k, n], dtype, seed + 1);
     let want = reference(&av, &bv, 1, true, true, m, k, n, None, Activation::None);
     let (atol, rtol) = mm_tol(dtype, k);
-    let paths = candidates(gpu, dtype, m, false);
+    let mut paths = candidates(gpu, dtype, m, false);
     assert!(!paths.is_empty());
+    if m == 1 && k * n > 1 << 20 {
+        // The decode shape: every register-tiled candidate would pad M = 1 to its full tile
+        // (minutes on a software device); those are covered by the other shapes, so here
+        // the paths a library choice can land on: thin, and tensor cores where present.
+        paths.retain(|p| !matches!(p, MatmulPath::Tiled(_)));
+    }
     for path in paths {
         let opts = MatmulOptions { path: Some(path), ..Default::default() };
         let got = a.matmul_with(&b, &opts).unwrap();

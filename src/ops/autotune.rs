@@ -87,6 +87,12 @@ pub(crate) fn choose(gpu: &Gpu, launch: &Launch, candidates: Vec<MatmulPath>) ->
         }
     }
     eprint!("wgkernels: tuning {key} over {} candidates:", candidates.len());
+    // Bring the GPU out of its idle clocks first, or the first candidate times slow.
+    let start = Instant::now();
+    while start.elapsed().as_secs_f64() < 0.1 {
+        launch.run(default)?;
+        gpu.synchronize()?;
+    }
     let mut best = (f64::INFINITY, default);
     for &p in &candidates {
         let ms = time(gpu, launch, p)?;

@@ -97,7 +97,8 @@ fn erf_f64(x: f64) -> f64 {
 }
 
 /// Register-tiled configuration: a BM×BN workgroup tile, K-steps of BK, TM×TN outputs
-/// per invocation ((BM/TM)·(BN/TN) invocations).
+/// per invocation ((BM/TM)·(BN/TN) invocations); `vec4` selects the `tiled_v4` entry
+/// (contiguous per-invocation blocks, vec4 workgroup loads).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TileConfig {
     pub bm: u32,
@@ -105,10 +106,12 @@ pub struct TileConfig {
     pub bk: u32,
     pub tm: u32,
     pub tn: u32,
+    pub vec4: bool,
 }
 
 /// Cooperative-matrix configuration: SG_M×SG_N subgroups, each FM×FN 16×16 fragments,
-/// K-steps of BK (a multiple of 16).
+/// K-steps of BK (a multiple of 16); `prefetch` loads the next K-step into registers
+/// during this one's MMAs (taken only where both operands stage 8 halves at a time).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CoopConfig {
     pub sg_m: u32,
@@ -116,6 +119,7 @@ pub struct CoopConfig {
     pub fm: u32,
     pub fn_: u32,
     pub bk: u32,
+    pub prefetch: bool,
 }
 
 impl CoopConfig {
@@ -139,27 +143,38 @@ impl MatmulPath {
     /// A short name for reports: `tiled 64x64x16/4x4`, `thin`, `coop 128x128x32`.
     pub fn name(&self) -> String {
         match self {
-            MatmulPath::Tiled(t) => format!("tiled {}x{}x{}/{}x{}", t.bm, t.bn, t.bk, t.tm, t.tn),
+            MatmulPath::Tiled(t) => format!("tiled{} {}x{}x{}/{}x{}", if t.vec4 { "_v4" } else { "" }, t.bm, t.bn, t.bk, t.tm, t.tn),
             MatmulPath::Thin => "thin".into(),
-            MatmulPath::Coop(c) => format!("coop {}x{}x{} ({}x{} sg of {}x{})", c.bm(), c.bn(), c.bk, c.sg_m, c.sg_n, c.fm, c.fn_),
+            MatmulPath::Coop(c) => format!("coop {}x{}x{} ({}x{} sg of {}x{}){}", c.bm(), c.bn(), c.bk, c.sg_m, c.sg_n, c.fm, c.fn_, if c.prefetch { " prefetch" } else { "" }),
         }
     }
 }
 
 /// Register-tiled candidates; the first is the portable default.
-pub const TILED_CANDIDATES: [TileConfig; 4] = [
-    TileConfig { bm: 64, bn: 64, bk: 16, tm: 4, tn: 4 },
-    TileConfig { bm: 128, bn: 128, bk: 8, tm: 8, tn: 8 },
-    TileConfig { bm: 128, bn: 64, bk: 16, tm: 8, tn: 4 },
-    TileConfig { bm: 32, bn: 32, bk: 16, tm: 2, tn: 2 },
+pub const TILED_CANDIDATES: [TileConfig; 7] = [
+    TileConfig { bm: 64, bn: 64, bk: 16, tm: 4, tn: 4, vec4: false },
+    TileConfig { bm: 128, bn: 128, bk: 8, tm: 8, tn: 8, vec4: false },
+    TileConfig { bm: 128, bn: 64, bk: 16, tm: 8, tn: 4, vec4: false },
+    TileConfig { bm: 32, bn: 32, bk: 16, tm: 2, tn: 2, vec4: false },
+    TileConfig { bm: 64, bn: 64, bk: 16, tm: 4, tn: 4, vec4: true },
+    TileConfig { bm: 128, bn: 128, bk: 8, tm: 8, tn: 8, vec4: true },
+    TileConfig { bm: 128, bn: 128, bk: 16, tm: 8, tn: 8, vec4: true },
 ];
 
+const fn coop(sg_m: u32, sg_n: u32, fm: u32, fn_: u32, bk: u32, prefetch: bool) -> CoopConfig {
+    CoopConfig { sg_m, sg_n, fm, fn_, bk, prefetch }
+}
+
 /// Cooperative-matrix candidates; the first is the default.
-pub const COOP_CANDIDATES: [CoopConfig; 4] = [
-    CoopConfig { sg_m: 2, sg_n: 4, fm: 4, fn_: 2, bk: 32 },
-    CoopConfig { sg_m: 2, sg_n: 2, fm: 2, fn_: 2, bk: 32 },
-    CoopConfig { sg_m: 2, sg_n: 2, fm: 4, fn_: 2, bk: 32 },
-    CoopConfig { sg_m: 4, sg_n: 2, fm: 2, fn_: 4, bk: 16 },
+pub const COOP_CANDIDATES: [CoopConfig; 8] = [
+    coop(4, 2, 2, 4, 16, true),
+    coop(4, 2, 2, 4, 16, false),
+    coop(2, 2, 2, 2, 32, false),
+    coop(2, 2, 4, 2, 32, false),
+    coop(4, 2, 2, 4, 32, true),
+    coop(2, 2, 4, 4, 16, true),
+    coop(4, 2, 4, 4, 16, true),
+    coop(2, 4, 4, 4, 16, true),
 ];
 
 /// The largest M the thin path takes.
@@ -207,7 +222,12 @@ pub fn candidates(gpu: &Gpu, dtype: DType, m: usize, allow_reduced_precision: bo
         out.extend(
             COOP_CANDIDATES
                 .iter()
-                .filter(|c| c.sg_m * c.sg_n * sub <= max_threads && coop_workgroup_bytes(c) <= wg_bytes)
+                .filter(|c| {
+                    let threads = c.sg_m * c.sg_n * sub;
+                    // Staging loops must split evenly, 8 halves per invocation and step.
+                    let even = (c.bm() * c.bk) % (threads * 8) == 0 && (c.bk * c.bn()) % (threads * 8) == 0;
+                    threads <= max_threads && even && coop_workgroup_bytes(c) <= wg_bytes
+                })
                 .map(|&c| MatmulPath::Coop(c)),
         );
     }
@@ -215,6 +235,8 @@ pub fn candidates(gpu: &Gpu, dtype: DType, m: usize, allow_reduced_precision: bo
         TILED_CANDIDATES
             .iter()
             .filter(|t| (t.bm / t.tm) * (t.bn / t.tn) <= max_threads && (t.bm + t.bn) * t.bk * 4 <= wg_bytes)
+            // The register-blocked kernels suit the software rasterisers less than tiles do
+            // GPUs, but every configuration stays available: autotuning decides.
             .map(|&t| MatmulPath::Tiled(t)),
     );
     out
@@ -248,7 +270,8 @@ struct Layout {
 fn tiled_kernel(t: TileConfig, dtype: DType, bias: Option<DType>, act: Activation, lay: Layout, thin: bool) -> Kernel {
     let a_coord = if lay.a_k_fast { "let mm = l / BK;\n            let kk = l % BK;" } else { "let mm = l % BM;\n            let kk = l / BM;" };
     let b_coord = if lay.b_n_fast { "let kk = l / BN;\n            let nn = l % BN;" } else { "let kk = l % BK;\n            let nn = l / BK;" };
-    let k = Kernel::new(Shader::Matmul, if thin { "thin" } else { "tiled" })
+    let entry = if thin { "thin" } else if t.vec4 { "tiled_v4" } else { "tiled" };
+    let k = Kernel::new(Shader::Matmul, entry)
         .sub("LOAD_A", wgsl_load("a", dtype))
         .sub("LOAD_B", wgsl_load("b", dtype))
         .sub("LOAD_BIAS", bias.map(|d| wgsl_load("bias", d)).unwrap_or_else(|| "return 0.0;".into()))
@@ -269,47 +292,144 @@ fn tiled_kernel(t: TileConfig, dtype: DType, bias: Option<DType>, act: Activatio
     k.trusted()
 }
 
+/// Staging of one operand 8 halves (one vec4<u32>) at a time: which tile coordinates an
+/// invocation's step `s` covers, the guarded global load, and the unpacked stores.
+struct VecStage {
+    /// Code defining the tile coordinates from `l`.
+    coords: &'static str,
+    /// Bounds condition and global word address (elements, 8-aligned), given `kload`.
+    guard: &'static str,
+    addr: &'static str,
+    /// Workgroup-memory index of half `e` (0..8) of the word.
+    tile: &'static str,
+    index: fn(u32) -> String,
+}
+
+impl VecStage {
+    fn for_a(k_fast: bool) -> Self {
+        if k_fast {
+            VecStage {
+                coords: "let mm = l / (BK / 8u);\n            let kk = (l % (BK / 8u)) * 8u;\n            let m = m0 + mm;\n            let k = kload + kk;",
+                guard: "m < M && k < K",
+                addr: "base.x + m * a_sm + k",
+                tile: "tile_a",
+                index: |e| format!("mm * A_STRIDE + kk + {e}u"),
+            }
+        } else {
+            VecStage {
+                coords: "let kk = l / (BM / 8u);\n            let mm = (l % (BM / 8u)) * 8u;\n            let m = m0 + mm;\n            let k = kload + kk;",
+                guard: "m < M && k < K",
+                addr: "base.x + m + k * a_sk",
+                tile: "tile_a",
+                index: |e| format!("(mm + {e}u) * A_STRIDE + kk"),
+            }
+        }
+    }
+
+    fn for_b(n_fast: bool) -> Self {
+        if n_fast {
+            VecStage {
+                coords: "let kk = l / (BN / 8u);\n            let nn = (l % (BN / 8u)) * 8u;\n            let k = kload + kk;\n            let n = n0 + nn;",
+                guard: "k < K && n < N",
+                addr: "base.y + k * b_sk + n",
+                tile: "tile_b",
+                index: |e| format!("kk * B_STRIDE + nn + {e}u"),
+            }
+        } else {
+            VecStage {
+                coords: "let nn = l / (BK / 8u);\n            let kk = (l % (BK / 8u)) * 8u;\n            let k = kload + kk;\n            let n = n0 + nn;",
+                guard: "k < K && n < N",
+                addr: "base.y + k + n * b_sn",
+                tile: "tile_b",
+                index: |e| format!("(kk + {e}u) * B_STRIDE + nn"),
+            }
+        }
+    }
+
+    fn buf(&self) -> &'static str {
+        if self.tile == "tile_a" { "a" } else { "b" }
+    }
+
+    /// Body of a staging loop iteration `step` (an expression) loading into `var word`.
+    fn load_body(&self, step: &str, word: &str) -> String {
+        format!(
+            "            let l = lid + {step} * THREADS;\n            {}\n            var {word} = vec4<u32>(0u);\n            if ({}) {{\n                {word} = {}[({}) / 8u];\n            }}\n",
+            self.coords, self.guard, self.buf(), self.addr
+        )
+    }
+
+    /// Writes the 8 halves of `word` for step `step` into the tile.
+    fn store_body(&self, step: &str, word: &str) -> String {
+        let mut s = String::new();
+        // The coordinates again (cheap integer math) so loads and stores can sit in
+        // different places of the loop, as the prefetching variant needs.
+        s.push_str(&format!("            {{\n            let l = lid + {step} * THREADS;\n            {}\n", self.coords.replace("let k = kload + kk;", "").replace("let m = m0 + mm;", "").replace("let n = n0 + nn;", "")));
+        for (w, comp) in ["x", "y", "z", "w"].iter().enumerate() {
+            s.push_str(&format!("            let h{w} = vec2<f16>(unpack2x16float({word}.{comp}));\n"));
+            for half in 0..2u32 {
+                let e = 2 * w as u32 + half;
+                s.push_str(&format!("            {}[{}] = h{w}.{};\n", self.tile, (self.index)(e), if half == 0 { "x" } else { "y" }));
+            }
+        }
+        s.push_str("            }\n");
+        s
+    }
+
+    /// Prefetch of unrolled step `s` into the register `reg` (declared in the prologue).
+    fn load(&self, s: u32, reg: &str) -> String {
+        format!(
+            "        {{\n            let l = lid + {s}u * THREADS;\n            {}\n            {reg} = vec4<u32>(0u);\n            if ({}) {{\n                {reg} = {}[({}) / 8u];\n            }}\n        }}\n",
+            self.coords, self.guard, self.buf(), self.addr
+        )
+    }
+
+    /// Store of unrolled step `s` from the register `reg`.
+    fn store(&self, s: u32, reg: &str) -> String {
+        format!("{}        ", self.store_body(&format!("{s}u"), reg))
+    }
+}
+
 /// Generates the coop kernel: staging loops for the layout, then the fragment code
 /// (named accumulators, unrolled), then the guarded epilogue stores.
 fn coop_kernel(c: CoopConfig, sub: u32, dtype: DType, bias: Option<DType>, act: Activation, lay: Layout) -> Kernel {
-    let unpack8 = |tile: &str, idx: &dyn Fn(u32) -> String| {
-        let mut s = String::new();
-        for (w, comp) in ["x", "y", "z", "w"].iter().enumerate() {
-            s.push_str(&format!("            let h{w} = vec2<f16>(unpack2x16float(word.{comp}));\n"));
-            for half in 0..2u32 {
-                let e = 2 * w as u32 + half;
-                s.push_str(&format!("            {tile}[{}] = h{w}.{};\n", idx(e), if half == 0 { "x" } else { "y" }));
-            }
+    let threads = c.sg_m * c.sg_n * sub;
+    let prefetch = c.prefetch && lay.a_vec8 && lay.b_vec8;
+    let a_vec = VecStage::for_a(lay.a_k_fast);
+    let b_vec = VecStage::for_b(lay.b_n_fast);
+    let (mut prologue, mut refill) = (String::new(), String::new());
+    let (stage_a, stage_b) = if prefetch {
+        // Named registers, unrolled: one vec4<u32> per invocation and staging step.
+        let na = c.bm() * c.bk / 8 / threads;
+        let nb = c.bk * c.bn() / 8 / threads;
+        let (mut sa, mut sb) = (String::new(), String::new());
+        for s in 0..na {
+            prologue.push_str(&format!("var pa{s} = vec4<u32>(0u);\n    "));
+            refill.push_str(&a_vec.load(s, &format!("pa{s}")));
+            sa.push_str(&a_vec.store(s, &format!("pa{s}")));
         }
-        s
-    };
-    let stage_a = if lay.a_vec8 {
-        let (coords, addr, idx): (&str, &str, Box<dyn Fn(u32) -> String>) = if lay.a_k_fast {
-            ("let mm = l / (BK / 8u);\n            let kk = (l % (BK / 8u)) * 8u;", "base.x + m * a_sm + k", Box::new(|e| format!("mm * A_STRIDE + kk + {e}u")))
-        } else {
-            ("let kk = l / (BM / 8u);\n            let mm = (l % (BM / 8u)) * 8u;", "base.x + m + k * a_sk", Box::new(|e| format!("(mm + {e}u) * A_STRIDE + kk")))
-        };
-        format!(
-            "for (var s = 0u; s < BM * BK / 8u / THREADS; s++) {{\n            let l = lid + s * THREADS;\n            {coords}\n            let m = m0 + mm;\n            let k = k0 + kk;\n            var word = vec4<u32>(0u);\n            if (m < M && k < K) {{\n                word = a[({addr}) / 8u];\n            }}\n{}        }}",
-            unpack8("tile_a", &*idx)
-        )
+        for s in 0..nb {
+            prologue.push_str(&format!("var pb{s} = vec4<u32>(0u);\n    "));
+            refill.push_str(&b_vec.load(s, &format!("pb{s}")));
+            sb.push_str(&b_vec.store(s, &format!("pb{s}")));
+        }
+        // The first K-step's words come in before the loop; each step then fetches the next.
+        prologue.push_str(&format!("{{\n        let kload = 0u;\n{}    }}", refill.replace("\n", "\n    ")));
+        refill = format!("{{\n            let kload = k0 + BK;\n{}        }}", refill);
+        (sa, sb)
     } else {
-        let coords = if lay.a_k_fast { "let mm = l / BK;\n            let kk = l % BK;" } else { "let mm = l % BM;\n            let kk = l / BM;" };
-        format!("for (var s = 0u; s < BM * BK / THREADS; s++) {{\n            let l = lid + s * THREADS;\n            {coords}\n            let m = m0 + mm;\n            let k = k0 + kk;\n            var v = 0.0;\n            if (m < M && k < K) {{\n                v = load_a(base.x + m * a_sm + k * a_sk);\n            }}\n            tile_a[mm * A_STRIDE + kk] = f16(v);\n        }}")
-    };
-    let stage_b = if lay.b_vec8 {
-        let (coords, addr, idx): (&str, &str, Box<dyn Fn(u32) -> String>) = if lay.b_n_fast {
-            ("let kk = l / (BN / 8u);\n            let nn = (l % (BN / 8u)) * 8u;", "base.y + k * b_sk + n", Box::new(|e| format!("kk * B_STRIDE + nn + {e}u")))
+        let sa = if lay.a_vec8 {
+            format!("for (var s = 0u; s < BM * BK / 8u / THREADS; s++) {{\n            let kload = k0;\n{}{}        }}", a_vec.load_body("s", "word"), a_vec.store_body("s", "word"))
         } else {
-            ("let nn = l / (BK / 8u);\n            let kk = (l % (BK / 8u)) * 8u;", "base.y + k + n * b_sn", Box::new(|e| format!("(kk + {e}u) * B_STRIDE + nn")))
+            let coords = if lay.a_k_fast { "let mm = l / BK;\n            let kk = l % BK;" } else { "let mm = l % BM;\n            let kk = l / BM;" };
+            format!("for (var s = 0u; s < BM * BK / THREADS; s++) {{\n            let l = lid + s * THREADS;\n            {coords}\n            let m = m0 + mm;\n            let k = k0 + kk;\n            var v = 0.0;\n            if (m < M && k < K) {{\n                v = load_a(base.x + m * a_sm + k * a_sk);\n            }}\n            tile_a[mm * A_STRIDE + kk] = f16(v);\n        }}")
         };
-        format!(
-            "for (var s = 0u; s < BK * BN / 8u / THREADS; s++) {{\n            let l = lid + s * THREADS;\n            {coords}\n            let k = k0 + kk;\n            let n = n0 + nn;\n            var word = vec4<u32>(0u);\n            if (k < K && n < N) {{\n                word = b[({addr}) / 8u];\n            }}\n{}        }}",
-            unpack8("tile_b", &*idx)
-        )
-    } else {
-        let coords = if lay.b_n_fast { "let kk = l / BN;\n            let nn = l % BN;" } else { "let kk = l % BK;\n            let nn = l / BK;" };
-        format!("for (var s = 0u; s < BK * BN / THREADS; s++) {{\n            let l = lid + s * THREADS;\n            {coords}\n            let k = k0 + kk;\n            let n = n0 + nn;\n            var v = 0.0;\n            if (k < K && n < N) {{\n                v = load_b(base.y + k * b_sk + n * b_sn);\n            }}\n            tile_b[kk * B_STRIDE + nn] = f16(v);\n        }}")
+        let sb = if lay.b_vec8 {
+            format!("for (var s = 0u; s < BK * BN / 8u / THREADS; s++) {{\n            let kload = k0;\n{}{}        }}", b_vec.load_body("s", "word"), b_vec.store_body("s", "word"))
+        } else {
+            let coords = if lay.b_n_fast { "let kk = l / BN;\n            let nn = l % BN;" } else { "let kk = l % BK;\n            let nn = l / BK;" };
+            format!("for (var s = 0u; s < BK * BN / THREADS; s++) {{\n            let l = lid + s * THREADS;\n            {coords}\n            let k = k0 + kk;\n            let n = n0 + nn;\n            var v = 0.0;\n            if (k < K && n < N) {{\n                v = load_b(base.y + k * b_sk + n * b_sn);\n            }}\n            tile_b[kk * B_STRIDE + nn] = f16(v);\n        }}")
+        };
+        (sa, sb)
     };
     let mut acc = String::new();
     let mut mma = String::new();
@@ -359,6 +479,8 @@ fn coop_kernel(c: CoopConfig, sub: u32, dtype: DType, bias: Option<DType>, act: 
         .sub("SUBGROUP", sub.to_string())
         .sub("STAGE_A", stage_a)
         .sub("STAGE_B", stage_b)
+        .sub("PROLOGUE", prologue)
+        .sub("PREFETCH", refill)
         .sub("ACC_DECL", acc)
         .sub("MMA", mma)
         .sub("STORE", store)

@@ -1,0 +1,48 @@
+//! Autotuning: the first matmul of a shape class times every candidate, keeps the fastest
+//! and persists it per adapter; a new device (a new process, in real use) reuses the file.
+
+mod common;
+use common::*;
+use wgkernels::{DType, Gpu, GpuOptions};
+
+#[test]
+fn tunes_once_persists_and_reuses() {
+    let dir = std::env::temp_dir().join(format!("wgk-autotune-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // This binary holds only this test, so setting the variable races with nothing.
+    unsafe { std::env::set_var("WGK_CACHE_DIR", &dir) };
+    let opts = GpuOptions { autotune: true, ..GpuOptions::from_env().unwrap() };
+
+    let (m, k, n) = (520, 256, 500); // 133 MFLOP: above the tuning threshold
+    let gpu = Gpu::with_options(opts.clone()).unwrap();
+    let (a, av) = random_tensor(&gpu, &[m, k], DType::F32, 1);
+    let (b, bv) = random_tensor(&gpu, &[k, n], DType::F32, 2);
+    let before = gpu.stats().dispatches;
+    let c = a.matmul(&b).unwrap();
+    let tuned_dispatches = gpu.stats().dispatches - before;
+    assert!(tuned_dispatches > 8, "tuning should have run several candidates, ran {tuned_dispatches} dispatches");
+    // Spot-check the result of the tuned choice.
+    let got = c.to_vec_f32().unwrap();
+    for &(i, j) in &[(0usize, 0usize), (m - 1, n - 1), (257, 131)] {
+        let want: f64 = (0..k).map(|p| av[i * k + p] * bv[p * n + j]).sum();
+        assert_close(&format!("c[{i},{j}]"), &[got[i * n + j]], &[want], 1e-4, 1e-5);
+    }
+    let files: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    assert_eq!(files.len(), 1, "one cache file per adapter");
+    let text = std::fs::read_to_string(files[0].as_ref().unwrap().path()).unwrap();
+    assert!(text.contains("matmul f32") && text.contains('\t'), "{text}");
+
+    // Same process, same device: cached in memory, one dispatch.
+    let before = gpu.stats().dispatches;
+    a.matmul(&b).unwrap();
+    assert_eq!(gpu.stats().dispatches - before, 1);
+
+    // A fresh device reads the file instead of tuning again.
+    let gpu2 = Gpu::with_options(opts).unwrap();
+    let (a2, _) = random_tensor(&gpu2, &[m, k], DType::F32, 3);
+    let (b2, _) = random_tensor(&gpu2, &[k, n], DType::F32, 4);
+    let before = gpu2.stats().dispatches;
+    a2.matmul(&b2).unwrap();
+    assert_eq!(gpu2.stats().dispatches - before, 1, "the persisted winner must be reused");
+    let _ = std::fs::remove_dir_all(&dir);
+}
