@@ -1,8 +1,8 @@
 // Element-wise kernels over strided, broadcast views: binary ops, unary maps, copy, cast.
 //
-// Tiling: one invocation per output element (32-bit outputs) or per output pair (16-bit
-// outputs, which are packed two per u32 word so that no two invocations write one word).
-// Workgroups of 256 invocations on a 2-D grid (x up to 65535), flattened in `main`.
+// Tiling: each invocation writes UNROLL output units, a unit being one element (32-bit
+// outputs) or one pair (16-bit outputs, packed two per u32 word so that no two invocations
+// write one word). Workgroups of 256 invocations on a 2-D grid (x up to 65535), flattened.
 //
 // Traffic: n·(size(a) + size(b) + size(out)) bytes, ~1 FLOP per element: memory bound.
 // Index math per element: `rank` divisions for each strided input (none on the contiguous
@@ -18,6 +18,9 @@
 
 const MAX_DIMS: u32 = 6u;
 const WORKGROUP: u32 = 256u;
+// Output units (an element, or a packed pair for 16-bit outputs) per invocation: one
+// per invocation ran at 650-890 GB/s on the H200 against 4245 for a copy.
+const UNROLL: u32 = 4u;
 
 // params (u32 words):
 //   [0] n (output elements)   [1] rank
@@ -76,10 +79,15 @@ fn main(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let n = params[0];
-    let t = (wid.x + wid.y * nwg.x) * WORKGROUP + lid;
-    let first = t * {{PER_INVOCATION}}u;
-    if (first >= n) {
-        return;
+    let group = wid.x + wid.y * nwg.x;
+    // UNROLL units per invocation, WORKGROUP apart so that each step of the loop reads
+    // and writes consecutive words across the workgroup.
+    for (var j = 0u; j < UNROLL; j++) {
+        let t = (group * UNROLL + j) * WORKGROUP + lid;
+        let first = t * {{PER_INVOCATION}}u;
+        if (first >= n) {
+            return;
+        }
+        {{STORE}}
     }
-    {{STORE}}
 }

@@ -20,22 +20,11 @@
 // so transposed operands need no copy. The loader mapping puts consecutive invocations on
 // the operand's unit-stride dim (A_K_FAST / B_N_FAST) so global loads coalesce.
 //
-// Placeholders, each in double braces: LOAD_A/LOAD_B/LOAD_BIAS (loader bodies),
-// BM BN BK TM TN (tile constants), A_COORD/B_COORD (load mapping), EPILOGUE (bias and
-// activation on `v` at column `n`).
+// Placeholders, each in double braces: LOAD_A/LOAD_B (loader bodies), BM BN BK TM TN
+// (tile constants), A_COORD/B_COORD (load mapping); matmul_common.wgsl has the rest.
 
-const MAX_BATCH_DIMS: u32 = 4u;
-
-// params (u32 words):
-//   [0] M  [1] N  [2] K  [3] batches
-//   [4] a_off [5] a_sm [6] a_sk   [7] b_off [8] b_sk [9] b_sn
-//   [10] batch rank  [11..15) batch shape  [15..19) A batch strides  [19..23) B batch strides
-//   [23] bias offset  [24] bias stride
 @group(0) @binding(0) var<storage, read> a: array<u32>;
 @group(0) @binding(1) var<storage, read> b: array<u32>;
-@group(0) @binding(2) var<storage, read_write> c: array<f32>;
-@group(0) @binding(3) var<storage, read> params: array<u32>;
-@group(0) @binding(4) var<storage, read> bias: array<u32>;
 
 fn load_a(e: u32) -> f32 {
     {{LOAD_A}}
@@ -43,38 +32,6 @@ fn load_a(e: u32) -> f32 {
 
 fn load_b(e: u32) -> f32 {
     {{LOAD_B}}
-}
-
-fn load_bias(e: u32) -> f32 {
-    {{LOAD_BIAS}}
-}
-
-fn gelu_tanh(x: f32) -> f32 {
-    // 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), written with exp so large |x| cannot
-    // produce inf/inf: tanh(u) = 1 - 2/(exp(2u) + 1).
-    let u = 0.7978845608 * (x + 0.044715 * x * x * x);
-    return x * (1.0 - 1.0 / (exp(2.0 * u) + 1.0));
-}
-
-fn epilogue(acc: f32, n: u32) -> f32 {
-    var v = acc;
-    {{EPILOGUE}}
-    return v;
-}
-
-// Element offsets of batch `z` in A and B (batch dims broadcast with stride 0).
-fn batch_offsets(z: u32) -> vec2<u32> {
-    var rem = z;
-    var off = vec2<u32>(params[4], params[7]);
-    let rank = params[10];
-    for (var d = 0u; d < rank; d++) {
-        let dim = MAX_BATCH_DIMS - 1u - d;
-        let size = params[11u + dim];
-        let i = rem % size;
-        rem /= size;
-        off += i * vec2<u32>(params[15u + dim], params[19u + dim]);
-    }
-    return off;
 }
 
 const BM: u32 = {{BM}}u;
@@ -90,7 +47,7 @@ var<workgroup> tile_a: array<f32, BK * BM>; // [k][m]
 var<workgroup> tile_b: array<f32, BK * BN>; // [k][n]
 
 @compute @workgroup_size(THREADS)
-fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let M = params[0];
     let N = params[1];
     let K = params[2];
@@ -100,8 +57,9 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index)
     let b_sn = params[9];
     let tx = lid % WG_X;
     let ty = lid / WG_X;
-    let m0 = wid.y * BM;
-    let n0 = wid.x * BN;
+    let tile = tile_of(wid, nwg);
+    let m0 = tile.x * BM;
+    let n0 = tile.y * BN;
     let z = wid.z;
     let base = batch_offsets(z);
 
@@ -171,7 +129,7 @@ var<workgroup> tile_a4: array<vec4<f32>, BK * BM / 4u>; // [k][m/4]
 var<workgroup> tile_b4: array<vec4<f32>, BK * BN / 4u>; // [k][n/4]
 
 @compute @workgroup_size(THREADS)
-fn tiled_v4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn tiled_v4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let M = params[0];
     let N = params[1];
     let K = params[2];
@@ -181,8 +139,9 @@ fn tiled_v4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
     let b_sn = params[9];
     let tx = lid % WG_X;
     let ty = lid / WG_X;
-    let m0 = wid.y * BM;
-    let n0 = wid.x * BN;
+    let tile = tile_of(wid, nwg);
+    let m0 = tile.x * BM;
+    let n0 = tile.y * BN;
     let z = wid.z;
     let base = batch_offsets(z);
 

@@ -17,21 +17,15 @@
 // edge tiles are stored with bounds checks and bias/activation apply before the store.
 //
 // Placeholders, each in double braces: A_ELEM B_ELEM (buffer element types), LOAD_A
-// LOAD_B LOAD_BIAS, SG_M SG_N FM FN BK SUBGROUP (constants), STAGE_A STAGE_B (staging
+// LOAD_B, SG_M SG_N FM FN BK SUBGROUP (constants), STAGE_A STAGE_B (staging
 // loops), PROLOGUE PREFETCH (register prefetch), ACC_DECL MMA STORE (generated fragment
-// code), EPILOGUE.
+// code); matmul_common.wgsl has the rest.
 
 enable f16;
 enable wgpu_cooperative_matrix;
 
-const MAX_BATCH_DIMS: u32 = 4u;
-
-// params: the same layout as matmul.wgsl.
 @group(0) @binding(0) var<storage, read> a: array<{{A_ELEM}}>;
 @group(0) @binding(1) var<storage, read> b: array<{{B_ELEM}}>;
-@group(0) @binding(2) var<storage, read_write> c: array<f32>;
-@group(0) @binding(3) var<storage, read> params: array<u32>;
-@group(0) @binding(4) var<storage, read> bias: array<u32>;
 
 fn load_a(e: u32) -> f32 {
     {{LOAD_A}}
@@ -39,35 +33,6 @@ fn load_a(e: u32) -> f32 {
 
 fn load_b(e: u32) -> f32 {
     {{LOAD_B}}
-}
-
-fn load_bias(e: u32) -> f32 {
-    {{LOAD_BIAS}}
-}
-
-fn gelu_tanh(x: f32) -> f32 {
-    let u = 0.7978845608 * (x + 0.044715 * x * x * x);
-    return x * (1.0 - 1.0 / (exp(2.0 * u) + 1.0));
-}
-
-fn epilogue(acc: f32, n: u32) -> f32 {
-    var v = acc;
-    {{EPILOGUE}}
-    return v;
-}
-
-fn batch_offsets(z: u32) -> vec2<u32> {
-    var rem = z;
-    var off = vec2<u32>(params[4], params[7]);
-    let rank = params[10];
-    for (var d = 0u; d < rank; d++) {
-        let dim = MAX_BATCH_DIMS - 1u - d;
-        let size = params[11u + dim];
-        let i = rem % size;
-        rem /= size;
-        off += i * vec2<u32>(params[15u + dim], params[19u + dim]);
-    }
-    return off;
 }
 
 const SG_M: u32 = {{SG_M}}u;
@@ -89,6 +54,7 @@ var<workgroup> scratch: array<f32, SG_M * SG_N * 256u>;
 @compute @workgroup_size(THREADS)
 fn coop(
     @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
     @builtin(subgroup_id) sg: u32,
     @builtin(subgroup_invocation_id) lane: u32,
@@ -100,8 +66,9 @@ fn coop(
     let a_sk = params[6];
     let b_sk = params[8];
     let b_sn = params[9];
-    let m0 = wid.y * BM;
-    let n0 = wid.x * BN;
+    let tile = tile_of(wid, nwg);
+    let m0 = tile.x * BM;
+    let n0 = tile.y * BN;
     let z = wid.z;
     let base = batch_offsets(z);
     // This subgroup's corner inside the workgroup tile.

@@ -54,6 +54,14 @@ impl Shader {
         }
     }
 
+    /// WGSL shared with other families, placed after the dtype prelude.
+    fn shared_source(self) -> &'static str {
+        match self {
+            Shader::Matmul | Shader::MatmulCoop => include_str!("../shaders/matmul_common.wgsl"),
+            _ => "",
+        }
+    }
+
     /// The unspecialised WGSL source.
     pub fn source(self) -> &'static str {
         match self {
@@ -111,11 +119,12 @@ impl Kernel {
     }
 
     /// The specialised WGSL text: the family's `enable` directives (which WGSL wants
-    /// first), the dtype prelude, then the rest of the family's source.
+    /// first), the dtype prelude, the source it shares with related families, then the
+    /// rest of its own.
     pub fn wgsl(&self) -> String {
         let source = self.shader.source();
         let (enables, body): (Vec<&str>, Vec<&str>) = source.lines().partition(|l| l.starts_with("enable "));
-        let mut text = format!("{}\n{}\n{}", enables.join("\n"), DTYPE_PRELUDE, body.join("\n"));
+        let mut text = format!("{}\n{}\n{}\n{}", enables.join("\n"), DTYPE_PRELUDE, self.shader.shared_source(), body.join("\n"));
         for (name, value) in &self.subs {
             text = text.replace(&format!("{{{{{name}}}}}"), value);
         }

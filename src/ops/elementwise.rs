@@ -10,6 +10,8 @@ use crate::DType;
 /// Dims the kernel indexes; more are collapsed on the host where the layout allows.
 const MAX_DIMS: usize = 6;
 const WORKGROUP: usize = 256;
+/// Output units per invocation (`UNROLL` in the shader).
+const UNROLL: usize = 4;
 
 /// Binary element-wise ops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -172,7 +174,7 @@ pub fn all_kernels() -> Vec<Kernel> {
 /// its storage (an invariant of `Tensor`'s view constructors), and it has been expanded to
 /// `out_shape`, so for each output index `i < n` the element index the shader computes is
 /// one of the view's elements; its word (`e` or `e >> 1`) is inside the buffer. The output
-/// word of invocation `t` is written only when `t·per < n`, and the buffer holds
+/// word of unit `t` is written only when `t·per < n`, and the buffer holds
 /// ceil(n / per) words. `meta` has exactly the 22 words the shader reads.
 fn launch(op: &'static str, inputs: &[&Tensor], out_shape: &[usize], out_dtype: DType, wgsl_op: &str) -> Result<Tensor> {
     let gpu = inputs[0].gpu();
@@ -209,7 +211,7 @@ fn launch(op: &'static str, inputs: &[&Tensor], out_shape: &[usize], out_dtype: 
     let k = kernel(a, b, wgsl_op, out_dtype);
     let meta_buf = gpu.meta_buffer(&meta);
     let per = if out_dtype == DType::F32 { 1 } else { 2 };
-    let groups = n.div_ceil(per).div_ceil(WORKGROUP) as u32;
+    let groups = n.div_ceil(per).div_ceil(WORKGROUP * UNROLL) as u32;
     let out_buf = out.storage()?.buffer();
     let a_buf = inputs[0].storage()?.buffer();
     match inputs.get(1) {

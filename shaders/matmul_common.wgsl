@@ -1,0 +1,63 @@
+// Shared by the matmul families (prepended by src/shaders.rs after the bindings' file
+// header): the params layout, batch offsets, the epilogue and the tile order.
+//
+// params (u32 words):
+//   [0] M  [1] N  [2] K  [3] batches
+//   [4] a_off [5] a_sm [6] a_sk   [7] b_off [8] b_sk [9] b_sn
+//   [10] batch rank  [11..15) batch shape  [15..19) A batch strides  [19..23) B batch strides
+//   [23] bias offset  [24] bias stride
+//
+// Placeholders, each in double braces: LOAD_BIAS (loader body), EPILOGUE (bias and
+// activation on `v` at column `n`).
+
+const MAX_BATCH_DIMS: u32 = 4u;
+// Output tiles are visited in groups of TILE_GROUP tile-rows, column by column, so that a
+// wave of resident workgroups shares A row-panels and B column-panels in L2.
+const TILE_GROUP: u32 = 8u;
+
+@group(0) @binding(2) var<storage, read_write> c: array<f32>;
+@group(0) @binding(3) var<storage, read> params: array<u32>;
+@group(0) @binding(4) var<storage, read> bias: array<u32>;
+
+fn load_bias(e: u32) -> f32 {
+    {{LOAD_BIAS}}
+}
+
+fn gelu_tanh(x: f32) -> f32 {
+    // 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), written with exp so large |x| cannot
+    // produce inf/inf: tanh(u) = 1 - 2/(exp(2u) + 1).
+    let u = 0.7978845608 * (x + 0.044715 * x * x * x);
+    return x * (1.0 - 1.0 / (exp(2.0 * u) + 1.0));
+}
+
+fn epilogue(acc: f32, n: u32) -> f32 {
+    var v = acc;
+    {{EPILOGUE}}
+    return v;
+}
+
+// Element offsets of batch `z` in A and B (batch dims broadcast with stride 0).
+fn batch_offsets(z: u32) -> vec2<u32> {
+    var rem = z;
+    var off = vec2<u32>(params[4], params[7]);
+    let rank = params[10];
+    for (var d = 0u; d < rank; d++) {
+        let dim = MAX_BATCH_DIMS - 1u - d;
+        let size = params[11u + dim];
+        let i = rem % size;
+        rem /= size;
+        off += i * vec2<u32>(params[15u + dim], params[19u + dim]);
+    }
+    return off;
+}
+
+// (tile row, tile column) of this workgroup in grouped order; the grid is
+// (column tiles, row tiles, batches).
+fn tile_of(wid: vec3<u32>, nwg: vec3<u32>) -> vec2<u32> {
+    let pid = wid.x + wid.y * nwg.x;
+    let per_group = TILE_GROUP * nwg.x;
+    let first_row = (pid / per_group) * TILE_GROUP;
+    let rows = min(nwg.y - first_row, TILE_GROUP);
+    let in_group = pid % per_group;
+    return vec2<u32>(first_row + in_group % rows, in_group / rows);
+}
