@@ -17,6 +17,9 @@ pub struct Timing {
     pub min_ms: f64,
     /// True when measured with GPU timestamps, false when with the wall clock.
     pub timestamps: bool,
+    /// Wall-clock milliseconds per repeat with all repeats submitted back to back and one
+    /// wait at the end (launch overhead included): a cross-check on the GPU timestamps.
+    pub wall_ms: f64,
 }
 
 impl Timing {
@@ -57,9 +60,16 @@ pub fn measure(gpu: &Gpu, warmup: usize, reps: usize, mut f: impl FnMut() -> Res
         }
     }
     per_rep.sort_by(f64::total_cmp);
+    let ((), wall) = gpu.time_wall(|| {
+        for _ in 0..reps {
+            f()?;
+        }
+        Ok(())
+    })?;
     Ok(Timing {
         median_ms: per_rep[per_rep.len() / 2],
         min_ms: per_rep[0],
         timestamps: gpu.has(wgpu::Features::TIMESTAMP_QUERY),
+        wall_ms: wall / reps as f64,
     })
 }
