@@ -64,7 +64,15 @@ fn torch_rates(path: &str) -> Vec<(String, String, String, String, f64)> {
 
 /// Three significant digits, without exponent: 0.0123, 1.23, 123, 12300.
 fn sig3(x: f64) -> String {
-    let decimals = if x >= 100.0 { 0 } else if x >= 10.0 { 1 } else if x >= 1.0 { 2 } else { 3 };
+    let decimals = if x >= 100.0 {
+        0
+    } else if x >= 10.0 {
+        1
+    } else if x >= 1.0 {
+        2
+    } else {
+        3
+    };
     format!("{x:.decimals$}")
 }
 
@@ -92,19 +100,42 @@ fn main() -> wgkernels::Result<()> {
             break;
         }
         let gpu = gpu.clone();
-        jobs.push((format!("copy {n}"), Box::new(move |rows: &mut Vec<Row>| {
-            // The roofline of memory-bound kernels. A view at offset 1 makes contiguous()
-            // copy: (n - 1)·4 bytes read + as many written.
-            let x = Tensor::randn(&gpu, &[n], DType::F32, 1)?;
-            let view = x.narrow(0, 1, n - 1)?;
-            let t = measure(&gpu, 2, reps, || view.contiguous().map(drop))?;
-            let key = (n == 1 << 28).then(|| ("copy".into(), "256M".into(), "f32".into(), "torch".into()));
-            rows.push(Row { bench: "copy", size: format!("{}M", n >> 20), dtype: "f32", variant: "elementwise".into(), ms: t.median_ms, rate: t.rate(2.0 * (n - 1) as f64 * 4.0), wall_rate: 2.0 * (n - 1) as f64 * 4.0 / (t.wall_ms * 1e-3) / 1e9, unit: "GB/s", torch_key: key });
-            let y = Tensor::randn(&gpu, &[n], DType::F32, 2)?;
-            let t = measure(&gpu, 2, reps, || x.add(&y).map(drop))?;
-            rows.push(Row { bench: "add", size: format!("{}M", n >> 20), dtype: "f32", variant: "elementwise".into(), ms: t.median_ms, rate: t.rate(3.0 * n as f64 * 4.0), wall_rate: 3.0 * n as f64 * 4.0 / (t.wall_ms * 1e-3) / 1e9, unit: "GB/s", torch_key: None });
-            Ok(())
-        })));
+        jobs.push((
+            format!("copy {n}"),
+            Box::new(move |rows: &mut Vec<Row>| {
+                // The roofline of memory-bound kernels. A view at offset 1 makes contiguous()
+                // copy: (n - 1)·4 bytes read + as many written.
+                let x = Tensor::randn(&gpu, &[n], DType::F32, 1)?;
+                let view = x.narrow(0, 1, n - 1)?;
+                let t = measure(&gpu, 2, reps, || view.contiguous().map(drop))?;
+                let key = (n == 1 << 28).then(|| ("copy".into(), "256M".into(), "f32".into(), "torch".into()));
+                rows.push(Row {
+                    bench: "copy",
+                    size: format!("{}M", n >> 20),
+                    dtype: "f32",
+                    variant: "elementwise".into(),
+                    ms: t.median_ms,
+                    rate: t.rate(2.0 * (n - 1) as f64 * 4.0),
+                    wall_rate: 2.0 * (n - 1) as f64 * 4.0 / (t.wall_ms * 1e-3) / 1e9,
+                    unit: "GB/s",
+                    torch_key: key,
+                });
+                let y = Tensor::randn(&gpu, &[n], DType::F32, 2)?;
+                let t = measure(&gpu, 2, reps, || x.add(&y).map(drop))?;
+                rows.push(Row {
+                    bench: "add",
+                    size: format!("{}M", n >> 20),
+                    dtype: "f32",
+                    variant: "elementwise".into(),
+                    ms: t.median_ms,
+                    rate: t.rate(3.0 * n as f64 * 4.0),
+                    wall_rate: 3.0 * n as f64 * 4.0 / (t.wall_ms * 1e-3) / 1e9,
+                    unit: "GB/s",
+                    torch_key: None,
+                });
+                Ok(())
+            }),
+        ));
     }
 
     let sizes: Vec<usize> = if quick { vec![128, 256] } else { vec![1024, 2048, 4096, 8192] };
@@ -114,51 +145,82 @@ fn main() -> wgkernels::Result<()> {
         }
         for &n in &sizes {
             let gpu = gpu.clone();
-            jobs.push((format!("matmul {n} {}", dtype.name()), Box::new(move |rows: &mut Vec<Row>| {
-                let a = Tensor::randn(&gpu, &[n, n], dtype, 1)?;
-                let b = Tensor::randn(&gpu, &[n, n], dtype, 2)?;
-                let flops = 2.0 * (n * n * n) as f64;
-                // Every candidate at 4096 (the variants table); the autotuned choice elsewhere.
-                let paths: Vec<Option<MatmulPath>> = if n == 4096 || (quick && n == 256) {
-                    candidates(&gpu, dtype, n, false).into_iter().map(Some).chain([None]).collect()
-                } else {
-                    vec![None]
-                };
-                for p in paths {
-                    let opts = MatmulOptions { path: p, ..Default::default() };
-                    let t = measure(&gpu, 2, reps, || a.matmul_with(&b, &opts).map(drop))?;
-                    let torch_variant = if dtype == DType::F32 { "cublas-fp32" } else { "cublas" };
-                    rows.push(Row {
-                        bench: "matmul",
-                        size: n.to_string(),
-                        dtype: dtype.name(),
-                        variant: p.map(|p| p.name()).unwrap_or_else(|| "auto".into()),
-                        ms: t.median_ms,
-                        rate: t.rate(flops),
-                        wall_rate: flops / (t.wall_ms * 1e-3) / 1e9,
-                        unit: "GFLOP/s",
-                        torch_key: Some(("matmul".into(), n.to_string(), dtype.name().into(), torch_variant.into())),
-                    });
-                }
-                if dtype == DType::F32 && wgkernels::ops::matmul::coop_available(&gpu, DType::F32, true) {
-                    let opts = MatmulOptions { allow_reduced_precision: true, ..Default::default() };
-                    let t = measure(&gpu, 2, reps, || a.matmul_with(&b, &opts).map(drop))?;
-                    rows.push(Row { bench: "matmul", size: n.to_string(), dtype: "f32", variant: "auto, f16 tensor cores".into(), ms: t.median_ms, rate: t.rate(flops), wall_rate: flops / (t.wall_ms * 1e-3) / 1e9, unit: "GFLOP/s", torch_key: Some(("matmul".into(), n.to_string(), "f32".into(), "cublas-tf32".into())) });
-                }
-                Ok(())
-            })));
+            jobs.push((
+                format!("matmul {n} {}", dtype.name()),
+                Box::new(move |rows: &mut Vec<Row>| {
+                    let a = Tensor::randn(&gpu, &[n, n], dtype, 1)?;
+                    let b = Tensor::randn(&gpu, &[n, n], dtype, 2)?;
+                    let flops = 2.0 * (n * n * n) as f64;
+                    // Every candidate at 4096 (the variants table); the autotuned choice elsewhere.
+                    let paths: Vec<Option<MatmulPath>> = if n == 4096 || (quick && n == 256) {
+                        candidates(&gpu, dtype, n, false).into_iter().map(Some).chain([None]).collect()
+                    } else {
+                        vec![None]
+                    };
+                    for p in paths {
+                        let opts = MatmulOptions { path: p, ..Default::default() };
+                        let t = measure(&gpu, 2, reps, || a.matmul_with(&b, &opts).map(drop))?;
+                        let torch_variant = if dtype == DType::F32 { "cublas-fp32" } else { "cublas" };
+                        rows.push(Row {
+                            bench: "matmul",
+                            size: n.to_string(),
+                            dtype: dtype.name(),
+                            variant: p.map(|p| p.name()).unwrap_or_else(|| "auto".into()),
+                            ms: t.median_ms,
+                            rate: t.rate(flops),
+                            wall_rate: flops / (t.wall_ms * 1e-3) / 1e9,
+                            unit: "GFLOP/s",
+                            torch_key: Some((
+                                "matmul".into(),
+                                n.to_string(),
+                                dtype.name().into(),
+                                torch_variant.into(),
+                            )),
+                        });
+                    }
+                    if dtype == DType::F32 && wgkernels::ops::matmul::coop_available(&gpu, DType::F32, true) {
+                        let opts = MatmulOptions { allow_reduced_precision: true, ..Default::default() };
+                        let t = measure(&gpu, 2, reps, || a.matmul_with(&b, &opts).map(drop))?;
+                        rows.push(Row {
+                            bench: "matmul",
+                            size: n.to_string(),
+                            dtype: "f32",
+                            variant: "auto, f16 tensor cores".into(),
+                            ms: t.median_ms,
+                            rate: t.rate(flops),
+                            wall_rate: flops / (t.wall_ms * 1e-3) / 1e9,
+                            unit: "GFLOP/s",
+                            torch_key: Some(("matmul".into(), n.to_string(), "f32".into(), "cublas-tf32".into())),
+                        });
+                    }
+                    Ok(())
+                }),
+            ));
         }
         // GPT-2 small MLP: [B·T, 768] × [768, 3072] and back, B·T = 8·1024.
         let tokens = if quick { 256 } else { 8 * 1024 };
         for (m, k, n) in [(tokens, 768, 3072), (tokens, 3072, 768), (1, 768, 3072)] {
             let gpu = gpu.clone();
-            jobs.push((format!("gpt2 {m}x{k}x{n} {}", dtype.name()), Box::new(move |rows: &mut Vec<Row>| {
-                let a = Tensor::randn(&gpu, &[m, k], dtype, 3)?;
-                let b = Tensor::randn(&gpu, &[k, n], dtype, 4)?;
-                let t = measure(&gpu, 2, reps, || a.matmul(&b).map(drop))?;
-                rows.push(Row { bench: "matmul", size: format!("{m}x{k}x{n}"), dtype: dtype.name(), variant: "auto".into(), ms: t.median_ms, rate: t.rate(2.0 * (m * k * n) as f64), wall_rate: 2.0 * (m * k * n) as f64 / (t.wall_ms * 1e-3) / 1e9, unit: "GFLOP/s", torch_key: None });
-                Ok(())
-            })));
+            jobs.push((
+                format!("gpt2 {m}x{k}x{n} {}", dtype.name()),
+                Box::new(move |rows: &mut Vec<Row>| {
+                    let a = Tensor::randn(&gpu, &[m, k], dtype, 3)?;
+                    let b = Tensor::randn(&gpu, &[k, n], dtype, 4)?;
+                    let t = measure(&gpu, 2, reps, || a.matmul(&b).map(drop))?;
+                    rows.push(Row {
+                        bench: "matmul",
+                        size: format!("{m}x{k}x{n}"),
+                        dtype: dtype.name(),
+                        variant: "auto".into(),
+                        ms: t.median_ms,
+                        rate: t.rate(2.0 * (m * k * n) as f64),
+                        wall_rate: 2.0 * (m * k * n) as f64 / (t.wall_ms * 1e-3) / 1e9,
+                        unit: "GFLOP/s",
+                        torch_key: None,
+                    });
+                    Ok(())
+                }),
+            ));
         }
     }
 
@@ -172,7 +234,9 @@ fn main() -> wgkernels::Result<()> {
 
     let torch = args.reference.as_deref().map(torch_rates).unwrap_or_default();
     let torch_rate = |key: &Option<(String, String, String, String)>| {
-        key.as_ref().and_then(|(b, s, d, v)| torch.iter().find(|t| &t.0 == b && &t.1 == s && &t.2 == d && &t.3 == v).map(|t| (t.3.clone(), t.4)))
+        key.as_ref().and_then(|(b, s, d, v)| {
+            torch.iter().find(|t| &t.0 == b && &t.1 == s && &t.2 == d && &t.3 == v).map(|t| (t.3.clone(), t.4))
+        })
     };
     let info = gpu.info();
     let mut md = String::new();
@@ -186,7 +250,20 @@ fn main() -> wgkernels::Result<()> {
             Some((v, rate)) => (format!("{} {} ({v})", sig3(*rate), r.unit), format!("{:.2}", r.rate / rate)),
             None => ("—".into(), "—".into()),
         };
-        let _ = writeln!(md, "| {} | {} | {} | {} | {:.4} | {} {} | {} | {} | {} |", r.bench, r.size, r.dtype, r.variant, r.ms, sig3(r.rate), r.unit, sig3(r.wall_rate), tcol, ratio);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {:.4} | {} {} | {} | {} | {} |",
+            r.bench,
+            r.size,
+            r.dtype,
+            r.variant,
+            r.ms,
+            sig3(r.rate),
+            r.unit,
+            sig3(r.wall_rate),
+            tcol,
+            ratio
+        );
         let _ = writeln!(
             json,
             "{}",

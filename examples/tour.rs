@@ -60,8 +60,18 @@ fn main() -> wgkernels::Result<()> {
         let z = x.add(&y)?;
         let (ok, msg) = check(&z.to_vec_f32()?, |i| xs[i] as f64 + ys[i] as f64, dtype, 4096);
         let t = measure(&gpu, 2, reps, || x.add(&y).map(drop))?;
-        if !ok { failed.push(format!("add {dtype:?}")); }
-        rows.push(Row { kernel: "add".into(), shape: format!("[{n}]"), dtype, ms: t.median_ms, rate: format!("{:.1} GB/s", t.rate(3.0 * n as f64 * esize)), path: "element-wise".into(), check: msg });
+        if !ok {
+            failed.push(format!("add {dtype:?}"));
+        }
+        rows.push(Row {
+            kernel: "add".into(),
+            shape: format!("[{n}]"),
+            dtype,
+            ms: t.median_ms,
+            rate: format!("{:.1} GB/s", t.rate(3.0 * n as f64 * esize)),
+            path: "element-wise".into(),
+            check: msg,
+        });
 
         // broadcast add of a row vector over a [rows, 1024] matrix, through a transposed view.
         let cols = 1024;
@@ -71,8 +81,18 @@ fn main() -> wgkernels::Result<()> {
         let z = m.add(&bias)?;
         let (ok, msg) = check(&z.to_vec_f32()?, |i| xs[i] as f64 + bs[i % cols] as f64, dtype, 4096);
         let t = measure(&gpu, 2, reps, || m.add(&bias).map(drop))?;
-        if !ok { failed.push(format!("bias add {dtype:?}")); }
-        rows.push(Row { kernel: "bias add (broadcast)".into(), shape: format!("[{}, {cols}]", n / cols), dtype, ms: t.median_ms, rate: format!("{:.1} GB/s", t.rate(2.0 * n as f64 * esize)), path: "element-wise".into(), check: msg });
+        if !ok {
+            failed.push(format!("bias add {dtype:?}"));
+        }
+        rows.push(Row {
+            kernel: "bias add (broadcast)".into(),
+            shape: format!("[{}, {cols}]", n / cols),
+            dtype,
+            ms: t.median_ms,
+            rate: format!("{:.1} GB/s", t.rate(2.0 * n as f64 * esize)),
+            path: "element-wise".into(),
+            check: msg,
+        });
 
         // transpose materialised: a strided read.
         let tr = m.transpose(0, 1)?;
@@ -80,25 +100,59 @@ fn main() -> wgkernels::Result<()> {
         let rows_m = n / cols;
         let (ok, msg) = check(&c.to_vec_f32()?, |i| xs[(i % rows_m) * cols + i / rows_m] as f64, dtype, 4096);
         let t = measure(&gpu, 2, reps, || tr.contiguous().map(drop))?;
-        if !ok { failed.push(format!("transpose {dtype:?}")); }
-        rows.push(Row { kernel: "transpose copy".into(), shape: format!("[{rows_m}, {cols}]ᵀ"), dtype, ms: t.median_ms, rate: format!("{:.1} GB/s", t.rate(2.0 * n as f64 * esize)), path: "strided".into(), check: msg });
+        if !ok {
+            failed.push(format!("transpose {dtype:?}"));
+        }
+        rows.push(Row {
+            kernel: "transpose copy".into(),
+            shape: format!("[{rows_m}, {cols}]ᵀ"),
+            dtype,
+            ms: t.median_ms,
+            rate: format!("{:.1} GB/s", t.rate(2.0 * n as f64 * esize)),
+            path: "strided".into(),
+            check: msg,
+        });
 
         // row sum.
         let s = m.sum(-1)?;
         let sv = s.to_vec_f32()?;
         let (ok, msg) = check(&sv, |r| (0..cols).map(|j| xs[r * cols + j] as f64).sum(), dtype, 256);
         let t = measure(&gpu, 2, reps, || m.sum(-1).map(drop))?;
-        if !ok { failed.push(format!("sum {dtype:?}")); }
+        if !ok {
+            failed.push(format!("sum {dtype:?}"));
+        }
         let path = if dtype == DType::F32 { "workgroup tree" } else { "workgroup tree + cast" };
-        rows.push(Row { kernel: "row sum".into(), shape: format!("[{rows_m}, {cols}]"), dtype, ms: t.median_ms, rate: format!("{:.1} GB/s", t.rate(n as f64 * esize)), path: path.into(), check: msg });
+        rows.push(Row {
+            kernel: "row sum".into(),
+            shape: format!("[{rows_m}, {cols}]"),
+            dtype,
+            ms: t.median_ms,
+            rate: format!("{:.1} GB/s", t.rate(n as f64 * esize)),
+            path: path.into(),
+            check: msg,
+        });
 
         // cast to the next dtype.
-        let to = match dtype { DType::F32 => DType::F16, DType::F16 => DType::BF16, DType::BF16 => DType::F32 };
+        let to = match dtype {
+            DType::F32 => DType::F16,
+            DType::F16 => DType::BF16,
+            DType::BF16 => DType::F32,
+        };
         let c = x.to_dtype(to)?;
         let (ok, msg) = check(&c.to_vec_f32()?, |i| xs[i] as f64, to, 4096);
         let t = measure(&gpu, 2, reps, || x.to_dtype(to).map(drop))?;
-        if !ok { failed.push(format!("cast {dtype:?}->{to:?}")); }
-        rows.push(Row { kernel: format!("cast to {}", to.name()), shape: format!("[{n}]"), dtype, ms: t.median_ms, rate: format!("{:.1} GB/s", t.rate(n as f64 * (esize + to.size_in_bytes() as f64))), path: "element-wise".into(), check: msg });
+        if !ok {
+            failed.push(format!("cast {dtype:?}->{to:?}"));
+        }
+        rows.push(Row {
+            kernel: format!("cast to {}", to.name()),
+            shape: format!("[{n}]"),
+            dtype,
+            ms: t.median_ms,
+            rate: format!("{:.1} GB/s", t.rate(n as f64 * (esize + to.size_in_bytes() as f64))),
+            path: "element-wise".into(),
+            check: msg,
+        });
     }
 
     if !gpu.info().has_coop_f16_16x16x16() {
@@ -109,16 +163,33 @@ fn main() -> wgkernels::Result<()> {
     }
     not_used.push("matmul, softmax/layernorm/rmsnorm, flash attention, fused AdamW, fusion JIT: not in this build yet (see the issues)".into());
 
-    println!("{:<22} {:<16} {:<5} {:>10} {:>14}  {:<22} {}", "kernel", "shape", "dtype", "ms", "rate", "path", "check vs CPU");
+    println!(
+        "{:<22} {:<16} {:<5} {:>10} {:>14}  {:<22} {}",
+        "kernel", "shape", "dtype", "ms", "rate", "path", "check vs CPU"
+    );
     for r in &rows {
-        println!("{:<22} {:<16} {:<5} {:>10.4} {:>14}  {:<22} {}", r.kernel, r.shape, r.dtype.name(), r.ms, r.rate, r.path, r.check);
+        println!(
+            "{:<22} {:<16} {:<5} {:>10.4} {:>14}  {:<22} {}",
+            r.kernel,
+            r.shape,
+            r.dtype.name(),
+            r.ms,
+            r.rate,
+            r.path,
+            r.check
+        );
     }
     println!("\ntimes: median of {reps} repeats, {timing_src}; GB/s counts bytes read + written.");
     for n in &not_used {
         println!("not used: {n}");
     }
     let m = gpu.memory();
-    println!("memory: {:.1} MiB live, {:.1} MiB pooled, peak {:.1} MiB", m.live_bytes as f64 / 1048576.0, m.pool_bytes as f64 / 1048576.0, m.peak_live_bytes as f64 / 1048576.0);
+    println!(
+        "memory: {:.1} MiB live, {:.1} MiB pooled, peak {:.1} MiB",
+        m.live_bytes as f64 / 1048576.0,
+        m.pool_bytes as f64 / 1048576.0,
+        m.peak_live_bytes as f64 / 1048576.0
+    );
     println!("tour finished in {:.1} s", t0.elapsed().as_secs_f64());
     if !failed.is_empty() {
         eprintln!("FAILED checks: {}", failed.join(", "));

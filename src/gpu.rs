@@ -252,13 +252,16 @@ impl Gpu {
             desc.backends = backends;
             adapters = wgpu::Instance::new(desc).enumerate_adapters(backends).await;
         }
-        let mut candidates: Vec<(wgpu::Adapter, wgpu::AdapterInfo)> =
-            adapters.drain(..).map(|a| { let i = a.get_info(); (a, i) }).collect();
-        candidates.sort_by_key(|(_, i)| (device_type_rank(i.device_type), backend_rank(i.backend)));
-        let names: Vec<String> = candidates
-            .iter()
-            .map(|(_, i)| format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type))
+        let mut candidates: Vec<(wgpu::Adapter, wgpu::AdapterInfo)> = adapters
+            .drain(..)
+            .map(|a| {
+                let i = a.get_info();
+                (a, i)
+            })
             .collect();
+        candidates.sort_by_key(|(_, i)| (device_type_rank(i.device_type), backend_rank(i.backend)));
+        let names: Vec<String> =
+            candidates.iter().map(|(_, i)| format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type)).collect();
         if let Some(want) = &opts.adapter_name {
             let want = want.to_lowercase();
             candidates.retain(|(_, i)| i.name.to_lowercase().contains(&want));
@@ -290,10 +293,10 @@ impl Gpu {
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         };
-        let (device, queue) = adapter.request_device(&device_desc).await.map_err(|e| Error::RequestDevice {
-            adapter: ainfo.name.clone(),
-            reason: e.to_string(),
-        })?;
+        let (device, queue) = adapter
+            .request_device(&device_desc)
+            .await
+            .map_err(|e| Error::RequestDevice { adapter: ainfo.name.clone(), reason: e.to_string() })?;
         let cooperative_matrix = if features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
             adapter.cooperative_matrix_properties()
         } else {
@@ -551,9 +554,7 @@ impl Gpu {
             Err(_) => return Err(Error::DeviceLost("map callback never ran".into())),
         }
         let out = {
-            let view = staging
-                .get_mapped_range(..)
-                .map_err(|e| Error::Backend { op: "read", msg: e.to_string() })?;
+            let view = staging.get_mapped_range(..).map_err(|e| Error::Backend { op: "read", msg: e.to_string() })?;
             view[..bytes as usize].to_vec()
         };
         staging.unmap();

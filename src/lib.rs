@@ -17,10 +17,10 @@
 //! # Ok(()) }
 //! ```
 
+pub mod bench;
 mod dtype;
 mod error;
 mod gpu;
-pub mod bench;
 pub mod ops;
 mod profiler;
 pub mod shaders;

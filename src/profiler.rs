@@ -95,7 +95,10 @@ impl Profiler {
         gpu.synchronize()?;
         let mut slot = lock(&gpu.inner.profiler);
         if slot.is_some() {
-            return Err(Error::InvalidArgument { op: "Profiler::start", msg: "a profile is already active on this Gpu".into() });
+            return Err(Error::InvalidArgument {
+                op: "Profiler::start",
+                msg: "a profile is already active on this Gpu".into(),
+            });
         }
         let queries = gpu.has(wgpu::Features::TIMESTAMP_QUERY).then(|| {
             gpu.inner.device.create_query_set(&wgpu::QuerySetDescriptor {
@@ -113,7 +116,8 @@ impl Profiler {
         self.gpu.synchronize()?;
         let state = lock(&self.gpu.inner.profiler).take().expect("profile state is present while a Profiler lives");
         let Some(queries) = state.queries else {
-            let kernels = state.labels.into_iter().zip(state.wall_ms).map(|(name, ms)| KernelTime { name, ms }).collect();
+            let kernels =
+                state.labels.into_iter().zip(state.wall_ms).map(|(name, ms)| KernelTime { name, ms }).collect();
             return Ok(Report { kernels, timestamps: false, untimed: state.untimed });
         };
         let n = state.labels.len() as u32;
@@ -135,7 +139,10 @@ impl Profiler {
             .labels
             .into_iter()
             .enumerate()
-            .map(|(i, name)| KernelTime { name, ms: ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * period_ns * 1e-6 })
+            .map(|(i, name)| KernelTime {
+                name,
+                ms: ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * period_ns * 1e-6,
+            })
             .collect();
         Ok(Report { kernels, timestamps: true, untimed: state.untimed })
     }

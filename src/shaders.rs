@@ -124,7 +124,8 @@ impl Kernel {
     pub fn wgsl(&self) -> String {
         let source = self.shader.source();
         let (enables, body): (Vec<&str>, Vec<&str>) = source.lines().partition(|l| l.starts_with("enable "));
-        let mut text = format!("{}\n{}\n{}\n{}", enables.join("\n"), DTYPE_PRELUDE, self.shader.shared_source(), body.join("\n"));
+        let mut text =
+            format!("{}\n{}\n{}\n{}", enables.join("\n"), DTYPE_PRELUDE, self.shader.shared_source(), body.join("\n"));
         for (name, value) in &self.subs {
             text = text.replace(&format!("{{{{{name}}}}}"), value);
         }
@@ -156,10 +157,8 @@ impl Gpu {
         let device = &self.inner.device;
         let source = kernel.wgsl();
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let desc = wgpu::ShaderModuleDescriptor {
-            label: Some(kernel.entry),
-            source: wgpu::ShaderSource::Wgsl(source.into()),
-        };
+        let desc =
+            wgpu::ShaderModuleDescriptor { label: Some(kernel.entry), source: wgpu::ShaderSource::Wgsl(source.into()) };
         let module = if checked {
             device.create_shader_module(desc)
         } else {
@@ -222,7 +221,8 @@ impl Gpu {
                 beginning_of_pass_write_index: Some(*i),
                 end_of_pass_write_index: Some(*i + 1),
             });
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(&label), timestamp_writes });
+            let mut pass =
+                enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(&label), timestamp_writes });
             pass.set_pipeline(&pipeline);
             pass.set_bind_group(0, &bind_group, &[]);
             pass.dispatch_workgroups(grid[0], grid[1], grid[2]);

@@ -235,7 +235,8 @@ impl Tensor {
         // Every view stays inside its storage: launchers rely on this to build unchecked shaders.
         debug_assert!(
             shape.contains(&0)
-                || offset + shape.iter().zip(&strides).map(|(&n, &s)| (n - 1) * s).sum::<usize>() < self.storage.len.max(1)
+                || offset + shape.iter().zip(&strides).map(|(&n, &s)| (n - 1) * s).sum::<usize>()
+                    < self.storage.len.max(1)
         );
         Self { gpu: self.gpu.clone(), dtype: self.dtype, shape, strides, offset, storage: self.storage.clone() }
     }
@@ -263,7 +264,8 @@ impl Tensor {
     /// Reorders dims: dim `i` of the result is dim `order[i]` of `self`. A view.
     pub fn permute(&self, order: &[usize]) -> Result<Self> {
         let mut seen = vec![false; self.rank()];
-        let valid = order.len() == self.rank() && order.iter().all(|&d| d < self.rank() && !std::mem::replace(&mut seen[d], true));
+        let valid = order.len() == self.rank()
+            && order.iter().all(|&d| d < self.rank() && !std::mem::replace(&mut seen[d], true));
         if !valid {
             return Err(Error::InvalidArgument {
                 op: "permute",
@@ -281,7 +283,11 @@ impl Tensor {
         if start.checked_add(len).is_none_or(|end| end > self.shape[d]) {
             return Err(Error::InvalidArgument {
                 op: "narrow",
-                msg: format!("range {start}..{} is outside dim {d} of shape {:?}", start.saturating_add(len), self.shape),
+                msg: format!(
+                    "range {start}..{} is outside dim {d} of shape {:?}",
+                    start.saturating_add(len),
+                    self.shape
+                ),
             });
         }
         let mut shape = self.shape.clone();
@@ -293,7 +299,12 @@ impl Tensor {
     /// Inserts a dim of size 1 at `dim` (`0..=rank`). A view.
     pub fn unsqueeze(&self, dim: usize) -> Result<Self> {
         if dim > self.rank() {
-            return Err(Error::AxisOutOfRange { op: "unsqueeze", axis: dim as isize, rank: self.rank(), shape: self.shape.clone() });
+            return Err(Error::AxisOutOfRange {
+                op: "unsqueeze",
+                axis: dim as isize,
+                rank: self.rank(),
+                shape: self.shape.clone(),
+            });
         }
         let mut shape = self.shape.clone();
         let mut strides = self.strides.clone();

@@ -10,7 +10,18 @@ use wgkernels::{DType, Error, Gpu, Tensor};
 /// C = A·B (+ bias, activation) in f64. `a` is [batch, m, k], `b` is [batch, k, n] (batch 1
 /// broadcasts), both row-major.
 #[allow(clippy::too_many_arguments)]
-fn reference(a: &[f64], b: &[f64], batch: usize, a_batched: bool, b_batched: bool, m: usize, k: usize, n: usize, bias: Option<&[f64]>, act: Activation) -> Vec<f64> {
+fn reference(
+    a: &[f64],
+    b: &[f64],
+    batch: usize,
+    a_batched: bool,
+    b_batched: bool,
+    m: usize,
+    k: usize,
+    n: usize,
+    bias: Option<&[f64]>,
+    act: Activation,
+) -> Vec<f64> {
     let mut out = vec![0.0; batch * m * n];
     for z in 0..batch {
         let ao = if a_batched { z * m * k } else { 0 };
@@ -69,7 +80,13 @@ fn check_paths(gpu: &Gpu, m: usize, k: usize, n: usize, dtype: DType, seed: u64)
         for path in candidates(gpu, dtype, m, true).into_iter().filter(|p| matches!(p, MatmulPath::Coop(_))) {
             let opts = MatmulOptions { path: Some(path), allow_reduced_precision: true, ..Default::default() };
             let got = a.matmul_with(&b, &opts).unwrap();
-            assert_close(&format!("{m}x{k}x{n} f32 reduced {}", path.name()), &got.to_vec_f32().unwrap(), &want16, atol, rtol);
+            assert_close(
+                &format!("{m}x{k}x{n} f32 reduced {}", path.name()),
+                &got.to_vec_f32().unwrap(),
+                &want16,
+                atol,
+                rtol,
+            );
         }
     }
     // The default choice (autotuned or not) agrees too.
@@ -123,7 +140,13 @@ fn batched_with_broadcast_and_transposed_views() {
         let before = gpu.stats().dispatches;
         for path in candidates(&gpu, dtype, m, false) {
             let got = a_view.matmul_with(&b_view, &MatmulOptions { path: Some(path), ..Default::default() }).unwrap();
-            assert_close(&format!("transposed {dtype:?} {}", path.name()), &got.to_vec_f32().unwrap(), &want, atol, rtol);
+            assert_close(
+                &format!("transposed {dtype:?} {}", path.name()),
+                &got.to_vec_f32().unwrap(),
+                &want,
+                atol,
+                rtol,
+            );
         }
         assert!(gpu.stats().dispatches > before);
     }
@@ -143,13 +166,25 @@ fn epilogue_bias_and_activations() {
             for path in candidates(&gpu, dtype, m, false) {
                 let opts = MatmulOptions { bias: Some(&bias), activation: act, path: Some(path), ..Default::default() };
                 let got = a.matmul_with(&b, &opts).unwrap();
-                assert_close(&format!("epilogue {act:?} {dtype:?} {}", path.name()), &got.to_vec_f32().unwrap(), &want, atol, rtol);
+                assert_close(
+                    &format!("epilogue {act:?} {dtype:?} {}", path.name()),
+                    &got.to_vec_f32().unwrap(),
+                    &want,
+                    atol,
+                    rtol,
+                );
             }
             // The fused epilogue equals the same function built from separate ops.
             if act == Activation::None {
                 let unfused = a.matmul(&b).unwrap().add(&bias).unwrap();
                 let fused = a.matmul_with(&b, &MatmulOptions { bias: Some(&bias), ..Default::default() }).unwrap();
-                assert_close(&format!("fused vs unfused bias {dtype:?}"), &fused.to_vec_f32().unwrap(), &unfused.to_vec_f32().unwrap().iter().map(|&x| x as f64).collect::<Vec<_>>(), atol, rtol);
+                assert_close(
+                    &format!("fused vs unfused bias {dtype:?}"),
+                    &fused.to_vec_f32().unwrap(),
+                    &unfused.to_vec_f32().unwrap().iter().map(|&x| x as f64).collect::<Vec<_>>(),
+                    atol,
+                    rtol,
+                );
             }
         }
     }
@@ -169,7 +204,13 @@ fn output_dtype_and_vectors() {
     let (w, wv) = random_tensor(&gpu, &[14, 6], DType::F32, 11);
     let got = v.matmul(&w).unwrap();
     assert_eq!(got.shape(), &[6]);
-    assert_close("vector x matrix", &got.to_vec_f32().unwrap(), &reference(&vv, &wv, 1, true, true, 1, 14, 6, None, Activation::None), 1e-5, 1e-5);
+    assert_close(
+        "vector x matrix",
+        &got.to_vec_f32().unwrap(),
+        &reference(&vv, &wv, 1, true, true, 1, 14, 6, None, Activation::None),
+        1e-5,
+        1e-5,
+    );
     let dot = v.matmul(&v).unwrap();
     assert_eq!(dot.shape(), &[] as &[usize]);
     let want: f64 = vv.iter().map(|x| x * x).sum();
@@ -196,8 +237,12 @@ fn matmul_errors() {
     let e = a.matmul_with(&good_b, &MatmulOptions { bias: Some(&bad_bias), ..Default::default() }).unwrap_err();
     assert!(matches!(e, Error::ShapeMismatch { op: "matmul bias", .. }), "{e}");
     // A path the adapter or the shape cannot take is refused, not run.
-    assert!(a.matmul_with(&good_b, &MatmulOptions { path: Some(MatmulPath::Thin), ..Default::default() }).is_ok(), "M = 4 may take the thin path");
+    assert!(
+        a.matmul_with(&good_b, &MatmulOptions { path: Some(MatmulPath::Thin), ..Default::default() }).is_ok(),
+        "M = 4 may take the thin path"
+    );
     let big = Tensor::randn(&gpu, &[9, 5], DType::F32, 8).unwrap();
-    let e = big.matmul_with(&good_b, &MatmulOptions { path: Some(MatmulPath::Thin), ..Default::default() }).unwrap_err();
+    let e =
+        big.matmul_with(&good_b, &MatmulOptions { path: Some(MatmulPath::Thin), ..Default::default() }).unwrap_err();
     assert!(matches!(e, Error::InvalidArgument { op: "matmul", .. }), "{e}");
 }

@@ -44,7 +44,13 @@ fn binary_ops_broadcast_every_dtype() {
                 assert_eq!(got.shape(), &out_shape[..]);
                 assert_eq!(got.dtype(), dtype);
                 let want = broadcast_ref(op, &av, ash, &bv, bsh, &out_shape);
-                assert_close(&format!("{op:?} {ash:?}x{bsh:?} {dtype:?}"), &got.to_vec_f32().unwrap(), &want, atol, rtol);
+                assert_close(
+                    &format!("{op:?} {ash:?}x{bsh:?} {dtype:?}"),
+                    &got.to_vec_f32().unwrap(),
+                    &want,
+                    atol,
+                    rtol,
+                );
             }
         }
     }
@@ -84,7 +90,13 @@ fn strided_inputs_transposed_and_narrowed() {
         assert_close(&format!("strided add {dtype:?}"), &got.to_vec_f32().unwrap(), &want, atol, rtol);
         // An odd offset into 16-bit data starts mid-word.
         let odd = x.reshape(&[6 * 35 * 17]).unwrap().narrow(0, 1, 101).unwrap();
-        assert_close(&format!("odd offset {dtype:?}"), &odd.contiguous().unwrap().to_vec_f32().unwrap(), &xv[1..102], 0.0, 0.0);
+        assert_close(
+            &format!("odd offset {dtype:?}"),
+            &odd.contiguous().unwrap().to_vec_f32().unwrap(),
+            &xv[1..102],
+            0.0,
+            0.0,
+        );
     }
 }
 
@@ -154,7 +166,13 @@ fn sum_over_each_dim() {
                     .collect();
                 // Summation error grows with the row length; the result is then stored in `dtype`.
                 let sum_atol = atol + 1e-6 * len as f64;
-                assert_close(&format!("sum {shape:?} dim {dim} {dtype:?}"), &got.to_vec_f32().unwrap(), &want, sum_atol, rtol);
+                assert_close(
+                    &format!("sum {shape:?} dim {dim} {dtype:?}"),
+                    &got.to_vec_f32().unwrap(),
+                    &want,
+                    sum_atol,
+                    rtol,
+                );
             }
         }
     }

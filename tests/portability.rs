@@ -11,8 +11,13 @@ fn translate(label: &str, wgsl: &str, entry: &str, constants: &[(&str, f64)]) ->
     let mut validator = Validator::new(ValidationFlags::all(), Capabilities::all());
     let info = validator.validate(&module).map_err(|e| format!("validate: {}", e.emit_to_string(wgsl)))?;
     let constants: naga::back::PipelineConstants = constants.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-    let (module, info) = naga::back::pipeline_constants::process_overrides(&module, &info, Some((naga::ShaderStage::Compute, entry)), &constants)
-        .map_err(|e| format!("overrides: {e}"))?;
+    let (module, info) = naga::back::pipeline_constants::process_overrides(
+        &module,
+        &info,
+        Some((naga::ShaderStage::Compute, entry)),
+        &constants,
+    )
+    .map_err(|e| format!("overrides: {e}"))?;
     let (module, info) = (module.as_ref(), info.as_ref());
 
     let spv_opts = spv::Options::default();
@@ -20,7 +25,10 @@ fn translate(label: &str, wgsl: &str, entry: &str, constants: &[(&str, f64)]) ->
     spv::write_vec(module, info, &spv_opts, Some(&spv_pipe)).map_err(|e| format!("spir-v: {e}"))?;
 
     let msl_opts = msl::Options { lang_version: (2, 4), ..Default::default() };
-    let msl_pipe = msl::PipelineOptions { entry_point: Some((naga::ShaderStage::Compute, entry.to_string())), ..Default::default() };
+    let msl_pipe = msl::PipelineOptions {
+        entry_point: Some((naga::ShaderStage::Compute, entry.to_string())),
+        ..Default::default()
+    };
     msl::write_string(module, info, &msl_opts, &msl_pipe).map_err(|e| format!("msl: {e}"))?;
 
     // naga 30 writes cooperative matrices only for SPIR-V and MSL; on DX12 and GL the
@@ -32,10 +40,17 @@ fn translate(label: &str, wgsl: &str, entry: &str, constants: &[(&str, f64)]) ->
     let hlsl_opts = hlsl::Options { shader_model: hlsl::ShaderModel::V6_2, ..Default::default() };
     let hlsl_pipe = hlsl::PipelineOptions { entry_point: Some((naga::ShaderStage::Compute, entry.to_string())) };
     let mut hlsl_out = String::new();
-    hlsl::Writer::new(&mut hlsl_out, &hlsl_opts, &hlsl_pipe).write(module, info, None).map_err(|e| format!("hlsl: {e}"))?;
+    hlsl::Writer::new(&mut hlsl_out, &hlsl_opts, &hlsl_pipe)
+        .write(module, info, None)
+        .map_err(|e| format!("hlsl: {e}"))?;
 
-    let glsl_opts = glsl::Options { version: glsl::Version::Embedded { version: 310, is_webgl: false }, ..Default::default() };
-    let glsl_pipe = glsl::PipelineOptions { shader_stage: naga::ShaderStage::Compute, entry_point: entry.to_string(), multiview: None };
+    let glsl_opts =
+        glsl::Options { version: glsl::Version::Embedded { version: 310, is_webgl: false }, ..Default::default() };
+    let glsl_pipe = glsl::PipelineOptions {
+        shader_stage: naga::ShaderStage::Compute,
+        entry_point: entry.to_string(),
+        multiview: None,
+    };
     let mut glsl_out = String::new();
     glsl::Writer::new(&mut glsl_out, module, info, &glsl_opts, &glsl_pipe, naga::proc::BoundsCheckPolicies::default())
         .map_err(|e| format!("glsl: {e}"))?
@@ -53,7 +68,11 @@ fn every_specialisation_translates_to_every_backend() {
     for (i, k) in kernels.iter().enumerate() {
         let wgsl = k.wgsl();
         if let Some(pos) = wgsl.find("{{") {
-            failures.push(format!("{}: unsubstituted placeholder at {}", k.label(), &wgsl[pos..(pos + 30).min(wgsl.len())]));
+            failures.push(format!(
+                "{}: unsubstituted placeholder at {}",
+                k.label(),
+                &wgsl[pos..(pos + 30).min(wgsl.len())]
+            ));
             continue;
         }
         if let Err(e) = translate(&k.label(), &wgsl, k.entry, &k.constants()) {

@@ -205,6 +205,10 @@ fn info_describes_the_adapter() {
     assert!(text.contains(&info.name) && text.contains("coop-mat"), "{text}");
     // CI runs the suite per backend: make sure the one asked for is the one tested.
     if let Ok(want) = std::env::var("WGK_BACKEND") {
-        assert!(format!("{:?}", info.backend).to_lowercase().starts_with(&want.to_lowercase()), "asked for {want}, got {:?}", info.backend);
+        assert!(
+            format!("{:?}", info.backend).to_lowercase().starts_with(&want.to_lowercase()),
+            "asked for {want}, got {:?}",
+            info.backend
+        );
     }
 }

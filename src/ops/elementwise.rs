@@ -26,7 +26,8 @@ pub enum BinaryOp {
 
 impl BinaryOp {
     /// All binary ops, for tests and the portability check.
-    pub const ALL: [BinaryOp; 6] = [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div, BinaryOp::Maximum, BinaryOp::Minimum];
+    pub const ALL: [BinaryOp; 6] =
+        [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div, BinaryOp::Maximum, BinaryOp::Minimum];
 
     /// The op's name in errors.
     pub fn name(self) -> &'static str {
@@ -176,7 +177,13 @@ pub fn all_kernels() -> Vec<Kernel> {
 /// one of the view's elements; its word (`e` or `e >> 1`) is inside the buffer. The output
 /// word of unit `t` is written only when `t·per < n`, and the buffer holds
 /// ceil(n / per) words. `meta` has exactly the 22 words the shader reads.
-fn launch(op: &'static str, inputs: &[&Tensor], out_shape: &[usize], out_dtype: DType, wgsl_op: &str) -> Result<Tensor> {
+fn launch(
+    op: &'static str,
+    inputs: &[&Tensor],
+    out_shape: &[usize],
+    out_dtype: DType,
+    wgsl_op: &str,
+) -> Result<Tensor> {
     let gpu = inputs[0].gpu();
     let out = Tensor::empty(gpu, op, out_shape, out_dtype)?;
     let n = out.numel();

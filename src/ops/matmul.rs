@@ -33,7 +33,8 @@ pub enum Activation {
 
 impl Activation {
     /// Every activation, for tests.
-    pub const ALL: [Activation; 5] = [Activation::None, Activation::Relu, Activation::Gelu, Activation::GeluTanh, Activation::Silu];
+    pub const ALL: [Activation; 5] =
+        [Activation::None, Activation::Relu, Activation::Gelu, Activation::GeluTanh, Activation::Silu];
 
     fn wgsl(self) -> &'static str {
         match self {
@@ -55,7 +56,9 @@ impl Activation {
             Activation::None => x,
             Activation::Relu => x.max(0.0),
             Activation::Gelu => 0.5 * x * (1.0 + erf_f64(x / std::f64::consts::SQRT_2)),
-            Activation::GeluTanh => 0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh()),
+            Activation::GeluTanh => {
+                0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
+            }
             Activation::Silu => x / (1.0 + (-x).exp()),
         }
     }
@@ -143,9 +146,21 @@ impl MatmulPath {
     /// A short name for reports: `tiled 64x64x16/4x4`, `thin`, `coop 128x128x32`.
     pub fn name(&self) -> String {
         match self {
-            MatmulPath::Tiled(t) => format!("tiled{} {}x{}x{}/{}x{}", if t.vec4 { "_v4" } else { "" }, t.bm, t.bn, t.bk, t.tm, t.tn),
+            MatmulPath::Tiled(t) => {
+                format!("tiled{} {}x{}x{}/{}x{}", if t.vec4 { "_v4" } else { "" }, t.bm, t.bn, t.bk, t.tm, t.tn)
+            }
             MatmulPath::Thin => "thin".into(),
-            MatmulPath::Coop(c) => format!("coop {}x{}x{} ({}x{} sg of {}x{}){}", c.bm(), c.bn(), c.bk, c.sg_m, c.sg_n, c.fm, c.fn_, if c.prefetch { " prefetch" } else { "" }),
+            MatmulPath::Coop(c) => format!(
+                "coop {}x{}x{} ({}x{} sg of {}x{}){}",
+                c.bm(),
+                c.bn(),
+                c.bk,
+                c.sg_m,
+                c.sg_n,
+                c.fm,
+                c.fn_,
+                if c.prefetch { " prefetch" } else { "" }
+            ),
         }
     }
 }
@@ -205,7 +220,10 @@ fn fixed_subgroup(gpu: &Gpu) -> Option<u32> {
 /// True when the coop path can run `dtype` inputs on this device.
 pub fn coop_available(gpu: &Gpu, dtype: DType, allow_reduced_precision: bool) -> bool {
     let dtype_ok = dtype == DType::F16 || (dtype == DType::F32 && allow_reduced_precision);
-    dtype_ok && gpu.info().has_coop_f16_16x16x16() && gpu.has(wgpu::Features::SHADER_F16) && fixed_subgroup(gpu).is_some()
+    dtype_ok
+        && gpu.info().has_coop_f16_16x16x16()
+        && gpu.has(wgpu::Features::SHADER_F16)
+        && fixed_subgroup(gpu).is_some()
 }
 
 /// Every path the library may choose for these inputs on this device, default first.
@@ -268,9 +286,23 @@ struct Layout {
 }
 
 fn tiled_kernel(t: TileConfig, dtype: DType, bias: Option<DType>, act: Activation, lay: Layout, thin: bool) -> Kernel {
-    let a_coord = if lay.a_k_fast { "let mm = l / BK;\n            let kk = l % BK;" } else { "let mm = l % BM;\n            let kk = l / BM;" };
-    let b_coord = if lay.b_n_fast { "let kk = l / BN;\n            let nn = l % BN;" } else { "let kk = l % BK;\n            let nn = l / BK;" };
-    let entry = if thin { "thin" } else if t.vec4 { "tiled_v4" } else { "tiled" };
+    let a_coord = if lay.a_k_fast {
+        "let mm = l / BK;\n            let kk = l % BK;"
+    } else {
+        "let mm = l % BM;\n            let kk = l / BM;"
+    };
+    let b_coord = if lay.b_n_fast {
+        "let kk = l / BN;\n            let nn = l % BN;"
+    } else {
+        "let kk = l % BK;\n            let nn = l / BK;"
+    };
+    let entry = if thin {
+        "thin"
+    } else if t.vec4 {
+        "tiled_v4"
+    } else {
+        "tiled"
+    };
     let k = Kernel::new(Shader::Matmul, entry)
         .sub("LOAD_A", wgsl_load("a", dtype))
         .sub("LOAD_B", wgsl_load("b", dtype))
@@ -279,7 +311,13 @@ fn tiled_kernel(t: TileConfig, dtype: DType, bias: Option<DType>, act: Activatio
     let k = if thin {
         // The tiled entry's constants must still be well-formed; the thin entry ignores them.
         let d = TILED_CANDIDATES[0];
-        k.sub("BM", d.bm.to_string()).sub("BN", d.bn.to_string()).sub("BK", d.bk.to_string()).sub("TM", d.tm.to_string()).sub("TN", d.tn.to_string()).sub("A_COORD", "let mm = l / BK;\n            let kk = l % BK;").sub("B_COORD", "let kk = l / BN;\n            let nn = l % BN;")
+        k.sub("BM", d.bm.to_string())
+            .sub("BN", d.bn.to_string())
+            .sub("BK", d.bk.to_string())
+            .sub("TM", d.tm.to_string())
+            .sub("TN", d.tn.to_string())
+            .sub("A_COORD", "let mm = l / BK;\n            let kk = l % BK;")
+            .sub("B_COORD", "let kk = l / BN;\n            let nn = l % BN;")
     } else {
         k.sub("BM", t.bm.to_string())
             .sub("BN", t.bn.to_string())
@@ -347,7 +385,11 @@ impl VecStage {
     }
 
     fn buf(&self) -> &'static str {
-        if self.tile == "tile_a" { "a" } else { "b" }
+        if self.tile == "tile_a" {
+            "a"
+        } else {
+            "b"
+        }
     }
 
     /// Body of a staging loop iteration `step` (an expression) loading into `var word`.
@@ -363,12 +405,23 @@ impl VecStage {
         let mut s = String::new();
         // The coordinates again (cheap integer math) so loads and stores can sit in
         // different places of the loop, as the prefetching variant needs.
-        s.push_str(&format!("            {{\n            let l = lid + {step} * THREADS;\n            {}\n", self.coords.replace("let k = kload + kk;", "").replace("let m = m0 + mm;", "").replace("let n = n0 + nn;", "")));
+        s.push_str(&format!(
+            "            {{\n            let l = lid + {step} * THREADS;\n            {}\n",
+            self.coords
+                .replace("let k = kload + kk;", "")
+                .replace("let m = m0 + mm;", "")
+                .replace("let n = n0 + nn;", "")
+        ));
         for (w, comp) in ["x", "y", "z", "w"].iter().enumerate() {
             s.push_str(&format!("            let h{w} = vec2<f16>(unpack2x16float({word}.{comp}));\n"));
             for half in 0..2u32 {
                 let e = 2 * w as u32 + half;
-                s.push_str(&format!("            {}[{}] = h{w}.{};\n", self.tile, (self.index)(e), if half == 0 { "x" } else { "y" }));
+                s.push_str(&format!(
+                    "            {}[{}] = h{w}.{};\n",
+                    self.tile,
+                    (self.index)(e),
+                    if half == 0 { "x" } else { "y" }
+                ));
             }
         }
         s.push_str("            }\n");
@@ -418,15 +471,31 @@ fn coop_kernel(c: CoopConfig, sub: u32, dtype: DType, bias: Option<DType>, act: 
         (sa, sb)
     } else {
         let sa = if lay.a_vec8 {
-            format!("for (var s = 0u; s < BM * BK / 8u / THREADS; s++) {{\n            let kload = k0;\n{}{}        }}", a_vec.load_body("s", "word"), a_vec.store_body("s", "word"))
+            format!(
+                "for (var s = 0u; s < BM * BK / 8u / THREADS; s++) {{\n            let kload = k0;\n{}{}        }}",
+                a_vec.load_body("s", "word"),
+                a_vec.store_body("s", "word")
+            )
         } else {
-            let coords = if lay.a_k_fast { "let mm = l / BK;\n            let kk = l % BK;" } else { "let mm = l % BM;\n            let kk = l / BM;" };
+            let coords = if lay.a_k_fast {
+                "let mm = l / BK;\n            let kk = l % BK;"
+            } else {
+                "let mm = l % BM;\n            let kk = l / BM;"
+            };
             format!("for (var s = 0u; s < BM * BK / THREADS; s++) {{\n            let l = lid + s * THREADS;\n            {coords}\n            let m = m0 + mm;\n            let k = k0 + kk;\n            var v = 0.0;\n            if (m < M && k < K) {{\n                v = load_a(base.x + m * a_sm + k * a_sk);\n            }}\n            tile_a[mm * A_STRIDE + kk] = f16(v);\n        }}")
         };
         let sb = if lay.b_vec8 {
-            format!("for (var s = 0u; s < BK * BN / 8u / THREADS; s++) {{\n            let kload = k0;\n{}{}        }}", b_vec.load_body("s", "word"), b_vec.store_body("s", "word"))
+            format!(
+                "for (var s = 0u; s < BK * BN / 8u / THREADS; s++) {{\n            let kload = k0;\n{}{}        }}",
+                b_vec.load_body("s", "word"),
+                b_vec.store_body("s", "word")
+            )
         } else {
-            let coords = if lay.b_n_fast { "let kk = l / BN;\n            let nn = l % BN;" } else { "let kk = l % BK;\n            let nn = l / BK;" };
+            let coords = if lay.b_n_fast {
+                "let kk = l / BN;\n            let nn = l % BN;"
+            } else {
+                "let kk = l % BK;\n            let nn = l / BK;"
+            };
             format!("for (var s = 0u; s < BK * BN / THREADS; s++) {{\n            let l = lid + s * THREADS;\n            {coords}\n            let k = k0 + kk;\n            let n = n0 + nn;\n            var v = 0.0;\n            if (k < K && n < N) {{\n                v = load_b(base.y + k * b_sk + n * b_sn);\n            }}\n            tile_b[kk * B_STRIDE + nn] = f16(v);\n        }}")
         };
         (sa, sb)
@@ -495,7 +564,9 @@ pub fn all_kernels() -> Vec<Kernel> {
         let mut v = Vec::new();
         for a_k_fast in [true, false] {
             for b_n_fast in [true, false] {
-                for (a_vec8, b_vec8) in if vec { vec![(false, false), (true, true), (true, false)] } else { vec![(false, false)] } {
+                for (a_vec8, b_vec8) in
+                    if vec { vec![(false, false), (true, true), (true, false)] } else { vec![(false, false)] }
+                {
                     v.push(Layout { a_k_fast, b_n_fast, a_vec8, b_vec8 });
                 }
             }
@@ -562,7 +633,10 @@ impl Tensor {
     pub fn matmul_with(&self, other: &Tensor, opts: &MatmulOptions) -> Result<Tensor> {
         const OP: &str = "matmul";
         if self.rank() == 0 || other.rank() == 0 {
-            return Err(Error::InvalidArgument { op: OP, msg: format!("operands must have at least one dim, got {:?} and {:?}", self.shape(), other.shape()) });
+            return Err(Error::InvalidArgument {
+                op: OP,
+                msg: format!("operands must have at least one dim, got {:?} and {:?}", self.shape(), other.shape()),
+            });
         }
         if self.dtype() != other.dtype() {
             return Err(Error::DTypeMismatch { op: OP, lhs: self.dtype(), rhs: other.dtype() });
@@ -593,18 +667,31 @@ impl Tensor {
             let allowed = candidates(&gpu, self.dtype(), m, opts.allow_reduced_precision);
             if !allowed.contains(&p) {
                 let names: Vec<String> = allowed.iter().map(|p| p.name()).collect();
-                let msg = format!("path {} cannot run {:?} inputs with M = {m} on this adapter (allowed: {})", p.name(), self.dtype(), names.join(", "));
+                let msg = format!(
+                    "path {} cannot run {:?} inputs with M = {m} on this adapter (allowed: {})",
+                    p.name(),
+                    self.dtype(),
+                    names.join(", ")
+                );
                 return Err(Error::InvalidArgument { op: OP, msg });
             }
         }
         // Collapse the batch dims where both operands walk them contiguously.
         let (bshape, sa, sb) = collapse_batch(&batch, &batch_strides(&a, &batch), &batch_strides(&b, &batch));
         if bshape.len() > MAX_BATCH_DIMS {
-            return Err(Error::InvalidArgument { op: OP, msg: format!("batch shape {batch:?} needs more than {MAX_BATCH_DIMS} dims after merging; reshape it first") });
+            return Err(Error::InvalidArgument {
+                op: OP,
+                msg: format!(
+                    "batch shape {batch:?} needs more than {MAX_BATCH_DIMS} dims after merging; reshape it first"
+                ),
+            });
         }
         let max_groups = gpu.info().limits.max_compute_workgroups_per_dimension as usize;
         if nbatch > max_groups {
-            return Err(Error::InvalidArgument { op: OP, msg: format!("{nbatch} batches exceed the {max_groups} workgroups per dispatch dimension") });
+            return Err(Error::InvalidArgument {
+                op: OP,
+                msg: format!("{nbatch} batches exceed the {max_groups} workgroups per dispatch dimension"),
+            });
         }
         let out = Tensor::empty(&gpu, OP, &out_shape, DType::F32)?;
         if out.numel() == 0 {
@@ -706,9 +793,17 @@ impl Launch<'_> {
         let b_n_fast = b_sn == 1 || (b_sk != 1 && b_sn <= b_sk);
         let aligned = |off: usize, strides: &[usize]| off % 8 == 0 && strides.iter().all(|&s| s % 8 == 0);
         let a_vec8 = a.dtype() == DType::F16
-            && if a_k_fast { a_sk == 1 && self.k % 8 == 0 && aligned(a.offset(), &[&[a_sm][..], self.sa].concat()) } else { a_sm == 1 && self.m % 8 == 0 && aligned(a.offset(), &[&[a_sk][..], self.sa].concat()) };
+            && if a_k_fast {
+                a_sk == 1 && self.k % 8 == 0 && aligned(a.offset(), &[&[a_sm][..], self.sa].concat())
+            } else {
+                a_sm == 1 && self.m % 8 == 0 && aligned(a.offset(), &[&[a_sk][..], self.sa].concat())
+            };
         let b_vec8 = b.dtype() == DType::F16
-            && if b_n_fast { b_sn == 1 && self.n % 8 == 0 && aligned(b.offset(), &[&[b_sk][..], self.sb].concat()) } else { b_sk == 1 && self.k % 8 == 0 && aligned(b.offset(), &[&[b_sn][..], self.sb].concat()) };
+            && if b_n_fast {
+                b_sn == 1 && self.n % 8 == 0 && aligned(b.offset(), &[&[b_sk][..], self.sb].concat())
+            } else {
+                b_sk == 1 && self.k % 8 == 0 && aligned(b.offset(), &[&[b_sn][..], self.sb].concat())
+            };
         Layout { a_k_fast, b_n_fast, a_vec8, b_vec8 }
     }
 
@@ -751,19 +846,39 @@ impl Launch<'_> {
         let lay = self.layout();
         let act = self.opts.activation;
         let (kernel, groups) = match path {
-            MatmulPath::Tiled(t) => (tiled_kernel(t, a.dtype(), bias_dtype, act, lay, false), (self.n.div_ceil(t.bn as usize), self.m.div_ceil(t.bm as usize))),
-            MatmulPath::Thin => (tiled_kernel(TILED_CANDIDATES[0], a.dtype(), bias_dtype, act, lay, true), (self.n.div_ceil(64), 1)),
+            MatmulPath::Tiled(t) => (
+                tiled_kernel(t, a.dtype(), bias_dtype, act, lay, false),
+                (self.n.div_ceil(t.bn as usize), self.m.div_ceil(t.bm as usize)),
+            ),
+            MatmulPath::Thin => {
+                (tiled_kernel(TILED_CANDIDATES[0], a.dtype(), bias_dtype, act, lay, true), (self.n.div_ceil(64), 1))
+            }
             MatmulPath::Coop(c) => {
-                let sub = fixed_subgroup(gpu).ok_or(Error::MissingFeature { op: "matmul", feature: "SUBGROUP (fixed size)", hint: "the coop path needs a fixed subgroup size" })?;
-                (coop_kernel(c, sub, a.dtype(), bias_dtype, act, lay), (self.n.div_ceil(c.bn() as usize), self.m.div_ceil(c.bm() as usize)))
+                let sub = fixed_subgroup(gpu).ok_or(Error::MissingFeature {
+                    op: "matmul",
+                    feature: "SUBGROUP (fixed size)",
+                    hint: "the coop path needs a fixed subgroup size",
+                })?;
+                (
+                    coop_kernel(c, sub, a.dtype(), bias_dtype, act, lay),
+                    (self.n.div_ceil(c.bn() as usize), self.m.div_ceil(c.bm() as usize)),
+                )
             }
         };
         let max = gpu.info().limits.max_compute_workgroups_per_dimension as usize;
         if groups.0 > max || groups.1 > max {
-            return Err(Error::InvalidArgument { op: "matmul", msg: format!("{}x{} output tiles exceed {max} workgroups per dimension", groups.0, groups.1) });
+            return Err(Error::InvalidArgument {
+                op: "matmul",
+                msg: format!("{}x{} output tiles exceed {max} workgroups per dimension", groups.0, groups.1),
+            });
         }
         let params = gpu.meta_buffer(&p);
-        let mut bindings = vec![(0, a.storage()?.buffer()), (1, b.storage()?.buffer()), (2, self.out.storage()?.buffer()), (3, &params)];
+        let mut bindings = vec![
+            (0, a.storage()?.buffer()),
+            (1, b.storage()?.buffer()),
+            (2, self.out.storage()?.buffer()),
+            (3, &params),
+        ];
         if let Some(bias) = self.opts.bias {
             bindings.push((4, bias.storage()?.buffer()));
         }

@@ -30,7 +30,11 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64)
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let g = g as f64;
         let excess = if g.is_nan() || w.is_nan() {
-            if g.is_nan() && w.is_nan() { 0.0 } else { f64::INFINITY }
+            if g.is_nan() && w.is_nan() {
+                0.0
+            } else {
+                f64::INFINITY
+            }
         } else if g == w {
             0.0 // equal infinities included
         } else {
