@@ -164,8 +164,8 @@ fn main() -> wgkernels::Result<()> {
     not_used.push("matmul, softmax/layernorm/rmsnorm, flash attention, fused AdamW, fusion JIT: not in this build yet (see the issues)".into());
 
     println!(
-        "{:<22} {:<16} {:<5} {:>10} {:>14}  {:<22} {}",
-        "kernel", "shape", "dtype", "ms", "rate", "path", "check vs CPU"
+        "{:<22} {:<16} {:<5} {:>10} {:>14}  {:<22} check vs CPU",
+        "kernel", "shape", "dtype", "ms", "rate", "path"
     );
     for r in &rows {
         println!(

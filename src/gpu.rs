@@ -63,7 +63,7 @@ impl std::fmt::Display for GpuInfo {
         writeln!(
             f,
             "limits    storage binding {} MiB, buffer {} MiB, workgroup storage {} KiB, invocations/workgroup {}, subgroup {}..{}",
-            l.max_storage_buffer_binding_size as u64 >> 20,
+            l.max_storage_buffer_binding_size >> 20,
             l.max_buffer_size >> 20,
             l.max_compute_workgroup_storage_size >> 10,
             l.max_compute_invocations_per_workgroup,
@@ -468,7 +468,7 @@ impl Gpu {
     pub(crate) fn write(&self, buffer: &wgpu::Buffer, offset: u64, bytes: &[u8]) -> Result<()> {
         self.check_health()?;
         let mut padded;
-        let data = if bytes.len() % 4 == 0 {
+        let data = if bytes.len().is_multiple_of(4) {
             bytes
         } else {
             padded = bytes.to_vec();
@@ -597,7 +597,7 @@ mod tests {
         for bytes in [1u64, 4, 5, 100, 65536, 65537, 100_000, 1 << 20, (1 << 20) + 1, 3 << 30] {
             let c = size_class(bytes);
             assert!(c >= bytes, "{bytes} -> {c}");
-            assert!(c % 4 == 0);
+            assert!(c.is_multiple_of(4));
             if bytes > 65536 {
                 assert!((c as f64) <= bytes as f64 * 1.25 + 4.0, "{bytes} -> {c}");
             }

@@ -101,7 +101,7 @@ impl Tensor {
     pub(crate) fn empty(gpu: &Gpu, op: &'static str, shape: &[usize], dtype: DType) -> Result<Self> {
         let numel: usize = shape.iter().product();
         let bytes = (numel * dtype.size_in_bytes()) as u64;
-        let limit = gpu.info().limits.max_storage_buffer_binding_size as u64;
+        let limit = gpu.info().limits.max_storage_buffer_binding_size;
         if bytes.next_multiple_of(4) > limit {
             return Err(Error::TooLarge { op, shape: shape.to_vec(), bytes, limit });
         }

@@ -791,18 +791,18 @@ impl Launch<'_> {
         let (b_sk, b_sn) = (b.strides()[rb - 2], b.strides()[rb - 1]);
         let a_k_fast = a_sk == 1 || (a_sm != 1 && a_sk <= a_sm);
         let b_n_fast = b_sn == 1 || (b_sk != 1 && b_sn <= b_sk);
-        let aligned = |off: usize, strides: &[usize]| off % 8 == 0 && strides.iter().all(|&s| s % 8 == 0);
+        let aligned = |off: usize, strides: &[usize]| off.is_multiple_of(8) && strides.iter().all(|&s| s % 8 == 0);
         let a_vec8 = a.dtype() == DType::F16
             && if a_k_fast {
-                a_sk == 1 && self.k % 8 == 0 && aligned(a.offset(), &[&[a_sm][..], self.sa].concat())
+                a_sk == 1 && self.k.is_multiple_of(8) && aligned(a.offset(), &[&[a_sm][..], self.sa].concat())
             } else {
-                a_sm == 1 && self.m % 8 == 0 && aligned(a.offset(), &[&[a_sk][..], self.sa].concat())
+                a_sm == 1 && self.m.is_multiple_of(8) && aligned(a.offset(), &[&[a_sk][..], self.sa].concat())
             };
         let b_vec8 = b.dtype() == DType::F16
             && if b_n_fast {
-                b_sn == 1 && self.n % 8 == 0 && aligned(b.offset(), &[&[b_sk][..], self.sb].concat())
+                b_sn == 1 && self.n.is_multiple_of(8) && aligned(b.offset(), &[&[b_sk][..], self.sb].concat())
             } else {
-                b_sk == 1 && self.k % 8 == 0 && aligned(b.offset(), &[&[b_sn][..], self.sb].concat())
+                b_sk == 1 && self.k.is_multiple_of(8) && aligned(b.offset(), &[&[b_sn][..], self.sb].concat())
             };
         Layout { a_k_fast, b_n_fast, a_vec8, b_vec8 }
     }
