@@ -12,6 +12,7 @@
 
 use crate::error::{Error, Result};
 use crate::ops::autotune;
+use crate::ops::elementwise::broadcast_shapes;
 use crate::ops::wgsl_load;
 use crate::shaders::{Kernel, Shader};
 use crate::tensor::Tensor;
@@ -597,20 +598,6 @@ pub fn all_kernels() -> Vec<Kernel> {
     all
 }
 
-/// NumPy-style broadcast of the batch dims.
-fn broadcast_batch(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
-    let rank = a.len().max(b.len());
-    let dim = |s: &[usize], d: usize| if d + s.len() < rank { 1 } else { s[d + s.len() - rank] };
-    (0..rank)
-        .map(|d| match (dim(a, d), dim(b, d)) {
-            (x, y) if x == y => Some(x),
-            (1, y) => Some(y),
-            (x, 1) => Some(x),
-            _ => None,
-        })
-        .collect()
-}
-
 /// Batch strides of `t` (rank ≥ 2) expanded to `batch` (0 where broadcast).
 fn batch_strides(t: &Tensor, batch: &[usize]) -> Vec<usize> {
     let own = &t.shape()[..t.rank() - 2];
@@ -648,8 +635,8 @@ impl Tensor {
         if k != k2 {
             return Err(Error::ShapeMismatch { op: OP, lhs: self.shape().to_vec(), rhs: other.shape().to_vec() });
         }
-        let batch = broadcast_batch(&a.shape()[..a.rank() - 2], &b.shape()[..b.rank() - 2])
-            .ok_or_else(|| Error::ShapeMismatch { op: OP, lhs: self.shape().to_vec(), rhs: other.shape().to_vec() })?;
+        let batch = broadcast_shapes(OP, &a.shape()[..a.rank() - 2], &b.shape()[..b.rank() - 2])
+            .map_err(|_| Error::ShapeMismatch { op: OP, lhs: self.shape().to_vec(), rhs: other.shape().to_vec() })?;
         if let Some(bias) = opts.bias {
             if bias.shape() != [n] {
                 return Err(Error::ShapeMismatch { op: "matmul bias", lhs: bias.shape().to_vec(), rhs: vec![n] });
