@@ -38,11 +38,16 @@ pub enum Shader {
     Matmul,
     /// Matmul on cooperative matrices (tensor cores).
     MatmulCoop,
+    /// Softmax, log-softmax, their backward, cross-entropy.
+    Softmax,
+    /// LayerNorm and RMSNorm, forward and backward.
+    Norm,
 }
 
 impl Shader {
     /// Every shader family, for the portability test.
-    pub const ALL: [Shader; 4] = [Shader::Elementwise, Shader::Reduce, Shader::Matmul, Shader::MatmulCoop];
+    pub const ALL: [Shader; 6] =
+        [Shader::Elementwise, Shader::Reduce, Shader::Matmul, Shader::MatmulCoop, Shader::Softmax, Shader::Norm];
 
     /// The file name under shaders/.
     pub fn file_name(self) -> &'static str {
@@ -51,6 +56,8 @@ impl Shader {
             Shader::Reduce => "reduce.wgsl",
             Shader::Matmul => "matmul.wgsl",
             Shader::MatmulCoop => "matmul_coop.wgsl",
+            Shader::Softmax => "softmax.wgsl",
+            Shader::Norm => "norm.wgsl",
         }
     }
 
@@ -69,6 +76,8 @@ impl Shader {
             Shader::Reduce => include_str!("../shaders/reduce.wgsl"),
             Shader::Matmul => include_str!("../shaders/matmul.wgsl"),
             Shader::MatmulCoop => include_str!("../shaders/matmul_coop.wgsl"),
+            Shader::Softmax => include_str!("../shaders/softmax.wgsl"),
+            Shader::Norm => include_str!("../shaders/norm.wgsl"),
         }
     }
 }
@@ -247,5 +256,6 @@ pub fn all_kernels() -> Vec<Kernel> {
     let mut all = crate::ops::elementwise::all_kernels();
     all.extend(crate::ops::reduce::all_kernels());
     all.extend(crate::ops::matmul::all_kernels());
+    all.extend(crate::ops::norm::all_kernels());
     all
 }

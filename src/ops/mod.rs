@@ -3,6 +3,7 @@
 pub mod autotune;
 pub mod elementwise;
 pub mod matmul;
+pub mod norm;
 pub mod reduce;
 
 use crate::DType;

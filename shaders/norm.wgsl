@@ -1,0 +1,257 @@
+// LayerNorm and RMSNorm over the last dim, forward and backward. One workgroup of 256
+// invocations per row of N elements, f32 statistics whatever the storage dtype.
+//
+// Forward: rows of up to 256·VPT units stay in registers (read once, written once:
+// 2·N·size bytes per row, ~8 FLOPs per element); longer rows are read a second time for
+// the output. Mean and variance come from per-invocation Welford accumulators merged with
+// Chan's formula in a workgroup-memory tree — no E[x²] − E[x]² cancellation, so rows of
+// 65536 elements with a mean of 1e4 keep their variance in f32.
+//
+// Backward (dx): the row is read twice (statistics, then dx), dy once more: 3 reads of N,
+// 1 write. dw and db are sums over rows; WGSL has no float atomics, so `param_grads`
+// writes per-chunk partial sums [chunks, N] and the host sums them over chunks (a second,
+// small reduction).
+//
+// Placeholders, each in double braces: LOAD_X LOAD_DY LOAD_W LOAD_B (unit loaders),
+// LOAD_X1 LOAD_DY1 (element loaders), STORE,
+// VPT, UNIT (2 for pairs, 1 for odd N), ONE_LOADERS (element loaders for UNIT 1), RMS (true for RMSNorm), AFFINE_W, AFFINE_B.
+
+const WG: u32 = 256u;
+const VPT: u32 = {{VPT}}u;
+const UNIT: u32 = {{UNIT}}u;
+const RMS: bool = {{RMS}};
+const ROWS_PER_CHUNK: u32 = 64u;
+
+// params: [0] rows [1] n [2] x offset [3] eps (f32 bits) [4] dy offset [5] w offset [6] b offset
+@group(0) @binding(0) var<storage, read> x: array<u32>;
+@group(0) @binding(1) var<storage, read_write> out: array<u32>;
+@group(0) @binding(2) var<storage, read> params: array<u32>;
+@group(0) @binding(3) var<storage, read> w: array<u32>;
+@group(0) @binding(4) var<storage, read> b: array<u32>;
+@group(0) @binding(5) var<storage, read> dy: array<u32>;
+// Per-row (mean, rstd) written by the forward and backward kernels, read by param_grads.
+@group(0) @binding(6) var<storage, read_write> stats: array<vec2<f32>>;
+@group(0) @binding(7) var<storage, read_write> partials: array<f32>;
+
+var<workgroup> red_n: array<f32, WG>;
+var<workgroup> red_mean: array<f32, WG>;
+var<workgroup> red_m2: array<f32, WG>;
+
+{{ONE_LOADERS}}
+fn load_x(e: u32) -> vec2<f32> {
+    {{LOAD_X}}
+}
+
+fn load_dy(e: u32) -> vec2<f32> {
+    {{LOAD_DY}}
+}
+
+// Single elements, for the column-wise param_grads.
+fn load_x1(e: u32) -> f32 {
+    {{LOAD_X1}}
+}
+
+fn load_dy1(e: u32) -> f32 {
+    {{LOAD_DY1}}
+}
+
+fn load_w(e: u32) -> vec2<f32> {
+    {{LOAD_W}}
+}
+
+fn load_b(e: u32) -> vec2<f32> {
+    {{LOAD_B}}
+}
+
+fn store(e: u32, v: vec2<f32>) {
+    {{STORE}}
+}
+
+// Welford state (count, mean, M2) of one invocation, plus one more value.
+fn welford(acc: vec3<f32>, v: f32) -> vec3<f32> {
+    let count = acc.x + 1.0;
+    let delta = v - acc.y;
+    let mean = acc.y + delta / count;
+    return vec3<f32>(count, mean, acc.z + delta * (v - mean));
+}
+
+// Chan et al.: two partial (count, mean, M2) merged.
+fn chan(a: vec3<f32>, b: vec3<f32>) -> vec3<f32> {
+    let count = a.x + b.x;
+    if (count == 0.0) {
+        return a;
+    }
+    let delta = b.y - a.y;
+    let mean = a.y + delta * (b.x / count);
+    return vec3<f32>(count, mean, a.z + b.z + delta * delta * (a.x * b.x / count));
+}
+
+fn reduce_welford(lid: u32, acc: vec3<f32>) -> vec3<f32> {
+    red_n[lid] = acc.x;
+    red_mean[lid] = acc.y;
+    red_m2[lid] = acc.z;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
+        if (lid < stride) {
+            let r = chan(vec3<f32>(red_n[lid], red_mean[lid], red_m2[lid]), vec3<f32>(red_n[lid + stride], red_mean[lid + stride], red_m2[lid + stride]));
+            red_n[lid] = r.x;
+            red_mean[lid] = r.y;
+            red_m2[lid] = r.z;
+        }
+        workgroupBarrier();
+    }
+    let total = vec3<f32>(red_n[0], red_mean[0], red_m2[0]);
+    workgroupBarrier();
+    return total;
+}
+
+fn reduce_sum2(lid: u32, v: vec2<f32>) -> vec2<f32> {
+    red_n[lid] = v.x;
+    red_mean[lid] = v.y;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
+        if (lid < stride) {
+            red_n[lid] += red_n[lid + stride];
+            red_mean[lid] += red_mean[lid + stride];
+        }
+        workgroupBarrier();
+    }
+    let total = vec2<f32>(red_n[0], red_mean[0]);
+    workgroupBarrier();
+    return total;
+}
+
+fn add_unit(acc: vec3<f32>, v: vec2<f32>, u: u32) -> vec3<f32> {
+    if (RMS) {
+        // RMSNorm needs only Σx²: kept in the M2 slot, count in x.
+        var sq = v.x * v.x;
+        var c = 1.0;
+        if (UNIT == 2u) {
+            sq += v.y * v.y;
+            c = 2.0;
+        }
+        return vec3<f32>(acc.x + c, 0.0, acc.z + sq);
+    }
+    var a = welford(acc, v.x);
+    if (UNIT == 2u) {
+        a = welford(a, v.y);
+    }
+    return a;
+}
+
+// (mean, rstd) of the row, caching the first 256·VPT units when `cache` is used.
+fn row_moments(row: u32, lid: u32, cache: ptr<function, array<vec2<f32>, VPT>>) -> vec2<f32> {
+    let n = params[1];
+    let units = (n + UNIT - 1u) / UNIT;
+    let base = params[2] + row * n;
+    var acc = vec3<f32>(0.0);
+    for (var i = 0u; i < VPT; i++) {
+        let u = lid + i * WG;
+        if (u < units) {
+            let v = load_x(base + u * UNIT);
+            (*cache)[i] = v;
+            acc = add_unit(acc, v, u);
+        }
+    }
+    for (var u = lid + VPT * WG; u < units; u += WG) {
+        acc = add_unit(acc, load_x(base + u * UNIT), u);
+    }
+    let eps = bitcast<f32>(params[3]);
+    if (RMS) {
+        let total = reduce_sum2(lid, vec2<f32>(acc.x, acc.z));
+        return vec2<f32>(0.0, inverseSqrt(total.y / total.x + eps));
+    }
+    let total = reduce_welford(lid, acc);
+    return vec2<f32>(total.y, inverseSqrt(max(total.z / total.x, 0.0) + eps));
+}
+
+fn affine(v: vec2<f32>, j: u32, m: vec2<f32>) -> vec2<f32> {
+    var y = (v - m.x) * m.y;
+    {{AFFINE_W}}
+    {{AFFINE_B}}
+    return y;
+}
+
+@compute @workgroup_size(256)
+fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = wid.x + wid.y * nwg.x;
+    if (row >= params[0]) {
+        return;
+    }
+    let n = params[1];
+    let units = (n + UNIT - 1u) / UNIT;
+    var cache: array<vec2<f32>, VPT>;
+    let m = row_moments(row, lid, &cache);
+    if (lid == 0u) {
+        stats[row] = m;
+    }
+    for (var i = 0u; i < VPT; i++) {
+        let u = lid + i * WG;
+        if (u < units) {
+            store(row * n + u * UNIT, affine(cache[i], u * UNIT, m));
+        }
+    }
+    for (var u = lid + VPT * WG; u < units; u += WG) {
+        store(row * n + u * UNIT, affine(load_x(params[2] + row * n + u * UNIT), u * UNIT, m));
+    }
+}
+
+// dx = rstd · (g − mean(g) − x̂ · mean(g · x̂)), g = dy · w, x̂ = (x − mean) · rstd
+// (RMSNorm: no mean terms, x̂ = x · rstd).
+@compute @workgroup_size(256)
+fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = wid.x + wid.y * nwg.x;
+    if (row >= params[0]) {
+        return;
+    }
+    let n = params[1];
+    let units = (n + UNIT - 1u) / UNIT;
+    var cache: array<vec2<f32>, VPT>;
+    let m = row_moments(row, lid, &cache);
+    if (lid == 0u) {
+        stats[row] = m;
+    }
+    var sums = vec2<f32>(0.0); // (Σ g, Σ g·x̂)
+    for (var u = lid; u < units; u += WG) {
+        let j = u * UNIT;
+        let xh = (load_x(params[2] + row * n + j) - m.x) * m.y;
+        var g = load_dy(params[4] + row * n + j) * load_w(params[5] + j);
+        if (UNIT == 1u) { g.y = 0.0; }
+        sums += vec2<f32>(g.x + g.y, dot(g, xh));
+    }
+    let total = reduce_sum2(lid, sums);
+    let mean_g = select(total.x / f32(n), 0.0, RMS);
+    let mean_gx = total.y / f32(n);
+    for (var u = lid; u < units; u += WG) {
+        let j = u * UNIT;
+        let xh = (load_x(params[2] + row * n + j) - m.x) * m.y;
+        let g = load_dy(params[4] + row * n + j) * load_w(params[5] + j);
+        store(row * n + j, m.y * (g - mean_g - xh * mean_gx));
+    }
+}
+
+// Partial dw, db over a chunk of ROWS_PER_CHUNK rows: invocation (column j, chunk c)
+// writes partials[c · 2N + j] = Σ dy·x̂ and partials[c · 2N + N + j] = Σ dy.
+// Consecutive invocations take consecutive columns, so every row read is coalesced.
+@compute @workgroup_size(256)
+fn param_grads(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let rows = params[0];
+    let n = params[1];
+    let j = gid.x;
+    let chunk = gid.y;
+    if (j >= n) {
+        return;
+    }
+    var dw = 0.0;
+    var db = 0.0;
+    let first = chunk * ROWS_PER_CHUNK;
+    for (var r = first; r < min(first + ROWS_PER_CHUNK, rows); r++) {
+        let m = stats[r];
+        let xv = load_x1(params[2] + r * n + j);
+        let g = load_dy1(params[4] + r * n + j);
+        dw += g * (xv - m.x) * m.y;
+        db += g;
+    }
+    partials[chunk * 2u * n + j] = dw;
+    partials[chunk * 2u * n + n + j] = db;
+}

@@ -1,0 +1,240 @@
+// Row-wise softmax / log-softmax (with scale, additive mask, causal mask), its backward,
+// and fused cross-entropy. One workgroup of 256 invocations per row of N elements.
+//
+// Units: two adjacent elements (a "pair", N even: 16-bit data moves as whole words) or
+// one element (N odd; 16-bit outputs then go through f32 and a cast on the host).
+//
+// Forward, rows of up to 256·VPT units: each invocation keeps its VPT units in registers,
+// so the row is read once and written once: 2·N·size bytes per row, ~5 FLOPs per element.
+// Longer rows stream: an online max/sum pass (read 1), then the normalising pass (read 2,
+// write). The per-invocation (max, sum) pairs merge in a workgroup-memory tree:
+//   (m, s) ⊕ (m', s') = (M, s·e^(m−M) + s'·e^(m'−M)),  M = max(m, m').
+// A row whose elements are all −inf gives zeros (softmax) and −inf (log-softmax), not NaN.
+//
+// Placeholders, each in double braces: LOAD_X LOAD_DY LOAD_MASK (loaders returning the
+// unit as vec2<f32>), STORE (store of a unit `v` at element `e`), VPT, UNIT (1 or 2), ONE_LOADERS (element loaders the UNIT-1 loaders call),
+// LOG (true for log-softmax), CE_SCALE (1/rows for a mean cross-entropy).
+
+const WG: u32 = 256u;
+const VPT: u32 = {{VPT}}u;
+const UNIT: u32 = {{UNIT}}u;
+const LOG: bool = {{LOG}};
+
+// params (u32 words): [0] rows [1] n [2] x offset [3] mask rows (0: none) [4] mask offset
+//   [5] causal (0/1) [6] rows per causal block (S_q) [7] scale (f32 bits) [8] dy offset
+@group(0) @binding(0) var<storage, read> x: array<u32>;
+@group(0) @binding(1) var<storage, read_write> out: array<u32>;
+@group(0) @binding(2) var<storage, read> params: array<u32>;
+@group(0) @binding(3) var<storage, read> mask: array<u32>;
+@group(0) @binding(4) var<storage, read> dy: array<u32>;
+@group(0) @binding(5) var<storage, read> targets: array<u32>;
+@group(0) @binding(6) var<storage, read_write> losses: array<f32>;
+
+var<workgroup> red_m: array<f32, WG>;
+var<workgroup> red_s: array<f32, WG>;
+
+fn neg_inf() -> f32 {
+    return bitcast<f32>(0xff800000u);
+}
+
+{{ONE_LOADERS}}
+fn load_x(e: u32) -> vec2<f32> {
+    {{LOAD_X}}
+}
+
+fn load_dy(e: u32) -> vec2<f32> {
+    {{LOAD_DY}}
+}
+
+fn load_mask(e: u32) -> vec2<f32> {
+    {{LOAD_MASK}}
+}
+
+fn store(e: u32, v: vec2<f32>) {
+    {{STORE}}
+}
+
+// The scaled, masked logits of unit `u` of `row`; −inf where masked or past the row.
+fn logits(row: u32, u: u32) -> vec2<f32> {
+    let n = params[1];
+    let j = u * UNIT;
+    var v = load_x(params[2] + row * n + j) * bitcast<f32>(params[7]);
+    let mask_rows = params[3];
+    if (mask_rows > 0u) {
+        v += load_mask(params[4] + (row % mask_rows) * n + j);
+    }
+    if (params[5] == 1u) {
+        // Bottom-right aligned, as with a KV cache: query i of S_q sees keys ≤ i + n − S_q.
+        let s_q = params[6];
+        let limit = row % s_q + n - s_q;
+        if (j > limit) { v.x = neg_inf(); }
+        if (j + 1u > limit) { v.y = neg_inf(); }
+    }
+    if (UNIT == 1u) {
+        v.y = neg_inf();
+    }
+    return v;
+}
+
+fn merge(m1: f32, s1: f32, m2: f32, s2: f32) -> vec2<f32> {
+    let m = max(m1, m2);
+    if (m == neg_inf()) {
+        return vec2<f32>(m, 0.0);
+    }
+    return vec2<f32>(m, s1 * exp(m1 - m) + s2 * exp(m2 - m));
+}
+
+// Workgroup-wide merge of every invocation's (max, sum); all invocations get the result.
+fn reduce_max_sum(lid: u32, m: f32, s: f32) -> vec2<f32> {
+    red_m[lid] = m;
+    red_s[lid] = s;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
+        if (lid < stride) {
+            let r = merge(red_m[lid], red_s[lid], red_m[lid + stride], red_s[lid + stride]);
+            red_m[lid] = r.x;
+            red_s[lid] = r.y;
+        }
+        workgroupBarrier();
+    }
+    let total = vec2<f32>(red_m[0], red_s[0]);
+    workgroupBarrier();
+    return total;
+}
+
+fn reduce_sum(lid: u32, s: f32) -> f32 {
+    red_s[lid] = s;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
+        if (lid < stride) {
+            red_s[lid] += red_s[lid + stride];
+        }
+        workgroupBarrier();
+    }
+    let total = red_s[0];
+    workgroupBarrier();
+    return total;
+}
+
+// (max, sum of exp) of the row, caching the first 256·VPT units in `cache`.
+fn row_stats(row: u32, lid: u32, cache: ptr<function, array<vec2<f32>, VPT>>) -> vec2<f32> {
+    let units = (params[1] + UNIT - 1u) / UNIT;
+    var m = neg_inf();
+    for (var i = 0u; i < VPT; i++) {
+        let u = lid + i * WG;
+        var v = vec2<f32>(neg_inf());
+        if (u < units) {
+            v = logits(row, u);
+        }
+        (*cache)[i] = v;
+        m = max(m, max(v.x, v.y));
+    }
+    var s = 0.0;
+    if (m != neg_inf()) {
+        for (var i = 0u; i < VPT; i++) {
+            let d = exp((*cache)[i] - m);
+            s += d.x + d.y;
+        }
+    }
+    // Past the cache: online max and sum, one read.
+    for (var u = lid + VPT * WG; u < units; u += WG) {
+        let v = logits(row, u);
+        let r1 = merge(m, s, v.x, 1.0);
+        let r2 = merge(r1.x, r1.y, v.y, 1.0);
+        m = r2.x;
+        s = r2.y;
+    }
+    return reduce_max_sum(lid, m, s);
+}
+
+fn normalise(v: vec2<f32>, stats: vec2<f32>) -> vec2<f32> {
+    if (stats.x == neg_inf()) {
+        // Every element masked: zeros, or −inf for log-softmax.
+        return select(vec2<f32>(0.0), vec2<f32>(neg_inf()), LOG);
+    }
+    if (LOG) {
+        return v - stats.x - log(stats.y);
+    }
+    return exp(v - stats.x) / stats.y;
+}
+
+@compute @workgroup_size(256)
+fn softmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = wid.x + wid.y * nwg.x;
+    if (row >= params[0]) {
+        return; // uniform across the workgroup
+    }
+    let n = params[1];
+    let units = (n + UNIT - 1u) / UNIT;
+    var cache: array<vec2<f32>, VPT>;
+    let stats = row_stats(row, lid, &cache);
+    for (var i = 0u; i < VPT; i++) {
+        let u = lid + i * WG;
+        if (u < units) {
+            store(row * n + u * UNIT, normalise(cache[i], stats));
+        }
+    }
+    for (var u = lid + VPT * WG; u < units; u += WG) {
+        store(row * n + u * UNIT, normalise(logits(row, u), stats));
+    }
+}
+
+// dx = y ⊙ (dy − Σ y·dy): y is `x` here (the forward output), read twice, dy twice.
+@compute @workgroup_size(256)
+fn softmax_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = wid.x + wid.y * nwg.x;
+    if (row >= params[0]) {
+        return;
+    }
+    let n = params[1];
+    let units = (n + UNIT - 1u) / UNIT;
+    var dot = 0.0;
+    for (var u = lid; u < units; u += WG) {
+        var p = load_x(params[2] + row * n + u * UNIT) * load_dy(params[8] + row * n + u * UNIT);
+        if (UNIT == 1u) { p.y = 0.0; }
+        dot += p.x + p.y;
+    }
+    let total = reduce_sum(lid, dot);
+    for (var u = lid; u < units; u += WG) {
+        let y = load_x(params[2] + row * n + u * UNIT);
+        store(row * n + u * UNIT, y * (load_dy(params[8] + row * n + u * UNIT) - total));
+    }
+}
+
+// Cross-entropy of each row against its target class, and the gradient of the mean loss:
+//   loss_r = log Σ e^(x_j) − x_t,   dlogits_rj = (softmax_rj − [j = t]) · CE_SCALE.
+@compute @workgroup_size(256)
+fn cross_entropy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = wid.x + wid.y * nwg.x;
+    if (row >= params[0]) {
+        return;
+    }
+    let n = params[1];
+    let units = (n + UNIT - 1u) / UNIT;
+    var cache: array<vec2<f32>, VPT>;
+    let stats = row_stats(row, lid, &cache);
+    let t = targets[row];
+    let ce_scale: f32 = {{CE_SCALE}};
+    for (var i = 0u; i < VPT; i++) {
+        let u = lid + i * WG;
+        if (u < units) {
+            let j = u * UNIT;
+            var p = exp(cache[i] - stats.x) / stats.y;
+            if (j == t) { p.x -= 1.0; }
+            if (j + 1u == t) { p.y -= 1.0; }
+            store(row * n + j, p * ce_scale);
+        }
+    }
+    for (var u = lid + VPT * WG; u < units; u += WG) {
+        let j = u * UNIT;
+        var p = exp(logits(row, u) - stats.x) / stats.y;
+        if (j == t) { p.x -= 1.0; }
+        if (j + 1u == t) { p.y -= 1.0; }
+        store(row * n + j, p * ce_scale);
+    }
+    if (lid == 0u) {
+        let xt = logits(row, t / UNIT);
+        let x_target = select(xt.x, xt.y, t % UNIT == 1u);
+        losses[row] = stats.x + log(stats.y) - x_target;
+    }
+}

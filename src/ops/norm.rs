@@ -1,0 +1,531 @@
+//! Row-wise normalisations over the last dim: softmax / log-softmax (scale, additive mask,
+//! causal mask), LayerNorm, RMSNorm, their backward passes, and fused cross-entropy.
+//! Kernels: `shaders/softmax.wgsl`, `shaders/norm.wgsl` (tiling and traffic described there).
+//!
+//! Row-length classes: rows of up to 256·VPT units (a unit is an element pair when the row
+//! length is even) stay in registers, VPT ∈ {1, 2, 4, 8, 16}, so the row is read once;
+//! longer rows stream (online max/sum for softmax, Welford for the norms) and are read twice.
+
+use crate::error::{Error, Result};
+use crate::ops::wgsl_load;
+use crate::shaders::{Kernel, Shader};
+use crate::tensor::{resolve_dim, Tensor};
+use crate::DType;
+
+const WG: usize = 256;
+/// The register-cache classes; the largest covers rows of 8192 elements in pairs.
+pub const VPT_CLASSES: [u32; 5] = [1, 2, 4, 8, 16];
+const ROWS_PER_CHUNK: usize = 64;
+
+/// Body of `fn load_*(e) -> vec2<f32>` reading one unit at element `e` of `buf`.
+fn unit_load(buf: &str, dtype: DType, unit: u32) -> String {
+    if unit == 1 {
+        return format!("return vec2<f32>(load_one_{buf}(e), 0.0);");
+    }
+    match dtype {
+        DType::F32 => format!("return vec2<f32>(bitcast<f32>({buf}[e]), bitcast<f32>({buf}[e + 1u]));"),
+        DType::F16 => format!("return unpack2x16float({buf}[e >> 1u]);"),
+        DType::BF16 => format!(
+            "let w = {buf}[e >> 1u];\n    return vec2<f32>(bitcast<f32>(w << 16u), bitcast<f32>(w & 0xffff0000u));"
+        ),
+    }
+}
+
+/// Single-element loaders `load_one_<buf>` that the unit-1 loaders call.
+fn one_loaders(bufs: &[(&str, DType)]) -> String {
+    bufs.iter().map(|(b, d)| format!("fn load_one_{b}(e: u32) -> f32 {{\n    {}\n}}\n", wgsl_load(b, *d))).collect()
+}
+
+fn unit_store(dtype: DType, unit: u32) -> String {
+    match (unit, dtype) {
+        (1, _) => "out[e] = bitcast<u32>(v.x);".into(),
+        (_, DType::F32) => "out[e] = bitcast<u32>(v.x);\n    out[e + 1u] = bitcast<u32>(v.y);".into(),
+        (_, DType::F16) => "out[e >> 1u] = pack2x16float(v);".into(),
+        (_, DType::BF16) => "out[e >> 1u] = f32_to_bf16_bits(v.x) | (f32_to_bf16_bits(v.y) << 16u);".into(),
+    }
+}
+
+/// Geometry of a row-wise launch: x made contiguous at offset 0, rows × n.
+struct Rows {
+    x: Tensor,
+    rows: usize,
+    n: usize,
+    unit: u32,
+    /// Storage dtype of the kernel's output: the input's, or f32 when 16-bit data has odd
+    /// rows (pairs would straddle rows; the host casts afterwards).
+    out_dtype: DType,
+}
+
+fn rows_of(op: &'static str, x: &Tensor) -> Result<Rows> {
+    if x.rank() == 0 {
+        return Err(Error::InvalidArgument { op, msg: "needs at least one dim".into() });
+    }
+    if x.numel() == 0 {
+        return Err(Error::Empty { op, shape: x.shape().to_vec() });
+    }
+    let x = x.contiguous()?;
+    let n = x.shape()[x.rank() - 1];
+    let rows = x.numel() / n;
+    let unit = if n % 2 == 0 { 2 } else { 1 };
+    let out_dtype = if unit == 1 { DType::F32 } else { x.dtype() };
+    Ok(Rows { x, rows, n, unit, out_dtype })
+}
+
+/// The smallest register class that holds the row, or the largest (then the row streams).
+fn auto_vpt(n: usize, unit: u32) -> u32 {
+    let units = n.div_ceil(unit as usize);
+    VPT_CLASSES.into_iter().find(|&v| units <= WG * v as usize).unwrap_or(16)
+}
+
+fn check_vpt(op: &'static str, vpt: Option<u32>) -> Result<Option<u32>> {
+    match vpt {
+        Some(v) if !VPT_CLASSES.contains(&v) => {
+            Err(Error::InvalidArgument { op, msg: format!("vpt {v} is not one of {VPT_CLASSES:?}") })
+        }
+        v => Ok(v),
+    }
+}
+
+/// Options of [`Tensor::softmax_with`].
+#[derive(Clone, Debug, Default)]
+pub struct SoftmaxOptions<'a> {
+    /// Multiplies the input before the softmax (attention's 1/√d). Default 1.
+    pub scale: Option<f32>,
+    /// Added after scaling. Shape `[M, N]` (or `[N]`) where the input is `[..., M, N]`:
+    /// input row r uses mask row r mod M.
+    pub mask: Option<&'a Tensor>,
+    /// Causal masking of the last two dims `[..., S_q, N]`, bottom-right aligned as with a
+    /// KV cache: query i sees keys j ≤ i + N − S_q. Needs N ≥ S_q.
+    pub causal: bool,
+    /// log-softmax instead of softmax.
+    pub log: bool,
+    /// Forces a register class (units per invocation; tests and benchmarks).
+    pub vpt: Option<u32>,
+}
+
+fn softmax_kernel(
+    entry: &'static str,
+    x: DType,
+    mask: Option<DType>,
+    dy: Option<DType>,
+    out: DType,
+    unit: u32,
+    vpt: u32,
+    log: bool,
+    ce_scale: f32,
+) -> Kernel {
+    let mut ones: Vec<(&str, DType)> = vec![("x", x)];
+    if let Some(d) = mask {
+        ones.push(("mask", d));
+    }
+    if let Some(d) = dy {
+        ones.push(("dy", d));
+    }
+    let prelude = if unit == 1 { one_loaders(&ones) } else { String::new() };
+    Kernel::new(Shader::Softmax, entry)
+        .sub("LOAD_X", unit_load("x", x, unit))
+        .sub("LOAD_MASK", mask.map(|d| unit_load("mask", d, unit)).unwrap_or_else(|| "return vec2<f32>(0.0);".into()))
+        .sub("LOAD_DY", dy.map(|d| unit_load("dy", d, unit)).unwrap_or_else(|| "return vec2<f32>(0.0);".into()))
+        .sub("STORE", unit_store(out, unit))
+        .sub("VPT", vpt.to_string())
+        .sub("UNIT", unit.to_string())
+        .sub("LOG", log.to_string())
+        .sub("CE_SCALE", format!("{ce_scale:?}"))
+        .sub("ONE_LOADERS", prelude)
+        .trusted()
+}
+
+fn norm_kernel(
+    entry: &'static str,
+    x: DType,
+    w: Option<DType>,
+    b: Option<DType>,
+    dy: Option<DType>,
+    out: DType,
+    unit: u32,
+    vpt: u32,
+    rms: bool,
+) -> Kernel {
+    let mut ones: Vec<(&str, DType)> = vec![("x", x)];
+    for (name, d) in [("w", w), ("b", b), ("dy", dy)] {
+        if let Some(d) = d {
+            ones.push((name, d));
+        }
+    }
+    let prelude = if unit == 1 { one_loaders(&ones) } else { String::new() };
+    Kernel::new(Shader::Norm, entry)
+        .sub("LOAD_X", unit_load("x", x, unit))
+        .sub("LOAD_W", w.map(|d| unit_load("w", d, unit)).unwrap_or_else(|| "return vec2<f32>(1.0);".into()))
+        .sub("LOAD_B", b.map(|d| unit_load("b", d, unit)).unwrap_or_else(|| "return vec2<f32>(0.0);".into()))
+        .sub("LOAD_DY", dy.map(|d| unit_load("dy", d, unit)).unwrap_or_else(|| "return vec2<f32>(0.0);".into()))
+        .sub("LOAD_X1", wgsl_load("x", x))
+        .sub("LOAD_DY1", dy.map(|d| wgsl_load("dy", d)).unwrap_or_else(|| "return 0.0;".into()))
+        .sub("STORE", unit_store(out, unit))
+        .sub("VPT", vpt.to_string())
+        .sub("UNIT", unit.to_string())
+        .sub("RMS", rms.to_string())
+        .sub("AFFINE_W", if w.is_some() { "y *= load_w(params[5] + j);" } else { "" })
+        .sub("AFFINE_B", if b.is_some() && !rms { "y += load_b(params[6] + j);" } else { "" })
+        .sub("ONE_LOADERS", prelude)
+        .trusted()
+}
+
+/// Every specialisation the launchers here can build, for the portability test.
+pub fn all_kernels() -> Vec<Kernel> {
+    let mut all = Vec::new();
+    for d in DType::ALL {
+        for unit in [1u32, 2] {
+            let out = if unit == 1 { DType::F32 } else { d };
+            for vpt in VPT_CLASSES {
+                all.push(softmax_kernel("softmax", d, None, None, out, unit, vpt, false, 1.0));
+                all.push(norm_kernel("forward", d, Some(d), Some(d), None, out, unit, vpt, false));
+                all.push(norm_kernel("forward", d, Some(d), None, None, out, unit, vpt, true));
+            }
+            all.push(softmax_kernel("softmax", d, Some(d), None, out, unit, 4, true, 1.0));
+            all.push(softmax_kernel("softmax_backward", d, None, Some(d), out, unit, 1, false, 1.0));
+            all.push(softmax_kernel("cross_entropy", d, None, None, out, unit, 16, false, 0.5));
+            all.push(norm_kernel("forward", d, None, None, None, out, unit, 2, false));
+            for rms in [false, true] {
+                all.push(norm_kernel("backward", d, Some(d), None, Some(d), out, unit, 1, rms));
+                all.push(norm_kernel("param_grads", d, None, None, Some(d), out, unit, 1, rms));
+            }
+        }
+    }
+    all
+}
+
+/// Validates a per-column parameter (`weight`, `bias`) of shape `[n]` and makes it
+/// contiguous at offset 0 (so pairs are word-aligned).
+fn param(op: &'static str, p: Option<&Tensor>, n: usize) -> Result<Option<Tensor>> {
+    match p {
+        None => Ok(None),
+        Some(t) if t.shape() != [n] => Err(Error::ShapeMismatch { op, lhs: t.shape().to_vec(), rhs: vec![n] }),
+        Some(t) => Ok(Some(t.contiguous()?)),
+    }
+}
+
+fn finish(out: Tensor, dtype: DType, shape: &[usize]) -> Result<Tensor> {
+    out.reshape(shape)?.to_dtype(dtype)
+}
+
+impl Tensor {
+    /// Softmax over `dim` (negative counts from the end), max-subtracted. A row of all −inf
+    /// gives zeros, not NaN. Dims other than the last go through a transposed copy.
+    pub fn softmax(&self, dim: isize) -> Result<Tensor> {
+        self.softmax_dim(dim, false)
+    }
+
+    /// log-softmax over `dim`. A row of all −inf gives −inf.
+    pub fn log_softmax(&self, dim: isize) -> Result<Tensor> {
+        self.softmax_dim(dim, true)
+    }
+
+    fn softmax_dim(&self, dim: isize, log: bool) -> Result<Tensor> {
+        let d = resolve_dim(if log { "log_softmax" } else { "softmax" }, dim, self.shape())?;
+        let last = self.rank() - 1;
+        let opts = SoftmaxOptions { log, ..Default::default() };
+        if d == last {
+            return self.softmax_with(&opts);
+        }
+        self.transpose(d as isize, last as isize)?.softmax_with(&opts)?.transpose(d as isize, last as isize)
+    }
+
+    /// Softmax over the last dim with a scale, an additive mask and/or causal masking, all
+    /// applied inside the one kernel.
+    pub fn softmax_with(&self, opts: &SoftmaxOptions) -> Result<Tensor> {
+        let op = if opts.log { "log_softmax" } else { "softmax" };
+        let vpt = check_vpt(op, opts.vpt)?;
+        let r = rows_of(op, self)?;
+        let (mask, mask_rows) = match opts.mask {
+            None => (None, 0),
+            Some(m) => {
+                let ok = m.rank() >= 1 && m.shape()[m.rank() - 1] == r.n && m.rank() <= 2 && {
+                    let mrows = if m.rank() == 2 { m.shape()[0] } else { 1 };
+                    self.rank() >= 2 && (mrows == 1 || mrows == self.shape()[self.rank() - 2])
+                };
+                if !ok {
+                    return Err(Error::ShapeMismatch {
+                        op: "softmax mask",
+                        lhs: m.shape().to_vec(),
+                        rhs: self.shape().to_vec(),
+                    });
+                }
+                let mrows = if m.rank() == 2 { m.shape()[0] } else { 1 };
+                (Some(m.contiguous()?), mrows)
+            }
+        };
+        let s_q = if self.rank() >= 2 { self.shape()[self.rank() - 2] } else { 1 };
+        if opts.causal && (self.rank() < 2 || s_q > r.n) {
+            return Err(Error::InvalidArgument {
+                op,
+                msg: format!("causal masking needs [..., S_q, N] with S_q ≤ N, got {:?}", self.shape()),
+            });
+        }
+        let vpt = vpt.unwrap_or_else(|| auto_vpt(r.n, r.unit));
+        let gpu = self.gpu();
+        let out = Tensor::empty(gpu, op, &[r.rows, r.n], r.out_dtype)?;
+        let p = [
+            r.rows as u32,
+            r.n as u32,
+            r.x.offset() as u32,
+            mask_rows as u32,
+            mask.as_ref().map_or(0, |m| m.offset() as u32),
+            opts.causal as u32,
+            s_q as u32,
+            opts.scale.unwrap_or(1.0).to_bits(),
+            0,
+        ];
+        let params = gpu.meta_buffer(&p);
+        let k = softmax_kernel(
+            "softmax",
+            r.x.dtype(),
+            mask.as_ref().map(|m| m.dtype()),
+            None,
+            r.out_dtype,
+            r.unit,
+            vpt,
+            opts.log,
+            1.0,
+        );
+        // Unchecked is safe: row < rows, unit u < ceil(n / unit) so every element index is
+        // inside row `row` of the contiguous input and output (pairs only when n is even,
+        // and the mask row r mod M < M of a contiguous [M, n] mask).
+        let mut b = vec![(0, r.x.storage()?.buffer()), (1, out.storage()?.buffer()), (2, &params)];
+        if let Some(m) = &mask {
+            b.push((3, m.storage()?.buffer()));
+        }
+        gpu.dispatch(&k, &b, r.rows as u32)?;
+        finish(out, self.dtype(), self.shape())
+    }
+
+    /// Gradient of softmax over the last dim: `dx = y ⊙ (dy − Σ y·dy)`, from the forward
+    /// output `self` (= y) and the upstream gradient `dy`.
+    pub fn softmax_backward(&self, dy: &Tensor) -> Result<Tensor> {
+        const OP: &str = "softmax_backward";
+        if self.shape() != dy.shape() {
+            return Err(Error::ShapeMismatch { op: OP, lhs: self.shape().to_vec(), rhs: dy.shape().to_vec() });
+        }
+        if self.dtype() != dy.dtype() {
+            return Err(Error::DTypeMismatch { op: OP, lhs: self.dtype(), rhs: dy.dtype() });
+        }
+        let r = rows_of(OP, self)?;
+        let dyc = dy.contiguous()?;
+        let gpu = self.gpu();
+        let out = Tensor::empty(gpu, OP, &[r.rows, r.n], r.out_dtype)?;
+        let params = gpu.meta_buffer(&[r.rows as u32, r.n as u32, 0, 0, 0, 0, 1, 1f32.to_bits(), dyc.offset() as u32]);
+        let k =
+            softmax_kernel("softmax_backward", r.x.dtype(), None, Some(dy.dtype()), r.out_dtype, r.unit, 1, false, 1.0);
+        gpu.dispatch(
+            &k,
+            &[(0, r.x.storage()?.buffer()), (1, out.storage()?.buffer()), (2, &params), (4, dyc.storage()?.buffer())],
+            r.rows as u32,
+        )?;
+        finish(out, self.dtype(), self.shape())
+    }
+
+    /// Mean cross-entropy of `self` (logits `[rows, classes]`, any leading dims flattened)
+    /// against integer `targets` (one per row), and its gradient with respect to the logits,
+    /// in one pass over the logits: `(loss, dlogits)`, loss a 0-dim f32 tensor.
+    pub fn cross_entropy(&self, targets: &[u32]) -> Result<(Tensor, Tensor)> {
+        self.cross_entropy_with(targets, None)
+    }
+
+    /// [`Tensor::cross_entropy`] with a forced register class (tests, benchmarks).
+    pub fn cross_entropy_with(&self, targets: &[u32], vpt: Option<u32>) -> Result<(Tensor, Tensor)> {
+        const OP: &str = "cross_entropy";
+        let vpt = check_vpt(OP, vpt)?;
+        let r = rows_of(OP, self)?;
+        if targets.len() != r.rows {
+            return Err(Error::ShapeMismatch { op: OP, lhs: self.shape().to_vec(), rhs: vec![targets.len()] });
+        }
+        if let Some((i, &t)) = targets.iter().enumerate().find(|&(_, &t)| t as usize >= r.n) {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                msg: format!("target {t} of row {i} is not a class index below {}", r.n),
+            });
+        }
+        let gpu = self.gpu();
+        let dlogits = Tensor::empty(gpu, OP, &[r.rows, r.n], r.out_dtype)?;
+        let losses = Tensor::empty(gpu, OP, &[r.rows], DType::F32)?;
+        let tbuf = gpu.meta_buffer(targets);
+        let params = gpu.meta_buffer(&[r.rows as u32, r.n as u32, 0, 0, 0, 0, 1, 1f32.to_bits(), 0]);
+        let vpt = vpt.unwrap_or_else(|| auto_vpt(r.n, r.unit));
+        let k = softmax_kernel(
+            "cross_entropy",
+            r.x.dtype(),
+            None,
+            None,
+            r.out_dtype,
+            r.unit,
+            vpt,
+            false,
+            1.0 / r.rows as f32,
+        );
+        // Unchecked is safe as for softmax; targets were checked < n above.
+        gpu.dispatch(
+            &k,
+            &[
+                (0, r.x.storage()?.buffer()),
+                (1, dlogits.storage()?.buffer()),
+                (2, &params),
+                (5, &tbuf),
+                (6, losses.storage()?.buffer()),
+            ],
+            r.rows as u32,
+        )?;
+        let loss = losses.sum(0)?.div(&Tensor::full(gpu, &[], r.rows as f32, DType::F32)?)?;
+        Ok((loss, finish(dlogits, self.dtype(), self.shape())?))
+    }
+
+    /// LayerNorm over the last dim: `(x − mean) / √(var + eps) · weight + bias`, biased
+    /// variance as in PyTorch; `weight` and `bias` (shape `[N]`) are optional.
+    pub fn layer_norm(&self, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f32) -> Result<Tensor> {
+        norm_forward("layer_norm", self, weight, bias, eps, false, None)
+    }
+
+    /// RMSNorm over the last dim: `x / √(mean(x²) + eps) · weight`.
+    pub fn rms_norm(&self, weight: Option<&Tensor>, eps: f32) -> Result<Tensor> {
+        norm_forward("rms_norm", self, weight, None, eps, true, None)
+    }
+
+    /// Gradients of [`Tensor::layer_norm`] from the input `self`, the weight and the
+    /// upstream gradient: `(dx, dweight, dbias)` (`dweight`, `dbias` when a weight is given).
+    pub fn layer_norm_backward(
+        &self,
+        weight: Option<&Tensor>,
+        dy: &Tensor,
+        eps: f32,
+    ) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
+        norm_backward("layer_norm_backward", self, weight, dy, eps, false)
+    }
+
+    /// Gradients of [`Tensor::rms_norm`]: `(dx, dweight)`.
+    pub fn rms_norm_backward(
+        &self,
+        weight: Option<&Tensor>,
+        dy: &Tensor,
+        eps: f32,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let (dx, dw, _) = norm_backward("rms_norm_backward", self, weight, dy, eps, true)?;
+        Ok((dx, dw))
+    }
+}
+
+/// LayerNorm (`rms = false`) or RMSNorm forward with a forced register class.
+pub fn norm_forward(
+    op: &'static str,
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f32,
+    rms: bool,
+    vpt: Option<u32>,
+) -> Result<Tensor> {
+    let vpt = check_vpt(op, vpt)?;
+    let r = rows_of(op, x)?;
+    let w = param(op, weight, r.n)?;
+    let b = param(op, bias, r.n)?;
+    let gpu = x.gpu();
+    let out = Tensor::empty(gpu, op, &[r.rows, r.n], r.out_dtype)?;
+    let stats = Tensor::empty(gpu, op, &[r.rows, 2], DType::F32)?;
+    let params = gpu.meta_buffer(&[r.rows as u32, r.n as u32, 0, eps.to_bits(), 0, 0, 0]);
+    let vpt = vpt.unwrap_or_else(|| auto_vpt(r.n, r.unit));
+    let k = norm_kernel(
+        "forward",
+        r.x.dtype(),
+        w.as_ref().map(|t| t.dtype()),
+        b.as_ref().map(|t| t.dtype()),
+        None,
+        r.out_dtype,
+        r.unit,
+        vpt,
+        rms,
+    );
+    // Unchecked is safe: row < rows, units < ceil(n / unit) inside contiguous rows; w and b
+    // are contiguous [n] at offset 0; stats has one (mean, rstd) per row.
+    let mut bind =
+        vec![(0, r.x.storage()?.buffer()), (1, out.storage()?.buffer()), (2, &params), (6, stats.storage()?.buffer())];
+    if let Some(w) = &w {
+        bind.push((3, w.storage()?.buffer()));
+    }
+    if let Some(b) = &b {
+        if !rms {
+            bind.push((4, b.storage()?.buffer()));
+        }
+    }
+    gpu.dispatch(&k, &bind, r.rows as u32)?;
+    finish(out, x.dtype(), x.shape())
+}
+
+fn norm_backward(
+    op: &'static str,
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    dy: &Tensor,
+    eps: f32,
+    rms: bool,
+) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
+    if x.shape() != dy.shape() {
+        return Err(Error::ShapeMismatch { op, lhs: x.shape().to_vec(), rhs: dy.shape().to_vec() });
+    }
+    if x.dtype() != dy.dtype() {
+        return Err(Error::DTypeMismatch { op, lhs: x.dtype(), rhs: dy.dtype() });
+    }
+    let r = rows_of(op, x)?;
+    let w = param(op, weight, r.n)?;
+    let dyc = dy.contiguous()?;
+    let gpu = x.gpu();
+    let dx = Tensor::empty(gpu, op, &[r.rows, r.n], r.out_dtype)?;
+    let stats = Tensor::empty(gpu, op, &[r.rows, 2], DType::F32)?;
+    let params = gpu.meta_buffer(&[r.rows as u32, r.n as u32, 0, eps.to_bits(), dyc.offset() as u32, 0, 0]);
+    let k = norm_kernel(
+        "backward",
+        r.x.dtype(),
+        w.as_ref().map(|t| t.dtype()),
+        None,
+        Some(dy.dtype()),
+        r.out_dtype,
+        r.unit,
+        1,
+        rms,
+    );
+    let mut bind = vec![
+        (0, r.x.storage()?.buffer()),
+        (1, dx.storage()?.buffer()),
+        (2, &params),
+        (5, dyc.storage()?.buffer()),
+        (6, stats.storage()?.buffer()),
+    ];
+    if let Some(w) = &w {
+        bind.push((3, w.storage()?.buffer()));
+    }
+    gpu.dispatch(&k, &bind, r.rows as u32)?;
+    let dx = finish(dx, x.dtype(), x.shape())?;
+    let Some(w) = w else { return Ok((dx, None, None)) };
+    // dw, db: per-chunk partial sums, then a sum over chunks (no float atomics in WGSL).
+    let chunks = r.rows.div_ceil(ROWS_PER_CHUNK);
+    let max = gpu.info().limits.max_compute_workgroups_per_dimension as usize;
+    if chunks > max {
+        return Err(Error::InvalidArgument {
+            op,
+            msg: format!("{} rows exceed {} chunks of {ROWS_PER_CHUNK}", r.rows, max),
+        });
+    }
+    let partials = Tensor::empty(gpu, op, &[chunks, 2, r.n], DType::F32)?;
+    let k = norm_kernel("param_grads", r.x.dtype(), None, None, Some(dy.dtype()), r.out_dtype, r.unit, 1, rms);
+    gpu.dispatch_3d(
+        &k,
+        &[
+            (0, r.x.storage()?.buffer()),
+            (2, &params),
+            (5, dyc.storage()?.buffer()),
+            (6, stats.storage()?.buffer()),
+            (7, partials.storage()?.buffer()),
+        ],
+        [r.n.div_ceil(WG) as u32, chunks as u32, 1],
+    )?;
+    let sums = partials.sum(0)?; // [2, n]
+    let dw = sums.narrow(0, 0, 1)?.reshape(&[r.n])?.to_dtype(w.dtype())?;
+    let db = if rms { None } else { Some(sums.narrow(0, 1, 1)?.reshape(&[r.n])?.to_dtype(w.dtype())?) };
+    Ok((dx, Some(dw), db))
+}

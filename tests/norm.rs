@@ -1,0 +1,387 @@
+//! Softmax, log-softmax, LayerNorm, RMSNorm (forward and backward) and cross-entropy
+//! against float64 references, for every register class and dtype, odd and long rows,
+//! masks, extremes; fused kernels against the same function from separate ops.
+
+mod common;
+use common::*;
+use wgkernels::ops::norm::{norm_forward, SoftmaxOptions, VPT_CLASSES};
+use wgkernels::{DType, Error, Tensor};
+
+const NEG_INF: f64 = f64::NEG_INFINITY;
+
+/// Row lengths from the issue: 1, 3, 127, 1000, 4097, 65537 (the last streams).
+const LENGTHS: [usize; 6] = [1, 3, 127, 1000, 4097, 65537];
+
+fn rows_for(n: usize) -> usize {
+    if n > 10000 {
+        2
+    } else {
+        5
+    }
+}
+
+fn softmax_ref(x: &[f64], n: usize, log: bool) -> Vec<f64> {
+    x.chunks(n)
+        .flat_map(|row| {
+            let m = row.iter().cloned().fold(NEG_INF, f64::max);
+            if m == NEG_INF {
+                return vec![if log { NEG_INF } else { 0.0 }; n];
+            }
+            let s: f64 = row.iter().map(|v| (v - m).exp()).sum();
+            row.iter().map(|v| if log { v - m - s.ln() } else { (v - m).exp() / s }).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn softmax_tol(dtype: DType) -> (f64, f64) {
+    match dtype {
+        DType::F32 => (1e-6, 1e-4),
+        d => tol(d),
+    }
+}
+
+#[test]
+fn softmax_and_log_softmax_every_length_dtype_and_class() {
+    let gpu = gpu();
+    for dtype in DType::ALL {
+        let (atol, rtol) = softmax_tol(dtype);
+        for (i, &n) in LENGTHS.iter().enumerate() {
+            let rows = rows_for(n);
+            let (x, xv) = random_tensor(&gpu, &[rows, n], dtype, 10 + i as u64);
+            for log in [false, true] {
+                let want = softmax_ref(&xv, n, log);
+                // The class the library picks, and every class (smaller ones stream the rest).
+                let classes: Vec<Option<u32>> =
+                    std::iter::once(None).chain(VPT_CLASSES.iter().map(|&v| Some(v))).collect();
+                for vpt in classes {
+                    if n > 5000 && vpt.is_some_and(|v| v < 16) {
+                        continue; // long rows: the streaming tail is covered by the default
+                    }
+                    let got = x.softmax_with(&SoftmaxOptions { log, vpt, ..Default::default() }).unwrap();
+                    assert_eq!(got.shape(), &[rows, n]);
+                    assert_eq!(got.dtype(), dtype);
+                    let (atol, rtol) = if log { (atol * 10.0, rtol) } else { (atol, rtol) };
+                    assert_close(
+                        &format!("{} n={n} {dtype:?} vpt {vpt:?}", if log { "log_softmax" } else { "softmax" }),
+                        &got.to_vec_f32().unwrap(),
+                        &want,
+                        atol,
+                        rtol,
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn softmax_scale_mask_causal_match_unfused_and_reference() {
+    let gpu = gpu();
+    let (b, h, sq, sk) = (2, 3, 5, 9);
+    let (x, xv) = random_tensor(&gpu, &[b, h, sq, sk], DType::F32, 1);
+    let (mask, mv) = random_tensor(&gpu, &[sq, sk], DType::F32, 2);
+    let scale = 0.37f32;
+    for causal in [false, true] {
+        let opts = SoftmaxOptions { scale: Some(scale), mask: Some(&mask), causal, ..Default::default() };
+        let got = x.softmax_with(&opts).unwrap().to_vec_f32().unwrap();
+        let z: Vec<f64> = (0..xv.len())
+            .map(|e| {
+                let (row, j) = (e / sk, e % sk);
+                let i = row % sq;
+                if causal && j > i + sk - sq {
+                    NEG_INF
+                } else {
+                    xv[e] * scale as f64 + mv[i * sk + j]
+                }
+            })
+            .collect();
+        assert_close(&format!("masked softmax causal={causal}"), &got, &softmax_ref(&z, sk, false), 1e-6, 1e-4);
+        if !causal {
+            // The same function from separate ops: scale and mask as element-wise kernels.
+            let s = Tensor::full(&gpu, &[1], scale, DType::F32).unwrap();
+            let unfused = x.mul(&s).unwrap().add(&mask).unwrap().softmax(-1).unwrap().to_vec_f32().unwrap();
+            assert_close("fused vs unfused", &got, &unfused.iter().map(|&v| v as f64).collect::<Vec<_>>(), 1e-6, 1e-5);
+        }
+    }
+}
+
+#[test]
+fn softmax_extremes_and_other_dims() {
+    let gpu = gpu();
+    let n = 301;
+    let mut v = random_vec(3 * n, 5);
+    for x in &mut v[..n] {
+        *x += 1e4; // a large offset: max subtraction keeps it exact
+    }
+    for x in &mut v[n..2 * n] {
+        *x = f32::NEG_INFINITY; // an all −inf row: zeros, not NaN
+    }
+    v[2 * n + 7] = f32::NEG_INFINITY;
+    let x = Tensor::from_slice(&gpu, &v, &[3, n]).unwrap();
+    let xv: Vec<f64> = v.iter().map(|&f| f as f64).collect();
+    assert_close("extremes", &x.softmax(-1).unwrap().to_vec_f32().unwrap(), &softmax_ref(&xv, n, false), 1e-6, 1e-4);
+    let ls = x.log_softmax(-1).unwrap().to_vec_f32().unwrap();
+    assert!(ls[n..2 * n].iter().all(|&v| v == f32::NEG_INFINITY));
+    // Softmax over dim 0 through a transposed view.
+    let (y, yv) = random_tensor(&gpu, &[7, 4], DType::F32, 6);
+    let got = y.softmax(0).unwrap();
+    assert_eq!(got.shape(), &[7, 4]);
+    let cols: Vec<f64> = (0..28).map(|i| yv[(i % 7) * 4 + i / 7]).collect();
+    let want_t = softmax_ref(&cols, 7, false);
+    let want: Vec<f64> = (0..28).map(|i| want_t[(i % 4) * 7 + i / 4]).collect();
+    assert_close("softmax dim 0", &got.to_vec_f32().unwrap(), &want, 1e-6, 1e-4);
+}
+
+#[test]
+fn softmax_backward_matches_reference() {
+    let gpu = gpu();
+    for dtype in DType::ALL {
+        for n in [1, 3, 1000, 4097] {
+            let (x, _) = random_tensor(&gpu, &[4, n], dtype, 7);
+            let y = x.softmax(-1).unwrap();
+            let yv: Vec<f64> = y.to_vec_f32().unwrap().iter().map(|&v| v as f64).collect();
+            let (dy, dyv) = random_tensor(&gpu, &[4, n], dtype, 8);
+            let got = y.softmax_backward(&dy).unwrap();
+            let want: Vec<f64> = yv
+                .chunks(n)
+                .zip(dyv.chunks(n))
+                .flat_map(|(yr, dr)| {
+                    let dot: f64 = yr.iter().zip(dr).map(|(a, b)| a * b).sum();
+                    yr.iter().zip(dr).map(move |(a, b)| a * (b - dot)).collect::<Vec<_>>()
+                })
+                .collect();
+            let (atol, rtol) = softmax_tol(dtype);
+            assert_close(
+                &format!("softmax_backward n={n} {dtype:?}"),
+                &got.to_vec_f32().unwrap(),
+                &want,
+                atol * 4.0,
+                rtol,
+            );
+        }
+    }
+}
+
+fn norm_ref(x: &[f64], n: usize, w: Option<&[f64]>, b: Option<&[f64]>, eps: f64, rms: bool) -> Vec<f64> {
+    x.chunks(n)
+        .flat_map(|row| {
+            let mean = if rms { 0.0 } else { row.iter().sum::<f64>() / n as f64 };
+            let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n as f64;
+            let rstd = 1.0 / (var + eps).sqrt();
+            (0..n)
+                .map(move |j| (row[j] - mean) * rstd * w.map_or(1.0, |w| w[j]) + b.map_or(0.0, |b| b[j]))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn layer_norm_and_rms_norm_every_length_dtype_and_class() {
+    let gpu = gpu();
+    let eps = 1e-5;
+    for dtype in DType::ALL {
+        let (atol, rtol) = tol(dtype);
+        for (i, &n) in LENGTHS.iter().enumerate() {
+            if n == 1 {
+                continue; // variance of one element is 0: covered by the affine-free case below
+            }
+            let rows = rows_for(n);
+            let (x, xv) = random_tensor(&gpu, &[rows, n], dtype, 20 + i as u64);
+            let (w, wv) = random_tensor(&gpu, &[n], dtype, 30 + i as u64);
+            let (b, bv) = random_tensor(&gpu, &[n], dtype, 40 + i as u64);
+            for vpt in std::iter::once(None).chain(VPT_CLASSES.iter().map(|&v| Some(v))) {
+                if n > 5000 && vpt.is_some_and(|v| v < 16) {
+                    continue;
+                }
+                let got = norm_forward("layer_norm", &x, Some(&w), Some(&b), eps, false, vpt).unwrap();
+                let want = norm_ref(&xv, n, Some(&wv), Some(&bv), eps as f64, false);
+                assert_close(
+                    &format!("layer_norm n={n} {dtype:?} vpt {vpt:?}"),
+                    &got.to_vec_f32().unwrap(),
+                    &want,
+                    atol * 20.0,
+                    rtol * 4.0,
+                );
+                let got = norm_forward("rms_norm", &x, Some(&w), None, eps, true, vpt).unwrap();
+                let want = norm_ref(&xv, n, Some(&wv), None, eps as f64, true);
+                assert_close(
+                    &format!("rms_norm n={n} {dtype:?} vpt {vpt:?}"),
+                    &got.to_vec_f32().unwrap(),
+                    &want,
+                    atol * 20.0,
+                    rtol * 4.0,
+                );
+            }
+        }
+    }
+    // One element per row: x − mean = 0 exactly.
+    let x = Tensor::randn(&gpu, &[3, 1], DType::F32, 1).unwrap();
+    assert!(x.layer_norm(None, None, eps).unwrap().to_vec_f32().unwrap().iter().all(|&v| v == 0.0));
+}
+
+#[test]
+fn layer_norm_is_accurate_for_long_rows_with_a_large_mean() {
+    let gpu = gpu();
+    let n = 65536;
+    let v: Vec<f32> = random_vec(n, 9).iter().map(|x| 1e4 + x).collect();
+    let x = Tensor::from_slice(&gpu, &v, &[1, n]).unwrap();
+    let xv: Vec<f64> = v.iter().map(|&f| f as f64).collect();
+    let got = x.layer_norm(None, None, 1e-5).unwrap().to_vec_f32().unwrap();
+    // The inputs sit 1e4 from zero with unit spread: E[x²] − E[x]² in f32 would lose every
+    // digit of the variance (1e8 · 6e-8 ≈ 6 > 1); Welford/Chan keeps the output within 1e-3.
+    assert_close("layer_norm mean 1e4", &got, &norm_ref(&xv, n, None, None, 1e-5, false), 1e-3, 1e-3);
+}
+
+#[test]
+fn affine_norm_matches_unfused_ops() {
+    let gpu = gpu();
+    let (x, _) = random_tensor(&gpu, &[6, 130], DType::F32, 1);
+    let (w, _) = random_tensor(&gpu, &[130], DType::F32, 2);
+    let (b, _) = random_tensor(&gpu, &[130], DType::F32, 3);
+    let fused = x.layer_norm(Some(&w), Some(&b), 1e-5).unwrap().to_vec_f32().unwrap();
+    let unfused = x.layer_norm(None, None, 1e-5).unwrap().mul(&w).unwrap().add(&b).unwrap().to_vec_f32().unwrap();
+    assert_close("layer_norm fused affine", &fused, &unfused.iter().map(|&v| v as f64).collect::<Vec<_>>(), 1e-5, 1e-5);
+    let fused = x.rms_norm(Some(&w), 1e-5).unwrap().to_vec_f32().unwrap();
+    let unfused = x.rms_norm(None, 1e-5).unwrap().mul(&w).unwrap().to_vec_f32().unwrap();
+    assert_close("rms_norm fused weight", &fused, &unfused.iter().map(|&v| v as f64).collect::<Vec<_>>(), 1e-5, 1e-5);
+}
+
+/// (dx, dw, db) of LayerNorm/RMSNorm in f64.
+fn norm_backward_ref(
+    x: &[f64],
+    w: &[f64],
+    dy: &[f64],
+    n: usize,
+    eps: f64,
+    rms: bool,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let mut dx = Vec::new();
+    let (mut dw, mut db) = (vec![0.0; n], vec![0.0; n]);
+    for (row, drow) in x.chunks(n).zip(dy.chunks(n)) {
+        let mean = if rms { 0.0 } else { row.iter().sum::<f64>() / n as f64 };
+        let rstd = 1.0 / (row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n as f64 + eps).sqrt();
+        let xh: Vec<f64> = row.iter().map(|v| (v - mean) * rstd).collect();
+        let g: Vec<f64> = (0..n).map(|j| drow[j] * w[j]).collect();
+        let mg = if rms { 0.0 } else { g.iter().sum::<f64>() / n as f64 };
+        let mgx = g.iter().zip(&xh).map(|(a, b)| a * b).sum::<f64>() / n as f64;
+        for j in 0..n {
+            dx.push(rstd * (g[j] - mg - xh[j] * mgx));
+            dw[j] += drow[j] * xh[j];
+            db[j] += drow[j];
+        }
+    }
+    (dx, dw, db)
+}
+
+#[test]
+fn norm_backward_matches_reference() {
+    let gpu = gpu();
+    let eps = 1e-5;
+    for dtype in DType::ALL {
+        let (atol, rtol) = tol(dtype);
+        for (rows, n) in [(3, 2), (5, 127), (130, 1000), (2, 4097)] {
+            let (x, xv) = random_tensor(&gpu, &[rows, n], dtype, 50);
+            let (w, wv) = random_tensor(&gpu, &[n], dtype, 51);
+            let (dy, dyv) = random_tensor(&gpu, &[rows, n], dtype, 52);
+            for rms in [false, true] {
+                let (dx_want, dw_want, db_want) = norm_backward_ref(&xv, &wv, &dyv, n, eps as f64, rms);
+                let what = format!("{} backward {rows}x{n} {dtype:?}", if rms { "rms_norm" } else { "layer_norm" });
+                let (dx, dw, db) = if rms {
+                    let (dx, dw) = x.rms_norm_backward(Some(&w), &dy, eps).unwrap();
+                    (dx, dw, None)
+                } else {
+                    x.layer_norm_backward(Some(&w), &dy, eps).unwrap()
+                };
+                assert_close(&format!("{what} dx"), &dx.to_vec_f32().unwrap(), &dx_want, atol * 50.0, rtol * 4.0);
+                let sum_tol = atol * 50.0 * (rows as f64).sqrt();
+                assert_close(&format!("{what} dw"), &dw.unwrap().to_vec_f32().unwrap(), &dw_want, sum_tol, rtol * 4.0);
+                if let Some(db) = db {
+                    assert_close(&format!("{what} db"), &db.to_vec_f32().unwrap(), &db_want, sum_tol, rtol * 4.0);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn cross_entropy_loss_and_gradient() {
+    let gpu = gpu();
+    for dtype in DType::ALL {
+        for (rows, v) in [(1, 1), (4, 3), (6, 1000), (3, 50257)] {
+            let (x, xv) = random_tensor(&gpu, &[rows, v], dtype, 60);
+            let targets: Vec<u32> = (0..rows).map(|r| ((r * 7919 + 3) % v) as u32).collect();
+            let lsm = softmax_ref(&xv, v, true);
+            let loss_want: f64 = (0..rows).map(|r| -lsm[r * v + targets[r] as usize]).sum::<f64>() / rows as f64;
+            let mut dl_want: Vec<f64> = lsm.iter().map(|l| l.exp() / rows as f64).collect();
+            for r in 0..rows {
+                dl_want[r * v + targets[r] as usize] -= 1.0 / rows as f64;
+            }
+            for vpt in [None, Some(1)] {
+                let (loss, dlogits) = x.cross_entropy_with(&targets, vpt).unwrap();
+                assert_eq!(loss.shape(), &[] as &[usize]);
+                assert_close(
+                    &format!("ce loss {rows}x{v} {dtype:?}"),
+                    &loss.to_vec_f32().unwrap(),
+                    &[loss_want],
+                    1e-5,
+                    1e-5,
+                );
+                let (atol, rtol) = softmax_tol(dtype);
+                assert_close(
+                    &format!("ce dlogits {rows}x{v} {dtype:?} vpt {vpt:?}"),
+                    &dlogits.to_vec_f32().unwrap(),
+                    &dl_want,
+                    atol,
+                    rtol,
+                );
+            }
+            // Unfused: the gradient is softmax − one-hot, over rows.
+            if dtype == DType::F32 {
+                let mut onehot = vec![0.0f32; rows * v];
+                for r in 0..rows {
+                    onehot[r * v + targets[r] as usize] = 1.0;
+                }
+                let oh = Tensor::from_slice(&gpu, &onehot, &[rows, v]).unwrap();
+                let inv = Tensor::full(&gpu, &[1], 1.0 / rows as f32, DType::F32).unwrap();
+                let unfused = x.softmax(-1).unwrap().sub(&oh).unwrap().mul(&inv).unwrap();
+                let (_, fused) = x.cross_entropy(&targets).unwrap();
+                let u: Vec<f64> = unfused.to_vec_f32().unwrap().iter().map(|&f| f as f64).collect();
+                assert_close("ce fused vs unfused", &fused.to_vec_f32().unwrap(), &u, 1e-7, 1e-5);
+            }
+        }
+    }
+}
+
+#[test]
+fn norm_errors() {
+    let gpu = gpu();
+    let x = Tensor::randn(&gpu, &[4, 6], DType::F32, 1).unwrap();
+    let w5 = Tensor::randn(&gpu, &[5], DType::F32, 2).unwrap();
+    let e = x.layer_norm(Some(&w5), None, 1e-5).unwrap_err();
+    assert!(matches!(e, Error::ShapeMismatch { op: "layer_norm", .. }), "{e}");
+    let e = x.rms_norm(Some(&w5), 1e-5).unwrap_err();
+    assert!(matches!(e, Error::ShapeMismatch { op: "rms_norm", .. }), "{e}");
+    let e = x.softmax(2).unwrap_err();
+    assert!(matches!(e, Error::AxisOutOfRange { op: "softmax", .. }), "{e}");
+    let bad_mask = Tensor::randn(&gpu, &[3, 6], DType::F32, 3).unwrap();
+    let e = x.softmax_with(&SoftmaxOptions { mask: Some(&bad_mask), ..Default::default() }).unwrap_err();
+    assert!(matches!(e, Error::ShapeMismatch { op: "softmax mask", .. }), "{e}");
+    let tall = Tensor::randn(&gpu, &[7, 6], DType::F32, 4).unwrap();
+    let e = tall.softmax_with(&SoftmaxOptions { causal: true, ..Default::default() }).unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument { op: "softmax", .. }), "S_q 7 > N 6: {e}");
+    let e = x.cross_entropy(&[0, 1, 2]).unwrap_err();
+    assert!(matches!(e, Error::ShapeMismatch { op: "cross_entropy", .. }), "{e}");
+    let e = x.cross_entropy(&[0, 1, 2, 6]).unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument { op: "cross_entropy", .. }), "{e}");
+    let dy = Tensor::randn(&gpu, &[4, 5], DType::F32, 5).unwrap();
+    let e = x.layer_norm_backward(None, &dy, 1e-5).unwrap_err();
+    assert!(matches!(e, Error::ShapeMismatch { op: "layer_norm_backward", .. }), "{e}");
+    let dyh = Tensor::randn(&gpu, &[4, 6], DType::F16, 6).unwrap();
+    let e = x.softmax_backward(&dyh).unwrap_err();
+    assert!(matches!(e, Error::DTypeMismatch { op: "softmax_backward", .. }), "{e}");
+    let empty = Tensor::zeros(&gpu, &[0, 6], DType::F32).unwrap();
+    let e = empty.softmax(-1).unwrap_err();
+    assert!(matches!(e, Error::Empty { op: "softmax", .. }), "{e}");
+    let e = x.softmax_with(&SoftmaxOptions { vpt: Some(3), ..Default::default() }).unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument { op: "softmax", .. }), "{e}");
+}
