@@ -224,6 +224,71 @@ fn main() -> wgkernels::Result<()> {
         }
     }
 
+    for dtype in [DType::F32, DType::F16] {
+        if !want("norm") && !want("softmax") {
+            break;
+        }
+        let esize = dtype.size_in_bytes() as f64;
+        let gpu = gpu.clone();
+        jobs.push((
+            format!("normalizations {}", dtype.name()),
+            Box::new(move |rows: &mut Vec<Row>| {
+                let scale = if quick { 16 } else { 1 };
+                let mut push =
+                    |bench: &'static str, size: String, t: wgkernels::bench::Timing, bytes: f64, variant: &str| {
+                        let key = Some((
+                            bench.to_string(),
+                            size.clone(),
+                            dtype.name().to_string(),
+                            if bench == "cross_entropy" { "torch fwd+bwd".to_string() } else { "torch".to_string() },
+                        ));
+                        rows.push(Row {
+                            bench,
+                            size,
+                            dtype: dtype.name(),
+                            variant: variant.into(),
+                            ms: t.median_ms,
+                            rate: t.rate(bytes),
+                            wall_rate: bytes / (t.wall_ms * 1e-3) / 1e9,
+                            unit: "GB/s",
+                            torch_key: key,
+                        });
+                    };
+                for (r, n) in [(4096 / scale, 4096), (16384 / scale, 4096)] {
+                    let x = Tensor::randn(&gpu, &[r, n], dtype, 1)?;
+                    let bytes = 2.0 * (r * n) as f64 * esize;
+                    let t = measure(&gpu, 2, reps, || x.softmax(-1).map(drop))?;
+                    push("softmax", format!("{r}x{n}"), t, bytes, "registers");
+                    let y = x.softmax(-1)?;
+                    let dy = Tensor::randn(&gpu, &[r, n], dtype, 2)?;
+                    let t = measure(&gpu, 2, reps, || y.softmax_backward(&dy).map(drop))?;
+                    push("softmax_backward", format!("{r}x{n}"), t, 1.5 * bytes, "two passes");
+                }
+                let (r, n) = (8192 / scale, 4096);
+                let x = Tensor::randn(&gpu, &[r, n], dtype, 3)?;
+                let w = Tensor::randn(&gpu, &[n], dtype, 4)?;
+                let b = Tensor::randn(&gpu, &[n], dtype, 5)?;
+                let dy = Tensor::randn(&gpu, &[r, n], dtype, 6)?;
+                let bytes = 2.0 * (r * n) as f64 * esize;
+                let size = format!("{r}x{n}");
+                let t = measure(&gpu, 2, reps, || x.layer_norm(Some(&w), Some(&b), 1e-5).map(drop))?;
+                push("layernorm", size.clone(), t, bytes, "registers, Welford");
+                let t = measure(&gpu, 2, reps, || x.layer_norm_backward(Some(&w), &dy, 1e-5).map(drop))?;
+                push("layernorm_backward", size.clone(), t, 1.5 * bytes, "dx + partial dw, db");
+                let t = measure(&gpu, 2, reps, || x.rms_norm(Some(&w), 1e-5).map(drop))?;
+                push("rmsnorm", size.clone(), t, bytes, "registers");
+                let t = measure(&gpu, 2, reps, || x.rms_norm_backward(Some(&w), &dy, 1e-5).map(drop))?;
+                push("rmsnorm_backward", size, t, 1.5 * bytes, "dx + partial dw");
+                let (r, v) = (8192 / scale, 50257);
+                let logits = Tensor::randn(&gpu, &[r, v], dtype, 7)?;
+                let targets: Vec<u32> = (0..r).map(|i| ((i * 7919) % v) as u32).collect();
+                let t = measure(&gpu, 2, reps, || logits.cross_entropy(&targets).map(drop))?;
+                push("cross_entropy", format!("{r}x{v}"), t, 2.0 * (r * v) as f64 * esize, "loss + dlogits, streaming");
+                Ok(())
+            }),
+        ));
+    }
+
     let total = jobs.len();
     for (i, (label, job)) in jobs.iter_mut().enumerate() {
         progress(i, total, label);

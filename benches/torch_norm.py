@@ -1,0 +1,41 @@
+"""PyTorch (CUDA) figures for the normalization benchmarks of benches/kernels.rs, forward and
+backward, in the pattern of ../shared/gpu/torch_ref.py: one JSON line per measurement.
+Bytes counted as in our bench: forward read + write of the tensor, backward read x (or y)
+and dy + write dx (parameter gradients not counted)."""
+import json, torch, torch.nn.functional as F
+from triton.testing import do_bench
+
+dev = "cuda"
+
+def rec(bench, size, dtype, variant, ms, work, unit):
+    print(json.dumps(dict(bench=bench, size=size, dtype=dtype, variant=variant, median_ms=ms, rate=work / ms / 1e6, unit=unit)), flush=True)
+
+def bench(fn):
+    return do_bench(fn, warmup=50, rep=300, return_mode="median")
+
+for dt, name in [(torch.float32, "f32"), (torch.float16, "f16")]:
+    es = torch.finfo(dt).bits // 8
+    for rows, n in [(4096, 4096), (16384, 4096)]:
+        x = torch.randn(rows, n, device=dev, dtype=dt, requires_grad=True)
+        size = f"{rows}x{n}"
+        rec("softmax", size, name, "torch", bench(lambda: torch.softmax(x, -1)), 2 * x.numel() * es, "GB/s")
+        y = torch.softmax(x, -1); dy = torch.randn_like(y)
+        rec("softmax_backward", size, name, "torch", bench(lambda: torch._softmax_backward_data(dy, y, -1, dt)), 3 * x.numel() * es, "GB/s")
+    rows, n = 8192, 4096
+    size = f"{rows}x{n}"
+    x = torch.randn(rows, n, device=dev, dtype=dt, requires_grad=True)
+    w = torch.randn(n, device=dev, dtype=dt, requires_grad=True); b = torch.randn(n, device=dev, dtype=dt, requires_grad=True)
+    rec("layernorm", size, name, "torch", bench(lambda: F.layer_norm(x, (n,), w, b)), 2 * x.numel() * es, "GB/s")
+    y = F.layer_norm(x, (n,), w, b); dy = torch.randn_like(y)
+    rec("layernorm_backward", size, name, "torch", bench(lambda: torch.autograd.grad(y, [x, w, b], dy, retain_graph=True)), 3 * x.numel() * es, "GB/s")
+    rec("rmsnorm", size, name, "torch", bench(lambda: F.rms_norm(x, (n,), w)), 2 * x.numel() * es, "GB/s")
+    y = F.rms_norm(x, (n,), w)
+    rec("rmsnorm_backward", size, name, "torch", bench(lambda: torch.autograd.grad(y, [x, w], dy, retain_graph=True)), 3 * x.numel() * es, "GB/s")
+    rows, v = 8192, 50257
+    logits = torch.randn(rows, v, device=dev, dtype=dt, requires_grad=True)
+    t = torch.randint(0, v, (rows,), device=dev)
+    def ce():
+        loss = F.cross_entropy(logits, t)
+        return torch.autograd.grad(loss, [logits])
+    rec("cross_entropy", f"{rows}x{v}", name, "torch fwd+bwd", bench(ce), 2 * logits.numel() * es, "GB/s")
+    del x, w, b, y, dy, logits
