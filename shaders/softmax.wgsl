@@ -179,7 +179,8 @@ fn softmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     }
 }
 
-// dx = y ⊙ (dy − Σ y·dy): y is `x` here (the forward output), read twice, dy twice.
+// dx = y ⊙ (dy − Σ y·dy): y is `x` here (the forward output). Units within the register
+// class keep y and dy in registers (one read each); the tail is read again.
 @compute @workgroup_size(256)
 fn softmax_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let row = wid.x + wid.y * nwg.x;
@@ -188,14 +189,33 @@ fn softmax_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     }
     let n = params[1];
     let units = (n + UNIT - 1u) / UNIT;
+    var y_cache: array<vec2<f32>, VPT>;
+    var dy_cache: array<vec2<f32>, VPT>;
     var dot = 0.0;
-    for (var u = lid; u < units; u += WG) {
+    for (var i = 0u; i < VPT; i++) {
+        let u = lid + i * WG;
+        if (u < units) {
+            let y = load_x(params[2] + row * n + u * UNIT);
+            var d = load_dy(params[8] + row * n + u * UNIT);
+            if (UNIT == 1u) { d.y = 0.0; }
+            y_cache[i] = y;
+            dy_cache[i] = d;
+            dot += y.x * d.x + y.y * d.y;
+        }
+    }
+    for (var u = lid + VPT * WG; u < units; u += WG) {
         var p = load_x(params[2] + row * n + u * UNIT) * load_dy(params[8] + row * n + u * UNIT);
         if (UNIT == 1u) { p.y = 0.0; }
         dot += p.x + p.y;
     }
     let total = reduce_sum(lid, dot);
-    for (var u = lid; u < units; u += WG) {
+    for (var i = 0u; i < VPT; i++) {
+        let u = lid + i * WG;
+        if (u < units) {
+            store(row * n + u * UNIT, y_cache[i] * (dy_cache[i] - total));
+        }
+    }
+    for (var u = lid + VPT * WG; u < units; u += WG) {
         let y = load_x(params[2] + row * n + u * UNIT);
         store(row * n + u * UNIT, y * (load_dy(params[8] + row * n + u * UNIT) - total));
     }

@@ -136,7 +136,7 @@ fn softmax_extremes_and_other_dims() {
 fn softmax_backward_matches_reference() {
     let gpu = gpu();
     for dtype in DType::ALL {
-        for n in [1, 3, 1000, 4097] {
+        for n in [1, 3, 1000, 2000, 3000, 4097] {
             let (x, _) = random_tensor(&gpu, &[4, n], dtype, 7);
             let y = x.softmax(-1).unwrap();
             let yv: Vec<f64> = y.to_vec_f32().unwrap().iter().map(|&v| v as f64).collect();
@@ -279,7 +279,8 @@ fn norm_backward_matches_reference() {
     let eps = 1e-5;
     for dtype in DType::ALL {
         let (atol, rtol) = tol(dtype);
-        for (rows, n) in [(3, 2), (5, 127), (130, 1000), (2, 4097)] {
+        // Register classes 1, 1, 2, 4, 8 and 16 with a streamed tail (odd 4097).
+        for (rows, n) in [(3, 2), (5, 127), (130, 1000), (3, 2000), (2, 3000), (2, 4097)] {
             let (x, xv) = random_tensor(&gpu, &[rows, n], dtype, 50);
             let (w, wv) = random_tensor(&gpu, &[n], dtype, 51);
             let (dy, dyv) = random_tensor(&gpu, &[rows, n], dtype, 52);

@@ -182,11 +182,15 @@ pub fn all_kernels() -> Vec<Kernel> {
                 all.push(norm_kernel("forward", d, Some(d), None, None, out, unit, vpt, true));
             }
             all.push(softmax_kernel("softmax", d, Some(d), None, out, unit, 4, true, 1.0));
-            all.push(softmax_kernel("softmax_backward", d, None, Some(d), out, unit, 1, false, 1.0));
+            for vpt in VPT_CLASSES {
+                all.push(softmax_kernel("softmax_backward", d, None, Some(d), out, unit, vpt, false, 1.0));
+            }
             all.push(softmax_kernel("cross_entropy", d, None, None, out, unit, 16, false, 0.5));
             all.push(norm_kernel("forward", d, None, None, None, out, unit, 2, false));
             for rms in [false, true] {
-                all.push(norm_kernel("backward", d, Some(d), None, Some(d), out, unit, 1, rms));
+                for vpt in VPT_CLASSES {
+                    all.push(norm_kernel("backward", d, Some(d), None, Some(d), out, unit, vpt, rms));
+                }
                 all.push(norm_kernel("param_grads", d, None, None, Some(d), out, unit, 1, rms));
             }
         }
