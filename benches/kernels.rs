@@ -1,7 +1,7 @@
 //! The benchmark report: every kernel family at the issue sizes, GFLOP/s or GB/s with the
 //! work counted here, beside PyTorch's figure for the same work when given its JSON.
 //!
-//!     cargo bench --bench kernels -- [--quick] [--reference torch.json] [--json out.json] [--md out.md]
+//!     cargo bench --bench kernels -- [--quick] [--only NAME] [--reference torch.json] [--json out.json] [--md out.md]
 //!
 //! `--reference` takes the JSON lines that ../shared/gpu/torch_ref.py prints (one object per
 //! measurement: bench, size, dtype, variant, rate). Run both in the same device call: the
@@ -88,7 +88,6 @@ fn main() -> wgkernels::Result<()> {
     eprintln!("{}", gpu.info());
     let quick = args.quick;
     let reps = if quick { 3 } else { 10 };
-    let want = |name: &str| args.only.as_deref().is_none_or(|o| name.contains(o));
     let mut rows: Vec<Row> = Vec::new();
 
     // Plan: (label, closure) pairs so the progress bar knows the total.
@@ -96,9 +95,6 @@ fn main() -> wgkernels::Result<()> {
     let mut jobs: Vec<(String, Job)> = Vec::new();
 
     for n in if quick { vec![1usize << 20] } else { vec![1usize << 26, 1 << 28] } {
-        if !want("copy") {
-            break;
-        }
         let gpu = gpu.clone();
         jobs.push((
             format!("copy {n}"),
@@ -140,9 +136,6 @@ fn main() -> wgkernels::Result<()> {
 
     let sizes: Vec<usize> = if quick { vec![128, 256] } else { vec![1024, 2048, 4096, 8192] };
     for dtype in [DType::F32, DType::F16] {
-        if !want("matmul") {
-            break;
-        }
         for &n in &sizes {
             let gpu = gpu.clone();
             jobs.push((
@@ -225,9 +218,6 @@ fn main() -> wgkernels::Result<()> {
     }
 
     for dtype in [DType::F32, DType::F16] {
-        if !want("norm") && !want("softmax") {
-            break;
-        }
         let esize = dtype.size_in_bytes() as f64;
         let gpu = gpu.clone();
         jobs.push((
@@ -289,6 +279,10 @@ fn main() -> wgkernels::Result<()> {
         ));
     }
 
+    // `--only` picks jobs by label: "copy", "matmul", "matmul 4096", "gpt2", "normalizations f16", ...
+    if let Some(o) = &args.only {
+        jobs.retain(|(label, _)| label.contains(o.as_str()));
+    }
     let total = jobs.len();
     for (i, (label, job)) in jobs.iter_mut().enumerate() {
         progress(i, total, label);

@@ -1,7 +1,8 @@
-"""PyTorch (CUDA) figures for the normalization benchmarks of benches/kernels.rs, forward and
-backward, in the pattern of ../shared/gpu/torch_ref.py: one JSON line per measurement.
-Bytes counted as in our bench: forward read + write of the tensor, backward read x (or y)
-and dy + write dx (parameter gradients not counted)."""
+"""PyTorch (CUDA) figures for the benchmarks of benches/kernels.rs that ../shared/gpu/torch_ref.py
+does not cover (GPT-2 matmul shapes, normalization backward passes, RMSNorm, cross-entropy),
+in its pattern: one JSON line per measurement. Bytes counted as in our bench: forward read +
+write of the tensor, backward read x (or y) and dy + write dx (parameter gradients not
+counted)."""
 import json, torch, torch.nn.functional as F
 from triton.testing import do_bench
 
@@ -14,6 +15,10 @@ def bench(fn):
     return do_bench(fn, warmup=50, rep=300, return_mode="median")
 
 for dt, name in [(torch.float32, "f32"), (torch.float16, "f16")]:
+    torch.backends.cuda.matmul.allow_tf32 = False
+    for m, k, n in [(8192, 768, 3072), (8192, 3072, 768), (1, 768, 3072)]:
+        a = torch.randn(m, k, device=dev, dtype=dt); b = torch.randn(k, n, device=dev, dtype=dt)
+        rec("matmul", f"{m}x{k}x{n}", name, "cublas-fp32" if dt == torch.float32 else "cublas", bench(lambda: a @ b), 2 * m * k * n, "GFLOP/s")
     es = torch.finfo(dt).bits // 8
     for rows, n in [(4096, 4096), (16384, 4096)]:
         x = torch.randn(rows, n, device=dev, dtype=dt, requires_grad=True)
