@@ -200,6 +200,9 @@ fn main() -> wgkernels::Result<()> {
                     let a = Tensor::randn(&gpu, &[m, k], dtype, 3)?;
                     let b = Tensor::randn(&gpu, &[k, n], dtype, 4)?;
                     let t = measure(&gpu, 2, reps, || a.matmul(&b).map(drop))?;
+                    let torch_variant = if dtype == DType::F32 { "cublas-fp32" } else { "cublas" };
+                    let key =
+                        Some(("matmul".into(), format!("{m}x{k}x{n}"), dtype.name().into(), torch_variant.into()));
                     rows.push(Row {
                         bench: "matmul",
                         size: format!("{m}x{k}x{n}"),
@@ -209,7 +212,7 @@ fn main() -> wgkernels::Result<()> {
                         rate: t.rate(2.0 * (m * k * n) as f64),
                         wall_rate: 2.0 * (m * k * n) as f64 / (t.wall_ms * 1e-3) / 1e9,
                         unit: "GFLOP/s",
-                        torch_key: None,
+                        torch_key: key,
                     });
                     Ok(())
                 }),
