@@ -265,7 +265,7 @@ fn main() -> wgkernels::Result<()> {
                 let bytes = 2.0 * (r * n) as f64 * esize;
                 let size = format!("{r}x{n}");
                 let t = measure(&gpu, 2, reps, || x.layer_norm(Some(&w), Some(&b), 1e-5).map(drop))?;
-                push("layernorm", size.clone(), t, bytes, "registers, Welford");
+                push("layernorm", size.clone(), t, bytes, "registers, shifted sums");
                 let t = measure(&gpu, 2, reps, || x.layer_norm_backward(Some(&w), &dy, 1e-5).map(drop))?;
                 push("layernorm_backward", size.clone(), t, 1.5 * bytes, "dx + partial dw, db");
                 let t = measure(&gpu, 2, reps, || x.rms_norm(Some(&w), 1e-5).map(drop))?;

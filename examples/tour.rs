@@ -237,7 +237,7 @@ fn main() -> wgkernels::Result<()> {
             dtype,
             ms: t.median_ms,
             rate: format!("{:.1} GB/s", t.rate(2.0 * n as f64 * esize)),
-            path: "row in registers, Welford".into(),
+            path: "row in registers".into(),
             check: msg,
         });
     }
