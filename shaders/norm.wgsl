@@ -80,6 +80,54 @@ fn chan(a: vec3<f32>, b: vec3<f32>) -> vec3<f32> {
     return vec3<f32>(count, mean, a.z + b.z + delta * delta * (a.x * b.x / count));
 }
 
+//#if SUBGROUP
+var<private> sg_id: u32;
+var<private> sg_count: u32;
+var<private> sg_size: u32;
+var<private> sg_lane: u32;
+
+// Chan merges by shuffles inside the subgroup, then across subgroups through workgroup
+// memory (one slot each), merged by every invocation.
+fn welford_subgroup(acc: vec3<f32>) -> vec3<f32> {
+    var r = acc;
+    for (var off = sg_size / 2u; off > 0u; off /= 2u) {
+        r = chan(r, vec3<f32>(subgroupShuffleXor(r.x, off), subgroupShuffleXor(r.y, off), subgroupShuffleXor(r.z, off)));
+    }
+    return r;
+}
+
+fn reduce_welford(lid: u32, acc: vec3<f32>) -> vec3<f32> {
+    let r = welford_subgroup(acc);
+    if (sg_lane == 0u) {
+        red_n[sg_id] = r.x;
+        red_mean[sg_id] = r.y;
+        red_m2[sg_id] = r.z;
+    }
+    workgroupBarrier();
+    var total = vec3<f32>(red_n[0], red_mean[0], red_m2[0]);
+    for (var i = 1u; i < sg_count; i++) {
+        total = chan(total, vec3<f32>(red_n[i], red_mean[i], red_m2[i]));
+    }
+    workgroupBarrier();
+    return total;
+}
+
+fn reduce_sum2(lid: u32, v: vec2<f32>) -> vec2<f32> {
+    let part = subgroupAdd(v);
+    if (sg_lane == 0u) {
+        red_n[sg_id] = part.x;
+        red_mean[sg_id] = part.y;
+    }
+    workgroupBarrier();
+    var total = vec2<f32>(0.0);
+    for (var i = 0u; i < sg_count; i++) {
+        total += vec2<f32>(red_n[i], red_mean[i]);
+    }
+    workgroupBarrier();
+    return total;
+}
+
+//#else
 fn reduce_welford(lid: u32, acc: vec3<f32>) -> vec3<f32> {
     red_n[lid] = acc.x;
     red_mean[lid] = acc.y;
@@ -114,6 +162,8 @@ fn reduce_sum2(lid: u32, v: vec2<f32>) -> vec2<f32> {
     workgroupBarrier();
     return total;
 }
+
+//#endif
 
 // Per-invocation sums of the unit's values shifted by `shift` (the invocation's first
 // value): acc = (count, Σ(x − shift), Σ(x − shift)²). No division per element and no
@@ -178,7 +228,8 @@ fn affine(v: vec2<f32>, j: u32, m: vec2<f32>) -> vec2<f32> {
 }
 
 @compute @workgroup_size(256)
-fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32{{SG_ARGS}}) {
+    {{SG_INIT}}
     let row = wid.x + wid.y * nwg.x;
     if (row >= params[0]) {
         return;
@@ -204,7 +255,8 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
 // dx = rstd · (g − mean(g) − x̂ · mean(g · x̂)), g = dy · w, x̂ = (x − mean) · rstd
 // (RMSNorm: no mean terms, x̂ = x · rstd).
 @compute @workgroup_size(256)
-fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32{{SG_ARGS}}) {
+    {{SG_INIT}}
     let row = wid.x + wid.y * nwg.x;
     if (row >= params[0]) {
         return;
@@ -280,3 +332,42 @@ fn param_grads(@builtin(global_invocation_id) gid: vec3<u32>) {
     partials[chunk * 2u * n + j] = dw;
     partials[chunk * 2u * n + n + j] = db;
 }
+
+//#if SUBGROUP
+// Short rows: one subgroup per row (see softmax_sg_rows). Per-lane shifted sums become
+// (count, mean, M2) and merge by shuffles; the row is read a second time for the output.
+@compute @workgroup_size(256)
+fn forward_sg_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32{{SG_ARGS}}) {
+    {{SG_INIT}}
+    let row = (wid.x + wid.y * nwg.x) * sg_count + sg_id;
+    if (row >= params[0]) {
+        return;
+    }
+    let n = params[1];
+    let units = (n + UNIT - 1u) / UNIT;
+    let base = params[2] + row * n;
+    var shift = 0.0;
+    if (!RMS && lane < units) {
+        shift = load_x(base + lane * UNIT).x;
+    }
+    var acc = vec3<f32>(0.0);
+    for (var u = lane; u < units; u += sg_size) {
+        acc = add_unit(acc, load_x(base + u * UNIT), shift);
+    }
+    let eps = bitcast<f32>(params[3]);
+    var m: vec2<f32>;
+    if (RMS) {
+        let total = subgroupAdd(vec2<f32>(acc.x, acc.z));
+        m = vec2<f32>(0.0, inverseSqrt(total.y / total.x + eps));
+    } else {
+        let total = welford_subgroup(to_welford(acc, shift));
+        m = vec2<f32>(total.y, inverseSqrt(max(total.z / total.x, 0.0) + eps));
+    }
+    if (lane == 0u) {
+        stats[row] = m;
+    }
+    for (var u = lane; u < units; u += sg_size) {
+        store(row * n + u * UNIT, affine(load_x(base + u * UNIT), u * UNIT, m));
+    }
+}
+//#endif

@@ -85,6 +85,51 @@ fn merge(m1: f32, s1: f32, m2: f32, s2: f32) -> vec2<f32> {
 }
 
 // Workgroup-wide merge of every invocation's (max, sum); all invocations get the result.
+//#if SUBGROUP
+// With subgroups: a butterfly of shuffles inside each subgroup (no barrier), then one
+// slot per subgroup in workgroup memory, merged by every invocation.
+var<private> sg_id: u32;
+var<private> sg_count: u32;
+var<private> sg_size: u32;
+var<private> sg_lane: u32;
+
+fn merge_subgroup(m: f32, s: f32) -> vec2<f32> {
+    var r = vec2<f32>(m, s);
+    for (var off = sg_size / 2u; off > 0u; off /= 2u) {
+        r = merge(r.x, r.y, subgroupShuffleXor(r.x, off), subgroupShuffleXor(r.y, off));
+    }
+    return r;
+}
+
+fn reduce_max_sum(lid: u32, m: f32, s: f32) -> vec2<f32> {
+    let r = merge_subgroup(m, s);
+    if (sg_lane == 0u) {
+        red_m[sg_id] = r.x;
+        red_s[sg_id] = r.y;
+    }
+    workgroupBarrier();
+    var total = vec2<f32>(red_m[0], red_s[0]);
+    for (var i = 1u; i < sg_count; i++) {
+        total = merge(total.x, total.y, red_m[i], red_s[i]);
+    }
+    workgroupBarrier();
+    return total;
+}
+
+fn reduce_sum(lid: u32, s: f32) -> f32 {
+    let part = subgroupAdd(s);
+    if (sg_lane == 0u) {
+        red_s[sg_id] = part;
+    }
+    workgroupBarrier();
+    var total = 0.0;
+    for (var i = 0u; i < sg_count; i++) {
+        total += red_s[i];
+    }
+    workgroupBarrier();
+    return total;
+}
+//#else
 fn reduce_max_sum(lid: u32, m: f32, s: f32) -> vec2<f32> {
     red_m[lid] = m;
     red_s[lid] = s;
@@ -115,6 +160,8 @@ fn reduce_sum(lid: u32, s: f32) -> f32 {
     workgroupBarrier();
     return total;
 }
+
+//#endif
 
 // (max, sum of exp) of the row, caching the first 256·VPT units in `cache`.
 fn row_stats(row: u32, lid: u32, cache: ptr<function, array<vec2<f32>, VPT>>) -> vec2<f32> {
@@ -159,7 +206,8 @@ fn normalise(v: vec2<f32>, stats: vec2<f32>) -> vec2<f32> {
 }
 
 @compute @workgroup_size(256)
-fn softmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn softmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32{{SG_ARGS}}) {
+    {{SG_INIT}}
     let row = wid.x + wid.y * nwg.x;
     if (row >= params[0]) {
         return; // uniform across the workgroup
@@ -182,7 +230,8 @@ fn softmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
 // dx = y ⊙ (dy − Σ y·dy): y is `x` here (the forward output). Units within the register
 // class keep y and dy in registers (one read each); the tail is read again.
 @compute @workgroup_size(256)
-fn softmax_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn softmax_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32{{SG_ARGS}}) {
+    {{SG_INIT}}
     let row = wid.x + wid.y * nwg.x;
     if (row >= params[0]) {
         return;
@@ -224,7 +273,8 @@ fn softmax_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
 // Cross-entropy of each row against its target class, and the gradient of the mean loss:
 //   loss_r = log Σ e^(x_j) − x_t,   dlogits_rj = (softmax_rj − [j = t]) · CE_SCALE.
 @compute @workgroup_size(256)
-fn cross_entropy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn cross_entropy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32{{SG_ARGS}}) {
+    {{SG_INIT}}
     let row = wid.x + wid.y * nwg.x;
     if (row >= params[0]) {
         return;
@@ -258,3 +308,32 @@ fn cross_entropy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
         losses[row] = stats.x + log(stats.y) - x_target;
     }
 }
+
+//#if SUBGROUP
+// Short rows (≤ SG_ROWS units): one subgroup per row, no workgroup memory, no barrier. Pass
+// one merges (max, sum) online per lane and across lanes by shuffles; pass two writes (the
+// row is re-read from cache). Rows per workgroup = its number of subgroups.
+@compute @workgroup_size(256)
+fn softmax_sg_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32{{SG_ARGS}}) {
+    {{SG_INIT}}
+    let row = (wid.x + wid.y * nwg.x) * sg_count + sg_id;
+    if (row >= params[0]) {
+        return; // uniform within the subgroup, and no barrier follows
+    }
+    let n = params[1];
+    let units = (n + UNIT - 1u) / UNIT;
+    var m = neg_inf();
+    var sum = 0.0;
+    for (var u = lane; u < units; u += sg_size) {
+        let v = logits(row, u);
+        let r1 = merge(m, sum, v.x, 1.0);
+        let r2 = merge(r1.x, r1.y, v.y, 1.0);
+        m = r2.x;
+        sum = r2.y;
+    }
+    let stats = merge_subgroup(m, sum);
+    for (var u = lane; u < units; u += sg_size) {
+        store(row * n + u * UNIT, normalise(logits(row, u), stats));
+    }
+}
+//#endif

@@ -9,6 +9,10 @@
 //! - **Text substitution** of `{{NAME}}` placeholders, passed as [`Kernel::sub`]: for what
 //!   overrides cannot express in WGSL, such as types, loader bodies and expressions.
 //!   Every placeholder must be substituted; a leftover one is a bug caught by the tests.
+//! - **Conditional blocks** between lines `//#if FLAG`, `//#else` and `//#endif` (not
+//!   nested), kept or dropped by [`Kernel::flag`]: for code that must not reach a device
+//!   lacking a feature at all, such as subgroup built-ins, which invalidate the whole module
+//!   there even in an entry point that is never used.
 //!
 //! Pipelines are cached by (shader, entry point, substitutions, constants, checked), so the
 //! dtype is part of the key through the substitutions it causes.
@@ -95,12 +99,14 @@ pub struct Kernel {
     constants: Vec<(&'static str, u64)>,
     /// Built without runtime bounds checks unless the device runs checked.
     pub trusted: bool,
+    /// Flags of the `//#if` blocks to keep.
+    pub flags: Vec<&'static str>,
 }
 
 impl Kernel {
     /// A kernel with no specialisation yet.
     pub fn new(shader: Shader, entry: &'static str) -> Self {
-        Self { shader, entry, subs: Vec::new(), constants: Vec::new(), trusted: false }
+        Self { shader, entry, subs: Vec::new(), constants: Vec::new(), trusted: false, flags: Vec::new() }
     }
 
     /// Replaces `{{name}}` by `text`.
@@ -112,6 +118,12 @@ impl Kernel {
     /// Sets the pipeline-overridable constant `name`.
     pub fn constant(mut self, name: &'static str, value: f64) -> Self {
         self.constants.push((name, value.to_bits()));
+        self
+    }
+
+    /// Keeps the `//#if name` blocks (and drops their `//#else` parts).
+    pub fn flag(mut self, name: &'static str) -> Self {
+        self.flags.push(name);
         self
     }
 
@@ -131,7 +143,7 @@ impl Kernel {
     /// first), the dtype prelude, the source it shares with related families, then the
     /// rest of its own.
     pub fn wgsl(&self) -> String {
-        let source = self.shader.source();
+        let source = preprocess(self.shader.source(), &self.flags);
         let (enables, body): (Vec<&str>, Vec<&str>) = source.lines().partition(|l| l.starts_with("enable "));
         let mut text =
             format!("{}\n{}\n{}\n{}", enables.join("\n"), DTYPE_PRELUDE, self.shader.shared_source(), body.join("\n"));
@@ -145,6 +157,27 @@ impl Kernel {
     pub fn label(&self) -> String {
         format!("{}:{}", self.shader.file_name().trim_end_matches(".wgsl"), self.entry)
     }
+}
+
+/// Keeps or drops `//#if FLAG` / `//#else` / `//#endif` blocks (one level, no nesting).
+fn preprocess(source: &str, flags: &[&str]) -> String {
+    let mut out = String::with_capacity(source.len());
+    // None outside a block; Some(keep) inside one.
+    let mut keep: Option<bool> = None;
+    for line in source.lines() {
+        let t = line.trim();
+        if let Some(flag) = t.strip_prefix("//#if ") {
+            keep = Some(flags.contains(&flag.trim()));
+        } else if t == "//#else" {
+            keep = keep.map(|k| !k);
+        } else if t == "//#endif" {
+            keep = None;
+        } else if keep.unwrap_or(true) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// Cache key of a compiled pipeline.

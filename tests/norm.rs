@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use wgkernels::ops::norm::{norm_forward, SoftmaxOptions, VPT_CLASSES};
+use wgkernels::ops::norm::{norm_forward, RowKernel, SoftmaxOptions, VPT_CLASSES};
 use wgkernels::{DType, Error, Tensor};
 
 const NEG_INF: f64 = f64::NEG_INFINITY;
@@ -18,6 +18,18 @@ fn rows_for(n: usize) -> usize {
     } else {
         5
     }
+}
+
+/// Every row kernel the library can choose for rows of `n` on this adapter: auto, each
+/// register class (long rows: only the largest, the others just stream more), and one
+/// subgroup per row where the adapter has subgroups and the row is short.
+fn kernels(gpu: &wgkernels::Gpu, n: usize) -> Vec<RowKernel> {
+    let mut k = vec![RowKernel::Auto];
+    k.extend(VPT_CLASSES.iter().filter(|&&v| n <= 5000 || v == 16).map(|&v| RowKernel::Workgroup(v)));
+    if gpu.has(wgkernels::wgpu::Features::SUBGROUP) && n <= 5000 {
+        k.push(RowKernel::Subgroup);
+    }
+    k
 }
 
 fn softmax_ref(x: &[f64], n: usize, log: bool) -> Vec<f64> {
@@ -50,19 +62,13 @@ fn softmax_and_log_softmax_every_length_dtype_and_class() {
             let (x, xv) = random_tensor(&gpu, &[rows, n], dtype, 10 + i as u64);
             for log in [false, true] {
                 let want = softmax_ref(&xv, n, log);
-                // The class the library picks, and every class (smaller ones stream the rest).
-                let classes: Vec<Option<u32>> =
-                    std::iter::once(None).chain(VPT_CLASSES.iter().map(|&v| Some(v))).collect();
-                for vpt in classes {
-                    if n > 5000 && vpt.is_some_and(|v| v < 16) {
-                        continue; // long rows: the streaming tail is covered by the default
-                    }
-                    let got = x.softmax_with(&SoftmaxOptions { log, vpt, ..Default::default() }).unwrap();
+                for kernel in kernels(&gpu, n) {
+                    let got = x.softmax_with(&SoftmaxOptions { log, kernel, ..Default::default() }).unwrap();
                     assert_eq!(got.shape(), &[rows, n]);
                     assert_eq!(got.dtype(), dtype);
                     let (atol, rtol) = if log { (atol * 10.0, rtol) } else { (atol, rtol) };
                     assert_close(
-                        &format!("{} n={n} {dtype:?} vpt {vpt:?}", if log { "log_softmax" } else { "softmax" }),
+                        &format!("{} n={n} {dtype:?} {kernel:?}", if log { "log_softmax" } else { "softmax" }),
                         &got.to_vec_f32().unwrap(),
                         &want,
                         atol,
@@ -81,8 +87,8 @@ fn softmax_scale_mask_causal_match_unfused_and_reference() {
     let (x, xv) = random_tensor(&gpu, &[b, h, sq, sk], DType::F32, 1);
     let (mask, mv) = random_tensor(&gpu, &[sq, sk], DType::F32, 2);
     let scale = 0.37f32;
-    for causal in [false, true] {
-        let opts = SoftmaxOptions { scale: Some(scale), mask: Some(&mask), causal, ..Default::default() };
+    for (causal, kernel) in [false, true].into_iter().flat_map(|c| kernels(&gpu, sk).into_iter().map(move |k| (c, k))) {
+        let opts = SoftmaxOptions { scale: Some(scale), mask: Some(&mask), causal, kernel, ..Default::default() };
         let got = x.softmax_with(&opts).unwrap().to_vec_f32().unwrap();
         let z: Vec<f64> = (0..xv.len())
             .map(|e| {
@@ -95,7 +101,13 @@ fn softmax_scale_mask_causal_match_unfused_and_reference() {
                 }
             })
             .collect();
-        assert_close(&format!("masked softmax causal={causal}"), &got, &softmax_ref(&z, sk, false), 1e-6, 1e-4);
+        assert_close(
+            &format!("masked softmax causal={causal} {kernel:?}"),
+            &got,
+            &softmax_ref(&z, sk, false),
+            1e-6,
+            1e-4,
+        );
         if !causal {
             // The same function from separate ops: scale and mask as element-wise kernels.
             let s = Tensor::full(&gpu, &[1], scale, DType::F32).unwrap();
@@ -189,23 +201,20 @@ fn layer_norm_and_rms_norm_every_length_dtype_and_class() {
             let (x, xv) = random_tensor(&gpu, &[rows, n], dtype, 20 + i as u64);
             let (w, wv) = random_tensor(&gpu, &[n], dtype, 30 + i as u64);
             let (b, bv) = random_tensor(&gpu, &[n], dtype, 40 + i as u64);
-            for vpt in std::iter::once(None).chain(VPT_CLASSES.iter().map(|&v| Some(v))) {
-                if n > 5000 && vpt.is_some_and(|v| v < 16) {
-                    continue;
-                }
-                let got = norm_forward("layer_norm", &x, Some(&w), Some(&b), eps, false, vpt).unwrap();
+            for kernel in kernels(&gpu, n) {
+                let got = norm_forward("layer_norm", &x, Some(&w), Some(&b), eps, false, kernel).unwrap();
                 let want = norm_ref(&xv, n, Some(&wv), Some(&bv), eps as f64, false);
                 assert_close(
-                    &format!("layer_norm n={n} {dtype:?} vpt {vpt:?}"),
+                    &format!("layer_norm n={n} {dtype:?} {kernel:?}"),
                     &got.to_vec_f32().unwrap(),
                     &want,
                     atol * 20.0,
                     rtol * 4.0,
                 );
-                let got = norm_forward("rms_norm", &x, Some(&w), None, eps, true, vpt).unwrap();
+                let got = norm_forward("rms_norm", &x, Some(&w), None, eps, true, kernel).unwrap();
                 let want = norm_ref(&xv, n, Some(&wv), None, eps as f64, true);
                 assert_close(
-                    &format!("rms_norm n={n} {dtype:?} vpt {vpt:?}"),
+                    &format!("rms_norm n={n} {dtype:?} {kernel:?}"),
                     &got.to_vec_f32().unwrap(),
                     &want,
                     atol * 20.0,
@@ -383,6 +392,6 @@ fn norm_errors() {
     let empty = Tensor::zeros(&gpu, &[0, 6], DType::F32).unwrap();
     let e = empty.softmax(-1).unwrap_err();
     assert!(matches!(e, Error::Empty { op: "softmax", .. }), "{e}");
-    let e = x.softmax_with(&SoftmaxOptions { vpt: Some(3), ..Default::default() }).unwrap_err();
+    let e = x.softmax_with(&SoftmaxOptions { kernel: RowKernel::Workgroup(3), ..Default::default() }).unwrap_err();
     assert!(matches!(e, Error::InvalidArgument { op: "softmax", .. }), "{e}");
 }

@@ -45,6 +45,70 @@ fn unit_store(dtype: DType, unit: u32) -> String {
     }
 }
 
+/// Which row kernel runs a row-wise op.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum RowKernel {
+    /// Chosen from the row length and the adapter.
+    #[default]
+    Auto,
+    /// One subgroup per row (short rows; needs `SUBGROUP`).
+    Subgroup,
+    /// One workgroup per row keeping `vpt` units per invocation in registers (one of
+    /// [`VPT_CLASSES`]); the rest of a longer row streams.
+    Workgroup(u32),
+}
+
+/// Rows up to this many elements take the subgroup-per-row kernel where there are subgroups.
+pub const SG_ROWS_MAX: usize = 1024;
+
+const SG_ARGS: &str = ", @builtin(subgroup_id) sgid: u32, @builtin(num_subgroups) nsg: u32, @builtin(subgroup_size) sgsize: u32, @builtin(subgroup_invocation_id) lane: u32";
+const SG_INIT: &str = "sg_id = sgid;\n    sg_count = nsg;\n    sg_size = sgsize;\n    sg_lane = lane;";
+
+/// Adds the subgroup specialisation (reductions by subgroup operations, the per-row entry)
+/// or the workgroup-memory one.
+fn with_subgroups(k: Kernel, subgroup: bool) -> Kernel {
+    if subgroup {
+        k.flag("SUBGROUP").sub("SG_ARGS", SG_ARGS).sub("SG_INIT", SG_INIT)
+    } else {
+        k.sub("SG_ARGS", "").sub("SG_INIT", "")
+    }
+}
+
+/// The kernel class for a row of `n` elements, after checking a forced one.
+fn choose(op: &'static str, gpu: &crate::Gpu, forced: RowKernel, n: usize, unit: u32) -> Result<RowKernel> {
+    let has_sg = gpu.has(wgpu::Features::SUBGROUP);
+    match forced {
+        RowKernel::Auto if has_sg && n <= SG_ROWS_MAX => Ok(RowKernel::Subgroup),
+        RowKernel::Auto => Ok(RowKernel::Workgroup(auto_vpt(n, unit))),
+        RowKernel::Subgroup if !has_sg => {
+            Err(Error::MissingFeature { op, feature: "SUBGROUP", hint: "use RowKernel::Workgroup or Auto" })
+        }
+        RowKernel::Workgroup(v) if !VPT_CLASSES.contains(&v) => {
+            Err(Error::InvalidArgument { op, msg: format!("vpt {v} is not one of {VPT_CLASSES:?}") })
+        }
+        k => Ok(k),
+    }
+}
+
+/// Validates a forced register class for the kernels that have only the workgroup form.
+fn workgroup_vpt(op: &'static str, vpt: Option<u32>, n: usize, unit: u32) -> Result<u32> {
+    match vpt {
+        Some(v) if !VPT_CLASSES.contains(&v) => {
+            Err(Error::InvalidArgument { op, msg: format!("vpt {v} is not one of {VPT_CLASSES:?}") })
+        }
+        Some(v) => Ok(v),
+        None => Ok(auto_vpt(n, unit)),
+    }
+}
+
+/// Workgroups for `rows` rows: one per row, or one per (256 / largest subgroup) rows.
+fn row_groups(gpu: &crate::Gpu, k: RowKernel, rows: usize) -> u32 {
+    match k {
+        RowKernel::Subgroup => rows.div_ceil((WG / gpu.info().subgroup_sizes.1.max(1) as usize).max(1)) as u32,
+        _ => rows as u32,
+    }
+}
+
 /// Geometry of a row-wise launch: x made contiguous at offset 0, rows × n.
 struct Rows {
     x: Tensor,
@@ -77,15 +141,6 @@ fn auto_vpt(n: usize, unit: u32) -> u32 {
     VPT_CLASSES.into_iter().find(|&v| units <= WG * v as usize).unwrap_or(16)
 }
 
-fn check_vpt(op: &'static str, vpt: Option<u32>) -> Result<Option<u32>> {
-    match vpt {
-        Some(v) if !VPT_CLASSES.contains(&v) => {
-            Err(Error::InvalidArgument { op, msg: format!("vpt {v} is not one of {VPT_CLASSES:?}") })
-        }
-        v => Ok(v),
-    }
-}
-
 /// Options of [`Tensor::softmax_with`].
 #[derive(Clone, Debug, Default)]
 pub struct SoftmaxOptions<'a> {
@@ -99,10 +154,11 @@ pub struct SoftmaxOptions<'a> {
     pub causal: bool,
     /// log-softmax instead of softmax.
     pub log: bool,
-    /// Forces a register class (units per invocation; tests and benchmarks).
-    pub vpt: Option<u32>,
+    /// Forces a row kernel (tests and benchmarks).
+    pub kernel: RowKernel,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn softmax_kernel(
     entry: &'static str,
     x: DType,
@@ -113,6 +169,7 @@ fn softmax_kernel(
     vpt: u32,
     log: bool,
     ce_scale: f32,
+    subgroup: bool,
 ) -> Kernel {
     let mut ones: Vec<(&str, DType)> = vec![("x", x)];
     if let Some(d) = mask {
@@ -122,7 +179,7 @@ fn softmax_kernel(
         ones.push(("dy", d));
     }
     let prelude = if unit == 1 { one_loaders(&ones) } else { String::new() };
-    Kernel::new(Shader::Softmax, entry)
+    let k = Kernel::new(Shader::Softmax, entry)
         .sub("LOAD_X", unit_load("x", x, unit))
         .sub("LOAD_MASK", mask.map(|d| unit_load("mask", d, unit)).unwrap_or_else(|| "return vec2<f32>(0.0);".into()))
         .sub("LOAD_DY", dy.map(|d| unit_load("dy", d, unit)).unwrap_or_else(|| "return vec2<f32>(0.0);".into()))
@@ -132,9 +189,11 @@ fn softmax_kernel(
         .sub("LOG", log.to_string())
         .sub("CE_SCALE", format!("{ce_scale:?}"))
         .sub("ONE_LOADERS", prelude)
-        .trusted()
+        .trusted();
+    with_subgroups(k, subgroup)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn norm_kernel(
     entry: &'static str,
     x: DType,
@@ -145,6 +204,7 @@ fn norm_kernel(
     unit: u32,
     vpt: u32,
     rms: bool,
+    subgroup: bool,
 ) -> Kernel {
     let mut ones: Vec<(&str, DType)> = vec![("x", x)];
     for (name, d) in [("w", w), ("b", b), ("dy", dy)] {
@@ -153,7 +213,7 @@ fn norm_kernel(
         }
     }
     let prelude = if unit == 1 { one_loaders(&ones) } else { String::new() };
-    Kernel::new(Shader::Norm, entry)
+    let k = Kernel::new(Shader::Norm, entry)
         .sub("LOAD_X", unit_load("x", x, unit))
         .sub("LOAD_W", w.map(|d| unit_load("w", d, unit)).unwrap_or_else(|| "return vec2<f32>(1.0);".into()))
         .sub("LOAD_B", b.map(|d| unit_load("b", d, unit)).unwrap_or_else(|| "return vec2<f32>(0.0);".into()))
@@ -167,31 +227,40 @@ fn norm_kernel(
         .sub("AFFINE_W", if w.is_some() { "y *= load_w(params[5] + j);" } else { "" })
         .sub("AFFINE_B", if b.is_some() && !rms { "y += load_b(params[6] + j);" } else { "" })
         .sub("ONE_LOADERS", prelude)
-        .trusted()
+        .trusted();
+    with_subgroups(k, subgroup)
 }
 
-/// Every specialisation the launchers here can build, for the portability test.
+/// Every specialisation the launchers here can build, for the portability test: with
+/// subgroup reductions (and the subgroup-per-row entries) and with workgroup-memory ones.
 pub fn all_kernels() -> Vec<Kernel> {
     let mut all = Vec::new();
-    for d in DType::ALL {
-        for unit in [1u32, 2] {
-            let out = if unit == 1 { DType::F32 } else { d };
-            for vpt in VPT_CLASSES {
-                all.push(softmax_kernel("softmax", d, None, None, out, unit, vpt, false, 1.0));
-                all.push(norm_kernel("forward", d, Some(d), Some(d), None, out, unit, vpt, false));
-                all.push(norm_kernel("forward", d, Some(d), None, None, out, unit, vpt, true));
-            }
-            all.push(softmax_kernel("softmax", d, Some(d), None, out, unit, 4, true, 1.0));
-            for vpt in VPT_CLASSES {
-                all.push(softmax_kernel("softmax_backward", d, None, Some(d), out, unit, vpt, false, 1.0));
-            }
-            all.push(softmax_kernel("cross_entropy", d, None, None, out, unit, 16, false, 0.5));
-            all.push(norm_kernel("forward", d, None, None, None, out, unit, 2, false));
-            for rms in [false, true] {
+    for sg in [false, true] {
+        for d in DType::ALL {
+            for unit in [1u32, 2] {
+                let out = if unit == 1 { DType::F32 } else { d };
                 for vpt in VPT_CLASSES {
-                    all.push(norm_kernel("backward", d, Some(d), None, Some(d), out, unit, vpt, rms));
+                    all.push(softmax_kernel("softmax", d, None, None, out, unit, vpt, false, 1.0, sg));
+                    all.push(softmax_kernel("softmax_backward", d, None, Some(d), out, unit, vpt, false, 1.0, sg));
+                    all.push(norm_kernel("forward", d, Some(d), Some(d), None, out, unit, vpt, false, sg));
+                    all.push(norm_kernel("forward", d, Some(d), None, None, out, unit, vpt, true, sg));
+                    for rms in [false, true] {
+                        all.push(norm_kernel("backward", d, Some(d), None, Some(d), out, unit, vpt, rms, sg));
+                    }
                 }
-                all.push(norm_kernel("param_grads", d, None, None, Some(d), out, unit, 1, rms));
+                all.push(softmax_kernel("softmax", d, Some(d), None, out, unit, 4, true, 1.0, sg));
+                all.push(softmax_kernel("cross_entropy", d, None, None, out, unit, 16, false, 0.5, sg));
+                all.push(norm_kernel("forward", d, None, None, None, out, unit, 2, false, sg));
+                for rms in [false, true] {
+                    all.push(norm_kernel("param_grads", d, None, None, Some(d), out, unit, 1, rms, sg));
+                }
+                if sg {
+                    all.push(softmax_kernel("softmax_sg_rows", d, Some(d), None, out, unit, 1, false, 1.0, sg));
+                    all.push(softmax_kernel("softmax_sg_rows", d, None, None, out, unit, 1, true, 1.0, sg));
+                    for rms in [false, true] {
+                        all.push(norm_kernel("forward_sg_rows", d, Some(d), Some(d), None, out, unit, 1, rms, sg));
+                    }
+                }
             }
         }
     }
@@ -238,8 +307,8 @@ impl Tensor {
     /// applied inside the one kernel.
     pub fn softmax_with(&self, opts: &SoftmaxOptions) -> Result<Tensor> {
         let op = if opts.log { "log_softmax" } else { "softmax" };
-        let vpt = check_vpt(op, opts.vpt)?;
         let r = rows_of(op, self)?;
+        let class = choose(op, self.gpu(), opts.kernel, r.n, r.unit)?;
         let (mask, mask_rows) = match opts.mask {
             None => (None, 0),
             Some(m) => {
@@ -265,7 +334,11 @@ impl Tensor {
                 msg: format!("causal masking needs [..., S_q, N] with S_q ≤ N, got {:?}", self.shape()),
             });
         }
-        let vpt = vpt.unwrap_or_else(|| auto_vpt(r.n, r.unit));
+        let (entry, vpt) = match class {
+            RowKernel::Subgroup => ("softmax_sg_rows", 1),
+            RowKernel::Workgroup(v) => ("softmax", v),
+            RowKernel::Auto => ("softmax", auto_vpt(r.n, r.unit)),
+        };
         let gpu = self.gpu();
         let out = Tensor::empty(gpu, op, &[r.rows, r.n], r.out_dtype)?;
         let p = [
@@ -281,7 +354,7 @@ impl Tensor {
         ];
         let params = gpu.meta_buffer(&p);
         let k = softmax_kernel(
-            "softmax",
+            entry,
             r.x.dtype(),
             mask.as_ref().map(|m| m.dtype()),
             None,
@@ -290,6 +363,7 @@ impl Tensor {
             vpt,
             opts.log,
             1.0,
+            gpu.has(wgpu::Features::SUBGROUP),
         );
         // Unchecked is safe: row < rows, unit u < ceil(n / unit) so every element index is
         // inside row `row` of the contiguous input and output (pairs only when n is even,
@@ -298,7 +372,7 @@ impl Tensor {
         if let Some(m) = &mask {
             b.push((3, m.storage()?.buffer()));
         }
-        gpu.dispatch(&k, &b, r.rows as u32)?;
+        gpu.dispatch(&k, &b, row_groups(gpu, class, r.rows))?;
         finish(out, self.dtype(), self.shape())
     }
 
@@ -317,8 +391,19 @@ impl Tensor {
         let gpu = self.gpu();
         let out = Tensor::empty(gpu, OP, &[r.rows, r.n], r.out_dtype)?;
         let params = gpu.meta_buffer(&[r.rows as u32, r.n as u32, 0, 0, 0, 0, 1, 1f32.to_bits(), dyc.offset() as u32]);
-        let k =
-            softmax_kernel("softmax_backward", r.x.dtype(), None, Some(dy.dtype()), r.out_dtype, r.unit, 1, false, 1.0);
+        let (vpt, sg) = (auto_vpt(r.n, r.unit), gpu.has(wgpu::Features::SUBGROUP));
+        let k = softmax_kernel(
+            "softmax_backward",
+            r.x.dtype(),
+            None,
+            Some(dy.dtype()),
+            r.out_dtype,
+            r.unit,
+            vpt,
+            false,
+            1.0,
+            sg,
+        );
         gpu.dispatch(
             &k,
             &[(0, r.x.storage()?.buffer()), (1, out.storage()?.buffer()), (2, &params), (4, dyc.storage()?.buffer())],
@@ -337,8 +422,8 @@ impl Tensor {
     /// [`Tensor::cross_entropy`] with a forced register class (tests, benchmarks).
     pub fn cross_entropy_with(&self, targets: &[u32], vpt: Option<u32>) -> Result<(Tensor, Tensor)> {
         const OP: &str = "cross_entropy";
-        let vpt = check_vpt(OP, vpt)?;
         let r = rows_of(OP, self)?;
+        let vpt = workgroup_vpt(OP, vpt, r.n, r.unit)?;
         if targets.len() != r.rows {
             return Err(Error::ShapeMismatch { op: OP, lhs: self.shape().to_vec(), rhs: vec![targets.len()] });
         }
@@ -353,7 +438,6 @@ impl Tensor {
         let losses = Tensor::empty(gpu, OP, &[r.rows], DType::F32)?;
         let tbuf = gpu.meta_buffer(targets);
         let params = gpu.meta_buffer(&[r.rows as u32, r.n as u32, 0, 0, 0, 0, 1, 1f32.to_bits(), 0]);
-        let vpt = vpt.unwrap_or_else(|| auto_vpt(r.n, r.unit));
         let k = softmax_kernel(
             "cross_entropy",
             r.x.dtype(),
@@ -364,6 +448,7 @@ impl Tensor {
             vpt,
             false,
             1.0 / r.rows as f32,
+            gpu.has(wgpu::Features::SUBGROUP),
         );
         // Unchecked is safe as for softmax; targets were checked < n above.
         gpu.dispatch(
@@ -384,12 +469,12 @@ impl Tensor {
     /// LayerNorm over the last dim: `(x − mean) / √(var + eps) · weight + bias`, biased
     /// variance as in PyTorch; `weight` and `bias` (shape `[N]`) are optional.
     pub fn layer_norm(&self, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f32) -> Result<Tensor> {
-        norm_forward("layer_norm", self, weight, bias, eps, false, None)
+        norm_forward("layer_norm", self, weight, bias, eps, false, RowKernel::Auto)
     }
 
     /// RMSNorm over the last dim: `x / √(mean(x²) + eps) · weight`.
     pub fn rms_norm(&self, weight: Option<&Tensor>, eps: f32) -> Result<Tensor> {
-        norm_forward("rms_norm", self, weight, None, eps, true, None)
+        norm_forward("rms_norm", self, weight, None, eps, true, RowKernel::Auto)
     }
 
     /// Gradients of [`Tensor::layer_norm`] from the input `self`, the weight and the
@@ -423,19 +508,23 @@ pub fn norm_forward(
     bias: Option<&Tensor>,
     eps: f32,
     rms: bool,
-    vpt: Option<u32>,
+    kernel: RowKernel,
 ) -> Result<Tensor> {
-    let vpt = check_vpt(op, vpt)?;
     let r = rows_of(op, x)?;
+    let class = choose(op, x.gpu(), kernel, r.n, r.unit)?;
     let w = param(op, weight, r.n)?;
     let b = param(op, bias, r.n)?;
     let gpu = x.gpu();
     let out = Tensor::empty(gpu, op, &[r.rows, r.n], r.out_dtype)?;
     let stats = Tensor::empty(gpu, op, &[r.rows, 2], DType::F32)?;
     let params = gpu.meta_buffer(&[r.rows as u32, r.n as u32, 0, eps.to_bits(), 0, 0, 0]);
-    let vpt = vpt.unwrap_or_else(|| auto_vpt(r.n, r.unit));
+    let (entry, vpt) = match class {
+        RowKernel::Subgroup => ("forward_sg_rows", 1),
+        RowKernel::Workgroup(v) => ("forward", v),
+        RowKernel::Auto => ("forward", auto_vpt(r.n, r.unit)),
+    };
     let k = norm_kernel(
-        "forward",
+        entry,
         r.x.dtype(),
         w.as_ref().map(|t| t.dtype()),
         b.as_ref().map(|t| t.dtype()),
@@ -444,6 +533,7 @@ pub fn norm_forward(
         r.unit,
         vpt,
         rms,
+        gpu.has(wgpu::Features::SUBGROUP),
     );
     // Unchecked is safe: row < rows, units < ceil(n / unit) inside contiguous rows; w and b
     // are contiguous [n] at offset 0; stats has one (mean, rstd) per row.
@@ -457,7 +547,7 @@ pub fn norm_forward(
             bind.push((4, b.storage()?.buffer()));
         }
     }
-    gpu.dispatch(&k, &bind, r.rows as u32)?;
+    gpu.dispatch(&k, &bind, row_groups(gpu, class, r.rows))?;
     finish(out, x.dtype(), x.shape())
 }
 
@@ -490,8 +580,9 @@ fn norm_backward(
         Some(dy.dtype()),
         r.out_dtype,
         r.unit,
-        1,
+        auto_vpt(r.n, r.unit),
         rms,
+        gpu.has(wgpu::Features::SUBGROUP),
     );
     let mut bind = vec![
         (0, r.x.storage()?.buffer()),
@@ -516,7 +607,7 @@ fn norm_backward(
         });
     }
     let partials = Tensor::empty(gpu, op, &[chunks, 2, r.n], DType::F32)?;
-    let k = norm_kernel("param_grads", r.x.dtype(), None, None, Some(dy.dtype()), r.out_dtype, r.unit, 1, rms);
+    let k = norm_kernel("param_grads", r.x.dtype(), None, None, Some(dy.dtype()), r.out_dtype, r.unit, 1, rms, false);
     gpu.dispatch_3d(
         &k,
         &[
