@@ -22,6 +22,7 @@ mod dtype;
 mod error;
 mod gpu;
 pub mod ops;
+pub mod plan;
 mod profiler;
 pub mod shaders;
 mod tensor;

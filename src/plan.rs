@@ -1,0 +1,263 @@
+//! Memory planning for GPT-2-style decoder models: parameter counts and the bytes for
+//! weights, gradients, optimizer state, activations and the KV cache, under a precision
+//! policy. The first question of anyone sizing a model: "how much memory does it need?".
+//!
+//! Conventions (stated so that each figure can be checked by hand):
+//! - Parameters (tied input/output embeddings, biases everywhere, as in GPT-2):
+//!   `V·d + C·d + L·(12·d² + 13·d) + 2·d`.
+//! - Mixed precision keeps a 16-bit copy of the weights and 16-bit gradients, plus f32
+//!   master weights and f32 optimizer state (16 bytes per parameter with Adam, as in the
+//!   ZeRO paper); fp32 keeps everything in f32.
+//! - Activations saved for the backward pass, per layer and token, after Korthikanti et al.
+//!   (2022): `34·d` values in 16-bit precision plus `5·a·s` for the attention scores,
+//!   softmax and dropout mask — which flash attention does not store, leaving `34·d`. In
+//!   fp32 each value takes twice the bytes. With full activation checkpointing only each
+//!   layer's input (`d` values per token) is kept, and one layer's activations are rebuilt
+//!   at a time. The logits (`V` values per token, f32 for the loss) are counted separately.
+//! - KV cache for inference: `2·L·d` values per token.
+
+/// A GPT-2-style model shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModelConfig {
+    /// Name for reports.
+    pub name: &'static str,
+    /// Transformer blocks.
+    pub layers: usize,
+    /// Width of the residual stream.
+    pub d_model: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// Context length.
+    pub context: usize,
+}
+
+/// The GPT-2 family as Radford et al. (2019) list it (117M, 345M, 762M, 1542M; the counts
+/// with tied embeddings are 124M, 355M, 774M and 1558M).
+pub const GPT2: [ModelConfig; 4] = [
+    ModelConfig { name: "gpt2 (117M)", layers: 12, d_model: 768, heads: 12, vocab: 50257, context: 1024 },
+    ModelConfig { name: "gpt2-medium (345M)", layers: 24, d_model: 1024, heads: 16, vocab: 50257, context: 1024 },
+    ModelConfig { name: "gpt2-large (762M)", layers: 36, d_model: 1280, heads: 20, vocab: 50257, context: 1024 },
+    ModelConfig { name: "gpt2-xl (1542M)", layers: 48, d_model: 1600, heads: 25, vocab: 50257, context: 1024 },
+];
+
+/// How values are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    /// Everything in f32.
+    Fp32,
+    /// 16-bit weights, gradients and activations (f16 or bf16), f32 masters and optimizer state.
+    Mixed16,
+}
+
+impl Precision {
+    fn act_bytes(self) -> u64 {
+        match self {
+            Precision::Fp32 => 4,
+            Precision::Mixed16 => 2,
+        }
+    }
+}
+
+/// Which optimizer state is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Optimizer {
+    /// Two f32 moments per parameter.
+    Adam,
+    /// One f32 momentum buffer per parameter.
+    SgdMomentum,
+}
+
+/// Bytes by category for one training or inference setup.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Estimate {
+    pub weights: u64,
+    pub gradients: u64,
+    pub optimizer: u64,
+    /// Activations saved for backward, for the whole batch.
+    pub activations: u64,
+    /// The logits of the batch (f32), the largest single activation of a language model.
+    pub logits: u64,
+    /// The largest transient buffer beyond the saved activations: the S×S attention scores
+    /// of one layer without flash attention, else one layer's recomputed activations when
+    /// checkpointing.
+    pub working: u64,
+}
+
+impl Estimate {
+    /// Everything added up.
+    pub fn total(&self) -> u64 {
+        self.weights + self.gradients + self.optimizer + self.activations + self.logits + self.working
+    }
+}
+
+impl ModelConfig {
+    /// Parameters, with the output projection tied to the token embedding.
+    pub fn params(&self) -> u64 {
+        let (v, c, l, d) = (self.vocab as u64, self.context as u64, self.layers as u64, self.d_model as u64);
+        v * d + c * d + l * (12 * d * d + 13 * d) + 2 * d
+    }
+
+    /// Activation values saved per token per layer (see the module docs).
+    pub fn activation_values_per_token_per_layer(&self, seq: usize, flash: bool) -> u64 {
+        let d = self.d_model as u64;
+        34 * d + if flash { 0 } else { 5 * (self.heads * seq) as u64 }
+    }
+
+    /// Activation bytes per token (all layers), with or without full checkpointing.
+    pub fn activation_bytes_per_token(&self, seq: usize, p: Precision, flash: bool, checkpointing: bool) -> u64 {
+        let l = self.layers as u64;
+        if checkpointing {
+            l * self.d_model as u64 * p.act_bytes()
+        } else {
+            l * self.activation_values_per_token_per_layer(seq, flash) * p.act_bytes()
+        }
+    }
+
+    /// KV-cache bytes per token of context (all layers, K and V).
+    pub fn kv_bytes_per_token(&self, p: Precision) -> u64 {
+        2 * (self.layers * self.d_model) as u64 * p.act_bytes()
+    }
+
+    /// Training memory for `batch` sequences of `seq` tokens.
+    pub fn training(
+        &self,
+        batch: usize,
+        seq: usize,
+        p: Precision,
+        opt: Optimizer,
+        flash: bool,
+        checkpointing: bool,
+    ) -> Estimate {
+        let n = self.params();
+        let (weights, gradients) = match p {
+            Precision::Fp32 => (4 * n, 4 * n),
+            // 16-bit copy + f32 master; 16-bit gradients.
+            Precision::Mixed16 => (2 * n + 4 * n, 2 * n),
+        };
+        let optimizer = match opt {
+            Optimizer::Adam => 8 * n,
+            Optimizer::SgdMomentum => 4 * n,
+        };
+        let tokens = (batch * seq) as u64;
+        let activations = tokens * self.activation_bytes_per_token(seq, p, flash, checkpointing);
+        let logits = tokens * self.vocab as u64 * 4;
+        let scores = (batch * self.heads * seq * seq) as u64 * p.act_bytes();
+        let one_layer = tokens * self.activation_values_per_token_per_layer(seq, flash) * p.act_bytes();
+        let working = if checkpointing {
+            one_layer
+        } else if flash {
+            0
+        } else {
+            scores
+        };
+        Estimate { weights, gradients, optimizer, activations, logits, working }
+    }
+
+    /// The largest batch of `seq`-token sequences whose training fits in `memory` bytes.
+    pub fn max_batch(
+        &self,
+        memory: u64,
+        seq: usize,
+        p: Precision,
+        opt: Optimizer,
+        flash: bool,
+        checkpointing: bool,
+    ) -> usize {
+        let mut lo = 0;
+        let mut hi = 1usize;
+        while self.training(hi, seq, p, opt, flash, checkpointing).total() <= memory && hi < 1 << 30 {
+            lo = hi;
+            hi *= 2;
+        }
+        while hi - lo > 1 {
+            let mid = (lo + hi) / 2;
+            if self.training(mid, seq, p, opt, flash, checkpointing).total() <= memory {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+}
+
+/// Parses sizes like `16GB`, `24GiB`, `512MB`, `1e9` into bytes (GB = 10⁹, GiB = 2³⁰).
+pub fn parse_bytes(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num.trim().parse().ok()?;
+    let scale = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    (value >= 0.0).then(|| (value * scale) as u64)
+}
+
+/// Bytes as a short human string (GB = 10⁹).
+pub fn human(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= 1e9 {
+        format!("{:.2} GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.1} MB", b / 1e6)
+    } else if b >= 1e3 {
+        format!("{:.1} kB", b / 1e3)
+    } else {
+        format!("{bytes} B")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpt2_parameter_counts_match_the_known_totals() {
+        let counts: Vec<u64> = GPT2.iter().map(|c| c.params()).collect();
+        assert_eq!(counts, [124_439_808, 354_823_168, 774_030_080, 1_557_611_200]);
+    }
+
+    #[test]
+    fn mixed_precision_adam_is_16_bytes_per_parameter() {
+        let m = GPT2[0];
+        let e = m.training(1, 1024, Precision::Mixed16, Optimizer::Adam, true, false);
+        assert_eq!(e.weights + e.gradients + e.optimizer, 16 * m.params());
+        let s = m.training(1, 1024, Precision::Mixed16, Optimizer::SgdMomentum, true, false);
+        assert_eq!(e.optimizer - s.optimizer, 4 * m.params());
+    }
+
+    #[test]
+    fn flash_and_checkpointing_shrink_activations_and_max_batch_fits() {
+        let m = GPT2[0];
+        let full = m.training(8, 1024, Precision::Fp32, Optimizer::Adam, false, false);
+        let flash = m.training(8, 1024, Precision::Fp32, Optimizer::Adam, true, false);
+        let ckpt = m.training(8, 1024, Precision::Fp32, Optimizer::Adam, true, true);
+        assert!(full.activations > flash.activations && flash.activations > ckpt.activations);
+        // 34·d vs 34·d + 5·a·s per token per layer.
+        assert_eq!(full.activations - flash.activations, 8 * 1024 * 12 * 5 * 12 * 1024 * 4);
+        let mem = parse_bytes("16GB").unwrap();
+        let b = m.max_batch(mem, 1024, Precision::Mixed16, Optimizer::Adam, true, false);
+        assert!(b > 0);
+        assert!(m.training(b, 1024, Precision::Mixed16, Optimizer::Adam, true, false).total() <= mem);
+        assert!(m.training(b + 1, 1024, Precision::Mixed16, Optimizer::Adam, true, false).total() > mem);
+    }
+
+    #[test]
+    fn parses_sizes() {
+        assert_eq!(parse_bytes("16GB"), Some(16_000_000_000));
+        assert_eq!(parse_bytes("2 GiB"), Some(2 << 30));
+        assert_eq!(parse_bytes("512MB"), Some(512_000_000));
+        assert_eq!(parse_bytes("7"), Some(7));
+        assert_eq!(parse_bytes("lots"), None);
+    }
+}
