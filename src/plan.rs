@@ -200,7 +200,7 @@ pub fn parse_bytes(s: &str) -> Option<u64> {
         "gib" => 1024.0 * 1024.0 * 1024.0,
         _ => return None,
     };
-    (value >= 0.0).then(|| (value * scale) as u64)
+    (value >= 0.0).then_some((value * scale) as u64)
 }
 
 /// Bytes as a short human string (GB = 10⁹).
