@@ -3,7 +3,10 @@
 
 use crate::DType;
 
-/// Everything that can go wrong in wgkernels.
+/// Everything that can go wrong in wgkernels. In the variants that have them, `op` names the
+/// operation that refused its input (`"matmul"`, `"softmax mask"`, ...), `lhs`/`rhs` or
+/// `shape` the offending shapes or dtypes, and `msg` what was expected.
+#[allow(missing_docs)] // the fields are described above
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// No adapter could be found on any backend that was tried.

@@ -72,8 +72,11 @@ pub enum Optimizer {
 /// Bytes by category for one training or inference setup.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Estimate {
+    /// Weights (with f32 masters under mixed precision).
     pub weights: u64,
+    /// Gradients.
     pub gradients: u64,
+    /// Optimizer state.
     pub optimizer: u64,
     /// Activations saved for backward, for the whole batch.
     pub activations: u64,

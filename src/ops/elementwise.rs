@@ -16,11 +16,17 @@ const UNROLL: usize = 4;
 /// Binary element-wise ops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BinaryOp {
+    /// x + y
     Add,
+    /// x − y
     Sub,
+    /// x · y
     Mul,
+    /// x / y
     Div,
+    /// max(x, y)
     Maximum,
+    /// min(x, y)
     Minimum,
 }
 
@@ -69,6 +75,7 @@ impl BinaryOp {
 /// Unary maps. `Copy` with another output dtype is a cast.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum UnaryOp {
+    /// The value itself (a copy, or a cast when the output dtype differs).
     Copy,
 }
 

@@ -21,8 +21,10 @@ use crate::{DType, Gpu};
 /// Activation applied in the matmul's epilogue, after the bias.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Activation {
+    /// No activation.
     #[default]
     None,
+    /// max(x, 0).
     Relu,
     /// x·Φ(x) with the erf form of Φ (PyTorch's default `gelu`).
     Gelu,
@@ -104,6 +106,7 @@ fn erf_f64(x: f64) -> f64 {
 /// per invocation ((BM/TM)·(BN/TN) invocations); `vec4` selects the `tiled_v4` entry
 /// (contiguous per-invocation blocks, vec4 workgroup loads).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[allow(missing_docs)] // the fields are the tile sizes the struct's doc names
 pub struct TileConfig {
     pub bm: u32,
     pub bn: u32,
@@ -117,6 +120,7 @@ pub struct TileConfig {
 /// K-steps of BK (a multiple of 16); `prefetch` loads the next K-step into registers
 /// during this one's MMAs (taken only where both operands stage 8 halves at a time).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[allow(missing_docs)] // the fields are the sizes the struct's doc names
 pub struct CoopConfig {
     pub sg_m: u32,
     pub sg_n: u32,
@@ -138,8 +142,11 @@ impl CoopConfig {
 /// Which kernel runs a matmul.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MatmulPath {
+    /// Register-blocked tiles (`shaders/matmul.wgsl`: `tiled`, `tiled_v4`).
     Tiled(TileConfig),
+    /// Few rows (M ≤ 8): `shaders/matmul.wgsl`: `thin`.
     Thin,
+    /// Tensor cores through cooperative matrices (`shaders/matmul_coop.wgsl`).
     Coop(CoopConfig),
 }
 
