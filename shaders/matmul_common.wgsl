@@ -23,13 +23,6 @@ fn load_bias(e: u32) -> f32 {
     {{LOAD_BIAS}}
 }
 
-fn gelu_tanh(x: f32) -> f32 {
-    // 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), written with exp so large |x| cannot
-    // produce inf/inf: tanh(u) = 1 - 2/(exp(2u) + 1).
-    let u = 0.7978845608 * (x + 0.044715 * x * x * x);
-    return x * (1.0 - 1.0 / (exp(2.0 * u) + 1.0));
-}
-
 fn epilogue(acc: f32, n: u32) -> f32 {
     var v = acc;
     {{EPILOGUE}}

@@ -28,8 +28,9 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::gpu::{lock, Gpu};
 
-/// Conversions for the packed 16-bit dtypes, prepended to every module.
-const DTYPE_PRELUDE: &str = include_str!("../shaders/dtype.wgsl");
+/// Conversions for the packed 16-bit dtypes and the shared activations, prepended to every
+/// module.
+const DTYPE_PRELUDE: &str = concat!(include_str!("../shaders/dtype.wgsl"), "\n", include_str!("../shaders/math.wgsl"));
 
 /// The kernel families, one .wgsl file each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

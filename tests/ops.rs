@@ -2,7 +2,7 @@
 
 mod common;
 use common::*;
-use wgkernels::ops::elementwise::BinaryOp;
+use wgkernels::ops::elementwise::{BinaryOp, UnaryOp};
 use wgkernels::{DType, Tensor};
 
 /// Broadcast pairs with odd sizes that do not divide the 256-wide workgroup.
@@ -39,11 +39,15 @@ fn binary_ops_broadcast_every_dtype() {
             let bv = rounded(&shifted, dtype);
             let b = Tensor::from_f32(&gpu, &shifted, bsh, dtype).unwrap();
             let out_shape = wgkernels::ops::elementwise::broadcast_shapes("test", ash, bsh).unwrap();
+            // pow is undefined for negative bases on GPUs: give it |a|.
+            let a_abs = a.abs().unwrap();
+            let av_abs: Vec<f64> = av.iter().map(|x| x.abs()).collect();
             for op in BinaryOp::ALL {
-                let got = wgkernels::ops::elementwise::binary(&a, &b, op).unwrap();
+                let (a, av) = if op == BinaryOp::Pow { (&a_abs, &av_abs) } else { (&a, &av) };
+                let got = wgkernels::ops::elementwise::binary(a, &b, op).unwrap();
                 assert_eq!(got.shape(), &out_shape[..]);
                 assert_eq!(got.dtype(), dtype);
-                let want = broadcast_ref(op, &av, ash, &bv, bsh, &out_shape);
+                let want = broadcast_ref(op, av, ash, &bv, bsh, &out_shape);
                 assert_close(
                     &format!("{op:?} {ash:?}x{bsh:?} {dtype:?}"),
                     &got.to_vec_f32().unwrap(),
@@ -176,4 +180,39 @@ fn sum_over_each_dim() {
             }
         }
     }
+}
+
+#[test]
+fn unary_ops_every_dtype() {
+    let gpu = gpu();
+    for dtype in DType::ALL {
+        let (atol, rtol) = tol(dtype);
+        // Odd length, values in [-2, 2) plus extremes that must not give NaN.
+        let mut v = random_vec(1001, 21);
+        v.extend_from_slice(&[0.0, 30.0, -30.0, 95.0, -95.0]);
+        for op in UnaryOp::ALL {
+            // Keep the inputs inside each op's domain, and exp's output inside f16's range.
+            let vals: Vec<f32> = v
+                .iter()
+                .map(|&x| match op {
+                    UnaryOp::Log | UnaryOp::Sqrt | UnaryOp::Rsqrt | UnaryOp::Recip => x.abs().min(8.0) + 0.5,
+                    UnaryOp::Exp | UnaryOp::Square | UnaryOp::Sin | UnaryOp::Cos => x.clamp(-8.0, 8.0),
+                    _ => x,
+                })
+                .collect();
+            let x = Tensor::from_f32(&gpu, &vals, &[vals.len()], dtype).unwrap();
+            let xv = rounded(&vals, dtype);
+            let got = wgkernels::ops::elementwise::map(&x, op, dtype).unwrap();
+            let want: Vec<f64> = xv.iter().map(|&x| op.apply_f64(x)).collect();
+            // GPU transcendentals are allowed a few ulp; the activations use a 1.5e-7 erf.
+            let (atol, rtol) = if dtype == DType::F32 { (atol * 2.0, rtol * 4.0) } else { (atol, rtol) };
+            assert_close(&format!("{op:?} {dtype:?}"), &got.to_vec_f32().unwrap(), &want, atol, rtol);
+        }
+    }
+    // The method spelling is the same op.
+    let (x, xv) = random_tensor(&gpu, &[7, 3], DType::F32, 5);
+    let want: Vec<f64> = xv.iter().map(|&v| UnaryOp::GeluTanh.apply_f64(v)).collect();
+    assert_close("gelu_tanh()", &x.gelu_tanh().unwrap().to_vec_f32().unwrap(), &want, 2e-5, 4e-5);
+    let gt = x.gt(&Tensor::zeros(&gpu, &[1], DType::F32).unwrap()).unwrap().to_vec_f32().unwrap();
+    assert!(gt.iter().zip(&xv).all(|(&g, &v)| g == if v > 0.0 { 1.0 } else { 0.0 }));
 }

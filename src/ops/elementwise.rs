@@ -28,6 +28,18 @@ pub enum BinaryOp {
     Maximum,
     /// min(x, y)
     Minimum,
+    /// x^y (WGSL `pow`: undefined for x < 0, as in most GPU languages)
+    Pow,
+    /// 1 where x > y, else 0
+    Gt,
+    /// 1 where x < y, else 0
+    Lt,
+    /// 1 where x ≥ y, else 0
+    Ge,
+    /// 1 where x ≤ y, else 0
+    Le,
+    /// 1 where x = y, else 0
+    Eq,
 }
 
 impl BinaryOp {
@@ -44,6 +56,12 @@ impl BinaryOp {
             BinaryOp::Div => "div",
             BinaryOp::Maximum => "maximum",
             BinaryOp::Minimum => "minimum",
+            BinaryOp::Pow => "pow",
+            BinaryOp::Gt => "gt",
+            BinaryOp::Lt => "lt",
+            BinaryOp::Ge => "ge",
+            BinaryOp::Le => "le",
+            BinaryOp::Eq => "eq",
         }
     }
 
@@ -56,6 +74,12 @@ impl BinaryOp {
             BinaryOp::Div => "x / y",
             BinaryOp::Maximum => "max(x, y)",
             BinaryOp::Minimum => "min(x, y)",
+            BinaryOp::Pow => "pow(x, y)",
+            BinaryOp::Gt => "select(0.0, 1.0, x > y)",
+            BinaryOp::Lt => "select(0.0, 1.0, x < y)",
+            BinaryOp::Ge => "select(0.0, 1.0, x >= y)",
+            BinaryOp::Le => "select(0.0, 1.0, x <= y)",
+            BinaryOp::Eq => "select(0.0, 1.0, x == y)",
         }
     }
 
@@ -68,15 +92,146 @@ impl BinaryOp {
             BinaryOp::Div => x / y,
             BinaryOp::Maximum => x.max(y),
             BinaryOp::Minimum => x.min(y),
+            BinaryOp::Pow => x.powf(y),
+            BinaryOp::Gt => (x > y) as u8 as f64,
+            BinaryOp::Lt => (x < y) as u8 as f64,
+            BinaryOp::Ge => (x >= y) as u8 as f64,
+            BinaryOp::Le => (x <= y) as u8 as f64,
+            BinaryOp::Eq => (x == y) as u8 as f64,
         }
     }
 }
 
-/// Unary maps. `Copy` with another output dtype is a cast.
+/// Unary maps, computed in f32. `Copy` with another output dtype is a cast.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum UnaryOp {
     /// The value itself (a copy, or a cast when the output dtype differs).
     Copy,
+    /// −x
+    Neg,
+    /// |x|
+    Abs,
+    /// eˣ
+    Exp,
+    /// ln x
+    Log,
+    /// √x
+    Sqrt,
+    /// 1/√x
+    Rsqrt,
+    /// 1/x
+    Recip,
+    /// sin x
+    Sin,
+    /// cos x
+    Cos,
+    /// tanh x (through exp of −2|x|: ±1 for large |x|, never NaN)
+    Tanh,
+    /// 1/(1 + e⁻ˣ)
+    Sigmoid,
+    /// max(x, 0)
+    Relu,
+    /// x·Φ(x), erf form (PyTorch's default)
+    Gelu,
+    /// the tanh approximation of gelu (GPT-2's)
+    GeluTanh,
+    /// x·sigmoid(x)
+    Silu,
+    /// x²
+    Square,
+}
+
+impl UnaryOp {
+    /// Every unary op, for tests and the portability check.
+    pub const ALL: [UnaryOp; 17] = [
+        UnaryOp::Copy,
+        UnaryOp::Neg,
+        UnaryOp::Abs,
+        UnaryOp::Exp,
+        UnaryOp::Log,
+        UnaryOp::Sqrt,
+        UnaryOp::Rsqrt,
+        UnaryOp::Recip,
+        UnaryOp::Sin,
+        UnaryOp::Cos,
+        UnaryOp::Tanh,
+        UnaryOp::Sigmoid,
+        UnaryOp::Relu,
+        UnaryOp::Gelu,
+        UnaryOp::GeluTanh,
+        UnaryOp::Silu,
+        UnaryOp::Square,
+    ];
+
+    /// The op's name in errors and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            UnaryOp::Copy => "copy",
+            UnaryOp::Neg => "neg",
+            UnaryOp::Abs => "abs",
+            UnaryOp::Exp => "exp",
+            UnaryOp::Log => "log",
+            UnaryOp::Sqrt => "sqrt",
+            UnaryOp::Rsqrt => "rsqrt",
+            UnaryOp::Recip => "recip",
+            UnaryOp::Sin => "sin",
+            UnaryOp::Cos => "cos",
+            UnaryOp::Tanh => "tanh",
+            UnaryOp::Sigmoid => "sigmoid",
+            UnaryOp::Relu => "relu",
+            UnaryOp::Gelu => "gelu",
+            UnaryOp::GeluTanh => "gelu_tanh",
+            UnaryOp::Silu => "silu",
+            UnaryOp::Square => "square",
+        }
+    }
+
+    /// WGSL expression over `x` (helpers from shaders/math.wgsl).
+    fn wgsl(self) -> &'static str {
+        match self {
+            UnaryOp::Copy => "x",
+            UnaryOp::Neg => "-x",
+            UnaryOp::Abs => "abs(x)",
+            UnaryOp::Exp => "exp(x)",
+            UnaryOp::Log => "log(x)",
+            UnaryOp::Sqrt => "sqrt(x)",
+            UnaryOp::Rsqrt => "inverseSqrt(x)",
+            UnaryOp::Recip => "1.0 / x",
+            UnaryOp::Sin => "sin(x)",
+            UnaryOp::Cos => "cos(x)",
+            UnaryOp::Tanh => "tanh_stable(x)",
+            UnaryOp::Sigmoid => "sigmoid(x)",
+            UnaryOp::Relu => "max(x, 0.0)",
+            UnaryOp::Gelu => "gelu_erf(x)",
+            UnaryOp::GeluTanh => "gelu_tanh(x)",
+            UnaryOp::Silu => "x * sigmoid(x)",
+            UnaryOp::Square => "x * x",
+        }
+    }
+
+    /// The same op in f64, for CPU references.
+    pub fn apply_f64(self, x: f64) -> f64 {
+        use crate::ops::matmul::Activation;
+        match self {
+            UnaryOp::Copy => x,
+            UnaryOp::Neg => -x,
+            UnaryOp::Abs => x.abs(),
+            UnaryOp::Exp => x.exp(),
+            UnaryOp::Log => x.ln(),
+            UnaryOp::Sqrt => x.sqrt(),
+            UnaryOp::Rsqrt => 1.0 / x.sqrt(),
+            UnaryOp::Recip => 1.0 / x,
+            UnaryOp::Sin => x.sin(),
+            UnaryOp::Cos => x.cos(),
+            UnaryOp::Tanh => x.tanh(),
+            UnaryOp::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+            UnaryOp::Relu => Activation::Relu.apply_f64(x),
+            UnaryOp::Gelu => Activation::Gelu.apply_f64(x),
+            UnaryOp::GeluTanh => Activation::GeluTanh.apply_f64(x),
+            UnaryOp::Silu => Activation::Silu.apply_f64(x),
+            UnaryOp::Square => x * x,
+        }
+    }
 }
 
 /// NumPy broadcasting of two shapes.
@@ -165,6 +320,9 @@ pub fn all_kernels() -> Vec<Kernel> {
                 all.push(kernel((a, ac), None, "x", out));
             }
         }
+        for op in UnaryOp::ALL {
+            all.push(kernel((out, true), None, op.wgsl(), out));
+        }
         for op in BinaryOp::ALL {
             for ac in [false, true] {
                 for bc in [false, true] {
@@ -251,9 +409,12 @@ pub fn binary(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
 
 /// `op(x)` into a new contiguous tensor of `out_dtype` (a copy, or a cast when the dtype changes).
 pub fn map(x: &Tensor, op: UnaryOp, out_dtype: DType) -> Result<Tensor> {
-    let UnaryOp::Copy = op;
-    let name = if out_dtype == x.dtype() { "contiguous" } else { "to_dtype" };
-    launch(name, &[x], x.shape(), out_dtype, "x")
+    let name = match op {
+        UnaryOp::Copy if out_dtype == x.dtype() => "contiguous",
+        UnaryOp::Copy => "to_dtype",
+        op => op.name(),
+    };
+    launch(name, &[x], x.shape(), out_dtype, op.wgsl())
 }
 
 macro_rules! binary_methods {
@@ -283,6 +444,40 @@ binary_methods! {
     mul => Mul, Mul::mul;
     div => Div, Div::div;
 }
+
+macro_rules! unary_methods {
+    ($($method:ident => $op:ident),* $(,)?) => {
+        impl Tensor {
+            $(
+                #[doc = concat!("Element-wise `", stringify!($method), "` (see [`UnaryOp::", stringify!($op), "`]), computed in f32, same dtype out.")]
+                pub fn $method(&self) -> Result<Tensor> {
+                    map(self, UnaryOp::$op, self.dtype())
+                }
+            )*
+        }
+    };
+}
+
+unary_methods! {
+    neg => Neg, abs => Abs, exp => Exp, log => Log, sqrt => Sqrt, rsqrt => Rsqrt, recip => Recip,
+    sin => Sin, cos => Cos, tanh => Tanh, sigmoid => Sigmoid, relu => Relu, gelu => Gelu,
+    gelu_tanh => GeluTanh, silu => Silu, square => Square,
+}
+
+macro_rules! binary_only_methods {
+    ($($method:ident => $op:ident),* $(,)?) => {
+        impl Tensor {
+            $(
+                #[doc = concat!("Element-wise `", stringify!($method), "` with broadcasting (see [`BinaryOp::", stringify!($op), "`]); comparisons give 1.0 or 0.0 in the inputs' dtype.")]
+                pub fn $method(&self, other: &Tensor) -> Result<Tensor> {
+                    binary(self, other, BinaryOp::$op)
+                }
+            )*
+        }
+    };
+}
+
+binary_only_methods! { pow => Pow, gt => Gt, lt => Lt, ge => Ge, le => Le, eq => Eq }
 
 impl Tensor {
     /// Element-wise maximum with broadcasting (NaN handling follows the backend's `max`).

@@ -43,13 +43,9 @@ impl Activation {
         match self {
             Activation::None => "",
             Activation::Relu => "v = max(v, 0.0);",
-            // erf by Abramowitz–Stegun 7.1.26 (|error| < 1.5e-7), odd-extended.
-            Activation::Gelu => {
-                "let z = abs(v) * 0.7071067811865476;\n    let t = 1.0 / (1.0 + 0.3275911 * z);\n    let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));\n    let erf_abs = 1.0 - poly * exp(-z * z);\n    v = 0.5 * v * (1.0 + sign(v) * erf_abs);"
-            }
+            Activation::Gelu => "v = gelu_erf(v);",
             Activation::GeluTanh => "v = gelu_tanh(v);",
-            // exp(-v) overflows to inf for v < -88: v / inf = -0, the right limit.
-            Activation::Silu => "v = v / (1.0 + exp(-v));",
+            Activation::Silu => "v = v * sigmoid(v);",
         }
     }
 
@@ -68,7 +64,7 @@ impl Activation {
 }
 
 /// erf in f64 (series for small |x|, continued fraction tail), accurate to ~1e-15.
-fn erf_f64(x: f64) -> f64 {
+pub(crate) fn erf_f64(x: f64) -> f64 {
     let a = x.abs();
     let r = if a < 3.0 {
         // Maclaurin series: 2/√π Σ (-1)^n x^(2n+1) / (n! (2n+1)).
