@@ -172,7 +172,6 @@ fn measured() -> wgkernels::Result<()> {
     println!("loss {:.3} (random weights; ln({}) = {:.3})", loss.to_vec_f32()?[0], cfg.vocab, (cfg.vocab as f32).ln());
 
     // SGD with momentum on random gradients: one state tensor per parameter.
-    let before_opt = gpu.memory().live_bytes;
     let params: Vec<&Tensor> = layers.iter().flatten().chain([&wte, &wpe, &ln_f.0, &ln_f.1]).collect();
     let mut momentum = Vec::new();
     let beta = Tensor::full(&gpu, &[1], 0.9, DType::F32)?;
@@ -185,7 +184,6 @@ fn measured() -> wgkernels::Result<()> {
     }
     gpu.synchronize()?;
     let opt_measured: u64 = momentum.iter().map(|m| (m.numel() * 4) as u64).sum();
-    let _ = before_opt;
 
     let est = cfg.training(batch, seq, Precision::Fp32, Optimizer::SgdMomentum, false, false);
     println!("{:<34} {:>12} {:>12}", "", "estimate", "measured");

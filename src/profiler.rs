@@ -158,27 +158,27 @@ impl Drop for Profiler {
 impl Gpu {
     /// While profiling with timestamps: the query set and the first of the two query
     /// indices for the next dispatch. In wall-clock mode, syncs and starts the clock.
-    pub(crate) fn profiler_slot(&self, label: &str) -> Option<(wgpu::QuerySet, u32)> {
+    pub(crate) fn profiler_slot(&self, label: &str) -> Result<Option<(wgpu::QuerySet, u32)>> {
         let mut slot = lock(&self.inner.profiler);
-        let state = slot.as_mut()?;
+        let Some(state) = slot.as_mut() else { return Ok(None) };
         match &state.queries {
             Some(qs) => {
                 let i = state.labels.len() as u32;
                 if i >= MAX_TIMED_DISPATCHES {
                     state.untimed += 1;
-                    return None;
+                    return Ok(None);
                 }
                 state.labels.push(label.to_string());
-                Some((qs.clone(), 2 * i))
+                Ok(Some((qs.clone(), 2 * i)))
             }
             None => {
                 drop(slot);
                 // Wall clock: everything before this dispatch must be finished first.
-                let _ = self.synchronize();
+                self.synchronize()?;
                 if let Some(state) = lock(&self.inner.profiler).as_mut() {
                     state.wall_start = Some(Instant::now());
                 }
-                None
+                Ok(None)
             }
         }
     }

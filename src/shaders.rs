@@ -257,7 +257,7 @@ impl Gpu {
             entries: &entries,
         });
         let label = kernel.label();
-        let timestamps = self.profiler_slot(&label);
+        let timestamps = self.profiler_slot(&label)?;
         self.record(|enc| {
             let timestamp_writes = timestamps.as_ref().map(|(qs, i)| wgpu::ComputePassTimestampWrites {
                 query_set: qs,

@@ -6,7 +6,7 @@
 use naga::back::{glsl, hlsl, msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 
-fn translate(label: &str, wgsl: &str, entry: &str, constants: &[(&str, f64)]) -> Result<(), String> {
+fn translate(wgsl: &str, entry: &str, constants: &[(&str, f64)]) -> Result<(), String> {
     let module = naga::front::wgsl::parse_str(wgsl).map_err(|e| format!("parse: {}", e.emit_to_string(wgsl)))?;
     let mut validator = Validator::new(ValidationFlags::all(), Capabilities::all());
     let info = validator.validate(&module).map_err(|e| format!("validate: {}", e.emit_to_string(wgsl)))?;
@@ -56,7 +56,6 @@ fn translate(label: &str, wgsl: &str, entry: &str, constants: &[(&str, f64)]) ->
         .map_err(|e| format!("glsl: {e}"))?
         .write()
         .map_err(|e| format!("glsl: {e}"))?;
-    let _ = label;
     Ok(())
 }
 
@@ -75,7 +74,7 @@ fn every_specialisation_translates_to_every_backend() {
             ));
             continue;
         }
-        if let Err(e) = translate(&k.label(), &wgsl, k.entry, &k.constants()) {
+        if let Err(e) = translate(&wgsl, k.entry, &k.constants()) {
             failures.push(format!("{} (#{i} of all_kernels()): {e}", k.label()));
         }
     }
