@@ -62,6 +62,14 @@ fn torch_rates(path: &str) -> Vec<(String, String, String, String, f64)> {
         .collect()
 }
 
+/// Realises every tensor given (pending element-wise results are computed when timed).
+fn realize_all(ts: &[Option<Tensor>]) -> wgkernels::Result<()> {
+    for t in ts.iter().flatten() {
+        t.realize()?;
+    }
+    Ok(())
+}
+
 /// Three significant digits, without exponent: 0.0123, 1.23, 123, 12300.
 fn sig3(x: f64) -> String {
     let decimals = if x >= 100.0 {
@@ -103,7 +111,7 @@ fn main() -> wgkernels::Result<()> {
                 // copy: (n - 1)·4 bytes read + as many written.
                 let x = Tensor::randn(&gpu, &[n], DType::F32, 1)?;
                 let view = x.narrow(0, 1, n - 1)?;
-                let t = measure(&gpu, 2, reps, || view.contiguous().map(drop))?;
+                let t = measure(&gpu, 2, reps, || view.contiguous().and_then(|t| t.realize().map(drop)))?;
                 let key = (n == 1 << 28).then(|| ("copy".into(), "256M".into(), "f32".into(), "torch".into()));
                 rows.push(Row {
                     bench: "copy",
@@ -117,7 +125,7 @@ fn main() -> wgkernels::Result<()> {
                     torch_key: key,
                 });
                 let y = Tensor::randn(&gpu, &[n], DType::F32, 2)?;
-                let t = measure(&gpu, 2, reps, || x.add(&y).map(drop))?;
+                let t = measure(&gpu, 2, reps, || x.add(&y).and_then(|t| t.realize().map(drop)))?;
                 rows.push(Row {
                     bench: "add",
                     size: format!("{}M", n >> 20),
@@ -152,7 +160,8 @@ fn main() -> wgkernels::Result<()> {
                     };
                     for p in paths {
                         let opts = MatmulOptions { path: p, ..Default::default() };
-                        let t = measure(&gpu, 2, reps, || a.matmul_with(&b, &opts).map(drop))?;
+                        let t =
+                            measure(&gpu, 2, reps, || a.matmul_with(&b, &opts).and_then(|t| t.realize().map(drop)))?;
                         let torch_variant = if dtype == DType::F32 { "cublas-fp32" } else { "cublas" };
                         rows.push(Row {
                             bench: "matmul",
@@ -173,7 +182,8 @@ fn main() -> wgkernels::Result<()> {
                     }
                     if dtype == DType::F32 && wgkernels::ops::matmul::coop_available(&gpu, DType::F32, true) {
                         let opts = MatmulOptions { allow_reduced_precision: true, ..Default::default() };
-                        let t = measure(&gpu, 2, reps, || a.matmul_with(&b, &opts).map(drop))?;
+                        let t =
+                            measure(&gpu, 2, reps, || a.matmul_with(&b, &opts).and_then(|t| t.realize().map(drop)))?;
                         rows.push(Row {
                             bench: "matmul",
                             size: n.to_string(),
@@ -199,7 +209,7 @@ fn main() -> wgkernels::Result<()> {
                 Box::new(move |rows: &mut Vec<Row>| {
                     let a = Tensor::randn(&gpu, &[m, k], dtype, 3)?;
                     let b = Tensor::randn(&gpu, &[k, n], dtype, 4)?;
-                    let t = measure(&gpu, 2, reps, || a.matmul(&b).map(drop))?;
+                    let t = measure(&gpu, 2, reps, || a.matmul(&b).and_then(|t| t.realize().map(drop)))?;
                     let torch_variant = if dtype == DType::F32 { "cublas-fp32" } else { "cublas" };
                     let key =
                         Some(("matmul".into(), format!("{m}x{k}x{n}"), dtype.name().into(), torch_variant.into()));
@@ -250,11 +260,11 @@ fn main() -> wgkernels::Result<()> {
                 for (r, n) in [(4096 / scale, 4096), (16384 / scale, 4096)] {
                     let x = Tensor::randn(&gpu, &[r, n], dtype, 1)?;
                     let bytes = 2.0 * (r * n) as f64 * esize;
-                    let t = measure(&gpu, 2, reps, || x.softmax(-1).map(drop))?;
+                    let t = measure(&gpu, 2, reps, || x.softmax(-1).and_then(|t| t.realize().map(drop)))?;
                     push("softmax", format!("{r}x{n}"), t, bytes, "registers");
                     let y = x.softmax(-1)?;
                     let dy = Tensor::randn(&gpu, &[r, n], dtype, 2)?;
-                    let t = measure(&gpu, 2, reps, || y.softmax_backward(&dy).map(drop))?;
+                    let t = measure(&gpu, 2, reps, || y.softmax_backward(&dy).and_then(|t| t.realize().map(drop)))?;
                     push("softmax_backward", format!("{r}x{n}"), t, 1.5 * bytes, "two passes");
                 }
                 let (r, n) = (8192 / scale, 4096);
@@ -264,18 +274,26 @@ fn main() -> wgkernels::Result<()> {
                 let dy = Tensor::randn(&gpu, &[r, n], dtype, 6)?;
                 let bytes = 2.0 * (r * n) as f64 * esize;
                 let size = format!("{r}x{n}");
-                let t = measure(&gpu, 2, reps, || x.layer_norm(Some(&w), Some(&b), 1e-5).map(drop))?;
+                let t = measure(&gpu, 2, reps, || {
+                    x.layer_norm(Some(&w), Some(&b), 1e-5).and_then(|t| t.realize().map(drop))
+                })?;
                 push("layernorm", size.clone(), t, bytes, "registers, shifted sums");
-                let t = measure(&gpu, 2, reps, || x.layer_norm_backward(Some(&w), &dy, 1e-5).map(drop))?;
+                let t = measure(&gpu, 2, reps, || {
+                    x.layer_norm_backward(Some(&w), &dy, 1e-5).and_then(|(dx, dw, db)| realize_all(&[Some(dx), dw, db]))
+                })?;
                 push("layernorm_backward", size.clone(), t, 1.5 * bytes, "dx + partial dw, db");
-                let t = measure(&gpu, 2, reps, || x.rms_norm(Some(&w), 1e-5).map(drop))?;
+                let t = measure(&gpu, 2, reps, || x.rms_norm(Some(&w), 1e-5).and_then(|t| t.realize().map(drop)))?;
                 push("rmsnorm", size.clone(), t, bytes, "registers");
-                let t = measure(&gpu, 2, reps, || x.rms_norm_backward(Some(&w), &dy, 1e-5).map(drop))?;
+                let t = measure(&gpu, 2, reps, || {
+                    x.rms_norm_backward(Some(&w), &dy, 1e-5).and_then(|(dx, dw)| realize_all(&[Some(dx), dw]))
+                })?;
                 push("rmsnorm_backward", size, t, 1.5 * bytes, "dx + partial dw");
                 let (r, v) = (8192 / scale, 50257);
                 let logits = Tensor::randn(&gpu, &[r, v], dtype, 7)?;
                 let targets: Vec<u32> = (0..r).map(|i| ((i * 7919) % v) as u32).collect();
-                let t = measure(&gpu, 2, reps, || logits.cross_entropy(&targets).map(drop))?;
+                let t = measure(&gpu, 2, reps, || {
+                    logits.cross_entropy(&targets).and_then(|(l, d)| l.realize().and(d.realize()).map(drop))
+                })?;
                 push("cross_entropy", format!("{r}x{v}"), t, 2.0 * (r * v) as f64 * esize, "loss + dlogits, streaming");
                 Ok(())
             }),

@@ -3,8 +3,8 @@
 //! timed per kernel with the profiler, fused against unfused, and checked against each other.
 //!
 //! Fused: bias and GELU in the matmul epilogues, attention scale and causal mask inside the
-//! softmax kernel. Unfused: the same function from separate kernels (bias add, GELU, scale,
-//! additive mask). Attention is the naive path (S×S scores in memory); flash attention is a
+//! softmax kernel, remaining element-wise chains through the fusion JIT. Unfused: the same
+//! function from separate kernels (bias add, GELU, scale, additive mask), fusion off. Attention is the naive path (S×S scores in memory); flash attention is a
 //! separate issue.
 //!
 //!     cargo run --release --example gpt2_block [-- --batch 8 --seq 1024]
@@ -109,11 +109,14 @@ fn main() -> Result<()> {
     let xv = x.to_vec_f32()?;
     let mut outputs = Vec::new();
     for fused in [true, false] {
-        block.forward(&x, batch, seq, fused, &mask)?; // warm-up: pipelines, autotuning, pool
+        // Unfused means one kernel per op: the element-wise fusion JIT is off too.
+        gpu.set_fusion(fused);
+        block.forward(&x, batch, seq, fused, &mask)?.realize()?; // warm-up: pipelines, autotuning, pool
         gpu.synchronize()?;
         let before = gpu.stats().dispatches;
         let profile = Profiler::start(&gpu)?;
         let y = block.forward(&x, batch, seq, fused, &mask)?;
+        y.realize()?;
         let report = profile.finish()?;
         let dispatches = gpu.stats().dispatches - before;
         println!("\n{} ({dispatches} commands):\n{report}", if fused { "fused" } else { "unfused" });

@@ -179,7 +179,8 @@ fn measured() -> wgkernels::Result<()> {
     for p in &params {
         let g = Tensor::randn(&gpu, p.shape(), DType::F32, 99)?;
         let m = Tensor::zeros(&gpu, p.shape(), DType::F32)?.mul(&beta)?.add(&g)?;
-        let _updated = p.sub(&m.mul(&lr)?)?;
+        m.realize()?;
+        p.sub(&m.mul(&lr)?)?.realize()?;
         momentum.push(m);
     }
     gpu.synchronize()?;

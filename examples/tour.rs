@@ -65,7 +65,7 @@ fn main() -> wgkernels::Result<()> {
         // add: read 2, write 1.
         let z = x.add(&y)?;
         let (ok, msg) = check(&z.to_vec_f32()?, |i| xs[i] as f64 + ys[i] as f64, dtype, 4096);
-        let t = measure(&gpu, 2, reps, || x.add(&y).map(drop))?;
+        let t = measure(&gpu, 2, reps, || x.add(&y).and_then(|t| t.realize().map(drop)))?;
         if !ok {
             failed.push(format!("add {dtype:?}"));
         }
@@ -86,7 +86,7 @@ fn main() -> wgkernels::Result<()> {
         let bs = bias.to_vec_f32()?;
         let z = m.add(&bias)?;
         let (ok, msg) = check(&z.to_vec_f32()?, |i| xs[i] as f64 + bs[i % cols] as f64, dtype, 4096);
-        let t = measure(&gpu, 2, reps, || m.add(&bias).map(drop))?;
+        let t = measure(&gpu, 2, reps, || m.add(&bias).and_then(|t| t.realize().map(drop)))?;
         if !ok {
             failed.push(format!("bias add {dtype:?}"));
         }
@@ -105,7 +105,7 @@ fn main() -> wgkernels::Result<()> {
         let c = tr.contiguous()?;
         let rows_m = n / cols;
         let (ok, msg) = check(&c.to_vec_f32()?, |i| xs[(i % rows_m) * cols + i / rows_m] as f64, dtype, 4096);
-        let t = measure(&gpu, 2, reps, || tr.contiguous().map(drop))?;
+        let t = measure(&gpu, 2, reps, || tr.contiguous().and_then(|t| t.realize().map(drop)))?;
         if !ok {
             failed.push(format!("transpose {dtype:?}"));
         }
@@ -123,7 +123,7 @@ fn main() -> wgkernels::Result<()> {
         let s = m.sum(-1)?;
         let sv = s.to_vec_f32()?;
         let (ok, msg) = check(&sv, |r| (0..cols).map(|j| xs[r * cols + j] as f64).sum(), dtype, 256);
-        let t = measure(&gpu, 2, reps, || m.sum(-1).map(drop))?;
+        let t = measure(&gpu, 2, reps, || m.sum(-1).and_then(|t| t.realize().map(drop)))?;
         if !ok {
             failed.push(format!("sum {dtype:?}"));
         }
@@ -146,7 +146,7 @@ fn main() -> wgkernels::Result<()> {
         };
         let c = x.to_dtype(to)?;
         let (ok, msg) = check(&c.to_vec_f32()?, |i| xs[i] as f64, to, 4096);
-        let t = measure(&gpu, 2, reps, || x.to_dtype(to).map(drop))?;
+        let t = measure(&gpu, 2, reps, || x.to_dtype(to).and_then(|t| t.realize().map(drop)))?;
         if !ok {
             failed.push(format!("cast {dtype:?}->{to:?}"));
         }
@@ -161,6 +161,39 @@ fn main() -> wgkernels::Result<()> {
         });
     }
 
+    // The fusion benchmark's chain, gelu(x·a + b)·c + x: one generated kernel vs one per op.
+    {
+        let t = |seed| Tensor::randn(&gpu, &[n], DType::F32, seed);
+        let (x, a, b, c) = (t(21)?, t(22)?, t(23)?, t(24)?);
+        let chain = || x.mul(&a)?.add(&b)?.gelu_tanh()?.mul(&c)?.add(&x);
+        let (xs, as_, bs, cs) = (x.to_vec_f32()?, a.to_vec_f32()?, b.to_vec_f32()?, c.to_vec_f32()?);
+        let want = |i: usize| {
+            let v = xs[i] as f64 * as_[i] as f64 + bs[i] as f64;
+            let g = 0.5 * v * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v)).tanh());
+            g * cs[i] as f64 + xs[i] as f64
+        };
+        let fusion_was = gpu.fusion();
+        for fused in [true, false] {
+            gpu.set_fusion(fused);
+            let (ok, msg) = check(&chain()?.to_vec_f32()?, want, DType::F32, 4096);
+            let tm = measure(&gpu, 2, reps, || chain().and_then(|t| t.realize().map(drop)))?;
+            if !ok {
+                failed.push(format!("chain fused={fused}"));
+            }
+            let path = if fused { "fusion JIT: 1 kernel" } else { "unfused: 5 kernels" };
+            rows.push(Row {
+                kernel: "gelu(x·a+b)·c+x".into(),
+                shape: format!("[{n}]"),
+                dtype: DType::F32,
+                ms: tm.median_ms,
+                rate: format!("{:.1} GB/s", tm.rate(5.0 * n as f64 * 4.0)),
+                path: path.into(),
+                check: msg,
+            });
+        }
+        gpu.set_fusion(fusion_was);
+    }
+
     // Matmul: the autotuned path, checked on sampled entries.
     let mm = if software && !large { 256 } else { 4096 };
     for dtype in DType::ALL {
@@ -170,7 +203,7 @@ fn main() -> wgkernels::Result<()> {
         let c = a.matmul(&b)?.to_vec_f32()?;
         let want = |i: usize| (0..mm).map(|k| av[(i / mm) * mm + k] as f64 * bv[k * mm + i % mm] as f64).sum::<f64>();
         let (ok, msg) = check_scaled(&c, want, dtype, 512, mm);
-        let t = measure(&gpu, 2, reps, || a.matmul(&b).map(drop))?;
+        let t = measure(&gpu, 2, reps, || a.matmul(&b).and_then(|t| t.realize().map(drop)))?;
         if !ok {
             failed.push(format!("matmul {dtype:?}"));
         }
@@ -206,7 +239,7 @@ fn main() -> wgkernels::Result<()> {
             (xs[i] as f64 - m).exp() / s
         };
         let (ok, msg) = check(&y, want, dtype, 512);
-        let t = measure(&gpu, 2, reps, || x.softmax(-1).map(drop))?;
+        let t = measure(&gpu, 2, reps, || x.softmax(-1).and_then(|t| t.realize().map(drop)))?;
         if !ok {
             failed.push(format!("softmax {dtype:?}"));
         }
@@ -227,7 +260,7 @@ fn main() -> wgkernels::Result<()> {
             (xs[i] as f64 - mean) / (var + 1e-5).sqrt()
         };
         let (ok, msg) = check_scaled(&y, want, dtype, 512, 16);
-        let t = measure(&gpu, 2, reps, || x.layer_norm(None, None, 1e-5).map(drop))?;
+        let t = measure(&gpu, 2, reps, || x.layer_norm(None, None, 1e-5).and_then(|t| t.realize().map(drop)))?;
         if !ok {
             failed.push(format!("layer_norm {dtype:?}"));
         }
@@ -248,7 +281,7 @@ fn main() -> wgkernels::Result<()> {
     if !gpu.has(wgpu::Features::SUBGROUP) {
         not_used.push("subgroups: the adapter lacks SUBGROUP".into());
     }
-    not_used.push("flash attention, fused AdamW, the fusion JIT: not in this build yet (see the issues)".into());
+    not_used.push("flash attention, fused AdamW: not in this build yet (see the issues)".into());
 
     println!(
         "{:<22} {:<16} {:<5} {:>10} {:>14}  {:<22} check vs CPU",

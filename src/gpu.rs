@@ -105,6 +105,8 @@ pub struct Stats {
     pub dispatches: u64,
     /// Command buffers submitted.
     pub submits: u64,
+    /// Fused element-wise kernels run (realisations of pending expressions).
+    pub fused_kernels: u64,
 }
 
 struct Pool {
@@ -134,6 +136,8 @@ pub(crate) struct GpuInner {
     lost: Arc<Mutex<Option<String>>>,
     uncaptured: Arc<Mutex<Option<String>>>,
     pub(crate) compiled: AtomicU64,
+    pub(crate) fused: AtomicU64,
+    fusion: std::sync::atomic::AtomicBool,
     pub(crate) cache_hits: AtomicU64,
     dispatches: AtomicU64,
     submits: AtomicU64,
@@ -163,11 +167,14 @@ pub struct GpuOptions {
     /// Time candidate kernel configurations on first use of a shape class (`WGK_AUTOTUNE=0`
     /// turns it off and uses portable defaults).
     pub autotune: bool,
+    /// Fuse chains of element-wise ops into one kernel (`WGK_FUSION=0` turns it off: one
+    /// dispatch per op).
+    pub fusion: bool,
 }
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        Self { backends: None, adapter_name: None, checked: false, autotune: true }
+        Self { backends: None, adapter_name: None, checked: false, autotune: true, fusion: true }
     }
 }
 
@@ -182,7 +189,8 @@ impl GpuOptions {
         let adapter_name = std::env::var("WGK_ADAPTER").ok().filter(|s| !s.is_empty());
         let checked = matches!(std::env::var("WGK_CHECKED").as_deref(), Ok("1") | Ok("true"));
         let autotune = !matches!(std::env::var("WGK_AUTOTUNE").as_deref(), Ok("0") | Ok("false"));
-        Ok(Self { backends, adapter_name, checked, autotune })
+        let fusion = !matches!(std::env::var("WGK_FUSION").as_deref(), Ok("0") | Ok("false"));
+        Ok(Self { backends, adapter_name, checked, autotune, fusion })
     }
 }
 
@@ -345,6 +353,8 @@ impl Gpu {
                 lost,
                 uncaptured,
                 compiled: AtomicU64::new(0),
+                fused: AtomicU64::new(0),
+                fusion: std::sync::atomic::AtomicBool::new(opts.fusion),
                 cache_hits: AtomicU64::new(0),
                 dispatches: AtomicU64::new(0),
                 submits: AtomicU64::new(0),
@@ -355,6 +365,17 @@ impl Gpu {
     /// What the adapter is and what the library got from it.
     pub fn info(&self) -> &GpuInfo {
         &self.inner.info
+    }
+
+    /// True when element-wise ops are fused (the default).
+    pub fn fusion(&self) -> bool {
+        self.inner.fusion.load(Ordering::Relaxed)
+    }
+
+    /// Turns element-wise fusion on or off, to measure what it buys. Tensors already pending
+    /// stay pending and are still computed fused when realised.
+    pub fn set_fusion(&self, on: bool) {
+        self.inner.fusion.store(on, Ordering::Relaxed);
     }
 
     /// True when shaders are built with runtime bounds checks (`WGK_CHECKED=1`).
@@ -403,6 +424,7 @@ impl Gpu {
             pipeline_cache_hits: i.cache_hits.load(Ordering::Relaxed),
             dispatches: i.dispatches.load(Ordering::Relaxed),
             submits: i.submits.load(Ordering::Relaxed),
+            fused_kernels: i.fused.load(Ordering::Relaxed),
         }
     }
 

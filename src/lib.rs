@@ -11,8 +11,9 @@
 //! println!("{}", gpu.info());
 //! let x = Tensor::randn(&gpu, &[4, 3], DType::F32, 42)?;
 //! let b = Tensor::from_slice(&gpu, &[1.0f32, 2.0, 3.0], &[3])?;
-//! let y = (&x + &b)?;                          // broadcasting add, one dispatch
-//! let s = y.sum(-1)?;                          // [4]
+//! let y = (&x + &b)?.relu()?;                  // pending: no dispatch yet
+//! println!("{}", y.is_pending());              // true
+//! let s = y.sum(-1)?;                          // add + relu run as one fused kernel, then the sum
 //! println!("{:?}", s.to_vec::<f32>()?);
 //! # Ok(()) }
 //! ```
@@ -22,6 +23,7 @@
 pub mod bench;
 mod dtype;
 mod error;
+mod fusion;
 mod gpu;
 pub mod ops;
 pub mod plan;

@@ -6,7 +6,7 @@
 //! the fusion JIT will realise a pending element-wise expression before a non-fusable
 //! kernel reads it, without changing this public API.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::dtype::{decode_f32, encode_f32, DType, Element};
 use crate::error::{Error, Result};
@@ -35,6 +35,30 @@ impl Drop for Storage {
     }
 }
 
+/// What a tensor's elements come from: GPU storage, once realised, or a pending
+/// element-wise expression (the fusion JIT's graph node) until then.
+pub(crate) struct Data {
+    storage: std::sync::OnceLock<Arc<Storage>>,
+    /// The expression still to compute; taken when realised.
+    pub(crate) pending: Mutex<Option<crate::fusion::Expr>>,
+    /// Serialises realisation of this node.
+    realising: Mutex<()>,
+    /// Pending nodes on the longest path to realised data (0 once realised).
+    pub(crate) depth: usize,
+}
+
+impl Data {
+    fn realized(storage: Storage) -> Arc<Self> {
+        let cell = std::sync::OnceLock::new();
+        let _ = cell.set(Arc::new(storage));
+        Arc::new(Self { storage: cell, pending: Mutex::new(None), realising: Mutex::new(()), depth: 0 })
+    }
+
+    pub(crate) fn is_realized(&self) -> bool {
+        self.storage.get().is_some()
+    }
+}
+
 /// An n-dimensional array on the GPU.
 #[derive(Clone)]
 pub struct Tensor {
@@ -45,7 +69,7 @@ pub struct Tensor {
     strides: Vec<usize>,
     /// First element, in elements from the start of the storage.
     offset: usize,
-    storage: Arc<Storage>,
+    data: Arc<Data>,
 }
 
 impl std::fmt::Debug for Tensor {
@@ -112,7 +136,7 @@ impl Tensor {
             shape: shape.to_vec(),
             strides: contiguous_strides(shape),
             offset: 0,
-            storage: Arc::new(Storage { gpu: gpu.clone(), buffer: Some(buffer), class, len: numel }),
+            data: Data::realized(Storage { gpu: gpu.clone(), buffer: Some(buffer), class, len: numel }),
         })
     }
 
@@ -123,7 +147,7 @@ impl Tensor {
             return Err(Error::ShapeMismatch { op: "from_slice", lhs: vec![data.len()], rhs: shape.to_vec() });
         }
         let t = Self::empty(gpu, "from_slice", shape, T::DTYPE)?;
-        gpu.write(t.storage.buffer(), 0, bytemuck::cast_slice(data))?;
+        gpu.write(t.storage()?.buffer(), 0, bytemuck::cast_slice(data))?;
         Ok(t)
     }
 
@@ -134,14 +158,14 @@ impl Tensor {
             return Err(Error::ShapeMismatch { op: "from_f32", lhs: vec![data.len()], rhs: shape.to_vec() });
         }
         let t = Self::empty(gpu, "from_f32", shape, dtype)?;
-        gpu.write(t.storage.buffer(), 0, &encode_f32(data, dtype))?;
+        gpu.write(t.storage()?.buffer(), 0, &encode_f32(data, dtype))?;
         Ok(t)
     }
 
     /// A tensor of zeros.
     pub fn zeros(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<Self> {
         let t = Self::empty(gpu, "zeros", shape, dtype)?;
-        let buffer = t.storage.buffer().clone();
+        let buffer = t.storage()?.buffer().clone();
         gpu.record(|enc| enc.clear_buffer(&buffer, 0, None))?;
         Ok(t)
     }
@@ -219,26 +243,65 @@ impl Tensor {
         self.shape.iter().zip(self.strides.iter().zip(&want)).all(|(&n, (&s, &w))| n == 1 || s == w)
     }
 
-    /// True when `self` and `other` share storage.
+    /// True when `self` and `other` share storage (or the same pending expression).
     pub fn shares_storage(&self, other: &Tensor) -> bool {
-        Arc::ptr_eq(&self.storage, &other.storage)
+        Arc::ptr_eq(&self.data, &other.data)
     }
 
-    /// The realised storage. The lazy-fusion hook: kernels go through here.
+    /// The realised storage: a pending element-wise expression is compiled and run here (the
+    /// fusion JIT's realisation point), so every kernel that reads a tensor triggers it.
     pub(crate) fn storage(&self) -> Result<&Arc<Storage>> {
-        Ok(&self.storage)
+        if let Some(s) = self.data.storage.get() {
+            return Ok(s);
+        }
+        let _guard = crate::gpu::lock(&self.data.realising);
+        if self.data.storage.get().is_none() {
+            let storage = crate::fusion::realize(self)?;
+            let _ = self.data.storage.set(storage);
+            self.data.pending.lock().unwrap_or_else(|e| e.into_inner()).take();
+        }
+        Ok(self.data.storage.get().expect("set above"))
+    }
+
+    /// Computes a pending element-wise expression now (one fused kernel) and returns `self`,
+    /// realised. A no-op for realised tensors.
+    pub fn realize(&self) -> Result<&Tensor> {
+        self.storage()?;
+        Ok(self)
+    }
+
+    /// True when the tensor is a pending expression that has not been computed yet.
+    pub fn is_pending(&self) -> bool {
+        !self.data.is_realized()
+    }
+
+    pub(crate) fn data(&self) -> &Arc<Data> {
+        &self.data
+    }
+
+    /// A pending tensor: contiguous, `shape`, `dtype`, computed by `expr` when needed.
+    pub(crate) fn pending(gpu: &Gpu, shape: &[usize], dtype: DType, expr: crate::fusion::Expr, depth: usize) -> Self {
+        let data = Arc::new(Data {
+            storage: std::sync::OnceLock::new(),
+            pending: Mutex::new(Some(expr)),
+            realising: Mutex::new(()),
+            depth,
+        });
+        Self { gpu: gpu.clone(), dtype, shape: shape.to_vec(), strides: contiguous_strides(shape), offset: 0, data }
     }
 
     // ---- views ----------------------------------------------------------------------
 
-    fn view(&self, shape: Vec<usize>, strides: Vec<usize>, offset: usize) -> Self {
+    /// A view of the same data. Views of a pending expression realise it first (fusion
+    /// keeps to same-shape element-wise chains; a view ends the chain).
+    fn view(&self, shape: Vec<usize>, strides: Vec<usize>, offset: usize) -> Result<Self> {
+        let len = self.storage()?.len;
         // Every view stays inside its storage: launchers rely on this to build unchecked shaders.
         debug_assert!(
             shape.contains(&0)
-                || offset + shape.iter().zip(&strides).map(|(&n, &s)| (n - 1) * s).sum::<usize>()
-                    < self.storage.len.max(1)
+                || offset + shape.iter().zip(&strides).map(|(&n, &s)| (n - 1) * s).sum::<usize>() < len.max(1)
         );
-        Self { gpu: self.gpu.clone(), dtype: self.dtype, shape, strides, offset, storage: self.storage.clone() }
+        Ok(Self { gpu: self.gpu.clone(), dtype: self.dtype, shape, strides, offset, data: self.data.clone() })
     }
 
     /// The same elements with a new shape. A view when the data is contiguous; otherwise
@@ -249,7 +312,7 @@ impl Tensor {
             return Err(Error::ShapeMismatch { op: "reshape", lhs: self.shape.clone(), rhs: shape.to_vec() });
         }
         let src = if self.is_contiguous() { self.clone() } else { self.contiguous()? };
-        Ok(src.view(shape.to_vec(), contiguous_strides(shape), src.offset))
+        src.view(shape.to_vec(), contiguous_strides(shape), src.offset)
     }
 
     /// Swaps two dims (negative counts from the end). A view.
@@ -274,7 +337,7 @@ impl Tensor {
         }
         let shape = order.iter().map(|&d| self.shape[d]).collect();
         let strides = order.iter().map(|&d| self.strides[d]).collect();
-        Ok(self.view(shape, strides, self.offset))
+        self.view(shape, strides, self.offset)
     }
 
     /// `len` elements of dim `dim` starting at `start`. A view.
@@ -293,7 +356,7 @@ impl Tensor {
         let mut shape = self.shape.clone();
         shape[d] = len;
         let offset = if len == 0 { self.offset } else { self.offset + start * self.strides[d] };
-        Ok(self.view(shape, self.strides.clone(), offset))
+        self.view(shape, self.strides.clone(), offset)
     }
 
     /// Inserts a dim of size 1 at `dim` (`0..=rank`). A view.
@@ -310,7 +373,7 @@ impl Tensor {
         let mut strides = self.strides.clone();
         shape.insert(dim, 1);
         strides.insert(dim, 0);
-        Ok(self.view(shape, strides, self.offset))
+        self.view(shape, strides, self.offset)
     }
 
     /// Broadcasts to `shape` (NumPy rules: leading dims added, size-1 dims repeated with
@@ -335,7 +398,7 @@ impl Tensor {
                 return Err(err());
             };
         }
-        Ok(self.view(shape.to_vec(), strides, self.offset))
+        self.view(shape.to_vec(), strides, self.offset)
     }
 
     /// A contiguous copy when `self` is a strided view or has an offset; `self` otherwise.

@@ -66,7 +66,7 @@ impl BinaryOp {
     }
 
     /// WGSL expression over `x` and `y`.
-    fn wgsl(self) -> &'static str {
+    pub(crate) fn wgsl(self) -> &'static str {
         match self {
             BinaryOp::Add => "x + y",
             BinaryOp::Sub => "x - y",
@@ -187,7 +187,7 @@ impl UnaryOp {
     }
 
     /// WGSL expression over `x` (helpers from shaders/math.wgsl).
-    fn wgsl(self) -> &'static str {
+    pub(crate) fn wgsl(self) -> &'static str {
         match self {
             UnaryOp::Copy => "x",
             UnaryOp::Neg => "-x",
@@ -250,7 +250,7 @@ pub fn broadcast_shapes(op: &'static str, a: &[usize], b: &[usize]) -> Result<Ve
 
 /// Merges adjacent dims that every operand walks contiguously, and drops size-1 dims, so
 /// that most layouts fit `MAX_DIMS` and the index math does fewer divisions.
-fn collapse(shape: &[usize], strides: &mut [Vec<usize>]) -> (Vec<usize>, Vec<Vec<usize>>) {
+pub(crate) fn collapse(shape: &[usize], strides: &mut [Vec<usize>]) -> (Vec<usize>, Vec<Vec<usize>>) {
     let mut out_shape: Vec<usize> = Vec::new();
     let mut out_strides: Vec<Vec<usize>> = vec![Vec::new(); strides.len()];
     for d in 0..shape.len() {
@@ -274,6 +274,25 @@ fn collapse(shape: &[usize], strides: &mut [Vec<usize>]) -> (Vec<usize>, Vec<Vec
     (out_shape, out_strides)
 }
 
+/// (units per invocation, WGSL storing `value(first)` [and `value(first + 1)`]) for an
+/// output dtype: 16-bit outputs are written as packed pairs.
+pub(crate) fn store_wgsl(out: DType) -> (usize, String) {
+    match out {
+        DType::F32 => (1, "out[first] = bitcast<u32>(value(first));".to_string()),
+        DType::F16 | DType::BF16 => {
+            let pack = if out == DType::F16 {
+                "pack2x16float(vec2<f32>(lo, hi))"
+            } else {
+                "f32_to_bf16_bits(lo) | (f32_to_bf16_bits(hi) << 16u)"
+            };
+            (
+                2,
+                format!("let lo = value(first);\n    var hi = 0.0;\n    if (first + 1u < n) {{ hi = value(first + 1u); }}\n    out[first >> 1u] = {pack};"),
+            )
+        }
+    }
+}
+
 /// The kernel for given input dtypes (None for the absent second input), contiguity and
 /// output dtype. Trusted: see `launch` for why every index is in range.
 fn kernel(a: (DType, bool), b: Option<(DType, bool)>, op: &str, out: DType) -> Kernel {
@@ -289,17 +308,7 @@ fn kernel(a: (DType, bool), b: Option<(DType, bool)>, op: &str, out: DType) -> K
         // Unused by the op: `b` drops out of the pipeline layout.
         None => ("return 0.0;".to_string(), "return 0u;".to_string()),
     };
-    let (per, store) = match out {
-        DType::F32 => (1, "out[first] = bitcast<u32>(value(first));".to_string()),
-        DType::F16 | DType::BF16 => {
-            let pack = if out == DType::F16 {
-                "pack2x16float(vec2<f32>(lo, hi))"
-            } else {
-                "f32_to_bf16_bits(lo) | (f32_to_bf16_bits(hi) << 16u)"
-            };
-            (2, format!("let lo = value(first);\n    var hi = 0.0;\n    if (first + 1u < n) {{ hi = value(first + 1u); }}\n    out[first >> 1u] = {pack};"))
-        }
-    };
+    let (per, store) = store_wgsl(out);
     Kernel::new(Shader::Elementwise, "main")
         .sub("LOAD_A", wgsl_load("a", a.0))
         .sub("INDEX_A", index(a.1, 8))
@@ -403,17 +412,27 @@ pub fn binary(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
         return Err(Error::InvalidArgument { op: name, msg: "operands live on different Gpu devices".into() });
     }
     let shape = broadcast_shapes(name, a.shape(), b.shape())?;
-    let (a, b) = (a.expand(&shape)?, b.expand(&shape)?);
+    // Only operands of another shape become broadcast views (a pending one is realised
+    // for that); same-shape pending operands stay in the fused chain.
+    let expand = |t: &Tensor| if t.shape() == shape.as_slice() { Ok(t.clone()) } else { t.expand(&shape) };
+    let (a, b) = (expand(a)?, expand(b)?);
+    if a.gpu().fusion() {
+        return crate::fusion::lazy_zip(op, a.clone(), b, a.dtype());
+    }
     launch(name, &[&a, &b], &shape, a.dtype(), op.wgsl())
 }
 
-/// `op(x)` into a new contiguous tensor of `out_dtype` (a copy, or a cast when the dtype changes).
+/// `op(x)` into a new contiguous tensor of `out_dtype` (a copy, or a cast when the dtype
+/// changes). With fusion on, everything but a plain copy returns a pending tensor.
 pub fn map(x: &Tensor, op: UnaryOp, out_dtype: DType) -> Result<Tensor> {
     let name = match op {
         UnaryOp::Copy if out_dtype == x.dtype() => "contiguous",
         UnaryOp::Copy => "to_dtype",
         op => op.name(),
     };
+    if x.gpu().fusion() && name != "contiguous" {
+        return crate::fusion::lazy_map(op, x.clone(), out_dtype);
+    }
     launch(name, &[x], x.shape(), out_dtype, op.wgsl())
 }
 

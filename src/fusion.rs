@@ -1,0 +1,308 @@
+//! The element-wise fusion JIT. With fusion on (the default; `WGK_FUSION=0` or
+//! [`Gpu::set_fusion`] turns it off), element-wise ops do not dispatch: they return a
+//! pending tensor holding an expression node. When something needs the values — `to_vec`,
+//! any non-element-wise kernel, a view, or [`Tensor::realize`] — the graph of pending nodes
+//! behind it is compiled into one WGSL kernel (`shaders/fused.wgsl`): every input read
+//! once, intermediates in registers, one store. Shared subexpressions are computed once;
+//! nodes not reachable from the realised tensor are not computed.
+//!
+//! Kernels are cached by their generated text, which depends on the ops, the dtypes and the
+//! layout class of each input (contiguous or strided) but not on sizes, strides or values
+//! (those are runtime parameters), so a training loop compiles each chain once
+//! (`gpu.stats()` counts compilations and cache hits).
+//!
+//! Scope of this first version: chains of same-shape tensors (an input of another shape is a
+//! realised tensor broadcast through strides; a pending tensor that needs broadcasting or a
+//! view is realised first); one output per kernel (a pending node used by two separately
+//! realised tensors is computed in both); no fusion into matmul epilogues or norm prologues
+//! yet (the matmul epilogue covers bias + activation directly), no dropout.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::ops::elementwise::{BinaryOp, UnaryOp};
+use crate::ops::wgsl_load;
+use crate::shaders::{Kernel, Shader};
+use crate::tensor::{contiguous_strides, Storage, Tensor};
+use crate::{DType, Gpu};
+
+const MAX_DIMS: usize = 6;
+const WORKGROUP: usize = 256;
+const UNROLL: usize = 4;
+
+/// A pending element-wise computation; its operands are tensors of the node's shape
+/// (pending or realised) or realised tensors broadcast to it.
+#[derive(Clone)]
+pub(crate) enum Expr {
+    Map(UnaryOp, Tensor),
+    Zip(BinaryOp, Tensor, Tensor),
+    /// Rounds to the node's dtype (a cast inside a chain keeps its rounding).
+    Cast(Tensor),
+}
+
+impl Expr {
+    fn operands(&self) -> Vec<&Tensor> {
+        match self {
+            Expr::Map(_, a) | Expr::Cast(a) => vec![a],
+            Expr::Zip(_, a, b) => vec![a, b],
+        }
+    }
+}
+
+/// The most inputs one fused kernel binds; a larger graph is split by realising subgraphs.
+fn max_leaves(gpu: &Gpu) -> usize {
+    (gpu.info().limits.max_storage_buffers_per_shader_stage as usize).saturating_sub(2).clamp(1, 8)
+}
+
+struct Builder<'a> {
+    gpu: &'a Gpu,
+    leaves: Vec<Tensor>,
+    leaf_ids: HashMap<(usize, usize, Vec<usize>, DType), usize>,
+    node_ids: HashMap<usize, String>,
+    body: String,
+    ops: Vec<String>,
+    next: usize,
+}
+
+/// Too many leaves for one kernel.
+struct Overflow;
+
+impl Builder<'_> {
+    /// The WGSL name of `t`'s value at output index `i`, emitting what computes it.
+    fn visit(&mut self, t: &Tensor) -> std::result::Result<String, Overflow> {
+        let key = Arc::as_ptr(t.data()) as usize;
+        if let Some(name) = self.node_ids.get(&key) {
+            return Ok(name.clone());
+        }
+        let expr = if t.data().is_realized() {
+            None
+        } else {
+            t.data().pending.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        };
+        let Some(expr) = expr else {
+            // A realised input: deduplicated by (data, offset, strides, dtype).
+            let id = (key, t.offset(), t.strides().to_vec(), t.dtype());
+            let k = match self.leaf_ids.get(&id) {
+                Some(&k) => k,
+                None => {
+                    if self.leaves.len() == max_leaves(self.gpu) {
+                        return Err(Overflow);
+                    }
+                    self.leaves.push(t.clone());
+                    self.leaf_ids.insert(id, self.leaves.len() - 1);
+                    self.leaves.len() - 1
+                }
+            };
+            let name = format!("l{k}");
+            if !self.body.contains(&format!("let {name} ")) {
+                self.body.push_str(&format!("let {name} = load_{k}(index_{k}(i));\n    "));
+            }
+            return Ok(name);
+        };
+        let args: Vec<String> =
+            expr.operands().into_iter().map(|o| self.visit(o)).collect::<std::result::Result<_, _>>()?;
+        let call = match &expr {
+            Expr::Map(op, _) => {
+                self.op_fn(format!("fn op_{}(x: f32) -> f32 {{\n    return {};\n}}\n", op.name(), op.wgsl()));
+                format!("op_{}({})", op.name(), args[0])
+            }
+            Expr::Zip(op, _, _) => {
+                self.op_fn(format!("fn op_{}(x: f32, y: f32) -> f32 {{\n    return {};\n}}\n", op.name(), op.wgsl()));
+                format!("op_{}({}, {})", op.name(), args[0], args[1])
+            }
+            Expr::Cast(_) => match t.dtype() {
+                DType::F32 => args[0].clone(),
+                DType::F16 => format!("round_f16({})", args[0]),
+                DType::BF16 => format!("round_bf16({})", args[0]),
+            },
+        };
+        let name = format!("n{}", self.next);
+        self.next += 1;
+        self.body.push_str(&format!("let {name} = {call};\n    "));
+        self.node_ids.insert(key, name.clone());
+        Ok(name)
+    }
+
+    fn op_fn(&mut self, f: String) {
+        if !self.ops.contains(&f) {
+            self.ops.push(f);
+        }
+    }
+}
+
+/// Computes the pending expression of `root` in one generated kernel into new storage.
+pub(crate) fn realize(root: &Tensor) -> Result<Arc<Storage>> {
+    let gpu = root.gpu();
+    let mut b = Builder {
+        gpu,
+        leaves: vec![],
+        leaf_ids: HashMap::new(),
+        node_ids: HashMap::new(),
+        body: String::new(),
+        ops: vec![],
+        next: 0,
+    };
+    let result = match b.visit(root) {
+        Ok(r) => r,
+        Err(Overflow) => {
+            // Realise the root's pending operands first (each a smaller graph), then retry.
+            let expr = root.data().pending.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if let Some(expr) = expr {
+                for o in expr.operands() {
+                    o.realize()?;
+                }
+            }
+            return realize(root);
+        }
+    };
+    let shape = root.shape().to_vec();
+    let out = Tensor::empty(gpu, "fused", &shape, root.dtype())?;
+    let n = out.numel();
+    let storage = out.storage()?.clone();
+    if n == 0 {
+        return Ok(storage);
+    }
+    // Joint layout of all leaves over the output's index space.
+    let mut strides: Vec<Vec<usize>> = b.leaves.iter().map(|t| t.strides().to_vec()).collect();
+    let (cshape, cstrides) = crate::ops::elementwise::collapse(&shape, &mut strides);
+    if cshape.len() > MAX_DIMS {
+        return Err(Error::InvalidArgument {
+            op: "fused",
+            msg: format!(
+                "inputs of shape {shape:?} need more than {MAX_DIMS} dims after merging; make them contiguous first"
+            ),
+        });
+    }
+    let pad = MAX_DIMS - cshape.len();
+    let mut params = vec![0u32; 8 + 7 * b.leaves.len()];
+    params[0] = n as u32;
+    params[1] = cshape.len() as u32;
+    for d in 0..MAX_DIMS {
+        params[2 + d] = if d < pad { 1 } else { cshape[d - pad] as u32 };
+    }
+    let mut layout = Vec::new();
+    for (k, leaf) in b.leaves.iter().enumerate() {
+        let base = 8 + 7 * k;
+        params[base] = leaf.offset() as u32;
+        for d in pad..MAX_DIMS {
+            params[base + 1 + d] = cstrides[k][d - pad] as u32;
+        }
+        layout.push((leaf.dtype(), cstrides[k] == contiguous_strides(&cshape)));
+    }
+    let nl = b.leaves.len();
+    let (per, _) = crate::ops::elementwise::store_wgsl(root.dtype());
+    let kernel = fused_kernel(&layout, &b.ops.concat(), &format!("{}return {result};", b.body), root.dtype());
+    let params_buf = gpu.meta_buffer(&params);
+    let leaf_storages: Vec<&Arc<Storage>> = b.leaves.iter().map(|t| t.storage()).collect::<Result<_>>()?;
+    let mut bind: Vec<(u32, &wgpu::Buffer)> =
+        leaf_storages.iter().enumerate().map(|(k, s)| (k as u32, s.buffer())).collect();
+    bind.push((nl as u32, storage.buffer()));
+    bind.push((nl as u32 + 1, &params_buf));
+    let groups = n.div_ceil(per).div_ceil(WORKGROUP * UNROLL) as u32;
+    gpu.dispatch(&kernel, &bind, groups)?;
+    gpu.inner.fused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(storage)
+}
+
+/// The generated kernel for leaves of (dtype, contiguous) layouts, op functions, a body
+/// computing `value(i)`, and the output dtype.
+///
+/// Unchecked is safe for the reasons given at `elementwise::launch`: every leaf is a view
+/// inside its storage expanded to the output shape, and stores are guarded by `first < n`.
+fn fused_kernel(leaves: &[(DType, bool)], ops: &str, body: &str, out: DType) -> Kernel {
+    let mut bindings = String::new();
+    let mut loaders = String::new();
+    for (k, &(dtype, contiguous)) in leaves.iter().enumerate() {
+        let base = 8 + 7 * k;
+        bindings.push_str(&format!("@group(0) @binding({k}) var<storage, read> leaf{k}: array<u32>;\n"));
+        let index = if contiguous {
+            format!("return params[{base}] + i;")
+        } else {
+            format!("return strided_index(i, {base}u);")
+        };
+        loaders.push_str(&format!(
+            "fn load_{k}(e: u32) -> f32 {{\n    {}\n}}\n\nfn index_{k}(i: u32) -> u32 {{\n    {index}\n}}\n\n",
+            wgsl_load(&format!("leaf{k}"), dtype)
+        ));
+    }
+    let nl = leaves.len();
+    bindings.push_str(&format!("@group(0) @binding({nl}) var<storage, read_write> out: array<u32>;\n"));
+    bindings.push_str(&format!("@group(0) @binding({}) var<storage, read> params: array<u32>;\n", nl + 1));
+    let (per, store) = crate::ops::elementwise::store_wgsl(out);
+    Kernel::new(Shader::Fused, "main")
+        .sub("BINDINGS", bindings)
+        .sub("LOADERS", loaders)
+        .sub("OPS", ops)
+        .sub("BODY", body)
+        .sub("STORE", store)
+        .sub("PER_INVOCATION", per.to_string())
+        .trusted()
+}
+
+/// Generated kernels of a few fixed chains, for the portability test (the fusion tests
+/// translate the kernels their random graphs generate as well).
+pub fn sample_kernels() -> Vec<Kernel> {
+    let mut all = Vec::new();
+    let every_op: String = UnaryOp::ALL
+        .iter()
+        .map(|op| format!("fn op_{}(x: f32) -> f32 {{\n    return {};\n}}\n", op.name(), op.wgsl()))
+        .chain(
+            BinaryOp::ALL
+                .iter()
+                .map(|op| format!("fn op_{}(x: f32, y: f32) -> f32 {{\n    return {};\n}}\n", op.name(), op.wgsl())),
+        )
+        .collect();
+    for out in DType::ALL {
+        for a in DType::ALL {
+            let leaves = [(a, true), (out, false), (DType::F32, true)];
+            let body = "let l0 = load_0(index_0(i));\n    let l1 = load_1(index_1(i));\n    let l2 = load_2(index_2(i));\n    \
+                        let n0 = op_gelu_tanh(op_add(op_mul(l0, l1), l2));\n    let n1 = round_f16(n0);\n    let n2 = round_bf16(n1);\n    \
+                        return op_add(op_mul(n2, l2), l0);";
+            all.push(fused_kernel(&leaves, &every_op, body, out));
+        }
+    }
+    all
+}
+
+/// The longest chain one kernel computes: beyond it the operand is realised first, which
+/// bounds the generated kernel's size and the realisation's recursion (a loop that
+/// accumulates `s = s + x` forever without reading `s` must not grow one graph forever).
+const MAX_CHAIN: usize = 64;
+
+/// Pending nodes on the longest path from `t` to a realised tensor.
+fn depth(t: &Tensor) -> usize {
+    if t.data().is_realized() {
+        0
+    } else {
+        t.data().depth
+    }
+}
+
+/// `operands` with any chain at the limit realised, and the new node's depth.
+fn bounded(operands: &[&Tensor]) -> Result<usize> {
+    for o in operands {
+        if depth(o) >= MAX_CHAIN {
+            o.realize()?;
+        }
+    }
+    Ok(1 + operands.iter().map(|o| depth(o)).max().unwrap_or(0))
+}
+
+/// A pending `op(a, b)`; `a` and `b` already have the output's shape (broadcast operands are
+/// realised views with stride 0).
+pub(crate) fn lazy_zip(op: BinaryOp, a: Tensor, b: Tensor, dtype: DType) -> Result<Tensor> {
+    let d = bounded(&[&a, &b])?;
+    let gpu = a.gpu().clone();
+    let shape = a.shape().to_vec();
+    Ok(Tensor::pending(&gpu, &shape, dtype, Expr::Zip(op, a, b), d))
+}
+
+/// A pending `op(x)` (a cast when `op` is `Copy` and `dtype` differs).
+pub(crate) fn lazy_map(op: UnaryOp, x: Tensor, dtype: DType) -> Result<Tensor> {
+    let d = bounded(&[&x])?;
+    let gpu = x.gpu().clone();
+    let shape = x.shape().to_vec();
+    let expr = if op == UnaryOp::Copy { Expr::Cast(x) } else { Expr::Map(op, x) };
+    Ok(Tensor::pending(&gpu, &shape, dtype, expr, d))
+}

@@ -1,0 +1,255 @@
+//! The element-wise fusion JIT: kernel counts, agreement with the unfused path and with a
+//! float64 interpreter on random graphs, structural caching, and every generated kernel
+//! translated by naga.
+
+mod common;
+use common::*;
+use wgkernels::ops::elementwise::{BinaryOp, UnaryOp};
+use wgkernels::{DType, Gpu, GpuOptions, Tensor};
+
+fn gpu_with_fusion(on: bool) -> Gpu {
+    Gpu::with_options(GpuOptions { fusion: on, ..GpuOptions::from_env().unwrap() }).unwrap()
+}
+
+#[test]
+fn h_of_f_and_g_is_one_dispatch_and_a_ten_op_chain_too() {
+    let gpu = gpu_with_fusion(true);
+    let (x, xv) = random_tensor(&gpu, &[37, 29], DType::F32, 1);
+    let (y, yv) = random_tensor(&gpu, &[37, 29], DType::F32, 2);
+    let before = gpu.stats().dispatches;
+    // z = h(f(x), g(y)) with f = exp, g = sigmoid, h = x·y then tanh.
+    let z = x.exp().unwrap().mul(&y.sigmoid().unwrap()).unwrap().tanh().unwrap();
+    assert!(z.is_pending());
+    assert_eq!(gpu.stats().dispatches, before, "building the graph dispatches nothing");
+    z.realize().unwrap();
+    assert_eq!(gpu.stats().dispatches - before, 1, "z = h(f(x), g(y)) is one kernel");
+    let want: Vec<f64> = xv.iter().zip(&yv).map(|(a, b)| (a.exp() * (1.0 / (1.0 + (-b).exp()))).tanh()).collect();
+    assert_close("h(f(x), g(y))", &z.to_vec_f32().unwrap(), &want, 1e-5, 1e-5);
+
+    // A 10-op chain with a broadcast bias and a reused input: still one kernel.
+    let (bias, bv) = random_tensor(&gpu, &[29], DType::F32, 3);
+    let before = gpu.stats().dispatches;
+    let mut t = x.clone();
+    for _ in 0..3 {
+        t = t.mul(&y).unwrap().add(&bias).unwrap().gelu_tanh().unwrap();
+    }
+    let t = t.add(&x).unwrap(); // 10th op: a residual
+    t.realize().unwrap();
+    assert_eq!(gpu.stats().dispatches - before, 1);
+    let want: Vec<f64> = (0..xv.len())
+        .map(|i| {
+            let mut v = xv[i];
+            for _ in 0..3 {
+                v = UnaryOp::GeluTanh.apply_f64(v * yv[i] + bv[i % 29]);
+            }
+            v + xv[i]
+        })
+        .collect();
+    assert_close("10-op chain", &t.to_vec_f32().unwrap(), &want, 1e-5, 1e-4);
+}
+
+#[test]
+fn fused_agrees_with_one_kernel_per_op_and_counts_show_the_difference() {
+    let chain = |gpu: &Gpu| -> (Vec<f32>, u64) {
+        let (x, _) = random_tensor(gpu, &[1000], DType::F32, 4);
+        let (a, _) = random_tensor(gpu, &[1000], DType::F32, 5);
+        let (b, _) = random_tensor(gpu, &[1000], DType::F32, 6);
+        let (c, _) = random_tensor(gpu, &[1000], DType::F32, 7);
+        let before = gpu.stats().dispatches;
+        // The benchmark chain: gelu(x·a + b)·c + x.
+        let y = x.mul(&a).unwrap().add(&b).unwrap().gelu_tanh().unwrap().mul(&c).unwrap().add(&x).unwrap();
+        y.realize().unwrap();
+        let dispatched = gpu.stats().dispatches - before;
+        (y.to_vec_f32().unwrap(), dispatched)
+    };
+    let (fused, n_fused) = chain(&gpu_with_fusion(true));
+    let (unfused, n_unfused) = chain(&gpu_with_fusion(false));
+    assert_eq!(n_fused, 1);
+    assert_eq!(n_unfused, 5);
+    let u: Vec<f64> = unfused.iter().map(|&v| v as f64).collect();
+    assert_close("fused vs unfused", &fused, &u, 1e-6, 1e-6);
+}
+
+#[test]
+fn kernels_are_cached_by_structure_not_size() {
+    let gpu = gpu_with_fusion(true);
+    let run = |n: usize| {
+        let (x, _) = random_tensor(&gpu, &[n], DType::F32, 8);
+        let (y, _) = random_tensor(&gpu, &[n], DType::F32, 9);
+        x.add(&y).unwrap().relu().unwrap().mul(&x).unwrap().realize().unwrap();
+    };
+    run(100);
+    let s0 = gpu.stats();
+    run(12345);
+    let s1 = gpu.stats();
+    assert_eq!(s1.pipelines_compiled, s0.pipelines_compiled, "same chain, other size: no compile");
+    assert!(s1.pipeline_cache_hits > s0.pipeline_cache_hits);
+    assert_eq!(s1.fused_kernels, s0.fused_kernels + 1);
+}
+
+#[test]
+fn casts_inside_a_chain_keep_their_rounding_and_16_bit_outputs_work() {
+    let gpu = gpu_with_fusion(true);
+    let v: Vec<f32> = random_vec(777, 10).iter().map(|x| x * 3.0 + 1.0 / 3.0).collect();
+    let x = Tensor::from_slice(&gpu, &v, &[777]).unwrap();
+    for dtype in [DType::F16, DType::BF16] {
+        let round_trip = x.to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap().mul(&x).unwrap();
+        let want: Vec<f64> = rounded(&v, dtype).iter().zip(&v).map(|(r, &x)| r * x as f64).collect();
+        assert_close(&format!("cast to {dtype:?} in a chain"), &round_trip.to_vec_f32().unwrap(), &want, 1e-6, 1e-6);
+        let h = x.to_dtype(dtype).unwrap().mul(&x.to_dtype(dtype).unwrap()).unwrap();
+        assert_eq!(h.dtype(), dtype);
+        let want: Vec<f64> = rounded(&v, dtype).iter().map(|r| r * r).collect();
+        let (atol, rtol) = tol(dtype);
+        assert_close(&format!("{dtype:?} output"), &h.to_vec_f32().unwrap(), &want, atol, rtol);
+    }
+}
+
+/// A random graph: up to `ops` element-wise ops over a few inputs, some broadcast.
+struct Graph {
+    inputs: Vec<(Vec<usize>, Vec<f32>)>,
+    /// (op, operand indices into the value list: inputs first, then earlier nodes)
+    nodes: Vec<(Op, usize, usize)>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    U(UnaryOp),
+    B(BinaryOp),
+}
+
+/// Ops that stay finite and well conditioned on values of moderate size.
+const UNARY: [UnaryOp; 9] = [
+    UnaryOp::Neg,
+    UnaryOp::Abs,
+    UnaryOp::Tanh,
+    UnaryOp::Sigmoid,
+    UnaryOp::Relu,
+    UnaryOp::Gelu,
+    UnaryOp::GeluTanh,
+    UnaryOp::Silu,
+    UnaryOp::Sin,
+];
+const BINARY: [BinaryOp; 6] =
+    [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Maximum, BinaryOp::Minimum, BinaryOp::Gt];
+
+fn random_graph(seed: u64) -> Graph {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = |m: usize| {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s % m as u64) as usize
+    };
+    let rank = 1 + next(3);
+    let shape: Vec<usize> = (0..rank).map(|_| 1 + next(40)).collect();
+    let n_inputs = 1 + next(4);
+    let mut inputs = Vec::new();
+    for k in 0..n_inputs {
+        // Some inputs broadcast: size-1 dims or fewer leading dims.
+        let mut sh = shape.clone();
+        if k > 0 && next(2) == 0 {
+            let d = next(rank);
+            sh[d] = 1;
+        }
+        if k > 0 && rank > 1 && next(3) == 0 {
+            sh.remove(0);
+        }
+        let numel = sh.iter().product();
+        inputs.push((sh, random_vec(numel, seed * 31 + k as u64)));
+    }
+    let ops = 1 + next(20);
+    let mut nodes = Vec::new();
+    for j in 0..ops {
+        let avail = n_inputs + j;
+        // Lean on recent values so chains get long.
+        let pick = |r: usize| avail - 1 - r % avail.min(4);
+        let op = if next(2) == 0 { Op::U(UNARY[next(UNARY.len())]) } else { Op::B(BINARY[next(BINARY.len())]) };
+        let (a, b) = (pick(next(100)), next(avail));
+        nodes.push((op, a, b));
+    }
+    Graph { inputs, nodes }
+}
+
+fn broadcast_to(v: &[f64], sh: &[usize], out: &[usize]) -> Vec<f64> {
+    let lead = out.len() - sh.len();
+    let own = strides_of(sh);
+    let strides: Vec<usize> =
+        (0..out.len()).map(|d| if d < lead || sh[d - lead] == 1 { 0 } else { own[d - lead] }).collect();
+    gather(v, out, &strides, 0)
+}
+
+#[test]
+fn random_graphs_match_a_float64_interpreter() {
+    let gpu = gpu_with_fusion(true);
+    let cases = 120;
+    for seed in 1..=cases {
+        let g = random_graph(seed);
+        let out_shape = g
+            .inputs
+            .iter()
+            .map(|(s, _)| s.clone())
+            .fold(vec![], |acc, s| wgkernels::ops::elementwise::broadcast_shapes("test", &acc, &s).unwrap());
+        // GPU: the graph through the tensor API.
+        let mut vals: Vec<Tensor> = g.inputs.iter().map(|(s, v)| Tensor::from_slice(&gpu, v, s).unwrap()).collect();
+        // CPU: f64 over the broadcast shape.
+        let mut refs: Vec<(Vec<usize>, Vec<f64>)> =
+            g.inputs.iter().map(|(s, v)| (s.clone(), v.iter().map(|&x| x as f64).collect())).collect();
+        for &(op, a, b) in &g.nodes {
+            let (t, r) = match op {
+                Op::U(u) => (wgkernels::ops::elementwise::map(&vals[a], u, DType::F32).unwrap(), {
+                    let (sh, v) = &refs[a];
+                    (sh.clone(), v.iter().map(|&x| u.apply_f64(x)).collect::<Vec<_>>())
+                }),
+                Op::B(bo) => {
+                    let t = wgkernels::ops::elementwise::binary(&vals[a], &vals[b], bo).unwrap();
+                    let sh = t.shape().to_vec();
+                    let (x, y) = (broadcast_to(&refs[a].1, &refs[a].0, &sh), broadcast_to(&refs[b].1, &refs[b].0, &sh));
+                    (t, (sh, x.iter().zip(&y).map(|(&x, &y)| bo.apply_f64(x, y)).collect()))
+                }
+            };
+            vals.push(t);
+            refs.push(r);
+        }
+        let last = vals.last().unwrap();
+        let (sh, want) = refs.last().unwrap();
+        assert_eq!(last.shape(), sh.as_slice(), "seed {seed}");
+        assert!(out_shape.iter().product::<usize>() >= last.numel(), "seed {seed}");
+        // Comparisons (gt) can flip on values within rounding of each other: compare the
+        // chain with a tolerance that covers ~20 ops of f32 rounding and GPU transcendentals.
+        let got = last.to_vec_f32().unwrap();
+        let flips = got.iter().zip(want).filter(|(g, w)| ((**g as f64) - **w).abs() > 1e-3 + 1e-3 * w.abs()).count();
+        assert!(
+            flips * 100 <= got.len().max(100),
+            "seed {seed}: {flips} of {} elements differ (graph {:?})",
+            got.len(),
+            g.nodes
+        );
+        if flips == 0 {
+            assert_close(&format!("random graph {seed}"), &got, want, 1e-4, 1e-4);
+        }
+    }
+    // Every kernel the fusion generated translates to every backend's language.
+    let generated: Vec<_> =
+        gpu.compiled_kernels().into_iter().filter(|k| k.shader == wgkernels::shaders::Shader::Fused).collect();
+    assert!(generated.len() >= 10, "expected many distinct generated kernels, got {}", generated.len());
+    for k in generated {
+        translate(&k.wgsl(), k.entry, &k.constants())
+            .unwrap_or_else(|e| panic!("generated kernel failed: {e}\n{}", k.wgsl()));
+    }
+}
+
+#[test]
+fn long_accumulations_are_cut_into_bounded_kernels() {
+    let gpu = gpu_with_fusion(true);
+    let (x, xv) = random_tensor(&gpu, &[513], DType::F32, 11);
+    let mut s = Tensor::zeros(&gpu, &[513], DType::F32).unwrap();
+    let before = gpu.stats().fused_kernels;
+    for _ in 0..300 {
+        s = s.add(&x).unwrap();
+    }
+    s.realize().unwrap();
+    let kernels = gpu.stats().fused_kernels - before;
+    assert!((4..=6).contains(&kernels), "300 adds in chains of at most 64: {kernels} kernels");
+    let want: Vec<f64> = xv.iter().map(|v| 300.0 * v).collect();
+    assert_close("300 accumulated adds", &s.to_vec_f32().unwrap(), &want, 1e-4, 1e-5);
+}
