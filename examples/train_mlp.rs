@@ -130,7 +130,7 @@ fn main() -> Result<()> {
         "final loss {last:.4} after {steps} steps in {:.1} s (target < {TARGET_LOSS})",
         t0.elapsed().as_secs_f64()
     );
-    if !(last < TARGET_LOSS) {
+    if last.is_nan() || last >= TARGET_LOSS {
         eprintln!("the loss did not fall below {TARGET_LOSS}");
         std::process::exit(1);
     }
