@@ -210,7 +210,7 @@ pub(crate) fn realize(root: &Tensor) -> Result<Arc<Storage>> {
 ///
 /// Unchecked is safe for the reasons given at `elementwise::launch`: every leaf is a view
 /// inside its storage expanded to the output shape, and stores are guarded by `first < n`.
-fn fused_kernel(leaves: &[(DType, bool)], ops: &str, body: &str, out: DType) -> Kernel {
+pub(crate) fn fused_kernel(leaves: &[(DType, bool)], ops: &str, body: &str, out: DType) -> Kernel {
     let mut bindings = String::new();
     let mut loaders = String::new();
     for (k, &(dtype, contiguous)) in leaves.iter().enumerate() {

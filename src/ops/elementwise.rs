@@ -2,8 +2,7 @@
 //! One dispatch per op (the fusion JIT will batch chains of them into one kernel).
 
 use crate::error::{Error, Result};
-use crate::ops::wgsl_load;
-use crate::shaders::{Kernel, Shader};
+use crate::shaders::Kernel;
 use crate::tensor::{contiguous_strides, Tensor};
 use crate::DType;
 
@@ -296,28 +295,14 @@ pub(crate) fn store_wgsl(out: DType) -> (usize, String) {
 /// The kernel for given input dtypes (None for the absent second input), contiguity and
 /// output dtype. Trusted: see `launch` for why every index is in range.
 fn kernel(a: (DType, bool), b: Option<(DType, bool)>, op: &str, out: DType) -> Kernel {
-    let index = |contiguous: bool, base: u32| {
-        if contiguous {
-            format!("return params[{base}] + i;")
-        } else {
-            format!("return strided_index(i, {base}u);")
+    // One op is the shortest chain the fusion JIT generates: the same template serves both.
+    let (leaves, body) = match b {
+        Some(b) => {
+            (vec![a, b], format!("let x = load_0(index_0(i));\n    let y = load_1(index_1(i));\n    return {op};"))
         }
+        None => (vec![a], format!("let x = load_0(index_0(i));\n    return {op};")),
     };
-    let (load_b, index_b) = match b {
-        Some((dt, contig)) => (wgsl_load("b", dt), index(contig, 15)),
-        // Unused by the op: `b` drops out of the pipeline layout.
-        None => ("return 0.0;".to_string(), "return 0u;".to_string()),
-    };
-    let (per, store) = store_wgsl(out);
-    Kernel::new(Shader::Elementwise, "main")
-        .sub("LOAD_A", wgsl_load("a", a.0))
-        .sub("INDEX_A", index(a.1, 8))
-        .sub("LOAD_B", load_b)
-        .sub("INDEX_B", index_b)
-        .sub("OP", op)
-        .sub("STORE", store)
-        .sub("PER_INVOCATION", per.to_string())
-        .trusted()
+    crate::fusion::fused_kernel(&leaves, "", &body, out)
 }
 
 /// Every specialisation `binary` and `map` can launch.
@@ -350,7 +335,7 @@ pub fn all_kernels() -> Vec<Kernel> {
 /// `out_shape`, so for each output index `i < n` the element index the shader computes is
 /// one of the view's elements; its word (`e` or `e >> 1`) is inside the buffer. The output
 /// word of unit `t` is written only when `t·per < n`, and the buffer holds
-/// ceil(n / per) words. `meta` has exactly the 22 words the shader reads.
+/// ceil(n / per) words. `meta` has exactly the 8 + 7·inputs words the shader reads.
 fn launch(
     op: &'static str,
     inputs: &[&Tensor],
@@ -373,7 +358,7 @@ fn launch(
         });
     }
     let contiguous: Vec<bool> = strides.iter().map(|s| *s == contiguous_strides(&shape)).collect();
-    let mut meta = vec![0u32; 22];
+    let mut meta = vec![0u32; 8 + 7 * inputs.len()];
     meta[0] = n as u32;
     meta[1] = shape.len() as u32;
     let pad = MAX_DIMS - shape.len();
@@ -397,7 +382,7 @@ fn launch(
     let a_buf = inputs[0].storage()?.buffer();
     match inputs.get(1) {
         Some(t) => gpu.dispatch(&k, &[(0, a_buf), (1, t.storage()?.buffer()), (2, out_buf), (3, &meta_buf)], groups)?,
-        None => gpu.dispatch(&k, &[(0, a_buf), (2, out_buf), (3, &meta_buf)], groups)?,
+        None => gpu.dispatch(&k, &[(0, a_buf), (1, out_buf), (2, &meta_buf)], groups)?,
     }
     Ok(out)
 }
