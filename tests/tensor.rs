@@ -157,6 +157,19 @@ fn bad_inputs_return_errors_naming_the_op() {
     let e = Tensor::zeros(&gpu, &[limit / 4 + 1, 2], DType::F32).unwrap_err();
     assert!(matches!(e, Error::TooLarge { op: "zeros", .. }), "{e}");
     assert_eq!(gpu.stats().dispatches, dispatched, "a refused op must not dispatch");
+    // A feature the adapter lacks: the subgroup-per-row kernel where there are no subgroups
+    // (GL in CI); where there are, the forced kernel must simply work.
+    let forced = wgkernels::ops::norm::SoftmaxOptions {
+        kernel: wgkernels::ops::norm::RowKernel::Subgroup,
+        ..Default::default()
+    };
+    if gpu.has(wgkernels::wgpu::Features::SUBGROUP) {
+        assert!(a.softmax_with(&forced).is_ok());
+    } else {
+        let e = a.softmax_with(&forced).unwrap_err();
+        assert!(matches!(e, Error::MissingFeature { op: "softmax", feature: "SUBGROUP", .. }), "{e}");
+        assert_eq!(gpu.stats().dispatches, dispatched, "a refused op must not dispatch");
+    }
 }
 
 #[test]
