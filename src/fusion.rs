@@ -13,9 +13,10 @@
 //!
 //! Scope of this first version: chains of same-shape tensors (an input of another shape is a
 //! realised tensor broadcast through strides; a pending tensor that needs broadcasting or a
-//! view is realised first); one output per kernel (a pending node used by two separately
-//! realised tensors is computed in both); no fusion into matmul epilogues or norm prologues
-//! yet (the matmul epilogue covers bias + activation directly), no dropout.
+//! view is realised first); one output per kernel — an intermediate that a tensor handle
+//! still holds is realised first by a kernel of its own, so nothing is computed twice; no
+//! fusion into matmul epilogues or norm prologues yet (the matmul epilogue covers bias +
+//! activation directly), no dropout.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -50,9 +51,13 @@ impl Expr {
     }
 }
 
-/// The most inputs one fused kernel binds; a larger graph is split by realising subgraphs.
+/// The most intermediates one fused kernel stores besides its result.
+const MAX_EXTRA_OUTPUTS: usize = 3;
+
+/// The most inputs one fused kernel binds (room is kept for the outputs and the params); a
+/// larger graph is split by realising subgraphs.
 fn max_leaves(gpu: &Gpu) -> usize {
-    (gpu.info().limits.max_storage_buffers_per_shader_stage as usize).saturating_sub(2).clamp(1, 8)
+    (gpu.info().limits.max_storage_buffers_per_shader_stage as usize).saturating_sub(2 + MAX_EXTRA_OUTPUTS).clamp(1, 8)
 }
 
 struct Builder<'a> {
@@ -131,8 +136,57 @@ impl Builder<'_> {
     }
 }
 
+/// Pending nodes below `root` referenced from outside its graph, deepest first: a node's
+/// `Arc` count above the number of operand slots in the graph that point to it means a
+/// tensor handle elsewhere holds it.
+fn held_intermediates(root: &Tensor) -> Vec<Tensor> {
+    fn count(
+        t: &Tensor,
+        refs: &mut HashMap<usize, usize>,
+        order: &mut Vec<Tensor>,
+        seen: &mut std::collections::HashSet<usize>,
+    ) {
+        let key = Arc::as_ptr(t.data()) as usize;
+        if !seen.insert(key) {
+            return;
+        }
+        let guard = t.data().pending.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(expr) = guard.as_ref() {
+            for o in expr.operands() {
+                if !o.data().is_realized() {
+                    *refs.entry(Arc::as_ptr(o.data()) as usize).or_insert(0) += 1;
+                    count(o, refs, order, seen);
+                }
+            }
+        }
+        drop(guard);
+        order.push(t.clone());
+    }
+    let mut refs = HashMap::new();
+    let mut order = Vec::new();
+    count(root, &mut refs, &mut order, &mut std::collections::HashSet::new());
+    let root_key = Arc::as_ptr(root.data()) as usize;
+    order
+        .into_iter()
+        .filter(|t| {
+            let key = Arc::as_ptr(t.data()) as usize;
+            // `order` itself holds one handle per node.
+            key != root_key && Arc::strong_count(t.data()) > refs.get(&key).copied().unwrap_or(0) + 1
+        })
+        .collect()
+}
+
 /// Computes the pending expression of `root` in one generated kernel into new storage.
 pub(crate) fn realize(root: &Tensor) -> Result<Arc<Storage>> {
+    // Pending intermediates that a tensor handle still holds are stored by this kernel too:
+    // computed again later otherwise (and an optimizer's `m = β·m + g`, held across steps,
+    // would grow one ever longer chain that every step recomputes). Beyond MAX_EXTRA_OUTPUTS
+    // the deepest are realised first by kernels of their own.
+    let mut held = held_intermediates(root);
+    while held.len() > MAX_EXTRA_OUTPUTS {
+        held.remove(0).realize()?;
+        held.retain(|t| !t.data().is_realized());
+    }
     let gpu = root.gpu();
     let mut b = Builder {
         gpu,
@@ -191,26 +245,44 @@ pub(crate) fn realize(root: &Tensor) -> Result<Arc<Storage>> {
         layout.push((leaf.dtype(), cstrides[k] == contiguous_strides(&cshape)));
     }
     let nl = b.leaves.len();
-    let (per, _) = crate::ops::elementwise::store_wgsl(root.dtype());
-    let kernel = fused_kernel(&layout, &b.ops.concat(), &format!("{}return {result};", b.body), root.dtype());
+    // The held intermediates that this graph computes (all of them, unless a concurrent
+    // realisation got there first), with storage of their own.
+    let mut extra: Vec<(Tensor, String, Arc<Storage>)> = Vec::new();
+    for t in held {
+        if let Some(name) = b.node_ids.get(&(Arc::as_ptr(t.data()) as usize)).cloned() {
+            let s = Tensor::empty(gpu, "fused", &shape, t.dtype())?.storage()?.clone();
+            extra.push((t, name, s));
+        }
+    }
+    let mut outputs = vec![(result, root.dtype())];
+    outputs.extend(extra.iter().map(|(t, name, _)| (name.clone(), t.dtype())));
+    let per = units_per_invocation(&outputs);
+    let kernel = fused_kernel(&layout, &b.ops.concat(), &b.body, &outputs);
     let params_buf = gpu.meta_buffer(&params);
     let leaf_storages: Vec<&Arc<Storage>> = b.leaves.iter().map(|t| t.storage()).collect::<Result<_>>()?;
     let mut bind: Vec<(u32, &wgpu::Buffer)> =
         leaf_storages.iter().enumerate().map(|(k, s)| (k as u32, s.buffer())).collect();
     bind.push((nl as u32, storage.buffer()));
-    bind.push((nl as u32 + 1, &params_buf));
+    for (k, (_, _, s)) in extra.iter().enumerate() {
+        bind.push(((nl + 1 + k) as u32, s.buffer()));
+    }
+    bind.push(((nl + outputs.len()) as u32, &params_buf));
     let groups = n.div_ceil(per).div_ceil(WORKGROUP * UNROLL) as u32;
     gpu.dispatch(&kernel, &bind, groups)?;
     gpu.inner.fused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    for (t, _, s) in extra {
+        t.set_realized(s);
+    }
     Ok(storage)
 }
 
-/// The generated kernel for leaves of (dtype, contiguous) layouts, op functions, a body
-/// computing `value(i)`, and the output dtype.
+/// The generated kernel: leaves of (dtype, contiguous) layouts, op functions, a body that
+/// computes the values named in `outputs` (each stored with its dtype).
 ///
 /// Unchecked is safe for the reasons given at `elementwise::launch`: every leaf is a view
-/// inside its storage expanded to the output shape, and stores are guarded by `first < n`.
-pub(crate) fn fused_kernel(leaves: &[(DType, bool)], ops: &str, body: &str, out: DType) -> Kernel {
+/// inside its storage expanded to the output shape; every output holds n elements and each
+/// store is guarded by `first (+ 1) < n`.
+pub(crate) fn fused_kernel(leaves: &[(DType, bool)], ops: &str, body: &str, outputs: &[(String, DType)]) -> Kernel {
     let mut bindings = String::new();
     let mut loaders = String::new();
     for (k, &(dtype, contiguous)) in leaves.iter().enumerate() {
@@ -227,17 +299,48 @@ pub(crate) fn fused_kernel(leaves: &[(DType, bool)], ops: &str, body: &str, out:
         ));
     }
     let nl = leaves.len();
-    bindings.push_str(&format!("@group(0) @binding({nl}) var<storage, read_write> out: array<u32>;\n"));
-    bindings.push_str(&format!("@group(0) @binding({}) var<storage, read> params: array<u32>;\n", nl + 1));
-    let (per, store) = crate::ops::elementwise::store_wgsl(out);
+    for k in 0..outputs.len() {
+        bindings.push_str(&format!("@group(0) @binding({}) var<storage, read_write> out{k}: array<u32>;\n", nl + k));
+    }
+    bindings.push_str(&format!("@group(0) @binding({}) var<storage, read> params: array<u32>;\n", nl + outputs.len()));
+    let fields: Vec<String> = (0..outputs.len()).map(|k| format!("o{k}: f32,")).collect();
+    let names: Vec<&str> = outputs.iter().map(|(n, _)| n.as_str()).collect();
+    let per = units_per_invocation(outputs);
+    let mut store = String::new();
+    if per == 1 {
+        store.push_str("let v = values(first);\n        ");
+        for k in 0..outputs.len() {
+            store.push_str(&format!("out{k}[first] = bitcast<u32>(v.o{k});\n        "));
+        }
+    } else {
+        store.push_str("let v = values(first);\n        let has_hi = first + 1u < n;\n        var w = v;\n        if (has_hi) { w = values(first + 1u); }\n        ");
+        for (k, (_, dtype)) in outputs.iter().enumerate() {
+            let hi = format!("select(0.0, w.o{k}, has_hi)");
+            store.push_str(&match dtype {
+                DType::F32 => format!("out{k}[first] = bitcast<u32>(v.o{k});\n        if (has_hi) {{ out{k}[first + 1u] = bitcast<u32>(w.o{k}); }}\n        "),
+                DType::F16 => format!("out{k}[first >> 1u] = pack2x16float(vec2<f32>(v.o{k}, {hi}));\n        "),
+                DType::BF16 => format!("out{k}[first >> 1u] = f32_to_bf16_bits(v.o{k}) | (f32_to_bf16_bits({hi}) << 16u);\n        "),
+            });
+        }
+    }
     Kernel::new(Shader::Fused, "main")
         .sub("BINDINGS", bindings)
         .sub("LOADERS", loaders)
         .sub("OPS", ops)
-        .sub("BODY", body)
+        .sub("OUT_FIELDS", fields.join("\n    "))
+        .sub("BODY", format!("{body}return Outs({});", names.join(", ")))
         .sub("STORE", store)
         .sub("PER_INVOCATION", per.to_string())
         .trusted()
+}
+
+/// 2 when an output is 16-bit (whole words of packed pairs), else 1.
+pub(crate) fn units_per_invocation(outputs: &[(String, DType)]) -> usize {
+    if outputs.iter().any(|(_, d)| *d != DType::F32) {
+        2
+    } else {
+        1
+    }
 }
 
 /// Generated kernels of a few fixed chains, for the portability test (the fusion tests
@@ -258,8 +361,10 @@ pub fn sample_kernels() -> Vec<Kernel> {
             let leaves = [(a, true), (out, false), (DType::F32, true)];
             let body = "let l0 = load_0(index_0(i));\n    let l1 = load_1(index_1(i));\n    let l2 = load_2(index_2(i));\n    \
                         let n0 = op_gelu_tanh(op_add(op_mul(l0, l1), l2));\n    let n1 = round_f16(n0);\n    let n2 = round_bf16(n1);\n    \
-                        return op_add(op_mul(n2, l2), l0);";
-            all.push(fused_kernel(&leaves, &every_op, body, out));
+                        let n3 = op_add(op_mul(n2, l2), l0);\n    ";
+            all.push(fused_kernel(&leaves, &every_op, body, &[("n3".into(), out)]));
+            // Two outputs: the result and a held intermediate of another dtype.
+            all.push(fused_kernel(&leaves, &every_op, body, &[("n3".into(), out), ("n0".into(), a)]));
         }
     }
     all

@@ -275,6 +275,14 @@ impl Tensor {
         !self.data.is_realized()
     }
 
+    /// Records storage computed for this pending tensor by another tensor's fused kernel.
+    pub(crate) fn set_realized(&self, storage: Arc<Storage>) {
+        let _guard = crate::gpu::lock(&self.data.realising);
+        if self.data.storage.set(storage).is_ok() {
+            self.data.pending.lock().unwrap_or_else(|e| e.into_inner()).take();
+        }
+    }
+
     pub(crate) fn data(&self) -> &Arc<Data> {
         &self.data
     }

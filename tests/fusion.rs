@@ -210,7 +210,17 @@ fn random_graphs_match_a_float64_interpreter() {
             vals.push(t);
             refs.push(r);
         }
-        let last = vals.last().unwrap();
+        // Keep a few intermediates held (stored as extra outputs of the same kernel), drop
+        // the rest (computed in registers only).
+        let n_inputs = g.inputs.len();
+        let held: Vec<(usize, Tensor)> = vals
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j >= n_inputs && j % 4 == 1)
+            .map(|(j, t)| (j, t.clone()))
+            .collect();
+        let last = vals.pop().unwrap();
+        drop(vals);
         let (sh, want) = refs.last().unwrap();
         assert_eq!(last.shape(), sh.as_slice(), "seed {seed}");
         assert!(out_shape.iter().product::<usize>() >= last.numel(), "seed {seed}");
@@ -226,6 +236,13 @@ fn random_graphs_match_a_float64_interpreter() {
         );
         if flips == 0 {
             assert_close(&format!("random graph {seed}"), &got, want, 1e-4, 1e-4);
+        }
+        for (j, t) in held {
+            let got = t.to_vec_f32().unwrap();
+            let want = &refs[j].1;
+            let flips =
+                got.iter().zip(want).filter(|(g, w)| ((**g as f64) - **w).abs() > 1e-3 + 1e-3 * w.abs()).count();
+            assert!(flips * 100 <= got.len().max(100), "seed {seed}, held node {j}: {flips} differ");
         }
     }
     // Every kernel the fusion generated translates to every backend's language.
@@ -252,4 +269,43 @@ fn long_accumulations_are_cut_into_bounded_kernels() {
     assert!((4..=6).contains(&kernels), "300 adds in chains of at most 64: {kernels} kernels");
     let want: Vec<f64> = xv.iter().map(|v| 300.0 * v).collect();
     assert_close("300 accumulated adds", &s.to_vec_f32().unwrap(), &want, 1e-4, 1e-5);
+}
+
+#[test]
+fn held_intermediates_are_computed_once_and_chains_do_not_grow() {
+    let gpu = gpu_with_fusion(true);
+    let (x, xv) = random_tensor(&gpu, &[300], DType::F32, 12);
+    // `a` is still held when `b` is realised: the same kernel stores it as a second output.
+    let a = x.exp().unwrap();
+    let b = a.mul(&x).unwrap();
+    let before = gpu.stats().fused_kernels;
+    b.realize().unwrap();
+    assert_eq!(gpu.stats().fused_kernels - before, 1);
+    assert!(!a.is_pending(), "the held intermediate is stored, not recomputed later");
+    let before = gpu.stats().dispatches;
+    let av = a.to_vec_f32().unwrap();
+    assert_eq!(gpu.stats().dispatches - before, 1, "reading `a` is a copy, no recompute");
+    assert_close("a", &av, &xv.iter().map(|v| v.exp()).collect::<Vec<_>>(), 1e-5, 1e-5);
+    let want: Vec<f64> = xv.iter().map(|v| v.exp() * v).collect();
+    assert_close("b", &b.to_vec_f32().unwrap(), &want, 1e-5, 1e-5);
+    // An accumulator held across steps (like an optimizer moment) stays one step deep.
+    let mut m = Tensor::zeros(&gpu, &[300], DType::F32).unwrap();
+    let half = Tensor::full(&gpu, &[1], 0.5, DType::F32).unwrap();
+    for _ in 0..10 {
+        m = m.mul(&half).unwrap().add(&x).unwrap();
+        let used = m.mul(&x).unwrap();
+        let before = gpu.stats().fused_kernels;
+        used.realize().unwrap();
+        assert_eq!(gpu.stats().fused_kernels - before, 1, "m and its use in one kernel");
+        assert!(!m.is_pending());
+    }
+    // 16-bit and f32 outputs from one kernel: pairs for all of them.
+    let h = x.to_dtype(DType::BF16).unwrap();
+    let y = h.to_dtype(DType::F32).unwrap().add(&x).unwrap();
+    y.realize().unwrap();
+    assert!(!h.is_pending());
+    let hv = rounded(&x.to_vec_f32().unwrap(), DType::BF16);
+    assert_close("bf16 side output", &h.to_vec_f32().unwrap(), &hv, 0.0, 0.0);
+    let want: Vec<f64> = hv.iter().zip(&xv).map(|(a, b)| a + b).collect();
+    assert_close("f32 main output", &y.to_vec_f32().unwrap(), &want, 1e-6, 1e-6);
 }

@@ -273,36 +273,18 @@ pub(crate) fn collapse(shape: &[usize], strides: &mut [Vec<usize>]) -> (Vec<usiz
     (out_shape, out_strides)
 }
 
-/// (units per invocation, WGSL storing `value(first)` [and `value(first + 1)`]) for an
-/// output dtype: 16-bit outputs are written as packed pairs.
-pub(crate) fn store_wgsl(out: DType) -> (usize, String) {
-    match out {
-        DType::F32 => (1, "out[first] = bitcast<u32>(value(first));".to_string()),
-        DType::F16 | DType::BF16 => {
-            let pack = if out == DType::F16 {
-                "pack2x16float(vec2<f32>(lo, hi))"
-            } else {
-                "f32_to_bf16_bits(lo) | (f32_to_bf16_bits(hi) << 16u)"
-            };
-            (
-                2,
-                format!("let lo = value(first);\n    var hi = 0.0;\n    if (first + 1u < n) {{ hi = value(first + 1u); }}\n    out[first >> 1u] = {pack};"),
-            )
-        }
-    }
-}
-
 /// The kernel for given input dtypes (None for the absent second input), contiguity and
 /// output dtype. Trusted: see `launch` for why every index is in range.
 fn kernel(a: (DType, bool), b: Option<(DType, bool)>, op: &str, out: DType) -> Kernel {
     // One op is the shortest chain the fusion JIT generates: the same template serves both.
     let (leaves, body) = match b {
-        Some(b) => {
-            (vec![a, b], format!("let x = load_0(index_0(i));\n    let y = load_1(index_1(i));\n    return {op};"))
-        }
-        None => (vec![a], format!("let x = load_0(index_0(i));\n    return {op};")),
+        Some(b) => (
+            vec![a, b],
+            format!("let x = load_0(index_0(i));\n    let y = load_1(index_1(i));\n    let r = {op};\n    "),
+        ),
+        None => (vec![a], format!("let x = load_0(index_0(i));\n    let r = {op};\n    ")),
     };
-    crate::fusion::fused_kernel(&leaves, "", &body, out)
+    crate::fusion::fused_kernel(&leaves, "", &body, &[("r".into(), out)])
 }
 
 /// Every specialisation `binary` and `map` can launch.
