@@ -300,6 +300,49 @@ fn main() -> wgkernels::Result<()> {
         ));
     }
 
+    // The fusion benchmark: gelu(x·a + b)·c + x, fused (one generated kernel) and unfused (one
+    // kernel per op), 5 tensors of n f32 moved in the fused count (4 read, 1 written).
+    {
+        let n: usize = if quick { 1 << 20 } else { 64 << 20 };
+        let gpu = gpu.clone();
+        jobs.push((
+            format!("fusion chain {n}"),
+            Box::new(move |rows: &mut Vec<Row>| {
+                let t = |seed| Tensor::randn(&gpu, &[n], DType::F32, seed);
+                let (x, a, b, c) = (t(1)?, t(2)?, t(3)?, t(4)?);
+                // Built inside a function so that no intermediate is held at realisation.
+                let chain = || x.mul(&a)?.add(&b)?.gelu_tanh()?.mul(&c)?.add(&x);
+                let bytes = 5.0 * n as f64 * 4.0;
+                let was = gpu.fusion();
+                for (fused, variant, torch_variant) in
+                    [(true, "fused (1 kernel)", "torch.compile"), (false, "unfused (5 kernels)", "eager")]
+                {
+                    gpu.set_fusion(fused);
+                    let t = measure(&gpu, 2, reps, || chain().and_then(|t| t.realize().map(drop)))?;
+                    let key = Some((
+                        "elementwise_chain".to_string(),
+                        format!("{}M", n >> 20),
+                        "f32".to_string(),
+                        torch_variant.to_string(),
+                    ));
+                    rows.push(Row {
+                        bench: "elementwise_chain",
+                        size: format!("{}M", n >> 20),
+                        dtype: "f32",
+                        variant: variant.into(),
+                        ms: t.median_ms,
+                        rate: t.rate(bytes),
+                        wall_rate: bytes / (t.wall_ms * 1e-3) / 1e9,
+                        unit: "GB/s",
+                        torch_key: key,
+                    });
+                }
+                gpu.set_fusion(was);
+                Ok(())
+            }),
+        ));
+    }
+
     // `--only` picks jobs by label: "copy", "matmul", "matmul 4096", "gpt2", "normalizations f16", ...
     if let Some(o) = &args.only {
         jobs.retain(|(label, _)| label.contains(o.as_str()));
