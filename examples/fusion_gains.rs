@@ -46,8 +46,11 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// (elements, fused GB/s, unfused GB/s)
+type Point = (usize, f64, f64);
+
 /// A log-x line plot of fused and unfused GB/s (left axis) and the gain (right axis).
-fn plot(points: &[(usize, f64, f64)], adapter: &str) -> String {
+fn plot(points: &[Point], adapter: &str) -> String {
     let (w, h, l, r, t, b) = (720.0, 420.0, 70.0, 70.0, 40.0, 50.0);
     let (x0, x1) = ((points[0].0 as f64).log2(), (points[points.len() - 1].0 as f64).log2());
     let ymax = points.iter().map(|p| p.1.max(p.2)).fold(1e-9, f64::max) * 1.1;
@@ -75,7 +78,7 @@ fn plot(points: &[(usize, f64, f64)], adapter: &str) -> String {
         let _ = writeln!(s, r#"<text x="{}" y="{}">{g:.1}×</text>"#, w - r + 6.0, pg(g) + 4.0);
     }
     let _ = writeln!(s, r#"<text x="14" y="{}" transform="rotate(-90 14 {})">GB/s</text>"#, h / 2.0, h / 2.0);
-    let line = |sel: &dyn Fn(&(usize, f64, f64)) -> (f64, f64), color: &str, dash: &str| {
+    let line = |sel: &dyn Fn(&Point) -> (f64, f64), color: &str, dash: &str| {
         let pts: Vec<String> = points
             .iter()
             .map(|p| {
