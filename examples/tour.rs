@@ -7,16 +7,53 @@
 use std::time::Instant;
 
 use wgkernels::bench::measure;
-use wgkernels::{DType, Gpu, Tensor};
+use wgkernels::{DType, Gpu, Result, Tensor};
 
-struct Row {
+/// What a table row names: the kernel, the shape, the dtype, the path taken.
+struct What {
     kernel: String,
     shape: String,
     dtype: DType,
+    path: String,
+}
+
+fn what(kernel: impl Into<String>, shape: String, dtype: DType, path: &str) -> What {
+    What { kernel: kernel.into(), shape, dtype, path: path.into() }
+}
+
+struct Row {
+    what: What,
     ms: f64,
     rate: String,
-    path: String,
     check: String,
+}
+
+/// The table being built, and the checks that failed.
+struct Tour {
+    gpu: Gpu,
+    reps: usize,
+    rows: Vec<Row>,
+    failed: Vec<String>,
+}
+
+impl Tour {
+    /// Times `op` (realising its result), with `work` bytes or FLOPs per run in `unit`, and
+    /// records the row with the outcome of its CPU check.
+    fn record(
+        &mut self,
+        what: What,
+        work: f64,
+        unit: &str,
+        checked: (bool, String),
+        mut op: impl FnMut() -> Result<Tensor>,
+    ) -> Result<()> {
+        let t = measure(&self.gpu, 2, self.reps, || op().and_then(|t| t.realize().map(drop)))?;
+        if !checked.0 {
+            self.failed.push(format!("{} {} {}", what.kernel, what.shape, what.dtype.name()));
+        }
+        self.rows.push(Row { what, ms: t.median_ms, rate: format!("{:.1} {unit}", t.rate(work)), check: checked.1 });
+        Ok(())
+    }
 }
 
 /// Worst |got − want| / (atol + rtol·|want|) over sampled indices: ≤ 1 passes.
@@ -41,7 +78,7 @@ fn check_scaled(got: &[f32], want: impl Fn(usize) -> f64, dtype: DType, samples:
     (worst <= 1.0, format!("ok ({:.2} of tol)", worst))
 }
 
-fn main() -> wgkernels::Result<()> {
+fn main() -> Result<()> {
     let t0 = Instant::now();
     let gpu = Gpu::new()?;
     println!("{}\n", gpu.info());
@@ -50,10 +87,10 @@ fn main() -> wgkernels::Result<()> {
     // 64 M elements (256 MB in f32) outgrows any cache; a software device gets 1 M.
     let n: usize = if software && !large { 1 << 20 } else { 64 << 20 };
     let reps = if software && !large { 5 } else { 20 };
-    let mut rows: Vec<Row> = Vec::new();
-    let mut failed = Vec::new();
-    let mut not_used: Vec<String> = Vec::new();
+    let mut tour = Tour { gpu: gpu.clone(), reps, rows: Vec::new(), failed: Vec::new() };
     let timing_src = if gpu.has(wgpu::Features::TIMESTAMP_QUERY) { "GPU timestamps" } else { "wall clock" };
+    let cols = 1024;
+    let rows_m = n / cols;
 
     for dtype in DType::ALL {
         let esize = dtype.size_in_bytes() as f64;
@@ -63,80 +100,41 @@ fn main() -> wgkernels::Result<()> {
         let ys = y.to_vec_f32()?;
 
         // add: read 2, write 1.
-        let z = x.add(&y)?;
-        let (ok, msg) = check(&z.to_vec_f32()?, |i| xs[i] as f64 + ys[i] as f64, dtype, 4096);
-        let t = measure(&gpu, 2, reps, || x.add(&y).and_then(|t| t.realize().map(drop)))?;
-        if !ok {
-            failed.push(format!("add {dtype:?}"));
-        }
-        rows.push(Row {
-            kernel: "add".into(),
-            shape: format!("[{n}]"),
-            dtype,
-            ms: t.median_ms,
-            rate: format!("{:.1} GB/s", t.rate(3.0 * n as f64 * esize)),
-            path: "element-wise".into(),
-            check: msg,
-        });
+        let checked = check(&x.add(&y)?.to_vec_f32()?, |i| xs[i] as f64 + ys[i] as f64, dtype, 4096);
+        tour.record(
+            what("add", format!("[{n}]"), dtype, "element-wise"),
+            3.0 * n as f64 * esize,
+            "GB/s",
+            checked,
+            || x.add(&y),
+        )?;
 
-        // broadcast add of a row vector over a [rows, 1024] matrix, through a transposed view.
-        let cols = 1024;
-        let m = x.reshape(&[n / cols, cols])?;
+        // broadcast add of a row vector over a [rows, 1024] matrix.
+        let m = x.reshape(&[rows_m, cols])?;
         let bias = Tensor::randn(&gpu, &[cols], dtype, 3)?;
         let bs = bias.to_vec_f32()?;
-        let z = m.add(&bias)?;
-        let (ok, msg) = check(&z.to_vec_f32()?, |i| xs[i] as f64 + bs[i % cols] as f64, dtype, 4096);
-        let t = measure(&gpu, 2, reps, || m.add(&bias).and_then(|t| t.realize().map(drop)))?;
-        if !ok {
-            failed.push(format!("bias add {dtype:?}"));
-        }
-        rows.push(Row {
-            kernel: "bias add (broadcast)".into(),
-            shape: format!("[{}, {cols}]", n / cols),
-            dtype,
-            ms: t.median_ms,
-            rate: format!("{:.1} GB/s", t.rate(2.0 * n as f64 * esize)),
-            path: "element-wise".into(),
-            check: msg,
-        });
+        let checked = check(&m.add(&bias)?.to_vec_f32()?, |i| xs[i] as f64 + bs[i % cols] as f64, dtype, 4096);
+        let w = what("bias add (broadcast)", format!("[{rows_m}, {cols}]"), dtype, "element-wise");
+        tour.record(w, 2.0 * n as f64 * esize, "GB/s", checked, || m.add(&bias))?;
 
         // transpose materialised: a strided read.
         let tr = m.transpose(0, 1)?;
-        let c = tr.contiguous()?;
-        let rows_m = n / cols;
-        let (ok, msg) = check(&c.to_vec_f32()?, |i| xs[(i % rows_m) * cols + i / rows_m] as f64, dtype, 4096);
-        let t = measure(&gpu, 2, reps, || tr.contiguous().and_then(|t| t.realize().map(drop)))?;
-        if !ok {
-            failed.push(format!("transpose {dtype:?}"));
-        }
-        rows.push(Row {
-            kernel: "transpose copy".into(),
-            shape: format!("[{rows_m}, {cols}]ᵀ"),
-            dtype,
-            ms: t.median_ms,
-            rate: format!("{:.1} GB/s", t.rate(2.0 * n as f64 * esize)),
-            path: "strided".into(),
-            check: msg,
-        });
+        let checked =
+            check(&tr.contiguous()?.to_vec_f32()?, |i| xs[(i % rows_m) * cols + i / rows_m] as f64, dtype, 4096);
+        let w = what("transpose copy", format!("[{rows_m}, {cols}]ᵀ"), dtype, "strided");
+        tour.record(w, 2.0 * n as f64 * esize, "GB/s", checked, || tr.contiguous())?;
 
-        // row sum.
-        let s = m.sum(-1)?;
-        let sv = s.to_vec_f32()?;
-        let (ok, msg) = check(&sv, |r| (0..cols).map(|j| xs[r * cols + j] as f64).sum(), dtype, 256);
-        let t = measure(&gpu, 2, reps, || m.sum(-1).and_then(|t| t.realize().map(drop)))?;
-        if !ok {
-            failed.push(format!("sum {dtype:?}"));
-        }
+        // row sum (16-bit results are cast from the f32 sums).
+        let checked =
+            check(&m.sum(-1)?.to_vec_f32()?, |r| (0..cols).map(|j| xs[r * cols + j] as f64).sum(), dtype, 256);
         let path = if dtype == DType::F32 { "workgroup tree" } else { "workgroup tree + cast" };
-        rows.push(Row {
-            kernel: "row sum".into(),
-            shape: format!("[{rows_m}, {cols}]"),
-            dtype,
-            ms: t.median_ms,
-            rate: format!("{:.1} GB/s", t.rate(n as f64 * esize)),
-            path: path.into(),
-            check: msg,
-        });
+        tour.record(
+            what("row sum", format!("[{rows_m}, {cols}]"), dtype, path),
+            n as f64 * esize,
+            "GB/s",
+            checked,
+            || m.sum(-1),
+        )?;
 
         // cast to the next dtype.
         let to = match dtype {
@@ -144,21 +142,9 @@ fn main() -> wgkernels::Result<()> {
             DType::F16 => DType::BF16,
             DType::BF16 => DType::F32,
         };
-        let c = x.to_dtype(to)?;
-        let (ok, msg) = check(&c.to_vec_f32()?, |i| xs[i] as f64, to, 4096);
-        let t = measure(&gpu, 2, reps, || x.to_dtype(to).and_then(|t| t.realize().map(drop)))?;
-        if !ok {
-            failed.push(format!("cast {dtype:?}->{to:?}"));
-        }
-        rows.push(Row {
-            kernel: format!("cast to {}", to.name()),
-            shape: format!("[{n}]"),
-            dtype,
-            ms: t.median_ms,
-            rate: format!("{:.1} GB/s", t.rate(n as f64 * (esize + to.size_in_bytes() as f64))),
-            path: "element-wise".into(),
-            check: msg,
-        });
+        let checked = check(&x.to_dtype(to)?.to_vec_f32()?, |i| xs[i] as f64, to, 4096);
+        let w = what(format!("cast to {}", to.name()), format!("[{n}]"), dtype, "element-wise");
+        tour.record(w, n as f64 * (esize + to.size_in_bytes() as f64), "GB/s", checked, || x.to_dtype(to))?;
     }
 
     // The fusion benchmark's chain, gelu(x·a + b)·c + x: one generated kernel vs one per op.
@@ -175,21 +161,15 @@ fn main() -> wgkernels::Result<()> {
         let fusion_was = gpu.fusion();
         for fused in [true, false] {
             gpu.set_fusion(fused);
-            let (ok, msg) = check(&chain()?.to_vec_f32()?, want, DType::F32, 4096);
-            let tm = measure(&gpu, 2, reps, || chain().and_then(|t| t.realize().map(drop)))?;
-            if !ok {
-                failed.push(format!("chain fused={fused}"));
-            }
+            let checked = check(&chain()?.to_vec_f32()?, want, DType::F32, 4096);
             let path = if fused { "fusion JIT: 1 kernel" } else { "unfused: 5 kernels" };
-            rows.push(Row {
-                kernel: "gelu(x·a+b)·c+x".into(),
-                shape: format!("[{n}]"),
-                dtype: DType::F32,
-                ms: tm.median_ms,
-                rate: format!("{:.1} GB/s", tm.rate(5.0 * n as f64 * 4.0)),
-                path: path.into(),
-                check: msg,
-            });
+            tour.record(
+                what("gelu(x·a+b)·c+x", format!("[{n}]"), DType::F32, path),
+                5.0 * n as f64 * 4.0,
+                "GB/s",
+                checked,
+                chain,
+            )?;
         }
         gpu.set_fusion(fusion_was);
     }
@@ -200,81 +180,45 @@ fn main() -> wgkernels::Result<()> {
         let a = Tensor::randn(&gpu, &[mm, mm], dtype, 11)?;
         let b = Tensor::randn(&gpu, &[mm, mm], dtype, 12)?;
         let (av, bv) = (a.to_vec_f32()?, b.to_vec_f32()?);
-        let c = a.matmul(&b)?.to_vec_f32()?;
         let want = |i: usize| (0..mm).map(|k| av[(i / mm) * mm + k] as f64 * bv[k * mm + i % mm] as f64).sum::<f64>();
-        let (ok, msg) = check_scaled(&c, want, dtype, 512, mm);
-        let t = measure(&gpu, 2, reps, || a.matmul(&b).and_then(|t| t.realize().map(drop)))?;
-        if !ok {
-            failed.push(format!("matmul {dtype:?}"));
-        }
+        let checked = check_scaled(&a.matmul(&b)?.to_vec_f32()?, want, dtype, 512, mm);
         let candidates = wgkernels::ops::matmul::candidates(&gpu, dtype, mm, false);
         let path = if candidates.iter().any(|p| matches!(p, wgkernels::ops::matmul::MatmulPath::Coop(_))) {
             "tensor cores (autotuned)"
         } else {
             "register tiles (autotuned)"
         };
-        rows.push(Row {
-            kernel: "matmul".into(),
-            shape: format!("{mm}³"),
-            dtype,
-            ms: t.median_ms,
-            rate: format!("{:.1} GFLOP/s", t.rate(2.0 * (mm * mm * mm) as f64)),
-            path: path.into(),
-            check: msg,
-        });
+        let flops = 2.0 * (mm * mm * mm) as f64;
+        tour.record(what("matmul", format!("{mm}³"), dtype, path), flops, "GFLOP/s", checked, || a.matmul(&b))?;
     }
 
-    // Normalizations over rows of 1024.
-    let cols = 1024;
-    let nrows = n / cols;
+    // Normalizations over rows of 1024: one subgroup per row where there are subgroups.
+    let norm_path = if gpu.has(wgpu::Features::SUBGROUP) { "subgroup per row" } else { "workgroup per row" };
     for dtype in DType::ALL {
         let esize = dtype.size_in_bytes() as f64;
-        let x = Tensor::randn(&gpu, &[nrows, cols], dtype, 13)?;
+        let x = Tensor::randn(&gpu, &[rows_m, cols], dtype, 13)?;
         let xs = x.to_vec_f32()?;
-        let y = x.softmax(-1)?.to_vec_f32()?;
         let want = |i: usize| {
             let row = &xs[(i / cols) * cols..(i / cols + 1) * cols];
             let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
             let s: f64 = row.iter().map(|&v| (v as f64 - m).exp()).sum();
             (xs[i] as f64 - m).exp() / s
         };
-        let (ok, msg) = check(&y, want, dtype, 512);
-        let t = measure(&gpu, 2, reps, || x.softmax(-1).and_then(|t| t.realize().map(drop)))?;
-        if !ok {
-            failed.push(format!("softmax {dtype:?}"));
-        }
-        rows.push(Row {
-            kernel: "softmax".into(),
-            shape: format!("[{nrows}, {cols}]"),
-            dtype,
-            ms: t.median_ms,
-            rate: format!("{:.1} GB/s", t.rate(2.0 * n as f64 * esize)),
-            path: "row in registers".into(),
-            check: msg,
-        });
-        let y = x.layer_norm(None, None, 1e-5)?.to_vec_f32()?;
+        let checked = check(&x.softmax(-1)?.to_vec_f32()?, want, dtype, 512);
+        let w = what("softmax", format!("[{rows_m}, {cols}]"), dtype, norm_path);
+        tour.record(w, 2.0 * n as f64 * esize, "GB/s", checked, || x.softmax(-1))?;
         let want = |i: usize| {
             let row = &xs[(i / cols) * cols..(i / cols + 1) * cols];
             let mean = row.iter().map(|&v| v as f64).sum::<f64>() / cols as f64;
             let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / cols as f64;
             (xs[i] as f64 - mean) / (var + 1e-5).sqrt()
         };
-        let (ok, msg) = check_scaled(&y, want, dtype, 512, 16);
-        let t = measure(&gpu, 2, reps, || x.layer_norm(None, None, 1e-5).and_then(|t| t.realize().map(drop)))?;
-        if !ok {
-            failed.push(format!("layer_norm {dtype:?}"));
-        }
-        rows.push(Row {
-            kernel: "layer_norm".into(),
-            shape: format!("[{nrows}, {cols}]"),
-            dtype,
-            ms: t.median_ms,
-            rate: format!("{:.1} GB/s", t.rate(2.0 * n as f64 * esize)),
-            path: "row in registers".into(),
-            check: msg,
-        });
+        let checked = check_scaled(&x.layer_norm(None, None, 1e-5)?.to_vec_f32()?, want, dtype, 512, 16);
+        let w = what("layer_norm", format!("[{rows_m}, {cols}]"), dtype, norm_path);
+        tour.record(w, 2.0 * n as f64 * esize, "GB/s", checked, || x.layer_norm(None, None, 1e-5))?;
     }
 
+    let mut not_used: Vec<String> = Vec::new();
     if !gpu.info().has_coop_f16_16x16x16() {
         not_used.push("tensor cores: the adapter reports no 16x16x16 f16->f32 cooperative matrix".into());
     }
@@ -284,18 +228,19 @@ fn main() -> wgkernels::Result<()> {
     not_used.push("flash attention, fused AdamW: not in this build yet (see the issues)".into());
 
     println!(
-        "{:<22} {:<16} {:<5} {:>10} {:>14}  {:<22} check vs CPU",
+        "{:<22} {:<16} {:<5} {:>10} {:>16}  {:<28} check vs CPU",
         "kernel", "shape", "dtype", "ms", "rate", "path"
     );
-    for r in &rows {
+    for r in &tour.rows {
+        let w = &r.what;
         println!(
-            "{:<22} {:<16} {:<5} {:>10.4} {:>14}  {:<22} {}",
-            r.kernel,
-            r.shape,
-            r.dtype.name(),
+            "{:<22} {:<16} {:<5} {:>10.4} {:>16}  {:<28} {}",
+            w.kernel,
+            w.shape,
+            w.dtype.name(),
             r.ms,
             r.rate,
-            r.path,
+            w.path,
             r.check
         );
     }
@@ -311,8 +256,8 @@ fn main() -> wgkernels::Result<()> {
         m.peak_live_bytes as f64 / 1048576.0
     );
     println!("tour finished in {:.1} s", t0.elapsed().as_secs_f64());
-    if !failed.is_empty() {
-        eprintln!("FAILED checks: {}", failed.join(", "));
+    if !tour.failed.is_empty() {
+        eprintln!("FAILED checks: {}", tour.failed.join(", "));
         std::process::exit(1);
     }
     Ok(())
