@@ -443,7 +443,8 @@ impl Gpu {
     /// A storage buffer of at least `bytes` bytes from the pool (size-classed).
     pub(crate) fn alloc(&self, op: &'static str, bytes: u64) -> Result<(wgpu::Buffer, u64)> {
         self.check_health()?;
-        let class = size_class(bytes.max(4));
+        // At least 16 bytes: kernels that read vec4 units bind every buffer as whole vec4s.
+        let class = size_class(bytes.max(16));
         let limit = self.inner.info.limits.max_buffer_size;
         if class > limit {
             return Err(Error::TooLarge { op, shape: vec![], bytes, limit });

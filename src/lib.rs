@@ -26,6 +26,7 @@ mod error;
 mod fusion;
 mod gpu;
 pub mod ops;
+pub mod optim;
 pub mod plan;
 mod profiler;
 pub mod shaders;
