@@ -343,6 +343,92 @@ fn main() -> wgkernels::Result<()> {
         ));
     }
 
+    // The optimizer benchmark: one AdamW step over 64 M f32 parameters in one tensor and
+    // over GPT-2 small's 148 tensors (124 M parameters), fused against the same update built
+    // from element-wise ops (one kernel each, and through the fusion JIT). Bytes per
+    // parameter: read p, g, m, v and write p, m, v = 7·4 = 28; with a loss scale (the norm
+    // reduction reads g once more) 32; bf16 params with f32 master weights: p 2+2, g 2,
+    // master, m, v 8 each = 30.
+    {
+        let gpu = gpu.clone();
+        // --quick (software devices bind at most 128 MiB): GPT-2 small's shapes with a 1024-token vocabulary.
+        let small = wgkernels::plan::ModelConfig { vocab: if quick { 1024 } else { 50257 }, ..wgkernels::plan::GPT2[0] };
+        jobs.push((
+            "adamw".into(),
+            Box::new(move |rows: &mut Vec<Row>| {
+                use wgkernels::optim::{adamw_unfused, AdamW, AdamWConfig, Optimizer};
+                let one = if quick { 1usize << 20 } else { 64 << 20 };
+                let cases: Vec<(String, Vec<Vec<usize>>, Option<&str>)> = vec![
+                    (format!("{}M", one >> 20), vec![vec![one]], Some("64M")),
+                    (format!("gpt2 {} tensors", small.param_shapes().len()), small.param_shapes(), Some("gpt2-124M")),
+                ];
+                let push = |rows: &mut Vec<Row>, size: &str, dtype, variant: &str, t: wgkernels::bench::Timing, bytes: f64, torch: Option<(&str, &str)>| {
+                    rows.push(Row {
+                        bench: "adamw",
+                        size: size.to_string(),
+                        dtype,
+                        variant: variant.into(),
+                        ms: t.median_ms,
+                        rate: t.rate(bytes),
+                        wall_rate: bytes / (t.wall_ms * 1e-3) / 1e9,
+                        unit: "GB/s",
+                        torch_key: torch.map(|(s, v)| ("adamw".to_string(), s.to_string(), "f32".to_string(), v.to_string())),
+                    });
+                };
+                for (size, shapes, torch_size) in cases {
+                    let n: usize = shapes.iter().map(|s| s.iter().product::<usize>()).sum();
+                    let make = |dtype, seed: u64| -> wgkernels::Result<Vec<Tensor>> {
+                        shapes.iter().enumerate().map(|(k, s)| Tensor::randn(&gpu, s, dtype, seed + k as u64)).collect()
+                    };
+                    let grads = make(DType::F32, 1000)?;
+                    let mut params = make(DType::F32, 1)?;
+                    let mut opt = AdamW::new(&gpu, AdamWConfig::default())?;
+                    let t = measure(&gpu, 2, reps, || opt.step(&mut params, &grads))?;
+                    let fused_torch = torch_size.map(|s| (s, "fused"));
+                    // PyTorch's multi-tensor (foreach) step, for the same row.
+                    let foreach = torch_size.map(|s| (s, "foreach"));
+                    push(rows, &size, "f32", "fused (vs PyTorch foreach)", t, 28.0 * n as f64, foreach);
+                    push(rows, &size, "f32", &format!("fused ({} dispatches + 1)", opt.dispatches_per_step().unwrap_or(0)), t, 28.0 * n as f64, fused_torch);
+                    let t = measure(&gpu, 2, reps, || opt.step_scaled(&mut params, &grads, 1.0))?;
+                    push(rows, &size, "f32", "fused, loss scale + inf check", t, 32.0 * n as f64, None);
+                    drop(opt);
+                    // bf16 model weights with f32 masters.
+                    let grads16 = make(DType::BF16, 2000)?;
+                    let mut params16 = make(DType::BF16, 3)?;
+                    let mut opt = AdamW::new(&gpu, AdamWConfig::default())?;
+                    let t = measure(&gpu, 2, reps, || opt.step(&mut params16, &grads16))?;
+                    push(rows, &size, "bf16", "fused, f32 masters", t, 30.0 * n as f64, None);
+                    drop((opt, grads16, params16));
+                    // The unfused baseline: new p, m, v per step (as eager frameworks allocate).
+                    let cfg = AdamWConfig::default();
+                    let mut state: Vec<(Tensor, Tensor, Tensor)> = params
+                        .iter()
+                        .map(|p| Ok((p.clone(), Tensor::zeros(&gpu, p.shape(), DType::F32)?, Tensor::zeros(&gpu, p.shape(), DType::F32)?)))
+                        .collect::<wgkernels::Result<_>>()?;
+                    let was = gpu.fusion();
+                    for (fusion, variant, torch_variant) in [(false, "unfused (1 kernel per op)", Some("for-loop")), (true, "unfused ops, fusion JIT", None)] {
+                        gpu.set_fusion(fusion);
+                        let mut step = 0;
+                        let t = measure(&gpu, 2, reps, || {
+                            step += 1;
+                            for ((p, m, v), g) in state.iter_mut().zip(&grads) {
+                                let (p1, m1, v1) = adamw_unfused(p, g, m, v, step, &cfg)?;
+                                for x in [&p1, &m1, &v1] {
+                                    x.realize()?;
+                                }
+                                (*p, *m, *v) = (p1, m1, v1);
+                            }
+                            Ok(())
+                        })?;
+                        push(rows, &size, "f32", variant, t, 28.0 * n as f64, torch_size.zip(torch_variant));
+                    }
+                    gpu.set_fusion(was);
+                }
+                Ok(())
+            }),
+        ));
+    }
+
     // `--only` picks jobs by label: "copy", "matmul", "matmul 4096", "gpt2", "normalizations f16", ...
     if let Some(o) = &args.only {
         jobs.retain(|(label, _)| label.contains(o.as_str()));

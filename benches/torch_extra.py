@@ -2,7 +2,9 @@
 does not cover (GPT-2 matmul shapes, normalization backward passes, RMSNorm, cross-entropy),
 in its pattern: one JSON line per measurement. Bytes counted as in our bench: forward read +
 write of the tensor, backward read x (or y) and dy + write dx (parameter gradients not
-counted)."""
+counted); AdamW over GPT-2 small's 148 parameter tensors (28 bytes per parameter, as
+torch_ref.py counts the 64M single tensor); attention (SDPA and the naive composition)
+forward and backward at the issue's sizes."""
 import json, torch, torch.nn.functional as F
 from triton.testing import do_bench
 
@@ -44,3 +46,20 @@ for dt, name in [(torch.float32, "f32"), (torch.float16, "f16")]:
         return torch.autograd.grad(loss, [logits])
     rec("cross_entropy", f"{rows}x{v}", name, "torch fwd+bwd", bench(ce), 2 * logits.numel() * es, "GB/s")
     del x, w, b, y, dy, logits
+
+# AdamW on GPT-2 small's parameter shapes (148 tensors, 124,439,808 parameters).
+d, V, C, L = 768, 50257, 1024, 12
+shapes = [(V, d), (C, d)]
+for _ in range(L):
+    shapes += [(d,), (d,), (d, 3 * d), (3 * d,), (d, d), (d,), (d,), (d,), (d, 4 * d), (4 * d,), (4 * d, d), (d,)]
+shapes += [(d,), (d,)]
+n = sum(torch.Size(s).numel() for s in shapes)
+for variant in ["fused", "foreach", "for-loop"]:
+    ps = [torch.nn.Parameter(torch.randn(s, device=dev)) for s in shapes]
+    for p in ps:
+        p.grad = torch.randn_like(p)
+    kw = {"fused": dict(fused=True), "foreach": dict(foreach=True), "for-loop": dict(foreach=False)}[variant]
+    opt = torch.optim.AdamW(ps, lr=1e-3, **kw)
+    opt.step()
+    rec("adamw", "gpt2-124M", "f32", variant, bench(opt.step), 7 * n * 4, "GB/s")
+    del ps, opt

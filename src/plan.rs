@@ -102,6 +102,33 @@ impl ModelConfig {
         v * d + c * d + l * (12 * d * d + 13 * d) + 2 * d
     }
 
+    /// The parameter tensors' shapes in GPT-2's (Hugging Face) order: token and position
+    /// embeddings, per block ln_1 (w, b), attn.c_attn (w, b), attn.c_proj (w, b), ln_2 (w, b),
+    /// mlp.c_fc (w, b), mlp.c_proj (w, b), then ln_f (w, b): 148 tensors for GPT-2 small.
+    /// Their sizes add up to [`params`](Self::params).
+    pub fn param_shapes(&self) -> Vec<Vec<usize>> {
+        let (d, v, c) = (self.d_model, self.vocab, self.context);
+        let mut shapes = vec![vec![v, d], vec![c, d]];
+        for _ in 0..self.layers {
+            shapes.extend([
+                vec![d],
+                vec![d],
+                vec![d, 3 * d],
+                vec![3 * d],
+                vec![d, d],
+                vec![d],
+                vec![d],
+                vec![d],
+                vec![d, 4 * d],
+                vec![4 * d],
+                vec![4 * d, d],
+                vec![d],
+            ]);
+        }
+        shapes.extend([vec![d], vec![d]]);
+        shapes
+    }
+
     /// Activation values saved per token per layer (see the module docs).
     pub fn activation_values_per_token_per_layer(&self, seq: usize, flash: bool) -> u64 {
         let d = self.d_model as u64;
@@ -228,6 +255,16 @@ mod tests {
     fn gpt2_parameter_counts_match_the_known_totals() {
         let counts: Vec<u64> = GPT2.iter().map(|c| c.params()).collect();
         assert_eq!(counts, [124_439_808, 354_823_168, 774_030_080, 1_557_611_200]);
+    }
+
+    #[test]
+    fn gpt2_small_has_148_parameter_tensors_adding_up_to_its_count() {
+        for m in GPT2 {
+            let shapes = m.param_shapes();
+            assert_eq!(shapes.len(), 2 + 12 * m.layers + 2);
+            assert_eq!(shapes.iter().map(|s| s.iter().product::<usize>() as u64).sum::<u64>(), m.params());
+        }
+        assert_eq!(GPT2[0].param_shapes().len(), 148);
     }
 
     #[test]
