@@ -41,7 +41,7 @@ fn strided_index(i: u32, base: u32) -> u32 {
 }
 
 fn round_f16(x: f32) -> f32 {
-    return unpack2x16float(pack2x16float(vec2<f32>(x, 0.0))).x;
+    return unpack2x16float(pack_f16x2(vec2<f32>(x, 0.0))).x;
 }
 
 fn round_bf16(x: f32) -> f32 {

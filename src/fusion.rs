@@ -318,7 +318,7 @@ pub(crate) fn fused_kernel(leaves: &[(DType, bool)], ops: &str, body: &str, outp
             let hi = format!("select(0.0, w.o{k}, has_hi)");
             store.push_str(&match dtype {
                 DType::F32 => format!("out{k}[first] = bitcast<u32>(v.o{k});\n        if (has_hi) {{ out{k}[first + 1u] = bitcast<u32>(w.o{k}); }}\n        "),
-                DType::F16 => format!("out{k}[first >> 1u] = pack2x16float(vec2<f32>(v.o{k}, {hi}));\n        "),
+                DType::F16 => format!("out{k}[first >> 1u] = pack_f16x2(vec2<f32>(v.o{k}, {hi}));\n        "),
                 DType::BF16 => format!("out{k}[first >> 1u] = f32_to_bf16_bits(v.o{k}) | (f32_to_bf16_bits({hi}) << 16u);\n        "),
             });
         }

@@ -803,7 +803,7 @@ fn kernel(algo: Algo, entry: &'static str, slots: usize, dtype: DType) -> Kernel
         DType::F32 => ("return bitcast<vec4<f32>>(w);", "return bitcast<vec4<u32>>(x);"),
         DType::F16 => (
             "return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));",
-            "return vec2<u32>(pack2x16float(x.xy), pack2x16float(x.zw));",
+            "return vec2<u32>(pack_f16x2(x.xy), pack_f16x2(x.zw));",
         ),
         DType::BF16 => (
             "return bitcast<vec4<f32>>(vec4<u32>(w.x << 16u, w.x & 0xffff0000u, w.y << 16u, w.y & 0xffff0000u));",

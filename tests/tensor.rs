@@ -226,3 +226,38 @@ fn info_describes_the_adapter() {
         );
     }
 }
+
+#[test]
+fn casts_to_16_bit_round_to_nearest_even_bit_exactly() {
+    // Ties, subnormals, the overflow boundary, signed zeros, infinities, NaN, and a sweep of
+    // random bit patterns: the GPU's cast must agree with `half`'s (IEEE round to nearest
+    // even) on every one, whatever the driver's own conversion does.
+    let gpu = common::gpu();
+    let mut v: Vec<f32> = vec![
+        0.0, -0.0, 1.0, -1.0, 65504.0, 65519.99, 65520.0, -65520.0, 1e9, f32::INFINITY, f32::NEG_INFINITY, f32::NAN,
+        6.1035156e-5, 6.1e-5, 5.9604645e-8, 2.9802322e-8, 2.9802326e-8, 8.940697e-8, 1e-10, -3.0e-6,
+        1.0 + 1.0 / 2048.0, 1.0 + 3.0 / 2048.0, 1.0 + 1.0 / 4096.0, 2049.0, 2051.0, 4097.0, 0.1, 1.0 / 3.0,
+    ];
+    let mut s = 0x1234_5678u32;
+    for _ in 0..4096 {
+        s ^= s << 13;
+        s ^= s >> 17;
+        s ^= s << 5;
+        // Exponents around the f16 range, so that most patterns land in it.
+        let x = f32::from_bits((s & 0x807f_ffff) | ((100 + (s >> 8) % 50) << 23));
+        v.push(x);
+    }
+    let x = Tensor::from_slice(&gpu, &v, &[v.len()]).unwrap();
+    let got: Vec<half::f16> = x.to_dtype(DType::F16).unwrap().to_vec().unwrap();
+    for (i, (&g, &x)) in got.iter().zip(&v).enumerate() {
+        let want = half::f16::from_f32(x);
+        let same = g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan());
+        assert!(same, "element {i}: f16({x:e}) is {:#06x}, should be {:#06x}", g.to_bits(), want.to_bits());
+    }
+    let got: Vec<half::bf16> = x.to_dtype(DType::BF16).unwrap().to_vec().unwrap();
+    for (i, (&g, &x)) in got.iter().zip(&v).enumerate() {
+        let want = half::bf16::from_f32(x);
+        let same = g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan());
+        assert!(same, "element {i}: bf16({x:e}) is {:#06x}, should be {:#06x}", g.to_bits(), want.to_bits());
+    }
+}

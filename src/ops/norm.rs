@@ -40,7 +40,7 @@ fn unit_store(dtype: DType, unit: u32) -> String {
     match (unit, dtype) {
         (1, _) => "out[e] = bitcast<u32>(v.x);".into(),
         (_, DType::F32) => "out[e] = bitcast<u32>(v.x);\n    out[e + 1u] = bitcast<u32>(v.y);".into(),
-        (_, DType::F16) => "out[e >> 1u] = pack2x16float(v);".into(),
+        (_, DType::F16) => "out[e >> 1u] = pack_f16x2(v);".into(),
         (_, DType::BF16) => "out[e >> 1u] = f32_to_bf16_bits(v.x) | (f32_to_bf16_bits(v.y) << 16u);".into(),
     }
 }
