@@ -1,0 +1,154 @@
+//! How much memory bandwidth a copy kernel gets through wgpu on this adapter, by access
+//! pattern and buffer size: the roofline every memory-bound kernel (element-wise, norms,
+//! optimizer steps) is measured against.
+//!
+//!     cargo run --release --example bandwidth [-- MiB ...]      (default: 64 256 1024)
+//!
+//! Variants (each reads and writes the buffer once; bytes counted = 2 × buffer size):
+//! - `u32 x1`: one 4-byte word per invocation;
+//! - `u32 x4 strided`: four words per invocation, 256 apart (the element-wise kernels' pattern);
+//! - `vec4 x1`: one 16-byte load per invocation;
+//! - `vec4 x4 strided`: four 16-byte loads per invocation, 256 apart;
+//! - `vec4 grid-stride`: a fixed grid (2048 invocations per SM of the H200) looping over the buffer;
+//! - `copy_buffer_to_buffer`: the driver's own copy.
+//!
+//! Timing: 20 repeats recorded into one submission, wall clock around submit + wait.
+
+use std::time::Instant;
+
+use wgkernels::{wgpu, Gpu};
+
+const SHADER: &str = r#"
+@group(0) @binding(0) var<storage, read> src_u: array<u32>;
+@group(0) @binding(1) var<storage, read_write> dst_u: array<u32>;
+@group(0) @binding(2) var<storage, read> src_v: array<vec4<u32>>;
+@group(0) @binding(3) var<storage, read_write> dst_v: array<vec4<u32>>;
+override N: u32 = 0u;   // words (u32) or vec4s, as the entry uses
+override GRID: u32 = 0u; // invocations in the grid-stride grid
+
+fn gid(w: vec3<u32>, n: vec3<u32>, l: u32) -> u32 { return (w.x + w.y * n.x) * 256u + l; }
+
+@compute @workgroup_size(256)
+fn u32_x1(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let i = gid(w, n, l);
+    if (i < N) { dst_u[i] = src_u[i]; }
+}
+
+@compute @workgroup_size(256)
+fn u32_x4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let g = w.x + w.y * n.x;
+    for (var j = 0u; j < 4u; j++) {
+        let i = (g * 4u + j) * 256u + l;
+        if (i < N) { dst_u[i] = src_u[i]; }
+    }
+}
+
+@compute @workgroup_size(256)
+fn vec4_x1(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let i = gid(w, n, l);
+    if (i < N) { dst_v[i] = src_v[i]; }
+}
+
+@compute @workgroup_size(256)
+fn vec4_x4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let g = w.x + w.y * n.x;
+    for (var j = 0u; j < 4u; j++) {
+        let i = (g * 4u + j) * 256u + l;
+        if (i < N) { dst_v[i] = src_v[i]; }
+    }
+}
+
+@compute @workgroup_size(256)
+fn vec4_grid(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    for (var i = gid(w, n, l); i < N; i += GRID) {
+        dst_v[i] = src_v[i];
+    }
+}
+"#;
+
+fn main() -> wgkernels::Result<()> {
+    let gpu = Gpu::new()?;
+    println!("{}", gpu.info());
+    let sizes: Vec<u64> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let sizes = if sizes.is_empty() { vec![64, 256, 1024] } else { sizes };
+    let device = gpu.device();
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("bandwidth"),
+        source: wgpu::ShaderSource::Wgsl(SHADER.into()),
+    });
+    let max_binding = gpu.info().limits.max_storage_buffer_binding_size;
+    println!("| buffer | variant | ms | GB/s |\n|---|---|---:|---:|");
+    for mib in sizes {
+        let bytes = (mib << 20).min(max_binding / 16 * 16);
+        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+        let make = |label| device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size: bytes, usage, mapped_at_creation: false });
+        let (src, dst) = (make("src"), make("dst"));
+        // Not zeros: fill the source with a pattern.
+        let pattern: Vec<u32> = (0..(bytes / 4) as u32).map(|i| i.wrapping_mul(2654435761)).collect();
+        gpu.queue().write_buffer(&src, 0, bytemuck::cast_slice(&pattern));
+        let words = (bytes / 4) as u32;
+        let vecs = words / 4;
+        let grid_invocations = 132 * 2048; // 132 SMs × 2048 resident invocations on the H200
+        let variants: [(&str, &str, u32, u32); 5] = [
+            ("u32 x1", "u32_x1", words, words.div_ceil(256)),
+            ("u32 x4 strided", "u32_x4", words, words.div_ceil(1024)),
+            ("vec4 x1", "vec4_x1", vecs, vecs.div_ceil(256)),
+            ("vec4 x4 strided", "vec4_x4", vecs, vecs.div_ceil(1024)),
+            ("vec4 grid-stride", "vec4_grid", vecs, grid_invocations / 256),
+        ];
+        let reps = 20;
+        for (name, entry, n, groups) in variants {
+            let constants = [("N", n as f64), ("GRID", grid_invocations as f64)];
+            let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: None,
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: wgpu::PipelineCompilationOptions { constants: &constants, ..Default::default() },
+                cache: None,
+            });
+            let layout = pipeline.get_bind_group_layout(0);
+            let (a, b) = if entry.starts_with("u32") { (0, 1) } else { (2, 3) };
+            let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &layout,
+                entries: &[
+                    wgpu::BindGroupEntry { binding: a, resource: src.as_entire_binding() },
+                    wgpu::BindGroupEntry { binding: b, resource: dst.as_entire_binding() },
+                ],
+            });
+            let max = gpu.info().limits.max_compute_workgroups_per_dimension;
+            let (x, y) = if groups <= max { (groups, 1) } else { (max, groups.div_ceil(max)) };
+            let run = |count: usize| -> f64 {
+                let mut enc = device.create_command_encoder(&Default::default());
+                for _ in 0..count {
+                    let mut pass = enc.begin_compute_pass(&Default::default());
+                    pass.set_pipeline(&pipeline);
+                    pass.set_bind_group(0, &bind, &[]);
+                    pass.dispatch_workgroups(x, y, 1);
+                }
+                let start = Instant::now();
+                gpu.queue().submit([enc.finish()]);
+                let _ = device.poll(wgpu::PollType::wait_indefinitely());
+                start.elapsed().as_secs_f64() * 1e3
+            };
+            run(reps); // warm-up (compile, clocks)
+            let ms = run(reps) / reps as f64;
+            println!("| {mib} MiB | {name} | {ms:.4} | {:.0} |", 2.0 * bytes as f64 / (ms * 1e-3) / 1e9);
+        }
+        let run_copy = |count: usize| -> f64 {
+            let mut enc = device.create_command_encoder(&Default::default());
+            for _ in 0..count {
+                enc.copy_buffer_to_buffer(&src, 0, &dst, 0, bytes);
+            }
+            let start = Instant::now();
+            gpu.queue().submit([enc.finish()]);
+            let _ = device.poll(wgpu::PollType::wait_indefinitely());
+            start.elapsed().as_secs_f64() * 1e3
+        };
+        run_copy(reps);
+        let ms = run_copy(reps) / reps as f64;
+        println!("| {mib} MiB | copy_buffer_to_buffer | {ms:.4} | {:.0} |", 2.0 * bytes as f64 / (ms * 1e-3) / 1e9);
+    }
+    Ok(())
+}
