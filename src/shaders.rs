@@ -49,11 +49,15 @@ pub enum Shader {
     Fused,
     /// Fused optimizer steps (AdamW, SGD), many tensors per dispatch.
     Optim,
+    /// Flash attention forward.
+    Attention,
+    /// Flash attention backward (dk/dv and dq).
+    AttentionBwd,
 }
 
 impl Shader {
     /// Every shader family, for the portability test.
-    pub const ALL: [Shader; 7] = [
+    pub const ALL: [Shader; 9] = [
         Shader::Reduce,
         Shader::Matmul,
         Shader::MatmulCoop,
@@ -61,6 +65,8 @@ impl Shader {
         Shader::Norm,
         Shader::Fused,
         Shader::Optim,
+        Shader::Attention,
+        Shader::AttentionBwd,
     ];
 
     /// The file name under shaders/.
@@ -73,6 +79,8 @@ impl Shader {
             Shader::Norm => "norm.wgsl",
             Shader::Fused => "fused.wgsl",
             Shader::Optim => "optim.wgsl",
+            Shader::Attention => "attention.wgsl",
+            Shader::AttentionBwd => "attention_bwd.wgsl",
         }
     }
 
@@ -94,6 +102,8 @@ impl Shader {
             Shader::Norm => include_str!("../shaders/norm.wgsl"),
             Shader::Fused => include_str!("../shaders/fused.wgsl"),
             Shader::Optim => include_str!("../shaders/optim.wgsl"),
+            Shader::Attention => include_str!("../shaders/attention.wgsl"),
+            Shader::AttentionBwd => include_str!("../shaders/attention_bwd.wgsl"),
         }
     }
 }
@@ -311,5 +321,6 @@ pub fn all_kernels() -> Vec<Kernel> {
     all.extend(crate::ops::norm::all_kernels());
     all.extend(crate::fusion::sample_kernels());
     all.extend(crate::optim::all_kernels());
+    all.extend(crate::ops::attention::all_kernels());
     all
 }

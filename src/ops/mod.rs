@@ -1,5 +1,6 @@
 //! Kernel launchers: host-side validation, then one dispatch each.
 
+pub mod attention;
 pub mod autotune;
 pub mod elementwise;
 pub mod matmul;

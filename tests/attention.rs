@@ -1,0 +1,370 @@
+//! Flash attention forward and backward against float64 references: sequence lengths 1, 7,
+//! 64, 129, 1000; head dims 32, 64, 128 (and 80, 96 for the padded tiles); causal or not;
+//! S_q ≠ S_k (decoding against a KV cache); grouped-query attention; broadcast biases with
+//! −∞ entries; both layouts; f16 and bf16 storage; each path (flash, naive). The backward
+//! against the reference gradients and, on a tiny case, against finite differences.
+
+mod common;
+use common::*;
+use wgkernels::ops::attention::{
+    attention, attention_backward, attention_forward, AttentionLayout, AttentionOptions, AttentionPath,
+};
+use wgkernels::{DType, Error, Tensor};
+
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    b: usize,
+    h: usize,
+    h_kv: usize,
+    s_q: usize,
+    s_k: usize,
+    d: usize,
+    causal: bool,
+}
+
+impl Case {
+    fn new(s_q: usize, s_k: usize, d: usize, causal: bool) -> Self {
+        Self { b: 1, h: 2, h_kv: 2, s_q, s_k, d, causal }
+    }
+    fn gqa(self, h: usize, h_kv: usize) -> Self {
+        Self { h, h_kv, ..self }
+    }
+    fn batch(self, b: usize) -> Self {
+        Self { b, ..self }
+    }
+}
+
+/// Inputs in BHSD order (f64, as stored) and as tensors in `layout`.
+struct Inputs {
+    q: Vec<f64>,
+    k: Vec<f64>,
+    v: Vec<f64>,
+    tq: Tensor,
+    tk: Tensor,
+    tv: Tensor,
+}
+
+/// BHSD values → a tensor in `layout`.
+fn tensor_in(values: &[f32], b: usize, h: usize, s: usize, d: usize, layout: AttentionLayout, dtype: DType) -> Tensor {
+    let gpu = gpu();
+    let t = Tensor::from_f32(&gpu, values, &[b, h, s, d], dtype).unwrap();
+    match layout {
+        AttentionLayout::Bhsd => t,
+        // A real BSHD tensor (contiguous in that order), not a view of the BHSD one.
+        AttentionLayout::Bshd => t.transpose(1, 2).unwrap().contiguous().unwrap(),
+    }
+}
+
+/// A BHSD-ordered f32 copy of a tensor given in `layout`.
+fn values_bhsd(t: &Tensor, layout: AttentionLayout) -> Vec<f32> {
+    match layout {
+        AttentionLayout::Bhsd => t.to_vec_f32().unwrap(),
+        AttentionLayout::Bshd => t.transpose(1, 2).unwrap().contiguous().unwrap().to_vec_f32().unwrap(),
+    }
+}
+
+fn inputs(c: &Case, layout: AttentionLayout, dtype: DType, seed: u64) -> Inputs {
+    let mk = |heads: usize, s: usize, seed: u64| {
+        let v: Vec<f32> = random_vec(c.b * heads * s * c.d, seed).iter().map(|x| x * 0.75).collect();
+        let t = tensor_in(&v, c.b, heads, s, c.d, layout, dtype);
+        (rounded(&v, dtype), t)
+    };
+    let (q, tq) = mk(c.h, c.s_q, seed);
+    let (k, tk) = mk(c.h_kv, c.s_k, seed + 1);
+    let (v, tv) = mk(c.h_kv, c.s_k, seed + 2);
+    Inputs { q, k, v, tq, tk, tv }
+}
+
+/// f64 reference forward: (out BHSD, lse, probabilities [B, H, S_q, S_k]).
+fn reference(c: &Case, x: &Inputs, scale: f64, bias: Option<&dyn Fn(usize, usize, usize, usize) -> f64>) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let Case { b, h, h_kv, s_q, s_k, d, causal } = *c;
+    let mut out = vec![0.0; b * h * s_q * d];
+    let mut lse = vec![0.0; b * h * s_q];
+    let mut probs = vec![0.0; b * h * s_q * s_k];
+    let offset = s_k as i64 - s_q as i64;
+    for bi in 0..b {
+        for hi in 0..h {
+            let kh = hi / (h / h_kv);
+            for i in 0..s_q {
+                let qrow = &x.q[((bi * h + hi) * s_q + i) * d..][..d];
+                let mut scores = vec![f64::NEG_INFINITY; s_k];
+                for (j, sc) in scores.iter_mut().enumerate() {
+                    if causal && j as i64 > i as i64 + offset {
+                        continue;
+                    }
+                    let krow = &x.k[((bi * h_kv + kh) * s_k + j) * d..][..d];
+                    let dot: f64 = qrow.iter().zip(krow).map(|(a, b)| a * b).sum();
+                    *sc = dot * scale + bias.map_or(0.0, |f| f(bi, hi, i, j));
+                }
+                let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let row = (bi * h + hi) * s_q + i;
+                if m == f64::NEG_INFINITY {
+                    lse[row] = f64::NEG_INFINITY;
+                    continue;
+                }
+                let sum: f64 = scores.iter().map(|s| (s - m).exp()).sum();
+                lse[row] = m + sum.ln();
+                for j in 0..s_k {
+                    let p = (scores[j] - m).exp() / sum;
+                    probs[row * s_k + j] = p;
+                    let vrow = &x.v[((bi * h_kv + kh) * s_k + j) * d..][..d];
+                    for (o, vv) in out[row * d..][..d].iter_mut().zip(vrow) {
+                        *o += p * vv;
+                    }
+                }
+            }
+        }
+    }
+    (out, lse, probs)
+}
+
+/// f64 reference gradients (dq, dk, dv), BHSD, from the reference probabilities.
+fn reference_grads(c: &Case, x: &Inputs, scale: f64, probs: &[f64], out: &[f64], dout: &[f64]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let Case { b, h, h_kv, s_q, s_k, d, .. } = *c;
+    let mut dq = vec![0.0; b * h * s_q * d];
+    let mut dk = vec![0.0; b * h_kv * s_k * d];
+    let mut dv = vec![0.0; b * h_kv * s_k * d];
+    for bi in 0..b {
+        for hi in 0..h {
+            let kh = hi / (h / h_kv);
+            for i in 0..s_q {
+                let row = (bi * h + hi) * s_q + i;
+                let do_row = &dout[row * d..][..d];
+                let delta: f64 = do_row.iter().zip(&out[row * d..][..d]).map(|(a, b)| a * b).sum();
+                for j in 0..s_k {
+                    let p = probs[row * s_k + j];
+                    if p == 0.0 {
+                        continue;
+                    }
+                    let kv = ((bi * h_kv + kh) * s_k + j) * d;
+                    let dp: f64 = do_row.iter().zip(&x.v[kv..][..d]).map(|(a, b)| a * b).sum();
+                    let ds = p * (dp - delta);
+                    for e in 0..d {
+                        dq[row * d + e] += scale * ds * x.k[kv + e];
+                        dk[kv + e] += scale * ds * x.q[row * d + e];
+                        dv[kv + e] += p * do_row[e];
+                    }
+                }
+            }
+        }
+    }
+    (dq, dk, dv)
+}
+
+/// Tolerances for outputs of magnitude ~1 computed in f32 and stored in `dtype`.
+fn att_tol(dtype: DType) -> (f64, f64) {
+    match dtype {
+        DType::F32 => (2e-5, 1e-4),
+        d => tol(d),
+    }
+}
+
+fn check_forward(c: Case, layout: AttentionLayout, dtype: DType, path: AttentionPath) {
+    let x = inputs(&c, layout, dtype, 3 + c.s_q as u64);
+    let opts = AttentionOptions { causal: c.causal, layout, path, ..Default::default() };
+    let scale = 1.0 / (c.d as f64).sqrt();
+    let (want, want_lse, _) = reference(&c, &x, scale, None);
+    let what = format!("{c:?} {layout:?} {dtype:?} {path:?}");
+    let out = attention(&x.tq, &x.tk, &x.tv, &opts).unwrap();
+    assert_eq!(out.shape(), x.tq.shape(), "{what}");
+    let (atol, rtol) = att_tol(dtype);
+    assert_close(&format!("attention {what}"), &values_bhsd(&out, layout), &want, atol, rtol);
+    if path != AttentionPath::Naive {
+        let (_, lse) = attention_forward(&x.tq, &x.tk, &x.tv, &opts).unwrap();
+        assert_close(&format!("lse {what}"), &lse.to_vec_f32().unwrap(), &want_lse, 1e-5, 1e-5);
+    }
+}
+
+#[test]
+fn forward_matches_f64_over_lengths_dims_and_masks() {
+    for s in [1, 7, 64, 129] {
+        for d in [32, 64, 128] {
+            for causal in [false, true] {
+                check_forward(Case::new(s, s, d, causal), AttentionLayout::Bhsd, DType::F32, AttentionPath::Flash);
+            }
+        }
+    }
+    // Padded head dims (80 → 96 in the forward tile, 96 exact).
+    for d in [80, 96] {
+        check_forward(Case::new(33, 33, d, true), AttentionLayout::Bhsd, DType::F32, AttentionPath::Flash);
+    }
+}
+
+#[test]
+fn forward_long_sequence() {
+    check_forward(Case::new(1000, 1000, 64, true).gqa(1, 1), AttentionLayout::Bhsd, DType::F32, AttentionPath::Flash);
+    check_forward(Case::new(1000, 1000, 32, false).gqa(1, 1), AttentionLayout::Bhsd, DType::F32, AttentionPath::Flash);
+}
+
+#[test]
+fn kv_cache_shapes_gqa_layouts_and_16_bit_storage() {
+    // Decoding: one or a few new queries against a longer cache, causal bottom-right.
+    for (s_q, s_k) in [(1, 129), (7, 64), (64, 7)] {
+        for causal in [false, true] {
+            check_forward(Case::new(s_q, s_k, 64, causal), AttentionLayout::Bhsd, DType::F32, AttentionPath::Flash);
+        }
+    }
+    check_forward(Case::new(65, 65, 32, true).gqa(4, 2).batch(2), AttentionLayout::Bhsd, DType::F32, AttentionPath::Flash);
+    check_forward(Case::new(17, 40, 64, false).gqa(6, 1), AttentionLayout::Bhsd, DType::F32, AttentionPath::Flash);
+    check_forward(Case::new(33, 33, 64, true).gqa(4, 2).batch(2), AttentionLayout::Bshd, DType::F32, AttentionPath::Flash);
+    for dtype in [DType::F16, DType::BF16] {
+        check_forward(Case::new(70, 70, 64, true).gqa(4, 2), AttentionLayout::Bhsd, dtype, AttentionPath::Flash);
+        check_forward(Case::new(9, 70, 32, false), AttentionLayout::Bshd, dtype, AttentionPath::Flash);
+    }
+}
+
+#[test]
+fn naive_path_matches_f64_and_the_flash_path() {
+    for (c, layout) in [
+        (Case::new(7, 7, 32, true), AttentionLayout::Bhsd),
+        (Case::new(5, 40, 64, true).gqa(4, 2), AttentionLayout::Bshd),
+        (Case::new(64, 64, 64, false), AttentionLayout::Bhsd),
+    ] {
+        check_forward(c, layout, DType::F32, AttentionPath::Naive);
+        // Fused against unfused on the same inputs.
+        let x = inputs(&c, layout, DType::F32, 40);
+        let opts = AttentionOptions { causal: c.causal, layout, ..Default::default() };
+        let flash = attention(&x.tq, &x.tk, &x.tv, &AttentionOptions { path: AttentionPath::Flash, ..opts }).unwrap();
+        let naive = attention(&x.tq, &x.tk, &x.tv, &AttentionOptions { path: AttentionPath::Naive, ..opts }).unwrap();
+        let want: Vec<f64> = naive.to_vec_f32().unwrap().iter().map(|&x| x as f64).collect();
+        assert_close(&format!("flash vs naive {c:?}"), &flash.to_vec_f32().unwrap(), &want, 1e-5, 1e-4);
+    }
+}
+
+#[test]
+fn broadcast_bias_with_masked_entries() {
+    let gpu = gpu();
+    let c = Case::new(37, 45, 32, false).batch(2).gqa(4, 2);
+    let x = inputs(&c, AttentionLayout::Bhsd, DType::F32, 9);
+    // A [B, 1, 1, S_k] padding mask (the last 5 keys of batch 1 masked) plus an ALiBi-like
+    // [1, H, S_q, S_k] slope, summed by broadcasting on the host side of the reference.
+    let pad: Vec<f32> = (0..c.b * c.s_k).map(|i| if i / c.s_k == 1 && i % c.s_k >= 40 { f32::NEG_INFINITY } else { 0.0 }).collect();
+    let pad_t = Tensor::from_slice(&gpu, &pad, &[c.b, 1, 1, c.s_k]).unwrap();
+    let alibi: Vec<f32> = (0..c.h * c.s_q * c.s_k)
+        .map(|i| {
+            let (hh, qi, kj) = (i / (c.s_q * c.s_k), (i / c.s_k) % c.s_q, i % c.s_k);
+            -0.05 * (hh + 1) as f32 * (qi as f32 - kj as f32).abs()
+        })
+        .collect();
+    let alibi_t = Tensor::from_slice(&gpu, &alibi, &[1, c.h, c.s_q, c.s_k]).unwrap();
+    let scale = 0.3;
+    for (name, bias, f) in [
+        ("padding", &pad_t, Box::new(|b: usize, _h: usize, _i: usize, j: usize| pad[b * c.s_k + j] as f64) as Box<dyn Fn(usize, usize, usize, usize) -> f64>),
+        ("alibi", &alibi_t, Box::new(|_b, h, i, j| alibi[(h * c.s_q + i) * c.s_k + j] as f64)),
+    ] {
+        let (want, _, _) = reference(&c, &x, scale, Some(&*f));
+        for path in [AttentionPath::Flash, AttentionPath::Naive] {
+            let opts = AttentionOptions { scale: Some(scale as f32), bias: Some(bias), path, ..Default::default() };
+            let got = attention(&x.tq, &x.tk, &x.tv, &opts).unwrap().to_vec_f32().unwrap();
+            assert_close(&format!("{name} bias, {path:?}"), &got, &want, 2e-5, 1e-4);
+        }
+    }
+}
+
+#[test]
+fn a_query_that_sees_no_key_gets_zero_and_minus_infinity() {
+    // Causal with S_q > S_k: the first S_q − S_k queries see nothing.
+    let c = Case::new(10, 4, 32, true);
+    let x = inputs(&c, AttentionLayout::Bhsd, DType::F32, 5);
+    let (out, lse) = attention_forward(&x.tq, &x.tk, &x.tv, &AttentionOptions { causal: true, ..Default::default() }).unwrap();
+    let (want, want_lse, _) = reference(&c, &x, 1.0 / (32f64).sqrt(), None);
+    assert_close("output", &out.to_vec_f32().unwrap(), &want, 2e-5, 1e-4);
+    assert_close("lse", &lse.to_vec_f32().unwrap(), &want_lse, 1e-5, 1e-5);
+    assert!(lse.to_vec_f32().unwrap()[0] == f32::NEG_INFINITY);
+}
+
+fn check_backward(c: Case, layout: AttentionLayout, dtype: DType) {
+    let gpu = gpu();
+    let x = inputs(&c, layout, dtype, 100 + c.s_q as u64);
+    let opts = AttentionOptions { causal: c.causal, layout, ..Default::default() };
+    let scale = 1.0 / (c.d as f64).sqrt();
+    let (out, lse) = attention_forward(&x.tq, &x.tk, &x.tv, &opts).unwrap();
+    let dout_v: Vec<f32> = random_vec(c.b * c.h * c.s_q * c.d, 77);
+    let dout = tensor_in(&dout_v, c.b, c.h, c.s_q, c.d, layout, dtype);
+    let (dq, dk, dv) = attention_backward(&x.tq, &x.tk, &x.tv, &out, &lse, &dout, &opts).unwrap();
+    let (ref_out, _, probs) = reference(&c, &x, scale, None);
+    // The kernel's δ uses the stored output; use the same in the reference.
+    let out_used: Vec<f64> = values_bhsd(&out, layout).iter().map(|&v| v as f64).collect();
+    let _ = ref_out;
+    let (wq, wk, wv) = reference_grads(&c, &x, scale, &probs, &out_used, &rounded(&dout_v, dtype));
+    let what = format!("{c:?} {layout:?} {dtype:?}");
+    let (atol, rtol) = match dtype {
+        DType::F32 => (5e-5, 2e-4),
+        d => (tol(d).0 * 4.0, tol(d).1 * 4.0),
+    };
+    for (name, got, want) in [("dq", &dq, &wq), ("dk", &dk, &wk), ("dv", &dv, &wv)] {
+        assert_eq!(got.dtype(), dtype);
+        assert_close(&format!("{name} {what}"), &values_bhsd(got, layout), want, atol, rtol);
+    }
+    let _ = gpu;
+}
+
+#[test]
+fn backward_matches_f64_gradients() {
+    for s in [1, 7, 64, 129] {
+        for (d, causal) in [(32, false), (64, true), (128, true)] {
+            check_backward(Case::new(s, s, d, causal), AttentionLayout::Bhsd, DType::F32);
+        }
+    }
+    check_backward(Case::new(7, 50, 64, true).gqa(4, 2).batch(2), AttentionLayout::Bhsd, DType::F32);
+    check_backward(Case::new(33, 20, 32, false).gqa(6, 2), AttentionLayout::Bshd, DType::F32);
+    check_backward(Case::new(40, 40, 80, true), AttentionLayout::Bhsd, DType::F32);
+    check_backward(Case::new(40, 40, 64, true).gqa(2, 1), AttentionLayout::Bhsd, DType::F16);
+}
+
+#[test]
+fn backward_matches_finite_differences() {
+    // L = Σ dO ∘ attention(q, k, v) on a tiny case; central differences of the f32 forward.
+    let gpu = gpu();
+    let c = Case::new(3, 5, 8, true).gqa(2, 1);
+    let x = inputs(&c, AttentionLayout::Bhsd, DType::F32, 1);
+    let opts = AttentionOptions { causal: true, ..Default::default() };
+    let dout_v = random_vec(c.b * c.h * c.s_q * c.d, 2);
+    let dout = Tensor::from_slice(&gpu, &dout_v, &[c.b, c.h, c.s_q, c.d]).unwrap();
+    let (out, lse) = attention_forward(&x.tq, &x.tk, &x.tv, &opts).unwrap();
+    let grads = attention_backward(&x.tq, &x.tk, &x.tv, &out, &lse, &dout, &opts).unwrap();
+    let loss = |q: &[f32], k: &[f32], v: &[f32]| -> f64 {
+        let t = |d: &[f32], heads, s| Tensor::from_slice(&gpu, d, &[c.b, heads, s, c.d]).unwrap();
+        let o = attention(&t(q, c.h, c.s_q), &t(k, c.h_kv, c.s_k), &t(v, c.h_kv, c.s_k), &opts).unwrap();
+        o.to_vec_f32().unwrap().iter().zip(&dout_v).map(|(a, b)| (*a as f64) * (*b as f64)).sum()
+    };
+    let base: [Vec<f32>; 3] = [&x.q, &x.k, &x.v].map(|v| v.iter().map(|&x| x as f32).collect());
+    let eps = 1e-2f32;
+    for (which, name, analytic) in [(0, "dq", &grads.0), (1, "dk", &grads.1), (2, "dv", &grads.2)] {
+        let analytic = analytic.to_vec_f32().unwrap();
+        for i in (0..base[which].len()).step_by(5) {
+            let mut plus = base.clone();
+            let mut minus = base.clone();
+            plus[which][i] += eps;
+            minus[which][i] -= eps;
+            let fd = (loss(&plus[0], &plus[1], &plus[2]) - loss(&minus[0], &minus[1], &minus[2])) / (2.0 * eps as f64);
+            let g = analytic[i] as f64;
+            assert!((fd - g).abs() <= 2e-3 + 1e-2 * g.abs(), "{name}[{i}]: backward {g}, finite difference {fd}");
+        }
+    }
+}
+
+#[test]
+fn bad_shapes_are_refused() {
+    let gpu = gpu();
+    let t = |s: &[usize]| Tensor::randn(&gpu, s, DType::F32, 1).unwrap();
+    let o = AttentionOptions::default();
+    let err = |r: wgkernels::Result<Tensor>| r.expect_err("must be refused").to_string();
+    let e = err(attention(&t(&[1, 2, 4, 8]), &t(&[1, 2, 4, 16]), &t(&[1, 2, 4, 16]), &o));
+    assert!(e.contains("attention") && e.contains("[1, 2, 4, 8]") && e.contains("[1, 2, 4, 16]"), "{e}");
+    let e = err(attention(&t(&[1, 3, 4, 8]), &t(&[1, 2, 4, 8]), &t(&[1, 2, 4, 8]), &o));
+    assert!(e.contains("[1, 3, 4, 8]"), "GQA needs H_kv | H: {e}");
+    let e = err(attention(&t(&[1, 2, 4, 8]), &t(&[1, 2, 5, 8]), &t(&[1, 2, 6, 8]), &o));
+    assert!(e.contains("[1, 2, 5, 8]") && e.contains("[1, 2, 6, 8]"), "{e}");
+    let e = err(attention(&t(&[2, 4, 8]), &t(&[2, 4, 8]), &t(&[2, 4, 8]), &o));
+    assert!(e.contains("rank 4"), "{e}");
+    let bias = t(&[3, 5]);
+    let e = err(attention(&t(&[1, 2, 4, 8]), &t(&[1, 2, 5, 8]), &t(&[1, 2, 5, 8]), &AttentionOptions { bias: Some(&bias), ..o }));
+    assert!(e.contains("attention bias") && e.contains("[3, 5]"), "{e}");
+    let h = Tensor::randn(&gpu, &[1, 2, 4, 8], DType::F16, 2).unwrap();
+    assert!(matches!(attention(&t(&[1, 2, 4, 8]), &h, &h, &o), Err(Error::DTypeMismatch { .. })));
+    let e = err(attention(&t(&[1, 1, 4, 12]), &t(&[1, 1, 4, 12]), &t(&[1, 1, 4, 12]), &AttentionOptions { path: AttentionPath::Flash, ..o }));
+    assert!(e.contains("multiples of 8"), "{e}");
+    // Auto falls back to the naive path for such a head dim.
+    assert!(attention(&t(&[1, 1, 4, 12]), &t(&[1, 1, 4, 12]), &t(&[1, 1, 4, 12]), &o).is_ok());
+}
