@@ -429,6 +429,97 @@ fn main() -> wgkernels::Result<()> {
         ));
     }
 
+    // Attention (issue 5): B = 4, H = 16, S ∈ {512, 2048, 8192}, D ∈ {64, 128}, causal or not,
+    // f32 and f16. FLOPs 4·B·H·S²·D for the forward (halved when causal), 2.5× that for the
+    // backward (five S×S×D products against two), as FlashAttention counts. The variant names
+    // the extra memory one call allocated beyond its inputs (peak − before): flash keeps a
+    // log-sum-exp per row, naive an S×S score and probability matrix per head; at S = 8192 the
+    // naive scores (4·16·8192² f32 = 16 GiB) exceed a storage binding and it cannot run.
+    for dtype in [DType::F16, DType::F32] {
+        let gpu = gpu.clone();
+        jobs.push((
+            format!("attention {}", dtype.name()),
+            Box::new(move |rows: &mut Vec<Row>| {
+                use wgkernels::ops::attention::{attention, attention_backward, attention_forward, AttentionOptions, AttentionPath};
+                let (b, h) = (4usize, 16usize);
+                let seqs: &[usize] = if quick { &[128] } else { &[512, 2048, 8192] };
+                for &s in seqs {
+                    for d in [64usize, 128] {
+                        let size = format!("{b}x{h}x{s}x{d}");
+                        let t = |seed| Tensor::randn(&gpu, &[b, h, s, d], dtype, seed);
+                        let (q, k, v) = (t(1)?, t(2)?, t(3)?);
+                        let dout = t(4)?;
+                        for causal in [false, true] {
+                            let flops = 4.0 * (b * h * s * s * d) as f64 * if causal { 0.5 } else { 1.0 };
+                            let suffix = if causal { "-causal" } else { "" };
+                            let torch_key = |bench: &str, variant: &str| {
+                                Some((bench.to_string(), size.clone(), dtype.name().to_string(), format!("{variant}{suffix}")))
+                            };
+                            for path in [AttentionPath::Flash, AttentionPath::Naive] {
+                                let opts = AttentionOptions { causal, path, ..Default::default() };
+                                gpu.synchronize()?;
+                                let before = gpu.memory().live_bytes;
+                                gpu.reset_peak();
+                                let once = attention(&q, &k, &v, &opts).and_then(|o| o.realize().map(drop));
+                                gpu.synchronize()?;
+                                let extra = gpu.memory().peak_live_bytes.saturating_sub(before);
+                                let name = if path == AttentionPath::Flash { "flash" } else { "naive" };
+                                if let Err(e) = once {
+                                    eprintln!("\n{name} {size} {dtype:?} causal={causal}: cannot run: {e}");
+                                    rows.push(Row {
+                                        bench: "attention",
+                                        size: size.clone(),
+                                        dtype: dtype.name(),
+                                        variant: format!("{name}{suffix}: cannot run ({})", e.to_string().chars().take(60).collect::<String>()),
+                                        ms: f64::NAN,
+                                        rate: f64::NAN,
+                                        wall_rate: f64::NAN,
+                                        unit: "GFLOP/s",
+                                        torch_key: None,
+                                    });
+                                    continue;
+                                }
+                                let tm = measure(&gpu, 1, reps, || attention(&q, &k, &v, &opts).and_then(|o| o.realize().map(drop)))?;
+                                rows.push(Row {
+                                    bench: "attention",
+                                    size: size.clone(),
+                                    dtype: dtype.name(),
+                                    variant: format!("{name}{suffix}, +{} MiB", extra >> 20),
+                                    ms: tm.median_ms,
+                                    rate: tm.rate(flops),
+                                    wall_rate: flops / (tm.wall_ms * 1e-3) / 1e9,
+                                    unit: "GFLOP/s",
+                                    torch_key: torch_key("attention", if path == AttentionPath::Flash { "sdpa" } else { "naive" }),
+                                });
+                            }
+                            let opts = AttentionOptions { causal, ..Default::default() };
+                            let (o, lse) = attention_forward(&q, &k, &v, &opts)?;
+                            let tm = measure(&gpu, 1, reps, || {
+                                let (dq, dk, dv) = attention_backward(&q, &k, &v, &o, &lse, &dout, &opts)?;
+                                for x in [dq, dk, dv] {
+                                    x.realize()?;
+                                }
+                                Ok(())
+                            })?;
+                            rows.push(Row {
+                                bench: "attention_backward",
+                                size: size.clone(),
+                                dtype: dtype.name(),
+                                variant: format!("flash{suffix}"),
+                                ms: tm.median_ms,
+                                rate: tm.rate(2.5 * flops),
+                                wall_rate: 2.5 * flops / (tm.wall_ms * 1e-3) / 1e9,
+                                unit: "GFLOP/s",
+                                torch_key: torch_key("attention_backward", "sdpa"),
+                            });
+                        }
+                    }
+                }
+                Ok(())
+            }),
+        ));
+    }
+
     // `--only` picks jobs by label: "copy", "matmul", "matmul 4096", "gpt2", "normalizations f16", ...
     if let Some(o) = &args.only {
         jobs.retain(|(label, _)| label.contains(o.as_str()));

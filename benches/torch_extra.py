@@ -63,3 +63,29 @@ for variant in ["fused", "foreach", "for-loop"]:
     opt.step()
     rec("adamw", "gpt2-124M", "f32", variant, bench(opt.step), 7 * n * 4, "GB/s")
     del ps, opt
+
+# Attention at the sizes: SDPA forward and backward (2.5x the forward's FLOPs), and the
+# naive composition where its S x S scores fit.
+B, H = 4, 16
+for dt, name in [(torch.float16, "f16"), (torch.float32, "f32")]:
+    for S in [512, 2048, 8192]:
+        for D in [64, 128]:
+            q, k, v = (torch.randn(B, H, S, D, device=dev, dtype=dt, requires_grad=True) for _ in range(3))
+            for causal in [False, True]:
+                flops = 4 * B * H * S * S * D * (0.5 if causal else 1.0)
+                sfx = "-causal" if causal else ""
+                size = f"{B}x{H}x{S}x{D}"
+                rec("attention", size, name, "sdpa" + sfx, bench(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal)), flops, "GFLOP/s")
+                o = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+                do = torch.randn_like(o)
+                rec("attention_backward", size, name, "sdpa" + sfx, bench(lambda: torch.autograd.grad(o, [q, k, v], do, retain_graph=True)), 2.5 * flops, "GFLOP/s")
+                if S <= 2048:
+                    def naive():
+                        s = (q @ k.transpose(-1, -2)) / D**0.5
+                        if causal:
+                            s = s.masked_fill(torch.ones(S, S, device=dev, dtype=torch.bool).triu(1), float("-inf"))
+                        return torch.softmax(s, -1) @ v
+                    with torch.no_grad():
+                        rec("attention", size, name, "naive" + sfx, bench(naive), flops, "GFLOP/s")
+                del o, do
+            del q, k, v
