@@ -2,15 +2,15 @@
 //! output projection, residual, layernorm, MLP with GELU, residual — on random weights,
 //! timed per kernel with the profiler, fused against unfused, and checked against each other.
 //!
-//! Fused: bias and GELU in the matmul epilogues, attention scale and causal mask inside the
-//! softmax kernel, remaining element-wise chains through the fusion JIT. Unfused: the same
-//! function from separate kernels (bias add, GELU, scale, additive mask), fusion off. Attention is the naive path (S×S scores in memory); flash attention is a
-//! separate issue.
+//! Fused: bias and GELU in the matmul epilogues, flash attention reading q, k, v straight
+//! out of the QKV projection (BSHD views, no copies; no S×S matrix), remaining element-wise
+//! chains through the fusion JIT. Unfused: the same function from separate kernels (bias
+//! add, GELU, q·kᵀ matmul, scale, additive causal mask, softmax, matmul with v), fusion off.
 //!
 //!     cargo run --release --example gpt2_block [-- --batch 8 --seq 1024]
 
+use wgkernels::ops::attention::{attention, AttentionLayout, AttentionOptions, AttentionPath};
 use wgkernels::ops::matmul::{Activation, MatmulOptions};
-use wgkernels::ops::norm::SoftmaxOptions;
 use wgkernels::{DType, Gpu, Profiler, Result, Tensor};
 
 const D: usize = 768;
@@ -67,17 +67,22 @@ impl Block {
             }
         };
         let h = x.layer_norm(Some(&self.ln1.0), Some(&self.ln1.1), 1e-5)?;
-        let qkv = linear(&h, &self.w_qkv, &self.b_qkv, Activation::None)?.reshape(&[batch, seq, 3, HEADS, hd])?;
-        let head = |i: usize| qkv.narrow(2, i, 1)?.permute(&[0, 2, 3, 1, 4]); // [B, 1, H, S, hd]
-        let (q, k, v) = (head(0)?, head(1)?, head(2)?);
-        let scores = q.matmul(&k.transpose(3, 4)?)?;
+        let qkv = linear(&h, &self.w_qkv, &self.b_qkv, Activation::None)?; // [B·S, 3·D]
         let scale = 1.0 / (hd as f32).sqrt();
-        let probs = if fused {
-            scores.softmax_with(&SoftmaxOptions { scale: Some(scale), causal: true, ..Default::default() })?
+        let att = if fused {
+            // q, k, v as [B, S, H, hd] views of the projection (row stride 3·D): no copies.
+            let heads = qkv.reshape(&[batch, seq, 3 * HEADS, hd])?;
+            let part = |i: usize| heads.narrow(2, i * HEADS, HEADS);
+            let opts = AttentionOptions { causal: true, layout: AttentionLayout::Bshd, path: AttentionPath::Flash, ..Default::default() };
+            attention(&part(0)?, &part(1)?, &part(2)?, &opts)?.reshape(&[batch * seq, D])?
         } else {
-            scores.mul(&Tensor::full(gpu, &[1], scale, DType::F32)?)?.add(causal_mask)?.softmax(-1)?
+            let qkv = qkv.reshape(&[batch, seq, 3, HEADS, hd])?;
+            let head = |i: usize| qkv.narrow(2, i, 1)?.permute(&[0, 2, 3, 1, 4]); // [B, 1, H, S, hd]
+            let (q, k, v) = (head(0)?, head(1)?, head(2)?);
+            let scores = q.matmul(&k.transpose(3, 4)?)?;
+            let probs = scores.mul(&Tensor::full(gpu, &[1], scale, DType::F32)?)?.add(causal_mask)?.softmax(-1)?;
+            probs.matmul(&v)?.permute(&[0, 3, 1, 2, 4])?.reshape(&[batch * seq, D])?
         };
-        let att = probs.matmul(&v)?.permute(&[0, 3, 1, 2, 4])?.reshape(&[batch * seq, D])?;
         let x1 = x.add(&linear(&att, &self.w_o, &self.b_o, Activation::None)?)?;
         let h2 = x1.layer_norm(Some(&self.ln2.0), Some(&self.ln2.1), 1e-5)?;
         let fc = linear(&h2, &self.w_fc, &self.b_fc, Activation::GeluTanh)?;

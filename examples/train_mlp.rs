@@ -1,11 +1,13 @@
 //! Trains a small MLP on three interleaved spirals with hand-written backward passes built
 //! from the library's kernels (matmul with fused bias/ReLU epilogues, fused cross-entropy,
-//! transposed views for the weight gradients) and Adam composed from element-wise ops.
+//! transposed views for the weight gradients) and the fused AdamW step (all six tensors in
+//! one dispatch; `--unfused` composes the same update from element-wise ops instead).
 //! Prints the loss every 50 steps; the loss must fall below `TARGET_LOSS`.
 //!
-//!     cargo run --release --example train_mlp [-- --steps 600]
+//!     cargo run --release --example train_mlp [-- --steps 600] [--unfused]
 
 use wgkernels::ops::matmul::{Activation, MatmulOptions};
+use wgkernels::optim::{adamw_unfused, AdamW, AdamWConfig, Optimizer};
 use wgkernels::{DType, Gpu, Result, Tensor};
 
 /// Cross-entropy the training must reach (ln 3 ≈ 1.10 is chance level).
@@ -31,72 +33,60 @@ pub fn spirals() -> (Vec<f32>, Vec<u32>) {
     (xs, ys)
 }
 
-struct Param {
-    value: Tensor,
-    m: Tensor,
-    v: Tensor,
-}
-
-impl Param {
-    fn new(gpu: &Gpu, shape: &[usize], scale: f32, seed: u64) -> Result<Self> {
-        let value = Tensor::randn(gpu, shape, DType::F32, seed)?.mul(&Tensor::full(gpu, &[1], scale, DType::F32)?)?;
-        Ok(Self { value, m: Tensor::zeros(gpu, shape, DType::F32)?, v: Tensor::zeros(gpu, shape, DType::F32)? })
-    }
-
-    /// Adam (β = 0.9, 0.999), composed from element-wise kernels: the unfused baseline that
-    /// a fused optimizer step replaces.
-    fn adam(&mut self, grad: &Tensor, lr: f32, step: i32) -> Result<()> {
-        let gpu = grad.gpu();
-        let s = |x: f32| Tensor::full(gpu, &[1], x, DType::F32);
-        let (b1, b2) = (0.9f32, 0.999f32);
-        self.m = self.m.mul(&s(b1)?)?.add(&grad.mul(&s(1.0 - b1)?)?)?;
-        self.v = self.v.mul(&s(b2)?)?.add(&grad.square()?.mul(&s(1.0 - b2)?)?)?;
-        let m_hat = self.m.mul(&s(1.0 / (1.0 - b1.powi(step)))?)?;
-        let v_hat = self.v.mul(&s(1.0 / (1.0 - b2.powi(step)))?)?;
-        let update = m_hat.div(&v_hat.sqrt()?.add(&s(1e-8)?)?)?.mul(&s(lr)?)?;
-        self.value = self.value.sub(&update)?;
-        Ok(())
-    }
+fn init(gpu: &Gpu, shape: &[usize], scale: f32, seed: u64) -> Result<Tensor> {
+    Tensor::randn(gpu, shape, DType::F32, seed)?.mul(&Tensor::full(gpu, &[1], scale, DType::F32)?)?.contiguous()
 }
 
 fn relu(bias: &Tensor) -> MatmulOptions<'_> {
     MatmulOptions { bias: Some(bias), activation: Activation::Relu, ..Default::default() }
 }
 
-/// Trains for `steps` full-batch steps; returns the loss every `every` steps (and the last).
-pub fn train(gpu: &Gpu, steps: usize, every: usize, verbose: bool) -> Result<Vec<(usize, f32)>> {
+/// Trains for `steps` full-batch steps with the fused AdamW step (or, `fused = false`, the
+/// same update from element-wise ops); returns the loss every `every` steps (and the last).
+pub fn train(gpu: &Gpu, steps: usize, every: usize, verbose: bool, fused: bool) -> Result<Vec<(usize, f32)>> {
     let (xs, ys) = spirals();
     let n = ys.len();
     let x = Tensor::from_slice(gpu, &xs, &[n, 2])?; // [N, 2]
-    let mut w1 = Param::new(gpu, &[2, HIDDEN], 1.0, 1)?;
-    let mut b1 = Param::new(gpu, &[HIDDEN], 0.0, 2)?;
-    let mut w2 = Param::new(gpu, &[HIDDEN, HIDDEN], (2.0 / HIDDEN as f32).sqrt(), 3)?;
-    let mut b2 = Param::new(gpu, &[HIDDEN], 0.0, 4)?;
-    let mut w3 = Param::new(gpu, &[HIDDEN, CLASSES], (1.0 / HIDDEN as f32).sqrt(), 5)?;
-    let mut b3 = Param::new(gpu, &[CLASSES], 0.0, 6)?;
+    // w1 [2, H], b1 [H], w2 [H, H], b2 [H], w3 [H, 3], b3 [3]
+    let mut params = vec![
+        init(gpu, &[2, HIDDEN], 1.0, 1)?,
+        init(gpu, &[HIDDEN], 0.0, 2)?,
+        init(gpu, &[HIDDEN, HIDDEN], (2.0 / HIDDEN as f32).sqrt(), 3)?,
+        init(gpu, &[HIDDEN], 0.0, 4)?,
+        init(gpu, &[HIDDEN, CLASSES], (1.0 / HIDDEN as f32).sqrt(), 5)?,
+        init(gpu, &[CLASSES], 0.0, 6)?,
+    ];
+    // Adam without weight decay (a tiny model on a fixed dataset), lr 0.02.
+    let config = AdamWConfig { lr: 0.02, weight_decay: 0.0, ..Default::default() };
+    let mut opt = AdamW::new(gpu, config.clone())?;
+    // The unfused path's moments.
+    let mut moments: Vec<(Tensor, Tensor)> =
+        params.iter().map(|p| Ok((Tensor::zeros(gpu, p.shape(), DType::F32)?, Tensor::zeros(gpu, p.shape(), DType::F32)?))).collect::<Result<_>>()?;
     let zero = Tensor::zeros(gpu, &[1], DType::F32)?;
     let mut losses = Vec::new();
     for step in 1..=steps {
+        let [w1, b1, w2, b2, w3, b3] = &params[..] else { unreachable!("six parameters") };
         // Forward: ReLU fused into the matmuls' epilogues. h1, h2: [N, H]; logits: [N, 3].
-        let h1 = x.matmul_with(&w1.value, &relu(&b1.value))?;
-        let h2 = h1.matmul_with(&w2.value, &relu(&b2.value))?;
-        let logits = h2.matmul_with(&w3.value, &MatmulOptions { bias: Some(&b3.value), ..Default::default() })?;
+        let h1 = x.matmul_with(w1, &relu(b1))?;
+        let h2 = h1.matmul_with(w2, &relu(b2))?;
+        let logits = h2.matmul_with(w3, &MatmulOptions { bias: Some(b3), ..Default::default() })?;
         let (loss, dlogits) = logits.cross_entropy(&ys)?; // dlogits already divided by N
-                                                          // Backward: weight gradients through transposed views (no copies); ReLU' = [h > 0].
+        // Backward: weight gradients through transposed views (no copies); ReLU' = [h > 0].
         let dw3 = h2.transpose(0, 1)?.matmul(&dlogits)?;
         let db3 = dlogits.sum(0)?;
-        let dz2 = dlogits.matmul(&w3.value.transpose(0, 1)?)?.mul(&h2.gt(&zero)?)?;
+        let dz2 = dlogits.matmul(&w3.transpose(0, 1)?)?.mul(&h2.gt(&zero)?)?;
         let dw2 = h1.transpose(0, 1)?.matmul(&dz2)?;
         let db2 = dz2.sum(0)?;
-        let dz1 = dz2.matmul(&w2.value.transpose(0, 1)?)?.mul(&h1.gt(&zero)?)?;
+        let dz1 = dz2.matmul(&w2.transpose(0, 1)?)?.mul(&h1.gt(&zero)?)?;
         let dw1 = x.transpose(0, 1)?.matmul(&dz1)?;
         let db1 = dz1.sum(0)?;
-        let lr = 0.02;
-        let t = step as i32;
-        for (p, g) in
-            [(&mut w1, &dw1), (&mut b1, &db1), (&mut w2, &dw2), (&mut b2, &db2), (&mut w3, &dw3), (&mut b3, &db3)]
-        {
-            p.adam(g, lr, t)?;
+        let grads = [dw1, db1, dw2, db2, dw3, db3];
+        if fused {
+            opt.step(&mut params, &grads)?;
+        } else {
+            for ((p, (m, v)), g) in params.iter_mut().zip(moments.iter_mut()).zip(&grads) {
+                (*p, *m, *v) = adamw_unfused(p, g, m, v, step as u64, &config)?;
+            }
         }
         if step % every == 0 || step == steps {
             let l = loss.to_vec_f32()?[0];
@@ -117,14 +107,16 @@ fn main() -> Result<()> {
         .find(|w| w[0] == "--steps")
         .map(|w| w[1].parse().expect("--steps N"))
         .unwrap_or(600);
+    let fused = !std::env::args().any(|a| a == "--unfused");
     let gpu = Gpu::new()?;
     println!(
-        "training a 2-{HIDDEN}-{HIDDEN}-3 MLP on {} spiral points, full batch, Adam, on {}",
+        "training a 2-{HIDDEN}-{HIDDEN}-3 MLP on {} spiral points, full batch, {} Adam, on {}",
         CLASSES * POINTS_PER_CLASS,
+        if fused { "fused" } else { "unfused (element-wise ops)" },
         gpu.info().name
     );
     let t0 = std::time::Instant::now();
-    let losses = train(&gpu, steps, 50, true)?;
+    let losses = train(&gpu, steps, 50, true, fused)?;
     let last = losses.last().map(|l| l.1).unwrap_or(f32::NAN);
     println!(
         "final loss {last:.4} after {steps} steps in {:.1} s (target < {TARGET_LOSS})",
