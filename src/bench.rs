@@ -1,5 +1,14 @@
 //! Measuring kernels: warm up, then time repeats with GPU timestamps (wall clock where the
 //! adapter has none) and report the median. Used by the examples and `cargo bench`.
+//!
+//! ```no_run
+//! # fn main() -> wgkernels::Result<()> {
+//! let gpu = wgkernels::Gpu::new()?;
+//! let x = wgkernels::Tensor::randn(&gpu, &[1 << 24], wgkernels::DType::F32, 0)?;
+//! let t = wgkernels::bench::measure(&gpu, 2, 10, || x.add(&x)?.realize().map(drop))?;
+//! println!("{:.3} ms, {:.0} GB/s", t.median_ms, t.rate(3.0 * 4.0 * (1 << 24) as f64));
+//! # Ok(()) }
+//! ```
 
 use crate::error::Result;
 use crate::gpu::Gpu;

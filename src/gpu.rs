@@ -144,6 +144,16 @@ pub(crate) struct GpuInner {
 }
 
 /// A handle to one GPU device. Clone it freely; clones share the device, the pool and the caches.
+///
+/// ```no_run
+/// use wgkernels::{Gpu, GpuOptions};
+/// # fn main() -> wgkernels::Result<()> {
+/// let gpu = Gpu::new()?;                 // the best adapter (WGK_BACKEND / WGK_ADAPTER override)
+/// println!("{}", gpu.info());            // name, backend, features, limits, tensor-core shapes
+/// let checked = Gpu::with_options(GpuOptions { checked: true, ..GpuOptions::from_env()? })?;
+/// println!("{:?} {:?}", gpu.memory(), checked.stats());
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Gpu {
     pub(crate) inner: Arc<GpuInner>,

@@ -3,7 +3,7 @@
 //! a few dispatches (`shaders/optim.wgsl` explains the kernel).
 //!
 //! ```no_run
-//! use wgkernels::optim::{AdamW, AdamWConfig};
+//! use wgkernels::optim::{AdamW, AdamWConfig, Optimizer};
 //! # fn demo(gpu: &wgkernels::Gpu, mut params: Vec<wgkernels::Tensor>, grads: Vec<wgkernels::Tensor>) -> wgkernels::Result<()> {
 //! let mut opt = AdamW::new(gpu, AdamWConfig { lr: 3e-4, weight_decay: 0.1, ..Default::default() })?;
 //! opt.step(&mut params, &grads)?;          // params updated in place

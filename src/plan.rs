@@ -2,6 +2,14 @@
 //! weights, gradients, optimizer state, activations and the KV cache, under a precision
 //! policy. The first question of anyone sizing a model: "how much memory does it need?".
 //!
+//! ```
+//! use wgkernels::plan::{human, Optimizer, Precision, GPT2};
+//! let small = GPT2[0];
+//! assert_eq!(small.params(), 124_439_808);
+//! let e = small.training(8, 1024, Precision::Mixed16, Optimizer::Adam, true, false);
+//! println!("{}: {} to train at batch 8 × 1024", small.name, human(e.total()));
+//! ```
+//!
 //! Conventions (stated so that each figure can be checked by hand):
 //! - Parameters (tied input/output embeddings, biases everywhere, as in GPT-2):
 //!   `V·d + C·d + L·(12·d² + 13·d) + 2·d`.

@@ -59,7 +59,20 @@ impl Data {
     }
 }
 
-/// An n-dimensional array on the GPU.
+/// An n-dimensional array on the GPU: a dtype, a shape and strides over shared storage.
+///
+/// ```no_run
+/// use wgkernels::{DType, Gpu, Tensor};
+/// # fn main() -> wgkernels::Result<()> {
+/// let gpu = Gpu::new()?;
+/// let x = Tensor::from_slice(&gpu, &[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3])?;
+/// let t = x.transpose(0, 1)?;                      // a view: [3, 2], no copy
+/// assert_eq!(t.to_vec::<f32>()?, [1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
+/// let h = x.to_dtype(DType::F16)?;                 // stored as 16-bit, computed in f32
+/// let r = Tensor::randn(&gpu, &[2, 3], DType::BF16, 7)?; // seeded, the same on every backend
+/// println!("{:?}", (&h + &r.to_dtype(DType::F16)?)?.to_vec_f32()?);
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Tensor {
     gpu: Gpu,

@@ -13,6 +13,24 @@
 //! kv head h / (H / H_kv)). Causal masking is bottom-right aligned, as for decoding with a
 //! KV cache: query i sees keys j ≤ i + S_k − S_q. Statistics are f32 whatever the storage
 //! dtype.
+//!
+//! ```no_run
+//! use wgkernels::ops::attention::{attention, attention_backward, attention_forward, AttentionOptions};
+//! use wgkernels::{DType, Gpu, Tensor};
+//! # fn main() -> wgkernels::Result<()> {
+//! let gpu = Gpu::new()?;
+//! let q = Tensor::randn(&gpu, &[2, 8, 1024, 64], DType::F16, 0)?; // [B, H, S, D]
+//! let kv = |seed| Tensor::randn(&gpu, &[2, 2, 1024, 64], DType::F16, seed); // 2 kv heads (GQA)
+//! let (k, v) = (kv(1)?, kv(2)?);
+//! let opts = AttentionOptions { causal: true, ..Default::default() };
+//! let out = attention(&q, &k, &v, &opts)?; // [2, 8, 1024, 64], no 1024×1024 matrix
+//! // Training: keep the log-sum-exp for the backward pass.
+//! let (out, lse) = attention_forward(&q, &k, &v, &opts)?;
+//! let dout = Tensor::randn(&gpu, out.shape(), DType::F16, 3)?;
+//! let (dq, dk, dv) = attention_backward(&q, &k, &v, &out, &lse, &dout, &opts)?;
+//! # let _ = (dq, dk, dv);
+//! # Ok(()) }
+//! ```
 
 use crate::error::{Error, Result};
 use crate::ops::elementwise::broadcast_shapes;

@@ -1,5 +1,18 @@
-//! Element-wise binary ops with broadcasting, copies of strided views, and casts.
-//! One dispatch per op (the fusion JIT will batch chains of them into one kernel).
+//! Element-wise binary ops with broadcasting, unary maps, copies of strided views, and
+//! casts. With fusion on (the default) they return pending tensors that the fusion JIT
+//! compiles into one kernel per chain; with it off, one dispatch per op.
+//!
+//! ```no_run
+//! use wgkernels::{DType, Gpu, Tensor};
+//! # fn main() -> wgkernels::Result<()> {
+//! let gpu = Gpu::new()?;
+//! let x = Tensor::randn(&gpu, &[4, 1024], DType::F32, 0)?;
+//! let bias = Tensor::randn(&gpu, &[1024], DType::F32, 1)?;     // broadcast over rows
+//! let y = (&x + &bias)?.gelu()?.mul(&x)?;                       // one fused kernel
+//! let y16 = y.to_dtype(DType::BF16)?;                           // a cast, fused too
+//! println!("{:?}", &y16.to_vec_f32()?[..4]);
+//! # Ok(()) }
+//! ```
 
 use crate::error::{Error, Result};
 use crate::shaders::Kernel;

@@ -9,6 +9,21 @@
 //!   precision (`MatmulOptions::allow_reduced_precision`, like PyTorch's TF32 switch).
 //!
 //! Configurations are autotuned per shape class on first use (see [`crate::ops::autotune`]).
+//!
+//! ```no_run
+//! use wgkernels::ops::matmul::{Activation, MatmulOptions};
+//! use wgkernels::{DType, Gpu, Tensor};
+//! # fn main() -> wgkernels::Result<()> {
+//! let gpu = Gpu::new()?;
+//! let x = Tensor::randn(&gpu, &[8, 128, 768], DType::F16, 0)?; // [batch, tokens, d]
+//! let w = Tensor::randn(&gpu, &[768, 3072], DType::F16, 1)?;
+//! let b = Tensor::zeros(&gpu, &[3072], DType::F16)?;
+//! // x·w + b, then GELU, in one kernel (tensor cores where the adapter has them).
+//! let h = x.matmul_with(&w, &MatmulOptions { bias: Some(&b), activation: Activation::GeluTanh, ..Default::default() })?;
+//! let g = h.matmul(&w.transpose(0, 1)?)?; // a transposed view: no copy
+//! assert_eq!(g.shape(), &[8, 128, 768]);
+//! # Ok(()) }
+//! ```
 
 use crate::error::{Error, Result};
 use crate::ops::autotune;

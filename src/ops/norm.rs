@@ -5,6 +5,22 @@
 //! Row-length classes: rows of up to 256·VPT units (a unit is an element pair when the row
 //! length is even) stay in registers, VPT ∈ {1, 2, 4, 8, 16}, so the row is read once;
 //! longer rows stream (online max/sum for softmax, Welford for the norms) and are read twice.
+//!
+//! ```no_run
+//! use wgkernels::ops::norm::SoftmaxOptions;
+//! use wgkernels::{DType, Gpu, Tensor};
+//! # fn main() -> wgkernels::Result<()> {
+//! let gpu = Gpu::new()?;
+//! let x = Tensor::randn(&gpu, &[16, 768], DType::F32, 0)?;
+//! let (w, b) = (Tensor::full(&gpu, &[768], 1.0, DType::F32)?, Tensor::zeros(&gpu, &[768], DType::F32)?);
+//! let h = x.layer_norm(Some(&w), Some(&b), 1e-5)?;
+//! let r = x.rms_norm(Some(&w), 1e-6)?;
+//! let scores = Tensor::randn(&gpu, &[4, 12, 64, 64], DType::F32, 1)?;
+//! let p = scores.softmax_with(&SoftmaxOptions { scale: Some(0.125), causal: true, ..Default::default() })?;
+//! let (loss, dlogits) = Tensor::randn(&gpu, &[16, 50257], DType::F32, 2)?.cross_entropy(&[7; 16])?;
+//! # let _ = (h, r, p, loss, dlogits);
+//! # Ok(()) }
+//! ```
 
 use crate::error::{Error, Result};
 use crate::ops::wgsl_load;

@@ -1,4 +1,13 @@
 //! Reductions: sum over one dim, accumulated in f32.
+//!
+//! ```no_run
+//! # fn main() -> wgkernels::Result<()> {
+//! let gpu = wgkernels::Gpu::new()?;
+//! let x = wgkernels::Tensor::from_slice(&gpu, &[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3])?;
+//! assert_eq!(x.sum(-1)?.to_vec::<f32>()?, [6.0, 15.0]);
+//! assert_eq!(x.sum(0)?.to_vec::<f32>()?, [5.0, 7.0, 9.0]);
+//! # Ok(()) }
+//! ```
 
 use crate::error::{Error, Result};
 use crate::ops::wgsl_load;
