@@ -288,7 +288,7 @@ pub(crate) fn collapse(shape: &[usize], strides: &mut [Vec<usize>]) -> (Vec<usiz
 
 /// The kernel for given input dtypes (None for the absent second input), contiguity and
 /// output dtype. Trusted: see `launch` for why every index is in range.
-fn kernel(a: (DType, bool), b: Option<(DType, bool)>, op: &str, out: DType) -> Kernel {
+fn kernel(a: (DType, bool), b: Option<(DType, bool)>, op: &str, out: DType, vec4: bool) -> Kernel {
     // One op is the shortest chain the fusion JIT generates: the same template serves both.
     let (leaves, body) = match b {
         Some(b) => (
@@ -297,7 +297,7 @@ fn kernel(a: (DType, bool), b: Option<(DType, bool)>, op: &str, out: DType) -> K
         ),
         None => (vec![a], format!("let x = load_0(index_0(i));\n    let r = {op};\n    ")),
     };
-    crate::fusion::fused_kernel(&leaves, "", &body, &[("r".into(), out)])
+    crate::fusion::fused_kernel(&leaves, "", &body, &[("r".into(), out)], vec4)
 }
 
 /// Every specialisation `binary` and `map` can launch.
@@ -306,16 +306,19 @@ pub fn all_kernels() -> Vec<Kernel> {
     for out in DType::ALL {
         for a in DType::ALL {
             for ac in [false, true] {
-                all.push(kernel((a, ac), None, "x", out));
+                all.push(kernel((a, ac), None, "x", out, false));
             }
         }
         for op in UnaryOp::ALL {
-            all.push(kernel((out, true), None, op.wgsl(), out));
+            all.push(kernel((out, true), None, op.wgsl(), out, false));
         }
         for op in BinaryOp::ALL {
             for ac in [false, true] {
                 for bc in [false, true] {
-                    all.push(kernel((out, ac), Some((out, bc)), op.wgsl(), out));
+                    all.push(kernel((out, ac), Some((out, bc)), op.wgsl(), out, false));
+                }
+                if out == DType::F32 && ac {
+                    all.push(kernel((out, true), Some((out, true)), op.wgsl(), out, true));
                 }
             }
         }
@@ -369,9 +372,19 @@ fn launch(
     }
     let a = (inputs[0].dtype(), contiguous[0]);
     let b = inputs.get(1).map(|t| (t.dtype(), contiguous[1]));
-    let k = kernel(a, b, wgsl_op, out_dtype);
+    // Whole 16-byte units where every operand and the output are f32, contiguous, 4-aligned.
+    let vec4 = n % 4 == 0
+        && out_dtype == DType::F32
+        && inputs.iter().zip(&contiguous).all(|(t, &c)| c && t.dtype() == DType::F32 && t.offset() % 4 == 0);
+    let k = kernel(a, b, wgsl_op, out_dtype, vec4);
     let meta_buf = gpu.meta_buffer(&meta);
-    let per = if out_dtype == DType::F32 { 1 } else { 2 };
+    let per = if vec4 {
+        4
+    } else if out_dtype == DType::F32 {
+        1
+    } else {
+        2
+    };
     let groups = n.div_ceil(per).div_ceil(WORKGROUP * UNROLL) as u32;
     let out_buf = out.storage()?.buffer();
     let a_buf = inputs[0].storage()?.buffer();
