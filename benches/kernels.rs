@@ -358,7 +358,9 @@ fn main() -> wgkernels::Result<()> {
             Box::new(move |rows: &mut Vec<Row>| {
                 use wgkernels::optim::{adamw_unfused, AdamW, AdamWConfig, Optimizer};
                 let one = if quick { 1usize << 20 } else { 64 << 20 };
-                let cases: Vec<(String, Vec<Vec<usize>>, Option<&str>)> = vec![
+                // (size label, parameter shapes, PyTorch's size label)
+                type Case<'a> = (String, Vec<Vec<usize>>, Option<&'a str>);
+                let cases: Vec<Case> = vec![
                     (format!("{}M", one >> 20), vec![vec![one]], Some("64M")),
                     (format!("gpt2 {} tensors", small.param_shapes().len()), small.param_shapes(), Some("gpt2-124M")),
                 ];

@@ -164,7 +164,7 @@ fn check(op: &'static str, q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionO
 }
 
 fn flash_applies(d: &Dims) -> bool {
-    d.d <= MAX_HEAD_DIM && d.d % 8 == 0
+    d.d <= MAX_HEAD_DIM && d.d.is_multiple_of(8)
 }
 
 /// Attention output; see the [module docs](self).
