@@ -141,6 +141,8 @@ pub(crate) struct GpuInner {
     pub(crate) cache_hits: AtomicU64,
     dispatches: AtomicU64,
     submits: AtomicU64,
+    /// GL only: held around every device call of this library (see [`Gpu::serial`]).
+    gl_serial: Option<parking_lot::ReentrantMutex<()>>,
 }
 
 /// A handle to one GPU device. Clone it freely; clones share the device, the pool and the caches.
@@ -368,6 +370,7 @@ impl Gpu {
                 cache_hits: AtomicU64::new(0),
                 dispatches: AtomicU64::new(0),
                 submits: AtomicU64::new(0),
+                gl_serial: (ainfo.backend == wgpu::Backend::Gl).then(|| parking_lot::ReentrantMutex::new(())),
             }),
         })
     }
@@ -421,6 +424,7 @@ impl Gpu {
 
     /// Frees every idle buffer the pool holds.
     pub fn empty_cache(&self) {
+        let _serial = self.serial();
         let mut pool = lock(&self.inner.pool);
         pool.free.clear();
         pool.stats.pool_bytes = 0;
@@ -450,8 +454,18 @@ impl Gpu {
         Ok(())
     }
 
+    /// On the GL backend, wgpu-hal panics ("Could not lock adapter context") when a thread
+    /// waits more than 6 s for the GL context while another holds it — a long dispatch being
+    /// waited for, or a big shader compiling, on a software rasteriser. Every device call of
+    /// this library takes this reentrant lock first on GL, so other threads wait here, with
+    /// no timeout, instead of inside wgpu. Elsewhere it is `None` and costs nothing.
+    pub(crate) fn serial(&self) -> Option<parking_lot::ReentrantMutexGuard<'_, ()>> {
+        self.inner.gl_serial.as_ref().map(|m| m.lock())
+    }
+
     /// A storage buffer of at least `bytes` bytes from the pool (size-classed).
     pub(crate) fn alloc(&self, op: &'static str, bytes: u64) -> Result<(wgpu::Buffer, u64)> {
+        let _serial = self.serial();
         self.check_health()?;
         // At least 16 bytes: kernels that read vec4 units bind every buffer as whole vec4s.
         let class = size_class(bytes.max(16));
@@ -499,6 +513,7 @@ impl Gpu {
 
     /// Uploads bytes into `buffer` at `offset`, after the dispatches recorded so far.
     pub(crate) fn write(&self, buffer: &wgpu::Buffer, offset: u64, bytes: &[u8]) -> Result<()> {
+        let _serial = self.serial();
         self.check_health()?;
         let mut padded;
         let data = if bytes.len().is_multiple_of(4) {
@@ -519,6 +534,7 @@ impl Gpu {
 
     /// Records work into the pending encoder; submits when enough has accumulated.
     pub(crate) fn record(&self, f: impl FnOnce(&mut wgpu::CommandEncoder)) -> Result<()> {
+        let _serial = self.serial();
         self.check_health()?;
         {
             let mut pending = lock(&self.inner.pending);
@@ -537,6 +553,7 @@ impl Gpu {
 
     /// Submits all recorded work (does not wait for it).
     pub fn flush(&self) -> Result<()> {
+        let _serial = self.serial();
         self.submit_locked(&mut lock(&self.inner.pending));
         self.check_health()
     }
@@ -553,6 +570,7 @@ impl Gpu {
 
     /// Submits all recorded work and blocks until the GPU has finished it.
     pub fn synchronize(&self) -> Result<()> {
+        let _serial = self.serial();
         self.flush()?;
         self.inner
             .device
@@ -563,6 +581,7 @@ impl Gpu {
 
     /// Copies `bytes` bytes at `offset` of `buffer` back to the host.
     pub(crate) fn read(&self, buffer: &wgpu::Buffer, offset: u64, bytes: u64) -> Result<Vec<u8>> {
+        let _serial = self.serial();
         let aligned = bytes.next_multiple_of(4).max(4);
         let staging = self.inner.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),

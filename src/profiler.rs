@@ -92,6 +92,9 @@ pub struct Profiler {
 impl Profiler {
     /// Starts timing every dispatch on `gpu` until [`Profiler::finish`].
     pub fn start(gpu: &Gpu) -> Result<Self> {
+        // On GL, device calls serialise on this lock, taken before the profiler's (the order
+        // every dispatch takes them in).
+        let _serial = gpu.serial();
         gpu.synchronize()?;
         let mut slot = lock(&gpu.inner.profiler);
         if slot.is_some() {
@@ -113,6 +116,7 @@ impl Profiler {
 
     /// Waits for the profiled work and returns the per-dispatch times.
     pub fn finish(self) -> Result<Report> {
+        let _serial = self.gpu.serial();
         self.gpu.synchronize()?;
         let state = lock(&self.gpu.inner.profiler).take().expect("profile state is present while a Profiler lives");
         let Some(queries) = state.queries else {

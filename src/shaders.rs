@@ -212,6 +212,7 @@ pub(crate) struct PipelineKey {
 impl Gpu {
     /// The compute pipeline for `kernel`, compiled on first use.
     pub(crate) fn pipeline(&self, kernel: &Kernel) -> Result<Arc<wgpu::ComputePipeline>> {
+        let _serial = self.serial();
         let checked = self.checked() || !kernel.trusted;
         let key = PipelineKey { kernel: kernel.clone(), checked };
         if let Some(p) = lock(&self.inner.pipelines).get(&key) {
@@ -263,6 +264,7 @@ impl Gpu {
 
     /// Records one dispatch of `kernel` over a `[x, y, z]` grid of workgroups.
     pub(crate) fn dispatch_3d(&self, kernel: &Kernel, buffers: &[(u32, &wgpu::Buffer)], grid: [u32; 3]) -> Result<()> {
+        let _serial = self.serial();
         if grid.contains(&0) {
             return Ok(());
         }
@@ -303,6 +305,7 @@ impl Gpu {
 
     /// A small read-only storage buffer holding `words` (kernel metadata: shapes, strides).
     pub(crate) fn meta_buffer(&self, words: &[u32]) -> wgpu::Buffer {
+        let _serial = self.serial();
         use wgpu::util::DeviceExt;
         self.inner.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some("meta"),
