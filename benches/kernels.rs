@@ -457,7 +457,13 @@ fn main() -> wgkernels::Result<()> {
                             let torch_key = |bench: &str, variant: &str| {
                                 Some((bench.to_string(), size.clone(), dtype.name().to_string(), format!("{variant}{suffix}")))
                             };
-                            for path in [AttentionPath::Flash, AttentionPath::Naive] {
+                            // f16 also on tensor cores ("cannot run" where the adapter lacks them).
+                            let paths: &[AttentionPath] = if dtype == DType::F16 {
+                                &[AttentionPath::FlashCoop, AttentionPath::Flash, AttentionPath::Naive]
+                            } else {
+                                &[AttentionPath::Flash, AttentionPath::Naive]
+                            };
+                            for &path in paths {
                                 let opts = AttentionOptions { causal, path, ..Default::default() };
                                 gpu.synchronize()?;
                                 let before = gpu.memory().live_bytes;
@@ -465,7 +471,11 @@ fn main() -> wgkernels::Result<()> {
                                 let once = attention(&q, &k, &v, &opts).and_then(|o| o.realize().map(drop));
                                 gpu.synchronize()?;
                                 let extra = gpu.memory().peak_live_bytes.saturating_sub(before);
-                                let name = if path == AttentionPath::Flash { "flash" } else { "naive" };
+                                let name = match path {
+                                    AttentionPath::FlashCoop => "flash-tc",
+                                    AttentionPath::Flash => "flash",
+                                    _ => "naive",
+                                };
                                 if let Err(e) = once {
                                     eprintln!("\n{name} {size} {dtype:?} causal={causal}: cannot run: {e}");
                                     rows.push(Row {
@@ -491,7 +501,7 @@ fn main() -> wgkernels::Result<()> {
                                     rate: tm.rate(flops),
                                     wall_rate: flops / (tm.wall_ms * 1e-3) / 1e9,
                                     unit: "GFLOP/s",
-                                    torch_key: torch_key("attention", if path == AttentionPath::Flash { "sdpa" } else { "naive" }),
+                                    torch_key: torch_key("attention", if path == AttentionPath::Naive { "naive" } else { "sdpa" }),
                                 });
                             }
                             let opts = AttentionOptions { causal, ..Default::default() };

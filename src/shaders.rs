@@ -53,11 +53,13 @@ pub enum Shader {
     Attention,
     /// Flash attention backward (dk/dv and dq).
     AttentionBwd,
+    /// Flash attention forward on cooperative matrices (tensor cores).
+    AttentionCoop,
 }
 
 impl Shader {
     /// Every shader family, for the portability test.
-    pub const ALL: [Shader; 9] = [
+    pub const ALL: [Shader; 10] = [
         Shader::Reduce,
         Shader::Matmul,
         Shader::MatmulCoop,
@@ -67,6 +69,7 @@ impl Shader {
         Shader::Optim,
         Shader::Attention,
         Shader::AttentionBwd,
+        Shader::AttentionCoop,
     ];
 
     /// The file name under shaders/.
@@ -81,6 +84,7 @@ impl Shader {
             Shader::Optim => "optim.wgsl",
             Shader::Attention => "attention.wgsl",
             Shader::AttentionBwd => "attention_bwd.wgsl",
+            Shader::AttentionCoop => "attention_coop.wgsl",
         }
     }
 
@@ -104,6 +108,7 @@ impl Shader {
             Shader::Optim => include_str!("../shaders/optim.wgsl"),
             Shader::Attention => include_str!("../shaders/attention.wgsl"),
             Shader::AttentionBwd => include_str!("../shaders/attention_bwd.wgsl"),
+            Shader::AttentionCoop => include_str!("../shaders/attention_coop.wgsl"),
         }
     }
 }

@@ -368,3 +368,43 @@ fn bad_shapes_are_refused() {
     // Auto falls back to the naive path for such a head dim.
     assert!(attention(&t(&[1, 1, 4, 12]), &t(&[1, 1, 4, 12]), &t(&[1, 1, 4, 12]), &o).is_ok());
 }
+
+#[test]
+fn tensor_core_path_matches_f64_where_the_adapter_has_it() {
+    let gpu = gpu();
+    let probe = Tensor::zeros(&gpu, &[1, 1, 16, 64], DType::F16).unwrap();
+    let forced = AttentionOptions { path: AttentionPath::FlashCoop, ..Default::default() };
+    if attention(&probe, &probe, &probe, &forced).is_err() {
+        let e = attention(&probe, &probe, &probe, &forced).unwrap_err().to_string();
+        assert!(e.contains("cooperative matrices"), "{e}");
+        eprintln!("skipped: no tensor-core attention on {} ({e})", gpu.info().name);
+        return;
+    }
+    // P is rounded to f16 before P·V (tensor-core inputs): twice the f16 storage tolerance.
+    let (atol, rtol) = (2.0 * tol(DType::F16).0, 2.0 * tol(DType::F16).1);
+    for (c, layout) in [
+        (Case::new(7, 7, 64, false), AttentionLayout::Bhsd),
+        (Case::new(129, 129, 64, true), AttentionLayout::Bhsd),
+        (Case::new(64, 200, 128, true).gqa(4, 2), AttentionLayout::Bhsd),
+        (Case::new(1, 129, 32, true), AttentionLayout::Bshd),
+        (Case::new(70, 33, 16, false).batch(2), AttentionLayout::Bshd),
+        (Case::new(1000, 1000, 64, true).gqa(1, 1), AttentionLayout::Bhsd),
+    ] {
+        let x = inputs(&c, layout, DType::F16, 50 + c.s_q as u64);
+        let opts = AttentionOptions { causal: c.causal, layout, path: AttentionPath::FlashCoop, ..Default::default() };
+        let (want, want_lse, _) = reference(&c, &x, 1.0 / (c.d as f64).sqrt(), None);
+        let (out, lse) = attention_forward(&x.tq, &x.tk, &x.tv, &opts).unwrap();
+        assert_close(&format!("coop {c:?} {layout:?}"), &values_bhsd(&out, layout), &want, atol, rtol);
+        assert_close(&format!("coop lse {c:?}"), &lse.to_vec_f32().unwrap(), &want_lse, 1e-3, 1e-3);
+    }
+    // With a bias, against the FMA flash kernel on the same inputs.
+    let c = Case::new(37, 45, 64, false).gqa(2, 1);
+    let x = inputs(&c, AttentionLayout::Bhsd, DType::F16, 3);
+    let bias = Tensor::randn(&gpu, &[c.s_q, c.s_k], DType::F32, 4).unwrap();
+    let run = |path| {
+        let o = AttentionOptions { bias: Some(&bias), path, ..Default::default() };
+        attention(&x.tq, &x.tk, &x.tv, &o).unwrap().to_vec_f32().unwrap()
+    };
+    let want: Vec<f64> = run(AttentionPath::Flash).iter().map(|&v| v as f64).collect();
+    assert_close("coop vs FMA flash, with bias", &run(AttentionPath::FlashCoop), &want, atol, rtol);
+}

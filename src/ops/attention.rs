@@ -59,11 +59,16 @@ pub enum AttentionLayout {
 /// Which implementation runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AttentionPath {
-    /// Flash where it applies (head dim ≤ 128, a multiple of 8), else naive.
+    /// Flash on tensor cores where it applies (f16, cooperative matrices, head dim a multiple
+    /// of 16), else the FMA flash kernel where it applies (head dim ≤ 128, a multiple of 8),
+    /// else naive.
     #[default]
     Auto,
-    /// The flash kernel; an error where it does not apply.
+    /// The FMA flash kernel (every adapter); an error where it does not apply.
     Flash,
+    /// The tensor-core flash kernel (forward only; the backward runs the FMA kernels); an
+    /// error where the adapter or the inputs do not allow it.
+    FlashCoop,
     /// matmul → softmax → matmul through the tensor ops.
     Naive,
 }
@@ -163,6 +168,30 @@ fn check(op: &'static str, q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionO
     Ok(Dims { b, h, h_kv, s_q, s_k, d })
 }
 
+/// The tensor-core kernel's requirements: f16 inputs, 16×16×16 f16→f32 cooperative
+/// matrices and f16 in shaders, subgroups of exactly 32, a head dim that is a multiple of 16
+/// up to 128, and every q/k/v offset and stride even (f16 pairs are read as whole words).
+fn coop_applies(q: &Tensor, k: &Tensor, v: &Tensor, d: &Dims) -> bool {
+    let gpu = q.gpu();
+    let info = gpu.info();
+    q.dtype() == DType::F16
+        && info.has_coop_f16_16x16x16()
+        && gpu.has(wgpu::Features::SHADER_F16)
+        && gpu.has(wgpu::Features::SUBGROUP)
+        && info.subgroup_sizes == (32, 32)
+        && d.d.is_multiple_of(16)
+        && d.d <= MAX_HEAD_DIM
+        && [q, k, v].iter().all(|t| t.offset() % 2 == 0 && t.strides()[..3].iter().all(|s| s % 2 == 0))
+}
+
+fn coop_requirements(gpu: &crate::Gpu) -> String {
+    format!(
+        "the tensor-core flash kernel needs f16 q/k/v with even offsets and strides, a head dim that is a multiple of 16 up to {MAX_HEAD_DIM}, and an adapter with 16x16x16 f16->f32 cooperative matrices, SHADER_F16 and subgroups of 32 (this one: coop {}, subgroups {:?})",
+        gpu.info().has_coop_f16_16x16x16(),
+        gpu.info().subgroup_sizes
+    )
+}
+
 fn flash_applies(d: &Dims) -> bool {
     d.d <= MAX_HEAD_DIM && d.d.is_multiple_of(8)
 }
@@ -175,7 +204,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOptions) ->
     let dims = check("attention", q, k, v, opts)?;
     match opts.path {
         AttentionPath::Naive => attention_naive(q, k, v, opts),
-        AttentionPath::Auto if !flash_applies(&dims) => attention_naive(q, k, v, opts),
+        AttentionPath::Auto if !flash_applies(&dims) && !coop_applies(q, k, v, &dims) => attention_naive(q, k, v, opts),
         _ => Ok(attention_forward(q, k, v, opts)?.0),
     }
 }
@@ -185,7 +214,17 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOptions) ->
 pub fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOptions) -> Result<(Tensor, Tensor)> {
     const OP: &str = "attention";
     let dims = check(OP, q, k, v, opts)?;
-    if !flash_applies(&dims) {
+    let coop = match opts.path {
+        AttentionPath::FlashCoop => {
+            if !coop_applies(q, k, v, &dims) {
+                return Err(Error::InvalidArgument { op: OP, msg: coop_requirements(q.gpu()) });
+            }
+            true
+        }
+        AttentionPath::Flash => false,
+        AttentionPath::Auto | AttentionPath::Naive => coop_applies(q, k, v, &dims),
+    };
+    if !coop && !flash_applies(&dims) {
         return Err(Error::InvalidArgument {
             op: OP,
             msg: format!("the flash kernel takes head dims that are multiples of 8 up to {MAX_HEAD_DIM}, got {}", dims.d),
@@ -200,7 +239,8 @@ pub fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpt
     let lse = Tensor::empty(gpu, OP, &[b, h, s_q], DType::F32)?;
     let mut params = base_params(&dims, opts, &q, &k, &v, bias.as_ref().map(|x| &x.1));
     params[20..24].copy_from_slice(&view_strides(&out, opts.layout));
-    let kernel = fwd_kernel(q.dtype(), bias.as_ref().map(|x| x.0.dtype()), dims.d);
+    let bias_dtype = bias.as_ref().map(|x| x.0.dtype());
+    let kernel = if coop { coop_kernel(bias_dtype, dims.d) } else { fwd_kernel(q.dtype(), bias_dtype, dims.d) };
     // Unchecked is safe: every element index is offset + b·sb + h·sh + s·ss + d of a view
     // with b < B, h < H (or H_kv), s < S, d < D, guarded by the shader's row and column
     // tests, hence an element of that view and inside its buffer; the bias index is the
@@ -219,6 +259,8 @@ pub fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpt
     if let Some((t, _)) = &bias {
         bind.push((6, t.storage()?.buffer()));
     }
+    // Both kernels take 64 query rows per workgroup. The tensor-core kernel reads f16 pairs
+    // as whole words: coop_applies checked every offset and stride even.
     gpu.dispatch_3d(&kernel, &bind, [s_q.div_ceil(FWD_ROWS) as u32, h as u32, b as u32])?;
     Ok((out, lse))
 }
@@ -427,10 +469,77 @@ fn bwd_kernel(entry: &'static str, dtype: DType, bias: Option<DType>, d: usize) 
     k
 }
 
+/// The tensor-core forward for head dim `d` (a multiple of 16): fragment code unrolled here,
+/// see shaders/attention_coop.wgsl.
+fn coop_kernel(bias: Option<DType>, d: usize) -> Kernel {
+    let frags = d / 16;
+    let (bk, q_stride, kt_stride, v_stride) = (32, d + 8, 32 + 8, d + 8);
+    let tile_halves = (64 * q_stride).max(d * kt_stride + bk * v_stride);
+    let mut q_load = String::new();
+    let mut o_decl = String::new();
+    let mut s_mma = String::from("var s_0 = coop_mat16x16<f32, C>();\n        var s_1 = coop_mat16x16<f32, C>();\n");
+    let mut pv = String::new();
+    let mut o_store = String::new();
+    for c in 0..frags {
+        q_load += &format!(
+            "let qo_{c} = sg * 16u * Q_STRIDE + {}u;\n    let q_{c} = coopLoadT<coop_mat16x16<f16, A>>(&tiles[qo_{c}], Q_STRIDE);\n    ",
+            c * 16
+        );
+        o_decl += &format!("var o_{c} = coop_mat16x16<f32, C>();\n    ");
+        for j in 0..2 {
+            s_mma += &format!(
+                "        let ko_{c}_{j} = {}u * KT_STRIDE + {}u;\n        let kb_{c}_{j} = coopLoadT<coop_mat16x16<f16, B>>(&tiles[ko_{c}_{j}], KT_STRIDE);\n        s_{j} = coopMultiplyAdd(q_{c}, kb_{c}_{j}, s_{j});\n",
+                c * 16,
+                j * 16
+            );
+        }
+        o_store += &format!(
+            "workgroupBarrier();\n    let oo_{c} = sg * 16u * BK;\n    coopStoreT(o_{c}, &scratch[oo_{c}], 16u);\n    workgroupBarrier();\n    \
+             for (var e = lane; e < 128u; e += SUBGROUP) {{\n        let rr = e / 8u;\n        let cp = 2u * (e % 8u);\n        let rg = q0 + sg * 16u + rr;\n        \
+             if (rg < S_q) {{\n            store_o(row_base(20u, b, h, rg) + {}u + cp, scratch[oo_{c} + rr * 16u + cp], scratch[oo_{c} + rr * 16u + cp + 1u]);\n        }}\n    }}\n    ",
+            c * 16
+        );
+    }
+    s_mma += "        let so_0 = sg * 16u * BK;\n        coopStoreT(s_0, &scratch[so_0], BK);\n        let so_1 = sg * 16u * BK + 16u;\n        coopStoreT(s_1, &scratch[so_1], BK);";
+    for kb in 0..2 {
+        pv += &format!(
+            "let po_{kb} = sg * 16u * P_STRIDE + {}u;\n        let p_{kb} = coopLoadT<coop_mat16x16<f16, A>>(&p_tile[po_{kb}], P_STRIDE);\n        ",
+            kb * 16
+        );
+        for j in 0..frags {
+            pv += &format!(
+                "let vo_{kb}_{j} = V_BASE + {}u * V_STRIDE + {}u;\n        let vb_{kb}_{j} = coopLoadT<coop_mat16x16<f16, B>>(&tiles[vo_{kb}_{j}], V_STRIDE);\n        o_{j} = coopMultiplyAdd(p_{kb}, vb_{kb}_{j}, o_{j});\n        ",
+                kb * 16,
+                j * 16
+            );
+        }
+    }
+    let mut k = Kernel::new(Shader::AttentionCoop, "attention_coop")
+        .sub("D", d.to_string())
+        .sub("TILE_HALVES", tile_halves.to_string())
+        .sub("STORE_O", store_pair(DType::F16))
+        .sub("Q_LOAD", q_load)
+        .sub("O_DECL", o_decl)
+        .sub("S_MMA", s_mma)
+        .sub("PV_MMA", pv)
+        .sub("O_STORE", o_store)
+        .trusted();
+    k = match bias {
+        Some(bd) => k.flag("BIAS").sub("LOAD_BIAS", wgsl_load("bias", bd)),
+        None => k.sub("LOAD_BIAS", ""),
+    };
+    k
+}
+
 /// Every specialisation the attention ops can launch (all head-dim paddings, dtypes, with
 /// and without a bias), for the portability test.
 pub fn all_kernels() -> Vec<Kernel> {
     let mut all = Vec::new();
+    for d in [16, 32, 48, 64, 80, 96, 112, 128] {
+        for bias in [None, Some(DType::F16), Some(DType::F32)] {
+            all.push(coop_kernel(bias, d));
+        }
+    }
     for dtype in DType::ALL {
         for bias in [None, Some(dtype), Some(DType::F32)] {
             for d in [32, 64, 96, 128] {
