@@ -14,6 +14,8 @@
 // Several outputs: the chain's result and any intermediate that a tensor handle still holds
 // (so it is not computed again later) are stored by the same kernel.
 //
+// Dropout params follow the leaves' in `params` (DROPOUT_BASE, set per kernel).
+//
 // Placeholders, each in double braces: BINDINGS (one read-only array<u32> per leaf, then
 // the outputs and `params`), LOADERS (load_k and index_k per leaf), OPS (one function per op
 // the chain uses), OUT_FIELDS (one f32 field per output), BODY (the chain, ending in
@@ -49,6 +51,25 @@ fn round_bf16(x: f32) -> f32 {
 }
 
 {{LOADERS}}
+
+// Dropout's counter-based RNG: a 32-bit hash of (seed, linear index) — two rounds of
+// Wellons' lowbias32 mixer — so the mask is reproducible from the seed on every backend and
+// never stored. `base` indexes its 4 params words (seed lo, seed hi, keep threshold,
+// 1/(1 − p) as f32 bits). Host twin: fusion::dropout_keeps.
+fn mix32(x: u32) -> u32 {
+    var h = x;
+    h ^= h >> 16u;
+    h *= 0x7feb352du;
+    h ^= h >> 15u;
+    h *= 0x846ca68bu;
+    h ^= h >> 16u;
+    return h;
+}
+
+fn op_dropout(x: f32, index: u32, base: u32) -> f32 {
+    let h = mix32(mix32(index + mix32(params[base])) ^ params[base + 1u]);
+    return select(0.0, x * bitcast<f32>(params[base + 3u]), h >= params[base + 2u]);
+}
 
 {{OPS}}
 

@@ -40,12 +40,16 @@ pub(crate) enum Expr {
     Zip(BinaryOp, Tensor, Tensor),
     /// Rounds to the node's dtype (a cast inside a chain keeps its rounding).
     Cast(Tensor),
+    /// Inverted dropout: x / (1 − p) where the counter-based hash of (seed, linear index)
+    /// keeps the element, 0 elsewhere. The mask is a function of (seed, index) only: never
+    /// stored, and the backward is the same op on the gradient.
+    Dropout { x: Tensor, p: f32, seed: u64 },
 }
 
 impl Expr {
     fn operands(&self) -> Vec<&Tensor> {
         match self {
-            Expr::Map(_, a) | Expr::Cast(a) => vec![a],
+            Expr::Map(_, a) | Expr::Cast(a) | Expr::Dropout { x: a, .. } => vec![a],
             Expr::Zip(_, a, b) => vec![a, b],
         }
     }
@@ -62,6 +66,8 @@ fn max_leaves(gpu: &Gpu) -> usize {
 
 struct Builder<'a> {
     gpu: &'a Gpu,
+    /// The params words of each dropout node, in the order the body uses them.
+    dropouts: Vec<[u32; 4]>,
     leaves: Vec<Tensor>,
     leaf_ids: HashMap<(usize, usize, Vec<usize>, DType), usize>,
     node_ids: HashMap<usize, String>,
@@ -121,6 +127,13 @@ impl Builder<'_> {
                 DType::F16 => format!("round_f16({})", args[0]),
                 DType::BF16 => format!("round_bf16({})", args[0]),
             },
+            Expr::Dropout { p, seed, .. } => {
+                // Its seed and threshold are runtime params (4 words each, after the leaves'),
+                // so a new seed every step reuses the compiled kernel.
+                let j = self.dropouts.len();
+                self.dropouts.push(dropout_words(*p, *seed));
+                format!("op_dropout({}, linear_index(i), DROPOUT_BASE + {}u)", args[0], 4 * j)
+            }
         };
         let name = format!("n{}", self.next);
         self.next += 1;
@@ -190,6 +203,7 @@ pub(crate) fn realize(root: &Tensor) -> Result<Arc<Storage>> {
     let gpu = root.gpu();
     let mut b = Builder {
         gpu,
+        dropouts: vec![],
         leaves: vec![],
         leaf_ids: HashMap::new(),
         node_ids: HashMap::new(),
@@ -230,6 +244,7 @@ pub(crate) fn realize(root: &Tensor) -> Result<Arc<Storage>> {
     }
     let pad = MAX_DIMS - cshape.len();
     let mut params = vec![0u32; 8 + 7 * b.leaves.len()];
+    let dropout_params: Vec<u32> = b.dropouts.iter().flatten().copied().collect();
     params[0] = n as u32;
     params[1] = cshape.len() as u32;
     for d in 0..MAX_DIMS {
@@ -245,6 +260,7 @@ pub(crate) fn realize(root: &Tensor) -> Result<Arc<Storage>> {
         layout.push((leaf.dtype(), cstrides[k] == contiguous_strides(&cshape)));
     }
     let nl = b.leaves.len();
+    params.extend(dropout_params);
     // The held intermediates that this graph computes (all of them, unless a concurrent
     // realisation got there first), with storage of their own.
     let mut extra: Vec<(Tensor, String, Arc<Storage>)> = Vec::new();
@@ -296,7 +312,11 @@ pub(crate) fn fused_kernel(
         return fused_kernel_vec4(leaves.len(), ops, body, outputs);
     }
     let mut bindings = String::new();
-    let mut loaders = String::new();
+    // Dropout params follow the leaves' (see Expr::Dropout); `i` is the linear index here.
+    let mut loaders = format!(
+        "const DROPOUT_BASE: u32 = {}u;\n\nfn linear_index(i: u32) -> u32 {{\n    return i;\n}}\n\n",
+        8 + 7 * leaves.len()
+    );
     for (k, &(dtype, contiguous)) in leaves.iter().enumerate() {
         let base = 8 + 7 * k;
         bindings.push_str(&format!("@group(0) @binding({k}) var<storage, read> leaf{k}: array<u32>;\n"));
@@ -362,8 +382,12 @@ fn vec4_applies(leaves: &[Tensor], layout: &[(DType, bool)], outputs: &[(String,
 /// per output. `index_k` returns the lane, `load_k` reads it from the registers.
 fn fused_kernel_vec4(leaves: usize, ops: &str, body: &str, outputs: &[(String, DType)]) -> Kernel {
     let mut bindings = String::new();
-    let mut loaders = String::new();
-    let mut store = String::new();
+    // `i` is the lane (0..4) of unit `unit`: the linear index is 4·unit + i.
+    let mut loaders = format!(
+        "const DROPOUT_BASE: u32 = {}u;\n\nvar<private> unit: u32;\n\nfn linear_index(i: u32) -> u32 {{\n    return 4u * unit + i;\n}}\n\n",
+        8 + 7 * leaves
+    );
+    let mut store = String::from("unit = t;\n        ");
     for k in 0..leaves {
         bindings.push_str(&format!("@group(0) @binding({k}) var<storage, read> leaf{k}: array<vec4<u32>>;\n"));
         loaders.push_str(&format!(
@@ -465,6 +489,37 @@ pub(crate) fn lazy_zip(op: BinaryOp, a: Tensor, b: Tensor, dtype: DType) -> Resu
     let gpu = a.gpu().clone();
     let shape = a.shape().to_vec();
     Ok(Tensor::pending(&gpu, &shape, dtype, Expr::Zip(op, a, b), d))
+}
+
+/// The params words of a dropout node: seed (low, high), the keep threshold on the 32-bit
+/// hash (keep when hash ≥ p·2³²), and 1/(1 − p) as f32 bits.
+fn dropout_words(p: f32, seed: u64) -> [u32; 4] {
+    let threshold = (p as f64 * 4294967296.0).round().min(4294967295.0) as u32;
+    [seed as u32, (seed >> 32) as u32, threshold, ((1.0 / (1.0 - p as f64)) as f32).to_bits()]
+}
+
+/// The mask the kernels compute, on the host (tests and references): whether element
+/// `index` survives dropout with probability `p` and `seed`. Bit-exact with the shaders'
+/// `dropout_hash` in shaders/fused.wgsl.
+pub fn dropout_keeps(p: f32, seed: u64, index: u32) -> bool {
+    fn mix32(mut h: u32) -> u32 {
+        h ^= h >> 16;
+        h = h.wrapping_mul(0x7feb_352d);
+        h ^= h >> 15;
+        h = h.wrapping_mul(0x846c_a68b);
+        h ^= h >> 16;
+        h
+    }
+    let [lo, hi, threshold, _] = dropout_words(p, seed);
+    mix32(mix32(index.wrapping_add(mix32(lo))) ^ hi) >= threshold
+}
+
+/// A pending dropout of `x`.
+pub(crate) fn lazy_dropout(x: Tensor, p: f32, seed: u64) -> Result<Tensor> {
+    let d = bounded(&[&x])?;
+    let gpu = x.gpu().clone();
+    let (shape, dtype) = (x.shape().to_vec(), x.dtype());
+    Ok(Tensor::pending(&gpu, &shape, dtype, Expr::Dropout { x, p, seed }, d))
 }
 
 /// A pending `op(x)` (a cast when `op` is `Copy` and `dtype` differs).

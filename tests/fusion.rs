@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use wgkernels::ops::elementwise::{BinaryOp, UnaryOp};
+use wgkernels::ops::elementwise::{dropout_keeps, BinaryOp, UnaryOp};
 use wgkernels::{DType, Gpu, GpuOptions, Tensor};
 
 fn gpu_with_fusion(on: bool) -> Gpu {
@@ -330,5 +330,64 @@ fn vec4_and_scalar_variants_agree_with_f64() {
         }
         let vec4_used = gpu.compiled_kernels().iter().any(|k| k.wgsl().contains("array<vec4<u32>>"));
         assert!(vec4_used, "fusion {fusion}: no vec4 kernel was compiled");
+    }
+}
+
+#[test]
+fn dropout_is_reproducible_fused_and_exactly_the_host_mask() {
+    let (p, seed) = (0.3f32, 0x1234_5678_9abc_def0u64);
+    for fusion in [true, false] {
+        let gpu = gpu_with_fusion(fusion);
+        // 10007 (scalar path) and 10008 (the 16-byte path): the same mask by linear index.
+        for n in [10007usize, 10008] {
+            let (x, xv) = random_tensor(&gpu, &[n], DType::F32, 1);
+            let (y, yv) = random_tensor(&gpu, &[n], DType::F32, 2);
+            let before = gpu.stats().dispatches;
+            let z = x.mul(&y).unwrap().dropout(p, seed).unwrap().add(&x).unwrap();
+            z.realize().unwrap();
+            if fusion {
+                assert_eq!(gpu.stats().dispatches - before, 1, "mul, dropout, add: one kernel");
+            }
+            let scale = (1.0 / (1.0 - p as f64)) as f32 as f64;
+            let want: Vec<f64> = (0..n)
+                .map(|i| if dropout_keeps(p, seed, i as u32) { xv[i] * yv[i] * scale } else { 0.0 } + xv[i])
+                .collect();
+            assert_close(&format!("dropout chain, fusion {fusion}, n {n}"), &z.to_vec_f32().unwrap(), &want, 1e-6, 1e-6);
+            // The backward: the same call on the gradient zeroes the same elements.
+            let g = Tensor::full(&gpu, &[n], 1.0, DType::F32).unwrap().dropout(p, seed).unwrap().to_vec_f32().unwrap();
+            for (i, v) in g.iter().enumerate() {
+                assert_eq!(*v != 0.0, dropout_keeps(p, seed, i as u32), "element {i}");
+            }
+        }
+    }
+}
+
+#[test]
+fn dropout_keeps_the_right_fraction_and_new_seeds_compile_nothing() {
+    let gpu = gpu_with_fusion(true);
+    let n = 200_000;
+    let x = Tensor::full(&gpu, &[n], 1.0, DType::F32).unwrap();
+    for p in [0.1f32, 0.5, 0.9] {
+        let kept = x.dropout(p, 7).unwrap().to_vec_f32().unwrap().iter().filter(|v| **v != 0.0).count();
+        let expect = n as f64 * (1.0 - p as f64);
+        let sigma = (n as f64 * p as f64 * (1.0 - p as f64)).sqrt();
+        assert!((kept as f64 - expect).abs() < 5.0 * sigma, "p {p}: kept {kept}, expected {expect:.0} ± {sigma:.0}");
+    }
+    let a = x.dropout(0.5, 1).unwrap().to_vec_f32().unwrap();
+    let compiled = gpu.stats().pipelines_compiled;
+    let b = x.dropout(0.5, 2).unwrap().to_vec_f32().unwrap();
+    let a2 = x.dropout(0.5, 1).unwrap().to_vec_f32().unwrap();
+    assert_eq!(gpu.stats().pipelines_compiled, compiled, "a new seed must not compile a kernel");
+    assert_eq!(a, a2, "same seed, same mask");
+    assert!(a.iter().zip(&b).filter(|(u, v)| u != v).count() > n / 4, "other seed, other mask");
+    // 16-bit tensors: the kept values are x / (1 − p) rounded once.
+    let h = Tensor::full(&gpu, &[1001], 3.0, DType::BF16).unwrap().dropout(0.25, 3).unwrap();
+    for (i, v) in h.to_vec_f32().unwrap().iter().enumerate() {
+        let want = if dropout_keeps(0.25, 3, i as u32) { 4.0 } else { 0.0 };
+        assert_eq!(*v, want, "bf16 element {i}");
+    }
+    for bad in [-0.1f32, 1.0, f32::NAN] {
+        let e = x.dropout(bad, 0).unwrap_err().to_string();
+        assert!(e.contains("dropout") && e.contains("[0, 1)"), "{e}");
     }
 }

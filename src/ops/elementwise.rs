@@ -14,6 +14,8 @@
 //! # Ok(()) }
 //! ```
 
+pub use crate::fusion::dropout_keeps;
+
 use crate::error::{Error, Result};
 use crate::shaders::Kernel;
 use crate::tensor::{contiguous_strides, Tensor};
@@ -492,6 +494,25 @@ macro_rules! binary_only_methods {
 binary_only_methods! { pow => Pow, gt => Gt, lt => Lt, ge => Ge, le => Le, eq => Eq }
 
 impl Tensor {
+    /// Inverted dropout: each element is kept with probability 1 − p and scaled by
+    /// 1/(1 − p), or zeroed. The mask is a counter-based hash of (`seed`, linear index): the
+    /// same on every backend, never stored, fused into the surrounding element-wise chain
+    /// (`seed` and `p` are runtime parameters, so a new seed per step compiles nothing). The
+    /// backward is the same call on the gradient: `dy.dropout(p, seed)`.
+    ///
+    /// Errors: `InvalidArgument` unless 0 ≤ p < 1.
+    pub fn dropout(&self, p: f32, seed: u64) -> Result<Tensor> {
+        if !(0.0..1.0).contains(&p) {
+            return Err(Error::InvalidArgument { op: "dropout", msg: format!("p must be in [0, 1), got {p}") });
+        }
+        let t = crate::fusion::lazy_dropout(self.clone(), p, seed)?;
+        if !self.gpu().fusion() {
+            // Unfused: its own kernel now, as every other op with fusion off.
+            t.realize()?;
+        }
+        Ok(t)
+    }
+
     /// Element-wise maximum with broadcasting (NaN handling follows the backend's `max`).
     pub fn maximum(&self, other: &Tensor) -> Result<Tensor> {
         binary(self, other, BinaryOp::Maximum)
