@@ -338,6 +338,49 @@ fn main() -> wgkernels::Result<()> {
                     });
                 }
                 gpu.set_fusion(was);
+                // Host cost of the JIT: realising a chain of a structure not seen before
+                // (graph → WGSL → pipeline) and of one already compiled (cache hit), on 4096
+                // elements so the GPU work is negligible; medians over 12 structures.
+                gpu.set_fusion(true);
+                let small = |seed| Tensor::randn(&gpu, &[4096], DType::F32, seed);
+                let (x, y) = (small(5)?, small(6)?);
+                let ops: [fn(&Tensor) -> wgkernels::Result<Tensor>; 4] =
+                    [|t| t.exp(), |t| t.tanh(), |t| t.sigmoid(), |t| t.gelu()];
+                let chain = |k: usize| -> wgkernels::Result<Tensor> {
+                    // 12 distinct 6-op chains: the op order encodes k in base 4.
+                    let mut t = x.mul(&y)?;
+                    for d in 0..3 {
+                        t = ops[(k >> (2 * d)) % 4](&t)?.add(&y)?;
+                    }
+                    Ok(t)
+                };
+                let (mut compile, mut hit) = (Vec::new(), Vec::new());
+                for k in 20..32 {
+                    gpu.synchronize()?;
+                    let t0 = std::time::Instant::now();
+                    chain(k)?.realize()?;
+                    compile.push(t0.elapsed().as_secs_f64() * 1e3);
+                    gpu.synchronize()?;
+                    let t0 = std::time::Instant::now();
+                    chain(k)?.realize()?;
+                    hit.push(t0.elapsed().as_secs_f64() * 1e3);
+                }
+                gpu.set_fusion(was);
+                for (variant, mut v) in [("new structure: graph → WGSL → pipeline", compile), ("cache hit", hit)] {
+                    v.sort_by(f64::total_cmp);
+                    let ms = v[v.len() / 2];
+                    rows.push(Row {
+                        bench: "fusion_host_ms",
+                        size: "6-op chain".into(),
+                        dtype: "f32",
+                        variant: variant.into(),
+                        ms,
+                        rate: ms,
+                        wall_rate: ms,
+                        unit: "ms",
+                        torch_key: None,
+                    });
+                }
                 Ok(())
             }),
         ));
