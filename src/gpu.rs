@@ -249,11 +249,29 @@ impl Gpu {
     /// Picks the best adapter (discrete > integrated > software), honouring `WGK_BACKEND`,
     /// `WGK_ADAPTER` and `WGK_CHECKED`, and creates a device with the adapter's own limits and
     /// every optional feature the library can use.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let gpu2 = Gpu::new()?;
+    /// println!("{}", gpu2.info()); // adapter, backend, features, limits
+    /// # Ok(()) }
+    /// ```
     pub fn new() -> Result<Self> {
         Self::with_options(GpuOptions::from_env()?)
     }
 
     /// Like [`Gpu::new`] with explicit options instead of the environment.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// use wgkernels::GpuOptions;
+    /// let sw = Gpu::with_options(GpuOptions { backends: Some(wgkernels::wgpu::Backends::GL), ..GpuOptions::from_env()? })?;
+    /// # Ok(()) }
+    /// ```
     pub fn with_options(opts: GpuOptions) -> Result<Self> {
         pollster::block_on(Self::new_async(opts))
     }
@@ -387,6 +405,17 @@ impl Gpu {
 
     /// Turns element-wise fusion on or off, to measure what it buys. Tensors already pending
     /// stay pending and are still computed fused when realised.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+    /// gpu.set_fusion(false);               // one kernel per op from here on
+    /// let y = x.exp()?.add(&x)?;          // two dispatches
+    /// gpu.set_fusion(true);
+    /// # Ok(()) }
+    /// ```
     pub fn set_fusion(&self, on: bool) {
         self.inner.fusion.store(on, Ordering::Relaxed);
     }
@@ -412,6 +441,16 @@ impl Gpu {
     }
 
     /// Bytes in tensors, in the pool, and the peak since `reset_peak()`.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+    /// let m = gpu.memory();
+    /// println!("{} live, {} pooled, peak {}", m.live_bytes, m.pool_bytes, m.peak_live_bytes);
+    /// # Ok(()) }
+    /// ```
     pub fn memory(&self) -> MemoryStats {
         lock(&self.inner.pool).stats
     }
@@ -431,6 +470,18 @@ impl Gpu {
     }
 
     /// Pipeline cache and dispatch counters.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+    /// let before = gpu.stats();
+    /// x.exp()?.add(&x)?.realize()?;
+    /// let after = gpu.stats();
+    /// println!("{} kernel(s) compiled, {} dispatches", after.pipelines_compiled - before.pipelines_compiled, after.dispatches - before.dispatches);
+    /// # Ok(()) }
+    /// ```
     pub fn stats(&self) -> Stats {
         let i = &self.inner;
         Stats {
@@ -569,6 +620,16 @@ impl Gpu {
     }
 
     /// Submits all recorded work and blocks until the GPU has finished it.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+    /// let y = x.exp()?.realize()?.clone();
+    /// gpu.synchronize()?;                 // the GPU has finished
+    /// # Ok(()) }
+    /// ```
     pub fn synchronize(&self) -> Result<()> {
         let _serial = self.serial();
         self.flush()?;
@@ -614,6 +675,15 @@ impl Gpu {
     }
 
     /// Times `f` (which records GPU work) in wall-clock milliseconds, including a final sync.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[512, 512], DType::F32, 0)?;
+    /// let (_, ms) = gpu.time_wall(|| x.matmul(&x)?.realize().map(drop))?;
+    /// # Ok(()) }
+    /// ```
     pub fn time_wall<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
         self.synchronize()?;
         let t0 = Instant::now();

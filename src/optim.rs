@@ -128,6 +128,20 @@ impl AdamW {
     /// tensors given then.
     ///
     /// Errors: `InvalidArgument` for hyperparameters outside their ranges.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// use wgkernels::optim::{AdamW, AdamWConfig, Optimizer};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// // Two tensors of a model, bf16 weights: f32 masters and moments live in the optimizer.
+    /// let mut params = vec![Tensor::randn(&gpu, &[768, 3072], DType::BF16, 0)?, Tensor::zeros(&gpu, &[3072], DType::BF16)?];
+    /// let grads = vec![Tensor::randn(&gpu, &[768, 3072], DType::BF16, 1)?, Tensor::randn(&gpu, &[3072], DType::BF16, 2)?];
+    /// let mut opt = AdamW::new(&gpu, AdamWConfig { max_grad_norm: Some(1.0), ..Default::default() })?;
+    /// opt.step(&mut params, &grads)?;          // one dispatch for both tensors (+ norm, finalize)
+    /// println!("grad norm {:?}, {} state bytes", opt.last_grad_norm()?, opt.state_bytes());
+    /// # Ok(()) }
+    /// ```
     pub fn new(gpu: &Gpu, config: AdamWConfig) -> Result<Self> {
         check_config_adam(&config)?;
         Ok(Self { engine: Engine::new(gpu, Algo::Adam { amsgrad: config.amsgrad })?, config })
@@ -213,6 +227,18 @@ impl Sgd {
     /// An optimizer with no state yet.
     ///
     /// Errors: `InvalidArgument` for hyperparameters outside their ranges.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// use wgkernels::optim::{Optimizer, Sgd, SgdConfig};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let mut params = vec![Tensor::randn(&gpu, &[256, 256], DType::F32, 0)?];
+    /// let mut opt = Sgd::new(&gpu, SgdConfig { lr: 0.1, momentum: 0.9, nesterov: true, ..Default::default() })?;
+    /// opt.step(&mut params, &[Tensor::randn(&gpu, &[256, 256], DType::F32, 1)?])?;
+    /// println!("{} bytes of momentum", opt.state_bytes());
+    /// # Ok(()) }
+    /// ```
     pub fn new(gpu: &Gpu, config: SgdConfig) -> Result<Self> {
         check_config_sgd(&config)?;
         let momentum = config.momentum != 0.0;
@@ -307,6 +333,21 @@ impl DynamicLossScale {
     }
 
     /// The scale after a step that was (`skipped = true`) or was not skipped.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// use wgkernels::optim::{AdamW, AdamWConfig, DynamicLossScale, Optimizer};
+    /// let mut params = vec![Tensor::randn(&gpu, &[1024], DType::F16, 0)?];
+    /// let mut opt = AdamW::new(&gpu, AdamWConfig::default())?; // f32 masters for the f16 weights
+    /// let mut scaler = DynamicLossScale::default();
+    /// // loss·scale → backward → gradients scaled by `scaler.scale`:
+    /// let grads = vec![Tensor::randn(&gpu, &[1024], DType::F16, 1)?];
+    /// opt.step_scaled(&mut params, &grads, scaler.scale)?;
+    /// scaler.update(opt.last_step_skipped()?);
+    /// # Ok(()) }
+    /// ```
     pub fn update(&mut self, skipped: bool) -> f32 {
         if skipped {
             self.scale *= self.backoff_factor;
@@ -856,6 +897,18 @@ pub fn all_kernels() -> Vec<Kernel> {
 /// and benchmarks): returns the new (param, m, v) after step number `step` (1-based).
 /// With fusion on (the default) the fusion JIT compiles these ops into one kernel; turn it
 /// off ([`Gpu::set_fusion`]) to run them one kernel each, as an eager framework would.
+///
+/// ```no_run
+/// # use wgkernels::{DType, Gpu, Tensor};
+/// # fn main() -> wgkernels::Result<()> {
+/// # let gpu = Gpu::new()?;
+/// use wgkernels::optim::{adamw_unfused, AdamWConfig};
+/// let p = Tensor::randn(&gpu, &[256], DType::F32, 0)?;
+/// let g = Tensor::randn(&gpu, &[256], DType::F32, 1)?;
+/// let (m, v) = (Tensor::zeros(&gpu, &[256], DType::F32)?, Tensor::zeros(&gpu, &[256], DType::F32)?);
+/// let (p1, m1, v1) = adamw_unfused(&p, &g, &m, &v, 1, &AdamWConfig::default())?;
+/// # Ok(()) }
+/// ```
 pub fn adamw_unfused(
     param: &Tensor,
     grad: &Tensor,

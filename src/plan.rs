@@ -159,6 +159,16 @@ impl ModelConfig {
     }
 
     /// Training memory for `batch` sequences of `seq` tokens.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// use wgkernels::plan::{human, Optimizer, Precision, GPT2};
+    /// let e = GPT2[1].training(4, 1024, Precision::Fp32, Optimizer::Adam, true, true);
+    /// println!("{}", human(e.total()));
+    /// # Ok(()) }
+    /// ```
     pub fn training(
         &self,
         batch: usize,
@@ -194,6 +204,15 @@ impl ModelConfig {
     }
 
     /// The largest batch of `seq`-token sequences whose training fits in `memory` bytes.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// use wgkernels::plan::{parse_bytes, Optimizer, Precision, GPT2};
+    /// let b = GPT2[0].max_batch(parse_bytes("24GB").unwrap(), 1024, Precision::Mixed16, Optimizer::Adam, true, false);
+    /// # Ok(()) }
+    /// ```
     pub fn max_batch(
         &self,
         memory: u64,
@@ -222,6 +241,10 @@ impl ModelConfig {
 }
 
 /// Parses sizes like `16GB`, `24GiB`, `512MB`, `1e9` into bytes (GB = 10⁹, GiB = 2³⁰).
+///
+/// ```
+/// assert_eq!(wgkernels::plan::parse_bytes("16GB"), Some(16_000_000_000));
+/// ```
 pub fn parse_bytes(s: &str) -> Option<u64> {
     let s = s.trim();
     let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
@@ -242,6 +265,10 @@ pub fn parse_bytes(s: &str) -> Option<u64> {
 }
 
 /// Bytes as a short human string (GB = 10⁹).
+///
+/// ```
+/// assert_eq!(wgkernels::plan::human(3_220_000_000), "3.22 GB");
+/// ```
 pub fn human(bytes: u64) -> String {
     let b = bytes as f64;
     if b >= 1e9 {

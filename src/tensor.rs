@@ -154,6 +154,16 @@ impl Tensor {
     }
 
     /// A tensor holding `data` (row-major) with `shape`; the dtype follows `T`.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let t = Tensor::from_slice(&gpu, &[1.0f32, 2.0, 3.0, 4.0], &[2, 2])?;
+    /// let h = Tensor::from_slice(&gpu, &[wgkernels::f16::from_f32(0.5); 3], &[3])?; // F16
+    /// assert_eq!(h.dtype(), DType::F16);
+    /// # Ok(()) }
+    /// ```
     pub fn from_slice<T: Element>(gpu: &Gpu, data: &[T], shape: &[usize]) -> Result<Self> {
         let numel: usize = shape.iter().product();
         if numel != data.len() {
@@ -165,6 +175,14 @@ impl Tensor {
     }
 
     /// A tensor of `dtype` from f32 values, rounded to nearest-even for 16-bit dtypes.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let t = Tensor::from_f32(&gpu, &[0.1, 0.2, 0.3], &[3], DType::BF16)?; // rounded to bf16
+    /// # Ok(()) }
+    /// ```
     pub fn from_f32(gpu: &Gpu, data: &[f32], shape: &[usize], dtype: DType) -> Result<Self> {
         let numel: usize = shape.iter().product();
         if numel != data.len() {
@@ -176,6 +194,15 @@ impl Tensor {
     }
 
     /// A tensor of zeros.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let z = Tensor::zeros(&gpu, &[2, 3], DType::F16)?;
+    /// assert_eq!(z.to_vec_f32()?, [0.0; 6]);
+    /// # Ok(()) }
+    /// ```
     pub fn zeros(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<Self> {
         let t = Self::empty(gpu, "zeros", shape, dtype)?;
         let buffer = t.storage()?.buffer().clone();
@@ -184,12 +211,30 @@ impl Tensor {
     }
 
     /// A tensor with every element `value` (rounded to `dtype`).
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let t = Tensor::full(&gpu, &[3], 0.5, DType::F32)?;
+    /// assert_eq!(t.to_vec::<f32>()?, [0.5; 3]);
+    /// # Ok(()) }
+    /// ```
     pub fn full(gpu: &Gpu, shape: &[usize], value: f32, dtype: DType) -> Result<Self> {
         let numel: usize = shape.iter().product();
         Self::from_f32(gpu, &vec![value; numel], shape, dtype)
     }
 
     /// Uniform values in [0, 1), reproducible from `seed` on every backend.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let u = Tensor::rand(&gpu, &[1000], DType::F32, 1)?;
+    /// assert!(u.to_vec_f32()?.iter().all(|v| (0.0..1.0).contains(v)));
+    /// # Ok(()) }
+    /// ```
     pub fn rand(gpu: &Gpu, shape: &[usize], dtype: DType, seed: u64) -> Result<Self> {
         let numel: usize = shape.iter().product();
         let data: Vec<f32> = (0..numel as u64).map(|i| (uniform_pair(seed, i).0 - 2f64.powi(-24)) as f32).collect();
@@ -197,6 +242,16 @@ impl Tensor {
     }
 
     /// Standard normal values (Box–Muller), reproducible from `seed` on every backend.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let a = Tensor::randn(&gpu, &[64], DType::F32, 7)?;
+    /// let b = Tensor::randn(&gpu, &[64], DType::F32, 7)?;
+    /// assert_eq!(a.to_vec_f32()?, b.to_vec_f32()?); // same seed, same values, any backend
+    /// # Ok(()) }
+    /// ```
     pub fn randn(gpu: &Gpu, shape: &[usize], dtype: DType, seed: u64) -> Result<Self> {
         let numel: usize = shape.iter().product();
         let data: Vec<f32> = (0..numel as u64)
@@ -221,6 +276,16 @@ impl Tensor {
     }
 
     /// Size of each dim.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+    /// assert_eq!((x.shape(), x.strides(), x.rank(), x.numel()), (&[4, 8][..], &[8, 1][..], 2, 32));
+    /// assert_eq!(x.dim(-1)?, 8);
+    /// # Ok(()) }
+    /// ```
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
@@ -251,6 +316,16 @@ impl Tensor {
     }
 
     /// True when the elements are laid out row-major without gaps from `offset`.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+    /// let t = x.transpose(0, 1)?;
+    /// assert!(!t.is_contiguous() && t.shares_storage(&x));
+    /// # Ok(()) }
+    /// ```
     pub fn is_contiguous(&self) -> bool {
         let want = contiguous_strides(&self.shape);
         self.shape.iter().zip(self.strides.iter().zip(&want)).all(|(&n, (&s, &w))| n == 1 || s == w)
@@ -278,6 +353,18 @@ impl Tensor {
 
     /// Computes a pending element-wise expression now (one fused kernel) and returns `self`,
     /// realised. A no-op for realised tensors.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+    /// let y = x.exp()?.add(&x)?;     // pending (with fusion on)
+    /// assert!(y.is_pending());
+    /// y.realize()?;                  // one fused kernel runs now
+    /// assert!(!y.is_pending());
+    /// # Ok(()) }
+    /// ```
     pub fn realize(&self) -> Result<&Tensor> {
         self.storage()?;
         Ok(self)
@@ -327,6 +414,16 @@ impl Tensor {
 
     /// The same elements with a new shape. A view when the data is contiguous; otherwise
     /// the data is first copied (like `torch.reshape`).
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+    /// let r = x.reshape(&[2, 16])?;          // a view: x is contiguous
+    /// assert!(r.shares_storage(&x));
+    /// # Ok(()) }
+    /// ```
     pub fn reshape(&self, shape: &[usize]) -> Result<Self> {
         let numel: usize = shape.iter().product();
         if numel != self.numel() {
@@ -337,6 +434,16 @@ impl Tensor {
     }
 
     /// Swaps two dims (negative counts from the end). A view.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+    /// let t = x.transpose(0, 1)?;            // [8, 4], no copy
+    /// assert_eq!(t.shape(), &[8, 4]);
+    /// # Ok(()) }
+    /// ```
     pub fn transpose(&self, dim0: isize, dim1: isize) -> Result<Self> {
         let a = resolve_dim("transpose", dim0, &self.shape)?;
         let b = resolve_dim("transpose", dim1, &self.shape)?;
@@ -346,6 +453,15 @@ impl Tensor {
     }
 
     /// Reorders dims: dim `i` of the result is dim `order[i]` of `self`. A view.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[2, 3, 4], DType::F32, 0)?;
+    /// assert_eq!(x.permute(&[2, 0, 1])?.shape(), &[4, 2, 3]);
+    /// # Ok(()) }
+    /// ```
     pub fn permute(&self, order: &[usize]) -> Result<Self> {
         let mut seen = vec![false; self.rank()];
         let valid = order.len() == self.rank()
@@ -362,6 +478,16 @@ impl Tensor {
     }
 
     /// `len` elements of dim `dim` starting at `start`. A view.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+    /// let cols = x.narrow(-1, 2, 3)?;         // columns 2..5, a view
+    /// assert_eq!(cols.shape(), &[4, 3]);
+    /// # Ok(()) }
+    /// ```
     pub fn narrow(&self, dim: isize, start: usize, len: usize) -> Result<Self> {
         let d = resolve_dim("narrow", dim, &self.shape)?;
         if start.checked_add(len).is_none_or(|end| end > self.shape[d]) {
@@ -381,6 +507,15 @@ impl Tensor {
     }
 
     /// Inserts a dim of size 1 at `dim` (`0..=rank`). A view.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+    /// assert_eq!(x.unsqueeze(0)?.shape(), &[1, 4, 8]);
+    /// # Ok(()) }
+    /// ```
     pub fn unsqueeze(&self, dim: usize) -> Result<Self> {
         if dim > self.rank() {
             return Err(Error::AxisOutOfRange {
@@ -399,6 +534,16 @@ impl Tensor {
 
     /// Broadcasts to `shape` (NumPy rules: leading dims added, size-1 dims repeated with
     /// stride 0). A view.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let b = Tensor::randn(&gpu, &[1, 8], DType::F32, 0)?;
+    /// let e = b.expand(&[4, 8])?;             // stride 0 on dim 0: no copy
+    /// assert_eq!(e.strides(), &[0, 1]);
+    /// # Ok(()) }
+    /// ```
     pub fn expand(&self, shape: &[usize]) -> Result<Self> {
         let err = || Error::ShapeMismatch { op: "expand", lhs: self.shape.clone(), rhs: shape.to_vec() };
         if shape.len() < self.rank() {
@@ -423,6 +568,16 @@ impl Tensor {
     }
 
     /// A contiguous copy when `self` is a strided view or has an offset; `self` otherwise.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+    /// let c = x.transpose(0, 1)?.contiguous()?; // materialised [8, 4]
+    /// assert!(c.is_contiguous());
+    /// # Ok(()) }
+    /// ```
     pub fn contiguous(&self) -> Result<Self> {
         if self.is_contiguous() && self.offset == 0 {
             return Ok(self.clone());
@@ -431,6 +586,16 @@ impl Tensor {
     }
 
     /// The same values in `dtype` (round-to-nearest-even when narrowing).
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+    /// let h = x.to_dtype(DType::F16)?;
+    /// assert_eq!(h.dtype(), DType::F16);
+    /// # Ok(()) }
+    /// ```
     pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
         if dtype == self.dtype {
             return Ok(self.clone());
@@ -441,6 +606,16 @@ impl Tensor {
     // ---- reading back ---------------------------------------------------------------
 
     /// The elements, row-major, as `T` (which must match the dtype).
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let t = Tensor::from_slice(&gpu, &[1.0f32, 2.0], &[2])?;
+    /// let back: Vec<f32> = t.to_vec()?;
+    /// assert_eq!(back, [1.0, 2.0]);
+    /// # Ok(()) }
+    /// ```
     pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
         if T::DTYPE != self.dtype {
             return Err(Error::DTypeMismatch { op: "to_vec", lhs: self.dtype, rhs: T::DTYPE });
@@ -450,6 +625,15 @@ impl Tensor {
     }
 
     /// The elements, row-major, converted to f32 whatever the dtype.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let h = Tensor::full(&gpu, &[2], 1.5, DType::BF16)?;
+    /// assert_eq!(h.to_vec_f32()?, [1.5, 1.5]);
+    /// # Ok(()) }
+    /// ```
     pub fn to_vec_f32(&self) -> Result<Vec<f32>> {
         let bytes = self.raw_bytes()?;
         Ok(decode_f32(&bytes, self.dtype))

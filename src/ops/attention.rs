@@ -350,6 +350,18 @@ pub fn attention_backward(
 
 /// The reference composition: scores = q·kᵀ (f32) → scale, bias, causal mask → softmax →
 /// · v. Materialises `[B, H, S_q, S_k]` scores and probabilities.
+///
+/// ```no_run
+/// # use wgkernels::{DType, Gpu, Tensor};
+/// use wgkernels::ops::attention::{attention_naive, AttentionOptions};
+/// # fn main() -> wgkernels::Result<()> {
+/// # let gpu = Gpu::new()?;
+/// let q = Tensor::randn(&gpu, &[1, 4, 128, 64], DType::F32, 0)?;
+/// let before = gpu.memory().live_bytes;
+/// let o = attention_naive(&q, &q, &q, &AttentionOptions { causal: true, ..Default::default() })?;
+/// println!("the naive path held {} bytes of scores", gpu.memory().peak_live_bytes - before);
+/// # Ok(()) }
+/// ```
 pub fn attention_naive(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOptions) -> Result<Tensor> {
     let Dims { b, h, h_kv, s_k, d, .. } = check("attention", q, k, v, opts)?;
     let to_bhsd = |t: &Tensor| match opts.layout {

@@ -398,6 +398,16 @@ fn launch(
 }
 
 /// `op(a, b)` with broadcasting; both operands must have the same dtype.
+///
+/// ```no_run
+/// # use wgkernels::{DType, Gpu, Tensor};
+/// # fn main() -> wgkernels::Result<()> {
+/// # let gpu = Gpu::new()?;
+/// use wgkernels::ops::elementwise::{binary, BinaryOp};
+/// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+/// let y = binary(&x, &x, BinaryOp::Mul)?; // same as x.mul(&x)
+/// # Ok(()) }
+/// ```
 pub fn binary(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
     let name = op.name();
     if a.dtype() != b.dtype() {
@@ -419,6 +429,16 @@ pub fn binary(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
 
 /// `op(x)` into a new contiguous tensor of `out_dtype` (a copy, or a cast when the dtype
 /// changes). With fusion on, everything but a plain copy returns a pending tensor.
+///
+/// ```no_run
+/// # use wgkernels::{DType, Gpu, Tensor};
+/// # fn main() -> wgkernels::Result<()> {
+/// # let gpu = Gpu::new()?;
+/// use wgkernels::ops::elementwise::{map, UnaryOp};
+/// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+/// let y = map(&x, UnaryOp::Exp, DType::BF16)?; // exp, stored as bf16
+/// # Ok(()) }
+/// ```
 pub fn map(x: &Tensor, op: UnaryOp, out_dtype: DType) -> Result<Tensor> {
     let name = match op {
         UnaryOp::Copy if out_dtype == x.dtype() => "contiguous",
@@ -435,7 +455,8 @@ macro_rules! binary_methods {
     ($($method:ident => $op:ident, $trait:ident :: $tmethod:ident;)*) => {
         impl Tensor {
             $(
-                #[doc = concat!("Element-wise `", stringify!($method), "` with NumPy broadcasting; dtypes must match.")]
+                #[doc = concat!("Element-wise `", stringify!($method), "` with NumPy broadcasting; dtypes must match. Lazy with fusion on.",
+                    "\n\n```no_run\n# use wgkernels::{DType, Gpu, Tensor};\n# fn main() -> wgkernels::Result<()> {\n# let gpu = Gpu::new()?;\nlet x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;\nlet row = Tensor::randn(&gpu, &[8], DType::F32, 1)?;\nlet y = x.", stringify!($method), "(&row)?; // row broadcast over x's 4 rows\n# Ok(()) }\n```")]
                 pub fn $method(&self, other: &Tensor) -> Result<Tensor> {
                     binary(self, other, BinaryOp::$op)
                 }
@@ -463,7 +484,8 @@ macro_rules! unary_methods {
     ($($method:ident => $op:ident),* $(,)?) => {
         impl Tensor {
             $(
-                #[doc = concat!("Element-wise `", stringify!($method), "` (see [`UnaryOp::", stringify!($op), "`]), computed in f32, same dtype out.")]
+                #[doc = concat!("Element-wise `", stringify!($method), "` (see [`UnaryOp::", stringify!($op), "`]), computed in f32, same dtype out. Lazy with fusion on.",
+                    "\n\n```no_run\n# use wgkernels::{DType, Gpu, Tensor};\n# fn main() -> wgkernels::Result<()> {\n# let gpu = Gpu::new()?;\nlet x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;\nlet y = x.", stringify!($method), "()?;\n# Ok(()) }\n```")]
                 pub fn $method(&self) -> Result<Tensor> {
                     map(self, UnaryOp::$op, self.dtype())
                 }
@@ -482,7 +504,8 @@ macro_rules! binary_only_methods {
     ($($method:ident => $op:ident),* $(,)?) => {
         impl Tensor {
             $(
-                #[doc = concat!("Element-wise `", stringify!($method), "` with broadcasting (see [`BinaryOp::", stringify!($op), "`]); comparisons give 1.0 or 0.0 in the inputs' dtype.")]
+                #[doc = concat!("Element-wise `", stringify!($method), "` with broadcasting (see [`BinaryOp::", stringify!($op), "`]); comparisons give 1.0 or 0.0 in the inputs' dtype.",
+                    "\n\n```no_run\n# use wgkernels::{DType, Gpu, Tensor};\n# fn main() -> wgkernels::Result<()> {\n# let gpu = Gpu::new()?;\nlet x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;\nlet y = x.", stringify!($method), "(&x.abs()?)?;\n# Ok(()) }\n```")]
                 pub fn $method(&self, other: &Tensor) -> Result<Tensor> {
                     binary(self, other, BinaryOp::$op)
                 }
@@ -501,6 +524,18 @@ impl Tensor {
     /// backward is the same call on the gradient: `dy.dropout(p, seed)`.
     ///
     /// Errors: `InvalidArgument` unless 0 ≤ p < 1.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+    /// let (p, seed) = (0.1, 1234);
+    /// let y = x.dropout(p, seed)?;                 // fused with what follows
+    /// let dy = Tensor::randn(&gpu, &[4, 8], DType::F32, 1)?;
+    /// let dx = dy.dropout(p, seed)?;               // the backward: the same mask
+    /// # Ok(()) }
+    /// ```
     pub fn dropout(&self, p: f32, seed: u64) -> Result<Tensor> {
         if !(0.0..1.0).contains(&p) {
             return Err(Error::InvalidArgument { op: "dropout", msg: format!("p must be in [0, 1), got {p}") });
@@ -514,11 +549,31 @@ impl Tensor {
     }
 
     /// Element-wise maximum with broadcasting (NaN handling follows the backend's `max`).
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+    /// let zero = Tensor::zeros(&gpu, &[1], DType::F32)?;
+    /// let relu = x.maximum(&zero)?; // broadcast
+    /// # Ok(()) }
+    /// ```
     pub fn maximum(&self, other: &Tensor) -> Result<Tensor> {
         binary(self, other, BinaryOp::Maximum)
     }
 
     /// Element-wise minimum with broadcasting.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+    /// let one = Tensor::full(&gpu, &[1], 1.0, DType::F32)?;
+    /// let clipped = x.minimum(&one)?;
+    /// # Ok(()) }
+    /// ```
     pub fn minimum(&self, other: &Tensor) -> Result<Tensor> {
         binary(self, other, BinaryOp::Minimum)
     }

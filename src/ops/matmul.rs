@@ -630,11 +630,34 @@ impl Tensor {
     /// Matrix product with batch broadcasting: `[..., M, K] × [..., K, N] → [..., M, N]`;
     /// 1-D operands are treated as a row (left) or column (right) vector and the added dim is
     /// removed, as in `torch.matmul`. Same dtype on both sides; the result has that dtype.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let a = Tensor::randn(&gpu, &[2, 64, 32], DType::F32, 0)?; // batched
+    /// let b = Tensor::randn(&gpu, &[32, 16], DType::F32, 1)?;       // broadcast over the batch
+    /// assert_eq!(a.matmul(&b)?.shape(), &[2, 64, 16]);
+    /// # Ok(()) }
+    /// ```
     pub fn matmul(&self, other: &Tensor) -> Result<Tensor> {
         self.matmul_with(other, &MatmulOptions::default())
     }
 
     /// [`Tensor::matmul`] with options: output dtype, reduced precision, bias, activation.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// use wgkernels::ops::matmul::{Activation, MatmulOptions};
+    /// let x = Tensor::randn(&gpu, &[64, 32], DType::F32, 0)?;
+    /// let w = Tensor::randn(&gpu, &[32, 16], DType::F32, 1)?;
+    /// let b = Tensor::zeros(&gpu, &[16], DType::F32)?;
+    /// let opts = MatmulOptions { bias: Some(&b), activation: Activation::Relu, allow_reduced_precision: true, ..Default::default() };
+    /// let h = x.matmul_with(&w, &opts)?; // relu(x·w + b), tensor cores where available
+    /// # Ok(()) }
+    /// ```
     pub fn matmul_with(&self, other: &Tensor, opts: &MatmulOptions) -> Result<Tensor> {
         const OP: &str = "matmul";
         if self.rank() == 0 || other.rank() == 0 {

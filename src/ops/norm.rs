@@ -300,11 +300,31 @@ fn finish(out: Tensor, dtype: DType, shape: &[usize]) -> Result<Tensor> {
 impl Tensor {
     /// Softmax over `dim` (negative counts from the end), max-subtracted. A row of all −inf
     /// gives zeros, not NaN. Dims other than the last go through a transposed copy.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+    /// let p = x.softmax(-1)?;
+    /// let rows: Vec<f32> = p.sum(-1)?.to_vec()?;
+    /// assert!(rows.iter().all(|s| (s - 1.0).abs() < 1e-5));
+    /// # Ok(()) }
+    /// ```
     pub fn softmax(&self, dim: isize) -> Result<Tensor> {
         self.softmax_dim(dim, false)
     }
 
     /// log-softmax over `dim`. A row of all −inf gives −inf.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+    /// let lp = x.log_softmax(-1)?;
+    /// # Ok(()) }
+    /// ```
     pub fn log_softmax(&self, dim: isize) -> Result<Tensor> {
         self.softmax_dim(dim, true)
     }
@@ -321,6 +341,16 @@ impl Tensor {
 
     /// Softmax over the last dim with a scale, an additive mask and/or causal masking, all
     /// applied inside the one kernel.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// use wgkernels::ops::norm::SoftmaxOptions;
+    /// let scores = Tensor::randn(&gpu, &[2, 4, 16, 16], DType::F32, 0)?; // [B, H, S, S]
+    /// let p = scores.softmax_with(&SoftmaxOptions { scale: Some(0.25), causal: true, ..Default::default() })?;
+    /// # Ok(()) }
+    /// ```
     pub fn softmax_with(&self, opts: &SoftmaxOptions) -> Result<Tensor> {
         let op = if opts.log { "log_softmax" } else { "softmax" };
         let r = rows_of(op, self)?;
@@ -394,6 +424,17 @@ impl Tensor {
 
     /// Gradient of softmax over the last dim: `dx = y ⊙ (dy − Σ y·dy)`, from the forward
     /// output `self` (= y) and the upstream gradient `dy`.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+    /// let y = x.softmax(-1)?;
+    /// let dy = Tensor::randn(&gpu, &[4, 8], DType::F32, 1)?;
+    /// let dx = y.softmax_backward(&dy)?;
+    /// # Ok(()) }
+    /// ```
     pub fn softmax_backward(&self, dy: &Tensor) -> Result<Tensor> {
         const OP: &str = "softmax_backward";
         if self.shape() != dy.shape() {
@@ -431,11 +472,30 @@ impl Tensor {
     /// Mean cross-entropy of `self` (logits `[rows, classes]`, any leading dims flattened)
     /// against integer `targets` (one per row), and its gradient with respect to the logits,
     /// in one pass over the logits: `(loss, dlogits)`, loss a 0-dim f32 tensor.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let logits = Tensor::randn(&gpu, &[3, 10], DType::F32, 0)?;
+    /// let (loss, dlogits) = logits.cross_entropy(&[1, 0, 9])?; // mean loss [1], gradient [3, 10]
+    /// assert_eq!(dlogits.shape(), &[3, 10]);
+    /// # Ok(()) }
+    /// ```
     pub fn cross_entropy(&self, targets: &[u32]) -> Result<(Tensor, Tensor)> {
         self.cross_entropy_with(targets, None)
     }
 
     /// [`Tensor::cross_entropy`] with a forced register class (tests, benchmarks).
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let logits = Tensor::randn(&gpu, &[3, 10], DType::F32, 0)?;
+    /// let (loss, _) = logits.cross_entropy_with(&[1, 0, 9], Some(4))?;
+    /// # Ok(()) }
+    /// ```
     pub fn cross_entropy_with(&self, targets: &[u32], vpt: Option<u32>) -> Result<(Tensor, Tensor)> {
         const OP: &str = "cross_entropy";
         let r = rows_of(OP, self)?;
@@ -484,17 +544,47 @@ impl Tensor {
 
     /// LayerNorm over the last dim: `(x − mean) / √(var + eps) · weight + bias`, biased
     /// variance as in PyTorch; `weight` and `bias` (shape `[N]`) are optional.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+    /// let (w, b) = (Tensor::full(&gpu, &[8], 1.0, DType::F32)?, Tensor::zeros(&gpu, &[8], DType::F32)?);
+    /// let y = x.layer_norm(Some(&w), Some(&b), 1e-5)?;
+    /// # Ok(()) }
+    /// ```
     pub fn layer_norm(&self, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f32) -> Result<Tensor> {
         norm_forward("layer_norm", self, weight, bias, eps, false, RowKernel::Auto)
     }
 
     /// RMSNorm over the last dim: `x / √(mean(x²) + eps) · weight`.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+    /// let y = x.rms_norm(None, 1e-6)?;
+    /// # Ok(()) }
+    /// ```
     pub fn rms_norm(&self, weight: Option<&Tensor>, eps: f32) -> Result<Tensor> {
         norm_forward("rms_norm", self, weight, None, eps, true, RowKernel::Auto)
     }
 
     /// Gradients of [`Tensor::layer_norm`] from the input `self`, the weight and the
     /// upstream gradient: `(dx, dweight, dbias)` (`dweight`, `dbias` when a weight is given).
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+    /// let w = Tensor::full(&gpu, &[8], 1.0, DType::F32)?;
+    /// let dy = Tensor::randn(&gpu, &[4, 8], DType::F32, 1)?;
+    /// let (dx, dw, db) = x.layer_norm_backward(Some(&w), &dy, 1e-5)?; // dw, db: Some with a weight
+    /// # Ok(()) }
+    /// ```
     pub fn layer_norm_backward(
         &self,
         weight: Option<&Tensor>,
@@ -505,6 +595,17 @@ impl Tensor {
     }
 
     /// Gradients of [`Tensor::rms_norm`]: `(dx, dweight)`.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+    /// let w = Tensor::full(&gpu, &[8], 1.0, DType::F32)?;
+    /// let dy = Tensor::randn(&gpu, &[4, 8], DType::F32, 1)?;
+    /// let (dx, dw) = x.rms_norm_backward(Some(&w), &dy, 1e-6)?;
+    /// # Ok(()) }
+    /// ```
     pub fn rms_norm_backward(
         &self,
         weight: Option<&Tensor>,

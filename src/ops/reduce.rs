@@ -30,6 +30,15 @@ impl Tensor {
     /// place; another dim is first moved last with a copy.
     ///
     /// Errors: `AxisOutOfRange` for a bad `dim`, `Empty` when the tensor has no elements.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+    /// assert_eq!(x.sum(0)?.shape(), &[8]);
+    /// # Ok(()) }
+    /// ```
     pub fn sum(&self, dim: isize) -> Result<Tensor> {
         let d = resolve_dim("sum", dim, self.shape())?;
         if self.numel() == 0 {
