@@ -14,62 +14,20 @@
 // Several outputs: the chain's result and any intermediate that a tensor handle still holds
 // (so it is not computed again later) are stored by the same kernel.
 //
-// Dropout params follow the leaves' in `params` (DROPOUT_BASE, set per kernel).
+// Dropout params follow the leaves' in `ew_params` (DROPOUT_BASE, set per kernel).
 //
 // Placeholders, each in double braces: BINDINGS (one read-only array<u32> per leaf, then
-// the outputs and `params`), LOADERS (load_k and index_k per leaf), OPS (one function per op
+// the outputs and `ew_params`), LOADERS (load_k and index_k per leaf), OPS (one function per op
 // the chain uses), OUT_FIELDS (one f32 field per output), BODY (the chain, ending in
 // `return Outs(...)`), STORE, PER_INVOCATION.
 
-const MAX_DIMS: u32 = 6u;
 const WORKGROUP: u32 = 256u;
 const UNROLL: u32 = 4u;
 
-// params: [0] n  [1] rank  [2..8) output shape (front-padded with 1)
-//         then per leaf k at 8 + 7k: offset, strides[6]
+// ew_params: see shaders/ew_common.wgsl (prepended).
 {{BINDINGS}}
 
-fn strided_index(i: u32, base: u32) -> u32 {
-    var rem = i;
-    var e = params[base];
-    let rank = params[1];
-    for (var d = 0u; d < rank; d++) {
-        let dim = MAX_DIMS - 1u - d;
-        let size = params[2u + dim];
-        e += (rem % size) * params[base + 1u + dim];
-        rem /= size;
-    }
-    return e;
-}
-
-fn round_f16(x: f32) -> f32 {
-    return unpack2x16float(pack_f16x2(vec2<f32>(x, 0.0))).x;
-}
-
-fn round_bf16(x: f32) -> f32 {
-    return bitcast<f32>(f32_to_bf16_bits(x) << 16u);
-}
-
 {{LOADERS}}
-
-// Dropout's counter-based RNG: a 32-bit hash of (seed, linear index) — two rounds of
-// Wellons' lowbias32 mixer — so the mask is reproducible from the seed on every backend and
-// never stored. `base` indexes its 4 params words (seed lo, seed hi, keep threshold,
-// 1/(1 − p) as f32 bits). Host twin: fusion::dropout_keeps.
-fn mix32(x: u32) -> u32 {
-    var h = x;
-    h ^= h >> 16u;
-    h *= 0x7feb352du;
-    h ^= h >> 15u;
-    h *= 0x846ca68bu;
-    h ^= h >> 16u;
-    return h;
-}
-
-fn op_dropout(x: f32, index: u32, base: u32) -> f32 {
-    let h = mix32(mix32(index + mix32(params[base])) ^ params[base + 1u]);
-    return select(0.0, x * bitcast<f32>(params[base + 3u]), h >= params[base + 2u]);
-}
 
 {{OPS}}
 
@@ -87,7 +45,7 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let n = params[0];
+    let n = ew_params[0];
     let group = wid.x + wid.y * nwg.x;
     for (var j = 0u; j < UNROLL; j++) {
         let t = (group * UNROLL + j) * WORKGROUP + lid;

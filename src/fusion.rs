@@ -321,7 +321,7 @@ pub(crate) fn fused_kernel(
         let base = 8 + 7 * k;
         bindings.push_str(&format!("@group(0) @binding({k}) var<storage, read> leaf{k}: array<u32>;\n"));
         let index = if contiguous {
-            format!("return params[{base}] + i;")
+            format!("return ew_params[{base}] + i;")
         } else {
             format!("return strided_index(i, {base}u);")
         };
@@ -334,7 +334,7 @@ pub(crate) fn fused_kernel(
     for k in 0..outputs.len() {
         bindings.push_str(&format!("@group(0) @binding({}) var<storage, read_write> out{k}: array<u32>;\n", nl + k));
     }
-    bindings.push_str(&format!("@group(0) @binding({}) var<storage, read> params: array<u32>;\n", nl + outputs.len()));
+    bindings.push_str(&format!("@group(0) @binding({}) var<storage, read> ew_params: array<u32>;\n", nl + outputs.len()));
     let fields: Vec<String> = (0..outputs.len()).map(|k| format!("o{k}: f32,")).collect();
     let names: Vec<&str> = outputs.iter().map(|(n, _)| n.as_str()).collect();
     let per = units_per_invocation(outputs);
@@ -394,13 +394,13 @@ fn fused_kernel_vec4(leaves: usize, ops: &str, body: &str, outputs: &[(String, D
             "var<private> lanes_{k}: vec4<f32>;\n\nfn load_{k}(lane: u32) -> f32 {{\n    return lanes_{k}[lane];\n}}\n\n\
              fn index_{k}(lane: u32) -> u32 {{\n    return lane;\n}}\n\n"
         ));
-        // params[8 + 7k] is the leaf's offset in elements, a multiple of 4.
-        store.push_str(&format!("lanes_{k} = bitcast<vec4<f32>>(leaf{k}[params[{}] / 4u + t]);\n        ", 8 + 7 * k));
+        // ew_params[8 + 7k] is the leaf's offset in elements, a multiple of 4.
+        store.push_str(&format!("lanes_{k} = bitcast<vec4<f32>>(leaf{k}[ew_params[{}] / 4u + t]);\n        ", 8 + 7 * k));
     }
     for k in 0..outputs.len() {
         bindings.push_str(&format!("@group(0) @binding({}) var<storage, read_write> out{k}: array<vec4<u32>>;\n", leaves + k));
     }
-    bindings.push_str(&format!("@group(0) @binding({}) var<storage, read> params: array<u32>;\n", leaves + outputs.len()));
+    bindings.push_str(&format!("@group(0) @binding({}) var<storage, read> ew_params: array<u32>;\n", leaves + outputs.len()));
     store.push_str("let v0 = values(0u);\n        let v1 = values(1u);\n        let v2 = values(2u);\n        let v3 = values(3u);\n        ");
     for k in 0..outputs.len() {
         store.push_str(&format!("out{k}[t] = bitcast<vec4<u32>>(vec4<f32>(v0.o{k}, v1.o{k}, v2.o{k}, v3.o{k}));\n        "));

@@ -92,6 +92,7 @@ impl Shader {
     fn shared_source(self) -> &'static str {
         match self {
             Shader::Matmul | Shader::MatmulCoop => include_str!("../shaders/matmul_common.wgsl"),
+            Shader::Fused => include_str!("../shaders/ew_common.wgsl"),
             _ => "",
         }
     }
