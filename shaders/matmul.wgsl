@@ -116,7 +116,8 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
         for (var j = 0u; j < TN; j++) {
             let n = n0 + tx + j * WG_X;
             if (m < M && n < N) {
-                c[c_base + m * N + n] = epilogue(acc[i * TN + j], n);
+                let o = c_base + m * N + n;
+                c[o] = epilogue(acc[i * TN + j], n, o);
             }
         }
     }
@@ -202,7 +203,8 @@ fn tiled_v4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         for (var j = 0u; j < TN; j++) {
             let n = n0 + tx * TN + j;
             if (m < M && n < N) {
-                c[c_base + m * N + n] = epilogue(acc[i * (TN / 4u) + j / 4u][j % 4u], n);
+                let o = c_base + m * N + n;
+                c[o] = epilogue(acc[i * (TN / 4u) + j / 4u][j % 4u], n, o);
             }
         }
     }
@@ -252,7 +254,8 @@ fn thin(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             for (var s = 0u; s < THIN_SLICES; s++) {
                 total += thin_partial[(s * THIN_M + r) * THIN_COLS + col];
             }
-            c[z * M * N + r * N + n] = epilogue(total, n);
+            let o = z * M * N + r * N + n;
+            c[o] = epilogue(total, n, o);
         }
     }
 }

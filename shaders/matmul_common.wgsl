@@ -8,7 +8,10 @@
 //   [23] bias offset  [24] bias stride
 //
 // Placeholders, each in double braces: LOAD_BIAS (loader body), EPILOGUE (bias and
-// activation on `v` at column `n`).
+// activation on `v` at column `n`); EPILOGUE_DECLS, FUSED_BODY, FUSED_RESULT: an
+// element-wise chain fused after them by the fusion JIT (src/fusion.rs), evaluated on the
+// value `mm` at linear output index `i` with its own leaves and `ew_params` (empty, empty
+// and `mm` for a plain matmul).
 
 const MAX_BATCH_DIMS: u32 = 4u;
 // Output tiles are visited in groups of TILE_GROUP tile-rows, column by column, so that a
@@ -23,10 +26,16 @@ fn load_bias(e: u32) -> f32 {
     {{LOAD_BIAS}}
 }
 
-fn epilogue(acc: f32, n: u32) -> f32 {
+{{EPILOGUE_DECLS}}
+
+// The value stored at linear output index `idx` (column `n`) from the accumulator.
+fn epilogue(acc: f32, n: u32, idx: u32) -> f32 {
     var v = acc;
     {{EPILOGUE}}
-    return v;
+    let mm = v;
+    let i = idx;
+    {{FUSED_BODY}}
+    return {{FUSED_RESULT}};
 }
 
 // Element offsets of batch `z` in A and B (batch dims broadcast with stride 0).

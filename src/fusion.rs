@@ -11,12 +11,16 @@
 //! (those are runtime parameters), so a training loop compiles each chain once
 //! (`gpu.stats()` counts compilations and cache hits).
 //!
-//! Scope of this first version: chains of same-shape tensors (an input of another shape is a
-//! realised tensor broadcast through strides; a pending tensor that needs broadcasting or a
-//! view is realised first); one output per kernel — an intermediate that a tensor handle
-//! still holds is realised first by a kernel of its own, so nothing is computed twice; no
-//! fusion into matmul epilogues or norm prologues yet (the matmul epilogue covers bias +
-//! activation directly), no dropout.
+//! Scope: chains of same-shape tensors (an input of another shape is a realised tensor
+//! broadcast through strides; a pending tensor that needs broadcasting or a view is
+//! realised first); the result plus up to three held intermediates stored by one kernel;
+//! inverted dropout with a counter-based mask (runtime seed, never stored); **matmul
+//! epilogues**: with fusion on, an f32 `matmul` result waits as a pending node, and the
+//! element-wise chain that consumes it (bias, activation, residual, dropout, ...) is
+//! generated into that matmul's epilogue, one kernel for both — unless the matmul's own
+//! value is held elsewhere, the chain has other outputs or a 16-bit result, in which case the
+//! matmul runs alone first. Not yet: fusion into norm prologues (a residual add before a
+//! LayerNorm is still its own kernel), and chains feeding a matmul's operands.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -44,6 +48,9 @@ pub(crate) enum Expr {
     /// keeps the element, 0 elsewhere. The mask is a function of (seed, index) only: never
     /// stored, and the backward is the same op on the gradient.
     Dropout { x: Tensor, p: f32, seed: u64 },
+    /// A matmul waiting for its consumer: realised alone, or with the element-wise chain
+    /// that consumes it fused into its epilogue. Not an element-wise operand itself.
+    Matmul(Arc<crate::ops::matmul::MatmulNode>),
 }
 
 impl Expr {
@@ -51,6 +58,7 @@ impl Expr {
         match self {
             Expr::Map(_, a) | Expr::Cast(a) | Expr::Dropout { x: a, .. } => vec![a],
             Expr::Zip(_, a, b) => vec![a, b],
+            Expr::Matmul(_) => vec![],
         }
     }
 }
@@ -64,8 +72,12 @@ fn max_leaves(gpu: &Gpu) -> usize {
     (gpu.info().limits.max_storage_buffers_per_shader_stage as usize).saturating_sub(2 + MAX_EXTRA_OUTPUTS).clamp(1, 8)
 }
 
-struct Builder<'a> {
-    gpu: &'a Gpu,
+struct Builder {
+    /// The pending matmul whose epilogue runs this graph (its value is `mm`), if any, with
+    /// its node key.
+    matmul: Option<(Arc<crate::ops::matmul::MatmulNode>, usize)>,
+    /// The most leaves the kernel can bind.
+    leaf_cap: usize,
     /// The params words of each dropout node, in the order the body uses them.
     dropouts: Vec<[u32; 4]>,
     leaves: Vec<Tensor>,
@@ -79,7 +91,7 @@ struct Builder<'a> {
 /// Too many leaves for one kernel.
 struct Overflow;
 
-impl Builder<'_> {
+impl Builder {
     /// The WGSL name of `t`'s value at output index `i`, emitting what computes it.
     fn visit(&mut self, t: &Tensor) -> std::result::Result<String, Overflow> {
         let key = Arc::as_ptr(t.data()) as usize;
@@ -91,13 +103,24 @@ impl Builder<'_> {
         } else {
             t.data().pending.lock().unwrap_or_else(|e| e.into_inner()).clone()
         };
+        if let Some(Expr::Matmul(node)) = &expr {
+            // Only the matmul chosen by `epilogue_source` reaches here pending; its value
+            // is the accumulator the epilogue starts from.
+            let _ = node;
+            if self.matmul.as_ref().is_some_and(|(_, k)| *k == key) {
+                return Ok("mm".into());
+            }
+            // Any other pending matmul was realised before the visit; should one appear
+            // anyway, the retry path realises the root's operands first.
+            return Err(Overflow);
+        }
         let Some(expr) = expr else {
             // A realised input: deduplicated by (data, offset, strides, dtype).
             let id = (key, t.offset(), t.strides().to_vec(), t.dtype());
             let k = match self.leaf_ids.get(&id) {
                 Some(&k) => k,
                 None => {
-                    if self.leaves.len() == max_leaves(self.gpu) {
+                    if self.leaves.len() == self.leaf_cap {
                         return Err(Overflow);
                     }
                     self.leaves.push(t.clone());
@@ -114,6 +137,8 @@ impl Builder<'_> {
         let args: Vec<String> =
             expr.operands().into_iter().map(|o| self.visit(o)).collect::<std::result::Result<_, _>>()?;
         let call = match &expr {
+            // Handled above; never an element-wise operand.
+            Expr::Matmul(_) => return Err(Overflow),
             Expr::Map(op, _) => {
                 self.op_fn(format!("fn op_{}(x: f32) -> f32 {{\n    return {};\n}}\n", op.name(), op.wgsl()));
                 format!("op_{}({})", op.name(), args[0])
@@ -191,6 +216,14 @@ fn held_intermediates(root: &Tensor) -> Vec<Tensor> {
 
 /// Computes the pending expression of `root` in one generated kernel into new storage.
 pub(crate) fn realize(root: &Tensor) -> Result<Arc<Storage>> {
+    let root_node = match root.data().pending.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        Some(Expr::Matmul(node)) => Some(node.clone()),
+        _ => None,
+    };
+    if let Some(node) = root_node {
+        // A matmul realised for itself: the plain kernel.
+        return Ok(node.run(None)?.storage()?.clone());
+    }
     // Pending intermediates that a tensor handle still holds are stored by this kernel too:
     // computed again later otherwise (and an optimizer's `m = β·m + g`, held across steps,
     // would grow one ever longer chain that every step recomputes). Beyond MAX_EXTRA_OUTPUTS
@@ -201,8 +234,16 @@ pub(crate) fn realize(root: &Tensor) -> Result<Arc<Storage>> {
         held.retain(|t| !t.data().is_realized());
     }
     let gpu = root.gpu();
+    let matmul = epilogue_source(root, held.is_empty())?;
+    let limit = gpu.info().limits.max_storage_buffers_per_shader_stage as usize;
+    let leaf_cap = match &matmul {
+        // a, b, c, params, bias and ew_params are bound besides the leaves.
+        Some(_) => max_leaves(gpu).min(limit.saturating_sub(6)).max(1),
+        None => max_leaves(gpu),
+    };
     let mut b = Builder {
-        gpu,
+        matmul,
+        leaf_cap,
         dropouts: vec![],
         leaves: vec![],
         leaf_ids: HashMap::new(),
@@ -225,11 +266,9 @@ pub(crate) fn realize(root: &Tensor) -> Result<Arc<Storage>> {
         }
     };
     let shape = root.shape().to_vec();
-    let out = Tensor::empty(gpu, "fused", &shape, root.dtype())?;
-    let n = out.numel();
-    let storage = out.storage()?.clone();
+    let n: usize = shape.iter().product();
     if n == 0 {
-        return Ok(storage);
+        return Ok(Tensor::empty(gpu, "fused", &shape, root.dtype())?.storage()?.clone());
     }
     // Joint layout of all leaves over the output's index space.
     let mut strides: Vec<Vec<usize>> = b.leaves.iter().map(|t| t.strides().to_vec()).collect();
@@ -261,6 +300,26 @@ pub(crate) fn realize(root: &Tensor) -> Result<Arc<Storage>> {
     }
     let nl = b.leaves.len();
     params.extend(dropout_params);
+    if let Some((node, _)) = &b.matmul {
+        // The chain runs in the matmul's epilogue: one kernel, the matmul's store.
+        let ep = crate::ops::matmul::FusedEpilogue {
+            decls: format!(
+                "{}\n@group(0) @binding(5) var<storage, read> ew_params: array<u32>;\n{}\n{}",
+                include_str!("../shaders/ew_common.wgsl"),
+                leaf_decls(&layout, 6),
+                b.ops.concat()
+            ),
+            body: b.body.clone(),
+            result: result.clone(),
+            ew_params: params,
+            leaves: b.leaves.clone(),
+        };
+        let out = node.run(Some(&ep))?;
+        gpu.inner.fused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return Ok(out.storage()?.clone());
+    }
+    let out = Tensor::empty(gpu, "fused", &shape, root.dtype())?;
+    let storage = out.storage()?.clone();
     // The held intermediates that this graph computes (all of them, unless a concurrent
     // realisation got there first), with storage of their own.
     let mut extra: Vec<(Tensor, String, Arc<Storage>)> = Vec::new();
@@ -312,24 +371,7 @@ pub(crate) fn fused_kernel(
         return fused_kernel_vec4(leaves.len(), ops, body, outputs);
     }
     let mut bindings = String::new();
-    // Dropout params follow the leaves' (see Expr::Dropout); `i` is the linear index here.
-    let mut loaders = format!(
-        "const DROPOUT_BASE: u32 = {}u;\n\nfn linear_index(i: u32) -> u32 {{\n    return i;\n}}\n\n",
-        8 + 7 * leaves.len()
-    );
-    for (k, &(dtype, contiguous)) in leaves.iter().enumerate() {
-        let base = 8 + 7 * k;
-        bindings.push_str(&format!("@group(0) @binding({k}) var<storage, read> leaf{k}: array<u32>;\n"));
-        let index = if contiguous {
-            format!("return ew_params[{base}] + i;")
-        } else {
-            format!("return strided_index(i, {base}u);")
-        };
-        loaders.push_str(&format!(
-            "fn load_{k}(e: u32) -> f32 {{\n    {}\n}}\n\nfn index_{k}(i: u32) -> u32 {{\n    {index}\n}}\n\n",
-            wgsl_load(&format!("leaf{k}"), dtype)
-        ));
-    }
+    let loaders = leaf_decls(leaves, 0);
     let nl = leaves.len();
     for k in 0..outputs.len() {
         bindings.push_str(&format!("@group(0) @binding({}) var<storage, read_write> out{k}: array<u32>;\n", nl + k));
@@ -364,6 +406,76 @@ pub(crate) fn fused_kernel(
         .sub("STORE", store)
         .sub("PER_INVOCATION", per.to_string())
         .trusted()
+}
+
+/// The scalar variant's leaf bindings (from `first_binding`) and loaders `load_k(e)`,
+/// `index_k(i)` (contiguous: offset + i; else strided), with `linear_index` and the dropout
+/// params' base (they follow the leaves' in `ew_params`, see Expr::Dropout).
+fn leaf_decls(leaves: &[(DType, bool)], first_binding: usize) -> String {
+    let mut s = format!(
+        "const DROPOUT_BASE: u32 = {}u;\n\nfn linear_index(i: u32) -> u32 {{\n    return i;\n}}\n\n",
+        8 + 7 * leaves.len()
+    );
+    for (k, &(dtype, contiguous)) in leaves.iter().enumerate() {
+        let base = 8 + 7 * k;
+        s.push_str(&format!("@group(0) @binding({}) var<storage, read> leaf{k}: array<u32>;\n\n", first_binding + k));
+        let index = if contiguous {
+            format!("return ew_params[{base}] + i;")
+        } else {
+            format!("return strided_index(i, {base}u);")
+        };
+        s.push_str(&format!(
+            "fn load_{k}(e: u32) -> f32 {{\n    {}\n}}\n\nfn index_{k}(i: u32) -> u32 {{\n    {index}\n}}\n\n",
+            wgsl_load(&format!("leaf{k}"), dtype)
+        ));
+    }
+    s
+}
+
+/// The pending matmul that `root`'s chain can run in the epilogue of, realising every other
+/// pending matmul of the graph first. Fusing needs an f32 result of the matmul's shape and
+/// no other output (`single_output`: no held intermediate to store); the matmul itself must
+/// not be held elsewhere (its value would be needed on its own).
+fn epilogue_source(root: &Tensor, single_output: bool) -> Result<Option<(Arc<crate::ops::matmul::MatmulNode>, usize)>> {
+    let mut found: Vec<(Tensor, Arc<crate::ops::matmul::MatmulNode>)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![root.clone()];
+    // Operand slots in the graph pointing at each node: a handle beyond them is held outside.
+    let mut refs: HashMap<usize, usize> = HashMap::new();
+    while let Some(t) = stack.pop() {
+        let expr = t.data().pending.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match expr {
+            Some(Expr::Matmul(node)) => {
+                if seen.insert(Arc::as_ptr(t.data()) as usize) {
+                    found.push((t, node));
+                }
+            }
+            Some(e) => {
+                if seen.insert(Arc::as_ptr(t.data()) as usize) {
+                    for o in e.operands() {
+                        if !o.data().is_realized() {
+                            *refs.entry(Arc::as_ptr(o.data()) as usize).or_insert(0) += 1;
+                            stack.push(o.clone());
+                        }
+                    }
+                }
+            }
+            None => {}
+        }
+    }
+    let mut chosen = None;
+    let fusable = single_output && root.dtype() == DType::F32 && !found.is_empty();
+    for (t, node) in found {
+        let key = Arc::as_ptr(t.data()) as usize;
+        // `t` here is one handle besides the graph's operand slots; more are held outside.
+        let held = Arc::strong_count(t.data()) > refs.get(&key).copied().unwrap_or(0) + 1;
+        if fusable && chosen.is_none() && !held && node.shape() == root.shape() {
+            chosen = Some((node, key));
+        } else {
+            t.realize()?;
+        }
+    }
+    Ok(chosen)
 }
 
 /// The 16-byte path: every leaf and output f32, every leaf contiguous at an offset that is a
@@ -455,6 +567,23 @@ pub fn sample_kernels() -> Vec<Kernel> {
     let leaves = [(DType::F32, true), (DType::F32, true)];
     all.push(fused_kernel(&leaves, &every_op, body, &[("n0".into(), DType::F32)], true));
     all.push(fused_kernel(&leaves, &every_op, body, &[("n0".into(), DType::F32), ("l1".into(), DType::F32)], true));
+    // A chain in a matmul's epilogue: bias-like broadcast leaf, residual, dropout.
+    let leaves = [(DType::F32, false), (DType::BF16, true)];
+    let ep = crate::ops::matmul::FusedEpilogue {
+        decls: format!(
+            "{}\n@group(0) @binding(5) var<storage, read> ew_params: array<u32>;\n{}\n{}",
+            include_str!("../shaders/ew_common.wgsl"),
+            leaf_decls(&leaves, 6),
+            every_op
+        ),
+        body: "let l0 = load_0(index_0(i));\n    let l1 = load_1(index_1(i));\n    \
+               let n0 = op_add(op_gelu_tanh(op_add(mm, l0)), l1);\n    let n1 = op_dropout(n0, linear_index(i), DROPOUT_BASE);\n    "
+            .into(),
+        result: "n1".into(),
+        ew_params: vec![],
+        leaves: vec![],
+    };
+    all.extend(crate::ops::matmul::sample_with_epilogue(&ep));
     all
 }
 
@@ -512,6 +641,17 @@ pub fn dropout_keeps(p: f32, seed: u64, index: u32) -> bool {
     }
     let [lo, hi, threshold, _] = dropout_words(p, seed);
     mix32(mix32(index.wrapping_add(mix32(lo))) ^ hi) >= threshold
+}
+
+/// A pending matmul (its node validated, its launch deferred).
+pub(crate) fn lazy_matmul(node: crate::ops::matmul::MatmulNode) -> Tensor {
+    let gpu = node_gpu(&node);
+    let shape = node.shape().to_vec();
+    Tensor::pending(&gpu, &shape, DType::F32, Expr::Matmul(Arc::new(node)), 1)
+}
+
+fn node_gpu(node: &crate::ops::matmul::MatmulNode) -> Gpu {
+    node.gpu().clone()
 }
 
 /// A pending dropout of `x`.

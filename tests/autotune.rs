@@ -18,7 +18,9 @@ fn tunes_once_persists_and_reuses() {
     let (a, av) = random_tensor(&gpu, &[m, k], DType::F32, 1);
     let (b, bv) = random_tensor(&gpu, &[k, n], DType::F32, 2);
     let before = gpu.stats().dispatches;
+    // With fusion on a matmul waits for its consumer: realise it to run (and tune) it now.
     let c = a.matmul(&b).unwrap();
+    c.realize().unwrap();
     let tuned_dispatches = gpu.stats().dispatches - before;
     assert!(tuned_dispatches > 8, "tuning should have run several candidates, ran {tuned_dispatches} dispatches");
     // Spot-check the result of the tuned choice.
@@ -34,7 +36,7 @@ fn tunes_once_persists_and_reuses() {
 
     // Same process, same device: cached in memory, one dispatch.
     let before = gpu.stats().dispatches;
-    a.matmul(&b).unwrap();
+    a.matmul(&b).unwrap().realize().unwrap();
     assert_eq!(gpu.stats().dispatches - before, 1);
 
     // A fresh device reads the file instead of tuning again.
@@ -42,7 +44,7 @@ fn tunes_once_persists_and_reuses() {
     let (a2, _) = random_tensor(&gpu2, &[m, k], DType::F32, 3);
     let (b2, _) = random_tensor(&gpu2, &[k, n], DType::F32, 4);
     let before = gpu2.stats().dispatches;
-    a2.matmul(&b2).unwrap();
+    a2.matmul(&b2).unwrap().realize().unwrap();
     assert_eq!(gpu2.stats().dispatches - before, 1, "the persisted winner must be reused");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -391,3 +391,93 @@ fn dropout_keeps_the_right_fraction_and_new_seeds_compile_nothing() {
         assert!(e.contains("dropout") && e.contains("[0, 1)"), "{e}");
     }
 }
+
+/// f64 reference of a (batched) row-major matmul: [batch, m, k] × [k, n].
+fn matmul_ref(a: &[f64], b: &[f64], batch: usize, m: usize, k: usize, n: usize) -> Vec<f64> {
+    let mut out = vec![0.0; batch * m * n];
+    for z in 0..batch {
+        for i in 0..m {
+            for j in 0..n {
+                out[(z * m + i) * n + j] = (0..k).map(|p| a[(z * m + i) * k + p] * b[p * n + j]).sum();
+            }
+        }
+    }
+    out
+}
+
+fn gpu_fusion_no_autotune(on: bool) -> Gpu {
+    Gpu::with_options(GpuOptions { fusion: on, autotune: false, ..GpuOptions::from_env().unwrap() }).unwrap()
+}
+
+#[test]
+fn a_chain_consuming_a_matmul_runs_in_its_epilogue() {
+    let (batch, m, k, n) = (2, 37, 29, 23);
+    let (p, seed) = (0.2f32, 9u64);
+    let mut results = Vec::new();
+    for fusion in [true, false] {
+        let gpu = gpu_fusion_no_autotune(fusion);
+        let (x, xv) = random_tensor(&gpu, &[batch, m, k], DType::F32, 1);
+        let (w, wv) = random_tensor(&gpu, &[k, n], DType::F32, 2);
+        let (bias, bv) = random_tensor(&gpu, &[n], DType::F32, 3);
+        let (res, rv) = random_tensor(&gpu, &[batch, m, n], DType::F32, 4);
+        x.realize().unwrap();
+        gpu.synchronize().unwrap();
+        let before = gpu.stats().dispatches;
+        // bias (broadcast leaf) + gelu + residual + dropout after the matmul.
+        let y = x.matmul(&w).unwrap().add(&bias).unwrap().gelu_tanh().unwrap().add(&res).unwrap().dropout(p, seed).unwrap();
+        y.realize().unwrap();
+        if fusion {
+            assert!(y.shape() == [batch, m, n]);
+            assert_eq!(gpu.stats().dispatches - before, 1, "matmul + bias + gelu + residual + dropout: one kernel");
+        }
+        let mm = matmul_ref(&xv, &wv, batch, m, k, n);
+        let scale = (1.0 / (1.0 - p as f64)) as f32 as f64;
+        let gelu_tanh = |v: f64| 0.5 * v * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v)).tanh());
+        let want: Vec<f64> = (0..mm.len())
+            .map(|i| {
+                let v = gelu_tanh(mm[i] + bv[i % n]) + rv[i];
+                if dropout_keeps(p, seed, i as u32) {
+                    v * scale
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let got = y.to_vec_f32().unwrap();
+        assert_close(&format!("matmul epilogue chain, fusion {fusion}"), &got, &want, 1e-4, 1e-4);
+        results.push(got);
+        // The generated epilogue kernels translate for every backend.
+        for kern in gpu.compiled_kernels() {
+            translate(&kern.wgsl(), kern.entry, &kern.constants()).unwrap_or_else(|e| panic!("{}: {e}", kern.label()));
+        }
+    }
+    let want: Vec<f64> = results[1].iter().map(|&v| v as f64).collect();
+    assert_close("epilogue-fused vs unfused", &results[0], &want, 1e-5, 1e-5);
+}
+
+#[test]
+fn a_held_matmul_result_or_a_16_bit_chain_is_not_fused_but_still_right() {
+    let gpu = gpu_fusion_no_autotune(true);
+    let (m, k, n) = (9, 17, 13);
+    let (x, xv) = random_tensor(&gpu, &[m, k], DType::F32, 1);
+    let (w, wv) = random_tensor(&gpu, &[k, n], DType::F32, 2);
+    let mm = matmul_ref(&xv, &wv, 1, m, k, n);
+    // The matmul's own value is held by `h`: it is stored by its own kernel, then the chain.
+    let h = x.matmul(&w).unwrap();
+    assert!(h.is_pending(), "with fusion on a matmul waits for its consumer");
+    let y = h.relu().unwrap();
+    y.realize().unwrap();
+    assert_close("held matmul", &h.to_vec_f32().unwrap(), &mm, 1e-5, 1e-5);
+    let want: Vec<f64> = mm.iter().map(|v| v.max(0.0)).collect();
+    assert_close("relu after a held matmul", &y.to_vec_f32().unwrap(), &want, 1e-5, 1e-5);
+    // A 16-bit result is not the matmul's f32 store: two kernels, same values.
+    let y16 = x.matmul(&w).unwrap().exp().unwrap().to_dtype(DType::F16).unwrap();
+    let want: Vec<f64> = mm.iter().map(|v| half::f16::from_f64(v.exp()).to_f64()).collect();
+    assert_close("f16 chain after a matmul", &y16.to_vec_f32().unwrap(), &want, 1e-3, 2e-3);
+    // Two matmuls in one chain: one runs alone, the other takes the chain.
+    let (w2, w2v) = random_tensor(&gpu, &[k, n], DType::F32, 3);
+    let mm2 = matmul_ref(&xv, &w2v, 1, m, k, n);
+    let z = x.matmul(&w).unwrap().mul(&x.matmul(&w2).unwrap()).unwrap();
+    let want: Vec<f64> = mm.iter().zip(&mm2).map(|(a, b)| a * b).collect();
+    assert_close("product of two matmuls", &z.to_vec_f32().unwrap(), &want, 1e-4, 1e-4);
+}

@@ -546,7 +546,7 @@ fn coop_kernel(c: CoopConfig, sub: u32, dtype: DType, bias: Option<DType>, act: 
     for i in 0..c.fm {
         for j in 0..c.fn_ {
             store.push_str(&format!(
-                "coopStoreT(acc_{i}_{j}, &scratch[own], 16u);\n    workgroupBarrier();\n    for (var e = lane; e < 256u; e += SUBGROUP) {{\n        let m = m0 + sg_m + {}u + e / 16u;\n        let n = n0 + sg_n + {}u + e % 16u;\n        if (m < M && n < N) {{\n            c[c_base + m * N + n] = epilogue(scratch[own + e], n);\n        }}\n    }}\n    workgroupBarrier();\n    ",
+                "coopStoreT(acc_{i}_{j}, &scratch[own], 16u);\n    workgroupBarrier();\n    for (var e = lane; e < 256u; e += SUBGROUP) {{\n        let m = m0 + sg_m + {}u + e / 16u;\n        let n = n0 + sg_n + {}u + e % 16u;\n        if (m < M && n < N) {{\n            let o = c_base + m * N + n;\n            c[o] = epilogue(scratch[own + e], n, o);\n        }}\n    }}\n    workgroupBarrier();\n    ",
                 i * 16,
                 j * 16
             ));
@@ -613,7 +613,106 @@ pub fn all_kernels() -> Vec<Kernel> {
             all.push(coop_kernel(COOP_CANDIDATES[0], 32, dtype, Some(DType::F32), act, layouts(false)[0]));
         }
     }
-    all
+    all.into_iter().map(|k| with_epilogue(k, None)).collect()
+}
+
+/// A validated matmul whose launch waits for its result to be needed: with fusion on,
+/// `matmul` returns a pending tensor holding this, so that an element-wise chain consuming
+/// it can run in its epilogue (src/fusion.rs).
+pub(crate) struct MatmulNode {
+    a: Tensor,
+    b: Tensor,
+    m: usize,
+    n: usize,
+    k: usize,
+    nbatch: usize,
+    bshape: Vec<usize>,
+    sa: Vec<usize>,
+    sb: Vec<usize>,
+    out_shape: Vec<usize>,
+    bias: Option<Tensor>,
+    activation: Activation,
+    allow_reduced_precision: bool,
+    path: Option<MatmulPath>,
+}
+
+impl MatmulNode {
+    /// Runs the matmul, with `epilogue` fused before the store, into a new f32 tensor of the
+    /// output shape. The path is chosen (autotuned) for the plain matmul.
+    pub(crate) fn run(&self, epilogue: Option<&FusedEpilogue>) -> Result<Tensor> {
+        let gpu = self.a.gpu();
+        let opts = MatmulOptions {
+            out_dtype: None,
+            allow_reduced_precision: self.allow_reduced_precision,
+            bias: self.bias.as_ref(),
+            activation: self.activation,
+            path: self.path,
+        };
+        let out = Tensor::empty(gpu, "matmul", &self.out_shape, DType::F32)?;
+        let mut launch = Launch {
+            a: &self.a,
+            b: &self.b,
+            m: self.m,
+            n: self.n,
+            k: self.k,
+            nbatch: self.nbatch,
+            bshape: &self.bshape,
+            sa: &self.sa,
+            sb: &self.sb,
+            out: &out,
+            opts: &opts,
+            epilogue: None,
+        };
+        let path = match self.path {
+            Some(p) => p,
+            None => autotune::choose(gpu, &launch, candidates(gpu, self.a.dtype(), self.m, self.allow_reduced_precision))?,
+        };
+        launch.epilogue = epilogue;
+        launch.run(path)?;
+        Ok(out)
+    }
+
+    /// The output shape.
+    pub(crate) fn shape(&self) -> &[usize] {
+        &self.out_shape
+    }
+
+    pub(crate) fn gpu(&self) -> &Gpu {
+        self.a.gpu()
+    }
+}
+
+/// An element-wise chain the fusion JIT runs in a matmul's epilogue (src/fusion.rs builds
+/// it): WGSL declarations (ew_common.wgsl, leaf bindings from 6 and `ew_params` at 5,
+/// loaders, op functions), the chain's statements over `mm` at linear index `i`, the name
+/// of its result, and what the declarations bind.
+pub(crate) struct FusedEpilogue {
+    pub decls: String,
+    pub body: String,
+    pub result: String,
+    pub ew_params: Vec<u32>,
+    pub leaves: Vec<Tensor>,
+}
+
+/// `k` with its epilogue placeholders filled: the plain store, or a fused chain.
+pub(crate) fn with_epilogue(k: Kernel, ep: Option<&FusedEpilogue>) -> Kernel {
+    match ep {
+        None => k.sub("EPILOGUE_DECLS", "").sub("FUSED_BODY", "").sub("FUSED_RESULT", "mm"),
+        Some(e) => k
+            .sub("EPILOGUE_DECLS", e.decls.clone())
+            .sub("FUSED_BODY", e.body.clone())
+            .sub("FUSED_RESULT", e.result.clone()),
+    }
+}
+
+/// A tiled and a coop kernel with `ep` in their epilogue, for the portability test.
+pub(crate) fn sample_with_epilogue(ep: &FusedEpilogue) -> Vec<Kernel> {
+    let lay = Layout { a_k_fast: true, b_n_fast: true, a_vec8: false, b_vec8: false };
+    vec![
+        with_epilogue(tiled_kernel(TILED_CANDIDATES[0], DType::F32, Some(DType::F32), Activation::GeluTanh, lay, false), Some(ep)),
+        with_epilogue(tiled_kernel(TILED_CANDIDATES[0], DType::F32, None, Activation::None, lay, true), Some(ep)),
+        with_epilogue(coop_kernel(COOP_CANDIDATES[0], 32, DType::F16, None, Activation::None, lay), Some(ep)),
+    ]
 }
 
 /// Batch strides of `t` (rank ≥ 2) expanded to `batch` (0 where broadcast).
@@ -721,16 +820,31 @@ impl Tensor {
                 msg: format!("{nbatch} batches exceed the {max_groups} workgroups per dispatch dimension"),
             });
         }
-        let out = Tensor::empty(&gpu, OP, &out_shape, DType::F32)?;
-        if out.numel() == 0 {
-            return out.to_dtype(out_dtype);
+        if out_shape.contains(&0) {
+            return Tensor::empty(&gpu, OP, &out_shape, DType::F32)?.to_dtype(out_dtype);
         }
-        let launch = Launch { a: &a, b: &b, m, n, k, nbatch, bshape: &bshape, sa: &sa, sb: &sb, out: &out, opts };
-        let path = match opts.path {
-            Some(p) => p,
-            None => autotune::choose(&gpu, &launch, candidates(&gpu, self.dtype(), m, opts.allow_reduced_precision))?,
+        let node = MatmulNode {
+            a,
+            b,
+            m,
+            n,
+            k,
+            nbatch,
+            bshape,
+            sa,
+            sb,
+            out_shape: out_shape.clone(),
+            bias: opts.bias.cloned(),
+            activation: opts.activation,
+            allow_reduced_precision: opts.allow_reduced_precision,
+            path: opts.path,
         };
-        launch.run(path)?;
+        // With fusion on, an f32 result waits: the element-wise chain that consumes it (bias,
+        // activation, residual, dropout, ...) then runs in this matmul's epilogue.
+        if gpu.fusion() && self.rank() >= 2 && other.rank() >= 2 && out_dtype == DType::F32 {
+            return Ok(crate::fusion::lazy_matmul(node));
+        }
+        let out = node.run(None)?;
         let out = if self.rank() == 1 && other.rank() == 1 {
             out.reshape(&out_shape[..out_shape.len() - 2])?
         } else if self.rank() == 1 {
@@ -782,6 +896,8 @@ pub(crate) struct Launch<'a> {
     sb: &'a [usize],
     out: &'a Tensor,
     opts: &'a MatmulOptions<'a>,
+    /// A fused element-wise chain to apply before the store (None while autotuning).
+    epilogue: Option<&'a FusedEpilogue>,
 }
 
 impl Launch<'_> {
@@ -893,6 +1009,7 @@ impl Launch<'_> {
                 )
             }
         };
+        let kernel = with_epilogue(kernel, self.epilogue);
         let max = gpu.info().limits.max_compute_workgroups_per_dimension as usize;
         if groups.0 > max || groups.1 > max {
             return Err(Error::InvalidArgument {
@@ -909,6 +1026,19 @@ impl Launch<'_> {
         ];
         if let Some(bias) = self.opts.bias {
             bindings.push((4, bias.storage()?.buffer()));
+        }
+        // A fused chain's leaves are views expanded to the output shape, indexed at the
+        // linear output index (< M·N·batches) as in the element-wise kernels: in range.
+        let ew_params = self.epilogue.map(|e| gpu.meta_buffer(&e.ew_params));
+        let leaf_storages = match self.epilogue {
+            Some(e) => e.leaves.iter().map(|t| t.storage()).collect::<Result<Vec<_>>>()?,
+            None => Vec::new(),
+        };
+        if let Some(buf) = &ew_params {
+            bindings.push((5, buf));
+        }
+        for (k, s) in leaf_storages.iter().enumerate() {
+            bindings.push((6 + k as u32, s.buffer()));
         }
         gpu.dispatch_3d(&kernel, &bindings, [groups.0 as u32, groups.1 as u32, self.nbatch as u32])
     }
