@@ -121,6 +121,21 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
             }
         }
     }
+//#if FUSED
+    // A fused element-wise chain runs over this invocation's own stores, not inside the loop
+    // above: there it kept the compiler from unrolling it, and the accumulators, indexed
+    // dynamically, left registers (10x slower on the H200).
+    for (var i = 0u; i < TM; i++) {
+        let m = m0 + ty + i * WG_Y;
+        for (var j = 0u; j < TN; j++) {
+            let n = n0 + tx + j * WG_X;
+            if (m < M && n < N) {
+                let o = c_base + m * N + n;
+                c[o] = fused_chain(c[o], o);
+            }
+        }
+    }
+//#endif
 }
 
 // `tiled_v4` — the same tiling with each invocation owning a contiguous TM×TN block, so
@@ -208,6 +223,19 @@ fn tiled_v4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
             }
         }
     }
+//#if FUSED
+    // The fused chain over this invocation's own stores (see the tiled entry).
+    for (var i = 0u; i < TM; i++) {
+        let m = m0 + ty * TM + i;
+        for (var j = 0u; j < TN; j++) {
+            let n = n0 + tx * TN + j;
+            if (m < M && n < N) {
+                let o = c_base + m * N + n;
+                c[o] = fused_chain(c[o], o);
+            }
+        }
+    }
+//#endif
 }
 
 const THIN_M: u32 = 8u;
@@ -255,7 +283,7 @@ fn thin(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
                 total += thin_partial[(s * THIN_M + r) * THIN_COLS + col];
             }
             let o = z * M * N + r * N + n;
-            c[o] = epilogue(total, n, o);
+            c[o] = fused_chain(epilogue(total, n, o), o);
         }
     }
 }

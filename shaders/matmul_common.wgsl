@@ -28,12 +28,17 @@ fn load_bias(e: u32) -> f32 {
 
 {{EPILOGUE_DECLS}}
 
-// The value stored at linear output index `idx` (column `n`) from the accumulator.
+// The matmul's own epilogue (bias, activation) on the accumulator at column `n`.
 fn epilogue(acc: f32, n: u32, idx: u32) -> f32 {
     var v = acc;
     {{EPILOGUE}}
-    let mm = v;
-    let i = idx;
+    return v;
+}
+
+// The fused element-wise chain on the matmul's value `mm` at linear output index `i`
+// (identity for a plain matmul). The register-tiled entries apply it in a second pass over
+// their stores (flag FUSED), the thin and coop ones at the store.
+fn fused_chain(mm: f32, i: u32) -> f32 {
     {{FUSED_BODY}}
     return {{FUSED_RESULT}};
 }

@@ -546,7 +546,7 @@ fn coop_kernel(c: CoopConfig, sub: u32, dtype: DType, bias: Option<DType>, act: 
     for i in 0..c.fm {
         for j in 0..c.fn_ {
             store.push_str(&format!(
-                "coopStoreT(acc_{i}_{j}, &scratch[own], 16u);\n    workgroupBarrier();\n    for (var e = lane; e < 256u; e += SUBGROUP) {{\n        let m = m0 + sg_m + {}u + e / 16u;\n        let n = n0 + sg_n + {}u + e % 16u;\n        if (m < M && n < N) {{\n            let o = c_base + m * N + n;\n            c[o] = epilogue(scratch[own + e], n, o);\n        }}\n    }}\n    workgroupBarrier();\n    ",
+                "coopStoreT(acc_{i}_{j}, &scratch[own], 16u);\n    workgroupBarrier();\n    for (var e = lane; e < 256u; e += SUBGROUP) {{\n        let m = m0 + sg_m + {}u + e / 16u;\n        let n = n0 + sg_n + {}u + e % 16u;\n        if (m < M && n < N) {{\n            let o = c_base + m * N + n;\n            c[o] = fused_chain(epilogue(scratch[own + e], n, o), o);\n        }}\n    }}\n    workgroupBarrier();\n    ",
                 i * 16,
                 j * 16
             ));
@@ -699,6 +699,7 @@ pub(crate) fn with_epilogue(k: Kernel, ep: Option<&FusedEpilogue>) -> Kernel {
     match ep {
         None => k.sub("EPILOGUE_DECLS", "").sub("FUSED_BODY", "").sub("FUSED_RESULT", "mm"),
         Some(e) => k
+            .flag("FUSED")
             .sub("EPILOGUE_DECLS", e.decls.clone())
             .sub("FUSED_BODY", e.body.clone())
             .sub("FUSED_RESULT", e.result.clone()),
