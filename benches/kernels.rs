@@ -353,6 +353,7 @@ fn main() -> wgkernels::Result<()> {
                     let flops = 4.0 * (tokens * d * hidden) as f64;
                     for (fused, variant) in [(true, "fused: 2 kernels (epilogues)"), (false, "unfused: 6 kernels")] {
                         gpu.set_fusion(fused);
+                        gpu.set_matmul_epilogue_fusion(fused);
                         let t = measure(&gpu, 2, reps, || block().and_then(|t| t.realize().map(drop)))?;
                         rows.push(Row {
                             bench: "mlp_block",
@@ -367,6 +368,7 @@ fn main() -> wgkernels::Result<()> {
                         });
                     }
                     gpu.set_fusion(was);
+                    gpu.set_matmul_epilogue_fusion(false);
                 }
                 // Host cost of the JIT: realising a chain of a structure not seen before
                 // (graph → WGSL → pipeline) and of one already compiled (cache hit), on 4096

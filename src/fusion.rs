@@ -15,7 +15,8 @@
 //! broadcast through strides; a pending tensor that needs broadcasting or a view is
 //! realised first); the result plus up to three held intermediates stored by one kernel;
 //! inverted dropout with a counter-based mask (runtime seed, never stored); **matmul
-//! epilogues**: with fusion on, an f32 `matmul` result waits as a pending node, and the
+//! epilogues** (opt-in, `WGK_FUSE_MATMUL=1` or [`Gpu::set_matmul_epilogue_fusion`], until
+//! measured on a GPU — see BENCHMARKS.md): an f32 `matmul` result waits as a pending node, and the
 //! element-wise chain that consumes it (bias, activation, residual, dropout, ...) is
 //! generated into that matmul's epilogue, one kernel for both — unless the matmul's own
 //! value is held elsewhere, the chain has other outputs or a 16-bit result, in which case the

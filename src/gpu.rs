@@ -138,6 +138,7 @@ pub(crate) struct GpuInner {
     pub(crate) compiled: AtomicU64,
     pub(crate) fused: AtomicU64,
     fusion: std::sync::atomic::AtomicBool,
+    matmul_epilogues: std::sync::atomic::AtomicBool,
     pub(crate) cache_hits: AtomicU64,
     dispatches: AtomicU64,
     submits: AtomicU64,
@@ -182,11 +183,17 @@ pub struct GpuOptions {
     /// Fuse chains of element-wise ops into one kernel (`WGK_FUSION=0` turns it off: one
     /// dispatch per op).
     pub fusion: bool,
+    /// Also fuse the element-wise chain that consumes an f32 matmul into the matmul's
+    /// epilogue (`WGK_FUSE_MATMUL=1`). Off by default until measured on a GPU: its first
+    /// version ran 10× slower than unfused on the H200 (the chain inside the store loop cost
+    /// the accumulators their registers); the second-pass version that replaced it passes the
+    /// tests but has not run on a GPU yet. See BENCHMARKS.md.
+    pub fuse_matmul_epilogues: bool,
 }
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        Self { backends: None, adapter_name: None, checked: false, autotune: true, fusion: true }
+        Self { backends: None, adapter_name: None, checked: false, autotune: true, fusion: true, fuse_matmul_epilogues: false }
     }
 }
 
@@ -202,7 +209,8 @@ impl GpuOptions {
         let checked = matches!(std::env::var("WGK_CHECKED").as_deref(), Ok("1") | Ok("true"));
         let autotune = !matches!(std::env::var("WGK_AUTOTUNE").as_deref(), Ok("0") | Ok("false"));
         let fusion = !matches!(std::env::var("WGK_FUSION").as_deref(), Ok("0") | Ok("false"));
-        Ok(Self { backends, adapter_name, checked, autotune, fusion })
+        let fuse_matmul_epilogues = matches!(std::env::var("WGK_FUSE_MATMUL").as_deref(), Ok("1") | Ok("true"));
+        Ok(Self { backends, adapter_name, checked, autotune, fusion, fuse_matmul_epilogues })
     }
 }
 
@@ -385,6 +393,7 @@ impl Gpu {
                 compiled: AtomicU64::new(0),
                 fused: AtomicU64::new(0),
                 fusion: std::sync::atomic::AtomicBool::new(opts.fusion),
+                matmul_epilogues: std::sync::atomic::AtomicBool::new(opts.fuse_matmul_epilogues),
                 cache_hits: AtomicU64::new(0),
                 dispatches: AtomicU64::new(0),
                 submits: AtomicU64::new(0),
@@ -418,6 +427,17 @@ impl Gpu {
     /// ```
     pub fn set_fusion(&self, on: bool) {
         self.inner.fusion.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether chains consuming an f32 matmul run in its epilogue (with fusion on); see
+    /// [`GpuOptions::fuse_matmul_epilogues`].
+    pub fn matmul_epilogue_fusion(&self) -> bool {
+        self.inner.matmul_epilogues.load(Ordering::Relaxed)
+    }
+
+    /// Turns matmul-epilogue fusion on or off for work recorded from now on.
+    pub fn set_matmul_epilogue_fusion(&self, on: bool) {
+        self.inner.matmul_epilogues.store(on, Ordering::Relaxed);
     }
 
     /// True when shaders are built with runtime bounds checks (`WGK_CHECKED=1`).

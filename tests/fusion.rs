@@ -406,7 +406,13 @@ fn matmul_ref(a: &[f64], b: &[f64], batch: usize, m: usize, k: usize, n: usize) 
 }
 
 fn gpu_fusion_no_autotune(on: bool) -> Gpu {
-    Gpu::with_options(GpuOptions { fusion: on, autotune: false, ..GpuOptions::from_env().unwrap() }).unwrap()
+    Gpu::with_options(GpuOptions {
+        fusion: on,
+        autotune: false,
+        fuse_matmul_epilogues: true,
+        ..GpuOptions::from_env().unwrap()
+    })
+    .unwrap()
 }
 
 #[test]

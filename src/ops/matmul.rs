@@ -840,9 +840,10 @@ impl Tensor {
             allow_reduced_precision: opts.allow_reduced_precision,
             path: opts.path,
         };
-        // With fusion on, an f32 result waits: the element-wise chain that consumes it (bias,
-        // activation, residual, dropout, ...) then runs in this matmul's epilogue.
-        if gpu.fusion() && self.rank() >= 2 && other.rank() >= 2 && out_dtype == DType::F32 {
+        // With fusion and matmul-epilogue fusion on, an f32 result waits: the element-wise
+        // chain that consumes it (bias, activation, residual, dropout, ...) then runs in this
+        // matmul's epilogue.
+        if gpu.fusion() && gpu.matmul_epilogue_fusion() && self.rank() >= 2 && other.rank() >= 2 && out_dtype == DType::F32 {
             return Ok(crate::fusion::lazy_matmul(node));
         }
         let out = node.run(None)?;
