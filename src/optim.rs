@@ -192,29 +192,37 @@ impl AdamW {
     }
 }
 
-impl Optimizer for AdamW {
-    fn step(&mut self, params: &mut [Tensor], grads: &[Tensor]) -> Result<()> {
-        self.run(params, grads, None)
-    }
-    fn step_scaled(&mut self, params: &mut [Tensor], grads: &[Tensor], loss_scale: f32) -> Result<()> {
-        self.run(params, grads, Some(loss_scale))
-    }
-    fn state_bytes(&self) -> u64 {
-        self.engine.state_bytes()
-    }
-    fn step_count(&self) -> Result<u64> {
-        Ok(self.engine.read_control()?.0[0] as u64)
-    }
-    fn skipped_steps(&self) -> Result<u64> {
-        Ok(self.engine.read_control()?.0[1] as u64)
-    }
-    fn last_step_skipped(&self) -> Result<bool> {
-        Ok(self.engine.read_control()?.0[2] != 0)
-    }
-    fn last_grad_norm(&self) -> Result<Option<f32>> {
-        self.engine.last_grad_norm()
-    }
+/// The trait for an optimizer type whose fields are `config` and `engine` and whose
+/// `run(params, grads, loss_scale)` does the step: the rest only reads the engine.
+macro_rules! impl_optimizer {
+    ($t:ty) => {
+        impl Optimizer for $t {
+            fn step(&mut self, params: &mut [Tensor], grads: &[Tensor]) -> Result<()> {
+                self.run(params, grads, None)
+            }
+            fn step_scaled(&mut self, params: &mut [Tensor], grads: &[Tensor], loss_scale: f32) -> Result<()> {
+                self.run(params, grads, Some(loss_scale))
+            }
+            fn state_bytes(&self) -> u64 {
+                self.engine.state_bytes()
+            }
+            fn step_count(&self) -> Result<u64> {
+                Ok(self.engine.read_control()?.0[0] as u64)
+            }
+            fn skipped_steps(&self) -> Result<u64> {
+                Ok(self.engine.read_control()?.0[1] as u64)
+            }
+            fn last_step_skipped(&self) -> Result<bool> {
+                Ok(self.engine.read_control()?.0[2] != 0)
+            }
+            fn last_grad_norm(&self) -> Result<Option<f32>> {
+                self.engine.last_grad_norm()
+            }
+        }
+    };
 }
+
+impl_optimizer!(AdamW);
 
 /// SGD with momentum, dampening, Nesterov and L2 weight decay, fused like [`AdamW`]: one
 /// state tensor (the momentum buffer) instead of two.
@@ -277,29 +285,7 @@ impl Sgd {
     }
 }
 
-impl Optimizer for Sgd {
-    fn step(&mut self, params: &mut [Tensor], grads: &[Tensor]) -> Result<()> {
-        self.run(params, grads, None)
-    }
-    fn step_scaled(&mut self, params: &mut [Tensor], grads: &[Tensor], loss_scale: f32) -> Result<()> {
-        self.run(params, grads, Some(loss_scale))
-    }
-    fn state_bytes(&self) -> u64 {
-        self.engine.state_bytes()
-    }
-    fn step_count(&self) -> Result<u64> {
-        Ok(self.engine.read_control()?.0[0] as u64)
-    }
-    fn skipped_steps(&self) -> Result<u64> {
-        Ok(self.engine.read_control()?.0[1] as u64)
-    }
-    fn last_step_skipped(&self) -> Result<bool> {
-        Ok(self.engine.read_control()?.0[2] != 0)
-    }
-    fn last_grad_norm(&self) -> Result<Option<f32>> {
-        self.engine.last_grad_norm()
-    }
-}
+impl_optimizer!(Sgd);
 
 /// Dynamic loss scaling as PyTorch's `GradScaler`: multiply the loss by [`scale`], step with
 /// [`Optimizer::step_scaled`], then [`update`] with whether the step was skipped.
