@@ -445,23 +445,18 @@ fn epilogue_source(root: &Tensor, single_output: bool) -> Result<Option<(Arc<cra
     let mut refs: HashMap<usize, usize> = HashMap::new();
     while let Some(t) = stack.pop() {
         let expr = t.data().pending.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let key = Arc::as_ptr(t.data()) as usize;
         match expr {
-            Some(Expr::Matmul(node)) => {
-                if seen.insert(Arc::as_ptr(t.data()) as usize) {
-                    found.push((t, node));
-                }
-            }
-            Some(e) => {
-                if seen.insert(Arc::as_ptr(t.data()) as usize) {
-                    for o in e.operands() {
-                        if !o.data().is_realized() {
-                            *refs.entry(Arc::as_ptr(o.data()) as usize).or_insert(0) += 1;
-                            stack.push(o.clone());
-                        }
+            Some(Expr::Matmul(node)) if seen.insert(key) => found.push((t, node)),
+            Some(e) if seen.insert(key) => {
+                for o in e.operands() {
+                    if !o.data().is_realized() {
+                        *refs.entry(Arc::as_ptr(o.data()) as usize).or_insert(0) += 1;
+                        stack.push(o.clone());
                     }
                 }
             }
-            None => {}
+            _ => {}
         }
     }
     let mut chosen = None;
