@@ -408,3 +408,31 @@ fn tensor_core_path_matches_f64_where_the_adapter_has_it() {
     let want: Vec<f64> = run(AttentionPath::Flash).iter().map(|&v| v as f64).collect();
     assert_close("coop vs FMA flash, with bias", &run(AttentionPath::FlashCoop), &want, atol, rtol);
 }
+
+#[test]
+fn backward_with_a_bias_and_bf16_storage() {
+    // The bias enters P; the gradients follow from P as without it. bf16 inputs too.
+    let gpu = gpu();
+    for dtype in [DType::F32, DType::BF16] {
+        let c = Case::new(21, 30, 32, true).gqa(2, 1);
+        let x = inputs(&c, AttentionLayout::Bhsd, dtype, 61);
+        let bias_v: Vec<f32> = random_vec(c.s_q * c.s_k, 62).iter().map(|v| v * 0.5).collect();
+        let bias = Tensor::from_slice(&gpu, &bias_v, &[c.s_q, c.s_k]).unwrap();
+        let opts = AttentionOptions { causal: true, bias: Some(&bias), ..Default::default() };
+        let scale = 1.0 / (c.d as f64).sqrt();
+        let (out, lse) = attention_forward(&x.tq, &x.tk, &x.tv, &opts).unwrap();
+        let dout_v = random_vec(c.b * c.h * c.s_q * c.d, 63);
+        let dout = Tensor::from_f32(&gpu, &dout_v, &[c.b, c.h, c.s_q, c.d], dtype).unwrap();
+        let (dq, dk, dv) = attention_backward(&x.tq, &x.tk, &x.tv, &out, &lse, &dout, &opts).unwrap();
+        let f = |_b: usize, _h: usize, i: usize, j: usize| bias_v[i * c.s_k + j] as f64;
+        let (want_out, _, probs) = reference(&c, &x, scale, Some(&f));
+        let (atol, rtol) = if dtype == DType::F32 { (5e-5, 2e-4) } else { (4.0 * tol(dtype).0, 4.0 * tol(dtype).1) };
+        let out_f = out.to_vec_f32().unwrap();
+        assert_close(&format!("forward with bias {dtype:?}"), &out_f, &want_out, atol, rtol);
+        let out_used: Vec<f64> = out_f.iter().map(|&v| v as f64).collect();
+        let (wq, wk, wv) = reference_grads(&c, &x, scale, &probs, &out_used, &rounded(&dout_v, dtype));
+        for (name, got, want) in [("dq", &dq, &wq), ("dk", &dk, &wk), ("dv", &dv, &wv)] {
+            assert_close(&format!("{name} with bias {dtype:?}"), &got.to_vec_f32().unwrap(), want, atol, rtol);
+        }
+    }
+}
