@@ -14,7 +14,8 @@
 // Several outputs: the chain's result and any intermediate that a tensor handle still holds
 // (so it is not computed again later) are stored by the same kernel.
 //
-// Dropout params follow the leaves' in `ew_params` (DROPOUT_BASE, set per kernel).
+// Runtime values (dropout seeds and thresholds, scalar constants) follow the leaves' in
+// `ew_params` from EXTRA_BASE, set per kernel.
 //
 // Placeholders, each in double braces: BINDINGS (one read-only array<u32> per leaf, then
 // the outputs and `ew_params`), LOADERS (load_k and index_k per leaf), OPS (one function per op

@@ -14,6 +14,7 @@
 //! Scope: chains of same-shape tensors (an input of another shape is a realised tensor
 //! broadcast through strides; a pending tensor that needs broadcasting or a view is
 //! realised first); the result plus up to three held intermediates stored by one kernel;
+//! scalar constants and `where` as runtime-param / select nodes;
 //! inverted dropout with a counter-based mask (runtime seed, never stored); **matmul
 //! epilogues** (opt-in, `WGK_FUSE_MATMUL=1` or [`Gpu::set_matmul_epilogue_fusion`], until
 //! measured on a GPU — see BENCHMARKS.md): an f32 `matmul` result waits as a pending node, and the
@@ -49,6 +50,10 @@ pub(crate) enum Expr {
     /// keeps the element, 0 elsewhere. The mask is a function of (seed, index) only: never
     /// stored, and the backward is the same op on the gradient.
     Dropout { x: Tensor, p: f32, seed: u64 },
+    /// `op(x, value)` (or `op(value, x)`) with a constant carried as a runtime param.
+    Scalar { op: BinaryOp, x: Tensor, value: f32, scalar_first: bool },
+    /// `cond != 0 ? a : b`, the three of the node's shape.
+    Where(Tensor, Tensor, Tensor),
     /// A matmul waiting for its consumer: realised alone, or with the element-wise chain
     /// that consumes it fused into its epilogue. Not an element-wise operand itself.
     Matmul(Arc<crate::ops::matmul::MatmulNode>),
@@ -57,7 +62,8 @@ pub(crate) enum Expr {
 impl Expr {
     fn operands(&self) -> Vec<&Tensor> {
         match self {
-            Expr::Map(_, a) | Expr::Cast(a) | Expr::Dropout { x: a, .. } => vec![a],
+            Expr::Map(_, a) | Expr::Cast(a) | Expr::Dropout { x: a, .. } | Expr::Scalar { x: a, .. } => vec![a],
+            Expr::Where(c, a, b) => vec![c, a, b],
             Expr::Zip(_, a, b) => vec![a, b],
             Expr::Matmul(_) => vec![],
         }
@@ -79,8 +85,9 @@ struct Builder {
     matmul: Option<(Arc<crate::ops::matmul::MatmulNode>, usize)>,
     /// The most leaves the kernel can bind.
     leaf_cap: usize,
-    /// The params words of each dropout node, in the order the body uses them.
-    dropouts: Vec<[u32; 4]>,
+    /// Runtime values of the graph after the leaves' words in `ew_params` (dropout seeds
+    /// and thresholds, scalar constants), in the order the body reads them at EXTRA_BASE + k.
+    extra: Vec<u32>,
     leaves: Vec<Tensor>,
     leaf_ids: HashMap<(usize, usize, Vec<usize>, DType), usize>,
     node_ids: HashMap<usize, String>,
@@ -156,10 +163,23 @@ impl Builder {
             Expr::Dropout { p, seed, .. } => {
                 // Its seed and threshold are runtime params (4 words each, after the leaves'),
                 // so a new seed every step reuses the compiled kernel.
-                let j = self.dropouts.len();
-                self.dropouts.push(dropout_words(*p, *seed));
-                format!("op_dropout({}, linear_index(i), DROPOUT_BASE + {}u)", args[0], 4 * j)
+                let at = self.extra.len();
+                self.extra.extend(dropout_words(*p, *seed));
+                format!("op_dropout({}, linear_index(i), EXTRA_BASE + {at}u)", args[0])
             }
+            Expr::Scalar { op, value, scalar_first, .. } => {
+                // The constant is a runtime param: another value compiles nothing.
+                let at = self.extra.len();
+                self.extra.push(value.to_bits());
+                self.op_fn(format!("fn op_{}(x: f32, y: f32) -> f32 {{\n    return {};\n}}\n", op.name(), op.wgsl()));
+                let c = format!("bitcast<f32>(ew_params[EXTRA_BASE + {at}u])");
+                if *scalar_first {
+                    format!("op_{}({c}, {})", op.name(), args[0])
+                } else {
+                    format!("op_{}({}, {c})", op.name(), args[0])
+                }
+            }
+            Expr::Where(..) => format!("select({}, {}, {} != 0.0)", args[2], args[1], args[0]),
         };
         let name = format!("n{}", self.next);
         self.next += 1;
@@ -245,7 +265,7 @@ pub(crate) fn realize(root: &Tensor) -> Result<Arc<Storage>> {
     let mut b = Builder {
         matmul,
         leaf_cap,
-        dropouts: vec![],
+        extra: vec![],
         leaves: vec![],
         leaf_ids: HashMap::new(),
         node_ids: HashMap::new(),
@@ -284,7 +304,7 @@ pub(crate) fn realize(root: &Tensor) -> Result<Arc<Storage>> {
     }
     let pad = MAX_DIMS - cshape.len();
     let mut params = vec![0u32; 8 + 7 * b.leaves.len()];
-    let dropout_params: Vec<u32> = b.dropouts.iter().flatten().copied().collect();
+    let extra_params = b.extra.clone();
     params[0] = n as u32;
     params[1] = cshape.len() as u32;
     for d in 0..MAX_DIMS {
@@ -300,7 +320,7 @@ pub(crate) fn realize(root: &Tensor) -> Result<Arc<Storage>> {
         layout.push((leaf.dtype(), cstrides[k] == contiguous_strides(&cshape)));
     }
     let nl = b.leaves.len();
-    params.extend(dropout_params);
+    params.extend(extra_params);
     if let Some((node, _)) = &b.matmul {
         // The chain runs in the matmul's epilogue: one kernel, the matmul's store.
         let ep = crate::ops::matmul::FusedEpilogue {
@@ -414,7 +434,7 @@ pub(crate) fn fused_kernel(
 /// params' base (they follow the leaves' in `ew_params`, see Expr::Dropout).
 fn leaf_decls(leaves: &[(DType, bool)], first_binding: usize) -> String {
     let mut s = format!(
-        "const DROPOUT_BASE: u32 = {}u;\n\nfn linear_index(i: u32) -> u32 {{\n    return i;\n}}\n\n",
+        "const EXTRA_BASE: u32 = {}u;\n\nfn linear_index(i: u32) -> u32 {{\n    return i;\n}}\n\n",
         8 + 7 * leaves.len()
     );
     for (k, &(dtype, contiguous)) in leaves.iter().enumerate() {
@@ -492,7 +512,7 @@ fn fused_kernel_vec4(leaves: usize, ops: &str, body: &str, outputs: &[(String, D
     let mut bindings = String::new();
     // `i` is the lane (0..4) of unit `unit`: the linear index is 4·unit + i.
     let mut loaders = format!(
-        "const DROPOUT_BASE: u32 = {}u;\n\nvar<private> unit: u32;\n\nfn linear_index(i: u32) -> u32 {{\n    return 4u * unit + i;\n}}\n\n",
+        "const EXTRA_BASE: u32 = {}u;\n\nvar<private> unit: u32;\n\nfn linear_index(i: u32) -> u32 {{\n    return 4u * unit + i;\n}}\n\n",
         8 + 7 * leaves
     );
     let mut store = String::from("unit = t;\n        ");
@@ -573,7 +593,7 @@ pub fn sample_kernels() -> Vec<Kernel> {
             every_op
         ),
         body: "let l0 = load_0(index_0(i));\n    let l1 = load_1(index_1(i));\n    \
-               let n0 = op_add(op_gelu_tanh(op_add(mm, l0)), l1);\n    let n1 = op_dropout(n0, linear_index(i), DROPOUT_BASE);\n    "
+               let n0 = op_add(op_gelu_tanh(op_add(mm, l0)), l1);\n    let n1 = op_dropout(n0, linear_index(i), EXTRA_BASE);\n    "
             .into(),
         result: "n1".into(),
         ew_params: vec![],
@@ -648,6 +668,22 @@ pub(crate) fn lazy_matmul(node: crate::ops::matmul::MatmulNode) -> Tensor {
 
 fn node_gpu(node: &crate::ops::matmul::MatmulNode) -> Gpu {
     node.gpu().clone()
+}
+
+/// A pending `op(x, value)` (`op(value, x)` when `scalar_first`).
+pub(crate) fn lazy_scalar(op: BinaryOp, x: Tensor, value: f32, scalar_first: bool) -> Result<Tensor> {
+    let d = bounded(&[&x])?;
+    let gpu = x.gpu().clone();
+    let (shape, dtype) = (x.shape().to_vec(), x.dtype());
+    Ok(Tensor::pending(&gpu, &shape, dtype, Expr::Scalar { op, x, value, scalar_first }, d))
+}
+
+/// A pending `where(cond, a, b)`; the three already have the output's shape.
+pub(crate) fn lazy_where(cond: Tensor, a: Tensor, b: Tensor) -> Result<Tensor> {
+    let d = bounded(&[&cond, &a, &b])?;
+    let gpu = a.gpu().clone();
+    let (shape, dtype) = (a.shape().to_vec(), a.dtype());
+    Ok(Tensor::pending(&gpu, &shape, dtype, Expr::Where(cond, a, b), d))
 }
 
 /// A pending dropout of `x`.

@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use wgkernels::ops::elementwise::{dropout_keeps, BinaryOp, UnaryOp};
+use wgkernels::ops::elementwise::{dropout_keeps, where_, BinaryOp, UnaryOp};
 use wgkernels::{DType, Gpu, GpuOptions, Tensor};
 
 fn gpu_with_fusion(on: bool) -> Gpu {
@@ -486,4 +486,60 @@ fn a_held_matmul_result_or_a_16_bit_chain_is_not_fused_but_still_right() {
     let z = x.matmul(&w).unwrap().mul(&x.matmul(&w2).unwrap()).unwrap();
     let want: Vec<f64> = mm.iter().zip(&mm2).map(|(a, b)| a * b).collect();
     assert_close("product of two matmuls", &z.to_vec_f32().unwrap(), &want, 1e-4, 1e-4);
+}
+
+#[test]
+fn scalar_constants_are_runtime_params_and_where_selects() {
+    for fusion in [true, false] {
+        let gpu = gpu_with_fusion(fusion);
+        let (x, xv) = random_tensor(&gpu, &[33, 7], DType::F32, 1);
+        let (y, yv) = random_tensor(&gpu, &[7], DType::F32, 2); // broadcast over rows
+        let before = gpu.stats().dispatches;
+        // (x·3 − 0.5)/2, then max with 0.1, 1 − that, clamp, and where(x > y, it, y·x).
+        let t = x.mul_scalar(3.0).unwrap().sub_scalar(0.5).unwrap().div_scalar(2.0).unwrap();
+        let t = t.maximum_scalar(0.1).unwrap().rsub_scalar(1.0).unwrap().clamp(-0.6, 0.9).unwrap();
+        let z = where_(&x.gt(&y).unwrap(), &t, &y.mul(&x).unwrap()).unwrap();
+        z.realize().unwrap();
+        if fusion {
+            assert_eq!(gpu.stats().dispatches - before, 1, "scalars, comparison and where: one kernel");
+        }
+        let want: Vec<f64> = (0..xv.len())
+            .map(|i| {
+                let (a, b) = (xv[i], yv[i % 7]);
+                let t = (1.0 - ((a * 3.0 - 0.5) / 2.0).max(0.1)).clamp(-0.6, 0.9);
+                if a > b {
+                    t
+                } else {
+                    b * a
+                }
+            })
+            .collect();
+        assert_close(&format!("scalars and where, fusion {fusion}"), &z.to_vec_f32().unwrap(), &want, 1e-6, 1e-6);
+        // rdiv, pow, minimum; on bf16 storage the result is rounded once.
+        let h = x.to_dtype(DType::BF16).unwrap().abs().unwrap().add_scalar(1.0).unwrap();
+        let r = h.rdiv_scalar(2.0).unwrap().pow_scalar(1.5).unwrap().minimum_scalar(1.2).unwrap();
+        assert_eq!(r.dtype(), DType::BF16);
+        let want: Vec<f64> = xv
+            .iter()
+            .map(|&a| {
+                let h = rounded(&[(rounded(&[a as f32], DType::BF16)[0].abs() + 1.0) as f32], DType::BF16)[0];
+                (2.0 / h).powf(1.5).min(1.2)
+            })
+            .collect();
+        let (atol, rtol) = tol(DType::BF16);
+        assert_close(&format!("bf16 scalar chain, fusion {fusion}"), &r.to_vec_f32().unwrap(), &want, atol, rtol);
+    }
+    // Another constant reuses the compiled kernel.
+    let gpu = gpu_with_fusion(true);
+    let (x, _) = random_tensor(&gpu, &[100], DType::F32, 3);
+    x.mul_scalar(2.0).unwrap().add_scalar(1.0).unwrap().realize().unwrap();
+    let compiled = gpu.stats().pipelines_compiled;
+    let v = x.mul_scalar(-7.0).unwrap().add_scalar(0.25).unwrap().to_vec_f32().unwrap();
+    assert_eq!(gpu.stats().pipelines_compiled, compiled, "a new constant must not compile");
+    let want: Vec<f64> = x.to_vec_f32().unwrap().iter().map(|&x| x as f64 * -7.0 + 0.25).collect();
+    assert_close("new constants", &v, &want, 1e-6, 1e-6);
+    // Errors.
+    let (h, _) = random_tensor(&gpu, &[100], DType::F16, 4);
+    assert!(where_(&x, &x, &h).unwrap_err().to_string().contains("where"));
+    assert!(x.clamp(1.0, 0.0).unwrap_err().to_string().contains("clamp"));
 }

@@ -451,6 +451,80 @@ pub fn map(x: &Tensor, op: UnaryOp, out_dtype: DType) -> Result<Tensor> {
     launch(name, &[x], x.shape(), out_dtype, op.wgsl())
 }
 
+/// `cond != 0 ? a : b` element-wise, the three broadcast together (`torch.where`). `a` and
+/// `b` share a dtype, which the result has; `cond` may be any dtype (comparisons give 1/0).
+/// Lazy with fusion on, like every element-wise op.
+///
+/// ```no_run
+/// # use wgkernels::{DType, Gpu, Tensor};
+/// use wgkernels::ops::elementwise::where_;
+/// # fn main() -> wgkernels::Result<()> {
+/// # let gpu = Gpu::new()?;
+/// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+/// let zero = Tensor::zeros(&gpu, &[1], DType::F32)?;
+/// let leaky = where_(&x.gt(&zero)?, &x, &x.mul_scalar(0.01)?)?; // one fused kernel
+/// # Ok(()) }
+/// ```
+pub fn where_(cond: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    const OP: &str = "where";
+    if a.dtype() != b.dtype() {
+        return Err(Error::DTypeMismatch { op: OP, lhs: a.dtype(), rhs: b.dtype() });
+    }
+    let same_gpu = |t: &Tensor| std::ptr::eq(t.gpu().inner.as_ref(), a.gpu().inner.as_ref());
+    if !same_gpu(b) || !same_gpu(cond) {
+        return Err(Error::InvalidArgument { op: OP, msg: "operands live on different Gpu devices".into() });
+    }
+    let shape = broadcast_shapes(OP, &broadcast_shapes(OP, cond.shape(), a.shape())?, b.shape())?;
+    let expand = |t: &Tensor| if t.shape() == shape.as_slice() { Ok(t.clone()) } else { t.expand(&shape) };
+    let t = crate::fusion::lazy_where(expand(cond)?, expand(a)?, expand(b)?)?;
+    if !a.gpu().fusion() {
+        t.realize()?;
+    }
+    Ok(t)
+}
+
+macro_rules! scalar_methods {
+    ($($method:ident => $op:ident, $first:expr, $what:literal;)*) => {
+        impl Tensor {
+            $(
+                #[doc = concat!("`", $what, "` element-wise with a constant (computed in f32, stored in this dtype). ",
+                    "The constant is a runtime parameter of the fused kernel: another value compiles nothing.",
+                    "\n\n```no_run\n# use wgkernels::{DType, Gpu, Tensor};\n# fn main() -> wgkernels::Result<()> {\n# let gpu = Gpu::new()?;\n",
+                    "let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;\nlet y = x.", stringify!($method), "(0.5)?;\n# Ok(()) }\n```")]
+                pub fn $method(&self, value: f32) -> Result<Tensor> {
+                    let t = crate::fusion::lazy_scalar(BinaryOp::$op, self.clone(), value, $first)?;
+                    if !self.gpu().fusion() {
+                        t.realize()?;
+                    }
+                    Ok(t)
+                }
+            )*
+        }
+    };
+}
+
+scalar_methods! {
+    add_scalar => Add, false, "x + value";
+    sub_scalar => Sub, false, "x - value";
+    rsub_scalar => Sub, true, "value - x";
+    mul_scalar => Mul, false, "x * value";
+    div_scalar => Div, false, "x / value";
+    rdiv_scalar => Div, true, "value / x";
+    pow_scalar => Pow, false, "x ^ value";
+    maximum_scalar => Maximum, false, "max(x, value)";
+    minimum_scalar => Minimum, false, "min(x, value)";
+}
+
+impl Tensor {
+    /// Clamps every element to [`min`, `max`] (one fused node pair).
+    pub fn clamp(&self, min: f32, max: f32) -> Result<Tensor> {
+        if min > max {
+            return Err(Error::InvalidArgument { op: "clamp", msg: format!("min {min} > max {max}") });
+        }
+        self.maximum_scalar(min)?.minimum_scalar(max)
+    }
+}
+
 macro_rules! binary_methods {
     ($($method:ident => $op:ident, $trait:ident :: $tmethod:ident;)*) => {
         impl Tensor {
