@@ -182,7 +182,7 @@ fn broadcast_to(v: &[f64], sh: &[usize], out: &[usize]) -> Vec<f64> {
 #[test]
 fn random_graphs_match_a_float64_interpreter() {
     let gpu = gpu_with_fusion(true);
-    let cases = 120;
+    let cases = 300;
     for seed in 1..=cases {
         let g = random_graph(seed);
         let out_shape = g
