@@ -116,6 +116,34 @@ struct Graph {
 enum Op {
     U(UnaryOp),
     B(BinaryOp),
+    /// A scalar op (index into SCALAR_OPS) with its constant.
+    S(usize, f32),
+    /// where(operand a, operand b, this third operand).
+    W(usize),
+    /// Dropout with p = 0.25 and this seed.
+    D(u64),
+}
+
+/// The scalar methods the random graphs draw, with their f64 meaning.
+const SCALAR_OPS: [(&str, fn(f64, f64) -> f64); 6] = [
+    ("add", |x, c| x + c),
+    ("sub", |x, c| x - c),
+    ("rsub", |x, c| c - x),
+    ("mul", |x, c| x * c),
+    ("max", |x, c| x.max(c)),
+    ("min", |x, c| x.min(c)),
+];
+
+fn scalar_op(t: &Tensor, k: usize, c: f32) -> Tensor {
+    match k {
+        0 => t.add_scalar(c),
+        1 => t.sub_scalar(c),
+        2 => t.rsub_scalar(c),
+        3 => t.mul_scalar(c),
+        4 => t.maximum_scalar(c),
+        _ => t.minimum_scalar(c),
+    }
+    .unwrap()
 }
 
 /// Ops that stay finite and well conditioned on values of moderate size.
@@ -164,7 +192,13 @@ fn random_graph(seed: u64) -> Graph {
         let avail = n_inputs + j;
         // Lean on recent values so chains get long.
         let pick = |r: usize| avail - 1 - r % avail.min(4);
-        let op = if next(2) == 0 { Op::U(UNARY[next(UNARY.len())]) } else { Op::B(BINARY[next(BINARY.len())]) };
+        let op = match next(8) {
+            0..=2 => Op::U(UNARY[next(UNARY.len())]),
+            3..=5 => Op::B(BINARY[next(BINARY.len())]),
+            6 => Op::S(next(SCALAR_OPS.len()), (next(2001) as f32 - 1000.0) / 1000.0),
+            _ if next(2) == 0 => Op::W(next(avail)),
+            _ => Op::D(next(1 << 20) as u64),
+        };
         let (a, b) = (pick(next(100)), next(avail));
         nodes.push((op, a, b));
     }
@@ -206,6 +240,29 @@ fn random_graphs_match_a_float64_interpreter() {
                     let sh = t.shape().to_vec();
                     let (x, y) = (broadcast_to(&refs[a].1, &refs[a].0, &sh), broadcast_to(&refs[b].1, &refs[b].0, &sh));
                     (t, (sh, x.iter().zip(&y).map(|(&x, &y)| bo.apply_f64(x, y)).collect()))
+                }
+                Op::S(k, c) => {
+                    let (sh, v) = &refs[a];
+                    (scalar_op(&vals[a], k, c), (sh.clone(), v.iter().map(|&x| SCALAR_OPS[k].1(x, c as f64)).collect()))
+                }
+                Op::W(c) => {
+                    // cond = operand c, then a, else b.
+                    let t = where_(&vals[c], &vals[a], &vals[b]).unwrap();
+                    let sh = t.shape().to_vec();
+                    let cond = broadcast_to(&refs[c].1, &refs[c].0, &sh);
+                    let (x, y) = (broadcast_to(&refs[a].1, &refs[a].0, &sh), broadcast_to(&refs[b].1, &refs[b].0, &sh));
+                    let v = (0..cond.len()).map(|i| if cond[i] != 0.0 { x[i] } else { y[i] }).collect();
+                    (t, (sh, v))
+                }
+                Op::D(seed) => {
+                    let (sh, v) = &refs[a];
+                    let scale = (1.0 / 0.75f64) as f32 as f64;
+                    let r = v
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &x)| if dropout_keeps(0.25, seed, i as u32) { x * scale } else { 0.0 })
+                        .collect();
+                    (vals[a].dropout(0.25, seed).unwrap(), (sh.clone(), r))
                 }
             };
             vals.push(t);
