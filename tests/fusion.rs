@@ -124,15 +124,10 @@ enum Op {
     D(u64),
 }
 
-/// The scalar methods the random graphs draw, with their f64 meaning.
-const SCALAR_OPS: [(&str, fn(f64, f64) -> f64); 6] = [
-    ("add", |x, c| x + c),
-    ("sub", |x, c| x - c),
-    ("rsub", |x, c| c - x),
-    ("mul", |x, c| x * c),
-    ("max", |x, c| x.max(c)),
-    ("min", |x, c| x.min(c)),
-];
+/// The f64 meaning of the scalar methods `scalar_op` applies: add, sub, rsub, mul,
+/// maximum, minimum.
+const SCALAR_OPS: [fn(f64, f64) -> f64; 6] =
+    [|x, c| x + c, |x, c| x - c, |x, c| c - x, |x, c| x * c, |x, c| x.max(c), |x, c| x.min(c)];
 
 fn scalar_op(t: &Tensor, k: usize, c: f32) -> Tensor {
     match k {
@@ -243,7 +238,7 @@ fn random_graphs_match_a_float64_interpreter() {
                 }
                 Op::S(k, c) => {
                     let (sh, v) = &refs[a];
-                    (scalar_op(&vals[a], k, c), (sh.clone(), v.iter().map(|&x| SCALAR_OPS[k].1(x, c as f64)).collect()))
+                    (scalar_op(&vals[a], k, c), (sh.clone(), v.iter().map(|&x| SCALAR_OPS[k](x, c as f64)).collect()))
                 }
                 Op::W(c) => {
                     // cond = operand c, then a, else b.
