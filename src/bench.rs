@@ -15,9 +15,23 @@ use crate::gpu::Gpu;
 use crate::profiler::Profiler;
 
 /// Minimum wall time of warm-up before timing.
+///
+/// ```
+/// assert!(wgkernels::bench::WARMUP_MS >= 100.0);
+/// ```
 pub const WARMUP_MS: f64 = 200.0;
 
 /// The median and spread of repeated runs of one piece of GPU work.
+///
+/// ```no_run
+/// # use wgkernels::{DType, Gpu, Tensor};
+/// # fn main() -> wgkernels::Result<()> {
+/// # let gpu = Gpu::new()?;
+/// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+/// let t: wgkernels::bench::Timing = wgkernels::bench::measure(&gpu, 1, 5, || x.exp()?.realize().map(drop))?;
+/// println!("median {:.3} ms (min {:.3}), timestamps: {}", t.median_ms, t.min_ms, t.timestamps);
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub struct Timing {
     /// Median milliseconds per repeat.
@@ -33,6 +47,16 @@ pub struct Timing {
 
 impl Timing {
     /// `work / median_s / 1e9`: GB/s when `work` is bytes, GFLOP/s when it is FLOPs.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+    /// let t = wgkernels::bench::measure(&gpu, 1, 5, || x.exp()?.realize().map(drop))?;
+    /// println!("{:.1} GB/s", t.rate(2.0 * 4.0 * 32.0));
+    /// # Ok(()) }
+    /// ```
     pub fn rate(&self, work: f64) -> f64 {
         work / (self.median_ms * 1e-3) / 1e9
     }
@@ -43,6 +67,15 @@ impl Timing {
 /// first ~50 ms of work after an idle gap ran up to 4× slower), then `reps` times under
 /// the profiler. With timestamps, one repeat's time is the sum of its dispatches' GPU times
 /// (launch gaps excluded); without, each repeat is synchronised and timed on the host.
+///
+/// ```no_run
+/// # use wgkernels::{DType, Gpu, Tensor};
+/// # fn main() -> wgkernels::Result<()> {
+/// # let gpu = Gpu::new()?;
+/// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+/// let t = wgkernels::bench::measure(&gpu, 2, 10, || x.matmul(&x.transpose(0, 1)?)?.realize().map(drop))?;
+/// # Ok(()) }
+/// ```
 pub fn measure(gpu: &Gpu, warmup: usize, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<Timing> {
     let reps = reps.max(1);
     let start = std::time::Instant::now();

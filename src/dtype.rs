@@ -3,6 +3,12 @@
 use half::{bf16, f16};
 
 /// The element type of a tensor.
+///
+/// ```
+/// use wgkernels::DType;
+/// assert_eq!(DType::BF16.size_in_bytes(), 2);
+/// assert_eq!(DType::F32.name(), "f32");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
     /// IEEE binary32.
@@ -32,10 +38,19 @@ impl DType {
     }
 
     /// All dtypes, for tests and benches that sweep them.
+    ///
+    /// ```
+    /// for d in wgkernels::DType::ALL { println!("{}", d.name()); }
+    /// ```
     pub const ALL: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 }
 
 /// A host element type that maps to a [`DType`]: `f32`, `half::f16`, `half::bf16`.
+///
+/// ```
+/// use wgkernels::{DType, Element};
+/// assert_eq!(<wgkernels::bf16 as Element>::DTYPE, DType::BF16);
+/// ```
 pub trait Element: bytemuck::Pod + Copy + Send + Sync + 'static {
     /// The tensor dtype this host type stores as.
     const DTYPE: DType;

@@ -6,6 +6,18 @@ use crate::DType;
 /// Everything that can go wrong in wgkernels. In the variants that have them, `op` names the
 /// operation that refused its input (`"matmul"`, `"softmax mask"`, ...), `lhs`/`rhs` or
 /// `shape` the offending shapes or dtypes, and `msg` what was expected.
+///
+/// ```no_run
+/// # use wgkernels::{DType, Gpu, Tensor};
+/// # fn main() -> wgkernels::Result<()> {
+/// # let gpu = Gpu::new()?;
+/// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+/// match x.matmul(&x) {
+///     Err(wgkernels::Error::ShapeMismatch { op, lhs, rhs }) => println!("{op}: {lhs:?} vs {rhs:?}"),
+///     other => println!("{:?}", other.map(|t| t.shape().to_vec())),
+/// }
+/// # Ok(()) }
+/// ```
 #[allow(missing_docs)] // the fields are described above
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -63,4 +75,14 @@ pub enum Error {
 }
 
 /// `Result` with the crate's [`Error`].
+///
+/// ```no_run
+/// # use wgkernels::{DType, Gpu, Tensor};
+/// # fn main() -> wgkernels::Result<()> {
+/// # let gpu = Gpu::new()?;
+/// fn double(x: &Tensor) -> wgkernels::Result<Tensor> { x.add(x) }
+/// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+/// let y = double(&x)?;
+/// # Ok(()) }
+/// ```
 pub type Result<T> = std::result::Result<T, Error>;

@@ -646,6 +646,12 @@ fn dropout_words(p: f32, seed: u64) -> [u32; 4] {
 /// The mask the kernels compute, on the host (tests and references): whether element
 /// `index` survives dropout with probability `p` and `seed`. Bit-exact with the shaders'
 /// `dropout_hash` in shaders/fused.wgsl.
+///
+/// ```
+/// use wgkernels::ops::elementwise::dropout_keeps;
+/// let kept = (0..10_000u32).filter(|&i| dropout_keeps(0.3, 42, i)).count();
+/// assert!((6_500..7_500).contains(&kept));
+/// ```
 pub fn dropout_keeps(p: f32, seed: u64, index: u32) -> bool {
     fn mix32(mut h: u32) -> u32 {
         h ^= h >> 16;

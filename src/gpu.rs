@@ -18,6 +18,15 @@ use crate::shaders::PipelineKey;
 const MAX_PENDING_DISPATCHES: usize = 64;
 
 /// What the library got from the adapter: the answer to "what can this machine do?".
+///
+/// ```no_run
+/// # use wgkernels::{DType, Gpu, Tensor};
+/// # fn main() -> wgkernels::Result<()> {
+/// # let gpu = Gpu::new()?;
+/// let info = gpu.info();
+/// println!("{} on {:?}: storage binding {} bytes, subgroups {:?}", info.name, info.backend, info.limits.max_storage_buffer_binding_size, info.subgroup_sizes);
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
 pub struct GpuInfo {
     /// Adapter name as the driver reports it.
@@ -42,6 +51,14 @@ pub struct GpuInfo {
 
 impl GpuInfo {
     /// True when the device has 16×16×16 f16×f16→f32 cooperative matrices (tensor cores).
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// if gpu.info().has_coop_f16_16x16x16() { println!("tensor cores through cooperative matrices"); }
+    /// # Ok(()) }
+    /// ```
     pub fn has_coop_f16_16x16x16(&self) -> bool {
         self.cooperative_matrix.iter().any(|p| {
             p.m_size == 16
@@ -84,6 +101,15 @@ impl std::fmt::Display for GpuInfo {
 }
 
 /// Bytes in use, as `gpu.memory()` reports them.
+///
+/// ```no_run
+/// # use wgkernels::{DType, Gpu, Tensor};
+/// # fn main() -> wgkernels::Result<()> {
+/// # let gpu = Gpu::new()?;
+/// let m: wgkernels::MemoryStats = gpu.memory();
+/// println!("{} live, {} pooled, peak {}", m.live_bytes, m.pool_bytes, m.peak_live_bytes);
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemoryStats {
     /// Bytes held by live tensors (their buffers, rounded up to the pool's size class).
@@ -95,6 +121,15 @@ pub struct MemoryStats {
 }
 
 /// Counters for the pipeline cache (and, later, the fusion JIT).
+///
+/// ```no_run
+/// # use wgkernels::{DType, Gpu, Tensor};
+/// # fn main() -> wgkernels::Result<()> {
+/// # let gpu = Gpu::new()?;
+/// let s: wgkernels::Stats = gpu.stats();
+/// println!("{} compiled, {} cache hits, {} fused kernels", s.pipelines_compiled, s.pipeline_cache_hits, s.fused_kernels);
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Pipelines compiled (cache misses).
@@ -169,6 +204,15 @@ impl std::fmt::Debug for Gpu {
 }
 
 /// How to pick an adapter; `GpuOptions::from_env()` reads `WGK_BACKEND`, `WGK_ADAPTER`, `WGK_CHECKED`.
+///
+/// ```no_run
+/// # use wgkernels::{DType, Gpu, Tensor};
+/// # fn main() -> wgkernels::Result<()> {
+/// # let gpu = Gpu::new()?;
+/// use wgkernels::GpuOptions;
+/// let gpu2 = Gpu::with_options(GpuOptions { checked: true, fusion: false, ..GpuOptions::default() })?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
 pub struct GpuOptions {
     /// Backends to try; `None` means all compiled in.
@@ -200,6 +244,15 @@ impl Default for GpuOptions {
 impl GpuOptions {
     /// Options from the environment: `WGK_BACKEND=vulkan|metal|dx12|gl`,
     /// `WGK_ADAPTER=<substring>`, `WGK_CHECKED=1`.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let opts = wgkernels::GpuOptions::from_env()?; // WGK_BACKEND, WGK_CHECKED, ...
+    /// let gpu2 = Gpu::with_options(opts)?;
+    /// # Ok(()) }
+    /// ```
     pub fn from_env() -> Result<Self> {
         let backends = match std::env::var("WGK_BACKEND") {
             Ok(s) if !s.is_empty() => Some(parse_backend(&s)?),
@@ -403,11 +456,27 @@ impl Gpu {
     }
 
     /// What the adapter is and what the library got from it.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// println!("{}", gpu.info());
+    /// # Ok(()) }
+    /// ```
     pub fn info(&self) -> &GpuInfo {
         &self.inner.info
     }
 
     /// True when element-wise ops are fused (the default).
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// assert!(gpu.fusion() || std::env::var("WGK_FUSION").is_ok());
+    /// # Ok(()) }
+    /// ```
     pub fn fusion(&self) -> bool {
         self.inner.fusion.load(Ordering::Relaxed)
     }
@@ -431,31 +500,82 @@ impl Gpu {
 
     /// Whether chains consuming an f32 matmul run in its epilogue (with fusion on); see
     /// [`GpuOptions::fuse_matmul_epilogues`].
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// gpu.set_matmul_epilogue_fusion(true);
+    /// assert!(gpu.matmul_epilogue_fusion());
+    /// # Ok(()) }
+    /// ```
     pub fn matmul_epilogue_fusion(&self) -> bool {
         self.inner.matmul_epilogues.load(Ordering::Relaxed)
     }
 
     /// Turns matmul-epilogue fusion on or off for work recorded from now on.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// gpu.set_matmul_epilogue_fusion(true);
+    /// let x = Tensor::randn(&gpu, &[64, 64], DType::F32, 0)?;
+    /// let y = x.matmul(&x)?.add_scalar(1.0)?.relu()?; // one kernel when realised
+    /// # Ok(()) }
+    /// ```
     pub fn set_matmul_epilogue_fusion(&self, on: bool) {
         self.inner.matmul_epilogues.store(on, Ordering::Relaxed);
     }
 
     /// True when shaders are built with runtime bounds checks (`WGK_CHECKED=1`).
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// println!("bounds-checked shaders: {}", gpu.checked());
+    /// # Ok(()) }
+    /// ```
     pub fn checked(&self) -> bool {
         self.inner.checked
     }
 
     /// The underlying wgpu device, for interop.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let limits = gpu.device().limits(); // the wgpu device, for interop
+    /// # Ok(()) }
+    /// ```
     pub fn device(&self) -> &wgpu::Device {
         &self.inner.device
     }
 
     /// The underlying wgpu queue, for interop.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let period = gpu.queue().get_timestamp_period();
+    /// # Ok(()) }
+    /// ```
     pub fn queue(&self) -> &wgpu::Queue {
         &self.inner.queue
     }
 
     /// True when the device has `feature`.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let f16 = gpu.has(wgkernels::wgpu::Features::SHADER_F16);
+    /// # Ok(()) }
+    /// ```
     pub fn has(&self, feature: wgpu::Features) -> bool {
         self.inner.info.features.contains(feature)
     }
@@ -476,12 +596,31 @@ impl Gpu {
     }
 
     /// Starts a new peak measurement at the current live bytes.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// gpu.reset_peak();
+    /// let x = Tensor::randn(&gpu, &[1 << 20], DType::F32, 0)?;
+    /// println!("peak {} bytes", gpu.memory().peak_live_bytes);
+    /// # Ok(()) }
+    /// ```
     pub fn reset_peak(&self) {
         let mut pool = lock(&self.inner.pool);
         pool.stats.peak_live_bytes = pool.stats.live_bytes;
     }
 
     /// Frees every idle buffer the pool holds.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// gpu.empty_cache(); // the pool's idle buffers go back to the driver
+    /// assert_eq!(gpu.memory().pool_bytes, 0);
+    /// # Ok(()) }
+    /// ```
     pub fn empty_cache(&self) {
         let _serial = self.serial();
         let mut pool = lock(&self.inner.pool);
@@ -623,6 +762,16 @@ impl Gpu {
     }
 
     /// Submits all recorded work (does not wait for it).
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+    /// let y = x.exp()?.realize()?.clone();
+    /// gpu.flush()?; // submitted, not waited for
+    /// # Ok(()) }
+    /// ```
     pub fn flush(&self) -> Result<()> {
         let _serial = self.serial();
         self.submit_locked(&mut lock(&self.inner.pending));

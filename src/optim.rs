@@ -38,6 +38,12 @@ const MAX_SLOTS: usize = 32;
 const CONTROL_WORDS: usize = 20;
 
 /// Hyperparameters of [`AdamW`]; `Default` is PyTorch's `AdamW` default.
+///
+/// ```
+/// use wgkernels::optim::AdamWConfig;
+/// let c = AdamWConfig { lr: 6e-4, betas: (0.9, 0.95), weight_decay: 0.1, max_grad_norm: Some(1.0), ..Default::default() };
+/// assert!(c.decoupled_weight_decay);
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct AdamWConfig {
     /// Learning rate.
@@ -72,6 +78,11 @@ impl Default for AdamWConfig {
 }
 
 /// Hyperparameters of [`Sgd`]; `Default` is PyTorch's `SGD` with lr 1e-2.
+///
+/// ```
+/// use wgkernels::optim::SgdConfig;
+/// let c = SgdConfig { lr: 0.1, momentum: 0.9, nesterov: true, ..Default::default() };
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct SgdConfig {
     /// Learning rate.
@@ -95,6 +106,23 @@ impl Default for SgdConfig {
 }
 
 /// What the optimizers share: stepping, state, counters.
+///
+/// ```no_run
+/// # use wgkernels::{DType, Gpu, Tensor};
+/// # fn main() -> wgkernels::Result<()> {
+/// # let gpu = Gpu::new()?;
+/// use wgkernels::optim::{AdamW, AdamWConfig, Optimizer, Sgd, SgdConfig};
+/// let mut opts: Vec<Box<dyn Optimizer>> = vec![
+///     Box::new(AdamW::new(&gpu, AdamWConfig::default())?),
+///     Box::new(Sgd::new(&gpu, SgdConfig { momentum: 0.9, ..Default::default() })?),
+/// ];
+/// for opt in &mut opts {
+///     let mut p = vec![Tensor::randn(&gpu, &[1000], DType::F32, 0)?];
+///     opt.step(&mut p, &[Tensor::randn(&gpu, &[1000], DType::F32, 1)?])?;
+///     println!("{} state bytes, {} steps", opt.state_bytes(), opt.step_count()?);
+/// }
+/// # Ok(()) }
+/// ```
 pub trait Optimizer {
     /// One step: updates `params` in place from `grads` (same shapes and dtypes, in the same
     /// order on every step).
@@ -118,6 +146,21 @@ pub trait Optimizer {
 }
 
 /// AdamW (and Adam, AMSGrad) in one fused pass per step. See the [module docs](self).
+///
+/// ```no_run
+/// # use wgkernels::{DType, Gpu, Tensor};
+/// # fn main() -> wgkernels::Result<()> {
+/// # let gpu = Gpu::new()?;
+/// use wgkernels::optim::{AdamW, AdamWConfig, Optimizer};
+/// let mut params = vec![Tensor::randn(&gpu, &[512, 512], DType::F32, 0)?];
+/// let mut opt = AdamW::new(&gpu, AdamWConfig::default())?;
+/// for step in 0..3 {
+///     let grads = vec![Tensor::randn(&gpu, &[512, 512], DType::F32, 10 + step)?];
+///     opt.step(&mut params, &grads)?;
+/// }
+/// assert_eq!(opt.step_count()?, 3);
+/// # Ok(()) }
+/// ```
 pub struct AdamW {
     config: AdamWConfig,
     engine: Engine,
@@ -149,11 +192,31 @@ impl AdamW {
 
     /// The hyperparameters, to change between steps (lr schedules): no recompilation.
     /// `amsgrad` is fixed at creation.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// use wgkernels::optim::{AdamW, AdamWConfig};
+    /// let mut opt = AdamW::new(&gpu, AdamWConfig::default())?;
+    /// opt.config_mut().lr *= 0.5; // a schedule: nothing recompiles
+    /// # Ok(()) }
+    /// ```
     pub fn config_mut(&mut self) -> &mut AdamWConfig {
         &mut self.config
     }
 
     /// The hyperparameters.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// use wgkernels::optim::{AdamW, AdamWConfig};
+    /// let opt = AdamW::new(&gpu, AdamWConfig::default())?;
+    /// assert_eq!(opt.config().betas, (0.9, 0.999));
+    /// # Ok(()) }
+    /// ```
     pub fn config(&self) -> &AdamWConfig {
         &self.config
     }
@@ -168,6 +231,19 @@ impl AdamW {
 
     /// Dispatches per step: one per group of segments (+ the norm reduction and the
     /// finalize dispatch). Known after the first step.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// use wgkernels::optim::{AdamW, AdamWConfig, Optimizer};
+    /// let mut opt = AdamW::new(&gpu, AdamWConfig::default())?;
+    /// let mut p: Vec<Tensor> = (0..40).map(|k| Tensor::randn(&gpu, &[100], DType::F32, k)).collect::<wgkernels::Result<_>>()?;
+    /// let g: Vec<Tensor> = (0..40).map(|k| Tensor::randn(&gpu, &[100], DType::F32, 100 + k)).collect::<wgkernels::Result<_>>()?;
+    /// opt.step(&mut p, &g)?;
+    /// println!("{:?} dispatches for 40 tensors", opt.dispatches_per_step());
+    /// # Ok(()) }
+    /// ```
     pub fn dispatches_per_step(&self) -> Option<usize> {
         self.engine.layout.as_ref().map(|l| l.groups.len())
     }
@@ -226,6 +302,17 @@ impl_optimizer!(AdamW);
 
 /// SGD with momentum, dampening, Nesterov and L2 weight decay, fused like [`AdamW`]: one
 /// state tensor (the momentum buffer) instead of two.
+///
+/// ```no_run
+/// # use wgkernels::{DType, Gpu, Tensor};
+/// # fn main() -> wgkernels::Result<()> {
+/// # let gpu = Gpu::new()?;
+/// use wgkernels::optim::{Optimizer, Sgd, SgdConfig};
+/// let mut params = vec![Tensor::randn(&gpu, &[512], DType::BF16, 0)?]; // f32 master kept inside
+/// let mut opt = Sgd::new(&gpu, SgdConfig { momentum: 0.9, ..Default::default() })?;
+/// opt.step(&mut params, &[Tensor::randn(&gpu, &[512], DType::BF16, 1)?])?;
+/// # Ok(()) }
+/// ```
 pub struct Sgd {
     config: SgdConfig,
     engine: Engine,
@@ -292,6 +379,12 @@ impl_optimizer!(Sgd);
 ///
 /// [`scale`]: DynamicLossScale::scale
 /// [`update`]: DynamicLossScale::update
+///
+/// ```
+/// use wgkernels::optim::DynamicLossScale;
+/// let mut s = DynamicLossScale::new(1024.0);
+/// assert_eq!(s.update(true), 512.0); // overflow: back off
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct DynamicLossScale {
     /// The current scale.
@@ -314,6 +407,12 @@ impl Default for DynamicLossScale {
 impl DynamicLossScale {
     /// Starts at `scale`, with PyTorch's defaults otherwise (×2 every 2000 clean steps, ×0.5
     /// on overflow).
+    ///
+    /// ```
+    /// use wgkernels::optim::DynamicLossScale;
+    /// let s = DynamicLossScale::new(2048.0);
+    /// assert_eq!((s.scale, s.growth_interval), (2048.0, 2000));
+    /// ```
     pub fn new(scale: f32) -> Self {
         Self { scale, ..Self::default() }
     }

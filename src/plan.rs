@@ -25,6 +25,12 @@
 //! - KV cache for inference: `2·L·d` values per token.
 
 /// A GPT-2-style model shape.
+///
+/// ```
+/// use wgkernels::plan::ModelConfig;
+/// let tiny = ModelConfig { name: "tiny", layers: 2, d_model: 128, heads: 4, vocab: 1000, context: 256 };
+/// println!("{} parameters", tiny.params());
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ModelConfig {
     /// Name for reports.
@@ -43,6 +49,10 @@ pub struct ModelConfig {
 
 /// The GPT-2 family as Radford et al. (2019) list it (117M, 345M, 762M, 1542M; the counts
 /// with tied embeddings are 124M, 355M, 774M and 1558M).
+///
+/// ```
+/// for m in wgkernels::plan::GPT2 { println!("{}: {}", m.name, m.params()); }
+/// ```
 pub const GPT2: [ModelConfig; 4] = [
     ModelConfig { name: "gpt2 (117M)", layers: 12, d_model: 768, heads: 12, vocab: 50257, context: 1024 },
     ModelConfig { name: "gpt2-medium (345M)", layers: 24, d_model: 1024, heads: 16, vocab: 50257, context: 1024 },
@@ -51,6 +61,13 @@ pub const GPT2: [ModelConfig; 4] = [
 ];
 
 /// How values are stored.
+///
+/// ```
+/// use wgkernels::plan::{Optimizer, Precision, GPT2};
+/// let a = GPT2[0].training(1, 1024, Precision::Fp32, Optimizer::Adam, true, false);
+/// let b = GPT2[0].training(1, 1024, Precision::Mixed16, Optimizer::Adam, true, false);
+/// assert!(b.activations < a.activations);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Precision {
     /// Everything in f32.
@@ -69,6 +86,13 @@ impl Precision {
 }
 
 /// Which optimizer state is kept.
+///
+/// ```
+/// use wgkernels::plan::{Optimizer, Precision, GPT2};
+/// let adam = GPT2[0].training(1, 1024, Precision::Fp32, Optimizer::Adam, true, false);
+/// let sgd = GPT2[0].training(1, 1024, Precision::Fp32, Optimizer::SgdMomentum, true, false);
+/// assert_eq!(adam.optimizer, 2 * sgd.optimizer);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Optimizer {
     /// Two f32 moments per parameter.
@@ -78,6 +102,12 @@ pub enum Optimizer {
 }
 
 /// Bytes by category for one training or inference setup.
+///
+/// ```
+/// use wgkernels::plan::{human, Optimizer, Precision, GPT2};
+/// let e = GPT2[0].training(8, 1024, Precision::Mixed16, Optimizer::Adam, true, false);
+/// println!("weights {}, activations {}, total {}", human(e.weights), human(e.activations), human(e.total()));
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Estimate {
     /// Weights (with f32 masters under mixed precision).
@@ -98,6 +128,12 @@ pub struct Estimate {
 
 impl Estimate {
     /// Everything added up.
+    ///
+    /// ```
+    /// use wgkernels::plan::{Optimizer, Precision, GPT2};
+    /// let e = GPT2[0].training(1, 1024, Precision::Fp32, Optimizer::Adam, false, false);
+    /// assert!(e.total() > 16 * GPT2[0].params());
+    /// ```
     pub fn total(&self) -> u64 {
         self.weights + self.gradients + self.optimizer + self.activations + self.logits + self.working
     }
@@ -105,6 +141,10 @@ impl Estimate {
 
 impl ModelConfig {
     /// Parameters, with the output projection tied to the token embedding.
+    ///
+    /// ```
+    /// assert_eq!(wgkernels::plan::GPT2[3].params(), 1_557_611_200);
+    /// ```
     pub fn params(&self) -> u64 {
         let (v, c, l, d) = (self.vocab as u64, self.context as u64, self.layers as u64, self.d_model as u64);
         v * d + c * d + l * (12 * d * d + 13 * d) + 2 * d
@@ -114,6 +154,11 @@ impl ModelConfig {
     /// embeddings, per block ln_1 (w, b), attn.c_attn (w, b), attn.c_proj (w, b), ln_2 (w, b),
     /// mlp.c_fc (w, b), mlp.c_proj (w, b), then ln_f (w, b): 148 tensors for GPT-2 small.
     /// Their sizes add up to [`params`](Self::params).
+    ///
+    /// ```
+    /// let shapes = wgkernels::plan::GPT2[0].param_shapes();
+    /// assert_eq!((shapes.len(), shapes[0].clone()), (148, vec![50257, 768]));
+    /// ```
     pub fn param_shapes(&self) -> Vec<Vec<usize>> {
         let (d, v, c) = (self.d_model, self.vocab, self.context);
         let mut shapes = vec![vec![v, d], vec![c, d]];
@@ -138,12 +183,22 @@ impl ModelConfig {
     }
 
     /// Activation values saved per token per layer (see the module docs).
+    ///
+    /// ```
+    /// let m = wgkernels::plan::GPT2[0];
+    /// assert!(m.activation_values_per_token_per_layer(1024, false) > m.activation_values_per_token_per_layer(1024, true));
+    /// ```
     pub fn activation_values_per_token_per_layer(&self, seq: usize, flash: bool) -> u64 {
         let d = self.d_model as u64;
         34 * d + if flash { 0 } else { 5 * (self.heads * seq) as u64 }
     }
 
     /// Activation bytes per token (all layers), with or without full checkpointing.
+    ///
+    /// ```
+    /// use wgkernels::plan::{Precision, GPT2};
+    /// let b = GPT2[0].activation_bytes_per_token(1024, Precision::Mixed16, true, true);
+    /// ```
     pub fn activation_bytes_per_token(&self, seq: usize, p: Precision, flash: bool, checkpointing: bool) -> u64 {
         let l = self.layers as u64;
         if checkpointing {
@@ -154,6 +209,11 @@ impl ModelConfig {
     }
 
     /// KV-cache bytes per token of context (all layers, K and V).
+    ///
+    /// ```
+    /// use wgkernels::plan::{Precision, GPT2};
+    /// assert_eq!(GPT2[0].kv_bytes_per_token(Precision::Mixed16), 2 * 12 * 768 * 2);
+    /// ```
     pub fn kv_bytes_per_token(&self, p: Precision) -> u64 {
         2 * (self.layers * self.d_model) as u64 * p.act_bytes()
     }

@@ -32,6 +32,17 @@ pub(crate) struct ProfilerState {
 }
 
 /// One timed dispatch.
+///
+/// ```no_run
+/// # use wgkernels::{DType, Gpu, Tensor};
+/// # fn main() -> wgkernels::Result<()> {
+/// # let gpu = Gpu::new()?;
+/// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+/// let p = wgkernels::Profiler::start(&gpu)?;
+/// x.exp()?.realize()?;
+/// for k in &p.finish()?.kernels { println!("{} {:.3} ms", k.name, k.ms); }
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
 pub struct KernelTime {
     /// `family:entry` of the kernel.
@@ -41,6 +52,18 @@ pub struct KernelTime {
 }
 
 /// The result of a profile: every dispatch, in order.
+///
+/// ```no_run
+/// # use wgkernels::{DType, Gpu, Tensor};
+/// # fn main() -> wgkernels::Result<()> {
+/// # let gpu = Gpu::new()?;
+/// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+/// let p = wgkernels::Profiler::start(&gpu)?;
+/// x.matmul(&x.transpose(0, 1)?)?.realize()?;
+/// let r: wgkernels::Report = p.finish()?;
+/// println!("{r}\ntotal {:.3} ms", r.total_ms());
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
 pub struct Report {
     /// Each timed dispatch.
@@ -53,11 +76,33 @@ pub struct Report {
 
 impl Report {
     /// Total milliseconds over all dispatches.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+    /// let p = wgkernels::Profiler::start(&gpu)?;
+    /// x.exp()?.realize()?;
+    /// println!("{:.3} ms", p.finish()?.total_ms());
+    /// # Ok(()) }
+    /// ```
     pub fn total_ms(&self) -> f64 {
         self.kernels.iter().map(|k| k.ms).sum()
     }
 
     /// (name, count, total ms) per kernel name, in order of first appearance.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+    /// let p = wgkernels::Profiler::start(&gpu)?;
+    /// x.exp()?.add(&x)?.realize()?;
+    /// for (label, count, ms) in p.finish()?.by_kernel() { println!("{label} ×{count}: {ms:.3} ms"); }
+    /// # Ok(()) }
+    /// ```
     pub fn by_kernel(&self) -> Vec<(String, usize, f64)> {
         let mut out: Vec<(String, usize, f64)> = Vec::new();
         for k in &self.kernels {
@@ -85,12 +130,32 @@ impl std::fmt::Display for Report {
 }
 
 /// An active profile on one `Gpu`. Only one can be active per device.
+///
+/// ```no_run
+/// # use wgkernels::{DType, Gpu, Tensor};
+/// # fn main() -> wgkernels::Result<()> {
+/// # let gpu = Gpu::new()?;
+/// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+/// let p = wgkernels::Profiler::start(&gpu)?;
+/// x.softmax(-1)?.realize()?;
+/// println!("{}", p.finish()?);
+/// # Ok(()) }
+/// ```
 pub struct Profiler {
     gpu: Gpu,
 }
 
 impl Profiler {
     /// Starts timing every dispatch on `gpu` until [`Profiler::finish`].
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let p = wgkernels::Profiler::start(&gpu)?; // one active profile per Gpu
+    /// let report = p.finish()?;
+    /// # Ok(()) }
+    /// ```
     pub fn start(gpu: &Gpu) -> Result<Self> {
         // On GL, device calls serialise on this lock, taken before the profiler's (the order
         // every dispatch takes them in).
@@ -115,6 +180,17 @@ impl Profiler {
     }
 
     /// Waits for the profiled work and returns the per-dispatch times.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+    /// let p = wgkernels::Profiler::start(&gpu)?;
+    /// x.exp()?.realize()?;
+    /// let report = p.finish()?; // waits for the GPU
+    /// # Ok(()) }
+    /// ```
     pub fn finish(self) -> Result<Report> {
         let _serial = self.gpu.serial();
         self.gpu.synchronize()?;

@@ -33,6 +33,11 @@ use crate::gpu::{lock, Gpu};
 const DTYPE_PRELUDE: &str = concat!(include_str!("../shaders/dtype.wgsl"), "\n", include_str!("../shaders/math.wgsl"));
 
 /// The kernel families, one .wgsl file each.
+///
+/// ```
+/// use wgkernels::shaders::Shader;
+/// for s in Shader::ALL { assert!(s.source().len() > 100, "{}", s.file_name()); }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Shader {
     /// Row reductions.
@@ -115,6 +120,13 @@ impl Shader {
 }
 
 /// One specialisation of one entry point: what gets compiled into a pipeline.
+///
+/// ```
+/// use wgkernels::shaders::{Kernel, Shader};
+/// let k = Kernel::new(Shader::Reduce, "sum_rows").sub("LOAD_X", "return bitcast<f32>(x[e]);");
+/// assert!(k.wgsl().contains("fn sum_rows"));
+/// assert_eq!(k.label(), "reduce:sum_rows");
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Kernel {
     /// The family.

@@ -266,11 +266,29 @@ impl Tensor {
     // ---- properties -----------------------------------------------------------------
 
     /// The device this tensor lives on.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+    /// assert!(x.gpu().fusion() || !gpu.fusion());
+    /// # Ok(()) }
+    /// ```
     pub fn gpu(&self) -> &Gpu {
         &self.gpu
     }
 
     /// Element type.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let h = Tensor::zeros(&gpu, &[3], DType::F16)?;
+    /// assert_eq!(h.dtype(), DType::F16);
+    /// # Ok(()) }
+    /// ```
     pub fn dtype(&self) -> DType {
         self.dtype
     }
@@ -291,26 +309,71 @@ impl Tensor {
     }
 
     /// Element stride of each dim (0 where broadcast).
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+    /// assert_eq!(x.transpose(0, 1)?.strides(), &[1, 8]);
+    /// # Ok(()) }
+    /// ```
     pub fn strides(&self) -> &[usize] {
         &self.strides
     }
 
     /// Offset of the first element in the storage, in elements.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+    /// assert_eq!(x.narrow(0, 1, 2)?.offset(), 8);
+    /// # Ok(()) }
+    /// ```
     pub fn offset(&self) -> usize {
         self.offset
     }
 
     /// Number of dims.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+    /// assert_eq!(x.rank(), 2);
+    /// # Ok(()) }
+    /// ```
     pub fn rank(&self) -> usize {
         self.shape.len()
     }
 
     /// Number of elements.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+    /// assert_eq!(x.numel(), 32);
+    /// # Ok(()) }
+    /// ```
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
 
     /// Size of dim `dim` (negative counts from the end).
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+    /// assert_eq!((x.dim(0)?, x.dim(-1)?), (4, 8));
+    /// # Ok(()) }
+    /// ```
     pub fn dim(&self, dim: isize) -> Result<usize> {
         Ok(self.shape[resolve_dim("dim", dim, &self.shape)?])
     }
@@ -332,6 +395,15 @@ impl Tensor {
     }
 
     /// True when `self` and `other` share storage (or the same pending expression).
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+    /// assert!(x.reshape(&[32])?.shares_storage(&x));
+    /// # Ok(()) }
+    /// ```
     pub fn shares_storage(&self, other: &Tensor) -> bool {
         Arc::ptr_eq(&self.data, &other.data)
     }
@@ -371,6 +443,16 @@ impl Tensor {
     }
 
     /// True when the tensor is a pending expression that has not been computed yet.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+    /// let y = x.relu()?;
+    /// println!("pending: {}", y.is_pending()); // true with fusion on
+    /// # Ok(()) }
+    /// ```
     pub fn is_pending(&self) -> bool {
         !self.data.is_realized()
     }

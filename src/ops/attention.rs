@@ -42,11 +42,26 @@ use crate::tensor::Tensor;
 use crate::DType;
 
 /// The most head dim the flash kernels take (their tiles live in 32 KiB of workgroup memory).
+///
+/// ```
+/// assert_eq!(wgkernels::ops::attention::MAX_HEAD_DIM, 128);
+/// ```
 pub const MAX_HEAD_DIM: usize = 128;
 const FWD_ROWS: usize = 64;
 const BWD_ROWS: usize = 16;
 
 /// How q, k, v (and the output) lay out their dims.
+///
+/// ```no_run
+/// # use wgkernels::{DType, Gpu, Tensor};
+/// # fn main() -> wgkernels::Result<()> {
+/// # let gpu = Gpu::new()?;
+/// use wgkernels::ops::attention::{attention, AttentionLayout, AttentionOptions};
+/// let q = Tensor::randn(&gpu, &[1, 128, 8, 64], DType::F32, 0)?; // [B, S, H, D]
+/// let o = attention(&q, &q, &q, &AttentionOptions { layout: AttentionLayout::Bshd, ..Default::default() })?;
+/// assert_eq!(o.shape(), &[1, 128, 8, 64]);
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AttentionLayout {
     /// `[batch, heads, seq, head_dim]`.
@@ -57,6 +72,16 @@ pub enum AttentionLayout {
 }
 
 /// Which implementation runs.
+///
+/// ```no_run
+/// # use wgkernels::{DType, Gpu, Tensor};
+/// # fn main() -> wgkernels::Result<()> {
+/// # let gpu = Gpu::new()?;
+/// use wgkernels::ops::attention::{attention, AttentionOptions, AttentionPath};
+/// let q = Tensor::randn(&gpu, &[1, 2, 64, 32], DType::F32, 0)?;
+/// let naive = attention(&q, &q, &q, &AttentionOptions { path: AttentionPath::Naive, ..Default::default() })?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AttentionPath {
     /// Flash on tensor cores where it applies (f16, cooperative matrices, head dim a multiple
@@ -74,6 +99,17 @@ pub enum AttentionPath {
 }
 
 /// Options of [`attention`]. `Default`: no mask, scale 1/√D, `Bhsd`, `Auto`.
+///
+/// ```no_run
+/// # use wgkernels::{DType, Gpu, Tensor};
+/// # fn main() -> wgkernels::Result<()> {
+/// # let gpu = Gpu::new()?;
+/// use wgkernels::ops::attention::{attention, AttentionOptions};
+/// let q = Tensor::randn(&gpu, &[1, 2, 16, 32], DType::F32, 0)?;
+/// let pad = Tensor::zeros(&gpu, &[1, 1, 1, 16], DType::F32)?; // additive, -inf masks
+/// let o = attention(&q, &q, &q, &AttentionOptions { causal: true, scale: Some(0.2), bias: Some(&pad), ..Default::default() })?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AttentionOptions<'a> {
     /// Causal mask, bottom-right aligned (query i sees keys j ≤ i + S_k − S_q).
@@ -200,6 +236,16 @@ fn flash_applies(d: &Dims) -> bool {
 ///
 /// Errors: `ShapeMismatch` when q, k, v (or the bias) do not fit together, `DTypeMismatch`,
 /// `InvalidArgument` for a rank other than 4 or a flash path forced where it does not apply.
+///
+/// ```no_run
+/// # use wgkernels::{DType, Gpu, Tensor};
+/// # fn main() -> wgkernels::Result<()> {
+/// # let gpu = Gpu::new()?;
+/// use wgkernels::ops::attention::{attention, AttentionOptions};
+/// let q = Tensor::randn(&gpu, &[2, 4, 100, 64], DType::F16, 0)?;
+/// let o = attention(&q, &q, &q, &AttentionOptions::default())?;
+/// # Ok(()) }
+/// ```
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOptions) -> Result<Tensor> {
     let dims = check("attention", q, k, v, opts)?;
     match opts.path {
@@ -211,6 +257,17 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOptions) ->
 
 /// Flash attention forward: the output (q's dtype and layout) and the log-sum-exp of each
 /// query row's scaled scores, `[B, H, S_q]` f32, which [`attention_backward`] needs.
+///
+/// ```no_run
+/// # use wgkernels::{DType, Gpu, Tensor};
+/// # fn main() -> wgkernels::Result<()> {
+/// # let gpu = Gpu::new()?;
+/// use wgkernels::ops::attention::{attention_forward, AttentionOptions};
+/// let q = Tensor::randn(&gpu, &[1, 2, 50, 32], DType::F32, 0)?;
+/// let (o, lse) = attention_forward(&q, &q, &q, &AttentionOptions::default())?;
+/// assert_eq!(lse.shape(), &[1, 2, 50]);
+/// # Ok(()) }
+/// ```
 pub fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOptions) -> Result<(Tensor, Tensor)> {
     const OP: &str = "attention";
     let dims = check(OP, q, k, v, opts)?;
@@ -267,6 +324,18 @@ pub fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpt
 
 /// Gradients of [`attention_forward`]: (dq, dk, dv) in the inputs' dtype and layout, from
 /// q, k, v, the forward's output and log-sum-exp, and the output's gradient `dout`.
+///
+/// ```no_run
+/// # use wgkernels::{DType, Gpu, Tensor};
+/// # fn main() -> wgkernels::Result<()> {
+/// # let gpu = Gpu::new()?;
+/// use wgkernels::ops::attention::{attention_backward, attention_forward, AttentionOptions};
+/// let q = Tensor::randn(&gpu, &[1, 2, 50, 32], DType::F32, 0)?;
+/// let opts = AttentionOptions { causal: true, ..Default::default() };
+/// let (o, lse) = attention_forward(&q, &q, &q, &opts)?;
+/// let (dq, dk, dv) = attention_backward(&q, &q, &q, &o, &lse, &Tensor::randn(&gpu, o.shape(), DType::F32, 1)?, &opts)?;
+/// # Ok(()) }
+/// ```
 pub fn attention_backward(
     q: &Tensor,
     k: &Tensor,

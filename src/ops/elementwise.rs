@@ -28,6 +28,12 @@ const WORKGROUP: usize = 256;
 const UNROLL: usize = 4;
 
 /// Binary element-wise ops.
+///
+/// ```
+/// use wgkernels::ops::elementwise::BinaryOp;
+/// assert_eq!(BinaryOp::Pow.apply_f64(2.0, 3.0), 8.0);
+/// assert_eq!(BinaryOp::Gt.name(), "gt");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BinaryOp {
     /// x + y
@@ -117,6 +123,12 @@ impl BinaryOp {
 }
 
 /// Unary maps, computed in f32. `Copy` with another output dtype is a cast.
+///
+/// ```
+/// use wgkernels::ops::elementwise::UnaryOp;
+/// assert_eq!(UnaryOp::Relu.apply_f64(-1.0), 0.0);
+/// assert!(UnaryOp::ALL.contains(&UnaryOp::Silu));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum UnaryOp {
     /// The value itself (a copy, or a cast when the output dtype differs).
@@ -249,6 +261,12 @@ impl UnaryOp {
 }
 
 /// NumPy broadcasting of two shapes.
+///
+/// ```
+/// use wgkernels::ops::elementwise::broadcast_shapes;
+/// assert_eq!(broadcast_shapes("add", &[4, 1, 3], &[5, 1]).unwrap(), vec![4, 5, 3]);
+/// assert!(broadcast_shapes("add", &[2], &[3]).is_err());
+/// ```
 pub fn broadcast_shapes(op: &'static str, a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
     let rank = a.len().max(b.len());
     let dim = |s: &[usize], d: usize| if d + s.len() < rank { 1 } else { s[d + s.len() - rank] };
@@ -517,6 +535,16 @@ scalar_methods! {
 
 impl Tensor {
     /// Clamps every element to [`min`, `max`] (one fused node pair).
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[64], DType::F32, 0)?;
+    /// let c = x.clamp(-1.0, 1.0)?;
+    /// assert!(c.to_vec_f32()?.iter().all(|v| (-1.0..=1.0).contains(v)));
+    /// # Ok(()) }
+    /// ```
     pub fn clamp(&self, min: f32, max: f32) -> Result<Tensor> {
         if min > max {
             return Err(Error::InvalidArgument { op: "clamp", msg: format!("min {min} > max {max}") });

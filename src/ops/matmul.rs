@@ -34,6 +34,11 @@ use crate::tensor::Tensor;
 use crate::{DType, Gpu};
 
 /// Activation applied in the matmul's epilogue, after the bias.
+///
+/// ```
+/// use wgkernels::ops::matmul::Activation;
+/// assert_eq!(Activation::Relu.apply_f64(-2.0), 0.0);
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Activation {
     /// No activation.
@@ -116,6 +121,18 @@ pub(crate) fn erf_f64(x: f64) -> f64 {
 /// Register-tiled configuration: a BM×BN workgroup tile, K-steps of BK, TM×TN outputs
 /// per invocation ((BM/TM)·(BN/TN) invocations); `vec4` selects the `tiled_v4` entry
 /// (contiguous per-invocation blocks, vec4 workgroup loads).
+///
+/// ```no_run
+/// # use wgkernels::{DType, Gpu, Tensor};
+/// # fn main() -> wgkernels::Result<()> {
+/// # let gpu = Gpu::new()?;
+/// use wgkernels::ops::matmul::{MatmulOptions, MatmulPath, TILED_CANDIDATES};
+/// let x = Tensor::randn(&gpu, &[256, 256], DType::F32, 0)?;
+/// let t = TILED_CANDIDATES[1];
+/// println!("{}x{}x{} tile, {}x{} per invocation", t.bm, t.bn, t.bk, t.tm, t.tn);
+/// let y = x.matmul_with(&x, &MatmulOptions { path: Some(MatmulPath::Tiled(t)), ..Default::default() })?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[allow(missing_docs)] // the fields are the tile sizes the struct's doc names
 pub struct TileConfig {
@@ -130,6 +147,19 @@ pub struct TileConfig {
 /// Cooperative-matrix configuration: SG_M×SG_N subgroups, each FM×FN 16×16 fragments,
 /// K-steps of BK (a multiple of 16); `prefetch` loads the next K-step into registers
 /// during this one's MMAs (taken only where both operands stage 8 halves at a time).
+///
+/// ```no_run
+/// # use wgkernels::{DType, Gpu, Tensor};
+/// # fn main() -> wgkernels::Result<()> {
+/// # let gpu = Gpu::new()?;
+/// use wgkernels::ops::matmul::{coop_available, MatmulOptions, MatmulPath, COOP_CANDIDATES};
+/// if coop_available(&gpu, DType::F16, false) {
+///     let x = Tensor::randn(&gpu, &[512, 512], DType::F16, 0)?;
+///     let path = MatmulPath::Coop(COOP_CANDIDATES[0]);
+///     let y = x.matmul_with(&x, &MatmulOptions { path: Some(path), ..Default::default() })?;
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[allow(missing_docs)] // the fields are the sizes the struct's doc names
 pub struct CoopConfig {
@@ -151,6 +181,19 @@ impl CoopConfig {
 }
 
 /// Which kernel runs a matmul.
+///
+/// ```no_run
+/// # use wgkernels::{DType, Gpu, Tensor};
+/// # fn main() -> wgkernels::Result<()> {
+/// # let gpu = Gpu::new()?;
+/// use wgkernels::ops::matmul::{candidates, MatmulOptions};
+/// let x = Tensor::randn(&gpu, &[256, 256], DType::F16, 0)?;
+/// for path in candidates(&gpu, DType::F16, 256, false) {
+///     let y = x.matmul_with(&x, &MatmulOptions { path: Some(path), ..Default::default() })?;
+///     println!("{}", path.name());
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MatmulPath {
     /// Register-blocked tiles (`shaders/matmul.wgsl`: `tiled`, `tiled_v4`).
@@ -215,6 +258,17 @@ pub const COOP_CANDIDATES: [CoopConfig; 8] = [
 pub const THIN_M: usize = 8;
 
 /// Options for [`Tensor::matmul_with`].
+///
+/// ```no_run
+/// # use wgkernels::{DType, Gpu, Tensor};
+/// # fn main() -> wgkernels::Result<()> {
+/// # let gpu = Gpu::new()?;
+/// use wgkernels::ops::matmul::MatmulOptions;
+/// let x = Tensor::randn(&gpu, &[64, 64], DType::F16, 0)?;
+/// let y = x.matmul_with(&x, &MatmulOptions { out_dtype: Some(DType::F32), ..Default::default() })?;
+/// assert_eq!(y.dtype(), DType::F32);
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct MatmulOptions<'a> {
     /// Output dtype; the inputs' dtype when `None`.
@@ -237,6 +291,14 @@ fn fixed_subgroup(gpu: &Gpu) -> Option<u32> {
 }
 
 /// True when the coop path can run `dtype` inputs on this device.
+///
+/// ```no_run
+/// # use wgkernels::{DType, Gpu, Tensor};
+/// # fn main() -> wgkernels::Result<()> {
+/// # let gpu = Gpu::new()?;
+/// let tc = wgkernels::ops::matmul::coop_available(&gpu, DType::F16, false);
+/// # Ok(()) }
+/// ```
 pub fn coop_available(gpu: &Gpu, dtype: DType, allow_reduced_precision: bool) -> bool {
     let dtype_ok = dtype == DType::F16 || (dtype == DType::F32 && allow_reduced_precision);
     dtype_ok
@@ -246,6 +308,15 @@ pub fn coop_available(gpu: &Gpu, dtype: DType, allow_reduced_precision: bool) ->
 }
 
 /// Every path the library may choose for these inputs on this device, default first.
+///
+/// ```no_run
+/// # use wgkernels::{DType, Gpu, Tensor};
+/// # fn main() -> wgkernels::Result<()> {
+/// # let gpu = Gpu::new()?;
+/// let paths = wgkernels::ops::matmul::candidates(&gpu, DType::F32, 1024, false);
+/// assert!(!paths.is_empty());
+/// # Ok(()) }
+/// ```
 pub fn candidates(gpu: &Gpu, dtype: DType, m: usize, allow_reduced_precision: bool) -> Vec<MatmulPath> {
     let max_threads = gpu.info().limits.max_compute_invocations_per_workgroup;
     let wg_bytes = gpu.info().limits.max_compute_workgroup_storage_size;

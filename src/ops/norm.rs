@@ -62,6 +62,16 @@ fn unit_store(dtype: DType, unit: u32) -> String {
 }
 
 /// Which row kernel runs a row-wise op.
+///
+/// ```no_run
+/// # use wgkernels::{DType, Gpu, Tensor};
+/// # fn main() -> wgkernels::Result<()> {
+/// # let gpu = Gpu::new()?;
+/// use wgkernels::ops::norm::{RowKernel, SoftmaxOptions};
+/// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+/// let p = x.softmax_with(&SoftmaxOptions { kernel: RowKernel::Workgroup(2), ..Default::default() })?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum RowKernel {
     /// Chosen from the row length and the adapter.
@@ -158,6 +168,16 @@ fn auto_vpt(n: usize, unit: u32) -> u32 {
 }
 
 /// Options of [`Tensor::softmax_with`].
+///
+/// ```no_run
+/// # use wgkernels::{DType, Gpu, Tensor};
+/// # fn main() -> wgkernels::Result<()> {
+/// # let gpu = Gpu::new()?;
+/// use wgkernels::ops::norm::SoftmaxOptions;
+/// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+/// let lp = x.softmax_with(&SoftmaxOptions { log: true, scale: Some(0.5), ..Default::default() })?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct SoftmaxOptions<'a> {
     /// Multiplies the input before the softmax (attention's 1/√d). Default 1.
@@ -618,6 +638,16 @@ impl Tensor {
 }
 
 /// LayerNorm (`rms = false`) or RMSNorm forward with a forced register class.
+///
+/// ```no_run
+/// # use wgkernels::{DType, Gpu, Tensor};
+/// # fn main() -> wgkernels::Result<()> {
+/// # let gpu = Gpu::new()?;
+/// use wgkernels::ops::norm::{norm_forward, RowKernel};
+/// let x = Tensor::randn(&gpu, &[8, 4096], DType::F32, 0)?;
+/// let y = norm_forward("rms_norm", &x, None, None, 1e-6, true, RowKernel::Workgroup(16))?; // a forced register class
+/// # Ok(()) }
+/// ```
 pub fn norm_forward(
     op: &'static str,
     x: &Tensor,
