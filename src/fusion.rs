@@ -255,8 +255,9 @@ pub(crate) fn realize(root: &Tensor) -> Result<Arc<Storage>> {
         held.retain(|t| !t.data().is_realized());
     }
     let gpu = root.gpu();
-    let matmul = epilogue_source(root, held.is_empty())?;
     let limit = gpu.info().limits.max_storage_buffers_per_shader_stage as usize;
+    // a, b, c, params, bias and ew_params plus at least one leaf must fit the stage's bindings.
+    let matmul = if limit >= 7 { epilogue_source(root, held.is_empty())? } else { None };
     let leaf_cap = match &matmul {
         // a, b, c, params, bias and ew_params are bound besides the leaves.
         Some(_) => max_leaves(gpu).min(limit.saturating_sub(6)).max(1),
