@@ -345,7 +345,13 @@ fn main() -> wgkernels::Result<()> {
                 {
                     let (tokens, d, hidden) = if quick { (256, 128, 512) } else { (8192, 768, 3072) };
                     let r = |shape: &[usize], seed| Tensor::randn(&gpu, shape, DType::F32, seed);
-                    let (x, w1, b1, w2, b2) = (r(&[tokens, d], 11)?, r(&[d, hidden], 12)?, r(&[hidden], 13)?, r(&[hidden, d], 14)?, r(&[d], 15)?);
+                    let (x, w1, b1, w2, b2) = (
+                        r(&[tokens, d], 11)?,
+                        r(&[d, hidden], 12)?,
+                        r(&[hidden], 13)?,
+                        r(&[hidden, d], 14)?,
+                        r(&[d], 15)?,
+                    );
                     let block = || -> wgkernels::Result<Tensor> {
                         let h = x.matmul(&w1)?.add(&b1)?.gelu_tanh()?;
                         h.matmul(&w2)?.add(&b2)?.add(&x)
@@ -427,7 +433,8 @@ fn main() -> wgkernels::Result<()> {
     {
         let gpu = gpu.clone();
         // --quick (software devices bind at most 128 MiB): GPT-2 small's shapes with a 1024-token vocabulary.
-        let small = wgkernels::plan::ModelConfig { vocab: if quick { 1024 } else { 50257 }, ..wgkernels::plan::GPT2[0] };
+        let small =
+            wgkernels::plan::ModelConfig { vocab: if quick { 1024 } else { 50257 }, ..wgkernels::plan::GPT2[0] };
         jobs.push((
             "adamw".into(),
             Box::new(move |rows: &mut Vec<Row>| {
@@ -439,7 +446,13 @@ fn main() -> wgkernels::Result<()> {
                     (format!("{}M", one >> 20), vec![vec![one]], Some("64M")),
                     (format!("gpt2 {} tensors", small.param_shapes().len()), small.param_shapes(), Some("gpt2-124M")),
                 ];
-                let push = |rows: &mut Vec<Row>, size: &str, dtype, variant: &str, t: wgkernels::bench::Timing, bytes: f64, torch: Option<(&str, &str)>| {
+                let push = |rows: &mut Vec<Row>,
+                            size: &str,
+                            dtype,
+                            variant: &str,
+                            t: wgkernels::bench::Timing,
+                            bytes: f64,
+                            torch: Option<(&str, &str)>| {
                     rows.push(Row {
                         bench: "adamw",
                         size: size.to_string(),
@@ -449,7 +462,8 @@ fn main() -> wgkernels::Result<()> {
                         rate: t.rate(bytes),
                         wall_rate: bytes / (t.wall_ms * 1e-3) / 1e9,
                         unit: "GB/s",
-                        torch_key: torch.map(|(s, v)| ("adamw".to_string(), s.to_string(), "f32".to_string(), v.to_string())),
+                        torch_key: torch
+                            .map(|(s, v)| ("adamw".to_string(), s.to_string(), "f32".to_string(), v.to_string())),
                     });
                 };
                 for (size, shapes, torch_size) in cases {
@@ -465,7 +479,15 @@ fn main() -> wgkernels::Result<()> {
                     // PyTorch's multi-tensor (foreach) step, for the same row.
                     let foreach = torch_size.map(|s| (s, "foreach"));
                     push(rows, &size, "f32", "fused (vs PyTorch foreach)", t, 28.0 * n as f64, foreach);
-                    push(rows, &size, "f32", &format!("fused ({} dispatches + 1)", opt.dispatches_per_step().unwrap_or(0)), t, 28.0 * n as f64, fused_torch);
+                    push(
+                        rows,
+                        &size,
+                        "f32",
+                        &format!("fused ({} dispatches + 1)", opt.dispatches_per_step().unwrap_or(0)),
+                        t,
+                        28.0 * n as f64,
+                        fused_torch,
+                    );
                     let t = measure(&gpu, 2, reps, || opt.step_scaled(&mut params, &grads, 1.0))?;
                     push(rows, &size, "f32", "fused, loss scale + inf check", t, 32.0 * n as f64, None);
                     drop(opt);
@@ -480,10 +502,19 @@ fn main() -> wgkernels::Result<()> {
                     let cfg = AdamWConfig::default();
                     let mut state: Vec<(Tensor, Tensor, Tensor)> = params
                         .iter()
-                        .map(|p| Ok((p.clone(), Tensor::zeros(&gpu, p.shape(), DType::F32)?, Tensor::zeros(&gpu, p.shape(), DType::F32)?)))
+                        .map(|p| {
+                            Ok((
+                                p.clone(),
+                                Tensor::zeros(&gpu, p.shape(), DType::F32)?,
+                                Tensor::zeros(&gpu, p.shape(), DType::F32)?,
+                            ))
+                        })
                         .collect::<wgkernels::Result<_>>()?;
                     let was = gpu.fusion();
-                    for (fusion, variant, torch_variant) in [(false, "unfused (1 kernel per op)", Some("for-loop")), (true, "unfused ops, fusion JIT", None)] {
+                    for (fusion, variant, torch_variant) in [
+                        (false, "unfused (1 kernel per op)", Some("for-loop")),
+                        (true, "unfused ops, fusion JIT", None),
+                    ] {
                         gpu.set_fusion(fusion);
                         let mut step = 0;
                         let t = measure(&gpu, 2, reps, || {
@@ -517,7 +548,9 @@ fn main() -> wgkernels::Result<()> {
         jobs.push((
             format!("attention {}", dtype.name()),
             Box::new(move |rows: &mut Vec<Row>| {
-                use wgkernels::ops::attention::{attention, attention_backward, attention_forward, AttentionOptions, AttentionPath};
+                use wgkernels::ops::attention::{
+                    attention, attention_backward, attention_forward, AttentionOptions, AttentionPath,
+                };
                 let (b, h) = (4usize, 16usize);
                 let seqs: &[usize] = if quick { &[128] } else { &[512, 2048, 8192] };
                 for &s in seqs {
@@ -530,7 +563,12 @@ fn main() -> wgkernels::Result<()> {
                             let flops = 4.0 * (b * h * s * s * d) as f64 * if causal { 0.5 } else { 1.0 };
                             let suffix = if causal { "-causal" } else { "" };
                             let torch_key = |bench: &str, variant: &str| {
-                                Some((bench.to_string(), size.clone(), dtype.name().to_string(), format!("{variant}{suffix}")))
+                                Some((
+                                    bench.to_string(),
+                                    size.clone(),
+                                    dtype.name().to_string(),
+                                    format!("{variant}{suffix}"),
+                                ))
                             };
                             // f16 also on tensor cores ("cannot run" where the adapter lacks them).
                             let paths: &[AttentionPath] = if dtype == DType::F16 {
@@ -557,7 +595,10 @@ fn main() -> wgkernels::Result<()> {
                                         bench: "attention",
                                         size: size.clone(),
                                         dtype: dtype.name(),
-                                        variant: format!("{name}{suffix}: cannot run ({})", e.to_string().chars().take(60).collect::<String>()),
+                                        variant: format!(
+                                            "{name}{suffix}: cannot run ({})",
+                                            e.to_string().chars().take(60).collect::<String>()
+                                        ),
                                         ms: f64::NAN,
                                         rate: f64::NAN,
                                         wall_rate: f64::NAN,
@@ -566,7 +607,9 @@ fn main() -> wgkernels::Result<()> {
                                     });
                                     continue;
                                 }
-                                let tm = measure(&gpu, 1, reps, || attention(&q, &k, &v, &opts).and_then(|o| o.realize().map(drop)))?;
+                                let tm = measure(&gpu, 1, reps, || {
+                                    attention(&q, &k, &v, &opts).and_then(|o| o.realize().map(drop))
+                                })?;
                                 rows.push(Row {
                                     bench: "attention",
                                     size: size.clone(),
@@ -576,7 +619,10 @@ fn main() -> wgkernels::Result<()> {
                                     rate: tm.rate(flops),
                                     wall_rate: flops / (tm.wall_ms * 1e-3) / 1e9,
                                     unit: "GFLOP/s",
-                                    torch_key: torch_key("attention", if path == AttentionPath::Naive { "naive" } else { "sdpa" }),
+                                    torch_key: torch_key(
+                                        "attention",
+                                        if path == AttentionPath::Naive { "naive" } else { "sdpa" },
+                                    ),
                                 });
                             }
                             let opts = AttentionOptions { causal, ..Default::default() };

@@ -81,7 +81,14 @@ fn main() -> wgkernels::Result<()> {
     for mib in sizes {
         let bytes = (mib << 20).min(max_binding / 16 * 16);
         let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
-        let make = |label| device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size: bytes, usage, mapped_at_creation: false });
+        let make = |label| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: bytes,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
         let (src, dst) = (make("src"), make("dst"));
         // Not zeros: fill the source with a pattern.
         let pattern: Vec<u32> = (0..(bytes / 4) as u32).map(|i| i.wrapping_mul(2654435761)).collect();

@@ -73,7 +73,12 @@ impl Block {
             // q, k, v as [B, S, H, hd] views of the projection (row stride 3·D): no copies.
             let heads = qkv.reshape(&[batch, seq, 3 * HEADS, hd])?;
             let part = |i: usize| heads.narrow(2, i * HEADS, HEADS);
-            let opts = AttentionOptions { causal: true, layout: AttentionLayout::Bshd, path: AttentionPath::Flash, ..Default::default() };
+            let opts = AttentionOptions {
+                causal: true,
+                layout: AttentionLayout::Bshd,
+                path: AttentionPath::Flash,
+                ..Default::default()
+            };
             attention(&part(0)?, &part(1)?, &part(2)?, &opts)?.reshape(&[batch * seq, D])?
         } else {
             let qkv = qkv.reshape(&[batch, seq, 3, HEADS, hd])?;

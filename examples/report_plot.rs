@@ -49,21 +49,44 @@ fn svg(bars: &[Bar]) -> String {
     let h = top + row_h * bars.len() as f64 + 40.0;
     let x = |r: f64| label_w + (r.log2().clamp(lo, hi) - lo) / (hi - lo) * plot_w;
     let mut s = String::new();
-    let _ = writeln!(s, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">"#);
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">"#
+    );
     let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
-    let _ = writeln!(s, r#"<text x="10" y="20" font-size="14">wgkernels ÷ PyTorch (CUDA) on the same H200, same work counted; log scale</text>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="10" y="20" font-size="14">wgkernels ÷ PyTorch (CUDA) on the same H200, same work counted; log scale</text>"#
+    );
     for k in lo as i32..=hi as i32 {
         let r = 2f64.powi(k);
         let xx = x(r);
         let (stroke, width) = if k == 0 { ("black", 1.5) } else { ("#ccc", 0.5) };
-        let _ = writeln!(s, r#"<line x1="{xx:.1}" y1="{}" x2="{xx:.1}" y2="{}" stroke="{stroke}" stroke-width="{width}"/>"#, top - 8.0, h - 30.0);
+        let _ = writeln!(
+            s,
+            r#"<line x1="{xx:.1}" y1="{}" x2="{xx:.1}" y2="{}" stroke="{stroke}" stroke-width="{width}"/>"#,
+            top - 8.0,
+            h - 30.0
+        );
         let tick = if k >= 0 { format!("{}×", 1 << k) } else { format!("1/{}", 1 << -k) };
         let _ = writeln!(s, r#"<text x="{xx:.1}" y="{}" text-anchor="middle">{tick}</text>"#, h - 14.0);
     }
     for (i, b) in bars.iter().enumerate() {
         let y = top + row_h * i as f64;
-        let color = if b.ratio >= 1.0 { "#2ca02c" } else if b.ratio >= 0.5 { "#1f77b4" } else { "#d62728" };
-        let _ = writeln!(s, r#"<text x="{}" y="{:.1}" text-anchor="end">{}</text>"#, label_w - 6.0, y + 12.0, escape(&b.label));
+        let color = if b.ratio >= 1.0 {
+            "#2ca02c"
+        } else if b.ratio >= 0.5 {
+            "#1f77b4"
+        } else {
+            "#d62728"
+        };
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{:.1}" text-anchor="end">{}</text>"#,
+            label_w - 6.0,
+            y + 12.0,
+            escape(&b.label)
+        );
         let _ = writeln!(
             s,
             r#"<rect x="{label_w}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{color}"/>"#,

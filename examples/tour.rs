@@ -233,7 +233,10 @@ fn main() -> Result<()> {
                 let (bh, row, col) = (i / (s * d), (i / d) % s, i % d);
                 let qrow = &qv[(bh * s + row) * d..][..d];
                 let scores: Vec<f64> = (0..=row)
-                    .map(|j| qrow.iter().zip(&kv[(bh * s + j) * d..][..d]).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() / 8.0)
+                    .map(|j| {
+                        qrow.iter().zip(&kv[(bh * s + j) * d..][..d]).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>()
+                            / 8.0
+                    })
                     .collect();
                 let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let z: f64 = scores.iter().map(|x| (x - m).exp()).sum();

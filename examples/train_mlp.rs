@@ -47,7 +47,7 @@ pub fn train(gpu: &Gpu, steps: usize, every: usize, verbose: bool, fused: bool) 
     let (xs, ys) = spirals();
     let n = ys.len();
     let x = Tensor::from_slice(gpu, &xs, &[n, 2])?; // [N, 2]
-    // w1 [2, H], b1 [H], w2 [H, H], b2 [H], w3 [H, 3], b3 [3]
+                                                    // w1 [2, H], b1 [H], w2 [H, H], b2 [H], w3 [H, 3], b3 [3]
     let mut params = vec![
         init(gpu, &[2, HIDDEN], 1.0, 1)?,
         init(gpu, &[HIDDEN], 0.0, 2)?,
@@ -60,8 +60,10 @@ pub fn train(gpu: &Gpu, steps: usize, every: usize, verbose: bool, fused: bool) 
     let config = AdamWConfig { lr: 0.02, weight_decay: 0.0, ..Default::default() };
     let mut opt = AdamW::new(gpu, config.clone())?;
     // The unfused path's moments.
-    let mut moments: Vec<(Tensor, Tensor)> =
-        params.iter().map(|p| Ok((Tensor::zeros(gpu, p.shape(), DType::F32)?, Tensor::zeros(gpu, p.shape(), DType::F32)?))).collect::<Result<_>>()?;
+    let mut moments: Vec<(Tensor, Tensor)> = params
+        .iter()
+        .map(|p| Ok((Tensor::zeros(gpu, p.shape(), DType::F32)?, Tensor::zeros(gpu, p.shape(), DType::F32)?)))
+        .collect::<Result<_>>()?;
     let zero = Tensor::zeros(gpu, &[1], DType::F32)?;
     let mut losses = Vec::new();
     for step in 1..=steps {
@@ -71,7 +73,7 @@ pub fn train(gpu: &Gpu, steps: usize, every: usize, verbose: bool, fused: bool) 
         let h2 = h1.matmul_with(w2, &relu(b2))?;
         let logits = h2.matmul_with(w3, &MatmulOptions { bias: Some(b3), ..Default::default() })?;
         let (loss, dlogits) = logits.cross_entropy(&ys)?; // dlogits already divided by N
-        // Backward: weight gradients through transposed views (no copies); ReLU' = [h > 0].
+                                                          // Backward: weight gradients through transposed views (no copies); ReLU' = [h > 0].
         let dw3 = h2.transpose(0, 1)?.matmul(&dlogits)?;
         let db3 = dlogits.sum(0)?;
         let dz2 = dlogits.matmul(&w3.transpose(0, 1)?)?.mul(&h2.gt(&zero)?)?;

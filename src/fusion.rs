@@ -49,9 +49,18 @@ pub(crate) enum Expr {
     /// Inverted dropout: x / (1 − p) where the counter-based hash of (seed, linear index)
     /// keeps the element, 0 elsewhere. The mask is a function of (seed, index) only: never
     /// stored, and the backward is the same op on the gradient.
-    Dropout { x: Tensor, p: f32, seed: u64 },
+    Dropout {
+        x: Tensor,
+        p: f32,
+        seed: u64,
+    },
     /// `op(x, value)` (or `op(value, x)`) with a constant carried as a runtime param.
-    Scalar { op: BinaryOp, x: Tensor, value: f32, scalar_first: bool },
+    Scalar {
+        op: BinaryOp,
+        x: Tensor,
+        value: f32,
+        scalar_first: bool,
+    },
     /// `cond != 0 ? a : b`, the three of the node's shape.
     Where(Tensor, Tensor, Tensor),
     /// A matmul waiting for its consumer: realised alone, or with the element-wise chain
@@ -398,7 +407,8 @@ pub(crate) fn fused_kernel(
     for k in 0..outputs.len() {
         bindings.push_str(&format!("@group(0) @binding({}) var<storage, read_write> out{k}: array<u32>;\n", nl + k));
     }
-    bindings.push_str(&format!("@group(0) @binding({}) var<storage, read> ew_params: array<u32>;\n", nl + outputs.len()));
+    bindings
+        .push_str(&format!("@group(0) @binding({}) var<storage, read> ew_params: array<u32>;\n", nl + outputs.len()));
     let fields: Vec<String> = (0..outputs.len()).map(|k| format!("o{k}: f32,")).collect();
     let names: Vec<&str> = outputs.iter().map(|(n, _)| n.as_str()).collect();
     let per = units_per_invocation(outputs);
@@ -524,15 +534,26 @@ fn fused_kernel_vec4(leaves: usize, ops: &str, body: &str, outputs: &[(String, D
              fn index_{k}(lane: u32) -> u32 {{\n    return lane;\n}}\n\n"
         ));
         // ew_params[8 + 7k] is the leaf's offset in elements, a multiple of 4.
-        store.push_str(&format!("lanes_{k} = bitcast<vec4<f32>>(leaf{k}[ew_params[{}] / 4u + t]);\n        ", 8 + 7 * k));
+        store.push_str(&format!(
+            "lanes_{k} = bitcast<vec4<f32>>(leaf{k}[ew_params[{}] / 4u + t]);\n        ",
+            8 + 7 * k
+        ));
     }
     for k in 0..outputs.len() {
-        bindings.push_str(&format!("@group(0) @binding({}) var<storage, read_write> out{k}: array<vec4<u32>>;\n", leaves + k));
+        bindings.push_str(&format!(
+            "@group(0) @binding({}) var<storage, read_write> out{k}: array<vec4<u32>>;\n",
+            leaves + k
+        ));
     }
-    bindings.push_str(&format!("@group(0) @binding({}) var<storage, read> ew_params: array<u32>;\n", leaves + outputs.len()));
+    bindings.push_str(&format!(
+        "@group(0) @binding({}) var<storage, read> ew_params: array<u32>;\n",
+        leaves + outputs.len()
+    ));
     store.push_str("let v0 = values(0u);\n        let v1 = values(1u);\n        let v2 = values(2u);\n        let v3 = values(3u);\n        ");
     for k in 0..outputs.len() {
-        store.push_str(&format!("out{k}[t] = bitcast<vec4<u32>>(vec4<f32>(v0.o{k}, v1.o{k}, v2.o{k}, v3.o{k}));\n        "));
+        store.push_str(&format!(
+            "out{k}[t] = bitcast<vec4<u32>>(vec4<f32>(v0.o{k}, v1.o{k}, v2.o{k}, v3.o{k}));\n        "
+        ));
     }
     let fields: Vec<String> = (0..outputs.len()).map(|k| format!("o{k}: f32,")).collect();
     let names: Vec<&str> = outputs.iter().map(|(n, _)| n.as_str()).collect();

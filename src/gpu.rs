@@ -237,7 +237,14 @@ pub struct GpuOptions {
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        Self { backends: None, adapter_name: None, checked: false, autotune: true, fusion: true, fuse_matmul_epilogues: false }
+        Self {
+            backends: None,
+            adapter_name: None,
+            checked: false,
+            autotune: true,
+            fusion: true,
+            fuse_matmul_epilogues: false,
+        }
     }
 }
 

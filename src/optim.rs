@@ -461,7 +461,9 @@ fn check_finite_nonneg(op: &'static str, name: &str, x: f32) -> Result<()> {
 
 fn check_clip(op: &'static str, max_grad_norm: Option<f32>) -> Result<()> {
     match max_grad_norm {
-        Some(n) if !(n.is_finite() && n > 0.0) => Err(invalid(op, format!("max_grad_norm must be finite and > 0, got {n}"))),
+        Some(n) if !(n.is_finite() && n > 0.0) => {
+            Err(invalid(op, format!("max_grad_norm must be finite and > 0, got {n}")))
+        }
         _ => Ok(()),
     }
 }
@@ -580,7 +582,16 @@ impl Engine {
         let max_state_bytes = (max_bytes as usize / 16 * 16).min(1 << 32);
         let max_segment = max_state_bytes / 4;
         let control = Tensor::zeros(gpu, &[CONTROL_WORDS], DType::F32)?;
-        Ok(Self { gpu: gpu.clone(), algo, layout: None, control, max_segment, max_slots: MAX_SLOTS, max_state_bytes, norm_computed: false })
+        Ok(Self {
+            gpu: gpu.clone(),
+            algo,
+            layout: None,
+            control,
+            max_segment,
+            max_slots: MAX_SLOTS,
+            max_state_bytes,
+            norm_computed: false,
+        })
     }
 
     fn set_split_limits(&mut self, max_segment: usize, max_slots: usize) {
@@ -776,7 +787,10 @@ impl Engine {
                 // The shader reads whole units: the last one must lie inside the buffer.
                 let end_units = (t.offset() + t.numel()).div_ceil(4) as u64;
                 if end_units * word_bytes > s.buffer().size() {
-                    return Err(invalid(op, format!("{what} {i}: its last 4-element unit passes the end of its buffer")));
+                    return Err(invalid(
+                        op,
+                        format!("{what} {i}: its last 4-element unit passes the end of its buffer"),
+                    ));
                 }
             }
             if params.iter().any(|q| q.shares_storage(g)) {
@@ -904,7 +918,8 @@ fn shapes_of(sig: &[(Vec<usize>, DType)]) -> Vec<String> {
 fn kernel(algo: Algo, entry: &'static str, slots: usize, dtype: DType) -> Kernel {
     let pword = if dtype == DType::F32 { "vec4<u32>" } else { "vec2<u32>" };
     let mut bindings = String::new();
-    let (mut load_p, mut load_g, mut store_p, mut store_word) = (String::new(), String::new(), String::new(), String::new());
+    let (mut load_p, mut load_g, mut store_p, mut store_word) =
+        (String::new(), String::new(), String::new(), String::new());
     for k in 0..slots {
         bindings += &format!(
             "@group(0) @binding({}) var<storage, read_write> p{k}: array<{pword}>;\n\

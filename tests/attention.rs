@@ -76,7 +76,12 @@ fn inputs(c: &Case, layout: AttentionLayout, dtype: DType, seed: u64) -> Inputs 
 }
 
 /// f64 reference forward: (out BHSD, lse, probabilities [B, H, S_q, S_k]).
-fn reference(c: &Case, x: &Inputs, scale: f64, bias: Option<&dyn Fn(usize, usize, usize, usize) -> f64>) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+fn reference(
+    c: &Case,
+    x: &Inputs,
+    scale: f64,
+    bias: Option<&dyn Fn(usize, usize, usize, usize) -> f64>,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let Case { b, h, h_kv, s_q, s_k, d, causal } = *c;
     let mut out = vec![0.0; b * h * s_q * d];
     let mut lse = vec![0.0; b * h * s_q];
@@ -119,7 +124,14 @@ fn reference(c: &Case, x: &Inputs, scale: f64, bias: Option<&dyn Fn(usize, usize
 }
 
 /// f64 reference gradients (dq, dk, dv), BHSD, from the reference probabilities.
-fn reference_grads(c: &Case, x: &Inputs, scale: f64, probs: &[f64], out: &[f64], dout: &[f64]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+fn reference_grads(
+    c: &Case,
+    x: &Inputs,
+    scale: f64,
+    probs: &[f64],
+    out: &[f64],
+    dout: &[f64],
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let Case { b, h, h_kv, s_q, s_k, d, .. } = *c;
     let mut dq = vec![0.0; b * h * s_q * d];
     let mut dk = vec![0.0; b * h_kv * s_k * d];
@@ -204,9 +216,19 @@ fn kv_cache_shapes_gqa_layouts_and_16_bit_storage() {
             check_forward(Case::new(s_q, s_k, 64, causal), AttentionLayout::Bhsd, DType::F32, AttentionPath::Flash);
         }
     }
-    check_forward(Case::new(65, 65, 32, true).gqa(4, 2).batch(2), AttentionLayout::Bhsd, DType::F32, AttentionPath::Flash);
+    check_forward(
+        Case::new(65, 65, 32, true).gqa(4, 2).batch(2),
+        AttentionLayout::Bhsd,
+        DType::F32,
+        AttentionPath::Flash,
+    );
     check_forward(Case::new(17, 40, 64, false).gqa(6, 1), AttentionLayout::Bhsd, DType::F32, AttentionPath::Flash);
-    check_forward(Case::new(33, 33, 64, true).gqa(4, 2).batch(2), AttentionLayout::Bshd, DType::F32, AttentionPath::Flash);
+    check_forward(
+        Case::new(33, 33, 64, true).gqa(4, 2).batch(2),
+        AttentionLayout::Bshd,
+        DType::F32,
+        AttentionPath::Flash,
+    );
     for dtype in [DType::F16, DType::BF16] {
         check_forward(Case::new(70, 70, 64, true).gqa(4, 2), AttentionLayout::Bhsd, dtype, AttentionPath::Flash);
         check_forward(Case::new(9, 70, 32, false), AttentionLayout::Bshd, dtype, AttentionPath::Flash);
@@ -238,7 +260,8 @@ fn broadcast_bias_with_masked_entries() {
     let x = inputs(&c, AttentionLayout::Bhsd, DType::F32, 9);
     // A [B, 1, 1, S_k] padding mask (the last 5 keys of batch 1 masked) plus an ALiBi-like
     // [1, H, S_q, S_k] slope, summed by broadcasting on the host side of the reference.
-    let pad: Vec<f32> = (0..c.b * c.s_k).map(|i| if i / c.s_k == 1 && i % c.s_k >= 40 { f32::NEG_INFINITY } else { 0.0 }).collect();
+    let pad: Vec<f32> =
+        (0..c.b * c.s_k).map(|i| if i / c.s_k == 1 && i % c.s_k >= 40 { f32::NEG_INFINITY } else { 0.0 }).collect();
     let pad_t = Tensor::from_slice(&gpu, &pad, &[c.b, 1, 1, c.s_k]).unwrap();
     let alibi: Vec<f32> = (0..c.h * c.s_q * c.s_k)
         .map(|i| {
@@ -249,7 +272,12 @@ fn broadcast_bias_with_masked_entries() {
     let alibi_t = Tensor::from_slice(&gpu, &alibi, &[1, c.h, c.s_q, c.s_k]).unwrap();
     let scale = 0.3;
     for (name, bias, f) in [
-        ("padding", &pad_t, Box::new(|b: usize, _h: usize, _i: usize, j: usize| pad[b * c.s_k + j] as f64) as Box<dyn Fn(usize, usize, usize, usize) -> f64>),
+        (
+            "padding",
+            &pad_t,
+            Box::new(|b: usize, _h: usize, _i: usize, j: usize| pad[b * c.s_k + j] as f64)
+                as Box<dyn Fn(usize, usize, usize, usize) -> f64>,
+        ),
         ("alibi", &alibi_t, Box::new(|_b, h, i, j| alibi[(h * c.s_q + i) * c.s_k + j] as f64)),
     ] {
         let (want, _, _) = reference(&c, &x, scale, Some(&*f));
@@ -266,7 +294,8 @@ fn a_query_that_sees_no_key_gets_zero_and_minus_infinity() {
     // Causal with S_q > S_k: the first S_q − S_k queries see nothing.
     let c = Case::new(10, 4, 32, true);
     let x = inputs(&c, AttentionLayout::Bhsd, DType::F32, 5);
-    let (out, lse) = attention_forward(&x.tq, &x.tk, &x.tv, &AttentionOptions { causal: true, ..Default::default() }).unwrap();
+    let (out, lse) =
+        attention_forward(&x.tq, &x.tk, &x.tv, &AttentionOptions { causal: true, ..Default::default() }).unwrap();
     let (want, want_lse, _) = reference(&c, &x, 1.0 / (32f64).sqrt(), None);
     assert_close("output", &out.to_vec_f32().unwrap(), &want, 2e-5, 1e-4);
     assert_close("lse", &lse.to_vec_f32().unwrap(), &want_lse, 1e-5, 1e-5);
@@ -359,11 +388,21 @@ fn bad_shapes_are_refused() {
     let e = err(attention(&t(&[2, 4, 8]), &t(&[2, 4, 8]), &t(&[2, 4, 8]), &o));
     assert!(e.contains("rank 4"), "{e}");
     let bias = t(&[3, 5]);
-    let e = err(attention(&t(&[1, 2, 4, 8]), &t(&[1, 2, 5, 8]), &t(&[1, 2, 5, 8]), &AttentionOptions { bias: Some(&bias), ..o }));
+    let e = err(attention(
+        &t(&[1, 2, 4, 8]),
+        &t(&[1, 2, 5, 8]),
+        &t(&[1, 2, 5, 8]),
+        &AttentionOptions { bias: Some(&bias), ..o },
+    ));
     assert!(e.contains("attention bias") && e.contains("[3, 5]"), "{e}");
     let h = Tensor::randn(&gpu, &[1, 2, 4, 8], DType::F16, 2).unwrap();
     assert!(matches!(attention(&t(&[1, 2, 4, 8]), &h, &h, &o), Err(Error::DTypeMismatch { .. })));
-    let e = err(attention(&t(&[1, 1, 4, 12]), &t(&[1, 1, 4, 12]), &t(&[1, 1, 4, 12]), &AttentionOptions { path: AttentionPath::Flash, ..o }));
+    let e = err(attention(
+        &t(&[1, 1, 4, 12]),
+        &t(&[1, 1, 4, 12]),
+        &t(&[1, 1, 4, 12]),
+        &AttentionOptions { path: AttentionPath::Flash, ..o },
+    ));
     assert!(e.contains("multiples of 8"), "{e}");
     // Auto falls back to the naive path for such a head dim.
     assert!(attention(&t(&[1, 1, 4, 12]), &t(&[1, 1, 4, 12]), &t(&[1, 1, 4, 12]), &o).is_ok());

@@ -404,7 +404,13 @@ fn dropout_is_reproducible_fused_and_exactly_the_host_mask() {
             let want: Vec<f64> = (0..n)
                 .map(|i| if dropout_keeps(p, seed, i as u32) { xv[i] * yv[i] * scale } else { 0.0 } + xv[i])
                 .collect();
-            assert_close(&format!("dropout chain, fusion {fusion}, n {n}"), &z.to_vec_f32().unwrap(), &want, 1e-6, 1e-6);
+            assert_close(
+                &format!("dropout chain, fusion {fusion}, n {n}"),
+                &z.to_vec_f32().unwrap(),
+                &want,
+                1e-6,
+                1e-6,
+            );
             // The backward: the same call on the gradient zeroes the same elements.
             let g = Tensor::full(&gpu, &[n], 1.0, DType::F32).unwrap().dropout(p, seed).unwrap().to_vec_f32().unwrap();
             for (i, v) in g.iter().enumerate() {
@@ -482,7 +488,8 @@ fn a_chain_consuming_a_matmul_runs_in_its_epilogue() {
         gpu.synchronize().unwrap();
         let before = gpu.stats().dispatches;
         // bias (broadcast leaf) + gelu + residual + dropout after the matmul.
-        let y = x.matmul(&w).unwrap().add(&bias).unwrap().gelu_tanh().unwrap().add(&res).unwrap().dropout(p, seed).unwrap();
+        let y =
+            x.matmul(&w).unwrap().add(&bias).unwrap().gelu_tanh().unwrap().add(&res).unwrap().dropout(p, seed).unwrap();
         y.realize().unwrap();
         if fusion {
             assert!(y.shape() == [batch, m, n]);
@@ -490,7 +497,8 @@ fn a_chain_consuming_a_matmul_runs_in_its_epilogue() {
         }
         let mm = matmul_ref(&xv, &wv, batch, m, k, n);
         let scale = (1.0 / (1.0 - p as f64)) as f32 as f64;
-        let gelu_tanh = |v: f64| 0.5 * v * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v)).tanh());
+        let gelu_tanh =
+            |v: f64| 0.5 * v * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v)).tanh());
         let want: Vec<f64> = (0..mm.len())
             .map(|i| {
                 let v = gelu_tanh(mm[i] + bv[i % n]) + rv[i];

@@ -115,7 +115,13 @@ fn check_params(what: &str, got: &[Tensor], want: &[RefState], dtype: DType, tol
     for (k, (t, s)) in got.iter().zip(want).enumerate() {
         assert_eq!(t.dtype(), dtype);
         let want: Vec<f64> = s.p.iter().map(|&x| rounded(&[x as f32], dtype)[0]).collect();
-        assert_close(&format!("{what}, tensor {k} ({} elements)", s.p.len()), &t.to_vec_f32().unwrap(), &want, tol.0, tol.1);
+        assert_close(
+            &format!("{what}, tensor {k} ({} elements)", s.p.len()),
+            &t.to_vec_f32().unwrap(),
+            &want,
+            tol.0,
+            tol.1,
+        );
     }
 }
 
@@ -160,7 +166,12 @@ fn adamw_matches_f64_over_ten_steps() {
 fn adam_with_l2_decay_and_amsgrad_match_f64() {
     let adam = AdamWConfig { weight_decay: 0.05, decoupled_weight_decay: false, ..Default::default() };
     run_adam("adam (L2) f32", adam.clone(), DType::F32, None);
-    run_adam("adamw amsgrad f32", AdamWConfig { amsgrad: true, betas: (0.8, 0.9), ..Default::default() }, DType::F32, None);
+    run_adam(
+        "adamw amsgrad f32",
+        AdamWConfig { amsgrad: true, betas: (0.8, 0.9), ..Default::default() },
+        DType::F32,
+        None,
+    );
     run_adam("adam amsgrad f32", AdamWConfig { amsgrad: true, ..adam }, DType::F32, None);
 }
 
@@ -270,7 +281,11 @@ fn sgd_variants_match_f64() {
     run_sgd("sgd plain", SgdConfig { weight_decay: 0.01, ..Default::default() }, DType::F32);
     run_sgd("sgd momentum", SgdConfig { momentum: 0.9, weight_decay: 0.01, ..Default::default() }, DType::F32);
     run_sgd("sgd nesterov", SgdConfig { momentum: 0.9, nesterov: true, ..Default::default() }, DType::F32);
-    run_sgd("sgd dampening, clip", SgdConfig { momentum: 0.5, dampening: 0.3, max_grad_norm: Some(2.0), ..Default::default() }, DType::F32);
+    run_sgd(
+        "sgd dampening, clip",
+        SgdConfig { momentum: 0.5, dampening: 0.3, max_grad_norm: Some(2.0), ..Default::default() },
+        DType::F32,
+    );
     run_sgd("sgd momentum bf16", SgdConfig { momentum: 0.9, ..Default::default() }, DType::BF16);
 }
 
@@ -289,8 +304,11 @@ fn fused_step_matches_the_unfused_composition() {
     let was = gpu.fusion();
     for fusion in [false, true] {
         gpu.set_fusion(fusion);
-        let (mut p, mut m, mut v) =
-            (p0.clone(), Tensor::zeros(&gpu, &[n], DType::F32).unwrap(), Tensor::zeros(&gpu, &[n], DType::F32).unwrap());
+        let (mut p, mut m, mut v) = (
+            p0.clone(),
+            Tensor::zeros(&gpu, &[n], DType::F32).unwrap(),
+            Tensor::zeros(&gpu, &[n], DType::F32).unwrap(),
+        );
         for t in 1..=3 {
             let (g, _) = random_tensor(&gpu, &[n], DType::F32, 100 + t);
             (p, m, v) = adamw_unfused(&p, &g, &m, &v, t, &config).unwrap();
@@ -311,7 +329,12 @@ fn state_bytes_show_what_each_optimizer_costs() {
     let cases: [(&str, Box<dyn Optimizer>, DType, usize); 4] = [
         ("adamw f32", Box::new(AdamW::new(&gpu, AdamWConfig::default()).unwrap()), DType::F32, 8),
         ("adamw f16", Box::new(AdamW::new(&gpu, AdamWConfig::default()).unwrap()), DType::F16, 12),
-        ("sgd momentum", Box::new(Sgd::new(&gpu, SgdConfig { momentum: 0.9, ..Default::default() }).unwrap()), DType::F32, 4),
+        (
+            "sgd momentum",
+            Box::new(Sgd::new(&gpu, SgdConfig { momentum: 0.9, ..Default::default() }).unwrap()),
+            DType::F32,
+            4,
+        ),
         ("sgd", Box::new(Sgd::new(&gpu, SgdConfig::default()).unwrap()), DType::F32, 0),
     ];
     for (what, mut opt, dtype, per_param) in cases {
@@ -349,7 +372,8 @@ fn bad_input_is_refused_without_dispatching() {
     let e = err(opt.step(&mut [a.clone()], &[a.clone()]));
     assert!(e.contains("shares storage"), "{e}");
     let wide = Tensor::randn(&gpu, &[3, 5], DType::F32, 4).unwrap();
-    let e = err(opt.step(&mut [wide.transpose(0, 1).unwrap()], &[Tensor::randn(&gpu, &[5, 3], DType::F32, 5).unwrap()]));
+    let e =
+        err(opt.step(&mut [wide.transpose(0, 1).unwrap()], &[Tensor::randn(&gpu, &[5, 3], DType::F32, 5).unwrap()]));
     assert!(e.contains("contiguous"), "{e}");
     assert_eq!(opt.dispatches_per_step(), None, "a refused step built state");
     // The state is built for the first step's tensors; another list is refused.
@@ -358,9 +382,18 @@ fn bad_input_is_refused_without_dispatching() {
     opt.step(&mut p, &[g.clone()]).unwrap();
     let e = err(opt.step(&mut [b.clone()], &[b.contiguous().unwrap()]));
     assert!(e.contains("built for 1 tensors"), "{e}");
-    assert!(matches!(AdamW::new(&gpu, AdamWConfig { betas: (1.0, 0.9), ..Default::default() }), Err(Error::InvalidArgument { .. })));
-    assert!(matches!(AdamW::new(&gpu, AdamWConfig { lr: f32::NAN, ..Default::default() }), Err(Error::InvalidArgument { .. })));
-    assert!(matches!(Sgd::new(&gpu, SgdConfig { nesterov: true, ..Default::default() }), Err(Error::InvalidArgument { .. })));
+    assert!(matches!(
+        AdamW::new(&gpu, AdamWConfig { betas: (1.0, 0.9), ..Default::default() }),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        AdamW::new(&gpu, AdamWConfig { lr: f32::NAN, ..Default::default() }),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        Sgd::new(&gpu, SgdConfig { nesterov: true, ..Default::default() }),
+        Err(Error::InvalidArgument { .. })
+    ));
     let e = err(opt.step_scaled(&mut p, &[g], 0.0));
     assert!(e.contains("loss scale"), "{e}");
     assert_eq!(opt.step_count().unwrap(), 1);

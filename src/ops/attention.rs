@@ -284,7 +284,10 @@ pub fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpt
     if !coop && !flash_applies(&dims) {
         return Err(Error::InvalidArgument {
             op: OP,
-            msg: format!("the flash kernel takes head dims that are multiples of 8 up to {MAX_HEAD_DIM}, got {}", dims.d),
+            msg: format!(
+                "the flash kernel takes head dims that are multiples of 8 up to {MAX_HEAD_DIM}, got {}",
+                dims.d
+            ),
         });
     }
     let gpu = q.gpu();
@@ -350,7 +353,10 @@ pub fn attention_backward(
     if !flash_applies(&dims) {
         return Err(Error::InvalidArgument {
             op: OP,
-            msg: format!("the flash kernel takes head dims that are multiples of 8 up to {MAX_HEAD_DIM}, got {}", dims.d),
+            msg: format!(
+                "the flash kernel takes head dims that are multiples of 8 up to {MAX_HEAD_DIM}, got {}",
+                dims.d
+            ),
         });
     }
     if out.shape() != q.shape() || dout.shape() != q.shape() {
@@ -364,7 +370,11 @@ pub fn attention_backward(
     }
     let Dims { b, h, h_kv, s_q, s_k, d } = dims;
     if lse.shape() != [b, h, s_q] || lse.dtype() != DType::F32 {
-        return Err(Error::ShapeMismatch { op: "attention_backward lse", lhs: lse.shape().to_vec(), rhs: vec![b, h, s_q] });
+        return Err(Error::ShapeMismatch {
+            op: "attention_backward lse",
+            lhs: lse.shape().to_vec(),
+            rhs: vec![b, h, s_q],
+        });
     }
     let gpu = q.gpu();
     grid_fits(OP, gpu, [s_q.div_ceil(BWD_ROWS), h, b])?;
@@ -375,7 +385,8 @@ pub fn attention_backward(
         AttentionLayout::Bhsd => delta,
         AttentionLayout::Bshd => delta.transpose(1, 2)?.contiguous()?,
     };
-    let (q, k, v, dout) = (last_dim_contiguous(q)?, last_dim_contiguous(k)?, last_dim_contiguous(v)?, last_dim_contiguous(dout)?);
+    let (q, k, v, dout) =
+        (last_dim_contiguous(q)?, last_dim_contiguous(k)?, last_dim_contiguous(v)?, last_dim_contiguous(dout)?);
     let lse = lse.contiguous()?;
     let bias = opts.bias.map(|t| bias_view(t, &dims)).transpose()?;
     let mut params = base_params(&dims, opts, &q, &k, &v, bias.as_ref().map(|x| &x.1));
@@ -465,7 +476,10 @@ pub fn attention_naive(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOptio
 fn grid_fits(op: &'static str, gpu: &crate::Gpu, grid: [usize; 3]) -> Result<()> {
     let max = gpu.info().limits.max_compute_workgroups_per_dimension as usize;
     if grid.iter().any(|&g| g > max) {
-        return Err(Error::InvalidArgument { op, msg: format!("grid {grid:?} exceeds {max} workgroups per dimension") });
+        return Err(Error::InvalidArgument {
+            op,
+            msg: format!("grid {grid:?} exceeds {max} workgroups per dimension"),
+        });
     }
     Ok(())
 }
@@ -489,7 +503,14 @@ fn bias_view(bias: &Tensor, d: &Dims) -> Result<(Tensor, [u32; 5])> {
     Ok((full, w))
 }
 
-fn base_params(d: &Dims, opts: &AttentionOptions, q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&[u32; 5]>) -> Vec<u32> {
+fn base_params(
+    d: &Dims,
+    opts: &AttentionOptions,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: Option<&[u32; 5]>,
+) -> Vec<u32> {
     let scale = opts.scale.unwrap_or(1.0 / (d.d as f32).sqrt());
     let mut p = vec![0u32; 30];
     p[..8].copy_from_slice(&[

@@ -736,7 +736,9 @@ impl MatmulNode {
         };
         let path = match self.path {
             Some(p) => p,
-            None => autotune::choose(gpu, &launch, candidates(gpu, self.a.dtype(), self.m, self.allow_reduced_precision))?,
+            None => {
+                autotune::choose(gpu, &launch, candidates(gpu, self.a.dtype(), self.m, self.allow_reduced_precision))?
+            }
         };
         launch.epilogue = epilogue;
         launch.run(path)?;
@@ -781,7 +783,10 @@ pub(crate) fn with_epilogue(k: Kernel, ep: Option<&FusedEpilogue>) -> Kernel {
 pub(crate) fn sample_with_epilogue(ep: &FusedEpilogue) -> Vec<Kernel> {
     let lay = Layout { a_k_fast: true, b_n_fast: true, a_vec8: false, b_vec8: false };
     vec![
-        with_epilogue(tiled_kernel(TILED_CANDIDATES[0], DType::F32, Some(DType::F32), Activation::GeluTanh, lay, false), Some(ep)),
+        with_epilogue(
+            tiled_kernel(TILED_CANDIDATES[0], DType::F32, Some(DType::F32), Activation::GeluTanh, lay, false),
+            Some(ep),
+        ),
         with_epilogue(tiled_kernel(TILED_CANDIDATES[0], DType::F32, None, Activation::None, lay, true), Some(ep)),
         with_epilogue(coop_kernel(COOP_CANDIDATES[0], 32, DType::F16, None, Activation::None, lay), Some(ep)),
     ]
@@ -914,7 +919,12 @@ impl Tensor {
         // With fusion and matmul-epilogue fusion on, an f32 result waits: the element-wise
         // chain that consumes it (bias, activation, residual, dropout, ...) then runs in this
         // matmul's epilogue.
-        if gpu.fusion() && gpu.matmul_epilogue_fusion() && self.rank() >= 2 && other.rank() >= 2 && out_dtype == DType::F32 {
+        if gpu.fusion()
+            && gpu.matmul_epilogue_fusion()
+            && self.rank() >= 2
+            && other.rank() >= 2
+            && out_dtype == DType::F32
+        {
             return Ok(crate::fusion::lazy_matmul(node));
         }
         let out = node.run(None)?;
