@@ -689,13 +689,9 @@ pub fn dropout_keeps(p: f32, seed: u64, index: u32) -> bool {
 
 /// A pending matmul (its node validated, its launch deferred).
 pub(crate) fn lazy_matmul(node: crate::ops::matmul::MatmulNode) -> Tensor {
-    let gpu = node_gpu(&node);
+    let gpu = node.gpu().clone();
     let shape = node.shape().to_vec();
     Tensor::pending(&gpu, &shape, DType::F32, Expr::Matmul(Arc::new(node)), 1)
-}
-
-fn node_gpu(node: &crate::ops::matmul::MatmulNode) -> Gpu {
-    node.gpu().clone()
 }
 
 /// A pending `op(x, value)` (`op(value, x)` when `scalar_first`).

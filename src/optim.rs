@@ -283,13 +283,13 @@ macro_rules! impl_optimizer {
                 self.engine.state_bytes()
             }
             fn step_count(&self) -> Result<u64> {
-                Ok(self.engine.read_control()?.0[0] as u64)
+                Ok(self.engine.read_control()?[0] as u64)
             }
             fn skipped_steps(&self) -> Result<u64> {
-                Ok(self.engine.read_control()?.0[1] as u64)
+                Ok(self.engine.read_control()?[1] as u64)
             }
             fn last_step_skipped(&self) -> Result<bool> {
-                Ok(self.engine.read_control()?.0[2] != 0)
+                Ok(self.engine.read_control()?[2] != 0)
             }
             fn last_grad_norm(&self) -> Result<Option<f32>> {
                 self.engine.last_grad_norm()
@@ -603,11 +603,6 @@ impl Engine {
         matches!(self.algo, Algo::Adam { amsgrad: true })
     }
 
-    /// The param dtype decides the kernel's word type and whether there are master weights.
-    fn kernel(&self, entry: &'static str, slots: usize, dtype: DType) -> Kernel {
-        kernel(self.algo, entry, slots, dtype)
-    }
-
     fn slots_per_dispatch(&self) -> usize {
         // Step: 2 per slot + table, control, m, v, master, vmax.
         let limit = self.gpu.info().limits.max_storage_buffers_per_shader_stage as usize;
@@ -625,20 +620,21 @@ impl Engine {
         bytes
     }
 
-    fn read_control(&self) -> Result<([u32; CONTROL_WORDS],)> {
+    /// The control words (see shaders/optim.wgsl). Waits for the GPU.
+    fn read_control(&self) -> Result<[u32; CONTROL_WORDS]> {
         let words: Vec<f32> = self.control.to_vec()?;
         let mut out = [0u32; CONTROL_WORDS];
         for (o, w) in out.iter_mut().zip(words) {
             *o = w.to_bits();
         }
-        Ok((out,))
+        Ok(out)
     }
 
     fn last_grad_norm(&self) -> Result<Option<f32>> {
         if !self.norm_computed {
             return Ok(None);
         }
-        Ok(Some(f32::from_bits(self.read_control()?.0[4])))
+        Ok(Some(f32::from_bits(self.read_control()?[4])))
     }
 
     /// Checks the step's tensors; returns the params' dtype.
@@ -869,7 +865,7 @@ impl Engine {
 
         if need_norm {
             for (g, table) in layout.groups.iter().zip(&tables) {
-                let k = self.kernel("grad_sumsq", g.segments.len(), dtype);
+                let k = kernel(self.algo, "grad_sumsq", g.segments.len(), dtype);
                 let mut bind: Vec<(u32, &wgpu::Buffer)> = vec![(0, table), (1, control), (6, partials)];
                 for (slot, s) in g.segments.iter().enumerate() {
                     bind.push((9 + 2 * slot as u32, grads[s.tensor].storage()?.buffer()));
@@ -877,14 +873,14 @@ impl Engine {
                 self.gpu.dispatch(&k, &bind, g.workgroups as u32)?;
             }
         }
-        let fin = self.kernel("finalize", 1, dtype);
+        let fin = kernel(self.algo, "finalize", 1, dtype);
         self.gpu.dispatch(&fin, &[(1, control), (6, partials)], 1)?;
         let entry = match self.algo {
             Algo::Adam { .. } => "adam_step",
             Algo::Sgd { .. } => "sgd_step",
         };
         for (g, table) in layout.groups.iter().zip(&tables) {
-            let k = self.kernel(entry, g.segments.len(), dtype);
+            let k = kernel(self.algo, entry, g.segments.len(), dtype);
             let mut bind: Vec<(u32, &wgpu::Buffer)> = vec![(0, table), (1, control)];
             for (j, state) in g.state.iter().enumerate() {
                 if let Some(t) = state {
