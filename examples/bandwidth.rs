@@ -10,13 +10,14 @@
 //! - `vec4 x1`: one 16-byte load per invocation;
 //! - `vec4 x4 strided`: four 16-byte loads per invocation, 256 apart;
 //! - `vec4 grid-stride`: a fixed grid (2048 invocations per SM of the H200) looping over the buffer;
-//! - `copy_buffer_to_buffer`: the driver's own copy.
+//! - `copy_buffer_to_buffer`: the driver's own copy;
+//! - then the same through the library (see `through_the_library`).
 //!
 //! Timing: 20 repeats recorded into one submission, wall clock around submit + wait.
 
 use std::time::Instant;
 
-use wgkernels::{wgpu, Gpu};
+use wgkernels::{wgpu, DType, Gpu, Tensor};
 
 const SHADER: &str = r#"
 @group(0) @binding(0) var<storage, read> src_u: array<u32>;
@@ -156,6 +157,100 @@ fn main() -> wgkernels::Result<()> {
         run_copy(reps);
         let ms = run_copy(reps) / reps as f64;
         println!("| {mib} MiB | copy_buffer_to_buffer | {ms:.4} | {:.0} |", 2.0 * bytes as f64 / (ms * 1e-3) / 1e9);
+        drop((src, dst));
+        through_the_library(&gpu, &module, mib, bytes, reps)?;
     }
+    Ok(())
+}
+
+/// The same bytes moved through the library, in the same process and the same way (20
+/// repeats back to back, one wait, wall clock), to tell apart what the kernel, the pool's
+/// buffers and the library's recording cost:
+/// - `vec4 x4 strided, library buffers`: the raw kernel above on two tensors' buffers;
+/// - `library neg (fused kernel)`: `x.neg()` realised, the JIT's 16-byte path, the same
+///   access pattern, one pooled output per repeat;
+/// - the same, timed by `bench::measure` (GPU timestamps, median), as the benchmarks report;
+/// - `library add`: `x + y`, 3 × buffer moved.
+fn through_the_library(
+    gpu: &Gpu,
+    module: &wgpu::ShaderModule,
+    mib: u64,
+    bytes: u64,
+    reps: usize,
+) -> wgkernels::Result<()> {
+    let n = (bytes / 4) as usize;
+    let x = Tensor::randn(gpu, &[n], DType::F32, 1)?;
+    let y = Tensor::randn(gpu, &[n], DType::F32, 2)?;
+    let out = Tensor::randn(gpu, &[n], DType::F32, 3)?;
+    gpu.synchronize()?;
+    let device = gpu.device();
+    let vecs = (n / 4) as u32;
+    let constants = [("N", vecs as f64), ("GRID", 0.0)];
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some("vec4_x4 on library buffers"),
+        layout: None,
+        module,
+        entry_point: Some("vec4_x4"),
+        compilation_options: wgpu::PipelineCompilationOptions { constants: &constants, ..Default::default() },
+        cache: None,
+    });
+    let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: None,
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &[
+            wgpu::BindGroupEntry { binding: 2, resource: x.buffer()?.as_entire_binding() },
+            wgpu::BindGroupEntry { binding: 3, resource: out.buffer()?.as_entire_binding() },
+        ],
+    });
+    let groups = vecs.div_ceil(1024);
+    let max = gpu.info().limits.max_compute_workgroups_per_dimension;
+    let (gx, gy) = if groups <= max { (groups, 1) } else { (max, groups.div_ceil(max)) };
+    let raw = |count: usize| -> f64 {
+        let mut enc = device.create_command_encoder(&Default::default());
+        for _ in 0..count {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &bind, &[]);
+            pass.dispatch_workgroups(gx, gy, 1);
+        }
+        let start = Instant::now();
+        gpu.queue().submit([enc.finish()]);
+        let _ = device.poll(wgpu::PollType::wait_indefinitely());
+        start.elapsed().as_secs_f64() * 1e3
+    };
+    raw(reps);
+    let ms = raw(reps) / reps as f64;
+    println!(
+        "| {mib} MiB | vec4 x4 strided, library buffers | {ms:.4} | {:.0} |",
+        2.0 * bytes as f64 / (ms * 1e-3) / 1e9
+    );
+
+    let library = |count: usize, f: &dyn Fn() -> wgkernels::Result<Tensor>| -> wgkernels::Result<f64> {
+        gpu.synchronize()?;
+        let start = Instant::now();
+        for _ in 0..count {
+            f()?.realize()?;
+        }
+        gpu.synchronize()?;
+        Ok(start.elapsed().as_secs_f64() * 1e3)
+    };
+    let neg = || x.neg();
+    let add = || x.add(&y);
+    library(reps, &neg)?;
+    let ms = library(reps, &neg)? / reps as f64;
+    println!(
+        "| {mib} MiB | library neg (fused kernel), wall clock | {ms:.4} | {:.0} |",
+        2.0 * bytes as f64 / (ms * 1e-3) / 1e9
+    );
+    let t = wgkernels::bench::measure(gpu, 2, reps, || x.neg()?.realize().map(drop))?;
+    println!(
+        "| {mib} MiB | library neg, bench::measure ({}) | {:.4} | {:.0} |",
+        if t.timestamps { "timestamps" } else { "wall clock" },
+        t.median_ms,
+        t.rate(2.0 * bytes as f64)
+    );
+    library(reps, &add)?;
+    let ms = library(reps, &add)? / reps as f64;
+    println!("| {mib} MiB | library add, wall clock | {ms:.4} | {:.0} |", 3.0 * bytes as f64 / (ms * 1e-3) / 1e9);
     Ok(())
 }

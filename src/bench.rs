@@ -21,6 +21,16 @@ use crate::profiler::Profiler;
 /// ```
 pub const WARMUP_MS: f64 = 200.0;
 
+/// The warm-up actually used: `WGK_WARMUP_MS` from the environment when set to a number,
+/// else [`WARMUP_MS`].
+///
+/// ```
+/// assert!(wgkernels::bench::warmup_ms() >= 0.0);
+/// ```
+pub fn warmup_ms() -> f64 {
+    std::env::var("WGK_WARMUP_MS").ok().and_then(|v| v.parse().ok()).filter(|v: &f64| *v >= 0.0).unwrap_or(WARMUP_MS)
+}
+
 /// The median and spread of repeated runs of one piece of GPU work.
 ///
 /// ```no_run
@@ -62,7 +72,7 @@ impl Timing {
     }
 }
 
-/// Runs `f` at least `warmup` times and for at least `WARMUP_MS` of wall time (compiling
+/// Runs `f` at least `warmup` times and for at least [`warmup_ms`] of wall time (compiling
 /// pipelines, filling the pool, and letting the GPU leave its idle clocks: on the H200 the
 /// first ~50 ms of work after an idle gap ran up to 4× slower), then `reps` times under
 /// the profiler. With timestamps, one repeat's time is the sum of its dispatches' GPU times
@@ -78,13 +88,18 @@ impl Timing {
 /// ```
 pub fn measure(gpu: &Gpu, warmup: usize, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<Timing> {
     let reps = reps.max(1);
+    // Warm-up keeps the GPU busy (a wait every 8 runs, not after each: gaps let the clocks
+    // drop), for at least `warmup_ms()`.
     let start = std::time::Instant::now();
     let mut runs = 0;
-    while runs < warmup || start.elapsed().as_secs_f64() * 1e3 < WARMUP_MS {
+    while runs < warmup || start.elapsed().as_secs_f64() * 1e3 < warmup_ms() {
         f()?;
-        gpu.synchronize()?;
         runs += 1;
+        if runs % 8 == 0 {
+            gpu.synchronize()?;
+        }
     }
+    gpu.synchronize()?;
     let mut per_rep = Vec::with_capacity(reps);
     if gpu.has(wgpu::Features::TIMESTAMP_QUERY) {
         let profiler = Profiler::start(gpu)?;

@@ -685,7 +685,14 @@ impl Gpu {
         let _serial = self.serial();
         self.check_health()?;
         // At least 16 bytes: kernels that read vec4 units bind every buffer as whole vec4s.
-        let class = size_class(bytes.max(16));
+        let mut class = size_class(bytes.max(16));
+        // Kernels bind whole buffers: a class rounded past the binding limit (a tensor of
+        // 1.8 GiB in a 2 GiB buffer, against 2 GiB − 4 bytes on the H200) would be refused
+        // at bind time, so such a tensor gets a buffer of its own size instead.
+        let binding_limit = self.inner.info.limits.max_storage_buffer_binding_size;
+        if class > binding_limit && bytes <= binding_limit {
+            class = bytes.max(16).next_multiple_of(16).min(binding_limit / 4 * 4);
+        }
         let limit = self.inner.info.limits.max_buffer_size;
         if class > limit {
             return Err(Error::TooLarge { op, shape: vec![], bytes, limit });

@@ -442,6 +442,27 @@ impl Tensor {
         Ok(self)
     }
 
+    /// The wgpu buffer that holds this tensor's elements (realising it first), for interop
+    /// with code that binds buffers itself. The tensor's first element is at byte
+    /// `offset() · dtype().size()` of it (16-bit dtypes pack two elements per 32-bit word);
+    /// the buffer may be longer than the tensor (the pool rounds sizes up) and is reused by
+    /// the pool once every tensor on it is dropped. Work the library has recorded but not yet
+    /// submitted is ordered before your own submissions only after [`Gpu::flush`].
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[1024], DType::F32, 0)?;
+    /// let buffer: &wgkernels::wgpu::Buffer = x.buffer()?;
+    /// gpu.flush()?; // x's kernel is submitted before anything the caller submits
+    /// assert!(buffer.size() >= 4096);
+    /// # Ok(()) }
+    /// ```
+    pub fn buffer(&self) -> Result<&wgpu::Buffer> {
+        Ok(self.storage()?.buffer())
+    }
+
     /// True when the tensor is a pending expression that has not been computed yet.
     ///
     /// ```no_run
