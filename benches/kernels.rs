@@ -376,6 +376,40 @@ fn main() -> wgkernels::Result<()> {
                     gpu.set_fusion(was);
                     gpu.set_matmul_epilogue_fusion(false);
                 }
+                // The residual add before a LayerNorm, h = x + a; y = layer_norm(h) with h kept
+                // (the residual stream is used again): fused (the add in the norm's prologue,
+                // which also stores h: 1 kernel) against unfused (fusion off: 2 kernels). Bytes:
+                // x and a read, h and y written — 4 tensors, in both rows.
+                {
+                    let (tokens, d) = if quick { (256, 1024) } else { (8192, 4096) };
+                    let r = |shape: &[usize], seed| Tensor::randn(&gpu, shape, DType::F32, seed);
+                    let (x, a, w, b) = (r(&[tokens, d], 21)?, r(&[tokens, d], 22)?, r(&[d], 23)?, r(&[d], 24)?);
+                    let bytes = 4.0 * (tokens * d) as f64 * 4.0;
+                    for (fused, variant, torch_variant) in
+                        [(true, "fused: 1 kernel (prologue)", "torch.compile"), (false, "unfused: 2 kernels", "eager")]
+                    {
+                        gpu.set_fusion(fused);
+                        let t = measure(&gpu, 2, reps, || {
+                            let h = x.add(&a)?;
+                            let y = h.layer_norm(Some(&w), Some(&b), 1e-5)?;
+                            y.realize()?;
+                            h.realize().map(drop)
+                        })?;
+                        let size = format!("{tokens}x{d}");
+                        rows.push(Row {
+                            bench: "add_layernorm",
+                            size: size.clone(),
+                            dtype: "f32",
+                            variant: variant.into(),
+                            ms: t.median_ms,
+                            rate: t.rate(bytes),
+                            wall_rate: bytes / (t.wall_ms * 1e-3) / 1e9,
+                            unit: "GB/s",
+                            torch_key: Some(("add_layernorm".into(), size, "f32".into(), torch_variant.into())),
+                        });
+                    }
+                    gpu.set_fusion(was);
+                }
                 // Host cost of the JIT: realising a chain of a structure not seen before
                 // (graph → WGSL → pipeline) and of one already compiled (cache hit), on 4096
                 // elements so the GPU work is negligible; medians over 12 structures.

@@ -14,6 +14,13 @@
 // writes per-chunk partial sums [chunks, N] and the host sums them over chunks (a second,
 // small reduction).
 //
+// Fused prologue (norm forward only): when x is a pending element-wise chain of L inputs (a
+// residual add: L = 2), LOAD_X evaluates the chain instead of reading x, and the first read
+// of each unit stores the value once, as x's storage (PROLOGUE_DECLS, LOAD_X_FIRST). Bytes
+// per row: (L + 2)·N·size in one kernel against (L + 3)·N·size in two unfused (the chain's
+// kernel writes x, the norm reads it back); rows past the register class recompute the
+// chain on their second read (L·N instead of N).
+//
 // Placeholders, each in double braces: LOAD_X LOAD_DY LOAD_W LOAD_B (unit loaders),
 // LOAD_X1 LOAD_DY1 (element loaders), STORE,
 // VPT, UNIT (2 for pairs, 1 for odd N), ONE_LOADERS (element loaders for UNIT 1), RMS (true for RMSNorm), AFFINE_W, AFFINE_B.
@@ -35,6 +42,10 @@ const ROWS_PER_CHUNK: u32 = 64u;
 @group(0) @binding(6) var<storage, read_write> stats: array<vec2<f32>>;
 @group(0) @binding(7) var<storage, read_write> partials: array<f32>;
 
+// A fused prologue (src/fusion.rs, FusedPrologue): `held`, `ew_params`, the chain's leaves
+// and `chain_value(i)`, which LOAD_X then calls instead of reading x. Empty otherwise.
+{{PROLOGUE_DECLS}}
+
 var<workgroup> red_n: array<f32, WG>;
 var<workgroup> red_mean: array<f32, WG>;
 var<workgroup> red_m2: array<f32, WG>;
@@ -42,6 +53,12 @@ var<workgroup> red_m2: array<f32, WG>;
 {{ONE_LOADERS}}
 fn load_x(e: u32) -> vec2<f32> {
     {{LOAD_X}}
+}
+
+// The first read of each unit of the forward pass: with a fused prologue it also stores
+// the chain's value into `held` (once per element; later reads recompute it).
+fn load_x_first(e: u32) -> vec2<f32> {
+    {{LOAD_X_FIRST}}
 }
 
 fn load_dy(e: u32) -> vec2<f32> {
@@ -203,13 +220,13 @@ fn row_moments(row: u32, lid: u32, cache: ptr<function, array<vec2<f32>, VPT>>) 
     for (var i = 0u; i < VPT; i++) {
         let u = lid + i * WG;
         if (u < units) {
-            let v = load_x(base + u * UNIT);
+            let v = load_x_first(base + u * UNIT);
             (*cache)[i] = v;
             acc = add_unit(acc, v, shift);
         }
     }
     for (var u = lid + VPT * WG; u < units; u += WG) {
-        acc = add_unit(acc, load_x(base + u * UNIT), shift);
+        acc = add_unit(acc, load_x_first(base + u * UNIT), shift);
     }
     let eps = bitcast<f32>(params[3]);
     if (RMS) {
@@ -352,7 +369,7 @@ fn forward_sg_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
     }
     var acc = vec3<f32>(0.0);
     for (var u = lane; u < units; u += sg_size) {
-        acc = add_unit(acc, load_x(base + u * UNIT), shift);
+        acc = add_unit(acc, load_x_first(base + u * UNIT), shift);
     }
     let eps = bitcast<f32>(params[3]);
     var m: vec2<f32>;

@@ -301,34 +301,8 @@ pub(crate) fn realize(root: &Tensor) -> Result<Arc<Storage>> {
     if n == 0 {
         return Ok(Tensor::empty(gpu, "fused", &shape, root.dtype())?.storage()?.clone());
     }
-    // Joint layout of all leaves over the output's index space.
-    let mut strides: Vec<Vec<usize>> = b.leaves.iter().map(|t| t.strides().to_vec()).collect();
-    let (cshape, cstrides) = crate::ops::elementwise::collapse(&shape, &mut strides);
-    if cshape.len() > MAX_DIMS {
-        return Err(Error::InvalidArgument {
-            op: "fused",
-            msg: format!(
-                "inputs of shape {shape:?} need more than {MAX_DIMS} dims after merging; make them contiguous first"
-            ),
-        });
-    }
-    let pad = MAX_DIMS - cshape.len();
-    let mut params = vec![0u32; 8 + 7 * b.leaves.len()];
+    let (mut params, layout) = leaf_layout(&b, &shape)?;
     let extra_params = b.extra.clone();
-    params[0] = n as u32;
-    params[1] = cshape.len() as u32;
-    for d in 0..MAX_DIMS {
-        params[2 + d] = if d < pad { 1 } else { cshape[d - pad] as u32 };
-    }
-    let mut layout = Vec::new();
-    for (k, leaf) in b.leaves.iter().enumerate() {
-        let base = 8 + 7 * k;
-        params[base] = leaf.offset() as u32;
-        for d in pad..MAX_DIMS {
-            params[base + 1 + d] = cstrides[k][d - pad] as u32;
-        }
-        layout.push((leaf.dtype(), cstrides[k] == contiguous_strides(&cshape)));
-    }
     let nl = b.leaves.len();
     params.extend(extra_params);
     if let Some((node, _)) = &b.matmul {
@@ -381,6 +355,145 @@ pub(crate) fn realize(root: &Tensor) -> Result<Arc<Storage>> {
         t.set_realized(s);
     }
     Ok(storage)
+}
+
+/// A leaf's storage dtype and whether it is contiguous over the output's index space.
+type LeafLayout = (DType, bool);
+
+/// `ew_params` of a built graph over an output of `shape` (its extra runtime words not yet
+/// appended) and each leaf's (dtype, contiguous) layout: n, rank and the merged shape, then
+/// per leaf its offset and strides over that shape.
+fn leaf_layout(b: &Builder, shape: &[usize]) -> Result<(Vec<u32>, Vec<LeafLayout>)> {
+    let mut strides: Vec<Vec<usize>> = b.leaves.iter().map(|t| t.strides().to_vec()).collect();
+    let (cshape, cstrides) = crate::ops::elementwise::collapse(shape, &mut strides);
+    if cshape.len() > MAX_DIMS {
+        return Err(Error::InvalidArgument {
+            op: "fused",
+            msg: format!(
+                "inputs of shape {shape:?} need more than {MAX_DIMS} dims after merging; make them contiguous first"
+            ),
+        });
+    }
+    let pad = MAX_DIMS - cshape.len();
+    let mut params = vec![0u32; 8 + 7 * b.leaves.len()];
+    params[0] = shape.iter().product::<usize>() as u32;
+    params[1] = cshape.len() as u32;
+    for d in 0..MAX_DIMS {
+        params[2 + d] = if d < pad { 1 } else { cshape[d - pad] as u32 };
+    }
+    let mut layout = Vec::new();
+    for (k, leaf) in b.leaves.iter().enumerate() {
+        let base = 8 + 7 * k;
+        params[base] = leaf.offset() as u32;
+        for d in pad..MAX_DIMS {
+            params[base + 1 + d] = cstrides[k][d - pad] as u32;
+        }
+        layout.push((leaf.dtype(), cstrides[k] == contiguous_strides(&cshape)));
+    }
+    Ok((params, layout))
+}
+
+/// An element-wise chain run in the prologue of a row-wise kernel (LayerNorm, RMSNorm): the
+/// kernel's loader of x evaluates the chain at the element's index instead of reading x,
+/// and the first read of each element also stores it into `held`, which becomes x's
+/// storage. The residual stream (`h = x + attn`, normalised, then added to again) is
+/// written once by the norm kernel, not written by one kernel and read back by the next.
+pub(crate) struct FusedPrologue {
+    /// WGSL: `held` at binding `first_binding`, `ew_params` at the next, the leaves after
+    /// it, their loaders, the op functions, shaders/ew_common.wgsl, and
+    /// `fn chain_value(i: u32) -> f32` (rounded to x's dtype).
+    pub decls: String,
+    pub ew_params: Vec<u32>,
+    pub leaves: Vec<Tensor>,
+    /// x's storage once the kernel has run (see [`FusedPrologue::finish`]); `None` when the
+    /// kernel does not store x (see [`prologue`]).
+    pub held: Option<Arc<Storage>>,
+}
+
+impl FusedPrologue {
+    /// Marks x realised with the values the kernel stored.
+    pub(crate) fn finish(self, x: &Tensor) {
+        if let Some(held) = self.held {
+            x.set_realized(held);
+        }
+        x.gpu().inner.fused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The prologue for a row-wise kernel reading `x`, when `x` is a pending element-wise chain
+/// (fusion on) of at most `leaf_cap` inputs; `None` otherwise (the caller realises x as
+/// usual). Held intermediates of the chain and pending matmuls inside it are realised first.
+///
+/// `keep`: store x's value (x is a tensor of the caller's, which may be used again); false
+/// when x is the kernel's own temporary (a copy of a strided input), whose value no one
+/// reads again (`held` is then `None`).
+pub(crate) fn prologue(x: &Tensor, first_binding: usize, leaf_cap: usize, keep: bool) -> Result<Option<FusedPrologue>> {
+    let gpu = x.gpu();
+    if !gpu.fusion() || x.data().is_realized() || leaf_cap == 0 || x.numel() == 0 {
+        return Ok(None);
+    }
+    if matches!(x.data().pending.lock().unwrap_or_else(|e| e.into_inner()).as_ref(), None | Some(Expr::Matmul(_))) {
+        return Ok(None);
+    }
+    for t in held_intermediates(x) {
+        t.realize()?;
+    }
+    let mut b = Builder {
+        matmul: None,
+        leaf_cap: leaf_cap.min(max_leaves(gpu)),
+        extra: vec![],
+        leaves: vec![],
+        leaf_ids: HashMap::new(),
+        node_ids: HashMap::new(),
+        body: String::new(),
+        ops: vec![],
+        next: 0,
+    };
+    // Too many inputs, or a pending matmul inside: no prologue.
+    let Ok(result) = b.visit(x) else { return Ok(None) };
+    let (mut params, layout) = leaf_layout(&b, x.shape())?;
+    params.extend(&b.extra);
+    let rounded = match x.dtype() {
+        DType::F32 => result,
+        DType::F16 => format!("round_f16({result})"),
+        DType::BF16 => format!("round_bf16({result})"),
+    };
+    let decls = prologue_decls(first_binding, &layout, &b.ops.concat(), &b.body, &rounded);
+    let held = if keep { Some(Tensor::empty(gpu, "fused", x.shape(), x.dtype())?.storage()?.clone()) } else { None };
+    Ok(Some(FusedPrologue { decls, ew_params: params, leaves: b.leaves, held }))
+}
+
+/// The WGSL of a [`FusedPrologue`]: bindings from `first_binding` (held, ew_params, leaves),
+/// the shared element-wise helpers, the ops, and `chain_value(i)` returning `result`.
+pub(crate) fn prologue_decls(
+    first_binding: usize,
+    leaves: &[(DType, bool)],
+    ops: &str,
+    body: &str,
+    result: &str,
+) -> String {
+    format!(
+        "@group(0) @binding({first_binding}) var<storage, read_write> held: array<u32>;\n\
+         @group(0) @binding({}) var<storage, read> ew_params: array<u32>;\n{}\n{}\n{ops}\n\
+         fn chain_value(i: u32) -> f32 {{\n    {body}return {result};\n}}\n",
+        first_binding + 1,
+        include_str!("../shaders/ew_common.wgsl"),
+        leaf_decls(leaves, first_binding + 2),
+    )
+}
+
+/// A prologue's WGSL for the portability test: a residual add of a contiguous f32 leaf and
+/// a strided leaf of `dtype`, with dropout, rounded to `dtype`.
+pub(crate) fn sample_prologue_decls(first_binding: usize, dtype: DType) -> String {
+    let ops = format!("fn op_add(x: f32, y: f32) -> f32 {{\n    return {};\n}}\n", BinaryOp::Add.wgsl());
+    let body = "let l0 = load_0(index_0(i));\n    let l1 = load_1(index_1(i));\n    \
+                let n0 = op_add(l0, op_dropout(l1, linear_index(i), EXTRA_BASE));\n    ";
+    let result = match dtype {
+        DType::F32 => "n0",
+        DType::F16 => "round_f16(n0)",
+        DType::BF16 => "round_bf16(n0)",
+    };
+    prologue_decls(first_binding, &[(DType::F32, true), (dtype, false)], &ops, body, result)
 }
 
 /// The generated kernel: leaves of (dtype, contiguous) layouts, op functions, a body that

@@ -603,3 +603,125 @@ fn scalar_constants_are_runtime_params_and_where_selects() {
     assert!(where_(&x, &x, &h).unwrap_err().to_string().contains("where"));
     assert!(x.clamp(1.0, 0.0).unwrap_err().to_string().contains("clamp"));
 }
+
+/// LayerNorm (`rms` false) or RMSNorm of each row of `h` (`rows × n`), float64.
+fn norm_ref(h: &[f64], n: usize, w: &[f64], b: Option<&[f64]>, eps: f64, rms: bool) -> Vec<f64> {
+    let mut out = Vec::with_capacity(h.len());
+    for row in h.chunks(n) {
+        let mean = if rms { 0.0 } else { row.iter().sum::<f64>() / n as f64 };
+        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n as f64;
+        let rstd = 1.0 / (var + eps).sqrt();
+        for (j, v) in row.iter().enumerate() {
+            out.push((v - mean) * rstd * w[j] + b.map_or(0.0, |b| b[j]));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_chain_producing_a_norm_input_runs_in_its_prologue() {
+    use wgkernels::ops::norm::{norm_forward, RowKernel};
+    let (p, seed, eps) = (0.25f32, 11u64, 1e-5f32);
+    // n: odd (single elements), a subgroup-class row, even rows in and past the register class.
+    for n in [7usize, 1000, 3000, 4097] {
+        let rows = 5;
+        let mut classes = vec![RowKernel::Auto, RowKernel::Workgroup(1), RowKernel::Workgroup(16)];
+        if n <= 1024 && gpu_with_fusion(true).has(wgkernels::wgpu::Features::SUBGROUP) {
+            classes.push(RowKernel::Subgroup);
+        }
+        for dtype in DType::ALL {
+            for rms in [false, true] {
+                for &class in &classes {
+                    let mut outputs = Vec::new();
+                    for fusion in [true, false] {
+                        let gpu = gpu_with_fusion(fusion);
+                        let (x, xv) = random_tensor(&gpu, &[rows, n], dtype, 1);
+                        let (a, av) = random_tensor(&gpu, &[rows, n], dtype, 2);
+                        let (bias, biasv) = random_tensor(&gpu, &[n], dtype, 3);
+                        let (w, wv) = random_tensor(&gpu, &[n], dtype, 4);
+                        let (b, bv) = random_tensor(&gpu, &[n], dtype, 5);
+                        gpu.synchronize().unwrap();
+                        let before = gpu.stats().dispatches;
+                        // The residual stream: h = x + dropout(a + bias), in x's dtype.
+                        let h = x.add(&a.add(&bias).unwrap().dropout(p, seed).unwrap()).unwrap();
+                        let y = norm_forward(
+                            if rms { "rms_norm" } else { "layer_norm" },
+                            &h,
+                            Some(&w),
+                            (!rms).then_some(&b),
+                            eps,
+                            rms,
+                            class,
+                        )
+                        .unwrap();
+                        y.realize().unwrap();
+                        let what = format!("n {n} {dtype:?} rms {rms} {class:?} fusion {fusion}");
+                        // 16-bit rows of odd length are not fused (pairs would straddle rows).
+                        let fusable = dtype == DType::F32 || n % 2 == 0;
+                        let limit = gpu.info().limits.max_storage_buffers_per_shader_stage;
+                        if fusion && fusable && limit >= 12 {
+                            assert_eq!(gpu.stats().dispatches - before, 1, "{what}: residual add + norm in one kernel");
+                            assert!(!h.is_pending(), "{what}: the norm kernel stored h");
+                        }
+                        // h as the fused chain computes it: f32 math, rounded to the dtype once
+                        // (unfused, each 16-bit intermediate is rounded too: twice the tolerance).
+                        let scale = (1.0 / (1.0 - p as f64)) as f32 as f64;
+                        let hv: Vec<f64> = (0..rows * n)
+                            .map(|i| {
+                                let d = (av[i] + biasv[i % n]) as f32 as f64;
+                                let d = if dropout_keeps(p, seed, i as u32) { (d * scale) as f32 as f64 } else { 0.0 };
+                                ((xv[i] + d) as f32 as f64, i)
+                            })
+                            .map(|(v, _)| match dtype {
+                                DType::F32 => v,
+                                DType::F16 => half::f16::from_f64(v).to_f64(),
+                                DType::BF16 => half::bf16::from_f64(v).to_f64(),
+                            })
+                            .collect();
+                        let (atol, rtol) = tol(dtype);
+                        assert_close(&format!("{what}: h"), &h.to_vec_f32().unwrap(), &hv, 2.0 * atol, 2.0 * rtol);
+                        let want = norm_ref(&hv, n, &wv, (!rms).then_some(&bv[..]), eps as f64, rms);
+                        let got = y.to_vec_f32().unwrap();
+                        assert_close(&format!("{what}: y"), &got, &want, 4.0 * atol, 4.0 * rtol);
+                        outputs.push(got);
+                    }
+                    // Fused and unfused compute the same function (up to the 16-bit rounding
+                    // of unfused intermediates, which the normalisation scales up).
+                    let unfused: Vec<f64> = outputs[1].iter().map(|&v| v as f64).collect();
+                    let (atol, rtol) = tol(dtype);
+                    assert_close(
+                        &format!("n {n} {dtype:?} rms {rms} {class:?}: fused vs unfused"),
+                        &outputs[0],
+                        &unfused,
+                        4.0 * atol,
+                        4.0 * rtol,
+                    );
+                }
+            }
+        }
+    }
+    // A strided input: its copy runs in the prologue and is not stored (one kernel).
+    let gpu = gpu_with_fusion(true);
+    let (x, xv) = random_tensor(&gpu, &[33, 6], DType::F32, 7);
+    let (w, wv) = random_tensor(&gpu, &[33], DType::F32, 8);
+    gpu.synchronize().unwrap();
+    let before = gpu.stats().dispatches;
+    let xt = x.transpose(0, 1).unwrap();
+    let y = xt.rms_norm(Some(&w), eps).unwrap();
+    y.realize().unwrap();
+    if gpu.info().limits.max_storage_buffers_per_shader_stage >= 12 {
+        assert_eq!(gpu.stats().dispatches - before, 1, "transposed input read by the norm itself");
+    }
+    let xtv: Vec<f64> = (0..6).flat_map(|i| (0..33).map(move |j| (i, j))).map(|(i, j)| xv[j * 6 + i]).collect();
+    assert_close(
+        "rms_norm of a transposed input",
+        &y.to_vec_f32().unwrap(),
+        &norm_ref(&xtv, 33, &wv, None, eps as f64, true),
+        1e-5,
+        1e-5,
+    );
+    // Every generated prologue kernel translates for every backend.
+    for kern in gpu.compiled_kernels() {
+        translate(&kern.wgsl(), kern.entry, &kern.constants()).unwrap_or_else(|e| panic!("{}: {e}", kern.label()));
+    }
+}

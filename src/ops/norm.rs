@@ -32,6 +32,9 @@ const WG: usize = 256;
 /// The register-cache classes; the largest covers rows of 8192 elements in pairs.
 pub const VPT_CLASSES: [u32; 5] = [1, 2, 4, 8, 16];
 const ROWS_PER_CHUNK: usize = 64;
+/// First binding of a fused prologue's buffers (held x, ew_params, the chain's leaves),
+/// after the eight of shaders/norm.wgsl.
+const PROLOGUE_BINDING: usize = 8;
 
 /// Body of `fn load_*(e) -> vec2<f32>` reading one unit at element `e` of `buf`.
 fn unit_load(buf: &str, dtype: DType, unit: u32) -> String {
@@ -153,7 +156,15 @@ fn rows_of(op: &'static str, x: &Tensor) -> Result<Rows> {
     if x.numel() == 0 {
         return Err(Error::Empty { op, shape: x.shape().to_vec() });
     }
-    let x = x.contiguous()?;
+    // A strided x is copied; with fusion on the copy stays pending, so that a norm runs it
+    // in its prologue (reading the strided input directly) instead of a kernel of its own.
+    let x = if x.is_contiguous() && x.offset() == 0 {
+        x.clone()
+    } else if x.gpu().fusion() {
+        crate::fusion::lazy_map(crate::ops::elementwise::UnaryOp::Copy, x.clone(), x.dtype())?
+    } else {
+        x.contiguous()?
+    };
     let n = x.shape()[x.rank() - 1];
     let rows = x.numel() / n;
     let unit = if n % 2 == 0 { 2 } else { 1 };
@@ -241,6 +252,7 @@ fn norm_kernel(
     vpt: u32,
     rms: bool,
     subgroup: bool,
+    prologue: Option<(&str, bool)>,
 ) -> Kernel {
     let mut ones: Vec<(&str, DType)> = vec![("x", x)];
     for (name, d) in [("w", w), ("b", b), ("dy", dy)] {
@@ -249,8 +261,27 @@ fn norm_kernel(
         }
     }
     let prelude = if unit == 1 { one_loaders(&ones) } else { String::new() };
+    // With a fused prologue x is the chain's value (src/fusion.rs, FusedPrologue), stored
+    // into `held` on its first read.
+    let (load_x, load_x_first) = match prologue {
+        None => (unit_load("x", x, unit), "return load_x(e);".to_string()),
+        Some((_, keep)) => (
+            if unit == 2 {
+                "return vec2<f32>(chain_value(e), chain_value(e + 1u));".to_string()
+            } else {
+                "return vec2<f32>(chain_value(e), 0.0);".to_string()
+            },
+            if keep {
+                format!("let v = load_x(e);\n    {}\n    return v;", unit_store(x, unit).replace("out[", "held["))
+            } else {
+                "return load_x(e);".to_string()
+            },
+        ),
+    };
     let k = Kernel::new(Shader::Norm, entry)
-        .sub("LOAD_X", unit_load("x", x, unit))
+        .sub("PROLOGUE_DECLS", prologue.map(|(d, _)| d).unwrap_or_default().to_string())
+        .sub("LOAD_X", load_x)
+        .sub("LOAD_X_FIRST", load_x_first)
         .sub("LOAD_W", w.map(|d| unit_load("w", d, unit)).unwrap_or_else(|| "return vec2<f32>(1.0);".into()))
         .sub("LOAD_B", b.map(|d| unit_load("b", d, unit)).unwrap_or_else(|| "return vec2<f32>(0.0);".into()))
         .sub("LOAD_DY", dy.map(|d| unit_load("dy", d, unit)).unwrap_or_else(|| "return vec2<f32>(0.0);".into()))
@@ -278,23 +309,69 @@ pub fn all_kernels() -> Vec<Kernel> {
                 for vpt in VPT_CLASSES {
                     all.push(softmax_kernel("softmax", d, None, None, out, unit, vpt, false, 1.0, sg));
                     all.push(softmax_kernel("softmax_backward", d, None, Some(d), out, unit, vpt, false, 1.0, sg));
-                    all.push(norm_kernel("forward", d, Some(d), Some(d), None, out, unit, vpt, false, sg));
-                    all.push(norm_kernel("forward", d, Some(d), None, None, out, unit, vpt, true, sg));
+                    all.push(norm_kernel("forward", d, Some(d), Some(d), None, out, unit, vpt, false, sg, None));
+                    all.push(norm_kernel("forward", d, Some(d), None, None, out, unit, vpt, true, sg, None));
                     for rms in [false, true] {
-                        all.push(norm_kernel("backward", d, Some(d), None, Some(d), out, unit, vpt, rms, sg));
+                        all.push(norm_kernel("backward", d, Some(d), None, Some(d), out, unit, vpt, rms, sg, None));
                     }
                 }
                 all.push(softmax_kernel("softmax", d, Some(d), None, out, unit, 4, true, 1.0, sg));
                 all.push(softmax_kernel("cross_entropy", d, None, None, out, unit, 16, false, 0.5, sg));
-                all.push(norm_kernel("forward", d, None, None, None, out, unit, 2, false, sg));
+                all.push(norm_kernel("forward", d, None, None, None, out, unit, 2, false, sg, None));
                 for rms in [false, true] {
-                    all.push(norm_kernel("param_grads", d, None, None, Some(d), out, unit, 1, rms, sg));
+                    all.push(norm_kernel("param_grads", d, None, None, Some(d), out, unit, 1, rms, sg, None));
+                }
+                // With a fused prologue (a residual add with dropout), both row classes.
+                if unit == 2 || d == DType::F32 {
+                    let pro = crate::fusion::sample_prologue_decls(PROLOGUE_BINDING, d);
+                    all.push(norm_kernel(
+                        "forward",
+                        d,
+                        Some(d),
+                        Some(d),
+                        None,
+                        out,
+                        unit,
+                        4,
+                        false,
+                        sg,
+                        Some((&pro, true)),
+                    ));
+                    all.push(norm_kernel("forward", d, None, None, None, out, unit, 16, true, sg, Some((&pro, false))));
+                    if sg {
+                        let k = norm_kernel(
+                            "forward_sg_rows",
+                            d,
+                            Some(d),
+                            None,
+                            None,
+                            out,
+                            unit,
+                            1,
+                            true,
+                            sg,
+                            Some((&pro, true)),
+                        );
+                        all.push(k);
+                    }
                 }
                 if sg {
                     all.push(softmax_kernel("softmax_sg_rows", d, Some(d), None, out, unit, 1, false, 1.0, sg));
                     all.push(softmax_kernel("softmax_sg_rows", d, None, None, out, unit, 1, true, 1.0, sg));
                     for rms in [false, true] {
-                        all.push(norm_kernel("forward_sg_rows", d, Some(d), Some(d), None, out, unit, 1, rms, sg));
+                        all.push(norm_kernel(
+                            "forward_sg_rows",
+                            d,
+                            Some(d),
+                            Some(d),
+                            None,
+                            out,
+                            unit,
+                            1,
+                            rms,
+                            sg,
+                            None,
+                        ));
                     }
                 }
             }
@@ -670,6 +747,16 @@ pub fn norm_forward(
         RowKernel::Workgroup(v) => ("forward", v),
         RowKernel::Auto => ("forward", auto_vpt(r.n, r.unit)),
     };
+    // A pending element-wise x (the residual add before a norm) runs in this kernel's
+    // prologue. 16-bit x needs whole pairs per row to store it (even n).
+    let bound = 5 + usize::from(w.is_some()) + usize::from(b.is_some() && !rms);
+    let leaf_cap = (gpu.info().limits.max_storage_buffers_per_shader_stage as usize).saturating_sub(bound + 2);
+    let prologue = if r.unit == 2 || r.x.dtype() == DType::F32 {
+        // r.x is x itself, or a copy of a strided x made here that no one reads again.
+        crate::fusion::prologue(&r.x, PROLOGUE_BINDING, leaf_cap, r.x.shares_storage(x))?
+    } else {
+        None
+    };
     let k = norm_kernel(
         entry,
         r.x.dtype(),
@@ -681,11 +768,13 @@ pub fn norm_forward(
         vpt,
         rms,
         gpu.has(wgpu::Features::SUBGROUP),
+        prologue.as_ref().map(|p| (p.decls.as_str(), p.held.is_some())),
     );
     // Unchecked is safe: row < rows, units < ceil(n / unit) inside contiguous rows; w and b
-    // are contiguous [n] at offset 0; stats has one (mean, rstd) per row.
-    let mut bind =
-        vec![(0, r.x.storage()?.buffer()), (1, out.storage()?.buffer()), (2, &params), (6, stats.storage()?.buffer())];
+    // are contiguous [n] at offset 0; stats has one (mean, rstd) per row. A prologue's
+    // leaves are views inside their storage expanded to x's shape, indexed below rows·n,
+    // and `held` holds rows·n elements.
+    let mut bind = vec![(1, out.storage()?.buffer()), (2, &params), (6, stats.storage()?.buffer())];
     if let Some(w) = &w {
         bind.push((3, w.storage()?.buffer()));
     }
@@ -694,7 +783,26 @@ pub fn norm_forward(
             bind.push((4, b.storage()?.buffer()));
         }
     }
+    let ew_params;
+    let leaves: Vec<&std::sync::Arc<crate::tensor::Storage>>;
+    match &prologue {
+        None => bind.push((0, r.x.storage()?.buffer())),
+        Some(p) => {
+            ew_params = gpu.meta_buffer(&p.ew_params);
+            leaves = p.leaves.iter().map(|t| t.storage()).collect::<Result<_>>()?;
+            if let Some(held) = &p.held {
+                bind.push((PROLOGUE_BINDING as u32, held.buffer()));
+            }
+            bind.push((PROLOGUE_BINDING as u32 + 1, &ew_params));
+            for (k, s) in leaves.iter().enumerate() {
+                bind.push(((PROLOGUE_BINDING + 2 + k) as u32, s.buffer()));
+            }
+        }
+    }
     gpu.dispatch(&k, &bind, row_groups(gpu, class, r.rows))?;
+    if let Some(p) = prologue {
+        p.finish(&r.x);
+    }
     finish(out, x.dtype(), x.shape())
 }
 
@@ -730,6 +838,7 @@ fn norm_backward(
         auto_vpt(r.n, r.unit),
         rms,
         gpu.has(wgpu::Features::SUBGROUP),
+        None,
     );
     let mut bind = vec![
         (0, r.x.storage()?.buffer()),
@@ -754,7 +863,8 @@ fn norm_backward(
         });
     }
     let partials = Tensor::empty(gpu, op, &[chunks, 2, r.n], DType::F32)?;
-    let k = norm_kernel("param_grads", r.x.dtype(), None, None, Some(dy.dtype()), r.out_dtype, r.unit, 1, rms, false);
+    let k =
+        norm_kernel("param_grads", r.x.dtype(), None, None, Some(dy.dtype()), r.out_dtype, r.unit, 1, rms, false, None);
     gpu.dispatch_3d(
         &k,
         &[
