@@ -19,7 +19,7 @@ use crate::profiler::Profiler;
 /// ```
 /// assert!(wgkernels::bench::WARMUP_MS >= 100.0);
 /// ```
-pub const WARMUP_MS: f64 = 200.0;
+pub const WARMUP_MS: f64 = 1000.0;
 
 /// The warm-up actually used: `WGK_WARMUP_MS` from the environment when set to a number,
 /// else [`WARMUP_MS`].
@@ -72,11 +72,35 @@ impl Timing {
     }
 }
 
+/// Bytes written between timed repeats so that no repeat finds its inputs left in the GPU's
+/// last-level cache by the one before (the H200 has 50 MB of L2: a 4096² f32 softmax's
+/// input and output nearly fit). PyTorch's figures (Triton's `do_bench`) are taken the same
+/// way. 256 MiB on GPUs, none on CPU devices (their caches are the host's); `WGK_FLUSH_MB`
+/// overrides.
+///
+/// ```no_run
+/// let gpu = wgkernels::Gpu::new()?;
+/// println!("{} bytes flushed between repeats", wgkernels::bench::flush_bytes(&gpu));
+/// # Ok::<(), wgkernels::Error>(())
+/// ```
+pub fn flush_bytes(gpu: &Gpu) -> u64 {
+    if let Some(mb) = std::env::var("WGK_FLUSH_MB").ok().and_then(|v| v.parse::<u64>().ok()) {
+        return mb << 20;
+    }
+    match gpu.info().device_type {
+        wgpu::DeviceType::Cpu | wgpu::DeviceType::Other => 0,
+        _ => 256 << 20,
+    }
+}
+
 /// Runs `f` at least `warmup` times and for at least [`warmup_ms`] of wall time (compiling
 /// pipelines, filling the pool, and letting the GPU leave its idle clocks: on the H200 the
-/// first ~50 ms of work after an idle gap ran up to 4× slower), then `reps` times under
-/// the profiler. With timestamps, one repeat's time is the sum of its dispatches' GPU times
-/// (launch gaps excluded); without, each repeat is synchronised and timed on the host.
+/// same kernels measured 1.5–2.5× slower after 200 ms of warm-up with a wait after every
+/// run than after 1 s with a wait every 8 runs — BENCHMARKS.md), then `reps` times under
+/// the profiler, each after a cache flush ([`flush_bytes`]). With timestamps, one repeat's
+/// time is the sum of its dispatches' GPU times (launch gaps and flushes excluded); without,
+/// each repeat is synchronised and timed on the host. The wall-clock cross-check runs the
+/// repeats back to back without flushes.
 ///
 /// ```no_run
 /// # use wgkernels::{DType, Gpu, Tensor};
@@ -101,9 +125,24 @@ pub fn measure(gpu: &Gpu, warmup: usize, reps: usize, mut f: impl FnMut() -> Res
     }
     gpu.synchronize()?;
     let mut per_rep = Vec::with_capacity(reps);
+    // Between timed repeats the cache is flushed (see `flush_bytes`).
+    let scratch = match flush_bytes(gpu) {
+        0 => None,
+        bytes => Some(crate::Tensor::zeros(gpu, &[(bytes / 4) as usize], crate::DType::F32)?),
+    };
+    let flush = || -> Result<()> {
+        match &scratch {
+            Some(t) => {
+                let buffer = t.buffer()?;
+                gpu.record(|enc| enc.clear_buffer(buffer, 0, None))
+            }
+            None => Ok(()),
+        }
+    };
     if gpu.has(wgpu::Features::TIMESTAMP_QUERY) {
         let profiler = Profiler::start(gpu)?;
         for _ in 0..reps {
+            flush()?;
             f()?;
         }
         let report = profiler.finish()?;
@@ -112,6 +151,7 @@ pub fn measure(gpu: &Gpu, warmup: usize, reps: usize, mut f: impl FnMut() -> Res
         per_rep.extend(report.kernels.chunks(per).take(reps).map(|c| c.iter().map(|k| k.ms).sum::<f64>()));
     } else {
         for _ in 0..reps {
+            flush()?;
             let ((), ms) = gpu.time_wall(&mut f)?;
             per_rep.push(ms);
         }
