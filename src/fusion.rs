@@ -99,6 +99,8 @@ struct Builder {
     extra: Vec<u32>,
     leaves: Vec<Tensor>,
     leaf_ids: HashMap<(usize, usize, Vec<usize>, DType), usize>,
+    /// Leaves whose load the body already has.
+    loaded: std::collections::HashSet<usize>,
     node_ids: HashMap<usize, String>,
     body: String,
     ops: Vec<String>,
@@ -146,7 +148,7 @@ impl Builder {
                 }
             };
             let name = format!("l{k}");
-            if !self.body.contains(&format!("let {name} ")) {
+            if self.loaded.insert(k) {
                 self.body.push_str(&format!("let {name} = load_{k}(index_{k}(i));\n    "));
             }
             return Ok(name);
@@ -266,7 +268,10 @@ pub(crate) fn realize(root: &Tensor) -> Result<Arc<Storage>> {
     let gpu = root.gpu();
     let limit = gpu.info().limits.max_storage_buffers_per_shader_stage as usize;
     // a, b, c, params, bias and ew_params plus at least one leaf must fit the stage's bindings.
-    let matmul = if limit >= 7 { epilogue_source(root, held.is_empty())? } else { None };
+    // Pending matmuls exist only while epilogue fusion is on (one made before it was turned
+    // off is realised on its own by the retry below).
+    let matmul =
+        if limit >= 7 && gpu.matmul_epilogue_fusion() { epilogue_source(root, held.is_empty())? } else { None };
     let leaf_cap = match &matmul {
         // a, b, c, params, bias and ew_params are bound besides the leaves.
         Some(_) => max_leaves(gpu).min(limit.saturating_sub(6)).max(1),
@@ -278,6 +283,7 @@ pub(crate) fn realize(root: &Tensor) -> Result<Arc<Storage>> {
         extra: vec![],
         leaves: vec![],
         leaf_ids: HashMap::new(),
+        loaded: std::collections::HashSet::new(),
         node_ids: HashMap::new(),
         body: String::new(),
         ops: vec![],
@@ -444,6 +450,7 @@ pub(crate) fn prologue(x: &Tensor, first_binding: usize, leaf_cap: usize, keep: 
         extra: vec![],
         leaves: vec![],
         leaf_ids: HashMap::new(),
+        loaded: std::collections::HashSet::new(),
         node_ids: HashMap::new(),
         body: String::new(),
         ops: vec![],

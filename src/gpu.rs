@@ -155,6 +155,9 @@ struct Pending {
     dispatches: usize,
 }
 
+/// A bind group's identity: the pipeline and the (binding, buffer) pairs, by handle.
+pub(crate) type BindKey = (wgpu::ComputePipeline, Vec<(u32, wgpu::Buffer)>);
+
 pub(crate) struct GpuInner {
     pub(crate) device: wgpu::Device,
     pub(crate) queue: wgpu::Queue,
@@ -165,6 +168,13 @@ pub(crate) struct GpuInner {
     /// Autotuning winners: shape-class key -> candidate index.
     pub(crate) tuned: Mutex<HashMap<String, String>>,
     pub(crate) pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
+    /// Kernel metadata buffers by content: read-only once made, so a loop that launches the
+    /// same kernels on the same shapes makes none after its first step (see `meta_buffer`).
+    pub(crate) meta: Mutex<HashMap<Vec<u32>, wgpu::Buffer>>,
+    /// Bind groups by (pipeline, bound buffers): the pool hands a loop the same buffers step
+    /// after step, so its bind groups are made once. Cleared with the pool (`empty_cache`),
+    /// whose buffers the keys would otherwise keep alive.
+    pub(crate) bind_groups: Mutex<HashMap<BindKey, wgpu::BindGroup>>,
     pool: Mutex<Pool>,
     pending: Mutex<Pending>,
     pub(crate) profiler: Mutex<Option<ProfilerState>>,
@@ -445,6 +455,8 @@ impl Gpu {
                 autotune: opts.autotune,
                 tuned: Mutex::new(HashMap::new()),
                 pipelines: Mutex::new(HashMap::new()),
+                meta: Mutex::new(HashMap::new()),
+                bind_groups: Mutex::new(HashMap::new()),
                 pool: Mutex::new(Pool { free: HashMap::new(), stats: MemoryStats::default() }),
                 pending: Mutex::new(Pending { encoder: None, dispatches: 0 }),
                 profiler: Mutex::new(None),
@@ -630,6 +642,8 @@ impl Gpu {
     /// ```
     pub fn empty_cache(&self) {
         let _serial = self.serial();
+        // Cached bind groups hold their buffers: drop them first.
+        lock(&self.inner.bind_groups).clear();
         let mut pool = lock(&self.inner.pool);
         pool.free.clear();
         pool.stats.pool_bytes = 0;
