@@ -12,8 +12,8 @@
 // segments per dispatch. Segment k's parameter and gradient arrays are bound as p_k / g_k
 // (generated bindings 8 + 2k, 9 + 2k); its optimizer state is a range of the group's flat
 // f32 state arrays. `table` says, per slot, where its units are and which workgroups own
-// it; a workgroup finds its slot by a scan over at most SLOTS entries (uniform per
-// workgroup, so the `switch` on it never diverges inside a subgroup).
+// it; a workgroup finds its slot by a binary search of the table (uniform per workgroup,
+// so the `switch` on it never diverges inside a subgroup).
 //
 // Tiling: one *unit* = 4 consecutive elements; one workgroup = 256 invocations × 4 units
 // strided by 256 (each step reads consecutive 16- or 8-byte words across the workgroup) =
@@ -90,14 +90,21 @@ struct Segment {
     local_unit: u32,
 }
 
+// The segment of workgroup `group`: the last slot whose first workgroup is <= group. First
+// workgroups strictly increase with the slot (every segment has one at least), so a binary
+// search: log2(slots) table reads per workgroup, not one per slot (up to 160 slots).
 fn find_segment(group: u32) -> Segment {
-    let slots = table[0];
-    var slot = 0u;
-    for (var k = 1u; k < slots; k++) {
-        if (group >= table[4u + 4u * k + 3u]) {
-            slot = k;
+    var lo = 0u;
+    var hi = table[0];
+    while (hi - lo > 1u) {
+        let mid = (lo + hi) / 2u;
+        if (group >= table[4u + 4u * mid + 3u]) {
+            lo = mid;
+        } else {
+            hi = mid;
         }
     }
+    let slot = lo;
     let b = 4u + 4u * slot;
     return Segment(slot, table[b], table[b + 1u], table[b + 2u], (group - table[b + 3u]) * UNITS_PER_WORKGROUP);
 }

@@ -31,9 +31,12 @@ use crate::tensor::Tensor;
 use crate::{DType, Gpu};
 
 const WORKGROUP_ELEMENTS: usize = 4096;
-/// Tensors (segments) one dispatch binds at most; fewer where the device allows fewer
-/// storage buffers per stage.
-const MAX_SLOTS: usize = 32;
+/// Tensors (segments) one dispatch binds at most (GPT-2 small's 148 tensors: one dispatch);
+/// fewer where the device allows fewer storage buffers per stage or bindings per group
+/// (Metal: 31 buffers, 12 slots). Every dispatch boundary costs the GPU a drain and a ramp:
+/// on the H200 the 148 tensors in 5 dispatches of 32 ran at 3.79 TB/s against 4.01 for one
+/// 64 M tensor.
+const MAX_SLOTS: usize = 160;
 /// Words of the control buffer.
 const CONTROL_WORDS: usize = 20;
 
@@ -605,7 +608,9 @@ impl Engine {
 
     fn slots_per_dispatch(&self) -> usize {
         // Step: 2 per slot + table, control, m, v, master, vmax.
-        let limit = self.gpu.info().limits.max_storage_buffers_per_shader_stage as usize;
+        let limits = &self.gpu.info().limits;
+        let limit =
+            (limits.max_storage_buffers_per_shader_stage as usize).min(limits.max_bindings_per_bind_group as usize);
         ((limit - 6) / 2).clamp(1, self.max_slots)
     }
 
@@ -986,6 +991,8 @@ pub fn all_kernels() -> Vec<Kernel> {
             }
         }
     }
+    // The widest dispatch (GPU adapters with many storage bindings per stage).
+    all.push(kernel(Algo::Adam { amsgrad: false }, "adam_step", MAX_SLOTS, DType::F32));
     all
 }
 

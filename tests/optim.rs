@@ -207,6 +207,42 @@ fn tensors_split_across_segments_and_dispatches() {
 }
 
 #[test]
+fn a_model_of_150_tensors_steps_in_few_dispatches() {
+    // GPT-2-like: many small tensors (biases, norms) and a few larger ones, odd sizes.
+    let gpu = gpu();
+    let sizes: Vec<usize> = (0..150).map(|k| if k % 12 == 0 { 4099 + k } else { 1 + (k * 37) % 300 }).collect();
+    let mut opt = AdamW::new(&gpu, AdamWConfig { weight_decay: 0.1, ..Default::default() }).unwrap();
+    let (mut p, mut want): (Vec<Tensor>, Vec<RefState>) = sizes
+        .iter()
+        .enumerate()
+        .map(|(k, &n)| {
+            let (t, v) = random_tensor(&gpu, &[n], DType::F32, 500 + k as u64);
+            (t, RefState::new(v))
+        })
+        .unzip();
+    let c = opt.config_mut().clone();
+    for t in 1..=3u64 {
+        let (g, gv): (Vec<Tensor>, Vec<Vec<f64>>) = sizes
+            .iter()
+            .enumerate()
+            .map(|(k, &n)| {
+                let v = random_vec(n, 7000 * t + k as u64);
+                (Tensor::from_f32(&gpu, &v, &[n], DType::F32).unwrap(), rounded(&v, DType::F32))
+            })
+            .unzip();
+        opt.step(&mut p, &g).unwrap();
+        ref_adam(&mut want, &gv, &c, t, 1.0);
+    }
+    // As many tensors per dispatch as the device binds (160 at most).
+    let limits = &gpu.info().limits;
+    let bindable =
+        (limits.max_storage_buffers_per_shader_stage as usize).min(limits.max_bindings_per_bind_group as usize);
+    let slots = ((bindable - 6) / 2).clamp(1, 160);
+    assert_eq!(opt.dispatches_per_step(), Some(150usize.div_ceil(slots)));
+    check_params("150 tensors", &p, &want, DType::F32, F32_TOL);
+}
+
+#[test]
 fn clipping_by_global_norm_matches_f64() {
     // Gradients of ~150 norm clipped to 1: the clip factor applies to every tensor.
     run_adam("adamw clip", AdamWConfig { max_grad_norm: Some(1.0), ..Default::default() }, DType::F32, None);
