@@ -167,12 +167,14 @@ fn reduce_sum(lid: u32, s: f32) -> f32 {
 fn row_stats(row: u32, lid: u32, cache: ptr<function, array<vec2<f32>, VPT>>) -> vec2<f32> {
     let units = (params[1] + UNIT - 1u) / UNIT;
     var m = neg_inf();
+    // Every cached load issued before any is used, with no branch between them: the index
+    // is clamped into the row and units past it are masked to −inf (f16 rows, one 4-byte
+    // word per unit, ran at half the f32 rate on the H200 with the load under a branch).
     for (var i = 0u; i < VPT; i++) {
-        let u = lid + i * WG;
-        var v = vec2<f32>(neg_inf());
-        if (u < units) {
-            v = logits(row, u);
-        }
+        (*cache)[i] = logits(row, min(lid + i * WG, units - 1u));
+    }
+    for (var i = 0u; i < VPT; i++) {
+        let v = select(vec2<f32>(neg_inf()), (*cache)[i], lid + i * WG < units);
         (*cache)[i] = v;
         m = max(m, max(v.x, v.y));
     }
@@ -241,13 +243,17 @@ fn softmax_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     var y_cache: array<vec2<f32>, VPT>;
     var dy_cache: array<vec2<f32>, VPT>;
     var dot = 0.0;
+    // Loads first, clamped and branch-free (see row_stats).
     for (var i = 0u; i < VPT; i++) {
-        let u = lid + i * WG;
-        if (u < units) {
-            let y = load_x(params[2] + row * n + u * UNIT);
-            var d = load_dy(params[8] + row * n + u * UNIT);
+        let e = row * n + min(lid + i * WG, units - 1u) * UNIT;
+        y_cache[i] = load_x(params[2] + e);
+        dy_cache[i] = load_dy(params[8] + e);
+    }
+    for (var i = 0u; i < VPT; i++) {
+        if (lid + i * WG < units) {
+            let y = y_cache[i];
+            var d = dy_cache[i];
             if (UNIT == 1u) { d.y = 0.0; }
-            y_cache[i] = y;
             dy_cache[i] = d;
             dot += y.x * d.x + y.y * d.y;
         }
