@@ -67,6 +67,52 @@ fn vec4_grid(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: ve
 }
 "#;
 
+/// Milliseconds per run of `entry` copying between the two bound buffers over `groups`
+/// workgroups (2-D grid past the per-dimension limit): `reps` runs recorded into one
+/// submission and timed on the wall clock, after one such batch of warm-up.
+fn copy_ms(
+    gpu: &Gpu,
+    module: &wgpu::ShaderModule,
+    entry: &str,
+    constants: &[(&str, f64)],
+    buffers: [(u32, &wgpu::Buffer); 2],
+    groups: u32,
+    reps: usize,
+) -> f64 {
+    let device = gpu.device();
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(entry),
+        layout: None,
+        module,
+        entry_point: Some(entry),
+        compilation_options: wgpu::PipelineCompilationOptions { constants, ..Default::default() },
+        cache: None,
+    });
+    let entries = buffers.map(|(binding, b)| wgpu::BindGroupEntry { binding, resource: b.as_entire_binding() });
+    let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: None,
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &entries,
+    });
+    let max = gpu.info().limits.max_compute_workgroups_per_dimension;
+    let (x, y) = if groups <= max { (groups, 1) } else { (max, groups.div_ceil(max)) };
+    let run = |count: usize| -> f64 {
+        let mut enc = device.create_command_encoder(&Default::default());
+        for _ in 0..count {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &bind, &[]);
+            pass.dispatch_workgroups(x, y, 1);
+        }
+        let start = Instant::now();
+        gpu.queue().submit([enc.finish()]);
+        let _ = device.poll(wgpu::PollType::wait_indefinitely());
+        start.elapsed().as_secs_f64() * 1e3
+    };
+    run(reps); // warm-up (compile, clocks)
+    run(reps) / reps as f64
+}
+
 fn main() -> wgkernels::Result<()> {
     let gpu = Gpu::new()?;
     println!("{}", gpu.info());
@@ -107,41 +153,8 @@ fn main() -> wgkernels::Result<()> {
         let reps = 20;
         for (name, entry, n, groups) in variants {
             let constants = [("N", n as f64), ("GRID", grid_invocations as f64)];
-            let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(entry),
-                layout: None,
-                module: &module,
-                entry_point: Some(entry),
-                compilation_options: wgpu::PipelineCompilationOptions { constants: &constants, ..Default::default() },
-                cache: None,
-            });
-            let layout = pipeline.get_bind_group_layout(0);
             let (a, b) = if entry.starts_with("u32") { (0, 1) } else { (2, 3) };
-            let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: None,
-                layout: &layout,
-                entries: &[
-                    wgpu::BindGroupEntry { binding: a, resource: src.as_entire_binding() },
-                    wgpu::BindGroupEntry { binding: b, resource: dst.as_entire_binding() },
-                ],
-            });
-            let max = gpu.info().limits.max_compute_workgroups_per_dimension;
-            let (x, y) = if groups <= max { (groups, 1) } else { (max, groups.div_ceil(max)) };
-            let run = |count: usize| -> f64 {
-                let mut enc = device.create_command_encoder(&Default::default());
-                for _ in 0..count {
-                    let mut pass = enc.begin_compute_pass(&Default::default());
-                    pass.set_pipeline(&pipeline);
-                    pass.set_bind_group(0, &bind, &[]);
-                    pass.dispatch_workgroups(x, y, 1);
-                }
-                let start = Instant::now();
-                gpu.queue().submit([enc.finish()]);
-                let _ = device.poll(wgpu::PollType::wait_indefinitely());
-                start.elapsed().as_secs_f64() * 1e3
-            };
-            run(reps); // warm-up (compile, clocks)
-            let ms = run(reps) / reps as f64;
+            let ms = copy_ms(&gpu, &module, entry, &constants, [(a, &src), (b, &dst)], groups, reps);
             println!("| {mib} MiB | {name} | {ms:.4} | {:.0} |", 2.0 * bytes as f64 / (ms * 1e-3) / 1e9);
         }
         let run_copy = |count: usize| -> f64 {
@@ -183,43 +196,10 @@ fn through_the_library(
     let y = Tensor::randn(gpu, &[n], DType::F32, 2)?;
     let out = Tensor::randn(gpu, &[n], DType::F32, 3)?;
     gpu.synchronize()?;
-    let device = gpu.device();
     let vecs = (n / 4) as u32;
     let constants = [("N", vecs as f64), ("GRID", 0.0)];
-    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-        label: Some("vec4_x4 on library buffers"),
-        layout: None,
-        module,
-        entry_point: Some("vec4_x4"),
-        compilation_options: wgpu::PipelineCompilationOptions { constants: &constants, ..Default::default() },
-        cache: None,
-    });
-    let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
-        label: None,
-        layout: &pipeline.get_bind_group_layout(0),
-        entries: &[
-            wgpu::BindGroupEntry { binding: 2, resource: x.buffer()?.as_entire_binding() },
-            wgpu::BindGroupEntry { binding: 3, resource: out.buffer()?.as_entire_binding() },
-        ],
-    });
-    let groups = vecs.div_ceil(1024);
-    let max = gpu.info().limits.max_compute_workgroups_per_dimension;
-    let (gx, gy) = if groups <= max { (groups, 1) } else { (max, groups.div_ceil(max)) };
-    let raw = |count: usize| -> f64 {
-        let mut enc = device.create_command_encoder(&Default::default());
-        for _ in 0..count {
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            pass.set_pipeline(&pipeline);
-            pass.set_bind_group(0, &bind, &[]);
-            pass.dispatch_workgroups(gx, gy, 1);
-        }
-        let start = Instant::now();
-        gpu.queue().submit([enc.finish()]);
-        let _ = device.poll(wgpu::PollType::wait_indefinitely());
-        start.elapsed().as_secs_f64() * 1e3
-    };
-    raw(reps);
-    let ms = raw(reps) / reps as f64;
+    let ms =
+        copy_ms(gpu, module, "vec4_x4", &constants, [(2, x.buffer()?), (3, out.buffer()?)], vecs.div_ceil(1024), reps);
     println!(
         "| {mib} MiB | vec4 x4 strided, library buffers | {ms:.4} | {:.0} |",
         2.0 * bytes as f64 / (ms * 1e-3) / 1e9

@@ -111,6 +111,22 @@ struct Builder {
 struct Overflow;
 
 impl Builder {
+    /// An empty graph of at most `leaf_cap` inputs, run in `matmul`'s epilogue if given.
+    fn new(matmul: Option<(Arc<crate::ops::matmul::MatmulNode>, usize)>, leaf_cap: usize) -> Self {
+        Self {
+            matmul,
+            leaf_cap,
+            extra: vec![],
+            leaves: vec![],
+            leaf_ids: HashMap::new(),
+            loaded: std::collections::HashSet::new(),
+            node_ids: HashMap::new(),
+            body: String::new(),
+            ops: vec![],
+            next: 0,
+        }
+    }
+
     /// The WGSL name of `t`'s value at output index `i`, emitting what computes it.
     fn visit(&mut self, t: &Tensor) -> std::result::Result<String, Overflow> {
         let key = Arc::as_ptr(t.data()) as usize;
@@ -277,18 +293,7 @@ pub(crate) fn realize(root: &Tensor) -> Result<Arc<Storage>> {
         Some(_) => max_leaves(gpu).min(limit.saturating_sub(6)).max(1),
         None => max_leaves(gpu),
     };
-    let mut b = Builder {
-        matmul,
-        leaf_cap,
-        extra: vec![],
-        leaves: vec![],
-        leaf_ids: HashMap::new(),
-        loaded: std::collections::HashSet::new(),
-        node_ids: HashMap::new(),
-        body: String::new(),
-        ops: vec![],
-        next: 0,
-    };
+    let mut b = Builder::new(matmul, leaf_cap);
     let result = match b.visit(root) {
         Ok(r) => r,
         Err(Overflow) => {
@@ -444,18 +449,7 @@ pub(crate) fn prologue(x: &Tensor, first_binding: usize, leaf_cap: usize, keep: 
     for t in held_intermediates(x) {
         t.realize()?;
     }
-    let mut b = Builder {
-        matmul: None,
-        leaf_cap: leaf_cap.min(max_leaves(gpu)),
-        extra: vec![],
-        leaves: vec![],
-        leaf_ids: HashMap::new(),
-        loaded: std::collections::HashSet::new(),
-        node_ids: HashMap::new(),
-        body: String::new(),
-        ops: vec![],
-        next: 0,
-    };
+    let mut b = Builder::new(None, leaf_cap.min(max_leaves(gpu)));
     // Too many inputs, or a pending matmul inside: no prologue.
     let Ok(result) = b.visit(x) else { return Ok(None) };
     let (mut params, layout) = leaf_layout(&b, x.shape())?;
