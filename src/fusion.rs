@@ -15,14 +15,17 @@
 //! broadcast through strides; a pending tensor that needs broadcasting or a view is
 //! realised first); the result plus up to three held intermediates stored by one kernel;
 //! scalar constants and `where` as runtime-param / select nodes;
-//! inverted dropout with a counter-based mask (runtime seed, never stored); **matmul
-//! epilogues** (opt-in, `WGK_FUSE_MATMUL=1` or [`Gpu::set_matmul_epilogue_fusion`], until
-//! measured on a GPU — see BENCHMARKS.md): an f32 `matmul` result waits as a pending node, and the
-//! element-wise chain that consumes it (bias, activation, residual, dropout, ...) is
-//! generated into that matmul's epilogue, one kernel for both — unless the matmul's own
-//! value is held elsewhere, the chain has other outputs or a 16-bit result, in which case the
-//! matmul runs alone first. Not yet: fusion into norm prologues (a residual add before a
-//! LayerNorm is still its own kernel), and chains feeding a matmul's operands.
+//! inverted dropout with a counter-based mask (runtime seed, never stored); **norm
+//! prologues**: a pending chain read by `layer_norm` / `rms_norm` (the residual add before
+//! a norm, or the copy of a strided input) is evaluated by the norm kernel's loader
+//! ([`FusedPrologue`]) and its value stored once by the same kernel, so the residual stream
+//! costs no kernel of its own; **matmul epilogues** (opt-in, `WGK_FUSE_MATMUL=1` or
+//! [`Gpu::set_matmul_epilogue_fusion`]: on the H200 never faster than two kernels, see
+//! BENCHMARKS.md): an f32 `matmul` result waits as a pending node, and the element-wise
+//! chain that consumes it (bias, activation, residual, dropout, ...) is generated into that
+//! matmul's epilogue, one kernel for both — unless the matmul's own value is held
+//! elsewhere, the chain has other outputs or a 16-bit result, in which case the matmul runs
+//! alone first. Not yet: chains feeding a matmul's operands, and softmax prologues.
 
 use std::collections::HashMap;
 use std::sync::Arc;
