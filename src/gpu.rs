@@ -698,15 +698,7 @@ impl Gpu {
     pub(crate) fn alloc(&self, op: &'static str, bytes: u64) -> Result<(wgpu::Buffer, u64)> {
         let _serial = self.serial();
         self.check_health()?;
-        // At least 16 bytes: kernels that read vec4 units bind every buffer as whole vec4s.
-        let mut class = size_class(bytes.max(16));
-        // Kernels bind whole buffers: a class rounded past the binding limit (a tensor of
-        // 1.8 GiB in a 2 GiB buffer, against 2 GiB − 4 bytes on the H200) would be refused
-        // at bind time, so such a tensor gets a buffer of its own size instead.
-        let binding_limit = self.inner.info.limits.max_storage_buffer_binding_size;
-        if class > binding_limit && bytes <= binding_limit {
-            class = bytes.max(16).next_multiple_of(16).min(binding_limit / 4 * 4);
-        }
+        let class = buffer_class(bytes, self.inner.info.limits.max_storage_buffer_binding_size);
         let limit = self.inner.info.limits.max_buffer_size;
         if class > limit {
             return Err(Error::TooLarge { op, shape: vec![], bytes, limit });
@@ -890,6 +882,20 @@ impl Gpu {
     }
 }
 
+/// The pool's buffer size for a tensor of `bytes`: its size class, at least 16 bytes
+/// (kernels that read vec4 units bind every buffer as whole vec4s). Kernels bind whole
+/// buffers, so a class rounded past the storage-binding limit (a 1.8 GiB tensor in a 2 GiB
+/// buffer, against 2 GiB − 4 bytes on the H200) would be refused at bind time: such a
+/// tensor gets a buffer of its own size instead.
+pub(crate) fn buffer_class(bytes: u64, binding_limit: u64) -> u64 {
+    let class = size_class(bytes.max(16));
+    if class > binding_limit && bytes <= binding_limit {
+        bytes.max(16).next_multiple_of(16).min(binding_limit / 4 * 4)
+    } else {
+        class
+    }
+}
+
 /// Size classes: powers of two below 64 KiB, then four classes per power of two
 /// (at most 25 % over-allocation), so that buffers of similar tensors are reused.
 pub(crate) fn size_class(bytes: u64) -> u64 {
@@ -909,7 +915,19 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 #[cfg(test)]
 mod tests {
-    use super::size_class;
+    use super::{buffer_class, size_class};
+
+    #[test]
+    fn buffers_near_the_binding_limit_are_not_rounded_past_it() {
+        let limit = (2u64 << 30) - 4; // the H200's max_storage_buffer_binding_size
+        for bytes in [1u64, 17, 1 << 20, (1800u64 << 20), limit - 12, limit] {
+            let c = buffer_class(bytes, limit);
+            assert!(c >= bytes && c >= 16 && c <= limit.max(16), "{bytes} -> {c}");
+        }
+        // Past the limit the class is kept (the op reports TooLarge before binding).
+        assert_eq!(buffer_class(3 << 30, limit), size_class(3 << 30));
+        assert_eq!(buffer_class(100, limit), 128);
+    }
 
     #[test]
     fn size_classes_cover_and_waste_little() {

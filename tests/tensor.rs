@@ -100,7 +100,7 @@ fn memory_is_accounted_and_does_not_grow() {
     assert!(live >= 4000, "live {live}");
     drop(a);
     assert_eq!(gpu.memory().live_bytes, 0);
-    let (x, _) = random_tensor(&gpu, &[3, 333], DType::F32, 2);
+    let (x, xv) = random_tensor(&gpu, &[3, 333], DType::F32, 2);
     let before = {
         let y = x.add(&x).unwrap().sum(-1).unwrap();
         drop(y);
@@ -118,6 +118,13 @@ fn memory_is_accounted_and_does_not_grow() {
     assert_eq!(gpu.memory().peak_live_bytes, gpu.memory().live_bytes);
     gpu.empty_cache();
     assert_eq!(gpu.memory().pool_bytes, 0);
+    // The same kernels right after the pool's buffers (and the bind groups cached on them)
+    // were freed: new buffers, new bind groups, right values.
+    for _ in 0..3 {
+        let want: Vec<f64> = xv.iter().map(|v| 2.0 * v).collect();
+        assert_close("x + x after empty_cache", &x.add(&x).unwrap().to_vec_f32().unwrap(), &want, 0.0, 0.0);
+        gpu.empty_cache();
+    }
 }
 
 #[test]
@@ -285,4 +292,32 @@ fn casts_to_16_bit_round_to_nearest_even_bit_exactly() {
         let same = g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan());
         assert!(same, "element {i}: bf16({x:e}) is {:#06x}, should be {:#06x}", g.to_bits(), want.to_bits());
     }
+}
+
+#[test]
+fn buffer_gives_the_realised_storage_for_interop() {
+    let gpu = gpu();
+    let (x, xv) = random_tensor(&gpu, &[7, 9], DType::F32, 3);
+    // A pending expression is realised by buffer().
+    let y = x.mul_scalar(3.0).unwrap();
+    let buffer = y.buffer().unwrap().clone();
+    assert!(!y.is_pending());
+    assert!(buffer.size() >= 7 * 9 * 4);
+    // Read it back through wgpu directly: the values are y's.
+    gpu.flush().unwrap();
+    let device = gpu.device();
+    let staging = device.create_buffer(&wgkernels::wgpu::BufferDescriptor {
+        label: None,
+        size: 7 * 9 * 4,
+        usage: wgkernels::wgpu::BufferUsages::MAP_READ | wgkernels::wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut enc = device.create_command_encoder(&Default::default());
+    enc.copy_buffer_to_buffer(&buffer, 0, &staging, 0, 7 * 9 * 4);
+    gpu.queue().submit([enc.finish()]);
+    staging.slice(..).map_async(wgkernels::wgpu::MapMode::Read, |r| r.unwrap());
+    device.poll(wgkernels::wgpu::PollType::wait_indefinitely()).unwrap();
+    let got: Vec<f32> = bytemuck::cast_slice(&staging.slice(..).get_mapped_range().unwrap()).to_vec();
+    let want: Vec<f64> = xv.iter().map(|v| (3.0 * *v as f32) as f64).collect();
+    assert_close("y read through its wgpu buffer", &got, &want, 0.0, 0.0);
 }
