@@ -218,6 +218,37 @@ fn main() -> Result<()> {
         tour.record(w, 2.0 * n as f64 * esize, "GB/s", checked, || x.layer_norm(None, None, 1e-5))?;
     }
 
+    // The residual add before a LayerNorm, h = x + r; y = layer_norm(h): the add runs in the
+    // norm's prologue (one kernel, h stored by it) or as its own kernel (fusion off). Bytes:
+    // x and r read, h and y written.
+    {
+        let x = Tensor::randn(&gpu, &[rows_m, cols], DType::F32, 14)?;
+        let r = Tensor::randn(&gpu, &[rows_m, cols], DType::F32, 15)?;
+        let (xs, rs) = (x.to_vec_f32()?, r.to_vec_f32()?);
+        let hs: Vec<f64> = xs.iter().zip(&rs).map(|(a, b)| (a + b) as f64).collect();
+        let want = |i: usize| {
+            let row = &hs[(i / cols) * cols..(i / cols + 1) * cols];
+            let mean = row.iter().sum::<f64>() / cols as f64;
+            let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / cols as f64;
+            (hs[i] - mean) / (var + 1e-5).sqrt()
+        };
+        let block = || -> wgkernels::Result<Tensor> {
+            let h = x.add(&r)?;
+            let y = h.layer_norm(None, None, 1e-5)?;
+            h.realize()?;
+            Ok(y)
+        };
+        let fusion_was = gpu.fusion();
+        for fused in [true, false] {
+            gpu.set_fusion(fused);
+            let checked = check_scaled(&block()?.to_vec_f32()?, want, DType::F32, 512, 16);
+            let path = if fused { "prologue: 1 kernel" } else { "unfused: 2 kernels" };
+            let w = what("x + r → layer_norm", format!("[{rows_m}, {cols}]"), DType::F32, path);
+            tour.record(w, 4.0 * n as f64 * 4.0, "GB/s", checked, block)?;
+        }
+        gpu.set_fusion(fusion_was);
+    }
+
     // Flash attention, causal: B × H × S × 64, checked on sampled output rows against an f64
     // softmax(q·kᵀ/8)·v. FLOPs 4·B·H·S²·D, halved by the mask.
     {
