@@ -18,8 +18,9 @@
 // residual add: L = 2), LOAD_X evaluates the chain instead of reading x, and the first read
 // of each unit stores the value once, as x's storage (PROLOGUE_DECLS, LOAD_X_FIRST). Bytes
 // per row: (L + 2)·N·size in one kernel against (L + 3)·N·size in two unfused (the chain's
-// kernel writes x, the norm reads it back); rows past the register class recompute the
-// chain on their second read (L·N instead of N).
+// kernel writes x, the norm reads it back); rows read twice (past the register class, or
+// one subgroup per row) read the stored x back on the second pass (LOAD_X_AGAIN: each
+// invocation reads the units it stored itself, so program order makes them visible).
 //
 // Placeholders, each in double braces: LOAD_X LOAD_DY LOAD_W LOAD_B (unit loaders),
 // LOAD_X1 LOAD_DY1 (element loaders), STORE,
@@ -59,6 +60,13 @@ fn load_x(e: u32) -> vec2<f32> {
 // the chain's value into `held` (once per element; later reads recompute it).
 fn load_x_first(e: u32) -> vec2<f32> {
     {{LOAD_X_FIRST}}
+}
+
+// A later read, in the forward pass, of a unit this invocation read first with
+// load_x_first: with a fused prologue that stored x, the stored value (one buffer) rather
+// than the chain again (all its inputs).
+fn load_x_again(e: u32) -> vec2<f32> {
+    {{LOAD_X_AGAIN}}
 }
 
 fn load_dy(e: u32) -> vec2<f32> {
@@ -269,7 +277,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         }
     }
     for (var u = lid + VPT * WG; u < units; u += WG) {
-        store(row * n + u * UNIT, affine(load_x(params[2] + row * n + u * UNIT), u * UNIT, m));
+        store(row * n + u * UNIT, affine(load_x_again(params[2] + row * n + u * UNIT), u * UNIT, m));
     }
 }
 
@@ -391,7 +399,7 @@ fn forward_sg_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
         stats[row] = m;
     }
     for (var u = lane; u < units; u += sg_size) {
-        store(row * n + u * UNIT, affine(load_x(base + u * UNIT), u * UNIT, m));
+        store(row * n + u * UNIT, affine(load_x_again(base + u * UNIT), u * UNIT, m));
     }
 }
 //#endif

@@ -263,6 +263,12 @@ fn norm_kernel(
     let prelude = if unit == 1 { one_loaders(&ones) } else { String::new() };
     // With a fused prologue x is the chain's value (src/fusion.rs, FusedPrologue), stored
     // into `held` on its first read.
+    let load_x_again = match prologue {
+        // x as stored by load_x_first (f32 alone has odd rows: single elements).
+        Some((_, true)) if unit == 1 => "return vec2<f32>(bitcast<f32>(held[e]), 0.0);".to_string(),
+        Some((_, true)) => unit_load("held", x, unit),
+        _ => "return load_x(e);".to_string(),
+    };
     let (load_x, load_x_first) = match prologue {
         None => (unit_load("x", x, unit), "return load_x(e);".to_string()),
         Some((_, keep)) => (
@@ -282,6 +288,7 @@ fn norm_kernel(
         .sub("PROLOGUE_DECLS", prologue.map(|(d, _)| d).unwrap_or_default().to_string())
         .sub("LOAD_X", load_x)
         .sub("LOAD_X_FIRST", load_x_first)
+        .sub("LOAD_X_AGAIN", load_x_again)
         .sub("LOAD_W", w.map(|d| unit_load("w", d, unit)).unwrap_or_else(|| "return vec2<f32>(1.0);".into()))
         .sub("LOAD_B", b.map(|d| unit_load("b", d, unit)).unwrap_or_else(|| "return vec2<f32>(0.0);".into()))
         .sub("LOAD_DY", dy.map(|d| unit_load("dy", d, unit)).unwrap_or_else(|| "return vec2<f32>(0.0);".into()))
