@@ -6,8 +6,9 @@
 //!
 //!     cargo run --release --example alloc_probe [-- MiB ...]      (default: 64 256 1024)
 //!
-//! On the H200 (2026-11-28): no buffer effect; the first ~0.3 s after allocating new
-//! 256 MiB buffers ran at 1.5–1.7 TB/s, later rounds at 3.3–3.7 TB/s (BENCHMARKS.md).
+//! On the H200 (2026-11-28): no buffer effect; the first two measurements (~0.3 s) after
+//! allocating new 256 MiB buffers ran at 1.5–1.7 TB/s, every later one at 3.2–3.7 TB/s
+//! (BENCHMARKS.md).
 use std::time::Instant;
 use wgkernels::{wgpu, DType, Gpu, Tensor};
 

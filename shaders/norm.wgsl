@@ -7,7 +7,8 @@
 // turned into (count, mean, M2) and merged with Chan's formula in a workgroup-memory tree —
 // no E[x²] − E[x]² cancellation, so rows of 65536 elements with a mean of 1e4 keep their
 // variance in f32. (Per-element Welford updates, tried first, ran at 658 GB/s on the H200
-// against 1087 for RMSNorm: a division per element in one dependency chain.)
+// against 1087 for RMSNorm: a division per element in one dependency chain. Both figures
+// are from before the benchmark's warm-up fix, so only their ratio means anything.)
 //
 // Backward (dx): rows up to the register class keep x and dy·w in registers: one read of
 // x and dy, one write of dx (longer rows read the tail again). dw and db are sums over rows; WGSL has no float atomics, so `param_grads`
@@ -226,8 +227,8 @@ fn row_moments(row: u32, lid: u32, cache: ptr<function, array<vec2<f32>, VPT>>) 
     }
     // Every cached load is issued before any is used, with no branch between them: the
     // index is clamped into the row (units past it re-read the last one, masked below), so
-    // all VPT loads are in flight together. With the load inside `if (u < units)`, f16 rows
-    // (one 4-byte word per unit) ran at half the f32 rate on the H200.
+    // all VPT loads are in flight together. On the H200 this took f32 LayerNorm over rows of
+    // 4096 from 2402 to 3113 GB/s (f16 rows did not move: BENCHMARKS.md).
     for (var i = 0u; i < VPT; i++) {
         (*cache)[i] = load_x_first(base + min(lid + i * WG, units - 1u) * UNIT);
     }

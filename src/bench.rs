@@ -95,8 +95,9 @@ pub fn flush_bytes(gpu: &Gpu) -> u64 {
 
 /// Runs `f` at least `warmup` times and for at least [`warmup_ms`] of wall time (compiling
 /// pipelines, filling the pool, and letting the GPU leave its idle clocks: on the H200 the
-/// same kernels measured 1.5–2.5× slower after 200 ms of warm-up with a wait after every
-/// run than after 1 s with a wait every 8 runs — BENCHMARKS.md), then `reps` times under
+/// same memory-bound kernels measured 2.3–3.6× slower after 200 ms of warm-up with a wait
+/// after every run than after 1 s with a wait every 8 runs, in calls an hour apart —
+/// BENCHMARKS.md), then `reps` times under
 /// the profiler, each after a cache flush ([`flush_bytes`]). With timestamps, one repeat's
 /// time is the sum of its dispatches' GPU times (launch gaps and flushes excluded); without,
 /// each repeat is synchronised and timed on the host. The wall-clock cross-check runs the

@@ -604,20 +604,6 @@ fn scalar_constants_are_runtime_params_and_where_selects() {
     assert!(x.clamp(1.0, 0.0).unwrap_err().to_string().contains("clamp"));
 }
 
-/// LayerNorm (`rms` false) or RMSNorm of each row of `h` (`rows × n`), float64.
-fn norm_ref(h: &[f64], n: usize, w: &[f64], b: Option<&[f64]>, eps: f64, rms: bool) -> Vec<f64> {
-    let mut out = Vec::with_capacity(h.len());
-    for row in h.chunks(n) {
-        let mean = if rms { 0.0 } else { row.iter().sum::<f64>() / n as f64 };
-        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n as f64;
-        let rstd = 1.0 / (var + eps).sqrt();
-        for (j, v) in row.iter().enumerate() {
-            out.push((v - mean) * rstd * w[j] + b.map_or(0.0, |b| b[j]));
-        }
-    }
-    out
-}
-
 #[test]
 fn a_chain_producing_a_norm_input_runs_in_its_prologue() {
     use wgkernels::ops::norm::{norm_forward, RowKernel};
@@ -666,21 +652,17 @@ fn a_chain_producing_a_norm_input_runs_in_its_prologue() {
                         // h as the fused chain computes it: f32 math, rounded to the dtype once
                         // (unfused, each 16-bit intermediate is rounded too: twice the tolerance).
                         let scale = (1.0 / (1.0 - p as f64)) as f32 as f64;
-                        let hv: Vec<f64> = (0..rows * n)
+                        let h32: Vec<f32> = (0..rows * n)
                             .map(|i| {
                                 let d = (av[i] + biasv[i % n]) as f32 as f64;
                                 let d = if dropout_keeps(p, seed, i as u32) { (d * scale) as f32 as f64 } else { 0.0 };
-                                ((xv[i] + d) as f32 as f64, i)
-                            })
-                            .map(|(v, _)| match dtype {
-                                DType::F32 => v,
-                                DType::F16 => half::f16::from_f64(v).to_f64(),
-                                DType::BF16 => half::bf16::from_f64(v).to_f64(),
+                                (xv[i] + d) as f32
                             })
                             .collect();
+                        let hv = rounded(&h32, dtype);
                         let (atol, rtol) = tol(dtype);
                         assert_close(&format!("{what}: h"), &h.to_vec_f32().unwrap(), &hv, 2.0 * atol, 2.0 * rtol);
-                        let want = norm_ref(&hv, n, &wv, (!rms).then_some(&bv[..]), eps as f64, rms);
+                        let want = norm_ref(&hv, n, Some(&wv), (!rms).then_some(&bv[..]), eps as f64, rms);
                         let got = y.to_vec_f32().unwrap();
                         assert_close(&format!("{what}: y"), &got, &want, 4.0 * atol, 4.0 * rtol);
                         outputs.push(got);
@@ -716,7 +698,7 @@ fn a_chain_producing_a_norm_input_runs_in_its_prologue() {
     assert_close(
         "rms_norm of a transposed input",
         &y.to_vec_f32().unwrap(),
-        &norm_ref(&xtv, 33, &wv, None, eps as f64, true),
+        &norm_ref(&xtv, 33, Some(&wv), None, eps as f64, true),
         1e-5,
         1e-5,
     );

@@ -174,19 +174,6 @@ fn softmax_backward_matches_reference() {
     }
 }
 
-fn norm_ref(x: &[f64], n: usize, w: Option<&[f64]>, b: Option<&[f64]>, eps: f64, rms: bool) -> Vec<f64> {
-    x.chunks(n)
-        .flat_map(|row| {
-            let mean = if rms { 0.0 } else { row.iter().sum::<f64>() / n as f64 };
-            let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n as f64;
-            let rstd = 1.0 / (var + eps).sqrt();
-            (0..n)
-                .map(move |j| (row[j] - mean) * rstd * w.map_or(1.0, |w| w[j]) + b.map_or(0.0, |b| b[j]))
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
 #[test]
 fn layer_norm_and_rms_norm_every_length_dtype_and_class() {
     let gpu = gpu();

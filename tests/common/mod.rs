@@ -67,6 +67,21 @@ pub fn random_vec(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// LayerNorm (`rms` false) or RMSNorm of each row of `x` (rows of `n`), with optional
+/// weight and bias, in f64.
+pub fn norm_ref(x: &[f64], n: usize, w: Option<&[f64]>, b: Option<&[f64]>, eps: f64, rms: bool) -> Vec<f64> {
+    x.chunks(n)
+        .flat_map(|row| {
+            let mean = if rms { 0.0 } else { row.iter().sum::<f64>() / n as f64 };
+            let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n as f64;
+            let rstd = 1.0 / (var + eps).sqrt();
+            (0..n)
+                .map(move |j| (row[j] - mean) * rstd * w.map_or(1.0, |w| w[j]) + b.map_or(0.0, |b| b[j]))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// Values as a tensor of `dtype` holds them (rounded), widened to f64 for references.
 pub fn rounded(values: &[f32], dtype: DType) -> Vec<f64> {
     values
