@@ -19,40 +19,29 @@ fn f32_to_bf16_bits(x: f32) -> u32 {
     return (u + 0x7fffu + ((u >> 16u) & 1u)) >> 16u;
 }
 
-// f32 -> f16 bits, rounded to nearest, ties to even, in integer arithmetic. Not
-// pack2x16float: WGSL leaves its rounding to the implementation, and NVIDIA's Vulkan driver
-// does not round to nearest even (a cast inside a fused chain came out one ulp off there),
-// so results would differ between backends.
+// f32 -> f16 bits, rounded to nearest, ties to even, without a branch. Not pack2x16float:
+// WGSL leaves its rounding to the implementation, and NVIDIA's Vulkan driver does not round
+// to nearest even (a cast inside a fused chain came out one ulp off there), so results
+// would differ between backends. Both candidate results are computed and selected, so a
+// subgroup whose values straddle the f16 subnormal range does not run two paths (softmax
+// outputs of long rows are mostly f16 subnormals); the integer-only version with branches
+// that this replaces is the f16 store of every 16-bit kernel.
 fn f32_to_f16_bits(x: f32) -> u32 {
     let u = bitcast<u32>(x);
     let sign = (u >> 16u) & 0x8000u;
     let a = u & 0x7fffffffu;
-    if (a > 0x7f800000u) {
-        return sign | 0x7e00u; // NaN stays NaN
-    }
-    if (a >= 0x477ff000u) {
-        return sign | 0x7c00u; // >= 65520 rounds to infinity
-    }
-    if (a >= 0x38800000u) {
-        // Normal in f16 (>= 2^-14): rebias the exponent by 112, drop 13 mantissa bits with
-        // round to nearest even; a carry out of the mantissa bumps the exponent, as it should.
-        let r = a - 0x38000000u;
-        return sign | ((r + 0xfffu + ((r >> 13u) & 1u)) >> 13u);
-    }
-    if (a < 0x33000000u) {
-        return sign; // below 2^-25: rounds to zero (2^-25 itself ties to even, 0)
-    }
-    // Subnormal in f16: the value in units of 2^-24 is m >> (126 - e), rounded.
-    let e = a >> 23u;
-    let m = (a & 0x7fffffu) | 0x800000u;
-    let shift = 126u - e;
-    let rem = m & ((1u << shift) - 1u);
-    let half = 1u << (shift - 1u);
-    var q = m >> shift;
-    if (rem > half || (rem == half && (q & 1u) == 1u)) {
-        q += 1u;
-    }
-    return sign | q;
+    // Normal in f16 (a >= 2^-14): rebias the exponent by 112 and drop 13 mantissa bits,
+    // rounding to nearest even; a carry out of the mantissa bumps the exponent, as it
+    // should, up to infinity for a >= 65520.
+    let normal = (a - 0x38000000u + 0xfffu + ((a >> 13u) & 1u)) >> 13u;
+    // Below 2^-14: adding 0.5 puts the value's units of 2^-24 (f16's subnormal step) in the
+    // low mantissa bits of a float whose ulp is 2^-24, and the float add rounds to nearest
+    // even for us (an f32 subnormal a, flushed to zero or not, rounds to 0 either way).
+    let subnormal = bitcast<u32>(bitcast<f32>(a) + 0.5) - 0x3f000000u;
+    var h = select(normal, subnormal, a < 0x38800000u);
+    h = select(h, 0x7c00u, a >= 0x47800000u); // >= 65536 (and infinity): infinity
+    h = select(h, 0x7e00u, a > 0x7f800000u); // NaN stays NaN
+    return sign | h;
 }
 
 fn pack_f16x2(v: vec2<f32>) -> u32 {

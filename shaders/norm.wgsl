@@ -23,9 +23,13 @@
 // one subgroup per row) read the stored x back on the second pass (LOAD_X_AGAIN: each
 // invocation reads the units it stored itself, so program order makes them visible).
 //
+// Units: see shaders/row_units.wgsl (4 elements when N is a multiple of 4 and there is no
+// prologue, 2 for other even N, 1 for odd N).
+//
 // Placeholders, each in double braces: LOAD_X LOAD_DY LOAD_W LOAD_B (unit loaders),
-// LOAD_X1 LOAD_DY1 (element loaders), STORE,
-// VPT, UNIT (2 for pairs, 1 for odd N), ONE_LOADERS (element loaders for UNIT 1), RMS (true for RMSNorm), AFFINE_W, AFFINE_B.
+// STORE, VPT, UNIT (1, 2 or 4), WORD_X WORD_OUT WORD_W
+// WORD_B WORD_DY (the buffers' element types: u32, or vec2/vec4<u32> for UNIT 4),
+// ONE_LOADERS (element loaders for UNIT 1), RMS (true for RMSNorm), AFFINE_W, AFFINE_B.
 
 const WG: u32 = 256u;
 const VPT: u32 = {{VPT}}u;
@@ -34,12 +38,12 @@ const RMS: bool = {{RMS}};
 const ROWS_PER_CHUNK: u32 = 64u;
 
 // params: [0] rows [1] n [2] x offset [3] eps (f32 bits) [4] dy offset [5] w offset [6] b offset
-@group(0) @binding(0) var<storage, read> x: array<u32>;
-@group(0) @binding(1) var<storage, read_write> out: array<u32>;
+@group(0) @binding(0) var<storage, read> x: array<{{WORD_X}}>;
+@group(0) @binding(1) var<storage, read_write> out: array<{{WORD_OUT}}>;
 @group(0) @binding(2) var<storage, read> params: array<u32>;
-@group(0) @binding(3) var<storage, read> w: array<u32>;
-@group(0) @binding(4) var<storage, read> b: array<u32>;
-@group(0) @binding(5) var<storage, read> dy: array<u32>;
+@group(0) @binding(3) var<storage, read> w: array<{{WORD_W}}>;
+@group(0) @binding(4) var<storage, read> b: array<{{WORD_B}}>;
+@group(0) @binding(5) var<storage, read> dy: array<{{WORD_DY}}>;
 // Per-row (mean, rstd) written by the forward and backward kernels, read by param_grads.
 @group(0) @binding(6) var<storage, read_write> stats: array<vec2<f32>>;
 @group(0) @binding(7) var<storage, read_write> partials: array<f32>;
@@ -53,45 +57,36 @@ var<workgroup> red_mean: array<f32, WG>;
 var<workgroup> red_m2: array<f32, WG>;
 
 {{ONE_LOADERS}}
-fn load_x(e: u32) -> vec2<f32> {
+fn load_x(e: u32) -> Unit {
     {{LOAD_X}}
 }
 
 // The first read of each unit of the forward pass: with a fused prologue it also stores
 // the chain's value into `held` (once per element; later reads recompute it).
-fn load_x_first(e: u32) -> vec2<f32> {
+fn load_x_first(e: u32) -> Unit {
     {{LOAD_X_FIRST}}
 }
 
 // A later read, in the forward pass, of a unit this invocation read first with
 // load_x_first: with a fused prologue that stored x, the stored value (one buffer) rather
 // than the chain again (all its inputs).
-fn load_x_again(e: u32) -> vec2<f32> {
+fn load_x_again(e: u32) -> Unit {
     {{LOAD_X_AGAIN}}
 }
 
-fn load_dy(e: u32) -> vec2<f32> {
+fn load_dy(e: u32) -> Unit {
     {{LOAD_DY}}
 }
 
-// Single elements, for the column-wise param_grads.
-fn load_x1(e: u32) -> f32 {
-    {{LOAD_X1}}
-}
-
-fn load_dy1(e: u32) -> f32 {
-    {{LOAD_DY1}}
-}
-
-fn load_w(e: u32) -> vec2<f32> {
+fn load_w(e: u32) -> Unit {
     {{LOAD_W}}
 }
 
-fn load_b(e: u32) -> vec2<f32> {
+fn load_b(e: u32) -> Unit {
     {{LOAD_B}}
 }
 
-fn store(e: u32, v: vec2<f32>) {
+fn store(e: u32, v: Unit) {
     {{STORE}}
 }
 
@@ -196,14 +191,9 @@ fn reduce_sum2(lid: u32, v: vec2<f32>) -> vec2<f32> {
 // dependency chain through one, unlike Welford's update; shifting by a value of the row
 // keeps the sums small, so Σd² − (Σd)²/n does not cancel catastrophically (the "shifted
 // data" algorithm). RMSNorm keeps Σx² in the last slot with no shift.
-fn add_unit(acc: vec3<f32>, v: vec2<f32>, shift: f32) -> vec3<f32> {
-    var d = v - shift;
-    var c = 2.0;
-    if (UNIT == 1u) {
-        d.y = 0.0;
-        c = 1.0;
-    }
-    return acc + vec3<f32>(c, d.x + d.y, dot(d, d));
+fn add_unit(acc: vec3<f32>, v: Unit, shift: f32) -> vec3<f32> {
+    let d = real_lanes(v - shift);
+    return acc + vec3<f32>(f32(UNIT), hsum(d), dot(d, d));
 }
 
 // The invocation's (count, mean, M2) from its shifted sums.
@@ -216,7 +206,7 @@ fn to_welford(acc: vec3<f32>, shift: f32) -> vec3<f32> {
 }
 
 // (mean, rstd) of the row, caching the first 256·VPT units when `cache` is used.
-fn row_moments(row: u32, lid: u32, cache: ptr<function, array<vec2<f32>, VPT>>) -> vec2<f32> {
+fn row_moments(row: u32, lid: u32, cache: ptr<function, array<Unit, VPT>>) -> vec2<f32> {
     let n = params[1];
     let units = (n + UNIT - 1u) / UNIT;
     let base = params[2] + row * n;
@@ -250,7 +240,7 @@ fn row_moments(row: u32, lid: u32, cache: ptr<function, array<vec2<f32>, VPT>>) 
     return vec2<f32>(total.y, inverseSqrt(max(total.z / total.x, 0.0) + eps));
 }
 
-fn affine(v: vec2<f32>, j: u32, m: vec2<f32>) -> vec2<f32> {
+fn affine(v: Unit, j: u32, m: vec2<f32>) -> Unit {
     var y = (v - m.x) * m.y;
     {{AFFINE_W}}
     {{AFFINE_B}}
@@ -266,7 +256,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     }
     let n = params[1];
     let units = (n + UNIT - 1u) / UNIT;
-    var cache: array<vec2<f32>, VPT>;
+    var cache: array<Unit, VPT>;
     let m = row_moments(row, lid, &cache);
     if (lid == 0u) {
         stats[row] = m;
@@ -293,13 +283,13 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     }
     let n = params[1];
     let units = (n + UNIT - 1u) / UNIT;
-    var cache: array<vec2<f32>, VPT>;
+    var cache: array<Unit, VPT>;
     let m = row_moments(row, lid, &cache);
     if (lid == 0u) {
         stats[row] = m;
     }
     // g = dy·w for the cached units stays in registers too: x and dy are read once here.
-    var g_cache: array<vec2<f32>, VPT>;
+    var g_cache: array<Unit, VPT>;
     var sums = vec2<f32>(0.0); // (Σ g, Σ g·x̂)
     // Loads first, clamped and branch-free (see row_moments).
     for (var i = 0u; i < VPT; i++) {
@@ -309,18 +299,16 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     for (var i = 0u; i < VPT; i++) {
         if (lid + i * WG < units) {
             let xh = (cache[i] - m.x) * m.y;
-            var g = g_cache[i];
-            if (UNIT == 1u) { g.y = 0.0; }
+            let g = real_lanes(g_cache[i]);
             g_cache[i] = g;
-            sums += vec2<f32>(g.x + g.y, dot(g, xh));
+            sums += vec2<f32>(hsum(g), dot(g, xh));
         }
     }
     for (var u = lid + VPT * WG; u < units; u += WG) {
         let j = u * UNIT;
         let xh = (load_x(params[2] + row * n + j) - m.x) * m.y;
-        var g = load_dy(params[4] + row * n + j) * load_w(params[5] + j);
-        if (UNIT == 1u) { g.y = 0.0; }
-        sums += vec2<f32>(g.x + g.y, dot(g, xh));
+        let g = real_lanes(load_dy(params[4] + row * n + j) * load_w(params[5] + j));
+        sums += vec2<f32>(hsum(g), dot(g, xh));
     }
     let total = reduce_sum2(lid, sums);
     let mean_g = select(total.x / f32(n), 0.0, RMS);
@@ -340,30 +328,48 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     }
 }
 
-// Partial dw, db over a chunk of ROWS_PER_CHUNK rows: invocation (column j, chunk c)
-// writes partials[c · 2N + j] = Σ dy·x̂ and partials[c · 2N + N + j] = Σ dy.
-// Consecutive invocations take consecutive columns, so every row read is coalesced.
+// Partial dw, db over a chunk of ROWS_PER_CHUNK rows: invocation (unit u of columns, chunk
+// c) writes partials[c · 2N + j] = Σ dy·x̂ and partials[c · 2N + N + j] = Σ dy for the
+// columns j of its unit. Consecutive invocations take consecutive units, so every row read
+// is coalesced. Rows go ROW_BATCH at a time with all their loads issued first: a loop that
+// waited for each row's loads in turn was ROWS_PER_CHUNK load latencies long.
+const ROW_BATCH: u32 = 8u;
+
 @compute @workgroup_size(256)
 fn param_grads(@builtin(global_invocation_id) gid: vec3<u32>) {
     let rows = params[0];
     let n = params[1];
-    let j = gid.x;
+    let u = gid.x;
     let chunk = gid.y;
-    if (j >= n) {
+    if (u * UNIT >= n) {
         return;
     }
-    var dw = 0.0;
-    var db = 0.0;
+    let j = u * UNIT;
+    var dw = Unit(0.0);
+    var db = Unit(0.0);
     let first = chunk * ROWS_PER_CHUNK;
-    for (var r = first; r < min(first + ROWS_PER_CHUNK, rows); r++) {
-        let m = stats[r];
-        let xv = load_x1(params[2] + r * n + j);
-        let g = load_dy1(params[4] + r * n + j);
-        dw += g * (xv - m.x) * m.y;
-        db += g;
+    let last = min(first + ROWS_PER_CHUNK, rows);
+    for (var r0 = first; r0 < last; r0 += ROW_BATCH) {
+        var xs: array<Unit, ROW_BATCH>;
+        var gs: array<Unit, ROW_BATCH>;
+        var ms: array<vec2<f32>, ROW_BATCH>;
+        for (var i = 0u; i < ROW_BATCH; i++) {
+            let r = min(r0 + i, last - 1u);
+            ms[i] = stats[r];
+            xs[i] = load_x(params[2] + r * n + j);
+            gs[i] = load_dy(params[4] + r * n + j);
+        }
+        for (var i = 0u; i < ROW_BATCH; i++) {
+            if (r0 + i < last) {
+                dw += gs[i] * (xs[i] - ms[i].x) * ms[i].y;
+                db += gs[i];
+            }
+        }
     }
-    partials[chunk * 2u * n + j] = dw;
-    partials[chunk * 2u * n + n + j] = db;
+    for (var c = 0u; c < UNIT; c++) {
+        partials[chunk * 2u * n + j + c] = dw[c];
+        partials[chunk * 2u * n + n + j + c] = db[c];
+    }
 }
 
 //#if SUBGROUP

@@ -1,8 +1,9 @@
 // Row-wise softmax / log-softmax (with scale, additive mask, causal mask), its backward,
 // and fused cross-entropy. One workgroup of 256 invocations per row of N elements.
 //
-// Units: two adjacent elements (a "pair", N even: 16-bit data moves as whole words) or
-// one element (N odd; 16-bit outputs then go through f32 and a cast on the host).
+// Units (shaders/row_units.wgsl): four adjacent elements (N a multiple of 4: one 8- or
+// 16-byte load), two (N even: 16-bit data moves as whole words) or one (N odd; 16-bit
+// outputs then go through f32 and a cast on the host).
 //
 // Forward, rows of up to 256·VPT units: each invocation keeps its VPT units in registers,
 // so the row is read once and written once: 2·N·size bytes per row, ~5 FLOPs per element.
@@ -12,7 +13,9 @@
 // A row whose elements are all −inf gives zeros (softmax) and −inf (log-softmax), not NaN.
 //
 // Placeholders, each in double braces: LOAD_X LOAD_DY LOAD_MASK (loaders returning the
-// unit as vec2<f32>), STORE (store of a unit `v` at element `e`), VPT, UNIT (1 or 2), ONE_LOADERS (element loaders the UNIT-1 loaders call),
+// unit as a Unit), STORE (store of a unit `v` at element `e`), VPT, UNIT (1, 2 or 4),
+// WORD_X WORD_OUT WORD_MASK WORD_DY (the buffers' element types: u32, or vec2/vec4<u32>
+// for UNIT 4), ONE_LOADERS (element loaders the UNIT-1 loaders call),
 // LOG (true for log-softmax), CE_SCALE (1/rows for a mean cross-entropy).
 
 const WG: u32 = 256u;
@@ -22,11 +25,11 @@ const LOG: bool = {{LOG}};
 
 // params (u32 words): [0] rows [1] n [2] x offset [3] mask rows (0: none) [4] mask offset
 //   [5] causal (0/1) [6] rows per causal block (S_q) [7] scale (f32 bits) [8] dy offset
-@group(0) @binding(0) var<storage, read> x: array<u32>;
-@group(0) @binding(1) var<storage, read_write> out: array<u32>;
+@group(0) @binding(0) var<storage, read> x: array<{{WORD_X}}>;
+@group(0) @binding(1) var<storage, read_write> out: array<{{WORD_OUT}}>;
 @group(0) @binding(2) var<storage, read> params: array<u32>;
-@group(0) @binding(3) var<storage, read> mask: array<u32>;
-@group(0) @binding(4) var<storage, read> dy: array<u32>;
+@group(0) @binding(3) var<storage, read> mask: array<{{WORD_MASK}}>;
+@group(0) @binding(4) var<storage, read> dy: array<{{WORD_DY}}>;
 @group(0) @binding(5) var<storage, read> targets: array<u32>;
 @group(0) @binding(6) var<storage, read_write> losses: array<f32>;
 
@@ -38,24 +41,24 @@ fn neg_inf() -> f32 {
 }
 
 {{ONE_LOADERS}}
-fn load_x(e: u32) -> vec2<f32> {
+fn load_x(e: u32) -> Unit {
     {{LOAD_X}}
 }
 
-fn load_dy(e: u32) -> vec2<f32> {
+fn load_dy(e: u32) -> Unit {
     {{LOAD_DY}}
 }
 
-fn load_mask(e: u32) -> vec2<f32> {
+fn load_mask(e: u32) -> Unit {
     {{LOAD_MASK}}
 }
 
-fn store(e: u32, v: vec2<f32>) {
+fn store(e: u32, v: Unit) {
     {{STORE}}
 }
 
 // The scaled, masked logits of unit `u` of `row`; −inf where masked or past the row.
-fn logits(row: u32, u: u32) -> vec2<f32> {
+fn logits(row: u32, u: u32) -> Unit {
     let n = params[1];
     let j = u * UNIT;
     var v = load_x(params[2] + row * n + j) * bitcast<f32>(params[7]);
@@ -67,13 +70,10 @@ fn logits(row: u32, u: u32) -> vec2<f32> {
         // Bottom-right aligned, as with a KV cache: query i of S_q sees keys ≤ i + n − S_q.
         let s_q = params[6];
         let limit = row % s_q + n - s_q;
-        if (j > limit) { v.x = neg_inf(); }
-        if (j + 1u > limit) { v.y = neg_inf(); }
+        v = select(v, Unit(neg_inf()), UnitIdx(j) + LANE > UnitIdx(limit));
     }
-    if (UNIT == 1u) {
-        v.y = neg_inf();
-    }
-    return v;
+    // A single-element unit's padding lane.
+    return select(Unit(neg_inf()), v, LANE < UnitIdx(UNIT));
 }
 
 fn merge(m1: f32, s1: f32, m2: f32, s2: f32) -> vec2<f32> {
@@ -164,7 +164,7 @@ fn reduce_sum(lid: u32, s: f32) -> f32 {
 //#endif
 
 // (max, sum of exp) of the row, caching the first 256·VPT units in `cache`.
-fn row_stats(row: u32, lid: u32, cache: ptr<function, array<vec2<f32>, VPT>>) -> vec2<f32> {
+fn row_stats(row: u32, lid: u32, cache: ptr<function, array<Unit, VPT>>) -> vec2<f32> {
     let units = (params[1] + UNIT - 1u) / UNIT;
     var m = neg_inf();
     // Every cached load issued before any is used, with no branch between them: the index
@@ -174,32 +174,31 @@ fn row_stats(row: u32, lid: u32, cache: ptr<function, array<vec2<f32>, VPT>>) ->
         (*cache)[i] = logits(row, min(lid + i * WG, units - 1u));
     }
     for (var i = 0u; i < VPT; i++) {
-        let v = select(vec2<f32>(neg_inf()), (*cache)[i], lid + i * WG < units);
+        let v = select(Unit(neg_inf()), (*cache)[i], lid + i * WG < units);
         (*cache)[i] = v;
-        m = max(m, max(v.x, v.y));
+        m = max(m, hmax(v));
     }
     var s = 0.0;
     if (m != neg_inf()) {
         for (var i = 0u; i < VPT; i++) {
-            let d = exp((*cache)[i] - m);
-            s += d.x + d.y;
+            s += hsum(exp((*cache)[i] - m));
         }
     }
     // Past the cache: online max and sum, one read.
     for (var u = lid + VPT * WG; u < units; u += WG) {
         let v = logits(row, u);
-        let r1 = merge(m, s, v.x, 1.0);
-        let r2 = merge(r1.x, r1.y, v.y, 1.0);
-        m = r2.x;
-        s = r2.y;
+        let vm = hmax(v);
+        let r = merge(m, s, vm, select(hsum(exp(v - vm)), 0.0, vm == neg_inf()));
+        m = r.x;
+        s = r.y;
     }
     return reduce_max_sum(lid, m, s);
 }
 
-fn normalise(v: vec2<f32>, stats: vec2<f32>) -> vec2<f32> {
+fn normalise(v: Unit, stats: vec2<f32>) -> Unit {
     if (stats.x == neg_inf()) {
         // Every element masked: zeros, or −inf for log-softmax.
-        return select(vec2<f32>(0.0), vec2<f32>(neg_inf()), LOG);
+        return select(Unit(0.0), Unit(neg_inf()), LOG);
     }
     if (LOG) {
         return v - stats.x - log(stats.y);
@@ -216,7 +215,7 @@ fn softmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     }
     let n = params[1];
     let units = (n + UNIT - 1u) / UNIT;
-    var cache: array<vec2<f32>, VPT>;
+    var cache: array<Unit, VPT>;
     let stats = row_stats(row, lid, &cache);
     for (var i = 0u; i < VPT; i++) {
         let u = lid + i * WG;
@@ -240,9 +239,9 @@ fn softmax_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     }
     let n = params[1];
     let units = (n + UNIT - 1u) / UNIT;
-    var y_cache: array<vec2<f32>, VPT>;
-    var dy_cache: array<vec2<f32>, VPT>;
-    var dot = 0.0;
+    var y_cache: array<Unit, VPT>;
+    var dy_cache: array<Unit, VPT>;
+    var y_dy = 0.0; // Σ y·dy
     // Loads first, clamped and branch-free (see row_stats).
     for (var i = 0u; i < VPT; i++) {
         let e = row * n + min(lid + i * WG, units - 1u) * UNIT;
@@ -251,19 +250,15 @@ fn softmax_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     }
     for (var i = 0u; i < VPT; i++) {
         if (lid + i * WG < units) {
-            let y = y_cache[i];
-            var d = dy_cache[i];
-            if (UNIT == 1u) { d.y = 0.0; }
+            let d = real_lanes(dy_cache[i]);
             dy_cache[i] = d;
-            dot += y.x * d.x + y.y * d.y;
+            y_dy += dot(y_cache[i], d);
         }
     }
     for (var u = lid + VPT * WG; u < units; u += WG) {
-        var p = load_x(params[2] + row * n + u * UNIT) * load_dy(params[8] + row * n + u * UNIT);
-        if (UNIT == 1u) { p.y = 0.0; }
-        dot += p.x + p.y;
+        y_dy += hsum(real_lanes(load_x(params[2] + row * n + u * UNIT) * load_dy(params[8] + row * n + u * UNIT)));
     }
-    let total = reduce_sum(lid, dot);
+    let total = reduce_sum(lid, y_dy);
     for (var i = 0u; i < VPT; i++) {
         let u = lid + i * WG;
         if (u < units) {
@@ -287,7 +282,7 @@ fn cross_entropy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     }
     let n = params[1];
     let units = (n + UNIT - 1u) / UNIT;
-    var cache: array<vec2<f32>, VPT>;
+    var cache: array<Unit, VPT>;
     let stats = row_stats(row, lid, &cache);
     let t = targets[row];
     let ce_scale: f32 = {{CE_SCALE}};
@@ -295,22 +290,18 @@ fn cross_entropy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
         let u = lid + i * WG;
         if (u < units) {
             let j = u * UNIT;
-            var p = exp(cache[i] - stats.x) / stats.y;
-            if (j == t) { p.x -= 1.0; }
-            if (j + 1u == t) { p.y -= 1.0; }
+            let p = exp(cache[i] - stats.x) / stats.y - select(Unit(0.0), Unit(1.0), UnitIdx(j) + LANE == UnitIdx(t));
             store(row * n + j, p * ce_scale);
         }
     }
     for (var u = lid + VPT * WG; u < units; u += WG) {
         let j = u * UNIT;
-        var p = exp(logits(row, u) - stats.x) / stats.y;
-        if (j == t) { p.x -= 1.0; }
-        if (j + 1u == t) { p.y -= 1.0; }
+        let p = exp(logits(row, u) - stats.x) / stats.y - select(Unit(0.0), Unit(1.0), UnitIdx(j) + LANE == UnitIdx(t));
         store(row * n + j, p * ce_scale);
     }
     if (lid == 0u) {
         let xt = logits(row, t / UNIT);
-        let x_target = select(xt.x, xt.y, t % UNIT == 1u);
+        let x_target = xt[t % UNIT];
         losses[row] = stats.x + log(stats.y) - x_target;
     }
 }
@@ -332,10 +323,10 @@ fn softmax_sg_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
     var sum = 0.0;
     for (var u = lane; u < units; u += sg_size) {
         let v = logits(row, u);
-        let r1 = merge(m, sum, v.x, 1.0);
-        let r2 = merge(r1.x, r1.y, v.y, 1.0);
-        m = r2.x;
-        sum = r2.y;
+        let vm = hmax(v);
+        let r = merge(m, sum, vm, select(hsum(exp(v - vm)), 0.0, vm == neg_inf()));
+        m = r.x;
+        sum = r.y;
     }
     let stats = merge_subgroup(m, sum);
     for (var u = lane; u < units; u += sg_size) {

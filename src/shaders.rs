@@ -98,6 +98,7 @@ impl Shader {
         match self {
             Shader::Matmul | Shader::MatmulCoop => include_str!("../shaders/matmul_common.wgsl"),
             Shader::Fused => include_str!("../shaders/ew_common.wgsl"),
+            Shader::Softmax | Shader::Norm => include_str!("../shaders/row_units.wgsl"),
             _ => "",
         }
     }

@@ -9,8 +9,10 @@ use wgkernels::{DType, Error, Tensor};
 
 const NEG_INF: f64 = f64::NEG_INFINITY;
 
-/// Row lengths from the issue: 1, 3, 127, 1000, 4097, 65537 (the last streams).
-const LENGTHS: [usize; 6] = [1, 3, 127, 1000, 4097, 65537];
+/// Row lengths from the issue: 1, 3, 127, 1000, 4097, 65537 (the last streams), and the
+/// units each picks (1 element for odd n, 4 for n a multiple of 4) joined by 130 (pairs) and
+/// 12000 (units of 4 streaming past the largest register class they use).
+const LENGTHS: [usize; 8] = [1, 3, 127, 130, 1000, 4097, 12000, 65537];
 
 fn rows_for(n: usize) -> usize {
     if n > 10000 {
@@ -148,7 +150,7 @@ fn softmax_extremes_and_other_dims() {
 fn softmax_backward_matches_reference() {
     let gpu = gpu();
     for dtype in DType::ALL {
-        for n in [1, 3, 1000, 2000, 3000, 4097] {
+        for n in [1, 3, 1000, 2002, 3000, 4097, 12000] {
             let (x, _) = random_tensor(&gpu, &[4, n], dtype, 7);
             let y = x.softmax(-1).unwrap();
             let yv: Vec<f64> = y.to_vec_f32().unwrap().iter().map(|&v| v as f64).collect();
@@ -275,8 +277,9 @@ fn norm_backward_matches_reference() {
     let eps = 1e-5;
     for dtype in DType::ALL {
         let (atol, rtol) = tol(dtype);
-        // Register classes 1, 1, 2, 4, 8 and 16 with a streamed tail (odd 4097).
-        for (rows, n) in [(3, 2), (5, 127), (130, 1000), (3, 2000), (2, 3000), (2, 4097)] {
+        // Units of 1, 2 and 4; register classes 1, 1, 1, 4, 4, 8 with a streamed tail (9000
+        // in units of 4) and 16 with a streamed tail (odd 4097).
+        for (rows, n) in [(3, 2), (5, 127), (130, 1000), (3, 2002), (2, 3000), (2, 9000), (2, 4097)] {
             let (x, xv) = random_tensor(&gpu, &[rows, n], dtype, 50);
             let (w, wv) = random_tensor(&gpu, &[n], dtype, 51);
             let (dy, dyv) = random_tensor(&gpu, &[rows, n], dtype, 52);
@@ -304,7 +307,7 @@ fn norm_backward_matches_reference() {
 fn cross_entropy_loss_and_gradient() {
     let gpu = gpu();
     for dtype in DType::ALL {
-        for (rows, v) in [(1, 1), (4, 3), (6, 1000), (3, 50257)] {
+        for (rows, v) in [(1, 1), (4, 3), (6, 1000), (3, 1002), (3, 50257), (2, 50260)] {
             let (x, xv) = random_tensor(&gpu, &[rows, v], dtype, 60);
             let targets: Vec<u32> = (0..rows).map(|r| ((r * 7919 + 3) % v) as u32).collect();
             let lsm = softmax_ref(&xv, v, true);
@@ -381,4 +384,38 @@ fn norm_errors() {
     assert!(matches!(e, Error::Empty { op: "softmax", .. }), "{e}");
     let e = x.softmax_with(&SoftmaxOptions { kernel: RowKernel::Workgroup(3), ..Default::default() }).unwrap_err();
     assert!(matches!(e, Error::InvalidArgument { op: "softmax", .. }), "{e}");
+}
+
+/// The unit each row length gets (what LENGTHS relies on to cover every unit class): the
+/// kernels compiled for a softmax and a LayerNorm of rows of n declare their buffers as
+/// arrays of wide words exactly when n is a multiple of 4.
+#[test]
+fn rows_of_a_multiple_of_four_move_in_wide_units() {
+    for dtype in DType::ALL {
+        for (n, wide) in [(1000usize, true), (130, false), (127, false)] {
+            let gpu = wgkernels::Gpu::new().unwrap();
+            let (x, _) = random_tensor(&gpu, &[3, n], dtype, 70);
+            x.softmax_with(&SoftmaxOptions { kernel: RowKernel::Workgroup(1), ..Default::default() }).unwrap();
+            norm_forward("layer_norm", &x, None, None, 1e-5, false, RowKernel::Workgroup(1)).unwrap();
+            let word = if dtype == DType::F32 { "array<vec4<u32>>" } else { "array<vec2<u32>>" };
+            for k in gpu.compiled_kernels() {
+                if k.shader == wgkernels::shaders::Shader::Softmax || k.shader == wgkernels::shaders::Shader::Norm {
+                    let src = k.wgsl();
+                    assert_eq!(src.contains(word), wide, "{} for n {n} {dtype:?}", k.label());
+                    let unit = if wide {
+                        4
+                    } else if n % 2 == 0 {
+                        2
+                    } else {
+                        1
+                    };
+                    assert!(
+                        src.contains(&format!("const UNIT: u32 = {unit}u;")),
+                        "{} for n {n}: unit {unit}",
+                        k.label()
+                    );
+                }
+            }
+        }
+    }
 }

@@ -133,10 +133,9 @@ fn check_cast(gpu: &wgkernels::Gpu, v: &[f32], from: DType, to: DType) {
     assert_eq!(y.dtype(), to);
     let stored: Vec<f32> = rounded(v, from).iter().map(|&x| x as f32).collect();
     let want = rounded(&stored, to);
-    // bf16 rounding is done in the shader (exact RNE); f16 packing may round either way
-    // on some backends, so allow one f16 ulp there.
-    let (atol, rtol) = if to == DType::F16 && from != DType::F16 { (6e-8, 1.0 / 1024.0) } else { (0.0, 0.0) };
-    assert_close(&format!("cast {from:?}->{to:?}"), &y.to_vec_f32().unwrap(), &want, atol, rtol);
+    // Both 16-bit roundings are done in the shader's integer/float code (exact RNE on every
+    // backend; f32_to_f16_is_bit_exact checks f16 bit by bit).
+    assert_close(&format!("cast {from:?}->{to:?}"), &y.to_vec_f32().unwrap(), &want, 0.0, 0.0);
 }
 
 #[test]
@@ -215,4 +214,40 @@ fn unary_ops_every_dtype() {
     assert_close("gelu_tanh()", &x.gelu_tanh().unwrap().to_vec_f32().unwrap(), &want, 2e-5, 4e-5);
     let gt = x.gt(&Tensor::zeros(&gpu, &[1], DType::F32).unwrap()).unwrap().to_vec_f32().unwrap();
     assert!(gt.iter().zip(&xv).all(|(&g, &v)| g == if v > 0.0 { 1.0 } else { 0.0 }));
+}
+
+/// f32 → f16 in the shaders (`f32_to_f16_bits`, every 16-bit store) is bit-exact
+/// round-to-nearest-even, checked against the `half` crate: ties at every exponent of the
+/// normal and subnormal ranges, the overflow edge, infinities, NaN, f32 subnormals, signed
+/// zeros and random bit patterns.
+#[test]
+fn f32_to_f16_is_bit_exact() {
+    let gpu = gpu();
+    let mut bits: Vec<u32> = vec![0, 0x8000_0000, 0x7f80_0000, 0xff80_0000, 0x7fc0_0000, 1, 0x8000_0001, 0x007f_ffff];
+    // 65504 (max), the tie to infinity at 65520 and its neighbours.
+    bits.extend([0x477f_e000, 0x477f_efff, 0x477f_f000, 0x477f_f001, 0x4780_0000]);
+    for e in 100u32..144 {
+        for m in [0u32, 0x0fff, 0x1000, 0x1001, 0x2000, 0x3000, 0x7f_e000, 0x7f_f000, 0x7f_ffff, 0x55_5555] {
+            bits.push((e << 23) | m);
+            bits.push(0x8000_0000 | (e << 23) | m);
+        }
+    }
+    let mut state = 0x2545_f491u32;
+    for _ in 0..20_000 {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        bits.push(state);
+    }
+    let v: Vec<f32> = bits.iter().map(|&b| f32::from_bits(b)).collect();
+    let x = Tensor::from_slice(&gpu, &v, &[v.len()]).unwrap();
+    let got: Vec<half::f16> = x.to_dtype(DType::F16).unwrap().to_vec().unwrap();
+    for (i, (&b, g)) in bits.iter().zip(&got).enumerate() {
+        let want = half::f16::from_f32(f32::from_bits(b));
+        if want.is_nan() {
+            assert!(g.is_nan(), "element {i}: {b:#010x} is NaN, got {:#06x}", g.to_bits());
+        } else {
+            assert_eq!(g.to_bits(), want.to_bits(), "element {i}: f32 bits {b:#010x}");
+        }
+    }
 }

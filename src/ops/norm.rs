@@ -36,10 +36,23 @@ const ROWS_PER_CHUNK: usize = 64;
 /// after the eight of shaders/norm.wgsl.
 const PROLOGUE_BINDING: usize = 8;
 
-/// Body of `fn load_*(e) -> vec2<f32>` reading one unit at element `e` of `buf`.
+/// Body of `fn load_*(e) -> Unit` reading one unit at element `e` of `buf`
+/// (shaders/row_units.wgsl).
 fn unit_load(buf: &str, dtype: DType, unit: u32) -> String {
     if unit == 1 {
         return format!("return vec2<f32>(load_one_{buf}(e), 0.0);");
+    }
+    if unit == 4 {
+        // e is a multiple of 4: word e / 4 of an array<vec4<u32>> (f32) or array<vec2<u32>>.
+        return match dtype {
+            DType::F32 => format!("return bitcast<vec4<f32>>({buf}[e >> 2u]);"),
+            DType::F16 => {
+                format!("let w = {buf}[e >> 2u];\n    return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));")
+            }
+            DType::BF16 => format!(
+                "let w = {buf}[e >> 2u];\n    return bitcast<vec4<f32>>(vec4<u32>(w.x << 16u, w.x & 0xffff0000u, w.y << 16u, w.y & 0xffff0000u));"
+            ),
+        };
     }
     match dtype {
         DType::F32 => format!("return vec2<f32>(bitcast<f32>({buf}[e]), bitcast<f32>({buf}[e + 1u]));"),
@@ -58,10 +71,40 @@ fn one_loaders(bufs: &[(&str, DType)]) -> String {
 fn unit_store(dtype: DType, unit: u32) -> String {
     match (unit, dtype) {
         (1, _) => "out[e] = bitcast<u32>(v.x);".into(),
+        (4, DType::F32) => "out[e >> 2u] = bitcast<vec4<u32>>(v);".into(),
+        (4, DType::F16) => "out[e >> 2u] = vec2<u32>(pack_f16x2(v.xy), pack_f16x2(v.zw));".into(),
+        (4, DType::BF16) => "out[e >> 2u] = vec2<u32>(f32_to_bf16_bits(v.x) | (f32_to_bf16_bits(v.y) << 16u), \
+                             f32_to_bf16_bits(v.z) | (f32_to_bf16_bits(v.w) << 16u));"
+            .into(),
         (_, DType::F32) => "out[e] = bitcast<u32>(v.x);\n    out[e + 1u] = bitcast<u32>(v.y);".into(),
         (_, DType::F16) => "out[e >> 1u] = pack_f16x2(v);".into(),
         (_, DType::BF16) => "out[e >> 1u] = f32_to_bf16_bits(v.x) | (f32_to_bf16_bits(v.y) << 16u);".into(),
     }
+}
+
+/// The element type a buffer of `dtype` is declared with for units of `unit` elements: one
+/// unit per array element when units are 4 wide, 32-bit words otherwise.
+fn word_type(dtype: DType, unit: u32) -> &'static str {
+    match (unit, dtype) {
+        (4, DType::F32) => "vec4<u32>",
+        (4, _) => "vec2<u32>",
+        _ => "u32",
+    }
+}
+
+/// The substitutions of shaders/row_units.wgsl and of the buffers' element types for
+/// `unit`: (placeholder of a buffer's type, its dtype) in `words`.
+fn with_units(mut k: Kernel, unit: u32, words: &[(&'static str, Option<DType>)]) -> Kernel {
+    let lanes = if unit == 4 { 4 } else { 2 };
+    k = k
+        .sub("LANES", lanes.to_string())
+        .sub("LANE_LIST", (0..lanes).map(|c| format!("{c}u")).collect::<Vec<_>>().join(", "))
+        .sub("UNIT", unit.to_string());
+    for &(name, d) in words {
+        // An unbound buffer keeps a valid declaration: its dtype does not matter.
+        k = k.sub(name, word_type(d.unwrap_or(DType::F32), unit));
+    }
+    k
 }
 
 /// Which row kernel runs a row-wise op.
@@ -167,15 +210,26 @@ fn rows_of(op: &'static str, x: &Tensor) -> Result<Rows> {
     };
     let n = x.shape()[x.rank() - 1];
     let rows = x.numel() / n;
-    let unit = if n % 2 == 0 { 2 } else { 1 };
+    // Every buffer a row kernel reads is contiguous at offset 0 (made so here and by
+    // `param`/`contiguous` at the launch), so units of 4 are 4-aligned wherever n is.
+    let unit = if n % 4 == 0 {
+        4
+    } else if n % 2 == 0 {
+        2
+    } else {
+        1
+    };
     let out_dtype = if unit == 1 { DType::F32 } else { x.dtype() };
     Ok(Rows { x, rows, n, unit, out_dtype })
 }
 
 /// The smallest register class that holds the row, or the largest (then the row streams).
+/// Units of 4 stop at 8 per invocation (32 floats, as 16 pairs): the backward keeps two
+/// such caches, and more would cost occupancy.
 fn auto_vpt(n: usize, unit: u32) -> u32 {
     let units = n.div_ceil(unit as usize);
-    VPT_CLASSES.into_iter().find(|&v| units <= WG * v as usize).unwrap_or(16)
+    let max = if unit == 4 { 8 } else { 16 };
+    VPT_CLASSES.into_iter().filter(|&v| v <= max).find(|&v| units <= WG * v as usize).unwrap_or(max)
 }
 
 /// Options of [`Tensor::softmax_with`].
@@ -228,16 +282,16 @@ fn softmax_kernel(
     let prelude = if unit == 1 { one_loaders(&ones) } else { String::new() };
     let k = Kernel::new(Shader::Softmax, entry)
         .sub("LOAD_X", unit_load("x", x, unit))
-        .sub("LOAD_MASK", mask.map(|d| unit_load("mask", d, unit)).unwrap_or_else(|| "return vec2<f32>(0.0);".into()))
-        .sub("LOAD_DY", dy.map(|d| unit_load("dy", d, unit)).unwrap_or_else(|| "return vec2<f32>(0.0);".into()))
+        .sub("LOAD_MASK", mask.map(|d| unit_load("mask", d, unit)).unwrap_or_else(|| "return Unit(0.0);".into()))
+        .sub("LOAD_DY", dy.map(|d| unit_load("dy", d, unit)).unwrap_or_else(|| "return Unit(0.0);".into()))
         .sub("STORE", unit_store(out, unit))
         .sub("VPT", vpt.to_string())
-        .sub("UNIT", unit.to_string())
         .sub("LOG", log.to_string())
         .sub("CE_SCALE", format!("{ce_scale:?}"))
         .sub("ONE_LOADERS", prelude)
         .trusted();
-    with_subgroups(k, subgroup)
+    let words = [("WORD_X", Some(x)), ("WORD_OUT", Some(out)), ("WORD_MASK", mask), ("WORD_DY", dy)];
+    with_subgroups(with_units(k, unit, &words), subgroup)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -265,7 +319,7 @@ fn norm_kernel(
     // into `held` on its first read.
     let load_x_again = match prologue {
         // x as stored by load_x_first (f32 alone has odd rows: single elements).
-        Some((_, true)) if unit == 1 => "return vec2<f32>(bitcast<f32>(held[e]), 0.0);".to_string(),
+        Some((_, true)) if unit == 1 => "return Unit(bitcast<f32>(held[e]), 0.0);".to_string(),
         Some((_, true)) => unit_load("held", x, unit),
         _ => "return load_x(e);".to_string(),
     };
@@ -273,9 +327,9 @@ fn norm_kernel(
         None => (unit_load("x", x, unit), "return load_x(e);".to_string()),
         Some((_, keep)) => (
             if unit == 2 {
-                "return vec2<f32>(chain_value(e), chain_value(e + 1u));".to_string()
+                "return Unit(chain_value(e), chain_value(e + 1u));".to_string()
             } else {
-                "return vec2<f32>(chain_value(e), 0.0);".to_string()
+                "return Unit(chain_value(e), 0.0);".to_string()
             },
             if keep {
                 format!("let v = load_x(e);\n    {}\n    return v;", unit_store(x, unit).replace("out[", "held["))
@@ -289,20 +343,18 @@ fn norm_kernel(
         .sub("LOAD_X", load_x)
         .sub("LOAD_X_FIRST", load_x_first)
         .sub("LOAD_X_AGAIN", load_x_again)
-        .sub("LOAD_W", w.map(|d| unit_load("w", d, unit)).unwrap_or_else(|| "return vec2<f32>(1.0);".into()))
-        .sub("LOAD_B", b.map(|d| unit_load("b", d, unit)).unwrap_or_else(|| "return vec2<f32>(0.0);".into()))
-        .sub("LOAD_DY", dy.map(|d| unit_load("dy", d, unit)).unwrap_or_else(|| "return vec2<f32>(0.0);".into()))
-        .sub("LOAD_X1", wgsl_load("x", x))
-        .sub("LOAD_DY1", dy.map(|d| wgsl_load("dy", d)).unwrap_or_else(|| "return 0.0;".into()))
+        .sub("LOAD_W", w.map(|d| unit_load("w", d, unit)).unwrap_or_else(|| "return Unit(1.0);".into()))
+        .sub("LOAD_B", b.map(|d| unit_load("b", d, unit)).unwrap_or_else(|| "return Unit(0.0);".into()))
+        .sub("LOAD_DY", dy.map(|d| unit_load("dy", d, unit)).unwrap_or_else(|| "return Unit(0.0);".into()))
         .sub("STORE", unit_store(out, unit))
         .sub("VPT", vpt.to_string())
-        .sub("UNIT", unit.to_string())
         .sub("RMS", rms.to_string())
         .sub("AFFINE_W", if w.is_some() { "y *= load_w(params[5] + j);" } else { "" })
         .sub("AFFINE_B", if b.is_some() && !rms { "y += load_b(params[6] + j);" } else { "" })
         .sub("ONE_LOADERS", prelude)
         .trusted();
-    with_subgroups(k, subgroup)
+    let words = [("WORD_X", Some(x)), ("WORD_OUT", Some(out)), ("WORD_W", w), ("WORD_B", b), ("WORD_DY", dy)];
+    with_subgroups(with_units(k, unit, &words), subgroup)
 }
 
 /// Every specialisation the launchers here can build, for the portability test: with
@@ -311,7 +363,7 @@ pub fn all_kernels() -> Vec<Kernel> {
     let mut all = Vec::new();
     for sg in [false, true] {
         for d in DType::ALL {
-            for unit in [1u32, 2] {
+            for unit in [1u32, 2, 4] {
                 let out = if unit == 1 { DType::F32 } else { d };
                 for vpt in VPT_CLASSES {
                     all.push(softmax_kernel("softmax", d, None, None, out, unit, vpt, false, 1.0, sg));
@@ -328,8 +380,9 @@ pub fn all_kernels() -> Vec<Kernel> {
                 for rms in [false, true] {
                     all.push(norm_kernel("param_grads", d, None, None, Some(d), out, unit, 1, rms, sg, None));
                 }
-                // With a fused prologue (a residual add with dropout), both row classes.
-                if unit == 2 || d == DType::F32 {
+                // With a fused prologue (a residual add with dropout), both row classes; units
+                // of at most 2 (norm_forward).
+                if unit == 2 || (unit == 1 && d == DType::F32) {
                     let pro = crate::fusion::sample_prologue_decls(PROLOGUE_BINDING, d);
                     all.push(norm_kernel(
                         "forward",
@@ -742,27 +795,32 @@ pub fn norm_forward(
     kernel: RowKernel,
 ) -> Result<Tensor> {
     let r = rows_of(op, x)?;
-    let class = choose(op, x.gpu(), kernel, r.n, r.unit)?;
+    if let RowKernel::Workgroup(v) = kernel {
+        workgroup_vpt(op, Some(v), r.n, r.unit)?;
+    }
     let w = param(op, weight, r.n)?;
     let b = param(op, bias, r.n)?;
     let gpu = x.gpu();
+    // A pending element-wise x (the residual add before a norm) runs in this kernel's
+    // prologue. 16-bit x needs whole pairs per row to store it (even n).
+    let bound = 5 + usize::from(w.is_some()) + usize::from(b.is_some() && !rms);
+    let leaf_cap = (gpu.info().limits.max_storage_buffers_per_shader_stage as usize).saturating_sub(bound + 2);
+    let prologue = if r.unit >= 2 || r.x.dtype() == DType::F32 {
+        // r.x is x itself, or a copy of a strided x made here that no one reads again.
+        crate::fusion::prologue(&r.x, PROLOGUE_BINDING, leaf_cap, r.x.shares_storage(x))?
+    } else {
+        None
+    };
+    // The prologue evaluates and stores x an element pair at a time.
+    let unit = if prologue.is_some() { r.unit.min(2) } else { r.unit };
+    let class = choose(op, gpu, kernel, r.n, unit)?;
     let out = Tensor::empty(gpu, op, &[r.rows, r.n], r.out_dtype)?;
     let stats = Tensor::empty(gpu, op, &[r.rows, 2], DType::F32)?;
     let params = gpu.meta_buffer(&[r.rows as u32, r.n as u32, 0, eps.to_bits(), 0, 0, 0]);
     let (entry, vpt) = match class {
         RowKernel::Subgroup => ("forward_sg_rows", 1),
         RowKernel::Workgroup(v) => ("forward", v),
-        RowKernel::Auto => ("forward", auto_vpt(r.n, r.unit)),
-    };
-    // A pending element-wise x (the residual add before a norm) runs in this kernel's
-    // prologue. 16-bit x needs whole pairs per row to store it (even n).
-    let bound = 5 + usize::from(w.is_some()) + usize::from(b.is_some() && !rms);
-    let leaf_cap = (gpu.info().limits.max_storage_buffers_per_shader_stage as usize).saturating_sub(bound + 2);
-    let prologue = if r.unit == 2 || r.x.dtype() == DType::F32 {
-        // r.x is x itself, or a copy of a strided x made here that no one reads again.
-        crate::fusion::prologue(&r.x, PROLOGUE_BINDING, leaf_cap, r.x.shares_storage(x))?
-    } else {
-        None
+        RowKernel::Auto => ("forward", auto_vpt(r.n, unit)),
     };
     let k = norm_kernel(
         entry,
@@ -771,7 +829,7 @@ pub fn norm_forward(
         b.as_ref().map(|t| t.dtype()),
         None,
         r.out_dtype,
-        r.unit,
+        unit,
         vpt,
         rms,
         gpu.has(wgpu::Features::SUBGROUP),
@@ -881,7 +939,7 @@ fn norm_backward(
             (6, stats.storage()?.buffer()),
             (7, partials.storage()?.buffer()),
         ],
-        [r.n.div_ceil(WG) as u32, chunks as u32, 1],
+        [r.n.div_ceil(r.unit as usize).div_ceil(WG) as u32, chunks as u32, 1],
     )?;
     let sums = partials.sum(0)?; // [2, n]
     let dw = sums.narrow(0, 0, 1)?.reshape(&[r.n])?.to_dtype(w.dtype())?;
