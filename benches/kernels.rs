@@ -723,7 +723,14 @@ fn main() -> wgkernels::Result<()> {
     };
     let info = gpu.info();
     let mut md = String::new();
-    let _ = writeln!(md, "Adapter: {} ({:?}, driver {}).\n", info.name, info.backend, info.driver);
+    let _ = writeln!(
+        md,
+        "Adapter: {} ({:?}, driver {}); f16 stores through the adapter's rounding: {}.\n",
+        info.name,
+        info.backend,
+        info.driver,
+        gpu.native_f16()
+    );
     let _ = writeln!(md, "| bench | size | dtype | variant | ms | ours | ours, wall clock | PyTorch | ratio |");
     let _ = writeln!(md, "|---|---|---|---|---:|---:|---:|---:|---:|");
     let mut json = String::new();

@@ -31,6 +31,10 @@
 // WORD_B WORD_DY (the buffers' element types: u32, or vec2/vec4<u32> for UNIT 4),
 // ONE_LOADERS (element loaders for UNIT 1), RMS (true for RMSNorm), AFFINE_W, AFFINE_B.
 
+//#if NATIVE_F16
+enable f16;
+//#endif
+
 const WG: u32 = 256u;
 const VPT: u32 = {{VPT}}u;
 const UNIT: u32 = {{UNIT}}u;

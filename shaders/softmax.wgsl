@@ -18,6 +18,10 @@
 // for UNIT 4), ONE_LOADERS (element loaders the UNIT-1 loaders call),
 // LOG (true for log-softmax), CE_SCALE (1/rows for a mean cross-entropy).
 
+//#if NATIVE_F16
+enable f16;
+//#endif
+
 const WG: u32 = 256u;
 const VPT: u32 = {{VPT}}u;
 const UNIT: u32 = {{UNIT}}u;

@@ -187,6 +187,10 @@ pub(crate) struct GpuInner {
     pub(crate) cache_hits: AtomicU64,
     dispatches: AtomicU64,
     submits: AtomicU64,
+    /// Whether 16-bit stores may use the adapter's f32 → f16 conversion: off by option or
+    /// without SHADER_F16, else the probe's verdict, made on first use.
+    native_f16_allowed: bool,
+    native_f16: std::sync::OnceLock<bool>,
     /// GL only: held around every device call of this library (see [`Gpu::serial`]).
     gl_serial: Option<parking_lot::ReentrantMutex<()>>,
 }
@@ -243,6 +247,11 @@ pub struct GpuOptions {
     /// second-pass epilogue re-reads each tile's stores); its first version, with the chain
     /// inside the store loop, was 10× slower. See BENCHMARKS.md.
     pub fuse_matmul_epilogues: bool,
+    /// Let 16-bit stores use the adapter's own f32 → f16 conversion (one instruction instead
+    /// of ~18 integer operations per element) where the device has `SHADER_F16` and a probe
+    /// shows that conversion rounding to nearest even, as the library's own routine does
+    /// (`WGK_NATIVE_F16=0` keeps the library's routine everywhere). See [`Gpu::native_f16`].
+    pub native_f16: bool,
 }
 
 impl Default for GpuOptions {
@@ -254,6 +263,7 @@ impl Default for GpuOptions {
             autotune: true,
             fusion: true,
             fuse_matmul_epilogues: false,
+            native_f16: true,
         }
     }
 }
@@ -280,7 +290,8 @@ impl GpuOptions {
         let autotune = !matches!(std::env::var("WGK_AUTOTUNE").as_deref(), Ok("0") | Ok("false"));
         let fusion = !matches!(std::env::var("WGK_FUSION").as_deref(), Ok("0") | Ok("false"));
         let fuse_matmul_epilogues = matches!(std::env::var("WGK_FUSE_MATMUL").as_deref(), Ok("1") | Ok("true"));
-        Ok(Self { backends, adapter_name, checked, autotune, fusion, fuse_matmul_epilogues })
+        let native_f16 = !matches!(std::env::var("WGK_NATIVE_F16").as_deref(), Ok("0") | Ok("false"));
+        Ok(Self { backends, adapter_name, checked, autotune, fusion, fuse_matmul_epilogues, native_f16 })
     }
 }
 
@@ -469,6 +480,8 @@ impl Gpu {
                 cache_hits: AtomicU64::new(0),
                 dispatches: AtomicU64::new(0),
                 submits: AtomicU64::new(0),
+                native_f16_allowed: opts.native_f16 && features.contains(wgpu::Features::SHADER_F16),
+                native_f16: std::sync::OnceLock::new(),
                 gl_serial: (ainfo.backend == wgpu::Backend::Gl).then(|| parking_lot::ReentrantMutex::new(())),
             }),
         })
@@ -558,6 +571,40 @@ impl Gpu {
     /// ```
     pub fn checked(&self) -> bool {
         self.inner.checked
+    }
+
+    /// True when kernels store 16-bit results through the adapter's own f32 → f16
+    /// conversion: the device has `SHADER_F16`, [`GpuOptions::native_f16`] is on, and a
+    /// probe run on the first call found that conversion rounding to nearest even on ~10 000
+    /// inputs chosen around every rounding tie (shaders/f16_probe.wgsl). Otherwise kernels
+    /// round with the library's own routine; results are the same bits either way.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// println!("native f16 rounding: {}", gpu.native_f16());
+    /// # Ok(()) }
+    /// ```
+    pub fn native_f16(&self) -> bool {
+        if !self.inner.native_f16_allowed {
+            return false;
+        }
+        // A probe that cannot run counts as a "no": the exact routine is always correct.
+        *self.inner.native_f16.get_or_init(|| self.probe_f16_rounding().unwrap_or(false))
+    }
+
+    fn probe_f16_rounding(&self) -> Result<bool> {
+        let values = f16_probe_inputs();
+        let input = crate::Tensor::from_slice(self, &values, &[values.len()])?;
+        let flags = crate::Tensor::empty(self, "f16_probe", &[values.len() / 2], crate::DType::F32)?;
+        self.dispatch(
+            &f16_probe_kernel(),
+            &[(0, input.storage()?.buffer()), (1, flags.storage()?.buffer())],
+            (values.len() / 2).div_ceil(64) as u32,
+        )?;
+        // Mismatch bit patterns read back as f32 words: any nonzero word is a disagreement.
+        Ok(flags.to_vec::<f32>()?.iter().all(|w| w.to_bits() == 0))
     }
 
     /// The underlying wgpu device, for interop.
@@ -940,4 +987,41 @@ mod tests {
             }
         }
     }
+}
+
+/// The rounding probe's kernel (shaders/f16_probe.wgsl).
+pub(crate) fn f16_probe_kernel() -> crate::shaders::Kernel {
+    crate::shaders::Kernel::new(crate::shaders::Shader::F16Probe, "f16_probe")
+}
+
+/// Inputs of the f16 rounding probe, an even number of f32 values: for each exponent from
+/// 2^-27 (below f16's subnormals) to 2^17 (past its largest finite value), both signs, the
+/// mantissas whose dropped bits are just below, at and just above a tie, with an even and
+/// an odd kept part, for the 13 bits dropped by normals and the more dropped by subnormals;
+/// then the overflow edge, infinities, a NaN and random bit patterns.
+fn f16_probe_inputs() -> Vec<f32> {
+    let mut bits: Vec<u32> = vec![0x477f_e000, 0x477f_efff, 0x477f_f000, 0x477f_f001, 0x7f80_0000, 0x7fc0_0000, 0, 1];
+    for e in 100u32..145 {
+        for kept in [0u32, 1, 2, 3, 0x155, 0x3ff] {
+            for shift in [13u32, 14, 16, 19, 23] {
+                let tie = 1u32 << (shift - 1);
+                for low in [tie - 1, tie, tie + 1, 1, (tie << 1) - 1] {
+                    let m = ((kept << shift) | low) & 0x7f_ffff;
+                    bits.push((e << 23) | m);
+                    bits.push(0x8000_0000 | (e << 23) | m);
+                }
+            }
+        }
+    }
+    let mut state = 0x9e37_79b9u32;
+    for _ in 0..2048 {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        bits.push(state);
+    }
+    if bits.len() % 2 == 1 {
+        bits.push(0);
+    }
+    bits.into_iter().map(f32::from_bits).collect()
 }

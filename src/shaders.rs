@@ -60,11 +60,13 @@ pub enum Shader {
     AttentionBwd,
     /// Flash attention forward on cooperative matrices (tensor cores).
     AttentionCoop,
+    /// The probe of the adapter's f32 → f16 rounding (see [`crate::Gpu::native_f16`]).
+    F16Probe,
 }
 
 impl Shader {
     /// Every shader family, for the portability test.
-    pub const ALL: [Shader; 10] = [
+    pub const ALL: [Shader; 11] = [
         Shader::Reduce,
         Shader::Matmul,
         Shader::MatmulCoop,
@@ -75,6 +77,7 @@ impl Shader {
         Shader::Attention,
         Shader::AttentionBwd,
         Shader::AttentionCoop,
+        Shader::F16Probe,
     ];
 
     /// The file name under shaders/.
@@ -90,6 +93,7 @@ impl Shader {
             Shader::Attention => "attention.wgsl",
             Shader::AttentionBwd => "attention_bwd.wgsl",
             Shader::AttentionCoop => "attention_coop.wgsl",
+            Shader::F16Probe => "f16_probe.wgsl",
         }
     }
 
@@ -116,6 +120,7 @@ impl Shader {
             Shader::Attention => include_str!("../shaders/attention.wgsl"),
             Shader::AttentionBwd => include_str!("../shaders/attention_bwd.wgsl"),
             Shader::AttentionCoop => include_str!("../shaders/attention_coop.wgsl"),
+            Shader::F16Probe => include_str!("../shaders/f16_probe.wgsl"),
         }
     }
 }
@@ -382,5 +387,6 @@ pub fn all_kernels() -> Vec<Kernel> {
     all.extend(crate::fusion::sample_kernels());
     all.extend(crate::optim::all_kernels());
     all.extend(crate::ops::attention::all_kernels());
+    all.push(crate::gpu::f16_probe_kernel());
     all
 }

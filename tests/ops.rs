@@ -251,3 +251,35 @@ fn f32_to_f16_is_bit_exact() {
         }
     }
 }
+
+/// 16-bit stores through the adapter's rounding (where the probe allowed it) and through the
+/// library's routine give the same bits: softmax, LayerNorm and RMSNorm rows in units of 4
+/// and of 2, on two devices that differ only in `native_f16`.
+#[test]
+fn native_and_library_f16_rounding_store_the_same_bits() {
+    let opts = wgkernels::GpuOptions::from_env().unwrap();
+    let native = wgkernels::Gpu::with_options(wgkernels::GpuOptions { native_f16: true, ..opts.clone() }).unwrap();
+    let library = wgkernels::Gpu::with_options(wgkernels::GpuOptions { native_f16: false, ..opts }).unwrap();
+    assert!(!library.native_f16());
+    eprintln!("{}: native f16 rounding {}", native.info().name, native.native_f16());
+    for n in [1000usize, 130] {
+        let values = random_vec(7 * n, 81);
+        let run = |gpu: &wgkernels::Gpu| -> Vec<Vec<half::f16>> {
+            let x = Tensor::from_f32(gpu, &values, &[7, n], DType::F16).unwrap();
+            // Small outputs too: softmax of spread-out logits is mostly f16 subnormals.
+            let outs = [
+                x.softmax(-1).unwrap(),
+                x.layer_norm(None, None, 1e-5).unwrap(),
+                x.rms_norm(None, 1e-6).unwrap(),
+                x.mul_scalar(8.0).unwrap().softmax(-1).unwrap(),
+            ];
+            outs.iter().map(|t| t.to_vec().unwrap()).collect()
+        };
+        let (a, b) = (run(&native), run(&library));
+        for (k, (x, y)) in a.iter().zip(&b).enumerate() {
+            for (i, (p, q)) in x.iter().zip(y).enumerate() {
+                assert_eq!(p.to_bits(), q.to_bits(), "output {k}, n {n}, element {i}: {p} vs {q}");
+            }
+        }
+    }
+}

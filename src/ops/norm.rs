@@ -68,8 +68,15 @@ fn one_loaders(bufs: &[(&str, DType)]) -> String {
     bufs.iter().map(|(b, d)| format!("fn load_one_{b}(e: u32) -> f32 {{\n    {}\n}}\n", wgsl_load(b, *d))).collect()
 }
 
-fn unit_store(dtype: DType, unit: u32) -> String {
+/// Body of `fn store(e, v: Unit)`; `native`: f16 through the adapter's conversion.
+fn unit_store(dtype: DType, unit: u32, native: bool) -> String {
     match (unit, dtype) {
+        // Rounded by the conversion to f16; the f32 round trip is exact, so pack2x16float has
+        // nothing left to round (naga 30 rejects bitcast<u32>(vec2<f16>)).
+        (4, DType::F16) if native => "out[e >> 2u] = vec2<u32>(pack2x16float(vec2<f32>(vec2<f16>(v.xy))), \
+                                      pack2x16float(vec2<f32>(vec2<f16>(v.zw))));"
+            .into(),
+        (2, DType::F16) if native => "out[e >> 1u] = pack2x16float(vec2<f32>(vec2<f16>(v)));".into(),
         (1, _) => "out[e] = bitcast<u32>(v.x);".into(),
         (4, DType::F32) => "out[e >> 2u] = bitcast<vec4<u32>>(v);".into(),
         (4, DType::F16) => "out[e >> 2u] = vec2<u32>(pack_f16x2(v.xy), pack_f16x2(v.zw));".into(),
@@ -138,8 +145,26 @@ const SG_INIT: &str = "sg_id = sgid;\n    sg_count = nsg;\n    sg_size = sgsize;
 
 /// Adds the subgroup specialisation (reductions by subgroup operations, the per-row entry)
 /// or the workgroup-memory one.
-fn with_subgroups(k: Kernel, subgroup: bool) -> Kernel {
-    if subgroup {
+/// What the row kernels use of the device: subgroup operations, and the adapter's own f16
+/// rounding for 16-bit stores ([`crate::Gpu::native_f16`]).
+#[derive(Clone, Copy, Debug)]
+struct Device {
+    subgroup: bool,
+    native_f16: bool,
+}
+
+/// Neither: param_grads stores f32 partial sums and reduces nothing across invocations.
+const PLAIN: Device = Device { subgroup: false, native_f16: false };
+
+impl Device {
+    fn of(gpu: &crate::Gpu) -> Self {
+        Device { subgroup: gpu.has(wgpu::Features::SUBGROUP), native_f16: gpu.native_f16() }
+    }
+}
+
+fn with_device(k: Kernel, dev: Device) -> Kernel {
+    let k = if dev.native_f16 { k.flag("NATIVE_F16") } else { k };
+    if dev.subgroup {
         k.flag("SUBGROUP").sub("SG_ARGS", SG_ARGS).sub("SG_INIT", SG_INIT)
     } else {
         k.sub("SG_ARGS", "").sub("SG_INIT", "")
@@ -270,7 +295,7 @@ fn softmax_kernel(
     vpt: u32,
     log: bool,
     ce_scale: f32,
-    subgroup: bool,
+    dev: Device,
 ) -> Kernel {
     let mut ones: Vec<(&str, DType)> = vec![("x", x)];
     if let Some(d) = mask {
@@ -284,14 +309,14 @@ fn softmax_kernel(
         .sub("LOAD_X", unit_load("x", x, unit))
         .sub("LOAD_MASK", mask.map(|d| unit_load("mask", d, unit)).unwrap_or_else(|| "return Unit(0.0);".into()))
         .sub("LOAD_DY", dy.map(|d| unit_load("dy", d, unit)).unwrap_or_else(|| "return Unit(0.0);".into()))
-        .sub("STORE", unit_store(out, unit))
+        .sub("STORE", unit_store(out, unit, dev.native_f16))
         .sub("VPT", vpt.to_string())
         .sub("LOG", log.to_string())
         .sub("CE_SCALE", format!("{ce_scale:?}"))
         .sub("ONE_LOADERS", prelude)
         .trusted();
     let words = [("WORD_X", Some(x)), ("WORD_OUT", Some(out)), ("WORD_MASK", mask), ("WORD_DY", dy)];
-    with_subgroups(with_units(k, unit, &words), subgroup)
+    with_device(with_units(k, unit, &words), dev)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -305,7 +330,7 @@ fn norm_kernel(
     unit: u32,
     vpt: u32,
     rms: bool,
-    subgroup: bool,
+    dev: Device,
     prologue: Option<(&str, bool)>,
 ) -> Kernel {
     let mut ones: Vec<(&str, DType)> = vec![("x", x)];
@@ -332,7 +357,10 @@ fn norm_kernel(
                 "return Unit(chain_value(e), 0.0);".to_string()
             },
             if keep {
-                format!("let v = load_x(e);\n    {}\n    return v;", unit_store(x, unit).replace("out[", "held["))
+                format!(
+                    "let v = load_x(e);\n    {}\n    return v;",
+                    unit_store(x, unit, dev.native_f16).replace("out[", "held[")
+                )
             } else {
                 "return load_x(e);".to_string()
             },
@@ -346,7 +374,7 @@ fn norm_kernel(
         .sub("LOAD_W", w.map(|d| unit_load("w", d, unit)).unwrap_or_else(|| "return Unit(1.0);".into()))
         .sub("LOAD_B", b.map(|d| unit_load("b", d, unit)).unwrap_or_else(|| "return Unit(0.0);".into()))
         .sub("LOAD_DY", dy.map(|d| unit_load("dy", d, unit)).unwrap_or_else(|| "return Unit(0.0);".into()))
-        .sub("STORE", unit_store(out, unit))
+        .sub("STORE", unit_store(out, unit, dev.native_f16))
         .sub("VPT", vpt.to_string())
         .sub("RMS", rms.to_string())
         .sub("AFFINE_W", if w.is_some() { "y *= load_w(params[5] + j);" } else { "" })
@@ -354,7 +382,7 @@ fn norm_kernel(
         .sub("ONE_LOADERS", prelude)
         .trusted();
     let words = [("WORD_X", Some(x)), ("WORD_OUT", Some(out)), ("WORD_W", w), ("WORD_B", b), ("WORD_DY", dy)];
-    with_subgroups(with_units(k, unit, &words), subgroup)
+    with_device(with_units(k, unit, &words), dev)
 }
 
 /// Every specialisation the launchers here can build, for the portability test: with
@@ -363,22 +391,25 @@ pub fn all_kernels() -> Vec<Kernel> {
     let mut all = Vec::new();
     for sg in [false, true] {
         for d in DType::ALL {
+            // f16 stores through the adapter's rounding with subgroups, the library's without:
+            // both store paths, without doubling the list.
+            let dev = Device { subgroup: sg, native_f16: sg && d == DType::F16 };
             for unit in [1u32, 2, 4] {
                 let out = if unit == 1 { DType::F32 } else { d };
                 for vpt in VPT_CLASSES {
-                    all.push(softmax_kernel("softmax", d, None, None, out, unit, vpt, false, 1.0, sg));
-                    all.push(softmax_kernel("softmax_backward", d, None, Some(d), out, unit, vpt, false, 1.0, sg));
-                    all.push(norm_kernel("forward", d, Some(d), Some(d), None, out, unit, vpt, false, sg, None));
-                    all.push(norm_kernel("forward", d, Some(d), None, None, out, unit, vpt, true, sg, None));
+                    all.push(softmax_kernel("softmax", d, None, None, out, unit, vpt, false, 1.0, dev));
+                    all.push(softmax_kernel("softmax_backward", d, None, Some(d), out, unit, vpt, false, 1.0, dev));
+                    all.push(norm_kernel("forward", d, Some(d), Some(d), None, out, unit, vpt, false, dev, None));
+                    all.push(norm_kernel("forward", d, Some(d), None, None, out, unit, vpt, true, dev, None));
                     for rms in [false, true] {
-                        all.push(norm_kernel("backward", d, Some(d), None, Some(d), out, unit, vpt, rms, sg, None));
+                        all.push(norm_kernel("backward", d, Some(d), None, Some(d), out, unit, vpt, rms, dev, None));
                     }
                 }
-                all.push(softmax_kernel("softmax", d, Some(d), None, out, unit, 4, true, 1.0, sg));
-                all.push(softmax_kernel("cross_entropy", d, None, None, out, unit, 16, false, 0.5, sg));
-                all.push(norm_kernel("forward", d, None, None, None, out, unit, 2, false, sg, None));
+                all.push(softmax_kernel("softmax", d, Some(d), None, out, unit, 4, true, 1.0, dev));
+                all.push(softmax_kernel("cross_entropy", d, None, None, out, unit, 16, false, 0.5, dev));
+                all.push(norm_kernel("forward", d, None, None, None, out, unit, 2, false, dev, None));
                 for rms in [false, true] {
-                    all.push(norm_kernel("param_grads", d, None, None, Some(d), out, unit, 1, rms, sg, None));
+                    all.push(norm_kernel("param_grads", d, None, None, Some(d), out, unit, 1, rms, dev, None));
                 }
                 // With a fused prologue (a residual add with dropout), both row classes; units
                 // of at most 2 (norm_forward).
@@ -394,10 +425,22 @@ pub fn all_kernels() -> Vec<Kernel> {
                         unit,
                         4,
                         false,
-                        sg,
+                        dev,
                         Some((&pro, true)),
                     ));
-                    all.push(norm_kernel("forward", d, None, None, None, out, unit, 16, true, sg, Some((&pro, false))));
+                    all.push(norm_kernel(
+                        "forward",
+                        d,
+                        None,
+                        None,
+                        None,
+                        out,
+                        unit,
+                        16,
+                        true,
+                        dev,
+                        Some((&pro, false)),
+                    ));
                     if sg {
                         let k = norm_kernel(
                             "forward_sg_rows",
@@ -409,15 +452,15 @@ pub fn all_kernels() -> Vec<Kernel> {
                             unit,
                             1,
                             true,
-                            sg,
+                            dev,
                             Some((&pro, true)),
                         );
                         all.push(k);
                     }
                 }
                 if sg {
-                    all.push(softmax_kernel("softmax_sg_rows", d, Some(d), None, out, unit, 1, false, 1.0, sg));
-                    all.push(softmax_kernel("softmax_sg_rows", d, None, None, out, unit, 1, true, 1.0, sg));
+                    all.push(softmax_kernel("softmax_sg_rows", d, Some(d), None, out, unit, 1, false, 1.0, dev));
+                    all.push(softmax_kernel("softmax_sg_rows", d, None, None, out, unit, 1, true, 1.0, dev));
                     for rms in [false, true] {
                         all.push(norm_kernel(
                             "forward_sg_rows",
@@ -429,7 +472,7 @@ pub fn all_kernels() -> Vec<Kernel> {
                             unit,
                             1,
                             rms,
-                            sg,
+                            dev,
                             None,
                         ));
                     }
@@ -566,7 +609,7 @@ impl Tensor {
             vpt,
             opts.log,
             1.0,
-            gpu.has(wgpu::Features::SUBGROUP),
+            Device::of(gpu),
         );
         // Unchecked is safe: row < rows, unit u < ceil(n / unit) so every element index is
         // inside row `row` of the contiguous input and output (pairs only when n is even,
@@ -605,7 +648,7 @@ impl Tensor {
         let gpu = self.gpu();
         let out = Tensor::empty(gpu, OP, &[r.rows, r.n], r.out_dtype)?;
         let params = gpu.meta_buffer(&[r.rows as u32, r.n as u32, 0, 0, 0, 0, 1, 1f32.to_bits(), dyc.offset() as u32]);
-        let (vpt, sg) = (auto_vpt(r.n, r.unit), gpu.has(wgpu::Features::SUBGROUP));
+        let (vpt, dev) = (auto_vpt(r.n, r.unit), Device::of(gpu));
         let k = softmax_kernel(
             "softmax_backward",
             r.x.dtype(),
@@ -616,7 +659,7 @@ impl Tensor {
             vpt,
             false,
             1.0,
-            sg,
+            dev,
         );
         gpu.dispatch(
             &k,
@@ -681,7 +724,7 @@ impl Tensor {
             vpt,
             false,
             1.0 / r.rows as f32,
-            gpu.has(wgpu::Features::SUBGROUP),
+            Device::of(gpu),
         );
         // Unchecked is safe as for softmax; targets were checked < n above.
         gpu.dispatch(
@@ -832,7 +875,7 @@ pub fn norm_forward(
         unit,
         vpt,
         rms,
-        gpu.has(wgpu::Features::SUBGROUP),
+        Device::of(gpu),
         prologue.as_ref().map(|p| (p.decls.as_str(), p.held.is_some())),
     );
     // Unchecked is safe: row < rows, units < ceil(n / unit) inside contiguous rows; w and b
@@ -902,7 +945,7 @@ fn norm_backward(
         r.unit,
         auto_vpt(r.n, r.unit),
         rms,
-        gpu.has(wgpu::Features::SUBGROUP),
+        Device::of(gpu),
         None,
     );
     let mut bind = vec![
@@ -929,7 +972,7 @@ fn norm_backward(
     }
     let partials = Tensor::empty(gpu, op, &[chunks, 2, r.n], DType::F32)?;
     let k =
-        norm_kernel("param_grads", r.x.dtype(), None, None, Some(dy.dtype()), r.out_dtype, r.unit, 1, rms, false, None);
+        norm_kernel("param_grads", r.x.dtype(), None, None, Some(dy.dtype()), r.out_dtype, r.unit, 1, rms, PLAIN, None);
     gpu.dispatch_3d(
         &k,
         &[

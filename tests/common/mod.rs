@@ -129,7 +129,8 @@ use naga::back::{glsl, hlsl, msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 
 /// Validates `wgsl` with naga and writes SPIR-V, MSL, HLSL and GLSL for `entry` (SPIR-V and
-/// MSL only for cooperative-matrix kernels, which naga 30 cannot write for HLSL/GLSL).
+/// MSL only for cooperative-matrix kernels, which naga 30 cannot write for HLSL/GLSL; no
+/// GLSL for modules that enable f16).
 pub fn translate(wgsl: &str, entry: &str, constants: &[(&str, f64)]) -> Result<(), String> {
     let module = naga::front::wgsl::parse_str(wgsl).map_err(|e| format!("parse: {}", e.emit_to_string(wgsl)))?;
     let mut validator = Validator::new(ValidationFlags::all(), Capabilities::all());
@@ -167,6 +168,12 @@ pub fn translate(wgsl: &str, entry: &str, constants: &[(&str, f64)]) -> Result<(
     hlsl::Writer::new(&mut hlsl_out, &hlsl_opts, &hlsl_pipe)
         .write(module, info, None)
         .map_err(|e| format!("hlsl: {e}"))?;
+
+    // naga 30's GLSL writer has no 16-bit floats, and wgpu's GL backend offers no
+    // SHADER_F16: modules that enable f16 (native f16 rounding, tensor cores) never reach GL.
+    if wgsl.lines().any(|l| l.trim() == "enable f16;") {
+        return Ok(());
+    }
 
     let glsl_opts =
         glsl::Options { version: glsl::Version::Embedded { version: 310, is_webgl: false }, ..Default::default() };
