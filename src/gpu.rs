@@ -960,35 +960,6 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::{buffer_class, size_class};
-
-    #[test]
-    fn buffers_near_the_binding_limit_are_not_rounded_past_it() {
-        let limit = (2u64 << 30) - 4; // the H200's max_storage_buffer_binding_size
-        for bytes in [1u64, 17, 1 << 20, (1800u64 << 20), limit - 12, limit] {
-            let c = buffer_class(bytes, limit);
-            assert!(c >= bytes && c >= 16 && c <= limit.max(16), "{bytes} -> {c}");
-        }
-        // Past the limit the class is kept (the op reports TooLarge before binding).
-        assert_eq!(buffer_class(3 << 30, limit), size_class(3 << 30));
-        assert_eq!(buffer_class(100, limit), 128);
-    }
-
-    #[test]
-    fn size_classes_cover_and_waste_little() {
-        for bytes in [1u64, 4, 5, 100, 65536, 65537, 100_000, 1 << 20, (1 << 20) + 1, 3 << 30] {
-            let c = size_class(bytes);
-            assert!(c >= bytes, "{bytes} -> {c}");
-            assert!(c.is_multiple_of(4));
-            if bytes > 65536 {
-                assert!((c as f64) <= bytes as f64 * 1.25 + 4.0, "{bytes} -> {c}");
-            }
-        }
-    }
-}
-
 /// The rounding probe's kernel (shaders/f16_probe.wgsl).
 pub(crate) fn f16_probe_kernel() -> crate::shaders::Kernel {
     crate::shaders::Kernel::new(crate::shaders::Shader::F16Probe, "f16_probe")
@@ -1024,4 +995,33 @@ fn f16_probe_inputs() -> Vec<f32> {
         bits.push(0);
     }
     bits.into_iter().map(f32::from_bits).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{buffer_class, size_class};
+
+    #[test]
+    fn buffers_near_the_binding_limit_are_not_rounded_past_it() {
+        let limit = (2u64 << 30) - 4; // the H200's max_storage_buffer_binding_size
+        for bytes in [1u64, 17, 1 << 20, (1800u64 << 20), limit - 12, limit] {
+            let c = buffer_class(bytes, limit);
+            assert!(c >= bytes && c >= 16 && c <= limit.max(16), "{bytes} -> {c}");
+        }
+        // Past the limit the class is kept (the op reports TooLarge before binding).
+        assert_eq!(buffer_class(3 << 30, limit), size_class(3 << 30));
+        assert_eq!(buffer_class(100, limit), 128);
+    }
+
+    #[test]
+    fn size_classes_cover_and_waste_little() {
+        for bytes in [1u64, 4, 5, 100, 65536, 65537, 100_000, 1 << 20, (1 << 20) + 1, 3 << 30] {
+            let c = size_class(bytes);
+            assert!(c >= bytes, "{bytes} -> {c}");
+            assert!(c.is_multiple_of(4));
+            if bytes > 65536 {
+                assert!((c as f64) <= bytes as f64 * 1.25 + 4.0, "{bytes} -> {c}");
+            }
+        }
+    }
 }
