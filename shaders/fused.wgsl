@@ -24,7 +24,8 @@
 // `return Outs(...)`), STORE, PER_INVOCATION.
 
 const WORKGROUP: u32 = 256u;
-const UNROLL: u32 = 4u;
+// Units per invocation; the fusion JIT may override it (WGK_FUSED_UNROLL, src/fusion.rs).
+override UNROLL: u32 = 4u;
 
 // ew_params: see shaders/ew_common.wgsl (prepended).
 {{BINDINGS}}

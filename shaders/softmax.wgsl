@@ -36,6 +36,10 @@ const LOG: bool = {{LOG}};
 @group(0) @binding(4) var<storage, read> dy: array<{{WORD_DY}}>;
 @group(0) @binding(5) var<storage, read> targets: array<u32>;
 @group(0) @binding(6) var<storage, read_write> losses: array<f32>;
+//#if ODD_ROWS
+// [rows] The output of each row's leftover element (see unit_start), joined by join_edges.
+@group(0) @binding(7) var<storage, read_write> edges: array<f32>;
+//#endif
 
 var<workgroup> red_m: array<f32, WG>;
 var<workgroup> red_s: array<f32, WG>;
@@ -61,14 +65,104 @@ fn store(e: u32, v: Unit) {
     {{STORE}}
 }
 
+// Odd rows of 16-bit data (flag ODD_ROWS, UNIT 2): a row of odd n starts at an odd element
+// of the buffer every other row, so its pairs cannot all be whole 32-bit words. Unit u < n/2
+// is then the word-aligned pair at elements first + 2u (first = (row·n) mod 2) and unit n/2
+// the one element left over, the row's last (first = 0) or first (first = 1): one lane, read
+// alone, its output written to edges[row]. join_edges then writes each word shared by rows
+// 2k and 2k + 1, which hold their leftovers (one is last, one is first). Without ODD_ROWS a
+// unit is UNIT elements from u·UNIT.
+
+// Units per row of n elements.
+fn unit_count(n: u32) -> u32 {
+//#if ODD_ROWS
+    return n / 2u + 1u;
+//#else
+    return (n + UNIT - 1u) / UNIT;
+//#endif
+}
+
+// True for the leftover element of an odd row (always false without ODD_ROWS).
+fn is_leftover(u: u32) -> bool {
+//#if ODD_ROWS
+    return u == params[1] / 2u;
+//#else
+    return false;
+//#endif
+}
+
+// The row's element where unit u starts.
+fn unit_start(row: u32, u: u32) -> u32 {
+//#if ODD_ROWS
+    let n = params[1];
+    let first = (row * n) & 1u;
+    if (u == n / 2u) {
+        return select(n - 1u, 0u, first == 1u);
+    }
+    return first + 2u * u;
+//#else
+    return u * UNIT;
+//#endif
+}
+
+// Lanes of unit u that hold elements of the row.
+fn unit_lanes(u: u32) -> u32 {
+    return select(UNIT, 1u, is_leftover(u));
+}
+
+// The unit with its padding lanes replaced by `pad`.
+fn pad_lanes(v: Unit, u: u32, pad: f32) -> Unit {
+    return select(Unit(pad), v, LANE < UnitIdx(unit_lanes(u)));
+}
+
+fn x_unit(row: u32, u: u32) -> Unit {
+    let e = params[2] + row * params[1] + unit_start(row, u);
+//#if ODD_ROWS
+    if (is_leftover(u)) {
+        return Unit(load_one_x(e), 0.0);
+    }
+//#endif
+    return load_x(e);
+}
+
+fn dy_unit(row: u32, u: u32) -> Unit {
+    let e = params[8] + row * params[1] + unit_start(row, u);
+//#if ODD_ROWS
+    if (is_leftover(u)) {
+        return Unit(load_one_dy(e), 0.0);
+    }
+//#endif
+    return load_dy(e);
+}
+
+fn store_unit(row: u32, u: u32, v: Unit) {
+//#if ODD_ROWS
+    if (is_leftover(u)) {
+        edges[row] = v.x;
+        return;
+    }
+//#endif
+    store(row * params[1] + unit_start(row, u), v);
+}
+
 // The scaled, masked logits of unit `u` of `row`; −inf where masked or past the row.
 fn logits(row: u32, u: u32) -> Unit {
     let n = params[1];
-    let j = u * UNIT;
-    var v = load_x(params[2] + row * n + j) * bitcast<f32>(params[7]);
+    let j = unit_start(row, u);
+    var v = x_unit(row, u) * bitcast<f32>(params[7]);
     let mask_rows = params[3];
     if (mask_rows > 0u) {
-        v += load_mask(params[4] + (row % mask_rows) * n + j);
+        // A mask row's parity differs from x's: with ODD_ROWS its loader reads elements.
+        let e = params[4] + (row % mask_rows) * n + j;
+//#if ODD_ROWS
+        if (is_leftover(u)) {
+            v += Unit(load_one_mask(e), 0.0);
+        } else {
+            v += load_mask(e);
+        }
+//#else
+        v += load_mask(e);
+//#endif
     }
     if (params[5] == 1u) {
         // Bottom-right aligned, as with a KV cache: query i of S_q sees keys ≤ i + n − S_q.
@@ -77,7 +171,7 @@ fn logits(row: u32, u: u32) -> Unit {
         v = select(v, Unit(neg_inf()), UnitIdx(j) + LANE > UnitIdx(limit));
     }
     // A single-element unit's padding lane.
-    return select(Unit(neg_inf()), v, LANE < UnitIdx(UNIT));
+    return pad_lanes(v, u, neg_inf());
 }
 
 fn merge(m1: f32, s1: f32, m2: f32, s2: f32) -> vec2<f32> {
@@ -169,7 +263,7 @@ fn reduce_sum(lid: u32, s: f32) -> f32 {
 
 // (max, sum of exp) of the row, caching the first 256·VPT units in `cache`.
 fn row_stats(row: u32, lid: u32, cache: ptr<function, array<Unit, VPT>>) -> vec2<f32> {
-    let units = (params[1] + UNIT - 1u) / UNIT;
+    let units = unit_count(params[1]);
     var m = neg_inf();
     // Every cached load issued before any is used, with no branch between them: the index
     // is clamped into the row and units past it are masked to −inf. On the H200 this took
@@ -218,17 +312,17 @@ fn softmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         return; // uniform across the workgroup
     }
     let n = params[1];
-    let units = (n + UNIT - 1u) / UNIT;
+    let units = unit_count(n);
     var cache: array<Unit, VPT>;
     let stats = row_stats(row, lid, &cache);
     for (var i = 0u; i < VPT; i++) {
         let u = lid + i * WG;
         if (u < units) {
-            store(row * n + u * UNIT, normalise(cache[i], stats));
+            store_unit(row, u, normalise(cache[i], stats));
         }
     }
     for (var u = lid + VPT * WG; u < units; u += WG) {
-        store(row * n + u * UNIT, normalise(logits(row, u), stats));
+        store_unit(row, u, normalise(logits(row, u), stats));
     }
 }
 
@@ -242,36 +336,36 @@ fn softmax_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
         return;
     }
     let n = params[1];
-    let units = (n + UNIT - 1u) / UNIT;
+    let units = unit_count(n);
     var y_cache: array<Unit, VPT>;
     var dy_cache: array<Unit, VPT>;
     var y_dy = 0.0; // Σ y·dy
     // Loads first, clamped and branch-free (see row_stats).
     for (var i = 0u; i < VPT; i++) {
-        let e = row * n + min(lid + i * WG, units - 1u) * UNIT;
-        y_cache[i] = load_x(params[2] + e);
-        dy_cache[i] = load_dy(params[8] + e);
+        let u = min(lid + i * WG, units - 1u);
+        y_cache[i] = x_unit(row, u);
+        dy_cache[i] = dy_unit(row, u);
     }
     for (var i = 0u; i < VPT; i++) {
-        if (lid + i * WG < units) {
-            let d = real_lanes(dy_cache[i]);
+        let u = lid + i * WG;
+        if (u < units) {
+            let d = pad_lanes(dy_cache[i], u, 0.0);
             dy_cache[i] = d;
             y_dy += dot(y_cache[i], d);
         }
     }
     for (var u = lid + VPT * WG; u < units; u += WG) {
-        y_dy += hsum(real_lanes(load_x(params[2] + row * n + u * UNIT) * load_dy(params[8] + row * n + u * UNIT)));
+        y_dy += hsum(pad_lanes(x_unit(row, u) * dy_unit(row, u), u, 0.0));
     }
     let total = reduce_sum(lid, y_dy);
     for (var i = 0u; i < VPT; i++) {
         let u = lid + i * WG;
         if (u < units) {
-            store(row * n + u * UNIT, y_cache[i] * (dy_cache[i] - total));
+            store_unit(row, u, y_cache[i] * (dy_cache[i] - total));
         }
     }
     for (var u = lid + VPT * WG; u < units; u += WG) {
-        let y = load_x(params[2] + row * n + u * UNIT);
-        store(row * n + u * UNIT, y * (load_dy(params[8] + row * n + u * UNIT) - total));
+        store_unit(row, u, x_unit(row, u) * (dy_unit(row, u) - total));
     }
 }
 
@@ -285,7 +379,7 @@ fn cross_entropy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
         return;
     }
     let n = params[1];
-    let units = (n + UNIT - 1u) / UNIT;
+    let units = unit_count(n);
     var cache: array<Unit, VPT>;
     let stats = row_stats(row, lid, &cache);
     let t = targets[row];
@@ -293,20 +387,28 @@ fn cross_entropy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     for (var i = 0u; i < VPT; i++) {
         let u = lid + i * WG;
         if (u < units) {
-            let j = u * UNIT;
+            let j = unit_start(row, u);
             let p = exp(cache[i] - stats.x) / stats.y - select(Unit(0.0), Unit(1.0), UnitIdx(j) + LANE == UnitIdx(t));
-            store(row * n + j, p * ce_scale);
+            store_unit(row, u, p * ce_scale);
         }
     }
     for (var u = lid + VPT * WG; u < units; u += WG) {
-        let j = u * UNIT;
+        let j = unit_start(row, u);
         let p = exp(logits(row, u) - stats.x) / stats.y - select(Unit(0.0), Unit(1.0), UnitIdx(j) + LANE == UnitIdx(t));
-        store(row * n + j, p * ce_scale);
+        store_unit(row, u, p * ce_scale);
     }
     if (lid == 0u) {
-        let xt = logits(row, t / UNIT);
-        let x_target = xt[t % UNIT];
-        losses[row] = stats.x + log(stats.y) - x_target;
+        // The target's unit and lane: units start at unit_start(row, 0) (0 or 1) in steps
+        // of UNIT, except the leftover element of an odd row.
+        let first = unit_start(row, 0u);
+        var tu = (t - first) / UNIT;
+        var lane = (t - first) % UNIT;
+        if (t < first || tu >= units || is_leftover(tu)) {
+            tu = units - 1u;
+            lane = 0u;
+        }
+        let xt = logits(row, tu);
+        losses[row] = stats.x + log(stats.y) - xt[lane];
     }
 }
 
@@ -322,7 +424,7 @@ fn softmax_sg_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
         return; // uniform within the subgroup, and no barrier follows
     }
     let n = params[1];
-    let units = (n + UNIT - 1u) / UNIT;
+    let units = unit_count(n);
     var m = neg_inf();
     var sum = 0.0;
     for (var u = lane; u < units; u += sg_size) {
@@ -334,7 +436,27 @@ fn softmax_sg_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
     }
     let stats = merge_subgroup(m, sum);
     for (var u = lane; u < units; u += sg_size) {
-        store(row * n + u * UNIT, normalise(logits(row, u), stats));
+        store_unit(row, u, normalise(logits(row, u), stats));
     }
+}
+//#endif
+
+//#if ODD_ROWS
+// Writes the 32-bit word shared by rows 2k and 2k + 1 of odd length n from their leftover
+// outputs (edges): the last element of row 2k (an even element of the buffer: the word's
+// low half) and the first of row 2k + 1 (its high half; zero past the last row).
+@compute @workgroup_size(256)
+fn join_edges(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let k = (wid.x + wid.y * nwg.x) * 256u + lid;
+    let rows = params[0];
+    let n = params[1];
+    if (2u * k >= rows) {
+        return;
+    }
+    var hi = 0.0;
+    if (2u * k + 1u < rows) {
+        hi = edges[2u * k + 1u];
+    }
+    store((2u * k + 1u) * n - 1u, Unit(edges[2u * k], hi));
 }
 //#endif

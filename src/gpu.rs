@@ -594,17 +594,84 @@ impl Gpu {
         *self.inner.native_f16.get_or_init(|| self.probe_f16_rounding().unwrap_or(false))
     }
 
+    /// Runs shaders/f16_probe.wgsl with wgpu objects of its own (no pooled buffer, pending
+    /// encoder, pipeline cache or counter of the library is touched, so `stats()` and the
+    /// kernel counts that tests check are the same with and without it).
     fn probe_f16_rounding(&self) -> Result<bool> {
+        use wgpu::util::DeviceExt;
+        let _serial = self.serial();
+        let device = &self.inner.device;
         let values = f16_probe_inputs();
-        let input = crate::Tensor::from_slice(self, &values, &[values.len()])?;
-        let flags = crate::Tensor::empty(self, "f16_probe", &[values.len() / 2], crate::DType::F32)?;
-        self.dispatch(
-            &f16_probe_kernel(),
-            &[(0, input.storage()?.buffer()), (1, flags.storage()?.buffer())],
-            (values.len() / 2).div_ceil(64) as u32,
-        )?;
-        // Mismatch bit patterns read back as f32 words: any nonzero word is a disagreement.
-        Ok(flags.to_vec::<f32>()?.iter().all(|w| w.to_bits() == 0))
+        let pairs = values.len() / 2;
+        let bytes = (pairs * 4) as u64;
+        let input = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("f16_probe"),
+            contents: bytemuck::cast_slice(&values),
+            usage: wgpu::BufferUsages::STORAGE,
+        });
+        let buffer = |usage| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("f16_probe"),
+                size: bytes,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        let flags = buffer(wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC);
+        let staging = buffer(wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("f16_probe"),
+            source: wgpu::ShaderSource::Wgsl(f16_probe_kernel().wgsl().into()),
+        });
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some("f16_probe"),
+            layout: None,
+            module: &module,
+            entry_point: Some("f16_probe"),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        let group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("f16_probe"),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &[
+                wgpu::BindGroupEntry { binding: 0, resource: input.as_entire_binding() },
+                wgpu::BindGroupEntry { binding: 1, resource: flags.as_entire_binding() },
+            ],
+        });
+        let mut enc = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("f16_probe") });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &group, &[]);
+            pass.dispatch_workgroups(pairs.div_ceil(64) as u32, 1, 1);
+        }
+        enc.copy_buffer_to_buffer(&flags, 0, &staging, 0, bytes);
+        if let Some(err) = pollster::block_on(scope.pop()) {
+            return Err(Error::Backend { op: "f16_probe", msg: err.to_string() });
+        }
+        self.inner.queue.submit([enc.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Backend { op: "f16_probe", msg: e.to_string() })?;
+        match rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Error::Backend { op: "f16_probe", msg: e.to_string() }),
+            Err(_) => return Err(Error::DeviceLost("map callback never ran".into())),
+        }
+        let agree = {
+            let view =
+                staging.get_mapped_range(..).map_err(|e| Error::Backend { op: "f16_probe", msg: e.to_string() })?;
+            // Each word is the xor of the two roundings' bits: all zero when they agree.
+            view.iter().all(|&b| b == 0)
+        };
+        staging.unmap();
+        Ok(agree)
     }
 
     /// The underlying wgpu device, for interop.

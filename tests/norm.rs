@@ -85,36 +85,47 @@ fn softmax_and_log_softmax_every_length_dtype_and_class() {
 #[test]
 fn softmax_scale_mask_causal_match_unfused_and_reference() {
     let gpu = gpu();
-    let (b, h, sq, sk) = (2, 3, 5, 9);
-    let (x, xv) = random_tensor(&gpu, &[b, h, sq, sk], DType::F32, 1);
-    let (mask, mv) = random_tensor(&gpu, &[sq, sk], DType::F32, 2);
-    let scale = 0.37f32;
-    for (causal, kernel) in [false, true].into_iter().flat_map(|c| kernels(&gpu, sk).into_iter().map(move |k| (c, k))) {
-        let opts = SoftmaxOptions { scale: Some(scale), mask: Some(&mask), causal, kernel, ..Default::default() };
-        let got = x.softmax_with(&opts).unwrap().to_vec_f32().unwrap();
-        let z: Vec<f64> = (0..xv.len())
-            .map(|e| {
-                let (row, j) = (e / sk, e % sk);
-                let i = row % sq;
-                if causal && j > i + sk - sq {
-                    NEG_INF
-                } else {
-                    xv[e] * scale as f64 + mv[i * sk + j]
+    // Key lengths for each unit: 9 (odd: shifted pairs for 16-bit data, whose mask rows —
+    // 5 of them — start at other parities than x's), 10 (pairs), 12 (units of 4).
+    for dtype in DType::ALL {
+        for sk in [9, 10, 12] {
+            let (b, h, sq) = (2, 3, 5);
+            let (x, xv) = random_tensor(&gpu, &[b, h, sq, sk], dtype, 1);
+            let (mask, mv) = random_tensor(&gpu, &[sq, sk], dtype, 2);
+            let scale = 0.37f32;
+            let (atol, rtol) = if dtype == DType::F32 { (1e-6, 1e-4) } else { softmax_tol(dtype) };
+            for (causal, kernel) in
+                [false, true].into_iter().flat_map(|c| kernels(&gpu, sk).into_iter().map(move |k| (c, k)))
+            {
+                let opts =
+                    SoftmaxOptions { scale: Some(scale), mask: Some(&mask), causal, kernel, ..Default::default() };
+                let got = x.softmax_with(&opts).unwrap().to_vec_f32().unwrap();
+                let z: Vec<f64> = (0..xv.len())
+                    .map(|e| {
+                        let (row, j) = (e / sk, e % sk);
+                        let i = row % sq;
+                        if causal && j > i + sk - sq {
+                            NEG_INF
+                        } else {
+                            xv[e] * scale as f64 + mv[i * sk + j]
+                        }
+                    })
+                    .collect();
+                assert_close(
+                    &format!("masked softmax {dtype:?} sk {sk} causal={causal} {kernel:?}"),
+                    &got,
+                    &softmax_ref(&z, sk, false),
+                    atol,
+                    rtol,
+                );
+                if !causal && dtype == DType::F32 {
+                    // The same function from separate ops: scale and mask as element-wise kernels.
+                    let s = Tensor::full(&gpu, &[1], scale, DType::F32).unwrap();
+                    let unfused = x.mul(&s).unwrap().add(&mask).unwrap().softmax(-1).unwrap().to_vec_f32().unwrap();
+                    let unfused: Vec<f64> = unfused.iter().map(|&v| v as f64).collect();
+                    assert_close("fused vs unfused", &got, &unfused, 1e-6, 1e-5);
                 }
-            })
-            .collect();
-        assert_close(
-            &format!("masked softmax causal={causal} {kernel:?}"),
-            &got,
-            &softmax_ref(&z, sk, false),
-            1e-6,
-            1e-4,
-        );
-        if !causal {
-            // The same function from separate ops: scale and mask as element-wise kernels.
-            let s = Tensor::full(&gpu, &[1], scale, DType::F32).unwrap();
-            let unfused = x.mul(&s).unwrap().add(&mask).unwrap().softmax(-1).unwrap().to_vec_f32().unwrap();
-            assert_close("fused vs unfused", &got, &unfused.iter().map(|&v| v as f64).collect::<Vec<_>>(), 1e-6, 1e-5);
+            }
         }
     }
 }
@@ -388,27 +399,31 @@ fn norm_errors() {
 
 /// The unit each row length gets (what LENGTHS relies on to cover every unit class): the
 /// kernels compiled for a softmax and a LayerNorm of rows of n declare their buffers as
-/// arrays of wide words exactly when n is a multiple of 4.
+/// arrays of wide words exactly when n is a multiple of 4; odd rows of 16-bit data go to
+/// the softmax kernels as shifted pairs, with their leftovers joined by a second kernel.
 #[test]
-fn rows_of_a_multiple_of_four_move_in_wide_units() {
+fn each_row_length_gets_its_unit() {
+    use wgkernels::shaders::Shader;
     for dtype in DType::ALL {
-        for (n, wide) in [(1000usize, true), (130, false), (127, false)] {
+        for n in [1000usize, 130, 127] {
             let gpu = wgkernels::Gpu::new().unwrap();
             let (x, _) = random_tensor(&gpu, &[3, n], dtype, 70);
             x.softmax_with(&SoftmaxOptions { kernel: RowKernel::Workgroup(1), ..Default::default() }).unwrap();
             norm_forward("layer_norm", &x, None, None, 1e-5, false, RowKernel::Workgroup(1)).unwrap();
+            let wide = n % 4 == 0;
+            let odd_pairs = n % 2 == 1 && dtype != DType::F32;
             let word = if dtype == DType::F32 { "array<vec4<u32>>" } else { "array<vec2<u32>>" };
-            for k in gpu.compiled_kernels() {
-                if k.shader == wgkernels::shaders::Shader::Softmax || k.shader == wgkernels::shaders::Shader::Norm {
+            let kernels = gpu.compiled_kernels();
+            for k in &kernels {
+                let unit = match k.shader {
+                    _ if wide => 4,
+                    Shader::Softmax if odd_pairs => 2,
+                    _ if n % 2 == 0 => 2,
+                    _ => 1,
+                };
+                if k.shader == Shader::Softmax || k.shader == Shader::Norm {
                     let src = k.wgsl();
                     assert_eq!(src.contains(word), wide, "{} for n {n} {dtype:?}", k.label());
-                    let unit = if wide {
-                        4
-                    } else if n % 2 == 0 {
-                        2
-                    } else {
-                        1
-                    };
                     assert!(
                         src.contains(&format!("const UNIT: u32 = {unit}u;")),
                         "{} for n {n}: unit {unit}",
@@ -416,6 +431,8 @@ fn rows_of_a_multiple_of_four_move_in_wide_units() {
                     );
                 }
             }
+            let joined = kernels.iter().any(|k| k.entry == "join_edges");
+            assert_eq!(joined, odd_pairs, "n {n} {dtype:?}: join_edges compiled");
         }
     }
 }

@@ -248,6 +248,39 @@ fn rows_of(op: &'static str, x: &Tensor) -> Result<Rows> {
     Ok(Rows { x, rows, n, unit, out_dtype })
 }
 
+/// Rows for the softmax family. Odd rows of 16-bit data move as word-aligned pairs shifted
+/// by the row's parity, plus one leftover element per row that a second small kernel joins
+/// with its neighbour row's (shaders/softmax.wgsl, ODD_ROWS): the output is stored in the
+/// input's dtype by the kernel itself, not as f32 and then cast. Returns (rows, odd).
+fn softmax_rows(op: &'static str, x: &Tensor) -> Result<(Rows, bool)> {
+    let mut r = rows_of(op, x)?;
+    let odd = r.unit == 1 && r.x.dtype() != DType::F32;
+    if odd {
+        r.unit = 2;
+        r.out_dtype = r.x.dtype();
+    }
+    Ok((r, odd))
+}
+
+/// The leftover outputs of odd rows ([rows] f32, bound at 7), or None.
+fn edges_for(op: &'static str, gpu: &crate::Gpu, rows: usize, odd: bool) -> Result<Option<Tensor>> {
+    if odd {
+        Ok(Some(Tensor::empty(gpu, op, &[rows], DType::F32)?))
+    } else {
+        Ok(None)
+    }
+}
+
+/// After a softmax-family kernel on odd rows: writes the words that rows 2k and 2k + 1 share.
+fn join_edges(gpu: &crate::Gpu, r: &Rows, out: &Tensor, params: &wgpu::Buffer, edges: &Option<Tensor>) -> Result<()> {
+    let Some(edges) = edges else { return Ok(()) };
+    let k = softmax_kernel("join_edges", r.x.dtype(), None, None, r.out_dtype, 2, 1, false, 1.0, Device::of(gpu), true);
+    // Unchecked is safe: k < ceil(rows / 2) reads edges below rows and writes the word of
+    // element (2k + 1)·n − 1 < rows·n, inside the output.
+    let b = [(1, out.storage()?.buffer()), (2, params), (7, edges.storage()?.buffer())];
+    gpu.dispatch(&k, &b, r.rows.div_ceil(2).div_ceil(WG) as u32)
+}
+
 /// The smallest register class that holds the row, or the largest (then the row streams).
 /// Units of 4 stop at 8 per invocation (32 floats, as 16 pairs): the backward keeps two
 /// such caches, and more would cost occupancy.
@@ -296,6 +329,7 @@ fn softmax_kernel(
     log: bool,
     ce_scale: f32,
     dev: Device,
+    odd: bool,
 ) -> Kernel {
     let mut ones: Vec<(&str, DType)> = vec![("x", x)];
     if let Some(d) = mask {
@@ -304,10 +338,23 @@ fn softmax_kernel(
     if let Some(d) = dy {
         ones.push(("dy", d));
     }
-    let prelude = if unit == 1 { one_loaders(&ones) } else { String::new() };
+    let mut prelude = if unit == 1 || odd { one_loaders(&ones) } else { String::new() };
+    // Odd rows refer to every element loader (x_unit, dy_unit, logits); an unbound buffer's
+    // is a stub, so that the pipeline's layout does not ask for the buffer.
+    for (buf, d) in [("mask", mask), ("dy", dy)] {
+        if odd && d.is_none() {
+            prelude += &format!("fn load_one_{buf}(e: u32) -> f32 {{\n    return 0.0;\n}}\n");
+        }
+    }
+    // Odd rows: a mask row's pairs need not be word-aligned where x's are; read elements.
+    let load_mask = match mask {
+        None => "return Unit(0.0);".into(),
+        Some(_) if odd => "return Unit(load_one_mask(e), load_one_mask(e + 1u));".into(),
+        Some(d) => unit_load("mask", d, unit),
+    };
     let k = Kernel::new(Shader::Softmax, entry)
         .sub("LOAD_X", unit_load("x", x, unit))
-        .sub("LOAD_MASK", mask.map(|d| unit_load("mask", d, unit)).unwrap_or_else(|| "return Unit(0.0);".into()))
+        .sub("LOAD_MASK", load_mask)
         .sub("LOAD_DY", dy.map(|d| unit_load("dy", d, unit)).unwrap_or_else(|| "return Unit(0.0);".into()))
         .sub("STORE", unit_store(out, unit, dev.native_f16))
         .sub("VPT", vpt.to_string())
@@ -316,6 +363,7 @@ fn softmax_kernel(
         .sub("ONE_LOADERS", prelude)
         .trusted();
     let words = [("WORD_X", Some(x)), ("WORD_OUT", Some(out)), ("WORD_MASK", mask), ("WORD_DY", dy)];
+    let k = if odd { k.flag("ODD_ROWS") } else { k };
     with_device(with_units(k, unit, &words), dev)
 }
 
@@ -397,16 +445,28 @@ pub fn all_kernels() -> Vec<Kernel> {
             for unit in [1u32, 2, 4] {
                 let out = if unit == 1 { DType::F32 } else { d };
                 for vpt in VPT_CLASSES {
-                    all.push(softmax_kernel("softmax", d, None, None, out, unit, vpt, false, 1.0, dev));
-                    all.push(softmax_kernel("softmax_backward", d, None, Some(d), out, unit, vpt, false, 1.0, dev));
+                    all.push(softmax_kernel("softmax", d, None, None, out, unit, vpt, false, 1.0, dev, false));
+                    all.push(softmax_kernel(
+                        "softmax_backward",
+                        d,
+                        None,
+                        Some(d),
+                        out,
+                        unit,
+                        vpt,
+                        false,
+                        1.0,
+                        dev,
+                        false,
+                    ));
                     all.push(norm_kernel("forward", d, Some(d), Some(d), None, out, unit, vpt, false, dev, None));
                     all.push(norm_kernel("forward", d, Some(d), None, None, out, unit, vpt, true, dev, None));
                     for rms in [false, true] {
                         all.push(norm_kernel("backward", d, Some(d), None, Some(d), out, unit, vpt, rms, dev, None));
                     }
                 }
-                all.push(softmax_kernel("softmax", d, Some(d), None, out, unit, 4, true, 1.0, dev));
-                all.push(softmax_kernel("cross_entropy", d, None, None, out, unit, 16, false, 0.5, dev));
+                all.push(softmax_kernel("softmax", d, Some(d), None, out, unit, 4, true, 1.0, dev, false));
+                all.push(softmax_kernel("cross_entropy", d, None, None, out, unit, 16, false, 0.5, dev, false));
                 all.push(norm_kernel("forward", d, None, None, None, out, unit, 2, false, dev, None));
                 for rms in [false, true] {
                     all.push(norm_kernel("param_grads", d, None, None, Some(d), out, unit, 1, rms, dev, None));
@@ -458,9 +518,24 @@ pub fn all_kernels() -> Vec<Kernel> {
                         all.push(k);
                     }
                 }
+                // Odd rows of 16-bit data: pairs shifted to word boundaries, leftovers joined.
+                if unit == 2 && d != DType::F32 {
+                    for (entry, mask, dy, vpt, log) in [
+                        ("softmax", Some(d), None, 4, false),
+                        ("softmax", None, None, 16, true),
+                        ("softmax_backward", None, Some(d), 2, false),
+                        ("cross_entropy", None, None, 16, false),
+                        ("join_edges", None, None, 1, false),
+                    ] {
+                        all.push(softmax_kernel(entry, d, mask, dy, d, 2, vpt, log, 0.5, dev, true));
+                    }
+                    if sg {
+                        all.push(softmax_kernel("softmax_sg_rows", d, Some(d), None, d, 2, 1, false, 1.0, dev, true));
+                    }
+                }
                 if sg {
-                    all.push(softmax_kernel("softmax_sg_rows", d, Some(d), None, out, unit, 1, false, 1.0, dev));
-                    all.push(softmax_kernel("softmax_sg_rows", d, None, None, out, unit, 1, true, 1.0, dev));
+                    all.push(softmax_kernel("softmax_sg_rows", d, Some(d), None, out, unit, 1, false, 1.0, dev, false));
+                    all.push(softmax_kernel("softmax_sg_rows", d, None, None, out, unit, 1, true, 1.0, dev, false));
                     for rms in [false, true] {
                         all.push(norm_kernel(
                             "forward_sg_rows",
@@ -553,7 +628,7 @@ impl Tensor {
     /// ```
     pub fn softmax_with(&self, opts: &SoftmaxOptions) -> Result<Tensor> {
         let op = if opts.log { "log_softmax" } else { "softmax" };
-        let r = rows_of(op, self)?;
+        let (r, odd) = softmax_rows(op, self)?;
         let class = choose(op, self.gpu(), opts.kernel, r.n, r.unit)?;
         let (mask, mask_rows) = match opts.mask {
             None => (None, 0),
@@ -610,15 +685,22 @@ impl Tensor {
             opts.log,
             1.0,
             Device::of(gpu),
+            odd,
         );
         // Unchecked is safe: row < rows, unit u < ceil(n / unit) so every element index is
-        // inside row `row` of the contiguous input and output (pairs only when n is even,
-        // and the mask row r mod M < M of a contiguous [M, n] mask).
+        // inside row `row` of the contiguous input and output (pairs only when n is even, or
+        // with odd rows the pairs first + 2u, u < n/2, and the leftover 0 or n − 1), and the
+        // mask row r mod M < M of a contiguous [M, n] mask.
+        let edges = edges_for(op, gpu, r.rows, odd)?;
         let mut b = vec![(0, r.x.storage()?.buffer()), (1, out.storage()?.buffer()), (2, &params)];
         if let Some(m) = &mask {
             b.push((3, m.storage()?.buffer()));
         }
+        if let Some(e) = &edges {
+            b.push((7, e.storage()?.buffer()));
+        }
         gpu.dispatch(&k, &b, row_groups(gpu, class, r.rows))?;
+        join_edges(gpu, &r, &out, &params, &edges)?;
         finish(out, self.dtype(), self.shape())
     }
 
@@ -643,7 +725,7 @@ impl Tensor {
         if self.dtype() != dy.dtype() {
             return Err(Error::DTypeMismatch { op: OP, lhs: self.dtype(), rhs: dy.dtype() });
         }
-        let r = rows_of(OP, self)?;
+        let (r, odd) = softmax_rows(OP, self)?;
         let dyc = dy.contiguous()?;
         let gpu = self.gpu();
         let out = Tensor::empty(gpu, OP, &[r.rows, r.n], r.out_dtype)?;
@@ -660,12 +742,20 @@ impl Tensor {
             false,
             1.0,
             dev,
+            odd,
         );
-        gpu.dispatch(
-            &k,
-            &[(0, r.x.storage()?.buffer()), (1, out.storage()?.buffer()), (2, &params), (4, dyc.storage()?.buffer())],
-            r.rows as u32,
-        )?;
+        let edges = edges_for(OP, gpu, r.rows, odd)?;
+        let mut b = vec![
+            (0, r.x.storage()?.buffer()),
+            (1, out.storage()?.buffer()),
+            (2, &params),
+            (4, dyc.storage()?.buffer()),
+        ];
+        if let Some(e) = &edges {
+            b.push((7, e.storage()?.buffer()));
+        }
+        gpu.dispatch(&k, &b, r.rows as u32)?;
+        join_edges(gpu, &r, &out, &params, &edges)?;
         finish(out, self.dtype(), self.shape())
     }
 
@@ -698,7 +788,7 @@ impl Tensor {
     /// ```
     pub fn cross_entropy_with(&self, targets: &[u32], vpt: Option<u32>) -> Result<(Tensor, Tensor)> {
         const OP: &str = "cross_entropy";
-        let r = rows_of(OP, self)?;
+        let (r, odd) = softmax_rows(OP, self)?;
         let vpt = workgroup_vpt(OP, vpt, r.n, r.unit)?;
         if targets.len() != r.rows {
             return Err(Error::ShapeMismatch { op: OP, lhs: self.shape().to_vec(), rhs: vec![targets.len()] });
@@ -725,19 +815,22 @@ impl Tensor {
             false,
             1.0 / r.rows as f32,
             Device::of(gpu),
+            odd,
         );
         // Unchecked is safe as for softmax; targets were checked < n above.
-        gpu.dispatch(
-            &k,
-            &[
-                (0, r.x.storage()?.buffer()),
-                (1, dlogits.storage()?.buffer()),
-                (2, &params),
-                (5, &tbuf),
-                (6, losses.storage()?.buffer()),
-            ],
-            r.rows as u32,
-        )?;
+        let edges = edges_for(OP, gpu, r.rows, odd)?;
+        let mut b = vec![
+            (0, r.x.storage()?.buffer()),
+            (1, dlogits.storage()?.buffer()),
+            (2, &params),
+            (5, &tbuf),
+            (6, losses.storage()?.buffer()),
+        ];
+        if let Some(e) = &edges {
+            b.push((7, e.storage()?.buffer()));
+        }
+        gpu.dispatch(&k, &b, r.rows as u32)?;
+        join_edges(gpu, &r, &dlogits, &params, &edges)?;
         let loss = losses.sum(0)?.div(&Tensor::full(gpu, &[], r.rows as f32, DType::F32)?)?;
         Ok((loss, finish(dlogits, self.dtype(), self.shape())?))
     }
