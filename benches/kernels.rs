@@ -602,8 +602,15 @@ fn main() -> wgkernels::Result<()> {
                     attention, attention_backward, attention_forward, AttentionOptions, AttentionPath,
                 };
                 let (b, h) = (4usize, 16usize);
-                let seqs: &[usize] = if quick { &[128] } else { &[512, 2048, 8192] };
-                for &s in seqs {
+                // WGK_ATTN_SEQS=2048,8192 picks sequence lengths; WGK_ATTN_BACKWARD=0 skips the
+                // backward rows (both to spend less device time on a forward-only change).
+                let seqs: Vec<usize> = match std::env::var("WGK_ATTN_SEQS") {
+                    Ok(v) => v.split(',').filter_map(|x| x.trim().parse().ok()).collect(),
+                    Err(_) if quick => vec![128],
+                    Err(_) => vec![512, 2048, 8192],
+                };
+                let backward = std::env::var("WGK_ATTN_BACKWARD").map_or(true, |v| v != "0");
+                for &s in &seqs {
                     for d in [64usize, 128] {
                         let size = format!("{b}x{h}x{s}x{d}");
                         let t = |seed| Tensor::randn(&gpu, &[b, h, s, d], dtype, seed);
@@ -674,6 +681,9 @@ fn main() -> wgkernels::Result<()> {
                                         if path == AttentionPath::Naive { "naive" } else { "sdpa" },
                                     ),
                                 });
+                            }
+                            if !backward {
+                                continue;
                             }
                             let opts = AttentionOptions { causal, ..Default::default() };
                             let (o, lse) = attention_forward(&q, &k, &v, &opts)?;

@@ -1,26 +1,32 @@
 // Flash attention forward on tensor cores: f16 Q·Kᵀ and P·V as 16×16×16 cooperative
 // matrices with f32 accumulation, for f16 inputs on adapters that have them.
 //
-// A workgroup of 4 subgroups (of 32) takes 64 query rows of one (batch, head); each
+// A workgroup of 4 subgroups (of 32) takes BQ = 64 query rows of one (batch, head); each
 // subgroup owns 16 rows and keeps its Q fragments (D/16 of them) and output accumulators
 // (D/16) as named cooperative matrices, unrolled by the generator (src/ops/attention.rs).
-// Keys and values stream in tiles of BK = 32 through workgroup memory (K stored transposed,
-// so Kᵀ blocks load as B operands).
+// Keys and values stream in tiles of BK (64 for D ≤ 64, else 32: workgroup memory) through
+// workgroup memory, copied row by row as 16-byte words: K row-major [BK][KS] is Kᵀ in
+// column-major order, so Kᵀ blocks load as B operands with coopLoad, no transposition.
 //
 // Two passes instead of FlashAttention's rescaled accumulator: cooperative matrices are
 // opaque, so an output fragment cannot be multiplied row by row by exp(m_old − m_new). Pass 1
-// computes S = Q·Kᵀ tile by tile and keeps each row's running max and sum (two lanes per
-// row, 16 columns each, merged by a subgroup shuffle at the end); pass 2 recomputes S and
-// accumulates O += P·V with P = exp(S − m)/l already final. Q·Kᵀ is computed twice: 6·S²·D
-// FLOPs per (batch, head) executed for the 4·S²·D counted. The S×S matrix never exists:
-// extra memory is the log-sum-exp per row.
+// computes S = Q·Kᵀ tile by tile and keeps each row's running max and sum; pass 2 recomputes
+// S and accumulates O += P·V with P = exp(S − m)/l already final. Q·Kᵀ is computed twice:
+// 6·S²·D FLOPs per (batch, head) executed for the 4·S²·D counted. The S×S matrix never
+// exists: extra memory is the log-sum-exp per row.
 //
-// Workgroup memory at D = 128: K/V tiles 18.5 KiB (Q staged there once), S scratch 8 KiB,
-// P 5 KiB. Causal tiles past the diagonal are skipped; masking (causal bottom-right, bias,
-// ranges) is applied by the lanes to S, as in shaders/attention.wgsl, whose params layout
-// this kernel shares.
+// The lanes' part (scale, mask, max, exp): each subgroup stores its 16×BK block of S
+// column-major (stride 16), so lane l = row + 16·half reads keys 2k + half of row `row` at
+// consecutive addresses across the subgroup (no bank conflicts), and writes P (f16) the
+// same way for a column-major A operand. The two lanes of a row merge by one shuffle.
 //
-// Placeholders: D, TILE_HALVES, LOAD_BIAS (flag BIAS), STORE_O, Q_LOAD, O_DECL, S_MMA,
+// Workgroup memory at D = 128 (BK 32): K and V tiles 17 KiB (Q staged there once), S 8 KiB,
+// P 4 KiB; at D = 64 (BK 64): 18 + 16 + 8 KiB. Causal tiles past the diagonal are skipped;
+// masking (causal bottom-right, bias, ranges) is applied by the lanes to S, as in
+// shaders/attention.wgsl, whose params layout this kernel shares. q, k, v are read as
+// 16-byte words: the host checked every offset and row stride a multiple of 8 elements.
+//
+// Placeholders: D, BK, TILE_HALVES, LOAD_BIAS (flag BIAS), STORE_O, Q_LOAD, O_DECL, S_MMA,
 // PV_MMA, O_STORE.
 
 enable f16;
@@ -28,18 +34,20 @@ enable wgpu_cooperative_matrix;
 
 const D: u32 = {{D}}u;
 const BQ: u32 = 64u;
-const BK: u32 = 32u;
+const BK: u32 = {{BK}}u;
 const SUBGROUP: u32 = 32u;
-const Q_STRIDE: u32 = D + 8u;
-const KT_STRIDE: u32 = BK + 8u;
-const V_STRIDE: u32 = D + 8u;
-const V_BASE: u32 = D * KT_STRIDE;
-const P_STRIDE: u32 = BK + 8u;
+// Row strides in halves, padded by 8 (16 bytes) against bank conflicts.
+const QS: u32 = D + 8u;
+const KS: u32 = D + 8u;
+const VS: u32 = D + 8u;
+const V_BASE: u32 = BK * KS;
+// 16-byte words per row of D halves.
+const WORDS: u32 = D / 8u;
 const NEG_BIG: f32 = -3.4028235e38;
 
-@group(0) @binding(0) var<storage, read> q: array<u32>;
-@group(0) @binding(1) var<storage, read> k: array<u32>;
-@group(0) @binding(2) var<storage, read> v: array<u32>;
+@group(0) @binding(0) var<storage, read> q: array<vec4<u32>>;
+@group(0) @binding(1) var<storage, read> k: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read> v: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read_write> o: array<u32>;
 @group(0) @binding(4) var<storage, read_write> lse: array<f32>;
 @group(0) @binding(5) var<storage, read> params: array<u32>;
@@ -47,12 +55,12 @@ const NEG_BIG: f32 = -3.4028235e38;
 @group(0) @binding(6) var<storage, read> bias: array<u32>;
 //#endif
 
-// Q staging [64][Q_STRIDE] at start; then Kᵀ [D][KT_STRIDE] and, at V_BASE, V [BK][V_STRIDE].
+// Q staging [BQ][QS] at start; then K [BK][KS] and, at V_BASE, V [BK][VS].
 var<workgroup> tiles: array<f16, {{TILE_HALVES}}>;
-// Per subgroup: S [16][BK] f32, then output fragments [16][16] for the store.
+// Per subgroup: S [BK keys][16 rows] f32 (column-major), then output fragments [16][16].
 var<workgroup> scratch: array<f32, 4u * 16u * BK>;
-// Per subgroup: P [16][P_STRIDE] f16.
-var<workgroup> p_tile: array<f16, 4u * 16u * P_STRIDE>;
+// Per subgroup: P [BK keys][16 rows] f16 (column-major).
+var<workgroup> p_tile: array<f16, 4u * 16u * BK>;
 
 fn load_bias(e: u32) -> f32 {
 //#if BIAS
@@ -69,53 +77,42 @@ fn row_base(at: u32, b: u32, h: u32, s: u32) -> u32 {
     return params[at] + b * params[at + 1u] + h * params[at + 2u] + s * params[at + 3u];
 }
 
-// The pair of f16 values at even element e of a packed buffer, as f32.
-fn pair_q(e: u32) -> vec2<f32> {
-    return unpack2x16float(q[e >> 1u]);
-}
-fn pair_k(e: u32) -> vec2<f32> {
-    return unpack2x16float(k[e >> 1u]);
-}
-fn pair_v(e: u32) -> vec2<f32> {
-    return unpack2x16float(v[e >> 1u]);
+// Eight halves from a 16-byte word into workgroup memory at `at` (through f32, exactly:
+// naga 30 does not take bitcast<vec2<f16>>(u32)).
+fn put8(at: u32, w: vec4<u32>) {
+    let a = vec2<f16>(unpack2x16float(w.x));
+    let b = vec2<f16>(unpack2x16float(w.y));
+    let c = vec2<f16>(unpack2x16float(w.z));
+    let d = vec2<f16>(unpack2x16float(w.w));
+    tiles[at] = a.x;
+    tiles[at + 1u] = a.y;
+    tiles[at + 2u] = b.x;
+    tiles[at + 3u] = b.y;
+    tiles[at + 4u] = c.x;
+    tiles[at + 5u] = c.y;
+    tiles[at + 6u] = d.x;
+    tiles[at + 7u] = d.y;
 }
 
-// Kᵀ (and V) of keys k0..k0 + BK into workgroup memory, zero past S_k.
+// K (and V) rows k0..k0 + BK into workgroup memory, zero past S_k.
 fn stage_kv(b: u32, kv_h: u32, k0: u32, lid: u32, with_v: bool) {
     let S_k = params[4];
-    for (var idx = lid; idx < BK * (D / 2u); idx += 128u) {
-        let key = idx / (D / 2u);
-        let d = 2u * (idx % (D / 2u));
-        var kw = vec2<f32>(0.0);
-        var vw = vec2<f32>(0.0);
+    for (var idx = lid; idx < BK * WORDS; idx += 128u) {
+        let key = idx / WORDS;
+        let w = idx % WORDS;
+        var kw = vec4<u32>(0u);
+        var vw = vec4<u32>(0u);
         if (k0 + key < S_k) {
-            kw = pair_k(row_base(12u, b, kv_h, k0 + key) + d);
+            kw = k[row_base(12u, b, kv_h, k0 + key) / 8u + w];
             if (with_v) {
-                vw = pair_v(row_base(16u, b, kv_h, k0 + key) + d);
+                vw = v[row_base(16u, b, kv_h, k0 + key) / 8u + w];
             }
         }
-        tiles[d * KT_STRIDE + key] = f16(kw.x);
-        tiles[(d + 1u) * KT_STRIDE + key] = f16(kw.y);
+        put8(key * KS + 8u * w, kw);
         if (with_v) {
-            tiles[V_BASE + key * V_STRIDE + d] = f16(vw.x);
-            tiles[V_BASE + key * V_STRIDE + d + 1u] = f16(vw.y);
+            put8(V_BASE + key * VS + 8u * w, vw);
         }
     }
-}
-
-// The scaled, biased score of this lane's row and key column `col` of the tile, or NEG_BIG
-// where masked.
-fn score(sg: u32, row: u32, col: u32, b: u32, h: u32, r: u32, key: u32) -> f32 {
-    let S_q = params[3];
-    let S_k = params[4];
-    let causal = params[6] != 0u;
-    let offset = i32(S_k) - i32(S_q);
-    if (r >= S_q || key >= S_k || (causal && i32(key) > i32(r) + offset)) {
-        return NEG_BIG;
-    }
-    let e = params[24] + b * params[25] + h * params[26] + r * params[27] + key * params[28];
-    let x = scratch[sg * 16u * BK + row * BK + col] * bitcast<f32>(params[7]) + load_bias(e);
-    return max(x, NEG_BIG);
 }
 
 @compute @workgroup_size(128)
@@ -130,21 +127,21 @@ fn attention_coop(
     let S_q = params[3];
     let S_k = params[4];
     let causal = params[6] != 0u;
+    let scale = bitcast<f32>(params[7]);
     let offset = i32(S_k) - i32(S_q);
     let q0 = wid.x * BQ;
     let h = wid.y;
     let b = wid.z;
     let kv_h = h / (H / H_kv);
 
-    for (var idx = lid; idx < BQ * (D / 2u); idx += 128u) {
-        let r = idx / (D / 2u);
-        let d = 2u * (idx % (D / 2u));
-        var w = vec2<f32>(0.0);
+    for (var idx = lid; idx < BQ * WORDS; idx += 128u) {
+        let r = idx / WORDS;
+        let w = idx % WORDS;
+        var qw = vec4<u32>(0u);
         if (q0 + r < S_q) {
-            w = pair_q(row_base(8u, b, h, q0 + r) + d);
+            qw = q[row_base(8u, b, h, q0 + r) / 8u + w];
         }
-        tiles[r * Q_STRIDE + d] = f16(w.x);
-        tiles[r * Q_STRIDE + d + 1u] = f16(w.y);
+        put8(r * QS + 8u * w, qw);
     }
     workgroupBarrier();
     {{Q_LOAD}}
@@ -155,14 +152,25 @@ fn attention_coop(
         let last = i32(min(q0 + BQ, S_q)) - 1 + offset;
         key_tiles = select(0u, min(key_tiles, u32(last) / BK + 1u), last >= 0);
     }
-    // Two lanes per row: columns 16·half .. 16·half + 15 of each tile.
-    let row = lane / 2u;
-    let half = lane % 2u;
+    // This lane's row of the subgroup's 16 and its half of each tile's keys (2k + half).
+    let row = lane % 16u;
+    let half = lane / 16u;
     let r = q0 + sg * 16u + row;
+    // The last key row r sees (causal: bottom-right aligned), as a signed index.
+    var last_key = i32(S_k) - 1;
+    if (causal) {
+        last_key = min(last_key, i32(r) + offset);
+    }
+    if (r >= S_q) {
+        last_key = -1; // a padding row sees nothing (and reads no bias)
+    }
+    let s_base = sg * 16u * BK;
+    let bias_row = params[24] + b * params[25] + h * params[26] + r * params[27];
 
-    // Pass 1: each row's max and sum of exp.
+    // Pass 1: each row's max and sum of exp, online across tiles.
     var m = NEG_BIG;
     var l = 0.0;
+    var xs: array<f32, BK / 2u>;
     for (var kt = 0u; kt < key_tiles; kt++) {
         let k0 = kt * BK;
         workgroupBarrier();
@@ -171,22 +179,25 @@ fn attention_coop(
         {{S_MMA}}
         workgroupBarrier();
         var tile_max = NEG_BIG;
-        for (var c = 0u; c < 16u; c++) {
-            let col = half * 16u + c;
-            tile_max = max(tile_max, score(sg, row, col, b, h, r, k0 + col));
+        for (var c = 0u; c < BK / 2u; c++) {
+            let key = k0 + 2u * c + half;
+            var x = NEG_BIG;
+            if (i32(key) <= last_key) {
+                x = max(scratch[s_base + (2u * c + half) * 16u + row] * scale + load_bias(bias_row + key * params[28]), NEG_BIG);
+            }
+            xs[c] = x;
+            tile_max = max(tile_max, x);
         }
         let m_new = max(m, tile_max);
         var sum = 0.0;
-        for (var c = 0u; c < 16u; c++) {
-            let col = half * 16u + c;
-            let x = score(sg, row, col, b, h, r, k0 + col);
-            sum += select(exp(x - m_new), 0.0, x <= NEG_BIG);
+        for (var c = 0u; c < BK / 2u; c++) {
+            sum += select(exp(xs[c] - m_new), 0.0, xs[c] <= NEG_BIG);
         }
         l = l * exp(m - m_new) + sum;
         m = m_new;
     }
-    let m_other = subgroupShuffleXor(m, 1u);
-    let l_other = subgroupShuffleXor(l, 1u);
+    let m_other = subgroupShuffleXor(m, 16u);
+    let l_other = subgroupShuffleXor(l, 16u);
     let m_row = max(m, m_other);
     let l_row = l * exp(m - m_row) + l_other * exp(m_other - m_row);
     let inv_l = select(1.0 / l_row, 0.0, l_row == 0.0);
@@ -200,11 +211,15 @@ fn attention_coop(
         workgroupBarrier();
         {{S_MMA}}
         workgroupBarrier();
-        for (var c = 0u; c < 16u; c++) {
-            let col = half * 16u + c;
-            let x = score(sg, row, col, b, h, r, k0 + col);
-            let p = select(exp(x - m_row) * inv_l, 0.0, x <= NEG_BIG);
-            p_tile[sg * 16u * P_STRIDE + row * P_STRIDE + col] = f16(p);
+        for (var c = 0u; c < BK / 2u; c++) {
+            let col = 2u * c + half;
+            let key = k0 + col;
+            var p = 0.0;
+            if (i32(key) <= last_key) {
+                let x = max(scratch[s_base + col * 16u + row] * scale + load_bias(bias_row + key * params[28]), NEG_BIG);
+                p = select(exp(x - m_row) * inv_l, 0.0, x <= NEG_BIG);
+            }
+            p_tile[s_base + col * 16u + row] = f16(p);
         }
         workgroupBarrier();
         {{PV_MMA}}

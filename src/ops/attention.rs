@@ -217,12 +217,13 @@ fn coop_applies(q: &Tensor, k: &Tensor, v: &Tensor, d: &Dims) -> bool {
         && info.subgroup_sizes == (32, 32)
         && d.d.is_multiple_of(16)
         && d.d <= MAX_HEAD_DIM
-        && [q, k, v].iter().all(|t| t.offset() % 2 == 0 && t.strides()[..3].iter().all(|s| s % 2 == 0))
+        && [q, k, v].iter().all(|t| t.offset() % 8 == 0 && t.strides()[..3].iter().all(|s| s % 8 == 0))
+        && coop_key_tile(d.d, info.limits.max_compute_workgroup_storage_size).is_some()
 }
 
 fn coop_requirements(gpu: &crate::Gpu) -> String {
     format!(
-        "the tensor-core flash kernel needs f16 q/k/v with even offsets and strides, a head dim that is a multiple of 16 up to {MAX_HEAD_DIM}, and an adapter with 16x16x16 f16->f32 cooperative matrices, SHADER_F16 and subgroups of 32 (this one: coop {}, subgroups {:?})",
+        "the tensor-core flash kernel needs f16 q/k/v with offsets and strides that are multiples of 8, a head dim that is a multiple of 16 up to {MAX_HEAD_DIM}, and an adapter with 16x16x16 f16->f32 cooperative matrices, SHADER_F16 and subgroups of 32 (this one: coop {}, subgroups {:?})",
         gpu.info().has_coop_f16_16x16x16(),
         gpu.info().subgroup_sizes
     )
@@ -300,7 +301,10 @@ pub fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpt
     let mut params = base_params(&dims, opts, &q, &k, &v, bias.as_ref().map(|x| &x.1));
     params[20..24].copy_from_slice(&view_strides(&out, opts.layout));
     let bias_dtype = bias.as_ref().map(|x| x.0.dtype());
-    let kernel = if coop { coop_kernel(bias_dtype, dims.d) } else { fwd_kernel(q.dtype(), bias_dtype, dims.d) };
+    let kernel = match coop_key_tile(dims.d, gpu.info().limits.max_compute_workgroup_storage_size) {
+        Some(bk) if coop => coop_kernel(bias_dtype, dims.d, bk),
+        _ => fwd_kernel(q.dtype(), bias_dtype, dims.d),
+    };
     // Unchecked is safe: every element index is offset + b·sb + h·sh + s·ss + d of a view
     // with b < B, h < H (or H_kv), s < S, d < D, guarded by the shader's row and column
     // tests, hence an element of that view and inside its buffer; the bias index is the
@@ -319,8 +323,8 @@ pub fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpt
     if let Some((t, _)) = &bias {
         bind.push((6, t.storage()?.buffer()));
     }
-    // Both kernels take 64 query rows per workgroup. The tensor-core kernel reads f16 pairs
-    // as whole words: coop_applies checked every offset and stride even.
+    // Both kernels take 64 query rows per workgroup. The tensor-core kernel reads q, k, v
+    // rows as 16-byte words: coop_applies checked every offset and stride a multiple of 8.
     gpu.dispatch_3d(&kernel, &bind, [s_q.div_ceil(FWD_ROWS) as u32, h as u32, b as u32])?;
     Ok((out, lse))
 }
@@ -571,30 +575,38 @@ fn bwd_kernel(entry: &'static str, dtype: DType, bias: Option<DType>, d: usize) 
     k
 }
 
-/// The tensor-core forward for head dim `d` (a multiple of 16): fragment code unrolled here,
-/// see shaders/attention_coop.wgsl.
-fn coop_kernel(bias: Option<DType>, d: usize) -> Kernel {
+/// Key rows per tile of the tensor-core forward for head dim `d`: 64 where the workgroup
+/// memory of `limit` bytes holds it (D ≤ 64), else 32; None when even 32 does not fit.
+fn coop_key_tile(d: usize, limit: u32) -> Option<usize> {
+    [64, 32].into_iter().filter(|&bk| bk == 32 || d <= 64).find(|&bk| coop_workgroup_bytes(d, bk) <= limit as usize)
+}
+
+/// Workgroup memory of the tensor-core forward (shaders/attention_coop.wgsl): the Q/K/V
+/// tiles (f16), S (f32) and P (f16) for 4 subgroups of 16 rows.
+fn coop_workgroup_bytes(d: usize, bk: usize) -> usize {
+    coop_tile_halves(d, bk) * 2 + 4 * 16 * bk * (4 + 2)
+}
+
+fn coop_tile_halves(d: usize, bk: usize) -> usize {
+    (64 * (d + 8)).max(2 * bk * (d + 8))
+}
+
+/// The tensor-core forward for head dim `d` (a multiple of 16) and key tile `bk`: fragment
+/// code unrolled here, see shaders/attention_coop.wgsl.
+fn coop_kernel(bias: Option<DType>, d: usize, bk: usize) -> Kernel {
     let frags = d / 16;
-    let (bk, q_stride, kt_stride, v_stride) = (32, d + 8, 32 + 8, d + 8);
-    let tile_halves = (64 * q_stride).max(d * kt_stride + bk * v_stride);
+    let key_frags = bk / 16;
     let mut q_load = String::new();
     let mut o_decl = String::new();
-    let mut s_mma = String::from("var s_0 = coop_mat16x16<f32, C>();\n        var s_1 = coop_mat16x16<f32, C>();\n");
+    let mut s_mma = String::new();
     let mut pv = String::new();
     let mut o_store = String::new();
     for c in 0..frags {
         q_load += &format!(
-            "let qo_{c} = sg * 16u * Q_STRIDE + {}u;\n    let q_{c} = coopLoadT<coop_mat16x16<f16, A>>(&tiles[qo_{c}], Q_STRIDE);\n    ",
+            "let qo_{c} = sg * 16u * QS + {}u;\n    let q_{c} = coopLoadT<coop_mat16x16<f16, A>>(&tiles[qo_{c}], QS);\n    ",
             c * 16
         );
         o_decl += &format!("var o_{c} = coop_mat16x16<f32, C>();\n    ");
-        for j in 0..2 {
-            s_mma += &format!(
-                "        let ko_{c}_{j} = {}u * KT_STRIDE + {}u;\n        let kb_{c}_{j} = coopLoadT<coop_mat16x16<f16, B>>(&tiles[ko_{c}_{j}], KT_STRIDE);\n        s_{j} = coopMultiplyAdd(q_{c}, kb_{c}_{j}, s_{j});\n",
-                c * 16,
-                j * 16
-            );
-        }
         o_store += &format!(
             "workgroupBarrier();\n    let oo_{c} = sg * 16u * BK;\n    coopStoreT(o_{c}, &scratch[oo_{c}], 16u);\n    workgroupBarrier();\n    \
              for (var e = lane; e < 128u; e += SUBGROUP) {{\n        let rr = e / 8u;\n        let cp = 2u * (e % 8u);\n        let rg = q0 + sg * 16u + rr;\n        \
@@ -602,15 +614,26 @@ fn coop_kernel(bias: Option<DType>, d: usize) -> Kernel {
             c * 16
         );
     }
-    s_mma += "        let so_0 = sg * 16u * BK;\n        coopStoreT(s_0, &scratch[so_0], BK);\n        let so_1 = sg * 16u * BK + 16u;\n        coopStoreT(s_1, &scratch[so_1], BK);";
-    for kb in 0..2 {
+    // S block j (keys 16j..16j + 15) = Σ_c Q_c · Kᵀ_(c, j), stored column-major for the lanes.
+    for j in 0..key_frags {
+        s_mma += &format!("var s_{j} = coop_mat16x16<f32, C>();\n        ");
+        for c in 0..frags {
+            s_mma += &format!(
+                "let ko_{c}_{j} = {}u * KS + {}u;\n        let kb_{c}_{j} = coopLoad<coop_mat16x16<f16, B>>(&tiles[ko_{c}_{j}], KS);\n        s_{j} = coopMultiplyAdd(q_{c}, kb_{c}_{j}, s_{j});\n        ",
+                j * 16,
+                c * 16
+            );
+        }
+        s_mma += &format!("let so_{j} = s_base + {}u;\n        coopStore(s_{j}, &scratch[so_{j}], 16u);\n        ", j * 256);
+    }
+    for kb in 0..key_frags {
         pv += &format!(
-            "let po_{kb} = sg * 16u * P_STRIDE + {}u;\n        let p_{kb} = coopLoadT<coop_mat16x16<f16, A>>(&p_tile[po_{kb}], P_STRIDE);\n        ",
-            kb * 16
+            "let po_{kb} = s_base + {}u;\n        let p_{kb} = coopLoad<coop_mat16x16<f16, A>>(&p_tile[po_{kb}], 16u);\n        ",
+            kb * 256
         );
         for j in 0..frags {
             pv += &format!(
-                "let vo_{kb}_{j} = V_BASE + {}u * V_STRIDE + {}u;\n        let vb_{kb}_{j} = coopLoadT<coop_mat16x16<f16, B>>(&tiles[vo_{kb}_{j}], V_STRIDE);\n        o_{j} = coopMultiplyAdd(p_{kb}, vb_{kb}_{j}, o_{j});\n        ",
+                "let vo_{kb}_{j} = V_BASE + {}u * VS + {}u;\n        let vb_{kb}_{j} = coopLoadT<coop_mat16x16<f16, B>>(&tiles[vo_{kb}_{j}], VS);\n        o_{j} = coopMultiplyAdd(p_{kb}, vb_{kb}_{j}, o_{j});\n        ",
                 kb * 16,
                 j * 16
             );
@@ -618,7 +641,8 @@ fn coop_kernel(bias: Option<DType>, d: usize) -> Kernel {
     }
     let mut k = Kernel::new(Shader::AttentionCoop, "attention_coop")
         .sub("D", d.to_string())
-        .sub("TILE_HALVES", tile_halves.to_string())
+        .sub("BK", bk.to_string())
+        .sub("TILE_HALVES", coop_tile_halves(d, bk).to_string())
         .sub("STORE_O", store_pair(DType::F16))
         .sub("Q_LOAD", q_load)
         .sub("O_DECL", o_decl)
@@ -639,7 +663,11 @@ pub fn all_kernels() -> Vec<Kernel> {
     let mut all = Vec::new();
     for d in [16, 32, 48, 64, 80, 96, 112, 128] {
         for bias in [None, Some(DType::F16), Some(DType::F32)] {
-            all.push(coop_kernel(bias, d));
+            for bk in [32, 64] {
+                if bk == 32 || d <= 64 {
+                    all.push(coop_kernel(bias, d, bk));
+                }
+            }
         }
     }
     for dtype in DType::ALL {
