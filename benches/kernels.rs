@@ -603,7 +603,8 @@ fn main() -> wgkernels::Result<()> {
                 };
                 let (b, h) = (4usize, 16usize);
                 // WGK_ATTN_SEQS=2048,8192 picks sequence lengths; WGK_ATTN_BACKWARD=0 skips the
-                // backward rows (both to spend less device time on a forward-only change).
+                // backward rows (both to spend less device time on a forward-only change);
+                // WGK_ATTN_COOP=SxK forces the tensor-core tiling (src/ops/attention.rs).
                 let seqs: Vec<usize> = match std::env::var("WGK_ATTN_SEQS") {
                     Ok(v) => v.split(',').filter_map(|x| x.trim().parse().ok()).collect(),
                     Err(_) if quick => vec![128],
@@ -633,7 +634,9 @@ fn main() -> wgkernels::Result<()> {
                             } else {
                                 &[AttentionPath::Flash, AttentionPath::Naive]
                             };
-                            for &path in paths {
+                            // WGK_ATTN_PATHS=tc: the tensor-core path alone (tiling experiments).
+                            let tc_only = std::env::var("WGK_ATTN_PATHS").is_ok_and(|v| v == "tc");
+                            for &path in paths.iter().filter(|&&p| !tc_only || p == AttentionPath::FlashCoop) {
                                 let opts = AttentionOptions { causal, path, ..Default::default() };
                                 gpu.synchronize()?;
                                 let before = gpu.memory().live_bytes;

@@ -1,12 +1,13 @@
 // Flash attention forward on tensor cores: f16 Q·Kᵀ and P·V as 16×16×16 cooperative
 // matrices with f32 accumulation, for f16 inputs on adapters that have them.
 //
-// A workgroup of 4 subgroups (of 32) takes BQ = 64 query rows of one (batch, head); each
+// A workgroup of SGS subgroups (of 32) takes BQ = 16·SGS query rows of one (batch, head); each
 // subgroup owns 16 rows and keeps its Q fragments (D/16 of them) and output accumulators
 // (D/16) as named cooperative matrices, unrolled by the generator (src/ops/attention.rs).
 // Keys and values stream in tiles of BK (64 for D ≤ 64, else 32: workgroup memory) through
 // workgroup memory, copied row by row as 16-byte words: K row-major [BK][KS] is Kᵀ in
-// column-major order, so Kᵀ blocks load as B operands with coopLoad, no transposition.
+// column-major order, so Kᵀ blocks load as B operands with coopLoad, no transposition. The
+// next tile's words are fetched into registers while the current one is computed.
 //
 // Two passes instead of FlashAttention's rescaled accumulator: cooperative matrices are
 // opaque, so an output fragment cannot be multiplied row by row by exp(m_old − m_new). Pass 1
@@ -20,20 +21,23 @@
 // consecutive addresses across the subgroup (no bank conflicts), and writes P (f16) the
 // same way for a column-major A operand. The two lanes of a row merge by one shuffle.
 //
-// Workgroup memory at D = 128 (BK 32): K and V tiles 17 KiB (Q staged there once), S 8 KiB,
-// P 4 KiB; at D = 64 (BK 64): 18 + 16 + 8 KiB. Causal tiles past the diagonal are skipped;
+// Workgroup memory with 4 subgroups, at D = 128 (BK 32): K and V tiles 17 KiB (Q staged
+// there once), S 8 KiB, P 4 KiB; at D = 64 (BK 64): 18 + 16 + 8 KiB. Causal tiles past the diagonal are skipped;
 // masking (causal bottom-right, bias, ranges) is applied by the lanes to S, as in
 // shaders/attention.wgsl, whose params layout this kernel shares. q, k, v are read as
 // 16-byte words: the host checked every offset and row stride a multiple of 8 elements.
 //
-// Placeholders: D, BK, TILE_HALVES, LOAD_BIAS (flag BIAS), STORE_O, Q_LOAD, O_DECL, S_MMA,
+// Placeholders: D, SGS, BK, TILE_HALVES, LOAD_BIAS (flag BIAS), STORE_O, Q_LOAD, O_DECL, S_MMA,
 // PV_MMA, O_STORE.
 
 enable f16;
 enable wgpu_cooperative_matrix;
 
 const D: u32 = {{D}}u;
-const BQ: u32 = 64u;
+// Subgroups per workgroup, each owning 16 query rows.
+const SGS: u32 = {{SGS}}u;
+const BQ: u32 = 16u * SGS;
+const THREADS: u32 = 32u * SGS;
 const BK: u32 = {{BK}}u;
 const SUBGROUP: u32 = 32u;
 // Row strides in halves, padded by 8 (16 bytes) against bank conflicts.
@@ -44,6 +48,7 @@ const V_BASE: u32 = BK * KS;
 // 16-byte words per row of D halves.
 const WORDS: u32 = D / 8u;
 const NEG_BIG: f32 = -3.4028235e38;
+const LOG2E: f32 = 1.4426950408889634;
 
 @group(0) @binding(0) var<storage, read> q: array<vec4<u32>>;
 @group(0) @binding(1) var<storage, read> k: array<vec4<u32>>;
@@ -58,9 +63,9 @@ const NEG_BIG: f32 = -3.4028235e38;
 // Q staging [BQ][QS] at start; then K [BK][KS] and, at V_BASE, V [BK][VS].
 var<workgroup> tiles: array<f16, {{TILE_HALVES}}>;
 // Per subgroup: S [BK keys][16 rows] f32 (column-major), then output fragments [16][16].
-var<workgroup> scratch: array<f32, 4u * 16u * BK>;
+var<workgroup> scratch: array<f32, SGS * 16u * BK>;
 // Per subgroup: P [BK keys][16 rows] f16 (column-major).
-var<workgroup> p_tile: array<f16, 4u * 16u * BK>;
+var<workgroup> p_tile: array<f16, SGS * 16u * BK>;
 
 fn load_bias(e: u32) -> f32 {
 //#if BIAS
@@ -94,28 +99,48 @@ fn put8(at: u32, w: vec4<u32>) {
     tiles[at + 7u] = d.y;
 }
 
-// K (and V) rows k0..k0 + BK into workgroup memory, zero past S_k.
-fn stage_kv(b: u32, kv_h: u32, k0: u32, lid: u32, with_v: bool) {
+// The next tile's K (and V) words, fetched into registers while the current tile is
+// computed (its global-memory latency hidden behind the tile's work), then written to
+// workgroup memory after the barrier that frees it. PF words per invocation.
+const PF: u32 = (BK * WORDS + THREADS - 1u) / THREADS;
+var<private> k_next: array<vec4<u32>, PF>;
+var<private> v_next: array<vec4<u32>, PF>;
+
+// Rows k0..k0 + BK of K (and V) into k_next (v_next), zero past S_k.
+fn fetch_kv(b: u32, kv_h: u32, k0: u32, lid: u32, with_v: bool) {
     let S_k = params[4];
-    for (var idx = lid; idx < BK * WORDS; idx += 128u) {
+    for (var i = 0u; i < PF; i++) {
+        let idx = lid + i * THREADS;
         let key = idx / WORDS;
         let w = idx % WORDS;
         var kw = vec4<u32>(0u);
         var vw = vec4<u32>(0u);
-        if (k0 + key < S_k) {
+        if (idx < BK * WORDS && k0 + key < S_k) {
             kw = k[row_base(12u, b, kv_h, k0 + key) / 8u + w];
             if (with_v) {
                 vw = v[row_base(16u, b, kv_h, k0 + key) / 8u + w];
             }
         }
-        put8(key * KS + 8u * w, kw);
-        if (with_v) {
-            put8(V_BASE + key * VS + 8u * w, vw);
+        k_next[i] = kw;
+        v_next[i] = vw;
+    }
+}
+
+fn put_kv(lid: u32, with_v: bool) {
+    for (var i = 0u; i < PF; i++) {
+        let idx = lid + i * THREADS;
+        if (idx < BK * WORDS) {
+            let key = idx / WORDS;
+            let w = idx % WORDS;
+            put8(key * KS + 8u * w, k_next[i]);
+            if (with_v) {
+                put8(V_BASE + key * VS + 8u * w, v_next[i]);
+            }
         }
     }
 }
 
-@compute @workgroup_size(128)
+@compute @workgroup_size(THREADS)
 fn attention_coop(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
@@ -127,14 +152,15 @@ fn attention_coop(
     let S_q = params[3];
     let S_k = params[4];
     let causal = params[6] != 0u;
-    let scale = bitcast<f32>(params[7]);
+    // Scores in log2 units, so that exp becomes exp2 (one instruction on GPUs).
+    let scale = bitcast<f32>(params[7]) * LOG2E;
     let offset = i32(S_k) - i32(S_q);
     let q0 = wid.x * BQ;
     let h = wid.y;
     let b = wid.z;
     let kv_h = h / (H / H_kv);
 
-    for (var idx = lid; idx < BQ * WORDS; idx += 128u) {
+    for (var idx = lid; idx < BQ * WORDS; idx += THREADS) {
         let r = idx / WORDS;
         let w = idx % WORDS;
         var qw = vec4<u32>(0u);
@@ -167,15 +193,19 @@ fn attention_coop(
     let s_base = sg * 16u * BK;
     let bias_row = params[24] + b * params[25] + h * params[26] + r * params[27];
 
-    // Pass 1: each row's max and sum of exp, online across tiles.
+    // Pass 1: each row's max and sum of exp, online across tiles (base 2).
     var m = NEG_BIG;
     var l = 0.0;
     var xs: array<f32, BK / 2u>;
+    fetch_kv(b, kv_h, 0u, lid, false);
     for (var kt = 0u; kt < key_tiles; kt++) {
         let k0 = kt * BK;
         workgroupBarrier();
-        stage_kv(b, kv_h, k0, lid, false);
+        put_kv(lid, false);
         workgroupBarrier();
+        if (kt + 1u < key_tiles) {
+            fetch_kv(b, kv_h, k0 + BK, lid, false);
+        }
         {{S_MMA}}
         workgroupBarrier();
         var tile_max = NEG_BIG;
@@ -183,7 +213,7 @@ fn attention_coop(
             let key = k0 + 2u * c + half;
             var x = NEG_BIG;
             if (i32(key) <= last_key) {
-                x = max(scratch[s_base + (2u * c + half) * 16u + row] * scale + load_bias(bias_row + key * params[28]), NEG_BIG);
+                x = max(scratch[s_base + (2u * c + half) * 16u + row] * scale + LOG2E * load_bias(bias_row + key * params[28]), NEG_BIG);
             }
             xs[c] = x;
             tile_max = max(tile_max, x);
@@ -191,24 +221,28 @@ fn attention_coop(
         let m_new = max(m, tile_max);
         var sum = 0.0;
         for (var c = 0u; c < BK / 2u; c++) {
-            sum += select(exp(xs[c] - m_new), 0.0, xs[c] <= NEG_BIG);
+            sum += select(exp2(xs[c] - m_new), 0.0, xs[c] <= NEG_BIG);
         }
-        l = l * exp(m - m_new) + sum;
+        l = l * exp2(m - m_new) + sum;
         m = m_new;
     }
     let m_other = subgroupShuffleXor(m, 16u);
     let l_other = subgroupShuffleXor(l, 16u);
     let m_row = max(m, m_other);
-    let l_row = l * exp(m - m_row) + l_other * exp(m_other - m_row);
+    let l_row = l * exp2(m - m_row) + l_other * exp2(m_other - m_row);
     let inv_l = select(1.0 / l_row, 0.0, l_row == 0.0);
 
     // Pass 2: O = Σ P·V with the final statistics.
     {{O_DECL}}
+    fetch_kv(b, kv_h, 0u, lid, true);
     for (var kt = 0u; kt < key_tiles; kt++) {
         let k0 = kt * BK;
         workgroupBarrier();
-        stage_kv(b, kv_h, k0, lid, true);
+        put_kv(lid, true);
         workgroupBarrier();
+        if (kt + 1u < key_tiles) {
+            fetch_kv(b, kv_h, k0 + BK, lid, true);
+        }
         {{S_MMA}}
         workgroupBarrier();
         for (var c = 0u; c < BK / 2u; c++) {
@@ -216,8 +250,8 @@ fn attention_coop(
             let key = k0 + col;
             var p = 0.0;
             if (i32(key) <= last_key) {
-                let x = max(scratch[s_base + col * 16u + row] * scale + load_bias(bias_row + key * params[28]), NEG_BIG);
-                p = select(exp(x - m_row) * inv_l, 0.0, x <= NEG_BIG);
+                let x = max(scratch[s_base + col * 16u + row] * scale + LOG2E * load_bias(bias_row + key * params[28]), NEG_BIG);
+                p = select(exp2(x - m_row) * inv_l, 0.0, x <= NEG_BIG);
             }
             p_tile[s_base + col * 16u + row] = f16(p);
         }
@@ -227,6 +261,7 @@ fn attention_coop(
 
     {{O_STORE}}
     if (half == 0u && r < S_q) {
-        lse[(b * H + h) * S_q + r] = select(m_row + log(l_row), bitcast<f32>(params[29]), l_row == 0.0);
+        // Back to natural units: ln(Σ e^x) = ln 2 · (m + log2 Σ 2^(x − m)).
+        lse[(b * H + h) * S_q + r] = select(0.6931471805599453 * (m_row + log2(l_row)), bitcast<f32>(params[29]), l_row == 0.0);
     }
 }

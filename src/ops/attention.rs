@@ -218,7 +218,7 @@ fn coop_applies(q: &Tensor, k: &Tensor, v: &Tensor, d: &Dims) -> bool {
         && d.d.is_multiple_of(16)
         && d.d <= MAX_HEAD_DIM
         && [q, k, v].iter().all(|t| t.offset() % 8 == 0 && t.strides()[..3].iter().all(|s| s % 8 == 0))
-        && coop_key_tile(d.d, info.limits.max_compute_workgroup_storage_size).is_some()
+        && coop_tiles(d.d, info.limits.max_compute_workgroup_storage_size).is_some()
 }
 
 fn coop_requirements(gpu: &crate::Gpu) -> String {
@@ -301,9 +301,10 @@ pub fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpt
     let mut params = base_params(&dims, opts, &q, &k, &v, bias.as_ref().map(|x| &x.1));
     params[20..24].copy_from_slice(&view_strides(&out, opts.layout));
     let bias_dtype = bias.as_ref().map(|x| x.0.dtype());
-    let kernel = match coop_key_tile(dims.d, gpu.info().limits.max_compute_workgroup_storage_size) {
-        Some(bk) if coop => coop_kernel(bias_dtype, dims.d, bk),
-        _ => fwd_kernel(q.dtype(), bias_dtype, dims.d),
+    let tiles = coop_tiles(dims.d, gpu.info().limits.max_compute_workgroup_storage_size).filter(|_| coop);
+    let (kernel, rows) = match tiles {
+        Some(t) => (coop_kernel(bias_dtype, dims.d, t), t.rows()),
+        None => (fwd_kernel(q.dtype(), bias_dtype, dims.d), FWD_ROWS),
     };
     // Unchecked is safe: every element index is offset + b·sb + h·sh + s·ss + d of a view
     // with b < B, h < H (or H_kv), s < S, d < D, guarded by the shader's row and column
@@ -323,9 +324,10 @@ pub fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpt
     if let Some((t, _)) = &bias {
         bind.push((6, t.storage()?.buffer()));
     }
-    // Both kernels take 64 query rows per workgroup. The tensor-core kernel reads q, k, v
-    // rows as 16-byte words: coop_applies checked every offset and stride a multiple of 8.
-    gpu.dispatch_3d(&kernel, &bind, [s_q.div_ceil(FWD_ROWS) as u32, h as u32, b as u32])?;
+    // A workgroup per `rows` query rows of one (batch, head). The tensor-core kernel reads
+    // q, k, v rows as 16-byte words: coop_applies checked every offset and stride a
+    // multiple of 8.
+    gpu.dispatch_3d(&kernel, &bind, [s_q.div_ceil(rows) as u32, h as u32, b as u32])?;
     Ok((out, lse))
 }
 
@@ -575,27 +577,50 @@ fn bwd_kernel(entry: &'static str, dtype: DType, bias: Option<DType>, d: usize) 
     k
 }
 
-/// Key rows per tile of the tensor-core forward for head dim `d`: 64 where the workgroup
-/// memory of `limit` bytes holds it (D ≤ 64), else 32; None when even 32 does not fit.
-fn coop_key_tile(d: usize, limit: u32) -> Option<usize> {
-    [64, 32].into_iter().filter(|&bk| bk == 32 || d <= 64).find(|&bk| coop_workgroup_bytes(d, bk) <= limit as usize)
+/// Tiling of the tensor-core forward: subgroups of 16 query rows per workgroup, and key
+/// rows per tile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct CoopTiles {
+    subgroups: usize,
+    bk: usize,
 }
 
-/// Workgroup memory of the tensor-core forward (shaders/attention_coop.wgsl): the Q/K/V
-/// tiles (f16), S (f32) and P (f16) for 4 subgroups of 16 rows.
-fn coop_workgroup_bytes(d: usize, bk: usize) -> usize {
-    coop_tile_halves(d, bk) * 2 + 4 * 16 * bk * (4 + 2)
+impl CoopTiles {
+    /// Query rows per workgroup.
+    fn rows(self) -> usize {
+        16 * self.subgroups
+    }
+
+    /// Halves of the Q/K/V staging array (Q once, then K and V tiles).
+    fn tile_halves(self, d: usize) -> usize {
+        (self.rows() * (d + 8)).max(2 * self.bk * (d + 8))
+    }
+
+    /// Workgroup memory (shaders/attention_coop.wgsl): staging (f16), S (f32), P (f16).
+    fn workgroup_bytes(self, d: usize) -> usize {
+        self.tile_halves(d) * 2 + self.subgroups * 16 * self.bk * (4 + 2)
+    }
 }
 
-fn coop_tile_halves(d: usize, bk: usize) -> usize {
-    (64 * (d + 8)).max(2 * bk * (d + 8))
+/// The tiling for head dim `d` under `limit` bytes of workgroup memory: 4 subgroups with
+/// key tiles of 64 (D ≤ 64) or 32, or `WGK_ATTN_COOP=SxK` (S subgroups, K keys per tile:
+/// 4x32, 4x64, 8x32, 8x64) to measure the others. None when nothing fits.
+fn coop_tiles(d: usize, limit: u32) -> Option<CoopTiles> {
+    let fits = |t: CoopTiles| t.workgroup_bytes(d) <= limit as usize;
+    let forced = std::env::var("WGK_ATTN_COOP").ok().and_then(|v| {
+        let (s, k) = v.split_once('x')?;
+        let t = CoopTiles { subgroups: s.trim().parse().ok()?, bk: k.trim().parse().ok()? };
+        ([4, 8].contains(&t.subgroups) && [32, 64].contains(&t.bk)).then_some(t)
+    });
+    let preferred = [CoopTiles { subgroups: 4, bk: if d <= 64 { 64 } else { 32 } }, CoopTiles { subgroups: 4, bk: 32 }];
+    forced.into_iter().chain(preferred).find(|&t| fits(t))
 }
 
-/// The tensor-core forward for head dim `d` (a multiple of 16) and key tile `bk`: fragment
+/// The tensor-core forward for head dim `d` (a multiple of 16) and tiling `t`: fragment
 /// code unrolled here, see shaders/attention_coop.wgsl.
-fn coop_kernel(bias: Option<DType>, d: usize, bk: usize) -> Kernel {
+fn coop_kernel(bias: Option<DType>, d: usize, t: CoopTiles) -> Kernel {
     let frags = d / 16;
-    let key_frags = bk / 16;
+    let key_frags = t.bk / 16;
     let mut q_load = String::new();
     let mut o_decl = String::new();
     let mut s_mma = String::new();
@@ -641,8 +666,9 @@ fn coop_kernel(bias: Option<DType>, d: usize, bk: usize) -> Kernel {
     }
     let mut k = Kernel::new(Shader::AttentionCoop, "attention_coop")
         .sub("D", d.to_string())
-        .sub("BK", bk.to_string())
-        .sub("TILE_HALVES", coop_tile_halves(d, bk).to_string())
+        .sub("SGS", t.subgroups.to_string())
+        .sub("BK", t.bk.to_string())
+        .sub("TILE_HALVES", t.tile_halves(d).to_string())
         .sub("STORE_O", store_pair(DType::F16))
         .sub("Q_LOAD", q_load)
         .sub("O_DECL", o_decl)
@@ -663,9 +689,9 @@ pub fn all_kernels() -> Vec<Kernel> {
     let mut all = Vec::new();
     for d in [16, 32, 48, 64, 80, 96, 112, 128] {
         for bias in [None, Some(DType::F16), Some(DType::F32)] {
-            for bk in [32, 64] {
-                if bk == 32 || d <= 64 {
-                    all.push(coop_kernel(bias, d, bk));
+            for subgroups in [4, 8] {
+                for bk in [32, 64] {
+                    all.push(coop_kernel(bias, d, CoopTiles { subgroups, bk }));
                 }
             }
         }
