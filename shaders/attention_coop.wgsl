@@ -21,14 +21,14 @@
 // consecutive addresses across the subgroup (no bank conflicts), and writes P (f16) the
 // same way for a column-major A operand. The two lanes of a row merge by one shuffle.
 //
-// Workgroup memory with 4 subgroups, at D = 128 (BK 32): K and V tiles 17 KiB (Q staged
-// there once), S 8 KiB, P 4 KiB; at D = 64 (BK 64): 18 + 16 + 8 KiB. Causal tiles past the diagonal are skipped;
+// Workgroup memory with 8 subgroups and BK 32, at D = 128: K and V tiles 17 KiB (Q staged
+// there first, 64 columns at a time), S 16 KiB, P 8 KiB: 41 KiB. Causal tiles past the diagonal are skipped;
 // masking (causal bottom-right, bias, ranges) is applied by the lanes to S, as in
 // shaders/attention.wgsl, whose params layout this kernel shares. q, k, v are read as
 // 16-byte words: the host checked every offset and row stride a multiple of 8 elements.
 //
-// Placeholders: D, SGS, BK, TILE_HALVES, LOAD_BIAS (flag BIAS), STORE_O, Q_LOAD, O_DECL, S_MMA,
-// PV_MMA, O_STORE.
+// Placeholders: D, SGS, BK, QC, TILE_HALVES, LOAD_BIAS (flag BIAS), STORE_O, Q_STAGE, O_DECL,
+// S_MMA, PV_MMA, O_STORE.
 
 enable f16;
 enable wgpu_cooperative_matrix;
@@ -40,8 +40,9 @@ const BQ: u32 = 16u * SGS;
 const THREADS: u32 = 32u * SGS;
 const BK: u32 = {{BK}}u;
 const SUBGROUP: u32 = 32u;
-// Row strides in halves, padded by 8 (16 bytes) against bank conflicts.
-const QS: u32 = D + 8u;
+// Row strides in halves, padded by 8 (16 bytes) against bank conflicts; Q is staged in
+// column slices of QC = min(D, 64).
+const QS: u32 = {{QC}}u + 8u;
 const KS: u32 = D + 8u;
 const VS: u32 = D + 8u;
 const V_BASE: u32 = BK * KS;
@@ -60,7 +61,8 @@ const LOG2E: f32 = 1.4426950408889634;
 @group(0) @binding(6) var<storage, read> bias: array<u32>;
 //#endif
 
-// Q staging [BQ][QS] at start; then K [BK][KS] and, at V_BASE, V [BK][VS].
+// Q staging [BQ][QS] (one column slice at a time) at start; then K [BK][KS] and, at V_BASE,
+// V [BK][VS].
 var<workgroup> tiles: array<f16, {{TILE_HALVES}}>;
 // Per subgroup: S [BK keys][16 rows] f32 (column-major), then output fragments [16][16].
 var<workgroup> scratch: array<f32, SGS * 16u * BK>;
@@ -160,18 +162,9 @@ fn attention_coop(
     let b = wid.z;
     let kv_h = h / (H / H_kv);
 
-    for (var idx = lid; idx < BQ * WORDS; idx += THREADS) {
-        let r = idx / WORDS;
-        let w = idx % WORDS;
-        var qw = vec4<u32>(0u);
-        if (q0 + r < S_q) {
-            qw = q[row_base(8u, b, h, q0 + r) / 8u + w];
-        }
-        put8(r * QS + 8u * w, qw);
-    }
-    workgroupBarrier();
-    {{Q_LOAD}}
-    workgroupBarrier();
+    // Q in slices of up to 64 columns (all BQ rows) through the staging memory, each
+    // slice's fragments loaded by every subgroup before the next slice overwrites it.
+    {{Q_STAGE}}
 
     var key_tiles = (S_k + BK - 1u) / BK;
     if (causal) {

@@ -591,9 +591,10 @@ impl CoopTiles {
         16 * self.subgroups
     }
 
-    /// Halves of the Q/K/V staging array (Q once, then K and V tiles).
+    /// Halves of the Q/K/V staging array (Q in column slices of up to 64, then K and V
+    /// tiles).
     fn tile_halves(self, d: usize) -> usize {
-        (self.rows() * (d + 8)).max(2 * self.bk * (d + 8))
+        (self.rows() * (d.min(64) + 8)).max(2 * self.bk * (d + 8))
     }
 
     /// Workgroup memory (shaders/attention_coop.wgsl): staging (f16), S (f32), P (f16).
@@ -602,8 +603,9 @@ impl CoopTiles {
     }
 }
 
-/// The tiling for head dim `d` under `limit` bytes of workgroup memory: 4 subgroups with
-/// key tiles of 64 (D ≤ 64) or 32, or `WGK_ATTN_COOP=SxK` (S subgroups, K keys per tile:
+/// The tiling for head dim `d` under `limit` bytes of workgroup memory: 8 subgroups with key
+/// tiles of 32, else 4 (on the H200, B4 H16 S2048 D64: 8x32 42.3 TFLOP/s, 4x32 36.7, 4x64
+/// and 8x64 15.9: BENCHMARKS.md), or `WGK_ATTN_COOP=SxK` (S subgroups, K keys per tile:
 /// 4x32, 4x64, 8x32, 8x64) to measure the others. None when nothing fits.
 fn coop_tiles(d: usize, limit: u32) -> Option<CoopTiles> {
     let fits = |t: CoopTiles| t.workgroup_bytes(d) <= limit as usize;
@@ -612,7 +614,7 @@ fn coop_tiles(d: usize, limit: u32) -> Option<CoopTiles> {
         let t = CoopTiles { subgroups: s.trim().parse().ok()?, bk: k.trim().parse().ok()? };
         ([4, 8].contains(&t.subgroups) && [32, 64].contains(&t.bk)).then_some(t)
     });
-    let preferred = [CoopTiles { subgroups: 4, bk: if d <= 64 { 64 } else { 32 } }, CoopTiles { subgroups: 4, bk: 32 }];
+    let preferred = [CoopTiles { subgroups: 8, bk: 32 }, CoopTiles { subgroups: 4, bk: 32 }];
     forced.into_iter().chain(preferred).find(|&t| fits(t))
 }
 
@@ -621,16 +623,30 @@ fn coop_tiles(d: usize, limit: u32) -> Option<CoopTiles> {
 fn coop_kernel(bias: Option<DType>, d: usize, t: CoopTiles) -> Kernel {
     let frags = d / 16;
     let key_frags = t.bk / 16;
-    let mut q_load = String::new();
+    // Q in column slices of up to 64 (4 fragments): stage a slice, load its fragments.
+    let qc = d.min(64);
+    let mut q_stage = String::new();
+    for slice in 0..d.div_ceil(64) {
+        let words = (d - 64 * slice).min(64) / 8;
+        q_stage += &format!(
+            "for (var idx = lid; idx < BQ * {words}u; idx += THREADS) {{\n        let r = idx / {words}u;\n        let w = idx % {words}u;\n        \
+             var qw = vec4<u32>(0u);\n        if (q0 + r < S_q) {{\n            qw = q[row_base(8u, b, h, q0 + r) / 8u + {}u + w];\n        }}\n        \
+             put8(r * QS + 8u * w, qw);\n    }}\n    workgroupBarrier();\n    ",
+            8 * slice
+        );
+        for c in 4 * slice..(4 * slice + 4).min(frags) {
+            q_stage += &format!(
+                "let qo_{c} = sg * 16u * QS + {}u;\n    let q_{c} = coopLoadT<coop_mat16x16<f16, A>>(&tiles[qo_{c}], QS);\n    ",
+                (c - 4 * slice) * 16
+            );
+        }
+        q_stage += "workgroupBarrier();\n    ";
+    }
     let mut o_decl = String::new();
     let mut s_mma = String::new();
     let mut pv = String::new();
     let mut o_store = String::new();
     for c in 0..frags {
-        q_load += &format!(
-            "let qo_{c} = sg * 16u * QS + {}u;\n    let q_{c} = coopLoadT<coop_mat16x16<f16, A>>(&tiles[qo_{c}], QS);\n    ",
-            c * 16
-        );
         o_decl += &format!("var o_{c} = coop_mat16x16<f32, C>();\n    ");
         o_store += &format!(
             "workgroupBarrier();\n    let oo_{c} = sg * 16u * BK;\n    coopStoreT(o_{c}, &scratch[oo_{c}], 16u);\n    workgroupBarrier();\n    \
@@ -649,7 +665,8 @@ fn coop_kernel(bias: Option<DType>, d: usize, t: CoopTiles) -> Kernel {
                 c * 16
             );
         }
-        s_mma += &format!("let so_{j} = s_base + {}u;\n        coopStore(s_{j}, &scratch[so_{j}], 16u);\n        ", j * 256);
+        s_mma +=
+            &format!("let so_{j} = s_base + {}u;\n        coopStore(s_{j}, &scratch[so_{j}], 16u);\n        ", j * 256);
     }
     for kb in 0..key_frags {
         pv += &format!(
@@ -670,7 +687,8 @@ fn coop_kernel(bias: Option<DType>, d: usize, t: CoopTiles) -> Kernel {
         .sub("BK", t.bk.to_string())
         .sub("TILE_HALVES", t.tile_halves(d).to_string())
         .sub("STORE_O", store_pair(DType::F16))
-        .sub("Q_LOAD", q_load)
+        .sub("QC", qc.to_string())
+        .sub("Q_STAGE", q_stage)
         .sub("O_DECL", o_decl)
         .sub("S_MMA", s_mma)
         .sub("PV_MMA", pv)
