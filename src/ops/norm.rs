@@ -254,6 +254,12 @@ fn rows_of(op: &'static str, x: &Tensor) -> Result<Rows> {
 /// input's dtype by the kernel itself, not as f32 and then cast. Returns (rows, odd).
 fn softmax_rows(op: &'static str, x: &Tensor) -> Result<(Rows, bool)> {
     let mut r = rows_of(op, x)?;
+    // f32 softmax rows stay in pairs: on the H200, 16384×4096 ran 3299 and 3312 GB/s in
+    // units of 4 (two calls) against 3742 in pairs (LayerNorm gained from units of 4: 3113
+    // -> 3625 GB/s; 16-bit softmax too, with 8-byte loads). BENCHMARKS.md.
+    if r.unit == 4 && r.x.dtype() == DType::F32 {
+        r.unit = 2;
+    }
     let odd = r.unit == 1 && r.x.dtype() != DType::F32;
     if odd {
         r.unit = 2;
