@@ -376,6 +376,46 @@ fn param_grads(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
 }
 
+// dw and db from param_grads' partial sums: out[e] = Σ_c partials[c·2N + e] for e < 2N (dw,
+// then db), stored in the weight's dtype (this kernel's `out`, UNIT 2), in one dispatch
+// instead of a transposing copy, a row sum and two casts. A workgroup takes 32 element
+// pairs × 8 chunk lanes: lane k sums chunks k, k + 8, ... (8 loads issued at a time, pairs
+// of consecutive words across the 32 pairs), and the 8 lanes of a pair meet in workgroup
+// memory.
+var<workgroup> pair_sums: array<vec2<f32>, 256>;
+
+@compute @workgroup_size(256)
+fn param_grads_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let n = params[1];
+    let chunks = (params[0] + ROWS_PER_CHUNK - 1u) / ROWS_PER_CHUNK;
+    let p = (wid.x + wid.y * nwg.x) * 32u + lid % 32u;
+    let lane = lid / 32u;
+    var acc = vec2<f32>(0.0);
+    if (p < n) {
+        for (var c0 = lane; c0 < chunks; c0 += 64u) {
+            var v: array<vec2<f32>, 8>;
+            for (var i = 0u; i < 8u; i++) {
+                let at = min(c0 + 8u * i, chunks - 1u) * 2u * n + 2u * p;
+                v[i] = vec2<f32>(partials[at], partials[at + 1u]);
+            }
+            for (var i = 0u; i < 8u; i++) {
+                if (c0 + 8u * i < chunks) {
+                    acc += v[i];
+                }
+            }
+        }
+    }
+    pair_sums[lid] = acc;
+    workgroupBarrier();
+    if (lane == 0u && p < n) {
+        var total = acc;
+        for (var k = 1u; k < 8u; k++) {
+            total += pair_sums[lid + 32u * k];
+        }
+        store(2u * p, unit_of_pair(total)); // launched with UNIT 2: the pair itself
+    }
+}
+
 //#if SUBGROUP
 // Short rows: one subgroup per row (see softmax_sg_rows). Per-lane shifted sums become
 // (count, mean, M2) and merge by shuffles; the row is read a second time for the output.

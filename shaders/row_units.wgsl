@@ -28,3 +28,8 @@ fn hmax(v: Unit) -> f32 {
     }
     return r;
 }
+
+// A pair as a unit (padded with zeros in units of 4), for kernels that move element pairs.
+fn unit_of_pair(v: vec2<f32>) -> Unit {
+    {{PAIR_TO_UNIT}}
+}

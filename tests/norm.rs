@@ -289,8 +289,11 @@ fn norm_backward_matches_reference() {
     for dtype in DType::ALL {
         let (atol, rtol) = tol(dtype);
         // Units of 1, 2 and 4; register classes 1, 1, 1, 4, 4, 8 with a streamed tail (9000
-        // in units of 4) and 16 with a streamed tail (odd 4097).
-        for (rows, n) in [(3, 2), (5, 127), (130, 1000), (3, 2002), (2, 3000), (2, 9000), (2, 4097)] {
+        // in units of 4) and 16 with a streamed tail (odd 4097); many rows: dw and db summed
+        // over 79 and 71 chunks of 64 rows (param_grads_sum's lanes take several each).
+        for (rows, n) in
+            [(3, 2), (5, 127), (130, 1000), (3, 2002), (2, 3000), (2, 9000), (2, 4097), (5000, 6), (4500, 8)]
+        {
             let (x, xv) = random_tensor(&gpu, &[rows, n], dtype, 50);
             let (w, wv) = random_tensor(&gpu, &[n], dtype, 51);
             let (dy, dyv) = random_tensor(&gpu, &[rows, n], dtype, 52);

@@ -105,6 +105,7 @@ fn with_units(mut k: Kernel, unit: u32, words: &[(&'static str, Option<DType>)])
     let lanes = if unit == 4 { 4 } else { 2 };
     k = k
         .sub("LANES", lanes.to_string())
+        .sub("PAIR_TO_UNIT", if lanes == 4 { "return vec4<f32>(v, 0.0, 0.0);" } else { "return v;" })
         .sub("LANE_LIST", (0..lanes).map(|c| format!("{c}u")).collect::<Vec<_>>().join(", "))
         .sub("UNIT", unit.to_string());
     for &(name, d) in words {
@@ -476,6 +477,9 @@ pub fn all_kernels() -> Vec<Kernel> {
                 all.push(norm_kernel("forward", d, None, None, None, out, unit, 2, false, dev, None));
                 for rms in [false, true] {
                     all.push(norm_kernel("param_grads", d, None, None, Some(d), out, unit, 1, rms, dev, None));
+                }
+                if unit == 2 {
+                    all.push(norm_kernel("param_grads_sum", d, None, None, None, d, 2, 1, false, dev, None));
                 }
                 // With a fused prologue (a residual add with dropout), both row classes; units
                 // of at most 2 (norm_forward).
@@ -1083,8 +1087,17 @@ fn norm_backward(
         ],
         [r.n.div_ceil(r.unit as usize).div_ceil(WG) as u32, chunks as u32, 1],
     )?;
-    let sums = partials.sum(0)?; // [2, n]
-    let dw = sums.narrow(0, 0, 1)?.reshape(&[r.n])?.to_dtype(w.dtype())?;
-    let db = if rms { None } else { Some(sums.narrow(0, 1, 1)?.reshape(&[r.n])?.to_dtype(w.dtype())?) };
+    // [2n] = dw then db, summed over chunks and stored in the weight's dtype by one kernel.
+    let grads = Tensor::empty(gpu, op, &[2 * r.n], w.dtype())?;
+    let k = norm_kernel("param_grads_sum", r.x.dtype(), None, None, None, w.dtype(), 2, 1, rms, Device::of(gpu), None);
+    // Unchecked is safe: pair p < n reads partials[c·2n + 2p + {0, 1}] with c < chunks and
+    // writes elements 2p, 2p + 1 < 2n of `grads` (pairs: 2n is even).
+    gpu.dispatch(
+        &k,
+        &[(1, grads.storage()?.buffer()), (2, &params), (7, partials.storage()?.buffer())],
+        r.n.div_ceil(32) as u32,
+    )?;
+    let dw = grads.narrow(0, 0, r.n)?;
+    let db = if rms { None } else { Some(grads.narrow(0, r.n, r.n)?) };
     Ok((dx, Some(dw), db))
 }
