@@ -2,9 +2,18 @@
 //! causal mask), LayerNorm, RMSNorm, their backward passes, and fused cross-entropy.
 //! Kernels: `shaders/softmax.wgsl`, `shaders/norm.wgsl` (tiling and traffic described there).
 //!
-//! Row-length classes: rows of up to 256·VPT units (a unit is an element pair when the row
-//! length is even) stay in registers, VPT ∈ {1, 2, 4, 8, 16}, so the row is read once;
-//! longer rows stream (online max/sum for softmax, Welford for the norms) and are read twice.
+//! Units (shaders/row_units.wgsl): an invocation moves 4 adjacent elements (one 8- or
+//! 16-byte load) when the row length is a multiple of 4 — except f32 softmax rows, which
+//! measured faster in pairs — 2 when it is even, and 1 when it is odd; odd rows of 16-bit
+//! data in the softmax family go as word-aligned pairs shifted by the row's parity plus one
+//! leftover element per row, joined with its neighbour's by a second small kernel, so the
+//! output is stored in 16 bits directly (the norms store odd 16-bit rows through f32 and a
+//! cast). 16-bit stores use the adapter's f32 → f16 conversion where
+//! [`crate::Gpu::native_f16`] found it rounding to nearest even.
+//!
+//! Row-length classes: rows of up to 256·VPT units stay in registers, VPT ∈ {1, 2, 4, 8, 16}
+//! (units of 4: up to 8), so the row is read once; longer rows stream (online max/sum for
+//! softmax, shifted sums merged by Chan's formula for the norms) and are read twice.
 //!
 //! ```no_run
 //! use wgkernels::ops::norm::SoftmaxOptions;
