@@ -287,6 +287,29 @@ fn edges_for(op: &'static str, gpu: &crate::Gpu, rows: usize, odd: bool) -> Resu
     }
 }
 
+/// Dispatches a softmax-family kernel over `groups` workgroups with the buffers `bind`; for
+/// odd rows also binds the leftovers' buffer and then joins them (`join_edges`).
+#[allow(clippy::too_many_arguments)]
+fn dispatch_rows(
+    op: &'static str,
+    gpu: &crate::Gpu,
+    k: &Kernel,
+    bind: &[(u32, &wgpu::Buffer)],
+    groups: u32,
+    r: &Rows,
+    odd: bool,
+    out: &Tensor,
+    params: &wgpu::Buffer,
+) -> Result<()> {
+    let edges = edges_for(op, gpu, r.rows, odd)?;
+    let mut bind = bind.to_vec();
+    if let Some(e) = &edges {
+        bind.push((7, e.storage()?.buffer()));
+    }
+    gpu.dispatch(k, &bind, groups)?;
+    join_edges(gpu, r, out, params, &edges)
+}
+
 /// After a softmax-family kernel on odd rows: writes the words that rows 2k and 2k + 1 share.
 fn join_edges(gpu: &crate::Gpu, r: &Rows, out: &Tensor, params: &wgpu::Buffer, edges: &Option<Tensor>) -> Result<()> {
     let Some(edges) = edges else { return Ok(()) };
@@ -710,16 +733,11 @@ impl Tensor {
         // inside row `row` of the contiguous input and output (pairs only when n is even, or
         // with odd rows the pairs first + 2u, u < n/2, and the leftover 0 or n − 1), and the
         // mask row r mod M < M of a contiguous [M, n] mask.
-        let edges = edges_for(op, gpu, r.rows, odd)?;
         let mut b = vec![(0, r.x.storage()?.buffer()), (1, out.storage()?.buffer()), (2, &params)];
         if let Some(m) = &mask {
             b.push((3, m.storage()?.buffer()));
         }
-        if let Some(e) = &edges {
-            b.push((7, e.storage()?.buffer()));
-        }
-        gpu.dispatch(&k, &b, row_groups(gpu, class, r.rows))?;
-        join_edges(gpu, &r, &out, &params, &edges)?;
+        dispatch_rows(op, gpu, &k, &b, row_groups(gpu, class, r.rows), &r, odd, &out, &params)?;
         finish(out, self.dtype(), self.shape())
     }
 
@@ -763,18 +781,9 @@ impl Tensor {
             dev,
             odd,
         );
-        let edges = edges_for(OP, gpu, r.rows, odd)?;
-        let mut b = vec![
-            (0, r.x.storage()?.buffer()),
-            (1, out.storage()?.buffer()),
-            (2, &params),
-            (4, dyc.storage()?.buffer()),
-        ];
-        if let Some(e) = &edges {
-            b.push((7, e.storage()?.buffer()));
-        }
-        gpu.dispatch(&k, &b, r.rows as u32)?;
-        join_edges(gpu, &r, &out, &params, &edges)?;
+        let b =
+            [(0, r.x.storage()?.buffer()), (1, out.storage()?.buffer()), (2, &params), (4, dyc.storage()?.buffer())];
+        dispatch_rows(OP, gpu, &k, &b, r.rows as u32, &r, odd, &out, &params)?;
         finish(out, self.dtype(), self.shape())
     }
 
@@ -837,19 +846,14 @@ impl Tensor {
             odd,
         );
         // Unchecked is safe as for softmax; targets were checked < n above.
-        let edges = edges_for(OP, gpu, r.rows, odd)?;
-        let mut b = vec![
+        let b = [
             (0, r.x.storage()?.buffer()),
             (1, dlogits.storage()?.buffer()),
             (2, &params),
             (5, &tbuf),
             (6, losses.storage()?.buffer()),
         ];
-        if let Some(e) = &edges {
-            b.push((7, e.storage()?.buffer()));
-        }
-        gpu.dispatch(&k, &b, r.rows as u32)?;
-        join_edges(gpu, &r, &dlogits, &params, &edges)?;
+        dispatch_rows(OP, gpu, &k, &b, r.rows as u32, &r, odd, &dlogits, &params)?;
         let loss = losses.sum(0)?.div(&Tensor::full(gpu, &[], r.rows as f32, DType::F32)?)?;
         Ok((loss, finish(dlogits, self.dtype(), self.shape())?))
     }
