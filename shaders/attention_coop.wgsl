@@ -21,8 +21,10 @@
 // consecutive addresses across the subgroup (no bank conflicts), and writes P (f16) the
 // same way for a column-major A operand. The two lanes of a row merge by one shuffle.
 //
-// Workgroup memory with 8 subgroups and BK 32, at D = 128: K and V tiles 17 KiB (Q staged
-// there first, 64 columns at a time), S 16 KiB, P 8 KiB: 41 KiB. Causal tiles past the diagonal are skipped;
+// Workgroup memory with 8 subgroups and BK 32, at D = 128: the staging array 18 KiB (Q's
+// 128 rows × 64 columns first, then K and V tiles, 17 KiB), S 16 KiB, P 8 KiB: 42 KiB.
+// FLOPs per (batch, head): 6·S_q·S_k·D executed (4 counted); bytes: Q and O once, K twice
+// and V once per block of BQ query rows (L2-resident at these sizes). Causal tiles past the diagonal are skipped;
 // masking (causal bottom-right, bias, ranges) is applied by the lanes to S, as in
 // shaders/attention.wgsl, whose params layout this kernel shares. q, k, v are read as
 // 16-byte words: the host checked every offset and row stride a multiple of 8 elements.

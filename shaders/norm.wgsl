@@ -11,9 +11,11 @@
 // are from before the benchmark's warm-up fix, so only their ratio means anything.)
 //
 // Backward (dx): rows up to the register class keep x and dy·w in registers: one read of
-// x and dy, one write of dx (longer rows read the tail again). dw and db are sums over rows; WGSL has no float atomics, so `param_grads`
-// writes per-chunk partial sums [chunks, N] and the host sums them over chunks (a second,
-// small reduction).
+// x and dy, one write of dx (longer rows read the tail again). dw and db are sums over
+// rows; WGSL has no float atomics, so `param_grads` writes per-chunk partial sums
+// [chunks, 2, N] (reading x and dy a second time: 2·N·size bytes per row) and
+// `param_grads_sum` adds them up over chunks into the weight's dtype (4 bytes per chunk
+// and column: small).
 //
 // Fused prologue (norm forward only): when x is a pending element-wise chain of L inputs (a
 // residual add: L = 2), LOAD_X evaluates the chain instead of reading x, and the first read
