@@ -24,7 +24,7 @@
 // `return Outs(...)`), STORE, PER_INVOCATION.
 
 const WORKGROUP: u32 = 256u;
-// Units per invocation; the fusion JIT may override it (WGK_FUSED_UNROLL, src/fusion.rs).
+// Units per invocation; the fusion JIT sets it (GpuOptions::fused_unroll, WGK_FUSED_UNROLL).
 override UNROLL: u32 = 4u;
 
 // ew_params: see shaders/ew_common.wgsl (prepended).

@@ -40,18 +40,6 @@ use crate::{DType, Gpu};
 const MAX_DIMS: usize = 6;
 const WORKGROUP: usize = 256;
 
-/// Output units per invocation of a generated kernel (the `UNROLL` override of
-/// shaders/fused.wgsl): 4, or `WGK_FUSED_UNROLL` ∈ {1, 2, 4, 8} to measure the trade between
-/// the kernel's size (the chain is inlined once per unit and lane: compile time) and its
-/// memory-level parallelism.
-fn unroll() -> usize {
-    static UNROLL: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *UNROLL.get_or_init(|| {
-        let wanted = std::env::var("WGK_FUSED_UNROLL").ok().and_then(|v| v.parse::<usize>().ok());
-        wanted.filter(|u| [1, 2, 4, 8].contains(u)).unwrap_or(4)
-    })
-}
-
 /// A pending element-wise computation; its operands are tensors of the node's shape
 /// (pending or realised) or realised tensors broadcast to it.
 #[derive(Clone)]
@@ -373,8 +361,10 @@ pub(crate) fn realize(root: &Tensor) -> Result<Arc<Storage>> {
         bind.push(((nl + 1 + k) as u32, s.buffer()));
     }
     bind.push(((nl + outputs.len()) as u32, &params_buf));
-    let groups = n.div_ceil(per).div_ceil(WORKGROUP * unroll()) as u32;
-    gpu.dispatch(&kernel.constant("UNROLL", unroll() as f64), &bind, groups)?;
+    // UNROLL units per invocation (GpuOptions::fused_unroll): the grid shrinks with it.
+    let unroll = gpu.inner.fused_unroll;
+    let groups = n.div_ceil(per).div_ceil(WORKGROUP * unroll as usize) as u32;
+    gpu.dispatch(&kernel.constant("UNROLL", unroll as f64), &bind, groups)?;
     gpu.inner.fused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     for (t, _, s) in extra {
         t.set_realized(s);

@@ -191,6 +191,8 @@ pub(crate) struct GpuInner {
     /// without SHADER_F16, else the probe's verdict, made on first use.
     native_f16_allowed: bool,
     native_f16: std::sync::OnceLock<bool>,
+    /// GpuOptions::fused_unroll, checked.
+    pub(crate) fused_unroll: u32,
     /// GL only: held around every device call of this library (see [`Gpu::serial`]).
     gl_serial: Option<parking_lot::ReentrantMutex<()>>,
 }
@@ -252,6 +254,11 @@ pub struct GpuOptions {
     /// shows that conversion rounding to nearest even, as the library's own routine does
     /// (`WGK_NATIVE_F16=0` keeps the library's routine everywhere). See [`Gpu::native_f16`].
     pub native_f16: bool,
+    /// Output units per invocation of the kernels the fusion JIT generates: 4, or 1, 2, 8
+    /// (`WGK_FUSED_UNROLL`). The chain is inlined once per unit: on the H200 unroll 1
+    /// compiled a new structure in 19.3 ms against 28 (unroll 4) but ran the chain at 3863
+    /// GB/s against 4248 (BENCHMARKS.md, third round).
+    pub fused_unroll: u32,
 }
 
 impl Default for GpuOptions {
@@ -264,6 +271,7 @@ impl Default for GpuOptions {
             fusion: true,
             fuse_matmul_epilogues: false,
             native_f16: true,
+            fused_unroll: 4,
         }
     }
 }
@@ -291,7 +299,14 @@ impl GpuOptions {
         let fusion = !matches!(std::env::var("WGK_FUSION").as_deref(), Ok("0") | Ok("false"));
         let fuse_matmul_epilogues = matches!(std::env::var("WGK_FUSE_MATMUL").as_deref(), Ok("1") | Ok("true"));
         let native_f16 = !matches!(std::env::var("WGK_NATIVE_F16").as_deref(), Ok("0") | Ok("false"));
-        Ok(Self { backends, adapter_name, checked, autotune, fusion, fuse_matmul_epilogues, native_f16 })
+        let fused_unroll = match std::env::var("WGK_FUSED_UNROLL") {
+            Ok(v) if !v.is_empty() => v.parse().map_err(|_| Error::InvalidArgument {
+                op: "Gpu::new",
+                msg: format!("WGK_FUSED_UNROLL={v:?} is not one of 1, 2, 4, 8"),
+            })?,
+            _ => 4,
+        };
+        Ok(Self { backends, adapter_name, checked, autotune, fusion, fuse_matmul_epilogues, native_f16, fused_unroll })
     }
 }
 
@@ -366,6 +381,12 @@ impl Gpu {
     }
 
     async fn new_async(opts: GpuOptions) -> Result<Self> {
+        if ![1, 2, 4, 8].contains(&opts.fused_unroll) {
+            return Err(Error::InvalidArgument {
+                op: "Gpu::new",
+                msg: format!("fused_unroll {} is not one of 1, 2, 4, 8", opts.fused_unroll),
+            });
+        }
         // Without an explicit choice, GL is probed only when no primary backend has an
         // adapter: it is the slowest path, and probing it wakes EGL (and its warnings).
         let mut backends = opts.backends.unwrap_or(wgpu::Backends::PRIMARY);
@@ -482,6 +503,7 @@ impl Gpu {
                 submits: AtomicU64::new(0),
                 native_f16_allowed: opts.native_f16 && features.contains(wgpu::Features::SHADER_F16),
                 native_f16: std::sync::OnceLock::new(),
+                fused_unroll: opts.fused_unroll,
                 gl_serial: (ainfo.backend == wgpu::Backend::Gl).then(|| parking_lot::ReentrantMutex::new(())),
             }),
         })

@@ -707,3 +707,32 @@ fn a_chain_producing_a_norm_input_runs_in_its_prologue() {
         translate(&kern.wgsl(), kern.entry, &kern.constants()).unwrap_or_else(|e| panic!("{}: {e}", kern.label()));
     }
 }
+
+/// Every unroll the generated kernels can be built with (GpuOptions::fused_unroll): the
+/// 16-byte path (f32, contiguous, n a multiple of 4), the strided scalar path (a transposed
+/// input) and packed 16-bit outputs, at sizes that do not fill the last workgroup, against
+/// f64; a bad value is refused when the device is made.
+#[test]
+fn every_fused_unroll_gives_the_same_chain() {
+    for unroll in [1u32, 2, 4, 8] {
+        let gpu =
+            Gpu::with_options(GpuOptions { fusion: true, fused_unroll: unroll, ..GpuOptions::from_env().unwrap() })
+                .unwrap();
+        for n in [4100usize, 4101] {
+            let (x, xv) = random_tensor(&gpu, &[n], DType::F32, 31);
+            let (a, av) = random_tensor(&gpu, &[n], DType::F32, 32);
+            let y = x.mul(&a).unwrap().gelu_tanh().unwrap().add(&x).unwrap();
+            let want: Vec<f64> = (0..n).map(|i| UnaryOp::GeluTanh.apply_f64(xv[i] * av[i]) + xv[i]).collect();
+            assert_close(&format!("unroll {unroll}, n {n}"), &y.to_vec_f32().unwrap(), &want, 1e-5, 1e-5);
+            let h = y.to_dtype(DType::F16).unwrap();
+            let hw: Vec<f64> = want.iter().map(|&v| half::f16::from_f64(v).to_f64()).collect();
+            assert_close(&format!("unroll {unroll}, n {n}, f16 out"), &h.to_vec_f32().unwrap(), &hw, 1e-3, 2e-3);
+        }
+        let (m, mv) = random_tensor(&gpu, &[67, 61], DType::F32, 33);
+        let t = m.transpose(0, 1).unwrap().exp().unwrap().mul_scalar(0.5).unwrap();
+        let want: Vec<f64> = (0..61 * 67).map(|e| (mv[(e % 67) * 61 + e / 67]).exp() * 0.5).collect();
+        assert_close(&format!("unroll {unroll}, transposed"), &t.to_vec_f32().unwrap(), &want, 1e-5, 1e-5);
+    }
+    let bad = Gpu::with_options(GpuOptions { fused_unroll: 3, ..GpuOptions::from_env().unwrap() });
+    assert!(matches!(bad, Err(wgkernels::Error::InvalidArgument { .. })), "unroll 3 must be refused");
+}
