@@ -153,28 +153,28 @@ pub const SG_ROWS_MAX: usize = 1024;
 const SG_ARGS: &str = ", @builtin(subgroup_id) sgid: u32, @builtin(num_subgroups) nsg: u32, @builtin(subgroup_size) sgsize: u32, @builtin(subgroup_invocation_id) lane: u32";
 const SG_INIT: &str = "sg_id = sgid;\n    sg_count = nsg;\n    sg_size = sgsize;\n    sg_lane = lane;";
 
-/// Adds the subgroup specialisation (reductions by subgroup operations, the per-row entry)
-/// or the workgroup-memory one.
 /// What the row kernels use of the device: subgroup operations, and the adapter's own f16
 /// rounding for 16-bit stores ([`crate::Gpu::native_f16`]).
 #[derive(Clone, Copy, Debug)]
-struct Device {
+struct Caps {
     subgroup: bool,
     native_f16: bool,
 }
 
 /// Neither: param_grads stores f32 partial sums and reduces nothing across invocations.
-const PLAIN: Device = Device { subgroup: false, native_f16: false };
+const PLAIN: Caps = Caps { subgroup: false, native_f16: false };
 
-impl Device {
+impl Caps {
     fn of(gpu: &crate::Gpu) -> Self {
-        Device { subgroup: gpu.has(wgpu::Features::SUBGROUP), native_f16: gpu.native_f16() }
+        Caps { subgroup: gpu.has(wgpu::Features::SUBGROUP), native_f16: gpu.native_f16() }
     }
 }
 
-fn with_device(k: Kernel, dev: Device) -> Kernel {
-    let k = if dev.native_f16 { k.flag("NATIVE_F16") } else { k };
-    if dev.subgroup {
+/// Adds the subgroup specialisation (reductions by subgroup operations, the per-row entry)
+/// or the workgroup-memory one, and the f16 rounding of the stores.
+fn with_caps(k: Kernel, caps: Caps) -> Kernel {
+    let k = if caps.native_f16 { k.flag("NATIVE_F16") } else { k };
+    if caps.subgroup {
         k.flag("SUBGROUP").sub("SG_ARGS", SG_ARGS).sub("SG_INIT", SG_INIT)
     } else {
         k.sub("SG_ARGS", "").sub("SG_INIT", "")
@@ -313,7 +313,7 @@ fn dispatch_rows(
 /// After a softmax-family kernel on odd rows: writes the words that rows 2k and 2k + 1 share.
 fn join_edges(gpu: &crate::Gpu, r: &Rows, out: &Tensor, params: &wgpu::Buffer, edges: &Option<Tensor>) -> Result<()> {
     let Some(edges) = edges else { return Ok(()) };
-    let k = softmax_kernel("join_edges", r.x.dtype(), None, None, r.out_dtype, 2, 1, false, 1.0, Device::of(gpu), true);
+    let k = softmax_kernel("join_edges", r.x.dtype(), None, None, r.out_dtype, 2, 1, false, 1.0, Caps::of(gpu), true);
     // Unchecked is safe: k < ceil(rows / 2) reads edges below rows and writes the word of
     // element (2k + 1)·n − 1 < rows·n, inside the output.
     let b = [(1, out.storage()?.buffer()), (2, params), (7, edges.storage()?.buffer())];
@@ -367,7 +367,7 @@ fn softmax_kernel(
     vpt: u32,
     log: bool,
     ce_scale: f32,
-    dev: Device,
+    caps: Caps,
     odd: bool,
 ) -> Kernel {
     let mut ones: Vec<(&str, DType)> = vec![("x", x)];
@@ -395,7 +395,7 @@ fn softmax_kernel(
         .sub("LOAD_X", unit_load("x", x, unit))
         .sub("LOAD_MASK", load_mask)
         .sub("LOAD_DY", dy.map(|d| unit_load("dy", d, unit)).unwrap_or_else(|| "return Unit(0.0);".into()))
-        .sub("STORE", unit_store(out, unit, dev.native_f16))
+        .sub("STORE", unit_store(out, unit, caps.native_f16))
         .sub("VPT", vpt.to_string())
         .sub("LOG", log.to_string())
         .sub("CE_SCALE", format!("{ce_scale:?}"))
@@ -403,7 +403,7 @@ fn softmax_kernel(
         .trusted();
     let words = [("WORD_X", Some(x)), ("WORD_OUT", Some(out)), ("WORD_MASK", mask), ("WORD_DY", dy)];
     let k = if odd { k.flag("ODD_ROWS") } else { k };
-    with_device(with_units(k, unit, &words), dev)
+    with_caps(with_units(k, unit, &words), caps)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -417,7 +417,7 @@ fn norm_kernel(
     unit: u32,
     vpt: u32,
     rms: bool,
-    dev: Device,
+    caps: Caps,
     prologue: Option<(&str, bool)>,
 ) -> Kernel {
     let mut ones: Vec<(&str, DType)> = vec![("x", x)];
@@ -446,7 +446,7 @@ fn norm_kernel(
             if keep {
                 format!(
                     "let v = load_x(e);\n    {}\n    return v;",
-                    unit_store(x, unit, dev.native_f16).replace("out[", "held[")
+                    unit_store(x, unit, caps.native_f16).replace("out[", "held[")
                 )
             } else {
                 "return load_x(e);".to_string()
@@ -461,7 +461,7 @@ fn norm_kernel(
         .sub("LOAD_W", w.map(|d| unit_load("w", d, unit)).unwrap_or_else(|| "return Unit(1.0);".into()))
         .sub("LOAD_B", b.map(|d| unit_load("b", d, unit)).unwrap_or_else(|| "return Unit(0.0);".into()))
         .sub("LOAD_DY", dy.map(|d| unit_load("dy", d, unit)).unwrap_or_else(|| "return Unit(0.0);".into()))
-        .sub("STORE", unit_store(out, unit, dev.native_f16))
+        .sub("STORE", unit_store(out, unit, caps.native_f16))
         .sub("VPT", vpt.to_string())
         .sub("RMS", rms.to_string())
         .sub("AFFINE_W", if w.is_some() { "y *= load_w(params[5] + j);" } else { "" })
@@ -469,7 +469,7 @@ fn norm_kernel(
         .sub("ONE_LOADERS", prelude)
         .trusted();
     let words = [("WORD_X", Some(x)), ("WORD_OUT", Some(out)), ("WORD_W", w), ("WORD_B", b), ("WORD_DY", dy)];
-    with_device(with_units(k, unit, &words), dev)
+    with_caps(with_units(k, unit, &words), caps)
 }
 
 /// Every specialisation the launchers here can build, for the portability test: with
@@ -480,11 +480,11 @@ pub fn all_kernels() -> Vec<Kernel> {
         for d in DType::ALL {
             // f16 stores through the adapter's rounding with subgroups, the library's without:
             // both store paths, without doubling the list.
-            let dev = Device { subgroup: sg, native_f16: sg && d == DType::F16 };
+            let caps = Caps { subgroup: sg, native_f16: sg && d == DType::F16 };
             for unit in [1u32, 2, 4] {
                 let out = if unit == 1 { DType::F32 } else { d };
                 for vpt in VPT_CLASSES {
-                    all.push(softmax_kernel("softmax", d, None, None, out, unit, vpt, false, 1.0, dev, false));
+                    all.push(softmax_kernel("softmax", d, None, None, out, unit, vpt, false, 1.0, caps, false));
                     all.push(softmax_kernel(
                         "softmax_backward",
                         d,
@@ -495,23 +495,23 @@ pub fn all_kernels() -> Vec<Kernel> {
                         vpt,
                         false,
                         1.0,
-                        dev,
+                        caps,
                         false,
                     ));
-                    all.push(norm_kernel("forward", d, Some(d), Some(d), None, out, unit, vpt, false, dev, None));
-                    all.push(norm_kernel("forward", d, Some(d), None, None, out, unit, vpt, true, dev, None));
+                    all.push(norm_kernel("forward", d, Some(d), Some(d), None, out, unit, vpt, false, caps, None));
+                    all.push(norm_kernel("forward", d, Some(d), None, None, out, unit, vpt, true, caps, None));
                     for rms in [false, true] {
-                        all.push(norm_kernel("backward", d, Some(d), None, Some(d), out, unit, vpt, rms, dev, None));
+                        all.push(norm_kernel("backward", d, Some(d), None, Some(d), out, unit, vpt, rms, caps, None));
                     }
                 }
-                all.push(softmax_kernel("softmax", d, Some(d), None, out, unit, 4, true, 1.0, dev, false));
-                all.push(softmax_kernel("cross_entropy", d, None, None, out, unit, 16, false, 0.5, dev, false));
-                all.push(norm_kernel("forward", d, None, None, None, out, unit, 2, false, dev, None));
+                all.push(softmax_kernel("softmax", d, Some(d), None, out, unit, 4, true, 1.0, caps, false));
+                all.push(softmax_kernel("cross_entropy", d, None, None, out, unit, 16, false, 0.5, caps, false));
+                all.push(norm_kernel("forward", d, None, None, None, out, unit, 2, false, caps, None));
                 for rms in [false, true] {
-                    all.push(norm_kernel("param_grads", d, None, None, Some(d), out, unit, 1, rms, dev, None));
+                    all.push(norm_kernel("param_grads", d, None, None, Some(d), out, unit, 1, rms, caps, None));
                 }
                 if unit == 2 {
-                    all.push(norm_kernel("param_grads_sum", d, None, None, None, d, 2, 1, false, dev, None));
+                    all.push(norm_kernel("param_grads_sum", d, None, None, None, d, 2, 1, false, caps, None));
                 }
                 // With a fused prologue (a residual add with dropout), both row classes; units
                 // of at most 2 (norm_forward).
@@ -527,7 +527,7 @@ pub fn all_kernels() -> Vec<Kernel> {
                         unit,
                         4,
                         false,
-                        dev,
+                        caps,
                         Some((&pro, true)),
                     ));
                     all.push(norm_kernel(
@@ -540,7 +540,7 @@ pub fn all_kernels() -> Vec<Kernel> {
                         unit,
                         16,
                         true,
-                        dev,
+                        caps,
                         Some((&pro, false)),
                     ));
                     if sg {
@@ -554,7 +554,7 @@ pub fn all_kernels() -> Vec<Kernel> {
                             unit,
                             1,
                             true,
-                            dev,
+                            caps,
                             Some((&pro, true)),
                         );
                         all.push(k);
@@ -569,15 +569,27 @@ pub fn all_kernels() -> Vec<Kernel> {
                         ("cross_entropy", None, None, 16, false),
                         ("join_edges", None, None, 1, false),
                     ] {
-                        all.push(softmax_kernel(entry, d, mask, dy, d, 2, vpt, log, 0.5, dev, true));
+                        all.push(softmax_kernel(entry, d, mask, dy, d, 2, vpt, log, 0.5, caps, true));
                     }
                     if sg {
-                        all.push(softmax_kernel("softmax_sg_rows", d, Some(d), None, d, 2, 1, false, 1.0, dev, true));
+                        all.push(softmax_kernel("softmax_sg_rows", d, Some(d), None, d, 2, 1, false, 1.0, caps, true));
                     }
                 }
                 if sg {
-                    all.push(softmax_kernel("softmax_sg_rows", d, Some(d), None, out, unit, 1, false, 1.0, dev, false));
-                    all.push(softmax_kernel("softmax_sg_rows", d, None, None, out, unit, 1, true, 1.0, dev, false));
+                    all.push(softmax_kernel(
+                        "softmax_sg_rows",
+                        d,
+                        Some(d),
+                        None,
+                        out,
+                        unit,
+                        1,
+                        false,
+                        1.0,
+                        caps,
+                        false,
+                    ));
+                    all.push(softmax_kernel("softmax_sg_rows", d, None, None, out, unit, 1, true, 1.0, caps, false));
                     for rms in [false, true] {
                         all.push(norm_kernel(
                             "forward_sg_rows",
@@ -589,7 +601,7 @@ pub fn all_kernels() -> Vec<Kernel> {
                             unit,
                             1,
                             rms,
-                            dev,
+                            caps,
                             None,
                         ));
                     }
@@ -726,7 +738,7 @@ impl Tensor {
             vpt,
             opts.log,
             1.0,
-            Device::of(gpu),
+            Caps::of(gpu),
             odd,
         );
         // Unchecked is safe: row < rows, unit u < ceil(n / unit) so every element index is
@@ -767,7 +779,7 @@ impl Tensor {
         let gpu = self.gpu();
         let out = Tensor::empty(gpu, OP, &[r.rows, r.n], r.out_dtype)?;
         let params = gpu.meta_buffer(&[r.rows as u32, r.n as u32, 0, 0, 0, 0, 1, 1f32.to_bits(), dyc.offset() as u32]);
-        let (vpt, dev) = (auto_vpt(r.n, r.unit), Device::of(gpu));
+        let (vpt, caps) = (auto_vpt(r.n, r.unit), Caps::of(gpu));
         let k = softmax_kernel(
             "softmax_backward",
             r.x.dtype(),
@@ -778,7 +790,7 @@ impl Tensor {
             vpt,
             false,
             1.0,
-            dev,
+            caps,
             odd,
         );
         let b =
@@ -842,7 +854,7 @@ impl Tensor {
             vpt,
             false,
             1.0 / r.rows as f32,
-            Device::of(gpu),
+            Caps::of(gpu),
             odd,
         );
         // Unchecked is safe as for softmax; targets were checked < n above.
@@ -991,7 +1003,7 @@ pub fn norm_forward(
         unit,
         vpt,
         rms,
-        Device::of(gpu),
+        Caps::of(gpu),
         prologue.as_ref().map(|p| (p.decls.as_str(), p.held.is_some())),
     );
     // Unchecked is safe: row < rows, units < ceil(n / unit) inside contiguous rows; w and b
@@ -1061,7 +1073,7 @@ fn norm_backward(
         r.unit,
         auto_vpt(r.n, r.unit),
         rms,
-        Device::of(gpu),
+        Caps::of(gpu),
         None,
     );
     let mut bind = vec![
@@ -1102,7 +1114,7 @@ fn norm_backward(
     )?;
     // [2n] = dw then db, summed over chunks and stored in the weight's dtype by one kernel.
     let grads = Tensor::empty(gpu, op, &[2 * r.n], w.dtype())?;
-    let k = norm_kernel("param_grads_sum", r.x.dtype(), None, None, None, w.dtype(), 2, 1, rms, Device::of(gpu), None);
+    let k = norm_kernel("param_grads_sum", r.x.dtype(), None, None, None, w.dtype(), 2, 1, rms, Caps::of(gpu), None);
     // Unchecked is safe: pair p < n reads partials[c·2n + 2p + {0, 1}] with c < chunks and
     // writes elements 2p, 2p + 1 < 2n of `grads` (pairs: 2n is even).
     gpu.dispatch(
