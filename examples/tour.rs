@@ -81,7 +81,10 @@ fn check_scaled(got: &[f32], want: impl Fn(usize) -> f64, dtype: DType, samples:
 fn main() -> Result<()> {
     let t0 = Instant::now();
     let gpu = Gpu::new()?;
-    println!("{}\n", gpu.info());
+    println!("{}", gpu.info());
+    // Probed once per device: whether 16-bit stores may use the adapter's f32 -> f16 rounding.
+    let f16_rounding = if gpu.native_f16() { "the adapter (probed: round to nearest even)" } else { "the library" };
+    println!("f16       stores rounded by {f16_rounding}\n");
     let software = gpu.info().device_type == wgpu::DeviceType::Cpu;
     let large = std::env::args().any(|a| a == "--large");
     // 64 M elements (256 MB in f32) outgrows any cache; a software device gets 1 M.
