@@ -246,3 +246,28 @@ fn matmul_errors() {
         big.matmul_with(&good_b, &MatmulOptions { path: Some(MatmulPath::Thin), ..Default::default() }).unwrap_err();
     assert!(matches!(e, Error::InvalidArgument { op: "matmul", .. }), "{e}");
 }
+
+/// Shapes below the autotuner's threshold run the first candidate; on a CPU device that is
+/// the 16-byte-load 128×128×16 tiling (3-4× the first GPU tiling on lavapipe), after the
+/// thin kernel for few rows.
+#[test]
+fn the_untuned_default_suits_the_device() {
+    use wgkernels::ops::matmul::TileConfig;
+    let gpu = gpu();
+    let cpu = gpu.info().device_type == wgkernels::wgpu::DeviceType::Cpu;
+    for dtype in DType::ALL {
+        let c = candidates(&gpu, dtype, 256, false);
+        let v4 = MatmulPath::Tiled(TileConfig { bm: 128, bn: 128, bk: 16, tm: 8, tn: 8, vec4: true });
+        if cpu {
+            assert_eq!(c[0], v4, "{dtype:?}: {:?}", c[0]);
+            assert_eq!(candidates(&gpu, dtype, 1, false)[0], MatmulPath::Thin);
+        }
+        // Every configuration stays a candidate, once.
+        let tiled = c.iter().filter(|p| matches!(p, MatmulPath::Tiled(_))).count();
+        let mut names: Vec<String> = c.iter().map(|p| p.name()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), c.len(), "{dtype:?}: a candidate twice");
+        assert!(tiled >= 1);
+    }
+}
