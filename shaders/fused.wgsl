@@ -8,7 +8,8 @@
 // apart so each step reads and writes consecutive words; 256 invocations per workgroup on a
 // 2-D grid (x up to 65535), flattened. Bytes moved: Σ size(leaf) + size(out) per element,
 // whatever the chain's length; a few FLOPs per op: memory bound. Index math: `rank`
-// divisions per strided leaf (none on the contiguous path). One unit per invocation ran at
+// divisions per strided leaf, one remainder for a repeated row (a bias), none on the
+// contiguous path. One unit per invocation ran at
 // 650–890 GB/s on the H200, four at 890–2400 (measured before the benchmark's warm-up fix,
 // which later put the four-unit 16-byte path at 4.1–4.2 TB/s for `add`: BENCHMARKS.md).
 //

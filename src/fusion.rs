@@ -7,7 +7,7 @@
 //! nodes not reachable from the realised tensor are not computed.
 //!
 //! Kernels are cached by their generated text, which depends on the ops, the dtypes and the
-//! layout class of each input (contiguous or strided) but not on sizes, strides or values
+//! layout class of each input (contiguous, one row repeated, or strided) but not on sizes, strides or values
 //! (those are runtime parameters), so a training loop compiles each chain once
 //! (`gpu.stats()` counts compilations and cache hits).
 //!
@@ -349,7 +349,8 @@ pub(crate) fn realize(root: &Tensor) -> Result<Arc<Storage>> {
     }
     let mut outputs = vec![(result, root.dtype())];
     outputs.extend(extra.iter().map(|(t, name, _)| (name.clone(), t.dtype())));
-    let vec4 = vec4_applies(&b.leaves, &layout, &outputs, n);
+    // params[7]: the merged shape's last dim (front-padded to MAX_DIMS).
+    let vec4 = vec4_applies(&b.leaves, &layout, &outputs, n, params[7] as usize);
     let per = if vec4 { 4 } else { units_per_invocation(&outputs) };
     let kernel = fused_kernel(&layout, &b.ops.concat(), &b.body, &outputs, vec4);
     let params_buf = gpu.meta_buffer(&params);
@@ -372,8 +373,20 @@ pub(crate) fn realize(root: &Tensor) -> Result<Arc<Storage>> {
     Ok(storage)
 }
 
-/// A leaf's storage dtype and whether it is contiguous over the output's index space.
-type LeafLayout = (DType, bool);
+/// How a leaf's element for output index i is found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Access {
+    /// offset + i: the leaf has the output's shape, contiguous.
+    Contiguous,
+    /// offset + i mod N: one row of the output's last dim N repeated over every leading dim
+    /// (a bias broadcast over rows): one remainder instead of a division per dim.
+    Rows,
+    /// Any other view: offset + Σ coordinate·stride (a division and a remainder per dim).
+    Strided,
+}
+
+/// A leaf's storage dtype and access pattern over the output's index space.
+pub(crate) type LeafLayout = (DType, Access);
 
 /// `ew_params` of a built graph over an output of `shape` (its extra runtime words not yet
 /// appended) and each leaf's (dtype, contiguous) layout: n, rank and the merged shape, then
@@ -403,7 +416,15 @@ fn leaf_layout(b: &Builder, shape: &[usize]) -> Result<(Vec<u32>, Vec<LeafLayout
         for d in pad..MAX_DIMS {
             params[base + 1 + d] = cstrides[k][d - pad] as u32;
         }
-        layout.push((leaf.dtype(), cstrides[k] == contiguous_strides(&cshape)));
+        let rank = cshape.len();
+        let access = if cstrides[k] == contiguous_strides(&cshape) {
+            Access::Contiguous
+        } else if rank >= 2 && cstrides[k][rank - 1] == 1 && cstrides[k][..rank - 1].iter().all(|&s| s == 0) {
+            Access::Rows
+        } else {
+            Access::Strided
+        };
+        layout.push((leaf.dtype(), access));
     }
     Ok((params, layout))
 }
@@ -472,7 +493,7 @@ pub(crate) fn prologue(x: &Tensor, first_binding: usize, leaf_cap: usize, keep: 
 /// the shared element-wise helpers, the ops, and `chain_value(i)` returning `result`.
 pub(crate) fn prologue_decls(
     first_binding: usize,
-    leaves: &[(DType, bool)],
+    leaves: &[LeafLayout],
     ops: &str,
     body: &str,
     result: &str,
@@ -498,7 +519,7 @@ pub(crate) fn sample_prologue_decls(first_binding: usize, dtype: DType) -> Strin
         DType::F16 => "round_f16(n0)",
         DType::BF16 => "round_bf16(n0)",
     };
-    prologue_decls(first_binding, &[(DType::F32, true), (dtype, false)], &ops, body, result)
+    prologue_decls(first_binding, &[(DType::F32, Access::Contiguous), (dtype, Access::Strided)], &ops, body, result)
 }
 
 /// The generated kernel: leaves of (dtype, contiguous) layouts, op functions, a body that
@@ -510,14 +531,14 @@ pub(crate) fn sample_prologue_decls(first_binding: usize, dtype: DType) -> Strin
 /// and writes whole 4-element units, all inside the views because n and every offset are
 /// multiples of 4 and the views are contiguous.
 pub(crate) fn fused_kernel(
-    leaves: &[(DType, bool)],
+    leaves: &[LeafLayout],
     ops: &str,
     body: &str,
     outputs: &[(String, DType)],
     vec4: bool,
 ) -> Kernel {
     if vec4 {
-        return fused_kernel_vec4(leaves.len(), ops, body, outputs);
+        return fused_kernel_vec4(leaves, ops, body, outputs);
     }
     let mut bindings = String::new();
     let loaders = leaf_decls(leaves, 0);
@@ -559,20 +580,21 @@ pub(crate) fn fused_kernel(
 }
 
 /// The scalar variant's leaf bindings (from `first_binding`) and loaders `load_k(e)`,
-/// `index_k(i)` (contiguous: offset + i; else strided), with `linear_index` and the dropout
-/// params' base (they follow the leaves' in `ew_params`, see Expr::Dropout).
-fn leaf_decls(leaves: &[(DType, bool)], first_binding: usize) -> String {
+/// `index_k(i)` (see [`Access`]), with `linear_index` and the dropout params' base (they
+/// follow the leaves' in `ew_params`, see Expr::Dropout).
+fn leaf_decls(leaves: &[LeafLayout], first_binding: usize) -> String {
     let mut s = format!(
         "const EXTRA_BASE: u32 = {}u;\n\nfn linear_index(i: u32) -> u32 {{\n    return i;\n}}\n\n",
         8 + 7 * leaves.len()
     );
-    for (k, &(dtype, contiguous)) in leaves.iter().enumerate() {
+    for (k, &(dtype, access)) in leaves.iter().enumerate() {
         let base = 8 + 7 * k;
         s.push_str(&format!("@group(0) @binding({}) var<storage, read> leaf{k}: array<u32>;\n\n", first_binding + k));
-        let index = if contiguous {
-            format!("return ew_params[{base}] + i;")
-        } else {
-            format!("return strided_index(i, {base}u);")
+        // ew_params[7] is the last dim of the merged shape (front-padded to MAX_DIMS).
+        let index = match access {
+            Access::Contiguous => format!("return ew_params[{base}] + i;"),
+            Access::Rows => format!("return ew_params[{base}] + i % ew_params[7];"),
+            Access::Strided => format!("return strided_index(i, {base}u);"),
         };
         s.push_str(&format!(
             "fn load_{k}(e: u32) -> f32 {{\n    {}\n}}\n\nfn index_{k}(i: u32) -> u32 {{\n    {index}\n}}\n\n",
@@ -623,21 +645,36 @@ fn epilogue_source(root: &Tensor, single_output: bool) -> Result<Option<(Arc<cra
     Ok(chosen)
 }
 
-/// The 16-byte path: every leaf and output f32, every leaf contiguous at an offset that is a
-/// multiple of 4, and n a multiple of 4. Each invocation then moves whole vec4 words (on the
-/// H200 one 16-byte load per invocation copied at 3.6–4.2 TB/s against 2.2–2.9 TB/s for four
-/// 4-byte loads: examples/bandwidth.rs).
-fn vec4_applies(leaves: &[Tensor], layout: &[(DType, bool)], outputs: &[(String, DType)], n: usize) -> bool {
+/// The 16-byte path: every leaf and output f32, every leaf contiguous (or one row repeated,
+/// with the last dim a multiple of 4) at an offset that is a multiple of 4, and n a multiple
+/// of 4. Each invocation then moves whole vec4 words (on the H200 one 16-byte load per
+/// invocation copied at 3.6–4.2 TB/s against 2.2–2.9 TB/s for four 4-byte loads:
+/// examples/bandwidth.rs).
+fn vec4_applies(
+    leaves: &[Tensor],
+    layout: &[LeafLayout],
+    outputs: &[(String, DType)],
+    n: usize,
+    last_dim: usize,
+) -> bool {
     n.is_multiple_of(4)
         && outputs.iter().all(|(_, d)| *d == DType::F32)
-        && layout.iter().all(|&(d, contiguous)| d == DType::F32 && contiguous)
+        && layout.iter().all(|&(d, access)| {
+            d == DType::F32
+                && match access {
+                    Access::Contiguous => true,
+                    Access::Rows => last_dim.is_multiple_of(4),
+                    Access::Strided => false,
+                }
+        })
         && leaves.iter().all(|t| t.offset() % 4 == 0)
 }
 
 /// The vec4 variant of [`fused_kernel`]: each invocation loads one vec4 per leaf into
 /// private registers, evaluates the (scalar) body on its four lanes, and stores one vec4
 /// per output. `index_k` returns the lane, `load_k` reads it from the registers.
-fn fused_kernel_vec4(leaves: usize, ops: &str, body: &str, outputs: &[(String, DType)]) -> Kernel {
+fn fused_kernel_vec4(layout: &[LeafLayout], ops: &str, body: &str, outputs: &[(String, DType)]) -> Kernel {
+    let leaves = layout.len();
     let mut bindings = String::new();
     // `i` is the lane (0..4) of unit `unit`: the linear index is 4·unit + i.
     let mut loaders = format!(
@@ -651,11 +688,13 @@ fn fused_kernel_vec4(leaves: usize, ops: &str, body: &str, outputs: &[(String, D
             "var<private> lanes_{k}: vec4<f32>;\n\nfn load_{k}(lane: u32) -> f32 {{\n    return lanes_{k}[lane];\n}}\n\n\
              fn index_{k}(lane: u32) -> u32 {{\n    return lane;\n}}\n\n"
         ));
-        // ew_params[8 + 7k] is the leaf's offset in elements, a multiple of 4.
-        store.push_str(&format!(
-            "lanes_{k} = bitcast<vec4<f32>>(leaf{k}[ew_params[{}] / 4u + t]);\n        ",
-            8 + 7 * k
-        ));
+        // ew_params[8 + 7k] is the leaf's offset in elements, a multiple of 4; a repeated
+        // row's 4 lanes start at (4t mod N), also a multiple of 4 (N = ew_params[7]).
+        let word = match layout[k].1 {
+            Access::Rows => format!("(ew_params[{}] + (4u * t) % ew_params[7]) / 4u", 8 + 7 * k),
+            _ => format!("ew_params[{}] / 4u + t", 8 + 7 * k),
+        };
+        store.push_str(&format!("lanes_{k} = bitcast<vec4<f32>>(leaf{k}[{word}]);\n        "));
     }
     for k in 0..outputs.len() {
         bindings.push_str(&format!(
@@ -710,7 +749,7 @@ pub fn sample_kernels() -> Vec<Kernel> {
         .collect();
     for out in DType::ALL {
         for a in DType::ALL {
-            let leaves = [(a, true), (out, false), (DType::F32, true)];
+            let leaves = [(a, Access::Contiguous), (out, Access::Strided), (DType::F32, Access::Rows)];
             let body = "let l0 = load_0(index_0(i));\n    let l1 = load_1(index_1(i));\n    let l2 = load_2(index_2(i));\n    \
                         let n0 = op_gelu_tanh(op_add(op_mul(l0, l1), l2));\n    let n1 = round_f16(n0);\n    let n2 = round_bf16(n1);\n    \
                         let n3 = op_add(op_mul(n2, l2), l0);\n    ";
@@ -720,11 +759,11 @@ pub fn sample_kernels() -> Vec<Kernel> {
         }
     }
     let body = "let l0 = load_0(index_0(i));\n    let l1 = load_1(index_1(i));\n    let n0 = op_gelu_tanh(op_mul(l0, l1));\n    ";
-    let leaves = [(DType::F32, true), (DType::F32, true)];
+    let leaves = [(DType::F32, Access::Contiguous), (DType::F32, Access::Rows)];
     all.push(fused_kernel(&leaves, &every_op, body, &[("n0".into(), DType::F32)], true));
     all.push(fused_kernel(&leaves, &every_op, body, &[("n0".into(), DType::F32), ("l1".into(), DType::F32)], true));
     // A chain in a matmul's epilogue: bias-like broadcast leaf, residual, dropout.
-    let leaves = [(DType::F32, false), (DType::BF16, true)];
+    let leaves = [(DType::F32, Access::Rows), (DType::BF16, Access::Contiguous)];
     let ep = crate::ops::matmul::FusedEpilogue {
         decls: format!(
             "{}\n@group(0) @binding(5) var<storage, read> ew_params: array<u32>;\n{}\n{}",

@@ -736,3 +736,31 @@ fn every_fused_unroll_gives_the_same_chain() {
     let bad = Gpu::with_options(GpuOptions { fused_unroll: 3, ..GpuOptions::from_env().unwrap() });
     assert!(matches!(bad, Err(wgkernels::Error::InvalidArgument { .. })), "unroll 3 must be refused");
 }
+
+/// A bias broadcast over rows (strides [0, 1] over the output) is read as offset + i mod N:
+/// on the 16-byte path when everything is f32 and N a multiple of 4, element by element
+/// otherwise; checked against f64 in both, with the kernel's WGSL showing which ran.
+#[test]
+fn a_row_broadcast_leaf_reads_one_row_repeated() {
+    let gpu = gpu_with_fusion(true);
+    for (rows, n, dtype, vec4) in [
+        (37, 64, DType::F32, true),
+        (37, 66, DType::F32, false),
+        (5, 1000, DType::F16, false),
+        (3, 8, DType::BF16, false),
+    ] {
+        let before: std::collections::HashSet<String> = gpu.compiled_kernels().iter().map(|k| k.wgsl()).collect();
+        let (x, xv) = random_tensor(&gpu, &[rows, n], dtype, 41);
+        let (b, bv) = random_tensor(&gpu, &[n], dtype, 42);
+        let y = x.add(&b).unwrap().gelu_tanh().unwrap();
+        let want: Vec<f64> = (0..rows * n).map(|e| UnaryOp::GeluTanh.apply_f64(xv[e] + bv[e % n])).collect();
+        let (atol, rtol) = tol(dtype);
+        assert_close(&format!("bias rows {rows}x{n} {dtype:?}"), &y.to_vec_f32().unwrap(), &want, atol, rtol * 2.0);
+        let new: Vec<String> =
+            gpu.compiled_kernels().iter().map(|k| k.wgsl()).filter(|w| !before.contains(w)).collect();
+        let rows_read = new.iter().any(|w| w.contains("% ew_params[7]"));
+        assert!(rows_read, "{rows}x{n} {dtype:?}: the bias is read as a repeated row");
+        let v4 = new.iter().any(|w| w.contains("(4u * t) % ew_params[7]"));
+        assert_eq!(v4, vec4, "{rows}x{n} {dtype:?}: 16-byte path");
+    }
+}

@@ -309,6 +309,9 @@ pub(crate) fn collapse(shape: &[usize], strides: &mut [Vec<usize>]) -> (Vec<usiz
 /// The kernel for given input dtypes (None for the absent second input), contiguity and
 /// output dtype. Trusted: see `launch` for why every index is in range.
 fn kernel(a: (DType, bool), b: Option<(DType, bool)>, op: &str, out: DType, vec4: bool) -> Kernel {
+    use crate::fusion::Access;
+    let layout = |(d, contiguous): (DType, bool)| (d, if contiguous { Access::Contiguous } else { Access::Strided });
+    let (a, b) = (layout(a), b.map(layout));
     // One op is the shortest chain the fusion JIT generates: the same template serves both.
     let (leaves, body) = match b {
         Some(b) => (
