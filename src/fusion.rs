@@ -682,7 +682,7 @@ fn fused_kernel_vec4(layout: &[LeafLayout], ops: &str, body: &str, outputs: &[(S
         8 + 7 * leaves
     );
     let mut store = String::from("unit = t;\n        ");
-    for k in 0..leaves {
+    for (k, &(_, access)) in layout.iter().enumerate() {
         bindings.push_str(&format!("@group(0) @binding({k}) var<storage, read> leaf{k}: array<vec4<u32>>;\n"));
         loaders.push_str(&format!(
             "var<private> lanes_{k}: vec4<f32>;\n\nfn load_{k}(lane: u32) -> f32 {{\n    return lanes_{k}[lane];\n}}\n\n\
@@ -690,7 +690,7 @@ fn fused_kernel_vec4(layout: &[LeafLayout], ops: &str, body: &str, outputs: &[(S
         ));
         // ew_params[8 + 7k] is the leaf's offset in elements, a multiple of 4; a repeated
         // row's 4 lanes start at (4t mod N), also a multiple of 4 (N = ew_params[7]).
-        let word = match layout[k].1 {
+        let word = match access {
             Access::Rows => format!("(ew_params[{}] + (4u * t) % ew_params[7]) / 4u", 8 + 7 * k),
             _ => format!("ew_params[{}] / 4u + t", 8 + 7 * k),
         };
