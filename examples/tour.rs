@@ -130,9 +130,10 @@ fn main() -> Result<()> {
         // row sum (16-bit results are cast from the f32 sums).
         let checked =
             check(&m.sum(-1)?.to_vec_f32()?, |r| (0..cols).map(|j| xs[r * cols + j] as f64).sum(), dtype, 256);
-        let path = if dtype == DType::F32 { "workgroup tree" } else { "workgroup tree + cast" };
+        let reduce = if gpu.has(wgpu::Features::SUBGROUP) { "subgroup sums" } else { "workgroup tree" };
+        let path = if dtype == DType::F32 { reduce.to_string() } else { format!("{reduce} + cast") };
         tour.record(
-            what("row sum", format!("[{rows_m}, {cols}]"), dtype, path),
+            what("row sum", format!("[{rows_m}, {cols}]"), dtype, &path),
             n as f64 * esize,
             "GB/s",
             checked,

@@ -2,7 +2,8 @@
 //
 // Tiling: one workgroup of 256 invocations per row. Each invocation sums a strided slice of
 // the row (j = lid, lid + 256, ...), so neighbouring invocations read neighbouring words;
-// then a tree reduction in workgroup memory (8 steps, barrier between them).
+// then, with subgroups (flag SUBGROUP), subgroupAdd and one slot per subgroup in workgroup
+// memory (one barrier); without, a tree in workgroup memory (8 steps, a barrier each).
 // Rows beyond 65535 use the grid's y dimension.
 //
 // Traffic: rows·cols·size(x) bytes read, rows·4 written; cols FLOPs per row: memory bound.
@@ -22,11 +23,42 @@ fn load_x(e: u32) -> f32 {
     {{LOAD_X}}
 }
 
+// The sum of every invocation's `acc`, for invocation 0.
+//#if SUBGROUP
+fn workgroup_sum(lid: u32, acc: f32, sg_id: u32, sg_lane: u32, sg_count: u32) -> f32 {
+    let part = subgroupAdd(acc);
+    if (sg_lane == 0u) {
+        partial[sg_id] = part;
+    }
+    workgroupBarrier();
+    var total = 0.0;
+    if (lid == 0u) {
+        for (var i = 0u; i < sg_count; i++) {
+            total += partial[i];
+        }
+    }
+    return total;
+}
+//#else
+fn workgroup_sum(lid: u32, acc: f32, sg_id: u32, sg_lane: u32, sg_count: u32) -> f32 {
+    partial[lid] = acc;
+    workgroupBarrier();
+    for (var stride = WORKGROUP / 2u; stride > 0u; stride /= 2u) {
+        if (lid < stride) {
+            partial[lid] += partial[lid + stride];
+        }
+        workgroupBarrier();
+    }
+    return partial[0];
+}
+//#endif
+
 @compute @workgroup_size(256)
 fn sum_rows(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
+    {{SG_ARGS}}
 ) {
     let rows = params[0];
     let cols = params[1];
@@ -40,15 +72,8 @@ fn sum_rows(
     for (var j = lid; j < cols; j += WORKGROUP) {
         acc += load_x(base + j);
     }
-    partial[lid] = acc;
-    workgroupBarrier();
-    for (var stride = WORKGROUP / 2u; stride > 0u; stride /= 2u) {
-        if (lid < stride) {
-            partial[lid] += partial[lid + stride];
-        }
-        workgroupBarrier();
-    }
+    let total = workgroup_sum(lid, acc, {{SG_VALUES}});
     if (lid == 0u) {
-        out[row] = partial[0];
+        out[row] = total;
     }
 }

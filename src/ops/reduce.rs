@@ -15,13 +15,25 @@ use crate::shaders::{Kernel, Shader};
 use crate::tensor::{resolve_dim, Tensor};
 use crate::DType;
 
-fn kernel(dtype: DType) -> Kernel {
-    Kernel::new(Shader::Reduce, "sum_rows").sub("LOAD_X", wgsl_load("x", dtype)).trusted()
+/// `sum_rows` for `dtype`, reducing by subgroup operations where the device has them.
+fn kernel(dtype: DType, subgroup: bool) -> Kernel {
+    let k = Kernel::new(Shader::Reduce, "sum_rows").sub("LOAD_X", wgsl_load("x", dtype)).trusted();
+    if subgroup {
+        k.flag("SUBGROUP")
+            .sub(
+                "SG_ARGS",
+                "@builtin(subgroup_id) sg_id: u32,\n    @builtin(subgroup_invocation_id) sg_lane: u32,\n    \
+                 @builtin(num_subgroups) sg_count: u32,",
+            )
+            .sub("SG_VALUES", "sg_id, sg_lane, sg_count")
+    } else {
+        k.sub("SG_ARGS", "").sub("SG_VALUES", "0u, 0u, 0u")
+    }
 }
 
 /// Every specialisation `sum` can launch.
 pub fn all_kernels() -> Vec<Kernel> {
-    DType::ALL.into_iter().map(kernel).collect()
+    DType::ALL.into_iter().flat_map(|d| [kernel(d, false), kernel(d, true)]).collect()
 }
 
 impl Tensor {
@@ -61,7 +73,7 @@ impl Tensor {
         // with j < cols, all inside the contiguous view, and writes out[row] < rows words.
         let meta = self.gpu().meta_buffer(&[rows as u32, cols as u32, x.offset() as u32]);
         self.gpu().dispatch(
-            &kernel(x.dtype()),
+            &kernel(x.dtype(), self.gpu().has(wgpu::Features::SUBGROUP)),
             &[(0, x.storage()?.buffer()), (1, out.storage()?.buffer()), (2, &meta)],
             rows as u32,
         )?;
