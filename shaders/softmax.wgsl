@@ -1,9 +1,10 @@
 // Row-wise softmax / log-softmax (with scale, additive mask, causal mask), its backward,
 // and fused cross-entropy. One workgroup of 256 invocations per row of N elements.
 //
-// Units (shaders/row_units.wgsl): four adjacent elements (N a multiple of 4: one 8- or
-// 16-byte load), two (N even: 16-bit data moves as whole words) or one (N odd; 16-bit
-// outputs then go through f32 and a cast on the host).
+// Units (shaders/row_units.wgsl): four adjacent elements (16-bit data with N a multiple
+// of 4: one 8-byte load; f32 rows measured faster in pairs), two (N even: 16-bit data moves
+// as whole words), one (f32, N odd), or for 16-bit data with N odd word-aligned pairs
+// shifted by the row's parity plus one leftover element (ODD_ROWS, below).
 //
 // Forward, rows of up to 256·VPT units: each invocation keeps its VPT units in registers,
 // so the row is read once and written once: 2·N·size bytes per row, ~5 FLOPs per element.
