@@ -597,7 +597,7 @@ impl Gpu {
 
     /// True when kernels store 16-bit results through the adapter's own f32 → f16
     /// conversion: the device has `SHADER_F16`, [`GpuOptions::native_f16`] is on, and a
-    /// probe run on the first call found that conversion rounding to nearest even on ~10 000
+    /// probe run on the first call found that conversion rounding to nearest even on ~15 000
     /// inputs chosen around every rounding tie (shaders/f16_probe.wgsl). Otherwise kernels
     /// round with the library's own routine; results are the same bits either way.
     ///
