@@ -124,7 +124,7 @@ fn main() -> Result<()> {
         let tr = m.transpose(0, 1)?;
         let checked =
             check(&tr.contiguous()?.to_vec_f32()?, |i| xs[(i % rows_m) * cols + i / rows_m] as f64, dtype, 4096);
-        let w = what("transpose copy", format!("[{rows_m}, {cols}]ᵀ"), dtype, "strided");
+        let w = what("transpose copy", format!("[{rows_m}, {cols}]ᵀ"), dtype, "32×32 tiles");
         tour.record(w, 2.0 * n as f64 * esize, "GB/s", checked, || tr.contiguous())?;
 
         // row sum (16-bit results are cast from the f32 sums).

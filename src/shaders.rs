@@ -62,11 +62,13 @@ pub enum Shader {
     AttentionCoop,
     /// The probe of the adapter's f32 → f16 rounding (see [`crate::Gpu::native_f16`]).
     F16Probe,
+    /// Transposed copies through workgroup-memory tiles.
+    Transpose,
 }
 
 impl Shader {
     /// Every shader family, for the portability test.
-    pub const ALL: [Shader; 11] = [
+    pub const ALL: [Shader; 12] = [
         Shader::Reduce,
         Shader::Matmul,
         Shader::MatmulCoop,
@@ -78,6 +80,7 @@ impl Shader {
         Shader::AttentionBwd,
         Shader::AttentionCoop,
         Shader::F16Probe,
+        Shader::Transpose,
     ];
 
     /// The file name under shaders/.
@@ -94,6 +97,7 @@ impl Shader {
             Shader::AttentionBwd => "attention_bwd.wgsl",
             Shader::AttentionCoop => "attention_coop.wgsl",
             Shader::F16Probe => "f16_probe.wgsl",
+            Shader::Transpose => "transpose.wgsl",
         }
     }
 
@@ -121,6 +125,7 @@ impl Shader {
             Shader::AttentionBwd => include_str!("../shaders/attention_bwd.wgsl"),
             Shader::AttentionCoop => include_str!("../shaders/attention_coop.wgsl"),
             Shader::F16Probe => include_str!("../shaders/f16_probe.wgsl"),
+            Shader::Transpose => include_str!("../shaders/transpose.wgsl"),
         }
     }
 }
@@ -388,5 +393,6 @@ pub fn all_kernels() -> Vec<Kernel> {
     all.extend(crate::optim::all_kernels());
     all.extend(crate::ops::attention::all_kernels());
     all.push(crate::gpu::f16_probe_kernel());
+    all.extend(crate::ops::transpose::all_kernels());
     all
 }

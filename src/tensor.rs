@@ -685,6 +685,10 @@ impl Tensor {
         if self.is_contiguous() && self.offset == 0 {
             return Ok(self.clone());
         }
+        // A view with its last two dims swapped: tiles through workgroup memory.
+        if let Some(t) = crate::ops::transpose::try_copy(self)? {
+            return Ok(t);
+        }
         crate::ops::elementwise::map(self, crate::ops::elementwise::UnaryOp::Copy, self.dtype)
     }
 

@@ -283,3 +283,25 @@ fn native_and_library_f16_rounding_store_the_same_bits() {
         }
     }
 }
+
+/// `contiguous()` of a view with its last two dims swapped runs the tiled transpose (sizes
+/// that do not divide the 32×32 tile, a batch, every dtype; 16-bit with an odd row length
+/// takes the element-wise copy), bit-exact against the host's transpose.
+#[test]
+fn transposed_views_copy_through_tiles() {
+    for dtype in DType::ALL {
+        for (batch, r, c) in
+            [(1usize, 33usize, 65usize), (1, 64, 64), (1, 100, 6), (3, 7, 40), (2, 45, 33), (1, 2, 1000)]
+        {
+            let gpu = wgkernels::Gpu::new().unwrap();
+            let (x, xv) = random_tensor(&gpu, &[batch, c, r], dtype, 90);
+            let y = x.transpose(1, 2).unwrap().contiguous().unwrap();
+            assert_eq!(y.shape(), &[batch, r, c]);
+            let want: Vec<f64> =
+                (0..batch * r * c).map(|e| xv[(e / (r * c)) * r * c + (e % c) * r + (e / c) % r]).collect();
+            assert_close(&format!("transpose {batch}x{r}x{c} {dtype:?}"), &y.to_vec_f32().unwrap(), &want, 0.0, 0.0);
+            let tiled = gpu.compiled_kernels().iter().any(|k| k.shader == wgkernels::shaders::Shader::Transpose);
+            assert_eq!(tiled, dtype == DType::F32 || c % 2 == 0, "{batch}x{r}x{c} {dtype:?}: tiled kernel");
+        }
+    }
+}

@@ -6,6 +6,7 @@ pub mod elementwise;
 pub mod matmul;
 pub mod norm;
 pub mod reduce;
+pub mod transpose;
 
 use crate::DType;
 
