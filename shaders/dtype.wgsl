@@ -24,8 +24,8 @@ fn f32_to_bf16_bits(x: f32) -> u32 {
 // to nearest even (a cast inside a fused chain came out one ulp off there), so results
 // would differ between backends. Both candidate results are computed and selected, so a
 // subgroup whose values straddle the f16 subnormal range does not run two paths (softmax
-// outputs of long rows are mostly f16 subnormals); the integer-only version with branches
-// that this replaces is the f16 store of every 16-bit kernel.
+// outputs of long rows are in good part f16 subnormals). It is the f16 store of every
+// 16-bit kernel where the adapter's own rounding is not used (Gpu::native_f16).
 fn f32_to_f16_bits(x: f32) -> u32 {
     let u = bitcast<u32>(x);
     let sign = (u >> 16u) & 0x8000u;

@@ -265,8 +265,9 @@ fn rows_of(op: &'static str, x: &Tensor) -> Result<Rows> {
 fn softmax_rows(op: &'static str, x: &Tensor) -> Result<(Rows, bool)> {
     let mut r = rows_of(op, x)?;
     // f32 softmax rows stay in pairs: on the H200, 16384×4096 ran 3299 and 3312 GB/s in
-    // units of 4 (two calls) against 3742 in pairs (LayerNorm gained from units of 4: 3113
-    // -> 3625 GB/s; 16-bit softmax too, with 8-byte loads). BENCHMARKS.md.
+    // units of 4 (two calls) and 3731 in pairs (the next call; 3742 in the round before)
+    // — across calls, so a trend, not a same-call ratio. LayerNorm gained from units of 4
+    // (3113 -> 3625 GB/s) and so did 16-bit softmax (8-byte loads). BENCHMARKS.md.
     if r.unit == 4 && r.x.dtype() == DType::F32 {
         r.unit = 2;
     }
@@ -278,17 +279,9 @@ fn softmax_rows(op: &'static str, x: &Tensor) -> Result<(Rows, bool)> {
     Ok((r, odd))
 }
 
-/// The leftover outputs of odd rows ([rows] f32, bound at 7), or None.
-fn edges_for(op: &'static str, gpu: &crate::Gpu, rows: usize, odd: bool) -> Result<Option<Tensor>> {
-    if odd {
-        Ok(Some(Tensor::empty(gpu, op, &[rows], DType::F32)?))
-    } else {
-        Ok(None)
-    }
-}
-
-/// Dispatches a softmax-family kernel over `groups` workgroups with the buffers `bind`; for
-/// odd rows also binds the leftovers' buffer and then joins them (`join_edges`).
+/// Dispatches a softmax-family kernel over `groups` workgroups with the buffers `bind`. Odd
+/// rows also bind the leftovers' buffer ([rows] f32, binding 7), and `join_edges` then
+/// writes the words that rows 2k and 2k + 1 share.
 #[allow(clippy::too_many_arguments)]
 fn dispatch_rows(
     op: &'static str,
@@ -301,23 +294,19 @@ fn dispatch_rows(
     out: &Tensor,
     params: &wgpu::Buffer,
 ) -> Result<()> {
-    let edges = edges_for(op, gpu, r.rows, odd)?;
-    let mut bind = bind.to_vec();
-    if let Some(e) = &edges {
-        bind.push((7, e.storage()?.buffer()));
+    if !odd {
+        return gpu.dispatch(k, bind, groups);
     }
-    gpu.dispatch(k, &bind, groups)?;
-    join_edges(gpu, r, out, params, &edges)
-}
-
-/// After a softmax-family kernel on odd rows: writes the words that rows 2k and 2k + 1 share.
-fn join_edges(gpu: &crate::Gpu, r: &Rows, out: &Tensor, params: &wgpu::Buffer, edges: &Option<Tensor>) -> Result<()> {
-    let Some(edges) = edges else { return Ok(()) };
-    let k = softmax_kernel("join_edges", r.x.dtype(), None, None, r.out_dtype, 2, 1, false, 1.0, Caps::of(gpu), true);
+    let edges = Tensor::empty(gpu, op, &[r.rows], DType::F32)?;
+    let mut with_edges = bind.to_vec();
+    with_edges.push((7, edges.storage()?.buffer()));
+    gpu.dispatch(k, &with_edges, groups)?;
+    let join =
+        softmax_kernel("join_edges", r.x.dtype(), None, None, r.out_dtype, 2, 1, false, 1.0, Caps::of(gpu), true);
     // Unchecked is safe: k < ceil(rows / 2) reads edges below rows and writes the word of
     // element (2k + 1)·n − 1 < rows·n, inside the output.
     let b = [(1, out.storage()?.buffer()), (2, params), (7, edges.storage()?.buffer())];
-    gpu.dispatch(&k, &b, r.rows.div_ceil(2).div_ceil(WG) as u32)
+    gpu.dispatch(&join, &b, r.rows.div_ceil(2).div_ceil(WG) as u32)
 }
 
 /// The smallest register class that holds the row, or the largest (then the row streams).
@@ -966,6 +955,8 @@ pub fn norm_forward(
     kernel: RowKernel,
 ) -> Result<Tensor> {
     let r = rows_of(op, x)?;
+    // A bad forced class is refused here, before `prologue` below may realise pending
+    // inputs (`choose` checks it again once the unit is known).
     if let RowKernel::Workgroup(v) = kernel {
         workgroup_vpt(op, Some(v), r.n, r.unit)?;
     }
