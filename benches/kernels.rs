@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 
 use wgkernels::bench::measure;
 use wgkernels::ops::matmul::{candidates, MatmulOptions, MatmulPath};
+use wgkernels::ops::norm::{norm_backward_with, NormGrads};
 use wgkernels::{DType, Gpu, Tensor};
 
 struct Row {
@@ -60,6 +61,27 @@ fn torch_rates(path: &str) -> Vec<(String, String, String, String, f64)> {
             Some((s("bench")?, s("size")?, s("dtype")?, s("variant")?, v.get("rate")?.as_f64()?))
         })
         .collect()
+}
+
+/// The norm backward's ways to dw/db to time: the default, then those WGK_BENCH_GRADS names
+/// ("separate", or rows per workgroup of the one pass), each with its row label.
+fn norm_grads_variants() -> wgkernels::Result<Vec<(NormGrads, String)>> {
+    let mut v = vec![(NormGrads::Auto, "dx + dw, db (auto)".to_string())];
+    for item in std::env::var("WGK_BENCH_GRADS").unwrap_or_default().split(',').filter(|s| !s.is_empty()) {
+        v.push(match item.trim() {
+            "separate" => (NormGrads::Separate, "dx, then dw, db re-reading x, dy".to_string()),
+            rows => match rows.parse::<u32>() {
+                Ok(r) => (NormGrads::InPass(r), format!("one pass, {r} rows/workgroup")),
+                Err(_) => {
+                    return Err(wgkernels::Error::InvalidArgument {
+                        op: "bench",
+                        msg: format!("WGK_BENCH_GRADS item {rows:?}: \"separate\" or a row count"),
+                    })
+                }
+            },
+        });
+    }
+    Ok(v)
 }
 
 /// Realises every tensor given (pending element-wise results are computed when timed).
@@ -278,16 +300,25 @@ fn main() -> wgkernels::Result<()> {
                     x.layer_norm(Some(&w), Some(&b), 1e-5).and_then(|t| t.realize().map(drop))
                 })?;
                 push("layernorm", size.clone(), t, bytes, "registers, shifted sums");
-                let t = measure(&gpu, 2, reps, || {
-                    x.layer_norm_backward(Some(&w), &dy, 1e-5).and_then(|(dx, dw, db)| realize_all(&[Some(dx), dw, db]))
-                })?;
-                push("layernorm_backward", size.clone(), t, 1.5 * bytes, "dx + partial dw, db");
+                // The default, then any other ways to dw/db named in WGK_BENCH_GRADS
+                // ("separate" or rows per workgroup of the one pass, comma-separated).
+                let grads = norm_grads_variants()?;
+                for &(path, ref label) in &grads {
+                    let t = measure(&gpu, 2, reps, || {
+                        norm_backward_with("layer_norm_backward", &x, Some(&w), &dy, 1e-5, false, path)
+                            .and_then(|(dx, dw, db)| realize_all(&[Some(dx), dw, db]))
+                    })?;
+                    push("layernorm_backward", size.clone(), t, 1.5 * bytes, label);
+                }
                 let t = measure(&gpu, 2, reps, || x.rms_norm(Some(&w), 1e-5).and_then(|t| t.realize().map(drop)))?;
                 push("rmsnorm", size.clone(), t, bytes, "registers");
-                let t = measure(&gpu, 2, reps, || {
-                    x.rms_norm_backward(Some(&w), &dy, 1e-5).and_then(|(dx, dw)| realize_all(&[Some(dx), dw]))
-                })?;
-                push("rmsnorm_backward", size, t, 1.5 * bytes, "dx + partial dw");
+                for &(path, ref label) in &grads {
+                    let t = measure(&gpu, 2, reps, || {
+                        norm_backward_with("rms_norm_backward", &x, Some(&w), &dy, 1e-5, true, path)
+                            .and_then(|(dx, dw, _)| realize_all(&[Some(dx), dw]))
+                    })?;
+                    push("rmsnorm_backward", size.clone(), t, 1.5 * bytes, label);
+                }
                 let (r, v) = (8192 / scale, 50257);
                 let logits = Tensor::randn(&gpu, &[r, v], dtype, 7)?;
                 let targets: Vec<u32> = (0..r).map(|i| ((i * 7919) % v) as u32).collect();

@@ -10,7 +10,7 @@ from triton.testing import do_bench
 
 dev = "cuda"
 
-# Sections to run (all by default): python3 torch_extra.py [matmul_norms] [adamw] [attention]
+# Sections to run (all by default): python3 torch_extra.py [matmul_norms | norms] [adamw] [attention]
 import sys
 SECTIONS = sys.argv[1:] or ["matmul_norms", "adamw", "attention"]
 
@@ -20,10 +20,10 @@ def rec(bench, size, dtype, variant, ms, work, unit):
 def bench(fn):
     return do_bench(fn, warmup=50, rep=300, return_mode="median")
 
-if "matmul_norms" in SECTIONS:
+if "matmul_norms" in SECTIONS or "norms" in SECTIONS:  # "norms": without the matmuls
     for dt, name in [(torch.float32, "f32"), (torch.float16, "f16")]:
         torch.backends.cuda.matmul.allow_tf32 = False
-        for m, k, n in [(8192, 768, 3072), (8192, 3072, 768), (1, 768, 3072)]:
+        for m, k, n in [] if "matmul_norms" not in SECTIONS else [(8192, 768, 3072), (8192, 3072, 768), (1, 768, 3072)]:
             a = torch.randn(m, k, device=dev, dtype=dt); b = torch.randn(k, n, device=dev, dtype=dt)
             rec("matmul", f"{m}x{k}x{n}", name, "cublas-fp32" if dt == torch.float32 else "cublas", bench(lambda: a @ b), 2 * m * k * n, "GFLOP/s")
         es = torch.finfo(dt).bits // 8

@@ -12,10 +12,12 @@
 //
 // Backward (dx): rows up to the register class keep x and dy·w in registers: one read of
 // x and dy, one write of dx (longer rows read the tail again). dw and db are sums over
-// rows; WGSL has no float atomics, so `param_grads` writes per-chunk partial sums
-// [chunks, 2, N] (reading x and dy a second time: 2·N·size bytes per row) and
-// `param_grads_sum` adds them up over chunks into the weight's dtype (4 bytes per chunk
-// and column: small).
+// rows; WGSL has no float atomics, so they are summed per chunk of rows into partial sums
+// [chunks, 2, N] f32, which `param_grads_sum` adds up over chunks into the weight's dtype.
+// Two ways to the partials: `backward_grads` computes dx and a chunk's partials in one pass
+// (a workgroup per chunk: 3·N·size bytes per row plus 8·N per chunk), for rows whose units
+// fit in 4 per invocation (or 8 single elements); `backward` + `param_grads`, which reads x
+// and dy a second time (5·N·size bytes per row), for the rest and on request.
 //
 // Fused prologue (norm forward only): when x is a pending element-wise chain of L inputs (a
 // residual add: L = 2), LOAD_X evaluates the chain instead of reading x, and the first read
@@ -41,9 +43,9 @@ const WG: u32 = 256u;
 const VPT: u32 = {{VPT}}u;
 const UNIT: u32 = {{UNIT}}u;
 const RMS: bool = {{RMS}};
-const ROWS_PER_CHUNK: u32 = 64u;
 
-// params: [0] rows [1] n [2] x offset [3] eps (f32 bits) [4] dy offset [5] w offset [6] b offset
+// params: [0] rows [1] n [2] x offset [3] eps (f32 bits) [4] dy offset [5] w offset
+// [6] b offset (forward) or rows per chunk of the dw/db partial sums (backward)
 @group(0) @binding(0) var<storage, read> x: array<{{WORD_X}}>;
 @group(0) @binding(1) var<storage, read_write> out: array<{{WORD_OUT}}>;
 @group(0) @binding(2) var<storage, read> params: array<u32>;
@@ -334,11 +336,105 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     }
 }
 
-// Partial dw, db over a chunk of ROWS_PER_CHUNK rows: invocation (unit u of columns, chunk
+// dx, and dw/db partial sums, in one pass (rows that fit the register class, with a
+// weight): a workgroup takes params[6] consecutive rows, each invocation the same units of
+// every one of them, so it adds dy·x̂ and dy for its columns up in registers and writes
+// them once, as partials[group · 2N + j] and partials[group · 2N + N + j] (summed over groups
+// by param_grads_sum). x and dy are read once — against twice with `backward` and
+// `param_grads` (5 passes over rows × N become 3, plus 8·N bytes per group of partials) —
+// and w once per group. The next row's x and dy are loaded before this row's reductions
+// so that their latency hides behind the barriers.
+@compute @workgroup_size(256)
+fn backward_grads(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32{{SG_ARGS}}) {
+    {{SG_INIT}}
+    let group = wid.x + wid.y * nwg.x;
+    let rows = params[0];
+    let n = params[1];
+    let first = group * params[6];
+    if (first >= rows) {
+        return;
+    }
+    let last = min(first + params[6], rows);
+    let units = (n + UNIT - 1u) / UNIT;
+    let eps = bitcast<f32>(params[3]);
+    // [VPT] units of this invocation: w, the running dw and db, and the next row's x, dy.
+    var w_cache: array<Unit, VPT>;
+    var dw: array<Unit, VPT>;
+    var db: array<Unit, VPT>;
+    var x_next: array<Unit, VPT>;
+    var dy_next: array<Unit, VPT>;
+    // Clamped, branch-free loads (see row_moments); units past the row are masked below.
+    for (var i = 0u; i < VPT; i++) {
+        let j = min(lid + i * WG, units - 1u) * UNIT;
+        w_cache[i] = load_w(params[5] + j);
+        x_next[i] = load_x(params[2] + first * n + j);
+        dy_next[i] = load_dy(params[4] + first * n + j);
+        dw[i] = Unit(0.0);
+        db[i] = Unit(0.0);
+    }
+    for (var row = first; row < last; row++) {
+        let xs = x_next;
+        let dys = dy_next;
+        let next = min(row + 1u, last - 1u);
+        for (var i = 0u; i < VPT; i++) {
+            let j = min(lid + i * WG, units - 1u) * UNIT;
+            x_next[i] = load_x(params[2] + next * n + j);
+            dy_next[i] = load_dy(params[4] + next * n + j);
+        }
+        // Moments, as row_moments does them from its cache.
+        let shift = select(xs[0].x, 0.0, RMS);
+        var acc = vec3<f32>(0.0);
+        for (var i = 0u; i < VPT; i++) {
+            if (lid + i * WG < units) {
+                acc = add_unit(acc, xs[i], shift);
+            }
+        }
+        var m: vec2<f32>;
+        if (RMS) {
+            let total = reduce_sum2(lid, vec2<f32>(acc.x, acc.z));
+            m = vec2<f32>(0.0, inverseSqrt(total.y / total.x + eps));
+        } else {
+            let total = reduce_welford(lid, to_welford(acc, shift));
+            m = vec2<f32>(total.y, inverseSqrt(max(total.z / total.x, 0.0) + eps));
+        }
+        var sums = vec2<f32>(0.0); // (Σ g, Σ g·x̂), g = dy·w
+        for (var i = 0u; i < VPT; i++) {
+            if (lid + i * WG < units) {
+                let xh = (xs[i] - m.x) * m.y;
+                let dyr = real_lanes(dys[i]);
+                let g = dyr * w_cache[i];
+                sums += vec2<f32>(hsum(g), dot(g, xh));
+                dw[i] += dyr * xh;
+                db[i] += dyr;
+            }
+        }
+        let total = reduce_sum2(lid, sums);
+        let mean_g = select(total.x / f32(n), 0.0, RMS);
+        let mean_gx = total.y / f32(n);
+        for (var i = 0u; i < VPT; i++) {
+            let u = lid + i * WG;
+            if (u < units) {
+                let xh = (xs[i] - m.x) * m.y;
+                store(row * n + u * UNIT, m.y * (dys[i] * w_cache[i] - mean_g - xh * mean_gx));
+            }
+        }
+    }
+    for (var i = 0u; i < VPT; i++) {
+        let u = lid + i * WG;
+        if (u < units) {
+            for (var c = 0u; c < UNIT; c++) {
+                partials[group * 2u * n + u * UNIT + c] = dw[i][c];
+                partials[group * 2u * n + n + u * UNIT + c] = db[i][c];
+            }
+        }
+    }
+}
+
+// Partial dw, db over a chunk of params[6] rows (longer rows than backward_grads takes): invocation (unit u of columns, chunk
 // c) writes partials[c · 2N + j] = Σ dy·x̂ and partials[c · 2N + N + j] = Σ dy for the
 // columns j of its unit. Consecutive invocations take consecutive units, so every row read
 // is coalesced. Rows go ROW_BATCH at a time with all their loads issued first: a loop that
-// waited for each row's loads in turn was ROWS_PER_CHUNK load latencies long.
+// waited for each row's loads in turn was as many load latencies long as the chunk has rows.
 const ROW_BATCH: u32 = 8u;
 
 @compute @workgroup_size(256)
@@ -353,8 +449,8 @@ fn param_grads(@builtin(global_invocation_id) gid: vec3<u32>) {
     let j = u * UNIT;
     var dw = Unit(0.0);
     var db = Unit(0.0);
-    let first = chunk * ROWS_PER_CHUNK;
-    let last = min(first + ROWS_PER_CHUNK, rows);
+    let first = chunk * params[6];
+    let last = min(first + params[6], rows);
     for (var r0 = first; r0 < last; r0 += ROW_BATCH) {
         var xs: array<Unit, ROW_BATCH>;
         var gs: array<Unit, ROW_BATCH>;
@@ -389,7 +485,7 @@ var<workgroup> pair_sums: array<vec2<f32>, 256>;
 @compute @workgroup_size(256)
 fn param_grads_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let n = params[1];
-    let chunks = (params[0] + ROWS_PER_CHUNK - 1u) / ROWS_PER_CHUNK;
+    let chunks = (params[0] + params[6] - 1u) / params[6];
     let p = (wid.x + wid.y * nwg.x) * 32u + lid % 32u;
     let lane = lid / 32u;
     var acc = vec2<f32>(0.0);

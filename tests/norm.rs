@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use wgkernels::ops::norm::{norm_forward, RowKernel, SoftmaxOptions, VPT_CLASSES};
+use wgkernels::ops::norm::{norm_backward_with, norm_forward, NormGrads, RowKernel, SoftmaxOptions, VPT_CLASSES};
 use wgkernels::{DType, Error, Tensor};
 
 const NEG_INF: f64 = f64::NEG_INFINITY;
@@ -282,6 +282,17 @@ fn norm_backward_ref(
     (dx, dw, db)
 }
 
+/// The ways to dw/db the library can take for rows of `n`: auto, the separate kernel, and
+/// the one-pass kernel with 1 and 7 rows per workgroup (7 divides none of the row counts
+/// below) where the row fits it.
+fn grads_paths(n: usize) -> Vec<NormGrads> {
+    let mut paths = vec![NormGrads::Auto, NormGrads::Separate];
+    if n <= 4096 && (n.is_multiple_of(2) || n <= 2047) {
+        paths.extend([NormGrads::InPass(1), NormGrads::InPass(7)]);
+    }
+    paths
+}
+
 #[test]
 fn norm_backward_matches_reference() {
     let gpu = gpu();
@@ -290,7 +301,8 @@ fn norm_backward_matches_reference() {
         let (atol, rtol) = tol(dtype);
         // Units of 1, 2 and 4; register classes 1, 1, 1, 4, 4, 8 with a streamed tail (9000
         // in units of 4) and 16 with a streamed tail (odd 4097); many rows: dw and db summed
-        // over 79 and 71 chunks of 64 rows (param_grads_sum's lanes take several each).
+        // over 79 and 71 chunks of 64 rows (param_grads_sum's lanes take several each), or
+        // over 5000 and 643 chunks of the one pass.
         for (rows, n) in
             [(3, 2), (5, 127), (130, 1000), (3, 2002), (2, 3000), (2, 9000), (2, 4097), (5000, 6), (4500, 8)]
         {
@@ -299,20 +311,40 @@ fn norm_backward_matches_reference() {
             let (dy, dyv) = random_tensor(&gpu, &[rows, n], dtype, 52);
             for rms in [false, true] {
                 let (dx_want, dw_want, db_want) = norm_backward_ref(&xv, &wv, &dyv, n, eps as f64, rms);
-                let what = format!("{} backward {rows}x{n} {dtype:?}", if rms { "rms_norm" } else { "layer_norm" });
-                let (dx, dw, db) = if rms {
-                    let (dx, dw) = x.rms_norm_backward(Some(&w), &dy, eps).unwrap();
-                    (dx, dw, None)
-                } else {
-                    x.layer_norm_backward(Some(&w), &dy, eps).unwrap()
-                };
-                assert_close(&format!("{what} dx"), &dx.to_vec_f32().unwrap(), &dx_want, atol * 50.0, rtol * 4.0);
-                let sum_tol = atol * 50.0 * (rows as f64).sqrt();
-                assert_close(&format!("{what} dw"), &dw.unwrap().to_vec_f32().unwrap(), &dw_want, sum_tol, rtol * 4.0);
-                if let Some(db) = db {
-                    assert_close(&format!("{what} db"), &db.to_vec_f32().unwrap(), &db_want, sum_tol, rtol * 4.0);
+                let op = if rms { "rms_norm_backward" } else { "layer_norm_backward" };
+                for path in grads_paths(n) {
+                    let what = format!("{op} {rows}x{n} {dtype:?} {path:?}");
+                    let (dx, dw, db) = if path == NormGrads::Auto && rms {
+                        let (dx, dw) = x.rms_norm_backward(Some(&w), &dy, eps).unwrap();
+                        (dx, dw, None)
+                    } else if path == NormGrads::Auto {
+                        x.layer_norm_backward(Some(&w), &dy, eps).unwrap()
+                    } else {
+                        norm_backward_with(op, &x, Some(&w), &dy, eps, rms, path).unwrap()
+                    };
+                    assert_close(&format!("{what} dx"), &dx.to_vec_f32().unwrap(), &dx_want, atol * 50.0, rtol * 4.0);
+                    let sum_tol = atol * 50.0 * (rows as f64).sqrt();
+                    let dw = dw.unwrap().to_vec_f32().unwrap();
+                    assert_close(&format!("{what} dw"), &dw, &dw_want, sum_tol, rtol * 4.0);
+                    if let (Some(db), false) = (db, rms) {
+                        assert_close(&format!("{what} db"), &db.to_vec_f32().unwrap(), &db_want, sum_tol, rtol * 4.0);
+                    }
                 }
             }
+            // Without a weight there is no dw or db: dx alone, whatever the path asked for.
+            let (dx, dw, db) =
+                norm_backward_with("layer_norm_backward", &x, None, &dy, eps, false, NormGrads::InPass(7))
+                    .unwrap_or_else(|e| panic!("{rows}x{n}: {e}"));
+            assert!(dw.is_none() && db.is_none());
+            let ones = vec![1.0; n];
+            let (dx_want, _, _) = norm_backward_ref(&xv, &ones, &dyv, n, eps as f64, false);
+            assert_close(
+                &format!("layer_norm_backward {rows}x{n} {dtype:?} no weight dx"),
+                &dx.to_vec_f32().unwrap(),
+                &dx_want,
+                atol * 50.0,
+                rtol * 4.0,
+            );
         }
     }
 }
@@ -390,6 +422,16 @@ fn norm_errors() {
     let dy = Tensor::randn(&gpu, &[4, 5], DType::F32, 5).unwrap();
     let e = x.layer_norm_backward(None, &dy, 1e-5).unwrap_err();
     assert!(matches!(e, Error::ShapeMismatch { op: "layer_norm_backward", .. }), "{e}");
+    let dy6 = Tensor::randn(&gpu, &[4, 6], DType::F32, 5).unwrap();
+    let w6 = Tensor::randn(&gpu, &[6], DType::F32, 2).unwrap();
+    let e =
+        norm_backward_with("layer_norm_backward", &x, Some(&w6), &dy6, 1e-5, false, NormGrads::InPass(0)).unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument { op: "layer_norm_backward", .. }), "{e}");
+    let long = Tensor::randn(&gpu, &[2, 9000], DType::F32, 7).unwrap();
+    let w_long = Tensor::randn(&gpu, &[9000], DType::F32, 8).unwrap();
+    let e = norm_backward_with("rms_norm_backward", &long, Some(&w_long), &long, 1e-5, true, NormGrads::InPass(4))
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument { op: "rms_norm_backward", .. }), "rows of 9000 in one pass: {e}");
     let dyh = Tensor::randn(&gpu, &[4, 6], DType::F16, 6).unwrap();
     let e = x.softmax_backward(&dyh).unwrap_err();
     assert!(matches!(e, Error::DTypeMismatch { op: "softmax_backward", .. }), "{e}");

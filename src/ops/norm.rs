@@ -491,6 +491,22 @@ pub fn all_kernels() -> Vec<Kernel> {
                     all.push(norm_kernel("forward", d, Some(d), None, None, out, unit, vpt, true, caps, None));
                     for rms in [false, true] {
                         all.push(norm_kernel("backward", d, Some(d), None, Some(d), out, unit, vpt, rms, caps, None));
+                        if vpt <= 8 {
+                            let k = norm_kernel(
+                                "backward_grads",
+                                d,
+                                Some(d),
+                                None,
+                                Some(d),
+                                out,
+                                unit,
+                                vpt,
+                                rms,
+                                caps,
+                                None,
+                            );
+                            all.push(k);
+                        }
                     }
                 }
                 all.push(softmax_kernel("softmax", d, Some(d), None, out, unit, 4, true, 1.0, caps, false));
@@ -1033,6 +1049,28 @@ pub fn norm_forward(
     finish(out, x.dtype(), x.shape())
 }
 
+/// How a norm backward sums dw and db over rows ([`norm_backward_with`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum NormGrads {
+    /// `InPass` where the row fits (units of at most 16 f32 lanes per invocation: rows of
+    /// up to 4096 elements in units of 4 or 2, 2047 odd), `Separate` otherwise.
+    #[default]
+    Auto,
+    /// dx first, then a second kernel reads x and dy again for the partial sums (chunks of
+    /// 64 rows).
+    Separate,
+    /// dx and the partial sums in one pass, this many consecutive rows per workgroup
+    /// (1..=4096); rows must fit the largest register class.
+    InPass(u32),
+}
+
+/// Rows per workgroup of the one-pass backward when not forced: about 1024 workgroups (a
+/// few per SM on large GPUs), so that the partial sums (8·N bytes per workgroup) stay small
+/// beside the 3·N·size bytes per row that every backward moves.
+fn in_pass_rows(rows: usize) -> u32 {
+    rows.div_ceil(1024).clamp(1, 64) as u32
+}
+
 fn norm_backward(
     op: &'static str,
     x: &Tensor,
@@ -1041,68 +1079,136 @@ fn norm_backward(
     eps: f32,
     rms: bool,
 ) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
+    norm_backward_with(op, x, weight, dy, eps, rms, NormGrads::Auto)
+}
+
+/// LayerNorm (`rms = false`) or RMSNorm backward, `(dx, dw, db)`, with a forced way to dw
+/// and db (the tests and benchmarks compare them; [`Tensor::layer_norm_backward`] is `Auto`).
+///
+/// ```no_run
+/// # use wgkernels::{DType, Gpu, Tensor};
+/// # fn main() -> wgkernels::Result<()> {
+/// # let gpu = Gpu::new()?;
+/// use wgkernels::ops::norm::{norm_backward_with, NormGrads};
+/// let x = Tensor::randn(&gpu, &[64, 512], DType::F32, 0)?;
+/// let w = Tensor::full(&gpu, &[512], 1.0, DType::F32)?;
+/// let dy = Tensor::randn(&gpu, &[64, 512], DType::F32, 1)?;
+/// let (dx, dw, db) = norm_backward_with("layer_norm_backward", &x, Some(&w), &dy, 1e-5, false, NormGrads::InPass(8))?;
+/// # Ok(()) }
+/// ```
+pub fn norm_backward_with(
+    op: &'static str,
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    dy: &Tensor,
+    eps: f32,
+    rms: bool,
+    grads: NormGrads,
+) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
     if x.shape() != dy.shape() {
         return Err(Error::ShapeMismatch { op, lhs: x.shape().to_vec(), rhs: dy.shape().to_vec() });
     }
     if x.dtype() != dy.dtype() {
         return Err(Error::DTypeMismatch { op, lhs: x.dtype(), rhs: dy.dtype() });
     }
+    if let NormGrads::InPass(per) = grads {
+        if !(1..=4096).contains(&per) {
+            return Err(Error::InvalidArgument { op, msg: format!("{per} rows per workgroup: not in 1..=4096") });
+        }
+    }
     let r = rows_of(op, x)?;
     let w = param(op, weight, r.n)?;
+    let vpt = auto_vpt(r.n, r.unit);
+    let lanes = if r.unit == 4 { 4 } else { 2 };
+    let fits = r.n.div_ceil(r.unit as usize) <= WG * vpt as usize;
+    let per_group = match grads {
+        _ if w.is_none() => None,
+        NormGrads::Auto if fits && vpt * lanes <= 16 => Some(in_pass_rows(r.rows)),
+        NormGrads::Auto | NormGrads::Separate => None,
+        NormGrads::InPass(_) if !fits => {
+            return Err(Error::InvalidArgument {
+                op,
+                msg: format!(
+                    "rows of {} elements do not fit one pass (at most {})",
+                    r.n,
+                    WG * vpt as usize * r.unit as usize
+                ),
+            })
+        }
+        NormGrads::InPass(per) => Some(per),
+    };
+    let chunk_rows = per_group.map_or(ROWS_PER_CHUNK, |p| p as usize);
+    let chunks = r.rows.div_ceil(chunk_rows);
+    // param_grads puts the chunks on the grid's second dimension.
+    let max = x.gpu().info().limits.max_compute_workgroups_per_dimension as usize;
+    if w.is_some() && per_group.is_none() && chunks > max {
+        return Err(Error::InvalidArgument { op, msg: format!("{} rows exceed {max} chunks of {chunk_rows}", r.rows) });
+    }
     let dyc = dy.contiguous()?;
     let gpu = x.gpu();
     let dx = Tensor::empty(gpu, op, &[r.rows, r.n], r.out_dtype)?;
-    let stats = Tensor::empty(gpu, op, &[r.rows, 2], DType::F32)?;
-    let params = gpu.meta_buffer(&[r.rows as u32, r.n as u32, 0, eps.to_bits(), dyc.offset() as u32, 0, 0]);
+    let params =
+        gpu.meta_buffer(&[r.rows as u32, r.n as u32, 0, eps.to_bits(), dyc.offset() as u32, 0, chunk_rows as u32]);
+    let entry = if per_group.is_some() { "backward_grads" } else { "backward" };
     let k = norm_kernel(
-        "backward",
+        entry,
         r.x.dtype(),
         w.as_ref().map(|t| t.dtype()),
         None,
         Some(dy.dtype()),
         r.out_dtype,
         r.unit,
-        auto_vpt(r.n, r.unit),
+        vpt,
         rms,
         Caps::of(gpu),
         None,
     );
-    let mut bind = vec![
-        (0, r.x.storage()?.buffer()),
-        (1, dx.storage()?.buffer()),
-        (2, &params),
-        (5, dyc.storage()?.buffer()),
-        (6, stats.storage()?.buffer()),
-    ];
+    let partials = match &w {
+        Some(_) => Some(Tensor::empty(gpu, op, &[chunks, 2, r.n], DType::F32)?),
+        None => None,
+    };
+    // Per-row (mean, rstd) for param_grads (`backward` writes them; the one pass needs none).
+    let stats = Tensor::empty(gpu, op, &[r.rows, 2], DType::F32)?;
+    let mut bind =
+        vec![(0, r.x.storage()?.buffer()), (1, dx.storage()?.buffer()), (2, &params), (5, dyc.storage()?.buffer())];
     if let Some(w) = &w {
         bind.push((3, w.storage()?.buffer()));
     }
-    gpu.dispatch(&k, &bind, r.rows as u32)?;
-    let dx = finish(dx, x.dtype(), x.shape())?;
-    let Some(w) = w else { return Ok((dx, None, None)) };
-    // dw, db: per-chunk partial sums, then a sum over chunks (no float atomics in WGSL).
-    let chunks = r.rows.div_ceil(ROWS_PER_CHUNK);
-    let max = gpu.info().limits.max_compute_workgroups_per_dimension as usize;
-    if chunks > max {
-        return Err(Error::InvalidArgument {
-            op,
-            msg: format!("{} rows exceed {} chunks of {ROWS_PER_CHUNK}", r.rows, max),
-        });
+    match (&partials, per_group) {
+        // Unchecked is safe: every load index is clamped into the row (unit ≤ units − 1,
+        // row < rows) and group g < chunks writes partials[g·2n + j], j < 2n.
+        (Some(p), Some(_)) => bind.push((7, p.storage()?.buffer())),
+        _ => bind.push((6, stats.storage()?.buffer())),
     }
-    let partials = Tensor::empty(gpu, op, &[chunks, 2, r.n], DType::F32)?;
-    let k =
-        norm_kernel("param_grads", r.x.dtype(), None, None, Some(dy.dtype()), r.out_dtype, r.unit, 1, rms, PLAIN, None);
-    gpu.dispatch_3d(
-        &k,
-        &[
-            (0, r.x.storage()?.buffer()),
-            (2, &params),
-            (5, dyc.storage()?.buffer()),
-            (6, stats.storage()?.buffer()),
-            (7, partials.storage()?.buffer()),
-        ],
-        [r.n.div_ceil(r.unit as usize).div_ceil(WG) as u32, chunks as u32, 1],
-    )?;
+    gpu.dispatch(&k, &bind, per_group.map_or(r.rows, |_| chunks) as u32)?;
+    let dx = finish(dx, x.dtype(), x.shape())?;
+    let (Some(w), Some(partials)) = (w, partials) else { return Ok((dx, None, None)) };
+    if per_group.is_none() {
+        let k = norm_kernel(
+            "param_grads",
+            r.x.dtype(),
+            None,
+            None,
+            Some(dy.dtype()),
+            r.out_dtype,
+            r.unit,
+            1,
+            rms,
+            PLAIN,
+            None,
+        );
+        gpu.dispatch_3d(
+            &k,
+            &[
+                (0, r.x.storage()?.buffer()),
+                (2, &params),
+                (5, dyc.storage()?.buffer()),
+                (6, stats.storage()?.buffer()),
+                (7, partials.storage()?.buffer()),
+            ],
+            [r.n.div_ceil(r.unit as usize).div_ceil(WG) as u32, chunks as u32, 1],
+        )?;
+    }
     // [2n] = dw then db, summed over chunks and stored in the weight's dtype by one kernel.
     let grads = Tensor::empty(gpu, op, &[2 * r.n], w.dtype())?;
     let k = norm_kernel("param_grads_sum", r.x.dtype(), None, None, None, w.dtype(), 2, 1, rms, Caps::of(gpu), None);
