@@ -113,6 +113,10 @@ pub fn flush_bytes(gpu: &Gpu) -> u64 {
 /// ```
 pub fn measure(gpu: &Gpu, warmup: usize, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<Timing> {
     let reps = reps.max(1);
+    // The full kernels of new fused structures (tiered JIT) are what a loop runs: wait for
+    // them before the warm-up, so that it and every timed repeat use them.
+    f()?;
+    gpu.finish_compiles();
     // Warm-up keeps the GPU busy (a wait every 8 runs, not after each: gaps let the clocks
     // drop), for at least `warmup_ms()`.
     let start = std::time::Instant::now();

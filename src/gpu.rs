@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::profiler::ProfilerState;
-use crate::shaders::PipelineKey;
+use crate::shaders::{Kernel, PipelineKey};
 
 /// Dispatches recorded before the pending encoder is submitted without being asked.
 const MAX_PENDING_DISPATCHES: usize = 64;
@@ -193,6 +193,12 @@ pub(crate) struct GpuInner {
     native_f16: std::sync::OnceLock<bool>,
     /// GpuOptions::fused_unroll, checked.
     pub(crate) fused_unroll: u32,
+    /// GpuOptions::tiered_jit, resolved for this adapter.
+    pub(crate) tiered_jit: bool,
+    /// Fused kernels compiling on background threads (tiered JIT), and those whose
+    /// background compile failed (compiled in the foreground next time, to report why).
+    pub(crate) background: Mutex<HashMap<Kernel, std::thread::JoinHandle<()>>>,
+    pub(crate) background_failed: Mutex<std::collections::HashSet<Kernel>>,
     /// GL only: held around every device call of this library (see [`Gpu::serial`]).
     gl_serial: Option<parking_lot::ReentrantMutex<()>>,
 }
@@ -259,6 +265,13 @@ pub struct GpuOptions {
     /// compiled a new structure in 19.3 ms against 28 (unroll 4) but ran the chain at 3863
     /// GB/s against 4248 (BENCHMARKS.md, third round).
     pub fused_unroll: u32,
+    /// Tiered JIT for fused chains: a structure not seen before first runs a small kernel
+    /// (one element per invocation, the chain inlined once), which the driver compiles
+    /// sooner, while the full kernel (16-byte units, `fused_unroll`) compiles on a
+    /// background thread and takes over from the first realisation after it is ready.
+    /// `None` (`WGK_TIERED_JIT` unset): on for GPUs, off for CPU devices, whose driver
+    /// compiles on the same few cores that run the kernels, and for GL. See BENCHMARKS.md.
+    pub tiered_jit: Option<bool>,
 }
 
 impl Default for GpuOptions {
@@ -272,6 +285,7 @@ impl Default for GpuOptions {
             fuse_matmul_epilogues: false,
             native_f16: true,
             fused_unroll: 4,
+            tiered_jit: None,
         }
     }
 }
@@ -306,7 +320,22 @@ impl GpuOptions {
             })?,
             _ => 4,
         };
-        Ok(Self { backends, adapter_name, checked, autotune, fusion, fuse_matmul_epilogues, native_f16, fused_unroll })
+        let tiered_jit = match std::env::var("WGK_TIERED_JIT").as_deref() {
+            Ok("1") | Ok("true") => Some(true),
+            Ok("0") | Ok("false") => Some(false),
+            _ => None,
+        };
+        Ok(Self {
+            backends,
+            adapter_name,
+            checked,
+            autotune,
+            fusion,
+            fuse_matmul_epilogues,
+            native_f16,
+            fused_unroll,
+            tiered_jit,
+        })
     }
 }
 
@@ -504,6 +533,11 @@ impl Gpu {
                 native_f16_allowed: opts.native_f16 && features.contains(wgpu::Features::SHADER_F16),
                 native_f16: std::sync::OnceLock::new(),
                 fused_unroll: opts.fused_unroll,
+                tiered_jit: opts
+                    .tiered_jit
+                    .unwrap_or(ainfo.device_type != wgpu::DeviceType::Cpu && ainfo.backend != wgpu::Backend::Gl),
+                background: Mutex::new(HashMap::new()),
+                background_failed: Mutex::new(std::collections::HashSet::new()),
                 gl_serial: (ainfo.backend == wgpu::Backend::Gl).then(|| parking_lot::ReentrantMutex::new(())),
             }),
         })
@@ -915,6 +949,68 @@ impl Gpu {
         };
         self.inner.dispatches.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Starts compiling `kernel` on a background thread (tiered JIT) unless that is under
+    /// way. False when an earlier background compile of it failed, or no thread could be
+    /// started: the caller then compiles it in the foreground, which reports the error.
+    pub(crate) fn compile_in_background(&self, kernel: &Kernel) -> bool {
+        if lock(&self.inner.background_failed).contains(kernel) {
+            return false;
+        }
+        let mut running = lock(&self.inner.background);
+        running.retain(|_, h| !h.is_finished());
+        if running.contains_key(kernel) {
+            return true;
+        }
+        let (gpu, k) = (self.clone(), kernel.clone());
+        let spawned = std::thread::Builder::new().name("wgkernels-jit".into()).spawn(move || {
+            if gpu.pipeline(&k).is_err() {
+                lock(&gpu.inner.background_failed).insert(k);
+            }
+        });
+        match spawned {
+            Ok(handle) => {
+                running.insert(kernel.clone(), handle);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Whether new fused structures start with a quick kernel while the full one compiles
+    /// in the background ([`GpuOptions::tiered_jit`], resolved for this adapter).
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// println!("tiered JIT: {}", gpu.tiered_jit());
+    /// # Ok(()) }
+    /// ```
+    pub fn tiered_jit(&self) -> bool {
+        self.inner.tiered_jit
+    }
+
+    /// Waits for the fused kernels that the tiered JIT is compiling in the background
+    /// ([`GpuOptions::tiered_jit`]), so that the next realisation of their chains runs the
+    /// full kernels (benchmarks call this before timing).
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[1 << 20], DType::F32, 0)?;
+    /// x.exp()?.add(&x)?.realize()?; // a new structure: the quick kernel, the full one compiling
+    /// gpu.finish_compiles();
+    /// x.exp()?.add(&x)?.realize()?; // the full kernel
+    /// # Ok(()) }
+    /// ```
+    pub fn finish_compiles(&self) {
+        let running: Vec<_> = lock(&self.inner.background).drain().map(|(_, h)| h).collect();
+        for handle in running {
+            let _ = handle.join();
+        }
     }
 
     /// Submits all recorded work (does not wait for it).

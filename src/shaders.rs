@@ -282,6 +282,12 @@ impl Gpu {
         Ok(pipeline)
     }
 
+    /// Whether `kernel` is compiled already (its next dispatch compiles nothing).
+    pub(crate) fn is_compiled(&self, kernel: &Kernel) -> bool {
+        let checked = self.checked() || !kernel.trusted;
+        lock(&self.inner.pipelines).contains_key(&PipelineKey { kernel: kernel.clone(), checked })
+    }
+
     /// Records one dispatch of `kernel` over `workgroups` workgroups (spread over a 2-D grid
     /// when above the 65535 per-dimension limit; shaders flatten `wid.x + wid.y * nwg.x`
     /// and ignore the excess). `buffers` are (binding, buffer) pairs of group 0.

@@ -80,12 +80,70 @@ fn kernels_are_cached_by_structure_not_size() {
     };
     // Both multiples of 4 (the vec4 variant) — sizes of one layout class.
     run(100);
+    gpu.finish_compiles(); // with the tiered JIT, the full kernel compiles in the background
     let s0 = gpu.stats();
     run(12344);
     let s1 = gpu.stats();
     assert_eq!(s1.pipelines_compiled, s0.pipelines_compiled, "same chain, other size: no compile");
     assert!(s1.pipeline_cache_hits > s0.pipeline_cache_hits);
     assert_eq!(s1.fused_kernels, s0.fused_kernels + 1);
+}
+
+/// Tiered JIT (forced on: off by default on CPU devices): a structure not seen before runs
+/// the quick kernel (one element per invocation) while the full one compiles in the
+/// background; once it is ready the full kernel runs, compiling nothing more. Both agree with
+/// the float64 reference and with each other, on the 16-byte path (n a multiple of 4), the
+/// element path (odd n) and a 16-bit output (pairs).
+#[test]
+fn tiered_jit_runs_a_quick_kernel_until_the_full_one_is_compiled() {
+    let gpu = Gpu::with_options(GpuOptions { fusion: true, tiered_jit: Some(true), ..GpuOptions::from_env().unwrap() })
+        .unwrap();
+    // A different op in each case: a structure of its own (the quick kernels of one
+    // structure are the same for both layouts, so a second layout would compile one kernel).
+    for (n, dtype, op) in
+        [(4 * 1001, DType::F32, UnaryOp::Exp), (4001, DType::F32, UnaryOp::Sigmoid), (4001, DType::F16, UnaryOp::Tanh)]
+    {
+        let (x, xv) = random_tensor(&gpu, &[n], DType::F32, 30);
+        let (y, yv) = random_tensor(&gpu, &[n], DType::F32, 31);
+        let chain = || {
+            let t = x.mul(&y).unwrap();
+            let t = match op {
+                UnaryOp::Exp => t.exp(),
+                UnaryOp::Sigmoid => t.sigmoid(),
+                _ => t.tanh(),
+            };
+            t.unwrap().add(&y).unwrap().gelu().unwrap().to_dtype(dtype).unwrap()
+        };
+        let want: Vec<f64> =
+            xv.iter().zip(&yv).map(|(&a, &b)| UnaryOp::Gelu.apply_f64(op.apply_f64(a * b) + b)).collect();
+        let want = if dtype == DType::F32 {
+            want
+        } else {
+            rounded(&want.iter().map(|&v| v as f32).collect::<Vec<_>>(), dtype)
+        };
+        let (atol, rtol) = tol(dtype);
+        let s0 = gpu.stats();
+        let quick = chain().to_vec_f32().unwrap();
+        gpu.finish_compiles();
+        let s1 = gpu.stats();
+        let what = format!("n={n} {dtype:?}");
+        assert_eq!(s1.pipelines_compiled - s0.pipelines_compiled, 2, "{what}: the quick kernel and the full one");
+        let full = chain().to_vec_f32().unwrap();
+        let s2 = gpu.stats();
+        assert_eq!(s2.pipelines_compiled, s1.pipelines_compiled, "{what}: the full kernel is compiled already");
+        assert_eq!(s2.fused_kernels - s1.fused_kernels, 1, "{what}: one kernel");
+        assert_close(&format!("{what} quick kernel"), &quick, &want, atol, rtol);
+        assert_close(&format!("{what} full kernel"), &full, &want, atol, rtol);
+        let quick64: Vec<f64> = quick.iter().map(|&v| v as f64).collect();
+        assert_close(&format!("{what} full vs quick"), &full, &quick64, atol, rtol);
+    }
+    // Both kernels of the last structure were generated: naga translates them too.
+    let fused: Vec<_> =
+        gpu.compiled_kernels().into_iter().filter(|k| k.shader == wgkernels::shaders::Shader::Fused).collect();
+    assert!(fused.len() >= 6, "{} fused kernels compiled", fused.len());
+    for k in fused {
+        translate(&k.wgsl(), k.entry, &k.constants()).unwrap_or_else(|e| panic!("{}: {e}", k.label()));
+    }
 }
 
 #[test]

@@ -1064,11 +1064,14 @@ pub enum NormGrads {
     InPass(u32),
 }
 
-/// Rows per workgroup of the one-pass backward when not forced: about 1024 workgroups (a
-/// few per SM on large GPUs), so that the partial sums (8·N bytes per workgroup) stay small
-/// beside the 3·N·size bytes per row that every backward moves.
+/// Rows per workgroup of the one-pass backward when not forced: about 256 workgroups, at
+/// most 32 rows each. Measured on the H200 at 8192 × 4096 (4, 8, 16, 32, 64 rows: 2048 down
+/// to 128 workgroups), f16 LayerNorm 1178, 1519, 1804, 1982, 1515 GB/s and f32 1944, 2359,
+/// 2700, 2913, 2091: fewer rows per workgroup write more partial sums (8·N bytes each) and
+/// hide less latency behind the next row's loads; 128 workgroups leave some of its 132 SMs
+/// idle. BENCHMARKS.md.
 fn in_pass_rows(rows: usize) -> u32 {
-    rows.div_ceil(1024).clamp(1, 64) as u32
+    rows.div_ceil(256).clamp(1, 32) as u32
 }
 
 fn norm_backward(
