@@ -195,10 +195,14 @@ pub(crate) struct GpuInner {
     pub(crate) fused_unroll: u32,
     /// GpuOptions::tiered_jit, resolved for this adapter.
     pub(crate) tiered_jit: bool,
-    /// Fused kernels compiling on background threads (tiered JIT), and those whose
-    /// background compile failed (compiled in the foreground next time, to report why).
-    pub(crate) background: Mutex<HashMap<Kernel, std::thread::JoinHandle<()>>>,
-    pub(crate) background_failed: Mutex<std::collections::HashSet<Kernel>>,
+    /// The tiered JIT's background compiler: one worker thread, started on first use, fed
+    /// through this channel; the kernels queued or compiling (`finish_compiles` waits on
+    /// the condvar until none is left), and those whose compile failed (compiled in the
+    /// foreground next time, which reports why).
+    jit_queue: Mutex<Option<std::sync::mpsc::Sender<Kernel>>>,
+    jit_pending: Mutex<std::collections::HashSet<Kernel>>,
+    jit_done: std::sync::Condvar,
+    jit_failed: Mutex<std::collections::HashSet<Kernel>>,
     /// GL only: held around every device call of this library (see [`Gpu::serial`]).
     gl_serial: Option<parking_lot::ReentrantMutex<()>>,
 }
@@ -536,8 +540,10 @@ impl Gpu {
                 tiered_jit: opts
                     .tiered_jit
                     .unwrap_or(ainfo.device_type != wgpu::DeviceType::Cpu && ainfo.backend != wgpu::Backend::Gl),
-                background: Mutex::new(HashMap::new()),
-                background_failed: Mutex::new(std::collections::HashSet::new()),
+                jit_queue: Mutex::new(None),
+                jit_pending: Mutex::new(std::collections::HashSet::new()),
+                jit_done: std::sync::Condvar::new(),
+                jit_failed: Mutex::new(std::collections::HashSet::new()),
                 gl_serial: (ainfo.backend == wgpu::Backend::Gl).then(|| parking_lot::ReentrantMutex::new(())),
             }),
         })
@@ -951,31 +957,50 @@ impl Gpu {
         Ok(())
     }
 
-    /// Starts compiling `kernel` on a background thread (tiered JIT) unless that is under
-    /// way. False when an earlier background compile of it failed, or no thread could be
-    /// started: the caller then compiles it in the foreground, which reports the error.
+    /// Queues `kernel` for the background compiler (tiered JIT) unless it is queued or
+    /// compiling already. False when an earlier background compile of it failed, or the
+    /// worker could not be started: the caller then compiles it in the foreground, which
+    /// reports the error.
     pub(crate) fn compile_in_background(&self, kernel: &Kernel) -> bool {
-        if lock(&self.inner.background_failed).contains(kernel) {
+        if lock(&self.inner.jit_failed).contains(kernel) {
             return false;
         }
-        let mut running = lock(&self.inner.background);
-        running.retain(|_, h| !h.is_finished());
-        if running.contains_key(kernel) {
+        let mut pending = lock(&self.inner.jit_pending);
+        if pending.contains(kernel) {
             return true;
         }
-        let (gpu, k) = (self.clone(), kernel.clone());
-        let spawned = std::thread::Builder::new().name("wgkernels-jit".into()).spawn(move || {
-            if gpu.pipeline(&k).is_err() {
-                lock(&gpu.inner.background_failed).insert(k);
-            }
-        });
-        match spawned {
-            Ok(handle) => {
-                running.insert(kernel.clone(), handle);
+        let mut queue = lock(&self.inner.jit_queue);
+        if queue.is_none() {
+            *queue = self.start_jit_worker();
+        }
+        match queue.as_ref().map(|q| q.send(kernel.clone())) {
+            Some(Ok(())) => {
+                pending.insert(kernel.clone());
                 true
             }
-            Err(_) => false,
+            _ => false,
         }
+    }
+
+    /// The background compiler: one thread, so that a burst of new structures (a training
+    /// loop's first step) queues its full kernels instead of starting a thread each. It
+    /// holds the device only while compiling (a weak reference otherwise), and ends when
+    /// the last handle is dropped (the channel closes).
+    fn start_jit_worker(&self) -> Option<std::sync::mpsc::Sender<Kernel>> {
+        let (send, receive) = std::sync::mpsc::channel::<Kernel>();
+        let weak = Arc::downgrade(&self.inner);
+        let worker = move || {
+            while let Ok(kernel) = receive.recv() {
+                let Some(inner) = weak.upgrade() else { return };
+                let gpu = Gpu { inner };
+                if gpu.pipeline(&kernel).is_err() {
+                    lock(&gpu.inner.jit_failed).insert(kernel.clone());
+                }
+                lock(&gpu.inner.jit_pending).remove(&kernel);
+                gpu.inner.jit_done.notify_all();
+            }
+        };
+        std::thread::Builder::new().name("wgkernels-jit".into()).spawn(worker).ok().map(|_| send)
     }
 
     /// Whether new fused structures start with a quick kernel while the full one compiles
@@ -1007,9 +1032,9 @@ impl Gpu {
     /// # Ok(()) }
     /// ```
     pub fn finish_compiles(&self) {
-        let running: Vec<_> = lock(&self.inner.background).drain().map(|(_, h)| h).collect();
-        for handle in running {
-            let _ = handle.join();
+        let mut pending = lock(&self.inner.jit_pending);
+        while !pending.is_empty() {
+            pending = self.inner.jit_done.wait(pending).unwrap_or_else(|e| e.into_inner());
         }
     }
 
