@@ -368,15 +368,16 @@ pub(crate) fn realize(root: &Tensor) -> Result<Arc<Storage>> {
     // Tiered JIT: while the full kernel compiles in the background, a structure not seen
     // before runs the one-element-per-invocation kernel, the chain inlined once (the full
     // kernel inlines it 4·UNROLL times, and the driver's compile time grows with that).
-    let quick =
-        (vec4 || unroll > 1) && gpu.inner.tiered_jit && !gpu.is_compiled(&full) && gpu.compile_in_background(&full);
-    if quick {
-        let kernel = fused_kernel(&layout, &b.ops.concat(), &b.body, &outputs, false).constant("UNROLL", 1.0);
-        let groups = n.div_ceil(units_per_invocation(&outputs)).div_ceil(WORKGROUP) as u32;
-        gpu.dispatch(&kernel, &bind, groups)?;
-    } else {
-        let groups = n.div_ceil(per).div_ceil(WORKGROUP * unroll as usize) as u32;
-        gpu.dispatch(&full, &bind, groups)?;
+    let tiered = (vec4 || unroll > 1) && gpu.inner.tiered_jit;
+    let groups = n.div_ceil(per).div_ceil(WORKGROUP * unroll as usize) as u32;
+    match tiered.then(|| gpu.compiled(&full)).flatten() {
+        Some(pipeline) => gpu.dispatch_compiled(&pipeline, &full, &bind, groups)?,
+        None if tiered && gpu.compile_in_background(&full) => {
+            let kernel = fused_kernel(&layout, &b.ops.concat(), &b.body, &outputs, false).constant("UNROLL", 1.0);
+            let groups = n.div_ceil(units_per_invocation(&outputs)).div_ceil(WORKGROUP) as u32;
+            gpu.dispatch(&kernel, &bind, groups)?;
+        }
+        None => gpu.dispatch(&full, &bind, groups)?,
     }
     gpu.inner.fused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     for (t, _, s) in extra {

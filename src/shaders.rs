@@ -282,19 +282,47 @@ impl Gpu {
         Ok(pipeline)
     }
 
-    /// Whether `kernel` is compiled already (its next dispatch compiles nothing).
-    pub(crate) fn is_compiled(&self, kernel: &Kernel) -> bool {
+    /// The pipeline of `kernel` if it is compiled already (a cache hit), else None — never
+    /// compiling. With [`Gpu::dispatch_compiled`], one lookup per dispatch on the tiered
+    /// JIT's hit path (a check and then `dispatch`, two lookups, ran 40 µs per cache-hit
+    /// realisation in a loop on the H200 against 29 µs untiered, same call).
+    pub(crate) fn compiled(&self, kernel: &Kernel) -> Option<Arc<wgpu::ComputePipeline>> {
         let checked = self.checked() || !kernel.trusted;
-        lock(&self.inner.pipelines).contains_key(&PipelineKey { kernel: kernel.clone(), checked })
+        let hit = lock(&self.inner.pipelines).get(&PipelineKey { kernel: kernel.clone(), checked }).cloned();
+        if hit.is_some() {
+            self.inner.cache_hits.fetch_add(1, Ordering::Relaxed);
+        }
+        hit
+    }
+
+    /// Records one dispatch of `pipeline`, compiled from `kernel` (see [`Gpu::compiled`]),
+    /// over `workgroups` workgroups as [`Gpu::dispatch`] spreads them.
+    pub(crate) fn dispatch_compiled(
+        &self,
+        pipeline: &Arc<wgpu::ComputePipeline>,
+        kernel: &Kernel,
+        buffers: &[(u32, &wgpu::Buffer)],
+        workgroups: u32,
+    ) -> Result<()> {
+        let _serial = self.serial();
+        self.record_dispatch(pipeline, kernel, buffers, self.grid_of(workgroups))
+    }
+
+    /// A 1-D count of workgroups on the grid: 2-D past the per-dimension limit.
+    fn grid_of(&self, workgroups: u32) -> [u32; 3] {
+        let max = self.inner.info.limits.max_compute_workgroups_per_dimension.max(1);
+        if workgroups <= max {
+            [workgroups, 1, 1]
+        } else {
+            [max, workgroups.div_ceil(max), 1]
+        }
     }
 
     /// Records one dispatch of `kernel` over `workgroups` workgroups (spread over a 2-D grid
     /// when above the 65535 per-dimension limit; shaders flatten `wid.x + wid.y * nwg.x`
     /// and ignore the excess). `buffers` are (binding, buffer) pairs of group 0.
     pub(crate) fn dispatch(&self, kernel: &Kernel, buffers: &[(u32, &wgpu::Buffer)], workgroups: u32) -> Result<()> {
-        let max = self.inner.info.limits.max_compute_workgroups_per_dimension.max(1);
-        let (x, y) = if workgroups <= max { (workgroups, 1) } else { (max, workgroups.div_ceil(max)) };
-        self.dispatch_3d(kernel, buffers, [x, y, 1])
+        self.dispatch_3d(kernel, buffers, self.grid_of(workgroups))
     }
 
     /// Records one dispatch of `kernel` over a `[x, y, z]` grid of workgroups.
@@ -304,7 +332,20 @@ impl Gpu {
             return Ok(());
         }
         let pipeline = self.pipeline(kernel)?;
-        let bind_group = self.bind_group(&pipeline, kernel.entry, buffers);
+        self.record_dispatch(&pipeline, kernel, buffers, grid)
+    }
+
+    fn record_dispatch(
+        &self,
+        pipeline: &Arc<wgpu::ComputePipeline>,
+        kernel: &Kernel,
+        buffers: &[(u32, &wgpu::Buffer)],
+        grid: [u32; 3],
+    ) -> Result<()> {
+        if grid.contains(&0) {
+            return Ok(());
+        }
+        let bind_group = self.bind_group(pipeline, kernel.entry, buffers);
         let label = kernel.label();
         let timestamps = self.profiler_slot(&label)?;
         self.record(|enc| {
@@ -315,7 +356,7 @@ impl Gpu {
             });
             let mut pass =
                 enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(&label), timestamp_writes });
-            pass.set_pipeline(&pipeline);
+            pass.set_pipeline(pipeline);
             pass.set_bind_group(0, &bind_group, &[]);
             pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
         })?;
