@@ -685,10 +685,10 @@ fn a_chain_producing_a_norm_input_runs_in_its_prologue() {
                     let mut outputs = Vec::new();
                     for (gpu, fusion) in devices.iter().zip([true, false]) {
                         let (x, xv) = random_tensor(gpu, &[rows, n], dtype, 1);
-                        let (a, av) = random_tensor(&gpu, &[rows, n], dtype, 2);
-                        let (bias, biasv) = random_tensor(&gpu, &[n], dtype, 3);
-                        let (w, wv) = random_tensor(&gpu, &[n], dtype, 4);
-                        let (b, bv) = random_tensor(&gpu, &[n], dtype, 5);
+                        let (a, av) = random_tensor(gpu, &[rows, n], dtype, 2);
+                        let (bias, biasv) = random_tensor(gpu, &[n], dtype, 3);
+                        let (w, wv) = random_tensor(gpu, &[n], dtype, 4);
+                        let (b, bv) = random_tensor(gpu, &[n], dtype, 5);
                         gpu.synchronize().unwrap();
                         let before = gpu.stats().dispatches;
                         // The residual stream: h = x + dropout(a + bias), in x's dtype.
