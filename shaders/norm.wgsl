@@ -239,6 +239,11 @@ fn row_moments(row: u32, lid: u32, cache: ptr<function, array<Unit, VPT>>) -> ve
     for (var u = lid + VPT * WG; u < units; u += WG) {
         acc = add_unit(acc, load_x_first(base + u * UNIT), shift);
     }
+    return moments_of(lid, acc, shift);
+}
+
+// (mean, rstd) of the row from every invocation's shifted sums (see add_unit).
+fn moments_of(lid: u32, acc: vec3<f32>, shift: f32) -> vec2<f32> {
     let eps = bitcast<f32>(params[3]);
     if (RMS) {
         let total = reduce_sum2(lid, vec2<f32>(acc.x, acc.z));
@@ -246,6 +251,14 @@ fn row_moments(row: u32, lid: u32, cache: ptr<function, array<Unit, VPT>>) -> ve
     }
     let total = reduce_welford(lid, to_welford(acc, shift));
     return vec2<f32>(total.y, inverseSqrt(max(total.z / total.x, 0.0) + eps));
+}
+
+// (mean(g), mean(g·x̂)) of the row from every invocation's (Σ g, Σ g·x̂); mean(g) is 0 for
+// RMSNorm, which has no mean term.
+fn grad_means(lid: u32, sums: vec2<f32>) -> vec2<f32> {
+    let n = f32(params[1]);
+    let total = reduce_sum2(lid, sums);
+    return vec2<f32>(select(total.x / n, 0.0, RMS), total.y / n);
 }
 
 fn affine(v: Unit, j: u32, m: vec2<f32>) -> Unit {
@@ -318,21 +331,19 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         let g = real_lanes(load_dy(params[4] + row * n + j) * load_w(params[5] + j));
         sums += vec2<f32>(hsum(g), dot(g, xh));
     }
-    let total = reduce_sum2(lid, sums);
-    let mean_g = select(total.x / f32(n), 0.0, RMS);
-    let mean_gx = total.y / f32(n);
+    let means = grad_means(lid, sums);
     for (var i = 0u; i < VPT; i++) {
         let u = lid + i * WG;
         if (u < units) {
             let xh = (cache[i] - m.x) * m.y;
-            store(row * n + u * UNIT, m.y * (g_cache[i] - mean_g - xh * mean_gx));
+            store(row * n + u * UNIT, m.y * (g_cache[i] - means.x - xh * means.y));
         }
     }
     for (var u = lid + VPT * WG; u < units; u += WG) {
         let j = u * UNIT;
         let xh = (load_x(params[2] + row * n + j) - m.x) * m.y;
         let g = load_dy(params[4] + row * n + j) * load_w(params[5] + j);
-        store(row * n + j, m.y * (g - mean_g - xh * mean_gx));
+        store(row * n + j, m.y * (g - means.x - xh * means.y));
     }
 }
 
@@ -356,7 +367,6 @@ fn backward_grads(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     }
     let last = min(first + params[6], rows);
     let units = (n + UNIT - 1u) / UNIT;
-    let eps = bitcast<f32>(params[3]);
     // [VPT] units of this invocation: w, the running dw and db, and the next row's x, dy.
     var w_cache: array<Unit, VPT>;
     var dw: array<Unit, VPT>;
@@ -381,7 +391,7 @@ fn backward_grads(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
             x_next[i] = load_x(params[2] + next * n + j);
             dy_next[i] = load_dy(params[4] + next * n + j);
         }
-        // Moments, as row_moments does them from its cache.
+        // Moments, as row_moments takes them from its cache.
         let shift = select(xs[0].x, 0.0, RMS);
         var acc = vec3<f32>(0.0);
         for (var i = 0u; i < VPT; i++) {
@@ -389,14 +399,7 @@ fn backward_grads(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
                 acc = add_unit(acc, xs[i], shift);
             }
         }
-        var m: vec2<f32>;
-        if (RMS) {
-            let total = reduce_sum2(lid, vec2<f32>(acc.x, acc.z));
-            m = vec2<f32>(0.0, inverseSqrt(total.y / total.x + eps));
-        } else {
-            let total = reduce_welford(lid, to_welford(acc, shift));
-            m = vec2<f32>(total.y, inverseSqrt(max(total.z / total.x, 0.0) + eps));
-        }
+        let m = moments_of(lid, acc, shift);
         var sums = vec2<f32>(0.0); // (Σ g, Σ g·x̂), g = dy·w
         for (var i = 0u; i < VPT; i++) {
             if (lid + i * WG < units) {
@@ -408,14 +411,12 @@ fn backward_grads(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
                 db[i] += dyr;
             }
         }
-        let total = reduce_sum2(lid, sums);
-        let mean_g = select(total.x / f32(n), 0.0, RMS);
-        let mean_gx = total.y / f32(n);
+        let means = grad_means(lid, sums);
         for (var i = 0u; i < VPT; i++) {
             let u = lid + i * WG;
             if (u < units) {
                 let xh = (xs[i] - m.x) * m.y;
-                store(row * n + u * UNIT, m.y * (dys[i] * w_cache[i] - mean_g - xh * mean_gx));
+                store(row * n + u * UNIT, m.y * (dys[i] * w_cache[i] - means.x - xh * means.y));
             }
         }
     }

@@ -924,7 +924,7 @@ impl Tensor {
         dy: &Tensor,
         eps: f32,
     ) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
-        norm_backward("layer_norm_backward", self, weight, dy, eps, false)
+        norm_backward_with("layer_norm_backward", self, weight, dy, eps, false, NormGrads::Auto)
     }
 
     /// Gradients of [`Tensor::rms_norm`]: `(dx, dweight)`.
@@ -945,7 +945,7 @@ impl Tensor {
         dy: &Tensor,
         eps: f32,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        let (dx, dw, _) = norm_backward("rms_norm_backward", self, weight, dy, eps, true)?;
+        let (dx, dw, _) = norm_backward_with("rms_norm_backward", self, weight, dy, eps, true, NormGrads::Auto)?;
         Ok((dx, dw))
     }
 }
@@ -1072,17 +1072,6 @@ pub enum NormGrads {
 /// idle. BENCHMARKS.md.
 fn in_pass_rows(rows: usize) -> u32 {
     rows.div_ceil(256).clamp(1, 32) as u32
-}
-
-fn norm_backward(
-    op: &'static str,
-    x: &Tensor,
-    weight: Option<&Tensor>,
-    dy: &Tensor,
-    eps: f32,
-    rms: bool,
-) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
-    norm_backward_with(op, x, weight, dy, eps, rms, NormGrads::Auto)
 }
 
 /// LayerNorm (`rms = false`) or RMSNorm backward, `(dx, dw, db)`, with a forced way to dw
