@@ -640,12 +640,14 @@ fn main() -> wgkernels::Result<()> {
             format!("attention {}", dtype.name()),
             Box::new(move |rows: &mut Vec<Row>| {
                 use wgkernels::ops::attention::{
-                    attention, attention_backward, attention_forward, AttentionOptions, AttentionPath,
+                    attention, attention_backward, attention_forward, coop_tilings, AttentionOptions, AttentionPath,
+                    CoopTiling,
                 };
                 let (b, h) = (4usize, 16usize);
                 // WGK_ATTN_SEQS=2048,8192 picks sequence lengths; WGK_ATTN_BACKWARD=0 skips the
                 // backward rows (both to spend less device time on a forward-only change);
-                // WGK_ATTN_COOP=SxK forces the tensor-core tiling (src/ops/attention.rs).
+                // WGK_ATTN_TILINGS=all times every tensor-core tiling (or a list such as
+                // "4,2,32,2;8,1,32,1": CoopTiling::parse), the default's row first.
                 let seqs: Vec<usize> = match std::env::var("WGK_ATTN_SEQS") {
                     Ok(v) => v.split(',').filter_map(|x| x.trim().parse().ok()).collect(),
                     Err(_) if quick => vec![128],
@@ -677,18 +679,35 @@ fn main() -> wgkernels::Result<()> {
                             };
                             // WGK_ATTN_PATHS=tc: the tensor-core path alone (tiling experiments).
                             let tc_only = std::env::var("WGK_ATTN_PATHS").is_ok_and(|v| v == "tc");
-                            for &path in paths.iter().filter(|&&p| !tc_only || p == AttentionPath::FlashCoop) {
-                                let opts = AttentionOptions { causal, path, ..Default::default() };
+                            let limits = gpu.info().limits.clone();
+                            let tilings: Vec<Option<CoopTiling>> = match std::env::var("WGK_ATTN_TILINGS").as_deref() {
+                                Ok("all") => std::iter::once(None)
+                                    .chain(coop_tilings(d, &limits).into_iter().map(Some))
+                                    .collect(),
+                                Ok(list) => list.split(';').filter_map(CoopTiling::parse).map(Some).collect(),
+                                Err(_) => vec![None],
+                            };
+                            let runs = paths
+                                .iter()
+                                .filter(|&&p| !tc_only || p == AttentionPath::FlashCoop)
+                                .flat_map(|&p| {
+                                    let ts = if p == AttentionPath::FlashCoop { tilings.clone() } else { vec![None] };
+                                    ts.into_iter().map(move |t| (p, t))
+                                })
+                                .collect::<Vec<_>>();
+                            for (path, coop_tiling) in runs {
+                                let opts = AttentionOptions { causal, path, coop_tiling, ..Default::default() };
                                 gpu.synchronize()?;
                                 let before = gpu.memory().live_bytes;
                                 gpu.reset_peak();
                                 let once = attention(&q, &k, &v, &opts).and_then(|o| o.realize().map(drop));
                                 gpu.synchronize()?;
                                 let extra = gpu.memory().peak_live_bytes.saturating_sub(before);
-                                let name = match path {
-                                    AttentionPath::FlashCoop => "flash-tc",
-                                    AttentionPath::Flash => "flash",
-                                    _ => "naive",
+                                let name = match (path, coop_tiling) {
+                                    (AttentionPath::FlashCoop, Some(t)) => format!("flash-tc[{}]", t.label()),
+                                    (AttentionPath::FlashCoop, None) => "flash-tc".to_string(),
+                                    (AttentionPath::Flash, _) => "flash".to_string(),
+                                    _ => "naive".to_string(),
                                 };
                                 if let Err(e) = once {
                                     eprintln!("\n{name} {size} {dtype:?} causal={causal}: cannot run: {e}");

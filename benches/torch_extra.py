@@ -11,6 +11,7 @@ from triton.testing import do_bench
 dev = "cuda"
 
 # Sections to run (all by default): python3 torch_extra.py [matmul_norms | norms] [adamw] [attention]
+import os
 import sys
 SECTIONS = sys.argv[1:] or ["matmul_norms", "adamw", "attention"]
 
@@ -73,9 +74,14 @@ if "adamw" in SECTIONS:
 if "attention" in SECTIONS:
     # Attention at the sizes: SDPA forward and backward (2.5x the forward's FLOPs), and the
     # naive composition where its S x S scores fit.
+    # TORCH_ATTN_SEQS=2048 and TORCH_ATTN_DTYPES=f16 narrow it (the bench's WGK_ATTN_SEQS).
     B, H = 4, 16
+    seqs = [int(x) for x in os.environ.get("TORCH_ATTN_SEQS", "512,2048,8192").split(",")]
+    dtypes = os.environ.get("TORCH_ATTN_DTYPES", "f16,f32").split(",")
     for dt, name in [(torch.float16, "f16"), (torch.float32, "f32")]:
-        for S in [512, 2048, 8192]:
+        if name not in dtypes:
+            continue
+        for S in seqs:
             for D in [64, 128]:
                 q, k, v = (torch.randn(B, H, S, D, device=dev, dtype=dt, requires_grad=True) for _ in range(3))
                 for causal in [False, True]:

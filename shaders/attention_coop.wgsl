@@ -1,57 +1,69 @@
-// Flash attention forward on tensor cores: f16 Q·Kᵀ and P·V as 16×16×16 cooperative
-// matrices with f32 accumulation, for f16 inputs on adapters that have them.
+// Flash attention forward on tensor cores, in one pass: f16 Q·Kᵀ and P·V as 16×16×16
+// cooperative matrices with f32 accumulation, for f16 inputs on adapters that have them.
 //
-// A workgroup of SGS subgroups (of 32) takes BQ = 16·SGS query rows of one (batch, head); each
-// subgroup owns 16 rows and keeps its Q fragments (D/16 of them) and output accumulators
-// (D/16) as named cooperative matrices, unrolled by the generator (src/ops/attention.rs).
-// Keys and values stream in tiles of BK (64 for D ≤ 64, else 32: workgroup memory) through
-// workgroup memory, copied row by row as 16-byte words: K row-major [BK][KS] is Kᵀ in
-// column-major order, so Kᵀ blocks load as B operands with coopLoad, no transposition. The
+// Tiling. A workgroup of SGS subgroups (of 32) takes BQ = 16·RB·SGS query rows of one
+// (batch, head); each subgroup owns RB blocks of 16 rows and keeps their Q fragments
+// (RB·D/16) and output accumulators (RB·D/16) as named cooperative matrices, unrolled by the
+// generator (src/ops/attention.rs). Every K or V fragment a subgroup loads from workgroup
+// memory feeds RB products, so RB = 2 halves the workgroup-memory reads per FLOP. Keys and
+// values stream in tiles of BK rows through workgroup memory (STAGES = 2: double-buffered,
+// one workgroup barrier per tile), copied as 16-byte words without transposition: K
+// row-major [BK][KS] is Kᵀ column-major, so Kᵀ blocks load as B operands with coopLoad. The
 // next tile's words are fetched into registers while the current one is computed.
 //
-// Two passes instead of FlashAttention's rescaled accumulator: cooperative matrices are
-// opaque, so an output fragment cannot be multiplied row by row by exp(m_old − m_new). Pass 1
-// computes S = Q·Kᵀ tile by tile and keeps each row's running max and sum; pass 2 recomputes
-// S and accumulates O += P·V with P = exp(S − m)/l already final. Q·Kᵀ is computed twice:
-// 6·S²·D FLOPs per (batch, head) executed for the 4·S²·D counted. The S×S matrix never
-// exists: extra memory is the log-sum-exp per row.
+// Online softmax with a lazily rescaled accumulator. Cooperative matrices are opaque, so an
+// output fragment cannot be scaled row by row in registers. Each row keeps a reference max
+// m_ref (base-2 units) and P = 2^(s − m_ref) is accumulated unnormalised; m_ref moves only
+// when a tile's max exceeds it by more than TAU (so P ≤ 2^TAU, well inside f16). When a row
+// of the subgroup needs it, the subgroup rescales its accumulators through workgroup memory
+// (store, scale each row by 2^(m_old − m_new), load back): for scores of a trained model or
+// random data this happens on the first tiles only. The final O is divided by the row sums.
 //
-// The lanes' part (scale, mask, max, exp): each subgroup stores its 16×BK block of S
+// The lanes' part (scale, mask, max, exp): each subgroup stores its 16×BK blocks of S
 // column-major (stride 16), so lane l = row + 16·half reads keys 2k + half of row `row` at
 // consecutive addresses across the subgroup (no bank conflicts), and writes P (f16) the
-// same way for a column-major A operand. The two lanes of a row merge by one shuffle.
+// same way for a column-major A operand. The two lanes of a row merge their max by one
+// shuffle per tile and their sums at the end. S and P move between a subgroup's lanes and
+// its own cooperative matrices only: subgroup barriers order them (workgroup barriers
+// there measured 3-7% slower).
 //
-// Workgroup memory with 8 subgroups and BK 32, at D = 128: the staging array 18 KiB (Q's
-// 128 rows × 64 columns first, then K and V tiles, 17 KiB), S 16 KiB, P 8 KiB: 42 KiB.
-// FLOPs per (batch, head): 6·S_q·S_k·D executed (4 counted); bytes: Q and O once, K twice
-// and V once per block of BQ query rows (L2-resident at these sizes). Causal tiles past the diagonal are skipped;
-// masking (causal bottom-right, bias, ranges) is applied by the lanes to S, as in
-// shaders/attention.wgsl, whose params layout this kernel shares. q, k, v are read as
+// FLOPs per (batch, head): 4·S_q·S_k·D (halved when causal: tiles past the diagonal are
+// skipped); bytes: Q and O once, K and V once per block of BQ query rows (L2-resident at
+// these sizes). Masking (causal bottom-right, bias, ranges) is applied by the lanes to S,
+// as in shaders/attention.wgsl, whose params layout this kernel shares. q, k, v are read as
 // 16-byte words: the host checked every offset and row stride a multiple of 8 elements.
+// The S×S matrix never exists: extra memory is the log-sum-exp per row.
 //
-// Placeholders: D, SGS, BK, QC, TILE_HALVES, LOAD_BIAS (flag BIAS), STORE_O, Q_STAGE, O_DECL,
-// S_MMA, PV_MMA, O_STORE.
+// Placeholders: D, SGS, RB, BK, STAGES, QC, TILE_HALVES, LOAD_BIAS (flag BIAS), STORE_O,
+// Q_STAGE, O_DECL, S_MMA, PV_MMA, O_RESCALE, O_STORE.
 
 enable f16;
 enable wgpu_cooperative_matrix;
+// The accumulators are rescaled under a subgroup-uniform branch (subgroupAny): uniform
+// where cooperative matrices need it, which naga's analysis (workgroup scope) cannot see.
+diagnostic(off, derivative_uniformity);
 
 const D: u32 = {{D}}u;
-// Subgroups per workgroup, each owning 16 query rows.
+// Subgroups per workgroup, each owning RB blocks of 16 query rows.
 const SGS: u32 = {{SGS}}u;
-const BQ: u32 = 16u * SGS;
+const RB: u32 = {{RB}}u;
+const BQ: u32 = 16u * RB * SGS;
 const THREADS: u32 = 32u * SGS;
 const BK: u32 = {{BK}}u;
+const STAGES: u32 = {{STAGES}}u;
 const SUBGROUP: u32 = 32u;
 // Row strides in halves, padded by 8 (16 bytes) against bank conflicts; Q is staged in
-// column slices of QC = min(D, 64).
+// column slices of QC (64, or 32 for 256 rows; at most D).
 const QS: u32 = {{QC}}u + 8u;
 const KS: u32 = D + 8u;
-const VS: u32 = D + 8u;
-const V_BASE: u32 = BK * KS;
+// One stage: K [BK][KS], then V [BK][KS].
+const STAGE_HALVES: u32 = 2u * BK * KS;
 // 16-byte words per row of D halves.
 const WORDS: u32 = D / 8u;
 const NEG_BIG: f32 = -3.4028235e38;
 const LOG2E: f32 = 1.4426950408889634;
+// The reference max moves when a tile's max exceeds it by more than this (base 2).
+const TAU: f32 = 8.0;
 
 @group(0) @binding(0) var<storage, read> q: array<vec4<u32>>;
 @group(0) @binding(1) var<storage, read> k: array<vec4<u32>>;
@@ -63,13 +75,13 @@ const LOG2E: f32 = 1.4426950408889634;
 @group(0) @binding(6) var<storage, read> bias: array<u32>;
 //#endif
 
-// Q staging [BQ][QS] (one column slice at a time) at start; then K [BK][KS] and, at V_BASE,
-// V [BK][VS].
+// Q staging [BQ][QS] (one column slice at a time) at start; then STAGES × (K, V) tiles.
 var<workgroup> tiles: array<f16, {{TILE_HALVES}}>;
-// Per subgroup: S [BK keys][16 rows] f32 (column-major), then output fragments [16][16].
-var<workgroup> scratch: array<f32, SGS * 16u * BK>;
-// Per subgroup: P [BK keys][16 rows] f16 (column-major).
-var<workgroup> p_tile: array<f16, SGS * 16u * BK>;
+// Per subgroup and row block: S [BK keys][16 rows] f32 (column-major); also the bounce
+// buffer of an accumulator fragment being rescaled or stored.
+var<workgroup> scratch: array<f32, SGS * RB * 16u * BK>;
+// Per subgroup and row block: P [BK keys][16 rows] f16 (column-major).
+var<workgroup> p_tile: array<f16, SGS * RB * 16u * BK>;
 
 fn load_bias(e: u32) -> f32 {
 //#if BIAS
@@ -103,15 +115,15 @@ fn put8(at: u32, w: vec4<u32>) {
     tiles[at + 7u] = d.y;
 }
 
-// The next tile's K (and V) words, fetched into registers while the current tile is
-// computed (its global-memory latency hidden behind the tile's work), then written to
-// workgroup memory after the barrier that frees it. PF words per invocation.
+// The next tile's K and V words, fetched into registers while the current tile is computed
+// (its global-memory latency hidden behind the tile's work), then written to workgroup
+// memory. PF words of each per invocation.
 const PF: u32 = (BK * WORDS + THREADS - 1u) / THREADS;
 var<private> k_next: array<vec4<u32>, PF>;
 var<private> v_next: array<vec4<u32>, PF>;
 
-// Rows k0..k0 + BK of K (and V) into k_next (v_next), zero past S_k.
-fn fetch_kv(b: u32, kv_h: u32, k0: u32, lid: u32, with_v: bool) {
+// Rows k0..k0 + BK of K and V into k_next and v_next, zero past S_k.
+fn fetch_kv(b: u32, kv_h: u32, k0: u32, lid: u32) {
     let S_k = params[4];
     for (var i = 0u; i < PF; i++) {
         let idx = lid + i * THREADS;
@@ -121,25 +133,22 @@ fn fetch_kv(b: u32, kv_h: u32, k0: u32, lid: u32, with_v: bool) {
         var vw = vec4<u32>(0u);
         if (idx < BK * WORDS && k0 + key < S_k) {
             kw = k[row_base(12u, b, kv_h, k0 + key) / 8u + w];
-            if (with_v) {
-                vw = v[row_base(16u, b, kv_h, k0 + key) / 8u + w];
-            }
+            vw = v[row_base(16u, b, kv_h, k0 + key) / 8u + w];
         }
         k_next[i] = kw;
         v_next[i] = vw;
     }
 }
 
-fn put_kv(lid: u32, with_v: bool) {
+// k_next and v_next into the stage at `base` (halves).
+fn put_kv(lid: u32, base: u32) {
     for (var i = 0u; i < PF; i++) {
         let idx = lid + i * THREADS;
         if (idx < BK * WORDS) {
             let key = idx / WORDS;
             let w = idx % WORDS;
-            put8(key * KS + 8u * w, k_next[i]);
-            if (with_v) {
-                put8(V_BASE + key * VS + 8u * w, v_next[i]);
-            }
+            put8(base + key * KS + 8u * w, k_next[i]);
+            put8(base + BK * KS + key * KS + 8u * w, v_next[i]);
         }
     }
 }
@@ -163,8 +172,10 @@ fn attention_coop(
     let h = wid.y;
     let b = wid.z;
     let kv_h = h / (H / H_kv);
+    // The subgroup's first query row (within the workgroup).
+    let sg_row = sg * 16u * RB;
 
-    // Q in slices of up to 64 columns (all BQ rows) through the staging memory, each
+    // Q in slices of QC columns (all BQ rows) through the staging memory, each
     // slice's fragments loaded by every subgroup before the next slice overwrites it.
     {{Q_STAGE}}
 
@@ -173,90 +184,126 @@ fn attention_coop(
         let last = i32(min(q0 + BQ, S_q)) - 1 + offset;
         key_tiles = select(0u, min(key_tiles, u32(last) / BK + 1u), last >= 0);
     }
-    // This lane's row of the subgroup's 16 and its half of each tile's keys (2k + half).
+    // This lane's row of each block of 16 and its half of each tile's keys (2k + half).
     let row = lane % 16u;
     let half = lane / 16u;
-    let r = q0 + sg * 16u + row;
-    // The last key row r sees (causal: bottom-right aligned), as a signed index.
-    var last_key = i32(S_k) - 1;
-    if (causal) {
-        last_key = min(last_key, i32(r) + offset);
+    // Per row block: the last key the row sees (causal: bottom-right aligned; −1 for a
+    // padding row, which then reads no bias), its bias row, reference max and partial sum.
+    var last_key: array<i32, RB>;
+    var bias_row: array<u32, RB>;
+    var m_ref: array<f32, RB>;
+    var l: array<f32, RB>;
+    for (var rb = 0u; rb < RB; rb++) {
+        let r = q0 + sg_row + 16u * rb + row;
+        var last = i32(S_k) - 1;
+        if (causal) {
+            last = min(last, i32(r) + offset);
+        }
+        last_key[rb] = select(-1, last, r < S_q);
+        bias_row[rb] = params[24] + b * params[25] + h * params[26] + r * params[27];
+        m_ref[rb] = NEG_BIG;
+        l[rb] = 0.0;
     }
-    if (r >= S_q) {
-        last_key = -1; // a padding row sees nothing (and reads no bias)
-    }
-    let s_base = sg * 16u * BK;
-    let bias_row = params[24] + b * params[25] + h * params[26] + r * params[27];
-
-    // Pass 1: each row's max and sum of exp, online across tiles (base 2).
-    var m = NEG_BIG;
-    var l = 0.0;
+    var alpha: array<f32, RB>;
     var xs: array<f32, BK / 2u>;
-    fetch_kv(b, kv_h, 0u, lid, false);
-    for (var kt = 0u; kt < key_tiles; kt++) {
-        let k0 = kt * BK;
-        workgroupBarrier();
-        put_kv(lid, false);
-        workgroupBarrier();
-        if (kt + 1u < key_tiles) {
-            fetch_kv(b, kv_h, k0 + BK, lid, false);
-        }
-        {{S_MMA}}
-        workgroupBarrier();
-        var tile_max = NEG_BIG;
-        for (var c = 0u; c < BK / 2u; c++) {
-            let key = k0 + 2u * c + half;
-            var x = NEG_BIG;
-            if (i32(key) <= last_key) {
-                x = max(scratch[s_base + (2u * c + half) * 16u + row] * scale + LOG2E * load_bias(bias_row + key * params[28]), NEG_BIG);
-            }
-            xs[c] = x;
-            tile_max = max(tile_max, x);
-        }
-        let m_new = max(m, tile_max);
-        var sum = 0.0;
-        for (var c = 0u; c < BK / 2u; c++) {
-            sum += select(exp2(xs[c] - m_new), 0.0, xs[c] <= NEG_BIG);
-        }
-        l = l * exp2(m - m_new) + sum;
-        m = m_new;
-    }
-    let m_other = subgroupShuffleXor(m, 16u);
-    let l_other = subgroupShuffleXor(l, 16u);
-    let m_row = max(m, m_other);
-    let l_row = l * exp2(m - m_row) + l_other * exp2(m_other - m_row);
-    let inv_l = select(1.0 / l_row, 0.0, l_row == 0.0);
 
-    // Pass 2: O = Σ P·V with the final statistics.
     {{O_DECL}}
-    fetch_kv(b, kv_h, 0u, lid, true);
+    fetch_kv(b, kv_h, 0u, lid);
     for (var kt = 0u; kt < key_tiles; kt++) {
         let k0 = kt * BK;
-        workgroupBarrier();
-        put_kv(lid, true);
+        let stage = (kt % STAGES) * STAGE_HALVES;
+        let v_stage = stage + BK * KS;
+        // One stage: the barrier before the write lets every subgroup finish the previous
+        // tile. Two stages: this stage was last read two tiles ago, before the barrier
+        // below in the previous tile.
+        if (STAGES == 1u) {
+            workgroupBarrier();
+        }
+        put_kv(lid, stage);
         workgroupBarrier();
         if (kt + 1u < key_tiles) {
-            fetch_kv(b, kv_h, k0 + BK, lid, true);
+            fetch_kv(b, kv_h, k0 + BK, lid);
         }
+        // S blocks (keys 16j..16j + 15 of each row block) = Σ_c Q_c · Kᵀ_(c, j), stored
+        // column-major for the lanes.
         {{S_MMA}}
-        workgroupBarrier();
-        for (var c = 0u; c < BK / 2u; c++) {
-            let col = 2u * c + half;
-            let key = k0 + col;
-            var p = 0.0;
-            if (i32(key) <= last_key) {
-                let x = max(scratch[s_base + col * 16u + row] * scale + LOG2E * load_bias(bias_row + key * params[28]), NEG_BIG);
-                p = select(exp2(x - m_row) * inv_l, 0.0, x <= NEG_BIG);
+        subgroupBarrier();
+        var need = false;
+        for (var rb = 0u; rb < RB; rb++) {
+            let s_base = (sg * RB + rb) * 16u * BK;
+            var tile_max = NEG_BIG;
+            for (var c = 0u; c < BK / 2u; c++) {
+                let col = 2u * c + half;
+                let key = k0 + col;
+                var x = NEG_BIG;
+                if (i32(key) <= last_key[rb]) {
+                    x = max(scratch[s_base + col * 16u + row] * scale + LOG2E * load_bias(bias_row[rb] + key * params[28]), NEG_BIG);
+                }
+                xs[c] = x;
+                tile_max = max(tile_max, x);
             }
-            p_tile[s_base + col * 16u + row] = f16(p);
+            tile_max = max(tile_max, subgroupShuffleXor(tile_max, 16u));
+            // NEG_BIG + TAU rounds to NEG_BIG: a row that has seen nothing yet takes the
+            // first real max it meets (its accumulator and sum are still zero).
+            alpha[rb] = 1.0;
+            if (tile_max > m_ref[rb] + TAU) {
+                alpha[rb] = exp2(m_ref[rb] - tile_max);
+                l[rb] *= alpha[rb];
+                m_ref[rb] = tile_max;
+                need = true;
+            }
+            var sum = 0.0;
+            for (var c = 0u; c < BK / 2u; c++) {
+                let col = 2u * c + half;
+                let p = select(exp2(xs[c] - m_ref[rb]), 0.0, xs[c] <= NEG_BIG);
+                sum += p;
+                p_tile[s_base + col * 16u + row] = f16(p);
+            }
+            l[rb] += sum;
         }
-        workgroupBarrier();
+        // Rescale the accumulators where a row's reference moved (never on the first tile:
+        // they are still zero). subgroupAny makes the branch uniform across the subgroup.
+        if (subgroupAny(need) && kt > 0u) {
+            {{O_RESCALE}}
+        }
+        subgroupBarrier();
         {{PV_MMA}}
     }
 
+    // Each row's sum (its two lanes' halves) and O = accumulator / sum.
+    var inv_l: array<f32, RB>;
+    for (var rb = 0u; rb < RB; rb++) {
+        let l_row = l[rb] + subgroupShuffleXor(l[rb], 16u);
+        inv_l[rb] = select(1.0 / l_row, 0.0, l_row == 0.0);
+        let r = q0 + sg_row + 16u * rb + row;
+        if (half == 0u && r < S_q) {
+            // Back to natural units: ln(Σ e^x) = ln 2 · (m + log2 Σ 2^(x − m)).
+            lse[(b * H + h) * S_q + r] = select(0.6931471805599453 * (m_ref[rb] + log2(l_row)), bitcast<f32>(params[29]), l_row == 0.0);
+        }
+    }
     {{O_STORE}}
-    if (half == 0u && r < S_q) {
-        // Back to natural units: ln(Σ e^x) = ln 2 · (m + log2 Σ 2^(x − m)).
-        lse[(b * H + h) * S_q + r] = select(0.6931471805599453 * (m_row + log2(l_row)), bitcast<f32>(params[29]), l_row == 0.0);
+}
+
+// Scales the accumulator fragment at scratch[at..at + 256] (column-major, stride 16) row
+// by row: element e is in row e % 16, which for e = lane + 32i is this lane's row.
+fn scale_rows(at: u32, lane: u32, f: f32) {
+    for (var e = lane; e < 256u; e += SUBGROUP) {
+        scratch[at + e] *= f;
+    }
+}
+
+// Stores the finished fragment at scratch[at..at + 256] (column-major) as columns
+// col0..col0 + 16 of the output rows r0..r0 + 16, each row divided by its sum: lane pairs
+// of columns, rows e / 8 (held by lane e / 8, whose inv_l a shuffle brings).
+fn store_fragment(at: u32, lane: u32, inv_l: f32, b: u32, h: u32, r0: u32, col0: u32) {
+    let S_q = params[3];
+    for (var i = 0u; i < 4u; i++) {
+        let e = lane + 32u * i;
+        let rr = e / 8u;
+        let cp = 2u * (e % 8u);
+        let f = subgroupShuffle(inv_l, rr);
+        if (r0 + rr < S_q) {
+            store_o(row_base(20u, b, h, r0 + rr) + col0 + cp, scratch[at + cp * 16u + rr] * f, scratch[at + (cp + 1u) * 16u + rr] * f);
+        }
     }
 }

@@ -190,12 +190,13 @@ impl Kernel {
         self.constants.iter().map(|&(n, b)| (n, f64::from_bits(b))).collect()
     }
 
-    /// The specialised WGSL text: the family's `enable` directives (which WGSL wants
-    /// first), the dtype prelude, the source it shares with related families, then the
+    /// The specialised WGSL text: the family's `enable` and `diagnostic` directives (which
+    /// WGSL wants first), the dtype prelude, the source it shares with related families, then the
     /// rest of its own.
     pub fn wgsl(&self) -> String {
         let source = preprocess(self.shader.source(), &self.flags);
-        let (enables, body): (Vec<&str>, Vec<&str>) = source.lines().partition(|l| l.starts_with("enable "));
+        let (enables, body): (Vec<&str>, Vec<&str>) =
+            source.lines().partition(|l| l.starts_with("enable ") || l.starts_with("diagnostic("));
         let mut text =
             format!("{}\n{}\n{}\n{}", enables.join("\n"), DTYPE_PRELUDE, self.shader.shared_source(), body.join("\n"));
         for (name, value) in &self.subs {

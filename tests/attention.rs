@@ -7,7 +7,8 @@
 mod common;
 use common::*;
 use wgkernels::ops::attention::{
-    attention, attention_backward, attention_forward, AttentionLayout, AttentionOptions, AttentionPath,
+    attention, attention_backward, attention_forward, coop_tilings, AttentionLayout, AttentionOptions, AttentionPath,
+    CoopTiling,
 };
 use wgkernels::{DType, Error, Tensor};
 
@@ -421,6 +422,27 @@ fn tensor_core_path_matches_f64_where_the_adapter_has_it() {
     }
     // P is rounded to f16 before P·V (tensor-core inputs): twice the f16 storage tolerance.
     let (atol, rtol) = (2.0 * tol(DType::F16).0, 2.0 * tol(DType::F16).1);
+    let limits = gpu.info().limits.clone();
+    // Every tiling the code can choose, at every case (the default is the first of each list).
+    // Failures are gathered over all tilings and cases, then reported together.
+    let failures = std::cell::RefCell::new(Vec::<String>::new());
+    let run_all = |name: &str, c: &Case, x: &Inputs, opts: AttentionOptions, want: &[f64], want_lse: &[f64]| {
+        let tilings = coop_tilings(c.d, &limits);
+        assert!(!tilings.is_empty(), "no tiling fits D {}", c.d);
+        for t in tilings {
+            let opts = AttentionOptions { coop_tiling: Some(t), ..opts };
+            let (out, lse) = attention_forward(&x.tq, &x.tk, &x.tv, &opts).unwrap();
+            let (out, lse) = (values_bhsd(&out, opts.layout), lse.to_vec_f32().unwrap());
+            let checked = std::panic::catch_unwind(|| {
+                assert_close(&format!("coop {name} {c:?} tiling {}", t.label()), &out, want, atol, rtol);
+                assert_close(&format!("coop lse {name} {c:?} tiling {}", t.label()), &lse, want_lse, 1e-3, 1e-3);
+            });
+            if let Err(e) = checked {
+                let msg = e.downcast_ref::<String>().cloned().unwrap_or_default();
+                failures.borrow_mut().push(msg);
+            }
+        }
+    };
     for (c, layout) in [
         (Case::new(7, 7, 64, false), AttentionLayout::Bhsd),
         (Case::new(129, 129, 64, true), AttentionLayout::Bhsd),
@@ -428,14 +450,32 @@ fn tensor_core_path_matches_f64_where_the_adapter_has_it() {
         (Case::new(1, 129, 32, true), AttentionLayout::Bshd),
         (Case::new(70, 33, 16, false).batch(2), AttentionLayout::Bshd),
         (Case::new(1000, 1000, 64, true).gqa(1, 1), AttentionLayout::Bhsd),
+        (Case::new(150, 77, 96, true), AttentionLayout::Bhsd),
     ] {
         let x = inputs(&c, layout, DType::F16, 50 + c.s_q as u64);
         let opts = AttentionOptions { causal: c.causal, layout, path: AttentionPath::FlashCoop, ..Default::default() };
         let (want, want_lse, _) = reference(&c, &x, 1.0 / (c.d as f64).sqrt(), None);
-        let (out, lse) = attention_forward(&x.tq, &x.tk, &x.tv, &opts).unwrap();
-        assert_close(&format!("coop {c:?} {layout:?}"), &values_bhsd(&out, layout), &want, atol, rtol);
-        assert_close(&format!("coop lse {c:?}"), &lse.to_vec_f32().unwrap(), &want_lse, 1e-3, 1e-3);
+        run_all("random", &c, &x, opts, &want, &want_lse);
     }
+    // The accumulators are rescaled only when a row's max grows by more than 2^8 over a
+    // tile: a key ramp in the bias (9.6 per 32 keys, natural units) makes that happen every
+    // tile, and a large scale at random points.
+    let c = Case::new(77, 300, 64, false).gqa(2, 1);
+    let x = inputs(&c, AttentionLayout::Bhsd, DType::F16, 5);
+    let ramp: Vec<f32> = (0..c.s_q * c.s_k).map(|e| 0.3 * (e % c.s_k) as f32).collect();
+    let bias = Tensor::from_slice(&gpu, &ramp, &[c.s_q, c.s_k]).unwrap();
+    let opts = AttentionOptions { bias: Some(&bias), path: AttentionPath::FlashCoop, ..Default::default() };
+    let ramp_at = |_: usize, _: usize, _: usize, j: usize| 0.3 * j as f32 as f64;
+    let (want, want_lse, _) = reference(&c, &x, 1.0 / 8.0, Some(&ramp_at));
+    run_all("bias ramp", &c, &x, opts, &want, &want_lse);
+    let c = Case::new(100, 257, 64, true);
+    let x = inputs(&c, AttentionLayout::Bhsd, DType::F16, 6);
+    let opts =
+        AttentionOptions { causal: true, scale: Some(3.0), path: AttentionPath::FlashCoop, ..Default::default() };
+    let (want, want_lse, _) = reference(&c, &x, 3.0, None);
+    run_all("scale 3", &c, &x, opts, &want, &want_lse);
+    let failures = failures.into_inner();
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
     // With a bias, against the FMA flash kernel on the same inputs.
     let c = Case::new(37, 45, 64, false).gqa(2, 1);
     let x = inputs(&c, AttentionLayout::Bhsd, DType::F16, 3);
@@ -446,6 +486,12 @@ fn tensor_core_path_matches_f64_where_the_adapter_has_it() {
     };
     let want: Vec<f64> = run(AttentionPath::Flash).iter().map(|&v| v as f64).collect();
     assert_close("coop vs FMA flash, with bias", &run(AttentionPath::FlashCoop), &want, atol, rtol);
+    // A tiling that is not one of the list is refused, naming itself.
+    let huge = CoopTiling { subgroups: 8, row_blocks: 2, key_tile: 64, stages: 2 };
+    let x = inputs(&Case::new(16, 16, 64, false), AttentionLayout::Bhsd, DType::F16, 7);
+    let o = AttentionOptions { coop_tiling: Some(huge), path: AttentionPath::FlashCoop, ..Default::default() };
+    let e = attention(&x.tq, &x.tk, &x.tv, &o).unwrap_err().to_string();
+    assert!(e.contains("tiling") && e.contains("coop_tilings"), "{e}");
 }
 
 #[test]

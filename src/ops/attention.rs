@@ -124,6 +124,9 @@ pub struct AttentionOptions<'a> {
     pub layout: AttentionLayout,
     /// Forces an implementation (tests and benchmarks).
     pub path: AttentionPath,
+    /// Forces the tensor-core forward's tiling (tests and benchmarks; see [`coop_tilings`]);
+    /// an error if it does not fit. `None`: [`CoopTiling::preferred`].
+    pub coop_tiling: Option<CoopTiling>,
 }
 
 /// The sizes of one attention call, checked.
@@ -205,7 +208,7 @@ fn check(op: &'static str, q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionO
 }
 
 /// The tensor-core kernel's requirements: f16 inputs, 16×16×16 f16→f32 cooperative
-/// matrices and f16 in shaders, subgroups of exactly 32, a head dim that is a multiple of 16
+/// matrices and f16 in shaders, subgroups of exactly 32 with subgroup barriers, a head dim that is a multiple of 16
 /// up to 128, and every q/k/v offset and stride even (f16 pairs are read as whole words).
 fn coop_applies(q: &Tensor, k: &Tensor, v: &Tensor, d: &Dims) -> bool {
     let gpu = q.gpu();
@@ -213,17 +216,17 @@ fn coop_applies(q: &Tensor, k: &Tensor, v: &Tensor, d: &Dims) -> bool {
     q.dtype() == DType::F16
         && info.has_coop_f16_16x16x16()
         && gpu.has(wgpu::Features::SHADER_F16)
-        && gpu.has(wgpu::Features::SUBGROUP)
+        && gpu.has(wgpu::Features::SUBGROUP | wgpu::Features::SUBGROUP_BARRIER)
         && info.subgroup_sizes == (32, 32)
         && d.d.is_multiple_of(16)
         && d.d <= MAX_HEAD_DIM
         && [q, k, v].iter().all(|t| t.offset() % 8 == 0 && t.strides()[..3].iter().all(|s| s % 8 == 0))
-        && coop_tiles(d.d, info.limits.max_compute_workgroup_storage_size).is_some()
+        && CoopTiling::preferred(d.d, &info.limits).is_some()
 }
 
 fn coop_requirements(gpu: &crate::Gpu) -> String {
     format!(
-        "the tensor-core flash kernel needs f16 q/k/v with offsets and strides that are multiples of 8, a head dim that is a multiple of 16 up to {MAX_HEAD_DIM}, and an adapter with 16x16x16 f16->f32 cooperative matrices, SHADER_F16 and subgroups of 32 (this one: coop {}, subgroups {:?})",
+        "the tensor-core flash kernel needs f16 q/k/v with offsets and strides that are multiples of 8, a head dim that is a multiple of 16 up to {MAX_HEAD_DIM}, and an adapter with 16x16x16 f16->f32 cooperative matrices, SHADER_F16 and subgroups of 32 with subgroup barriers (this one: coop {}, subgroups {:?})",
         gpu.info().has_coop_f16_16x16x16(),
         gpu.info().subgroup_sizes
     )
@@ -301,8 +304,24 @@ pub fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpt
     let mut params = base_params(&dims, opts, &q, &k, &v, bias.as_ref().map(|x| &x.1));
     params[20..24].copy_from_slice(&view_strides(&out, opts.layout));
     let bias_dtype = bias.as_ref().map(|x| x.0.dtype());
-    let tiles = coop_tiles(dims.d, gpu.info().limits.max_compute_workgroup_storage_size).filter(|_| coop);
-    let (kernel, rows) = match tiles {
+    let limits = &gpu.info().limits;
+    let tiling = match opts.coop_tiling {
+        _ if !coop => None,
+        None => CoopTiling::preferred(dims.d, limits),
+        Some(t) if coop_tilings(dims.d, limits).contains(&t) => Some(t),
+        Some(t) => {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                msg: format!(
+                    "tensor-core tiling {t:?} is not one of coop_tilings at head dim {} on this adapter ({} bytes of workgroup memory, {} allowed)",
+                    dims.d,
+                    t.workgroup_bytes(dims.d),
+                    limits.max_compute_workgroup_storage_size
+                ),
+            });
+        }
+    };
+    let (kernel, rows) = match tiling {
         Some(t) => (coop_kernel(bias_dtype, dims.d, t), t.rows()),
         None => (fwd_kernel(q.dtype(), bias_dtype, dims.d), FWD_ROWS),
     };
@@ -577,121 +596,226 @@ fn bwd_kernel(entry: &'static str, dtype: DType, bias: Option<DType>, d: usize) 
     k
 }
 
-/// Tiling of the tensor-core forward: subgroups of 16 query rows per workgroup, and key
-/// rows per tile.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct CoopTiles {
-    subgroups: usize,
-    bk: usize,
+/// Tiling of the tensor-core forward (shaders/attention_coop.wgsl). Every tiling computes the
+/// same thing; they differ in speed and in the workgroup memory they take. The ones the
+/// library runs are those [`coop_tilings`] lists.
+///
+/// ```
+/// use wgkernels::ops::attention::{coop_tilings, CoopTiling};
+/// use wgkernels::wgpu::Limits;
+/// let h200 = Limits { max_compute_workgroup_storage_size: 48 << 10, max_compute_invocations_per_workgroup: 1024, ..Limits::default() };
+/// let all = coop_tilings(64, &h200);
+/// assert!(all.iter().all(|t| t.workgroup_bytes(64) <= 48 << 10));
+/// assert_eq!(Some(all[0]), CoopTiling::preferred(64, &h200));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CoopTiling {
+    /// Subgroups (of 32) per workgroup.
+    pub subgroups: usize,
+    /// Blocks of 16 query rows per subgroup: 1, or 2 (each K/V fragment loaded feeds two
+    /// products, at the cost of registers).
+    pub row_blocks: usize,
+    /// Key (and value) rows per tile.
+    pub key_tile: usize,
+    /// K/V tile buffers in workgroup memory: 1, or 2 (double-buffered: one workgroup
+    /// barrier per tile instead of two).
+    pub stages: usize,
 }
 
-impl CoopTiles {
+impl CoopTiling {
+    const fn new(subgroups: usize, row_blocks: usize, key_tile: usize, stages: usize) -> Self {
+        CoopTiling { subgroups, row_blocks, key_tile, stages }
+    }
+
     /// Query rows per workgroup.
-    fn rows(self) -> usize {
-        16 * self.subgroups
+    pub fn rows(self) -> usize {
+        16 * self.row_blocks * self.subgroups
     }
 
-    /// Halves of the Q/K/V staging array (Q in column slices of up to 64, then K and V
-    /// tiles).
+    /// Columns of Q staged at a time (all rows of the workgroup): 64, or 32 for 256 rows.
+    fn q_cols(self, d: usize) -> usize {
+        d.min(if self.rows() > 128 { 32 } else { 64 })
+    }
+
+    /// Halves of the staging array: a column slice of Q, then the K/V stages.
     fn tile_halves(self, d: usize) -> usize {
-        (self.rows() * (d.min(64) + 8)).max(2 * self.bk * (d + 8))
+        (self.rows() * (self.q_cols(d) + 8)).max(self.stages * 2 * self.key_tile * (d + 8))
     }
 
-    /// Workgroup memory (shaders/attention_coop.wgsl): staging (f16), S (f32), P (f16).
-    fn workgroup_bytes(self, d: usize) -> usize {
-        self.tile_halves(d) * 2 + self.subgroups * 16 * self.bk * (4 + 2)
+    /// Workgroup memory of this tiling at head dim `d`: staging (f16), S (f32), P (f16).
+    pub fn workgroup_bytes(self, d: usize) -> usize {
+        self.tile_halves(d) * 2 + self.subgroups * self.row_blocks * 16 * self.key_tile * (4 + 2)
+    }
+
+    /// The default tiling for head dim `d` under the adapter's `limits` (the first of
+    /// [`coop_tilings`]), or the one `WGK_ATTN_COOP=S,R,K,T` forces (subgroups, row
+    /// blocks, key tile, stages) if it is one of them. None when nothing fits.
+    pub fn preferred(d: usize, limits: &wgpu::Limits) -> Option<CoopTiling> {
+        let all = coop_tilings(d, limits);
+        let forced = std::env::var("WGK_ATTN_COOP").ok().and_then(|v| CoopTiling::parse(&v));
+        forced.filter(|t| all.contains(t)).or(all.first().copied())
+    }
+
+    /// `S,R,K,T` as in `WGK_ATTN_COOP`.
+    pub fn parse(text: &str) -> Option<CoopTiling> {
+        let n: Vec<usize> = text.split(',').map(|x| x.trim().parse().ok()).collect::<Option<_>>()?;
+        match n[..] {
+            [s, r, k, t] => Some(CoopTiling::new(s, r, k, t)),
+            _ => None,
+        }
+    }
+
+    /// `S,R,K,T`, as `parse` reads it.
+    pub fn label(self) -> String {
+        format!("{},{},{},{}", self.subgroups, self.row_blocks, self.key_tile, self.stages)
     }
 }
 
-/// The tiling for head dim `d` under `limit` bytes of workgroup memory: 8 subgroups with key
-/// tiles of 32, else 4 (on the H200, B4 H16 S2048 D64: 8x32 42.3 TFLOP/s, 4x32 36.7, 4x64
-/// and 8x64 15.9: BENCHMARKS.md), or `WGK_ATTN_COOP=SxK` (S subgroups, K keys per tile:
-/// 4x32, 4x64, 8x32, 8x64) to measure the others. None when nothing fits.
-fn coop_tiles(d: usize, limit: u32) -> Option<CoopTiles> {
-    let fits = |t: CoopTiles| t.workgroup_bytes(d) <= limit as usize;
-    let forced = std::env::var("WGK_ATTN_COOP").ok().and_then(|v| {
-        let (s, k) = v.split_once('x')?;
-        let t = CoopTiles { subgroups: s.trim().parse().ok()?, bk: k.trim().parse().ok()? };
-        ([4, 8].contains(&t.subgroups) && [32, 64].contains(&t.bk)).then_some(t)
-    });
-    let preferred = [CoopTiles { subgroups: 8, bk: 32 }, CoopTiles { subgroups: 4, bk: 32 }];
-    forced.into_iter().chain(preferred).find(|&t| fits(t))
+/// The tilings of the tensor-core forward that fit head dim `d` (row blocks of 2 only up to
+/// 64, for registers) in the workgroup memory and invocations `limits` allow, fastest first as measured on the
+/// H200 at B4 H16 S2048 (BENCHMARKS.md, fifth round; TFLOP/s at D 64 / D 128 where it fits).
+pub fn coop_tilings(d: usize, limits: &wgpu::Limits) -> Vec<CoopTiling> {
+    // 16 subgroups first: each K/V tile staged serves 256 query rows (the staging, not the
+    // tensor cores, is what more rows per workgroup amortise). The small ones are for
+    // adapters with less workgroup memory or fewer invocations; 4,2,32,2 for 128.
+    const ORDER: [CoopTiling; 9] = [
+        CoopTiling::new(16, 1, 16, 2), // 116.7 / 137.5
+        CoopTiling::new(16, 1, 16, 1), // 113.5 / 135.9
+        CoopTiling::new(8, 1, 32, 2),  // 92.0 / —
+        CoopTiling::new(8, 1, 32, 1),  // 90.7 / 114.9
+        CoopTiling::new(8, 1, 16, 2),  // 88.3 / 126.5
+        CoopTiling::new(8, 1, 16, 1),  // 86.8 / 124.6
+        CoopTiling::new(4, 1, 32, 1),  // 77.9 / 47.3
+        CoopTiling::new(4, 2, 32, 2),  // 56.1 / —
+        CoopTiling::new(2, 1, 32, 1),  // 37.0 / 29.3
+    ];
+    ORDER
+        .into_iter()
+        .filter(|t| {
+            (t.row_blocks == 1 || d <= 64)
+                && t.workgroup_bytes(d) <= limits.max_compute_workgroup_storage_size as usize
+                && 32 * t.subgroups <= limits.max_compute_invocations_per_workgroup as usize
+        })
+        .collect()
 }
 
 /// The tensor-core forward for head dim `d` (a multiple of 16) and tiling `t`: fragment
 /// code unrolled here, see shaders/attention_coop.wgsl.
-fn coop_kernel(bias: Option<DType>, d: usize, t: CoopTiles) -> Kernel {
+fn coop_kernel(bias: Option<DType>, d: usize, t: CoopTiling) -> Kernel {
     let frags = d / 16;
-    let key_frags = t.bk / 16;
-    // Q in column slices of up to 64 (4 fragments): stage a slice, load its fragments.
-    let qc = d.min(64);
+    let key_frags = t.key_tile / 16;
+    let blocks = t.row_blocks;
+    // Q in column slices of QC (64, or 32 for 256 rows): stage a slice (all BQ rows), then
+    // every subgroup loads its fragments of it.
+    let qc = t.q_cols(d);
+    let per_slice = qc / 16;
     let mut q_stage = String::new();
-    for slice in 0..d.div_ceil(64) {
-        let words = (d - 64 * slice).min(64) / 8;
+    for slice in 0..d.div_ceil(qc) {
+        let words = (d - qc * slice).min(qc) / 8;
         q_stage += &format!(
             "for (var idx = lid; idx < BQ * {words}u; idx += THREADS) {{\n        let r = idx / {words}u;\n        let w = idx % {words}u;\n        \
              var qw = vec4<u32>(0u);\n        if (q0 + r < S_q) {{\n            qw = q[row_base(8u, b, h, q0 + r) / 8u + {}u + w];\n        }}\n        \
              put8(r * QS + 8u * w, qw);\n    }}\n    workgroupBarrier();\n    ",
-            8 * slice
+            qc / 8 * slice
         );
-        for c in 4 * slice..(4 * slice + 4).min(frags) {
-            q_stage += &format!(
-                "let qo_{c} = sg * 16u * QS + {}u;\n    let q_{c} = coopLoadT<coop_mat16x16<f16, A>>(&tiles[qo_{c}], QS);\n    ",
-                (c - 4 * slice) * 16
-            );
+        for c in per_slice * slice..(per_slice * (slice + 1)).min(frags) {
+            for rb in 0..blocks {
+                q_stage += &format!(
+                    "let qo_{rb}_{c} = (sg_row + {}u) * QS + {}u;\n    let q_{rb}_{c} = coopLoadT<coop_mat16x16<f16, A>>(&tiles[qo_{rb}_{c}], QS);\n    ",
+                    16 * rb,
+                    (c - per_slice * slice) * 16
+                );
+            }
         }
         q_stage += "workgroupBarrier();\n    ";
     }
     let mut o_decl = String::new();
     let mut s_mma = String::new();
     let mut pv = String::new();
-    let mut o_store = String::new();
-    for c in 0..frags {
-        o_decl += &format!("var o_{c} = coop_mat16x16<f32, C>();\n    ");
-        o_store += &format!(
-            "workgroupBarrier();\n    let oo_{c} = sg * 16u * BK;\n    coopStoreT(o_{c}, &scratch[oo_{c}], 16u);\n    workgroupBarrier();\n    \
-             for (var e = lane; e < 128u; e += SUBGROUP) {{\n        let rr = e / 8u;\n        let cp = 2u * (e % 8u);\n        let rg = q0 + sg * 16u + rr;\n        \
-             if (rg < S_q) {{\n            store_o(row_base(20u, b, h, rg) + {}u + cp, scratch[oo_{c} + rr * 16u + cp], scratch[oo_{c} + rr * 16u + cp + 1u]);\n        }}\n    }}\n    ",
-            c * 16
-        );
+    // S, P and bounce buffers of row block rb at (sg·RB + rb)·16·BK, bound to names first
+    // (naga 30 fails on a coop pointer indexed by an inline expression: ../shared/gpu).
+    let mut rescale = String::from("subgroupBarrier();\n            ");
+    let mut o_store = String::from("subgroupBarrier();\n    ");
+    let mut bases = String::new();
+    for rb in 0..blocks {
+        bases += &format!("let block_{rb} = (sg * RB + {rb}u) * 16u * BK;\n    ");
     }
-    // S block j (keys 16j..16j + 15) = Σ_c Q_c · Kᵀ_(c, j), stored column-major for the lanes.
+    let block_base = |rb: usize| format!("block_{rb}");
+    for rb in 0..blocks {
+        for c in 0..frags {
+            o_decl += &format!("var o_{rb}_{c} = coop_mat16x16<f32, C>();\n    ");
+            rescale += &format!(
+                "coopStore(o_{rb}_{c}, &scratch[{at}], 16u);\n            subgroupBarrier();\n            \
+                 scale_rows({at}, lane, alpha[{rb}u]);\n            subgroupBarrier();\n            \
+                 o_{rb}_{c} = coopLoad<coop_mat16x16<f32, C>>(&scratch[{at}], 16u);\n            subgroupBarrier();\n            ",
+                at = block_base(rb)
+            );
+            o_store += &format!(
+                "coopStore(o_{rb}_{c}, &scratch[{at}], 16u);\n    subgroupBarrier();\n    \
+                 store_fragment({at}, lane, inv_l[{rb}u], b, h, q0 + sg_row + {}u, {}u);\n    subgroupBarrier();\n    ",
+                16 * rb,
+                16 * c,
+                at = block_base(rb)
+            );
+        }
+    }
+    // S block (rb, j) = Σ_c Q_(rb, c) · Kᵀ_(c, j): each K fragment loaded once for all blocks.
     for j in 0..key_frags {
-        s_mma += &format!("var s_{j} = coop_mat16x16<f32, C>();\n        ");
+        for rb in 0..blocks {
+            s_mma += &format!("var s_{rb}_{j} = coop_mat16x16<f32, C>();\n        ");
+        }
         for c in 0..frags {
             s_mma += &format!(
-                "let ko_{c}_{j} = {}u * KS + {}u;\n        let kb_{c}_{j} = coopLoad<coop_mat16x16<f16, B>>(&tiles[ko_{c}_{j}], KS);\n        s_{j} = coopMultiplyAdd(q_{c}, kb_{c}_{j}, s_{j});\n        ",
+                "let ko_{c}_{j} = stage + {}u * KS + {}u;\n        let k_{c}_{j} = coopLoad<coop_mat16x16<f16, B>>(&tiles[ko_{c}_{j}], KS);\n        ",
                 j * 16,
                 c * 16
             );
+            for rb in 0..blocks {
+                s_mma += &format!("s_{rb}_{j} = coopMultiplyAdd(q_{rb}_{c}, k_{c}_{j}, s_{rb}_{j});\n        ");
+            }
         }
-        s_mma +=
-            &format!("let so_{j} = s_base + {}u;\n        coopStore(s_{j}, &scratch[so_{j}], 16u);\n        ", j * 256);
+        for rb in 0..blocks {
+            s_mma += &format!(
+                "let so_{rb}_{j} = {} + {}u;\n        coopStore(s_{rb}_{j}, &scratch[so_{rb}_{j}], 16u);\n        ",
+                block_base(rb),
+                j * 256
+            );
+        }
     }
+    // O_(rb, j) += P_(rb, kb) · V_(kb, j): each V fragment loaded once for all blocks.
     for kb in 0..key_frags {
-        pv += &format!(
-            "let po_{kb} = s_base + {}u;\n        let p_{kb} = coopLoad<coop_mat16x16<f16, A>>(&p_tile[po_{kb}], 16u);\n        ",
-            kb * 256
-        );
+        for rb in 0..blocks {
+            pv += &format!(
+                "let po_{rb}_{kb} = {} + {}u;\n        let p_{rb}_{kb} = coopLoad<coop_mat16x16<f16, A>>(&p_tile[po_{rb}_{kb}], 16u);\n        ",
+                block_base(rb),
+                kb * 256
+            );
+        }
         for j in 0..frags {
             pv += &format!(
-                "let vo_{kb}_{j} = V_BASE + {}u * VS + {}u;\n        let vb_{kb}_{j} = coopLoadT<coop_mat16x16<f16, B>>(&tiles[vo_{kb}_{j}], VS);\n        o_{j} = coopMultiplyAdd(p_{kb}, vb_{kb}_{j}, o_{j});\n        ",
+                "let vo_{kb}_{j} = v_stage + {}u * KS + {}u;\n        let v_{kb}_{j} = coopLoadT<coop_mat16x16<f16, B>>(&tiles[vo_{kb}_{j}], KS);\n        ",
                 kb * 16,
                 j * 16
             );
+            for rb in 0..blocks {
+                pv += &format!("o_{rb}_{j} = coopMultiplyAdd(p_{rb}_{kb}, v_{kb}_{j}, o_{rb}_{j});\n        ");
+            }
         }
     }
     let mut k = Kernel::new(Shader::AttentionCoop, "attention_coop")
         .sub("D", d.to_string())
         .sub("SGS", t.subgroups.to_string())
-        .sub("BK", t.bk.to_string())
+        .sub("RB", blocks.to_string())
+        .sub("BK", t.key_tile.to_string())
+        .sub("STAGES", t.stages.to_string())
         .sub("TILE_HALVES", t.tile_halves(d).to_string())
         .sub("STORE_O", store_pair(DType::F16))
         .sub("QC", qc.to_string())
         .sub("Q_STAGE", q_stage)
-        .sub("O_DECL", o_decl)
+        .sub("O_DECL", bases + &o_decl)
         .sub("S_MMA", s_mma)
         .sub("PV_MMA", pv)
+        .sub("O_RESCALE", rescale)
         .sub("O_STORE", o_store)
         .trusted();
     k = match bias {
@@ -707,10 +831,13 @@ pub fn all_kernels() -> Vec<Kernel> {
     let mut all = Vec::new();
     for d in [16, 32, 48, 64, 80, 96, 112, 128] {
         for bias in [None, Some(DType::F16), Some(DType::F32)] {
-            for subgroups in [4, 8] {
-                for bk in [32, 64] {
-                    all.push(coop_kernel(bias, d, CoopTiles { subgroups, bk }));
-                }
+            let h200 = wgpu::Limits {
+                max_compute_workgroup_storage_size: 48 << 10,
+                max_compute_invocations_per_workgroup: 1024,
+                ..wgpu::Limits::default()
+            };
+            for t in coop_tilings(d, &h200) {
+                all.push(coop_kernel(bias, d, t));
             }
         }
     }
