@@ -748,7 +748,17 @@ fn main() -> wgkernels::Result<()> {
                             if !backward {
                                 continue;
                             }
-                            let opts = AttentionOptions { causal, ..Default::default() };
+                            // f16: the tensor-core backward where the adapter has it.
+                            let coop = dtype == DType::F16
+                                && attention_forward(
+                                    &q,
+                                    &k,
+                                    &v,
+                                    &AttentionOptions { path: AttentionPath::FlashCoop, ..Default::default() },
+                                )
+                                .is_ok();
+                            let path = if coop { AttentionPath::FlashCoop } else { AttentionPath::Flash };
+                            let opts = AttentionOptions { causal, path, ..Default::default() };
                             let (o, lse) = attention_forward(&q, &k, &v, &opts)?;
                             let tm = measure(&gpu, 1, reps, || {
                                 let (dq, dk, dv) = attention_backward(&q, &k, &v, &o, &lse, &dout, &opts)?;
@@ -761,7 +771,7 @@ fn main() -> wgkernels::Result<()> {
                                 bench: "attention_backward",
                                 size: size.clone(),
                                 dtype: dtype.name(),
-                                variant: format!("flash{suffix}"),
+                                variant: format!("{}{suffix}", if coop { "flash-tc" } else { "flash" }),
                                 ms: tm.median_ms,
                                 rate: tm.rate(2.5 * flops),
                                 wall_rate: 2.5 * flops / (tm.wall_ms * 1e-3) / 1e9,

@@ -60,6 +60,8 @@ pub enum Shader {
     AttentionBwd,
     /// Flash attention forward on cooperative matrices (tensor cores).
     AttentionCoop,
+    /// Flash attention backward on cooperative matrices (dk/dv and dq).
+    AttentionCoopBwd,
     /// The probe of the adapter's f32 → f16 rounding (see [`crate::Gpu::native_f16`]).
     F16Probe,
     /// Transposed copies through workgroup-memory tiles.
@@ -68,7 +70,7 @@ pub enum Shader {
 
 impl Shader {
     /// Every shader family, for the portability test.
-    pub const ALL: [Shader; 12] = [
+    pub const ALL: [Shader; 13] = [
         Shader::Reduce,
         Shader::Matmul,
         Shader::MatmulCoop,
@@ -79,6 +81,7 @@ impl Shader {
         Shader::Attention,
         Shader::AttentionBwd,
         Shader::AttentionCoop,
+        Shader::AttentionCoopBwd,
         Shader::F16Probe,
         Shader::Transpose,
     ];
@@ -96,6 +99,7 @@ impl Shader {
             Shader::Attention => "attention.wgsl",
             Shader::AttentionBwd => "attention_bwd.wgsl",
             Shader::AttentionCoop => "attention_coop.wgsl",
+            Shader::AttentionCoopBwd => "attention_coop_bwd.wgsl",
             Shader::F16Probe => "f16_probe.wgsl",
             Shader::Transpose => "transpose.wgsl",
         }
@@ -124,6 +128,7 @@ impl Shader {
             Shader::Attention => include_str!("../shaders/attention.wgsl"),
             Shader::AttentionBwd => include_str!("../shaders/attention_bwd.wgsl"),
             Shader::AttentionCoop => include_str!("../shaders/attention_coop.wgsl"),
+            Shader::AttentionCoopBwd => include_str!("../shaders/attention_coop_bwd.wgsl"),
             Shader::F16Probe => include_str!("../shaders/f16_probe.wgsl"),
             Shader::Transpose => include_str!("../shaders/transpose.wgsl"),
         }

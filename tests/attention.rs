@@ -304,9 +304,15 @@ fn a_query_that_sees_no_key_gets_zero_and_minus_infinity() {
 }
 
 fn check_backward(c: Case, layout: AttentionLayout, dtype: DType) {
+    check_backward_path(c, layout, dtype, AttentionPath::Auto, 4.0)
+}
+
+/// The backward through `path` against the f64 reference gradients, at `loosen` times the
+/// dtype's tolerance.
+fn check_backward_path(c: Case, layout: AttentionLayout, dtype: DType, path: AttentionPath, loosen: f64) {
     let gpu = gpu();
     let x = inputs(&c, layout, dtype, 100 + c.s_q as u64);
-    let opts = AttentionOptions { causal: c.causal, layout, ..Default::default() };
+    let opts = AttentionOptions { causal: c.causal, layout, path, ..Default::default() };
     let scale = 1.0 / (c.d as f64).sqrt();
     let (out, lse) = attention_forward(&x.tq, &x.tk, &x.tv, &opts).unwrap();
     let dout_v: Vec<f32> = random_vec(c.b * c.h * c.s_q * c.d, 77);
@@ -317,10 +323,10 @@ fn check_backward(c: Case, layout: AttentionLayout, dtype: DType) {
     let out_used: Vec<f64> = values_bhsd(&out, layout).iter().map(|&v| v as f64).collect();
     let _ = ref_out;
     let (wq, wk, wv) = reference_grads(&c, &x, scale, &probs, &out_used, &rounded(&dout_v, dtype));
-    let what = format!("{c:?} {layout:?} {dtype:?}");
+    let what = format!("{c:?} {layout:?} {dtype:?} {path:?}");
     let (atol, rtol) = match dtype {
         DType::F32 => (5e-5, 2e-4),
-        d => (tol(d).0 * 4.0, tol(d).1 * 4.0),
+        d => (tol(d).0 * loosen, tol(d).1 * loosen),
     };
     for (name, got, want) in [("dq", &dq, &wq), ("dk", &dk, &wk), ("dv", &dv, &wv)] {
         assert_eq!(got.dtype(), dtype);
@@ -492,6 +498,50 @@ fn tensor_core_path_matches_f64_where_the_adapter_has_it() {
     let o = AttentionOptions { coop_tiling: Some(huge), path: AttentionPath::FlashCoop, ..Default::default() };
     let e = attention(&x.tq, &x.tk, &x.tv, &o).unwrap_err().to_string();
     assert!(e.contains("tiling") && e.contains("coop_tilings"), "{e}");
+}
+
+#[test]
+fn tensor_core_backward_matches_f64_where_the_adapter_has_it() {
+    let gpu = gpu();
+    let probe = Tensor::randn(&gpu, &[1, 1, 16, 64], DType::F16, 1).unwrap();
+    let forced = AttentionOptions { path: AttentionPath::FlashCoop, ..Default::default() };
+    if attention_forward(&probe, &probe, &probe, &forced).is_err() {
+        // Without cooperative matrices FlashCoop is refused by the backward too.
+        let (o, lse) = attention_forward(&probe, &probe, &probe, &AttentionOptions::default()).unwrap();
+        let e = attention_backward(&probe, &probe, &probe, &o, &lse, &o, &forced).unwrap_err().to_string();
+        assert!(e.contains("cooperative matrices"), "{e}");
+        eprintln!("skipped: no tensor-core attention on {}", gpu.info().name);
+        return;
+    }
+    // P and dS are rounded to f16 before their products (tensor-core inputs): twice the f16
+    // backward's tolerance.
+    for (c, layout) in [
+        (Case::new(7, 7, 64, false), AttentionLayout::Bhsd),
+        (Case::new(129, 129, 64, true), AttentionLayout::Bhsd),
+        (Case::new(64, 200, 128, true).gqa(4, 2), AttentionLayout::Bhsd),
+        (Case::new(1, 129, 32, true), AttentionLayout::Bshd),
+        (Case::new(70, 33, 16, false).batch(2), AttentionLayout::Bshd),
+        (Case::new(150, 77, 96, true), AttentionLayout::Bhsd),
+        (Case::new(300, 300, 64, true).gqa(2, 1), AttentionLayout::Bhsd),
+    ] {
+        check_backward_path(c, layout, DType::F16, AttentionPath::FlashCoop, 8.0);
+    }
+    // With a bias, against the FMA backward on the same inputs.
+    let c = Case::new(37, 45, 64, false).gqa(2, 1);
+    let x = inputs(&c, AttentionLayout::Bhsd, DType::F16, 3);
+    let bias = Tensor::randn(&gpu, &[c.s_q, c.s_k], DType::F32, 4).unwrap();
+    let dout = Tensor::randn(&gpu, x.tq.shape(), DType::F16, 5).unwrap();
+    let grads = |path| {
+        let o = AttentionOptions { bias: Some(&bias), path, ..Default::default() };
+        let (out, lse) = attention_forward(&x.tq, &x.tk, &x.tv, &o).unwrap();
+        let (dq, dk, dv) = attention_backward(&x.tq, &x.tk, &x.tv, &out, &lse, &dout, &o).unwrap();
+        [dq, dk, dv].map(|t| t.to_vec_f32().unwrap())
+    };
+    let (want, got) = (grads(AttentionPath::Flash), grads(AttentionPath::FlashCoop));
+    for (name, (g, w)) in ["dq", "dk", "dv"].iter().zip(got.iter().zip(&want)) {
+        let w: Vec<f64> = w.iter().map(|&v| v as f64).collect();
+        assert_close(&format!("coop vs FMA backward {name}, with bias"), g, &w, 8.0 * tol(DType::F16).0, 8.0 * tol(DType::F16).1);
+    }
 }
 
 #[test]

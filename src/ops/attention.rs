@@ -91,8 +91,8 @@ pub enum AttentionPath {
     Auto,
     /// The FMA flash kernel (every adapter); an error where it does not apply.
     Flash,
-    /// The tensor-core flash kernel (forward only; the backward runs the FMA kernels); an
-    /// error where the adapter or the inputs do not allow it.
+    /// The tensor-core flash kernels (forward and backward); an error where the adapter or
+    /// the inputs do not allow them.
     FlashCoop,
     /// matmul → softmax → matmul through the tensor ops.
     Naive,
@@ -404,6 +404,19 @@ pub fn attention_backward(
     let gpu = q.gpu();
     grid_fits(OP, gpu, [s_q.div_ceil(BWD_ROWS), h, b])?;
     grid_fits(OP, gpu, [s_k.div_ceil(BWD_ROWS), h_kv, b])?;
+    let limits = &gpu.info().limits;
+    let coop_fits = coop_applies(q, k, v, &dims)
+        && dout.offset() % 8 == 0
+        && dout.strides()[..3].iter().all(|s| s % 8 == 0)
+        && coop_bwd_bytes(d) <= limits.max_compute_workgroup_storage_size as usize
+        && 32 * COOP_BWD_SUBGROUPS <= limits.max_compute_invocations_per_workgroup as usize;
+    let coop = match opts.path {
+        AttentionPath::FlashCoop if !coop_fits => {
+            return Err(Error::InvalidArgument { op: OP, msg: coop_requirements(gpu) });
+        }
+        AttentionPath::Flash => false,
+        _ => coop_fits,
+    };
     // δ_i = Σ_d dO_i·O_i in f32, [B, H, S_q].
     let delta = dout.to_dtype(DType::F32)?.mul(&out.to_dtype(DType::F32)?)?.sum(-1)?;
     let delta = match opts.layout {
@@ -435,14 +448,23 @@ pub fn attention_backward(
         common.push((6, t.storage()?.buffer()));
     }
     let bias_dtype = bias.as_ref().map(|x| x.0.dtype());
+    // The tensor-core kernels read q, k, v, dO as 16-byte words: coop here checked every
+    // offset and row stride a multiple of 8. Workgroups of 16·4 keys (dkdv) or queries (dq).
+    let (dkdv, dq_kernel, rows) = if coop {
+        (coop_bwd_kernel(true, bias_dtype, d), coop_bwd_kernel(false, bias_dtype, d), 16 * COOP_BWD_SUBGROUPS)
+    } else {
+        (
+            bwd_kernel("attention_bwd_dkdv", q.dtype(), bias_dtype, d),
+            bwd_kernel("attention_bwd_dq", q.dtype(), bias_dtype, d),
+            BWD_ROWS,
+        )
+    };
     let mut bind = common.clone();
     bind.extend([(8, dk.storage()?.buffer()), (9, dv.storage()?.buffer())]);
-    let kernel = bwd_kernel("attention_bwd_dkdv", q.dtype(), bias_dtype, d);
-    gpu.dispatch_3d(&kernel, &bind, [s_k.div_ceil(BWD_ROWS) as u32, h_kv as u32, b as u32])?;
+    gpu.dispatch_3d(&dkdv, &bind, [s_k.div_ceil(rows) as u32, h_kv as u32, b as u32])?;
     let mut bind = common;
     bind.push((8, dq.storage()?.buffer()));
-    let kernel = bwd_kernel("attention_bwd_dq", q.dtype(), bias_dtype, d);
-    gpu.dispatch_3d(&kernel, &bind, [s_q.div_ceil(BWD_ROWS) as u32, h as u32, b as u32])?;
+    gpu.dispatch_3d(&dq_kernel, &bind, [s_q.div_ceil(rows) as u32, h as u32, b as u32])?;
     let finish = |t: Tensor| -> Result<Tensor> {
         let t = match opts.layout {
             AttentionLayout::Bhsd => t,
@@ -825,6 +847,141 @@ fn coop_kernel(bias: Option<DType>, d: usize, t: CoopTiling) -> Kernel {
     k
 }
 
+/// Subgroups per workgroup and streamed rows per tile of the tensor-core backward
+/// (shaders/attention_coop_bwd.wgsl).
+const COOP_BWD_SUBGROUPS: usize = 4;
+const COOP_BWD_TILE: usize = 32;
+
+/// Workgroup memory of the tensor-core backward at head dim `d`: the staged rows (f16),
+/// S and dP (f32), P and dS (f16), the dkdv kernel's per-query statistics.
+fn coop_bwd_bytes(d: usize) -> usize {
+    let (sgs, bt) = (COOP_BWD_SUBGROUPS, COOP_BWD_TILE);
+    (2 * bt).max(16 * sgs) * (d + 8) * 2 + sgs * 16 * bt * (4 + 4 + 2 + 2) + 2 * bt * 4
+}
+
+/// A tensor-core backward kernel (`dkdv`: dK and dV; else dQ) for head dim `d`, a multiple
+/// of 16: fragment code unrolled here, see shaders/attention_coop_bwd.wgsl.
+fn coop_bwd_kernel(dkdv: bool, bias: Option<DType>, d: usize) -> Kernel {
+    let frags = d / 16;
+    let blocks = COOP_BWD_TILE / 16;
+    // The fixed rows: (params index, head, first row, limit, fragment name) per tensor.
+    let fixed: [(&str, &str, &str, &str, &str); 2] = if dkdv {
+        [("12u", "kv_h", "j0", "S_k", "ka"), ("16u", "kv_h", "j0", "S_k", "va")]
+    } else {
+        [("8u", "h", "q0", "S_q", "qa"), ("30u", "h", "q0", "S_q", "da")]
+    };
+    let mut fixed_frags = String::new();
+    for (at, head, first, limit, name) in fixed {
+        fixed_frags += &format!(
+            "stage_rows({at}, b, {head}, {first}, 16u * SGS, {limit}, 0u, lid);\n    workgroupBarrier();\n    "
+        );
+        for c in 0..frags {
+            fixed_frags += &format!(
+                "let {name}o_{c} = sg * 16u * RS + {}u;\n    let {name}_{c} = coopLoadT<coop_mat16x16<f16, A>>(&tiles[{name}o_{c}], RS);\n    ",
+                16 * c
+            );
+        }
+        fixed_frags += "workgroupBarrier();\n    ";
+    }
+    // Accumulators: a (dK or dQ) and, for dkdv, b (dV).
+    let mut acc_decl = String::new();
+    for c in 0..frags {
+        acc_decl += &format!("var acc_a_{c} = coop_mat16x16<f32, C>();\n    ");
+        if dkdv {
+            acc_decl += &format!("var acc_b_{c} = coop_mat16x16<f32, C>();\n    ");
+        }
+    }
+    // S (Sᵀ) and dP (dPᵀ) blocks: the fixed fragments times the streamed tiles read
+    // column-major (the transposes), stored column-major for the lanes.
+    let (s_a, dp_a) = if dkdv { ("ka", "va") } else { ("qa", "da") };
+    let ind = "\n            ";
+    let mut products = String::new();
+    for t in 0..blocks {
+        products += &format!("var st_{t} = coop_mat16x16<f32, C>();{ind}var dpt_{t} = coop_mat16x16<f32, C>();{ind}");
+        for c in 0..frags {
+            products += &format!(
+                "let to_{t}_{c} = {}u * RS + {}u;{ind}let tb_{t}_{c} = coopLoad<coop_mat16x16<f16, B>>(&tiles[to_{t}_{c}], RS);{ind}\
+                 st_{t} = coopMultiplyAdd({s_a}_{c}, tb_{t}_{c}, st_{t});{ind}\
+                 let uo_{t}_{c} = B_BASE + {}u * RS + {}u;{ind}let ub_{t}_{c} = coopLoad<coop_mat16x16<f16, B>>(&tiles[uo_{t}_{c}], RS);{ind}\
+                 dpt_{t} = coopMultiplyAdd({dp_a}_{c}, ub_{t}_{c}, dpt_{t});{ind}",
+                16 * t,
+                16 * c,
+                16 * t,
+                16 * c
+            );
+        }
+        products += &format!(
+            "let so_{t} = s_base + {}u;{ind}coopStore(st_{t}, &s_tile[so_{t}], 16u);{ind}coopStore(dpt_{t}, &dp_tile[so_{t}], 16u);{ind}",
+            256 * t
+        );
+    }
+    // dkdv: dV += Pᵀ·dO (dO rows of the B tile), dK += dSᵀ·Q (Q rows of the A tile);
+    // dq: dQ += dS·K (K rows of the A tile). Streamed rows read row-major.
+    let mut accumulate = String::new();
+    for t in 0..blocks {
+        accumulate += &format!(
+            "let ao_{t} = s_base + {}u;{ind}let dsa_{t} = coopLoad<coop_mat16x16<f16, A>>(&ds_tile[ao_{t}], 16u);{ind}",
+            256 * t
+        );
+        if dkdv {
+            accumulate += &format!("let pa_{t} = coopLoad<coop_mat16x16<f16, A>>(&p_tile[ao_{t}], 16u);{ind}");
+        }
+        for c in 0..frags {
+            accumulate += &format!(
+                "let ro_{t}_{c} = {}u * RS + {}u;{ind}let rb_{t}_{c} = coopLoadT<coop_mat16x16<f16, B>>(&tiles[ro_{t}_{c}], RS);{ind}\
+                 acc_a_{c} = coopMultiplyAdd(dsa_{t}, rb_{t}_{c}, acc_a_{c});{ind}",
+                16 * t,
+                16 * c
+            );
+            if dkdv {
+                accumulate += &format!(
+                    "let wo_{t}_{c} = B_BASE + {}u * RS + {}u;{ind}let wb_{t}_{c} = coopLoadT<coop_mat16x16<f16, B>>(&tiles[wo_{t}_{c}], RS);{ind}\
+                     acc_b_{c} = coopMultiplyAdd(pa_{t}, wb_{t}_{c}, acc_b_{c});{ind}",
+                    16 * t,
+                    16 * c
+                );
+            }
+        }
+    }
+    // Finished accumulators bounce through the subgroup's S block (row-major) to guarded
+    // f32 stores: dK and dQ times the scale.
+    let (r0, limit) = if dkdv { ("j0 + sg * 16u", "S_k") } else { ("q0 + sg * 16u", "S_q") };
+    let mut acc_store = String::from("subgroupBarrier();\n    ");
+    for c in 0..frags {
+        let mut outs = vec![("acc_a", "false", "scale")];
+        if dkdv {
+            outs.push(("acc_b", "true", "1.0"));
+        }
+        for (acc, to_b, factor) in outs {
+            acc_store += &format!(
+                "coopStoreT({acc}_{c}, &s_tile[s_base], 16u);\n    subgroupBarrier();\n    \
+                 store_rows(s_base, lane, {to_b}, out0, {r0}, {limit}, {}u, {factor});\n    subgroupBarrier();\n    ",
+                16 * c
+            );
+        }
+    }
+    let entry = if dkdv { "coop_bwd_dkdv" } else { "coop_bwd_dq" };
+    let mut k = Kernel::new(Shader::AttentionCoopBwd, entry)
+        .sub("D", d.to_string())
+        .sub("SGS", COOP_BWD_SUBGROUPS.to_string())
+        .sub("BT", COOP_BWD_TILE.to_string())
+        .sub("TILE_HALVES", ((2 * COOP_BWD_TILE).max(16 * COOP_BWD_SUBGROUPS) * (d + 8)).to_string())
+        .sub("FIXED_FRAGS", fixed_frags)
+        .sub("ACC_DECL", acc_decl)
+        .sub("PRODUCTS", products)
+        .sub("ACCUMULATE", accumulate)
+        .sub("ACC_STORE", acc_store)
+        .trusted();
+    if dkdv {
+        k = k.flag("DKDV");
+    }
+    k = match bias {
+        Some(bd) => k.flag("BIAS").sub("LOAD_BIAS", wgsl_load("bias", bd)),
+        None => k.sub("LOAD_BIAS", ""),
+    };
+    k
+}
+
 /// Every specialisation the attention ops can launch (all head-dim paddings, dtypes, with
 /// and without a bias), for the portability test.
 pub fn all_kernels() -> Vec<Kernel> {
@@ -838,6 +995,9 @@ pub fn all_kernels() -> Vec<Kernel> {
             };
             for t in coop_tilings(d, &h200) {
                 all.push(coop_kernel(bias, d, t));
+            }
+            for dkdv in [true, false] {
+                all.push(coop_bwd_kernel(dkdv, bias, d));
             }
         }
     }

@@ -1,0 +1,315 @@
+// Flash attention backward on tensor cores (FlashAttention-2's recomputation, f16 products
+// as 16×16×16 cooperative matrices with f32 accumulation), for f16 inputs on adapters that
+// have them. With P = exp(scale·q·k + bias − lse) rebuilt tile by tile and
+// δ_i = Σ_d dO_i·O_i (computed before, by the tensor ops):
+//   dV_j = Σ_i P_ij dO_i,   dS_ij = P_ij (dO_i·V_j − δ_i),
+//   dK_j = scale Σ_i dS_ij Q_i,   dQ_i = scale Σ_j dS_ij K_j.
+// WGSL has no float atomics, so there are two entry points (flag DKDV picks one), each
+// owning what it writes, as in shaders/attention_bwd.wgsl:
+// - coop_bwd_dkdv: a workgroup per 16·SGS keys of one (kv head, batch). Each subgroup keeps
+//   its 16 keys' K and V as A fragments and their dK, dV accumulators; query tiles of BT
+//   rows (Q and dO, every query head sharing the kv head) stream through workgroup memory.
+//   Per tile: Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ (Qᵀ, dOᵀ read column-major from the row-major
+//   tiles, no transposition), the lanes build Pᵀ and dSᵀ (f16), then dV += Pᵀ·dO and
+//   dK += dSᵀ·Q.
+// - coop_bwd_dq: a workgroup per 16·SGS queries of one (head, batch). Each subgroup keeps
+//   its 16 queries' Q and dO as A fragments and a dQ accumulator; K and V tiles of BT rows
+//   stream through. Per tile: S = Q·Kᵀ, dP = dO·Vᵀ, the lanes build dS, dQ += dS·K.
+// The lanes' part: a subgroup stores its 16×BT blocks of S and dP column-major (stride 16),
+// lane l = row + 16·half takes columns 2c + half of row `row` (consecutive addresses
+// across the subgroup). Subgroup barriers order S, dP, P, dS between a subgroup's lanes
+// and its own cooperative matrices. Causal tiles wholly past the diagonal are skipped; the
+// rest are masked by the lanes.
+//
+// FLOPs: 2.5× the forward's 4·S_q·S_k·D (Q·Kᵀ twice, dO·Vᵀ twice, three more products):
+// 10·S_q·S_k·D executed, counted the same way as PyTorch's. Workgroup memory at SGS 4,
+// BT 32, D 128: the two tiles 17 KiB, S and dP 16 KiB, P and dS 8 KiB. Outputs are f32,
+// contiguous [B, heads, S, D] (the host casts them to the input dtype). q, k, v, dO are
+// read as 16-byte words: the host checked every offset and row stride a multiple of 8.
+//
+// Placeholders: D, SGS, BT, TILE_HALVES, LOAD_BIAS (flag BIAS), FIXED_FRAGS, ACC_DECL,
+// PRODUCTS (S and dP), ACCUMULATE, ACC_STORE.
+
+enable f16;
+enable wgpu_cooperative_matrix;
+
+const D: u32 = {{D}}u;
+const SGS: u32 = {{SGS}}u;
+const THREADS: u32 = 32u * SGS;
+// Rows of each streamed tile (queries in dkdv, keys in dq).
+const BT: u32 = {{BT}}u;
+const SUBGROUP: u32 = 32u;
+// Row stride of staged rows in halves, padded by 8 (16 bytes) against bank conflicts.
+const RS: u32 = D + 8u;
+// The second streamed tile (dO in dkdv, V in dq).
+const B_BASE: u32 = BT * RS;
+const WORDS: u32 = D / 8u;
+const NEG_BIG: f32 = -3.4028235e38;
+// lse (base 2) of a row that takes no part: P = 2^(x − this) underflows to 0.
+const NO_ROW: f32 = 3.0e38;
+const LOG2E: f32 = 1.4426950408889634;
+
+// params: as the forward's (shaders/attention.wgsl) for [0..30); dO at 30 (offset, batch,
+// head, row strides).
+@group(0) @binding(0) var<storage, read> q: array<vec4<u32>>;
+@group(0) @binding(1) var<storage, read> k: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read> v: array<vec4<u32>>;
+@group(0) @binding(3) var<storage, read> dout: array<vec4<u32>>;
+@group(0) @binding(4) var<storage, read> lse: array<f32>;
+@group(0) @binding(5) var<storage, read> params: array<u32>;
+//#if BIAS
+@group(0) @binding(6) var<storage, read> bias: array<u32>;
+//#endif
+// δ = rowsum(dO ∘ O): [B, H, S_q]
+@group(0) @binding(7) var<storage, read> delta: array<f32>;
+// dK (dkdv) or dQ (dq)
+@group(0) @binding(8) var<storage, read_write> out_a: array<f32>;
+//#if DKDV
+// dV (dkdv only: a binding the dq kernel does not use would not be in its layout)
+@group(0) @binding(9) var<storage, read_write> out_b: array<f32>;
+//#endif
+
+// Two streamed tiles [BT][RS] (or, at the start, the fixed rows [16·SGS][RS], one tensor at
+// a time).
+var<workgroup> tiles: array<f16, {{TILE_HALVES}}>;
+// Per subgroup: S and dP [BT][16] f32, column-major; also the bounce buffer of a finished
+// accumulator fragment.
+var<workgroup> s_tile: array<f32, SGS * 16u * BT>;
+var<workgroup> dp_tile: array<f32, SGS * 16u * BT>;
+// Per subgroup: P and dS [BT][16] f16, column-major (A operands).
+var<workgroup> p_tile: array<f16, SGS * 16u * BT>;
+var<workgroup> ds_tile: array<f16, SGS * 16u * BT>;
+// dkdv: per query of the tile, lse (base 2) and δ.
+var<workgroup> row_stats: array<f32, 2u * BT>;
+
+fn load_bias(e: u32) -> f32 {
+//#if BIAS
+    {{LOAD_BIAS}}
+//#else
+    return 0.0;
+//#endif
+}
+
+fn row_base(at: u32, b: u32, h: u32, s: u32) -> u32 {
+    return params[at] + b * params[at + 1u] + h * params[at + 2u] + s * params[at + 3u];
+}
+
+// Word `i` of a tensor by the index of its params: 8 q, 12 k, 16 v, 30 dO.
+fn word(at: u32, i: u32) -> vec4<u32> {
+    switch at {
+        case 8u: { return q[i]; }
+        case 12u: { return k[i]; }
+        case 16u: { return v[i]; }
+        default: { return dout[i]; }
+    }
+}
+
+// Eight halves from a 16-byte word into workgroup memory at `at` (through f32, exactly:
+// naga 30 does not take bitcast<vec2<f16>>(u32)).
+fn put8(at: u32, w: vec4<u32>) {
+    let a = vec2<f16>(unpack2x16float(w.x));
+    let b = vec2<f16>(unpack2x16float(w.y));
+    let c = vec2<f16>(unpack2x16float(w.z));
+    let d = vec2<f16>(unpack2x16float(w.w));
+    tiles[at] = a.x;
+    tiles[at + 1u] = a.y;
+    tiles[at + 2u] = b.x;
+    tiles[at + 3u] = b.y;
+    tiles[at + 4u] = c.x;
+    tiles[at + 5u] = c.y;
+    tiles[at + 6u] = d.x;
+    tiles[at + 7u] = d.y;
+}
+
+// Rows s0..s0 + rows of tensor `at` (batch b, head h) into tiles[base..] at stride RS,
+// zero from row `limit` on.
+fn stage_rows(at: u32, b: u32, h: u32, s0: u32, rows: u32, limit: u32, base: u32, lid: u32) {
+    for (var idx = lid; idx < rows * WORDS; idx += THREADS) {
+        let r = idx / WORDS;
+        let w = idx % WORDS;
+        var x = vec4<u32>(0u);
+        if (s0 + r < limit) {
+            x = word(at, row_base(at, b, h, s0 + r) / 8u + w);
+        }
+        put8(base + r * RS + 8u * w, x);
+    }
+}
+
+// Stores the fragment bounced at s_tile[at..at + 256] (row-major, stride 16), times
+// `factor`, as rows r0..r0 + 16 (those below `limit`) and columns col0..col0 + 16 of a
+// contiguous [.., D] f32 output starting at element `out0`: out_b if `to_b`, else out_a.
+fn store_rows(at: u32, lane: u32, to_b: bool, out0: u32, r0: u32, limit: u32, col0: u32, factor: f32) {
+    for (var e = lane; e < 256u; e += SUBGROUP) {
+        let r = e / 16u;
+        let c = e % 16u;
+        if (r0 + r < limit) {
+            let x = s_tile[at + e] * factor;
+            let i = out0 + (r0 + r) * D + col0 + c;
+//#if DKDV
+            if (to_b) {
+                out_b[i] = x;
+            } else {
+                out_a[i] = x;
+            }
+//#else
+            out_a[i] = x;
+//#endif
+        }
+    }
+}
+
+//#if DKDV
+@compute @workgroup_size(THREADS)
+fn coop_bwd_dkdv(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(subgroup_id) sg: u32,
+    @builtin(subgroup_invocation_id) lane: u32,
+) {
+    let H = params[1];
+    let H_kv = params[2];
+    let S_q = params[3];
+    let S_k = params[4];
+    let causal = params[6] != 0u;
+    let scale = bitcast<f32>(params[7]);
+    let offset = i32(S_k) - i32(S_q);
+    let j0 = wid.x * 16u * SGS;
+    let kv_h = wid.y;
+    let b = wid.z;
+    let group = H / H_kv;
+    let s_base = sg * 16u * BT;
+    // This lane's key (row of the subgroup's 16) and its half of each tile's queries.
+    let row = lane % 16u;
+    let half = lane / 16u;
+    let key = j0 + sg * 16u + row;
+
+    // K, then V, of the workgroup's keys through the staging memory, as A fragments.
+    {{FIXED_FRAGS}}
+    {{ACC_DECL}}
+
+    // Causal: query i sees key j when j ≤ i + offset, so queries before j0 − offset see
+    // none of the workgroup's keys.
+    var i_first = 0u;
+    if (causal) {
+        i_first = u32(max(i32(j0) - offset, 0)) / BT * BT;
+    }
+    for (var hq = kv_h * group; hq < (kv_h + 1u) * group; hq++) {
+        for (var i0 = i_first; i0 < S_q; i0 += BT) {
+            workgroupBarrier();
+            stage_rows(8u, b, hq, i0, BT, S_q, 0u, lid);
+            stage_rows(30u, b, hq, i0, BT, S_q, B_BASE, lid);
+            if (lid < BT) {
+                let i = i0 + lid;
+                var l2 = NO_ROW;
+                var dl = 0.0;
+                if (i < S_q) {
+                    let l = lse[(b * H + hq) * S_q + i];
+                    l2 = select(l * LOG2E, NO_ROW, l <= NEG_BIG);
+                    dl = delta[(b * H + hq) * S_q + i];
+                }
+                row_stats[lid] = l2;
+                row_stats[BT + lid] = dl;
+            }
+            workgroupBarrier();
+            // Sᵀ block t (the subgroup's keys × queries 16t..16t + 15) = Σ_c K_c · Qᵀ_(c, t),
+            // dPᵀ likewise from V and dO.
+            {{PRODUCTS}}
+            subgroupBarrier();
+            for (var c = 0u; c < BT / 2u; c++) {
+                let col = 2u * c + half;
+                let i = i0 + col;
+                let at = s_base + col * 16u + row;
+                var p = 0.0;
+                if (key < S_k && i < S_q && (!causal || i32(key) <= i32(i) + offset)) {
+                    let bias_at = params[24] + b * params[25] + hq * params[26] + i * params[27] + key * params[28];
+                    p = exp2(s_tile[at] * scale * LOG2E + LOG2E * load_bias(bias_at) - row_stats[col]);
+                }
+                p_tile[at] = f16(p);
+                ds_tile[at] = f16(p * (dp_tile[at] - row_stats[BT + col]));
+            }
+            subgroupBarrier();
+            // dV += Pᵀ · dO, dK += dSᵀ · Q.
+            {{ACCUMULATE}}
+        }
+    }
+    // dK (times the scale) and dV, rows below S_k.
+    let out0 = (b * H_kv + kv_h) * S_k * D;
+    {{ACC_STORE}}
+}
+//#else
+@compute @workgroup_size(THREADS)
+fn coop_bwd_dq(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(subgroup_id) sg: u32,
+    @builtin(subgroup_invocation_id) lane: u32,
+) {
+    let H = params[1];
+    let H_kv = params[2];
+    let S_q = params[3];
+    let S_k = params[4];
+    let causal = params[6] != 0u;
+    let scale = bitcast<f32>(params[7]);
+    let offset = i32(S_k) - i32(S_q);
+    let q0 = wid.x * 16u * SGS;
+    let h = wid.y;
+    let b = wid.z;
+    let kv_h = h / (H / H_kv);
+    let s_base = sg * 16u * BT;
+    // This lane's query (row of the subgroup's 16) and its half of each tile's keys.
+    let row = lane % 16u;
+    let half = lane / 16u;
+    let r = q0 + sg * 16u + row;
+
+    // Q, then dO, of the workgroup's queries through the staging memory, as A fragments.
+    {{FIXED_FRAGS}}
+    {{ACC_DECL}}
+
+    var l2 = NO_ROW;
+    var dl = 0.0;
+    var last_key = i32(S_k) - 1;
+    if (causal) {
+        last_key = min(last_key, i32(r) + offset);
+    }
+    if (r < S_q) {
+        let l = lse[(b * H + h) * S_q + r];
+        l2 = select(l * LOG2E, NO_ROW, l <= NEG_BIG);
+        dl = delta[(b * H + h) * S_q + r];
+    } else {
+        last_key = -1;
+    }
+    var key_tiles = (S_k + BT - 1u) / BT;
+    if (causal) {
+        let last = i32(min(q0 + 16u * SGS, S_q)) - 1 + offset;
+        key_tiles = select(0u, min(key_tiles, u32(last) / BT + 1u), last >= 0);
+    }
+    let bias_row = params[24] + b * params[25] + h * params[26] + r * params[27];
+    for (var kt = 0u; kt < key_tiles; kt++) {
+        let k0 = kt * BT;
+        workgroupBarrier();
+        stage_rows(12u, b, kv_h, k0, BT, S_k, 0u, lid);
+        stage_rows(16u, b, kv_h, k0, BT, S_k, B_BASE, lid);
+        workgroupBarrier();
+        // S block t (the subgroup's queries × keys 16t..16t + 15) = Σ_c Q_c · Kᵀ_(c, t),
+        // dP likewise from dO and V.
+        {{PRODUCTS}}
+        subgroupBarrier();
+        for (var c = 0u; c < BT / 2u; c++) {
+            let col = 2u * c + half;
+            let key = k0 + col;
+            let at = s_base + col * 16u + row;
+            var p = 0.0;
+            if (i32(key) <= last_key) {
+                p = exp2(s_tile[at] * scale * LOG2E + LOG2E * load_bias(bias_row + key * params[28]) - l2);
+            }
+            ds_tile[at] = f16(p * (dp_tile[at] - dl));
+        }
+        subgroupBarrier();
+        // dQ += dS · K.
+        {{ACCUMULATE}}
+    }
+    // dQ (times the scale), rows below S_q.
+    let out0 = (b * H + h) * S_q * D;
+    {{ACC_STORE}}
+}
+//#endif
