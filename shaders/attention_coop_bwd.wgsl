@@ -27,7 +27,7 @@
 // contiguous [B, heads, S, D] (the host casts them to the input dtype). q, k, v, dO are
 // read as 16-byte words: the host checked every offset and row stride a multiple of 8.
 //
-// Placeholders: D, SGS, BT, TILE_HALVES, LOAD_BIAS (flag BIAS), FIXED_FRAGS, ACC_DECL,
+// Placeholders: D, SGS, BT, FS, TILE_HALVES, LOAD_BIAS (flag BIAS), FIXED_FRAGS, ACC_DECL,
 // PRODUCTS (S and dP), ACCUMULATE, ACC_STORE.
 
 enable f16;
@@ -39,8 +39,10 @@ const THREADS: u32 = 32u * SGS;
 // Rows of each streamed tile (queries in dkdv, keys in dq).
 const BT: u32 = {{BT}}u;
 const SUBGROUP: u32 = 32u;
-// Row stride of staged rows in halves, padded by 8 (16 bytes) against bank conflicts.
+// Row stride of streamed rows in halves, padded by 8 (16 bytes) against bank conflicts;
+// fixed rows are staged in column slices of up to 64, at stride FS.
 const RS: u32 = D + 8u;
+const FS: u32 = {{FS}}u;
 // The second streamed tile (dO in dkdv, V in dq).
 const B_BASE: u32 = BT * RS;
 const WORDS: u32 = D / 8u;
@@ -69,8 +71,8 @@ const LOG2E: f32 = 1.4426950408889634;
 @group(0) @binding(9) var<storage, read_write> out_b: array<f32>;
 //#endif
 
-// Two streamed tiles [BT][RS] (or, at the start, the fixed rows [16·SGS][RS], one tensor at
-// a time).
+// Two streamed tiles [BT][RS] (or, at the start, the fixed rows [16·SGS][FS], one tensor
+// and one column slice of FS − 8 at a time).
 var<workgroup> tiles: array<f16, {{TILE_HALVES}}>;
 // Per subgroup: S and dP [BT][16] f32, column-major; also the bounce buffer of a finished
 // accumulator fragment.
@@ -121,17 +123,54 @@ fn put8(at: u32, w: vec4<u32>) {
     tiles[at + 7u] = d.y;
 }
 
-// Rows s0..s0 + rows of tensor `at` (batch b, head h) into tiles[base..] at stride RS,
-// zero from row `limit` on.
-fn stage_rows(at: u32, b: u32, h: u32, s0: u32, rows: u32, limit: u32, base: u32, lid: u32) {
-    for (var idx = lid; idx < rows * WORDS; idx += THREADS) {
+// Rows s0..s0 + rows of tensor `at` (batch b, head h), their 16-byte words w0..w0 + words,
+// into tiles[base..] at row stride `stride` (halves), zero from row `limit` on.
+fn stage_block(at: u32, b: u32, h: u32, s0: u32, rows: u32, limit: u32, w0: u32, words: u32, stride: u32, base: u32, lid: u32) {
+    for (var idx = lid; idx < rows * words; idx += THREADS) {
+        let r = idx / words;
+        let w = idx % words;
+        var x = vec4<u32>(0u);
+        if (s0 + r < limit) {
+            x = word(at, row_base(at, b, h, s0 + r) / 8u + w0 + w);
+        }
+        put8(base + r * stride + 8u * w, x);
+    }
+}
+
+// The next streamed tiles' words (A: Q or K, B: dO or V), fetched into registers while the
+// current tiles are computed (their global-memory latency hidden behind the tile's work),
+// then written to workgroup memory after the barrier that frees it. PF words per
+// invocation of each.
+const PF: u32 = (BT * WORDS + THREADS - 1u) / THREADS;
+var<private> a_next: array<vec4<u32>, PF>;
+var<private> b_next: array<vec4<u32>, PF>;
+
+// Rows s0..s0 + BT of tensors `at_a` and `at_b` (batch b, head h), zero from `limit` on.
+fn fetch_tiles(at_a: u32, at_b: u32, b: u32, h: u32, s0: u32, limit: u32, lid: u32) {
+    for (var i = 0u; i < PF; i++) {
+        let idx = lid + i * THREADS;
         let r = idx / WORDS;
         let w = idx % WORDS;
         var x = vec4<u32>(0u);
-        if (s0 + r < limit) {
-            x = word(at, row_base(at, b, h, s0 + r) / 8u + w);
+        var y = vec4<u32>(0u);
+        if (idx < BT * WORDS && s0 + r < limit) {
+            x = word(at_a, row_base(at_a, b, h, s0 + r) / 8u + w);
+            y = word(at_b, row_base(at_b, b, h, s0 + r) / 8u + w);
         }
-        put8(base + r * RS + 8u * w, x);
+        a_next[i] = x;
+        b_next[i] = y;
+    }
+}
+
+fn put_tiles(lid: u32) {
+    for (var i = 0u; i < PF; i++) {
+        let idx = lid + i * THREADS;
+        if (idx < BT * WORDS) {
+            let r = idx / WORDS;
+            let w = idx % WORDS;
+            put8(r * RS + 8u * w, a_next[i]);
+            put8(B_BASE + r * RS + 8u * w, b_next[i]);
+        }
     }
 }
 
@@ -193,44 +232,54 @@ fn coop_bwd_dkdv(
     if (causal) {
         i_first = u32(max(i32(j0) - offset, 0)) / BT * BT;
     }
-    for (var hq = kv_h * group; hq < (kv_h + 1u) * group; hq++) {
-        for (var i0 = i_first; i0 < S_q; i0 += BT) {
-            workgroupBarrier();
-            stage_rows(8u, b, hq, i0, BT, S_q, 0u, lid);
-            stage_rows(30u, b, hq, i0, BT, S_q, B_BASE, lid);
-            if (lid < BT) {
-                let i = i0 + lid;
-                var l2 = NO_ROW;
-                var dl = 0.0;
-                if (i < S_q) {
-                    let l = lse[(b * H + hq) * S_q + i];
-                    l2 = select(l * LOG2E, NO_ROW, l <= NEG_BIG);
-                    dl = delta[(b * H + hq) * S_q + i];
-                }
-                row_stats[lid] = l2;
-                row_stats[BT + lid] = dl;
+    // One loop over (query head sharing the kv head, query tile) pairs, so that the next
+    // pair's tiles can be fetched during this one's work.
+    let head_tiles = select(0u, (S_q - i_first + BT - 1u) / BT, i_first < S_q);
+    let pairs = group * head_tiles;
+    if (pairs > 0u) {
+        fetch_tiles(8u, 30u, b, kv_h * group, i_first, S_q, lid);
+    }
+    for (var t = 0u; t < pairs; t++) {
+        let hq = kv_h * group + t / head_tiles;
+        let i0 = i_first + (t % head_tiles) * BT;
+        workgroupBarrier();
+        put_tiles(lid);
+        if (lid < BT) {
+            let i = i0 + lid;
+            var l2 = NO_ROW;
+            var dl = 0.0;
+            if (i < S_q) {
+                let l = lse[(b * H + hq) * S_q + i];
+                l2 = select(l * LOG2E, NO_ROW, l <= NEG_BIG);
+                dl = delta[(b * H + hq) * S_q + i];
             }
-            workgroupBarrier();
-            // Sᵀ block t (the subgroup's keys × queries 16t..16t + 15) = Σ_c K_c · Qᵀ_(c, t),
-            // dPᵀ likewise from V and dO.
-            {{PRODUCTS}}
-            subgroupBarrier();
-            for (var c = 0u; c < BT / 2u; c++) {
-                let col = 2u * c + half;
-                let i = i0 + col;
-                let at = s_base + col * 16u + row;
-                var p = 0.0;
-                if (key < S_k && i < S_q && (!causal || i32(key) <= i32(i) + offset)) {
-                    let bias_at = params[24] + b * params[25] + hq * params[26] + i * params[27] + key * params[28];
-                    p = exp2(s_tile[at] * scale * LOG2E + LOG2E * load_bias(bias_at) - row_stats[col]);
-                }
-                p_tile[at] = f16(p);
-                ds_tile[at] = f16(p * (dp_tile[at] - row_stats[BT + col]));
-            }
-            subgroupBarrier();
-            // dV += Pᵀ · dO, dK += dSᵀ · Q.
-            {{ACCUMULATE}}
+            row_stats[lid] = l2;
+            row_stats[BT + lid] = dl;
         }
+        workgroupBarrier();
+        if (t + 1u < pairs) {
+            let next = t + 1u;
+            fetch_tiles(8u, 30u, b, kv_h * group + next / head_tiles, i_first + (next % head_tiles) * BT, S_q, lid);
+        }
+        // Sᵀ block t (the subgroup's keys × queries 16t..16t + 15) = Σ_c K_c · Qᵀ_(c, t),
+        // dPᵀ likewise from V and dO.
+        {{PRODUCTS}}
+        subgroupBarrier();
+        for (var c = 0u; c < BT / 2u; c++) {
+            let col = 2u * c + half;
+            let i = i0 + col;
+            let at = s_base + col * 16u + row;
+            var p = 0.0;
+            if (key < S_k && i < S_q && (!causal || i32(key) <= i32(i) + offset)) {
+                let bias_at = params[24] + b * params[25] + hq * params[26] + i * params[27] + key * params[28];
+                p = exp2(s_tile[at] * scale * LOG2E + LOG2E * load_bias(bias_at) - row_stats[col]);
+            }
+            p_tile[at] = f16(p);
+            ds_tile[at] = f16(p * (dp_tile[at] - row_stats[BT + col]));
+        }
+        subgroupBarrier();
+        // dV += Pᵀ · dO, dK += dSᵀ · Q.
+        {{ACCUMULATE}}
     }
     // dK (times the scale) and dV, rows below S_k.
     let out0 = (b * H_kv + kv_h) * S_k * D;
@@ -284,12 +333,17 @@ fn coop_bwd_dq(
         key_tiles = select(0u, min(key_tiles, u32(last) / BT + 1u), last >= 0);
     }
     let bias_row = params[24] + b * params[25] + h * params[26] + r * params[27];
+    if (key_tiles > 0u) {
+        fetch_tiles(12u, 16u, b, kv_h, 0u, S_k, lid);
+    }
     for (var kt = 0u; kt < key_tiles; kt++) {
         let k0 = kt * BT;
         workgroupBarrier();
-        stage_rows(12u, b, kv_h, k0, BT, S_k, 0u, lid);
-        stage_rows(16u, b, kv_h, k0, BT, S_k, B_BASE, lid);
+        put_tiles(lid);
         workgroupBarrier();
+        if (kt + 1u < key_tiles) {
+            fetch_tiles(12u, 16u, b, kv_h, k0 + BT, S_k, lid);
+        }
         // S block t (the subgroup's queries × keys 16t..16t + 15) = Σ_c Q_c · Kᵀ_(c, t),
         // dP likewise from dO and V.
         {{PRODUCTS}}

@@ -540,7 +540,13 @@ fn tensor_core_backward_matches_f64_where_the_adapter_has_it() {
     let (want, got) = (grads(AttentionPath::Flash), grads(AttentionPath::FlashCoop));
     for (name, (g, w)) in ["dq", "dk", "dv"].iter().zip(got.iter().zip(&want)) {
         let w: Vec<f64> = w.iter().map(|&v| v as f64).collect();
-        assert_close(&format!("coop vs FMA backward {name}, with bias"), g, &w, 8.0 * tol(DType::F16).0, 8.0 * tol(DType::F16).1);
+        assert_close(
+            &format!("coop vs FMA backward {name}, with bias"),
+            g,
+            &w,
+            8.0 * tol(DType::F16).0,
+            8.0 * tol(DType::F16).1,
+        );
     }
 }
 

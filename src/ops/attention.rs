@@ -404,18 +404,17 @@ pub fn attention_backward(
     let gpu = q.gpu();
     grid_fits(OP, gpu, [s_q.div_ceil(BWD_ROWS), h, b])?;
     grid_fits(OP, gpu, [s_k.div_ceil(BWD_ROWS), h_kv, b])?;
-    let limits = &gpu.info().limits;
-    let coop_fits = coop_applies(q, k, v, &dims)
-        && dout.offset() % 8 == 0
-        && dout.strides()[..3].iter().all(|s| s % 8 == 0)
-        && coop_bwd_bytes(d) <= limits.max_compute_workgroup_storage_size as usize
-        && 32 * COOP_BWD_SUBGROUPS <= limits.max_compute_invocations_per_workgroup as usize;
-    let coop = match opts.path {
-        AttentionPath::FlashCoop if !coop_fits => {
+    let tiling = coop_bwd_tilings(d, &gpu.info().limits).first().copied().filter(|_| {
+        coop_applies(q, k, v, &dims)
+            && dout.offset().is_multiple_of(8)
+            && dout.strides()[..3].iter().all(|s| s.is_multiple_of(8))
+    });
+    let tiling = match opts.path {
+        AttentionPath::FlashCoop if tiling.is_none() => {
             return Err(Error::InvalidArgument { op: OP, msg: coop_requirements(gpu) });
         }
-        AttentionPath::Flash => false,
-        _ => coop_fits,
+        AttentionPath::Flash => None,
+        _ => tiling,
     };
     // δ_i = Σ_d dO_i·O_i in f32, [B, H, S_q].
     let delta = dout.to_dtype(DType::F32)?.mul(&out.to_dtype(DType::F32)?)?.sum(-1)?;
@@ -448,16 +447,18 @@ pub fn attention_backward(
         common.push((6, t.storage()?.buffer()));
     }
     let bias_dtype = bias.as_ref().map(|x| x.0.dtype());
-    // The tensor-core kernels read q, k, v, dO as 16-byte words: coop here checked every
-    // offset and row stride a multiple of 8. Workgroups of 16·4 keys (dkdv) or queries (dq).
-    let (dkdv, dq_kernel, rows) = if coop {
-        (coop_bwd_kernel(true, bias_dtype, d), coop_bwd_kernel(false, bias_dtype, d), 16 * COOP_BWD_SUBGROUPS)
-    } else {
-        (
+    // The tensor-core kernels read q, k, v, dO as 16-byte words: the tiling is only Some
+    // where every offset and row stride is a multiple of 8. Workgroups of 16 keys (dkdv) or
+    // queries (dq) per subgroup.
+    let (dkdv, dq_kernel, rows) = match tiling {
+        Some(t) => {
+            (coop_bwd_kernel(true, bias_dtype, d, t), coop_bwd_kernel(false, bias_dtype, d, t), 16 * t.subgroups)
+        }
+        None => (
             bwd_kernel("attention_bwd_dkdv", q.dtype(), bias_dtype, d),
             bwd_kernel("attention_bwd_dq", q.dtype(), bias_dtype, d),
             BWD_ROWS,
-        )
+        ),
     };
     let mut bind = common.clone();
     bind.extend([(8, dk.storage()?.buffer()), (9, dv.storage()?.buffer())]);
@@ -847,41 +848,89 @@ fn coop_kernel(bias: Option<DType>, d: usize, t: CoopTiling) -> Kernel {
     k
 }
 
-/// Subgroups per workgroup and streamed rows per tile of the tensor-core backward
-/// (shaders/attention_coop_bwd.wgsl).
-const COOP_BWD_SUBGROUPS: usize = 4;
-const COOP_BWD_TILE: usize = 32;
+/// Tiling of the tensor-core backward (shaders/attention_coop_bwd.wgsl): subgroups per
+/// workgroup (each owning 16 fixed rows: keys in dkdv, queries in dq) and streamed rows per
+/// tile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct CoopBwd {
+    subgroups: usize,
+    tile: usize,
+}
 
-/// Workgroup memory of the tensor-core backward at head dim `d`: the staged rows (f16),
-/// S and dP (f32), P and dS (f16), the dkdv kernel's per-query statistics.
-fn coop_bwd_bytes(d: usize) -> usize {
-    let (sgs, bt) = (COOP_BWD_SUBGROUPS, COOP_BWD_TILE);
-    (2 * bt).max(16 * sgs) * (d + 8) * 2 + sgs * 16 * bt * (4 + 4 + 2 + 2) + 2 * bt * 4
+impl CoopBwd {
+    /// Fixed rows are staged in column slices of up to 64.
+    fn fixed_cols(d: usize) -> usize {
+        d.min(64)
+    }
+
+    fn tile_halves(self, d: usize) -> usize {
+        (2 * self.tile * (d + 8)).max(16 * self.subgroups * (Self::fixed_cols(d) + 8))
+    }
+
+    /// Workgroup memory at head dim `d`: staging (f16), S and dP (f32), P and dS (f16),
+    /// the dkdv kernel's per-query statistics.
+    fn workgroup_bytes(self, d: usize) -> usize {
+        self.tile_halves(d) * 2 + self.subgroups * 16 * self.tile * (4 + 4 + 2 + 2) + 2 * self.tile * 4
+    }
+
+    /// `S,T` (subgroups, tile rows).
+    fn label(self) -> String {
+        format!("{},{}", self.subgroups, self.tile)
+    }
+}
+
+/// The tilings of the tensor-core backward that fit head dim `d` under `limits`, the
+/// default first, or only the one `WGK_ATTN_COOP_BWD=S,T` names (benchmarks and the
+/// device test run of each) if it is one of them.
+///
+/// H200, B4 H16 S2048 f16, TFLOP/s counted as 2.5× the forward's FLOPs (BENCHMARKS.md, fifth
+/// round, call 7), D 64 / D 128: 4,16 52.4 / 66.5; 8,16 49.9 / 74.8; 4,32 31.4 / 38.1.
+fn coop_bwd_tilings(d: usize, limits: &wgpu::Limits) -> Vec<CoopBwd> {
+    let t = |subgroups, tile| CoopBwd { subgroups, tile };
+    let order = if d <= 64 { [t(4, 16), t(8, 16), t(4, 32)] } else { [t(8, 16), t(4, 16), t(4, 32)] };
+    let mut all: Vec<CoopBwd> = order
+        .into_iter()
+        .filter(|t| {
+            t.workgroup_bytes(d) <= limits.max_compute_workgroup_storage_size as usize
+                && 32 * t.subgroups <= limits.max_compute_invocations_per_workgroup as usize
+        })
+        .collect();
+    if let Ok(v) = std::env::var("WGK_ATTN_COOP_BWD") {
+        all.retain(|t| t.label() == v.trim());
+    }
+    all
 }
 
 /// A tensor-core backward kernel (`dkdv`: dK and dV; else dQ) for head dim `d`, a multiple
 /// of 16: fragment code unrolled here, see shaders/attention_coop_bwd.wgsl.
-fn coop_bwd_kernel(dkdv: bool, bias: Option<DType>, d: usize) -> Kernel {
+fn coop_bwd_kernel(dkdv: bool, bias: Option<DType>, d: usize, t: CoopBwd) -> Kernel {
     let frags = d / 16;
-    let blocks = COOP_BWD_TILE / 16;
+    let blocks = t.tile / 16;
+    let fc = CoopBwd::fixed_cols(d);
     // The fixed rows: (params index, head, first row, limit, fragment name) per tensor.
     let fixed: [(&str, &str, &str, &str, &str); 2] = if dkdv {
         [("12u", "kv_h", "j0", "S_k", "ka"), ("16u", "kv_h", "j0", "S_k", "va")]
     } else {
         [("8u", "h", "q0", "S_q", "qa"), ("30u", "h", "q0", "S_q", "da")]
     };
+    // Each tensor in column slices of fc: stage the slice (all 16·SGS rows), barrier, every
+    // subgroup loads its fragments of it, barrier.
     let mut fixed_frags = String::new();
     for (at, head, first, limit, name) in fixed {
-        fixed_frags += &format!(
-            "stage_rows({at}, b, {head}, {first}, 16u * SGS, {limit}, 0u, lid);\n    workgroupBarrier();\n    "
-        );
-        for c in 0..frags {
+        for slice in 0..d.div_ceil(fc) {
+            let words = (d - fc * slice).min(fc) / 8;
             fixed_frags += &format!(
-                "let {name}o_{c} = sg * 16u * RS + {}u;\n    let {name}_{c} = coopLoadT<coop_mat16x16<f16, A>>(&tiles[{name}o_{c}], RS);\n    ",
-                16 * c
+                "stage_block({at}, b, {head}, {first}, 16u * SGS, {limit}, {}u, {words}u, FS, 0u, lid);\n    workgroupBarrier();\n    ",
+                fc / 8 * slice
             );
+            for c in (fc / 16 * slice)..(fc / 16 * (slice + 1)).min(frags) {
+                fixed_frags += &format!(
+                    "let {name}o_{c} = sg * 16u * FS + {}u;\n    let {name}_{c} = coopLoadT<coop_mat16x16<f16, A>>(&tiles[{name}o_{c}], FS);\n    ",
+                    16 * c - fc * slice
+                );
+            }
+            fixed_frags += "workgroupBarrier();\n    ";
         }
-        fixed_frags += "workgroupBarrier();\n    ";
     }
     // Accumulators: a (dK or dQ) and, for dkdv, b (dV).
     let mut acc_decl = String::new();
@@ -963,9 +1012,10 @@ fn coop_bwd_kernel(dkdv: bool, bias: Option<DType>, d: usize) -> Kernel {
     let entry = if dkdv { "coop_bwd_dkdv" } else { "coop_bwd_dq" };
     let mut k = Kernel::new(Shader::AttentionCoopBwd, entry)
         .sub("D", d.to_string())
-        .sub("SGS", COOP_BWD_SUBGROUPS.to_string())
-        .sub("BT", COOP_BWD_TILE.to_string())
-        .sub("TILE_HALVES", ((2 * COOP_BWD_TILE).max(16 * COOP_BWD_SUBGROUPS) * (d + 8)).to_string())
+        .sub("SGS", t.subgroups.to_string())
+        .sub("BT", t.tile.to_string())
+        .sub("FS", (fc + 8).to_string())
+        .sub("TILE_HALVES", t.tile_halves(d).to_string())
         .sub("FIXED_FRAGS", fixed_frags)
         .sub("ACC_DECL", acc_decl)
         .sub("PRODUCTS", products)
@@ -996,8 +1046,10 @@ pub fn all_kernels() -> Vec<Kernel> {
             for t in coop_tilings(d, &h200) {
                 all.push(coop_kernel(bias, d, t));
             }
-            for dkdv in [true, false] {
-                all.push(coop_bwd_kernel(dkdv, bias, d));
+            for t in coop_bwd_tilings(d, &h200) {
+                for dkdv in [true, false] {
+                    all.push(coop_bwd_kernel(dkdv, bias, d, t));
+                }
             }
         }
     }
