@@ -1,12 +1,14 @@
 //! Scaled dot-product attention: `softmax(scale·Q·Kᵀ + bias) · V`, per batch and head.
 //!
-//! - [`attention`] / [`attention_forward`]: flash attention (`shaders/attention.wgsl`):
-//!   keys and values streamed through workgroup memory with an online softmax, so extra
-//!   memory is one log-sum-exp per query row whatever the sequence length. The naive path
+//! - [`attention`] / [`attention_forward`]: flash attention (`shaders/attention.wgsl`; for
+//!   f16 on adapters with cooperative matrices, `shaders/attention_coop.wgsl` on tensor
+//!   cores): keys and values streamed through workgroup memory with an online softmax, so
+//!   extra memory is one log-sum-exp per query row whatever the sequence length. The naive path
 //!   ([`attention_naive`]: matmul → softmax → matmul, an S_q × S_k matrix per head) is kept
 //!   for the tests and to show what flash saves.
 //! - [`attention_backward`]: dq, dk, dv recomputing the probabilities tile by tile from the
-//!   saved log-sum-exp (`shaders/attention_bwd.wgsl`).
+//!   saved log-sum-exp (`shaders/attention_bwd.wgsl`; on tensor cores
+//!   `shaders/attention_coop_bwd.wgsl`).
 //!
 //! Shapes: q `[B, H, S_q, D]`, k and v `[B, H_kv, S_k, D]` (or `[B, S, heads, D]` with
 //! [`AttentionLayout::Bshd`]); H_kv divides H (grouped-query attention: query head h reads
