@@ -94,27 +94,6 @@ fn store_o(e: u32, x: f32, y: f32) {
     {{STORE_O}}
 }
 
-fn row_base(at: u32, b: u32, h: u32, s: u32) -> u32 {
-    return params[at] + b * params[at + 1u] + h * params[at + 2u] + s * params[at + 3u];
-}
-
-// Eight halves from a 16-byte word into workgroup memory at `at` (through f32, exactly:
-// naga 30 does not take bitcast<vec2<f16>>(u32)).
-fn put8(at: u32, w: vec4<u32>) {
-    let a = vec2<f16>(unpack2x16float(w.x));
-    let b = vec2<f16>(unpack2x16float(w.y));
-    let c = vec2<f16>(unpack2x16float(w.z));
-    let d = vec2<f16>(unpack2x16float(w.w));
-    tiles[at] = a.x;
-    tiles[at + 1u] = a.y;
-    tiles[at + 2u] = b.x;
-    tiles[at + 3u] = b.y;
-    tiles[at + 4u] = c.x;
-    tiles[at + 5u] = c.y;
-    tiles[at + 6u] = d.x;
-    tiles[at + 7u] = d.y;
-}
-
 // The next tile's K and V words, fetched into registers while the current tile is computed
 // (its global-memory latency hidden behind the tile's work), then written to workgroup
 // memory. PF words of each per invocation.

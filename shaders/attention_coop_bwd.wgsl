@@ -92,10 +92,6 @@ fn load_bias(e: u32) -> f32 {
 //#endif
 }
 
-fn row_base(at: u32, b: u32, h: u32, s: u32) -> u32 {
-    return params[at] + b * params[at + 1u] + h * params[at + 2u] + s * params[at + 3u];
-}
-
 // Word `i` of a tensor by the index of its params: 8 q, 12 k, 16 v, 30 dO.
 fn word(at: u32, i: u32) -> vec4<u32> {
     switch at {
@@ -104,23 +100,6 @@ fn word(at: u32, i: u32) -> vec4<u32> {
         case 16u: { return v[i]; }
         default: { return dout[i]; }
     }
-}
-
-// Eight halves from a 16-byte word into workgroup memory at `at` (through f32, exactly:
-// naga 30 does not take bitcast<vec2<f16>>(u32)).
-fn put8(at: u32, w: vec4<u32>) {
-    let a = vec2<f16>(unpack2x16float(w.x));
-    let b = vec2<f16>(unpack2x16float(w.y));
-    let c = vec2<f16>(unpack2x16float(w.z));
-    let d = vec2<f16>(unpack2x16float(w.w));
-    tiles[at] = a.x;
-    tiles[at + 1u] = a.y;
-    tiles[at + 2u] = b.x;
-    tiles[at + 3u] = b.y;
-    tiles[at + 4u] = c.x;
-    tiles[at + 5u] = c.y;
-    tiles[at + 6u] = d.x;
-    tiles[at + 7u] = d.y;
 }
 
 // Rows s0..s0 + rows of tensor `at` (batch b, head h), their 16-byte words w0..w0 + words,
@@ -172,6 +151,18 @@ fn put_tiles(lid: u32) {
             put8(B_BASE + r * RS + 8u * w, b_next[i]);
         }
     }
+}
+
+// Query i's log-sum-exp in base 2 and its δ; (NO_ROW, 0) for a padding row (i ≥ S_q) or
+// one that saw no key (lse −∞), whose probabilities are then all 0.
+fn query_stats(b: u32, h: u32, i: u32) -> vec2<f32> {
+    let S_q = params[3];
+    if (i >= S_q) {
+        return vec2<f32>(NO_ROW, 0.0);
+    }
+    let at = (b * params[1] + h) * S_q + i;
+    let l = lse[at];
+    return vec2<f32>(select(l * LOG2E, NO_ROW, l <= NEG_BIG), delta[at]);
 }
 
 // Stores the fragment bounced at s_tile[at..at + 256] (row-major, stride 16), times
@@ -246,15 +237,9 @@ fn coop_bwd_dkdv(
         put_tiles(lid);
         if (lid < BT) {
             let i = i0 + lid;
-            var l2 = NO_ROW;
-            var dl = 0.0;
-            if (i < S_q) {
-                let l = lse[(b * H + hq) * S_q + i];
-                l2 = select(l * LOG2E, NO_ROW, l <= NEG_BIG);
-                dl = delta[(b * H + hq) * S_q + i];
-            }
-            row_stats[lid] = l2;
-            row_stats[BT + lid] = dl;
+            let stats = query_stats(b, hq, i);
+            row_stats[lid] = stats.x;
+            row_stats[BT + lid] = stats.y;
         }
         workgroupBarrier();
         if (t + 1u < pairs) {
@@ -314,17 +299,14 @@ fn coop_bwd_dq(
     {{FIXED_FRAGS}}
     {{ACC_DECL}}
 
-    var l2 = NO_ROW;
-    var dl = 0.0;
+    let stats = query_stats(b, h, r);
+    let l2 = stats.x;
+    let dl = stats.y;
     var last_key = i32(S_k) - 1;
     if (causal) {
         last_key = min(last_key, i32(r) + offset);
     }
-    if (r < S_q) {
-        let l = lse[(b * H + h) * S_q + r];
-        l2 = select(l * LOG2E, NO_ROW, l <= NEG_BIG);
-        dl = delta[(b * H + h) * S_q + r];
-    } else {
+    if (r >= S_q) {
         last_key = -1;
     }
     var key_tiles = (S_k + BT - 1u) / BT;

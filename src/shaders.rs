@@ -111,6 +111,7 @@ impl Shader {
             Shader::Matmul | Shader::MatmulCoop => include_str!("../shaders/matmul_common.wgsl"),
             Shader::Fused => include_str!("../shaders/ew_common.wgsl"),
             Shader::Softmax | Shader::Norm => include_str!("../shaders/row_units.wgsl"),
+            Shader::AttentionCoop | Shader::AttentionCoopBwd => include_str!("../shaders/attention_common.wgsl"),
             _ => "",
         }
     }
