@@ -319,7 +319,7 @@ fn main() -> Result<()> {
         not_used.push("subgroups: the adapter lacks SUBGROUP".into());
     }
     if gpu.info().has_coop_f16_16x16x16() {
-        not_used.push("tensor cores in the attention backward and in f32 attention: FMA kernels run there".into());
+        not_used.push("tensor cores in f32 and bf16 attention: FMA kernels run there".into());
     }
 
     println!(

@@ -415,6 +415,19 @@ fn bad_shapes_are_refused() {
     assert!(attention(&t(&[1, 1, 4, 12]), &t(&[1, 1, 4, 12]), &t(&[1, 1, 4, 12]), &o).is_ok());
 }
 
+/// The cases both tensor-core tests run: odd lengths, S_q ≠ S_k (both ways), GQA, a batch,
+/// both layouts, head dims 16 to 128, causal or not.
+fn tensor_core_cases() -> Vec<(Case, AttentionLayout)> {
+    vec![
+        (Case::new(7, 7, 64, false), AttentionLayout::Bhsd),
+        (Case::new(129, 129, 64, true), AttentionLayout::Bhsd),
+        (Case::new(64, 200, 128, true).gqa(4, 2), AttentionLayout::Bhsd),
+        (Case::new(1, 129, 32, true), AttentionLayout::Bshd),
+        (Case::new(70, 33, 16, false).batch(2), AttentionLayout::Bshd),
+        (Case::new(150, 77, 96, true), AttentionLayout::Bhsd),
+    ]
+}
+
 #[test]
 fn tensor_core_path_matches_f64_where_the_adapter_has_it() {
     let gpu = gpu();
@@ -449,15 +462,9 @@ fn tensor_core_path_matches_f64_where_the_adapter_has_it() {
             }
         }
     };
-    for (c, layout) in [
-        (Case::new(7, 7, 64, false), AttentionLayout::Bhsd),
-        (Case::new(129, 129, 64, true), AttentionLayout::Bhsd),
-        (Case::new(64, 200, 128, true).gqa(4, 2), AttentionLayout::Bhsd),
-        (Case::new(1, 129, 32, true), AttentionLayout::Bshd),
-        (Case::new(70, 33, 16, false).batch(2), AttentionLayout::Bshd),
-        (Case::new(1000, 1000, 64, true).gqa(1, 1), AttentionLayout::Bhsd),
-        (Case::new(150, 77, 96, true), AttentionLayout::Bhsd),
-    ] {
+    for (c, layout) in
+        tensor_core_cases().into_iter().chain([(Case::new(1000, 1000, 64, true).gqa(1, 1), AttentionLayout::Bhsd)])
+    {
         let x = inputs(&c, layout, DType::F16, 50 + c.s_q as u64);
         let opts = AttentionOptions { causal: c.causal, layout, path: AttentionPath::FlashCoop, ..Default::default() };
         let (want, want_lse, _) = reference(&c, &x, 1.0 / (c.d as f64).sqrt(), None);
@@ -515,15 +522,9 @@ fn tensor_core_backward_matches_f64_where_the_adapter_has_it() {
     }
     // P and dS are rounded to f16 before their products (tensor-core inputs): twice the f16
     // backward's tolerance.
-    for (c, layout) in [
-        (Case::new(7, 7, 64, false), AttentionLayout::Bhsd),
-        (Case::new(129, 129, 64, true), AttentionLayout::Bhsd),
-        (Case::new(64, 200, 128, true).gqa(4, 2), AttentionLayout::Bhsd),
-        (Case::new(1, 129, 32, true), AttentionLayout::Bshd),
-        (Case::new(70, 33, 16, false).batch(2), AttentionLayout::Bshd),
-        (Case::new(150, 77, 96, true), AttentionLayout::Bhsd),
-        (Case::new(300, 300, 64, true).gqa(2, 1), AttentionLayout::Bhsd),
-    ] {
+    for (c, layout) in
+        tensor_core_cases().into_iter().chain([(Case::new(300, 300, 64, true).gqa(2, 1), AttentionLayout::Bhsd)])
+    {
         check_backward_path(c, layout, DType::F16, AttentionPath::FlashCoop, 8.0);
     }
     // With a bias, against the FMA backward on the same inputs.

@@ -882,8 +882,8 @@ impl CoopBwd {
 }
 
 /// The tilings of the tensor-core backward that fit head dim `d` under `limits`, the
-/// default first, or only the one `WGK_ATTN_COOP_BWD=S,T` names (benchmarks and the
-/// device test run of each) if it is one of them.
+/// default first: the one `WGK_ATTN_COOP_BWD=S,T` names if it is one of them (benchmarks
+/// and the device test run of each), else the measured order below.
 ///
 /// H200, B4 H16 S2048 f16, TFLOP/s counted as 2.5× the forward's FLOPs (BENCHMARKS.md, fifth
 /// round, call 7), D 64 / D 128: 4,16 52.4 / 66.5; 8,16 49.9 / 74.8; 4,32 31.4 / 38.1.
@@ -898,7 +898,8 @@ fn coop_bwd_tilings(d: usize, limits: &wgpu::Limits) -> Vec<CoopBwd> {
         })
         .collect();
     if let Ok(v) = std::env::var("WGK_ATTN_COOP_BWD") {
-        all.retain(|t| t.label() == v.trim());
+        // A stable sort: the named tiling first, the others in their order.
+        all.sort_by_key(|t| t.label() != v.trim());
     }
     all
 }
