@@ -2,7 +2,8 @@
 cover, in its pattern (one JSON line per measurement): the residual add before a LayerNorm,
 h = x + a; y = layer_norm(h), with both h (the residual stream, used again) and y returned,
 eager (two kernels) and torch.compile (one generated kernel). Bytes counted as in our bench:
-x and a read, h and y written (4 tensors)."""
+x and a read, h and y written (4 tensors). Also the chain gelu(x*a + b)*c + x on 64 M
+elements in f32 (as torch_ref.py) and f16."""
 import json, torch, torch.nn.functional as F
 from triton.testing import do_bench
 
@@ -26,3 +27,15 @@ compiled = torch.compile(add_layernorm)
 for variant, fn in [("eager", add_layernorm), ("torch.compile", compiled)]:
     fn(x, a)
     rec("add_layernorm", f"{rows}x{n}", "f32", variant, bench(lambda: fn(x, a)), 4 * x.numel() * 4, "GB/s")
+
+# The chain y = gelu(x*a + b)*c + x (as torch_ref.py in f32, and in f16: our element path,
+# pairs packed per word), eager and torch.compile, 5 tensors moved.
+n = 64 << 20
+def chain(x, a, b, c): return F.gelu(x * a + b, approximate="tanh") * c + x
+cchain = torch.compile(chain)
+for dt, name in [(torch.float32, "f32"), (torch.float16, "f16")]:
+    x, a, bb, c = (torch.randn(n, device=dev, dtype=dt) for _ in range(4))
+    for variant, fn in [("eager", chain), ("torch.compile", cchain)]:
+        fn(x, a, bb, c)
+        rec("elementwise_chain", "64M", name, variant, bench(lambda: fn(x, a, bb, c)), 5 * n * x.element_size(), "GB/s")
+    del x, a, bb, c

@@ -3,10 +3,11 @@
 // Each input ("leaf") is read once per output element, intermediates live in registers,
 // the result is stored once.
 //
-// Tiling: UNROLL output units per invocation — an element, or a pair for 16-bit outputs,
-// which are packed two per u32 word so that no two invocations write one word — WORKGROUP
-// apart so each step reads and writes consecutive words; 256 invocations per workgroup on a
-// 2-D grid (x up to 65535), flattened. Bytes moved: Σ size(leaf) + size(out) per element,
+// Tiling: UNROLL output units per invocation — an element, a pair for 16-bit outputs (packed
+// two per u32 word so that no two invocations write one word), or four f32 on the 16-byte
+// path — WORKGROUP apart so each step reads and writes consecutive words; WORKGROUP (256 by
+// default) invocations per workgroup on a 2-D grid (x up to 65535), flattened, striding
+// over the grid when the host caps its size. Bytes moved: Σ size(leaf) + size(out) per element,
 // whatever the chain's length; a few FLOPs per op: memory bound. Index math: `rank`
 // divisions per strided leaf, one remainder for a repeated row (a bias), none on the
 // contiguous path. One unit per invocation ran at
@@ -22,10 +23,12 @@
 // Placeholders, each in double braces: BINDINGS (one read-only array<u32> per leaf, then
 // the outputs and `ew_params`), LOADERS (load_k and index_k per leaf), OPS (one function per op
 // the chain uses), OUT_FIELDS (one f32 field per output), BODY (the chain, ending in
-// `return Outs(...)`), STORE, PER_INVOCATION.
+// `return Outs(...)`), STEP (one workgroup-sized step of UNROLL units: loads, chain, stores;
+// it returns past the end).
 
-const WORKGROUP: u32 = 256u;
-// Units per invocation; the fusion JIT sets it (GpuOptions::fused_unroll, WGK_FUSED_UNROLL).
+// Invocations per workgroup and units per invocation; the fusion JIT sets both
+// (GpuOptions::fused_workgroup and fused_unroll, WGK_FUSED_WORKGROUP and WGK_FUSED_UNROLL).
+override WORKGROUP: u32 = 256u;
 override UNROLL: u32 = 4u;
 
 // ew_params: see shaders/ew_common.wgsl (prepended).
@@ -43,20 +46,17 @@ fn values(i: u32) -> Outs {
     {{BODY}}
 }
 
-@compute @workgroup_size(256)
+// Grid-stride: the host may launch fewer workgroups than the units need
+// (GpuOptions::fused_groups); each then moves on by the grid's size until n is covered.
+@compute @workgroup_size(WORKGROUP)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
     let n = ew_params[0];
-    let group = wid.x + wid.y * nwg.x;
-    for (var j = 0u; j < UNROLL; j++) {
-        let t = (group * UNROLL + j) * WORKGROUP + lid;
-        let first = t * {{PER_INVOCATION}}u;
-        if (first >= n) {
-            return;
-        }
-        {{STORE}}
+    let grid = nwg.x * nwg.y;
+    for (var group = wid.x + wid.y * nwg.x; ; group += grid) {
+        {{STEP}}
     }
 }

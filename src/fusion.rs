@@ -350,9 +350,20 @@ pub(crate) fn realize(root: &Tensor) -> Result<Arc<Storage>> {
     let mut outputs = vec![(result, root.dtype())];
     outputs.extend(extra.iter().map(|(t, name, _)| (name.clone(), t.dtype())));
     // params[7]: the merged shape's last dim (front-padded to MAX_DIMS).
-    let vec4 = vec4_applies(&b.leaves, &layout, &outputs, n, params[7] as usize);
-    let per = if vec4 { 4 } else { units_per_invocation(&outputs) };
-    let kernel = fused_kernel(&layout, &b.ops.concat(), &b.body, &outputs, vec4);
+    let wide = wide_elements(&b.leaves, &layout, &outputs, n, params[7] as usize);
+    let per = wide.unwrap_or_else(|| units_per_invocation(&outputs));
+    // UNROLL units per invocation, WORKGROUP invocations per workgroup (GpuOptions::
+    // fused_unroll, fused_workgroup, resolved per path): the grid shrinks with both, and
+    // fused_groups caps it.
+    let (unroll, workgroup) = if wide.is_some() { gpu.inner.fused_wide } else { gpu.inner.fused_element };
+    let (unroll, workgroup) = (unroll as usize, workgroup as usize);
+    let kernel = fused_kernel(
+        &layout,
+        &b.ops.concat(),
+        &b.body,
+        &outputs,
+        wide.map(|elements| Wide { elements, units: unroll }),
+    );
     let params_buf = gpu.meta_buffer(&params);
     let leaf_storages: Vec<&Arc<Storage>> = b.leaves.iter().map(|t| t.storage()).collect::<Result<_>>()?;
     let mut bind: Vec<(u32, &wgpu::Buffer)> =
@@ -362,18 +373,20 @@ pub(crate) fn realize(root: &Tensor) -> Result<Arc<Storage>> {
         bind.push(((nl + 1 + k) as u32, s.buffer()));
     }
     bind.push(((nl + outputs.len()) as u32, &params_buf));
-    // UNROLL units per invocation (GpuOptions::fused_unroll): the grid shrinks with it.
-    let unroll = gpu.inner.fused_unroll;
-    let full = kernel.constant("UNROLL", unroll as f64);
+    let full = kernel.constant("UNROLL", unroll as f64).constant("WORKGROUP", workgroup as f64);
     // Tiered JIT: while the full kernel compiles in the background, a structure not seen
     // before runs the one-element-per-invocation kernel, the chain inlined once (the full
-    // kernel inlines it 4·UNROLL times, and the driver's compile time grows with that).
-    let tiered = (vec4 || unroll > 1) && gpu.inner.tiered_jit;
-    let groups = n.div_ceil(per).div_ceil(WORKGROUP * unroll as usize) as u32;
+    // kernel inlines it once per element of its UNROLL units, and the driver's compile time
+    // grows with that).
+    let tiered = (wide.is_some() || unroll > 1) && gpu.inner.tiered_jit;
+    let mut groups = n.div_ceil(per).div_ceil(workgroup * unroll) as u32;
+    if gpu.inner.fused_groups > 0 {
+        groups = groups.min(gpu.inner.fused_groups);
+    }
     match tiered.then(|| gpu.compiled(&full)).flatten() {
         Some(pipeline) => gpu.dispatch_compiled(&pipeline, &full, &bind, groups)?,
         None if tiered && gpu.compile_in_background(&full) => {
-            let kernel = fused_kernel(&layout, &b.ops.concat(), &b.body, &outputs, false).constant("UNROLL", 1.0);
+            let kernel = fused_kernel(&layout, &b.ops.concat(), &b.body, &outputs, None).constant("UNROLL", 1.0);
             let groups = n.div_ceil(units_per_invocation(&outputs)).div_ceil(WORKGROUP) as u32;
             gpu.dispatch(&kernel, &bind, groups)?;
         }
@@ -548,10 +561,10 @@ pub(crate) fn fused_kernel(
     ops: &str,
     body: &str,
     outputs: &[(String, DType)],
-    vec4: bool,
+    wide: Option<Wide>,
 ) -> Kernel {
-    if vec4 {
-        return fused_kernel_vec4(leaves, ops, body, outputs);
+    if let Some(wide) = wide {
+        return fused_kernel_wide(leaves, ops, body, outputs, wide);
     }
     let mut bindings = String::new();
     let loaders = leaf_decls(leaves, 0);
@@ -587,8 +600,14 @@ pub(crate) fn fused_kernel(
         .sub("OPS", ops)
         .sub("OUT_FIELDS", fields.join("\n    "))
         .sub("BODY", format!("{body}return Outs({});", names.join(", ")))
-        .sub("STORE", store)
-        .sub("PER_INVOCATION", per.to_string())
+        .sub(
+            "STEP",
+            format!(
+                "for (var j = 0u; j < UNROLL; j++) {{\n            let t = (group * UNROLL + j) * WORKGROUP + lid;\n            \
+                 let first = t * {per}u;\n            if (first >= n) {{\n                return;\n            }}\n            {}\n        }}",
+                store.trim_end().replace("\n        ", "\n            ")
+            ),
+        )
         .trusted()
 }
 
@@ -658,56 +677,91 @@ fn epilogue_source(root: &Tensor, single_output: bool) -> Result<Option<(Arc<cra
     Ok(chosen)
 }
 
-/// The 16-byte path: every leaf and output f32, every leaf contiguous (or one row repeated,
-/// with the last dim a multiple of 4) at an offset that is a multiple of 4, and n a multiple
-/// of 4. Each invocation then moves whole vec4 words (on the H200 one 16-byte load per
-/// invocation copied at 3.6–4.2 TB/s against 2.2–2.9 TB/s for four 4-byte loads:
-/// examples/bandwidth.rs).
-fn vec4_applies(
+/// Elements per 16-byte unit ([`Wide`]) where every leaf is contiguous (or one row
+/// repeated, the row a whole number of units) and aligned to its words, and n a whole number
+/// of units: 4 when every leaf and output is f32, 8 when any is 16-bit (an f32 leaf or
+/// output then moves two words per unit). `None`: the element path. On the H200 one 16-byte
+/// load per invocation copied at 3.6–4.2 TB/s against 2.2–2.9 TB/s for four 4-byte loads
+/// (examples/bandwidth.rs), and the f16 chain ran at ... on its 4-byte words.
+fn wide_elements(
     leaves: &[Tensor],
     layout: &[LeafLayout],
     outputs: &[(String, DType)],
     n: usize,
     last_dim: usize,
-) -> bool {
-    n.is_multiple_of(4)
-        && outputs.iter().all(|(_, d)| *d == DType::F32)
-        && layout.iter().all(|&(d, access)| {
-            d == DType::F32
+) -> Option<usize> {
+    let narrow = layout.iter().map(|l| l.0).chain(outputs.iter().map(|o| o.1)).any(|d| d != DType::F32);
+    let elements = if narrow { 8 } else { 4 };
+    let fits = n.is_multiple_of(elements)
+        && layout.iter().zip(leaves).all(|(&(d, access), t)| {
+            // Elements per 16-byte word: 4 f32, 8 halves.
+            let per_word = 16 / d.size_in_bytes();
+            t.offset().is_multiple_of(per_word.min(elements))
                 && match access {
                     Access::Contiguous => true,
-                    Access::Rows => last_dim.is_multiple_of(4),
+                    Access::Rows => last_dim.is_multiple_of(elements),
                     Access::Strided => false,
                 }
-        })
-        && leaves.iter().all(|t| t.offset() % 4 == 0)
+        });
+    fits.then_some(elements)
 }
 
-/// The vec4 variant of [`fused_kernel`]: each invocation loads one vec4 per leaf into
-/// private registers, evaluates the (scalar) body on its four lanes, and stores one vec4
-/// per output. `index_k` returns the lane, `load_k` reads it from the registers.
-fn fused_kernel_vec4(layout: &[LeafLayout], ops: &str, body: &str, outputs: &[(String, DType)]) -> Kernel {
+/// The 16-byte path's shape: `elements` (4 or 8, see [`wide_elements`]) per unit, `units`
+/// units per invocation.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Wide {
+    pub elements: usize,
+    pub units: usize,
+}
+
+/// The 16-byte variant of [`fused_kernel`], `wide.units` units of `wide.elements` elements
+/// per invocation (WORKGROUP apart): every leaf's words for all the units are loaded
+/// first, then each unit's lanes are evaluated by the (scalar) body and stored as whole
+/// words per output. Loading first matters: the compiler cannot move a load above a store
+/// to another buffer (they might alias); one unit at a time ran the f32 chain at 4207 GB/s
+/// on the H200, loads first at 4261–4293 (4 units). A unit past the end loads the last
+/// unit instead (in range) and is not stored. `index_k` returns the lane, `load_k` reads
+/// it from the registers.
+fn fused_kernel_wide(layout: &[LeafLayout], ops: &str, body: &str, outputs: &[(String, DType)], wide: Wide) -> Kernel {
+    let (e, units) = (wide.elements, wide.units);
     let leaves = layout.len();
     let mut bindings = String::new();
-    // `i` is the lane (0..4) of unit `unit`: the linear index is 4·unit + i.
+    // `i` is the lane (0..e) of unit `unit`: the linear index is e·unit + i.
     let mut loaders = format!(
-        "const EXTRA_BASE: u32 = {}u;\n\nvar<private> unit: u32;\n\nfn linear_index(i: u32) -> u32 {{\n    return 4u * unit + i;\n}}\n\n",
+        "const EXTRA_BASE: u32 = {}u;\n\nvar<private> unit: u32;\n\nfn linear_index(i: u32) -> u32 {{\n    return {e}u * unit + i;\n}}\n\n",
         8 + 7 * leaves
     );
-    let mut store = String::from("unit = t;\n        ");
-    for (k, &(_, access)) in layout.iter().enumerate() {
+    let mut step = format!(
+        "let units = n / {e}u;\n        let t0 = group * {units}u * WORKGROUP + lid;\n        if (t0 >= units) {{\n            return;\n        }}\n        "
+    );
+    for u in 1..units {
+        step.push_str(&format!("let t{u} = min(t0 + {u}u * WORKGROUP, units - 1u);\n        "));
+    }
+    // Words of a unit per leaf or output: two for f32 in 8-element units, else one.
+    let words = |d: DType| if d == DType::F32 && e == 8 { 2 } else { 1 };
+    let lanes_type = if e == 4 { "vec4<f32>".to_string() } else { format!("array<f32, {e}>") };
+    for (k, &(dtype, access)) in layout.iter().enumerate() {
         bindings.push_str(&format!("@group(0) @binding({k}) var<storage, read> leaf{k}: array<vec4<u32>>;\n"));
         loaders.push_str(&format!(
-            "var<private> lanes_{k}: vec4<f32>;\n\nfn load_{k}(lane: u32) -> f32 {{\n    return lanes_{k}[lane];\n}}\n\n\
+            "var<private> lanes_{k}: {lanes_type};\n\nfn load_{k}(lane: u32) -> f32 {{\n    return lanes_{k}[lane];\n}}\n\n\
              fn index_{k}(lane: u32) -> u32 {{\n    return lane;\n}}\n\n"
         ));
-        // ew_params[8 + 7k] is the leaf's offset in elements, a multiple of 4; a repeated
-        // row's 4 lanes start at (4t mod N), also a multiple of 4 (N = ew_params[7]).
-        let word = match access {
-            Access::Rows => format!("(ew_params[{}] + (4u * t) % ew_params[7]) / 4u", 8 + 7 * k),
-            _ => format!("ew_params[{}] / 4u + t", 8 + 7 * k),
-        };
-        store.push_str(&format!("lanes_{k} = bitcast<vec4<f32>>(leaf{k}[{word}]);\n        "));
+        // ew_params[8 + 7k] is the leaf's offset in elements, a whole number of words; a
+        // repeated row's unit starts at (e·t mod N), also a whole number of words.
+        let per_word = 16 / dtype.size_in_bytes();
+        let o = 8 + 7 * k;
+        for u in 0..units {
+            for w in 0..words(dtype) {
+                let word = match access {
+                    Access::Rows => format!("(ew_params[{o}] + ({e}u * t{u}) % ew_params[7]) / {per_word}u + {w}u"),
+                    _ => format!(
+                        "ew_params[{o}] / {per_word}u + {}t{u} + {w}u",
+                        if words(dtype) == 2 { "2u * " } else { "" }
+                    ),
+                };
+                step.push_str(&format!("let word_{k}_{u}_{w} = leaf{k}[{word}];\n        "));
+            }
+        }
     }
     for k in 0..outputs.len() {
         bindings.push_str(&format!(
@@ -719,11 +773,75 @@ fn fused_kernel_vec4(layout: &[LeafLayout], ops: &str, body: &str, outputs: &[(S
         "@group(0) @binding({}) var<storage, read> ew_params: array<u32>;\n",
         leaves + outputs.len()
     ));
-    store.push_str("let v0 = values(0u);\n        let v1 = values(1u);\n        let v2 = values(2u);\n        let v3 = values(3u);\n        ");
-    for k in 0..outputs.len() {
-        store.push_str(&format!(
-            "out{k}[t] = bitcast<vec4<u32>>(vec4<f32>(v0.o{k}, v1.o{k}, v2.o{k}, v3.o{k}));\n        "
-        ));
+    const XYZW: [&str; 4] = ["x", "y", "z", "w"];
+    for u in 0..units {
+        let mut unit = format!("unit = t{u};\n        ");
+        for (k, &(dtype, _)) in layout.iter().enumerate() {
+            let lanes: Vec<String> = match (dtype, e) {
+                (DType::F32, 4) => {
+                    unit.push_str(&format!("lanes_{k} = bitcast<vec4<f32>>(word_{k}_{u}_0);\n        "));
+                    continue;
+                }
+                (DType::F32, _) => {
+                    (0..8).map(|l| format!("bitcast<f32>(word_{k}_{u}_{}.{})", l / 4, XYZW[l % 4])).collect()
+                }
+                (DType::F16, _) => {
+                    (0..8).map(|l| format!("unpack2x16float(word_{k}_{u}_0.{})[{}]", XYZW[l / 2], l % 2)).collect()
+                }
+                (DType::BF16, _) => (0..8)
+                    .map(|l| {
+                        let half = if l % 2 == 0 { "<< 16u" } else { "& 0xffff0000u" };
+                        format!("bitcast<f32>(word_{k}_{u}_0.{} {half})", XYZW[l / 2])
+                    })
+                    .collect(),
+            };
+            unit.push_str(&format!("lanes_{k} = array<f32, 8>({});\n        ", lanes.join(", ")));
+        }
+        for l in 0..e {
+            unit.push_str(&format!("let v{l} = values({l}u);\n        "));
+        }
+        for (k, (_, dtype)) in outputs.iter().enumerate() {
+            let lane = |l: usize| format!("v{l}.o{k}");
+            match (dtype, e) {
+                (DType::F32, _) => {
+                    for w in 0..e / 4 {
+                        let index = if e == 4 { format!("t{u}") } else { format!("2u * t{u} + {w}u") };
+                        let v: Vec<String> = (4 * w..4 * w + 4).map(lane).collect();
+                        unit.push_str(&format!(
+                            "out{k}[{index}] = bitcast<vec4<u32>>(vec4<f32>({}));\n        ",
+                            v.join(", ")
+                        ));
+                    }
+                }
+                (DType::F16, _) => {
+                    let v: Vec<String> = (0..4)
+                        .map(|p| format!("pack_f16x2(vec2<f32>({}, {}))", lane(2 * p), lane(2 * p + 1)))
+                        .collect();
+                    unit.push_str(&format!("out{k}[t{u}] = vec4<u32>({});\n        ", v.join(", ")));
+                }
+                (DType::BF16, _) => {
+                    let v: Vec<String> = (0..4)
+                        .map(|p| {
+                            format!(
+                                "f32_to_bf16_bits({}) | (f32_to_bf16_bits({}) << 16u)",
+                                lane(2 * p),
+                                lane(2 * p + 1)
+                            )
+                        })
+                        .collect();
+                    unit.push_str(&format!("out{k}[t{u}] = vec4<u32>({});\n        ", v.join(", ")));
+                }
+            }
+        }
+        if u == 0 {
+            step.push_str(&unit);
+        } else {
+            // t_u was clamped: stored only when it was in range.
+            let guarded = unit.trim_end().replace("\n        ", "\n            ");
+            step.push_str(&format!(
+                "if (t0 + {u}u * WORKGROUP < units) {{\n            {guarded}\n        }}\n        "
+            ));
+        }
     }
     let fields: Vec<String> = (0..outputs.len()).map(|k| format!("o{k}: f32,")).collect();
     let names: Vec<&str> = outputs.iter().map(|(n, _)| n.as_str()).collect();
@@ -733,8 +851,7 @@ fn fused_kernel_vec4(layout: &[LeafLayout], ops: &str, body: &str, outputs: &[(S
         .sub("OPS", ops)
         .sub("OUT_FIELDS", fields.join("\n    "))
         .sub("BODY", format!("{body}return Outs({});", names.join(", ")))
-        .sub("STORE", store)
-        .sub("PER_INVOCATION", "4")
+        .sub("STEP", step.trim_end().to_string())
         .trusted()
 }
 
@@ -766,15 +883,27 @@ pub fn sample_kernels() -> Vec<Kernel> {
             let body = "let l0 = load_0(index_0(i));\n    let l1 = load_1(index_1(i));\n    let l2 = load_2(index_2(i));\n    \
                         let n0 = op_gelu_tanh(op_add(op_mul(l0, l1), l2));\n    let n1 = round_f16(n0);\n    let n2 = round_bf16(n1);\n    \
                         let n3 = op_add(op_mul(n2, l2), l0);\n    ";
-            all.push(fused_kernel(&leaves, &every_op, body, &[("n3".into(), out)], false));
+            all.push(fused_kernel(&leaves, &every_op, body, &[("n3".into(), out)], None));
             // Two outputs: the result and a held intermediate of another dtype.
-            all.push(fused_kernel(&leaves, &every_op, body, &[("n3".into(), out), ("n0".into(), a)], false));
+            all.push(fused_kernel(&leaves, &every_op, body, &[("n3".into(), out), ("n0".into(), a)], None));
         }
     }
     let body = "let l0 = load_0(index_0(i));\n    let l1 = load_1(index_1(i));\n    let n0 = op_gelu_tanh(op_mul(l0, l1));\n    ";
     let leaves = [(DType::F32, Access::Contiguous), (DType::F32, Access::Rows)];
-    all.push(fused_kernel(&leaves, &every_op, body, &[("n0".into(), DType::F32)], true));
-    all.push(fused_kernel(&leaves, &every_op, body, &[("n0".into(), DType::F32), ("l1".into(), DType::F32)], true));
+    all.push(fused_kernel(
+        &leaves,
+        &every_op,
+        body,
+        &[("n0".into(), DType::F32)],
+        Some(Wide { elements: 4, units: 4 }),
+    ));
+    all.push(fused_kernel(
+        &leaves,
+        &every_op,
+        body,
+        &[("n0".into(), DType::F32), ("l1".into(), DType::F32)],
+        Some(Wide { elements: 4, units: 1 }),
+    ));
     // A chain in a matmul's epilogue: bias-like broadcast leaf, residual, dropout.
     let leaves = [(DType::F32, Access::Rows), (DType::BF16, Access::Contiguous)];
     let ep = crate::ops::matmul::FusedEpilogue {

@@ -14,6 +14,33 @@ use crate::error::{Error, Result};
 use crate::profiler::ProfilerState;
 use crate::shaders::{Kernel, PipelineKey};
 
+/// The tiered JIT's worker threads alive in this process, and whether it is exiting.
+struct JitWorkers {
+    alive: usize,
+    exiting: bool,
+}
+static JIT_WORKERS: Mutex<JitWorkers> = Mutex::new(JitWorkers { alive: 0, exiting: false });
+static JIT_WORKER_ENDED: std::sync::Condvar = std::sync::Condvar::new();
+
+/// How often an idle worker looks whether the process is exiting.
+const JIT_WORKER_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Registered with `atexit` when the first background compiler starts. Test processes that
+/// ran the tiered JIT crashed (SIGSEGV) on the H200 after every test had passed, while
+/// exiting with worker threads that had used the driver still alive. This tells the
+/// workers to end (an idle one sees it within `JIT_WORKER_POLL`, a compiling one after its
+/// compile) and waits for them, up to 30 s, before the driver's own exit handlers run.
+#[cfg(not(target_arch = "wasm32"))]
+extern "C" fn end_jit_workers_at_exit() {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut workers = lock(&JIT_WORKERS);
+    workers.exiting = true;
+    while workers.alive > 0 {
+        let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) else { return };
+        workers = JIT_WORKER_ENDED.wait_timeout(workers, left).unwrap_or_else(|e| e.into_inner()).0;
+    }
+}
+
 /// Dispatches recorded before the pending encoder is submitted without being asked.
 const MAX_PENDING_DISPATCHES: usize = 64;
 
@@ -191,8 +218,12 @@ pub(crate) struct GpuInner {
     /// without SHADER_F16, else the probe's verdict, made on first use.
     native_f16_allowed: bool,
     native_f16: std::sync::OnceLock<bool>,
-    /// GpuOptions::fused_unroll, checked.
-    pub(crate) fused_unroll: u32,
+    /// (units per invocation, invocations per workgroup) of the fusion JIT's 16-byte path
+    /// and of its element path: GpuOptions::fused_unroll and fused_workgroup, checked and
+    /// resolved; and fused_groups.
+    pub(crate) fused_wide: (u32, u32),
+    pub(crate) fused_element: (u32, u32),
+    pub(crate) fused_groups: u32,
     /// GpuOptions::tiered_jit, resolved for this adapter.
     pub(crate) tiered_jit: bool,
     /// The tiered JIT's background compiler: one worker thread, started on first use, fed
@@ -264,11 +295,21 @@ pub struct GpuOptions {
     /// shows that conversion rounding to nearest even, as the library's own routine does
     /// (`WGK_NATIVE_F16=0` keeps the library's routine everywhere). See [`Gpu::native_f16`].
     pub native_f16: bool,
-    /// Output units per invocation of the kernels the fusion JIT generates: 4, or 1, 2, 8
-    /// (`WGK_FUSED_UNROLL`). The chain is inlined once per unit: on the H200 unroll 1
-    /// compiled a new structure in 19.3 ms against 28 (unroll 4) but ran the chain at 3863
-    /// GB/s against 4248 (BENCHMARKS.md, third round).
+    /// Units per invocation of the kernels the fusion JIT generates: 1, 2, 4 or 8
+    /// (`WGK_FUSED_UNROLL`), for both paths; 0 (auto) picks per path from the H200's
+    /// measurements (BENCHMARKS.md, sixth round): 1 on the 16-byte path (16 bytes of each
+    /// input per invocation, at 512 invocations per workgroup) and 4 on the element path.
+    /// The chain is inlined once per element of the units, and the driver's compile time
+    /// grows with that.
     pub fused_unroll: u32,
+    /// Invocations per workgroup of the kernels the fusion JIT generates: 64, 128, 256,
+    /// 512 or 1024 within the adapter's limit (`WGK_FUSED_WORKGROUP`), for both paths; 0
+    /// (auto) picks 512 on the 16-byte path where the adapter allows it (else 256) and 256
+    /// on the element path.
+    pub fused_workgroup: u32,
+    /// The most workgroups one generated kernel launches; past it each workgroup strides
+    /// over the grid (`WGK_FUSED_GROUPS`). 0: as many as the elements need.
+    pub fused_groups: u32,
     /// Tiered JIT for fused chains: a structure not seen before first runs a small kernel
     /// (one element per invocation, the chain inlined once), which the driver compiles
     /// sooner, while the full kernel (16-byte units, `fused_unroll`) compiles on a
@@ -288,7 +329,9 @@ impl Default for GpuOptions {
             fusion: true,
             fuse_matmul_epilogues: false,
             native_f16: true,
-            fused_unroll: 4,
+            fused_unroll: 0,
+            fused_workgroup: 0,
+            fused_groups: 0,
             tiered_jit: None,
         }
     }
@@ -317,13 +360,17 @@ impl GpuOptions {
         let fusion = !matches!(std::env::var("WGK_FUSION").as_deref(), Ok("0") | Ok("false"));
         let fuse_matmul_epilogues = matches!(std::env::var("WGK_FUSE_MATMUL").as_deref(), Ok("1") | Ok("true"));
         let native_f16 = !matches!(std::env::var("WGK_NATIVE_F16").as_deref(), Ok("0") | Ok("false"));
-        let fused_unroll = match std::env::var("WGK_FUSED_UNROLL") {
-            Ok(v) if !v.is_empty() => v.parse().map_err(|_| Error::InvalidArgument {
-                op: "Gpu::new",
-                msg: format!("WGK_FUSED_UNROLL={v:?} is not one of 1, 2, 4, 8"),
-            })?,
-            _ => 4,
+        let number = |name: &str, default: u32, what: &str| -> Result<u32> {
+            match std::env::var(name) {
+                Ok(v) if !v.is_empty() => v
+                    .parse()
+                    .map_err(|_| Error::InvalidArgument { op: "Gpu::new", msg: format!("{name}={v:?} is not {what}") }),
+                _ => Ok(default),
+            }
         };
+        let fused_unroll = number("WGK_FUSED_UNROLL", 0, "one of 1, 2, 4, 8 (0: auto)")?;
+        let fused_workgroup = number("WGK_FUSED_WORKGROUP", 0, "one of 64, 128, 256, 512, 1024 (0: auto)")?;
+        let fused_groups = number("WGK_FUSED_GROUPS", 0, "a count of workgroups")?;
         let tiered_jit = match std::env::var("WGK_TIERED_JIT").as_deref() {
             Ok("1") | Ok("true") => Some(true),
             Ok("0") | Ok("false") => Some(false),
@@ -338,6 +385,8 @@ impl GpuOptions {
             fuse_matmul_epilogues,
             native_f16,
             fused_unroll,
+            fused_workgroup,
+            fused_groups,
             tiered_jit,
         })
     }
@@ -415,10 +464,10 @@ impl Gpu {
     }
 
     async fn new_async(opts: GpuOptions) -> Result<Self> {
-        if ![1, 2, 4, 8].contains(&opts.fused_unroll) {
+        if ![0, 1, 2, 4, 8].contains(&opts.fused_unroll) {
             return Err(Error::InvalidArgument {
                 op: "Gpu::new",
-                msg: format!("fused_unroll {} is not one of 1, 2, 4, 8", opts.fused_unroll),
+                msg: format!("fused_unroll {} is not 0 (auto) or one of 1, 2, 4, 8", opts.fused_unroll),
             });
         }
         // Without an explicit choice, GL is probed only when no primary backend has an
@@ -465,6 +514,20 @@ impl Gpu {
 
         let features = adapter.features() & wanted_features();
         let limits = adapter.limits();
+        let fits =
+            |wg: u32| wg <= limits.max_compute_invocations_per_workgroup && wg <= limits.max_compute_workgroup_size_x;
+        let wide_workgroup = if fits(512) { 512 } else { 256 };
+        let pick = |option: u32, auto: u32| if option == 0 { auto } else { option };
+        let wg = opts.fused_workgroup;
+        if ![0, 64, 128, 256, 512, 1024].contains(&wg) || !fits(wg) {
+            return Err(Error::InvalidArgument {
+                op: "Gpu::new",
+                msg: format!(
+                    "fused_workgroup {wg} is not 0 (auto) or one of 64, 128, 256, 512, 1024 within {}'s limit of {} invocations",
+                    ainfo.name, limits.max_compute_invocations_per_workgroup
+                ),
+            });
+        }
         let device_desc = wgpu::DeviceDescriptor {
             label: Some("wgkernels"),
             required_features: features,
@@ -537,7 +600,9 @@ impl Gpu {
                 submits: AtomicU64::new(0),
                 native_f16_allowed: opts.native_f16 && features.contains(wgpu::Features::SHADER_F16),
                 native_f16: std::sync::OnceLock::new(),
-                fused_unroll: opts.fused_unroll,
+                fused_wide: (pick(opts.fused_unroll, 1), pick(opts.fused_workgroup, wide_workgroup)),
+                fused_element: (pick(opts.fused_unroll, 4), pick(opts.fused_workgroup, 256)),
+                fused_groups: opts.fused_groups,
                 tiered_jit: opts
                     .tiered_jit
                     .unwrap_or(ainfo.device_type != wgpu::DeviceType::Cpu && ainfo.backend != wgpu::Backend::Gl),
@@ -986,22 +1051,52 @@ impl Gpu {
     /// The background compiler: one thread, so that a burst of new structures (a training
     /// loop's first step) queues its full kernels instead of starting a thread each. It
     /// holds the device only while compiling (a weak reference otherwise), and ends when
-    /// the last handle is dropped (the channel closes).
+    /// the last handle is dropped (the channel closes) or the process exits (see
+    /// [`end_jit_workers_at_exit`]).
     fn start_jit_worker(&self) -> Option<std::sync::mpsc::Sender<Kernel>> {
         let (send, receive) = std::sync::mpsc::channel::<Kernel>();
         let weak = Arc::downgrade(&self.inner);
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            static AT_EXIT: std::sync::Once = std::sync::Once::new();
+            // SAFETY: registers a plain `extern "C" fn` that only locks and waits.
+            AT_EXIT.call_once(|| unsafe {
+                libc::atexit(end_jit_workers_at_exit);
+            });
+        }
         let worker = move || {
-            while let Ok(kernel) = receive.recv() {
-                let Some(inner) = weak.upgrade() else { return };
+            use std::sync::mpsc::RecvTimeoutError;
+            loop {
+                let kernel = match receive.recv_timeout(JIT_WORKER_POLL) {
+                    Ok(kernel) => kernel,
+                    Err(RecvTimeoutError::Timeout) if !lock(&JIT_WORKERS).exiting => continue,
+                    Err(_) => break,
+                };
+                let Some(inner) = weak.upgrade() else { break };
                 let gpu = Gpu { inner };
+                if lock(&JIT_WORKERS).exiting {
+                    // Not compiled, and not dropped: the last handle would tear the device
+                    // down during the exit.
+                    lock(&gpu.inner.jit_pending).remove(&kernel);
+                    gpu.inner.jit_done.notify_all();
+                    std::mem::forget(gpu);
+                    break;
+                }
                 if gpu.pipeline(&kernel).is_err() {
                     lock(&gpu.inner.jit_failed).insert(kernel.clone());
                 }
                 lock(&gpu.inner.jit_pending).remove(&kernel);
                 gpu.inner.jit_done.notify_all();
             }
+            lock(&JIT_WORKERS).alive -= 1;
+            JIT_WORKER_ENDED.notify_all();
         };
-        std::thread::Builder::new().name("wgkernels-jit".into()).spawn(worker).ok().map(|_| send)
+        lock(&JIT_WORKERS).alive += 1;
+        let spawned = std::thread::Builder::new().name("wgkernels-jit".into()).spawn(worker);
+        if spawned.is_err() {
+            lock(&JIT_WORKERS).alive -= 1;
+        }
+        spawned.ok().map(|_| send)
     }
 
     /// Whether new fused structures start with a quick kernel while the full one compiles

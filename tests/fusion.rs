@@ -771,46 +771,120 @@ fn a_chain_producing_a_norm_input_runs_in_its_prologue() {
     }
 }
 
-/// Every unroll the generated kernels can be built with (GpuOptions::fused_unroll): the
-/// 16-byte path (f32, contiguous, n a multiple of 4), the strided scalar path (a transposed
-/// input) and packed 16-bit outputs, at sizes that do not fill the last workgroup, against
-/// f64; a bad value is refused when the device is made.
+/// Every shape of grid the generated kernels can be launched with (GpuOptions::fused_unroll,
+/// fused_workgroup, fused_groups — the last making each workgroup stride over the grid):
+/// the 16-byte path (f32, contiguous, n a multiple of 4), the strided scalar path (a
+/// transposed input) and packed 16-bit outputs, at sizes that do not fill the last
+/// workgroup, against f64; bad values are refused when the device is made.
 #[test]
-fn every_fused_unroll_gives_the_same_chain() {
-    for unroll in [1u32, 2, 4, 8] {
-        let gpu =
-            Gpu::with_options(GpuOptions { fusion: true, fused_unroll: unroll, ..GpuOptions::from_env().unwrap() })
-                .unwrap();
+fn every_fused_grid_gives_the_same_chain() {
+    // 0: auto (per path, the default).
+    let mut configs: Vec<(u32, u32, u32)> = vec![(0, 0, 0), (0, 0, 5)];
+    configs.extend([1, 2, 4, 8].iter().map(|&u| (u, 256, 0)));
+    configs.extend([(4, 64, 0), (2, 128, 0), (4, 512, 0), (1, 1024, 0)]);
+    // Capped grids: one workgroup does everything; an odd count leaves a ragged last stride.
+    configs.extend([(4, 256, 1), (1, 64, 3), (2, 128, 7), (8, 512, 2)]);
+    for (unroll, workgroup, groups) in configs {
+        let opts = GpuOptions {
+            fusion: true,
+            fused_unroll: unroll,
+            fused_workgroup: workgroup,
+            fused_groups: groups,
+            ..GpuOptions::from_env().unwrap()
+        };
+        let gpu = Gpu::with_options(opts).unwrap();
+        let what = format!("unroll {unroll}, workgroup {workgroup}, groups {groups}");
         for n in [4100usize, 4101] {
             let (x, xv) = random_tensor(&gpu, &[n], DType::F32, 31);
             let (a, av) = random_tensor(&gpu, &[n], DType::F32, 32);
             let y = x.mul(&a).unwrap().gelu_tanh().unwrap().add(&x).unwrap();
             let want: Vec<f64> = (0..n).map(|i| UnaryOp::GeluTanh.apply_f64(xv[i] * av[i]) + xv[i]).collect();
-            assert_close(&format!("unroll {unroll}, n {n}"), &y.to_vec_f32().unwrap(), &want, 1e-5, 1e-5);
+            assert_close(&format!("{what}, n {n}"), &y.to_vec_f32().unwrap(), &want, 1e-5, 1e-5);
             let h = y.to_dtype(DType::F16).unwrap();
             let hw: Vec<f64> = want.iter().map(|&v| half::f16::from_f64(v).to_f64()).collect();
-            assert_close(&format!("unroll {unroll}, n {n}, f16 out"), &h.to_vec_f32().unwrap(), &hw, 1e-3, 2e-3);
+            assert_close(&format!("{what}, n {n}, f16 out"), &h.to_vec_f32().unwrap(), &hw, 1e-3, 2e-3);
         }
         let (m, mv) = random_tensor(&gpu, &[67, 61], DType::F32, 33);
         let t = m.transpose(0, 1).unwrap().exp().unwrap().mul_scalar(0.5).unwrap();
         let want: Vec<f64> = (0..61 * 67).map(|e| (mv[(e % 67) * 61 + e / 67]).exp() * 0.5).collect();
-        assert_close(&format!("unroll {unroll}, transposed"), &t.to_vec_f32().unwrap(), &want, 1e-5, 1e-5);
+        assert_close(&format!("{what}, transposed"), &t.to_vec_f32().unwrap(), &want, 1e-5, 1e-5);
+        // 16-bit dtypes: 8 elements per 16-byte unit where n is a multiple of 8 (an f32 leaf
+        // or output then moves two words per unit); the element path at n = 4100.
+        for (n, dtype) in [(4104usize, DType::F16), (4096, DType::BF16), (4100, DType::F16)] {
+            let before = gpu.compiled_kernels();
+            let (x, xv) = random_tensor(&gpu, &[n], dtype, 34);
+            let (h, hv) = random_tensor(&gpu, &[n], dtype, 35);
+            let (a, av) = random_tensor(&gpu, &[n], DType::F32, 36);
+            let (atol, rtol) = tol(dtype);
+            let round = |v: f64| match dtype {
+                DType::F16 => half::f16::from_f64(v).to_f64(),
+                _ => half::bf16::from_f64(v).to_f64(),
+            };
+            let y = x.mul(&h).unwrap().gelu_tanh().unwrap().add(&x).unwrap();
+            let want: Vec<f64> = (0..n).map(|i| round(UnaryOp::GeluTanh.apply_f64(xv[i] * hv[i]) + xv[i])).collect();
+            assert_close(&format!("{what}, {dtype:?} n {n}"), &y.to_vec_f32().unwrap(), &want, atol, rtol);
+            // A 16-bit leaf and an f32 leaf into an f32 output, and f32 leaves into a 16-bit one.
+            let z = x.to_dtype(DType::F32).unwrap().mul(&a).unwrap().add(&a).unwrap();
+            let want: Vec<f64> = (0..n).map(|i| xv[i] * av[i] + av[i]).collect();
+            assert_close(
+                &format!("{what}, {dtype:?} and f32 leaves, n {n}"),
+                &z.to_vec_f32().unwrap(),
+                &want,
+                1e-5,
+                1e-5,
+            );
+            let w = a.mul(&a).unwrap().sub(&a).unwrap().to_dtype(dtype).unwrap();
+            let want: Vec<f64> = (0..n).map(|i| round(av[i] * av[i] - av[i])).collect();
+            assert_close(
+                &format!("{what}, f32 leaves to {dtype:?}, n {n}"),
+                &w.to_vec_f32().unwrap(),
+                &want,
+                atol,
+                rtol,
+            );
+            gpu.finish_compiles();
+            let wide = gpu
+                .compiled_kernels()
+                .iter()
+                .filter(|k| !before.contains(k))
+                .filter(|k| k.wgsl().contains("array<f32, 8>"))
+                .count();
+            // Three structures; each kernel is built once per device, so a later case may
+            // find some compiled already.
+            if n % 8 == 0 && before.iter().all(|k| !k.wgsl().contains("array<f32, 8>")) {
+                assert_eq!(wide, 3, "{what}, {dtype:?} n {n}: three 8-element 16-byte kernels");
+            }
+            if n % 8 != 0 {
+                assert_eq!(wide, 0, "{what}, {dtype:?} n {n}: the element path");
+            }
+        }
+        gpu.finish_compiles();
+        for kern in gpu.compiled_kernels() {
+            translate(&kern.wgsl(), kern.entry, &kern.constants()).unwrap_or_else(|e| panic!("{}: {e}", kern.label()));
+        }
     }
-    let bad = Gpu::with_options(GpuOptions { fused_unroll: 3, ..GpuOptions::from_env().unwrap() });
-    assert!(matches!(bad, Err(wgkernels::Error::InvalidArgument { .. })), "unroll 3 must be refused");
+    for (unroll, workgroup) in [(3, 256), (4, 96), (4, 2048)] {
+        let opts = GpuOptions { fused_unroll: unroll, fused_workgroup: workgroup, ..GpuOptions::from_env().unwrap() };
+        match Gpu::with_options(opts) {
+            Err(wgkernels::Error::InvalidArgument { msg, .. }) => assert!(msg.contains("fused_"), "{msg}"),
+            other => panic!("unroll {unroll}, workgroup {workgroup} must be refused, got {:?}", other.map(|_| ())),
+        }
+    }
 }
 
 /// A bias broadcast over rows (strides [0, 1] over the output) is read as offset + i mod N:
-/// on the 16-byte path when everything is f32 and N a multiple of 4, element by element
-/// otherwise; checked against f64 in both, with the kernel's WGSL showing which ran.
+/// on the 16-byte path when N is a whole number of its units (4 f32 elements, 8 where a
+/// dtype is 16-bit), element by element otherwise; checked against f64 in both, with the
+/// kernel's WGSL showing which ran.
 #[test]
 fn a_row_broadcast_leaf_reads_one_row_repeated() {
     let gpu = gpu_with_fusion(true);
-    for (rows, n, dtype, vec4) in [
-        (37, 64, DType::F32, true),
-        (37, 66, DType::F32, false),
-        (5, 1000, DType::F16, false),
-        (3, 8, DType::BF16, false),
+    for (rows, n, dtype, unit) in [
+        (37, 64, DType::F32, Some(4)),
+        (37, 66, DType::F32, None),
+        (5, 1000, DType::F16, Some(8)),
+        (5, 1004, DType::F16, None),
+        (3, 8, DType::BF16, Some(8)),
     ] {
         let before = gpu.compiled_kernels();
         let (x, xv) = random_tensor(&gpu, &[rows, n], dtype, 41);
@@ -826,7 +900,7 @@ fn a_row_broadcast_leaf_reads_one_row_repeated() {
             gpu.compiled_kernels().iter().filter(|k| !before.contains(k)).map(|k| k.wgsl()).collect();
         let rows_read = new.iter().any(|w| w.contains("% ew_params[7]"));
         assert!(rows_read, "{rows}x{n} {dtype:?}: the bias is read as a repeated row");
-        let v4 = new.iter().any(|w| w.contains("(4u * t) % ew_params[7]"));
-        assert_eq!(v4, vec4, "{rows}x{n} {dtype:?}: 16-byte path");
+        let wide = [4, 8].into_iter().find(|e| new.iter().any(|w| w.contains(&format!("({e}u * t0) % ew_params[7]"))));
+        assert_eq!(wide, unit, "{rows}x{n} {dtype:?}: elements per 16-byte unit");
     }
 }

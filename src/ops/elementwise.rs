@@ -320,7 +320,13 @@ fn kernel(a: (DType, bool), b: Option<(DType, bool)>, op: &str, out: DType, vec4
         ),
         None => (vec![a], format!("let x = load_0(index_0(i));\n    let r = {op};\n    ")),
     };
-    crate::fusion::fused_kernel(&leaves, "", &body, &[("r".into(), out)], vec4)
+    crate::fusion::fused_kernel(
+        &leaves,
+        "",
+        &body,
+        &[("r".into(), out)],
+        vec4.then_some(crate::fusion::Wide { elements: 4, units: UNROLL }),
+    )
 }
 
 /// Every specialisation `binary` and `map` can launch.
