@@ -3,16 +3,18 @@
 // Each input ("leaf") is read once per output element, intermediates live in registers,
 // the result is stored once.
 //
-// Tiling: UNROLL output units per invocation — an element, a pair for 16-bit outputs (packed
-// two per u32 word so that no two invocations write one word), or four f32 on the 16-byte
-// path — WORKGROUP apart so each step reads and writes consecutive words; WORKGROUP (256 by
-// default) invocations per workgroup on a 2-D grid (x up to 65535), flattened, striding
-// over the grid when the host caps its size. Bytes moved: Σ size(leaf) + size(out) per element,
-// whatever the chain's length; a few FLOPs per op: memory bound. Index math: `rank`
-// divisions per strided leaf, one remainder for a repeated row (a bias), none on the
-// contiguous path. One unit per invocation ran at
-// 650–890 GB/s on the H200, four at 890–2400 (measured before the benchmark's warm-up fix,
-// which later put the four-unit 16-byte path at 4.1–4.2 TB/s for `add`: BENCHMARKS.md).
+// Tiling: UNROLL output units per invocation, WORKGROUP apart so each step reads and writes
+// consecutive words. A unit is an element, or a pair for 16-bit outputs (packed two per u32
+// word so that no two invocations write one word), on the element path; 16 bytes of every
+// leaf and output (4 f32 elements, or 8 where a dtype is 16-bit) on the 16-byte path, which
+// loads every unit's words before its first store. WORKGROUP invocations per workgroup on a
+// 2-D grid (x up to 65535), flattened, striding over the grid when the host caps its size.
+// The host picks both per path (GpuOptions::fused_unroll, fused_workgroup: by default 1 ×
+// 512 on the 16-byte path, 4 × 256 on the element path, from the H200's measurements).
+// Bytes moved: Σ size(leaf) + size(out) per element, whatever the chain's length; a few
+// FLOPs per op: memory bound (gelu(x·a + b)·c + x on 64 M f32 at 4285 GB/s, 0.99×
+// torch.compile: BENCHMARKS.md, sixth round). Index math: `rank` divisions per strided leaf,
+// one remainder for a repeated row (a bias), none on the contiguous path.
 //
 // Several outputs: the chain's result and any intermediate that a tensor handle still holds
 // (so it is not computed again later) are stored by the same kernel.

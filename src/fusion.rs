@@ -682,7 +682,8 @@ fn epilogue_source(root: &Tensor, single_output: bool) -> Result<Option<(Arc<cra
 /// of units: 4 when every leaf and output is f32, 8 when any is 16-bit (an f32 leaf or
 /// output then moves two words per unit). `None`: the element path. On the H200 one 16-byte
 /// load per invocation copied at 3.6–4.2 TB/s against 2.2–2.9 TB/s for four 4-byte loads
-/// (examples/bandwidth.rs), and the f16 chain ran at ... on its 4-byte words.
+/// (examples/bandwidth.rs); the f16 chain gelu(x·a + b)·c + x ran at 4094 GB/s in 8-element
+/// units against 2452–3123 on 4-byte words (BENCHMARKS.md, sixth round).
 fn wide_elements(
     leaves: &[Tensor],
     layout: &[LeafLayout],
