@@ -334,7 +334,10 @@ fn main() -> wgkernels::Result<()> {
     // The fusion benchmark: gelu(x·a + b)·c + x, fused (one generated kernel) and unfused (one
     // kernel per op), 5 tensors of n f32 moved in the fused count (4 read, 1 written).
     {
-        let n: usize = if quick { 1 << 20 } else { 64 << 20 };
+        // WGK_CHAIN_MIB: another size, in Mi elements (a fixed cost per dispatch weighs less
+        // on a longer run).
+        let mib: usize = std::env::var("WGK_CHAIN_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
+        let n: usize = if quick { 1 << 20 } else { mib << 20 };
         let gpu = gpu.clone();
         jobs.push((
             format!("fusion chain {n}"),

@@ -30,12 +30,15 @@ for variant, fn in [("eager", add_layernorm), ("torch.compile", compiled)]:
 
 # The chain y = gelu(x*a + b)*c + x (as torch_ref.py in f32, and in f16: our element path,
 # pairs packed per word), eager and torch.compile, 5 tensors moved.
-n = 64 << 20
+# TORCH_CHAIN_MIB: sizes in Mi elements, comma-separated (default 64, as our bench's WGK_CHAIN_MIB).
+import os
 def chain(x, a, b, c): return F.gelu(x * a + b, approximate="tanh") * c + x
 cchain = torch.compile(chain)
-for dt, name in [(torch.float32, "f32"), (torch.float16, "f16")]:
-    x, a, bb, c = (torch.randn(n, device=dev, dtype=dt) for _ in range(4))
-    for variant, fn in [("eager", chain), ("torch.compile", cchain)]:
-        fn(x, a, bb, c)
-        rec("elementwise_chain", "64M", name, variant, bench(lambda: fn(x, a, bb, c)), 5 * n * x.element_size(), "GB/s")
-    del x, a, bb, c
+for mib in [int(m) for m in os.environ.get("TORCH_CHAIN_MIB", "64").split(",")]:
+    n = mib << 20
+    for dt, name in [(torch.float32, "f32"), (torch.float16, "f16")]:
+        x, a, bb, c = (torch.randn(n, device=dev, dtype=dt) for _ in range(4))
+        for variant, fn in [("eager", chain), ("torch.compile", cchain)]:
+            fn(x, a, bb, c)
+            rec("elementwise_chain", f"{mib}M", name, variant, bench(lambda: fn(x, a, bb, c)), 5 * n * x.element_size(), "GB/s")
+        del x, a, bb, c
