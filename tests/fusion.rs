@@ -269,22 +269,40 @@ fn broadcast_to(v: &[f64], sh: &[usize], out: &[usize]) -> Vec<f64> {
 #[test]
 fn random_graphs_match_a_float64_interpreter() {
     let gpu = gpu_with_fusion(true);
-    let cases = 300;
-    for seed in 1..=cases {
+    // 300 graphs in f32, then 120 with every input and op in f16 or bf16 (computed in f32
+    // registers by the fused kernel, rounded where stored; the 16-byte path's 8-element
+    // units wherever a graph's layout allows them).
+    let cases = (1..=300u64)
+        .map(|s| (s, DType::F32))
+        .chain((301..=420).map(|s| (s, [DType::F16, DType::BF16][s as usize % 2])));
+    for (seed, dtype) in cases {
         let g = random_graph(seed);
+        let round = |x: f64| match dtype {
+            DType::F32 => x as f32 as f64,
+            DType::F16 => half::f16::from_f64(x).to_f64(),
+            DType::BF16 => half::bf16::from_f64(x).to_f64(),
+        };
         let out_shape = g
             .inputs
             .iter()
             .map(|(s, _)| s.clone())
             .fold(vec![], |acc, s| wgkernels::ops::elementwise::broadcast_shapes("test", &acc, &s).unwrap());
         // GPU: the graph through the tensor API.
-        let mut vals: Vec<Tensor> = g.inputs.iter().map(|(s, v)| Tensor::from_slice(&gpu, v, s).unwrap()).collect();
-        // CPU: f64 over the broadcast shape.
+        let mut vals: Vec<Tensor> = g
+            .inputs
+            .iter()
+            .map(|(s, v)| {
+                let t = Tensor::from_slice(&gpu, v, s).unwrap().to_dtype(dtype).unwrap();
+                t.realize().unwrap();
+                t
+            })
+            .collect();
+        // CPU: f64 over the broadcast shape, from the inputs as stored.
         let mut refs: Vec<(Vec<usize>, Vec<f64>)> =
-            g.inputs.iter().map(|(s, v)| (s.clone(), v.iter().map(|&x| x as f64).collect())).collect();
+            g.inputs.iter().map(|(s, v)| (s.clone(), v.iter().map(|&x| round(x as f64)).collect())).collect();
         for &(op, a, b) in &g.nodes {
             let (t, r) = match op {
-                Op::U(u) => (wgkernels::ops::elementwise::map(&vals[a], u, DType::F32).unwrap(), {
+                Op::U(u) => (wgkernels::ops::elementwise::map(&vals[a], u, dtype).unwrap(), {
                     let (sh, v) = &refs[a];
                     (sh.clone(), v.iter().map(|&x| u.apply_f64(x)).collect::<Vec<_>>())
                 }),
@@ -334,25 +352,34 @@ fn random_graphs_match_a_float64_interpreter() {
         drop(vals);
         let (sh, want) = refs.last().unwrap();
         assert_eq!(last.shape(), sh.as_slice(), "seed {seed}");
+        assert_eq!(last.dtype(), dtype, "seed {seed}");
         assert!(out_shape.iter().product::<usize>() >= last.numel(), "seed {seed}");
         // Comparisons (gt) can flip on values within rounding of each other: compare the
-        // chain with a tolerance that covers ~20 ops of f32 rounding and GPU transcendentals.
+        // chain with a tolerance that covers ~20 ops of f32 rounding and GPU transcendentals,
+        // and the one rounding of a 16-bit store.
+        let (atol, rtol) = match dtype {
+            DType::F32 => (1e-4, 1e-4),
+            d => tol(d),
+        };
+        let loose = |w: f64| match dtype {
+            DType::F32 => 1e-3 + 1e-3 * w.abs(),
+            _ => 10.0 * (atol + rtol * w.abs()),
+        };
         let got = last.to_vec_f32().unwrap();
-        let flips = got.iter().zip(want).filter(|(g, w)| ((**g as f64) - **w).abs() > 1e-3 + 1e-3 * w.abs()).count();
+        let flips = got.iter().zip(want).filter(|(g, w)| ((**g as f64) - **w).abs() > loose(**w)).count();
         assert!(
             flips * 100 <= got.len().max(100),
-            "seed {seed}: {flips} of {} elements differ (graph {:?})",
+            "seed {seed}, {dtype:?}: {flips} of {} elements differ (graph {:?})",
             got.len(),
             g.nodes
         );
         if flips == 0 {
-            assert_close(&format!("random graph {seed}"), &got, want, 1e-4, 1e-4);
+            assert_close(&format!("random graph {seed}, {dtype:?}"), &got, want, atol, rtol);
         }
         for (j, t) in held {
             let got = t.to_vec_f32().unwrap();
             let want = &refs[j].1;
-            let flips =
-                got.iter().zip(want).filter(|(g, w)| ((**g as f64) - **w).abs() > 1e-3 + 1e-3 * w.abs()).count();
+            let flips = got.iter().zip(want).filter(|(g, w)| ((**g as f64) - **w).abs() > loose(**w)).count();
             assert!(flips * 100 <= got.len().max(100), "seed {seed}, held node {j}: {flips} differ");
         }
     }
@@ -360,6 +387,8 @@ fn random_graphs_match_a_float64_interpreter() {
     let generated: Vec<_> =
         gpu.compiled_kernels().into_iter().filter(|k| k.shader == wgkernels::shaders::Shader::Fused).collect();
     assert!(generated.len() >= 10, "expected many distinct generated kernels, got {}", generated.len());
+    let wide16 = generated.iter().filter(|k| k.wgsl().contains("array<f32, 8>")).count();
+    assert!(wide16 >= 3, "expected 16-bit graphs on the 8-element 16-byte path, got {wide16} kernels");
     for k in generated {
         translate(&k.wgsl(), k.entry, &k.constants())
             .unwrap_or_else(|e| panic!("generated kernel failed: {e}\n{}", k.wgsl()));
