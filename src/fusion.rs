@@ -350,7 +350,9 @@ pub(crate) fn realize(root: &Tensor) -> Result<Arc<Storage>> {
     let mut outputs = vec![(result, root.dtype())];
     outputs.extend(extra.iter().map(|(t, name, _)| (name.clone(), t.dtype())));
     // params[7]: the merged shape's last dim (front-padded to MAX_DIMS).
-    let wide = wide_elements(&b.leaves, &layout, &outputs, n, params[7] as usize);
+    let offsets: Vec<usize> = b.leaves.iter().map(|t| t.offset()).collect();
+    let dtypes: Vec<DType> = outputs.iter().map(|o| o.1).collect();
+    let wide = wide_elements(&layout, &offsets, &dtypes, n, params[7] as usize);
     let per = wide.unwrap_or_else(|| units_per_invocation(&outputs));
     // UNROLL units per invocation, WORKGROUP invocations per workgroup (GpuOptions::
     // fused_unroll, fused_workgroup, resolved per path): the grid shrinks with both, and
@@ -684,20 +686,20 @@ fn epilogue_source(root: &Tensor, single_output: bool) -> Result<Option<(Arc<cra
 /// load per invocation copied at 3.6–4.2 TB/s against 2.2–2.9 TB/s for four 4-byte loads
 /// (examples/bandwidth.rs); the f16 chain gelu(x·a + b)·c + x ran at 4094 GB/s in 8-element
 /// units against 2452–3123 on 4-byte words (BENCHMARKS.md, sixth round).
-fn wide_elements(
-    leaves: &[Tensor],
+pub(crate) fn wide_elements(
     layout: &[LeafLayout],
-    outputs: &[(String, DType)],
+    offsets: &[usize],
+    outputs: &[DType],
     n: usize,
     last_dim: usize,
 ) -> Option<usize> {
-    let narrow = layout.iter().map(|l| l.0).chain(outputs.iter().map(|o| o.1)).any(|d| d != DType::F32);
+    let narrow = layout.iter().map(|l| l.0).chain(outputs.iter().copied()).any(|d| d != DType::F32);
     let elements = if narrow { 8 } else { 4 };
     let fits = n.is_multiple_of(elements)
-        && layout.iter().zip(leaves).all(|(&(d, access), t)| {
+        && layout.iter().zip(offsets).all(|(&(d, access), &offset)| {
             // Elements per 16-byte word: 4 f32, 8 halves.
             let per_word = 16 / d.size_in_bytes();
-            t.offset().is_multiple_of(per_word.min(elements))
+            offset.is_multiple_of(per_word.min(elements))
                 && match access {
                     Access::Contiguous => true,
                     Access::Rows => last_dim.is_multiple_of(elements),

@@ -234,6 +234,8 @@ pub(crate) struct GpuInner {
     jit_pending: Mutex<std::collections::HashSet<Kernel>>,
     jit_done: std::sync::Condvar,
     jit_failed: Mutex<std::collections::HashSet<Kernel>>,
+    /// Shared with the worker, which reaches the device only through a weak reference.
+    jit_hold: Arc<JitHold>,
     /// GL only: held around every device call of this library (see [`Gpu::serial`]).
     gl_serial: Option<parking_lot::ReentrantMutex<()>>,
 }
@@ -258,6 +260,39 @@ impl std::fmt::Debug for Gpu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Gpu({} on {:?})", self.inner.info.name, self.inner.info.backend)
     }
+}
+
+/// The last handle a user drops tears the device down on the user's thread: it stops the
+/// tiered JIT's worker from taking this device up again and waits for a compile in progress
+/// to let go of it. Otherwise the worker, finishing a compile, could hold the last handle
+/// and destroy the device on its own thread, even while the process exits (lavapipe
+/// crashed that way, in the test `a_process_exits_cleanly_with_background_compiles_queued`).
+impl Drop for Gpu {
+    fn drop(&mut self) {
+        let hold = &self.inner.jit_hold;
+        let mut state = lock(&hold.state);
+        // The worker's handle, while it compiles, is not a user's.
+        if Arc::strong_count(&self.inner) - usize::from(state.held) == 1 {
+            state.closing = true;
+            while state.held {
+                state = hold.released.wait(state).unwrap_or_else(|e| e.into_inner());
+            }
+        }
+    }
+}
+
+/// Whether the tiered JIT's worker holds a device (compiling for it), and whether the
+/// device's last user handle is being dropped (see `Drop for Gpu`).
+#[derive(Default)]
+pub(crate) struct JitHold {
+    state: Mutex<JitHoldState>,
+    released: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct JitHoldState {
+    held: bool,
+    closing: bool,
 }
 
 /// How to pick an adapter; `GpuOptions::from_env()` reads `WGK_BACKEND`, `WGK_ADAPTER`, `WGK_CHECKED`.
@@ -610,6 +645,7 @@ impl Gpu {
                 jit_pending: Mutex::new(std::collections::HashSet::new()),
                 jit_done: std::sync::Condvar::new(),
                 jit_failed: Mutex::new(std::collections::HashSet::new()),
+                jit_hold: Arc::new(JitHold::default()),
                 gl_serial: (ainfo.backend == wgpu::Backend::Gl).then(|| parking_lot::ReentrantMutex::new(())),
             }),
         })
@@ -1056,6 +1092,7 @@ impl Gpu {
     fn start_jit_worker(&self) -> Option<std::sync::mpsc::Sender<Kernel>> {
         let (send, receive) = std::sync::mpsc::channel::<Kernel>();
         let weak = Arc::downgrade(&self.inner);
+        let hold = self.inner.jit_hold.clone();
         #[cfg(not(target_arch = "wasm32"))]
         {
             static AT_EXIT: std::sync::Once = std::sync::Once::new();
@@ -1072,21 +1109,28 @@ impl Gpu {
                     Err(RecvTimeoutError::Timeout) if !lock(&JIT_WORKERS).exiting => continue,
                     Err(_) => break,
                 };
-                let Some(inner) = weak.upgrade() else { break };
-                let gpu = Gpu { inner };
-                if lock(&JIT_WORKERS).exiting {
-                    // Not compiled, and not dropped: the last handle would tear the device
-                    // down during the exit.
-                    lock(&gpu.inner.jit_pending).remove(&kernel);
-                    gpu.inner.jit_done.notify_all();
-                    std::mem::forget(gpu);
-                    break;
-                }
+                // Take the device up only while no user is dropping its last handle and the
+                // process is not exiting (see `Drop for Gpu`).
+                let inner = {
+                    let mut state = lock(&hold.state);
+                    let inner = if state.closing || lock(&JIT_WORKERS).exiting { None } else { weak.upgrade() };
+                    state.held = inner.is_some();
+                    inner
+                };
+                let Some(inner) = inner else { break };
+                // A handle that is not dropped as a user's (`Drop for Gpu` would wait on
+                // this very thread): the Arc is released below, under the lock.
+                let gpu = std::mem::ManuallyDrop::new(Gpu { inner });
                 if gpu.pipeline(&kernel).is_err() {
                     lock(&gpu.inner.jit_failed).insert(kernel.clone());
                 }
                 lock(&gpu.inner.jit_pending).remove(&kernel);
                 gpu.inner.jit_done.notify_all();
+                let mut state = lock(&hold.state);
+                // SAFETY: `gpu` is never used or dropped after this read of its only field.
+                drop(unsafe { std::ptr::read(&gpu.inner) });
+                state.held = false;
+                hold.released.notify_all();
             }
             lock(&JIT_WORKERS).alive -= 1;
             JIT_WORKER_ENDED.notify_all();

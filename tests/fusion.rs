@@ -453,8 +453,8 @@ fn held_intermediates_are_computed_once_and_chains_do_not_grow() {
 #[test]
 fn vec4_and_scalar_variants_agree_with_f64() {
     // n a multiple of 4 with 4-aligned contiguous f32 operands takes the 16-byte path; an odd
-    // n, a view at offset 1 or a 16-bit operand takes the scalar one. Both, fused chain and
-    // eager single op, against f64.
+    // n or a view at offset 1 takes the scalar one. 16-bit operands likewise with 8 elements
+    // per unit. Both, fused chain and eager single op, against f64.
     for fusion in [true, false] {
         let gpu = gpu_with_fusion(fusion);
         let (base, bv) = random_tensor(&gpu, &[4105], DType::F32, 31);
@@ -470,6 +470,40 @@ fn vec4_and_scalar_variants_agree_with_f64() {
         gpu.finish_compiles(); // the tiered JIT compiles full kernels in the background
         let vec4_used = gpu.compiled_kernels().iter().any(|k| k.wgsl().contains("array<vec4<u32>>"));
         assert!(vec4_used, "fusion {fusion}: no vec4 kernel was compiled");
+        // 16-bit: 8 elements per 16-byte unit where n and the offsets are multiples of 8
+        // (a cast from f32 moves two words of it per unit), else the element path.
+        for dtype in [DType::F16, DType::BF16] {
+            let before = gpu.compiled_kernels();
+            let (atol, rtol) = tol(dtype);
+            let (base, bv) = random_tensor(&gpu, &[4113], dtype, 33);
+            let (other, ov) = random_tensor(&gpu, &[4113], dtype, 34);
+            let (wide, wv) = random_tensor(&gpu, &[4113], DType::F32, 35);
+            let round = |v: f64| match dtype {
+                DType::F16 => half::f16::from_f64(v).to_f64(),
+                _ => half::bf16::from_f64(v).to_f64(),
+            };
+            for (start, len) in [(0, 4104), (8, 4096), (4, 4096), (0, 4100), (3, 4101)] {
+                let x = base.narrow(0, start, len).unwrap();
+                let y = other.narrow(0, start, len).unwrap();
+                let what = format!("fusion {fusion}, {dtype:?}, elements {start}..{}", start + len);
+                let z = x.mul(&y).unwrap();
+                let want: Vec<f64> = (start..start + len).map(|i| round(bv[i] * ov[i])).collect();
+                assert_close(&what, &z.to_vec_f32().unwrap(), &want, atol, rtol);
+                let c = wide.narrow(0, start, len).unwrap().to_dtype(dtype).unwrap();
+                let want: Vec<f64> = (start..start + len).map(|i| round(wv[i])).collect();
+                assert_close(&format!("{what}, cast from f32"), &c.to_vec_f32().unwrap(), &want, 0.0, 0.0);
+            }
+            gpu.finish_compiles();
+            let eight = gpu
+                .compiled_kernels()
+                .iter()
+                .filter(|k| !before.contains(k) && k.wgsl().contains("array<f32, 8>"))
+                .count();
+            assert!(
+                eight >= 2,
+                "fusion {fusion}, {dtype:?}: {eight} kernels on the 8-element path, expected the mul and the cast"
+            );
+        }
     }
 }
 

@@ -307,8 +307,9 @@ pub(crate) fn collapse(shape: &[usize], strides: &mut [Vec<usize>]) -> (Vec<usiz
 }
 
 /// The kernel for given input dtypes (None for the absent second input), contiguity and
-/// output dtype. Trusted: see `launch` for why every index is in range.
-fn kernel(a: (DType, bool), b: Option<(DType, bool)>, op: &str, out: DType, vec4: bool) -> Kernel {
+/// output dtype, on the 16-byte path with `wide` elements per unit. Trusted: see `launch`
+/// for why every index is in range.
+fn kernel(a: (DType, bool), b: Option<(DType, bool)>, op: &str, out: DType, wide: Option<usize>) -> Kernel {
     use crate::fusion::Access;
     let layout = |(d, contiguous): (DType, bool)| (d, if contiguous { Access::Contiguous } else { Access::Strided });
     let (a, b) = (layout(a), b.map(layout));
@@ -320,36 +321,33 @@ fn kernel(a: (DType, bool), b: Option<(DType, bool)>, op: &str, out: DType, vec4
         ),
         None => (vec![a], format!("let x = load_0(index_0(i));\n    let r = {op};\n    ")),
     };
-    crate::fusion::fused_kernel(
-        &leaves,
-        "",
-        &body,
-        &[("r".into(), out)],
-        vec4.then_some(crate::fusion::Wide { elements: 4, units: UNROLL }),
-    )
+    let wide = wide.map(|elements| crate::fusion::Wide { elements, units: UNROLL });
+    crate::fusion::fused_kernel(&leaves, "", &body, &[("r".into(), out)], wide)
 }
 
 /// Every specialisation `binary` and `map` can launch.
 pub fn all_kernels() -> Vec<Kernel> {
     let mut all = Vec::new();
+    // Elements per 16-byte unit: 4 when every dtype is f32, else 8.
+    let wide = |dtypes: &[DType]| if dtypes.iter().all(|&d| d == DType::F32) { 4 } else { 8 };
     for out in DType::ALL {
         for a in DType::ALL {
             for ac in [false, true] {
-                all.push(kernel((a, ac), None, "x", out, false));
+                all.push(kernel((a, ac), None, "x", out, None));
             }
+            all.push(kernel((a, true), None, "x", out, Some(wide(&[a, out]))));
         }
         for op in UnaryOp::ALL {
-            all.push(kernel((out, true), None, op.wgsl(), out, false));
+            all.push(kernel((out, true), None, op.wgsl(), out, None));
+            all.push(kernel((out, true), None, op.wgsl(), out, Some(wide(&[out]))));
         }
         for op in BinaryOp::ALL {
             for ac in [false, true] {
                 for bc in [false, true] {
-                    all.push(kernel((out, ac), Some((out, bc)), op.wgsl(), out, false));
-                }
-                if out == DType::F32 && ac {
-                    all.push(kernel((out, true), Some((out, true)), op.wgsl(), out, true));
+                    all.push(kernel((out, ac), Some((out, bc)), op.wgsl(), out, None));
                 }
             }
+            all.push(kernel((out, true), Some((out, true)), op.wgsl(), out, Some(wide(&[out]))));
         }
     }
     all
@@ -401,18 +399,21 @@ fn launch(
     }
     let a = (inputs[0].dtype(), contiguous[0]);
     let b = inputs.get(1).map(|t| (t.dtype(), contiguous[1]));
-    // Whole 16-byte units where every operand and the output are f32, contiguous, 4-aligned.
-    let vec4 = n % 4 == 0
-        && out_dtype == DType::F32
-        && inputs.iter().zip(&contiguous).all(|(t, &c)| c && t.dtype() == DType::F32 && t.offset() % 4 == 0);
-    let k = kernel(a, b, wgsl_op, out_dtype, vec4);
+    // Whole 16-byte units (4 f32 elements, 8 where a dtype is 16-bit) where every operand is
+    // contiguous and aligned to its words (see fusion::wide_elements).
+    let layout: Vec<crate::fusion::LeafLayout> = inputs
+        .iter()
+        .zip(&contiguous)
+        .map(|(t, &c)| (t.dtype(), if c { crate::fusion::Access::Contiguous } else { crate::fusion::Access::Strided }))
+        .collect();
+    let offsets: Vec<usize> = inputs.iter().map(|t| t.offset()).collect();
+    let wide = crate::fusion::wide_elements(&layout, &offsets, &[out_dtype], n, 0);
+    let k = kernel(a, b, wgsl_op, out_dtype, wide);
     let meta_buf = gpu.meta_buffer(&meta);
-    let per = if vec4 {
-        4
-    } else if out_dtype == DType::F32 {
-        1
-    } else {
-        2
+    let per = match wide {
+        Some(elements) => elements,
+        None if out_dtype == DType::F32 => 1,
+        None => 2,
     };
     let groups = n.div_ceil(per).div_ceil(WORKGROUP * UNROLL) as u32;
     let out_buf = out.storage()?.buffer();
