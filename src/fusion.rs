@@ -907,6 +907,15 @@ pub fn sample_kernels() -> Vec<Kernel> {
         &[("n0".into(), DType::F32), ("l1".into(), DType::F32)],
         Some(Wide { elements: 4, units: 1 }),
     ));
+    // 8-element units: every 16-bit dtype as a leaf and an output, beside an f32 leaf (two
+    // words per unit) and an f32 output.
+    for d in [DType::F16, DType::BF16] {
+        for (units, access) in [(1, Access::Contiguous), (2, Access::Rows)] {
+            let leaves = [(d, Access::Contiguous), (DType::F32, access)];
+            let outputs = [("n0".into(), d), ("l1".into(), DType::F32)];
+            all.push(fused_kernel(&leaves, &every_op, body, &outputs, Some(Wide { elements: 8, units })));
+        }
+    }
     // A chain in a matmul's epilogue: bias-like broadcast leaf, residual, dropout.
     let leaves = [(DType::F32, Access::Rows), (DType::BF16, Access::Contiguous)];
     let ep = crate::ops::matmul::FusedEpilogue {
