@@ -31,6 +31,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::gpu::lock;
 use crate::ops::elementwise::{BinaryOp, UnaryOp};
 use crate::ops::wgsl_load;
 use crate::shaders::{Kernel, Shader};
@@ -106,6 +107,7 @@ struct Builder {
     node_ids: HashMap<usize, String>,
     body: String,
     ops: Vec<String>,
+    op_names: Vec<&'static str>,
     next: usize,
 }
 
@@ -125,6 +127,7 @@ impl Builder {
             node_ids: HashMap::new(),
             body: String::new(),
             ops: vec![],
+            op_names: vec![],
             next: 0,
         }
     }
@@ -177,11 +180,15 @@ impl Builder {
             // Handled above; never an element-wise operand.
             Expr::Matmul(_) => return Err(Overflow),
             Expr::Map(op, _) => {
-                self.op_fn(format!("fn op_{}(x: f32) -> f32 {{\n    return {};\n}}\n", op.name(), op.wgsl()));
+                self.op_fn(op.name(), || {
+                    format!("fn op_{}(x: f32) -> f32 {{\n    return {};\n}}\n", op.name(), op.wgsl())
+                });
                 format!("op_{}({})", op.name(), args[0])
             }
             Expr::Zip(op, _, _) => {
-                self.op_fn(format!("fn op_{}(x: f32, y: f32) -> f32 {{\n    return {};\n}}\n", op.name(), op.wgsl()));
+                self.op_fn(op.name(), || {
+                    format!("fn op_{}(x: f32, y: f32) -> f32 {{\n    return {};\n}}\n", op.name(), op.wgsl())
+                });
                 format!("op_{}({}, {})", op.name(), args[0], args[1])
             }
             Expr::Cast(_) => match t.dtype() {
@@ -200,7 +207,9 @@ impl Builder {
                 // The constant is a runtime param: another value compiles nothing.
                 let at = self.extra.len();
                 self.extra.push(value.to_bits());
-                self.op_fn(format!("fn op_{}(x: f32, y: f32) -> f32 {{\n    return {};\n}}\n", op.name(), op.wgsl()));
+                self.op_fn(op.name(), || {
+                    format!("fn op_{}(x: f32, y: f32) -> f32 {{\n    return {};\n}}\n", op.name(), op.wgsl())
+                });
                 let c = format!("bitcast<f32>(ew_params[EXTRA_BASE + {at}u])");
                 if *scalar_first {
                     format!("op_{}({c}, {})", op.name(), args[0])
@@ -217,9 +226,12 @@ impl Builder {
         Ok(name)
     }
 
-    fn op_fn(&mut self, f: String) {
-        if !self.ops.contains(&f) {
-            self.ops.push(f);
+    /// Adds the function `op_{name}` unless the body has it already (formatted only then:
+    /// realising a cached structure again builds the body and nothing more).
+    fn op_fn(&mut self, name: &'static str, f: impl FnOnce() -> String) {
+        if !self.op_names.contains(&name) {
+            self.op_names.push(name);
+            self.ops.push(f());
         }
     }
 }
@@ -359,13 +371,32 @@ pub(crate) fn realize(root: &Tensor) -> Result<Arc<Storage>> {
     // fused_groups caps it.
     let (unroll, workgroup) = if wide.is_some() { gpu.inner.fused_wide } else { gpu.inner.fused_element };
     let (unroll, workgroup) = (unroll as usize, workgroup as usize);
-    let kernel = fused_kernel(
-        &layout,
-        &b.ops.concat(),
-        &b.body,
-        &outputs,
-        wide.map(|elements| Wide { elements, units: unroll }),
-    );
+    // The generated kernel, from the per-device cache of structures when this one was
+    // realised before (formatting the WGSL was most of a cache hit's host time).
+    let key = FusedKey {
+        layout: layout.clone(),
+        ops: b.ops.concat(),
+        body: b.body.clone(),
+        outputs: outputs.clone(),
+        wide: wide.map(|elements| Wide { elements, units: unroll }),
+    };
+    let cached = lock(&gpu.inner.fused_kernels).get(&key).cloned();
+    let entry = match cached {
+        Some(entry) => entry,
+        None => {
+            let kernel = fused_kernel(&key.layout, &key.ops, &key.body, &key.outputs, key.wide)
+                .constant("UNROLL", unroll as f64)
+                .constant("WORKGROUP", workgroup as f64);
+            let entry = Arc::new(FusedEntry { kernel, pipeline: std::sync::OnceLock::new() });
+            let mut cache = lock(&gpu.inner.fused_kernels);
+            if cache.len() >= FUSED_KERNEL_CACHE {
+                cache.clear();
+            }
+            cache.insert(key, entry.clone());
+            entry
+        }
+    };
+    let full = &entry.kernel;
     let params_buf = gpu.meta_buffer(&params);
     let leaf_storages: Vec<&Arc<Storage>> = b.leaves.iter().map(|t| t.storage()).collect::<Result<_>>()?;
     let mut bind: Vec<(u32, &wgpu::Buffer)> =
@@ -375,7 +406,6 @@ pub(crate) fn realize(root: &Tensor) -> Result<Arc<Storage>> {
         bind.push(((nl + 1 + k) as u32, s.buffer()));
     }
     bind.push(((nl + outputs.len()) as u32, &params_buf));
-    let full = kernel.constant("UNROLL", unroll as f64).constant("WORKGROUP", workgroup as f64);
     // Tiered JIT: while the full kernel compiles in the background, a structure not seen
     // before runs the one-element-per-invocation kernel, the chain inlined once (the full
     // kernel inlines it once per element of its UNROLL units, and the driver's compile time
@@ -385,14 +415,27 @@ pub(crate) fn realize(root: &Tensor) -> Result<Arc<Storage>> {
     if gpu.inner.fused_groups > 0 {
         groups = groups.min(gpu.inner.fused_groups);
     }
-    match tiered.then(|| gpu.compiled(&full)).flatten() {
-        Some(pipeline) => gpu.dispatch_compiled(&pipeline, &full, &bind, groups)?,
-        None if tiered && gpu.compile_in_background(&full) => {
+    // The full kernel's pipeline: kept in the cache entry once known (a hit then looks
+    // nothing else up); else compiled, or (tiered) not ready yet.
+    let pipeline = match entry.pipeline.get() {
+        Some(p) => {
+            gpu.inner.cache_hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Some(p.clone())
+        }
+        None if tiered => gpu.compiled(full),
+        None => Some(gpu.pipeline(full)?),
+    };
+    match pipeline {
+        Some(pipeline) => {
+            let _ = entry.pipeline.set(pipeline.clone());
+            gpu.dispatch_compiled(&pipeline, full, &bind, groups)?
+        }
+        None if gpu.compile_in_background(full) => {
             let kernel = fused_kernel(&layout, &b.ops.concat(), &b.body, &outputs, None).constant("UNROLL", 1.0);
             let groups = n.div_ceil(units_per_invocation(&outputs)).div_ceil(WORKGROUP) as u32;
             gpu.dispatch(&kernel, &bind, groups)?;
         }
-        None => gpu.dispatch(&full, &bind, groups)?,
+        None => gpu.dispatch(full, &bind, groups)?,
     }
     gpu.inner.fused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     for (t, _, s) in extra {
@@ -709,9 +752,29 @@ pub(crate) fn wide_elements(
     fits.then_some(elements)
 }
 
+/// What a generated element-wise kernel is built from: the per-device cache's key.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(crate) struct FusedKey {
+    layout: Vec<LeafLayout>,
+    ops: String,
+    body: String,
+    outputs: Vec<(String, DType)>,
+    wide: Option<Wide>,
+}
+
+/// A generated kernel and, once compiled, its pipeline.
+pub(crate) struct FusedEntry {
+    kernel: Kernel,
+    pipeline: std::sync::OnceLock<Arc<wgpu::ComputePipeline>>,
+}
+
+/// Generated kernels kept per device; a full cache is emptied and refilled by the loop that
+/// is running now.
+const FUSED_KERNEL_CACHE: usize = 1024;
+
 /// The 16-byte path's shape: `elements` (4 or 8, see [`wide_elements`]) per unit, `units`
 /// units per invocation.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Wide {
     pub elements: usize,
     pub units: usize,

@@ -202,6 +202,8 @@ pub(crate) struct GpuInner {
     /// after step, so its bind groups are made once. Cleared with the pool (`empty_cache`),
     /// whose buffers the keys would otherwise keep alive.
     pub(crate) bind_groups: Mutex<HashMap<BindKey, wgpu::BindGroup>>,
+    /// The fusion JIT's generated kernels by structure (see `fusion::FusedKey`).
+    pub(crate) fused_kernels: Mutex<HashMap<crate::fusion::FusedKey, Arc<crate::fusion::FusedEntry>>>,
     pool: Mutex<Pool>,
     pending: Mutex<Pending>,
     pub(crate) profiler: Mutex<Option<ProfilerState>>,
@@ -626,6 +628,7 @@ impl Gpu {
                 pipelines: Mutex::new(HashMap::new()),
                 meta: Mutex::new(HashMap::new()),
                 bind_groups: Mutex::new(HashMap::new()),
+                fused_kernels: Mutex::new(HashMap::new()),
                 pool: Mutex::new(Pool { free: HashMap::new(), stats: MemoryStats::default() }),
                 pending: Mutex::new(Pending { encoder: None, dispatches: 0 }),
                 profiler: Mutex::new(None),
