@@ -106,8 +106,7 @@ struct Builder {
     loaded: std::collections::HashSet<usize>,
     node_ids: HashMap<usize, String>,
     body: String,
-    ops: Vec<String>,
-    op_names: Vec<&'static str>,
+    ops: Vec<OpFn>,
     next: usize,
 }
 
@@ -127,7 +126,6 @@ impl Builder {
             node_ids: HashMap::new(),
             body: String::new(),
             ops: vec![],
-            op_names: vec![],
             next: 0,
         }
     }
@@ -180,15 +178,11 @@ impl Builder {
             // Handled above; never an element-wise operand.
             Expr::Matmul(_) => return Err(Overflow),
             Expr::Map(op, _) => {
-                self.op_fn(op.name(), || {
-                    format!("fn op_{}(x: f32) -> f32 {{\n    return {};\n}}\n", op.name(), op.wgsl())
-                });
+                self.op_fn(OpFn { name: op.name(), wgsl: op.wgsl(), binary: false });
                 format!("op_{}({})", op.name(), args[0])
             }
             Expr::Zip(op, _, _) => {
-                self.op_fn(op.name(), || {
-                    format!("fn op_{}(x: f32, y: f32) -> f32 {{\n    return {};\n}}\n", op.name(), op.wgsl())
-                });
+                self.op_fn(OpFn { name: op.name(), wgsl: op.wgsl(), binary: true });
                 format!("op_{}({}, {})", op.name(), args[0], args[1])
             }
             Expr::Cast(_) => match t.dtype() {
@@ -207,9 +201,7 @@ impl Builder {
                 // The constant is a runtime param: another value compiles nothing.
                 let at = self.extra.len();
                 self.extra.push(value.to_bits());
-                self.op_fn(op.name(), || {
-                    format!("fn op_{}(x: f32, y: f32) -> f32 {{\n    return {};\n}}\n", op.name(), op.wgsl())
-                });
+                self.op_fn(OpFn { name: op.name(), wgsl: op.wgsl(), binary: true });
                 let c = format!("bitcast<f32>(ew_params[EXTRA_BASE + {at}u])");
                 if *scalar_first {
                     format!("op_{}({c}, {})", op.name(), args[0])
@@ -226,13 +218,32 @@ impl Builder {
         Ok(name)
     }
 
-    /// Adds the function `op_{name}` unless the body has it already (formatted only then:
-    /// realising a cached structure again builds the body and nothing more).
-    fn op_fn(&mut self, name: &'static str, f: impl FnOnce() -> String) {
-        if !self.op_names.contains(&name) {
-            self.op_names.push(name);
-            self.ops.push(f());
+    /// Adds the function `op_{name}` unless the body has it already.
+    fn op_fn(&mut self, f: OpFn) {
+        if !self.ops.iter().any(|o| o.name == f.name) {
+            self.ops.push(f);
         }
+    }
+
+    /// The WGSL of the op functions the body calls.
+    fn ops_wgsl(&self) -> String {
+        self.ops.iter().map(|o| o.wgsl()).collect()
+    }
+}
+
+/// An op function the body calls, formatted only when a kernel is generated (a cache hit
+/// builds the body and nothing more).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct OpFn {
+    name: &'static str,
+    wgsl: &'static str,
+    binary: bool,
+}
+
+impl OpFn {
+    fn wgsl(self) -> String {
+        let params = if self.binary { "x: f32, y: f32" } else { "x: f32" };
+        format!("fn op_{}({params}) -> f32 {{\n    return {};\n}}\n", self.name, self.wgsl)
     }
 }
 
@@ -337,7 +348,7 @@ pub(crate) fn realize(root: &Tensor) -> Result<Arc<Storage>> {
                 "{}\n@group(0) @binding(5) var<storage, read> ew_params: array<u32>;\n{}\n{}",
                 include_str!("../shaders/ew_common.wgsl"),
                 leaf_decls(&layout, 6),
-                b.ops.concat()
+                b.ops_wgsl()
             ),
             body: b.body.clone(),
             result: result.clone(),
@@ -375,7 +386,7 @@ pub(crate) fn realize(root: &Tensor) -> Result<Arc<Storage>> {
     // realised before (formatting the WGSL was most of a cache hit's host time).
     let key = FusedKey {
         layout: layout.clone(),
-        ops: b.ops.concat(),
+        ops: b.ops.clone(),
         body: b.body.clone(),
         outputs: outputs.clone(),
         wide: wide.map(|elements| Wide { elements, units: unroll }),
@@ -384,7 +395,7 @@ pub(crate) fn realize(root: &Tensor) -> Result<Arc<Storage>> {
     let entry = match cached {
         Some(entry) => entry,
         None => {
-            let kernel = fused_kernel(&key.layout, &key.ops, &key.body, &key.outputs, key.wide)
+            let kernel = fused_kernel(&key.layout, &b.ops_wgsl(), &key.body, &key.outputs, key.wide)
                 .constant("UNROLL", unroll as f64)
                 .constant("WORKGROUP", workgroup as f64);
             let entry = Arc::new(FusedEntry { kernel, pipeline: std::sync::OnceLock::new() });
@@ -431,7 +442,7 @@ pub(crate) fn realize(root: &Tensor) -> Result<Arc<Storage>> {
             gpu.dispatch_compiled(&pipeline, full, &bind, groups)?
         }
         None if gpu.compile_in_background(full) => {
-            let kernel = fused_kernel(&layout, &b.ops.concat(), &b.body, &outputs, None).constant("UNROLL", 1.0);
+            let kernel = fused_kernel(&layout, &b.ops_wgsl(), &b.body, &outputs, None).constant("UNROLL", 1.0);
             let groups = n.div_ceil(units_per_invocation(&outputs)).div_ceil(WORKGROUP) as u32;
             gpu.dispatch(&kernel, &bind, groups)?;
         }
@@ -555,7 +566,7 @@ pub(crate) fn prologue(x: &Tensor, first_binding: usize, leaf_cap: usize, keep: 
         DType::F16 => format!("round_f16({result})"),
         DType::BF16 => format!("round_bf16({result})"),
     };
-    let decls = prologue_decls(first_binding, &layout, &b.ops.concat(), &b.body, &rounded);
+    let decls = prologue_decls(first_binding, &layout, &b.ops_wgsl(), &b.body, &rounded);
     let held = if keep { Some(Tensor::empty(gpu, "fused", x.shape(), x.dtype())?.storage()?.clone()) } else { None };
     Ok(Some(FusedPrologue { decls, ew_params: params, leaves: b.leaves, held }))
 }
@@ -756,7 +767,7 @@ pub(crate) fn wide_elements(
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub(crate) struct FusedKey {
     layout: Vec<LeafLayout>,
-    ops: String,
+    ops: Vec<OpFn>,
     body: String,
     outputs: Vec<(String, DType)>,
     wide: Option<Wide>,
