@@ -3,13 +3,16 @@
 //! turning WGSL into a pipeline with wgpu directly — `create_shader_module` (naga parses
 //! and validates), `create_compute_pipeline` (naga writes the backend's code, the driver
 //! compiles it) — per UNROLL value, each compile on a module renamed so that no cache of
-//! the driver's can serve it. Medians of 5.
+//! the driver's can serve it. Medians of 5. The chains run on 4097 elements: the element
+//! path, whose UNROLL is a pipeline constant (the 16-byte path writes its units into the
+//! WGSL, so UNROLL would not change it).
 //!
 //!     cargo run --release --example jit_cost
 //!
-//! On the H200 (2026-11-29): create_shader_module 0.7–1.3 ms, create_compute_pipeline
-//! 8–15 ms for `x + y` and 14–25 ms for the 6-op chain at UNROLL 1–8 — the driver's compile
-//! grows with the copies of the chain inlined (BENCHMARKS.md, fourth round). On lavapipe
+//! On the H200 (2026-11-29, fourth round, on the 16-byte kernel of then, whose UNROLL was a
+//! constant too): create_shader_module 0.7–1.3 ms, create_compute_pipeline 8–15 ms for
+//! `x + y` and 14–25 ms for the 6-op chain at UNROLL 1–8 — the driver's compile grows with
+//! the copies of the chain inlined (BENCHMARKS.md, fourth round). On lavapipe
 //! pipeline creation is quick and the compile happens at the first dispatch instead.
 use std::time::Instant;
 use wgkernels::{wgpu, DType, Gpu, Tensor};
@@ -25,8 +28,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() -> wgkernels::Result<()> {
     let gpu = Gpu::new()?;
     println!("adapter: {} ({:?})", gpu.info().name, gpu.info().backend);
-    let x = Tensor::randn(&gpu, &[4096], DType::F32, 1)?;
-    let y = Tensor::randn(&gpu, &[4096], DType::F32, 2)?;
+    let x = Tensor::randn(&gpu, &[4097], DType::F32, 1)?;
+    let y = Tensor::randn(&gpu, &[4097], DType::F32, 2)?;
     let chains: [(&str, Chain); 3] = [
         ("1 op: x + y", Box::new(|| x.add(&y))),
         (

@@ -277,11 +277,7 @@ fn random_graphs_match_a_float64_interpreter() {
         .chain((301..=420).map(|s| (s, [DType::F16, DType::BF16][s as usize % 2])));
     for (seed, dtype) in cases {
         let g = random_graph(seed);
-        let round = |x: f64| match dtype {
-            DType::F32 => x as f32 as f64,
-            DType::F16 => half::f16::from_f64(x).to_f64(),
-            DType::BF16 => half::bf16::from_f64(x).to_f64(),
-        };
+        let round = |v: f64| round_to(v, dtype);
         let out_shape = g
             .inputs
             .iter()
@@ -478,10 +474,7 @@ fn vec4_and_scalar_variants_agree_with_f64() {
             let (base, bv) = random_tensor(&gpu, &[4113], dtype, 33);
             let (other, ov) = random_tensor(&gpu, &[4113], dtype, 34);
             let (wide, wv) = random_tensor(&gpu, &[4113], DType::F32, 35);
-            let round = |v: f64| match dtype {
-                DType::F16 => half::f16::from_f64(v).to_f64(),
-                _ => half::bf16::from_f64(v).to_f64(),
-            };
+            let round = |v: f64| round_to(v, dtype);
             for (start, len) in [(0, 4104), (8, 4096), (4, 4096), (0, 4100), (3, 4101)] {
                 let x = base.narrow(0, start, len).unwrap();
                 let y = other.narrow(0, start, len).unwrap();
@@ -931,10 +924,7 @@ fn every_fused_grid_gives_the_same_chain() {
             let (h, hv) = random_tensor(&gpu, &[n], dtype, 35);
             let (a, av) = random_tensor(&gpu, &[n], DType::F32, 36);
             let (atol, rtol) = tol(dtype);
-            let round = |v: f64| match dtype {
-                DType::F16 => half::f16::from_f64(v).to_f64(),
-                _ => half::bf16::from_f64(v).to_f64(),
-            };
+            let round = |v: f64| round_to(v, dtype);
             let y = x.mul(&h).unwrap().gelu_tanh().unwrap().add(&x).unwrap();
             let want: Vec<f64> = (0..n).map(|i| round(UnaryOp::GeluTanh.apply_f64(xv[i] * hv[i]) + xv[i])).collect();
             assert_close(&format!("{what}, {dtype:?} n {n}"), &y.to_vec_f32().unwrap(), &want, atol, rtol);

@@ -94,6 +94,16 @@ pub fn rounded(values: &[f32], dtype: DType) -> Vec<f64> {
         .collect()
 }
 
+/// `v` rounded to nearest even in `dtype` (as a store of an f32 computation would round it
+/// where the value is exact in f32), widened back to f64.
+pub fn round_to(v: f64, dtype: DType) -> f64 {
+    match dtype {
+        DType::F32 => v as f32 as f64,
+        DType::F16 => half::f16::from_f64(v).to_f64(),
+        DType::BF16 => half::bf16::from_f64(v).to_f64(),
+    }
+}
+
 /// A random tensor and its values (as stored) in f64.
 pub fn random_tensor(gpu: &Gpu, shape: &[usize], dtype: DType, seed: u64) -> (Tensor, Vec<f64>) {
     let n: usize = shape.iter().product();
