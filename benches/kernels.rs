@@ -695,14 +695,15 @@ fn main() -> wgkernels::Result<()> {
             format!("attention {}", dtype.name()),
             Box::new(move |rows: &mut Vec<Row>| {
                 use wgkernels::ops::attention::{
-                    attention, attention_backward, attention_forward, coop_tilings, AttentionOptions, AttentionPath,
-                    CoopTiling,
+                    attention, attention_backward, attention_forward, coop_bwd_tilings, coop_tilings, AttentionOptions,
+                    AttentionPath, CoopBwdTiling, CoopTiling,
                 };
                 let (b, h) = (4usize, 16usize);
                 // WGK_ATTN_SEQS=2048,8192 picks sequence lengths; WGK_ATTN_BACKWARD=0 skips the
                 // backward rows (both to spend less device time on a forward-only change);
                 // WGK_ATTN_TILINGS=all times every tensor-core tiling (or a list such as
-                // "4,2,32,2;8,1,32,1": CoopTiling::parse), the default's row first.
+                // "4,2,32,2;8,1,32,1": CoopTiling::parse), the default's row first;
+                // WGK_ATTN_BWD_TILINGS likewise for the tensor-core backward ("4,64,16,1;…").
                 let seqs: Vec<usize> = match std::env::var("WGK_ATTN_SEQS") {
                     Ok(v) => v.split(',').filter_map(|x| x.trim().parse().ok()).collect(),
                     Err(_) if quick => vec![128],
@@ -813,26 +814,50 @@ fn main() -> wgkernels::Result<()> {
                                 )
                                 .is_ok();
                             let path = if coop { AttentionPath::FlashCoop } else { AttentionPath::Flash };
-                            let opts = AttentionOptions { causal, path, ..Default::default() };
-                            let (o, lse) = attention_forward(&q, &k, &v, &opts)?;
-                            let tm = measure(&gpu, 1, reps, || {
-                                let (dq, dk, dv) = attention_backward(&q, &k, &v, &o, &lse, &dout, &opts)?;
-                                for x in [dq, dk, dv] {
-                                    x.realize()?;
-                                }
-                                Ok(())
-                            })?;
-                            rows.push(Row {
-                                bench: "attention_backward",
-                                size: size.clone(),
-                                dtype: dtype.name(),
-                                variant: format!("{}{suffix}", if coop { "flash-tc" } else { "flash" }),
-                                ms: tm.median_ms,
-                                rate: tm.rate(2.5 * flops),
-                                wall_rate: 2.5 * flops / (tm.wall_ms * 1e-3) / 1e9,
-                                unit: "GFLOP/s",
-                                torch_key: torch_key("attention_backward", "sdpa"),
-                            });
+                            let bwd_tilings: Vec<Option<CoopBwdTiling>> =
+                                match std::env::var("WGK_ATTN_BWD_TILINGS").as_deref() {
+                                    Ok("all") if coop => std::iter::once(None)
+                                        .chain(coop_bwd_tilings(d, &limits).into_iter().map(Some))
+                                        .collect(),
+                                    Ok(list) if coop && list != "all" => {
+                                        list.split(';').filter_map(CoopBwdTiling::parse).map(Some).collect()
+                                    }
+                                    _ => vec![None],
+                                };
+                            for coop_bwd_tiling in bwd_tilings {
+                                let opts = AttentionOptions { causal, path, coop_bwd_tiling, ..Default::default() };
+                                let (o, lse) = attention_forward(&q, &k, &v, &opts)?;
+                                let name = match coop_bwd_tiling {
+                                    Some(t) => format!("flash-tc[{}]", t.label()),
+                                    None if coop => "flash-tc".to_string(),
+                                    None => "flash".to_string(),
+                                };
+                                let tm = measure(&gpu, 1, reps, || {
+                                    let (dq, dk, dv) = attention_backward(&q, &k, &v, &o, &lse, &dout, &opts)?;
+                                    for x in [dq, dk, dv] {
+                                        x.realize()?;
+                                    }
+                                    Ok(())
+                                });
+                                let tm = match tm {
+                                    Ok(tm) => tm,
+                                    Err(e) => {
+                                        eprintln!("\n{name} backward {size} causal={causal}: cannot run: {e}");
+                                        continue;
+                                    }
+                                };
+                                rows.push(Row {
+                                    bench: "attention_backward",
+                                    size: size.clone(),
+                                    dtype: dtype.name(),
+                                    variant: format!("{name}{suffix}"),
+                                    ms: tm.median_ms,
+                                    rate: tm.rate(2.5 * flops),
+                                    wall_rate: 2.5 * flops / (tm.wall_ms * 1e-3) / 1e9,
+                                    unit: "GFLOP/s",
+                                    torch_key: torch_key("attention_backward", "sdpa"),
+                                });
+                            }
                         }
                     }
                 }

@@ -9,7 +9,11 @@
 // values stream in tiles of BK rows through workgroup memory (STAGES = 2: double-buffered,
 // one workgroup barrier per tile), copied as 16-byte words without transposition: K
 // row-major [BK][KS] is Kᵀ column-major, so Kᵀ blocks load as B operands with coopLoad. The
-// next tile's words are fetched into registers while the current one is computed.
+// next tile's words are fetched into registers while the current one is computed. Each
+// subgroup then works through the staged tile in chunks of KC keys without workgroup
+// barriers: with BK > KC the subgroups drift apart between barriers, so one subgroup's
+// softmax overlaps another's products, and a subgroup skips the chunks past its last key
+// (causal, the last tile).
 //
 // Online softmax with a lazily rescaled accumulator. Cooperative matrices are opaque, so an
 // output fragment cannot be scaled row by row in registers. Each row keeps a reference max
@@ -19,7 +23,7 @@
 // (store, scale each row by 2^(m_old − m_new), load back): for scores of a trained model or
 // random data this happens on the first tiles only. The final O is divided by the row sums.
 //
-// The lanes' part (scale, mask, max, exp): each subgroup stores its 16×BK blocks of S
+// The lanes' part (scale, mask, max, exp): each subgroup stores its 16×KC blocks of S
 // column-major (stride 16), so lane l = row + 16·half reads keys 2k + half of row `row` at
 // consecutive addresses across the subgroup (no bank conflicts), and writes P (f16) the
 // same way for a column-major A operand. The two lanes of a row merge their max by one
@@ -34,8 +38,9 @@
 // 16-byte words: the host checked every offset and row stride a multiple of 8 elements.
 // The S×S matrix never exists: extra memory is the log-sum-exp per row.
 //
-// Placeholders: D, SGS, RB, BK, STAGES, QC, TILE_HALVES, LOAD_BIAS (flag BIAS), STORE_O,
-// Q_STAGE, O_DECL, S_MMA, PV_MMA, O_RESCALE, O_STORE.
+// Placeholders: D, SGS, RB, BK, KC, STAGES, QC, TILE_HALVES, LOAD_BIAS (flag BIAS), STORE_O,
+// Q_STAGE, O_DECL, S_MMA (products into the S accumulators), S_STORE, PV_MMA, O_RESCALE,
+// O_STORE.
 
 enable f16;
 enable wgpu_cooperative_matrix;
@@ -50,6 +55,9 @@ const RB: u32 = {{RB}}u;
 const BQ: u32 = 16u * RB * SGS;
 const THREADS: u32 = 32u * SGS;
 const BK: u32 = {{BK}}u;
+// Keys per chunk: a subgroup works through a staged tile KC keys at a time (S, P and the
+// bounce buffers are sized by KC), with no workgroup barrier between chunks.
+const KC: u32 = {{KC}}u;
 const STAGES: u32 = {{STAGES}}u;
 const SUBGROUP: u32 = 32u;
 // Row strides in halves, padded by 8 (16 bytes) against bank conflicts; Q is staged in
@@ -77,11 +85,11 @@ const TAU: f32 = 8.0;
 
 // Q staging [BQ][QS] (one column slice at a time) at start; then STAGES × (K, V) tiles.
 var<workgroup> tiles: array<f16, {{TILE_HALVES}}>;
-// Per subgroup and row block: S [BK keys][16 rows] f32 (column-major); also the bounce
+// Per subgroup and row block: S [KC keys][16 rows] f32 (column-major); also the bounce
 // buffer of an accumulator fragment being rescaled or stored.
-var<workgroup> scratch: array<f32, SGS * RB * 16u * BK>;
-// Per subgroup and row block: P [BK keys][16 rows] f16 (column-major).
-var<workgroup> p_tile: array<f16, SGS * RB * 16u * BK>;
+var<workgroup> scratch: array<f32, SGS * RB * 16u * KC>;
+// Per subgroup and row block: P [KC keys][16 rows] f16 (column-major).
+var<workgroup> p_tile: array<f16, SGS * RB * 16u * KC>;
 
 fn load_bias(e: u32) -> f32 {
 //#if BIAS
@@ -183,15 +191,20 @@ fn attention_coop(
         m_ref[rb] = NEG_BIG;
         l[rb] = 0.0;
     }
+    // The last key any row of this subgroup sees: chunks past it are skipped (causal
+    // tiles on the diagonal, the padding of the last tile). Subgroup-uniform.
+    var sg_last = i32(S_k) - 1;
+    if (causal) {
+        sg_last = min(sg_last, i32(q0 + sg_row + 16u * RB) - 1 + offset);
+    }
     var alpha: array<f32, RB>;
-    var xs: array<f32, BK / 2u>;
+    var xs: array<f32, KC / 2u>;
 
     {{O_DECL}}
     fetch_kv(b, kv_h, 0u, lid);
     for (var kt = 0u; kt < key_tiles; kt++) {
         let k0 = kt * BK;
         let stage = (kt % STAGES) * STAGE_HALVES;
-        let v_stage = stage + BK * KS;
         // One stage: the barrier before the write lets every subgroup finish the previous
         // tile. Two stages: this stage was last read two tiles ago, before the barrier
         // below in the previous tile.
@@ -203,50 +216,63 @@ fn attention_coop(
         if (kt + 1u < key_tiles) {
             fetch_kv(b, kv_h, k0 + BK, lid);
         }
-        // S blocks (keys 16j..16j + 15 of each row block) = Σ_c Q_c · Kᵀ_(c, j), stored
-        // column-major for the lanes.
-        {{S_MMA}}
-        subgroupBarrier();
-        var need = false;
-        for (var rb = 0u; rb < RB; rb++) {
-            let s_base = (sg * RB + rb) * 16u * BK;
-            var tile_max = NEG_BIG;
-            for (var c = 0u; c < BK / 2u; c++) {
-                let col = 2u * c + half;
-                let key = k0 + col;
-                var x = NEG_BIG;
-                if (i32(key) <= last_key[rb]) {
-                    x = max(scratch[s_base + col * 16u + row] * scale + LOG2E * load_bias(bias_row[rb] + key * params[28]), NEG_BIG);
+        // The tile in chunks of KC keys: S, the lanes' softmax, then P·V for each, with
+        // only subgroup barriers (the subgroups drift apart and their phases overlap).
+        // (Issuing chunk ch + 1's S products before chunk ch's lane work, for the tensor
+        // cores to overlap the softmax, measured no faster on the H200: seventh round.)
+        for (var ch = 0u; ch < BK / KC; ch++) {
+            let kc0 = k0 + ch * KC;
+            if (i32(kc0) > sg_last) {
+                break;
+            }
+            let k_at = stage + ch * KC * KS;
+            let v_chunk = k_at + BK * KS;
+            // S blocks (keys 16j..16j + 15 of each row block) = Σ_c Q_c · Kᵀ_(c, j), stored
+            // column-major for the lanes.
+            {{S_MMA}}
+            {{S_STORE}}
+            subgroupBarrier();
+            var need = false;
+            for (var rb = 0u; rb < RB; rb++) {
+                let s_base = (sg * RB + rb) * 16u * KC;
+                var tile_max = NEG_BIG;
+                for (var c = 0u; c < KC / 2u; c++) {
+                    let col = 2u * c + half;
+                    let key = kc0 + col;
+                    var x = NEG_BIG;
+                    if (i32(key) <= last_key[rb]) {
+                        x = max(scratch[s_base + col * 16u + row] * scale + LOG2E * load_bias(bias_row[rb] + key * params[28]), NEG_BIG);
+                    }
+                    xs[c] = x;
+                    tile_max = max(tile_max, x);
                 }
-                xs[c] = x;
-                tile_max = max(tile_max, x);
+                tile_max = max(tile_max, subgroupShuffleXor(tile_max, 16u));
+                // NEG_BIG + TAU rounds to NEG_BIG: a row that has seen nothing yet takes the
+                // first real max it meets (its accumulator and sum are still zero).
+                alpha[rb] = 1.0;
+                if (tile_max > m_ref[rb] + TAU) {
+                    alpha[rb] = exp2(m_ref[rb] - tile_max);
+                    l[rb] *= alpha[rb];
+                    m_ref[rb] = tile_max;
+                    need = true;
+                }
+                var sum = 0.0;
+                for (var c = 0u; c < KC / 2u; c++) {
+                    let col = 2u * c + half;
+                    let p = select(exp2(xs[c] - m_ref[rb]), 0.0, xs[c] <= NEG_BIG);
+                    sum += p;
+                    p_tile[s_base + col * 16u + row] = f16(p);
+                }
+                l[rb] += sum;
             }
-            tile_max = max(tile_max, subgroupShuffleXor(tile_max, 16u));
-            // NEG_BIG + TAU rounds to NEG_BIG: a row that has seen nothing yet takes the
-            // first real max it meets (its accumulator and sum are still zero).
-            alpha[rb] = 1.0;
-            if (tile_max > m_ref[rb] + TAU) {
-                alpha[rb] = exp2(m_ref[rb] - tile_max);
-                l[rb] *= alpha[rb];
-                m_ref[rb] = tile_max;
-                need = true;
+            // Rescale the accumulators where a row's reference moved (never on the first
+            // chunk: they are still zero). subgroupAny makes the branch subgroup-uniform.
+            if (subgroupAny(need) && kc0 > 0u) {
+                {{O_RESCALE}}
             }
-            var sum = 0.0;
-            for (var c = 0u; c < BK / 2u; c++) {
-                let col = 2u * c + half;
-                let p = select(exp2(xs[c] - m_ref[rb]), 0.0, xs[c] <= NEG_BIG);
-                sum += p;
-                p_tile[s_base + col * 16u + row] = f16(p);
-            }
-            l[rb] += sum;
+            subgroupBarrier();
+            {{PV_MMA}}
         }
-        // Rescale the accumulators where a row's reference moved (never on the first tile:
-        // they are still zero). subgroupAny makes the branch uniform across the subgroup.
-        if (subgroupAny(need) && kt > 0u) {
-            {{O_RESCALE}}
-        }
-        subgroupBarrier();
-        {{PV_MMA}}
     }
 
     // Each row's sum (its two lanes' halves) and O = accumulator / sum.

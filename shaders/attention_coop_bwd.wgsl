@@ -23,28 +23,38 @@
 //
 // FLOPs: 2.5× the forward's 4·S_q·S_k·D (Q·Kᵀ twice, dO·Vᵀ twice, three more products):
 // 10·S_q·S_k·D executed, counted the same way as PyTorch's. Workgroup memory at SGS 4,
-// BT 32, D 128: the two tiles 17 KiB, S and dP 16 KiB, P and dS 8 KiB. Outputs are f32,
+// BT 64, CH 16, one stage, D 128: the two tiles 34 KiB, S and dP 8 KiB, P and dS 4 KiB.
+// Tiles of BT > CH rows let the subgroups drift apart between workgroup barriers (one
+// subgroup's lane work overlapping another's products). Outputs are f32,
 // contiguous [B, heads, S, D] (the host casts them to the input dtype). q, k, v, dO are
 // read as 16-byte words: the host checked every offset and row stride a multiple of 8.
 //
-// Placeholders: D, SGS, BT, FS, TILE_HALVES, LOAD_BIAS (flag BIAS), FIXED_FRAGS, ACC_DECL,
-// PRODUCTS (S and dP), ACCUMULATE, ACC_STORE.
+// Placeholders: D, SGS, BT, CH, STAGES, FS, TILE_HALVES, LOAD_BIAS (flag BIAS), FIXED_FRAGS, ACC_DECL,
+// PRODUCTS (S and dP), PRODUCTS_STORE, ACCUMULATE, ACC_STORE.
 
 enable f16;
 enable wgpu_cooperative_matrix;
+// Chunks are skipped under subgroup-uniform conditions (they depend on the subgroup id),
+// which naga's analysis (workgroup scope) cannot see.
+diagnostic(off, derivative_uniformity);
 
 const D: u32 = {{D}}u;
 const SGS: u32 = {{SGS}}u;
 const THREADS: u32 = 32u * SGS;
-// Rows of each streamed tile (queries in dkdv, keys in dq).
+// Rows of each streamed tile (queries in dkdv, keys in dq), staged STAGES at a time
+// (2: double-buffered, one workgroup barrier per tile), and computed by each subgroup in
+// chunks of CH rows with no workgroup barrier between chunks.
 const BT: u32 = {{BT}}u;
+const CH: u32 = {{CH}}u;
+const STAGES: u32 = {{STAGES}}u;
 const SUBGROUP: u32 = 32u;
 // Row stride of streamed rows in halves, padded by 8 (16 bytes) against bank conflicts;
 // fixed rows are staged in column slices of up to 64, at stride FS.
 const RS: u32 = D + 8u;
 const FS: u32 = {{FS}}u;
-// The second streamed tile (dO in dkdv, V in dq).
+// The second streamed tile (dO in dkdv, V in dq), after the first in each stage.
 const B_BASE: u32 = BT * RS;
+const STAGE_HALVES: u32 = 2u * BT * RS;
 const WORDS: u32 = D / 8u;
 const NEG_BIG: f32 = -3.4028235e38;
 // lse (base 2) of a row that takes no part: P = 2^(x − this) underflows to 0.
@@ -71,18 +81,18 @@ const LOG2E: f32 = 1.4426950408889634;
 @group(0) @binding(9) var<storage, read_write> out_b: array<f32>;
 //#endif
 
-// Two streamed tiles [BT][RS] (or, at the start, the fixed rows [16·SGS][FS], one tensor
-// and one column slice of FS − 8 at a time).
+// STAGES × two streamed tiles [BT][RS] (or, at the start, the fixed rows [16·SGS][FS], one
+// tensor and one column slice of FS − 8 at a time).
 var<workgroup> tiles: array<f16, {{TILE_HALVES}}>;
-// Per subgroup: S and dP [BT][16] f32, column-major; also the bounce buffer of a finished
+// Per subgroup: S and dP [CH][16] f32, column-major; also the bounce buffer of a finished
 // accumulator fragment.
-var<workgroup> s_tile: array<f32, SGS * 16u * BT>;
-var<workgroup> dp_tile: array<f32, SGS * 16u * BT>;
-// Per subgroup: P and dS [BT][16] f16, column-major (A operands).
-var<workgroup> p_tile: array<f16, SGS * 16u * BT>;
-var<workgroup> ds_tile: array<f16, SGS * 16u * BT>;
-// dkdv: per query of the tile, lse (base 2) and δ.
-var<workgroup> row_stats: array<f32, 2u * BT>;
+var<workgroup> s_tile: array<f32, SGS * 16u * CH>;
+var<workgroup> dp_tile: array<f32, SGS * 16u * CH>;
+// Per subgroup: P and dS [CH][16] f16, column-major (A operands).
+var<workgroup> p_tile: array<f16, SGS * 16u * CH>;
+var<workgroup> ds_tile: array<f16, SGS * 16u * CH>;
+// dkdv: per stage and query of the tile, lse (base 2), then δ.
+var<workgroup> row_stats: array<f32, STAGES * 2u * BT>;
 
 fn load_bias(e: u32) -> f32 {
 //#if BIAS
@@ -141,14 +151,15 @@ fn fetch_tiles(at_a: u32, at_b: u32, b: u32, h: u32, s0: u32, limit: u32, lid: u
     }
 }
 
-fn put_tiles(lid: u32) {
+// a_next and b_next into the stage at `base` (halves).
+fn put_tiles(lid: u32, base: u32) {
     for (var i = 0u; i < PF; i++) {
         let idx = lid + i * THREADS;
         if (idx < BT * WORDS) {
             let r = idx / WORDS;
             let w = idx % WORDS;
-            put8(r * RS + 8u * w, a_next[i]);
-            put8(B_BASE + r * RS + 8u * w, b_next[i]);
+            put8(base + r * RS + 8u * w, a_next[i]);
+            put8(base + B_BASE + r * RS + 8u * w, b_next[i]);
         }
     }
 }
@@ -207,7 +218,7 @@ fn coop_bwd_dkdv(
     let kv_h = wid.y;
     let b = wid.z;
     let group = H / H_kv;
-    let s_base = sg * 16u * BT;
+    let s_base = sg * 16u * CH;
     // This lane's key (row of the subgroup's 16) and its half of each tile's queries.
     let row = lane % 16u;
     let half = lane / 16u;
@@ -230,41 +241,66 @@ fn coop_bwd_dkdv(
     if (pairs > 0u) {
         fetch_tiles(8u, 30u, b, kv_h * group, i_first, S_q, lid);
     }
+    // The first query that sees any of this subgroup's keys (causal); chunks wholly
+    // before it are skipped.
+    var sg_first = 0;
+    if (causal) {
+        sg_first = i32(j0 + sg * 16u) - offset;
+    }
     for (var t = 0u; t < pairs; t++) {
         let hq = kv_h * group + t / head_tiles;
         let i0 = i_first + (t % head_tiles) * BT;
-        workgroupBarrier();
-        put_tiles(lid);
+        let stage = (t % STAGES) * STAGE_HALVES;
+        let rs = (t % STAGES) * 2u * BT;
+        // One stage: the barrier lets every subgroup finish the previous tile. Two: this
+        // stage was last read two tiles ago, before the barrier below in the previous tile.
+        if (STAGES == 1u) {
+            workgroupBarrier();
+        }
+        put_tiles(lid, stage);
         if (lid < BT) {
             let i = i0 + lid;
             let stats = query_stats(b, hq, i);
-            row_stats[lid] = stats.x;
-            row_stats[BT + lid] = stats.y;
+            row_stats[rs + lid] = stats.x;
+            row_stats[rs + BT + lid] = stats.y;
         }
         workgroupBarrier();
         if (t + 1u < pairs) {
             let next = t + 1u;
             fetch_tiles(8u, 30u, b, kv_h * group + next / head_tiles, i_first + (next % head_tiles) * BT, S_q, lid);
         }
-        // Sᵀ block t (the subgroup's keys × queries 16t..16t + 15) = Σ_c K_c · Qᵀ_(c, t),
-        // dPᵀ likewise from V and dO.
-        {{PRODUCTS}}
-        subgroupBarrier();
-        for (var c = 0u; c < BT / 2u; c++) {
-            let col = 2u * c + half;
-            let i = i0 + col;
-            let at = s_base + col * 16u + row;
-            var p = 0.0;
-            if (key < S_k && i < S_q && (!causal || i32(key) <= i32(i) + offset)) {
-                let bias_at = params[24] + b * params[25] + hq * params[26] + i * params[27] + key * params[28];
-                p = exp2(s_tile[at] * scale * LOG2E + LOG2E * load_bias(bias_at) - row_stats[col]);
+        for (var ch = 0u; ch < BT / CH; ch++) {
+            let ic0 = i0 + ch * CH;
+            if (ic0 >= S_q) {
+                break;
             }
-            p_tile[at] = f16(p);
-            ds_tile[at] = f16(p * (dp_tile[at] - row_stats[BT + col]));
+            if (i32(ic0 + CH) <= sg_first) {
+                continue;
+            }
+            let a_at = stage + ch * CH * RS;
+            let b_at = a_at + B_BASE;
+            let rc = rs + ch * CH;
+            // Sᵀ block t (the subgroup's keys × queries 16t..16t + 15 of the chunk) =
+            // Σ_c K_c · Qᵀ_(c, t), dPᵀ likewise from V and dO.
+            {{PRODUCTS}}
+            {{PRODUCTS_STORE}}
+            subgroupBarrier();
+            for (var c = 0u; c < CH / 2u; c++) {
+                let col = 2u * c + half;
+                let i = ic0 + col;
+                let at = s_base + col * 16u + row;
+                var p = 0.0;
+                if (key < S_k && i < S_q && (!causal || i32(key) <= i32(i) + offset)) {
+                    let bias_at = params[24] + b * params[25] + hq * params[26] + i * params[27] + key * params[28];
+                    p = exp2(s_tile[at] * scale * LOG2E + LOG2E * load_bias(bias_at) - row_stats[rc + col]);
+                }
+                p_tile[at] = f16(p);
+                ds_tile[at] = f16(p * (dp_tile[at] - row_stats[rc + BT + col]));
+            }
+            subgroupBarrier();
+            // dV += Pᵀ · dO, dK += dSᵀ · Q.
+            {{ACCUMULATE}}
         }
-        subgroupBarrier();
-        // dV += Pᵀ · dO, dK += dSᵀ · Q.
-        {{ACCUMULATE}}
     }
     // dK (times the scale) and dV, rows below S_k.
     let out0 = (b * H_kv + kv_h) * S_k * D;
@@ -289,7 +325,7 @@ fn coop_bwd_dq(
     let h = wid.y;
     let b = wid.z;
     let kv_h = h / (H / H_kv);
-    let s_base = sg * 16u * BT;
+    let s_base = sg * 16u * CH;
     // This lane's query (row of the subgroup's 16) and its half of each tile's keys.
     let row = lane % 16u;
     let half = lane / 16u;
@@ -318,31 +354,48 @@ fn coop_bwd_dq(
     if (key_tiles > 0u) {
         fetch_tiles(12u, 16u, b, kv_h, 0u, S_k, lid);
     }
+    // The last key any query of this subgroup sees: chunks past it are skipped.
+    var sg_last = i32(S_k) - 1;
+    if (causal) {
+        sg_last = min(sg_last, i32(q0 + sg * 16u + 15u) + offset);
+    }
     for (var kt = 0u; kt < key_tiles; kt++) {
         let k0 = kt * BT;
-        workgroupBarrier();
-        put_tiles(lid);
+        let stage = (kt % STAGES) * STAGE_HALVES;
+        if (STAGES == 1u) {
+            workgroupBarrier();
+        }
+        put_tiles(lid, stage);
         workgroupBarrier();
         if (kt + 1u < key_tiles) {
             fetch_tiles(12u, 16u, b, kv_h, k0 + BT, S_k, lid);
         }
-        // S block t (the subgroup's queries × keys 16t..16t + 15) = Σ_c Q_c · Kᵀ_(c, t),
-        // dP likewise from dO and V.
-        {{PRODUCTS}}
-        subgroupBarrier();
-        for (var c = 0u; c < BT / 2u; c++) {
-            let col = 2u * c + half;
-            let key = k0 + col;
-            let at = s_base + col * 16u + row;
-            var p = 0.0;
-            if (i32(key) <= last_key) {
-                p = exp2(s_tile[at] * scale * LOG2E + LOG2E * load_bias(bias_row + key * params[28]) - l2);
+        for (var ch = 0u; ch < BT / CH; ch++) {
+            let kc0 = k0 + ch * CH;
+            if (i32(kc0) > sg_last) {
+                break;
             }
-            ds_tile[at] = f16(p * (dp_tile[at] - dl));
+            let a_at = stage + ch * CH * RS;
+            let b_at = a_at + B_BASE;
+            // S block t (the subgroup's queries × keys 16t..16t + 15 of the chunk) =
+            // Σ_c Q_c · Kᵀ_(c, t), dP likewise from dO and V.
+            {{PRODUCTS}}
+            {{PRODUCTS_STORE}}
+            subgroupBarrier();
+            for (var c = 0u; c < CH / 2u; c++) {
+                let col = 2u * c + half;
+                let key = kc0 + col;
+                let at = s_base + col * 16u + row;
+                var p = 0.0;
+                if (i32(key) <= last_key) {
+                    p = exp2(s_tile[at] * scale * LOG2E + LOG2E * load_bias(bias_row + key * params[28]) - l2);
+                }
+                ds_tile[at] = f16(p * (dp_tile[at] - dl));
+            }
+            subgroupBarrier();
+            // dQ += dS · K.
+            {{ACCUMULATE}}
         }
-        subgroupBarrier();
-        // dQ += dS · K.
-        {{ACCUMULATE}}
     }
     // dQ (times the scale), rows below S_q.
     let out0 = (b * H + h) * S_q * D;

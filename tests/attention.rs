@@ -7,8 +7,8 @@
 mod common;
 use common::*;
 use wgkernels::ops::attention::{
-    attention, attention_backward, attention_forward, coop_tilings, AttentionLayout, AttentionOptions, AttentionPath,
-    CoopTiling,
+    attention, attention_backward, attention_forward, coop_bwd_tilings, coop_tilings, AttentionLayout,
+    AttentionOptions, AttentionPath, CoopBwdTiling, CoopTiling,
 };
 use wgkernels::{DType, Error, Tensor};
 
@@ -304,15 +304,22 @@ fn a_query_that_sees_no_key_gets_zero_and_minus_infinity() {
 }
 
 fn check_backward(c: Case, layout: AttentionLayout, dtype: DType) {
-    check_backward_path(c, layout, dtype, AttentionPath::Auto, 4.0)
+    check_backward_path(c, layout, dtype, AttentionPath::Auto, None, 4.0)
 }
 
-/// The backward through `path` against the f64 reference gradients, at `loosen` times the
-/// dtype's tolerance.
-fn check_backward_path(c: Case, layout: AttentionLayout, dtype: DType, path: AttentionPath, loosen: f64) {
+/// The backward through `path` (and tensor-core `tiling`) against the f64 reference
+/// gradients, at `loosen` times the dtype's tolerance.
+fn check_backward_path(
+    c: Case,
+    layout: AttentionLayout,
+    dtype: DType,
+    path: AttentionPath,
+    tiling: Option<CoopBwdTiling>,
+    loosen: f64,
+) {
     let gpu = gpu();
     let x = inputs(&c, layout, dtype, 100 + c.s_q as u64);
-    let opts = AttentionOptions { causal: c.causal, layout, path, ..Default::default() };
+    let opts = AttentionOptions { causal: c.causal, layout, path, coop_bwd_tiling: tiling, ..Default::default() };
     let scale = 1.0 / (c.d as f64).sqrt();
     let (out, lse) = attention_forward(&x.tq, &x.tk, &x.tv, &opts).unwrap();
     let dout_v: Vec<f32> = random_vec(c.b * c.h * c.s_q * c.d, 77);
@@ -323,7 +330,7 @@ fn check_backward_path(c: Case, layout: AttentionLayout, dtype: DType, path: Att
     let out_used: Vec<f64> = values_bhsd(&out, layout).iter().map(|&v| v as f64).collect();
     let _ = ref_out;
     let (wq, wk, wv) = reference_grads(&c, &x, scale, &probs, &out_used, &rounded(&dout_v, dtype));
-    let what = format!("{c:?} {layout:?} {dtype:?} {path:?}");
+    let what = format!("{c:?} {layout:?} {dtype:?} {path:?} tiling {:?}", tiling.map(|t| t.label()));
     let (atol, rtol) = match dtype {
         DType::F32 => (5e-5, 2e-4),
         d => (tol(d).0 * loosen, tol(d).1 * loosen),
@@ -500,7 +507,7 @@ fn tensor_core_path_matches_f64_where_the_adapter_has_it() {
     let want: Vec<f64> = run(AttentionPath::Flash).iter().map(|&v| v as f64).collect();
     assert_close("coop vs FMA flash, with bias", &run(AttentionPath::FlashCoop), &want, atol, rtol);
     // A tiling that is not one of the list is refused, naming itself.
-    let huge = CoopTiling { subgroups: 8, row_blocks: 2, key_tile: 64, stages: 2 };
+    let huge = CoopTiling { subgroups: 8, row_blocks: 2, key_tile: 64, key_chunk: 64, stages: 2 };
     let x = inputs(&Case::new(16, 16, 64, false), AttentionLayout::Bhsd, DType::F16, 7);
     let o = AttentionOptions { coop_tiling: Some(huge), path: AttentionPath::FlashCoop, ..Default::default() };
     let e = attention(&x.tq, &x.tk, &x.tv, &o).unwrap_err().to_string();
@@ -521,12 +528,23 @@ fn tensor_core_backward_matches_f64_where_the_adapter_has_it() {
         return;
     }
     // P and dS are rounded to f16 before their products (tensor-core inputs): twice the f16
-    // backward's tolerance.
+    // backward's tolerance. Every tiling the code can choose (the default first), at every
+    // case; S 300 spans several tiles and chunks, causal chunks skipped.
+    let limits = gpu.info().limits.clone();
     for (c, layout) in
         tensor_core_cases().into_iter().chain([(Case::new(300, 300, 64, true).gqa(2, 1), AttentionLayout::Bhsd)])
     {
-        check_backward_path(c, layout, DType::F16, AttentionPath::FlashCoop, 8.0);
+        let tilings = coop_bwd_tilings(c.d, &limits);
+        assert!(!tilings.is_empty(), "no backward tiling fits D {}", c.d);
+        for t in tilings {
+            check_backward_path(c, layout, DType::F16, AttentionPath::FlashCoop, Some(t), 8.0);
+        }
     }
+    let bad = CoopBwdTiling { subgroups: 16, tile: 128, chunk: 16, stages: 2 };
+    let o = AttentionOptions { coop_bwd_tiling: Some(bad), path: AttentionPath::FlashCoop, ..Default::default() };
+    let (out, lse) = attention_forward(&probe, &probe, &probe, &o).unwrap();
+    let e = attention_backward(&probe, &probe, &probe, &out, &lse, &out, &o).unwrap_err().to_string();
+    assert!(e.contains("coop_bwd_tilings"), "{e}");
     // With a bias, against the FMA backward on the same inputs.
     let c = Case::new(37, 45, 64, false).gqa(2, 1);
     let x = inputs(&c, AttentionLayout::Bhsd, DType::F16, 3);

@@ -129,6 +129,9 @@ pub struct AttentionOptions<'a> {
     /// Forces the tensor-core forward's tiling (tests and benchmarks; see [`coop_tilings`]);
     /// an error if it does not fit. `None`: [`CoopTiling::preferred`].
     pub coop_tiling: Option<CoopTiling>,
+    /// Forces the tensor-core backward's tiling (tests and benchmarks; one of
+    /// [`coop_bwd_tilings`], else an error). `None`: the first of them.
+    pub coop_bwd_tiling: Option<CoopBwdTiling>,
 }
 
 /// The sizes of one attention call, checked.
@@ -406,7 +409,22 @@ pub fn attention_backward(
     let gpu = q.gpu();
     grid_fits(OP, gpu, [s_q.div_ceil(BWD_ROWS), h, b])?;
     grid_fits(OP, gpu, [s_k.div_ceil(BWD_ROWS), h_kv, b])?;
-    let tiling = coop_bwd_tilings(d, &gpu.info().limits).first().copied().filter(|_| {
+    let tilings = coop_bwd_tilings(d, &gpu.info().limits);
+    let tiling = match opts.coop_bwd_tiling {
+        None => tilings.first().copied(),
+        Some(t) if tilings.contains(&t) => Some(t),
+        Some(t) => {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                msg: format!(
+                    "tensor-core backward tiling {t:?} is not one of coop_bwd_tilings at head dim {d} on this adapter ({} bytes of workgroup memory, {} allowed)",
+                    t.workgroup_bytes(d),
+                    gpu.info().limits.max_compute_workgroup_storage_size
+                ),
+            });
+        }
+    };
+    let tiling = tiling.filter(|_| {
         coop_applies(q, k, v, &dims)
             && dout.offset().is_multiple_of(8)
             && dout.strides()[..3].iter().all(|s| s.is_multiple_of(8))
@@ -640,16 +658,19 @@ pub struct CoopTiling {
     /// Blocks of 16 query rows per subgroup: 1, or 2 (each K/V fragment loaded feeds two
     /// products, at the cost of registers).
     pub row_blocks: usize,
-    /// Key (and value) rows per tile.
+    /// Key (and value) rows per tile staged in workgroup memory.
     pub key_tile: usize,
+    /// Keys per chunk a subgroup computes at a time (16 or 32, dividing `key_tile`): the
+    /// S and P buffers are sized by it, and chunks need no workgroup barrier between them.
+    pub key_chunk: usize,
     /// K/V tile buffers in workgroup memory: 1, or 2 (double-buffered: one workgroup
     /// barrier per tile instead of two).
     pub stages: usize,
 }
 
 impl CoopTiling {
-    const fn new(subgroups: usize, row_blocks: usize, key_tile: usize, stages: usize) -> Self {
-        CoopTiling { subgroups, row_blocks, key_tile, stages }
+    const fn new(subgroups: usize, row_blocks: usize, key_tile: usize, stages: usize, key_chunk: usize) -> Self {
+        CoopTiling { subgroups, row_blocks, key_tile, key_chunk, stages }
     }
 
     /// Query rows per workgroup.
@@ -669,50 +690,61 @@ impl CoopTiling {
 
     /// Workgroup memory of this tiling at head dim `d`: staging (f16), S (f32), P (f16).
     pub fn workgroup_bytes(self, d: usize) -> usize {
-        self.tile_halves(d) * 2 + self.subgroups * self.row_blocks * 16 * self.key_tile * (4 + 2)
+        self.tile_halves(d) * 2 + self.subgroups * self.row_blocks * 16 * self.key_chunk * (4 + 2)
     }
 
     /// The default tiling for head dim `d` under the adapter's `limits` (the first of
-    /// [`coop_tilings`]), or the one `WGK_ATTN_COOP=S,R,K,T` forces (subgroups, row
-    /// blocks, key tile, stages) if it is one of them. None when nothing fits.
+    /// [`coop_tilings`]), or the one `WGK_ATTN_COOP=S,R,K,T[,C]` forces (subgroups, row
+    /// blocks, key tile, stages, key chunk) if it is one of them. None when nothing fits.
     pub fn preferred(d: usize, limits: &wgpu::Limits) -> Option<CoopTiling> {
         let all = coop_tilings(d, limits);
         let forced = std::env::var("WGK_ATTN_COOP").ok().and_then(|v| CoopTiling::parse(&v));
         forced.filter(|t| all.contains(t)).or(all.first().copied())
     }
 
-    /// `S,R,K,T` as in `WGK_ATTN_COOP`.
+    /// `S,R,K,T[,C]` as in `WGK_ATTN_COOP` (the chunk C defaults to the key tile K).
     pub fn parse(text: &str) -> Option<CoopTiling> {
         let n: Vec<usize> = text.split(',').map(|x| x.trim().parse().ok()).collect::<Option<_>>()?;
         match n[..] {
-            [s, r, k, t] => Some(CoopTiling::new(s, r, k, t)),
+            [s, r, k, t] => Some(CoopTiling::new(s, r, k, t, k)),
+            [s, r, k, t, c] => Some(CoopTiling::new(s, r, k, t, c)),
             _ => None,
         }
     }
 
-    /// `S,R,K,T`, as `parse` reads it.
+    /// `S,R,K,T,C`, as `parse` reads it.
     pub fn label(self) -> String {
-        format!("{},{},{},{}", self.subgroups, self.row_blocks, self.key_tile, self.stages)
+        format!("{},{},{},{},{}", self.subgroups, self.row_blocks, self.key_tile, self.stages, self.key_chunk)
     }
 }
 
 /// The tilings of the tensor-core forward that fit head dim `d` (row blocks of 2 only up to
-/// 64, for registers) in the workgroup memory and invocations `limits` allow, fastest first as measured on the
-/// H200 at B4 H16 S2048 (BENCHMARKS.md, fifth round; TFLOP/s at D 64 / D 128 where it fits).
+/// 64, for registers) in the workgroup memory and invocations `limits` allow, fastest first
+/// as measured on the H200 at B4 H16 S2048 (BENCHMARKS.md, seventh round, call 1; TFLOP/s at
+/// D 64 / D 128 where it fits).
 pub fn coop_tilings(d: usize, limits: &wgpu::Limits) -> Vec<CoopTiling> {
     // 16 subgroups first: each K/V tile staged serves 256 query rows (the staging, not the
-    // tensor cores, is what more rows per workgroup amortise). The small ones are for
-    // adapters with less workgroup memory or fewer invocations; 4,2,32,2 for 128.
-    const ORDER: [CoopTiling; 9] = [
-        CoopTiling::new(16, 1, 16, 2), // 116.7 / 137.5
-        CoopTiling::new(16, 1, 16, 1), // 113.5 / 135.9
-        CoopTiling::new(8, 1, 32, 2),  // 92.0 / —
-        CoopTiling::new(8, 1, 32, 1),  // 90.7 / 114.9
-        CoopTiling::new(8, 1, 16, 2),  // 88.3 / 126.5
-        CoopTiling::new(8, 1, 16, 1),  // 86.8 / 124.6
-        CoopTiling::new(4, 1, 32, 1),  // 77.9 / 47.3
-        CoopTiling::new(4, 2, 32, 2),  // 56.1 / —
-        CoopTiling::new(2, 1, 32, 1),  // 37.0 / 29.3
+    // tensor cores, is what more rows per workgroup amortise), and 64-key tiles in 16-key
+    // chunks: one workgroup barrier per 64 keys. The small ones are for adapters with less
+    // workgroup memory or fewer invocations.
+    const ORDER: [CoopTiling; 17] = [
+        CoopTiling::new(16, 1, 64, 1, 16), // 120.6 / —
+        CoopTiling::new(16, 1, 32, 1, 16), // 112.6 / 148.7
+        CoopTiling::new(16, 1, 32, 2, 16), // 112.0 / —
+        CoopTiling::new(16, 1, 16, 2, 16), // 102.1 / 137.0
+        CoopTiling::new(16, 1, 16, 1, 16), // 99.5 / 135.3
+        CoopTiling::new(8, 1, 16, 2, 16),  // 80.9 / 119.2
+        CoopTiling::new(8, 1, 32, 2, 16),  // 85.9 / 113.6
+        CoopTiling::new(8, 1, 32, 2, 32),  // 87.0 / —
+        CoopTiling::new(8, 1, 32, 1, 32),  // 86.4 / 110.7
+        CoopTiling::new(8, 1, 64, 1, 16),  // 86.1 / 100.0
+        CoopTiling::new(8, 1, 16, 1, 16),  // 80.1 / 117.6
+        CoopTiling::new(8, 1, 128, 1, 16), // 77.7 / —
+        CoopTiling::new(4, 1, 32, 1, 32),  // 73.8 / 46.5
+        CoopTiling::new(8, 2, 32, 1, 16),  // 70.9 / —
+        CoopTiling::new(4, 2, 32, 2, 32),  // 61.0 / —
+        CoopTiling::new(2, 1, 32, 1, 16),  // 43.3 / 30.0
+        CoopTiling::new(2, 1, 32, 1, 32),  // 35.7 / 30.2
     ];
     ORDER
         .into_iter()
@@ -728,7 +760,7 @@ pub fn coop_tilings(d: usize, limits: &wgpu::Limits) -> Vec<CoopTiling> {
 /// code unrolled here, see shaders/attention_coop.wgsl.
 fn coop_kernel(bias: Option<DType>, d: usize, t: CoopTiling) -> Kernel {
     let frags = d / 16;
-    let key_frags = t.key_tile / 16;
+    let key_frags = t.key_chunk / 16;
     let blocks = t.row_blocks;
     // Q in column slices of QC (64, or 32 for 256 rows): stage a slice (all BQ rows), then
     // every subgroup loads its fragments of it.
@@ -757,13 +789,13 @@ fn coop_kernel(bias: Option<DType>, d: usize, t: CoopTiling) -> Kernel {
     let mut o_decl = String::new();
     let mut s_mma = String::new();
     let mut pv = String::new();
-    // S, P and bounce buffers of row block rb at (sg·RB + rb)·16·BK, bound to names first
+    // S, P and bounce buffers of row block rb at (sg·RB + rb)·16·KC, bound to names first
     // (naga 30 fails on a coop pointer indexed by an inline expression: ../shared/gpu).
     let mut rescale = String::from("subgroupBarrier();\n            ");
     let mut o_store = String::from("subgroupBarrier();\n    ");
     let mut bases = String::new();
     for rb in 0..blocks {
-        bases += &format!("let block_{rb} = (sg * RB + {rb}u) * 16u * BK;\n    ");
+        bases += &format!("let block_{rb} = (sg * RB + {rb}u) * 16u * KC;\n    ");
     }
     let block_base = |rb: usize| format!("block_{rb}");
     for rb in 0..blocks {
@@ -784,24 +816,26 @@ fn coop_kernel(bias: Option<DType>, d: usize, t: CoopTiling) -> Kernel {
             );
         }
     }
-    // S block (rb, j) = Σ_c Q_(rb, c) · Kᵀ_(c, j): each K fragment loaded once for all blocks.
+    // S block (rb, j) = Σ_c Q_(rb, c) · Kᵀ_(c, j) for the chunk at k_at: each K fragment
+    // loaded once for all blocks; S_STORE puts them in the subgroup's S buffer.
+    let mut s_store = String::new();
     for j in 0..key_frags {
         for rb in 0..blocks {
-            s_mma += &format!("var s_{rb}_{j} = coop_mat16x16<f32, C>();\n        ");
+            s_mma += &format!("var s_{rb}_{j} = coop_mat16x16<f32, C>();\n            ");
         }
         for c in 0..frags {
             s_mma += &format!(
-                "let ko_{c}_{j} = stage + {}u * KS + {}u;\n        let k_{c}_{j} = coopLoad<coop_mat16x16<f16, B>>(&tiles[ko_{c}_{j}], KS);\n        ",
+                "let ko_{c}_{j} = k_at + {}u * KS + {}u;\n            let k_{c}_{j} = coopLoad<coop_mat16x16<f16, B>>(&tiles[ko_{c}_{j}], KS);\n            ",
                 j * 16,
                 c * 16
             );
             for rb in 0..blocks {
-                s_mma += &format!("s_{rb}_{j} = coopMultiplyAdd(q_{rb}_{c}, k_{c}_{j}, s_{rb}_{j});\n        ");
+                s_mma += &format!("s_{rb}_{j} = coopMultiplyAdd(q_{rb}_{c}, k_{c}_{j}, s_{rb}_{j});\n            ");
             }
         }
         for rb in 0..blocks {
-            s_mma += &format!(
-                "let so_{rb}_{j} = {} + {}u;\n        coopStore(s_{rb}_{j}, &scratch[so_{rb}_{j}], 16u);\n        ",
+            s_store += &format!(
+                "let so_{rb}_{j} = {} + {}u;\n            coopStore(s_{rb}_{j}, &scratch[so_{rb}_{j}], 16u);\n            ",
                 block_base(rb),
                 j * 256
             );
@@ -818,7 +852,7 @@ fn coop_kernel(bias: Option<DType>, d: usize, t: CoopTiling) -> Kernel {
         }
         for j in 0..frags {
             pv += &format!(
-                "let vo_{kb}_{j} = v_stage + {}u * KS + {}u;\n        let v_{kb}_{j} = coopLoadT<coop_mat16x16<f16, B>>(&tiles[vo_{kb}_{j}], KS);\n        ",
+                "let vo_{kb}_{j} = v_chunk + {}u * KS + {}u;\n        let v_{kb}_{j} = coopLoadT<coop_mat16x16<f16, B>>(&tiles[vo_{kb}_{j}], KS);\n        ",
                 kb * 16,
                 j * 16
             );
@@ -832,6 +866,7 @@ fn coop_kernel(bias: Option<DType>, d: usize, t: CoopTiling) -> Kernel {
         .sub("SGS", t.subgroups.to_string())
         .sub("RB", blocks.to_string())
         .sub("BK", t.key_tile.to_string())
+        .sub("KC", t.key_chunk.to_string())
         .sub("STAGES", t.stages.to_string())
         .sub("TILE_HALVES", t.tile_halves(d).to_string())
         .sub("STORE_O", store_pair(DType::F16))
@@ -839,6 +874,7 @@ fn coop_kernel(bias: Option<DType>, d: usize, t: CoopTiling) -> Kernel {
         .sub("Q_STAGE", q_stage)
         .sub("O_DECL", bases + &o_decl)
         .sub("S_MMA", s_mma)
+        .sub("S_STORE", s_store)
         .sub("PV_MMA", pv)
         .sub("O_RESCALE", rescale)
         .sub("O_STORE", o_store)
@@ -851,33 +887,49 @@ fn coop_kernel(bias: Option<DType>, d: usize, t: CoopTiling) -> Kernel {
 }
 
 /// Tiling of the tensor-core backward (shaders/attention_coop_bwd.wgsl): subgroups per
-/// workgroup (each owning 16 fixed rows: keys in dkdv, queries in dq) and streamed rows per
-/// tile.
+/// workgroup (each owning 16 fixed rows: keys in dkdv, queries in dq), streamed rows per
+/// tile, rows per chunk a subgroup computes at a time, and tile buffers (1 or 2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct CoopBwd {
-    subgroups: usize,
-    tile: usize,
+pub struct CoopBwdTiling {
+    /// Subgroups (of 32) per workgroup, each owning 16 rows.
+    pub subgroups: usize,
+    /// Streamed rows per tile staged in workgroup memory.
+    pub tile: usize,
+    /// Rows per chunk a subgroup computes at a time (16 or 32, dividing `tile`).
+    pub chunk: usize,
+    /// Tile buffers: 1, or 2 (double-buffered).
+    pub stages: usize,
 }
 
-impl CoopBwd {
+impl CoopBwdTiling {
     /// Fixed rows are staged in column slices of up to 64.
     fn fixed_cols(d: usize) -> usize {
         d.min(64)
     }
 
     fn tile_halves(self, d: usize) -> usize {
-        (2 * self.tile * (d + 8)).max(16 * self.subgroups * (Self::fixed_cols(d) + 8))
+        (self.stages * 2 * self.tile * (d + 8)).max(16 * self.subgroups * (Self::fixed_cols(d) + 8))
     }
 
     /// Workgroup memory at head dim `d`: staging (f16), S and dP (f32), P and dS (f16),
     /// the dkdv kernel's per-query statistics.
-    fn workgroup_bytes(self, d: usize) -> usize {
-        self.tile_halves(d) * 2 + self.subgroups * 16 * self.tile * (4 + 4 + 2 + 2) + 2 * self.tile * 4
+    pub fn workgroup_bytes(self, d: usize) -> usize {
+        self.tile_halves(d) * 2 + self.subgroups * 16 * self.chunk * (4 + 4 + 2 + 2) + self.stages * 2 * self.tile * 4
     }
 
-    /// `S,T` (subgroups, tile rows).
-    fn label(self) -> String {
-        format!("{},{}", self.subgroups, self.tile)
+    /// `S,T[,C,N]` (chunk and stages default to the tile and 1), as `label` writes it.
+    pub fn parse(text: &str) -> Option<CoopBwdTiling> {
+        let n: Vec<usize> = text.split(',').map(|x| x.trim().parse().ok()).collect::<Option<_>>()?;
+        match n[..] {
+            [subgroups, tile] => Some(CoopBwdTiling { subgroups, tile, chunk: tile, stages: 1 }),
+            [subgroups, tile, chunk, stages] => Some(CoopBwdTiling { subgroups, tile, chunk, stages }),
+            _ => None,
+        }
+    }
+
+    /// `S,T,C,N` (subgroups, tile rows, chunk rows, stages), as `WGK_ATTN_COOP_BWD` names it.
+    pub fn label(self) -> String {
+        format!("{},{},{},{}", self.subgroups, self.tile, self.chunk, self.stages)
     }
 }
 
@@ -885,31 +937,48 @@ impl CoopBwd {
 /// default first: the one `WGK_ATTN_COOP_BWD=S,T` names if it is one of them (benchmarks
 /// and the device test run of each), else the measured order below.
 ///
-/// H200, B4 H16 S2048 f16, TFLOP/s counted as 2.5× the forward's FLOPs (BENCHMARKS.md, fifth
-/// round, call 7), D 64 / D 128: 4,16 52.4 / 66.5; 8,16 49.9 / 74.8; 4,32 31.4 / 38.1.
-fn coop_bwd_tilings(d: usize, limits: &wgpu::Limits) -> Vec<CoopBwd> {
-    let t = |subgroups, tile| CoopBwd { subgroups, tile };
-    let order = if d <= 64 { [t(4, 16), t(8, 16), t(4, 32)] } else { [t(8, 16), t(4, 16), t(4, 32)] };
-    let mut all: Vec<CoopBwd> = order
+/// H200, B4 H16 S2048 f16, TFLOP/s counted as 2.5× the forward's FLOPs (BENCHMARKS.md,
+/// seventh round, call 1), D 64 / D 128: 8,64,16,1 58.0 / —;
+/// 8,32,16,2 55.9 / —; 8,32,16,1 55.3 / 84.4; 4,32,16,1 53.4 / 40.2; 4,16,16,1 49.8 / 71.7;
+/// 8,16,16,1 48.1 / 74.7; 4,32,16,2 33.6 / 40.8; 4,32,32,1 32.1 / 36.6; 4,64,16,1 31.4 / 45.8.
+pub fn coop_bwd_tilings(d: usize, limits: &wgpu::Limits) -> Vec<CoopBwdTiling> {
+    let t = |subgroups, tile, chunk, stages| CoopBwdTiling { subgroups, tile, chunk, stages };
+    let order = [
+        t(8, 64, 16, 1),
+        t(8, 32, 16, 2),
+        t(8, 32, 16, 1),
+        t(4, 32, 16, 1),
+        t(4, 16, 16, 1),
+        t(8, 16, 16, 1),
+        t(4, 32, 16, 2),
+        t(4, 32, 32, 1),
+        t(4, 64, 16, 1),
+    ];
+    let order = if d <= 64 {
+        order
+    } else {
+        [order[2], order[5], order[4], order[8], order[6], order[3], order[7], order[0], order[1]]
+    };
+    let mut all: Vec<CoopBwdTiling> = order
         .into_iter()
         .filter(|t| {
             t.workgroup_bytes(d) <= limits.max_compute_workgroup_storage_size as usize
                 && 32 * t.subgroups <= limits.max_compute_invocations_per_workgroup as usize
         })
         .collect();
-    if let Ok(v) = std::env::var("WGK_ATTN_COOP_BWD") {
+    if let Some(named) = std::env::var("WGK_ATTN_COOP_BWD").ok().and_then(|v| CoopBwdTiling::parse(&v)) {
         // A stable sort: the named tiling first, the others in their order.
-        all.sort_by_key(|t| t.label() != v.trim());
+        all.sort_by_key(|t| *t != named);
     }
     all
 }
 
 /// A tensor-core backward kernel (`dkdv`: dK and dV; else dQ) for head dim `d`, a multiple
 /// of 16: fragment code unrolled here, see shaders/attention_coop_bwd.wgsl.
-fn coop_bwd_kernel(dkdv: bool, bias: Option<DType>, d: usize, t: CoopBwd) -> Kernel {
+fn coop_bwd_kernel(dkdv: bool, bias: Option<DType>, d: usize, t: CoopBwdTiling) -> Kernel {
     let frags = d / 16;
-    let blocks = t.tile / 16;
-    let fc = CoopBwd::fixed_cols(d);
+    let blocks = t.chunk / 16;
+    let fc = CoopBwdTiling::fixed_cols(d);
     // The fixed rows: (params index, head, first row, limit, fragment name) per tensor.
     let fixed: [(&str, &str, &str, &str, &str); 2] = if dkdv {
         [("12u", "kv_h", "j0", "S_k", "ka"), ("16u", "kv_h", "j0", "S_k", "va")]
@@ -948,13 +1017,14 @@ fn coop_bwd_kernel(dkdv: bool, bias: Option<DType>, d: usize, t: CoopBwd) -> Ker
     let (s_a, dp_a) = if dkdv { ("ka", "va") } else { ("qa", "da") };
     let ind = "\n            ";
     let mut products = String::new();
+    let mut products_store = String::new();
     for t in 0..blocks {
         products += &format!("var st_{t} = coop_mat16x16<f32, C>();{ind}var dpt_{t} = coop_mat16x16<f32, C>();{ind}");
         for c in 0..frags {
             products += &format!(
-                "let to_{t}_{c} = {}u * RS + {}u;{ind}let tb_{t}_{c} = coopLoad<coop_mat16x16<f16, B>>(&tiles[to_{t}_{c}], RS);{ind}\
+                "let to_{t}_{c} = a_at + {}u * RS + {}u;{ind}let tb_{t}_{c} = coopLoad<coop_mat16x16<f16, B>>(&tiles[to_{t}_{c}], RS);{ind}\
                  st_{t} = coopMultiplyAdd({s_a}_{c}, tb_{t}_{c}, st_{t});{ind}\
-                 let uo_{t}_{c} = B_BASE + {}u * RS + {}u;{ind}let ub_{t}_{c} = coopLoad<coop_mat16x16<f16, B>>(&tiles[uo_{t}_{c}], RS);{ind}\
+                 let uo_{t}_{c} = b_at + {}u * RS + {}u;{ind}let ub_{t}_{c} = coopLoad<coop_mat16x16<f16, B>>(&tiles[uo_{t}_{c}], RS);{ind}\
                  dpt_{t} = coopMultiplyAdd({dp_a}_{c}, ub_{t}_{c}, dpt_{t});{ind}",
                 16 * t,
                 16 * c,
@@ -962,8 +1032,8 @@ fn coop_bwd_kernel(dkdv: bool, bias: Option<DType>, d: usize, t: CoopBwd) -> Ker
                 16 * c
             );
         }
-        products += &format!(
-            "let so_{t} = s_base + {}u;{ind}coopStore(st_{t}, &s_tile[so_{t}], 16u);{ind}coopStore(dpt_{t}, &dp_tile[so_{t}], 16u);{ind}",
+        products_store += &format!(
+            "let so_{t} = s_base + {}u;\n            coopStore(st_{t}, &s_tile[so_{t}], 16u);\n            coopStore(dpt_{t}, &dp_tile[so_{t}], 16u);\n            ",
             256 * t
         );
     }
@@ -980,14 +1050,14 @@ fn coop_bwd_kernel(dkdv: bool, bias: Option<DType>, d: usize, t: CoopBwd) -> Ker
         }
         for c in 0..frags {
             accumulate += &format!(
-                "let ro_{t}_{c} = {}u * RS + {}u;{ind}let rb_{t}_{c} = coopLoadT<coop_mat16x16<f16, B>>(&tiles[ro_{t}_{c}], RS);{ind}\
+                "let ro_{t}_{c} = a_at + {}u * RS + {}u;{ind}let rb_{t}_{c} = coopLoadT<coop_mat16x16<f16, B>>(&tiles[ro_{t}_{c}], RS);{ind}\
                  acc_a_{c} = coopMultiplyAdd(dsa_{t}, rb_{t}_{c}, acc_a_{c});{ind}",
                 16 * t,
                 16 * c
             );
             if dkdv {
                 accumulate += &format!(
-                    "let wo_{t}_{c} = B_BASE + {}u * RS + {}u;{ind}let wb_{t}_{c} = coopLoadT<coop_mat16x16<f16, B>>(&tiles[wo_{t}_{c}], RS);{ind}\
+                    "let wo_{t}_{c} = b_at + {}u * RS + {}u;{ind}let wb_{t}_{c} = coopLoadT<coop_mat16x16<f16, B>>(&tiles[wo_{t}_{c}], RS);{ind}\
                      acc_b_{c} = coopMultiplyAdd(pa_{t}, wb_{t}_{c}, acc_b_{c});{ind}",
                     16 * t,
                     16 * c
@@ -1017,11 +1087,14 @@ fn coop_bwd_kernel(dkdv: bool, bias: Option<DType>, d: usize, t: CoopBwd) -> Ker
         .sub("D", d.to_string())
         .sub("SGS", t.subgroups.to_string())
         .sub("BT", t.tile.to_string())
+        .sub("CH", t.chunk.to_string())
+        .sub("STAGES", t.stages.to_string())
         .sub("FS", (fc + 8).to_string())
         .sub("TILE_HALVES", t.tile_halves(d).to_string())
         .sub("FIXED_FRAGS", fixed_frags)
         .sub("ACC_DECL", acc_decl)
         .sub("PRODUCTS", products)
+        .sub("PRODUCTS_STORE", products_store)
         .sub("ACCUMULATE", accumulate)
         .sub("ACC_STORE", acc_store)
         .trusted();
