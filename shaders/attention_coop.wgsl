@@ -24,9 +24,9 @@
 // random data this happens on the first tiles only. The final O is divided by the row sums.
 //
 // The lanes' part (scale, mask, max, exp): each subgroup stores its 16×KC blocks of S
-// column-major (stride 16), so lane l = row + 16·half reads keys 2k + half of row `row` at
-// consecutive addresses across the subgroup (no bank conflicts), and writes P (f16) the
-// same way for a column-major A operand. The two lanes of a row merge their max by one
+// column-major (column stride SST = 20 against the store's bank conflicts), so lane
+// l = row + 16·half reads keys 2k + half of row `row` at consecutive addresses, and writes
+// P (f16, stride 16) the same way for a column-major A operand. The two lanes of a row merge their max by one
 // shuffle per tile and their sums at the end. S and P move between a subgroup's lanes and
 // its own cooperative matrices only: subgroup barriers order them (workgroup barriers
 // there measured 3-7% slower).
@@ -59,6 +59,9 @@ const BK: u32 = {{BK}}u;
 // bounce buffers are sized by KC), with no workgroup barrier between chunks.
 const KC: u32 = {{KC}}u;
 const STAGES: u32 = {{STAGES}}u;
+// Column stride of the S buffers (f32): 20, not 16, so that a coopStore's 32 lanes hit 32
+// different banks (src/ops/attention.rs, S_STRIDE).
+const SST: u32 = {{SST}}u;
 const SUBGROUP: u32 = 32u;
 // Row strides in halves, padded by 8 (16 bytes) against bank conflicts; Q is staged in
 // column slices of QC (64, or 32 for 256 rows; at most D).
@@ -85,9 +88,9 @@ const TAU: f32 = 8.0;
 
 // Q staging [BQ][QS] (one column slice at a time) at start; then STAGES × (K, V) tiles.
 var<workgroup> tiles: array<f16, {{TILE_HALVES}}>;
-// Per subgroup and row block: S [KC keys][16 rows] f32 (column-major); also the bounce
+// Per subgroup and row block: S [KC keys][SST] f32 (column-major, 16 rows used); also the bounce
 // buffer of an accumulator fragment being rescaled or stored.
-var<workgroup> scratch: array<f32, SGS * RB * 16u * KC>;
+var<workgroup> scratch: array<f32, SGS * RB * SST * KC>;
 // Per subgroup and row block: P [KC keys][16 rows] f16 (column-major).
 var<workgroup> p_tile: array<f16, SGS * RB * 16u * KC>;
 
@@ -234,14 +237,15 @@ fn attention_coop(
             subgroupBarrier();
             var need = false;
             for (var rb = 0u; rb < RB; rb++) {
-                let s_base = (sg * RB + rb) * 16u * KC;
+                let s_base = (sg * RB + rb) * SST * KC;
+                let p_base = (sg * RB + rb) * 16u * KC;
                 var tile_max = NEG_BIG;
                 for (var c = 0u; c < KC / 2u; c++) {
                     let col = 2u * c + half;
                     let key = kc0 + col;
                     var x = NEG_BIG;
                     if (i32(key) <= last_key[rb]) {
-                        x = max(scratch[s_base + col * 16u + row] * scale + LOG2E * load_bias(bias_row[rb] + key * params[28]), NEG_BIG);
+                        x = max(scratch[s_base + col * SST + row] * scale + LOG2E * load_bias(bias_row[rb] + key * params[28]), NEG_BIG);
                     }
                     xs[c] = x;
                     tile_max = max(tile_max, x);
@@ -261,7 +265,7 @@ fn attention_coop(
                     let col = 2u * c + half;
                     let p = select(exp2(xs[c] - m_ref[rb]), 0.0, xs[c] <= NEG_BIG);
                     sum += p;
-                    p_tile[s_base + col * 16u + row] = f16(p);
+                    p_tile[p_base + col * 16u + row] = f16(p);
                 }
                 l[rb] += sum;
             }

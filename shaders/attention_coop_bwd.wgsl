@@ -15,7 +15,7 @@
 // - coop_bwd_dq: a workgroup per 16·SGS queries of one (head, batch). Each subgroup keeps
 //   its 16 queries' Q and dO as A fragments and a dQ accumulator; K and V tiles of BT rows
 //   stream through. Per tile: S = Q·Kᵀ, dP = dO·Vᵀ, the lanes build dS, dQ += dS·K.
-// The lanes' part: a subgroup stores its 16×BT blocks of S and dP column-major (stride 16),
+// The lanes' part: a subgroup stores its 16×CH blocks of S and dP column-major (stride SST),
 // lane l = row + 16·half takes columns 2c + half of row `row` (consecutive addresses
 // across the subgroup). Subgroup barriers order S, dP, P, dS between a subgroup's lanes
 // and its own cooperative matrices. Causal tiles wholly past the diagonal are skipped; the
@@ -47,6 +47,9 @@ const THREADS: u32 = 32u * SGS;
 const BT: u32 = {{BT}}u;
 const CH: u32 = {{CH}}u;
 const STAGES: u32 = {{STAGES}}u;
+// Column stride of the S and dP buffers (f32): 20, not 16, so that a coopStore's 32 lanes
+// hit 32 different banks (src/ops/attention.rs, S_STRIDE).
+const SST: u32 = {{SST}}u;
 const SUBGROUP: u32 = 32u;
 // Row stride of streamed rows in halves, padded by 8 (16 bytes) against bank conflicts;
 // fixed rows are staged in column slices of up to 64, at stride FS.
@@ -86,8 +89,8 @@ const LOG2E: f32 = 1.4426950408889634;
 var<workgroup> tiles: array<f16, {{TILE_HALVES}}>;
 // Per subgroup: S and dP [CH][16] f32, column-major; also the bounce buffer of a finished
 // accumulator fragment.
-var<workgroup> s_tile: array<f32, SGS * 16u * CH>;
-var<workgroup> dp_tile: array<f32, SGS * 16u * CH>;
+var<workgroup> s_tile: array<f32, SGS * SST * CH>;
+var<workgroup> dp_tile: array<f32, SGS * SST * CH>;
 // Per subgroup: P and dS [CH][16] f16, column-major (A operands).
 var<workgroup> p_tile: array<f16, SGS * 16u * CH>;
 var<workgroup> ds_tile: array<f16, SGS * 16u * CH>;
@@ -218,7 +221,8 @@ fn coop_bwd_dkdv(
     let kv_h = wid.y;
     let b = wid.z;
     let group = H / H_kv;
-    let s_base = sg * 16u * CH;
+    let s_base = sg * SST * CH;
+    let p_base = sg * 16u * CH;
     // This lane's key (row of the subgroup's 16) and its half of each tile's queries.
     let row = lane % 16u;
     let half = lane / 16u;
@@ -288,14 +292,15 @@ fn coop_bwd_dkdv(
             for (var c = 0u; c < CH / 2u; c++) {
                 let col = 2u * c + half;
                 let i = ic0 + col;
-                let at = s_base + col * 16u + row;
+                let at = s_base + col * SST + row;
+                let pt = p_base + col * 16u + row;
                 var p = 0.0;
                 if (key < S_k && i < S_q && (!causal || i32(key) <= i32(i) + offset)) {
                     let bias_at = params[24] + b * params[25] + hq * params[26] + i * params[27] + key * params[28];
                     p = exp2(s_tile[at] * scale * LOG2E + LOG2E * load_bias(bias_at) - row_stats[rc + col]);
                 }
-                p_tile[at] = f16(p);
-                ds_tile[at] = f16(p * (dp_tile[at] - row_stats[rc + BT + col]));
+                p_tile[pt] = f16(p);
+                ds_tile[pt] = f16(p * (dp_tile[at] - row_stats[rc + BT + col]));
             }
             subgroupBarrier();
             // dV += Pᵀ · dO, dK += dSᵀ · Q.
@@ -325,7 +330,8 @@ fn coop_bwd_dq(
     let h = wid.y;
     let b = wid.z;
     let kv_h = h / (H / H_kv);
-    let s_base = sg * 16u * CH;
+    let s_base = sg * SST * CH;
+    let p_base = sg * 16u * CH;
     // This lane's query (row of the subgroup's 16) and its half of each tile's keys.
     let row = lane % 16u;
     let half = lane / 16u;
@@ -385,12 +391,13 @@ fn coop_bwd_dq(
             for (var c = 0u; c < CH / 2u; c++) {
                 let col = 2u * c + half;
                 let key = kc0 + col;
-                let at = s_base + col * 16u + row;
+                let at = s_base + col * SST + row;
+                let pt = p_base + col * 16u + row;
                 var p = 0.0;
                 if (i32(key) <= last_key) {
                     p = exp2(s_tile[at] * scale * LOG2E + LOG2E * load_bias(bias_row + key * params[28]) - l2);
                 }
-                ds_tile[at] = f16(p * (dp_tile[at] - dl));
+                ds_tile[pt] = f16(p * (dp_tile[at] - dl));
             }
             subgroupBarrier();
             // dQ += dS · K.

@@ -688,9 +688,10 @@ impl CoopTiling {
         (self.rows() * (self.q_cols(d) + 8)).max(self.stages * 2 * self.key_tile * (d + 8))
     }
 
-    /// Workgroup memory of this tiling at head dim `d`: staging (f16), S (f32), P (f16).
+    /// Workgroup memory of this tiling at head dim `d`: staging (f16), S (f32, columns
+    /// [`S_STRIDE`] apart), P (f16).
     pub fn workgroup_bytes(self, d: usize) -> usize {
-        self.tile_halves(d) * 2 + self.subgroups * self.row_blocks * 16 * self.key_chunk * (4 + 2)
+        self.tile_halves(d) * 2 + self.subgroups * self.row_blocks * self.key_chunk * (S_STRIDE * 4 + 16 * 2)
     }
 
     /// The default tiling for head dim `d` under the adapter's `limits` (the first of
@@ -721,7 +722,8 @@ impl CoopTiling {
 /// The tilings of the tensor-core forward that fit head dim `d` (row blocks of 2 only up to
 /// 64, for registers) in the workgroup memory and invocations `limits` allow, fastest first
 /// as measured on the H200 at B4 H16 S2048 (BENCHMARKS.md, seventh round, call 1; TFLOP/s at
-/// D 64 / D 128 where it fits).
+/// D 64 / D 128 where it fits; with the S stride of 20 of call 4 the order of the first six
+/// held, each 4–16% faster: 137.7 for the first at D 64, 159.9 for the second at D 128).
 pub fn coop_tilings(d: usize, limits: &wgpu::Limits) -> Vec<CoopTiling> {
     // 16 subgroups first: each K/V tile staged serves 256 query rows (the staging, not the
     // tensor cores, is what more rows per workgroup amortise), and 64-key tiles in 16-key
@@ -755,6 +757,14 @@ pub fn coop_tilings(d: usize, limits: &wgpu::Limits) -> Vec<CoopTiling> {
         })
         .collect()
 }
+
+/// Column stride (elements) of the f32 buffers that S (and in the backward dP) accumulators
+/// are stored to, column-major, for the lanes. An accumulator lane holds two neighbouring
+/// columns of a row; with a stride of 20 words the 32 lanes of a store hit 32 different
+/// banks (with 16, four lanes shared each bank). H200, seventh round, call 4: forward 13%
+/// faster, backward 8%. (A padded P stride of 24 halves measured 0–3.5% faster alone and
+/// up to 30% slower in the backward with this one; the default tilings have no room for it.)
+const S_STRIDE: usize = 20;
 
 /// The tensor-core forward for head dim `d` (a multiple of 16) and tiling `t`: fragment
 /// code unrolled here, see shaders/attention_coop.wgsl.
@@ -795,7 +805,9 @@ fn coop_kernel(bias: Option<DType>, d: usize, t: CoopTiling) -> Kernel {
     let mut o_store = String::from("subgroupBarrier();\n    ");
     let mut bases = String::new();
     for rb in 0..blocks {
-        bases += &format!("let block_{rb} = (sg * RB + {rb}u) * 16u * KC;\n    ");
+        bases += &format!(
+            "let block_{rb} = (sg * RB + {rb}u) * SST * KC;\n    let pblock_{rb} = (sg * RB + {rb}u) * 16u * KC;\n    "
+        );
     }
     let block_base = |rb: usize| format!("block_{rb}");
     for rb in 0..blocks {
@@ -835,9 +847,9 @@ fn coop_kernel(bias: Option<DType>, d: usize, t: CoopTiling) -> Kernel {
         }
         for rb in 0..blocks {
             s_store += &format!(
-                "let so_{rb}_{j} = {} + {}u;\n            coopStore(s_{rb}_{j}, &scratch[so_{rb}_{j}], 16u);\n            ",
+                "let so_{rb}_{j} = {} + {}u;\n            coopStore(s_{rb}_{j}, &scratch[so_{rb}_{j}], SST);\n            ",
                 block_base(rb),
-                j * 256
+                j * 16 * S_STRIDE
             );
         }
     }
@@ -845,8 +857,7 @@ fn coop_kernel(bias: Option<DType>, d: usize, t: CoopTiling) -> Kernel {
     for kb in 0..key_frags {
         for rb in 0..blocks {
             pv += &format!(
-                "let po_{rb}_{kb} = {} + {}u;\n        let p_{rb}_{kb} = coopLoad<coop_mat16x16<f16, A>>(&p_tile[po_{rb}_{kb}], 16u);\n        ",
-                block_base(rb),
+                "let po_{rb}_{kb} = pblock_{rb} + {}u;\n        let p_{rb}_{kb} = coopLoad<coop_mat16x16<f16, A>>(&p_tile[po_{rb}_{kb}], 16u);\n        ",
                 kb * 256
             );
         }
@@ -867,6 +878,7 @@ fn coop_kernel(bias: Option<DType>, d: usize, t: CoopTiling) -> Kernel {
         .sub("RB", blocks.to_string())
         .sub("BK", t.key_tile.to_string())
         .sub("KC", t.key_chunk.to_string())
+        .sub("SST", S_STRIDE.to_string())
         .sub("STAGES", t.stages.to_string())
         .sub("TILE_HALVES", t.tile_halves(d).to_string())
         .sub("STORE_O", store_pair(DType::F16))
@@ -911,10 +923,12 @@ impl CoopBwdTiling {
         (self.stages * 2 * self.tile * (d + 8)).max(16 * self.subgroups * (Self::fixed_cols(d) + 8))
     }
 
-    /// Workgroup memory at head dim `d`: staging (f16), S and dP (f32), P and dS (f16),
-    /// the dkdv kernel's per-query statistics.
+    /// Workgroup memory at head dim `d`: staging (f16), S and dP (f32, columns
+    /// [`S_STRIDE`] apart), P and dS (f16), the dkdv kernel's per-query statistics.
     pub fn workgroup_bytes(self, d: usize) -> usize {
-        self.tile_halves(d) * 2 + self.subgroups * 16 * self.chunk * (4 + 4 + 2 + 2) + self.stages * 2 * self.tile * 4
+        self.tile_halves(d) * 2
+            + self.subgroups * self.chunk * (S_STRIDE * 8 + 16 * 4)
+            + self.stages * 2 * self.tile * 4
     }
 
     /// `S,T[,C,N]` (chunk and stages default to the tile and 1), as `label` writes it.
@@ -938,7 +952,8 @@ impl CoopBwdTiling {
 /// and the device test run of each), else the measured order below.
 ///
 /// H200, B4 H16 S2048 f16, TFLOP/s counted as 2.5× the forward's FLOPs (BENCHMARKS.md,
-/// seventh round, call 1), D 64 / D 128: 8,64,16,1 58.0 / —;
+/// seventh round, call 1; call 4's S stride of 20 kept the order of the first five, 2–12%
+/// faster: 62.7 for the first at D 64, 87.2 for 8,32,16,1 at D 128), D 64 / D 128: 8,64,16,1 58.0 / —;
 /// 8,32,16,2 55.9 / —; 8,32,16,1 55.3 / 84.4; 4,32,16,1 53.4 / 40.2; 4,16,16,1 49.8 / 71.7;
 /// 8,16,16,1 48.1 / 74.7; 4,32,16,2 33.6 / 40.8; 4,32,32,1 32.1 / 36.6; 4,64,16,1 31.4 / 45.8.
 pub fn coop_bwd_tilings(d: usize, limits: &wgpu::Limits) -> Vec<CoopBwdTiling> {
@@ -1033,8 +1048,8 @@ fn coop_bwd_kernel(dkdv: bool, bias: Option<DType>, d: usize, t: CoopBwdTiling) 
             );
         }
         products_store += &format!(
-            "let so_{t} = s_base + {}u;\n            coopStore(st_{t}, &s_tile[so_{t}], 16u);\n            coopStore(dpt_{t}, &dp_tile[so_{t}], 16u);\n            ",
-            256 * t
+            "let so_{t} = s_base + {}u;\n            coopStore(st_{t}, &s_tile[so_{t}], SST);\n            coopStore(dpt_{t}, &dp_tile[so_{t}], SST);\n            ",
+            16 * S_STRIDE * t
         );
     }
     // dkdv: dV += Pᵀ·dO (dO rows of the B tile), dK += dSᵀ·Q (Q rows of the A tile);
@@ -1042,7 +1057,7 @@ fn coop_bwd_kernel(dkdv: bool, bias: Option<DType>, d: usize, t: CoopBwdTiling) 
     let mut accumulate = String::new();
     for t in 0..blocks {
         accumulate += &format!(
-            "let ao_{t} = s_base + {}u;{ind}let dsa_{t} = coopLoad<coop_mat16x16<f16, A>>(&ds_tile[ao_{t}], 16u);{ind}",
+            "let ao_{t} = p_base + {}u;{ind}let dsa_{t} = coopLoad<coop_mat16x16<f16, A>>(&ds_tile[ao_{t}], 16u);{ind}",
             256 * t
         );
         if dkdv {
@@ -1088,6 +1103,7 @@ fn coop_bwd_kernel(dkdv: bool, bias: Option<DType>, d: usize, t: CoopBwdTiling) 
         .sub("SGS", t.subgroups.to_string())
         .sub("BT", t.tile.to_string())
         .sub("CH", t.chunk.to_string())
+        .sub("SST", S_STRIDE.to_string())
         .sub("STAGES", t.stages.to_string())
         .sub("FS", (fc + 8).to_string())
         .sub("TILE_HALVES", t.tile_halves(d).to_string())
