@@ -63,6 +63,7 @@ const STAGES: u32 = {{STAGES}}u;
 // different banks (src/ops/attention.rs, S_STRIDE).
 const SST: u32 = {{SST}}u;
 const SUBGROUP: u32 = 32u;
+const HAS_BIAS: bool = {{HAS_BIAS}};
 // Row strides in halves, padded by 8 (16 bytes) against bank conflicts; Q is staged in
 // column slices of QC (64, or 32 for 256 rows; at most D).
 const QS: u32 = {{QC}}u + 8u;
@@ -200,6 +201,15 @@ fn attention_coop(
     if (causal) {
         sg_last = min(sg_last, i32(q0 + sg_row + 16u * RB) - 1 + offset);
     }
+    // The last key every row of this subgroup sees (−1 if it has padding rows): chunks up
+    // to it need no per-key test.
+    var sg_open_last = i32(S_k) - 1;
+    if (causal) {
+        sg_open_last = min(sg_open_last, i32(q0 + sg_row) + offset);
+    }
+    if (q0 + sg_row + 16u * RB > S_q) {
+        sg_open_last = -1;
+    }
     var alpha: array<f32, RB>;
     var xs: array<f32, KC / 2u>;
 
@@ -236,19 +246,31 @@ fn attention_coop(
             {{S_STORE}}
             subgroupBarrier();
             var need = false;
+            // Every key of the chunk is seen by every row of the subgroup and there is no
+            // bias: the lanes skip the per-key tests (subgroup-uniform; 3-7% faster on the
+            // H200, seventh round, call 6).
+            let open = !HAS_BIAS && i32(kc0 + KC) - 1 <= sg_open_last;
             for (var rb = 0u; rb < RB; rb++) {
                 let s_base = (sg * RB + rb) * SST * KC;
                 let p_base = (sg * RB + rb) * 16u * KC;
                 var tile_max = NEG_BIG;
-                for (var c = 0u; c < KC / 2u; c++) {
-                    let col = 2u * c + half;
-                    let key = kc0 + col;
-                    var x = NEG_BIG;
-                    if (i32(key) <= last_key[rb]) {
-                        x = max(scratch[s_base + col * SST + row] * scale + LOG2E * load_bias(bias_row[rb] + key * params[28]), NEG_BIG);
+                if (open) {
+                    for (var c = 0u; c < KC / 2u; c++) {
+                        let x = scratch[s_base + (2u * c + half) * SST + row] * scale;
+                        xs[c] = x;
+                        tile_max = max(tile_max, x);
                     }
-                    xs[c] = x;
-                    tile_max = max(tile_max, x);
+                } else {
+                    for (var c = 0u; c < KC / 2u; c++) {
+                        let col = 2u * c + half;
+                        let key = kc0 + col;
+                        var x = NEG_BIG;
+                        if (i32(key) <= last_key[rb]) {
+                            x = max(scratch[s_base + col * SST + row] * scale + LOG2E * load_bias(bias_row[rb] + key * params[28]), NEG_BIG);
+                        }
+                        xs[c] = x;
+                        tile_max = max(tile_max, x);
+                    }
                 }
                 tile_max = max(tile_max, subgroupShuffleXor(tile_max, 16u));
                 // NEG_BIG + TAU rounds to NEG_BIG: a row that has seen nothing yet takes the
@@ -261,11 +283,20 @@ fn attention_coop(
                     need = true;
                 }
                 var sum = 0.0;
-                for (var c = 0u; c < KC / 2u; c++) {
-                    let col = 2u * c + half;
-                    let p = select(exp2(xs[c] - m_ref[rb]), 0.0, xs[c] <= NEG_BIG);
-                    sum += p;
-                    p_tile[p_base + col * 16u + row] = f16(p);
+                // (exp2 on f16 pairs here measured 1-2% slower than f32: call 6.)
+                if (open) {
+                    for (var c = 0u; c < KC / 2u; c++) {
+                        let p = exp2(xs[c] - m_ref[rb]);
+                        sum += p;
+                        p_tile[p_base + (2u * c + half) * 16u + row] = f16(p);
+                    }
+                } else {
+                    for (var c = 0u; c < KC / 2u; c++) {
+                        let col = 2u * c + half;
+                        let p = select(exp2(xs[c] - m_ref[rb]), 0.0, xs[c] <= NEG_BIG);
+                        sum += p;
+                        p_tile[p_base + col * 16u + row] = f16(p);
+                    }
                 }
                 l[rb] += sum;
             }

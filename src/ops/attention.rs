@@ -879,6 +879,7 @@ fn coop_kernel(bias: Option<DType>, d: usize, t: CoopTiling) -> Kernel {
         .sub("BK", t.key_tile.to_string())
         .sub("KC", t.key_chunk.to_string())
         .sub("SST", S_STRIDE.to_string())
+        .sub("HAS_BIAS", bias.is_some().to_string())
         .sub("STAGES", t.stages.to_string())
         .sub("TILE_HALVES", t.tile_halves(d).to_string())
         .sub("STORE_O", store_pair(DType::F16))
