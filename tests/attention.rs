@@ -514,6 +514,48 @@ fn tensor_core_path_matches_f64_where_the_adapter_has_it() {
     assert!(e.contains("tiling") && e.contains("coop_tilings"), "{e}");
 }
 
+/// The tiling lists the tensor-core kernels choose from, under a 48 KiB / 1024-invocation
+/// adapter (the H200's) and under a 32 KiB / 256-invocation one: every tiling fits, its
+/// chunk is a multiple of 16 that divides its tile, and its label parses back to it. Runs
+/// without a GPU (the kernels themselves are checked by the portability test and, on
+/// adapters with cooperative matrices, by the two tests around this one).
+#[test]
+fn tensor_core_tilings_fit_and_round_trip_their_labels() {
+    let limits = |bytes: u32, invocations: u32| wgkernels::wgpu::Limits {
+        max_compute_workgroup_storage_size: bytes,
+        max_compute_invocations_per_workgroup: invocations,
+        ..wgkernels::wgpu::Limits::default()
+    };
+    for l in [limits(48 << 10, 1024), limits(32 << 10, 256)] {
+        for d in [16, 32, 64, 80, 96, 128] {
+            let fwd = coop_tilings(d, &l);
+            assert!(!fwd.is_empty() || l.max_compute_invocations_per_workgroup < 1024, "no forward tiling at D {d}");
+            for t in fwd {
+                assert!(t.workgroup_bytes(d) <= l.max_compute_workgroup_storage_size as usize, "{t:?} at D {d}");
+                assert!(32 * t.subgroups <= l.max_compute_invocations_per_workgroup as usize, "{t:?}");
+                assert!(t.key_chunk % 16 == 0 && t.key_tile % t.key_chunk == 0, "{t:?}");
+                assert_eq!(CoopTiling::parse(&t.label()), Some(t));
+            }
+            for t in coop_bwd_tilings(d, &l) {
+                assert!(t.workgroup_bytes(d) <= l.max_compute_workgroup_storage_size as usize, "{t:?} at D {d}");
+                assert!(32 * t.subgroups <= l.max_compute_invocations_per_workgroup as usize, "{t:?}");
+                assert!(t.chunk % 16 == 0 && t.tile % t.chunk == 0 && (1..=2).contains(&t.stages), "{t:?}");
+                assert_eq!(CoopBwdTiling::parse(&t.label()), Some(t));
+            }
+        }
+    }
+    // The defaults at the H200's limits, as BENCHMARKS.md's seventh round measured them.
+    let h200 = limits(48 << 10, 1024);
+    assert_eq!(coop_tilings(64, &h200)[0].label(), "16,1,64,1,16");
+    assert_eq!(coop_tilings(128, &h200)[0].label(), "16,1,32,1,16");
+    if std::env::var("WGK_ATTN_COOP_BWD").is_err() {
+        assert_eq!(coop_bwd_tilings(64, &h200)[0].label(), "8,64,16,1");
+        assert_eq!(coop_bwd_tilings(128, &h200)[0].label(), "8,32,16,1");
+    }
+    assert_eq!(CoopTiling::parse("16,1,16,2"), CoopTiling::parse("16,1,16,2,16"));
+    assert_eq!(CoopBwdTiling::parse("4,16"), CoopBwdTiling::parse("4,16,16,1"));
+}
+
 #[test]
 fn tensor_core_backward_matches_f64_where_the_adapter_has_it() {
     let gpu = gpu();
