@@ -799,7 +799,8 @@ fn coop_kernel(bias: Option<DType>, d: usize, t: CoopTiling) -> Kernel {
     let mut o_decl = String::new();
     let mut s_mma = String::new();
     let mut pv = String::new();
-    // S, P and bounce buffers of row block rb at (sg·RB + rb)·16·KC, bound to names first
+    // S (and bounce) buffer of row block rb at (sg·RB + rb)·SST·KC, its P buffer at
+    // (sg·RB + rb)·16·KC, bound to names first
     // (naga 30 fails on a coop pointer indexed by an inline expression: ../shared/gpu).
     let mut rescale = String::from("subgroupBarrier();\n            ");
     let mut o_store = String::from("subgroupBarrier();\n    ");
@@ -949,7 +950,7 @@ impl CoopBwdTiling {
 }
 
 /// The tilings of the tensor-core backward that fit head dim `d` under `limits`, the
-/// default first: the one `WGK_ATTN_COOP_BWD=S,T` names if it is one of them (benchmarks
+/// default first: the one `WGK_ATTN_COOP_BWD=S,T,C,N` names if it is one of them (benchmarks
 /// and the device test run of each), else the measured order below.
 ///
 /// H200, B4 H16 S2048 f16, TFLOP/s counted as 2.5× the forward's FLOPs (BENCHMARKS.md,
@@ -959,21 +960,22 @@ impl CoopBwdTiling {
 /// 8,16,16,1 48.1 / 74.7; 4,32,16,2 33.6 / 40.8; 4,32,32,1 32.1 / 36.6; 4,64,16,1 31.4 / 45.8.
 pub fn coop_bwd_tilings(d: usize, limits: &wgpu::Limits) -> Vec<CoopBwdTiling> {
     let t = |subgroups, tile, chunk, stages| CoopBwdTiling { subgroups, tile, chunk, stages };
-    let order = [
-        t(8, 64, 16, 1),
-        t(8, 32, 16, 2),
-        t(8, 32, 16, 1),
-        t(4, 32, 16, 1),
-        t(4, 16, 16, 1),
-        t(8, 16, 16, 1),
-        t(4, 32, 16, 2),
-        t(4, 32, 32, 1),
-        t(4, 64, 16, 1),
-    ];
+    // Each head-dim class in its measured order (the last two of the D 128 list do not
+    // fit 48 KiB there; they stay for adapters with more).
     let order = if d <= 64 {
-        order
+        [t(8, 64, 16, 1), t(8, 32, 16, 2), t(8, 32, 16, 1), t(4, 32, 16, 1), t(4, 16, 16, 1)].into_iter().chain([
+            t(8, 16, 16, 1),
+            t(4, 32, 16, 2),
+            t(4, 32, 32, 1),
+            t(4, 64, 16, 1),
+        ])
     } else {
-        [order[2], order[5], order[4], order[8], order[6], order[3], order[7], order[0], order[1]]
+        [t(8, 32, 16, 1), t(8, 16, 16, 1), t(4, 16, 16, 1), t(4, 64, 16, 1), t(4, 32, 16, 2)].into_iter().chain([
+            t(4, 32, 16, 1),
+            t(4, 32, 32, 1),
+            t(8, 64, 16, 1),
+            t(8, 32, 16, 2),
+        ])
     };
     let mut all: Vec<CoopBwdTiling> = order
         .into_iter()
