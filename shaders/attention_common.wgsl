@@ -1,6 +1,14 @@
 // Shared by the tensor-core attention kernels (attention_coop.wgsl, attention_coop_bwd.wgsl),
-// placed after the dtype prelude: row addressing through params and the staging of f16
-// rows into the workgroup array `tiles` each of them declares.
+// placed after the dtype prelude: constants, row addressing through params and the staging
+// of f16 rows into the workgroup array `tiles` each of them declares.
+
+const SUBGROUP: u32 = 32u;
+// Column stride of the f32 buffers S (and dP) accumulators are stored to: 20, not 16, so
+// that a coopStore's 32 lanes hit 32 different banks (src/ops/attention.rs, S_STRIDE).
+const SST: u32 = {{SST}}u;
+// Finite stand-in for −∞ (WGSL has no infinity literal).
+const NEG_BIG: f32 = -3.4028235e38;
+const LOG2E: f32 = 1.4426950408889634;
 
 // Element index of row s of a q/k/v/o/dO view (batch b, head h), its params at `at`:
 // offset, batch, head and row strides.

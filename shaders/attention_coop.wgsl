@@ -26,8 +26,8 @@
 // The lanes' part (scale, mask, max, exp): each subgroup stores its 16×KC blocks of S
 // column-major (column stride SST = 20 against the store's bank conflicts), so lane
 // l = row + 16·half reads keys 2k + half of row `row` at consecutive addresses, and writes
-// P (f16, stride 16) the same way for a column-major A operand. The two lanes of a row merge their max by one
-// shuffle per tile and their sums at the end. S and P move between a subgroup's lanes and
+// P (f16, stride 16) the same way for a column-major A operand. The two lanes of a row
+// merge their max by one shuffle per chunk and their sums at the end. S and P move between a subgroup's lanes and
 // its own cooperative matrices only: subgroup barriers order them (workgroup barriers
 // there measured 3-7% slower).
 //
@@ -38,9 +38,9 @@
 // 16-byte words: the host checked every offset and row stride a multiple of 8 elements.
 // The S×S matrix never exists: extra memory is the log-sum-exp per row.
 //
-// Placeholders: D, SGS, RB, BK, KC, STAGES, QC, TILE_HALVES, LOAD_BIAS (flag BIAS), STORE_O,
-// Q_STAGE, O_DECL, S_MMA (products into the S accumulators), S_STORE, PV_MMA, O_RESCALE,
-// O_STORE.
+// Placeholders: D, SGS, RB, BK, KC, STAGES, SST, HAS_BIAS, QC, TILE_HALVES, LOAD_BIAS (flag
+// BIAS), STORE_O, Q_STAGE, O_DECL, S_MMA (the S products and their store), PV_MMA,
+// O_RESCALE, O_STORE.
 
 enable f16;
 enable wgpu_cooperative_matrix;
@@ -59,10 +59,7 @@ const BK: u32 = {{BK}}u;
 // bounce buffers are sized by KC), with no workgroup barrier between chunks.
 const KC: u32 = {{KC}}u;
 const STAGES: u32 = {{STAGES}}u;
-// Column stride of the S buffers (f32): 20, not 16, so that a coopStore's 32 lanes hit 32
-// different banks (src/ops/attention.rs, S_STRIDE).
-const SST: u32 = {{SST}}u;
-const SUBGROUP: u32 = 32u;
+// The BIAS flag, for expressions.
 const HAS_BIAS: bool = {{HAS_BIAS}};
 // Row strides in halves, padded by 8 (16 bytes) against bank conflicts; Q is staged in
 // column slices of QC (64, or 32 for 256 rows; at most D).
@@ -72,8 +69,6 @@ const KS: u32 = D + 8u;
 const STAGE_HALVES: u32 = 2u * BK * KS;
 // 16-byte words per row of D halves.
 const WORDS: u32 = D / 8u;
-const NEG_BIG: f32 = -3.4028235e38;
-const LOG2E: f32 = 1.4426950408889634;
 // The reference max moves when a tile's max exceeds it by more than this (base 2).
 const TAU: f32 = 8.0;
 
@@ -89,8 +84,8 @@ const TAU: f32 = 8.0;
 
 // Q staging [BQ][QS] (one column slice at a time) at start; then STAGES × (K, V) tiles.
 var<workgroup> tiles: array<f16, {{TILE_HALVES}}>;
-// Per subgroup and row block: S [KC keys][SST] f32 (column-major, 16 rows used); also the bounce
-// buffer of an accumulator fragment being rescaled or stored.
+// Per subgroup and row block: S [KC keys][SST] f32 (column-major, 16 rows used); also the
+// bounce buffer of an accumulator fragment being rescaled or stored.
 var<workgroup> scratch: array<f32, SGS * RB * SST * KC>;
 // Per subgroup and row block: P [KC keys][16 rows] f16 (column-major).
 var<workgroup> p_tile: array<f16, SGS * RB * 16u * KC>;
@@ -243,7 +238,6 @@ fn attention_coop(
             // S blocks (keys 16j..16j + 15 of each row block) = Σ_c Q_c · Kᵀ_(c, j), stored
             // column-major for the lanes.
             {{S_MMA}}
-            {{S_STORE}}
             subgroupBarrier();
             var need = false;
             // Every key of the chunk is seen by every row of the subgroup and there is no

@@ -23,14 +23,14 @@
 //
 // FLOPs: 2.5× the forward's 4·S_q·S_k·D (Q·Kᵀ twice, dO·Vᵀ twice, three more products):
 // 10·S_q·S_k·D executed, counted the same way as PyTorch's. Workgroup memory at SGS 4,
-// BT 64, CH 16, one stage, D 128: the two tiles 34 KiB, S and dP 8 KiB, P and dS 4 KiB.
+// BT 64, CH 16, one stage, D 128: the two tiles 34 KiB, S and dP 10 KiB, P and dS 4 KiB.
 // Tiles of BT > CH rows let the subgroups drift apart between workgroup barriers (one
 // subgroup's lane work overlapping another's products). Outputs are f32,
 // contiguous [B, heads, S, D] (the host casts them to the input dtype). q, k, v, dO are
 // read as 16-byte words: the host checked every offset and row stride a multiple of 8.
 //
-// Placeholders: D, SGS, BT, CH, STAGES, FS, TILE_HALVES, LOAD_BIAS (flag BIAS), FIXED_FRAGS, ACC_DECL,
-// PRODUCTS (S and dP), PRODUCTS_STORE, ACCUMULATE, ACC_STORE.
+// Placeholders: D, SGS, BT, CH, STAGES, SST, FS, TILE_HALVES, LOAD_BIAS (flag BIAS),
+// FIXED_FRAGS, ACC_DECL, PRODUCTS (S and dP, and their stores), ACCUMULATE, ACC_STORE.
 
 enable f16;
 enable wgpu_cooperative_matrix;
@@ -47,10 +47,6 @@ const THREADS: u32 = 32u * SGS;
 const BT: u32 = {{BT}}u;
 const CH: u32 = {{CH}}u;
 const STAGES: u32 = {{STAGES}}u;
-// Column stride of the S and dP buffers (f32): 20, not 16, so that a coopStore's 32 lanes
-// hit 32 different banks (src/ops/attention.rs, S_STRIDE).
-const SST: u32 = {{SST}}u;
-const SUBGROUP: u32 = 32u;
 // Row stride of streamed rows in halves, padded by 8 (16 bytes) against bank conflicts;
 // fixed rows are staged in column slices of up to 64, at stride FS.
 const RS: u32 = D + 8u;
@@ -59,10 +55,8 @@ const FS: u32 = {{FS}}u;
 const B_BASE: u32 = BT * RS;
 const STAGE_HALVES: u32 = 2u * BT * RS;
 const WORDS: u32 = D / 8u;
-const NEG_BIG: f32 = -3.4028235e38;
 // lse (base 2) of a row that takes no part: P = 2^(x − this) underflows to 0.
 const NO_ROW: f32 = 3.0e38;
-const LOG2E: f32 = 1.4426950408889634;
 
 // params: as the forward's (shaders/attention.wgsl) for [0..30); dO at 30 (offset, batch,
 // head, row strides).
@@ -287,7 +281,6 @@ fn coop_bwd_dkdv(
             // Sᵀ block t (the subgroup's keys × queries 16t..16t + 15 of the chunk) =
             // Σ_c K_c · Qᵀ_(c, t), dPᵀ likewise from V and dO.
             {{PRODUCTS}}
-            {{PRODUCTS_STORE}}
             subgroupBarrier();
             for (var c = 0u; c < CH / 2u; c++) {
                 let col = 2u * c + half;
@@ -386,7 +379,6 @@ fn coop_bwd_dq(
             // S block t (the subgroup's queries × keys 16t..16t + 15 of the chunk) =
             // Σ_c Q_c · Kᵀ_(c, t), dP likewise from dO and V.
             {{PRODUCTS}}
-            {{PRODUCTS_STORE}}
             subgroupBarrier();
             for (var c = 0u; c < CH / 2u; c++) {
                 let col = 2u * c + half;

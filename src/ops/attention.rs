@@ -830,7 +830,7 @@ fn coop_kernel(bias: Option<DType>, d: usize, t: CoopTiling) -> Kernel {
         }
     }
     // S block (rb, j) = Σ_c Q_(rb, c) · Kᵀ_(c, j) for the chunk at k_at: each K fragment
-    // loaded once for all blocks; S_STORE puts them in the subgroup's S buffer.
+    // loaded once for all blocks; then every block into the subgroup's S buffer.
     let mut s_store = String::new();
     for j in 0..key_frags {
         for rb in 0..blocks {
@@ -887,8 +887,7 @@ fn coop_kernel(bias: Option<DType>, d: usize, t: CoopTiling) -> Kernel {
         .sub("QC", qc.to_string())
         .sub("Q_STAGE", q_stage)
         .sub("O_DECL", bases + &o_decl)
-        .sub("S_MMA", s_mma)
-        .sub("S_STORE", s_store)
+        .sub("S_MMA", s_mma + &s_store)
         .sub("PV_MMA", pv)
         .sub("O_RESCALE", rescale)
         .sub("O_STORE", o_store)
@@ -1051,7 +1050,7 @@ fn coop_bwd_kernel(dkdv: bool, bias: Option<DType>, d: usize, t: CoopBwdTiling) 
             );
         }
         products_store += &format!(
-            "let so_{t} = s_base + {}u;\n            coopStore(st_{t}, &s_tile[so_{t}], SST);\n            coopStore(dpt_{t}, &dp_tile[so_{t}], SST);\n            ",
+            "let so_{t} = s_base + {}u;{ind}coopStore(st_{t}, &s_tile[so_{t}], SST);{ind}coopStore(dpt_{t}, &dp_tile[so_{t}], SST);{ind}",
             16 * S_STRIDE * t
         );
     }
@@ -1112,8 +1111,7 @@ fn coop_bwd_kernel(dkdv: bool, bias: Option<DType>, d: usize, t: CoopBwdTiling) 
         .sub("TILE_HALVES", t.tile_halves(d).to_string())
         .sub("FIXED_FRAGS", fixed_frags)
         .sub("ACC_DECL", acc_decl)
-        .sub("PRODUCTS", products)
-        .sub("PRODUCTS_STORE", products_store)
+        .sub("PRODUCTS", products + &products_store)
         .sub("ACCUMULATE", accumulate)
         .sub("ACC_STORE", acc_store)
         .trusted();
