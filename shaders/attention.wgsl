@@ -1,34 +1,55 @@
-// Flash attention, forward (FlashAttention-2's schedule on plain FMA units): for one
-// (batch, head) and a tile of BQ = 64 query rows, stream the keys and values in tiles of
-// BK = 32 through workgroup memory, keeping per row a running maximum m and sum l of the
-// softmax and an output accumulator rescaled by exp(m_old − m_new) whenever m grows. The
-// S_q × S_k score matrix never exists in memory: extra memory is the log-sum-exp per row.
+// Flash attention, forward (FlashAttention-2's schedule on plain FMA units), register-tiled:
+// for one (batch, head) and a tile of BQ = 64 query rows, stream the keys and values in
+// tiles of BK = 64 through workgroup memory, keeping per row a running maximum m and an
+// output accumulator rescaled by exp(m_old − m_new) whenever m grows. The S_q × S_k score
+// matrix never exists in memory: extra memory is the log-sum-exp per row.
 //
-// Work per key tile, 256 invocations as a 16 × 16 grid (ty, tx):
-//   S = Q·Kᵀ   (64 × 32, over the head dim in chunks of DC = 16 staged in workgroup memory;
-//               invocation (ty, tx) owns rows 4ty..4ty+3 × keys 2tx, 2tx+1)
-//   row max / alpha by 64 invocations, P = exp(S − m) by all, row sums by 64
-//   O = alpha·O + P·V (V tile 32 × DP in workgroup memory; invocation owns its 4 rows ×
-//               column pairs 2tx + 32j, j < DP / 32, so 16-bit outputs store whole words)
+// 256 invocations as a 16 × 16 grid (ty, tx); invocation (ty, tx) owns query rows
+// 4ty..4ty+3 and, per key tile, keys 4tx..4tx+3: 16 scores in registers. Per key tile:
+//   S = Q·Kᵀ    over the head dim in chunks of DC = 16: Qᵀ and Kᵀ chunks [DC][64] staged
+//               transposed, so that one step kk reads 4 rows of Q and 4 keys as two vec4
+//               (2 workgroup-memory loads per 16 FMAs).
+//   softmax     scale, bias, mask in registers; each row's max over the tile from 16
+//               partial maxima through workgroup memory (one barrier); P = exp(S − m) into
+//               workgroup memory [64 rows][64 keys]; each invocation keeps partial row sums
+//               of its keys, reduced once at the end.
+//   O += P·V    V in chunks of VC keys [VC][DP]; the invocation owns columns 4tx + 64j
+//               (j < DP / 64) of its 4 rows: per 4 keys, 4 vec4 of P and DP/64 vec4 of V
+//               per key for 16·DP/16 FMAs.
+// The next chunk's global words (Q and K, or V) are fetched into registers while the
+// current chunk is computed, so global-memory latency hides behind the FMAs.
+//
 // FLOPs: 4·S_q·S_k·D per (batch, head) (2 for QKᵀ, 2 for PV), halved with the causal mask,
-// whose tiles past the diagonal are skipped, not masked. Bytes: Q, O once; K, V once per
-// query tile (L2-resident at these sizes). Workgroup memory: 4 + 2 + 8 + 0.5 KiB + 32·DP·4
-// (16 KiB at D = 128): 31 KiB, inside the 32 KiB of software devices.
+// whose tiles past the diagonal are skipped, not masked. Bytes: O once; Q, K and V once per
+// (query tile, key tile) pair, from L2 at these sizes (Q is re-staged per key tile: keeping
+// it would take 16–32 KiB more than the 32 KiB of software devices). Workgroup memory:
+// staging 8.5 KiB, P 17 KiB, row partials 4.25 KiB: 29.75 KiB at every head dim.
 //
 // Causal with S_q ≠ S_k is bottom-right aligned (a KV cache's newest queries last): query i
 // sees keys j ≤ i + S_k − S_q. A query that sees no key (causal with S_q > S_k, or a mask of
 // −inf everywhere) gets output 0 and log-sum-exp −inf.
 //
-// Placeholders: DP (head dim padded to a multiple of 32), LOAD_Q/K/V/BIAS (loader bodies
-// per dtype), STORE_O (stores the pair (x, y) at element e, e even). Flag: BIAS.
+// Placeholders: DP (head dim padded to a multiple of 64), DS (padded to 16), VC (keys per V
+// chunk), LOAD_Q/K/V/BIAS (loader bodies per dtype), STORE_O (stores the pair (x, y) at
+// element e, e even). Flag: BIAS.
 
 const BQ: u32 = 64u;
-const BK: u32 = 32u;
+const BK: u32 = 64u;
 const DC: u32 = 16u;
 const DP: u32 = {{DP}}u;
-const PAIRS: u32 = DP / 32u;
+const DS: u32 = {{DS}}u;
+const VC: u32 = {{VC}}u;
+// Column blocks of 4 per invocation in O: columns 4tx + 64j.
+const CB: u32 = DP / 64u;
+// Row stride in vec4 of the transposed chunks, P and the row partials: 17 (68 floats), so
+// that the staging stores of 16 neighbouring invocations (one per head-dim column) spread
+// over the banks; reads stay 16-byte aligned.
+const ST: u32 = 17u;
 // Finite stand-in for −∞ (WGSL has no infinity literal); scores are clamped to ≥ it.
 const NEG_BIG: f32 = -3.4028235e38;
+// Words of a Q or K chunk, and of a V chunk, each invocation fetches (256 invocations).
+const QK_PER: u32 = BQ * DC / 1024u;
+const V_PER: u32 = VC * DP / 1024u;
 
 // params (u32 words): [0] B [1] H [2] H_kv [3] S_q [4] S_k [5] D [6] causal [7] scale (f32)
 //   q at 8, k at 12, v at 16, o at 20: offset, batch stride, head stride, row stride
@@ -45,13 +66,13 @@ const NEG_BIG: f32 = -3.4028235e38;
 @group(0) @binding(6) var<storage, read> bias: array<u32>;
 //#endif
 
-var<workgroup> q_chunk: array<f32, 1024>;     // [BQ][DC]
-var<workgroup> k_chunk: array<f32, 512>;      // [BK][DC]
-var<workgroup> p_tile: array<f32, 2048>;      // [BQ][BK]
-var<workgroup> v_tile: array<f32, BK * DP>;   // [BK][DP]
-var<workgroup> row_max: array<f32, 64>;
-var<workgroup> row_sum: array<f32, 64>;
-var<workgroup> row_alpha: array<f32, 64>;
+// S phase: Qᵀ chunk [DC][ST] then Kᵀ chunk [DC][ST] (vec4 of 4 rows or 4 keys);
+// P·V phase: a V chunk [VC][DP / 4] (VC·DP ≤ 2·DC·ST·4 floats).
+var<workgroup> staging: array<vec4<f32>, 2u * DC * ST>;
+// P [BQ rows][ST] (vec4 of 4 keys; 16 used).
+var<workgroup> p_tile: array<vec4<f32>, BQ * ST>;
+// Per row, the 16 invocations' partial maxima (then, at the end, partial sums): [BQ][4].
+var<workgroup> row_part: array<vec4<f32>, BQ * 4u>;
 
 fn load_q(e: u32) -> f32 {
     {{LOAD_Q}}
@@ -78,6 +99,73 @@ fn row_base(at: u32, b: u32, h: u32, s: u32) -> u32 {
     return params[at] + b * params[at + 1u] + h * params[at + 2u] + s * params[at + 3u];
 }
 
+// The next chunk's words, fetched while the current one is computed.
+var<private> q_next: array<vec4<f32>, QK_PER>;
+var<private> k_next: array<vec4<f32>, QK_PER>;
+var<private> v_next: array<vec4<f32>, V_PER>;
+
+// Head-dim columns dc..dc + DC of query rows q0.. and key rows k0.. (64 each): invocation
+// part i takes column dc + (idx % 16) of rows 4·(idx / 16)..+3 (idx = lid + 256i), zero
+// outside S_q, S_k and D.
+fn fetch_qk(b: u32, h: u32, kv_h: u32, q0: u32, k0: u32, dc: u32, lid: u32) {
+    let S_q = params[3];
+    let S_k = params[4];
+    let D = params[5];
+    for (var i = 0u; i < QK_PER; i++) {
+        let idx = lid + 256u * i;
+        let d = dc + idx % DC;
+        let r4 = 4u * (idx / DC);
+        var qx = vec4<f32>(0.0);
+        var kx = vec4<f32>(0.0);
+        if (d < D) {
+            for (var j = 0u; j < 4u; j++) {
+                if (q0 + r4 + j < S_q) {
+                    qx[j] = load_q(row_base(8u, b, h, q0 + r4 + j) + d);
+                }
+                if (k0 + r4 + j < S_k) {
+                    kx[j] = load_k(row_base(12u, b, kv_h, k0 + r4 + j) + d);
+                }
+            }
+        }
+        q_next[i] = qx;
+        k_next[i] = kx;
+    }
+}
+
+fn put_qk(lid: u32) {
+    for (var i = 0u; i < QK_PER; i++) {
+        let idx = lid + 256u * i;
+        let at = (idx % DC) * ST + idx / DC;
+        staging[at] = q_next[i];
+        staging[DC * ST + at] = k_next[i];
+    }
+}
+
+// Keys k0 + vc.. + VC, all DP columns (zero outside S_k and D): part i is the vec4 of
+// columns 4·(idx % (DP/4)).. of key idx / (DP/4).
+fn fetch_v(b: u32, kv_h: u32, k0: u32, vc: u32, lid: u32) {
+    let S_k = params[4];
+    let D = params[5];
+    for (var i = 0u; i < V_PER; i++) {
+        let idx = lid + 256u * i;
+        let key = k0 + vc + idx / (DP / 4u);
+        let d = 4u * (idx % (DP / 4u));
+        var x = vec4<f32>(0.0);
+        if (key < S_k && d < D) {
+            // D is a multiple of 8: the four columns are all inside or all outside.
+            let e = row_base(16u, b, kv_h, key) + d;
+            x = vec4<f32>(load_v(e), load_v(e + 1u), load_v(e + 2u), load_v(e + 3u));
+        }
+        v_next[i] = x;
+    }
+}
+
+fn put_v(lid: u32) {
+    for (var i = 0u; i < V_PER; i++) {
+        staging[lid + 256u * i] = v_next[i];
+    }
+}
+
 @compute @workgroup_size(256)
 fn attention_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let H = params[1];
@@ -96,11 +184,13 @@ fn attention_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     // Keys a query row may see: i + offset (causal, bottom-right aligned).
     let offset = i32(S_k) - i32(S_q);
 
-    if (lid < BQ) {
-        row_max[lid] = NEG_BIG;
-        row_sum[lid] = 0.0;
+    var m: array<f32, 4>;      // [row i] running max
+    var l_part: array<f32, 4>; // [row i] this invocation's share of the row sum
+    var acc: array<vec4<f32>, 4u * CB>; // [row i][column block j]: columns 4tx + 64j..+3
+    for (var i = 0u; i < 4u; i++) {
+        m[i] = NEG_BIG;
+        l_part[i] = 0.0;
     }
-    var acc: array<f32, 8u * PAIRS>; // [row i < 4][pair j < PAIRS][2]
 
     var key_tiles = (S_k + BK - 1u) / BK;
     if (causal) {
@@ -109,130 +199,122 @@ fn attention_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         key_tiles = select(0u, min(key_tiles, u32(last) / BK + 1u), last >= 0);
     }
 
+    if (key_tiles > 0u) {
+        fetch_qk(b, h, kv_h, q0, 0u, 0u, lid);
+    }
     for (var kt = 0u; kt < key_tiles; kt++) {
         let k0 = kt * BK;
-        var s: array<f32, 8>; // [row i < 4][key j < 2]
-        for (var dc = 0u; dc < DP; dc += DC) {
+        var s: array<vec4<f32>, 4>; // [row i][key c]: rows 4ty + i, keys k0 + 4tx + c
+        for (var dc = 0u; dc < DS; dc += DC) {
+            // The previous chunk (or the previous tile's last V chunk) is read by now.
             workgroupBarrier();
-            for (var t = 0u; t < 4u; t++) {
-                let idx = lid + 256u * t;
-                let r = q0 + idx / DC;
-                let d = dc + idx % DC;
-                var x = 0.0;
-                if (r < S_q && d < D) {
-                    x = load_q(row_base(8u, b, h, r) + d);
-                }
-                q_chunk[idx] = x;
-            }
-            for (var t = 0u; t < 2u; t++) {
-                let idx = lid + 256u * t;
-                let r = k0 + idx / DC;
-                let d = dc + idx % DC;
-                var x = 0.0;
-                if (r < S_k && d < D) {
-                    x = load_k(row_base(12u, b, kv_h, r) + d);
-                }
-                k_chunk[idx] = x;
-            }
+            put_qk(lid);
             workgroupBarrier();
+            if (dc + DC < DS) {
+                fetch_qk(b, h, kv_h, q0, k0, dc + DC, lid);
+            } else {
+                fetch_v(b, kv_h, k0, 0u, lid);
+            }
             for (var kk = 0u; kk < DC; kk++) {
-                let b0 = k_chunk[(tx * 2u) * DC + kk];
-                let b1 = k_chunk[(tx * 2u + 1u) * DC + kk];
-                for (var i = 0u; i < 4u; i++) {
-                    let a = q_chunk[(ty * 4u + i) * DC + kk];
-                    s[i * 2u] += a * b0;
-                    s[i * 2u + 1u] += a * b1;
-                }
+                let qv = staging[kk * ST + ty];
+                let kv = staging[DC * ST + kk * ST + tx];
+                s[0] += qv.x * kv;
+                s[1] += qv.y * kv;
+                s[2] += qv.z * kv;
+                s[3] += qv.w * kv;
             }
         }
-        // Every invocation is past the last chunk barrier: the previous tile's V is free.
-        for (var idx = lid; idx < BK * DP; idx += 256u) {
-            let r = k0 + idx / DP;
-            let d = idx % DP;
-            var x = 0.0;
-            if (r < S_k && d < D) {
-                x = load_v(row_base(16u, b, kv_h, r) + d);
-            }
-            v_tile[idx] = x;
-        }
-        // Scale, bias, mask.
+        // Scale, bias, mask; each row's max over this invocation's 4 keys.
         for (var i = 0u; i < 4u; i++) {
-            let r = q0 + ty * 4u + i;
-            for (var j = 0u; j < 2u; j++) {
-                let c = k0 + tx * 2u + j;
+            let r = q0 + 4u * ty + i;
+            var part = NEG_BIG;
+            for (var c = 0u; c < 4u; c++) {
+                let key = k0 + 4u * tx + c;
                 var x = NEG_BIG;
-                let visible = r < S_q && c < S_k && (!causal || i32(c) <= i32(r) + offset);
+                let visible = r < S_q && key < S_k && (!causal || i32(key) <= i32(r) + offset);
                 if (visible) {
-                    let e = params[24] + b * params[25] + h * params[26] + r * params[27] + c * params[28];
-                    x = max(s[i * 2u + j] * scale + load_bias(e), NEG_BIG);
+                    let e = params[24] + b * params[25] + h * params[26] + r * params[27] + key * params[28];
+                    x = max(s[i][c] * scale + load_bias(e), NEG_BIG);
                 }
-                s[i * 2u + j] = x;
-                p_tile[(ty * 4u + i) * BK + tx * 2u + j] = x;
+                s[i][c] = x;
+                part = max(part, x);
             }
+            row_part[(4u * ty + i) * 4u + tx / 4u][tx % 4u] = part;
         }
         workgroupBarrier();
-        if (lid < BQ) {
-            var m = row_max[lid];
-            let m_old = m;
-            for (var j = 0u; j < BK; j++) {
-                m = max(m, p_tile[lid * BK + j]);
-            }
-            row_max[lid] = m;
-            row_alpha[lid] = exp(m_old - m);
-        }
-        workgroupBarrier();
+        // The new max of each row from its 16 partials (every invocation of the row reads
+        // them: no further barrier), then P and the rescale of what came before.
         for (var i = 0u; i < 4u; i++) {
-            let m = row_max[ty * 4u + i];
-            for (var j = 0u; j < 2u; j++) {
-                let x = s[i * 2u + j];
+            let at = (4u * ty + i) * 4u;
+            let p4 = max(max(row_part[at], row_part[at + 1u]), max(row_part[at + 2u], row_part[at + 3u]));
+            let m_new = max(m[i], max(max(p4.x, p4.y), max(p4.z, p4.w)));
+            let alpha = exp(m[i] - m_new);
+            m[i] = m_new;
+            var p = vec4<f32>(0.0);
+            for (var c = 0u; c < 4u; c++) {
                 // Masked scores contribute exactly 0, also while the row's max is NEG_BIG.
-                p_tile[(ty * 4u + i) * BK + tx * 2u + j] = select(exp(x - m), 0.0, x <= NEG_BIG);
+                p[c] = select(exp(s[i][c] - m_new), 0.0, s[i][c] <= NEG_BIG);
+            }
+            l_part[i] = l_part[i] * alpha + (p.x + p.y) + (p.z + p.w);
+            p_tile[(4u * ty + i) * ST + tx] = p;
+            for (var j = 0u; j < CB; j++) {
+                acc[i * CB + j] *= alpha;
             }
         }
-        workgroupBarrier();
-        if (lid < BQ) {
-            var l = 0.0;
-            for (var j = 0u; j < BK; j++) {
-                l += p_tile[lid * BK + j];
+        // O += P·V, VC keys at a time.
+        for (var vc = 0u; vc < BK; vc += VC) {
+            // P is written; the previous V chunk (or the Kᵀ chunk) is read.
+            workgroupBarrier();
+            put_v(lid);
+            workgroupBarrier();
+            if (vc + VC < BK) {
+                fetch_v(b, kv_h, k0, vc + VC, lid);
+            } else if (kt + 1u < key_tiles) {
+                fetch_qk(b, h, kv_h, q0, k0 + BK, 0u, lid);
             }
-            row_sum[lid] = row_sum[lid] * row_alpha[lid] + l;
-        }
-        for (var i = 0u; i < 4u; i++) {
-            let alpha = row_alpha[ty * 4u + i];
-            for (var j = 0u; j < 2u * PAIRS; j++) {
-                acc[i * 2u * PAIRS + j] *= alpha;
-            }
-        }
-        for (var kk = 0u; kk < BK; kk++) {
-            for (var i = 0u; i < 4u; i++) {
-                let p = p_tile[(ty * 4u + i) * BK + kk];
-                for (var j = 0u; j < PAIRS; j++) {
-                    let c = kk * DP + 2u * tx + 32u * j;
-                    acc[i * 2u * PAIRS + 2u * j] += p * v_tile[c];
-                    acc[i * 2u * PAIRS + 2u * j + 1u] += p * v_tile[c + 1u];
+            for (var k4 = 0u; k4 < VC / 4u; k4++) {
+                var p: array<vec4<f32>, 4>; // [row i]: keys vc + 4k4..+3
+                for (var i = 0u; i < 4u; i++) {
+                    p[i] = p_tile[(4u * ty + i) * ST + vc / 4u + k4];
+                }
+                for (var c = 0u; c < 4u; c++) {
+                    for (var j = 0u; j < CB; j++) {
+                        let vv = staging[(4u * k4 + c) * (DP / 4u) + tx + 16u * j];
+                        for (var i = 0u; i < 4u; i++) {
+                            acc[i * CB + j] += p[i][c] * vv;
+                        }
+                    }
                 }
             }
         }
+    }
+    // Each row's sum from its 16 invocations' shares.
+    workgroupBarrier();
+    for (var i = 0u; i < 4u; i++) {
+        row_part[(4u * ty + i) * 4u + tx / 4u][tx % 4u] = l_part[i];
     }
     workgroupBarrier();
     for (var i = 0u; i < 4u; i++) {
-        let row = ty * 4u + i;
+        let row = 4u * ty + i;
         let r = q0 + row;
+        let at = row * 4u;
+        let l4 = row_part[at] + row_part[at + 1u] + row_part[at + 2u] + row_part[at + 3u];
+        let l = (l4.x + l4.y) + (l4.z + l4.w);
         if (r < S_q) {
-            let l = row_sum[row];
             let inv = select(1.0 / l, 0.0, l == 0.0);
             let base = row_base(20u, b, h, r);
-            for (var j = 0u; j < PAIRS; j++) {
-                let c = 2u * tx + 32u * j;
+            for (var j = 0u; j < CB; j++) {
+                let c = 4u * tx + 64u * j;
                 if (c < D) {
-                    store_o(base + c, acc[i * 2u * PAIRS + 2u * j] * inv, acc[i * 2u * PAIRS + 2u * j + 1u] * inv);
+                    let x = acc[i * CB + j] * inv;
+                    store_o(base + c, x.x, x.y);
+                    store_o(base + c + 2u, x.z, x.w);
                 }
             }
+            if (tx == 0u) {
+                // −∞ for a row that saw no key.
+                lse[(b * H + h) * S_q + r] = select(m[i] + log(l), bitcast<f32>(params[29]), l == 0.0);
+            }
         }
-    }
-    if (lid < BQ && q0 + lid < S_q) {
-        let l = row_sum[lid];
-        // −∞ for a row that saw no key.
-        lse[(b * H + h) * S_q + q0 + lid] = select(row_max[lid] + log(l), bitcast<f32>(params[29]), l == 0.0);
     }
 }

@@ -197,8 +197,9 @@ fn forward_matches_f64_over_lengths_dims_and_masks() {
             }
         }
     }
-    // Padded head dims (80 → 96 in the forward tile, 96 exact).
-    for d in [80, 96] {
+    // Padded head dims: the forward pads O columns to 64 or 128 and the S product's
+    // head-dim chunks to 16 (8 → 16, 40 → 48; 80 and 96 → 128 columns).
+    for d in [8, 40, 80, 96] {
         check_forward(Case::new(33, 33, d, true), AttentionLayout::Bhsd, DType::F32, AttentionPath::Flash);
     }
 }

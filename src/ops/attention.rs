@@ -610,8 +610,14 @@ fn store_pair(dtype: DType) -> &'static str {
 }
 
 fn fwd_kernel(dtype: DType, bias: Option<DType>, d: usize) -> Kernel {
+    // O columns in blocks of 64 (4 per invocation), the S product in head-dim chunks of
+    // 16, and V in chunks that fill the 2176-float staging array: 32 keys at DP 64, 16 at
+    // DP 128.
+    let dp = d.next_multiple_of(64);
     let mut k = Kernel::new(Shader::Attention, "attention_fwd")
-        .sub("DP", d.next_multiple_of(32).to_string())
+        .sub("DP", dp.to_string())
+        .sub("DS", d.next_multiple_of(16).to_string())
+        .sub("VC", (2048 / dp).to_string())
         .sub("LOAD_Q", wgsl_load("q", dtype))
         .sub("LOAD_K", wgsl_load("k", dtype))
         .sub("LOAD_V", wgsl_load("v", dtype))
