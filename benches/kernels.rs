@@ -695,8 +695,8 @@ fn main() -> wgkernels::Result<()> {
             format!("attention {}", dtype.name()),
             Box::new(move |rows: &mut Vec<Row>| {
                 use wgkernels::ops::attention::{
-                    attention, attention_backward, attention_forward, coop_bwd_tilings, coop_tilings, AttentionOptions,
-                    AttentionPath, CoopBwdTiling, CoopTiling,
+                    attention, attention_backward, attention_forward, coop_bwd_tilings, coop_tilings, flash_tilings,
+                    AttentionOptions, AttentionPath, CoopBwdTiling, CoopTiling, FlashTiling,
                 };
                 let (b, h) = (4usize, 16usize);
                 // WGK_ATTN_SEQS=2048,8192 picks sequence lengths; WGK_ATTN_BACKWARD=0 skips the
@@ -733,8 +733,13 @@ fn main() -> wgkernels::Result<()> {
                             } else {
                                 &[AttentionPath::Flash, AttentionPath::Naive]
                             };
-                            // WGK_ATTN_PATHS=tc: the tensor-core path alone (tiling experiments).
-                            let tc_only = std::env::var("WGK_ATTN_PATHS").is_ok_and(|v| v == "tc");
+                            // WGK_ATTN_PATHS=tc (or flash): the tensor-core (or FMA-unit flash) path
+                            // alone, for tiling experiments.
+                            let only_path = match std::env::var("WGK_ATTN_PATHS").as_deref() {
+                                Ok("tc") => Some(AttentionPath::FlashCoop),
+                                Ok("flash") => Some(AttentionPath::Flash),
+                                _ => None,
+                            };
                             let limits = gpu.info().limits.clone();
                             let tilings: Vec<Option<CoopTiling>> = match std::env::var("WGK_ATTN_TILINGS").as_deref() {
                                 Ok("all") => std::iter::once(None)
@@ -743,26 +748,41 @@ fn main() -> wgkernels::Result<()> {
                                 Ok(list) => list.split(';').filter_map(CoopTiling::parse).map(Some).collect(),
                                 Err(_) => vec![None],
                             };
+                            // WGK_ATTN_FLASH_TILINGS=all: every FMA-unit flash tiling (or "8,32;4,16").
+                            let flash_tilings_run: Vec<Option<FlashTiling>> =
+                                match std::env::var("WGK_ATTN_FLASH_TILINGS").as_deref() {
+                                    Ok("all") => std::iter::once(None)
+                                        .chain(flash_tilings(d, &limits).into_iter().map(Some))
+                                        .collect(),
+                                    Ok(list) => list.split(';').filter_map(FlashTiling::parse).map(Some).collect(),
+                                    Err(_) => vec![None],
+                                };
                             let runs = paths
                                 .iter()
-                                .filter(|&&p| !tc_only || p == AttentionPath::FlashCoop)
+                                .filter(|&&p| only_path.is_none_or(|only| p == only))
                                 .flat_map(|&p| {
-                                    let ts = if p == AttentionPath::FlashCoop { tilings.clone() } else { vec![None] };
-                                    ts.into_iter().map(move |t| (p, t))
+                                    let ts: Vec<(Option<CoopTiling>, Option<FlashTiling>)> = match p {
+                                        AttentionPath::FlashCoop => tilings.iter().map(|&t| (t, None)).collect(),
+                                        AttentionPath::Flash => flash_tilings_run.iter().map(|&t| (None, t)).collect(),
+                                        _ => vec![(None, None)],
+                                    };
+                                    ts.into_iter().map(move |(t, f)| (p, t, f))
                                 })
                                 .collect::<Vec<_>>();
-                            for (path, coop_tiling) in runs {
-                                let opts = AttentionOptions { causal, path, coop_tiling, ..Default::default() };
+                            for (path, coop_tiling, flash_tiling) in runs {
+                                let opts =
+                                    AttentionOptions { causal, path, coop_tiling, flash_tiling, ..Default::default() };
                                 gpu.synchronize()?;
                                 let before = gpu.memory().live_bytes;
                                 gpu.reset_peak();
                                 let once = attention(&q, &k, &v, &opts).and_then(|o| o.realize().map(drop));
                                 gpu.synchronize()?;
                                 let extra = gpu.memory().peak_live_bytes.saturating_sub(before);
-                                let name = match (path, coop_tiling) {
-                                    (AttentionPath::FlashCoop, Some(t)) => format!("flash-tc[{}]", t.label()),
-                                    (AttentionPath::FlashCoop, None) => "flash-tc".to_string(),
-                                    (AttentionPath::Flash, _) => "flash".to_string(),
+                                let name = match (path, coop_tiling, flash_tiling) {
+                                    (AttentionPath::FlashCoop, Some(t), _) => format!("flash-tc[{}]", t.label()),
+                                    (AttentionPath::FlashCoop, None, _) => "flash-tc".to_string(),
+                                    (AttentionPath::Flash, _, Some(t)) => format!("flash[{}]", t.label()),
+                                    (AttentionPath::Flash, _, None) => "flash".to_string(),
                                     _ => "naive".to_string(),
                                 };
                                 if let Err(e) = once {

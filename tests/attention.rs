@@ -7,8 +7,8 @@
 mod common;
 use common::*;
 use wgkernels::ops::attention::{
-    attention, attention_backward, attention_forward, coop_bwd_tilings, coop_tilings, AttentionLayout,
-    AttentionOptions, AttentionPath, CoopBwdTiling, CoopTiling,
+    attention, attention_backward, attention_forward, coop_bwd_tilings, coop_tilings, flash_tilings, AttentionLayout,
+    AttentionOptions, AttentionPath, CoopBwdTiling, CoopTiling, FlashTiling,
 };
 use wgkernels::{DType, Error, Tensor};
 
@@ -253,6 +253,62 @@ fn naive_path_matches_f64_and_the_flash_path() {
         let want: Vec<f64> = naive.to_vec_f32().unwrap().iter().map(|&x| x as f64).collect();
         assert_close(&format!("flash vs naive {c:?}"), &flash.to_vec_f32().unwrap(), &want, 1e-5, 1e-4);
     }
+}
+
+/// Every tiling of the FMA-unit flash forward this adapter allows (`flash_tilings`; on the
+/// 32 KiB software devices the two with 16-column head chunks, on the H200 all four), at
+/// lengths that do not divide the 64-row tiles, head dims that pad (8, 40, 80), S_q ≠ S_k,
+/// GQA, a batch, both layouts, f16 storage, and a bias with masked entries.
+#[test]
+fn every_flash_tiling_matches_f64() {
+    let gpu = gpu();
+    let limits = gpu.info().limits.clone();
+    let tilings = flash_tilings(64, &limits);
+    assert!(!tilings.is_empty(), "no flash tiling fits {} bytes", limits.max_compute_workgroup_storage_size);
+    let cases = [
+        (Case::new(129, 129, 64, true), AttentionLayout::Bhsd, DType::F32),
+        (Case::new(7, 150, 128, true).gqa(4, 2), AttentionLayout::Bhsd, DType::F32),
+        (Case::new(77, 65, 80, false).batch(2), AttentionLayout::Bshd, DType::F32),
+        (Case::new(33, 33, 8, false), AttentionLayout::Bhsd, DType::F32),
+        (Case::new(70, 70, 40, true), AttentionLayout::Bhsd, DType::F16),
+    ];
+    for t in &tilings {
+        for (c, layout, dtype) in cases {
+            let x = inputs(&c, layout, dtype, 11 + c.s_k as u64);
+            let opts = AttentionOptions { causal: c.causal, layout, flash_tiling: Some(*t), ..Default::default() };
+            let opts = AttentionOptions { path: AttentionPath::Flash, ..opts };
+            let (want, want_lse, _) = reference(&c, &x, 1.0 / (c.d as f64).sqrt(), None);
+            let (out, lse) = attention_forward(&x.tq, &x.tk, &x.tv, &opts).unwrap();
+            let what = format!("flash tiling {} {c:?} {layout:?} {dtype:?}", t.label());
+            let (atol, rtol) = att_tol(dtype);
+            assert_close(&what, &values_bhsd(&out, layout), &want, atol, rtol);
+            assert_close(&format!("lse {what}"), &lse.to_vec_f32().unwrap(), &want_lse, 1e-5, 1e-5);
+        }
+        // A bias with −∞ entries (a whole row masked: output 0, lse −∞) under every tiling.
+        let c = Case::new(37, 45, 32, false);
+        let x = inputs(&c, AttentionLayout::Bhsd, DType::F32, 2);
+        let mask: Vec<f32> = (0..c.s_q * c.s_k)
+            .map(|i| if i / c.s_k == 5 || (i % c.s_k) % 7 == 3 { f32::NEG_INFINITY } else { 0.01 * (i % 13) as f32 })
+            .collect();
+        let mask_t = Tensor::from_slice(&gpu, &mask, &[c.s_q, c.s_k]).unwrap();
+        let f = |_b: usize, _h: usize, i: usize, j: usize| mask[i * c.s_k + j] as f64;
+        let (want, _, _) = reference(&c, &x, 0.3, Some(&f));
+        let opts = AttentionOptions {
+            scale: Some(0.3),
+            bias: Some(&mask_t),
+            path: AttentionPath::Flash,
+            flash_tiling: Some(*t),
+            ..Default::default()
+        };
+        let got = attention(&x.tq, &x.tk, &x.tv, &opts).unwrap().to_vec_f32().unwrap();
+        assert_close(&format!("masked bias, flash tiling {}", t.label()), &got, &want, 2e-5, 1e-4);
+    }
+    // A tiling that is not in the list is refused, naming the list.
+    let huge = FlashTiling { rows: 4, head_chunk: 64 };
+    let x = inputs(&Case::new(7, 7, 32, false), AttentionLayout::Bhsd, DType::F32, 1);
+    let opts = AttentionOptions { flash_tiling: Some(huge), path: AttentionPath::Flash, ..Default::default() };
+    let e = attention(&x.tq, &x.tk, &x.tv, &opts).unwrap_err().to_string();
+    assert!(e.contains("flash_tilings"), "{e}");
 }
 
 #[test]

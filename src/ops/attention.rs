@@ -132,6 +132,9 @@ pub struct AttentionOptions<'a> {
     /// Forces the tensor-core backward's tiling (tests and benchmarks; one of
     /// [`coop_bwd_tilings`], else an error). `None`: the first of them.
     pub coop_bwd_tiling: Option<CoopBwdTiling>,
+    /// Forces the FMA-unit flash forward's tiling (tests and benchmarks; one of
+    /// [`flash_tilings`], else an error). `None`: [`FlashTiling::preferred`].
+    pub flash_tiling: Option<FlashTiling>,
 }
 
 /// The sizes of one attention call, checked.
@@ -328,7 +331,35 @@ pub fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpt
     };
     let (kernel, rows) = match tiling {
         Some(t) => (coop_kernel(bias_dtype, dims.d, t), t.rows()),
-        None => (fwd_kernel(q.dtype(), bias_dtype, dims.d), FWD_ROWS),
+        None => {
+            let flash = match opts.flash_tiling {
+                None => FlashTiling::preferred(dims.d, limits),
+                Some(t) if flash_tilings(dims.d, limits).contains(&t) => Some(t),
+                Some(t) => {
+                    return Err(Error::InvalidArgument {
+                        op: OP,
+                        msg: format!(
+                            "flash tiling {t:?} is not one of flash_tilings on this adapter ({} bytes of workgroup memory and {} invocations, {} and {} allowed)",
+                            t.workgroup_bytes(),
+                            t.invocations(),
+                            limits.max_compute_workgroup_storage_size,
+                            limits.max_compute_invocations_per_workgroup
+                        ),
+                    });
+                }
+            };
+            let Some(t) = flash else {
+                return Err(Error::InvalidArgument {
+                    op: OP,
+                    msg: format!(
+                        "the flash kernel needs {} bytes of workgroup memory, the adapter allows {}",
+                        FlashTiling::new(4, 16).workgroup_bytes(),
+                        limits.max_compute_workgroup_storage_size
+                    ),
+                });
+            };
+            (fwd_kernel(q.dtype(), bias_dtype, dims.d, t), FWD_ROWS)
+        }
     };
     // Unchecked is safe: every element index is offset + b·sb + h·sh + s·ss + d of a view
     // with b < B, h < H (or H_kv), s < S, d < D, guarded by the shader's row and column
@@ -609,15 +640,94 @@ fn store_pair(dtype: DType) -> &'static str {
     }
 }
 
-fn fwd_kernel(dtype: DType, bias: Option<DType>, d: usize) -> Kernel {
-    // O columns in blocks of 64 (4 per invocation), the S product in head-dim chunks of
-    // 16, and V in chunks that fill the 2176-float staging array: 32 keys at DP 64, 16 at
-    // DP 128.
+/// Tiling of the FMA-unit flash forward (shaders/attention.wgsl), for every dtype on every
+/// adapter: 64 query rows × 64 keys per step, `rows` query rows per invocation (4: 256
+/// invocations, or 8: 128, each reading half as much workgroup memory per FMA) and the S
+/// product in head-dim chunks of `head_chunk` (16, or 32: half the workgroup barriers, 38 KiB
+/// of workgroup memory). The ones the library runs are those [`flash_tilings`] lists.
+///
+/// ```
+/// use wgkernels::ops::attention::{flash_tilings, FlashTiling};
+/// use wgkernels::wgpu::Limits;
+/// let software = Limits { max_compute_workgroup_storage_size: 32 << 10, ..Limits::default() };
+/// assert!(flash_tilings(64, &software).iter().all(|t| t.workgroup_bytes() <= 32 << 10));
+/// assert_eq!(FlashTiling::parse("8,16"), Some(FlashTiling { rows: 8, head_chunk: 16 }));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlashTiling {
+    /// Query rows per invocation: 4 or 8.
+    pub rows: usize,
+    /// Head-dim columns of Q and K staged per step of the S product: 16 or 32.
+    pub head_chunk: usize,
+}
+
+impl FlashTiling {
+    const fn new(rows: usize, head_chunk: usize) -> Self {
+        FlashTiling { rows, head_chunk }
+    }
+
+    /// Invocations per workgroup: 16 per `rows` query rows of 64.
+    pub fn invocations(self) -> usize {
+        16 * (64 / self.rows)
+    }
+
+    /// Workgroup memory: the staging array (Qᵀ and Kᵀ chunks [C][68] f32, reused for V),
+    /// P [64][68] f32 and the row partials [64][16] f32; the same at every head dim.
+    pub fn workgroup_bytes(self) -> usize {
+        (2 * self.head_chunk * 68 + 64 * 68 + 64 * 16) * 4
+    }
+
+    /// The default tiling under the adapter's `limits` (the first of [`flash_tilings`]), or
+    /// the one `WGK_ATTN_FLASH=R,C` forces if it is one of them. None when nothing fits.
+    pub fn preferred(d: usize, limits: &wgpu::Limits) -> Option<FlashTiling> {
+        let all = flash_tilings(d, limits);
+        let forced = std::env::var("WGK_ATTN_FLASH").ok().and_then(|v| FlashTiling::parse(&v));
+        forced.filter(|t| all.contains(t)).or(all.first().copied())
+    }
+
+    /// `R,C` as in `WGK_ATTN_FLASH`.
+    pub fn parse(text: &str) -> Option<FlashTiling> {
+        let (r, c) = text.split_once(',')?;
+        Some(FlashTiling::new(r.trim().parse().ok()?, c.trim().parse().ok()?))
+    }
+
+    /// `R,C`, as `parse` reads it.
+    pub fn label(self) -> String {
+        format!("{},{}", self.rows, self.head_chunk)
+    }
+}
+
+/// The tilings of the FMA-unit flash forward that fit the workgroup memory and invocations
+/// `limits` allow, fastest first as measured on the H200 (BENCHMARKS.md, eighth round, call
+/// 2: f32, B4 H16 S2048, TFLOP/s at D 64 / D 128). Every one takes every head dim the kernel
+/// takes. 8 rows per invocation reads half the workgroup memory per FMA but ran slower
+/// everywhere there (registers); they stay for adapters where that trade goes the other way.
+pub fn flash_tilings(_d: usize, limits: &wgpu::Limits) -> Vec<FlashTiling> {
+    const ORDER: [FlashTiling; 4] = [
+        FlashTiling::new(4, 32), // 20.7 / 23.2
+        FlashTiling::new(4, 16), // 20.3 / 22.4 (the one that fits 32 KiB)
+        FlashTiling::new(8, 16), // 18.1 / 20.0
+        FlashTiling::new(8, 32), // 18.2 / 18.0
+    ];
+    ORDER
+        .into_iter()
+        .filter(|t| {
+            t.workgroup_bytes() <= limits.max_compute_workgroup_storage_size as usize
+                && t.invocations() <= limits.max_compute_invocations_per_workgroup as usize
+        })
+        .collect()
+}
+
+fn fwd_kernel(dtype: DType, bias: Option<DType>, d: usize, t: FlashTiling) -> Kernel {
+    // O columns in blocks of 64 (4 per invocation); the S product in head-dim chunks of C;
+    // V in chunks that fill the staging array (2·64·C floats): 128·C / DP keys.
     let dp = d.next_multiple_of(64);
     let mut k = Kernel::new(Shader::Attention, "attention_fwd")
+        .sub("TR", t.rows.to_string())
+        .sub("DC", t.head_chunk.to_string())
         .sub("DP", dp.to_string())
-        .sub("DS", d.next_multiple_of(16).to_string())
-        .sub("VC", (2048 / dp).to_string())
+        .sub("DS", d.next_multiple_of(t.head_chunk).to_string())
+        .sub("VC", (128 * t.head_chunk / dp).to_string())
         .sub("LOAD_Q", wgsl_load("q", dtype))
         .sub("LOAD_K", wgsl_load("k", dtype))
         .sub("LOAD_V", wgsl_load("v", dtype))
@@ -1135,13 +1245,13 @@ fn coop_bwd_kernel(dkdv: bool, bias: Option<DType>, d: usize, t: CoopBwdTiling) 
 /// and without a bias), for the portability test.
 pub fn all_kernels() -> Vec<Kernel> {
     let mut all = Vec::new();
+    let h200 = wgpu::Limits {
+        max_compute_workgroup_storage_size: 48 << 10,
+        max_compute_invocations_per_workgroup: 1024,
+        ..wgpu::Limits::default()
+    };
     for d in [16, 32, 48, 64, 80, 96, 112, 128] {
         for bias in [None, Some(DType::F16), Some(DType::F32)] {
-            let h200 = wgpu::Limits {
-                max_compute_workgroup_storage_size: 48 << 10,
-                max_compute_invocations_per_workgroup: 1024,
-                ..wgpu::Limits::default()
-            };
             for t in coop_tilings(d, &h200) {
                 all.push(coop_kernel(bias, d, t));
             }
@@ -1154,8 +1264,10 @@ pub fn all_kernels() -> Vec<Kernel> {
     }
     for dtype in DType::ALL {
         for bias in [None, Some(dtype), Some(DType::F32)] {
-            for d in [32, 64, 96, 128] {
-                all.push(fwd_kernel(dtype, bias, d));
+            for d in [8, 32, 40, 64, 80, 96, 128] {
+                for t in flash_tilings(d, &h200) {
+                    all.push(fwd_kernel(dtype, bias, d, t));
+                }
             }
             for d in [16, 32, 48, 64, 80, 96, 112, 128] {
                 all.push(bwd_kernel("attention_bwd_dkdv", dtype, bias, d));
