@@ -1,29 +1,46 @@
-// Flash attention, backward (FlashAttention-2's recomputation): the probabilities are
-// rebuilt tile by tile from q, k and the forward's log-sum-exp, P = exp(scale·q·k + bias −
-// lse), never stored whole. With δ_i = Σ_d dO_i·O_i (computed before, by the tensor ops):
+// Flash attention, backward (FlashAttention-2's recomputation) on plain FMA units,
+// register-tiled like the forward (shaders/attention.wgsl). The probabilities are rebuilt
+// tile by tile from q, k and the forward's log-sum-exp, P = exp(scale·q·k + bias − lse),
+// never stored whole. With δ_i = Σ_d dO_i·O_i (computed before, by the tensor ops):
 //   dV_j = Σ_i P_ij dO_i,   dS_ij = P_ij (dO_i·V_j − δ_i),
 //   dK_j = scale Σ_i dS_ij Q_i,   dQ_i = scale Σ_j dS_ij K_j.
 // WGSL has no float atomics, so instead of FA2's atomic dQ there are two entry points,
 // each owning what it writes:
-// - attention_bwd_dkdv: one workgroup per (16-key tile, kv head, batch); loops over the query
-//   heads sharing that kv head (grouped-query attention) and their query tiles.
-// - attention_bwd_dq: one workgroup per (16-query tile, head, batch); loops over key tiles.
-// Both hold their 16 "fixed" rows (K and V, or Q and dO) whole in workgroup memory and stream
-// the other side in tiles of 32 rows, the head dim in chunks of 16: pass 1 builds S and dP
-// (32 × 16, two per invocation), P and dS go to workgroup memory, pass 2 streams the chunks
-// again to accumulate the outputs (invocation = fixed row lid / 16 × column lid % 16 of each
-// chunk; the accumulators are per chunk, DP / 16 of them). Causal tiles past the diagonal are
-// skipped. Outputs are f32 (the host casts them to the input dtype).
-// FLOPs: 2.5× the forward's (S recomputed twice, dP twice, three products). Workgroup memory:
-// 2 · 16 · DP · 4 + 4 · 2 KiB = 24 KiB at D = 128.
+// - attention_bwd_dkdv: a workgroup per 64 "fixed" keys (kv head, batch); query tiles of 64
+//   (every query head sharing the kv head: grouped-query attention) stream through.
+// - attention_bwd_dq: a workgroup per 64 fixed queries (head, batch); key tiles stream.
 //
-// Placeholders: DP (head dim padded to a multiple of 16), LOAD_Q/K/V/DO/BIAS. Flag: BIAS.
+// 256 invocations as a 16 × 16 grid (ty, tx); (ty, tx) owns fixed rows 4ty..4ty+3. Per
+// streamed tile:
+//   S, dP      (4 fixed × 4 streamed rows 4tx.. per invocation, in registers) over the head
+//              dim in chunks of DC = 16: the fixed and streamed rows' chunks staged
+//              transposed [DC][64], two vec4 workgroup loads per 16 FMAs, as the forward's S.
+//   P, dS      in registers, then to workgroup memory W [64 fixed][64 streamed].
+//   out += W·T for the streamed rows T (dO or Q in dkdv, K in dq) in chunks of VC rows
+//              [VC][DP]: the invocation owns columns 4tx + 64j of its 4 fixed rows.
+// dkdv runs the last step twice per tile (dV += P·dO, then dK += dS·Q) through the same W.
+// Causal tiles wholly past the diagonal are skipped; the rest are masked per element.
+// Outputs are f32, contiguous [B, heads, S, D] (the host casts them to the input dtype).
+//
+// FLOPs: 2.5× the forward's 4·S_q·S_k·D (S twice, dP twice, three more products: the
+// dkdv kernel computes S, dP, dV, dK; dq computes S, dP, dQ). Workgroup memory: staging
+// 8.5 KiB (two transposed chunks, or a chunk of streamed rows), W 17 KiB: 25.5 KiB at every
+// head dim.
+//
+// Placeholders: DP (head dim padded to a multiple of 64), DS (padded to 16), VC (streamed
+// rows per output chunk), LOAD_Q/K/V/DO/BIAS. Flag: BIAS.
 
-const FR: u32 = 16u;
-const SR: u32 = 32u;
+// Fixed rows per workgroup, streamed rows per tile.
+const FR: u32 = 64u;
+const SR: u32 = 64u;
 const DC: u32 = 16u;
 const DP: u32 = {{DP}}u;
-const CHUNKS: u32 = DP / DC;
+const DS: u32 = {{DS}}u;
+const VC: u32 = {{VC}}u;
+// Column blocks of 4 per invocation in the outputs: columns 4tx + 64j.
+const CB: u32 = DP / 64u;
+// Row stride in vec4 of the transposed chunks and of W (68 floats, as in the forward).
+const ST: u32 = 17u;
 
 // params: as the forward's (shaders/attention.wgsl) for [0..30); dO at 30 (offset, batch,
 // head, row strides). Outputs are contiguous [B, heads, S, D] f32.
@@ -43,12 +60,11 @@ const CHUNKS: u32 = DP / DC;
 // dV (dkdv)
 @group(0) @binding(9) var<storage, read_write> out_b: array<f32>;
 
-var<workgroup> fixed_a: array<f32, FR * DP>;   // K or Q rows
-var<workgroup> fixed_b: array<f32, FR * DP>;   // V or dO rows
-var<workgroup> st_a: array<f32, SR * DC>;      // a chunk of Q or K rows
-var<workgroup> st_b: array<f32, SR * DC>;      // a chunk of dO or V rows
-var<workgroup> p_tile: array<f32, SR * FR>;    // [streamed][fixed]
-var<workgroup> ds_tile: array<f32, SR * FR>;
+// Products: the fixed rows' chunk [DC][ST] then the streamed rows' [DC][ST] (vec4 of 4
+// rows); outputs: a chunk of streamed rows [VC][DP / 4].
+var<workgroup> staging: array<vec4<f32>, 2u * DC * ST>;
+// P or dS [FR fixed][ST] (vec4 of 4 streamed rows; 16 used).
+var<workgroup> w_tile: array<vec4<f32>, FR * ST>;
 
 fn load_q(e: u32) -> f32 {
     {{LOAD_Q}}
@@ -84,169 +100,229 @@ fn row_base(at: u32, b: u32, h: u32, s: u32) -> u32 {
     return params[at] + b * params[at + 1u] + h * params[at + 2u] + s * params[at + 3u];
 }
 
-// Rows r0.. r0 + FR of tensor `at` (head h), all DP columns (zero past `rows` and D), into
-// fixed_a (to_b false) or fixed_b.
-fn stage_fixed(at: u32, b: u32, h: u32, r0: u32, rows: u32, lid: u32, to_b: bool) {
-    let D = params[5];
-    for (var idx = lid; idx < FR * DP; idx += 256u) {
-        let r = r0 + idx / DP;
-        let d = idx % DP;
-        var x = 0.0;
-        if (r < rows && d < D) {
-            x = load_from(at, row_base(at, b, h, r) + d);
+// The four rows r0.., column d of tensor `at` (head h) as a vec4, zero past `rows` and D.
+fn load4_rows(at: u32, b: u32, h: u32, r0: u32, rows: u32, d: u32) -> vec4<f32> {
+    var x = vec4<f32>(0.0);
+    if (d < params[5]) {
+        let base = row_base(at, b, h, r0);
+        let rs = params[at + 3u];
+        for (var j = 0u; j < 4u; j++) {
+            if (r0 + j < rows) {
+                x[j] = load_from(at, base + j * rs + d);
+            }
         }
-        if (to_b) {
-            fixed_b[idx] = x;
-        } else {
-            fixed_a[idx] = x;
+    }
+    return x;
+}
+
+// Σ_d F[f][d]·T[t][d] for fixed rows f0 + 4ty + i and streamed rows t0 + 4tx + c of tensors
+// at_f (head h_f, `f_rows` rows) and at_t (head h_t): [i][c]. Each chunk of DC columns is
+// staged transposed, 1 vec4 (4 rows × 1 column) of each side per invocation.
+fn product(at_f: u32, h_f: u32, f0: u32, f_rows: u32, at_t: u32, h_t: u32, t0: u32, t_rows: u32, b: u32, lid: u32) -> array<vec4<f32>, 4> {
+    let ty = lid / 16u;
+    let tx = lid % 16u;
+    let d_of = lid % DC;
+    let r4 = 4u * (lid / DC);
+    var s: array<vec4<f32>, 4>;
+    for (var dc = 0u; dc < DS; dc += DC) {
+        // The previous chunk, or the previous step's rows, is read by now.
+        workgroupBarrier();
+        let at = d_of * ST + r4 / 4u;
+        staging[at] = load4_rows(at_f, b, h_f, f0 + r4, f_rows, dc + d_of);
+        staging[DC * ST + at] = load4_rows(at_t, b, h_t, t0 + r4, t_rows, dc + d_of);
+        workgroupBarrier();
+        for (var kk = 0u; kk < DC; kk++) {
+            let tv = staging[DC * ST + kk * ST + tx];
+            let fv = staging[kk * ST + ty];
+            s[0] += fv.x * tv;
+            s[1] += fv.y * tv;
+            s[2] += fv.z * tv;
+            s[3] += fv.w * tv;
+        }
+    }
+    return s;
+}
+
+// acc[i][j] += Σ_t W[4ty + i][t] · T[t][4tx + 64j..] over the SR streamed rows t0.. of tensor
+// `at` (head h, `rows` rows), VC rows at a time through the staging array. W is written
+// before the call; every invocation is past a barrier after its last write when it returns
+// from the first chunk's barrier pair.
+fn accumulate(acc: ptr<function, array<vec4<f32>, 4u * CB>>, at: u32, b: u32, h: u32, t0: u32, rows: u32, lid: u32) {
+    let ty = lid / 16u;
+    let tx = lid % 16u;
+    let D = params[5];
+    for (var vc = 0u; vc < SR; vc += VC) {
+        workgroupBarrier();
+        for (var idx = lid; idx < VC * DP / 4u; idx += 256u) {
+            let r = t0 + vc + idx / (DP / 4u);
+            let d = 4u * (idx % (DP / 4u));
+            var x = vec4<f32>(0.0);
+            if (r < rows && d < D) {
+                // D is a multiple of 8: the four columns are all inside or all outside.
+                let e = row_base(at, b, h, r) + d;
+                x = vec4<f32>(load_from(at, e), load_from(at, e + 1u), load_from(at, e + 2u), load_from(at, e + 3u));
+            }
+            staging[idx] = x;
+        }
+        workgroupBarrier();
+        for (var k4 = 0u; k4 < VC / 4u; k4++) {
+            // Rows vc + 4k4 + c (c < 4), columns 4tx + 64j..+3: [c][j].
+            var tt: array<vec4<f32>, 4u * CB>;
+            for (var c = 0u; c < 4u; c++) {
+                for (var j = 0u; j < CB; j++) {
+                    tt[c * CB + j] = staging[(4u * k4 + c) * (DP / 4u) + tx + 16u * j];
+                }
+            }
+            for (var i = 0u; i < 4u; i++) {
+                let w = w_tile[(4u * ty + i) * ST + vc / 4u + k4];
+                for (var j = 0u; j < CB; j++) {
+                    var a = (*acc)[i * CB + j];
+                    a += w.x * tt[j];
+                    a += w.y * tt[CB + j];
+                    a += w.z * tt[2u * CB + j];
+                    a += w.w * tt[3u * CB + j];
+                    (*acc)[i * CB + j] = a;
+                }
+            }
         }
     }
 }
 
-// Columns dc..dc + DC of rows r0..r0 + SR of tensor `at` into st_a / st_b.
-fn stage_chunk(at: u32, b: u32, h: u32, r0: u32, rows: u32, dc: u32, lid: u32, to_b: bool) {
-    let D = params[5];
-    for (var t = 0u; t < 2u; t++) {
-        let idx = lid + 256u * t;
-        let r = r0 + idx / DC;
-        let d = dc + idx % DC;
-        var x = 0.0;
-        if (r < rows && d < D) {
-            x = load_from(at, row_base(at, b, h, r) + d);
-        }
-        if (to_b) {
-            st_b[idx] = x;
-        } else {
-            st_a[idx] = x;
-        }
-    }
-}
-
-// P and dS of query `qr`, key `kc` (head h) from the raw dot product q·k and dp = dO·v.
-fn p_and_ds(b: u32, h: u32, qr: u32, kc: u32, qk: f32, dp: f32) -> vec2<f32> {
-    let H = params[1];
+// P and dS for query `qr`, key `kc` of head h, from the raw q·k, dp = dO·v, and the query's
+// log-sum-exp `l` and δ. 0 where masked, and for a query that saw no key (lse −∞).
+fn p_and_ds(b: u32, h: u32, qr: u32, kc: u32, qk: f32, dp: f32, l: f32, dl: f32) -> vec2<f32> {
     let S_q = params[3];
     let S_k = params[4];
     let causal = params[6] != 0u;
     let offset = i32(S_k) - i32(S_q);
     let visible = qr < S_q && kc < S_k && (!causal || i32(kc) <= i32(qr) + offset);
-    if (!visible) {
-        return vec2<f32>(0.0);
-    }
-    let row = (b * H + h) * S_q + qr;
-    let l = lse[row];
-    // A row that saw no key has lse −∞ and no gradient.
-    if (l < -3.4028235e38) {
+    if (!visible || l < -3.4028235e38) {
         return vec2<f32>(0.0);
     }
     let e = params[24] + b * params[25] + h * params[26] + qr * params[27] + kc * params[28];
     let p = exp(qk * bitcast<f32>(params[7]) + load_bias(e) - l);
-    return vec2<f32>(p, p * (dp - delta[row]));
+    return vec2<f32>(p, p * (dp - dl));
 }
 
-// Pass 1 of one streamed tile: S (= st_a·fixed_a) and dP (= st_b·fixed_b) for streamed rows
-// lid / 16 and lid / 16 + 16 against fixed row lid % 16. Streams tensors at_a / at_b.
-fn scores(at_a: u32, at_b: u32, b: u32, h_st: u32, r0: u32, rows: u32, lid: u32) -> array<vec2<f32>, 2> {
-    let f = lid % FR;
-    var out: array<vec2<f32>, 2>; // (S, dP) per streamed row
-    for (var dc = 0u; dc < DP; dc += DC) {
-        workgroupBarrier();
-        stage_chunk(at_a, b, h_st, r0, rows, dc, lid, false);
-        stage_chunk(at_b, b, h_st, r0, rows, dc, lid, true);
-        workgroupBarrier();
-        for (var kk = 0u; kk < DC; kk++) {
-            let fa = fixed_a[f * DP + dc + kk];
-            let fb = fixed_b[f * DP + dc + kk];
-            for (var t = 0u; t < 2u; t++) {
-                let s = lid / FR + 16u * t;
-                out[t] += vec2<f32>(st_a[s * DC + kk] * fa, st_b[s * DC + kk] * fb);
+// The invocation's accumulator [i][j] times `factor` as rows r0 + 4ty + i (below `rows`),
+// columns 4tx + 64j (below D), of the contiguous [.., D] f32 output from element `out0`.
+fn store_rows(acc: ptr<function, array<vec4<f32>, 4u * CB>>, to_b: bool, out0: u32, r0: u32, rows: u32, factor: f32, lid: u32) {
+    let D = params[5];
+    let ty = lid / 16u;
+    let tx = lid % 16u;
+    for (var i = 0u; i < 4u; i++) {
+        let r = r0 + 4u * ty + i;
+        for (var j = 0u; j < CB; j++) {
+            let c = 4u * tx + 64u * j;
+            if (r < rows && c < D) {
+                let x = (*acc)[i * CB + j] * factor;
+                let at = out0 + r * D + c;
+//#if DKDV
+                if (to_b) {
+                    out_b[at] = x.x;
+                    out_b[at + 1u] = x.y;
+                    out_b[at + 2u] = x.z;
+                    out_b[at + 3u] = x.w;
+                    continue;
+                }
+//#endif
+                out_a[at] = x.x;
+                out_a[at + 1u] = x.y;
+                out_a[at + 2u] = x.z;
+                out_a[at + 3u] = x.w;
             }
         }
     }
-    return out;
 }
 
+//#if DKDV
 @compute @workgroup_size(256)
 fn attention_bwd_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let H = params[1];
     let H_kv = params[2];
     let S_q = params[3];
     let S_k = params[4];
-    let D = params[5];
     let causal = params[6] != 0u;
     let offset = i32(S_k) - i32(S_q);
-    let k0 = wid.x * FR;
+    let j0 = wid.x * FR;
     let kv_h = wid.y;
     let b = wid.z;
     let group = H / H_kv;
-    let f = lid % FR;
-    let fr = lid / FR;
-    let cc = lid % FR;
+    let ty = lid / 16u;
+    let tx = lid % 16u;
 
-    stage_fixed(12u, b, kv_h, k0, S_k, lid, false);
-    stage_fixed(16u, b, kv_h, k0, S_k, lid, true);
-    var dk: array<f32, CHUNKS>;
-    var dv: array<f32, CHUNKS>;
-    // Queries that see key k0 or later: i ≥ k0 − offset (causal); earlier tiles are skipped.
-    let first_q = select(0, max(0, i32(k0) - offset), causal);
+    var dk: array<vec4<f32>, 4u * CB>;
+    var dv: array<vec4<f32>, 4u * CB>;
+    // Queries that see key j0 or later: i ≥ j0 − offset (causal); earlier tiles are skipped.
+    let first_q = select(0, max(0, i32(j0) - offset), causal);
     let q_tiles = (S_q + SR - 1u) / SR;
     for (var g = 0u; g < group; g++) {
         let h = kv_h * group + g;
         for (var qt = u32(first_q) / SR; qt < q_tiles; qt++) {
             let q0 = qt * SR;
-            let sd = scores(8u, 30u, b, h, q0, S_q, lid);
-            for (var t = 0u; t < 2u; t++) {
-                let s = lid / FR + 16u * t;
-                let pd = p_and_ds(b, h, q0 + s, k0 + f, sd[t].x, sd[t].y);
-                p_tile[s * FR + f] = pd.x;
-                ds_tile[s * FR + f] = pd.y;
-            }
-            for (var c = 0u; c < CHUNKS; c++) {
-                workgroupBarrier();
-                stage_chunk(8u, b, h, q0, S_q, c * DC, lid, false);
-                stage_chunk(30u, b, h, q0, S_q, c * DC, lid, true);
-                workgroupBarrier();
-                for (var s = 0u; s < SR; s++) {
-                    dk[c] += ds_tile[s * FR + fr] * st_a[s * DC + cc];
-                    dv[c] += p_tile[s * FR + fr] * st_b[s * DC + cc];
+            // Sᵀ and dPᵀ: keys j0 + 4ty + i × queries q0 + 4tx + c.
+            var s = product(12u, kv_h, j0, S_k, 8u, h, q0, S_q, b, lid);
+            var dp = product(16u, kv_h, j0, S_k, 30u, h, q0, S_q, b, lid);
+            var l: vec4<f32>;
+            var dl: vec4<f32>;
+            for (var c = 0u; c < 4u; c++) {
+                let qr = q0 + 4u * tx + c;
+                if (qr < S_q) {
+                    l[c] = lse[(b * H + h) * S_q + qr];
+                    dl[c] = delta[(b * H + h) * S_q + qr];
                 }
             }
-        }
-    }
-    let r = k0 + fr;
-    if (r < S_k) {
-        let scale = bitcast<f32>(params[7]);
-        let base = ((b * H_kv + kv_h) * S_k + r) * D;
-        for (var c = 0u; c < CHUNKS; c++) {
-            let col = c * DC + cc;
-            if (col < D) {
-                out_a[base + col] = dk[c] * scale;
-                out_b[base + col] = dv[c];
+            var ds: array<vec4<f32>, 4>;
+            for (var i = 0u; i < 4u; i++) {
+                var p = vec4<f32>(0.0);
+                for (var c = 0u; c < 4u; c++) {
+                    let pd = p_and_ds(b, h, q0 + 4u * tx + c, j0 + 4u * ty + i, s[i][c], dp[i][c], l[c], dl[c]);
+                    p[c] = pd.x;
+                    ds[i][c] = pd.y;
+                }
+                // W was last read in the previous tile, before the products' barriers.
+                w_tile[(4u * ty + i) * ST + tx] = p;
             }
+            accumulate(&dv, 30u, b, h, q0, S_q, lid);
+            // Every invocation has read P.
+            workgroupBarrier();
+            for (var i = 0u; i < 4u; i++) {
+                w_tile[(4u * ty + i) * ST + tx] = ds[i];
+            }
+            accumulate(&dk, 8u, b, h, q0, S_q, lid);
         }
     }
+    let out0 = (b * H_kv + kv_h) * S_k * params[5];
+    store_rows(&dk, false, out0, j0, S_k, bitcast<f32>(params[7]), lid);
+    store_rows(&dv, true, out0, j0, S_k, 1.0, lid);
 }
-
+//#else
 @compute @workgroup_size(256)
 fn attention_bwd_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let H = params[1];
     let H_kv = params[2];
     let S_q = params[3];
     let S_k = params[4];
-    let D = params[5];
     let causal = params[6] != 0u;
     let offset = i32(S_k) - i32(S_q);
     let q0 = wid.x * FR;
     let h = wid.y;
     let b = wid.z;
     let kv_h = h / (H / H_kv);
-    let f = lid % FR;
-    let fr = lid / FR;
-    let cc = lid % FR;
+    let ty = lid / 16u;
+    let tx = lid % 16u;
 
-    stage_fixed(8u, b, h, q0, S_q, lid, false);
-    stage_fixed(30u, b, h, q0, S_q, lid, true);
-    var dq: array<f32, CHUNKS>;
+    // The fixed queries' log-sum-exp and δ.
+    var l: vec4<f32>;
+    var dl: vec4<f32>;
+    for (var i = 0u; i < 4u; i++) {
+        let qr = q0 + 4u * ty + i;
+        if (qr < S_q) {
+            l[i] = lse[(b * H + h) * S_q + qr];
+            dl[i] = delta[(b * H + h) * S_q + qr];
+        }
+    }
+    var dq: array<vec4<f32>, 4u * CB>;
     var k_tiles = (S_k + SR - 1u) / SR;
     if (causal) {
         let last = i32(min(q0 + FR, S_q)) - 1 + offset;
@@ -254,30 +330,19 @@ fn attention_bwd_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     }
     for (var kt = 0u; kt < k_tiles; kt++) {
         let k0 = kt * SR;
-        let sd = scores(12u, 16u, b, kv_h, k0, S_k, lid);
-        for (var t = 0u; t < 2u; t++) {
-            let s = lid / FR + 16u * t;
-            let pd = p_and_ds(b, h, q0 + f, k0 + s, sd[t].x, sd[t].y);
-            ds_tile[s * FR + f] = pd.y;
-        }
-        for (var c = 0u; c < CHUNKS; c++) {
-            workgroupBarrier();
-            stage_chunk(12u, b, kv_h, k0, S_k, c * DC, lid, false);
-            workgroupBarrier();
-            for (var s = 0u; s < SR; s++) {
-                dq[c] += ds_tile[s * FR + fr] * st_a[s * DC + cc];
+        // S and dP: queries q0 + 4ty + i × keys k0 + 4tx + c.
+        var s = product(8u, h, q0, S_q, 12u, kv_h, k0, S_k, b, lid);
+        var dp = product(30u, h, q0, S_q, 16u, kv_h, k0, S_k, b, lid);
+        for (var i = 0u; i < 4u; i++) {
+            var ds = vec4<f32>(0.0);
+            for (var c = 0u; c < 4u; c++) {
+                ds[c] = p_and_ds(b, h, q0 + 4u * ty + i, k0 + 4u * tx + c, s[i][c], dp[i][c], l[i], dl[i]).y;
             }
+            // W was last read in the previous tile, before the products' barriers.
+            w_tile[(4u * ty + i) * ST + tx] = ds;
         }
+        accumulate(&dq, 12u, b, kv_h, k0, S_k, lid);
     }
-    let r = q0 + fr;
-    if (r < S_q) {
-        let scale = bitcast<f32>(params[7]);
-        let base = ((b * H + h) * S_q + r) * D;
-        for (var c = 0u; c < CHUNKS; c++) {
-            let col = c * DC + cc;
-            if (col < D) {
-                out_a[base + col] = dq[c] * scale;
-            }
-        }
-    }
+    store_rows(&dq, false, (b * H + h) * S_q * params[5], q0, S_q, bitcast<f32>(params[7]), lid);
 }
+//#endif

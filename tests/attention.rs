@@ -409,6 +409,9 @@ fn backward_matches_f64_gradients() {
     check_backward(Case::new(7, 50, 64, true).gqa(4, 2).batch(2), AttentionLayout::Bhsd, DType::F32);
     check_backward(Case::new(33, 20, 32, false).gqa(6, 2), AttentionLayout::Bshd, DType::F32);
     check_backward(Case::new(40, 40, 80, true), AttentionLayout::Bhsd, DType::F32);
+    // Several 64-row tiles on both sides, S_q > S_k causal (the first queries see no key),
+    // a head dim that pads to 48 in the products.
+    check_backward(Case::new(150, 70, 40, true), AttentionLayout::Bhsd, DType::F32);
     check_backward(Case::new(40, 40, 64, true).gqa(2, 1), AttentionLayout::Bhsd, DType::F16);
 }
 

@@ -50,7 +50,7 @@ use crate::DType;
 /// ```
 pub const MAX_HEAD_DIM: usize = 128;
 const FWD_ROWS: usize = 64;
-const BWD_ROWS: usize = 16;
+const BWD_ROWS: usize = 64;
 
 /// How q, k, v (and the output) lay out their dims.
 ///
@@ -741,13 +741,21 @@ fn fwd_kernel(dtype: DType, bias: Option<DType>, d: usize, t: FlashTiling) -> Ke
 }
 
 fn bwd_kernel(entry: &'static str, dtype: DType, bias: Option<DType>, d: usize) -> Kernel {
+    // As the forward at head-dim chunks of 16: output columns in blocks of 64, streamed
+    // rows for the outputs in chunks that fill the 2176-float staging array.
+    let dp = d.next_multiple_of(64);
     let mut k = Kernel::new(Shader::AttentionBwd, entry)
-        .sub("DP", d.next_multiple_of(16).to_string())
+        .sub("DP", dp.to_string())
+        .sub("DS", d.next_multiple_of(16).to_string())
+        .sub("VC", (2048 / dp).to_string())
         .sub("LOAD_Q", wgsl_load("q", dtype))
         .sub("LOAD_K", wgsl_load("k", dtype))
         .sub("LOAD_V", wgsl_load("v", dtype))
         .sub("LOAD_DO", wgsl_load("dout", dtype))
         .trusted();
+    if entry == "attention_bwd_dkdv" {
+        k = k.flag("DKDV");
+    }
     k = match bias {
         Some(bd) => k.flag("BIAS").sub("LOAD_BIAS", wgsl_load("bias", bd)),
         None => k.sub("LOAD_BIAS", ""),
