@@ -834,23 +834,40 @@ fn main() -> wgkernels::Result<()> {
                                 )
                                 .is_ok();
                             let path = if coop { AttentionPath::FlashCoop } else { AttentionPath::Flash };
-                            let bwd_tilings: Vec<Option<CoopBwdTiling>> =
+                            // The FMA-unit backward takes the flash tiling's head-dim chunk: one
+                            // row per distinct chunk under WGK_ATTN_FLASH_TILINGS.
+                            let bwd_tilings: Vec<(Option<CoopBwdTiling>, Option<FlashTiling>)> =
                                 match std::env::var("WGK_ATTN_BWD_TILINGS").as_deref() {
                                     Ok("all") if coop => std::iter::once(None)
                                         .chain(coop_bwd_tilings(d, &limits).into_iter().map(Some))
+                                        .map(|t| (t, None))
                                         .collect(),
-                                    Ok(list) if coop && list != "all" => {
-                                        list.split(';').filter_map(CoopBwdTiling::parse).map(Some).collect()
-                                    }
-                                    _ => vec![None],
+                                    Ok(list) if coop && list != "all" => list
+                                        .split(';')
+                                        .filter_map(CoopBwdTiling::parse)
+                                        .map(|t| (Some(t), None))
+                                        .collect(),
+                                    _ if !coop => flash_tilings_run
+                                        .iter()
+                                        .filter(|t| t.is_none_or(|t| t.rows == 4))
+                                        .map(|&t| (None, t))
+                                        .collect(),
+                                    _ => vec![(None, None)],
                                 };
-                            for coop_bwd_tiling in bwd_tilings {
-                                let opts = AttentionOptions { causal, path, coop_bwd_tiling, ..Default::default() };
+                            for (coop_bwd_tiling, flash_tiling) in bwd_tilings {
+                                let opts = AttentionOptions {
+                                    causal,
+                                    path,
+                                    coop_bwd_tiling,
+                                    flash_tiling,
+                                    ..Default::default()
+                                };
                                 let (o, lse) = attention_forward(&q, &k, &v, &opts)?;
-                                let name = match coop_bwd_tiling {
-                                    Some(t) => format!("flash-tc[{}]", t.label()),
-                                    None if coop => "flash-tc".to_string(),
-                                    None => "flash".to_string(),
+                                let name = match (coop_bwd_tiling, flash_tiling) {
+                                    (Some(t), _) => format!("flash-tc[{}]", t.label()),
+                                    (None, _) if coop => "flash-tc".to_string(),
+                                    (None, Some(t)) => format!("flash[{}]", t.label()),
+                                    (None, None) => "flash".to_string(),
                                 };
                                 let tm = measure(&gpu, 1, reps, || {
                                     let (dq, dk, dv) = attention_backward(&q, &k, &v, &o, &lse, &dout, &opts)?;

@@ -13,27 +13,29 @@
 // 256 invocations as a 16 × 16 grid (ty, tx); (ty, tx) owns fixed rows 4ty..4ty+3. Per
 // streamed tile:
 //   S, dP      (4 fixed × 4 streamed rows 4tx.. per invocation, in registers) over the head
-//              dim in chunks of DC = 16: the fixed and streamed rows' chunks staged
+//              dim in chunks of DC (16 or 32): the fixed and streamed rows' chunks staged
 //              transposed [DC][64], two vec4 workgroup loads per 16 FMAs, as the forward's S.
 //   P, dS      in registers, then to workgroup memory W [64 fixed][64 streamed].
 //   out += W·T for the streamed rows T (dO or Q in dkdv, K in dq) in chunks of VC rows
 //              [VC][DP]: the invocation owns columns 4tx + 64j of its 4 fixed rows.
 // dkdv runs the last step twice per tile (dV += P·dO, then dK += dS·Q) through the same W.
+// Within each step the next chunk's global words are fetched into registers while the
+// current chunk is computed.
 // Causal tiles wholly past the diagonal are skipped; the rest are masked per element.
 // Outputs are f32, contiguous [B, heads, S, D] (the host casts them to the input dtype).
 //
 // FLOPs: 2.5× the forward's 4·S_q·S_k·D (S twice, dP twice, three more products: the
 // dkdv kernel computes S, dP, dV, dK; dq computes S, dP, dQ). Workgroup memory: staging
-// 8.5 KiB (two transposed chunks, or a chunk of streamed rows), W 17 KiB: 25.5 KiB at every
-// head dim.
+// 8.5 KiB per 16 of DC (two transposed chunks, or a chunk of streamed rows), W 17 KiB:
+// 25.5 KiB at DC 16, 34 KiB at DC 32, at every head dim.
 //
-// Placeholders: DP (head dim padded to a multiple of 64), DS (padded to 16), VC (streamed
-// rows per output chunk), LOAD_Q/K/V/DO/BIAS. Flag: BIAS.
+// Placeholders: DC, DP (head dim padded to a multiple of 64), DS (padded to DC), VC
+// (streamed rows per output chunk), LOAD_Q/K/V/DO/BIAS. Flags: BIAS, DKDV (which entry).
 
 // Fixed rows per workgroup, streamed rows per tile.
 const FR: u32 = 64u;
 const SR: u32 = 64u;
-const DC: u32 = 16u;
+const DC: u32 = {{DC}}u;
 const DP: u32 = {{DP}}u;
 const DS: u32 = {{DS}}u;
 const VC: u32 = {{VC}}u;
@@ -115,22 +117,44 @@ fn load4_rows(at: u32, b: u32, h: u32, r0: u32, rows: u32, d: u32) -> vec4<f32> 
     return x;
 }
 
+// vec4 words (4 rows × 1 column) per invocation of one side's transposed chunk, and of a
+// chunk of streamed rows for the outputs (VC·DP = 128·DC floats).
+const PER_SIDE: u32 = DC / 16u;
+const PER_ROWS: u32 = DC / 8u;
+
 // Σ_d F[f][d]·T[t][d] for fixed rows f0 + 4ty + i and streamed rows t0 + 4tx + c of tensors
 // at_f (head h_f, `f_rows` rows) and at_t (head h_t): [i][c]. Each chunk of DC columns is
-// staged transposed, 1 vec4 (4 rows × 1 column) of each side per invocation.
+// staged transposed (word idx = lid + 256n holds column idx % DC of rows 4·(idx / DC)..+3),
+// the next chunk fetched into registers while this one is computed.
 fn product(at_f: u32, h_f: u32, f0: u32, f_rows: u32, at_t: u32, h_t: u32, t0: u32, t_rows: u32, b: u32, lid: u32) -> array<vec4<f32>, 4> {
     let ty = lid / 16u;
     let tx = lid % 16u;
-    let d_of = lid % DC;
-    let r4 = 4u * (lid / DC);
+    var next_f: array<vec4<f32>, PER_SIDE>;
+    var next_t: array<vec4<f32>, PER_SIDE>;
+    for (var n = 0u; n < PER_SIDE; n++) {
+        let idx = lid + 256u * n;
+        next_f[n] = load4_rows(at_f, b, h_f, f0 + 4u * (idx / DC), f_rows, idx % DC);
+        next_t[n] = load4_rows(at_t, b, h_t, t0 + 4u * (idx / DC), t_rows, idx % DC);
+    }
     var s: array<vec4<f32>, 4>;
     for (var dc = 0u; dc < DS; dc += DC) {
         // The previous chunk, or the previous step's rows, is read by now.
         workgroupBarrier();
-        let at = d_of * ST + r4 / 4u;
-        staging[at] = load4_rows(at_f, b, h_f, f0 + r4, f_rows, dc + d_of);
-        staging[DC * ST + at] = load4_rows(at_t, b, h_t, t0 + r4, t_rows, dc + d_of);
+        for (var n = 0u; n < PER_SIDE; n++) {
+            let idx = lid + 256u * n;
+            let at = (idx % DC) * ST + idx / DC;
+            staging[at] = next_f[n];
+            staging[DC * ST + at] = next_t[n];
+        }
         workgroupBarrier();
+        if (dc + DC < DS) {
+            for (var n = 0u; n < PER_SIDE; n++) {
+                let idx = lid + 256u * n;
+                let d = dc + DC + idx % DC;
+                next_f[n] = load4_rows(at_f, b, h_f, f0 + 4u * (idx / DC), f_rows, d);
+                next_t[n] = load4_rows(at_t, b, h_t, t0 + 4u * (idx / DC), t_rows, d);
+            }
+        }
         for (var kk = 0u; kk < DC; kk++) {
             let tv = staging[DC * ST + kk * ST + tx];
             let fv = staging[kk * ST + ty];
@@ -143,28 +167,43 @@ fn product(at_f: u32, h_f: u32, f0: u32, f_rows: u32, at_t: u32, h_t: u32, t0: u
     return s;
 }
 
+// Streamed rows t0 + vc.., all DP columns of tensor `at` (head h), zero past `rows` and D:
+// word n is columns 4·(idx % (DP/4)).. of row idx / (DP/4), idx = lid + 256n.
+fn load_rows(at: u32, b: u32, h: u32, t0: u32, rows: u32, lid: u32, n: u32) -> vec4<f32> {
+    let idx = lid + 256u * n;
+    let r = t0 + idx / (DP / 4u);
+    let d = 4u * (idx % (DP / 4u));
+    var x = vec4<f32>(0.0);
+    if (r < rows && d < params[5]) {
+        // D is a multiple of 8: the four columns are all inside or all outside.
+        let e = row_base(at, b, h, r) + d;
+        x = vec4<f32>(load_from(at, e), load_from(at, e + 1u), load_from(at, e + 2u), load_from(at, e + 3u));
+    }
+    return x;
+}
+
 // acc[i][j] += Σ_t W[4ty + i][t] · T[t][4tx + 64j..] over the SR streamed rows t0.. of tensor
-// `at` (head h, `rows` rows), VC rows at a time through the staging array. W is written
-// before the call; every invocation is past a barrier after its last write when it returns
-// from the first chunk's barrier pair.
+// `at` (head h, `rows` rows), VC rows at a time through the staging array, the next chunk
+// fetched into registers while this one is computed. W is written before the call (the
+// first barrier here orders it).
 fn accumulate(acc: ptr<function, array<vec4<f32>, 4u * CB>>, at: u32, b: u32, h: u32, t0: u32, rows: u32, lid: u32) {
     let ty = lid / 16u;
     let tx = lid % 16u;
-    let D = params[5];
+    var next: array<vec4<f32>, PER_ROWS>;
+    for (var n = 0u; n < PER_ROWS; n++) {
+        next[n] = load_rows(at, b, h, t0, rows, lid, n);
+    }
     for (var vc = 0u; vc < SR; vc += VC) {
         workgroupBarrier();
-        for (var idx = lid; idx < VC * DP / 4u; idx += 256u) {
-            let r = t0 + vc + idx / (DP / 4u);
-            let d = 4u * (idx % (DP / 4u));
-            var x = vec4<f32>(0.0);
-            if (r < rows && d < D) {
-                // D is a multiple of 8: the four columns are all inside or all outside.
-                let e = row_base(at, b, h, r) + d;
-                x = vec4<f32>(load_from(at, e), load_from(at, e + 1u), load_from(at, e + 2u), load_from(at, e + 3u));
-            }
-            staging[idx] = x;
+        for (var n = 0u; n < PER_ROWS; n++) {
+            staging[lid + 256u * n] = next[n];
         }
         workgroupBarrier();
+        if (vc + VC < SR) {
+            for (var n = 0u; n < PER_ROWS; n++) {
+                next[n] = load_rows(at, b, h, t0 + vc + VC, rows, lid, n);
+            }
+        }
         for (var k4 = 0u; k4 < VC / 4u; k4++) {
             // Rows vc + 4k4 + c (c < 4), columns 4tx + 64j..+3: [c][j].
             var tt: array<vec4<f32>, 4u * CB>;

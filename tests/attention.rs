@@ -255,10 +255,11 @@ fn naive_path_matches_f64_and_the_flash_path() {
     }
 }
 
-/// Every tiling of the FMA-unit flash forward this adapter allows (`flash_tilings`; on the
+/// Every tiling of the FMA-unit flash kernels this adapter allows (`flash_tilings`; on the
 /// 32 KiB software devices the two with 16-column head chunks, on the H200 all four), at
 /// lengths that do not divide the 64-row tiles, head dims that pad (8, 40, 80), S_q ≠ S_k,
-/// GQA, a batch, both layouts, f16 storage, and a bias with masked entries.
+/// GQA, a batch, both layouts, f16 storage, and a bias with masked entries; the backward
+/// under each too.
 #[test]
 fn every_flash_tiling_matches_f64() {
     let gpu = gpu();
@@ -302,6 +303,15 @@ fn every_flash_tiling_matches_f64() {
         };
         let got = attention(&x.tq, &x.tk, &x.tv, &opts).unwrap().to_vec_f32().unwrap();
         assert_close(&format!("masked bias, flash tiling {}", t.label()), &got, &want, 2e-5, 1e-4);
+        // The backward takes the tiling's head-dim chunk: tiles on both sides, padded head
+        // dims, GQA, S_q ≠ S_k.
+        for (c, layout, dtype) in [
+            (Case::new(129, 70, 40, true), AttentionLayout::Bhsd, DType::F32),
+            (Case::new(65, 130, 80, false).gqa(4, 2), AttentionLayout::Bshd, DType::F32),
+            (Case::new(33, 33, 128, true), AttentionLayout::Bhsd, DType::F16),
+        ] {
+            check_backward_path(c, layout, dtype, AttentionPath::Flash, None, Some(*t), 4.0);
+        }
     }
     // A tiling that is not in the list is refused, naming the list.
     let huge = FlashTiling { rows: 4, head_chunk: 64 };
@@ -361,22 +371,30 @@ fn a_query_that_sees_no_key_gets_zero_and_minus_infinity() {
 }
 
 fn check_backward(c: Case, layout: AttentionLayout, dtype: DType) {
-    check_backward_path(c, layout, dtype, AttentionPath::Auto, None, 4.0)
+    check_backward_path(c, layout, dtype, AttentionPath::Auto, None, None, 4.0)
 }
 
-/// The backward through `path` (and tensor-core `tiling`) against the f64 reference
-/// gradients, at `loosen` times the dtype's tolerance.
+/// The backward through `path` (and tensor-core `tiling`, or FMA-unit `flash` tiling)
+/// against the f64 reference gradients, at `loosen` times the dtype's tolerance.
 fn check_backward_path(
     c: Case,
     layout: AttentionLayout,
     dtype: DType,
     path: AttentionPath,
     tiling: Option<CoopBwdTiling>,
+    flash: Option<FlashTiling>,
     loosen: f64,
 ) {
     let gpu = gpu();
     let x = inputs(&c, layout, dtype, 100 + c.s_q as u64);
-    let opts = AttentionOptions { causal: c.causal, layout, path, coop_bwd_tiling: tiling, ..Default::default() };
+    let opts = AttentionOptions {
+        causal: c.causal,
+        layout,
+        path,
+        coop_bwd_tiling: tiling,
+        flash_tiling: flash,
+        ..Default::default()
+    };
     let scale = 1.0 / (c.d as f64).sqrt();
     let (out, lse) = attention_forward(&x.tq, &x.tk, &x.tv, &opts).unwrap();
     let dout_v: Vec<f32> = random_vec(c.b * c.h * c.s_q * c.d, 77);
@@ -387,7 +405,11 @@ fn check_backward_path(
     let out_used: Vec<f64> = values_bhsd(&out, layout).iter().map(|&v| v as f64).collect();
     let _ = ref_out;
     let (wq, wk, wv) = reference_grads(&c, &x, scale, &probs, &out_used, &rounded(&dout_v, dtype));
-    let what = format!("{c:?} {layout:?} {dtype:?} {path:?} tiling {:?}", tiling.map(|t| t.label()));
+    let what = format!(
+        "{c:?} {layout:?} {dtype:?} {path:?} tiling {:?} flash tiling {:?}",
+        tiling.map(|t| t.label()),
+        flash.map(|t| t.label())
+    );
     let (atol, rtol) = match dtype {
         DType::F32 => (5e-5, 2e-4),
         d => (tol(d).0 * loosen, tol(d).1 * loosen),
@@ -639,7 +661,7 @@ fn tensor_core_backward_matches_f64_where_the_adapter_has_it() {
         let tilings = coop_bwd_tilings(c.d, &limits);
         assert!(!tilings.is_empty(), "no backward tiling fits D {}", c.d);
         for t in tilings {
-            check_backward_path(c, layout, DType::F16, AttentionPath::FlashCoop, Some(t), 8.0);
+            check_backward_path(c, layout, DType::F16, AttentionPath::FlashCoop, Some(t), None, 8.0);
         }
     }
     let bad = CoopBwdTiling { subgroups: 16, tile: 128, chunk: 16, stages: 2 };

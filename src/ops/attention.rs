@@ -331,35 +331,7 @@ pub fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpt
     };
     let (kernel, rows) = match tiling {
         Some(t) => (coop_kernel(bias_dtype, dims.d, t), t.rows()),
-        None => {
-            let flash = match opts.flash_tiling {
-                None => FlashTiling::preferred(dims.d, limits),
-                Some(t) if flash_tilings(dims.d, limits).contains(&t) => Some(t),
-                Some(t) => {
-                    return Err(Error::InvalidArgument {
-                        op: OP,
-                        msg: format!(
-                            "flash tiling {t:?} is not one of flash_tilings on this adapter ({} bytes of workgroup memory and {} invocations, {} and {} allowed)",
-                            t.workgroup_bytes(),
-                            t.invocations(),
-                            limits.max_compute_workgroup_storage_size,
-                            limits.max_compute_invocations_per_workgroup
-                        ),
-                    });
-                }
-            };
-            let Some(t) = flash else {
-                return Err(Error::InvalidArgument {
-                    op: OP,
-                    msg: format!(
-                        "the flash kernel needs {} bytes of workgroup memory, the adapter allows {}",
-                        FlashTiling::new(4, 16).workgroup_bytes(),
-                        limits.max_compute_workgroup_storage_size
-                    ),
-                });
-            };
-            (fwd_kernel(q.dtype(), bias_dtype, dims.d, t), FWD_ROWS)
-        }
+        None => (fwd_kernel(q.dtype(), bias_dtype, dims.d, flash_tiling(OP, opts, dims.d, limits)?), FWD_ROWS),
     };
     // Unchecked is safe: every element index is offset + b·sb + h·sh + s·ss + d of a view
     // with b < B, h < H (or H_kv), s < S, d < D, guarded by the shader's row and column
@@ -505,11 +477,14 @@ pub fn attention_backward(
         Some(t) => {
             (coop_bwd_kernel(true, bias_dtype, d, t), coop_bwd_kernel(false, bias_dtype, d, t), 16 * t.subgroups)
         }
-        None => (
-            bwd_kernel("attention_bwd_dkdv", q.dtype(), bias_dtype, d),
-            bwd_kernel("attention_bwd_dq", q.dtype(), bias_dtype, d),
-            BWD_ROWS,
-        ),
+        None => {
+            let chunk = flash_tiling(OP, opts, d, &gpu.info().limits)?.head_chunk;
+            (
+                bwd_kernel("attention_bwd_dkdv", q.dtype(), bias_dtype, d, chunk),
+                bwd_kernel("attention_bwd_dq", q.dtype(), bias_dtype, d, chunk),
+                BWD_ROWS,
+            )
+        }
     };
     let mut bind = common.clone();
     bind.extend([(8, dk.storage()?.buffer()), (9, dv.storage()?.buffer())]);
@@ -640,11 +615,13 @@ fn store_pair(dtype: DType) -> &'static str {
     }
 }
 
-/// Tiling of the FMA-unit flash forward (shaders/attention.wgsl), for every dtype on every
-/// adapter: 64 query rows × 64 keys per step, `rows` query rows per invocation (4: 256
-/// invocations, or 8: 128, each reading half as much workgroup memory per FMA) and the S
-/// product in head-dim chunks of `head_chunk` (16, or 32: half the workgroup barriers, 38 KiB
-/// of workgroup memory). The ones the library runs are those [`flash_tilings`] lists.
+/// Tiling of the FMA-unit flash kernels (shaders/attention.wgsl, attention_bwd.wgsl), for
+/// every dtype on every adapter: 64 query rows × 64 keys per step, `rows` query rows per
+/// invocation in the forward (4: 256 invocations, or 8: 128, each reading half as much
+/// workgroup memory per FMA; the backward always takes 4) and the score products in head-dim
+/// chunks of `head_chunk` (16, or 32: half the workgroup barriers, 38 KiB of workgroup
+/// memory in the forward, 34 KiB in the backward). The ones the library runs are those
+/// [`flash_tilings`] lists.
 ///
 /// ```
 /// use wgkernels::ops::attention::{flash_tilings, FlashTiling};
@@ -718,6 +695,32 @@ pub fn flash_tilings(_d: usize, limits: &wgpu::Limits) -> Vec<FlashTiling> {
         .collect()
 }
 
+/// The FMA-unit flash tiling of a call: the one `opts` forces (an error if the adapter's
+/// limits do not allow it), else [`FlashTiling::preferred`] (an error if none fits).
+fn flash_tiling(op: &'static str, opts: &AttentionOptions, d: usize, limits: &wgpu::Limits) -> Result<FlashTiling> {
+    match opts.flash_tiling {
+        Some(t) if flash_tilings(d, limits).contains(&t) => Ok(t),
+        Some(t) => Err(Error::InvalidArgument {
+            op,
+            msg: format!(
+                "flash tiling {t:?} is not one of flash_tilings on this adapter ({} bytes of workgroup memory and {} invocations, {} and {} allowed)",
+                t.workgroup_bytes(),
+                t.invocations(),
+                limits.max_compute_workgroup_storage_size,
+                limits.max_compute_invocations_per_workgroup
+            ),
+        }),
+        None => FlashTiling::preferred(d, limits).ok_or_else(|| Error::InvalidArgument {
+            op,
+            msg: format!(
+                "the flash kernels need {} bytes of workgroup memory, the adapter allows {}",
+                FlashTiling::new(4, 16).workgroup_bytes(),
+                limits.max_compute_workgroup_storage_size
+            ),
+        }),
+    }
+}
+
 fn fwd_kernel(dtype: DType, bias: Option<DType>, d: usize, t: FlashTiling) -> Kernel {
     // O columns in blocks of 64 (4 per invocation); the S product in head-dim chunks of C;
     // V in chunks that fill the staging array (2·64·C floats): 128·C / DP keys.
@@ -740,14 +743,15 @@ fn fwd_kernel(dtype: DType, bias: Option<DType>, d: usize, t: FlashTiling) -> Ke
     k
 }
 
-fn bwd_kernel(entry: &'static str, dtype: DType, bias: Option<DType>, d: usize) -> Kernel {
-    // As the forward at head-dim chunks of 16: output columns in blocks of 64, streamed
-    // rows for the outputs in chunks that fill the 2176-float staging array.
+fn bwd_kernel(entry: &'static str, dtype: DType, bias: Option<DType>, d: usize, head_chunk: usize) -> Kernel {
+    // As the forward: output columns in blocks of 64, the products in head-dim chunks of C,
+    // streamed rows for the outputs in chunks that fill the staging array (2·64·C floats).
     let dp = d.next_multiple_of(64);
     let mut k = Kernel::new(Shader::AttentionBwd, entry)
+        .sub("DC", head_chunk.to_string())
         .sub("DP", dp.to_string())
-        .sub("DS", d.next_multiple_of(16).to_string())
-        .sub("VC", (2048 / dp).to_string())
+        .sub("DS", d.next_multiple_of(head_chunk).to_string())
+        .sub("VC", (128 * head_chunk / dp).to_string())
         .sub("LOAD_Q", wgsl_load("q", dtype))
         .sub("LOAD_K", wgsl_load("k", dtype))
         .sub("LOAD_V", wgsl_load("v", dtype))
@@ -1278,8 +1282,10 @@ pub fn all_kernels() -> Vec<Kernel> {
                 }
             }
             for d in [16, 32, 48, 64, 80, 96, 112, 128] {
-                all.push(bwd_kernel("attention_bwd_dkdv", dtype, bias, d));
-                all.push(bwd_kernel("attention_bwd_dq", dtype, bias, d));
+                for chunk in [16, 32] {
+                    all.push(bwd_kernel("attention_bwd_dkdv", dtype, bias, d, chunk));
+                    all.push(bwd_kernel("attention_bwd_dq", dtype, bias, d, chunk));
+                }
             }
         }
     }
