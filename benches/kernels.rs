@@ -684,12 +684,13 @@ fn main() -> wgkernels::Result<()> {
     }
 
     // Attention (issue 5): B = 4, H = 16, S ∈ {512, 2048, 8192}, D ∈ {64, 128}, causal or not,
-    // f32 and f16. FLOPs 4·B·H·S²·D for the forward (halved when causal), 2.5× that for the
+    // f32, f16 and bf16 (bf16 runs on FMA units: the adapter has no bf16 cooperative
+    // matrices). FLOPs 4·B·H·S²·D for the forward (halved when causal), 2.5× that for the
     // backward (five S×S×D products against two), as FlashAttention counts. The variant names
     // the extra memory one call allocated beyond its inputs (peak − before): flash keeps a
     // log-sum-exp per row, naive an S×S score and probability matrix per head; at S = 8192 the
     // naive scores (4·16·8192² f32 = 16 GiB) exceed a storage binding and it cannot run.
-    for dtype in [DType::F16, DType::F32] {
+    for dtype in [DType::F16, DType::F32, DType::BF16] {
         let gpu = gpu.clone();
         jobs.push((
             format!("attention {}", dtype.name()),

@@ -78,7 +78,7 @@ if "attention" in SECTIONS:
     B, H = 4, 16
     seqs = [int(x) for x in os.environ.get("TORCH_ATTN_SEQS", "512,2048,8192").split(",")]
     dtypes = os.environ.get("TORCH_ATTN_DTYPES", "f16,f32").split(",")
-    for dt, name in [(torch.float16, "f16"), (torch.float32, "f32")]:
+    for dt, name in [(torch.float16, "f16"), (torch.float32, "f32"), (torch.bfloat16, "bf16")]:
         if name not in dtypes:
             continue
         for S in seqs:

@@ -607,6 +607,17 @@ fn base_params(
     p
 }
 
+/// Loader body for the FMA-unit flash kernels: [`wgsl_load`], except that an f16 element is
+/// picked from its unpacked pair by a select rather than a dynamic vector index.
+fn flash_load(buf: &str, dtype: DType) -> String {
+    match dtype {
+        DType::F16 => {
+            format!("let pair = unpack2x16float({buf}[e >> 1u]);\n    return select(pair.x, pair.y, (e & 1u) == 1u);")
+        }
+        _ => wgsl_load(buf, dtype),
+    }
+}
+
 fn store_pair(dtype: DType) -> &'static str {
     match dtype {
         DType::F32 => "o[e] = bitcast<u32>(x);\n    o[e + 1u] = bitcast<u32>(y);",
@@ -731,9 +742,9 @@ fn fwd_kernel(dtype: DType, bias: Option<DType>, d: usize, t: FlashTiling) -> Ke
         .sub("DP", dp.to_string())
         .sub("DS", d.next_multiple_of(t.head_chunk).to_string())
         .sub("VC", (128 * t.head_chunk / dp).to_string())
-        .sub("LOAD_Q", wgsl_load("q", dtype))
-        .sub("LOAD_K", wgsl_load("k", dtype))
-        .sub("LOAD_V", wgsl_load("v", dtype))
+        .sub("LOAD_Q", flash_load("q", dtype))
+        .sub("LOAD_K", flash_load("k", dtype))
+        .sub("LOAD_V", flash_load("v", dtype))
         .sub("STORE_O", store_pair(dtype))
         .trusted();
     k = match bias {
@@ -752,10 +763,10 @@ fn bwd_kernel(entry: &'static str, dtype: DType, bias: Option<DType>, d: usize, 
         .sub("DP", dp.to_string())
         .sub("DS", d.next_multiple_of(head_chunk).to_string())
         .sub("VC", (128 * head_chunk / dp).to_string())
-        .sub("LOAD_Q", wgsl_load("q", dtype))
-        .sub("LOAD_K", wgsl_load("k", dtype))
-        .sub("LOAD_V", wgsl_load("v", dtype))
-        .sub("LOAD_DO", wgsl_load("dout", dtype))
+        .sub("LOAD_Q", flash_load("q", dtype))
+        .sub("LOAD_K", flash_load("k", dtype))
+        .sub("LOAD_V", flash_load("v", dtype))
+        .sub("LOAD_DO", flash_load("dout", dtype))
         .trusted();
     if entry == "attention_bwd_dkdv" {
         k = k.flag("DKDV");
