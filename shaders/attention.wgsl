@@ -32,8 +32,8 @@
 // −inf everywhere) gets output 0 and log-sum-exp −inf.
 //
 // Placeholders: TR, DC, DP (head dim padded to a multiple of 64), DS (padded to DC), VC
-// (keys per V chunk), LOAD_Q/K/V/BIAS (loader bodies per dtype), STORE_O (stores the pair (x, y) at
-// element e, e even). Flag: BIAS.
+// (keys per V chunk), LOAD_Q/K/V/BIAS (loader bodies per dtype), STORE_O (stores the pair
+// (x, y) at element e, e even). Flag: BIAS.
 
 const BQ: u32 = 64u;
 const BK: u32 = 64u;

@@ -227,6 +227,25 @@ fn accumulate(acc: ptr<function, array<vec4<f32>, 4u * CB>>, at: u32, b: u32, h:
     }
 }
 
+struct QueryStats {
+    lse: vec4<f32>,
+    delta: vec4<f32>,
+}
+
+// The log-sum-exp and δ of queries r0..r0 + 3 of head h (0 past S_q, where P is masked).
+fn query_stats4(b: u32, h: u32, r0: u32) -> QueryStats {
+    let S_q = params[3];
+    var st = QueryStats(vec4<f32>(0.0), vec4<f32>(0.0));
+    for (var j = 0u; j < 4u; j++) {
+        if (r0 + j < S_q) {
+            let at = (b * params[1] + h) * S_q + r0 + j;
+            st.lse[j] = lse[at];
+            st.delta[j] = delta[at];
+        }
+    }
+    return st;
+}
+
 // P and dS for query `qr`, key `kc` of head h, from the raw q·k, dp = dO·v, and the query's
 // log-sum-exp `l` and δ. 0 where masked, and for a query that saw no key (lse −∞).
 fn p_and_ds(b: u32, h: u32, qr: u32, kc: u32, qk: f32, dp: f32, l: f32, dl: f32) -> vec2<f32> {
@@ -302,15 +321,9 @@ fn attention_bwd_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invo
             // Sᵀ and dPᵀ: keys j0 + 4ty + i × queries q0 + 4tx + c.
             var s = product(12u, kv_h, j0, S_k, 8u, h, q0, S_q, b, lid);
             var dp = product(16u, kv_h, j0, S_k, 30u, h, q0, S_q, b, lid);
-            var l: vec4<f32>;
-            var dl: vec4<f32>;
-            for (var c = 0u; c < 4u; c++) {
-                let qr = q0 + 4u * tx + c;
-                if (qr < S_q) {
-                    l[c] = lse[(b * H + h) * S_q + qr];
-                    dl[c] = delta[(b * H + h) * S_q + qr];
-                }
-            }
+            let stats = query_stats4(b, h, q0 + 4u * tx);
+            let l = stats.lse;
+            let dl = stats.delta;
             var ds: array<vec4<f32>, 4>;
             for (var i = 0u; i < 4u; i++) {
                 var p = vec4<f32>(0.0);
@@ -352,15 +365,9 @@ fn attention_bwd_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     let tx = lid % 16u;
 
     // The fixed queries' log-sum-exp and δ.
-    var l: vec4<f32>;
-    var dl: vec4<f32>;
-    for (var i = 0u; i < 4u; i++) {
-        let qr = q0 + 4u * ty + i;
-        if (qr < S_q) {
-            l[i] = lse[(b * H + h) * S_q + qr];
-            dl[i] = delta[(b * H + h) * S_q + qr];
-        }
-    }
+    let stats = query_stats4(b, h, q0 + 4u * ty);
+    let l = stats.lse;
+    let dl = stats.delta;
     var dq: array<vec4<f32>, 4u * CB>;
     var k_tiles = (S_k + SR - 1u) / SR;
     if (causal) {
