@@ -197,8 +197,8 @@ fn forward_matches_f64_over_lengths_dims_and_masks() {
             }
         }
     }
-    // Padded head dims: the forward pads O columns to 64 or 128 and the S product's
-    // head-dim chunks to 16 (8 → 16, 40 → 48; 80 and 96 → 128 columns).
+    // Padded head dims: the forward pads O columns to 64 or 128 and the S product's head
+    // dim to its chunk of 16 or 32 (8 → 16 or 32, 40 → 48 or 64; 80 and 96 → 128 columns).
     for d in [8, 40, 80, 96] {
         check_forward(Case::new(33, 33, d, true), AttentionLayout::Bhsd, DType::F32, AttentionPath::Flash);
     }
@@ -285,7 +285,7 @@ fn every_flash_tiling_matches_f64() {
             assert_close(&what, &values_bhsd(&out, layout), &want, atol, rtol);
             assert_close(&format!("lse {what}"), &lse.to_vec_f32().unwrap(), &want_lse, 1e-5, 1e-5);
         }
-        // A bias with −∞ entries (a whole row masked: output 0, lse −∞) under every tiling.
+        // A bias with −∞ entries (one whole row masked: its output 0) under every tiling.
         let c = Case::new(37, 45, 32, false);
         let x = inputs(&c, AttentionLayout::Bhsd, DType::F32, 2);
         let mask: Vec<f32> = (0..c.s_q * c.s_k)
@@ -594,6 +594,30 @@ fn tensor_core_path_matches_f64_where_the_adapter_has_it() {
     let o = AttentionOptions { coop_tiling: Some(huge), path: AttentionPath::FlashCoop, ..Default::default() };
     let e = attention(&x.tq, &x.tk, &x.tv, &o).unwrap_err().to_string();
     assert!(e.contains("tiling") && e.contains("coop_tilings"), "{e}");
+}
+
+/// The FMA-unit flash tilings under a 48 KiB / 1024-invocation adapter (the H200's), a 32 KiB /
+/// 256-invocation one (software devices) and WebGPU's 16 KiB default: every listed tiling
+/// fits, the measured default comes first, labels parse back. Runs without a GPU.
+#[test]
+fn flash_tilings_fit_and_round_trip_their_labels() {
+    let limits = |kib: u32, invocations: u32| wgkernels::wgpu::Limits {
+        max_compute_workgroup_storage_size: kib << 10,
+        max_compute_invocations_per_workgroup: invocations,
+        ..wgkernels::wgpu::Limits::default()
+    };
+    for (l, first, count) in [(limits(48, 1024), "4,32", 4), (limits(32, 256), "4,16", 2), (limits(16, 256), "", 0)] {
+        for d in [8, 32, 64, 80, 128] {
+            let all = flash_tilings(d, &l);
+            assert_eq!(all.len(), count, "{all:?} under {} bytes", l.max_compute_workgroup_storage_size);
+            assert_eq!(all.first().map(|t| t.label()).unwrap_or_default(), first);
+            for t in all {
+                assert!(t.workgroup_bytes() <= l.max_compute_workgroup_storage_size as usize, "{t:?}");
+                assert!(t.invocations() <= l.max_compute_invocations_per_workgroup as usize, "{t:?}");
+                assert_eq!(FlashTiling::parse(&t.label()), Some(t));
+            }
+        }
+    }
 }
 
 /// The tiling lists the tensor-core kernels choose from, under a 48 KiB / 1024-invocation

@@ -132,8 +132,9 @@ pub struct AttentionOptions<'a> {
     /// Forces the tensor-core backward's tiling (tests and benchmarks; one of
     /// [`coop_bwd_tilings`], else an error). `None`: the first of them.
     pub coop_bwd_tiling: Option<CoopBwdTiling>,
-    /// Forces the FMA-unit flash forward's tiling (tests and benchmarks; one of
-    /// [`flash_tilings`], else an error). `None`: [`FlashTiling::preferred`].
+    /// Forces the FMA-unit flash kernels' tiling (tests and benchmarks; one of
+    /// [`flash_tilings`], else an error): the forward takes both fields, the backward the
+    /// head-dim chunk. `None`: [`FlashTiling::preferred`].
     pub flash_tiling: Option<FlashTiling>,
 }
 
@@ -685,7 +686,7 @@ impl FlashTiling {
     }
 }
 
-/// The tilings of the FMA-unit flash forward that fit the workgroup memory and invocations
+/// The tilings of the FMA-unit flash kernels that fit the workgroup memory and invocations
 /// `limits` allow, fastest first as measured on the H200 (BENCHMARKS.md, eighth round, call
 /// 2: f32, B4 H16 S2048, TFLOP/s at D 64 / D 128). Every one takes every head dim the kernel
 /// takes. 8 rows per invocation reads half the workgroup memory per FMA but ran slower
