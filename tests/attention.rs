@@ -319,6 +319,10 @@ fn every_flash_tiling_matches_f64() {
     let opts = AttentionOptions { flash_tiling: Some(huge), path: AttentionPath::Flash, ..Default::default() };
     let e = attention(&x.tq, &x.tk, &x.tv, &opts).unwrap_err().to_string();
     assert!(e.contains("flash_tilings"), "{e}");
+    // The backward refuses it too (before dispatching anything).
+    let (o, lse) = attention_forward(&x.tq, &x.tk, &x.tv, &AttentionOptions::default()).unwrap();
+    let e = attention_backward(&x.tq, &x.tk, &x.tv, &o, &lse, &o, &opts).unwrap_err().to_string();
+    assert!(e.contains("attention_backward") && e.contains("flash_tilings"), "{e}");
 }
 
 #[test]

@@ -43,7 +43,8 @@ use crate::shaders::{Kernel, Shader};
 use crate::tensor::Tensor;
 use crate::DType;
 
-/// The most head dim the flash kernels take (their tiles live in 32 KiB of workgroup memory).
+/// The most head dim the flash kernels take: the FMA kernels keep D/16 output vec4 per
+/// invocation in registers, and the tensor-core kernels' K/V tiles grow with it.
 ///
 /// ```
 /// assert_eq!(wgkernels::ops::attention::MAX_HEAD_DIM, 128);
@@ -440,6 +441,11 @@ pub fn attention_backward(
         AttentionPath::Flash => None,
         _ => tiling,
     };
+    // The FMA kernels' head-dim chunk, checked before δ is dispatched.
+    let flash_chunk = match tiling {
+        Some(_) => 0,
+        None => flash_tiling(OP, opts, d, &gpu.info().limits)?.head_chunk,
+    };
     // δ_i = Σ_d dO_i·O_i in f32, [B, H, S_q].
     let delta = dout.to_dtype(DType::F32)?.mul(&out.to_dtype(DType::F32)?)?.sum(-1)?;
     let delta = match opts.layout {
@@ -473,19 +479,16 @@ pub fn attention_backward(
     let bias_dtype = bias.as_ref().map(|x| x.0.dtype());
     // The tensor-core kernels read q, k, v, dO as 16-byte words: the tiling is only Some
     // where every offset and row stride is a multiple of 8. Workgroups of 16 keys (dkdv) or
-    // queries (dq) per subgroup.
+    // queries (dq) per subgroup; of 64 on the FMA kernels.
     let (dkdv, dq_kernel, rows) = match tiling {
         Some(t) => {
             (coop_bwd_kernel(true, bias_dtype, d, t), coop_bwd_kernel(false, bias_dtype, d, t), 16 * t.subgroups)
         }
-        None => {
-            let chunk = flash_tiling(OP, opts, d, &gpu.info().limits)?.head_chunk;
-            (
-                bwd_kernel("attention_bwd_dkdv", q.dtype(), bias_dtype, d, chunk),
-                bwd_kernel("attention_bwd_dq", q.dtype(), bias_dtype, d, chunk),
-                BWD_ROWS,
-            )
-        }
+        None => (
+            bwd_kernel("attention_bwd_dkdv", q.dtype(), bias_dtype, d, flash_chunk),
+            bwd_kernel("attention_bwd_dq", q.dtype(), bias_dtype, d, flash_chunk),
+            BWD_ROWS,
+        ),
     };
     let mut bind = common.clone();
     bind.extend([(8, dk.storage()?.buffer()), (9, dv.storage()?.buffer())]);
