@@ -696,8 +696,8 @@ fn main() -> wgkernels::Result<()> {
             format!("attention {}", dtype.name()),
             Box::new(move |rows: &mut Vec<Row>| {
                 use wgkernels::ops::attention::{
-                    attention, attention_backward, attention_forward, coop_bwd_tilings, coop_tilings, flash_tilings,
-                    AttentionOptions, AttentionPath, CoopBwdTiling, CoopTiling, FlashTiling,
+                    attention, attention_backward, attention_forward, coop_bwd_tilings, coop_tilings_for,
+                    flash_tilings, AttentionOptions, AttentionPath, CoopBwdTiling, CoopTiling, FlashTiling,
                 };
                 let (b, h) = (4usize, 16usize);
                 // WGK_ATTN_SEQS=2048,8192 picks sequence lengths; WGK_ATTN_BACKWARD=0 skips the
@@ -728,8 +728,9 @@ fn main() -> wgkernels::Result<()> {
                                     format!("{variant}{suffix}"),
                                 ))
                             };
-                            // f16 also on tensor cores ("cannot run" where the adapter lacks them).
-                            let paths: &[AttentionPath] = if dtype == DType::F16 {
+                            // f16 and f32 (split into f16 parts) also on tensor cores ("cannot
+                            // run" where the adapter lacks them).
+                            let paths: &[AttentionPath] = if dtype != DType::BF16 {
                                 &[AttentionPath::FlashCoop, AttentionPath::Flash, AttentionPath::Naive]
                             } else {
                                 &[AttentionPath::Flash, AttentionPath::Naive]
@@ -744,7 +745,7 @@ fn main() -> wgkernels::Result<()> {
                             let limits = gpu.info().limits.clone();
                             let tilings: Vec<Option<CoopTiling>> = match std::env::var("WGK_ATTN_TILINGS").as_deref() {
                                 Ok("all") => std::iter::once(None)
-                                    .chain(coop_tilings(d, &limits).into_iter().map(Some))
+                                    .chain(coop_tilings_for(dtype, d, &limits).into_iter().map(Some))
                                     .collect(),
                                 Ok(list) => list.split(';').filter_map(CoopTiling::parse).map(Some).collect(),
                                 Err(_) => vec![None],

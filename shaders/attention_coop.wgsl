@@ -35,12 +35,23 @@
 // skipped); bytes: Q and O once, K and V once per block of BQ query rows (L2-resident at
 // these sizes). Masking (causal bottom-right, bias, ranges) is applied by the lanes to S,
 // as in shaders/attention.wgsl, whose params layout this kernel shares. q, k, v are read as
-// 16-byte words: the host checked every offset and row stride a multiple of 8 elements.
+// 16-byte words: the host checked every offset and row stride a multiple of 16 bytes.
 // The S×S matrix never exists: extra memory is the log-sum-exp per row.
 //
-// Placeholders: D, SGS, RB, BK, KC, STAGES, SST, HAS_BIAS, QC, TILE_HALVES, LOAD_BIAS (flag
-// BIAS), STORE_O, Q_STAGE, O_DECL, S_MMA (the S products and their store), PV_MMA,
-// O_RESCALE, O_STORE.
+// f32 inputs (flag SPLIT) run on the same f16 tensor cores, each operand split in two f16
+// parts: x·2^e = hi + lo with hi = f16(x·2^e), lo = f16(x·2^e − hi), 22 significant bits
+// together (as PyTorch's f32 SDPA splits into TF32 parts). A product is the three terms
+// hi·hi + hi·lo + lo·hi, accumulated in f32 (lo·lo, below 2^−22 relative, is dropped): three
+// times the tensor-core work of f16, and twice the staging. The power of two 2^e of each of
+// q, k and v comes from its largest |x| (attention_range.wgsl, run first), so that the
+// scaled maximum lies in [2^13, 2^14): no f16 overflow, and lo keeps its bits for all but
+// elements 2^24 below the largest. P is scaled by 2^P_SHIFT (≤ 2^14 with TAU 8) for the
+// same reason; the lanes take 2^−(e_q + e_k) into the score scale and the final store
+// 2^−e_v into 1/l.
+//
+// Placeholders: D, SGS, RB, BK, KC, STAGES, SST, HAS_BIAS, QC, TILE_HALVES, EPW, PARTS,
+// P_SHIFT, LOAD_BIAS (flag BIAS), STORE_O, Q_STAGE, O_DECL, S_MMA (the S products and their
+// store), PV_MMA, O_RESCALE, O_STORE; flag SPLIT.
 
 enable f16;
 enable wgpu_cooperative_matrix;
@@ -61,14 +72,20 @@ const KC: u32 = {{KC}}u;
 const STAGES: u32 = {{STAGES}}u;
 // The BIAS flag, for expressions.
 const HAS_BIAS: bool = {{HAS_BIAS}};
+// Elements per 16-byte word of q, k, v: 8 (f16), 4 (f32).
+const EPW: u32 = {{EPW}}u;
+// f16 parts per operand in workgroup memory: 1, or 2 (hi and lo of an f32, flag SPLIT).
+const PARTS: u32 = {{PARTS}}u;
+// P = 2^(s − m_ref + P_SHIFT): 0 for f16, 6 for the split parts (P ≤ 2^14).
+const P_SHIFT: f32 = {{P_SHIFT}};
 // Row strides in halves, padded by 8 (16 bytes) against bank conflicts; Q is staged in
 // column slices of QC (64, or 32 for 256 rows; at most D).
 const QS: u32 = {{QC}}u + 8u;
 const KS: u32 = D + 8u;
-// One stage: K [BK][KS], then V [BK][KS].
-const STAGE_HALVES: u32 = 2u * BK * KS;
-// 16-byte words per row of D halves.
-const WORDS: u32 = D / 8u;
+// One stage: K [PARTS][BK][KS], then V [PARTS][BK][KS] (hi before lo).
+const STAGE_HALVES: u32 = 2u * PARTS * BK * KS;
+// 16-byte words per row of D elements.
+const WORDS: u32 = D / EPW;
 // The reference max moves when a tile's max exceeds it by more than this (base 2).
 const TAU: f32 = 8.0;
 
@@ -81,14 +98,20 @@ const TAU: f32 = 8.0;
 //#if BIAS
 @group(0) @binding(6) var<storage, read> bias: array<u32>;
 //#endif
+//#if SPLIT
+// The largest |x| of q, k and v as f32 bits (attention_range.wgsl).
+@group(0) @binding(7) var<storage, read> ranges: array<u32>;
+//#endif
 
 // Q staging [BQ][QS] (one column slice at a time) at start; then STAGES × (K, V) tiles.
 var<workgroup> tiles: array<f16, {{TILE_HALVES}}>;
 // Per subgroup and row block: S [KC keys][SST] f32 (column-major, 16 rows used); also the
 // bounce buffer of an accumulator fragment being rescaled or stored.
 var<workgroup> scratch: array<f32, SGS * RB * SST * KC>;
-// Per subgroup and row block: P [KC keys][16 rows] f16 (column-major).
-var<workgroup> p_tile: array<f16, SGS * RB * 16u * KC>;
+// Per subgroup and row block: P [KC keys][16 rows] f16 (column-major); with SPLIT the lo
+// parts follow the hi parts, P_LO halves on.
+const P_LO: u32 = SGS * RB * 16u * KC;
+var<workgroup> p_tile: array<f16, PARTS * P_LO>;
 
 fn load_bias(e: u32) -> f32 {
 //#if BIAS
@@ -100,6 +123,57 @@ fn load_bias(e: u32) -> f32 {
 fn store_o(e: u32, x: f32, y: f32) {
     {{STORE_O}}
 }
+
+// P into p_tile at `at` (with SPLIT its hi part there and its lo part P_LO on).
+fn put_p(at: u32, p: f32) {
+//#if SPLIT
+    let hi = bitcast<f32>(bitcast<u32>(p) & HI_BITS);
+    p_tile[at] = f16(hi);
+    p_tile[P_LO + at] = f16(p - hi);
+//#else
+    p_tile[at] = f16(p);
+//#endif
+}
+
+//#if SPLIT
+// 2^e (e in [−126, 127]) exactly, from its bits.
+fn pow2(e: i32) -> f32 {
+    return bitcast<f32>(u32(e + 127) << 23u);
+}
+
+// The power of two that brings the largest |x| (f32 bits) into [2^13, 2^14); clamped so that
+// every factor derived from it is a normal f32.
+fn range_exp(max_bits: u32) -> i32 {
+    let e = i32((max_bits >> 23u) & 0xffu) - 127;
+    return clamp(13 - e, -60, 60);
+}
+
+// The hi part of an f32 is its sign, exponent and top 10 mantissa bits (f16's, exact in f16
+// for the scaled range), cut by a mask: the lo part x − hi is then exact in f32 and below
+// 2^−10·|x|, rounded to f16's 11 bits. (With hi rounded by f32 → f16 → f32 instead, the
+// H200's results had f16's error, as if every lo part were 0: its compiler seems to fold the
+// round trip. BENCHMARKS.md, ninth round, call 1.)
+const HI_BITS: u32 = 0xffffe000u;
+
+// The hi and lo parts of four f32 elements (a 16-byte word) times f.
+fn hi_f32(w: vec4<u32>, f: f32) -> vec4<f32> {
+    return bitcast<vec4<f32>>(bitcast<vec4<u32>>(bitcast<vec4<f32>>(w) * f) & vec4<u32>(HI_BITS));
+}
+fn hi4(w: vec4<u32>, f: f32) -> vec4<f16> {
+    return vec4<f16>(hi_f32(w, f));
+}
+fn lo4(w: vec4<u32>, f: f32) -> vec4<f16> {
+    return vec4<f16>(bitcast<vec4<f32>>(w) * f - hi_f32(w, f));
+}
+
+// Four halves into workgroup memory at `at`.
+fn put4(at: u32, x: vec4<f16>) {
+    tiles[at] = x.x;
+    tiles[at + 1u] = x.y;
+    tiles[at + 2u] = x.z;
+    tiles[at + 3u] = x.w;
+}
+//#endif
 
 // The next tile's K and V words, fetched into registers while the current tile is computed
 // (its global-memory latency hidden behind the tile's work), then written to workgroup
@@ -118,23 +192,31 @@ fn fetch_kv(b: u32, kv_h: u32, k0: u32, lid: u32) {
         var kw = vec4<u32>(0u);
         var vw = vec4<u32>(0u);
         if (idx < BK * WORDS && k0 + key < S_k) {
-            kw = k[row_base(12u, b, kv_h, k0 + key) / 8u + w];
-            vw = v[row_base(16u, b, kv_h, k0 + key) / 8u + w];
+            kw = k[row_base(12u, b, kv_h, k0 + key) / EPW + w];
+            vw = v[row_base(16u, b, kv_h, k0 + key) / EPW + w];
         }
         k_next[i] = kw;
         v_next[i] = vw;
     }
 }
 
-// k_next and v_next into the stage at `base` (halves).
-fn put_kv(lid: u32, base: u32) {
+// k_next and v_next into the stage at `base` (halves); with SPLIT scaled by fk and fv.
+fn put_kv(lid: u32, base: u32, fk: f32, fv: f32) {
     for (var i = 0u; i < PF; i++) {
         let idx = lid + i * THREADS;
         if (idx < BK * WORDS) {
             let key = idx / WORDS;
             let w = idx % WORDS;
+//#if SPLIT
+            let at = base + key * KS + 4u * w;
+            put4(at, hi4(k_next[i], fk));
+            put4(at + BK * KS, lo4(k_next[i], fk));
+            put4(at + 2u * BK * KS, hi4(v_next[i], fv));
+            put4(at + 3u * BK * KS, lo4(v_next[i], fv));
+//#else
             put8(base + key * KS + 8u * w, k_next[i]);
             put8(base + BK * KS + key * KS + 8u * w, v_next[i]);
+//#endif
         }
     }
 }
@@ -152,7 +234,23 @@ fn attention_coop(
     let S_k = params[4];
     let causal = params[6] != 0u;
     // Scores in log2 units, so that exp becomes exp2 (one instruction on GPUs).
-    let scale = bitcast<f32>(params[7]) * LOG2E;
+    var scale = bitcast<f32>(params[7]) * LOG2E;
+    // Factors of the split parts (1 for f16): q, k, v scaled on staging; the scores and
+    // the output scaled back.
+    var fq = 1.0;
+    var fk = 1.0;
+    var fv = 1.0;
+    var out_unscale = 1.0;
+//#if SPLIT
+    let e_q = range_exp(ranges[0]);
+    let e_k = range_exp(ranges[1]);
+    let e_v = range_exp(ranges[2]);
+    fq = pow2(e_q);
+    fk = pow2(e_k);
+    fv = pow2(e_v);
+    scale *= pow2(-e_q) * pow2(-e_k);
+    out_unscale = pow2(-e_v);
+//#endif
     let offset = i32(S_k) - i32(S_q);
     let q0 = wid.x * BQ;
     let h = wid.y;
@@ -219,7 +317,7 @@ fn attention_coop(
         if (STAGES == 1u) {
             workgroupBarrier();
         }
-        put_kv(lid, stage);
+        put_kv(lid, stage, fk, fv);
         workgroupBarrier();
         if (kt + 1u < key_tiles) {
             fetch_kv(b, kv_h, k0 + BK, lid);
@@ -234,7 +332,7 @@ fn attention_coop(
                 break;
             }
             let k_at = stage + ch * KC * KS;
-            let v_chunk = k_at + BK * KS;
+            let v_chunk = k_at + PARTS * BK * KS;
             // S blocks (keys 16j..16j + 15 of each row block) = Σ_c Q_c · Kᵀ_(c, j), stored
             // column-major for the lanes.
             {{S_MMA}}
@@ -280,16 +378,16 @@ fn attention_coop(
                 // (exp2 on f16 pairs here measured 1-2.5% slower than f32: call 6.)
                 if (open) {
                     for (var c = 0u; c < KC / 2u; c++) {
-                        let p = exp2(xs[c] - m_ref[rb]);
+                        let p = exp2(xs[c] - m_ref[rb] + P_SHIFT);
                         sum += p;
-                        p_tile[p_base + (2u * c + half) * 16u + row] = f16(p);
+                        put_p(p_base + (2u * c + half) * 16u + row, p);
                     }
                 } else {
                     for (var c = 0u; c < KC / 2u; c++) {
                         let col = 2u * c + half;
-                        let p = select(exp2(xs[c] - m_ref[rb]), 0.0, xs[c] <= NEG_BIG);
+                        let p = select(exp2(xs[c] - m_ref[rb] + P_SHIFT), 0.0, xs[c] <= NEG_BIG);
                         sum += p;
-                        p_tile[p_base + col * 16u + row] = f16(p);
+                        put_p(p_base + col * 16u + row, p);
                     }
                 }
                 l[rb] += sum;
@@ -308,11 +406,11 @@ fn attention_coop(
     var inv_l: array<f32, RB>;
     for (var rb = 0u; rb < RB; rb++) {
         let l_row = l[rb] + subgroupShuffleXor(l[rb], 16u);
-        inv_l[rb] = select(1.0 / l_row, 0.0, l_row == 0.0);
+        inv_l[rb] = select(out_unscale / l_row, 0.0, l_row == 0.0);
         let r = q0 + sg_row + 16u * rb + row;
         if (half == 0u && r < S_q) {
             // Back to natural units: ln(Σ e^x) = ln 2 · (m + log2 Σ 2^(x − m)).
-            lse[(b * H + h) * S_q + r] = select(0.6931471805599453 * (m_ref[rb] + log2(l_row)), bitcast<f32>(params[29]), l_row == 0.0);
+            lse[(b * H + h) * S_q + r] = select(0.6931471805599453 * (m_ref[rb] + log2(l_row) - P_SHIFT), bitcast<f32>(params[29]), l_row == 0.0);
         }
     }
     {{O_STORE}}

@@ -62,6 +62,8 @@ pub enum Shader {
     AttentionCoop,
     /// Flash attention backward on cooperative matrices (dk/dv and dq).
     AttentionCoopBwd,
+    /// The largest |x| of q, k and v, for the split (f32) tensor-core forward.
+    AttentionRange,
     /// The probe of the adapter's f32 → f16 rounding (see [`crate::Gpu::native_f16`]).
     F16Probe,
     /// Transposed copies through workgroup-memory tiles.
@@ -70,7 +72,7 @@ pub enum Shader {
 
 impl Shader {
     /// Every shader family, for the portability test.
-    pub const ALL: [Shader; 13] = [
+    pub const ALL: [Shader; 14] = [
         Shader::Reduce,
         Shader::Matmul,
         Shader::MatmulCoop,
@@ -82,6 +84,7 @@ impl Shader {
         Shader::AttentionBwd,
         Shader::AttentionCoop,
         Shader::AttentionCoopBwd,
+        Shader::AttentionRange,
         Shader::F16Probe,
         Shader::Transpose,
     ];
@@ -100,6 +103,7 @@ impl Shader {
             Shader::AttentionBwd => "attention_bwd.wgsl",
             Shader::AttentionCoop => "attention_coop.wgsl",
             Shader::AttentionCoopBwd => "attention_coop_bwd.wgsl",
+            Shader::AttentionRange => "attention_range.wgsl",
             Shader::F16Probe => "f16_probe.wgsl",
             Shader::Transpose => "transpose.wgsl",
         }
@@ -130,6 +134,7 @@ impl Shader {
             Shader::AttentionBwd => include_str!("../shaders/attention_bwd.wgsl"),
             Shader::AttentionCoop => include_str!("../shaders/attention_coop.wgsl"),
             Shader::AttentionCoopBwd => include_str!("../shaders/attention_coop_bwd.wgsl"),
+            Shader::AttentionRange => include_str!("../shaders/attention_range.wgsl"),
             Shader::F16Probe => include_str!("../shaders/f16_probe.wgsl"),
             Shader::Transpose => include_str!("../shaders/transpose.wgsl"),
         }

@@ -7,8 +7,8 @@
 mod common;
 use common::*;
 use wgkernels::ops::attention::{
-    attention, attention_backward, attention_forward, coop_bwd_tilings, coop_tilings, flash_tilings, AttentionLayout,
-    AttentionOptions, AttentionPath, CoopBwdTiling, CoopTiling, FlashTiling,
+    attention, attention_backward, attention_forward, coop_bwd_tilings, coop_tilings, coop_tilings_for, flash_tilings,
+    AttentionLayout, AttentionOptions, AttentionPath, CoopBwdTiling, CoopTiling, FlashTiling,
 };
 use wgkernels::{DType, Error, Tensor};
 
@@ -65,14 +65,19 @@ fn values_bhsd(t: &Tensor, layout: AttentionLayout) -> Vec<f32> {
 }
 
 fn inputs(c: &Case, layout: AttentionLayout, dtype: DType, seed: u64) -> Inputs {
-    let mk = |heads: usize, s: usize, seed: u64| {
-        let v: Vec<f32> = random_vec(c.b * heads * s * c.d, seed).iter().map(|x| x * 0.75).collect();
+    inputs_at(c, layout, dtype, seed, [0.75; 3])
+}
+
+/// Random q, k, v of the magnitudes `mag` (each times a standard normal-ish sample).
+fn inputs_at(c: &Case, layout: AttentionLayout, dtype: DType, seed: u64, mag: [f32; 3]) -> Inputs {
+    let mk = |heads: usize, s: usize, seed: u64, m: f32| {
+        let v: Vec<f32> = random_vec(c.b * heads * s * c.d, seed).iter().map(|x| x * m).collect();
         let t = tensor_in(&v, c.b, heads, s, c.d, layout, dtype);
         (rounded(&v, dtype), t)
     };
-    let (q, tq) = mk(c.h, c.s_q, seed);
-    let (k, tk) = mk(c.h_kv, c.s_k, seed + 1);
-    let (v, tv) = mk(c.h_kv, c.s_k, seed + 2);
+    let (q, tq) = mk(c.h, c.s_q, seed, mag[0]);
+    let (k, tk) = mk(c.h_kv, c.s_k, seed + 1, mag[1]);
+    let (v, tv) = mk(c.h_kv, c.s_k, seed + 2, mag[2]);
     Inputs { q, k, v, tq, tk, tv }
 }
 
@@ -600,6 +605,99 @@ fn tensor_core_path_matches_f64_where_the_adapter_has_it() {
     assert!(e.contains("tiling") && e.contains("coop_tilings"), "{e}");
 }
 
+/// f32 on tensor cores (each operand split into f16 hi and lo parts, scaled by a power of two
+/// from its largest |x|): every tiling the code can choose, at the f32 tolerance, on the
+/// tensor-core cases, with inputs far outside f16's range (10^5) and far below it (10^−6),
+/// and with a bias ramp that moves the reference max every tile (the rescale path, with P
+/// shifted by 2^6).
+#[test]
+fn tensor_core_f32_split_matches_f64_where_the_adapter_has_it() {
+    let gpu = gpu();
+    let probe = Tensor::zeros(&gpu, &[1, 1, 16, 64], DType::F32).unwrap();
+    let forced = AttentionOptions { path: AttentionPath::FlashCoop, ..Default::default() };
+    if let Err(e) = attention(&probe, &probe, &probe, &forced) {
+        let e = e.to_string();
+        assert!(e.contains("cooperative matrices"), "{e}");
+        eprintln!("skipped: no tensor-core attention on {} ({e})", gpu.info().name);
+        return;
+    }
+    let (atol, rtol) = att_tol(DType::F32);
+    let limits = gpu.info().limits.clone();
+    let mut failures = Vec::<String>::new();
+    let mut run_all = |name: &str, c: &Case, x: &Inputs, opts: AttentionOptions, want: &[f64], want_lse: &[f64]| {
+        let tilings = coop_tilings_for(DType::F32, c.d, &limits);
+        assert!(!tilings.is_empty(), "no f32 tiling fits D {}", c.d);
+        for t in tilings {
+            let opts = AttentionOptions { coop_tiling: Some(t), ..opts };
+            let (out, lse) = attention_forward(&x.tq, &x.tk, &x.tv, &opts).unwrap();
+            assert_eq!(out.dtype(), DType::F32);
+            let (out, lse) = (values_bhsd(&out, opts.layout), lse.to_vec_f32().unwrap());
+            let checked = std::panic::catch_unwind(|| {
+                assert_close(&format!("split {name} {c:?} tiling {}", t.label()), &out, want, atol, rtol);
+                assert_close(&format!("split lse {name} {c:?} tiling {}", t.label()), &lse, want_lse, 1e-5, 1e-5);
+            });
+            if let Err(e) = checked {
+                failures.push(e.downcast_ref::<String>().cloned().unwrap_or_default());
+            }
+        }
+    };
+    for (c, layout) in tensor_core_cases() {
+        let x = inputs(&c, layout, DType::F32, 80 + c.s_q as u64);
+        let opts = AttentionOptions { causal: c.causal, layout, path: AttentionPath::FlashCoop, ..Default::default() };
+        let (want, want_lse, _) = reference(&c, &x, 1.0 / (c.d as f64).sqrt(), None);
+        run_all("random", &c, &x, opts, &want, &want_lse);
+    }
+    // Magnitudes f16 cannot hold, large and small; the scale keeps the scores near 1. The
+    // output's tolerance scales with v's magnitude.
+    for (mag, scale) in [([1e3f32, 2e3, 1e5], 1.0 / (8.0 * 2e6)), ([1e-3, 3e-3, 1e-6], 1.0e6 / (8.0 * 3.0))] {
+        let c = Case::new(90, 130, 64, true);
+        let x = inputs_at(&c, AttentionLayout::Bhsd, DType::F32, 9, mag);
+        let opts = AttentionOptions {
+            causal: true,
+            scale: Some(scale as f32),
+            path: AttentionPath::FlashCoop,
+            ..Default::default()
+        };
+        let (want, want_lse, _) = reference(&c, &x, scale as f32 as f64, None);
+        let v_mag = mag[2] as f64;
+        let tilings = coop_tilings_for(DType::F32, c.d, &limits);
+        for t in tilings {
+            let opts = AttentionOptions { coop_tiling: Some(t), ..opts };
+            let (out, lse) = attention_forward(&x.tq, &x.tk, &x.tv, &opts).unwrap();
+            let what = format!("split, magnitudes {mag:?}, tiling {}", t.label());
+            assert_close(&what, &out.to_vec_f32().unwrap(), &want, atol * v_mag, rtol);
+            assert_close(&format!("lse {what}"), &lse.to_vec_f32().unwrap(), &want_lse, 1e-5, 1e-5);
+        }
+    }
+    // The reference max moves every tile (the accumulators rescaled through memory).
+    let c = Case::new(77, 300, 64, false).gqa(2, 1);
+    let x = inputs(&c, AttentionLayout::Bhsd, DType::F32, 5);
+    let ramp: Vec<f32> = (0..c.s_q * c.s_k).map(|e| 0.3 * (e % c.s_k) as f32).collect();
+    let bias = Tensor::from_slice(&gpu, &ramp, &[c.s_q, c.s_k]).unwrap();
+    let opts = AttentionOptions { bias: Some(&bias), path: AttentionPath::FlashCoop, ..Default::default() };
+    let ramp_at = |_: usize, _: usize, _: usize, j: usize| 0.3 * j as f32 as f64;
+    let (want, want_lse, _) = reference(&c, &x, 1.0 / 8.0, Some(&ramp_at));
+    run_all("bias ramp", &c, &x, opts, &want, &want_lse);
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    // Auto takes the split kernel for f32 where it applies: the same bits as FlashCoop.
+    let c = Case::new(33, 47, 32, true);
+    let x = inputs(&c, AttentionLayout::Bhsd, DType::F32, 11);
+    let run = |path| {
+        let o = AttentionOptions { causal: true, path, ..Default::default() };
+        attention(&x.tq, &x.tk, &x.tv, &o).unwrap().to_vec_f32().unwrap()
+    };
+    assert_eq!(run(AttentionPath::Auto), run(AttentionPath::FlashCoop));
+    // A tiling that fits f16 only is refused for f32, naming the list.
+    let f16_only =
+        coop_tilings(64, &limits).into_iter().find(|t| !coop_tilings_for(DType::F32, 64, &limits).contains(t));
+    if let Some(t) = f16_only {
+        let x = inputs(&Case::new(16, 16, 64, false), AttentionLayout::Bhsd, DType::F32, 7);
+        let o = AttentionOptions { coop_tiling: Some(t), path: AttentionPath::FlashCoop, ..Default::default() };
+        let e = attention(&x.tq, &x.tk, &x.tv, &o).unwrap_err().to_string();
+        assert!(e.contains("attention") && e.contains("coop_tilings_for(F32)"), "{e}");
+    }
+}
+
 /// The FMA-unit flash tilings under a 48 KiB / 1024-invocation adapter (the H200's), a 32 KiB /
 /// 256-invocation one (software devices) and WebGPU's 16 KiB default: every listed tiling
 /// fits, the measured default comes first, labels parse back. Runs without a GPU.
@@ -646,6 +744,19 @@ fn tensor_core_tilings_fit_and_round_trip_their_labels() {
                 assert!(t.key_chunk % 16 == 0 && t.key_tile % t.key_chunk == 0, "{t:?}");
                 assert_eq!(CoopTiling::parse(&t.label()), Some(t));
             }
+            // f32 (split into f16 parts): every tiling fits its own, larger, byte count.
+            let split = coop_tilings_for(DType::F32, d, &l);
+            assert!(!split.is_empty() || l.max_compute_invocations_per_workgroup < 1024, "no f32 tiling at D {d}");
+            for t in split {
+                assert!(t.workgroup_bytes_for(DType::F32, d) > t.workgroup_bytes(d), "{t:?}");
+                assert!(
+                    t.workgroup_bytes_for(DType::F32, d) <= l.max_compute_workgroup_storage_size as usize,
+                    "{t:?} at D {d}"
+                );
+                assert!(32 * t.subgroups <= l.max_compute_invocations_per_workgroup as usize, "{t:?}");
+                assert!(t.key_chunk % 16 == 0 && t.key_tile % t.key_chunk == 0, "{t:?}");
+            }
+            assert!(coop_tilings_for(DType::BF16, d, &l).is_empty());
             for t in coop_bwd_tilings(d, &l) {
                 assert!(t.workgroup_bytes(d) <= l.max_compute_workgroup_storage_size as usize, "{t:?} at D {d}");
                 assert!(32 * t.subgroups <= l.max_compute_invocations_per_workgroup as usize, "{t:?}");
@@ -658,6 +769,8 @@ fn tensor_core_tilings_fit_and_round_trip_their_labels() {
     let h200 = limits(48 << 10, 1024);
     assert_eq!(coop_tilings(64, &h200)[0].label(), "16,1,64,1,16");
     assert_eq!(coop_tilings(128, &h200)[0].label(), "16,1,32,1,16");
+    assert_eq!(coop_tilings_for(DType::F32, 64, &h200)[0].label(), "8,1,32,1,16");
+    assert_eq!(coop_tilings_for(DType::F32, 128, &h200)[0].label(), "8,1,16,1,16");
     if std::env::var("WGK_ATTN_COOP_BWD").is_err() {
         assert_eq!(coop_bwd_tilings(64, &h200)[0].label(), "8,64,16,1");
         assert_eq!(coop_bwd_tilings(128, &h200)[0].label(), "8,32,16,1");

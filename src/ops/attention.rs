@@ -1,8 +1,10 @@
 //! Scaled dot-product attention: `softmax(scale·Q·Kᵀ + bias) · V`, per batch and head.
 //!
 //! - [`attention`] / [`attention_forward`]: flash attention (`shaders/attention.wgsl`; for
-//!   f16 on adapters with cooperative matrices, `shaders/attention_coop.wgsl` on tensor
-//!   cores): keys and values streamed through workgroup memory with an online softmax, so
+//!   f16 and f32 on adapters with cooperative matrices, `shaders/attention_coop.wgsl` on
+//!   tensor cores, f32 operands split into two f16 parts each, as PyTorch's f32 SDPA splits
+//!   into TF32 parts: three products per one, about 22 significant bits): keys and values
+//!   streamed through workgroup memory with an online softmax, so
 //!   extra memory is one log-sum-exp per query row whatever the sequence length. The naive path
 //!   ([`attention_naive`]: matmul → softmax → matmul, an S_q × S_k matrix per head) is kept
 //!   for the tests and to show what flash saves.
@@ -87,15 +89,15 @@ pub enum AttentionLayout {
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AttentionPath {
-    /// Flash on tensor cores where it applies (f16, cooperative matrices, head dim a multiple
-    /// of 16), else the FMA flash kernel where it applies (head dim ≤ 128, a multiple of 8),
-    /// else naive.
+    /// Flash on tensor cores where it applies (f16, or f32 in the forward; cooperative
+    /// matrices; head dim a multiple of 16), else the FMA flash kernel where it applies (head
+    /// dim ≤ 128, a multiple of 8), else naive.
     #[default]
     Auto,
     /// The FMA flash kernel (every adapter); an error where it does not apply.
     Flash,
-    /// The tensor-core flash kernels (forward and backward); an error where the adapter or
-    /// the inputs do not allow them.
+    /// The tensor-core flash kernels (forward and backward; the backward takes f16 only); an
+    /// error where the adapter or the inputs do not allow them.
     FlashCoop,
     /// matmul → softmax → matmul through the tensor ops.
     Naive,
@@ -217,26 +219,33 @@ fn check(op: &'static str, q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionO
     Ok(Dims { b, h, h_kv, s_q, s_k, d })
 }
 
-/// The tensor-core kernel's requirements: f16 inputs, 16×16×16 f16→f32 cooperative
-/// matrices and f16 in shaders, subgroups of exactly 32 with subgroup barriers, a head dim that is a multiple of 16
-/// up to 128, and every q/k/v offset and stride even (f16 pairs are read as whole words).
-fn coop_applies(q: &Tensor, k: &Tensor, v: &Tensor, d: &Dims) -> bool {
+/// The tensor-core forward's requirements: f16 inputs (or f32, split into f16 parts),
+/// 16×16×16 f16→f32 cooperative matrices and f16 in shaders, subgroups of exactly 32 with
+/// subgroup barriers, a head dim that is a multiple of 16 up to 128, a tiling that fits, and
+/// every q/k/v offset and stride a multiple of a 16-byte word (rows are read as whole words).
+fn coop_forward_applies(q: &Tensor, k: &Tensor, v: &Tensor, d: &Dims) -> bool {
     let gpu = q.gpu();
     let info = gpu.info();
-    q.dtype() == DType::F16
+    let word = 16 / q.dtype().size_in_bytes();
+    matches!(q.dtype(), DType::F16 | DType::F32)
         && info.has_coop_f16_16x16x16()
         && gpu.has(wgpu::Features::SHADER_F16)
         && gpu.has(wgpu::Features::SUBGROUP | wgpu::Features::SUBGROUP_BARRIER)
         && info.subgroup_sizes == (32, 32)
         && d.d.is_multiple_of(16)
         && d.d <= MAX_HEAD_DIM
-        && [q, k, v].iter().all(|t| t.offset() % 8 == 0 && t.strides()[..3].iter().all(|s| s % 8 == 0))
-        && CoopTiling::preferred(d.d, &info.limits).is_some()
+        && [q, k, v].iter().all(|t| t.offset() % word == 0 && t.strides()[..3].iter().all(|s| s % word == 0))
+        && CoopTiling::preferred_for(q.dtype(), d.d, &info.limits).is_some()
+}
+
+/// The tensor-core backward's requirements: the forward's, for f16 inputs only.
+fn coop_applies(q: &Tensor, k: &Tensor, v: &Tensor, d: &Dims) -> bool {
+    q.dtype() == DType::F16 && coop_forward_applies(q, k, v, d)
 }
 
 fn coop_requirements(gpu: &crate::Gpu) -> String {
     format!(
-        "the tensor-core flash kernel needs f16 q/k/v with offsets and strides that are multiples of 8, a head dim that is a multiple of 16 up to {MAX_HEAD_DIM}, and an adapter with 16x16x16 f16->f32 cooperative matrices, SHADER_F16 and subgroups of 32 with subgroup barriers (this one: coop {}, subgroups {:?})",
+        "the tensor-core flash kernels need f16 q/k/v (the forward also takes f32) with offsets and strides that are multiples of 16 bytes, a head dim that is a multiple of 16 up to {MAX_HEAD_DIM}, and an adapter with 16x16x16 f16->f32 cooperative matrices, SHADER_F16 and subgroups of 32 with subgroup barriers (this one: coop {}, subgroups {:?})",
         gpu.info().has_coop_f16_16x16x16(),
         gpu.info().subgroup_sizes
     )
@@ -264,7 +273,9 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOptions) ->
     let dims = check("attention", q, k, v, opts)?;
     match opts.path {
         AttentionPath::Naive => attention_naive(q, k, v, opts),
-        AttentionPath::Auto if !flash_applies(&dims) && !coop_applies(q, k, v, &dims) => attention_naive(q, k, v, opts),
+        AttentionPath::Auto if !flash_applies(&dims) && !coop_forward_applies(q, k, v, &dims) => {
+            attention_naive(q, k, v, opts)
+        }
         _ => Ok(attention_forward(q, k, v, opts)?.0),
     }
 }
@@ -287,13 +298,13 @@ pub fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpt
     let dims = check(OP, q, k, v, opts)?;
     let coop = match opts.path {
         AttentionPath::FlashCoop => {
-            if !coop_applies(q, k, v, &dims) {
+            if !coop_forward_applies(q, k, v, &dims) {
                 return Err(Error::InvalidArgument { op: OP, msg: coop_requirements(q.gpu()) });
             }
             true
         }
         AttentionPath::Flash => false,
-        AttentionPath::Auto | AttentionPath::Naive => coop_applies(q, k, v, &dims),
+        AttentionPath::Auto | AttentionPath::Naive => coop_forward_applies(q, k, v, &dims),
     };
     if !coop && !flash_applies(&dims) {
         return Err(Error::InvalidArgument {
@@ -315,24 +326,26 @@ pub fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpt
     params[20..24].copy_from_slice(&view_strides(&out, opts.layout));
     let bias_dtype = bias.as_ref().map(|x| x.0.dtype());
     let limits = &gpu.info().limits;
+    let dtype = q.dtype();
     let tiling = match opts.coop_tiling {
         _ if !coop => None,
-        None => CoopTiling::preferred(dims.d, limits),
-        Some(t) if coop_tilings(dims.d, limits).contains(&t) => Some(t),
+        None => CoopTiling::preferred_for(dtype, dims.d, limits),
+        Some(t) if coop_tilings_for(dtype, dims.d, limits).contains(&t) => Some(t),
         Some(t) => {
             return Err(Error::InvalidArgument {
                 op: OP,
                 msg: format!(
-                    "tensor-core tiling {t:?} is not one of coop_tilings at head dim {} on this adapter ({} bytes of workgroup memory, {} allowed)",
+                    "tensor-core tiling {t:?} is not one of coop_tilings_for({dtype:?}) at head dim {} on this adapter ({} bytes of workgroup memory, {} allowed)",
                     dims.d,
-                    t.workgroup_bytes(dims.d),
+                    t.workgroup_bytes_for(dtype, dims.d),
                     limits.max_compute_workgroup_storage_size
                 ),
             });
         }
     };
+    let split = tiling.is_some() && dtype == DType::F32;
     let (kernel, rows) = match tiling {
-        Some(t) => (coop_kernel(bias_dtype, dims.d, t), t.rows()),
+        Some(t) => (coop_kernel(split, bias_dtype, dims.d, t), t.rows()),
         None => (fwd_kernel(q.dtype(), bias_dtype, dims.d, flash_tiling(OP, opts, dims.d, limits)?), FWD_ROWS),
     };
     // Unchecked is safe: every element index is offset + b·sb + h·sh + s·ss + d of a view
@@ -353,9 +366,27 @@ pub fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpt
     if let Some((t, _)) = &bias {
         bind.push((6, t.storage()?.buffer()));
     }
+    // f32 on tensor cores: the largest |x| of q, k and v first, which the kernel scales
+    // each by (shaders/attention_range.wgsl; unchecked is safe by the same argument, and
+    // ranges has the 4 words written).
+    let ranges = if split { Some(Tensor::zeros(gpu, &[4], DType::F32)?) } else { None };
+    if let Some(r) = &ranges {
+        let most_words = (b * h * s_q.max(dims.s_k) * dims.d / 4).div_ceil(256);
+        gpu.dispatch_3d(
+            &Kernel::new(Shader::AttentionRange, "attention_range").trusted(),
+            &[
+                (0, q.storage()?.buffer()),
+                (1, k.storage()?.buffer()),
+                (2, v.storage()?.buffer()),
+                (3, r.storage()?.buffer()),
+                (4, &meta),
+            ],
+            [most_words.clamp(1, 1024) as u32, 3, 1],
+        )?;
+        bind.push((7, r.storage()?.buffer()));
+    }
     // A workgroup per `rows` query rows of one (batch, head). The tensor-core kernel reads
-    // q, k, v rows as 16-byte words: coop_applies checked every offset and stride a
-    // multiple of 8.
+    // q, k, v rows as 16-byte words: coop_forward_applies checked every offset and stride.
     gpu.dispatch_3d(&kernel, &bind, [s_q.div_ceil(rows) as u32, h as u32, b as u32])?;
     Ok((out, lse))
 }
@@ -826,22 +857,40 @@ impl CoopTiling {
         d.min(if self.rows() > 128 { 32 } else { 64 })
     }
 
-    /// Halves of the staging array: a column slice of Q, then the K/V stages.
-    fn tile_halves(self, d: usize) -> usize {
-        (self.rows() * (self.q_cols(d) + 8)).max(self.stages * 2 * self.key_tile * (d + 8))
+    /// Halves of the staging array: a column slice of Q, then the K/V stages (hi and lo
+    /// parts when `split`, f32 inputs).
+    fn tile_halves(self, d: usize, split: bool) -> usize {
+        let parts = if split { 2 } else { 1 };
+        (self.rows() * (self.q_cols(d) + 8)).max(self.stages * 2 * parts * self.key_tile * (d + 8))
     }
 
-    /// Workgroup memory of this tiling at head dim `d`: staging (f16), S (f32, columns
-    /// [`S_STRIDE`] apart), P (f16).
+    /// Workgroup memory of this tiling at head dim `d` for f16 inputs: staging (f16), S
+    /// (f32, columns [`S_STRIDE`] apart), P (f16).
     pub fn workgroup_bytes(self, d: usize) -> usize {
-        self.tile_halves(d) * 2 + self.subgroups * self.row_blocks * self.key_chunk * (S_STRIDE * 4 + 16 * 2)
+        self.workgroup_bytes_for(DType::F16, d)
     }
 
-    /// The default tiling for head dim `d` under the adapter's `limits` (the first of
-    /// [`coop_tilings`]), or the one `WGK_ATTN_COOP=S,R,K,T[,C]` forces (subgroups, row
-    /// blocks, key tile, stages, key chunk) if it is one of them. None when nothing fits.
+    /// Workgroup memory at head dim `d` for inputs of `dtype`: f32 inputs are staged as two
+    /// f16 parts each (K, V and P twice the f16 figure).
+    pub fn workgroup_bytes_for(self, dtype: DType, d: usize) -> usize {
+        let split = dtype == DType::F32;
+        let p_halves = if split { 2 * 16 } else { 16 };
+        self.tile_halves(d, split) * 2
+            + self.subgroups * self.row_blocks * self.key_chunk * (S_STRIDE * 4 + p_halves * 2)
+    }
+
+    /// The default f16 tiling for head dim `d` under the adapter's `limits`: see
+    /// [`CoopTiling::preferred_for`].
     pub fn preferred(d: usize, limits: &wgpu::Limits) -> Option<CoopTiling> {
-        let all = coop_tilings(d, limits);
+        Self::preferred_for(DType::F16, d, limits)
+    }
+
+    /// The default tiling for inputs of `dtype` at head dim `d` under the adapter's `limits`
+    /// (the first of [`coop_tilings_for`]), or the one `WGK_ATTN_COOP=S,R,K,T[,C]` forces
+    /// (subgroups, row blocks, key tile, stages, key chunk) if it is one of them. None when
+    /// nothing fits.
+    pub fn preferred_for(dtype: DType, d: usize, limits: &wgpu::Limits) -> Option<CoopTiling> {
+        let all = coop_tilings_for(dtype, d, limits);
         let forced = std::env::var("WGK_ATTN_COOP").ok().and_then(|v| CoopTiling::parse(&v));
         forced.filter(|t| all.contains(t)).or(all.first().copied())
     }
@@ -868,6 +917,15 @@ impl CoopTiling {
 /// D 64 / D 128 where it fits; with the S stride of 20 of call 4 the order of the first six
 /// held, each 4–16% faster: 137.7 for the first at D 64, 159.9 for the second at D 128).
 pub fn coop_tilings(d: usize, limits: &wgpu::Limits) -> Vec<CoopTiling> {
+    coop_tilings_for(DType::F16, d, limits)
+}
+
+/// The tensor-core forward's tilings for inputs of `dtype` (F16, or F32 split into f16
+/// parts; empty for BF16): [`coop_tilings`]' order, those that fit.
+pub fn coop_tilings_for(dtype: DType, d: usize, limits: &wgpu::Limits) -> Vec<CoopTiling> {
+    if dtype == DType::BF16 {
+        return Vec::new();
+    }
     // 16 subgroups first: each K/V tile staged serves 256 query rows (the staging, not the
     // tensor cores, is what more rows per workgroup amortise), and 64-key tiles in 16-key
     // chunks: one workgroup barrier per 64 keys. The small ones are for adapters with less
@@ -891,11 +949,30 @@ pub fn coop_tilings(d: usize, limits: &wgpu::Limits) -> Vec<CoopTiling> {
         CoopTiling::new(2, 1, 32, 1, 16),  // 43.3 / 30.0
         CoopTiling::new(2, 1, 32, 1, 32),  // 35.7 / 30.2
     ];
-    ORDER
-        .into_iter()
+    // f32, split into f16 hi and lo parts, stages twice the K/V and P bytes: 16 subgroups do
+    // not fit 48 KiB. H200, ninth round, call 2: TFLOP/s at S 2048 D 64 / D 128 where it
+    // fits, S 8192 D 64 in brackets. The first is 1% behind the second at S 2048 and 6% ahead
+    // at S 8192.
+    const SPLIT_ORDER: [CoopTiling; 11] = [
+        CoopTiling::new(8, 1, 32, 1, 16), // 49.6 / — (58.2)
+        CoopTiling::new(8, 1, 16, 1, 16), // 50.1 / 66.8 (54.7)
+        CoopTiling::new(8, 1, 16, 2, 16), // 50.1 / — (54.6)
+        CoopTiling::new(4, 2, 16, 2, 16), // 33.4 / — (41.4)
+        CoopTiling::new(4, 2, 32, 1, 16), // 29.6 / — (38.2)
+        CoopTiling::new(4, 1, 16, 2, 16), // 25.4 / 23.0 (29.0)
+        CoopTiling::new(4, 1, 32, 1, 32), // 23.4 / — (29.8)
+        CoopTiling::new(4, 1, 32, 2, 16), // 21.4 / — (26.3)
+        CoopTiling::new(4, 1, 64, 1, 16), // 21.1 / — (24.2)
+        CoopTiling::new(2, 1, 32, 1, 16), // 14.2 / 11.0 (17.7)
+        CoopTiling::new(2, 1, 32, 1, 32), // 8.7 / 12.1 (10.3)
+    ];
+    let order: &[CoopTiling] = if dtype == DType::F32 { &SPLIT_ORDER } else { &ORDER };
+    order
+        .iter()
+        .copied()
         .filter(|t| {
             (t.row_blocks == 1 || d <= 64)
-                && t.workgroup_bytes(d) <= limits.max_compute_workgroup_storage_size as usize
+                && t.workgroup_bytes_for(dtype, d) <= limits.max_compute_workgroup_storage_size as usize
                 && 32 * t.subgroups <= limits.max_compute_invocations_per_workgroup as usize
         })
         .collect()
@@ -911,33 +988,43 @@ const S_STRIDE: usize = 20;
 
 /// The tensor-core forward for head dim `d` (a multiple of 16) and tiling `t`: fragment
 /// code unrolled here, see shaders/attention_coop.wgsl.
-fn coop_kernel(bias: Option<DType>, d: usize, t: CoopTiling) -> Kernel {
+fn coop_kernel(split: bool, bias: Option<DType>, d: usize, t: CoopTiling) -> Kernel {
     let frags = d / 16;
     let key_frags = t.key_chunk / 16;
     let blocks = t.row_blocks;
+    // Elements per 16-byte word, and the operand parts: f16 (8, hi only) or f32 (4, hi and lo).
+    let (epw, parts): (usize, &[&str]) = if split { (4, &["hi", "lo"]) } else { (8, &["hi"]) };
     // Q in column slices of QC (64, or 32 for 256 rows): stage a slice (all BQ rows), then
-    // every subgroup loads its fragments of it.
+    // every subgroup loads its fragments of it; split, the hi parts first, then the lo parts
+    // (Q read twice, to keep the staging area the size of one part).
     let qc = t.q_cols(d);
     let per_slice = qc / 16;
     let mut q_stage = String::new();
     for slice in 0..d.div_ceil(qc) {
-        let words = (d - qc * slice).min(qc) / 8;
-        q_stage += &format!(
-            "for (var idx = lid; idx < BQ * {words}u; idx += THREADS) {{\n        let r = idx / {words}u;\n        let w = idx % {words}u;\n        \
-             var qw = vec4<u32>(0u);\n        if (q0 + r < S_q) {{\n            qw = q[row_base(8u, b, h, q0 + r) / 8u + {}u + w];\n        }}\n        \
-             put8(r * QS + 8u * w, qw);\n    }}\n    workgroupBarrier();\n    ",
-            qc / 8 * slice
-        );
-        for c in per_slice * slice..(per_slice * (slice + 1)).min(frags) {
-            for rb in 0..blocks {
-                q_stage += &format!(
-                    "let qo_{rb}_{c} = (sg_row + {}u) * QS + {}u;\n    let q_{rb}_{c} = coopLoadT<coop_mat16x16<f16, A>>(&tiles[qo_{rb}_{c}], QS);\n    ",
-                    16 * rb,
-                    (c - per_slice * slice) * 16
-                );
+        let words = (d - qc * slice).min(qc) / epw;
+        for part in parts {
+            let put = if split {
+                format!("put4(r * QS + 4u * w, {part}4(qw, fq))")
+            } else {
+                "put8(r * QS + 8u * w, qw)".to_string()
+            };
+            q_stage += &format!(
+                "for (var idx = lid; idx < BQ * {words}u; idx += THREADS) {{\n        let r = idx / {words}u;\n        let w = idx % {words}u;\n        \
+                 var qw = vec4<u32>(0u);\n        if (q0 + r < S_q) {{\n            qw = q[row_base(8u, b, h, q0 + r) / EPW + {}u + w];\n        }}\n        \
+                 {put};\n    }}\n    workgroupBarrier();\n    ",
+                qc / epw * slice
+            );
+            for c in per_slice * slice..(per_slice * (slice + 1)).min(frags) {
+                for rb in 0..blocks {
+                    q_stage += &format!(
+                        "let qo_{part}_{rb}_{c} = (sg_row + {}u) * QS + {}u;\n    let q_{part}_{rb}_{c} = coopLoadT<coop_mat16x16<f16, A>>(&tiles[qo_{part}_{rb}_{c}], QS);\n    ",
+                        16 * rb,
+                        (c - per_slice * slice) * 16
+                    );
+                }
             }
+            q_stage += "workgroupBarrier();\n    ";
         }
-        q_stage += "workgroupBarrier();\n    ";
     }
     let mut o_decl = String::new();
     let mut s_mma = String::new();
@@ -972,6 +1059,11 @@ fn coop_kernel(bias: Option<DType>, d: usize, t: CoopTiling) -> Kernel {
             );
         }
     }
+    // The products of a pair of operands' parts: hi·hi, or (split) the two small terms
+    // first, then hi·hi.
+    let terms: &[(&str, &str)] = if split { &[("lo", "hi"), ("hi", "lo"), ("hi", "hi")] } else { &[("hi", "hi")] };
+    // Where a lo part lies past its hi part: K and V one tile on, P P_LO halves on.
+    let lo_at = |part: &str, step: &str| if part == "lo" { format!(" + {step}") } else { String::new() };
     // S block (rb, j) = Σ_c Q_(rb, c) · Kᵀ_(c, j) for the chunk at k_at: each K fragment
     // loaded once for all blocks; then every block into the subgroup's S buffer.
     let mut s_store = String::new();
@@ -980,13 +1072,20 @@ fn coop_kernel(bias: Option<DType>, d: usize, t: CoopTiling) -> Kernel {
             s_mma += &format!("var s_{rb}_{j} = coop_mat16x16<f32, C>();\n            ");
         }
         for c in 0..frags {
-            s_mma += &format!(
-                "let ko_{c}_{j} = k_at + {}u * KS + {}u;\n            let k_{c}_{j} = coopLoad<coop_mat16x16<f16, B>>(&tiles[ko_{c}_{j}], KS);\n            ",
-                j * 16,
-                c * 16
-            );
+            for part in parts {
+                s_mma += &format!(
+                    "let ko_{part}_{c}_{j} = k_at + {}u * KS + {}u{};\n            let k_{part}_{c}_{j} = coopLoad<coop_mat16x16<f16, B>>(&tiles[ko_{part}_{c}_{j}], KS);\n            ",
+                    j * 16,
+                    c * 16,
+                    lo_at(part, "BK * KS")
+                );
+            }
             for rb in 0..blocks {
-                s_mma += &format!("s_{rb}_{j} = coopMultiplyAdd(q_{rb}_{c}, k_{c}_{j}, s_{rb}_{j});\n            ");
+                for (a, bp) in terms {
+                    s_mma += &format!(
+                        "s_{rb}_{j} = coopMultiplyAdd(q_{a}_{rb}_{c}, k_{bp}_{c}_{j}, s_{rb}_{j});\n            "
+                    );
+                }
             }
         }
         for rb in 0..blocks {
@@ -1000,19 +1099,29 @@ fn coop_kernel(bias: Option<DType>, d: usize, t: CoopTiling) -> Kernel {
     // O_(rb, j) += P_(rb, kb) · V_(kb, j): each V fragment loaded once for all blocks.
     for kb in 0..key_frags {
         for rb in 0..blocks {
-            pv += &format!(
-                "let po_{rb}_{kb} = pblock_{rb} + {}u;\n        let p_{rb}_{kb} = coopLoad<coop_mat16x16<f16, A>>(&p_tile[po_{rb}_{kb}], 16u);\n        ",
-                kb * 256
-            );
+            for part in parts {
+                pv += &format!(
+                    "let po_{part}_{rb}_{kb} = pblock_{rb} + {}u{};\n        let p_{part}_{rb}_{kb} = coopLoad<coop_mat16x16<f16, A>>(&p_tile[po_{part}_{rb}_{kb}], 16u);\n        ",
+                    kb * 256,
+                    lo_at(part, "P_LO")
+                );
+            }
         }
         for j in 0..frags {
-            pv += &format!(
-                "let vo_{kb}_{j} = v_chunk + {}u * KS + {}u;\n        let v_{kb}_{j} = coopLoadT<coop_mat16x16<f16, B>>(&tiles[vo_{kb}_{j}], KS);\n        ",
-                kb * 16,
-                j * 16
-            );
+            for part in parts {
+                pv += &format!(
+                    "let vo_{part}_{kb}_{j} = v_chunk + {}u * KS + {}u{};\n        let v_{part}_{kb}_{j} = coopLoadT<coop_mat16x16<f16, B>>(&tiles[vo_{part}_{kb}_{j}], KS);\n        ",
+                    kb * 16,
+                    j * 16,
+                    lo_at(part, "BK * KS")
+                );
+            }
             for rb in 0..blocks {
-                pv += &format!("o_{rb}_{j} = coopMultiplyAdd(p_{rb}_{kb}, v_{kb}_{j}, o_{rb}_{j});\n        ");
+                for (a, bp) in terms {
+                    pv += &format!(
+                        "o_{rb}_{j} = coopMultiplyAdd(p_{a}_{rb}_{kb}, v_{bp}_{kb}_{j}, o_{rb}_{j});\n        "
+                    );
+                }
             }
         }
     }
@@ -1025,8 +1134,11 @@ fn coop_kernel(bias: Option<DType>, d: usize, t: CoopTiling) -> Kernel {
         .sub("SST", S_STRIDE.to_string())
         .sub("HAS_BIAS", bias.is_some().to_string())
         .sub("STAGES", t.stages.to_string())
-        .sub("TILE_HALVES", t.tile_halves(d).to_string())
-        .sub("STORE_O", store_pair(DType::F16))
+        .sub("TILE_HALVES", t.tile_halves(d, split).to_string())
+        .sub("EPW", epw.to_string())
+        .sub("PARTS", parts.len().to_string())
+        .sub("P_SHIFT", if split { "6.0" } else { "0.0" })
+        .sub("STORE_O", store_pair(if split { DType::F32 } else { DType::F16 }))
         .sub("QC", qc.to_string())
         .sub("Q_STAGE", q_stage)
         .sub("O_DECL", bases + &o_decl)
@@ -1035,6 +1147,9 @@ fn coop_kernel(bias: Option<DType>, d: usize, t: CoopTiling) -> Kernel {
         .sub("O_RESCALE", rescale)
         .sub("O_STORE", o_store)
         .trusted();
+    if split {
+        k = k.flag("SPLIT");
+    }
     k = match bias {
         Some(bd) => k.flag("BIAS").sub("LOAD_BIAS", wgsl_load("bias", bd)),
         None => k.sub("LOAD_BIAS", ""),
@@ -1271,7 +1386,7 @@ fn coop_bwd_kernel(dkdv: bool, bias: Option<DType>, d: usize, t: CoopBwdTiling) 
 /// Every specialisation the attention ops can launch (all head-dim paddings, dtypes, with
 /// and without a bias), for the portability test.
 pub fn all_kernels() -> Vec<Kernel> {
-    let mut all = Vec::new();
+    let mut all = vec![Kernel::new(Shader::AttentionRange, "attention_range")];
     let h200 = wgpu::Limits {
         max_compute_workgroup_storage_size: 48 << 10,
         max_compute_invocations_per_workgroup: 1024,
@@ -1280,7 +1395,10 @@ pub fn all_kernels() -> Vec<Kernel> {
     for d in [16, 32, 48, 64, 80, 96, 112, 128] {
         for bias in [None, Some(DType::F16), Some(DType::F32)] {
             for t in coop_tilings(d, &h200) {
-                all.push(coop_kernel(bias, d, t));
+                all.push(coop_kernel(false, bias, d, t));
+            }
+            for t in coop_tilings_for(DType::F32, d, &h200) {
+                all.push(coop_kernel(true, bias, d, t));
             }
             for t in coop_bwd_tilings(d, &h200) {
                 for dkdv in [true, false] {
