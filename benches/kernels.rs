@@ -728,13 +728,9 @@ fn main() -> wgkernels::Result<()> {
                                     format!("{variant}{suffix}"),
                                 ))
                             };
-                            // f16 and f32 (split into f16 parts) also on tensor cores ("cannot
-                            // run" where the adapter lacks them).
-                            let paths: &[AttentionPath] = if dtype != DType::BF16 {
-                                &[AttentionPath::FlashCoop, AttentionPath::Flash, AttentionPath::Naive]
-                            } else {
-                                &[AttentionPath::Flash, AttentionPath::Naive]
-                            };
+                            // Every dtype also on tensor cores (f32 split into f16 parts, bf16
+                            // scaled into f16; "cannot run" where the adapter lacks them).
+                            let paths = [AttentionPath::FlashCoop, AttentionPath::Flash, AttentionPath::Naive];
                             // WGK_ATTN_PATHS=tc (or flash): the tensor-core (or FMA-unit flash) path
                             // alone, for tiling experiments.
                             let only_path = match std::env::var("WGK_ATTN_PATHS").as_deref() {

@@ -51,7 +51,9 @@
 //
 // Placeholders: D, SGS, RB, BK, KC, STAGES, SST, HAS_BIAS, QC, TILE_HALVES, EPW, PARTS,
 // P_SHIFT, LOAD_BIAS (flag BIAS), STORE_O, Q_STAGE, O_DECL, S_MMA (the S products and their
-// store), PV_MMA, O_RESCALE, O_STORE; flag SPLIT.
+// store), PV_MMA, O_RESCALE, O_STORE; flags by input dtype: HALF (f16), SPLIT and SCALED
+// (f32), BF16 and SCALED (bf16: one f16 part suffices, bf16's 8 significant bits fit f16's
+// 11, but its range does not, hence the same scaling as the split).
 
 enable f16;
 enable wgpu_cooperative_matrix;
@@ -98,7 +100,7 @@ const TAU: f32 = 8.0;
 //#if BIAS
 @group(0) @binding(6) var<storage, read> bias: array<u32>;
 //#endif
-//#if SPLIT
+//#if SCALED
 // The largest |x| of q, k and v as f32 bits (attention_range.wgsl).
 @group(0) @binding(7) var<storage, read> ranges: array<u32>;
 //#endif
@@ -135,7 +137,7 @@ fn put_p(at: u32, p: f32) {
 //#endif
 }
 
-//#if SPLIT
+//#if SCALED
 // 2^e (e in [−126, 127]) exactly, from its bits.
 fn pow2(e: i32) -> f32 {
     return bitcast<f32>(u32(e + 127) << 23u);
@@ -147,6 +149,27 @@ fn range_exp(max_bits: u32) -> i32 {
     let e = i32((max_bits >> 23u) & 0xffu) - 127;
     return clamp(13 - e, -60, 60);
 }
+
+// Four halves into workgroup memory at `at`.
+fn put4(at: u32, x: vec4<f16>) {
+    tiles[at] = x.x;
+    tiles[at + 1u] = x.y;
+    tiles[at + 2u] = x.z;
+    tiles[at + 3u] = x.w;
+}
+//#endif
+
+//#if BF16
+// Eight bf16 (a 16-byte word: element 2i in the low half of word i), times f, as f16 at `at`.
+fn put8_bf16(at: u32, w: vec4<u32>, f: f32) {
+    let even = bitcast<vec4<f32>>(w << vec4<u32>(16u)) * f;
+    let odd = bitcast<vec4<f32>>(w & vec4<u32>(0xffff0000u)) * f;
+    put4(at, vec4<f16>(vec4<f32>(even.x, odd.x, even.y, odd.y)));
+    put4(at + 4u, vec4<f16>(vec4<f32>(even.z, odd.z, even.w, odd.w)));
+}
+//#endif
+
+//#if SPLIT
 
 // The hi part of an f32 is its sign, exponent and top 10 mantissa bits (f16's, exact in f16
 // for the scaled range), cut by a mask: the lo part x − hi is then exact in f32 and below
@@ -164,14 +187,6 @@ fn hi4(w: vec4<u32>, f: f32) -> vec4<f16> {
 }
 fn lo4(w: vec4<u32>, f: f32) -> vec4<f16> {
     return vec4<f16>(bitcast<vec4<f32>>(w) * f - hi_f32(w, f));
-}
-
-// Four halves into workgroup memory at `at`.
-fn put4(at: u32, x: vec4<f16>) {
-    tiles[at] = x.x;
-    tiles[at + 1u] = x.y;
-    tiles[at + 2u] = x.z;
-    tiles[at + 3u] = x.w;
 }
 //#endif
 
@@ -200,7 +215,7 @@ fn fetch_kv(b: u32, kv_h: u32, k0: u32, lid: u32) {
     }
 }
 
-// k_next and v_next into the stage at `base` (halves); with SPLIT scaled by fk and fv.
+// k_next and v_next into the stage at `base` (halves); f32 and bf16 scaled by fk and fv.
 fn put_kv(lid: u32, base: u32, fk: f32, fv: f32) {
     for (var i = 0u; i < PF; i++) {
         let idx = lid + i * THREADS;
@@ -213,7 +228,12 @@ fn put_kv(lid: u32, base: u32, fk: f32, fv: f32) {
             put4(at + BK * KS, lo4(k_next[i], fk));
             put4(at + 2u * BK * KS, hi4(v_next[i], fv));
             put4(at + 3u * BK * KS, lo4(v_next[i], fv));
-//#else
+//#endif
+//#if BF16
+            put8_bf16(base + key * KS + 8u * w, k_next[i], fk);
+            put8_bf16(base + BK * KS + key * KS + 8u * w, v_next[i], fv);
+//#endif
+//#if HALF
             put8(base + key * KS + 8u * w, k_next[i]);
             put8(base + BK * KS + key * KS + 8u * w, v_next[i]);
 //#endif
@@ -235,13 +255,13 @@ fn attention_coop(
     let causal = params[6] != 0u;
     // Scores in log2 units, so that exp becomes exp2 (one instruction on GPUs).
     var scale = bitcast<f32>(params[7]) * LOG2E;
-    // Factors of the split parts (1 for f16): q, k, v scaled on staging; the scores and
-    // the output scaled back.
+    // Powers of two for f32 and bf16 inputs (1 for f16): q, k, v scaled on staging, the
+    // scores and the output scaled back.
     var fq = 1.0;
     var fk = 1.0;
     var fv = 1.0;
     var out_unscale = 1.0;
-//#if SPLIT
+//#if SCALED
     let e_q = range_exp(ranges[0]);
     let e_k = range_exp(ranges[1]);
     let e_v = range_exp(ranges[2]);

@@ -2,13 +2,15 @@
 // attention_coop.wgsl), which scales each input by a power of two from it so that its f16
 // parts neither overflow nor lose their low bits.
 //
-// Workgroup row y = 0, 1, 2 reads q, k or v (f32 views, addressed through the attention
+// Workgroup row y = 0, 1, 2 reads q, k or v (f32 or, flag BF16, bf16 views, addressed through the attention
 // params: offset and batch, head, row strides at 8, 12, 16) in 16-byte words, grid-stride;
 // each subgroup's max goes to ranges[y] by atomicMax on the f32 bits (non-negative floats
-// order as their bits). Traffic: (S_q·H + 2·S_k·H_kv)·B·D·4 bytes read, one pass, memory
+// order as their bits). Traffic: (S_q·H + 2·S_k·H_kv)·B·D elements read, one pass, memory
 // bound; the attention that follows reads the same data D/16 times per query block.
 
 const WORKGROUP: u32 = 256u;
+// Elements per 16-byte word: 4 (f32), 8 (bf16).
+const EPW: u32 = {{EPW}}u;
 
 @group(0) @binding(0) var<storage, read> q: array<vec4<u32>>;
 @group(0) @binding(1) var<storage, read> k: array<vec4<u32>>;
@@ -16,6 +18,16 @@ const WORKGROUP: u32 = 256u;
 // [q, k, v, unused]: zero before the dispatch.
 @group(0) @binding(3) var<storage, read_write> ranges: array<atomic<u32>, 4>;
 @group(0) @binding(4) var<storage, read> params: array<u32>;
+
+// The largest |x| of a word's elements.
+fn word_max(x: vec4<u32>) -> f32 {
+//#if BF16
+    let a = max(abs(bitcast<vec4<f32>>(x << vec4<u32>(16u))), abs(bitcast<vec4<f32>>(x & vec4<u32>(0xffff0000u))));
+//#else
+    let a = abs(bitcast<vec4<f32>>(x));
+//#endif
+    return max(max(a.x, a.y), max(a.z, a.w));
+}
 
 @compute @workgroup_size(WORKGROUP)
 fn attention_range(
@@ -28,7 +40,7 @@ fn attention_range(
     // q has H heads of S_q rows; k and v H_kv heads of S_k rows.
     let heads = select(params[2], params[1], which == 0u);
     let rows = select(params[4], params[3], which == 0u);
-    let words = params[5] / 4u;
+    let words = params[5] / EPW;
     let total = params[0] * heads * rows * words;
     let at = 8u + 4u * which;
     var m = 0.0;
@@ -36,7 +48,7 @@ fn attention_range(
         let w = i % words;
         let r = i / words;
         let bh = r / rows;
-        let e = (params[at] + (bh / heads) * params[at + 1u] + (bh % heads) * params[at + 2u] + (r % rows) * params[at + 3u]) / 4u + w;
+        let e = (params[at] + (bh / heads) * params[at + 1u] + (bh % heads) * params[at + 2u] + (r % rows) * params[at + 3u]) / EPW + w;
         var x: vec4<u32>;
         if (which == 0u) {
             x = q[e];
@@ -45,8 +57,7 @@ fn attention_range(
         } else {
             x = v[e];
         }
-        let a = abs(bitcast<vec4<f32>>(x));
-        m = max(m, max(max(a.x, a.y), max(a.z, a.w)));
+        m = max(m, word_max(x));
     }
     let sg_max = subgroupMax(m);
     if (lane == 0u) {

@@ -605,15 +605,14 @@ fn tensor_core_path_matches_f64_where_the_adapter_has_it() {
     assert!(e.contains("tiling") && e.contains("coop_tilings"), "{e}");
 }
 
-/// f32 on tensor cores (each operand split into f16 hi and lo parts, scaled by a power of two
-/// from its largest |x|): every tiling the code can choose, at the f32 tolerance, on the
-/// tensor-core cases, with inputs far outside f16's range (10^5) and far below it (10^−6),
-/// and with a bias ramp that moves the reference max every tile (the rescale path, with P
-/// shifted by 2^6).
-#[test]
-fn tensor_core_f32_split_matches_f64_where_the_adapter_has_it() {
+/// f32 and bf16 on tensor cores, scaled by a power of two from each input's largest |x| (f32
+/// split into f16 hi and lo parts, bf16 into one f16 part): every tiling the code can choose,
+/// at the dtype's tolerance, on the tensor-core cases, with inputs far outside f16's range
+/// (10^5) and far below it (10^−6), and with a bias ramp that moves the reference max every
+/// tile (the rescale path; f32 with P shifted by 2^6).
+fn scaled_tensor_core_path_matches_f64(dtype: DType) {
     let gpu = gpu();
-    let probe = Tensor::zeros(&gpu, &[1, 1, 16, 64], DType::F32).unwrap();
+    let probe = Tensor::zeros(&gpu, &[1, 1, 16, 64], dtype).unwrap();
     let forced = AttentionOptions { path: AttentionPath::FlashCoop, ..Default::default() };
     if let Err(e) = attention(&probe, &probe, &probe, &forced) {
         let e = e.to_string();
@@ -621,20 +620,27 @@ fn tensor_core_f32_split_matches_f64_where_the_adapter_has_it() {
         eprintln!("skipped: no tensor-core attention on {} ({e})", gpu.info().name);
         return;
     }
-    let (atol, rtol) = att_tol(DType::F32);
+    let (atol, rtol) = att_tol(dtype);
+    let lse_tol = if dtype == DType::F32 { 1e-5 } else { 1e-3 };
     let limits = gpu.info().limits.clone();
     let mut failures = Vec::<String>::new();
     let mut run_all = |name: &str, c: &Case, x: &Inputs, opts: AttentionOptions, want: &[f64], want_lse: &[f64]| {
-        let tilings = coop_tilings_for(DType::F32, c.d, &limits);
-        assert!(!tilings.is_empty(), "no f32 tiling fits D {}", c.d);
+        let tilings = coop_tilings_for(dtype, c.d, &limits);
+        assert!(!tilings.is_empty(), "no {dtype:?} tiling fits D {}", c.d);
         for t in tilings {
             let opts = AttentionOptions { coop_tiling: Some(t), ..opts };
             let (out, lse) = attention_forward(&x.tq, &x.tk, &x.tv, &opts).unwrap();
-            assert_eq!(out.dtype(), DType::F32);
+            assert_eq!(out.dtype(), dtype);
             let (out, lse) = (values_bhsd(&out, opts.layout), lse.to_vec_f32().unwrap());
             let checked = std::panic::catch_unwind(|| {
-                assert_close(&format!("split {name} {c:?} tiling {}", t.label()), &out, want, atol, rtol);
-                assert_close(&format!("split lse {name} {c:?} tiling {}", t.label()), &lse, want_lse, 1e-5, 1e-5);
+                assert_close(&format!("{dtype:?} {name} {c:?} tiling {}", t.label()), &out, want, atol, rtol);
+                assert_close(
+                    &format!("{dtype:?} lse {name} {c:?} tiling {}", t.label()),
+                    &lse,
+                    want_lse,
+                    lse_tol,
+                    lse_tol,
+                );
             });
             if let Err(e) = checked {
                 failures.push(e.downcast_ref::<String>().cloned().unwrap_or_default());
@@ -642,7 +648,7 @@ fn tensor_core_f32_split_matches_f64_where_the_adapter_has_it() {
         }
     };
     for (c, layout) in tensor_core_cases() {
-        let x = inputs(&c, layout, DType::F32, 80 + c.s_q as u64);
+        let x = inputs(&c, layout, dtype, 80 + c.s_q as u64);
         let opts = AttentionOptions { causal: c.causal, layout, path: AttentionPath::FlashCoop, ..Default::default() };
         let (want, want_lse, _) = reference(&c, &x, 1.0 / (c.d as f64).sqrt(), None);
         run_all("random", &c, &x, opts, &want, &want_lse);
@@ -651,7 +657,7 @@ fn tensor_core_f32_split_matches_f64_where_the_adapter_has_it() {
     // output's tolerance scales with v's magnitude.
     for (mag, scale) in [([1e3f32, 2e3, 1e5], 1.0 / (8.0 * 2e6)), ([1e-3, 3e-3, 1e-6], 1.0e6 / (8.0 * 3.0))] {
         let c = Case::new(90, 130, 64, true);
-        let x = inputs_at(&c, AttentionLayout::Bhsd, DType::F32, 9, mag);
+        let x = inputs_at(&c, AttentionLayout::Bhsd, dtype, 9, mag);
         let opts = AttentionOptions {
             causal: true,
             scale: Some(scale as f32),
@@ -660,18 +666,17 @@ fn tensor_core_f32_split_matches_f64_where_the_adapter_has_it() {
         };
         let (want, want_lse, _) = reference(&c, &x, scale as f32 as f64, None);
         let v_mag = mag[2] as f64;
-        let tilings = coop_tilings_for(DType::F32, c.d, &limits);
-        for t in tilings {
+        for t in coop_tilings_for(dtype, c.d, &limits) {
             let opts = AttentionOptions { coop_tiling: Some(t), ..opts };
             let (out, lse) = attention_forward(&x.tq, &x.tk, &x.tv, &opts).unwrap();
-            let what = format!("split, magnitudes {mag:?}, tiling {}", t.label());
+            let what = format!("{dtype:?}, magnitudes {mag:?}, tiling {}", t.label());
             assert_close(&what, &out.to_vec_f32().unwrap(), &want, atol * v_mag, rtol);
-            assert_close(&format!("lse {what}"), &lse.to_vec_f32().unwrap(), &want_lse, 1e-5, 1e-5);
+            assert_close(&format!("lse {what}"), &lse.to_vec_f32().unwrap(), &want_lse, lse_tol, lse_tol);
         }
     }
     // The reference max moves every tile (the accumulators rescaled through memory).
     let c = Case::new(77, 300, 64, false).gqa(2, 1);
-    let x = inputs(&c, AttentionLayout::Bhsd, DType::F32, 5);
+    let x = inputs(&c, AttentionLayout::Bhsd, dtype, 5);
     let ramp: Vec<f32> = (0..c.s_q * c.s_k).map(|e| 0.3 * (e % c.s_k) as f32).collect();
     let bias = Tensor::from_slice(&gpu, &ramp, &[c.s_q, c.s_k]).unwrap();
     let opts = AttentionOptions { bias: Some(&bias), path: AttentionPath::FlashCoop, ..Default::default() };
@@ -679,23 +684,32 @@ fn tensor_core_f32_split_matches_f64_where_the_adapter_has_it() {
     let (want, want_lse, _) = reference(&c, &x, 1.0 / 8.0, Some(&ramp_at));
     run_all("bias ramp", &c, &x, opts, &want, &want_lse);
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
-    // Auto takes the split kernel for f32 where it applies: the same bits as FlashCoop.
+    // Auto takes the tensor-core forward where it applies: the same bits as FlashCoop.
     let c = Case::new(33, 47, 32, true);
-    let x = inputs(&c, AttentionLayout::Bhsd, DType::F32, 11);
+    let x = inputs(&c, AttentionLayout::Bhsd, dtype, 11);
     let run = |path| {
         let o = AttentionOptions { causal: true, path, ..Default::default() };
         attention(&x.tq, &x.tk, &x.tv, &o).unwrap().to_vec_f32().unwrap()
     };
     assert_eq!(run(AttentionPath::Auto), run(AttentionPath::FlashCoop));
     // A tiling that fits f16 only is refused for f32, naming the list.
-    let f16_only =
-        coop_tilings(64, &limits).into_iter().find(|t| !coop_tilings_for(DType::F32, 64, &limits).contains(t));
+    let f16_only = coop_tilings(64, &limits).into_iter().find(|t| !coop_tilings_for(dtype, 64, &limits).contains(t));
     if let Some(t) = f16_only {
-        let x = inputs(&Case::new(16, 16, 64, false), AttentionLayout::Bhsd, DType::F32, 7);
+        let x = inputs(&Case::new(16, 16, 64, false), AttentionLayout::Bhsd, dtype, 7);
         let o = AttentionOptions { coop_tiling: Some(t), path: AttentionPath::FlashCoop, ..Default::default() };
         let e = attention(&x.tq, &x.tk, &x.tv, &o).unwrap_err().to_string();
-        assert!(e.contains("attention") && e.contains("coop_tilings_for(F32)"), "{e}");
+        assert!(e.contains("attention") && e.contains(&format!("coop_tilings_for({dtype:?})")), "{e}");
     }
+}
+
+#[test]
+fn tensor_core_f32_split_matches_f64_where_the_adapter_has_it() {
+    scaled_tensor_core_path_matches_f64(DType::F32);
+}
+
+#[test]
+fn tensor_core_bf16_matches_f64_where_the_adapter_has_it() {
+    scaled_tensor_core_path_matches_f64(DType::BF16);
 }
 
 /// The FMA-unit flash tilings under a 48 KiB / 1024-invocation adapter (the H200's), a 32 KiB /
@@ -756,7 +770,7 @@ fn tensor_core_tilings_fit_and_round_trip_their_labels() {
                 assert!(32 * t.subgroups <= l.max_compute_invocations_per_workgroup as usize, "{t:?}");
                 assert!(t.key_chunk % 16 == 0 && t.key_tile % t.key_chunk == 0, "{t:?}");
             }
-            assert!(coop_tilings_for(DType::BF16, d, &l).is_empty());
+            assert_eq!(coop_tilings_for(DType::BF16, d, &l), coop_tilings(d, &l));
             for t in coop_bwd_tilings(d, &l) {
                 assert!(t.workgroup_bytes(d) <= l.max_compute_workgroup_storage_size as usize, "{t:?} at D {d}");
                 assert!(32 * t.subgroups <= l.max_compute_invocations_per_workgroup as usize, "{t:?}");

@@ -1,9 +1,10 @@
 //! Scaled dot-product attention: `softmax(scale·Q·Kᵀ + bias) · V`, per batch and head.
 //!
 //! - [`attention`] / [`attention_forward`]: flash attention (`shaders/attention.wgsl`; for
-//!   f16 and f32 on adapters with cooperative matrices, `shaders/attention_coop.wgsl` on
-//!   tensor cores, f32 operands split into two f16 parts each, as PyTorch's f32 SDPA splits
-//!   into TF32 parts: three products per one, about 22 significant bits): keys and values
+//!   every dtype on adapters with f16 cooperative matrices, `shaders/attention_coop.wgsl` on
+//!   tensor cores; f32 and bf16 are scaled by a power of two from each input's largest |x|,
+//!   bf16 then exact in f16, f32 split into two f16 parts, as PyTorch's f32 SDPA splits into
+//!   TF32 parts: three products for one, about 22 significant bits): keys and values
 //!   streamed through workgroup memory with an online softmax, so
 //!   extra memory is one log-sum-exp per query row whatever the sequence length. The naive path
 //!   ([`attention_naive`]: matmul → softmax → matmul, an S_q × S_k matrix per head) is kept
@@ -89,9 +90,9 @@ pub enum AttentionLayout {
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AttentionPath {
-    /// Flash on tensor cores where it applies (f16, or f32 in the forward; cooperative
-    /// matrices; head dim a multiple of 16), else the FMA flash kernel where it applies (head
-    /// dim ≤ 128, a multiple of 8), else naive.
+    /// Flash on tensor cores where it applies (f16 cooperative matrices, head dim a multiple
+    /// of 16; every dtype in the forward, f16 in the backward), else the FMA flash kernel
+    /// where it applies (head dim ≤ 128, a multiple of 8), else naive.
     #[default]
     Auto,
     /// The FMA flash kernel (every adapter); an error where it does not apply.
@@ -219,7 +220,8 @@ fn check(op: &'static str, q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionO
     Ok(Dims { b, h, h_kv, s_q, s_k, d })
 }
 
-/// The tensor-core forward's requirements: f16 inputs (or f32, split into f16 parts),
+/// The tensor-core forward's requirements: f16, bf16 or f32 inputs (the last two scaled into
+/// f16, f32 split into two parts),
 /// 16×16×16 f16→f32 cooperative matrices and f16 in shaders, subgroups of exactly 32 with
 /// subgroup barriers, a head dim that is a multiple of 16 up to 128, a tiling that fits, and
 /// every q/k/v offset and stride a multiple of a 16-byte word (rows are read as whole words).
@@ -227,7 +229,7 @@ fn coop_forward_applies(q: &Tensor, k: &Tensor, v: &Tensor, d: &Dims) -> bool {
     let gpu = q.gpu();
     let info = gpu.info();
     let word = 16 / q.dtype().size_in_bytes();
-    matches!(q.dtype(), DType::F16 | DType::F32)
+    matches!(q.dtype(), DType::F16 | DType::F32 | DType::BF16)
         && info.has_coop_f16_16x16x16()
         && gpu.has(wgpu::Features::SHADER_F16)
         && gpu.has(wgpu::Features::SUBGROUP | wgpu::Features::SUBGROUP_BARRIER)
@@ -245,7 +247,7 @@ fn coop_applies(q: &Tensor, k: &Tensor, v: &Tensor, d: &Dims) -> bool {
 
 fn coop_requirements(gpu: &crate::Gpu) -> String {
     format!(
-        "the tensor-core flash kernels need f16 q/k/v (the forward also takes f32) with offsets and strides that are multiples of 16 bytes, a head dim that is a multiple of 16 up to {MAX_HEAD_DIM}, and an adapter with 16x16x16 f16->f32 cooperative matrices, SHADER_F16 and subgroups of 32 with subgroup barriers (this one: coop {}, subgroups {:?})",
+        "the tensor-core flash kernels need f16 q/k/v (the forward also takes f32 and bf16) with offsets and strides that are multiples of 16 bytes, a head dim that is a multiple of 16 up to {MAX_HEAD_DIM}, and an adapter with 16x16x16 f16->f32 cooperative matrices, SHADER_F16 and subgroups of 32 with subgroup barriers (this one: coop {}, subgroups {:?})",
         gpu.info().has_coop_f16_16x16x16(),
         gpu.info().subgroup_sizes
     )
@@ -343,9 +345,10 @@ pub fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpt
             });
         }
     };
-    let split = tiling.is_some() && dtype == DType::F32;
+    // f32 and bf16 on tensor cores are scaled by powers of two from their ranges.
+    let scaled = tiling.is_some() && dtype != DType::F16;
     let (kernel, rows) = match tiling {
-        Some(t) => (coop_kernel(split, bias_dtype, dims.d, t), t.rows()),
+        Some(t) => (coop_kernel(dtype, bias_dtype, dims.d, t), t.rows()),
         None => (fwd_kernel(q.dtype(), bias_dtype, dims.d, flash_tiling(OP, opts, dims.d, limits)?), FWD_ROWS),
     };
     // Unchecked is safe: every element index is offset + b·sb + h·sh + s·ss + d of a view
@@ -366,14 +369,14 @@ pub fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpt
     if let Some((t, _)) = &bias {
         bind.push((6, t.storage()?.buffer()));
     }
-    // f32 on tensor cores: the largest |x| of q, k and v first, which the kernel scales
-    // each by (shaders/attention_range.wgsl; unchecked is safe by the same argument, and
-    // ranges has the 4 words written).
-    let ranges = if split { Some(Tensor::zeros(gpu, &[4], DType::F32)?) } else { None };
+    // f32 and bf16 on tensor cores: the largest |x| of q, k and v first, which the kernel
+    // scales each by (shaders/attention_range.wgsl; unchecked is safe by the same argument,
+    // and ranges has the 4 words written).
+    let ranges = if scaled { Some(Tensor::zeros(gpu, &[4], DType::F32)?) } else { None };
     if let Some(r) = &ranges {
-        let most_words = (b * h * s_q.max(dims.s_k) * dims.d / 4).div_ceil(256);
+        let most_words = (b * h * s_q.max(dims.s_k) * dims.d * dtype.size_in_bytes() / 16).div_ceil(256);
         gpu.dispatch_3d(
-            &Kernel::new(Shader::AttentionRange, "attention_range").trusted(),
+            &range_kernel(dtype),
             &[
                 (0, q.storage()?.buffer()),
                 (1, k.storage()?.buffer()),
@@ -920,12 +923,9 @@ pub fn coop_tilings(d: usize, limits: &wgpu::Limits) -> Vec<CoopTiling> {
     coop_tilings_for(DType::F16, d, limits)
 }
 
-/// The tensor-core forward's tilings for inputs of `dtype` (F16, or F32 split into f16
-/// parts; empty for BF16): [`coop_tilings`]' order, those that fit.
+/// The tensor-core forward's tilings for inputs of `dtype` (F16; BF16, scaled into f16, the
+/// same; F32 split into two f16 parts: its own list), fastest first, those that fit.
 pub fn coop_tilings_for(dtype: DType, d: usize, limits: &wgpu::Limits) -> Vec<CoopTiling> {
-    if dtype == DType::BF16 {
-        return Vec::new();
-    }
     // 16 subgroups first: each K/V tile staged serves 256 query rows (the staging, not the
     // tensor cores, is what more rows per workgroup amortise), and 64-key tiles in 16-key
     // chunks: one workgroup barrier per 64 keys. The small ones are for adapters with less
@@ -988,11 +988,13 @@ const S_STRIDE: usize = 20;
 
 /// The tensor-core forward for head dim `d` (a multiple of 16) and tiling `t`: fragment
 /// code unrolled here, see shaders/attention_coop.wgsl.
-fn coop_kernel(split: bool, bias: Option<DType>, d: usize, t: CoopTiling) -> Kernel {
+fn coop_kernel(dtype: DType, bias: Option<DType>, d: usize, t: CoopTiling) -> Kernel {
+    let split = dtype == DType::F32;
     let frags = d / 16;
     let key_frags = t.key_chunk / 16;
     let blocks = t.row_blocks;
-    // Elements per 16-byte word, and the operand parts: f16 (8, hi only) or f32 (4, hi and lo).
+    // Elements per 16-byte word, and the operand parts: f16 and bf16 (8, hi only), or f32 (4,
+    // hi and lo).
     let (epw, parts): (usize, &[&str]) = if split { (4, &["hi", "lo"]) } else { (8, &["hi"]) };
     // Q in column slices of QC (64, or 32 for 256 rows): stage a slice (all BQ rows), then
     // every subgroup loads its fragments of it; split, the hi parts first, then the lo parts
@@ -1003,10 +1005,10 @@ fn coop_kernel(split: bool, bias: Option<DType>, d: usize, t: CoopTiling) -> Ker
     for slice in 0..d.div_ceil(qc) {
         let words = (d - qc * slice).min(qc) / epw;
         for part in parts {
-            let put = if split {
-                format!("put4(r * QS + 4u * w, {part}4(qw, fq))")
-            } else {
-                "put8(r * QS + 8u * w, qw)".to_string()
+            let put = match dtype {
+                DType::F32 => format!("put4(r * QS + 4u * w, {part}4(qw, fq))"),
+                DType::BF16 => "put8_bf16(r * QS + 8u * w, qw, fq)".to_string(),
+                DType::F16 => "put8(r * QS + 8u * w, qw)".to_string(),
             };
             q_stage += &format!(
                 "for (var idx = lid; idx < BQ * {words}u; idx += THREADS) {{\n        let r = idx / {words}u;\n        let w = idx % {words}u;\n        \
@@ -1138,7 +1140,7 @@ fn coop_kernel(split: bool, bias: Option<DType>, d: usize, t: CoopTiling) -> Ker
         .sub("EPW", epw.to_string())
         .sub("PARTS", parts.len().to_string())
         .sub("P_SHIFT", if split { "6.0" } else { "0.0" })
-        .sub("STORE_O", store_pair(if split { DType::F32 } else { DType::F16 }))
+        .sub("STORE_O", store_pair(dtype))
         .sub("QC", qc.to_string())
         .sub("Q_STAGE", q_stage)
         .sub("O_DECL", bases + &o_decl)
@@ -1147,14 +1149,28 @@ fn coop_kernel(split: bool, bias: Option<DType>, d: usize, t: CoopTiling) -> Ker
         .sub("O_RESCALE", rescale)
         .sub("O_STORE", o_store)
         .trusted();
-    if split {
-        k = k.flag("SPLIT");
-    }
+    k = match dtype {
+        DType::F16 => k.flag("HALF"),
+        DType::F32 => k.flag("SPLIT").flag("SCALED"),
+        DType::BF16 => k.flag("BF16").flag("SCALED"),
+    };
     k = match bias {
         Some(bd) => k.flag("BIAS").sub("LOAD_BIAS", wgsl_load("bias", bd)),
         None => k.sub("LOAD_BIAS", ""),
     };
     k
+}
+
+/// The range pass before the f32 (split) and bf16 tensor-core forward.
+fn range_kernel(dtype: DType) -> Kernel {
+    let k = Kernel::new(Shader::AttentionRange, "attention_range")
+        .sub("EPW", (16 / dtype.size_in_bytes()).to_string())
+        .trusted();
+    if dtype == DType::BF16 {
+        k.flag("BF16")
+    } else {
+        k
+    }
 }
 
 /// Tiling of the tensor-core backward (shaders/attention_coop_bwd.wgsl): subgroups per
@@ -1386,7 +1402,7 @@ fn coop_bwd_kernel(dkdv: bool, bias: Option<DType>, d: usize, t: CoopBwdTiling) 
 /// Every specialisation the attention ops can launch (all head-dim paddings, dtypes, with
 /// and without a bias), for the portability test.
 pub fn all_kernels() -> Vec<Kernel> {
-    let mut all = vec![Kernel::new(Shader::AttentionRange, "attention_range")];
+    let mut all = vec![range_kernel(DType::F32), range_kernel(DType::BF16)];
     let h200 = wgpu::Limits {
         max_compute_workgroup_storage_size: 48 << 10,
         max_compute_invocations_per_workgroup: 1024,
@@ -1394,11 +1410,10 @@ pub fn all_kernels() -> Vec<Kernel> {
     };
     for d in [16, 32, 48, 64, 80, 96, 112, 128] {
         for bias in [None, Some(DType::F16), Some(DType::F32)] {
-            for t in coop_tilings(d, &h200) {
-                all.push(coop_kernel(false, bias, d, t));
-            }
-            for t in coop_tilings_for(DType::F32, d, &h200) {
-                all.push(coop_kernel(true, bias, d, t));
+            for dtype in DType::ALL {
+                for t in coop_tilings_for(dtype, d, &h200) {
+                    all.push(coop_kernel(dtype, bias, d, t));
+                }
             }
             for t in coop_bwd_tilings(d, &h200) {
                 for dkdv in [true, false] {
