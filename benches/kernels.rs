@@ -822,8 +822,8 @@ fn main() -> wgkernels::Result<()> {
                             if !backward {
                                 continue;
                             }
-                            // f16: the tensor-core backward where the adapter has it.
-                            let coop = dtype == DType::F16
+                            // f16 and bf16: the tensor-core backward where the adapter has it.
+                            let coop = dtype != DType::F32
                                 && attention_forward(
                                     &q,
                                     &k,

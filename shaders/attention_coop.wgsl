@@ -137,40 +137,7 @@ fn put_p(at: u32, p: f32) {
 //#endif
 }
 
-//#if SCALED
-// 2^e (e in [−126, 127]) exactly, from its bits.
-fn pow2(e: i32) -> f32 {
-    return bitcast<f32>(u32(e + 127) << 23u);
-}
-
-// The power of two that brings the largest |x| (f32 bits) into [2^13, 2^14); clamped so that
-// every factor derived from it is a normal f32.
-fn range_exp(max_bits: u32) -> i32 {
-    let e = i32((max_bits >> 23u) & 0xffu) - 127;
-    return clamp(13 - e, -60, 60);
-}
-
-// Four halves into workgroup memory at `at`.
-fn put4(at: u32, x: vec4<f16>) {
-    tiles[at] = x.x;
-    tiles[at + 1u] = x.y;
-    tiles[at + 2u] = x.z;
-    tiles[at + 3u] = x.w;
-}
-//#endif
-
-//#if BF16
-// Eight bf16 (a 16-byte word: element 2i in the low half of word i), times f, as f16 at `at`.
-fn put8_bf16(at: u32, w: vec4<u32>, f: f32) {
-    let even = bitcast<vec4<f32>>(w << vec4<u32>(16u)) * f;
-    let odd = bitcast<vec4<f32>>(w & vec4<u32>(0xffff0000u)) * f;
-    put4(at, vec4<f16>(vec4<f32>(even.x, odd.x, even.y, odd.y)));
-    put4(at + 4u, vec4<f16>(vec4<f32>(even.z, odd.z, even.w, odd.w)));
-}
-//#endif
-
 //#if SPLIT
-
 // The hi part of an f32 is its sign, exponent and top 10 mantissa bits (f16's, exact in f16
 // for the scaled range), cut by a mask: the lo part x − hi is then exact in f32 and below
 // 2^−10·|x|, rounded to f16's 11 bits. (With hi rounded by f32 → f16 → f32 instead, the

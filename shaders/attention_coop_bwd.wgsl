@@ -29,6 +29,13 @@
 // contiguous [B, heads, S, D] (the host casts them to the input dtype). q, k, v, dO are
 // read as 16-byte words: the host checked every offset and row stride a multiple of 8.
 //
+// bf16 inputs (flag BF16; HALF for f16) go to f16 times a power of two from each tensor's
+// largest |x| (as in the forward): 2^e_q, 2^e_k, 2^e_v, 2^e_do. The lanes scale S and dP
+// back; dS is stored as dS·2^g, g = e_do + e_v − 22, which keeps it below 2^14 whatever the
+// inputs (|dS| ≤ |dP| + |δ| ≤ 2·D·max|dO|·max|V| < 2^(8 + 28 − e_do − e_v) for D ≤ 128) and
+// leaves it unscaled for inputs of magnitude ~1 to 4, as on the f16 path; the stores take
+// out 2^e_do (dV), 2^(g + e_q) (dK) and 2^(g + e_k) (dQ).
+//
 // Placeholders: D, SGS, BT, CH, STAGES, SST, FS, TILE_HALVES, LOAD_BIAS (flag BIAS),
 // FIXED_FRAGS, ACC_DECL, PRODUCTS (S and dP, and their stores), ACCUMULATE, ACC_STORE.
 
@@ -77,6 +84,61 @@ const NO_ROW: f32 = 3.0e38;
 // dV (dkdv only: a binding the dq kernel does not use would not be in its layout)
 @group(0) @binding(9) var<storage, read_write> out_b: array<f32>;
 //#endif
+//#if BF16
+// The largest |x| of q, k, v and dO as f32 bits (attention_range.wgsl).
+@group(0) @binding(10) var<storage, read> ranges: array<u32>;
+//#endif
+
+// Factors of q, k, v, dO on staging (powers of two for bf16, 1 for f16) and those the lanes
+// and the stores apply (see the top), set at the start of each entry point.
+var<private> in_factor: vec4<f32>;
+var<private> s_unscale: f32;
+var<private> dp_unscale: f32;
+var<private> ds_factor: f32;
+var<private> unscale_a: f32;
+var<private> unscale_b: f32;
+
+// Sets the factors; `partner` is the params index of the tensor that dS multiplies into the
+// first accumulator: Q (8) for dK, K (12) for dQ.
+fn set_factors(partner: u32) {
+    in_factor = vec4<f32>(1.0);
+    s_unscale = 1.0;
+    dp_unscale = 1.0;
+    ds_factor = 1.0;
+    unscale_a = 1.0;
+    unscale_b = 1.0;
+//#if BF16
+    let e = vec4<i32>(range_exp(ranges[0]), range_exp(ranges[1]), range_exp(ranges[2]), range_exp(ranges[3]));
+    // (Clamped only for inputs beyond 2^100, where f32 overflows anyway.)
+    let g = clamp(e.w + e.z - 22, -100, 100);
+    in_factor = vec4<f32>(pow2(e.x), pow2(e.y), pow2(e.z), pow2(e.w));
+    s_unscale = pow2(-e.x) * pow2(-e.y);
+    dp_unscale = pow2(-e.z) * pow2(-e.w);
+    ds_factor = pow2(g);
+    unscale_a = pow2(-g) * pow2(select(-e.y, -e.x, partner == 8u));
+    unscale_b = pow2(-e.w);
+//#endif
+}
+
+// The staging factor of the tensor at params index `at` (8 q, 12 k, 16 v, 30 dO).
+fn factor_of(at: u32) -> f32 {
+    switch at {
+        case 8u: { return in_factor.x; }
+        case 12u: { return in_factor.y; }
+        case 16u: { return in_factor.z; }
+        default: { return in_factor.w; }
+    }
+}
+
+// A 16-byte word of tensor `at` into workgroup memory at `base`: eight halves (f16), or eight
+// bf16 times the tensor's factor.
+fn put_word(at: u32, base: u32, x: vec4<u32>) {
+//#if BF16
+    put8_bf16(base, x, factor_of(at));
+//#else
+    put8(base, x);
+//#endif
+}
 
 // STAGES × two streamed tiles [BT][RS] (or, at the start, the fixed rows [16·SGS][FS], one
 // tensor and one column slice of FS − 8 at a time).
@@ -119,7 +181,7 @@ fn stage_block(at: u32, b: u32, h: u32, s0: u32, rows: u32, limit: u32, w0: u32,
         if (s0 + r < limit) {
             x = word(at, row_base(at, b, h, s0 + r) / 8u + w0 + w);
         }
-        put8(base + r * stride + 8u * w, x);
+        put_word(at, base + r * stride + 8u * w, x);
     }
 }
 
@@ -148,15 +210,15 @@ fn fetch_tiles(at_a: u32, at_b: u32, b: u32, h: u32, s0: u32, limit: u32, lid: u
     }
 }
 
-// a_next and b_next into the stage at `base` (halves).
-fn put_tiles(lid: u32, base: u32) {
+// a_next and b_next (of tensors `at_a`, `at_b`) into the stage at `base` (halves).
+fn put_tiles(lid: u32, base: u32, at_a: u32, at_b: u32) {
     for (var i = 0u; i < PF; i++) {
         let idx = lid + i * THREADS;
         if (idx < BT * WORDS) {
             let r = idx / WORDS;
             let w = idx % WORDS;
-            put8(base + r * RS + 8u * w, a_next[i]);
-            put8(base + B_BASE + r * RS + 8u * w, b_next[i]);
+            put_word(at_a, base + r * RS + 8u * w, a_next[i]);
+            put_word(at_b, base + B_BASE + r * RS + 8u * w, b_next[i]);
         }
     }
 }
@@ -221,6 +283,8 @@ fn coop_bwd_dkdv(
     let row = lane % 16u;
     let half = lane / 16u;
     let key = j0 + sg * 16u + row;
+    set_factors(8u);
+    let s_mul = scale * LOG2E * s_unscale;
 
     // K, then V, of the workgroup's keys through the staging memory, as A fragments.
     {{FIXED_FRAGS}}
@@ -255,7 +319,7 @@ fn coop_bwd_dkdv(
         if (STAGES == 1u) {
             workgroupBarrier();
         }
-        put_tiles(lid, stage);
+        put_tiles(lid, stage, 8u, 30u);
         if (lid < BT) {
             let i = i0 + lid;
             let stats = query_stats(b, hq, i);
@@ -290,10 +354,10 @@ fn coop_bwd_dkdv(
                 var p = 0.0;
                 if (key < S_k && i < S_q && (!causal || i32(key) <= i32(i) + offset)) {
                     let bias_at = params[24] + b * params[25] + hq * params[26] + i * params[27] + key * params[28];
-                    p = exp2(s_tile[at] * scale * LOG2E + LOG2E * load_bias(bias_at) - row_stats[rc + col]);
+                    p = exp2(s_tile[at] * s_mul + LOG2E * load_bias(bias_at) - row_stats[rc + col]);
                 }
                 p_tile[pt] = f16(p);
-                ds_tile[pt] = f16(p * (dp_tile[at] - row_stats[rc + BT + col]));
+                ds_tile[pt] = f16(p * (dp_tile[at] * dp_unscale - row_stats[rc + BT + col]) * ds_factor);
             }
             subgroupBarrier();
             // dV += Pᵀ · dO, dK += dSᵀ · Q.
@@ -329,6 +393,8 @@ fn coop_bwd_dq(
     let row = lane % 16u;
     let half = lane / 16u;
     let r = q0 + sg * 16u + row;
+    set_factors(12u);
+    let s_mul = scale * LOG2E * s_unscale;
 
     // Q, then dO, of the workgroup's queries through the staging memory, as A fragments.
     {{FIXED_FRAGS}}
@@ -364,7 +430,7 @@ fn coop_bwd_dq(
         if (STAGES == 1u) {
             workgroupBarrier();
         }
-        put_tiles(lid, stage);
+        put_tiles(lid, stage, 12u, 16u);
         workgroupBarrier();
         if (kt + 1u < key_tiles) {
             fetch_tiles(12u, 16u, b, kv_h, k0 + BT, S_k, lid);
@@ -387,9 +453,9 @@ fn coop_bwd_dq(
                 let pt = p_base + col * 16u + row;
                 var p = 0.0;
                 if (i32(key) <= last_key) {
-                    p = exp2(s_tile[at] * scale * LOG2E + LOG2E * load_bias(bias_row + key * params[28]) - l2);
+                    p = exp2(s_tile[at] * s_mul + LOG2E * load_bias(bias_row + key * params[28]) - l2);
                 }
-                ds_tile[pt] = f16(p * (dp_tile[at] - dl));
+                ds_tile[pt] = f16(p * (dp_tile[at] * dp_unscale - dl) * ds_factor);
             }
             subgroupBarrier();
             // dQ += dS · K.

@@ -1,12 +1,14 @@
-// The largest |x| of each of q, k and v, for the split tensor-core forward (flag SPLIT of
-// attention_coop.wgsl), which scales each input by a power of two from it so that its f16
-// parts neither overflow nor lose their low bits.
+// The largest |x| of each of q, k and v (and dO), for the tensor-core kernels on f32 and bf16
+// inputs (flag SCALED of attention_coop.wgsl, BF16 of attention_coop_bwd.wgsl), which scale
+// each input by a power of two from it so that its f16 parts neither overflow nor lose their
+// low bits.
 //
-// Workgroup row y = 0, 1, 2 reads q, k or v (f32 or, flag BF16, bf16 views, addressed through the attention
-// params: offset and batch, head, row strides at 8, 12, 16) in 16-byte words, grid-stride;
+// Workgroup row y = 0, 1, 2 (and 3, flag DOUT, for the backward) reads q, k, v (and dO): f32
+// or, flag BF16, bf16 views, addressed through the attention params (offset and batch,
+// head, row strides at 8, 12, 16, 30) in 16-byte words, grid-stride;
 // each subgroup's max goes to ranges[y] by atomicMax on the f32 bits (non-negative floats
-// order as their bits). Traffic: (S_q·H + 2·S_k·H_kv)·B·D elements read, one pass, memory
-// bound; the attention that follows reads the same data D/16 times per query block.
+// order as their bits). Traffic: (S_q·H + 2·S_k·H_kv)·B·D elements read (and dO's S_q·H·B·D),
+// one pass, memory bound; the attention that follows reads K and V once per query block.
 
 const WORKGROUP: u32 = 256u;
 // Elements per 16-byte word: 4 (f32), 8 (bf16).
@@ -15,9 +17,12 @@ const EPW: u32 = {{EPW}}u;
 @group(0) @binding(0) var<storage, read> q: array<vec4<u32>>;
 @group(0) @binding(1) var<storage, read> k: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read> v: array<vec4<u32>>;
-// [q, k, v, unused]: zero before the dispatch.
+// [q, k, v, dO]: zero before the dispatch.
 @group(0) @binding(3) var<storage, read_write> ranges: array<atomic<u32>, 4>;
 @group(0) @binding(4) var<storage, read> params: array<u32>;
+//#if DOUT
+@group(0) @binding(5) var<storage, read> dout: array<vec4<u32>>;
+//#endif
 
 // The largest |x| of a word's elements.
 fn word_max(x: vec4<u32>) -> f32 {
@@ -37,12 +42,13 @@ fn attention_range(
     @builtin(subgroup_invocation_id) lane: u32,
 ) {
     let which = wid.y;
-    // q has H heads of S_q rows; k and v H_kv heads of S_k rows.
-    let heads = select(params[2], params[1], which == 0u);
-    let rows = select(params[4], params[3], which == 0u);
+    // q and dO have H heads of S_q rows; k and v H_kv heads of S_k rows.
+    let query_like = which == 0u || which == 3u;
+    let heads = select(params[2], params[1], query_like);
+    let rows = select(params[4], params[3], query_like);
     let words = params[5] / EPW;
     let total = params[0] * heads * rows * words;
-    let at = 8u + 4u * which;
+    let at = select(8u + 4u * which, 30u, which == 3u);
     var m = 0.0;
     for (var i = wid.x * WORKGROUP + lid; i < total; i += groups.x * WORKGROUP) {
         let w = i % words;
@@ -54,9 +60,14 @@ fn attention_range(
             x = q[e];
         } else if (which == 1u) {
             x = k[e];
-        } else {
+        } else if (which == 2u) {
             x = v[e];
         }
+//#if DOUT
+        if (which == 3u) {
+            x = dout[e];
+        }
+//#endif
         m = max(m, word_max(x));
     }
     let sg_max = subgroupMax(m);

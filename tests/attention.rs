@@ -798,6 +798,11 @@ fn tensor_core_backward_matches_f64_where_the_adapter_has_it() {
     let gpu = gpu();
     let probe = Tensor::randn(&gpu, &[1, 1, 16, 64], DType::F16, 1).unwrap();
     let forced = AttentionOptions { path: AttentionPath::FlashCoop, ..Default::default() };
+    // f32 has no tensor-core backward: refused where forced, whatever the adapter.
+    let p32 = Tensor::randn(&gpu, &[1, 1, 16, 64], DType::F32, 1).unwrap();
+    let (o32, lse32) = attention_forward(&p32, &p32, &p32, &AttentionOptions::default()).unwrap();
+    let e = attention_backward(&p32, &p32, &p32, &o32, &lse32, &o32, &forced).unwrap_err().to_string();
+    assert!(e.contains("attention_backward") && e.contains("cooperative matrices"), "{e}");
     if attention_forward(&probe, &probe, &probe, &forced).is_err() {
         // Without cooperative matrices FlashCoop is refused by the backward too.
         let (o, lse) = attention_forward(&probe, &probe, &probe, &AttentionOptions::default()).unwrap();
@@ -817,6 +822,33 @@ fn tensor_core_backward_matches_f64_where_the_adapter_has_it() {
         assert!(!tilings.is_empty(), "no backward tiling fits D {}", c.d);
         for t in tilings {
             check_backward_path(c, layout, DType::F16, AttentionPath::FlashCoop, Some(t), None, 8.0);
+            // bf16: scaled into f16 (its rounding of the gradients dominates).
+            check_backward_path(c, layout, DType::BF16, AttentionPath::FlashCoop, Some(t), None, 4.0);
+        }
+    }
+    // bf16 far outside f16's range (q, k ~10^3, v ~10^5, dO ~10^4) and far below it: against
+    // the FMA backward on the same inputs (f32 arithmetic), relative to each gradient's size.
+    for (mag, dout_mag, scale) in
+        [([1e3f32, 2e3, 1e5], 1e4f32, 1.0 / (8.0 * 2e6)), ([1e-3, 3e-3, 1e-5], 1e-6, 1.0e6 / 24.0)]
+    {
+        let c = Case::new(70, 90, 64, true).gqa(2, 1);
+        let x = inputs_at(&c, AttentionLayout::Bhsd, DType::BF16, 21, mag);
+        let dout_v: Vec<f32> = random_vec(c.b * c.h * c.s_q * c.d, 22).iter().map(|v| v * dout_mag).collect();
+        let dout = Tensor::from_f32(&gpu, &dout_v, &[c.b, c.h, c.s_q, c.d], DType::BF16).unwrap();
+        let grads = |path| {
+            let o = AttentionOptions { causal: true, scale: Some(scale as f32), path, ..Default::default() };
+            let (out, lse) =
+                attention_forward(&x.tq, &x.tk, &x.tv, &AttentionOptions { path: AttentionPath::Flash, ..o }).unwrap();
+            let (dq, dk, dv) = attention_backward(&x.tq, &x.tk, &x.tv, &out, &lse, &dout, &o).unwrap();
+            [dq, dk, dv].map(|t| t.to_vec_f32().unwrap())
+        };
+        let (want, got) = (grads(AttentionPath::Flash), grads(AttentionPath::FlashCoop));
+        for (name, (g, w)) in ["dq", "dk", "dv"].iter().zip(got.iter().zip(&want)) {
+            let size = w.iter().fold(0f64, |m, &v| m.max(v.abs() as f64));
+            assert!(size > 0.0 && size.is_finite(), "{name}: {size}");
+            let w: Vec<f64> = w.iter().map(|&v| v as f64).collect();
+            let what = format!("bf16 coop vs FMA backward {name}, magnitudes {mag:?}, dO {dout_mag}");
+            assert_close(&what, g, &w, 4.0 * tol(DType::BF16).0 * size, 4.0 * tol(DType::BF16).1);
         }
     }
     let bad = CoopBwdTiling { subgroups: 16, tile: 128, chunk: 16, stages: 2 };

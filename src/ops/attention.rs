@@ -240,9 +240,9 @@ fn coop_forward_applies(q: &Tensor, k: &Tensor, v: &Tensor, d: &Dims) -> bool {
         && CoopTiling::preferred_for(q.dtype(), d.d, &info.limits).is_some()
 }
 
-/// The tensor-core backward's requirements: the forward's, for f16 inputs only.
+/// The tensor-core backward's requirements: the forward's, for f16 and bf16 inputs.
 fn coop_applies(q: &Tensor, k: &Tensor, v: &Tensor, d: &Dims) -> bool {
-    q.dtype() == DType::F16 && coop_forward_applies(q, k, v, d)
+    q.dtype() != DType::F32 && coop_forward_applies(q, k, v, d)
 }
 
 fn coop_requirements(gpu: &crate::Gpu) -> String {
@@ -370,22 +370,9 @@ pub fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpt
         bind.push((6, t.storage()?.buffer()));
     }
     // f32 and bf16 on tensor cores: the largest |x| of q, k and v first, which the kernel
-    // scales each by (shaders/attention_range.wgsl; unchecked is safe by the same argument,
-    // and ranges has the 4 words written).
-    let ranges = if scaled { Some(Tensor::zeros(gpu, &[4], DType::F32)?) } else { None };
+    // scales each by (shaders/attention_range.wgsl).
+    let ranges = if scaled { Some(input_ranges(&q, &k, &v, None, &dims, &meta)?) } else { None };
     if let Some(r) = &ranges {
-        let most_words = (b * h * s_q.max(dims.s_k) * dims.d * dtype.size_in_bytes() / 16).div_ceil(256);
-        gpu.dispatch_3d(
-            &range_kernel(dtype),
-            &[
-                (0, q.storage()?.buffer()),
-                (1, k.storage()?.buffer()),
-                (2, v.storage()?.buffer()),
-                (3, r.storage()?.buffer()),
-                (4, &meta),
-            ],
-            [most_words.clamp(1, 1024) as u32, 3, 1],
-        )?;
         bind.push((7, r.storage()?.buffer()));
     }
     // A workgroup per `rows` query rows of one (batch, head). The tensor-core kernel reads
@@ -515,15 +502,25 @@ pub fn attention_backward(
     // where every offset and row stride is a multiple of 8. Workgroups of 16 keys (dkdv) or
     // queries (dq) per subgroup; of 64 on the FMA kernels.
     let (dkdv, dq_kernel, rows) = match tiling {
-        Some(t) => {
-            (coop_bwd_kernel(true, bias_dtype, d, t), coop_bwd_kernel(false, bias_dtype, d, t), 16 * t.subgroups)
-        }
+        Some(t) => (
+            coop_bwd_kernel(q.dtype(), true, bias_dtype, d, t),
+            coop_bwd_kernel(q.dtype(), false, bias_dtype, d, t),
+            16 * t.subgroups,
+        ),
         None => (
             bwd_kernel("attention_bwd_dkdv", q.dtype(), bias_dtype, d, flash_chunk),
             bwd_kernel("attention_bwd_dq", q.dtype(), bias_dtype, d, flash_chunk),
             BWD_ROWS,
         ),
     };
+    // bf16 on tensor cores: the largest |x| of q, k, v and dO first (see the forward).
+    let ranges = match tiling {
+        Some(_) if q.dtype() == DType::BF16 => Some(input_ranges(&q, &k, &v, Some(&dout), &dims, &meta)?),
+        _ => None,
+    };
+    if let Some(r) = &ranges {
+        common.push((10, r.storage()?.buffer()));
+    }
     let mut bind = common.clone();
     bind.extend([(8, dk.storage()?.buffer()), (9, dv.storage()?.buffer())]);
     gpu.dispatch_3d(&dkdv, &bind, [s_k.div_ceil(rows) as u32, h_kv as u32, b as u32])?;
@@ -1161,16 +1158,50 @@ fn coop_kernel(dtype: DType, bias: Option<DType>, d: usize, t: CoopTiling) -> Ke
     k
 }
 
-/// The range pass before the f32 (split) and bf16 tensor-core forward.
-fn range_kernel(dtype: DType) -> Kernel {
-    let k = Kernel::new(Shader::AttentionRange, "attention_range")
+/// The range pass before the tensor-core kernels on f32 (split) and bf16 inputs: of q, k, v,
+/// and dO too for the backward (`dout`).
+fn range_kernel(dtype: DType, dout: bool) -> Kernel {
+    let mut k = Kernel::new(Shader::AttentionRange, "attention_range")
         .sub("EPW", (16 / dtype.size_in_bytes()).to_string())
         .trusted();
     if dtype == DType::BF16 {
-        k.flag("BF16")
-    } else {
-        k
+        k = k.flag("BF16");
     }
+    if dout {
+        k = k.flag("DOUT");
+    }
+    k
+}
+
+/// The largest |x| of q, k, v (and `dout`'s) as f32 bits in a 4-word tensor, for the scaled
+/// tensor-core kernels. `meta` holds the attention params (dO's view at 30 when `dout`).
+fn input_ranges(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    dout: Option<&Tensor>,
+    d: &Dims,
+    meta: &wgpu::Buffer,
+) -> Result<Tensor> {
+    let gpu = q.gpu();
+    let dtype = q.dtype();
+    let ranges = Tensor::zeros(gpu, &[4], DType::F32)?;
+    let most_words = (d.b * d.h * d.s_q.max(d.s_k) * d.d * dtype.size_in_bytes() / 16).div_ceil(256);
+    // Unchecked is safe by the attention kernels' argument (every word of a view, rows below
+    // S and columns below D); ranges has the 4 words written.
+    let mut bind: Vec<(u32, &wgpu::Buffer)> = vec![
+        (0, q.storage()?.buffer()),
+        (1, k.storage()?.buffer()),
+        (2, v.storage()?.buffer()),
+        (3, ranges.storage()?.buffer()),
+        (4, meta),
+    ];
+    if let Some(t) = dout {
+        bind.push((5, t.storage()?.buffer()));
+    }
+    let tensors = if dout.is_some() { 4 } else { 3 };
+    gpu.dispatch_3d(&range_kernel(dtype, dout.is_some()), &bind, [most_words.clamp(1, 1024) as u32, tensors, 1])?;
+    Ok(ranges)
 }
 
 /// Tiling of the tensor-core backward (shaders/attention_coop_bwd.wgsl): subgroups per
@@ -1266,7 +1297,7 @@ pub fn coop_bwd_tilings(d: usize, limits: &wgpu::Limits) -> Vec<CoopBwdTiling> {
 
 /// A tensor-core backward kernel (`dkdv`: dK and dV; else dQ) for head dim `d`, a multiple
 /// of 16: fragment code unrolled here, see shaders/attention_coop_bwd.wgsl.
-fn coop_bwd_kernel(dkdv: bool, bias: Option<DType>, d: usize, t: CoopBwdTiling) -> Kernel {
+fn coop_bwd_kernel(dtype: DType, dkdv: bool, bias: Option<DType>, d: usize, t: CoopBwdTiling) -> Kernel {
     let frags = d / 16;
     let blocks = t.chunk / 16;
     let fc = CoopBwdTiling::fixed_cols(d);
@@ -1357,13 +1388,14 @@ fn coop_bwd_kernel(dkdv: bool, bias: Option<DType>, d: usize, t: CoopBwdTiling) 
         }
     }
     // Finished accumulators bounce through the subgroup's S block (row-major) to guarded
-    // f32 stores: dK and dQ times the scale.
+    // f32 stores: dK and dQ times the scale, each with the factors of a bf16 kernel's inputs
+    // taken out (1 for f16).
     let (r0, limit) = if dkdv { ("j0 + sg * 16u", "S_k") } else { ("q0 + sg * 16u", "S_q") };
     let mut acc_store = String::from("subgroupBarrier();\n    ");
     for c in 0..frags {
-        let mut outs = vec![("acc_a", "false", "scale")];
+        let mut outs = vec![("acc_a", "false", "scale * unscale_a")];
         if dkdv {
-            outs.push(("acc_b", "true", "1.0"));
+            outs.push(("acc_b", "true", "unscale_b"));
         }
         for (acc, to_b, factor) in outs {
             acc_store += &format!(
@@ -1392,6 +1424,7 @@ fn coop_bwd_kernel(dkdv: bool, bias: Option<DType>, d: usize, t: CoopBwdTiling) 
     if dkdv {
         k = k.flag("DKDV");
     }
+    k = k.flag(if dtype == DType::BF16 { "BF16" } else { "HALF" });
     k = match bias {
         Some(bd) => k.flag("BIAS").sub("LOAD_BIAS", wgsl_load("bias", bd)),
         None => k.sub("LOAD_BIAS", ""),
@@ -1402,7 +1435,8 @@ fn coop_bwd_kernel(dkdv: bool, bias: Option<DType>, d: usize, t: CoopBwdTiling) 
 /// Every specialisation the attention ops can launch (all head-dim paddings, dtypes, with
 /// and without a bias), for the portability test.
 pub fn all_kernels() -> Vec<Kernel> {
-    let mut all = vec![range_kernel(DType::F32), range_kernel(DType::BF16)];
+    let mut all =
+        vec![range_kernel(DType::F32, false), range_kernel(DType::BF16, false), range_kernel(DType::BF16, true)];
     let h200 = wgpu::Limits {
         max_compute_workgroup_storage_size: 48 << 10,
         max_compute_invocations_per_workgroup: 1024,
@@ -1417,7 +1451,9 @@ pub fn all_kernels() -> Vec<Kernel> {
             }
             for t in coop_bwd_tilings(d, &h200) {
                 for dkdv in [true, false] {
-                    all.push(coop_bwd_kernel(dkdv, bias, d, t));
+                    for dtype in [DType::F16, DType::BF16] {
+                        all.push(coop_bwd_kernel(dtype, dkdv, bias, d, t));
+                    }
                 }
             }
         }
