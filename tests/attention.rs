@@ -526,6 +526,29 @@ fn tensor_core_cases() -> Vec<(Case, AttentionLayout)> {
     ]
 }
 
+/// A key ramp in the bias (0.3 per key: 9.6 per 32 keys, natural units), so that a row's max
+/// grows by more than 2^8 over every tile and the tensor-core forward rescales its
+/// accumulators each time; inputs of `dtype` and the f64 reference (output, lse).
+struct BiasRamp {
+    case: Case,
+    x: Inputs,
+    bias: Tensor,
+    want: Vec<f64>,
+    want_lse: Vec<f64>,
+}
+
+impl BiasRamp {
+    fn new(dtype: DType) -> Self {
+        let case = Case::new(77, 300, 64, false).gqa(2, 1);
+        let x = inputs(&case, AttentionLayout::Bhsd, dtype, 5);
+        let ramp: Vec<f32> = (0..case.s_q * case.s_k).map(|e| 0.3 * (e % case.s_k) as f32).collect();
+        let bias = Tensor::from_slice(&gpu(), &ramp, &[case.s_q, case.s_k]).unwrap();
+        let ramp_at = |_: usize, _: usize, _: usize, j: usize| 0.3 * j as f32 as f64;
+        let (want, want_lse, _) = reference(&case, &x, 1.0 / 8.0, Some(&ramp_at));
+        BiasRamp { case, x, bias, want, want_lse }
+    }
+}
+
 #[test]
 fn tensor_core_path_matches_f64_where_the_adapter_has_it() {
     let gpu = gpu();
@@ -571,14 +594,9 @@ fn tensor_core_path_matches_f64_where_the_adapter_has_it() {
     // The accumulators are rescaled only when a row's max grows by more than 2^8 over a
     // tile: a key ramp in the bias (9.6 per 32 keys, natural units) makes that happen every
     // tile, and a large scale at random points.
-    let c = Case::new(77, 300, 64, false).gqa(2, 1);
-    let x = inputs(&c, AttentionLayout::Bhsd, DType::F16, 5);
-    let ramp: Vec<f32> = (0..c.s_q * c.s_k).map(|e| 0.3 * (e % c.s_k) as f32).collect();
-    let bias = Tensor::from_slice(&gpu, &ramp, &[c.s_q, c.s_k]).unwrap();
-    let opts = AttentionOptions { bias: Some(&bias), path: AttentionPath::FlashCoop, ..Default::default() };
-    let ramp_at = |_: usize, _: usize, _: usize, j: usize| 0.3 * j as f32 as f64;
-    let (want, want_lse, _) = reference(&c, &x, 1.0 / 8.0, Some(&ramp_at));
-    run_all("bias ramp", &c, &x, opts, &want, &want_lse);
+    let ramp = BiasRamp::new(DType::F16);
+    let opts = AttentionOptions { bias: Some(&ramp.bias), path: AttentionPath::FlashCoop, ..Default::default() };
+    run_all("bias ramp", &ramp.case, &ramp.x, opts, &ramp.want, &ramp.want_lse);
     let c = Case::new(100, 257, 64, true);
     let x = inputs(&c, AttentionLayout::Bhsd, DType::F16, 6);
     let opts =
@@ -675,14 +693,9 @@ fn scaled_tensor_core_path_matches_f64(dtype: DType) {
         }
     }
     // The reference max moves every tile (the accumulators rescaled through memory).
-    let c = Case::new(77, 300, 64, false).gqa(2, 1);
-    let x = inputs(&c, AttentionLayout::Bhsd, dtype, 5);
-    let ramp: Vec<f32> = (0..c.s_q * c.s_k).map(|e| 0.3 * (e % c.s_k) as f32).collect();
-    let bias = Tensor::from_slice(&gpu, &ramp, &[c.s_q, c.s_k]).unwrap();
-    let opts = AttentionOptions { bias: Some(&bias), path: AttentionPath::FlashCoop, ..Default::default() };
-    let ramp_at = |_: usize, _: usize, _: usize, j: usize| 0.3 * j as f32 as f64;
-    let (want, want_lse, _) = reference(&c, &x, 1.0 / 8.0, Some(&ramp_at));
-    run_all("bias ramp", &c, &x, opts, &want, &want_lse);
+    let ramp = BiasRamp::new(dtype);
+    let opts = AttentionOptions { bias: Some(&ramp.bias), path: AttentionPath::FlashCoop, ..Default::default() };
+    run_all("bias ramp", &ramp.case, &ramp.x, opts, &ramp.want, &ramp.want_lse);
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
     // Auto takes the tensor-core forward where it applies: the same bits as FlashCoop.
     let c = Case::new(33, 47, 32, true);

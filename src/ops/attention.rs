@@ -1061,6 +1061,12 @@ fn coop_kernel(dtype: DType, bias: Option<DType>, d: usize, t: CoopTiling) -> Ke
     // The products of a pair of operands' parts: hi·hi, or (split) the two small terms
     // first, then hi·hi.
     let terms: &[(&str, &str)] = if split { &[("lo", "hi"), ("hi", "lo"), ("hi", "hi")] } else { &[("hi", "hi")] };
+    // An f16 fragment `name` (use A or B) loaded by `load` from `array` at `at`, stride
+    // `stride`; the offset bound to a name first (naga 30 fails on a coop pointer indexed by
+    // an inline expression: ../shared/gpu).
+    let frag_load = |name: &str, at: &str, usage: &str, load: &str, array: &str, stride: &str, indent: &str| {
+        format!("let {name}_at = {at};\n{indent}let {name} = {load}<coop_mat16x16<f16, {usage}>>(&{array}[{name}_at], {stride});\n{indent}")
+    };
     // Where a lo part lies past its hi part: K and V one tile on, P P_LO halves on.
     let lo_at = |part: &str, step: &str| if part == "lo" { format!(" + {step}") } else { String::new() };
     // S block (rb, j) = Σ_c Q_(rb, c) · Kᵀ_(c, j) for the chunk at k_at: each K fragment
@@ -1072,12 +1078,8 @@ fn coop_kernel(dtype: DType, bias: Option<DType>, d: usize, t: CoopTiling) -> Ke
         }
         for c in 0..frags {
             for part in parts {
-                s_mma += &format!(
-                    "let ko_{part}_{c}_{j} = k_at + {}u * KS + {}u{};\n            let k_{part}_{c}_{j} = coopLoad<coop_mat16x16<f16, B>>(&tiles[ko_{part}_{c}_{j}], KS);\n            ",
-                    j * 16,
-                    c * 16,
-                    lo_at(part, "BK * KS")
-                );
+                let at = format!("k_at + {}u * KS + {}u{}", j * 16, c * 16, lo_at(part, "BK * KS"));
+                s_mma += &frag_load(&format!("k_{part}_{c}_{j}"), &at, "B", "coopLoad", "tiles", "KS", "            ");
             }
             for rb in 0..blocks {
                 for (a, bp) in terms {
@@ -1099,21 +1101,14 @@ fn coop_kernel(dtype: DType, bias: Option<DType>, d: usize, t: CoopTiling) -> Ke
     for kb in 0..key_frags {
         for rb in 0..blocks {
             for part in parts {
-                pv += &format!(
-                    "let po_{part}_{rb}_{kb} = pblock_{rb} + {}u{};\n        let p_{part}_{rb}_{kb} = coopLoad<coop_mat16x16<f16, A>>(&p_tile[po_{part}_{rb}_{kb}], 16u);\n        ",
-                    kb * 256,
-                    lo_at(part, "P_LO")
-                );
+                let at = format!("pblock_{rb} + {}u{}", kb * 256, lo_at(part, "P_LO"));
+                pv += &frag_load(&format!("p_{part}_{rb}_{kb}"), &at, "A", "coopLoad", "p_tile", "16u", "        ");
             }
         }
         for j in 0..frags {
             for part in parts {
-                pv += &format!(
-                    "let vo_{part}_{kb}_{j} = v_chunk + {}u * KS + {}u{};\n        let v_{part}_{kb}_{j} = coopLoadT<coop_mat16x16<f16, B>>(&tiles[vo_{part}_{kb}_{j}], KS);\n        ",
-                    kb * 16,
-                    j * 16,
-                    lo_at(part, "BK * KS")
-                );
+                let at = format!("v_chunk + {}u * KS + {}u{}", kb * 16, j * 16, lo_at(part, "BK * KS"));
+                pv += &frag_load(&format!("v_{part}_{kb}_{j}"), &at, "B", "coopLoadT", "tiles", "KS", "        ");
             }
             for rb in 0..blocks {
                 for (a, bp) in terms {
