@@ -696,7 +696,7 @@ fn main() -> wgkernels::Result<()> {
             format!("attention {}", dtype.name()),
             Box::new(move |rows: &mut Vec<Row>| {
                 use wgkernels::ops::attention::{
-                    attention, attention_backward, attention_forward, coop_bwd_tilings, coop_tilings_for,
+                    attention, attention_backward, attention_forward, coop_bwd_tilings_for, coop_tilings_for,
                     flash_tilings, AttentionOptions, AttentionPath, CoopBwdTiling, CoopTiling, FlashTiling,
                 };
                 let (b, h) = (4usize, 16usize);
@@ -822,22 +822,21 @@ fn main() -> wgkernels::Result<()> {
                             if !backward {
                                 continue;
                             }
-                            // f16 and bf16: the tensor-core backward where the adapter has it.
-                            let coop = dtype != DType::F32
-                                && attention_forward(
-                                    &q,
-                                    &k,
-                                    &v,
-                                    &AttentionOptions { path: AttentionPath::FlashCoop, ..Default::default() },
-                                )
-                                .is_ok();
+                            // The tensor-core backward where the adapter has it.
+                            let coop = attention_forward(
+                                &q,
+                                &k,
+                                &v,
+                                &AttentionOptions { path: AttentionPath::FlashCoop, ..Default::default() },
+                            )
+                            .is_ok();
                             let path = if coop { AttentionPath::FlashCoop } else { AttentionPath::Flash };
                             // The FMA-unit backward takes the flash tiling's head-dim chunk: one
                             // row per distinct chunk under WGK_ATTN_FLASH_TILINGS.
                             let bwd_tilings: Vec<(Option<CoopBwdTiling>, Option<FlashTiling>)> =
                                 match std::env::var("WGK_ATTN_BWD_TILINGS").as_deref() {
                                     Ok("all") if coop => std::iter::once(None)
-                                        .chain(coop_bwd_tilings(d, &limits).into_iter().map(Some))
+                                        .chain(coop_bwd_tilings_for(dtype, d, &limits).into_iter().map(Some))
                                         .map(|t| (t, None))
                                         .collect(),
                                     Ok(list) if coop && list != "all" => list

@@ -64,3 +64,21 @@ fn put8_bf16(at: u32, w: vec4<u32>, f: f32) {
     put4(at, vec4<f16>(vec4<f32>(even.x, odd.x, even.y, odd.y)));
     put4(at + 4u, vec4<f16>(vec4<f32>(even.z, odd.z, even.w, odd.w)));
 }
+
+// The hi part of an f32 is its sign, exponent and top 10 mantissa bits (f16's, exact in f16
+// for the scaled range), cut by a mask: the lo part x − hi is then exact in f32 and below
+// 2^−10·|x|, rounded to f16's 11 bits. (With hi rounded by f32 → f16 → f32 instead, the
+// H200's results had f16's error, as if every lo part were 0: its compiler seems to fold the
+// round trip. BENCHMARKS.md, ninth round, call 1.)
+const HI_BITS: u32 = 0xffffe000u;
+
+// The hi and lo parts of four f32 elements (a 16-byte word) times f.
+fn hi_f32(w: vec4<u32>, f: f32) -> vec4<f32> {
+    return bitcast<vec4<f32>>(bitcast<vec4<u32>>(bitcast<vec4<f32>>(w) * f) & vec4<u32>(HI_BITS));
+}
+fn hi4(w: vec4<u32>, f: f32) -> vec4<f16> {
+    return vec4<f16>(hi_f32(w, f));
+}
+fn lo4(w: vec4<u32>, f: f32) -> vec4<f16> {
+    return vec4<f16>(bitcast<vec4<f32>>(w) * f - hi_f32(w, f));
+}

@@ -1,6 +1,6 @@
 // Flash attention backward on tensor cores (FlashAttention-2's recomputation, f16 products
-// as 16×16×16 cooperative matrices with f32 accumulation), for f16 inputs on adapters that
-// have them. With P = exp(scale·q·k + bias − lse) rebuilt tile by tile and
+// as 16×16×16 cooperative matrices with f32 accumulation), on adapters that have them: f16
+// inputs, and bf16 and f32 scaled (and f32 split) into f16 as described below. With P = exp(scale·q·k + bias − lse) rebuilt tile by tile and
 // δ_i = Σ_d dO_i·O_i (computed before, by the tensor ops):
 //   dV_j = Σ_i P_ij dO_i,   dS_ij = P_ij (dO_i·V_j − δ_i),
 //   dK_j = scale Σ_i dS_ij Q_i,   dQ_i = scale Σ_j dS_ij K_j.
@@ -27,10 +27,13 @@
 // Tiles of BT > CH rows let the subgroups drift apart between workgroup barriers (one
 // subgroup's lane work overlapping another's products). Outputs are f32,
 // contiguous [B, heads, S, D] (the host casts them to the input dtype). q, k, v, dO are
-// read as 16-byte words: the host checked every offset and row stride a multiple of 8.
+// read as 16-byte words: the host checked every offset and row stride a multiple of 16 bytes.
 //
-// bf16 inputs (flag BF16; HALF for f16) go to f16 times a power of two from each tensor's
-// largest |x| (as in the forward): 2^e_q, 2^e_k, 2^e_v, 2^e_do. The lanes scale S and dP
+// bf16 inputs (flags BF16 and SCALED; HALF for f16) go to f16 times a power of two from each
+// tensor's largest |x| (as in the forward): 2^e_q, 2^e_k, 2^e_v, 2^e_do. f32 inputs (flags
+// SPLIT and SCALED) likewise, each split into hi and lo f16 parts as in the forward, every
+// product the three terms hi·hi + hi·lo + lo·hi; P and dS are split too. Streamed tiles and
+// P, dS then take twice the workgroup memory (PARTS = 2). The lanes scale S and dP
 // back; dS is stored as dS·2^g, g = e_do + e_v − 22, which keeps it below 2^14 whatever the
 // inputs (|dS| ≤ |dP| + |δ| ≤ 2·D·max|dO|·max|V| < 2^(8 + 28 − e_do − e_v) for D ≤ 128) and
 // leaves it unscaled for inputs of magnitude ~1 to 4, as on the f16 path; the stores take
@@ -58,10 +61,15 @@ const STAGES: u32 = {{STAGES}}u;
 // fixed rows are staged in column slices of up to 64, at stride FS.
 const RS: u32 = D + 8u;
 const FS: u32 = {{FS}}u;
-// The second streamed tile (dO in dkdv, V in dq), after the first in each stage.
-const B_BASE: u32 = BT * RS;
-const STAGE_HALVES: u32 = 2u * BT * RS;
-const WORDS: u32 = D / 8u;
+// Elements per 16-byte word (8 f16 or bf16, 4 f32) and f16 parts per operand (2 for f32).
+const EPW: u32 = {{EPW}}u;
+const PARTS: u32 = {{PARTS}}u;
+// A streamed tile's lo part (f32), after its hi part.
+const LO: u32 = BT * RS;
+// The second streamed tile (dO in dkdv, V in dq), after the first's parts in each stage.
+const B_BASE: u32 = PARTS * BT * RS;
+const STAGE_HALVES: u32 = 2u * PARTS * BT * RS;
+const WORDS: u32 = D / EPW;
 // lse (base 2) of a row that takes no part: P = 2^(x − this) underflows to 0.
 const NO_ROW: f32 = 3.0e38;
 
@@ -84,7 +92,7 @@ const NO_ROW: f32 = 3.0e38;
 // dV (dkdv only: a binding the dq kernel does not use would not be in its layout)
 @group(0) @binding(9) var<storage, read_write> out_b: array<f32>;
 //#endif
-//#if BF16
+//#if SCALED
 // The largest |x| of q, k, v and dO as f32 bits (attention_range.wgsl).
 @group(0) @binding(10) var<storage, read> ranges: array<u32>;
 //#endif
@@ -107,7 +115,7 @@ fn set_factors(partner: u32) {
     ds_factor = 1.0;
     unscale_a = 1.0;
     unscale_b = 1.0;
-//#if BF16
+//#if SCALED
     let e = vec4<i32>(range_exp(ranges[0]), range_exp(ranges[1]), range_exp(ranges[2]), range_exp(ranges[3]));
     // (Clamped only for inputs beyond 2^100, where f32 overflows anyway.)
     let g = clamp(e.w + e.z - 22, -100, 100);
@@ -130,13 +138,48 @@ fn factor_of(at: u32) -> f32 {
     }
 }
 
-// A 16-byte word of tensor `at` into workgroup memory at `base`: eight halves (f16), or eight
-// bf16 times the tensor's factor.
-fn put_word(at: u32, base: u32, x: vec4<u32>) {
+// A 16-byte word of tensor `at` into workgroup memory at `base`: eight halves (f16), eight
+// bf16 times the tensor's factor, or four f32 times it as their hi (`part` 0) or lo (1) parts.
+fn put_word(at: u32, base: u32, x: vec4<u32>, part: u32) {
+//#if SPLIT
+    if (part == 0u) {
+        put4(base, hi4(x, factor_of(at)));
+    } else {
+        put4(base, lo4(x, factor_of(at)));
+    }
+//#endif
 //#if BF16
     put8_bf16(base, x, factor_of(at));
-//#else
+//#endif
+//#if HALF
     put8(base, x);
+//#endif
+}
+
+// P and dS into their tiles at `at`: f16, or (f32) hi parts cut by a mask and lo parts
+// P_LO on, as the forward's P.
+fn put_p_ds(at: u32, p: f32, ds: f32) {
+//#if SPLIT
+    let p_hi = bitcast<f32>(bitcast<u32>(p) & HI_BITS);
+    let ds_hi = bitcast<f32>(bitcast<u32>(ds) & HI_BITS);
+    p_tile[at] = f16(p_hi);
+    p_tile[P_LO + at] = f16(p - p_hi);
+    ds_tile[at] = f16(ds_hi);
+    ds_tile[P_LO + at] = f16(ds - ds_hi);
+//#else
+    p_tile[at] = f16(p);
+    ds_tile[at] = f16(ds);
+//#endif
+}
+
+// dS alone (the dq kernel).
+fn put_ds(at: u32, ds: f32) {
+//#if SPLIT
+    let ds_hi = bitcast<f32>(bitcast<u32>(ds) & HI_BITS);
+    ds_tile[at] = f16(ds_hi);
+    ds_tile[P_LO + at] = f16(ds - ds_hi);
+//#else
+    ds_tile[at] = f16(ds);
 //#endif
 }
 
@@ -147,9 +190,10 @@ var<workgroup> tiles: array<f16, {{TILE_HALVES}}>;
 // accumulator fragment.
 var<workgroup> s_tile: array<f32, SGS * SST * CH>;
 var<workgroup> dp_tile: array<f32, SGS * SST * CH>;
-// Per subgroup: P and dS [CH][16] f16, column-major (A operands).
-var<workgroup> p_tile: array<f16, SGS * 16u * CH>;
-var<workgroup> ds_tile: array<f16, SGS * 16u * CH>;
+// Per subgroup: P and dS [CH][16] f16, column-major (A operands); f32: the lo parts P_LO on.
+const P_LO: u32 = SGS * 16u * CH;
+var<workgroup> p_tile: array<f16, PARTS * P_LO>;
+var<workgroup> ds_tile: array<f16, PARTS * P_LO>;
 // dkdv: per stage and query of the tile, lse (base 2), then δ.
 var<workgroup> row_stats: array<f32, STAGES * 2u * BT>;
 
@@ -172,16 +216,17 @@ fn word(at: u32, i: u32) -> vec4<u32> {
 }
 
 // Rows s0..s0 + rows of tensor `at` (batch b, head h), their 16-byte words w0..w0 + words,
-// into tiles[base..] at row stride `stride` (halves), zero from row `limit` on.
-fn stage_block(at: u32, b: u32, h: u32, s0: u32, rows: u32, limit: u32, w0: u32, words: u32, stride: u32, base: u32, lid: u32) {
+// into tiles[base..] at row stride `stride` (halves), zero from row `limit` on; f32: the
+// `part` (0 hi, 1 lo).
+fn stage_block(at: u32, b: u32, h: u32, s0: u32, rows: u32, limit: u32, w0: u32, words: u32, stride: u32, base: u32, lid: u32, part: u32) {
     for (var idx = lid; idx < rows * words; idx += THREADS) {
         let r = idx / words;
         let w = idx % words;
         var x = vec4<u32>(0u);
         if (s0 + r < limit) {
-            x = word(at, row_base(at, b, h, s0 + r) / 8u + w0 + w);
+            x = word(at, row_base(at, b, h, s0 + r) / EPW + w0 + w);
         }
-        put_word(at, base + r * stride + 8u * w, x);
+        put_word(at, base + r * stride + EPW * w, x, part);
     }
 }
 
@@ -202,8 +247,8 @@ fn fetch_tiles(at_a: u32, at_b: u32, b: u32, h: u32, s0: u32, limit: u32, lid: u
         var x = vec4<u32>(0u);
         var y = vec4<u32>(0u);
         if (idx < BT * WORDS && s0 + r < limit) {
-            x = word(at_a, row_base(at_a, b, h, s0 + r) / 8u + w);
-            y = word(at_b, row_base(at_b, b, h, s0 + r) / 8u + w);
+            x = word(at_a, row_base(at_a, b, h, s0 + r) / EPW + w);
+            y = word(at_b, row_base(at_b, b, h, s0 + r) / EPW + w);
         }
         a_next[i] = x;
         b_next[i] = y;
@@ -217,8 +262,13 @@ fn put_tiles(lid: u32, base: u32, at_a: u32, at_b: u32) {
         if (idx < BT * WORDS) {
             let r = idx / WORDS;
             let w = idx % WORDS;
-            put_word(at_a, base + r * RS + 8u * w, a_next[i]);
-            put_word(at_b, base + B_BASE + r * RS + 8u * w, b_next[i]);
+            let at = base + r * RS + EPW * w;
+            put_word(at_a, at, a_next[i], 0u);
+            put_word(at_b, at + B_BASE, b_next[i], 0u);
+//#if SPLIT
+            put_word(at_a, at + LO, a_next[i], 1u);
+            put_word(at_b, at + B_BASE + LO, b_next[i], 1u);
+//#endif
         }
     }
 }
@@ -356,8 +406,7 @@ fn coop_bwd_dkdv(
                     let bias_at = params[24] + b * params[25] + hq * params[26] + i * params[27] + key * params[28];
                     p = exp2(s_tile[at] * s_mul + LOG2E * load_bias(bias_at) - row_stats[rc + col]);
                 }
-                p_tile[pt] = f16(p);
-                ds_tile[pt] = f16(p * (dp_tile[at] * dp_unscale - row_stats[rc + BT + col]) * ds_factor);
+                put_p_ds(pt, p, p * (dp_tile[at] * dp_unscale - row_stats[rc + BT + col]) * ds_factor);
             }
             subgroupBarrier();
             // dV += Pᵀ · dO, dK += dSᵀ · Q.
@@ -455,7 +504,7 @@ fn coop_bwd_dq(
                 if (i32(key) <= last_key) {
                     p = exp2(s_tile[at] * s_mul + LOG2E * load_bias(bias_row + key * params[28]) - l2);
                 }
-                ds_tile[pt] = f16(p * (dp_tile[at] * dp_unscale - dl) * ds_factor);
+                put_ds(pt, p * (dp_tile[at] * dp_unscale - dl) * ds_factor);
             }
             subgroupBarrier();
             // dQ += dS · K.

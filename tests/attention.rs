@@ -7,8 +7,9 @@
 mod common;
 use common::*;
 use wgkernels::ops::attention::{
-    attention, attention_backward, attention_forward, coop_bwd_tilings, coop_tilings, coop_tilings_for, flash_tilings,
-    AttentionLayout, AttentionOptions, AttentionPath, CoopBwdTiling, CoopTiling, FlashTiling,
+    attention, attention_backward, attention_forward, coop_bwd_tilings, coop_bwd_tilings_for, coop_tilings,
+    coop_tilings_for, flash_tilings, AttentionLayout, AttentionOptions, AttentionPath, CoopBwdTiling, CoopTiling,
+    FlashTiling,
 };
 use wgkernels::{DType, Error, Tensor};
 
@@ -784,6 +785,18 @@ fn tensor_core_tilings_fit_and_round_trip_their_labels() {
                 assert!(t.key_chunk % 16 == 0 && t.key_tile % t.key_chunk == 0, "{t:?}");
             }
             assert_eq!(coop_tilings_for(DType::BF16, d, &l), coop_tilings(d, &l));
+            for t in coop_bwd_tilings_for(DType::F32, d, &l) {
+                assert!(t.workgroup_bytes_for(DType::F32, d) > t.workgroup_bytes(d), "{t:?}");
+                assert!(
+                    t.workgroup_bytes_for(DType::F32, d) <= l.max_compute_workgroup_storage_size as usize,
+                    "{t:?} at D {d}"
+                );
+                assert!(32 * t.subgroups <= l.max_compute_invocations_per_workgroup as usize, "{t:?}");
+            }
+            assert!(
+                !coop_bwd_tilings_for(DType::F32, d, &l).is_empty() || l.max_compute_invocations_per_workgroup < 1024
+            );
+            assert_eq!(coop_bwd_tilings_for(DType::BF16, d, &l), coop_bwd_tilings(d, &l));
             for t in coop_bwd_tilings(d, &l) {
                 assert!(t.workgroup_bytes(d) <= l.max_compute_workgroup_storage_size as usize, "{t:?} at D {d}");
                 assert!(32 * t.subgroups <= l.max_compute_invocations_per_workgroup as usize, "{t:?}");
@@ -797,6 +810,8 @@ fn tensor_core_tilings_fit_and_round_trip_their_labels() {
     assert_eq!(coop_tilings(64, &h200)[0].label(), "16,1,64,1,16");
     assert_eq!(coop_tilings(128, &h200)[0].label(), "16,1,32,1,16");
     assert_eq!(coop_tilings_for(DType::F32, 64, &h200)[0].label(), "8,1,32,1,16");
+    assert_eq!(coop_bwd_tilings_for(DType::F32, 64, &h200)[0].label(), "4,16,16,1");
+    assert_eq!(coop_bwd_tilings_for(DType::F32, 128, &h200)[0].label(), "4,16,16,1");
     assert_eq!(coop_tilings_for(DType::F32, 128, &h200)[0].label(), "8,1,16,1,16");
     if std::env::var("WGK_ATTN_COOP_BWD").is_err() {
         assert_eq!(coop_bwd_tilings(64, &h200)[0].label(), "8,64,16,1");
@@ -811,11 +826,6 @@ fn tensor_core_backward_matches_f64_where_the_adapter_has_it() {
     let gpu = gpu();
     let probe = Tensor::randn(&gpu, &[1, 1, 16, 64], DType::F16, 1).unwrap();
     let forced = AttentionOptions { path: AttentionPath::FlashCoop, ..Default::default() };
-    // f32 has no tensor-core backward: refused where forced, whatever the adapter.
-    let p32 = Tensor::randn(&gpu, &[1, 1, 16, 64], DType::F32, 1).unwrap();
-    let (o32, lse32) = attention_forward(&p32, &p32, &p32, &AttentionOptions::default()).unwrap();
-    let e = attention_backward(&p32, &p32, &p32, &o32, &lse32, &o32, &forced).unwrap_err().to_string();
-    assert!(e.contains("attention_backward") && e.contains("cooperative matrices"), "{e}");
     if attention_forward(&probe, &probe, &probe, &forced).is_err() {
         // Without cooperative matrices FlashCoop is refused by the backward too.
         let (o, lse) = attention_forward(&probe, &probe, &probe, &AttentionOptions::default()).unwrap();
@@ -838,16 +848,24 @@ fn tensor_core_backward_matches_f64_where_the_adapter_has_it() {
             // bf16: scaled into f16 (its rounding of the gradients dominates).
             check_backward_path(c, layout, DType::BF16, AttentionPath::FlashCoop, Some(t), None, 4.0);
         }
+        // f32: split into f16 parts, at the f32 backward's tolerance; its own tilings.
+        let tilings = coop_bwd_tilings_for(DType::F32, c.d, &limits);
+        assert!(!tilings.is_empty(), "no f32 backward tiling fits D {}", c.d);
+        for t in tilings {
+            check_backward_path(c, layout, DType::F32, AttentionPath::FlashCoop, Some(t), None, 1.0);
+        }
     }
-    // bf16 far outside f16's range (q, k ~10^3, v ~10^5, dO ~10^4) and far below it: against
-    // the FMA backward on the same inputs (f32 arithmetic), relative to each gradient's size.
-    for (mag, dout_mag, scale) in
-        [([1e3f32, 2e3, 1e5], 1e4f32, 1.0 / (8.0 * 2e6)), ([1e-3, 3e-3, 1e-5], 1e-6, 1.0e6 / 24.0)]
+    // bf16 and f32 far outside f16's range (q, k ~10^3, v ~10^5, dO ~10^4) and far below it:
+    // against the FMA backward on the same inputs (f32 arithmetic), relative to each
+    // gradient's size.
+    let magnitudes = [([1e3f32, 2e3, 1e5], 1e4f32, 1.0 / (8.0 * 2e6)), ([1e-3, 3e-3, 1e-5], 1e-6, 1.0e6 / 24.0)];
+    for (dtype, (mag, dout_mag, scale)) in
+        [DType::BF16, DType::F32].into_iter().flat_map(|dt| magnitudes.map(|m| (dt, m)))
     {
         let c = Case::new(70, 90, 64, true).gqa(2, 1);
-        let x = inputs_at(&c, AttentionLayout::Bhsd, DType::BF16, 21, mag);
+        let x = inputs_at(&c, AttentionLayout::Bhsd, dtype, 21, mag);
         let dout_v: Vec<f32> = random_vec(c.b * c.h * c.s_q * c.d, 22).iter().map(|v| v * dout_mag).collect();
-        let dout = Tensor::from_f32(&gpu, &dout_v, &[c.b, c.h, c.s_q, c.d], DType::BF16).unwrap();
+        let dout = Tensor::from_f32(&gpu, &dout_v, &[c.b, c.h, c.s_q, c.d], dtype).unwrap();
         let grads = |path| {
             let o = AttentionOptions { causal: true, scale: Some(scale as f32), path, ..Default::default() };
             let (out, lse) =
@@ -860,8 +878,10 @@ fn tensor_core_backward_matches_f64_where_the_adapter_has_it() {
             let size = w.iter().fold(0f64, |m, &v| m.max(v.abs() as f64));
             assert!(size > 0.0 && size.is_finite(), "{name}: {size}");
             let w: Vec<f64> = w.iter().map(|&v| v as f64).collect();
-            let what = format!("bf16 coop vs FMA backward {name}, magnitudes {mag:?}, dO {dout_mag}");
-            assert_close(&what, g, &w, 4.0 * tol(DType::BF16).0 * size, 4.0 * tol(DType::BF16).1);
+            let what = format!("{dtype:?} coop vs FMA backward {name}, magnitudes {mag:?}, dO {dout_mag}");
+            let (atol, rtol) =
+                if dtype == DType::F32 { (5e-5, 2e-4) } else { (4.0 * tol(dtype).0, 4.0 * tol(dtype).1) };
+            assert_close(&what, g, &w, atol * size, rtol);
         }
     }
     let bad = CoopBwdTiling { subgroups: 16, tile: 128, chunk: 16, stages: 2 };

@@ -10,8 +10,8 @@
 //!   ([`attention_naive`]: matmul → softmax → matmul, an S_q × S_k matrix per head) is kept
 //!   for the tests and to show what flash saves.
 //! - [`attention_backward`]: dq, dk, dv recomputing the probabilities tile by tile from the
-//!   saved log-sum-exp (`shaders/attention_bwd.wgsl`; on tensor cores
-//!   `shaders/attention_coop_bwd.wgsl`).
+//!   saved log-sum-exp (`shaders/attention_bwd.wgsl`; on tensor cores, every dtype as in the
+//!   forward, `shaders/attention_coop_bwd.wgsl`).
 //!
 //! Shapes: q `[B, H, S_q, D]`, k and v `[B, H_kv, S_k, D]` (or `[B, S, heads, D]` with
 //! [`AttentionLayout::Bshd`]); H_kv divides H (grouped-query attention: query head h reads
@@ -91,14 +91,14 @@ pub enum AttentionLayout {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AttentionPath {
     /// Flash on tensor cores where it applies (f16 cooperative matrices, head dim a multiple
-    /// of 16; every dtype in the forward, f16 in the backward), else the FMA flash kernel
-    /// where it applies (head dim ≤ 128, a multiple of 8), else naive.
+    /// of 16, any dtype), else the FMA flash kernel where it applies (head dim ≤ 128, a
+    /// multiple of 8), else naive.
     #[default]
     Auto,
     /// The FMA flash kernel (every adapter); an error where it does not apply.
     Flash,
-    /// The tensor-core flash kernels (forward and backward; the backward takes f16 only); an
-    /// error where the adapter or the inputs do not allow them.
+    /// The tensor-core flash kernels (forward and backward); an error where the adapter or
+    /// the inputs do not allow them.
     FlashCoop,
     /// matmul → softmax → matmul through the tensor ops.
     Naive,
@@ -240,14 +240,15 @@ fn coop_forward_applies(q: &Tensor, k: &Tensor, v: &Tensor, d: &Dims) -> bool {
         && CoopTiling::preferred_for(q.dtype(), d.d, &info.limits).is_some()
 }
 
-/// The tensor-core backward's requirements: the forward's, for f16 and bf16 inputs.
+/// The tensor-core backward's requirements: the forward's (and a backward tiling that fits:
+/// checked by the caller).
 fn coop_applies(q: &Tensor, k: &Tensor, v: &Tensor, d: &Dims) -> bool {
-    q.dtype() != DType::F32 && coop_forward_applies(q, k, v, d)
+    coop_forward_applies(q, k, v, d)
 }
 
 fn coop_requirements(gpu: &crate::Gpu) -> String {
     format!(
-        "the tensor-core flash kernels need f16 q/k/v (the forward also takes f32 and bf16) with offsets and strides that are multiples of 16 bytes, a head dim that is a multiple of 16 up to {MAX_HEAD_DIM}, and an adapter with 16x16x16 f16->f32 cooperative matrices, SHADER_F16 and subgroups of 32 with subgroup barriers (this one: coop {}, subgroups {:?})",
+        "the tensor-core flash kernels need f16, bf16 or f32 q/k/v with offsets and strides that are multiples of 16 bytes, a head dim that is a multiple of 16 up to {MAX_HEAD_DIM}, and an adapter with 16x16x16 f16->f32 cooperative matrices, SHADER_F16 and subgroups of 32 with subgroup barriers (this one: coop {}, subgroups {:?})",
         gpu.info().has_coop_f16_16x16x16(),
         gpu.info().subgroup_sizes
     )
@@ -435,7 +436,8 @@ pub fn attention_backward(
     let gpu = q.gpu();
     grid_fits(OP, gpu, [s_q.div_ceil(BWD_ROWS), h, b])?;
     grid_fits(OP, gpu, [s_k.div_ceil(BWD_ROWS), h_kv, b])?;
-    let tilings = coop_bwd_tilings(d, &gpu.info().limits);
+    let dtype = q.dtype();
+    let tilings = coop_bwd_tilings_for(dtype, d, &gpu.info().limits);
     let tiling = match opts.coop_bwd_tiling {
         None => tilings.first().copied(),
         Some(t) if tilings.contains(&t) => Some(t),
@@ -443,17 +445,18 @@ pub fn attention_backward(
             return Err(Error::InvalidArgument {
                 op: OP,
                 msg: format!(
-                    "tensor-core backward tiling {t:?} is not one of coop_bwd_tilings at head dim {d} on this adapter ({} bytes of workgroup memory, {} allowed)",
-                    t.workgroup_bytes(d),
+                    "tensor-core backward tiling {t:?} is not one of coop_bwd_tilings_for({dtype:?}) at head dim {d} on this adapter ({} bytes of workgroup memory, {} allowed)",
+                    t.workgroup_bytes_for(dtype, d),
                     gpu.info().limits.max_compute_workgroup_storage_size
                 ),
             });
         }
     };
+    let word = 16 / dtype.size_in_bytes();
     let tiling = tiling.filter(|_| {
         coop_applies(q, k, v, &dims)
-            && dout.offset().is_multiple_of(8)
-            && dout.strides()[..3].iter().all(|s| s.is_multiple_of(8))
+            && dout.offset().is_multiple_of(word)
+            && dout.strides()[..3].iter().all(|s| s.is_multiple_of(word))
     });
     let tiling = match opts.path {
         AttentionPath::FlashCoop if tiling.is_none() => {
@@ -513,9 +516,9 @@ pub fn attention_backward(
             BWD_ROWS,
         ),
     };
-    // bf16 on tensor cores: the largest |x| of q, k, v and dO first (see the forward).
+    // bf16 and f32 on tensor cores: the largest |x| of q, k, v and dO first (see the forward).
     let ranges = match tiling {
-        Some(_) if q.dtype() == DType::BF16 => Some(input_ranges(&q, &k, &v, Some(&dout), &dims, &meta)?),
+        Some(_) if dtype != DType::F16 => Some(input_ranges(&q, &k, &v, Some(&dout), &dims, &meta)?),
         _ => None,
     };
     if let Some(r) = &ranges {
@@ -1220,15 +1223,26 @@ impl CoopBwdTiling {
         d.min(64)
     }
 
-    fn tile_halves(self, d: usize) -> usize {
-        (self.stages * 2 * self.tile * (d + 8)).max(16 * self.subgroups * (Self::fixed_cols(d) + 8))
+    /// Halves of the staging array: the streamed tiles (hi and lo parts when `split`, f32
+    /// inputs), or at the start a column slice of the fixed rows.
+    fn tile_halves(self, d: usize, split: bool) -> usize {
+        let parts = if split { 2 } else { 1 };
+        (self.stages * 2 * parts * self.tile * (d + 8)).max(16 * self.subgroups * (Self::fixed_cols(d) + 8))
     }
 
-    /// Workgroup memory at head dim `d`: staging (f16), S and dP (f32, columns
+    /// Workgroup memory at head dim `d` for f16 inputs: staging (f16), S and dP (f32, columns
     /// [`S_STRIDE`] apart), P and dS (f16), the dkdv kernel's per-query statistics.
     pub fn workgroup_bytes(self, d: usize) -> usize {
-        self.tile_halves(d) * 2
-            + self.subgroups * self.chunk * (S_STRIDE * 8 + 16 * 4)
+        self.workgroup_bytes_for(DType::F16, d)
+    }
+
+    /// Workgroup memory at head dim `d` for inputs of `dtype` (bf16 as f16; f32 stages two
+    /// f16 parts of the streamed tiles and of P and dS).
+    pub fn workgroup_bytes_for(self, dtype: DType, d: usize) -> usize {
+        let split = dtype == DType::F32;
+        let parts = if split { 2 } else { 1 };
+        self.tile_halves(d, split) * 2
+            + self.subgroups * self.chunk * (S_STRIDE * 8 + 16 * 4 * parts)
             + self.stages * 2 * self.tile * 4
     }
 
@@ -1258,7 +1272,21 @@ impl CoopBwdTiling {
 /// 8,32,16,2 55.9 / —; 8,32,16,1 55.3 / 84.4; 4,32,16,1 53.4 / 40.2; 4,16,16,1 49.8 / 71.7;
 /// 8,16,16,1 48.1 / 74.7; 4,32,16,2 33.6 / 40.8; 4,32,32,1 32.1 / 36.6; 4,64,16,1 31.4 / 45.8.
 pub fn coop_bwd_tilings(d: usize, limits: &wgpu::Limits) -> Vec<CoopBwdTiling> {
+    coop_bwd_tilings_for(DType::F16, d, limits)
+}
+
+/// The tensor-core backward's tilings for inputs of `dtype`: bf16 takes f16's; f32, split
+/// into two f16 parts, its own (its tiles take twice the memory: at D 64 and 128 only 4 and
+/// 2 subgroups fit 48 KiB). H200, ninth round, call 6, f32 B4 H16 S2048, D 64 / D 128:
+/// 4,16,16,1 28.6 / 24.2; 4,32,16,1 20.5 / —; 2,16,16,1 15.7 / 11.1; 2,32,16,1 8.4 / 8.8.
+pub fn coop_bwd_tilings_for(dtype: DType, d: usize, limits: &wgpu::Limits) -> Vec<CoopBwdTiling> {
     let t = |subgroups, tile, chunk, stages| CoopBwdTiling { subgroups, tile, chunk, stages };
+    // f32: the measured four first, then f16's order for adapters with more memory.
+    let split_first = if dtype == DType::F32 {
+        vec![t(4, 16, 16, 1), t(4, 32, 16, 1), t(2, 16, 16, 1), t(2, 32, 16, 1)]
+    } else {
+        Vec::new()
+    };
     // Each head-dim class in its measured order (the last two of the D 128 list do not
     // fit 48 KiB there; they stay for adapters with more).
     let order = if d <= 64 {
@@ -1276,10 +1304,12 @@ pub fn coop_bwd_tilings(d: usize, limits: &wgpu::Limits) -> Vec<CoopBwdTiling> {
             t(8, 32, 16, 2),
         ])
     };
-    let mut all: Vec<CoopBwdTiling> = order
-        .into_iter()
+    let mut all: Vec<CoopBwdTiling> = split_first
+        .iter()
+        .copied()
+        .chain(order.filter(|t| !split_first.contains(t)))
         .filter(|t| {
-            t.workgroup_bytes(d) <= limits.max_compute_workgroup_storage_size as usize
+            t.workgroup_bytes_for(dtype, d) <= limits.max_compute_workgroup_storage_size as usize
                 && 32 * t.subgroups <= limits.max_compute_invocations_per_workgroup as usize
         })
         .collect();
@@ -1296,6 +1326,12 @@ fn coop_bwd_kernel(dtype: DType, dkdv: bool, bias: Option<DType>, d: usize, t: C
     let frags = d / 16;
     let blocks = t.chunk / 16;
     let fc = CoopBwdTiling::fixed_cols(d);
+    let split = dtype == DType::F32;
+    // Elements per 16-byte word and the operand parts (f32: hi and lo), with the products of
+    // a pair of operands' parts, as in the forward.
+    let (epw, parts): (usize, &[&str]) = if split { (4, &["hi", "lo"]) } else { (8, &["hi"]) };
+    let terms: &[(&str, &str)] = if split { &[("lo", "hi"), ("hi", "lo"), ("hi", "hi")] } else { &[("hi", "hi")] };
+    let lo_at = |part: &str, step: &str| if part == "lo" { format!(" + {step}") } else { String::new() };
     // The fixed rows: (params index, head, first row, limit, fragment name) per tensor.
     let fixed: [(&str, &str, &str, &str, &str); 2] = if dkdv {
         [("12u", "kv_h", "j0", "S_k", "ka"), ("16u", "kv_h", "j0", "S_k", "va")]
@@ -1307,18 +1343,20 @@ fn coop_bwd_kernel(dtype: DType, dkdv: bool, bias: Option<DType>, d: usize, t: C
     let mut fixed_frags = String::new();
     for (at, head, first, limit, name) in fixed {
         for slice in 0..d.div_ceil(fc) {
-            let words = (d - fc * slice).min(fc) / 8;
-            fixed_frags += &format!(
-                "stage_block({at}, b, {head}, {first}, 16u * SGS, {limit}, {}u, {words}u, FS, 0u, lid);\n    workgroupBarrier();\n    ",
-                fc / 8 * slice
-            );
-            for c in (fc / 16 * slice)..(fc / 16 * (slice + 1)).min(frags) {
+            let words = (d - fc * slice).min(fc) / epw;
+            for (pi, part) in parts.iter().enumerate() {
                 fixed_frags += &format!(
-                    "let {name}o_{c} = sg * 16u * FS + {}u;\n    let {name}_{c} = coopLoadT<coop_mat16x16<f16, A>>(&tiles[{name}o_{c}], FS);\n    ",
-                    16 * c - fc * slice
+                    "stage_block({at}, b, {head}, {first}, 16u * SGS, {limit}, {}u, {words}u, FS, 0u, lid, {pi}u);\n    workgroupBarrier();\n    ",
+                    fc / epw * slice
                 );
+                for c in (fc / 16 * slice)..(fc / 16 * (slice + 1)).min(frags) {
+                    fixed_frags += &format!(
+                        "let {name}o_{part}_{c} = sg * 16u * FS + {}u;\n    let {name}_{part}_{c} = coopLoadT<coop_mat16x16<f16, A>>(&tiles[{name}o_{part}_{c}], FS);\n    ",
+                        16 * c - fc * slice
+                    );
+                }
+                fixed_frags += "workgroupBarrier();\n    ";
             }
-            fixed_frags += "workgroupBarrier();\n    ";
         }
     }
     // Accumulators: a (dK or dQ) and, for dkdv, b (dV).
@@ -1338,16 +1376,19 @@ fn coop_bwd_kernel(dtype: DType, dkdv: bool, bias: Option<DType>, d: usize, t: C
     for t in 0..blocks {
         products += &format!("var st_{t} = coop_mat16x16<f32, C>();{ind}var dpt_{t} = coop_mat16x16<f32, C>();{ind}");
         for c in 0..frags {
-            products += &format!(
-                "let to_{t}_{c} = a_at + {}u * RS + {}u;{ind}let tb_{t}_{c} = coopLoad<coop_mat16x16<f16, B>>(&tiles[to_{t}_{c}], RS);{ind}\
-                 st_{t} = coopMultiplyAdd({s_a}_{c}, tb_{t}_{c}, st_{t});{ind}\
-                 let uo_{t}_{c} = b_at + {}u * RS + {}u;{ind}let ub_{t}_{c} = coopLoad<coop_mat16x16<f16, B>>(&tiles[uo_{t}_{c}], RS);{ind}\
-                 dpt_{t} = coopMultiplyAdd({dp_a}_{c}, ub_{t}_{c}, dpt_{t});{ind}",
-                16 * t,
-                16 * c,
-                16 * t,
-                16 * c
-            );
+            for (tile, frag, fixed_frag, acc) in [("a_at", "tb", s_a, "st"), ("b_at", "ub", dp_a, "dpt")] {
+                for part in parts {
+                    let at = format!("{tile} + {}u * RS + {}u{}", 16 * t, 16 * c, lo_at(part, "LO"));
+                    products += &format!(
+                        "let {frag}_{part}_{t}_{c}_at = {at};{ind}let {frag}_{part}_{t}_{c} = coopLoad<coop_mat16x16<f16, B>>(&tiles[{frag}_{part}_{t}_{c}_at], RS);{ind}"
+                    );
+                }
+                for (a, b) in terms {
+                    products += &format!(
+                        "{acc}_{t} = coopMultiplyAdd({fixed_frag}_{a}_{c}, {frag}_{b}_{t}_{c}, {acc}_{t});{ind}"
+                    );
+                }
+            }
         }
         products_store += &format!(
             "let so_{t} = s_base + {}u;{ind}coopStore(st_{t}, &s_tile[so_{t}], SST);{ind}coopStore(dpt_{t}, &dp_tile[so_{t}], SST);{ind}",
@@ -1357,28 +1398,34 @@ fn coop_bwd_kernel(dtype: DType, dkdv: bool, bias: Option<DType>, d: usize, t: C
     // dkdv: dV += Pᵀ·dO (dO rows of the B tile), dK += dSᵀ·Q (Q rows of the A tile);
     // dq: dQ += dS·K (K rows of the A tile). Streamed rows read row-major.
     let mut accumulate = String::new();
+    // (A operand from its tile, B tile, fragment names, accumulator) per product.
+    let mut pairs = vec![("ds_tile", "a_at", "dsa", "rb", "acc_a")];
+    if dkdv {
+        pairs.push(("p_tile", "b_at", "pa", "wb", "acc_b"));
+    }
     for t in 0..blocks {
-        accumulate += &format!(
-            "let ao_{t} = p_base + {}u;{ind}let dsa_{t} = coopLoad<coop_mat16x16<f16, A>>(&ds_tile[ao_{t}], 16u);{ind}",
-            256 * t
-        );
-        if dkdv {
-            accumulate += &format!("let pa_{t} = coopLoad<coop_mat16x16<f16, A>>(&p_tile[ao_{t}], 16u);{ind}");
+        for (a_tile, _, a_name, _, _) in &pairs {
+            for part in parts {
+                accumulate += &format!(
+                    "let {a_name}_{part}_{t}_at = p_base + {}u{};{ind}let {a_name}_{part}_{t} = coopLoad<coop_mat16x16<f16, A>>(&{a_tile}[{a_name}_{part}_{t}_at], 16u);{ind}",
+                    256 * t,
+                    lo_at(part, "P_LO")
+                );
+            }
         }
         for c in 0..frags {
-            accumulate += &format!(
-                "let ro_{t}_{c} = a_at + {}u * RS + {}u;{ind}let rb_{t}_{c} = coopLoadT<coop_mat16x16<f16, B>>(&tiles[ro_{t}_{c}], RS);{ind}\
-                 acc_a_{c} = coopMultiplyAdd(dsa_{t}, rb_{t}_{c}, acc_a_{c});{ind}",
-                16 * t,
-                16 * c
-            );
-            if dkdv {
-                accumulate += &format!(
-                    "let wo_{t}_{c} = b_at + {}u * RS + {}u;{ind}let wb_{t}_{c} = coopLoadT<coop_mat16x16<f16, B>>(&tiles[wo_{t}_{c}], RS);{ind}\
-                     acc_b_{c} = coopMultiplyAdd(pa_{t}, wb_{t}_{c}, acc_b_{c});{ind}",
-                    16 * t,
-                    16 * c
-                );
+            for (_, b_tile, a_name, b_name, acc) in &pairs {
+                for part in parts {
+                    let at = format!("{b_tile} + {}u * RS + {}u{}", 16 * t, 16 * c, lo_at(part, "LO"));
+                    accumulate += &format!(
+                        "let {b_name}_{part}_{t}_{c}_at = {at};{ind}let {b_name}_{part}_{t}_{c} = coopLoadT<coop_mat16x16<f16, B>>(&tiles[{b_name}_{part}_{t}_{c}_at], RS);{ind}"
+                    );
+                }
+                for (a, b) in terms {
+                    accumulate += &format!(
+                        "{acc}_{c} = coopMultiplyAdd({a_name}_{a}_{t}, {b_name}_{b}_{t}_{c}, {acc}_{c});{ind}"
+                    );
+                }
             }
         }
     }
@@ -1409,7 +1456,9 @@ fn coop_bwd_kernel(dtype: DType, dkdv: bool, bias: Option<DType>, d: usize, t: C
         .sub("SST", S_STRIDE.to_string())
         .sub("STAGES", t.stages.to_string())
         .sub("FS", (fc + 8).to_string())
-        .sub("TILE_HALVES", t.tile_halves(d).to_string())
+        .sub("TILE_HALVES", t.tile_halves(d, split).to_string())
+        .sub("EPW", epw.to_string())
+        .sub("PARTS", parts.len().to_string())
         .sub("FIXED_FRAGS", fixed_frags)
         .sub("ACC_DECL", acc_decl)
         .sub("PRODUCTS", products + &products_store)
@@ -1419,7 +1468,11 @@ fn coop_bwd_kernel(dtype: DType, dkdv: bool, bias: Option<DType>, d: usize, t: C
     if dkdv {
         k = k.flag("DKDV");
     }
-    k = k.flag(if dtype == DType::BF16 { "BF16" } else { "HALF" });
+    k = match dtype {
+        DType::F16 => k.flag("HALF"),
+        DType::F32 => k.flag("SPLIT").flag("SCALED"),
+        DType::BF16 => k.flag("BF16").flag("SCALED"),
+    };
     k = match bias {
         Some(bd) => k.flag("BIAS").sub("LOAD_BIAS", wgsl_load("bias", bd)),
         None => k.sub("LOAD_BIAS", ""),
@@ -1430,8 +1483,12 @@ fn coop_bwd_kernel(dtype: DType, dkdv: bool, bias: Option<DType>, d: usize, t: C
 /// Every specialisation the attention ops can launch (all head-dim paddings, dtypes, with
 /// and without a bias), for the portability test.
 pub fn all_kernels() -> Vec<Kernel> {
-    let mut all =
-        vec![range_kernel(DType::F32, false), range_kernel(DType::BF16, false), range_kernel(DType::BF16, true)];
+    let mut all = vec![
+        range_kernel(DType::F32, false),
+        range_kernel(DType::BF16, false),
+        range_kernel(DType::F32, true),
+        range_kernel(DType::BF16, true),
+    ];
     let h200 = wgpu::Limits {
         max_compute_workgroup_storage_size: 48 << 10,
         max_compute_invocations_per_workgroup: 1024,
@@ -1444,9 +1501,9 @@ pub fn all_kernels() -> Vec<Kernel> {
                     all.push(coop_kernel(dtype, bias, d, t));
                 }
             }
-            for t in coop_bwd_tilings(d, &h200) {
-                for dkdv in [true, false] {
-                    for dtype in [DType::F16, DType::BF16] {
+            for dtype in DType::ALL {
+                for t in coop_bwd_tilings_for(dtype, d, &h200) {
+                    for dkdv in [true, false] {
                         all.push(coop_bwd_kernel(dtype, dkdv, bias, d, t));
                     }
                 }
