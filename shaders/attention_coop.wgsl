@@ -1,5 +1,6 @@
 // Flash attention forward on tensor cores, in one pass: f16 Q·Kᵀ and P·V as 16×16×16
-// cooperative matrices with f32 accumulation, for f16 inputs on adapters that have them.
+// cooperative matrices with f32 accumulation, on adapters that have them: f16 inputs, and
+// bf16 and f32 scaled (f32 also split) into f16 as described below.
 //
 // Tiling. A workgroup of SGS subgroups (of 32) takes BQ = 16·RB·SGS query rows of one
 // (batch, head); each subgroup owns RB blocks of 16 rows and keeps their Q fragments
