@@ -986,6 +986,14 @@ pub fn coop_tilings_for(dtype: DType, d: usize, limits: &wgpu::Limits) -> Vec<Co
 /// up to 30% slower in the backward with this one; the default tilings have no room for it.)
 const S_STRIDE: usize = 20;
 
+/// WGSL for an f16 fragment `name` (use A or B) loaded by `load` (coopLoad, coopLoadT) from
+/// `array` at `at`, row stride `stride`, the statement then indented by `indent`; the offset is
+/// bound to a name first (naga 30 fails on a coop pointer indexed by an inline expression:
+/// ../shared/gpu).
+fn frag_load(name: &str, at: &str, usage: &str, load: &str, array: &str, stride: &str, indent: &str) -> String {
+    format!("let {name}_at = {at};{indent}let {name} = {load}<coop_mat16x16<f16, {usage}>>(&{array}[{name}_at], {stride});{indent}")
+}
+
 /// The tensor-core forward for head dim `d` (a multiple of 16) and tiling `t`: fragment
 /// code unrolled here, see shaders/attention_coop.wgsl.
 fn coop_kernel(dtype: DType, bias: Option<DType>, d: usize, t: CoopTiling) -> Kernel {
@@ -1064,12 +1072,6 @@ fn coop_kernel(dtype: DType, bias: Option<DType>, d: usize, t: CoopTiling) -> Ke
     // The products of a pair of operands' parts: hi·hi, or (split) the two small terms
     // first, then hi·hi.
     let terms: &[(&str, &str)] = if split { &[("lo", "hi"), ("hi", "lo"), ("hi", "hi")] } else { &[("hi", "hi")] };
-    // An f16 fragment `name` (use A or B) loaded by `load` from `array` at `at`, stride
-    // `stride`; the offset bound to a name first (naga 30 fails on a coop pointer indexed by
-    // an inline expression: ../shared/gpu).
-    let frag_load = |name: &str, at: &str, usage: &str, load: &str, array: &str, stride: &str, indent: &str| {
-        format!("let {name}_at = {at};\n{indent}let {name} = {load}<coop_mat16x16<f16, {usage}>>(&{array}[{name}_at], {stride});\n{indent}")
-    };
     // Where a lo part lies past its hi part: K and V one tile on, P P_LO halves on.
     let lo_at = |part: &str, step: &str| if part == "lo" { format!(" + {step}") } else { String::new() };
     // S block (rb, j) = Σ_c Q_(rb, c) · Kᵀ_(c, j) for the chunk at k_at: each K fragment
@@ -1082,7 +1084,8 @@ fn coop_kernel(dtype: DType, bias: Option<DType>, d: usize, t: CoopTiling) -> Ke
         for c in 0..frags {
             for part in parts {
                 let at = format!("k_at + {}u * KS + {}u{}", j * 16, c * 16, lo_at(part, "BK * KS"));
-                s_mma += &frag_load(&format!("k_{part}_{c}_{j}"), &at, "B", "coopLoad", "tiles", "KS", "            ");
+                s_mma +=
+                    &frag_load(&format!("k_{part}_{c}_{j}"), &at, "B", "coopLoad", "tiles", "KS", "\n            ");
             }
             for rb in 0..blocks {
                 for (a, bp) in terms {
@@ -1105,13 +1108,13 @@ fn coop_kernel(dtype: DType, bias: Option<DType>, d: usize, t: CoopTiling) -> Ke
         for rb in 0..blocks {
             for part in parts {
                 let at = format!("pblock_{rb} + {}u{}", kb * 256, lo_at(part, "P_LO"));
-                pv += &frag_load(&format!("p_{part}_{rb}_{kb}"), &at, "A", "coopLoad", "p_tile", "16u", "        ");
+                pv += &frag_load(&format!("p_{part}_{rb}_{kb}"), &at, "A", "coopLoad", "p_tile", "16u", "\n        ");
             }
         }
         for j in 0..frags {
             for part in parts {
                 let at = format!("v_chunk + {}u * KS + {}u{}", kb * 16, j * 16, lo_at(part, "BK * KS"));
-                pv += &frag_load(&format!("v_{part}_{kb}_{j}"), &at, "B", "coopLoadT", "tiles", "KS", "        ");
+                pv += &frag_load(&format!("v_{part}_{kb}_{j}"), &at, "B", "coopLoadT", "tiles", "KS", "\n        ");
             }
             for rb in 0..blocks {
                 for (a, bp) in terms {
@@ -1379,9 +1382,7 @@ fn coop_bwd_kernel(dtype: DType, dkdv: bool, bias: Option<DType>, d: usize, t: C
             for (tile, frag, fixed_frag, acc) in [("a_at", "tb", s_a, "st"), ("b_at", "ub", dp_a, "dpt")] {
                 for part in parts {
                     let at = format!("{tile} + {}u * RS + {}u{}", 16 * t, 16 * c, lo_at(part, "LO"));
-                    products += &format!(
-                        "let {frag}_{part}_{t}_{c}_at = {at};{ind}let {frag}_{part}_{t}_{c} = coopLoad<coop_mat16x16<f16, B>>(&tiles[{frag}_{part}_{t}_{c}_at], RS);{ind}"
-                    );
+                    products += &frag_load(&format!("{frag}_{part}_{t}_{c}"), &at, "B", "coopLoad", "tiles", "RS", ind);
                 }
                 for (a, b) in terms {
                     products += &format!(
@@ -1406,20 +1407,16 @@ fn coop_bwd_kernel(dtype: DType, dkdv: bool, bias: Option<DType>, d: usize, t: C
     for t in 0..blocks {
         for (a_tile, _, a_name, _, _) in &pairs {
             for part in parts {
-                accumulate += &format!(
-                    "let {a_name}_{part}_{t}_at = p_base + {}u{};{ind}let {a_name}_{part}_{t} = coopLoad<coop_mat16x16<f16, A>>(&{a_tile}[{a_name}_{part}_{t}_at], 16u);{ind}",
-                    256 * t,
-                    lo_at(part, "P_LO")
-                );
+                let at = format!("p_base + {}u{}", 256 * t, lo_at(part, "P_LO"));
+                accumulate += &frag_load(&format!("{a_name}_{part}_{t}"), &at, "A", "coopLoad", a_tile, "16u", ind);
             }
         }
         for c in 0..frags {
             for (_, b_tile, a_name, b_name, acc) in &pairs {
                 for part in parts {
                     let at = format!("{b_tile} + {}u * RS + {}u{}", 16 * t, 16 * c, lo_at(part, "LO"));
-                    accumulate += &format!(
-                        "let {b_name}_{part}_{t}_{c}_at = {at};{ind}let {b_name}_{part}_{t}_{c} = coopLoadT<coop_mat16x16<f16, B>>(&tiles[{b_name}_{part}_{t}_{c}_at], RS);{ind}"
-                    );
+                    accumulate +=
+                        &frag_load(&format!("{b_name}_{part}_{t}_{c}"), &at, "B", "coopLoadT", "tiles", "RS", ind);
                 }
                 for (a, b) in terms {
                     accumulate += &format!(
