@@ -4,7 +4,8 @@
 //!   every dtype on adapters with f16 cooperative matrices, `shaders/attention_coop.wgsl` on
 //!   tensor cores; f32 and bf16 are scaled by a power of two from each input's largest |x|,
 //!   bf16 then exact in f16, f32 split into two f16 parts, as PyTorch's f32 SDPA splits into
-//!   TF32 parts: three products for one, about 22 significant bits): keys and values
+//!   TF32 parts: three products for one, about 22 significant bits; `AttentionPath::Flash`
+//!   keeps f32's 24 on FMA units): keys and values
 //!   streamed through workgroup memory with an online softmax, so
 //!   extra memory is one log-sum-exp per query row whatever the sequence length. The naive path
 //!   ([`attention_naive`]: matmul → softmax → matmul, an S_q × S_k matrix per head) is kept
