@@ -22,8 +22,9 @@
 // rest are masked by the lanes.
 //
 // FLOPs: 2.5× the forward's 4·S_q·S_k·D (Q·Kᵀ twice, dO·Vᵀ twice, three more products):
-// 10·S_q·S_k·D executed, counted the same way as PyTorch's. Workgroup memory at SGS 4,
-// BT 64, CH 16, one stage, D 128: the two tiles 34 KiB, S and dP 10 KiB, P and dS 4 KiB.
+// 10·S_q·S_k·D executed (three times that on the tensor cores for f32), counted the same way
+// as PyTorch's. Workgroup memory at SGS 4, BT 64, CH 16, one stage, D 128 (f16): the two
+// tiles 34 KiB, S and dP 10 KiB, P and dS 4 KiB; f32 doubles the tiles and P, dS.
 // Tiles of BT > CH rows let the subgroups drift apart between workgroup barriers (one
 // subgroup's lane work overlapping another's products). Outputs are f32,
 // contiguous [B, heads, S, D] (the host casts them to the input dtype). q, k, v, dO are
@@ -39,8 +40,10 @@
 // leaves it unscaled for inputs of magnitude ~1 to 4, as on the f16 path; the stores take
 // out 2^e_do (dV), 2^(g + e_q) (dK) and 2^(g + e_k) (dQ).
 //
-// Placeholders: D, SGS, BT, CH, STAGES, SST, FS, TILE_HALVES, LOAD_BIAS (flag BIAS),
-// FIXED_FRAGS, ACC_DECL, PRODUCTS (S and dP, and their stores), ACCUMULATE, ACC_STORE.
+// Placeholders: D, SGS, BT, CH, STAGES, SST, FS, TILE_HALVES, EPW, PARTS, LOAD_BIAS (flag
+// BIAS), FIXED_FRAGS, ACC_DECL, PRODUCTS (S and dP, and their stores), ACCUMULATE,
+// ACC_STORE; flags DKDV (else dq), and by input dtype HALF (f16), BF16 and SCALED (bf16),
+// SPLIT and SCALED (f32).
 
 enable f16;
 enable wgpu_cooperative_matrix;
