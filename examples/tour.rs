@@ -259,7 +259,7 @@ fn main() -> Result<()> {
     // Flash attention, causal: B × H × S × 64, checked on sampled output rows against an f64
     // softmax(q·kᵀ/8)·v. FLOPs 4·B·H·S²·D, halved by the mask.
     {
-        use wgkernels::ops::attention::{attention, AttentionOptions};
+        use wgkernels::ops::attention::{attention, attention_path, AttentionOptions, AttentionPath};
         let (b, h, s, d) = if software && !large { (1, 4, 256, 64) } else { (4, 16, 2048, 64) };
         for dtype in [DType::F32, DType::F16] {
             let t = |seed| Tensor::randn(&gpu, &[b, h, s, d], dtype, seed);
@@ -282,10 +282,13 @@ fn main() -> Result<()> {
             };
             let checked = check(&attention(&q, &k, &v, &opts)?.to_vec_f32()?, want, dtype, 256);
             let flops = 2.0 * (b * h * s * s * d) as f64;
-            // Every dtype runs on tensor cores where the adapter has f16 ones (f32 split, bf16
-            // scaled into f16).
-            let tc = gpu.info().has_coop_f16_16x16x16();
-            let path = if tc { "flash, tensor cores" } else { "flash, FMA tiles" };
+            // Every dtype runs on tensor cores where the adapter allows (f32 split, bf16 scaled
+            // into f16): attention_path says which kernel runs.
+            let path = match attention_path(&q, &k, &v, &opts)? {
+                AttentionPath::FlashCoop => "flash, tensor cores",
+                AttentionPath::Naive => "naive",
+                _ => "flash, FMA tiles",
+            };
             let w = what("attention (causal)", format!("{b}x{h}x{s}x{d}"), dtype, path);
             tour.record(w, flops, "GFLOP/s", checked, || attention(&q, &k, &v, &opts))?;
         }

@@ -7,9 +7,9 @@
 mod common;
 use common::*;
 use wgkernels::ops::attention::{
-    attention, attention_backward, attention_forward, coop_bwd_tilings, coop_bwd_tilings_for, coop_tilings,
-    coop_tilings_for, flash_tilings, AttentionLayout, AttentionOptions, AttentionPath, CoopBwdTiling, CoopTiling,
-    FlashTiling,
+    attention, attention_backward, attention_forward, attention_path, coop_bwd_tilings, coop_bwd_tilings_for,
+    coop_tilings, coop_tilings_for, flash_tilings, AttentionLayout, AttentionOptions, AttentionPath, CoopBwdTiling,
+    CoopTiling, FlashTiling,
 };
 use wgkernels::{DType, Error, Tensor};
 
@@ -510,8 +510,41 @@ fn bad_shapes_are_refused() {
         &AttentionOptions { path: AttentionPath::Flash, ..o },
     ));
     assert!(e.contains("multiples of 8"), "{e}");
-    // Auto falls back to the naive path for such a head dim.
+    // Auto falls back to the naive path for such a head dim, and says so.
     assert!(attention(&t(&[1, 1, 4, 12]), &t(&[1, 1, 4, 12]), &t(&[1, 1, 4, 12]), &o).is_ok());
+    let x12 = t(&[1, 1, 4, 12]);
+    assert_eq!(attention_path(&x12, &x12, &x12, &o).unwrap(), AttentionPath::Naive);
+    // attention_forward keeps a log-sum-exp, which the naive path has not: refused there.
+    let e = err(attention_forward(&x12, &x12, &x12, &o).map(|r| r.0));
+    assert!(e.contains("multiples of 8"), "{e}");
+}
+
+/// attention_path names what attention runs, for every dtype and requested path, and refuses
+/// what attention refuses; nothing is dispatched for it.
+#[test]
+fn attention_path_names_the_kernel_that_runs() {
+    let gpu = gpu();
+    for dtype in DType::ALL {
+        let x = Tensor::randn(&gpu, &[1, 2, 40, 64], dtype, 1).unwrap();
+        let with = |path| AttentionOptions { path, ..Default::default() };
+        let tensor_cores = attention_path(&x, &x, &x, &with(AttentionPath::FlashCoop));
+        let auto = attention_path(&x, &x, &x, &with(AttentionPath::Auto)).unwrap();
+        match tensor_cores {
+            Ok(p) => assert_eq!((p, auto), (AttentionPath::FlashCoop, AttentionPath::FlashCoop), "{dtype:?}"),
+            Err(e) => {
+                assert!(e.to_string().contains("cooperative matrices"), "{e}");
+                assert_eq!(auto, AttentionPath::Flash, "{dtype:?}");
+            }
+        }
+        assert_eq!(attention_path(&x, &x, &x, &with(AttentionPath::Flash)).unwrap(), AttentionPath::Flash);
+        assert_eq!(attention_path(&x, &x, &x, &with(AttentionPath::Naive)).unwrap(), AttentionPath::Naive);
+        // What runs agrees: Auto's output is the named path's, bit for bit.
+        let run = |path| attention(&x, &x, &x, &with(path)).unwrap().to_vec_f32().unwrap();
+        assert_eq!(run(AttentionPath::Auto), run(auto), "{dtype:?}");
+        // Bad shapes are refused by the query as by attention.
+        let k = Tensor::randn(&gpu, &[1, 2, 40, 32], dtype, 2).unwrap();
+        assert!(attention_path(&x, &k, &k, &with(AttentionPath::Auto)).is_err());
+    }
 }
 
 /// The cases both tensor-core tests run: odd lengths, S_q ≠ S_k (both ways), GQA, a batch,

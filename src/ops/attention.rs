@@ -10,6 +10,7 @@
 //!   extra memory is one log-sum-exp per query row whatever the sequence length. The naive path
 //!   ([`attention_naive`]: matmul → softmax → matmul, an S_q × S_k matrix per head) is kept
 //!   for the tests and to show what flash saves.
+//! - [`attention_path`]: which of them [`attention`] runs for given inputs on their adapter.
 //! - [`attention_backward`]: dq, dk, dv recomputing the probabilities tile by tile from the
 //!   saved log-sum-exp (`shaders/attention_bwd.wgsl`; on tensor cores, every dtype as in the
 //!   forward, `shaders/attention_coop_bwd.wgsl`).
@@ -274,13 +275,57 @@ fn flash_applies(d: &Dims) -> bool {
 /// # Ok(()) }
 /// ```
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOptions) -> Result<Tensor> {
-    let dims = check("attention", q, k, v, opts)?;
-    match opts.path {
+    match attention_path(q, k, v, opts)? {
         AttentionPath::Naive => attention_naive(q, k, v, opts),
-        AttentionPath::Auto if !flash_applies(&dims) && !coop_forward_applies(q, k, v, &dims) => {
-            attention_naive(q, k, v, opts)
-        }
         _ => Ok(attention_forward(q, k, v, opts)?.0),
+    }
+}
+
+/// The implementation [`attention`] runs for these inputs on their adapter: `FlashCoop`
+/// (tensor cores), `Flash` (FMA units) or `Naive`, never `Auto`; the error `attention` would
+/// return where the inputs do not fit or a forced path does not apply. Nothing is dispatched.
+///
+/// ```no_run
+/// # use wgkernels::{DType, Gpu, Tensor};
+/// # fn main() -> wgkernels::Result<()> {
+/// # let gpu = Gpu::new()?;
+/// use wgkernels::ops::attention::{attention_path, AttentionOptions, AttentionPath};
+/// let q = Tensor::randn(&gpu, &[1, 4, 256, 64], DType::F32, 0)?;
+/// let path = attention_path(&q, &q, &q, &AttentionOptions::default())?;
+/// println!("{}", if path == AttentionPath::FlashCoop { "tensor cores" } else { "FMA units" });
+/// # Ok(()) }
+/// ```
+pub fn attention_path(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOptions) -> Result<AttentionPath> {
+    const OP: &str = "attention";
+    let dims = check(OP, q, k, v, opts)?;
+    forward_path(OP, q, k, v, &dims, opts.path)
+}
+
+/// The path `requested` resolves to (see [`attention_path`]).
+fn forward_path(
+    op: &'static str,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    dims: &Dims,
+    requested: AttentionPath,
+) -> Result<AttentionPath> {
+    let coop = coop_forward_applies(q, k, v, dims);
+    let flash = flash_applies(dims);
+    match requested {
+        AttentionPath::Naive => Ok(AttentionPath::Naive),
+        AttentionPath::FlashCoop if coop => Ok(AttentionPath::FlashCoop),
+        AttentionPath::FlashCoop => Err(Error::InvalidArgument { op, msg: coop_requirements(q.gpu()) }),
+        AttentionPath::Auto if coop => Ok(AttentionPath::FlashCoop),
+        AttentionPath::Auto | AttentionPath::Flash if flash => Ok(AttentionPath::Flash),
+        AttentionPath::Auto => Ok(AttentionPath::Naive),
+        AttentionPath::Flash => Err(Error::InvalidArgument {
+            op,
+            msg: format!(
+                "the flash kernel takes head dims that are multiples of 8 up to {MAX_HEAD_DIM}, got {}",
+                dims.d
+            ),
+        }),
     }
 }
 
@@ -300,25 +345,17 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOptions) ->
 pub fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOptions) -> Result<(Tensor, Tensor)> {
     const OP: &str = "attention";
     let dims = check(OP, q, k, v, opts)?;
-    let coop = match opts.path {
-        AttentionPath::FlashCoop => {
-            if !coop_forward_applies(q, k, v, &dims) {
-                return Err(Error::InvalidArgument { op: OP, msg: coop_requirements(q.gpu()) });
-            }
-            true
-        }
-        AttentionPath::Flash => false,
-        AttentionPath::Auto | AttentionPath::Naive => coop_forward_applies(q, k, v, &dims),
+    // The naive path keeps no log-sum-exp: a request for it here takes Auto's flash kernel,
+    // and where only the naive path would apply, the flash kernel's error.
+    let requested = match opts.path {
+        AttentionPath::Naive => AttentionPath::Auto,
+        p => p,
     };
-    if !coop && !flash_applies(&dims) {
-        return Err(Error::InvalidArgument {
-            op: OP,
-            msg: format!(
-                "the flash kernel takes head dims that are multiples of 8 up to {MAX_HEAD_DIM}, got {}",
-                dims.d
-            ),
-        });
-    }
+    let coop = match forward_path(OP, q, k, v, &dims, requested)? {
+        AttentionPath::FlashCoop => true,
+        AttentionPath::Flash => false,
+        _ => forward_path(OP, q, k, v, &dims, AttentionPath::Flash).map(|_| false)?,
+    };
     let gpu = q.gpu();
     let Dims { b, h, s_q, .. } = dims;
     grid_fits(OP, gpu, [s_q.div_ceil(FWD_ROWS), h, b])?;
