@@ -685,8 +685,9 @@ fn main() -> wgkernels::Result<()> {
 
     // Attention (issue 5): B = 4, H = 16, S ∈ {512, 2048, 8192}, D ∈ {64, 128}, causal or not,
     // f32, f16 and bf16, each on tensor cores (f32 split into two f16 parts, bf16 scaled into
-    // f16; 3x the counted products executed for f32), on FMA units and naive. FLOPs 4·B·H·S²·D for the forward (halved when causal), 2.5× that for the
-    // backward (five S×S×D products against two), as FlashAttention counts. The variant names
+    // f16; 3x the counted products executed for f32), on FMA units and naive. FLOPs
+    // 4·B·H·S²·D for the forward (halved when causal), 2.5× that for the backward (five
+    // S×S×D products against two), as FlashAttention counts. The variant names
     // the extra memory one call allocated beyond its inputs (peak − before): flash keeps a
     // log-sum-exp per row, naive an S×S score and probability matrix per head; at S = 8192 the
     // naive scores (4·16·8192² f32 = 16 GiB) exceed a storage binding and it cannot run.

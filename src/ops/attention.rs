@@ -222,12 +222,12 @@ fn check(op: &'static str, q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionO
     Ok(Dims { b, h, h_kv, s_q, s_k, d })
 }
 
-/// The tensor-core forward's requirements: f16, bf16 or f32 inputs (the last two scaled into
-/// f16, f32 split into two parts),
-/// 16×16×16 f16→f32 cooperative matrices and f16 in shaders, subgroups of exactly 32 with
-/// subgroup barriers, a head dim that is a multiple of 16 up to 128, a tiling that fits, and
-/// every q/k/v offset and stride a multiple of a 16-byte word (rows are read as whole words).
-fn coop_forward_applies(q: &Tensor, k: &Tensor, v: &Tensor, d: &Dims) -> bool {
+/// The tensor-core kernels' requirements: f16, bf16 or f32 inputs (the last two scaled into
+/// f16, f32 split into two parts), 16×16×16 f16→f32 cooperative matrices and f16 in shaders,
+/// subgroups of exactly 32 with subgroup barriers, a head dim that is a multiple of 16 up to
+/// 128, a forward tiling that fits, and every q/k/v offset and stride a multiple of a 16-byte
+/// word (rows are read as whole words). The backward also checks dO's and its own tiling.
+fn coop_applies(q: &Tensor, k: &Tensor, v: &Tensor, d: &Dims) -> bool {
     let gpu = q.gpu();
     let info = gpu.info();
     let word = 16 / q.dtype().size_in_bytes();
@@ -240,12 +240,6 @@ fn coop_forward_applies(q: &Tensor, k: &Tensor, v: &Tensor, d: &Dims) -> bool {
         && d.d <= MAX_HEAD_DIM
         && [q, k, v].iter().all(|t| t.offset() % word == 0 && t.strides()[..3].iter().all(|s| s % word == 0))
         && CoopTiling::preferred_for(q.dtype(), d.d, &info.limits).is_some()
-}
-
-/// The tensor-core backward's requirements: the forward's (and a backward tiling that fits:
-/// checked by the caller).
-fn coop_applies(q: &Tensor, k: &Tensor, v: &Tensor, d: &Dims) -> bool {
-    coop_forward_applies(q, k, v, d)
 }
 
 fn coop_requirements(gpu: &crate::Gpu) -> String {
@@ -310,7 +304,7 @@ fn forward_path(
     dims: &Dims,
     requested: AttentionPath,
 ) -> Result<AttentionPath> {
-    let coop = coop_forward_applies(q, k, v, dims);
+    let coop = coop_applies(q, k, v, dims);
     let flash = flash_applies(dims);
     match requested {
         AttentionPath::Naive => Ok(AttentionPath::Naive),
@@ -319,13 +313,15 @@ fn forward_path(
         AttentionPath::Auto if coop => Ok(AttentionPath::FlashCoop),
         AttentionPath::Auto | AttentionPath::Flash if flash => Ok(AttentionPath::Flash),
         AttentionPath::Auto => Ok(AttentionPath::Naive),
-        AttentionPath::Flash => Err(Error::InvalidArgument {
-            op,
-            msg: format!(
-                "the flash kernel takes head dims that are multiples of 8 up to {MAX_HEAD_DIM}, got {}",
-                dims.d
-            ),
-        }),
+        AttentionPath::Flash => Err(flash_head_dim_error(op, dims)),
+    }
+}
+
+/// The FMA flash kernel's refusal of a head dim it does not take.
+fn flash_head_dim_error(op: &'static str, dims: &Dims) -> Error {
+    Error::InvalidArgument {
+        op,
+        msg: format!("the flash kernel takes head dims that are multiples of 8 up to {MAX_HEAD_DIM}, got {}", dims.d),
     }
 }
 
@@ -354,7 +350,7 @@ pub fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpt
     let coop = match forward_path(OP, q, k, v, &dims, requested)? {
         AttentionPath::FlashCoop => true,
         AttentionPath::Flash => false,
-        _ => forward_path(OP, q, k, v, &dims, AttentionPath::Flash).map(|_| false)?,
+        _ => return Err(flash_head_dim_error(OP, &dims)),
     };
     let gpu = q.gpu();
     let Dims { b, h, s_q, .. } = dims;
@@ -415,7 +411,7 @@ pub fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpt
         bind.push((7, r.storage()?.buffer()));
     }
     // A workgroup per `rows` query rows of one (batch, head). The tensor-core kernel reads
-    // q, k, v rows as 16-byte words: coop_forward_applies checked every offset and stride.
+    // q, k, v rows as 16-byte words: coop_applies checked every offset and stride.
     gpu.dispatch_3d(&kernel, &bind, [s_q.div_ceil(rows) as u32, h as u32, b as u32])?;
     Ok((out, lse))
 }
@@ -540,12 +536,12 @@ pub fn attention_backward(
     }
     let bias_dtype = bias.as_ref().map(|x| x.0.dtype());
     // The tensor-core kernels read q, k, v, dO as 16-byte words: the tiling is only Some
-    // where every offset and row stride is a multiple of 8. Workgroups of 16 keys (dkdv) or
+    // where every offset and row stride is a multiple of one. Workgroups of 16 keys (dkdv) or
     // queries (dq) per subgroup; of 64 on the FMA kernels.
     let (dkdv, dq_kernel, rows) = match tiling {
         Some(t) => (
-            coop_bwd_kernel(q.dtype(), true, bias_dtype, d, t),
-            coop_bwd_kernel(q.dtype(), false, bias_dtype, d, t),
+            coop_bwd_kernel(dtype, true, bias_dtype, d, t),
+            coop_bwd_kernel(dtype, false, bias_dtype, d, t),
             16 * t.subgroups,
         ),
         None => (
@@ -1032,6 +1028,43 @@ fn frag_load(name: &str, at: &str, usage: &str, load: &str, array: &str, stride:
     format!("let {name}_at = {at};{indent}let {name} = {load}<coop_mat16x16<f16, {usage}>>(&{array}[{name}_at], {stride});{indent}")
 }
 
+/// How a tensor-core kernel holds its inputs' elements in f16: elements per 16-byte word, the
+/// parts of each operand (f32: hi and lo; f16 and bf16: one), and the products of a pair of
+/// operands' parts (f32: the two small terms first, then hi·hi; lo·lo, below 2^−22 relative,
+/// is dropped).
+struct Parts {
+    epw: usize,
+    names: &'static [&'static str],
+    terms: &'static [(&'static str, &'static str)],
+}
+
+impl Parts {
+    fn of(dtype: DType) -> Parts {
+        match dtype {
+            DType::F32 => Parts { epw: 4, names: &["hi", "lo"], terms: &[("lo", "hi"), ("hi", "lo"), ("hi", "hi")] },
+            DType::F16 | DType::BF16 => Parts { epw: 8, names: &["hi"], terms: &[("hi", "hi")] },
+        }
+    }
+
+    /// ` + step` for a lo part: where it lies past its hi part (`step` halves on).
+    fn lo_at(part: &str, step: &str) -> String {
+        if part == "lo" {
+            format!(" + {step}")
+        } else {
+            String::new()
+        }
+    }
+
+    /// The shader flags of inputs of `dtype` (see shaders/attention_coop.wgsl).
+    fn flags(k: Kernel, dtype: DType) -> Kernel {
+        match dtype {
+            DType::F16 => k.flag("HALF"),
+            DType::F32 => k.flag("SPLIT").flag("SCALED"),
+            DType::BF16 => k.flag("BF16").flag("SCALED"),
+        }
+    }
+}
+
 /// The tensor-core forward for head dim `d` (a multiple of 16) and tiling `t`: fragment
 /// code unrolled here, see shaders/attention_coop.wgsl.
 fn coop_kernel(dtype: DType, bias: Option<DType>, d: usize, t: CoopTiling) -> Kernel {
@@ -1039,9 +1072,8 @@ fn coop_kernel(dtype: DType, bias: Option<DType>, d: usize, t: CoopTiling) -> Ke
     let frags = d / 16;
     let key_frags = t.key_chunk / 16;
     let blocks = t.row_blocks;
-    // Elements per 16-byte word, and the operand parts: f16 and bf16 (8, hi only), or f32 (4,
-    // hi and lo).
-    let (epw, parts): (usize, &[&str]) = if split { (4, &["hi", "lo"]) } else { (8, &["hi"]) };
+    let Parts { epw, names: parts, terms } = Parts::of(dtype);
+    let lo_at = Parts::lo_at;
     // Q in column slices of QC (64, or 32 for 256 rows): stage a slice (all BQ rows), then
     // every subgroup loads its fragments of it; split, the hi parts first, then the lo parts
     // (Q read twice, to keep the staging area the size of one part).
@@ -1107,11 +1139,7 @@ fn coop_kernel(dtype: DType, bias: Option<DType>, d: usize, t: CoopTiling) -> Ke
             );
         }
     }
-    // The products of a pair of operands' parts: hi·hi, or (split) the two small terms
-    // first, then hi·hi.
-    let terms: &[(&str, &str)] = if split { &[("lo", "hi"), ("hi", "lo"), ("hi", "hi")] } else { &[("hi", "hi")] };
-    // Where a lo part lies past its hi part: K and V one tile on, P P_LO halves on.
-    let lo_at = |part: &str, step: &str| if part == "lo" { format!(" + {step}") } else { String::new() };
+    // A lo part lies past its hi part: K and V one tile on, P P_LO halves on.
     // S block (rb, j) = Σ_c Q_(rb, c) · Kᵀ_(c, j) for the chunk at k_at: each K fragment
     // loaded once for all blocks; then every block into the subgroup's S buffer.
     let mut s_store = String::new();
@@ -1185,11 +1213,7 @@ fn coop_kernel(dtype: DType, bias: Option<DType>, d: usize, t: CoopTiling) -> Ke
         .sub("O_RESCALE", rescale)
         .sub("O_STORE", o_store)
         .trusted();
-    k = match dtype {
-        DType::F16 => k.flag("HALF"),
-        DType::F32 => k.flag("SPLIT").flag("SCALED"),
-        DType::BF16 => k.flag("BF16").flag("SCALED"),
-    };
+    k = Parts::flags(k, dtype);
     k = match bias {
         Some(bd) => k.flag("BIAS").sub("LOAD_BIAS", wgsl_load("bias", bd)),
         None => k.sub("LOAD_BIAS", ""),
@@ -1368,11 +1392,8 @@ fn coop_bwd_kernel(dtype: DType, dkdv: bool, bias: Option<DType>, d: usize, t: C
     let blocks = t.chunk / 16;
     let fc = CoopBwdTiling::fixed_cols(d);
     let split = dtype == DType::F32;
-    // Elements per 16-byte word and the operand parts (f32: hi and lo), with the products of
-    // a pair of operands' parts, as in the forward.
-    let (epw, parts): (usize, &[&str]) = if split { (4, &["hi", "lo"]) } else { (8, &["hi"]) };
-    let terms: &[(&str, &str)] = if split { &[("lo", "hi"), ("hi", "lo"), ("hi", "hi")] } else { &[("hi", "hi")] };
-    let lo_at = |part: &str, step: &str| if part == "lo" { format!(" + {step}") } else { String::new() };
+    let Parts { epw, names: parts, terms } = Parts::of(dtype);
+    let lo_at = Parts::lo_at;
     // The fixed rows: (params index, head, first row, limit, fragment name) per tensor.
     let fixed: [(&str, &str, &str, &str, &str); 2] = if dkdv {
         [("12u", "kv_h", "j0", "S_k", "ka"), ("16u", "kv_h", "j0", "S_k", "va")]
@@ -1503,11 +1524,7 @@ fn coop_bwd_kernel(dtype: DType, dkdv: bool, bias: Option<DType>, d: usize, t: C
     if dkdv {
         k = k.flag("DKDV");
     }
-    k = match dtype {
-        DType::F16 => k.flag("HALF"),
-        DType::F32 => k.flag("SPLIT").flag("SCALED"),
-        DType::BF16 => k.flag("BF16").flag("SCALED"),
-    };
+    k = Parts::flags(k, dtype);
     k = match bias {
         Some(bd) => k.flag("BIAS").sub("LOAD_BIAS", wgsl_load("bias", bd)),
         None => k.sub("LOAD_BIAS", ""),
