@@ -637,6 +637,12 @@ fn tensor_core_path_matches_f64_where_the_adapter_has_it() {
         AttentionOptions { causal: true, scale: Some(3.0), path: AttentionPath::FlashCoop, ..Default::default() };
     let (want, want_lse, _) = reference(&c, &x, 3.0, None);
     run_all("scale 3", &c, &x, opts, &want, &want_lse);
+    // A negative scale: the row max is taken over the scaled scores, not the raw ones.
+    let c = Case::new(70, 133, 64, false);
+    let x = inputs(&c, AttentionLayout::Bhsd, DType::F16, 8);
+    let opts = AttentionOptions { scale: Some(-0.2), path: AttentionPath::FlashCoop, ..Default::default() };
+    let (want, want_lse, _) = reference(&c, &x, -0.2, None);
+    run_all("scale -0.2", &c, &x, opts, &want, &want_lse);
     let failures = failures.into_inner();
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
     // With a bias, against the FMA flash kernel on the same inputs.
