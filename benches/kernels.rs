@@ -252,6 +252,45 @@ fn main() -> wgkernels::Result<()> {
         }
     }
 
+    // Decode-time matmuls (M ≤ 8: the thin kernel): GPT-2 small's projections and its LM
+    // head, B stored [k, n] or as a Linear weight W [n, k] read through its transpose. Bytes
+    // of A, B and C counted: reading B is the work.
+    for dtype in [DType::F32, DType::F16] {
+        let gpu = gpu.clone();
+        jobs.push((
+            format!("decode {}", dtype.name()),
+            Box::new(move |rows: &mut Vec<Row>| {
+                for (m, k, n) in [(1, 768, 3072), (1, 3072, 768), (8, 768, 3072), (1, 768, 50257)] {
+                    let a = Tensor::randn(&gpu, &[m, k], dtype, 3)?;
+                    let b = Tensor::randn(&gpu, &[k, n], dtype, 4)?;
+                    let w = Tensor::randn(&gpu, &[n, k], dtype, 5)?;
+                    let wt = w.transpose(0, 1)?;
+                    let bytes = ((m * k + k * n + m * n) * dtype.size_in_bytes()) as f64;
+                    for ((variant, b), path) in [("B [k,n]", &b), ("W [n,k] (linear)", &wt)]
+                        .into_iter()
+                        .flat_map(|l| [(l, None), (l, Some(wgkernels::ops::matmul::MatmulPath::Thin))])
+                    {
+                        let opts = wgkernels::ops::matmul::MatmulOptions { path, ..Default::default() };
+                        let t = measure(&gpu, 2, reps, || a.matmul_with(b, &opts).and_then(|t| t.realize().map(drop)))?;
+                        let size = format!("{m}x{k}x{n}");
+                        rows.push(Row {
+                            bench: "decode_matmul",
+                            size: size.clone(),
+                            dtype: dtype.name(),
+                            variant: format!("{variant}, {}", path.map_or("auto".into(), |p| p.name())),
+                            ms: t.median_ms,
+                            rate: t.rate(bytes),
+                            wall_rate: bytes / (t.wall_ms * 1e-3) / 1e9,
+                            unit: "GB/s",
+                            torch_key: Some(("decode_matmul".into(), size, dtype.name().into(), variant.into())),
+                        });
+                    }
+                }
+                Ok(())
+            }),
+        ));
+    }
+
     for dtype in [DType::F32, DType::F16] {
         let esize = dtype.size_in_bytes() as f64;
         let gpu = gpu.clone();

@@ -53,6 +53,22 @@ if "matmul_norms" in SECTIONS or "norms" in SECTIONS:  # "norms": without the ma
         rec("cross_entropy", f"{rows}x{v}", name, "torch fwd+bwd", bench(ce), 2 * logits.numel() * es, "GB/s")
         del x, w, b, y, dy, logits
 
+# Decode-time matmuls (M ≤ 8 rows): GPT-2 small's projections and its LM head, B stored
+# [k, n] (a @ b) or as a Linear weight W [n, k] (F.linear(a, W) = a @ Wᵀ); bytes of A, B
+# and C counted (the kernels are bound by reading B). Not in the default sections.
+if "decode" in SECTIONS:
+    torch.backends.cuda.matmul.allow_tf32 = False
+    for dt, name in [(torch.float32, "f32"), (torch.float16, "f16")]:
+        es = torch.finfo(dt).bits // 8
+        for m, k, n in [(1, 768, 3072), (1, 3072, 768), (8, 768, 3072), (1, 768, 50257)]:
+            a = torch.randn(m, k, device=dev, dtype=dt)
+            b = torch.randn(k, n, device=dev, dtype=dt)
+            w = torch.randn(n, k, device=dev, dtype=dt)
+            work = (m * k + k * n + m * n) * es
+            rec("decode_matmul", f"{m}x{k}x{n}", name, "B [k,n]", bench(lambda: a @ b), work, "GB/s")
+            rec("decode_matmul", f"{m}x{k}x{n}", name, "W [n,k] (linear)", bench(lambda: F.linear(a, w)), work, "GB/s")
+            del a, b, w
+
 if "adamw" in SECTIONS:
     # AdamW on GPT-2 small's parameter shapes (148 tensors, 124,439,808 parameters).
     d, V, C, L = 768, 50257, 1024, 12

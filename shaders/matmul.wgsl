@@ -12,9 +12,15 @@
 // `tiled_v4` — the same with contiguous per-invocation blocks and vec4 workgroup loads
 // (see the entry point).
 //
-// `thin` — M ≤ THIN_M rows (matrix–vector, decode-time shapes): one workgroup covers 64
-// columns of C for all rows; 4 slices of K per column reduced in workgroup memory. Reads
-// B once (the dominant traffic, K·N·size bytes) and A from cache.
+// `thin` — M ≤ THIN_M rows (matrix–vector, decode-time shapes): one workgroup covers 16
+// columns of C for all rows, 16 slices of K per column (k ≡ slice mod 16) reduced in
+// workgroup memory. Reads B once (the dominant traffic, K·N·size bytes) and A from cache.
+// At these sizes the kernel is bound by load latency more than bandwidth (1×768×3072 f16
+// is 4.7 MB of B): each invocation issues 4 loads of B before their products, and 16
+// slices × N/16 workgroups put 16·N invocations in flight. On the H200 (BENCHMARKS.md,
+// tenth round) 1×768×3072 took 0.088 → 0.026 ms in f16 and 0.102 → 0.016 in f32 against
+// 64 columns × 4 slices with one load at a time; 8 loads in flight were faster in f32
+// and slower in f16 (call 6), so 4 it is.
 //
 // Operands are strided views: element (m, k) of A is a_off + batch_a + m·a_sm + k·a_sk,
 // so transposed operands need no copy. The loader mapping puts consecutive invocations on
@@ -239,12 +245,13 @@ fn tiled_v4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
 }
 
 const THIN_M: u32 = 8u;
-const THIN_COLS: u32 = 64u;
-const THIN_SLICES: u32 = 4u;
+const THIN_COLS: u32 = 16u;
+const THIN_SLICES: u32 = 16u;
 
+// Per slice, row and column: the slice's partial sum (8 KiB).
 var<workgroup> thin_partial: array<f32, THIN_SLICES * THIN_M * THIN_COLS>;
 
-@compute @workgroup_size(64, 4)
+@compute @workgroup_size(16, 16)
 fn thin(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
     let M = params[0];
     let N = params[1];
@@ -263,8 +270,27 @@ fn thin(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         acc[r] = 0.0;
     }
     if (n < N) {
-        for (var k = slice; k < K; k += THIN_SLICES) {
-            let bv = load_b(base.y + k * b_sk + n * b_sn);
+        let b_at = base.y + n * b_sn;
+        const S = THIN_SLICES;
+        var k = slice;
+        // Four steps at a time, their loads of B first (independent, so in flight together).
+        for (; k + 3u * S < K; k += 4u * S) {
+            let b0 = load_b(b_at + k * b_sk);
+            let b1 = load_b(b_at + (k + S) * b_sk);
+            let b2 = load_b(b_at + (k + 2u * S) * b_sk);
+            let b3 = load_b(b_at + (k + 3u * S) * b_sk);
+            for (var r = 0u; r < THIN_M; r++) {
+                if (r < M) {
+                    let a_at = base.x + r * a_sm;
+                    var t = fma(load_a(a_at + k * a_sk), b0, acc[r]);
+                    t = fma(load_a(a_at + (k + S) * a_sk), b1, t);
+                    t = fma(load_a(a_at + (k + 2u * S) * a_sk), b2, t);
+                    acc[r] = fma(load_a(a_at + (k + 3u * S) * a_sk), b3, t);
+                }
+            }
+        }
+        for (; k < K; k += S) {
+            let bv = load_b(b_at + k * b_sk);
             for (var r = 0u; r < THIN_M; r++) {
                 if (r < M) {
                     acc[r] = fma(load_a(base.x + r * a_sm + k * a_sk), bv, acc[r]);
@@ -276,14 +302,17 @@ fn thin(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         thin_partial[(slice * THIN_M + r) * THIN_COLS + col] = acc[r];
     }
     workgroupBarrier();
-    if (slice == 0u && n < N) {
-        for (var r = 0u; r < min(M, THIN_M); r++) {
-            var total = 0.0;
-            for (var s = 0u; s < THIN_SLICES; s++) {
-                total += thin_partial[(s * THIN_M + r) * THIN_COLS + col];
-            }
-            let o = z * M * N + r * N + n;
-            c[o] = fused_chain(epilogue(total, n, o), o);
+    // One invocation per (row, column) of the tile sums the 16 slices.
+    let t = slice * THIN_COLS + col;
+    let r = t / THIN_COLS;
+    let c_col = t % THIN_COLS;
+    let n_out = wid.x * THIN_COLS + c_col;
+    if (r < min(M, THIN_M) && n_out < N) {
+        var total = 0.0;
+        for (var s = 0u; s < THIN_SLICES; s++) {
+            total += thin_partial[(s * THIN_M + r) * THIN_COLS + c_col];
         }
+        let o = z * M * N + r * N + n_out;
+        c[o] = fused_chain(epilogue(total, n_out, o), o);
     }
 }

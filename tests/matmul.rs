@@ -113,6 +113,50 @@ fn thin_shapes_up_to_eight_rows() {
     }
 }
 
+/// The thin kernel (M ≤ 8) on its own: K on both sides of its 4-step unroll over 16 slices
+/// (64 k per round) and N not a multiple of its 16 columns, every dtype; B as stored by
+/// nn.Linear ([N, K], a transposed view), a batch of 3, bias and GELU in the epilogue.
+#[test]
+fn thin_kernel_unroll_edges_linear_weights_and_epilogue() {
+    let gpu = gpu();
+    fn thin(bias: Option<&Tensor>, activation: Activation) -> MatmulOptions<'_> {
+        MatmulOptions { bias, activation, path: Some(MatmulPath::Thin), ..Default::default() }
+    }
+    for dtype in DType::ALL {
+        for (i, &(m, k, n)) in
+            [(1, 1, 1), (1, 63, 17), (3, 64, 16), (8, 65, 33), (2, 127, 15), (5, 130, 47), (1, 768, 100)]
+                .iter()
+                .enumerate()
+        {
+            let seed = 10 * i as u64;
+            let (atol, rtol) = mm_tol(dtype, k);
+            let (a, av) = random_tensor(&gpu, &[m, k], dtype, seed);
+            let (b, bv) = random_tensor(&gpu, &[k, n], dtype, seed + 1);
+            let want = reference(&av, &bv, 1, true, true, m, k, n, None, Activation::None);
+            let got = a.matmul_with(&b, &thin(None, Activation::None)).unwrap();
+            assert_close(&format!("thin {m}x{k}x{n} {dtype:?}"), &got.to_vec_f32().unwrap(), &want, atol, rtol);
+            // B stored [n, k] (a Linear layer's weight), read through its transpose, with a
+            // bias and GELU.
+            let (w, wv) = random_tensor(&gpu, &[n, k], dtype, seed + 2);
+            let (bias, biasv) = random_tensor(&gpu, &[n], dtype, seed + 3);
+            let w_kn: Vec<f64> = (0..k * n).map(|e| wv[(e % n) * k + e / n]).collect();
+            let want = reference(&av, &w_kn, 1, true, true, m, k, n, Some(&biasv), Activation::Gelu);
+            let got = a.matmul_with(&w.transpose(0, 1).unwrap(), &thin(Some(&bias), Activation::Gelu)).unwrap();
+            let what = format!("thin linear {m}x{k}x{n} {dtype:?}");
+            assert_close(&what, &got.to_vec_f32().unwrap(), &want, atol, rtol);
+        }
+        // A batch of 3 against one B (broadcast).
+        let (m, k, n) = (4, 97, 40);
+        let (atol, rtol) = mm_tol(dtype, k);
+        let (a, av) = random_tensor(&gpu, &[3, m, k], dtype, 90);
+        let (b, bv) = random_tensor(&gpu, &[k, n], dtype, 91);
+        let want = reference(&av, &bv, 3, true, false, m, k, n, None, Activation::None);
+        let got = a.matmul_with(&b, &thin(None, Activation::None)).unwrap();
+        assert_eq!(got.shape(), &[3, m, n]);
+        assert_close(&format!("thin batched {dtype:?}"), &got.to_vec_f32().unwrap(), &want, atol, rtol);
+    }
+}
+
 #[test]
 fn batched_with_broadcast_and_transposed_views() {
     let gpu = gpu();

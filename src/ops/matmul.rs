@@ -257,6 +257,9 @@ pub const COOP_CANDIDATES: [CoopConfig; 8] = [
 /// The largest M the thin path takes.
 pub const THIN_M: usize = 8;
 
+/// Columns of C per workgroup of the thin kernel (shaders/matmul.wgsl: `THIN_COLS`).
+const THIN_COLS: usize = 16;
+
 /// Options for [`Tensor::matmul_with`].
 ///
 /// ```no_run
@@ -1089,9 +1092,10 @@ impl Launch<'_> {
                 tiled_kernel(t, a.dtype(), bias_dtype, act, lay, false),
                 (self.n.div_ceil(t.bn as usize), self.m.div_ceil(t.bm as usize)),
             ),
-            MatmulPath::Thin => {
-                (tiled_kernel(TILED_CANDIDATES[0], a.dtype(), bias_dtype, act, lay, true), (self.n.div_ceil(64), 1))
-            }
+            MatmulPath::Thin => (
+                tiled_kernel(TILED_CANDIDATES[0], a.dtype(), bias_dtype, act, lay, true),
+                (self.n.div_ceil(THIN_COLS), 1),
+            ),
             MatmulPath::Coop(c) => {
                 let sub = fixed_subgroup(gpu).ok_or(Error::MissingFeature {
                     op: "matmul",
