@@ -110,7 +110,7 @@ impl Shader {
     }
 
     /// WGSL shared with other families, placed after the dtype prelude.
-    fn shared_source(self) -> &'static str {
+    pub(crate) fn shared_source(self) -> &'static str {
         match self {
             Shader::Matmul | Shader::MatmulCoop => include_str!("../shaders/matmul_common.wgsl"),
             Shader::Fused => include_str!("../shaders/ew_common.wgsl"),

@@ -31,6 +31,10 @@ fn tunes_once_persists_and_reuses() {
     }
     let files: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
     assert_eq!(files.len(), 1, "one cache file per adapter");
+    // Named by the kernels' fingerprint: winners timed against other kernels are not reused.
+    let name = files[0].as_ref().unwrap().file_name().into_string().unwrap();
+    let fingerprint = wgkernels::ops::autotune::kernels_fingerprint();
+    assert!(name.ends_with(&format!("-k{fingerprint:016x}.tsv")), "{name}");
     let text = std::fs::read_to_string(files[0].as_ref().unwrap().path()).unwrap();
     assert!(text.contains("matmul f32") && text.contains('\t'), "{text}");
 

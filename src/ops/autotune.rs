@@ -1,9 +1,11 @@
 //! Autotuning: on the first use of a shape class, time each candidate configuration on the
 //! caller's own operands and keep the fastest, in memory and in a per-adapter file in the
 //! user's cache directory (`$WGK_CACHE_DIR`, else `$XDG_CACHE_HOME/wgkernels`, else
-//! `~/.cache/wgkernels`), so later processes skip the tuning. `WGK_AUTOTUNE=0` (or
-//! `GpuOptions::autotune = false`) always takes the first candidate, a portable default.
-//! The cache file is best-effort: if it cannot be read or written, tuning is redone.
+//! `~/.cache/wgkernels`), so later processes skip the tuning. The file is named by the
+//! adapter, its driver and [`kernels_fingerprint`]: a new driver or changed kernels tune
+//! again. `WGK_AUTOTUNE=0` (or `GpuOptions::autotune = false`) always takes the first
+//! candidate, a portable default. The cache file is best-effort: if it cannot be read or
+//! written, tuning is redone.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -21,6 +23,27 @@ const REPEATS: usize = 3;
 /// candidates apart: the default is kept.
 const MIN_TUNED_FLOPS: f64 = 1e8;
 
+/// A fingerprint of the matmul kernels' sources and the crate's version: winners are kept
+/// per fingerprint, so that a changed kernel is timed again instead of losing to a winner
+/// measured against its predecessor (FNV-1a, stable across Rust releases).
+pub fn kernels_fingerprint() -> u64 {
+    use crate::shaders::Shader;
+    let texts = [
+        env!("CARGO_PKG_VERSION"),
+        Shader::Matmul.source(),
+        Shader::MatmulCoop.source(),
+        Shader::Matmul.shared_source(),
+    ];
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for text in texts {
+        for &byte in text.as_bytes().iter().chain(&[0u8]) {
+            h ^= byte as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
 fn cache_file(gpu: &Gpu) -> Option<PathBuf> {
     let dir = std::env::var_os("WGK_CACHE_DIR")
         .map(PathBuf::from)
@@ -31,7 +54,7 @@ fn cache_file(gpu: &Gpu) -> Option<PathBuf> {
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
         .collect();
-    Some(dir.join(format!("autotune-{id}.tsv")))
+    Some(dir.join(format!("autotune-{id}-k{:016x}.tsv", kernels_fingerprint())))
 }
 
 /// Loads the persisted winners once per device.
