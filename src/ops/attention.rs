@@ -731,8 +731,8 @@ impl FlashTiling {
         16 * (64 / self.rows)
     }
 
-    /// Workgroup memory: the staging array (Qᵀ and Kᵀ chunks [C][68] f32, reused for V),
-    /// P [64][68] f32 and the row partials [64][16] f32; the same at every head dim.
+    /// Workgroup memory: the staging array (Qᵀ and Kᵀ chunks `[C][68]` f32, reused for V),
+    /// P `[64][68]` f32 and the row partials `[64][16]` f32; the same at every head dim.
     pub fn workgroup_bytes(self) -> usize {
         (2 * self.head_chunk * 68 + 64 * 68 + 64 * 16) * 4
     }
@@ -902,7 +902,7 @@ impl CoopTiling {
     }
 
     /// Workgroup memory of this tiling at head dim `d` for f16 inputs: staging (f16), S
-    /// (f32, columns [`S_STRIDE`] apart), P (f16).
+    /// (f32, columns 20 apart against bank conflicts), P (f16).
     pub fn workgroup_bytes(self, d: usize) -> usize {
         self.workgroup_bytes_for(DType::F16, d)
     }
@@ -1296,7 +1296,7 @@ impl CoopBwdTiling {
     }
 
     /// Workgroup memory at head dim `d` for f16 inputs: staging (f16), S and dP (f32, columns
-    /// [`S_STRIDE`] apart), P and dS (f16), the dkdv kernel's per-query statistics.
+    /// 20 apart against bank conflicts), P and dS (f16), the dkdv kernel's per-query statistics.
     pub fn workgroup_bytes(self, d: usize) -> usize {
         self.workgroup_bytes_for(DType::F16, d)
     }
