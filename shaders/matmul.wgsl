@@ -27,7 +27,8 @@
 // the operand's unit-stride dim (A_K_FAST / B_N_FAST) so global loads coalesce.
 //
 // Placeholders, each in double braces: LOAD_A/LOAD_B (loader bodies), BM BN BK TM TN
-// (tile constants), A_COORD/B_COORD (load mapping); matmul_common.wgsl has the rest.
+// (tile constants), A_COORD/B_COORD (load mapping), THIN_COLS; matmul_common.wgsl has the
+// rest.
 
 @group(0) @binding(0) var<storage, read> a: array<u32>;
 @group(0) @binding(1) var<storage, read> b: array<u32>;
@@ -245,13 +246,14 @@ fn tiled_v4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
 }
 
 const THIN_M: u32 = 8u;
-const THIN_COLS: u32 = 16u;
+// Columns per workgroup: the host's THIN_COLS (src/ops/matmul.rs), which sizes the grid.
+const THIN_COLS: u32 = {{THIN_COLS}}u;
 const THIN_SLICES: u32 = 16u;
 
 // Per slice, row and column: the slice's partial sum (8 KiB).
 var<workgroup> thin_partial: array<f32, THIN_SLICES * THIN_M * THIN_COLS>;
 
-@compute @workgroup_size(16, 16)
+@compute @workgroup_size(THIN_COLS, THIN_SLICES)
 fn thin(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
     let M = params[0];
     let N = params[1];

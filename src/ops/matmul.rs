@@ -257,7 +257,7 @@ pub const COOP_CANDIDATES: [CoopConfig; 8] = [
 /// The largest M the thin path takes.
 pub const THIN_M: usize = 8;
 
-/// Columns of C per workgroup of the thin kernel (shaders/matmul.wgsl: `THIN_COLS`).
+/// Columns of C per workgroup of the thin kernel (set in shaders/matmul.wgsl as `THIN_COLS`).
 const THIN_COLS: usize = 16;
 
 /// Options for [`Tensor::matmul_with`].
@@ -412,7 +412,8 @@ fn tiled_kernel(t: TileConfig, dtype: DType, bias: Option<DType>, act: Activatio
         .sub("LOAD_A", wgsl_load("a", dtype))
         .sub("LOAD_B", wgsl_load("b", dtype))
         .sub("LOAD_BIAS", bias.map(|d| wgsl_load("bias", d)).unwrap_or_else(|| "return 0.0;".into()))
-        .sub("EPILOGUE", epilogue_wgsl(bias.is_some(), act));
+        .sub("EPILOGUE", epilogue_wgsl(bias.is_some(), act))
+        .sub("THIN_COLS", THIN_COLS.to_string());
     let k = if thin {
         // The tiled entry's constants must still be well-formed; the thin entry ignores them.
         let d = TILED_CANDIDATES[0];
