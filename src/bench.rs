@@ -10,9 +10,9 @@
 //! # Ok(()) }
 //! ```
 
+use crate::device::Gpu;
+use crate::device::Profiler;
 use crate::error::Result;
-use crate::gpu::Gpu;
-use crate::profiler::Profiler;
 
 /// Minimum wall time of warm-up before timing.
 ///

@@ -45,6 +45,10 @@ pub enum Error {
     #[error("{op}: the adapter lacks the feature {feature} ({hint})")]
     MissingFeature { op: &'static str, feature: &'static str, hint: &'static str },
 
+    /// The adapter's limits admit no configuration of the op's kernels.
+    #[error("{op}: not supported on this adapter: {msg}")]
+    Unsupported { op: &'static str, msg: String },
+
     /// A buffer would exceed what the device can bind in one storage binding.
     #[error("{op}: {bytes} bytes for shape {shape:?} exceed the device's storage binding limit of {limit} bytes")]
     TooLarge { op: &'static str, shape: Vec<usize>, bytes: u64, limit: u64 },

@@ -20,23 +20,38 @@
 
 #![warn(missing_docs)]
 
+// The layers, each importing only those listed before it (README, "Layout"):
 pub mod bench;
+mod device;
 mod dtype;
 mod error;
-mod fusion;
-mod gpu;
-pub mod ops;
+pub mod kernels;
 pub mod optim;
 pub mod plan;
-mod profiler;
-pub mod shaders;
 mod tensor;
+pub mod tune;
 
+pub use device::{Gpu, GpuInfo, GpuOptions, KernelTime, MemoryStats, Profiler, Report, Stats};
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
-pub use gpu::{Gpu, GpuInfo, GpuOptions, MemoryStats, Stats};
-pub use profiler::{KernelTime, Profiler, Report};
 pub use tensor::Tensor;
+
+/// The kernel families under the names a PyTorch user looks for: `ops::matmul`,
+/// `ops::attention`, `ops::norm` (softmax, layer/RMS norm, cross-entropy), `ops::reduce`,
+/// `ops::elementwise`, `ops::transpose`.
+pub mod ops {
+    pub use crate::kernels::contraction::{attention, matmul};
+    pub use crate::kernels::elementwise::{self, transpose};
+    pub use crate::kernels::normalization::{norm, reduce};
+}
+
+/// What the device compiles: [`Kernel`](shaders::Kernel)s (one entry point of one
+/// [`ShaderSource`](shaders::ShaderSource), specialised), and every kernel the library can
+/// build, for the portability test.
+pub mod shaders {
+    pub use crate::device::{Kernel, ShaderSource, F16_PROBE};
+    pub use crate::kernels::{all_kernels, all_shaders};
+}
 
 // Re-exported so users can name the element types without depending on `half` themselves.
 pub use half::{bf16, f16};

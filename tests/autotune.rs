@@ -9,9 +9,7 @@ use wgkernels::{DType, Gpu, GpuOptions};
 fn tunes_once_persists_and_reuses() {
     let dir = std::env::temp_dir().join(format!("wgk-autotune-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    // This binary holds only this test, so setting the variable races with nothing.
-    unsafe { std::env::set_var("WGK_CACHE_DIR", &dir) };
-    let opts = GpuOptions { autotune: true, ..GpuOptions::from_env().unwrap() };
+    let opts = GpuOptions { autotune: true, cache_dir: Some(dir.clone()), ..GpuOptions::from_env().unwrap() };
 
     let (m, k, n) = (520, 256, 500); // 133 MFLOP: above the tuning threshold
     let gpu = Gpu::with_options(opts.clone()).unwrap();
@@ -31,12 +29,12 @@ fn tunes_once_persists_and_reuses() {
     }
     let files: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
     assert_eq!(files.len(), 1, "one cache file per adapter");
-    // Named by the kernels' fingerprint: winners timed against other kernels are not reused.
-    let name = files[0].as_ref().unwrap().file_name().into_string().unwrap();
-    let fingerprint = wgkernels::ops::autotune::kernels_fingerprint();
-    assert!(name.ends_with(&format!("-k{fingerprint:016x}.tsv")), "{name}");
-    let text = std::fs::read_to_string(files[0].as_ref().unwrap().path()).unwrap();
-    assert!(text.contains("matmul f32") && text.contains('\t'), "{text}");
+    // Each entry carries the checksum of the kernels it was timed with.
+    let path = files[0].as_ref().unwrap().path();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let checksum = format!("{:016x}", wgkernels::ops::matmul::kernels_checksum());
+    let entry = text.lines().find(|l| l.starts_with("matmul f32")).unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(entry.split('\t').nth(2), Some(checksum.as_str()), "{text}");
 
     // Same process, same device: cached in memory, one dispatch.
     let before = gpu.stats().dispatches;
@@ -50,5 +48,20 @@ fn tunes_once_persists_and_reuses() {
     let before = gpu2.stats().dispatches;
     a2.matmul(&b2).unwrap().realize().unwrap();
     assert_eq!(gpu2.stats().dispatches - before, 1, "the persisted winner must be reused");
+
+    // An entry timed against other kernels (another checksum) is tuned again.
+    let stale: String = text.lines().map(|l| l.replace(&checksum, "0123456789abcdef")).map(|l| l + "\n").collect();
+    std::fs::write(&path, stale).unwrap();
+    let gpu3 = Gpu::with_options(GpuOptions {
+        autotune: true,
+        cache_dir: Some(dir.clone()),
+        ..GpuOptions::from_env().unwrap()
+    })
+    .unwrap();
+    let (a3, _) = random_tensor(&gpu3, &[m, k], DType::F32, 5);
+    let (b3, _) = random_tensor(&gpu3, &[k, n], DType::F32, 6);
+    let before = gpu3.stats().dispatches;
+    a3.matmul(&b3).unwrap().realize().unwrap();
+    assert!(gpu3.stats().dispatches - before > 8, "a winner of other kernels must be timed again");
     let _ = std::fs::remove_dir_all(&dir);
 }

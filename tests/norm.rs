@@ -449,7 +449,7 @@ fn norm_errors() {
 /// second kernel.
 #[test]
 fn each_row_length_gets_its_unit() {
-    use wgkernels::shaders::Shader;
+    use wgkernels::ops::norm::{NORM, SOFTMAX};
     for dtype in DType::ALL {
         for n in [1000usize, 130, 127] {
             let gpu = wgkernels::Gpu::new().unwrap();
@@ -462,13 +462,13 @@ fn each_row_length_gets_its_unit() {
             let kernels = gpu.compiled_kernels();
             for k in &kernels {
                 let unit = match k.shader {
-                    Shader::Softmax if wide && dtype == DType::F32 => 2,
+                    s if s == &SOFTMAX && wide && dtype == DType::F32 => 2,
                     _ if wide => 4,
-                    Shader::Softmax if odd_pairs => 2,
+                    s if s == &SOFTMAX && odd_pairs => 2,
                     _ if n % 2 == 0 => 2,
                     _ => 1,
                 };
-                if k.shader == Shader::Softmax || k.shader == Shader::Norm {
+                if k.shader == &SOFTMAX || k.shader == &NORM {
                     let src = k.wgsl();
                     assert_eq!(src.contains(word), unit == 4, "{} for n {n} {dtype:?}", k.label());
                     assert!(

@@ -31,7 +31,16 @@ fn every_specialisation_translates_to_every_backend() {
 #[test]
 fn every_shader_family_is_covered() {
     let kernels = wgkernels::shaders::all_kernels();
-    for shader in wgkernels::shaders::Shader::ALL {
-        assert!(kernels.iter().any(|k| k.shader == shader), "{shader:?} has no specialisation in all_kernels()");
+    let shaders = wgkernels::shaders::all_shaders();
+    for shader in &shaders {
+        assert!(kernels.iter().any(|k| k.shader == *shader), "{shader:?} has no specialisation in all_kernels()");
     }
+    for k in &kernels {
+        assert!(shaders.contains(&k.shader), "{} comes from a shader all_shaders() does not list", k.label());
+    }
+    // Names identify sources in the pipeline cache: two families must not share one.
+    let mut names: Vec<&str> = shaders.iter().map(|s| s.name).collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), shaders.len(), "shader names must be unique");
 }

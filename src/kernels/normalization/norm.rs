@@ -31,11 +31,19 @@
 //! # Ok(()) }
 //! ```
 
+use crate::device::{Kernel, ShaderSource};
 use crate::error::{Error, Result};
-use crate::ops::wgsl_load;
-use crate::shaders::{Kernel, Shader};
+use crate::kernels::wgsl_load;
 use crate::tensor::{resolve_dim, Tensor};
 use crate::DType;
+
+/// Softmax, log-softmax, their backward, cross-entropy.
+pub const SOFTMAX: ShaderSource =
+    ShaderSource { name: "softmax", source: include_str!("softmax.wgsl"), shared: include_str!("row_units.wgsl") };
+
+/// LayerNorm and RMSNorm, forward and backward.
+pub const NORM: ShaderSource =
+    ShaderSource { name: "norm", source: include_str!("norm.wgsl"), shared: include_str!("row_units.wgsl") };
 
 const WG: usize = 256;
 /// The register-cache classes; the largest covers rows of 8192 elements in pairs.
@@ -239,7 +247,7 @@ fn rows_of(op: &'static str, x: &Tensor) -> Result<Rows> {
     let x = if x.is_contiguous() && x.offset() == 0 {
         x.clone()
     } else if x.gpu().fusion() {
-        crate::fusion::lazy_map(crate::ops::elementwise::UnaryOp::Copy, x.clone(), x.dtype())?
+        crate::kernels::elementwise::fusion::lazy_map(crate::kernels::elementwise::UnaryOp::Copy, x.clone(), x.dtype())?
     } else {
         x.contiguous()?
     };
@@ -380,7 +388,7 @@ fn softmax_kernel(
         Some(_) if odd => "return Unit(load_one_mask(e), load_one_mask(e + 1u));".into(),
         Some(d) => unit_load("mask", d, unit),
     };
-    let k = Kernel::new(Shader::Softmax, entry)
+    let k = Kernel::new(&SOFTMAX, entry)
         .sub("LOAD_X", unit_load("x", x, unit))
         .sub("LOAD_MASK", load_mask)
         .sub("LOAD_DY", dy.map(|d| unit_load("dy", d, unit)).unwrap_or_else(|| "return Unit(0.0);".into()))
@@ -442,7 +450,7 @@ fn norm_kernel(
             },
         ),
     };
-    let k = Kernel::new(Shader::Norm, entry)
+    let k = Kernel::new(&NORM, entry)
         .sub("PROLOGUE_DECLS", prologue.map(|(d, _)| d).unwrap_or_default().to_string())
         .sub("LOAD_X", load_x)
         .sub("LOAD_X_FIRST", load_x_first)
@@ -521,7 +529,7 @@ pub fn all_kernels() -> Vec<Kernel> {
                 // With a fused prologue (a residual add with dropout), both row classes; units
                 // of at most 2 (norm_forward).
                 if unit == 2 || (unit == 1 && d == DType::F32) {
-                    let pro = crate::fusion::sample_prologue_decls(PROLOGUE_BINDING, d);
+                    let pro = crate::kernels::elementwise::fusion::sample_prologue_decls(PROLOGUE_BINDING, d);
                     all.push(norm_kernel(
                         "forward",
                         d,
@@ -985,7 +993,7 @@ pub fn norm_forward(
     let leaf_cap = (gpu.info().limits.max_storage_buffers_per_shader_stage as usize).saturating_sub(bound + 2);
     let prologue = if r.unit >= 2 || r.x.dtype() == DType::F32 {
         // r.x is x itself, or a copy of a strided x made here that no one reads again.
-        crate::fusion::prologue(&r.x, PROLOGUE_BINDING, leaf_cap, r.x.shares_storage(x))?
+        crate::kernels::elementwise::fusion::prologue(&r.x, PROLOGUE_BINDING, leaf_cap, r.x.shares_storage(x))?
     } else {
         None
     };

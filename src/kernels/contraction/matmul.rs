@@ -8,7 +8,7 @@
 //!   cooperative matrices, for F16 inputs, or F32 inputs when the caller allows reduced
 //!   precision (`MatmulOptions::allow_reduced_precision`, like PyTorch's TF32 switch).
 //!
-//! Configurations are autotuned per shape class on first use (see [`crate::ops::autotune`]).
+//! Configurations are autotuned per shape class on first use (see [`crate::tune`]).
 //!
 //! ```no_run
 //! use wgkernels::ops::matmul::{Activation, MatmulOptions};
@@ -25,13 +25,26 @@
 //! # Ok(()) }
 //! ```
 
+use crate::device::{Kernel, ShaderSource};
 use crate::error::{Error, Result};
-use crate::ops::autotune;
-use crate::ops::elementwise::broadcast_shapes;
-use crate::ops::wgsl_load;
-use crate::shaders::{Kernel, Shader};
+use crate::kernels::elementwise::broadcast_shapes;
+use crate::kernels::elementwise::fusion::{EpilogueHost, FusedEpilogue};
+use crate::kernels::elementwise::UnaryOp;
+use crate::kernels::wgsl_load;
 use crate::tensor::Tensor;
+use crate::tune;
 use crate::{DType, Gpu};
+
+/// Register-tiled and thin matmul.
+pub const MATMUL: ShaderSource =
+    ShaderSource { name: "matmul", source: include_str!("matmul.wgsl"), shared: include_str!("matmul_common.wgsl") };
+
+/// Matmul on cooperative matrices (tensor cores); the template the tensor-core generator fills.
+pub const MATMUL_COOP: ShaderSource = ShaderSource {
+    name: "matmul_coop",
+    source: include_str!("matmul_coop.wgsl"),
+    shared: include_str!("matmul_common.wgsl"),
+};
 
 /// Activation applied in the matmul's epilogue, after the bias.
 ///
@@ -73,49 +86,12 @@ impl Activation {
     pub fn apply_f64(self, x: f64) -> f64 {
         match self {
             Activation::None => x,
-            Activation::Relu => x.max(0.0),
-            Activation::Gelu => 0.5 * x * (1.0 + erf_f64(x / std::f64::consts::SQRT_2)),
-            Activation::GeluTanh => {
-                0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
-            }
-            Activation::Silu => x / (1.0 + (-x).exp()),
+            Activation::Relu => UnaryOp::Relu.apply_f64(x),
+            Activation::Gelu => UnaryOp::Gelu.apply_f64(x),
+            Activation::GeluTanh => UnaryOp::GeluTanh.apply_f64(x),
+            Activation::Silu => UnaryOp::Silu.apply_f64(x),
         }
     }
-}
-
-/// erf in f64 (series for small |x|, continued fraction tail), accurate to ~1e-15.
-pub(crate) fn erf_f64(x: f64) -> f64 {
-    let a = x.abs();
-    let r = if a < 3.0 {
-        // Maclaurin series: 2/√π Σ (-1)^n x^(2n+1) / (n! (2n+1)).
-        let mut term = a;
-        let mut sum = a;
-        let mut n = 0.0;
-        while term.abs() > 1e-17 * sum.abs() {
-            n += 1.0;
-            term *= -a * a / n;
-            sum += term / (2.0 * n + 1.0);
-        }
-        sum * 2.0 / std::f64::consts::PI.sqrt()
-    } else {
-        // erfc continued fraction (Lentz), converges fast for a ≥ 3.
-        let mut f = a;
-        let mut c = a;
-        let mut d = 0.0;
-        for k in 1..200 {
-            let ak = k as f64 * 0.5;
-            d = a + ak * d;
-            d = 1.0 / d;
-            c = a + ak / c;
-            let delta = c * d;
-            f *= delta;
-            if (delta - 1.0).abs() < 1e-16 {
-                break;
-            }
-        }
-        1.0 - (-a * a).exp() / (f * std::f64::consts::PI.sqrt())
-    };
-    r.copysign(x)
 }
 
 /// Register-tiled configuration: a BM×BN workgroup tile, K-steps of BK, TM×TN outputs
@@ -408,7 +384,7 @@ fn tiled_kernel(t: TileConfig, dtype: DType, bias: Option<DType>, act: Activatio
     } else {
         "tiled"
     };
-    let k = Kernel::new(Shader::Matmul, entry)
+    let k = Kernel::new(&MATMUL, entry)
         .sub("LOAD_A", wgsl_load("a", dtype))
         .sub("LOAD_B", wgsl_load("b", dtype))
         .sub("LOAD_BIAS", bias.map(|d| wgsl_load("bias", d)).unwrap_or_else(|| "return 0.0;".into()))
@@ -639,7 +615,7 @@ fn coop_kernel(c: CoopConfig, sub: u32, dtype: DType, bias: Option<DType>, act: 
             ));
         }
     }
-    Kernel::new(Shader::MatmulCoop, "coop")
+    Kernel::new(&MATMUL_COOP, "coop")
         .sub("A_ELEM", if lay.a_vec8 { "vec4<u32>" } else { "u32" })
         .sub("B_ELEM", if lay.b_vec8 { "vec4<u32>" } else { "u32" })
         .sub("LOAD_A", if lay.a_vec8 { "return 0.0;".to_string() } else { wgsl_load("a", dtype) })
@@ -700,7 +676,15 @@ pub fn all_kernels() -> Vec<Kernel> {
             all.push(coop_kernel(COOP_CANDIDATES[0], 32, dtype, Some(DType::F32), act, layouts(false)[0]));
         }
     }
-    all.into_iter().map(|k| with_epilogue(k, None)).collect()
+    let mut all: Vec<Kernel> = all.into_iter().map(|k| with_epilogue(k, None)).collect();
+    all.extend(sample_with_epilogue(&crate::kernels::elementwise::fusion::sample_epilogue()));
+    all
+}
+
+/// The checksum the autotuner keeps with each matmul winner: the matmul shaders and the
+/// crate version (a winner timed against other kernels is timed again).
+pub fn kernels_checksum() -> u64 {
+    crate::tune::checksum(&[env!("CARGO_PKG_VERSION"), MATMUL.source, MATMUL_COOP.source, MATMUL.shared])
 }
 
 /// A validated matmul whose launch waits for its result to be needed: with fusion on,
@@ -723,10 +707,10 @@ pub(crate) struct MatmulNode {
     path: Option<MatmulPath>,
 }
 
-impl MatmulNode {
+impl EpilogueHost for MatmulNode {
     /// Runs the matmul, with `epilogue` fused before the store, into a new f32 tensor of the
     /// output shape. The path is chosen (autotuned) for the plain matmul.
-    pub(crate) fn run(&self, epilogue: Option<&FusedEpilogue>) -> Result<Tensor> {
+    fn run(&self, epilogue: Option<&FusedEpilogue>) -> Result<Tensor> {
         let gpu = self.a.gpu();
         let opts = MatmulOptions {
             out_dtype: None,
@@ -753,7 +737,14 @@ impl MatmulNode {
         let path = match self.path {
             Some(p) => p,
             None => {
-                autotune::choose(gpu, &launch, candidates(gpu, self.a.dtype(), self.m, self.allow_reduced_precision))?
+                let problem = tune::Problem {
+                    op: "matmul",
+                    key: launch.class_key(),
+                    flops: launch.flops(),
+                    kernels: kernels_checksum(),
+                };
+                let paths = candidates(gpu, self.a.dtype(), self.m, self.allow_reduced_precision);
+                tune::choose(gpu, &problem, &paths, |p| p.name(), |p| launch.run(p))?
             }
         };
         launch.epilogue = epilogue;
@@ -761,26 +752,13 @@ impl MatmulNode {
         Ok(out)
     }
 
-    /// The output shape.
-    pub(crate) fn shape(&self) -> &[usize] {
+    fn shape(&self) -> &[usize] {
         &self.out_shape
     }
 
-    pub(crate) fn gpu(&self) -> &Gpu {
+    fn gpu(&self) -> &Gpu {
         self.a.gpu()
     }
-}
-
-/// An element-wise chain the fusion JIT runs in a matmul's epilogue (src/fusion.rs builds
-/// it): WGSL declarations (ew_common.wgsl, leaf bindings from 6 and `ew_params` at 5,
-/// loaders, op functions), the chain's statements over `mm` at linear index `i`, the name
-/// of its result, and what the declarations bind.
-pub(crate) struct FusedEpilogue {
-    pub decls: String,
-    pub body: String,
-    pub result: String,
-    pub ew_params: Vec<u32>,
-    pub leaves: Vec<Tensor>,
 }
 
 /// `k` with its epilogue placeholders filled: the plain store, or a fused chain.
@@ -796,7 +774,7 @@ pub(crate) fn with_epilogue(k: Kernel, ep: Option<&FusedEpilogue>) -> Kernel {
 }
 
 /// A tiled and a coop kernel with `ep` in their epilogue, for the portability test.
-pub(crate) fn sample_with_epilogue(ep: &FusedEpilogue) -> Vec<Kernel> {
+fn sample_with_epilogue(ep: &FusedEpilogue) -> Vec<Kernel> {
     let lay = Layout { a_k_fast: true, b_n_fast: true, a_vec8: false, b_vec8: false };
     vec![
         with_epilogue(
@@ -941,7 +919,7 @@ impl Tensor {
             && other.rank() >= 2
             && out_dtype == DType::F32
         {
-            return Ok(crate::fusion::lazy_matmul(node));
+            return Ok(crate::kernels::elementwise::fusion::lazy_matmul(std::sync::Arc::new(node)));
         }
         let out = node.run(None)?;
         let out = if self.rank() == 1 && other.rank() == 1 {

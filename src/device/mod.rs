@@ -10,9 +10,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use std::any::{Any, TypeId};
+
 use crate::error::{Error, Result};
-use crate::profiler::ProfilerState;
-use crate::shaders::{Kernel, PipelineKey};
+
+mod options;
+mod pipeline;
+mod profiler;
+
+pub use options::GpuOptions;
+use pipeline::PipelineKey;
+pub use pipeline::{Kernel, ShaderSource};
+use profiler::ProfilerState;
+pub use profiler::{KernelTime, Profiler, Report};
 
 /// The tiered JIT's worker threads alive in this process, and whether it is exiting.
 struct JitWorkers {
@@ -192,8 +202,8 @@ pub(crate) struct GpuInner {
     /// Build every module with runtime bounds checks (`WGK_CHECKED=1`).
     pub(crate) checked: bool,
     pub(crate) autotune: bool,
-    /// Autotuning winners: shape-class key -> candidate index.
-    pub(crate) tuned: Mutex<HashMap<String, String>>,
+    /// GpuOptions::cache_dir.
+    cache_dir: Option<std::path::PathBuf>,
     pub(crate) pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
     /// Kernel metadata buffers by content: read-only once made, so a loop that launches the
     /// same kernels on the same shapes makes none after its first step (see `meta_buffer`).
@@ -202,8 +212,9 @@ pub(crate) struct GpuInner {
     /// after step, so its bind groups are made once. Cleared with the pool (`empty_cache`),
     /// whose buffers the keys would otherwise keep alive.
     pub(crate) bind_groups: Mutex<HashMap<BindKey, wgpu::BindGroup>>,
-    /// The fusion JIT's generated kernels by structure (see `fusion::FusedKey`).
-    pub(crate) fused_kernels: Mutex<HashMap<crate::fusion::FusedKey, Arc<crate::fusion::FusedEntry>>>,
+    /// State that layers above keep per device (the fusion JIT's kernel cache, the
+    /// autotuner's winners), one value per type: the device layer holds it without naming it.
+    family_state: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
     pool: Mutex<Pool>,
     pending: Mutex<Pending>,
     pub(crate) profiler: Mutex<Option<ProfilerState>>,
@@ -300,151 +311,6 @@ pub(crate) struct JitHold {
 struct JitHoldState {
     held: bool,
     closing: bool,
-}
-
-/// How to pick an adapter; `GpuOptions::from_env()` reads `WGK_BACKEND`, `WGK_ADAPTER`, `WGK_CHECKED`.
-///
-/// ```no_run
-/// # use wgkernels::{DType, Gpu, Tensor};
-/// # fn main() -> wgkernels::Result<()> {
-/// # let gpu = Gpu::new()?;
-/// use wgkernels::GpuOptions;
-/// let gpu2 = Gpu::with_options(GpuOptions { checked: true, fusion: false, ..GpuOptions::default() })?;
-/// # Ok(()) }
-/// ```
-#[derive(Clone, Debug)]
-pub struct GpuOptions {
-    /// Backends to try; `None` means all compiled in.
-    pub backends: Option<wgpu::Backends>,
-    /// Case-insensitive substring the adapter name must contain.
-    pub adapter_name: Option<String>,
-    /// Build every shader with runtime bounds checks.
-    pub checked: bool,
-    /// Time candidate kernel configurations on first use of a shape class (`WGK_AUTOTUNE=0`
-    /// turns it off and uses portable defaults).
-    pub autotune: bool,
-    /// Fuse chains of element-wise ops into one kernel (`WGK_FUSION=0` turns it off: one
-    /// dispatch per op).
-    pub fusion: bool,
-    /// Also fuse the element-wise chain that consumes an f32 matmul into the matmul's
-    /// epilogue (`WGK_FUSE_MATMUL=1`). Off by default: on the H200 the GPT-2 MLP block ran
-    /// 3.62 / 4.81 / 6.49 ms fused against 3.57 / 3.54 / 3.53 ms unfused in three calls (the
-    /// second-pass epilogue re-reads each tile's stores); its first version, with the chain
-    /// inside the store loop, was 10× slower. See BENCHMARKS.md.
-    pub fuse_matmul_epilogues: bool,
-    /// Let 16-bit stores use the adapter's own f32 → f16 conversion (one instruction instead
-    /// of ~18 integer operations per element) where the device has `SHADER_F16` and a probe
-    /// shows that conversion rounding to nearest even, as the library's own routine does
-    /// (`WGK_NATIVE_F16=0` keeps the library's routine everywhere). See [`Gpu::native_f16`].
-    pub native_f16: bool,
-    /// Units per invocation of the kernels the fusion JIT generates: 1, 2, 4 or 8
-    /// (`WGK_FUSED_UNROLL`), for both paths; 0 (auto) picks per path from the H200's
-    /// measurements (BENCHMARKS.md, sixth round): 1 on the 16-byte path (16 bytes of each
-    /// input per invocation, at 512 invocations per workgroup) and 4 on the element path.
-    /// The chain is inlined once per element of the units, and the driver's compile time
-    /// grows with that.
-    pub fused_unroll: u32,
-    /// Invocations per workgroup of the kernels the fusion JIT generates: 64, 128, 256,
-    /// 512 or 1024 within the adapter's limit (`WGK_FUSED_WORKGROUP`), for both paths; 0
-    /// (auto) picks 512 on the 16-byte path where the adapter allows it (else 256) and 256
-    /// on the element path.
-    pub fused_workgroup: u32,
-    /// The most workgroups one generated kernel launches; past it each workgroup strides
-    /// over the grid (`WGK_FUSED_GROUPS`). 0: as many as the elements need.
-    pub fused_groups: u32,
-    /// Tiered JIT for fused chains: a structure not seen before first runs a small kernel
-    /// (one element per invocation, the chain inlined once), which the driver compiles
-    /// sooner, while the full kernel (16-byte units, `fused_unroll`) compiles on a
-    /// background thread and takes over from the first realisation after it is ready.
-    /// `None` (`WGK_TIERED_JIT` unset): on for GPUs, off for CPU devices, whose driver
-    /// compiles on the same few cores that run the kernels, and for GL. See BENCHMARKS.md.
-    pub tiered_jit: Option<bool>,
-}
-
-impl Default for GpuOptions {
-    fn default() -> Self {
-        Self {
-            backends: None,
-            adapter_name: None,
-            checked: false,
-            autotune: true,
-            fusion: true,
-            fuse_matmul_epilogues: false,
-            native_f16: true,
-            fused_unroll: 0,
-            fused_workgroup: 0,
-            fused_groups: 0,
-            tiered_jit: None,
-        }
-    }
-}
-
-impl GpuOptions {
-    /// Options from the environment: `WGK_BACKEND=vulkan|metal|dx12|gl`,
-    /// `WGK_ADAPTER=<substring>`, `WGK_CHECKED=1`.
-    ///
-    /// ```no_run
-    /// # use wgkernels::{DType, Gpu, Tensor};
-    /// # fn main() -> wgkernels::Result<()> {
-    /// # let gpu = Gpu::new()?;
-    /// let opts = wgkernels::GpuOptions::from_env()?; // WGK_BACKEND, WGK_CHECKED, ...
-    /// let gpu2 = Gpu::with_options(opts)?;
-    /// # Ok(()) }
-    /// ```
-    pub fn from_env() -> Result<Self> {
-        let backends = match std::env::var("WGK_BACKEND") {
-            Ok(s) if !s.is_empty() => Some(parse_backend(&s)?),
-            _ => None,
-        };
-        let adapter_name = std::env::var("WGK_ADAPTER").ok().filter(|s| !s.is_empty());
-        let checked = matches!(std::env::var("WGK_CHECKED").as_deref(), Ok("1") | Ok("true"));
-        let autotune = !matches!(std::env::var("WGK_AUTOTUNE").as_deref(), Ok("0") | Ok("false"));
-        let fusion = !matches!(std::env::var("WGK_FUSION").as_deref(), Ok("0") | Ok("false"));
-        let fuse_matmul_epilogues = matches!(std::env::var("WGK_FUSE_MATMUL").as_deref(), Ok("1") | Ok("true"));
-        let native_f16 = !matches!(std::env::var("WGK_NATIVE_F16").as_deref(), Ok("0") | Ok("false"));
-        let number = |name: &str, default: u32, what: &str| -> Result<u32> {
-            match std::env::var(name) {
-                Ok(v) if !v.is_empty() => v
-                    .parse()
-                    .map_err(|_| Error::InvalidArgument { op: "Gpu::new", msg: format!("{name}={v:?} is not {what}") }),
-                _ => Ok(default),
-            }
-        };
-        let fused_unroll = number("WGK_FUSED_UNROLL", 0, "one of 1, 2, 4, 8 (0: auto)")?;
-        let fused_workgroup = number("WGK_FUSED_WORKGROUP", 0, "one of 64, 128, 256, 512, 1024 (0: auto)")?;
-        let fused_groups = number("WGK_FUSED_GROUPS", 0, "a count of workgroups")?;
-        let tiered_jit = match std::env::var("WGK_TIERED_JIT").as_deref() {
-            Ok("1") | Ok("true") => Some(true),
-            Ok("0") | Ok("false") => Some(false),
-            _ => None,
-        };
-        Ok(Self {
-            backends,
-            adapter_name,
-            checked,
-            autotune,
-            fusion,
-            fuse_matmul_epilogues,
-            native_f16,
-            fused_unroll,
-            fused_workgroup,
-            fused_groups,
-            tiered_jit,
-        })
-    }
-}
-
-fn parse_backend(s: &str) -> Result<wgpu::Backends> {
-    match s.to_ascii_lowercase().as_str() {
-        "vulkan" | "vk" => Ok(wgpu::Backends::VULKAN),
-        "metal" | "mtl" => Ok(wgpu::Backends::METAL),
-        "dx12" | "d3d12" => Ok(wgpu::Backends::DX12),
-        "gl" | "gles" | "opengl" => Ok(wgpu::Backends::GL),
-        other => Err(Error::InvalidArgument {
-            op: "Gpu::new",
-            msg: format!("WGK_BACKEND={other:?} is not one of vulkan, metal, dx12, gl"),
-        }),
-    }
 }
 
 fn device_type_rank(t: wgpu::DeviceType) -> u8 {
@@ -624,11 +490,11 @@ impl Gpu {
                 info,
                 checked: opts.checked,
                 autotune: opts.autotune,
-                tuned: Mutex::new(HashMap::new()),
+                cache_dir: opts.cache_dir.clone(),
                 pipelines: Mutex::new(HashMap::new()),
                 meta: Mutex::new(HashMap::new()),
                 bind_groups: Mutex::new(HashMap::new()),
-                fused_kernels: Mutex::new(HashMap::new()),
+                family_state: Mutex::new(HashMap::new()),
                 pool: Mutex::new(Pool { free: HashMap::new(), stats: MemoryStats::default() }),
                 pending: Mutex::new(Pending { encoder: None, dispatches: 0 }),
                 profiler: Mutex::new(None),
@@ -670,6 +536,23 @@ impl Gpu {
     /// ```
     pub fn info(&self) -> &GpuInfo {
         &self.inner.info
+    }
+
+    /// The per-device state of type `T` that a layer above keeps (made on first use).
+    pub(crate) fn family_state<T: Any + Default + Send + Sync>(&self) -> Arc<T> {
+        let mut states = lock(&self.inner.family_state);
+        let entry = states.entry(TypeId::of::<T>()).or_insert_with(|| Arc::new(T::default()));
+        entry.clone().downcast::<T>().unwrap_or_else(|_| unreachable!("keyed by the TypeId of T"))
+    }
+
+    /// Where autotuning results persist (`GpuOptions::cache_dir`).
+    pub(crate) fn cache_dir(&self) -> Option<&std::path::Path> {
+        self.inner.cache_dir.as_deref()
+    }
+
+    /// Whether autotuning is on for this device (`GpuOptions::autotune`).
+    pub(crate) fn autotune(&self) -> bool {
+        self.inner.autotune
     }
 
     /// True when element-wise ops are fused (the default).
@@ -1318,9 +1201,13 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The rounding probe's kernel (shaders/f16_probe.wgsl).
-pub(crate) fn f16_probe_kernel() -> crate::shaders::Kernel {
-    crate::shaders::Kernel::new(crate::shaders::Shader::F16Probe, "f16_probe")
+/// The probe of the adapter's f32 → f16 rounding (see [`Gpu::native_f16`]).
+pub const F16_PROBE: ShaderSource =
+    ShaderSource { name: "f16_probe", source: include_str!("f16_probe.wgsl"), shared: "" };
+
+/// The rounding probe's kernel.
+pub(crate) fn f16_probe_kernel() -> Kernel {
+    Kernel::new(&F16_PROBE, "f16_probe")
 }
 
 /// Inputs of the f16 rounding probe, an even number of f32 values: for each exponent from

@@ -14,8 +14,8 @@
 
 use std::time::Instant;
 
+use super::{lock, Gpu};
 use crate::error::{Error, Result};
-use crate::gpu::{lock, Gpu};
 
 /// Timestamp pairs a profile can hold; dispatches beyond it are counted but not timed.
 const MAX_TIMED_DISPATCHES: u32 = 2048;

@@ -10,11 +10,15 @@
 //! # Ok(()) }
 //! ```
 
+use crate::device::{Kernel, ShaderSource};
 use crate::error::Result;
-use crate::ops::wgsl_load;
-use crate::shaders::{Kernel, Shader};
+use crate::kernels::wgsl_load;
 use crate::tensor::Tensor;
 use crate::DType;
+
+/// Transposed copies through workgroup-memory tiles.
+pub const TRANSPOSE: ShaderSource =
+    ShaderSource { name: "transpose", source: include_str!("transpose.wgsl"), shared: "" };
 
 fn kernel(dtype: DType) -> Kernel {
     let store = match dtype {
@@ -22,7 +26,7 @@ fn kernel(dtype: DType) -> Kernel {
         DType::F16 => "out[e >> 1u] = pack_f16x2(vec2<f32>(lo, hi));",
         DType::BF16 => "out[e >> 1u] = f32_to_bf16_bits(lo) | (f32_to_bf16_bits(hi) << 16u);",
     };
-    Kernel::new(Shader::Transpose, "transpose")
+    Kernel::new(&TRANSPOSE, "transpose")
         .sub("LOAD_X", wgsl_load("x", dtype))
         .sub("STORE", store)
         .sub("PAIRS", (dtype != DType::F32).to_string())
@@ -30,7 +34,7 @@ fn kernel(dtype: DType) -> Kernel {
 }
 
 /// Every specialisation, for the portability test.
-pub fn all_kernels() -> Vec<Kernel> {
+pub(crate) fn all_kernels() -> Vec<Kernel> {
     DType::ALL.into_iter().map(kernel).collect()
 }
 

@@ -8,9 +8,9 @@
 
 use std::sync::{Arc, Mutex};
 
+use crate::device::Gpu;
 use crate::dtype::{decode_f32, encode_f32, DType, Element};
 use crate::error::{Error, Result};
-use crate::gpu::Gpu;
 
 /// GPU memory behind one or more tensors. Returns its buffer to the pool on drop.
 pub(crate) struct Storage {
@@ -35,12 +35,23 @@ impl Drop for Storage {
     }
 }
 
+/// A computation a pending tensor's values wait for: a node of a lazy expression graph that
+/// a layer above builds (the fusion JIT's element-wise chains, a matmul waiting for its
+/// epilogue) and knows how to run. The tensor layer stores it and asks for it when the
+/// values are needed ([`Tensor::storage`]); it names no kernel.
+pub(crate) trait PendingExpr: Send + Sync {
+    /// Computes the values of `t`, which holds this expression, into new storage.
+    fn realize(&self, t: &Tensor) -> Result<Arc<Storage>>;
+    /// The concrete node, for the layer that built it.
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
 /// What a tensor's elements come from: GPU storage, once realised, or a pending
 /// element-wise expression (the fusion JIT's graph node) until then.
 pub(crate) struct Data {
     storage: std::sync::OnceLock<Arc<Storage>>,
     /// The expression still to compute; taken when realised.
-    pub(crate) pending: Mutex<Option<crate::fusion::Expr>>,
+    pub(crate) pending: Mutex<Option<Arc<dyn PendingExpr>>>,
     /// Serialises realisation of this node.
     realising: Mutex<()>,
     /// Pending nodes on the longest path to realised data (0 once realised).
@@ -414,9 +425,14 @@ impl Tensor {
         if let Some(s) = self.data.storage.get() {
             return Ok(s);
         }
-        let _guard = crate::gpu::lock(&self.data.realising);
+        let _guard = crate::device::lock(&self.data.realising);
         if self.data.storage.get().is_none() {
-            let storage = crate::fusion::realize(self)?;
+            let expr = self.data.pending.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let expr = expr.ok_or(Error::Backend {
+                op: "realize",
+                msg: "a tensor with neither storage nor a pending expression".into(),
+            })?;
+            let storage = expr.realize(self)?;
             let _ = self.data.storage.set(storage);
             self.data.pending.lock().unwrap_or_else(|e| e.into_inner()).take();
         }
@@ -480,7 +496,7 @@ impl Tensor {
 
     /// Records storage computed for this pending tensor by another tensor's fused kernel.
     pub(crate) fn set_realized(&self, storage: Arc<Storage>) {
-        let _guard = crate::gpu::lock(&self.data.realising);
+        let _guard = crate::device::lock(&self.data.realising);
         if self.data.storage.set(storage).is_ok() {
             self.data.pending.lock().unwrap_or_else(|e| e.into_inner()).take();
         }
@@ -491,10 +507,16 @@ impl Tensor {
     }
 
     /// A pending tensor: contiguous, `shape`, `dtype`, computed by `expr` when needed.
-    pub(crate) fn pending(gpu: &Gpu, shape: &[usize], dtype: DType, expr: crate::fusion::Expr, depth: usize) -> Self {
+    pub(crate) fn pending(
+        gpu: &Gpu,
+        shape: &[usize],
+        dtype: DType,
+        expr: impl PendingExpr + 'static,
+        depth: usize,
+    ) -> Self {
         let data = Arc::new(Data {
             storage: std::sync::OnceLock::new(),
-            pending: Mutex::new(Some(expr)),
+            pending: Mutex::new(Some(Arc::new(expr))),
             realising: Mutex::new(()),
             depth,
         });
@@ -668,46 +690,6 @@ impl Tensor {
             };
         }
         self.view(shape.to_vec(), strides, self.offset)
-    }
-
-    /// A contiguous copy when `self` is a strided view or has an offset; `self` otherwise.
-    ///
-    /// ```no_run
-    /// # use wgkernels::{DType, Gpu, Tensor};
-    /// # fn main() -> wgkernels::Result<()> {
-    /// # let gpu = Gpu::new()?;
-    /// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
-    /// let c = x.transpose(0, 1)?.contiguous()?; // materialised [8, 4]
-    /// assert!(c.is_contiguous());
-    /// # Ok(()) }
-    /// ```
-    pub fn contiguous(&self) -> Result<Self> {
-        if self.is_contiguous() && self.offset == 0 {
-            return Ok(self.clone());
-        }
-        // A view with its last two dims swapped: tiles through workgroup memory.
-        if let Some(t) = crate::ops::transpose::try_copy(self)? {
-            return Ok(t);
-        }
-        crate::ops::elementwise::map(self, crate::ops::elementwise::UnaryOp::Copy, self.dtype)
-    }
-
-    /// The same values in `dtype` (round-to-nearest-even when narrowing).
-    ///
-    /// ```no_run
-    /// # use wgkernels::{DType, Gpu, Tensor};
-    /// # fn main() -> wgkernels::Result<()> {
-    /// # let gpu = Gpu::new()?;
-    /// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
-    /// let h = x.to_dtype(DType::F16)?;
-    /// assert_eq!(h.dtype(), DType::F16);
-    /// # Ok(()) }
-    /// ```
-    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
-        if dtype == self.dtype {
-            return Ok(self.clone());
-        }
-        crate::ops::elementwise::map(self, crate::ops::elementwise::UnaryOp::Copy, dtype)
     }
 
     // ---- reading back ---------------------------------------------------------------

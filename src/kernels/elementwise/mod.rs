@@ -14,10 +14,13 @@
 //! # Ok(()) }
 //! ```
 
-pub use crate::fusion::dropout_keeps;
+pub(crate) mod fusion;
+pub mod transpose;
 
+pub use fusion::dropout_keeps;
+
+use crate::device::Kernel;
 use crate::error::{Error, Result};
-use crate::shaders::Kernel;
 use crate::tensor::{contiguous_strides, Tensor};
 use crate::DType;
 
@@ -237,7 +240,6 @@ impl UnaryOp {
 
     /// The same op in f64, for CPU references.
     pub fn apply_f64(self, x: f64) -> f64 {
-        use crate::ops::matmul::Activation;
         match self {
             UnaryOp::Copy => x,
             UnaryOp::Neg => -x,
@@ -251,13 +253,50 @@ impl UnaryOp {
             UnaryOp::Cos => x.cos(),
             UnaryOp::Tanh => x.tanh(),
             UnaryOp::Sigmoid => 1.0 / (1.0 + (-x).exp()),
-            UnaryOp::Relu => Activation::Relu.apply_f64(x),
-            UnaryOp::Gelu => Activation::Gelu.apply_f64(x),
-            UnaryOp::GeluTanh => Activation::GeluTanh.apply_f64(x),
-            UnaryOp::Silu => Activation::Silu.apply_f64(x),
+            UnaryOp::Relu => x.max(0.0),
+            UnaryOp::Gelu => 0.5 * x * (1.0 + erf_f64(x / std::f64::consts::SQRT_2)),
+            UnaryOp::GeluTanh => {
+                0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
+            }
+            UnaryOp::Silu => x / (1.0 + (-x).exp()),
             UnaryOp::Square => x * x,
         }
     }
+}
+
+/// erf in f64 (series for small |x|, continued fraction tail), accurate to ~1e-15.
+pub(crate) fn erf_f64(x: f64) -> f64 {
+    let a = x.abs();
+    let r = if a < 3.0 {
+        // Maclaurin series: 2/√π Σ (-1)^n x^(2n+1) / (n! (2n+1)).
+        let mut term = a;
+        let mut sum = a;
+        let mut n = 0.0;
+        while term.abs() > 1e-17 * sum.abs() {
+            n += 1.0;
+            term *= -a * a / n;
+            sum += term / (2.0 * n + 1.0);
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    } else {
+        // erfc continued fraction (Lentz), converges fast for a ≥ 3.
+        let mut f = a;
+        let mut c = a;
+        let mut d = 0.0;
+        for k in 1..200 {
+            let ak = k as f64 * 0.5;
+            d = a + ak * d;
+            d = 1.0 / d;
+            c = a + ak / c;
+            let delta = c * d;
+            f *= delta;
+            if (delta - 1.0).abs() < 1e-16 {
+                break;
+            }
+        }
+        1.0 - (-a * a).exp() / (f * std::f64::consts::PI.sqrt())
+    };
+    r.copysign(x)
 }
 
 /// NumPy broadcasting of two shapes.
@@ -310,7 +349,7 @@ pub(crate) fn collapse(shape: &[usize], strides: &mut [Vec<usize>]) -> (Vec<usiz
 /// output dtype, on the 16-byte path with `wide` elements per unit. Trusted: see `launch`
 /// for why every index is in range.
 fn kernel(a: (DType, bool), b: Option<(DType, bool)>, op: &str, out: DType, wide: Option<usize>) -> Kernel {
-    use crate::fusion::Access;
+    use fusion::Access;
     let layout = |(d, contiguous): (DType, bool)| (d, if contiguous { Access::Contiguous } else { Access::Strided });
     let (a, b) = (layout(a), b.map(layout));
     // One op is the shortest chain the fusion JIT generates: the same template serves both.
@@ -321,11 +360,17 @@ fn kernel(a: (DType, bool), b: Option<(DType, bool)>, op: &str, out: DType, wide
         ),
         None => (vec![a], format!("let x = load_0(index_0(i));\n    let r = {op};\n    ")),
     };
-    let wide = wide.map(|elements| crate::fusion::Wide { elements, units: UNROLL });
-    crate::fusion::fused_kernel(&leaves, "", &body, &[("r".into(), out)], wide)
+    let wide = wide.map(|elements| fusion::Wide { elements, units: UNROLL });
+    fusion::fused_kernel(&leaves, "", &body, &[("r".into(), out)], wide)
 }
 
-/// Every specialisation `binary` and `map` can launch.
+/// This class's WGSL files.
+pub(crate) fn shaders() -> Vec<&'static crate::device::ShaderSource> {
+    vec![&fusion::FUSED, &transpose::TRANSPOSE]
+}
+
+/// Every specialisation `binary` and `map` can launch, the fusion JIT's sample chains and
+/// the transposed copies.
 pub fn all_kernels() -> Vec<Kernel> {
     let mut all = Vec::new();
     // Elements per 16-byte unit: 4 when every dtype is f32, else 8.
@@ -350,6 +395,8 @@ pub fn all_kernels() -> Vec<Kernel> {
             all.push(kernel((out, true), Some((out, true)), op.wgsl(), out, Some(wide(&[out]))));
         }
     }
+    all.extend(fusion::sample_kernels());
+    all.extend(transpose::all_kernels());
     all
 }
 
@@ -401,13 +448,13 @@ fn launch(
     let b = inputs.get(1).map(|t| (t.dtype(), contiguous[1]));
     // Whole 16-byte units (4 f32 elements, 8 where a dtype is 16-bit) where every operand is
     // contiguous and aligned to its words (see fusion::wide_elements).
-    let layout: Vec<crate::fusion::LeafLayout> = inputs
+    let layout: Vec<fusion::LeafLayout> = inputs
         .iter()
         .zip(&contiguous)
-        .map(|(t, &c)| (t.dtype(), if c { crate::fusion::Access::Contiguous } else { crate::fusion::Access::Strided }))
+        .map(|(t, &c)| (t.dtype(), if c { fusion::Access::Contiguous } else { fusion::Access::Strided }))
         .collect();
     let offsets: Vec<usize> = inputs.iter().map(|t| t.offset()).collect();
-    let wide = crate::fusion::wide_elements(&layout, &offsets, &[out_dtype], n, 0);
+    let wide = fusion::wide_elements(&layout, &offsets, &[out_dtype], n, 0);
     let k = kernel(a, b, wgsl_op, out_dtype, wide);
     let meta_buf = gpu.meta_buffer(&meta);
     let per = match wide {
@@ -450,7 +497,7 @@ pub fn binary(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
     let expand = |t: &Tensor| if t.shape() == shape.as_slice() { Ok(t.clone()) } else { t.expand(&shape) };
     let (a, b) = (expand(a)?, expand(b)?);
     if a.gpu().fusion() {
-        return crate::fusion::lazy_zip(op, a.clone(), b, a.dtype());
+        return fusion::lazy_zip(op, a.clone(), b, a.dtype());
     }
     launch(name, &[&a, &b], &shape, a.dtype(), op.wgsl())
 }
@@ -474,7 +521,7 @@ pub fn map(x: &Tensor, op: UnaryOp, out_dtype: DType) -> Result<Tensor> {
         op => op.name(),
     };
     if x.gpu().fusion() && name != "contiguous" {
-        return crate::fusion::lazy_map(op, x.clone(), out_dtype);
+        return fusion::lazy_map(op, x.clone(), out_dtype);
     }
     launch(name, &[x], x.shape(), out_dtype, op.wgsl())
 }
@@ -504,7 +551,7 @@ pub fn where_(cond: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
     let shape = broadcast_shapes(OP, &broadcast_shapes(OP, cond.shape(), a.shape())?, b.shape())?;
     let expand = |t: &Tensor| if t.shape() == shape.as_slice() { Ok(t.clone()) } else { t.expand(&shape) };
-    let t = crate::fusion::lazy_where(expand(cond)?, expand(a)?, expand(b)?)?;
+    let t = fusion::lazy_where(expand(cond)?, expand(a)?, expand(b)?)?;
     if !a.gpu().fusion() {
         t.realize()?;
     }
@@ -520,7 +567,7 @@ macro_rules! scalar_methods {
                     "\n\n```no_run\n# use wgkernels::{DType, Gpu, Tensor};\n# fn main() -> wgkernels::Result<()> {\n# let gpu = Gpu::new()?;\n",
                     "let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;\nlet y = x.", stringify!($method), "(0.5)?;\n# Ok(()) }\n```")]
                 pub fn $method(&self, value: f32) -> Result<Tensor> {
-                    let t = crate::fusion::lazy_scalar(BinaryOp::$op, self.clone(), value, $first)?;
+                    let t = fusion::lazy_scalar(BinaryOp::$op, self.clone(), value, $first)?;
                     if !self.gpu().fusion() {
                         t.realize()?;
                     }
@@ -652,7 +699,7 @@ impl Tensor {
         if !(0.0..1.0).contains(&p) {
             return Err(Error::InvalidArgument { op: "dropout", msg: format!("p must be in [0, 1), got {p}") });
         }
-        let t = crate::fusion::lazy_dropout(self.clone(), p, seed)?;
+        let t = fusion::lazy_dropout(self.clone(), p, seed)?;
         if !self.gpu().fusion() {
             // Unfused: its own kernel now, as every other op with fusion off.
             t.realize()?;
@@ -688,5 +735,49 @@ impl Tensor {
     /// ```
     pub fn minimum(&self, other: &Tensor) -> Result<Tensor> {
         binary(self, other, BinaryOp::Minimum)
+    }
+}
+
+/// Copies and casts: the tensor layer's `reshape` of a strided view and every read-back of
+/// one come here.
+impl Tensor {
+    /// A contiguous copy when `self` is a strided view or has an offset; `self` otherwise.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+    /// let c = x.transpose(0, 1)?.contiguous()?; // materialised [8, 4]
+    /// assert!(c.is_contiguous());
+    /// # Ok(()) }
+    /// ```
+    pub fn contiguous(&self) -> Result<Self> {
+        if self.is_contiguous() && self.offset() == 0 {
+            return Ok(self.clone());
+        }
+        // A view with its last two dims swapped: tiles through workgroup memory.
+        if let Some(t) = transpose::try_copy(self)? {
+            return Ok(t);
+        }
+        map(self, UnaryOp::Copy, self.dtype())
+    }
+
+    /// The same values in `dtype` (round-to-nearest-even when narrowing).
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+    /// let h = x.to_dtype(DType::F16)?;
+    /// assert_eq!(h.dtype(), DType::F16);
+    /// # Ok(()) }
+    /// ```
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        if dtype == self.dtype() {
+            return Ok(self.clone());
+        }
+        map(self, UnaryOp::Copy, dtype)
     }
 }

@@ -39,14 +39,40 @@
 //! # Ok(()) }
 //! ```
 
+use crate::device::{Kernel, ShaderSource};
 use crate::error::{Error, Result};
-use crate::ops::elementwise::broadcast_shapes;
-use crate::ops::matmul::MatmulOptions;
-use crate::ops::norm::SoftmaxOptions;
-use crate::ops::wgsl_load;
-use crate::shaders::{Kernel, Shader};
+use crate::kernels::contraction::matmul::MatmulOptions;
+use crate::kernels::elementwise::broadcast_shapes;
+use crate::kernels::normalization::norm::SoftmaxOptions;
+use crate::kernels::wgsl_load;
 use crate::tensor::Tensor;
 use crate::DType;
+
+/// Flash attention forward on FMA units.
+pub const ATTENTION: ShaderSource =
+    ShaderSource { name: "attention", source: include_str!("attention.wgsl"), shared: "" };
+
+/// Flash attention backward on FMA units (dk/dv and dq).
+pub const ATTENTION_BWD: ShaderSource =
+    ShaderSource { name: "attention_bwd", source: include_str!("attention_bwd.wgsl"), shared: "" };
+
+/// Flash attention forward on cooperative matrices (tensor cores).
+pub const ATTENTION_COOP: ShaderSource = ShaderSource {
+    name: "attention_coop",
+    source: include_str!("attention_coop.wgsl"),
+    shared: include_str!("attention_common.wgsl"),
+};
+
+/// Flash attention backward on cooperative matrices (dk/dv and dq).
+pub const ATTENTION_COOP_BWD: ShaderSource = ShaderSource {
+    name: "attention_coop_bwd",
+    source: include_str!("attention_coop_bwd.wgsl"),
+    shared: include_str!("attention_common.wgsl"),
+};
+
+/// The largest |x| of q, k, v (and dO), for the scaled tensor-core paths.
+pub const ATTENTION_RANGE: ShaderSource =
+    ShaderSource { name: "attention_range", source: include_str!("attention_range.wgsl"), shared: "" };
 
 /// The most head dim the flash kernels take: the FMA kernels keep D/16 output vec4 per
 /// invocation in registers, and the tensor-core kernels' K/V tiles grow with it.
@@ -808,7 +834,7 @@ fn fwd_kernel(dtype: DType, bias: Option<DType>, d: usize, t: FlashTiling) -> Ke
     // O columns in blocks of 64 (4 per invocation); the S product in head-dim chunks of C;
     // V in chunks that fill the staging array (2·64·C floats): 128·C / DP keys.
     let dp = d.next_multiple_of(64);
-    let mut k = Kernel::new(Shader::Attention, "attention_fwd")
+    let mut k = Kernel::new(&ATTENTION, "attention_fwd")
         .sub("TR", t.rows.to_string())
         .sub("DC", t.head_chunk.to_string())
         .sub("DP", dp.to_string())
@@ -830,7 +856,7 @@ fn bwd_kernel(entry: &'static str, dtype: DType, bias: Option<DType>, d: usize, 
     // As the forward: output columns in blocks of 64, the products in head-dim chunks of C,
     // streamed rows for the outputs in chunks that fill the staging array (2·64·C floats).
     let dp = d.next_multiple_of(64);
-    let mut k = Kernel::new(Shader::AttentionBwd, entry)
+    let mut k = Kernel::new(&ATTENTION_BWD, entry)
         .sub("DC", head_chunk.to_string())
         .sub("DP", dp.to_string())
         .sub("DS", d.next_multiple_of(head_chunk).to_string())
@@ -1191,7 +1217,7 @@ fn coop_kernel(dtype: DType, bias: Option<DType>, d: usize, t: CoopTiling) -> Ke
             }
         }
     }
-    let mut k = Kernel::new(Shader::AttentionCoop, "attention_coop")
+    let mut k = Kernel::new(&ATTENTION_COOP, "attention_coop")
         .sub("D", d.to_string())
         .sub("SGS", t.subgroups.to_string())
         .sub("RB", blocks.to_string())
@@ -1224,9 +1250,8 @@ fn coop_kernel(dtype: DType, bias: Option<DType>, d: usize, t: CoopTiling) -> Ke
 /// The range pass before the tensor-core kernels on f32 (split) and bf16 inputs: of q, k, v,
 /// and dO too for the backward (`dout`).
 fn range_kernel(dtype: DType, dout: bool) -> Kernel {
-    let mut k = Kernel::new(Shader::AttentionRange, "attention_range")
-        .sub("EPW", (16 / dtype.size_in_bytes()).to_string())
-        .trusted();
+    let mut k =
+        Kernel::new(&ATTENTION_RANGE, "attention_range").sub("EPW", (16 / dtype.size_in_bytes()).to_string()).trusted();
     if dtype == DType::BF16 {
         k = k.flag("BF16");
     }
@@ -1504,7 +1529,7 @@ fn coop_bwd_kernel(dtype: DType, dkdv: bool, bias: Option<DType>, d: usize, t: C
         }
     }
     let entry = if dkdv { "coop_bwd_dkdv" } else { "coop_bwd_dq" };
-    let mut k = Kernel::new(Shader::AttentionCoopBwd, entry)
+    let mut k = Kernel::new(&ATTENTION_COOP_BWD, entry)
         .sub("D", d.to_string())
         .sub("SGS", t.subgroups.to_string())
         .sub("BT", t.tile.to_string())

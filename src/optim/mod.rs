@@ -25,10 +25,13 @@
 //! - [`Optimizer::state_bytes`] is what the optimizer holds on the device, also counted in
 //!   [`Gpu::memory`].
 
+use crate::device::{Kernel, ShaderSource};
 use crate::error::{Error, Result};
-use crate::shaders::{Kernel, Shader};
 use crate::tensor::Tensor;
 use crate::{DType, Gpu};
+
+/// Fused optimizer steps (AdamW, SGD), many tensors per dispatch.
+pub const OPTIM: ShaderSource = ShaderSource { name: "optim", source: include_str!("optim.wgsl"), shared: "" };
 
 const WORKGROUP_ELEMENTS: usize = 4096;
 /// Tensors (segments) one dispatch binds at most (GPT-2 small's 148 tensors: one dispatch);
@@ -953,7 +956,7 @@ fn kernel(algo: Algo, entry: &'static str, slots: usize, dtype: DType) -> Kernel
              f32_to_bf16_bits(x.z) | (f32_to_bf16_bits(x.w) << 16u));",
         ),
     };
-    let mut k = Kernel::new(Shader::Optim, entry)
+    let mut k = Kernel::new(&OPTIM, entry)
         .sub("SLOT_BINDINGS", bindings)
         .sub("SLOT_ACCESS", access)
         .sub("PWORD", pword)

@@ -9,15 +9,18 @@
 //! # Ok(()) }
 //! ```
 
+use crate::device::{Kernel, ShaderSource};
 use crate::error::{Error, Result};
-use crate::ops::wgsl_load;
-use crate::shaders::{Kernel, Shader};
+use crate::kernels::wgsl_load;
 use crate::tensor::{resolve_dim, Tensor};
 use crate::DType;
 
+/// Row reductions.
+pub const REDUCE: ShaderSource = ShaderSource { name: "reduce", source: include_str!("reduce.wgsl"), shared: "" };
+
 /// `sum_rows` for `dtype`, reducing by subgroup operations where the device has them.
 fn kernel(dtype: DType, subgroup: bool) -> Kernel {
-    let k = Kernel::new(Shader::Reduce, "sum_rows").sub("LOAD_X", wgsl_load("x", dtype)).trusted();
+    let k = Kernel::new(&REDUCE, "sum_rows").sub("LOAD_X", wgsl_load("x", dtype)).trusted();
     if subgroup {
         k.flag("SUBGROUP")
             .sub(

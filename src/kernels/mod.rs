@@ -1,0 +1,53 @@
+//! The kernels, by the three op classes of a transformer. Each family is a launcher module
+//! (host-side validation, then dispatches) with its WGSL files beside it, and lists the
+//! kernels it can build for the portability test.
+//!
+//! - [`contraction`]: matmul (tiled, thin, tensor-core) and attention (flash, tensor-core);
+//! - [`normalization`]: softmax and cross-entropy, LayerNorm and RMSNorm, row reductions;
+//! - [`elementwise`]: the op table, eager launches, the fusion JIT (which also runs chains
+//!   in norm prologues and matmul epilogues) and transposed copies.
+//!
+//! Families import downwards only: contraction may use normalization and elementwise (the
+//! fused epilogue), normalization may use elementwise (the fused prologue), elementwise
+//! uses neither.
+
+pub mod contraction;
+pub mod elementwise;
+pub mod normalization;
+
+use crate::device::{Kernel, ShaderSource};
+use crate::DType;
+
+/// WGSL body of a loader `fn load_X(e: u32) -> f32` reading element `e` of buffer `buf`
+/// (declared `array<u32>`) of `dtype`. 16-bit dtypes sit two per word, low half first.
+pub(crate) fn wgsl_load(buf: &str, dtype: DType) -> String {
+    match dtype {
+        DType::F32 => format!("return bitcast<f32>({buf}[e]);"),
+        DType::F16 => format!("return unpack2x16float({buf}[e >> 1u])[e & 1u];"),
+        DType::BF16 => format!("return bf16_bits_to_f32({buf}[e >> 1u], e);"),
+    }
+}
+
+/// Every WGSL file the library compiles, each once.
+///
+/// ```
+/// for s in wgkernels::shaders::all_shaders() { assert!(s.source.len() > 100, "{}", s.name); }
+/// ```
+pub fn all_shaders() -> Vec<&'static ShaderSource> {
+    let mut all = vec![&crate::device::F16_PROBE, &crate::optim::OPTIM];
+    all.extend(contraction::shaders());
+    all.extend(normalization::shaders());
+    all.extend(elementwise::shaders());
+    all
+}
+
+/// Every specialisation the library can build, for the portability test: each family
+/// contributes the kernels it can launch.
+pub fn all_kernels() -> Vec<Kernel> {
+    let mut all = elementwise::all_kernels();
+    all.extend(normalization::all_kernels());
+    all.extend(contraction::all_kernels());
+    all.extend(crate::optim::all_kernels());
+    all.push(crate::device::f16_probe_kernel());
+    all
+}
