@@ -21,14 +21,16 @@ use crate::error::Result;
 /// ```
 pub const WARMUP_MS: f64 = 1000.0;
 
-/// The warm-up actually used: `WGK_WARMUP_MS` from the environment when set to a number,
-/// else [`WARMUP_MS`].
+/// The warm-up `gpu` measures with: `GpuOptions::measure_warmup_ms` (`WGK_WARMUP_MS`), else
+/// [`WARMUP_MS`].
 ///
+/// ```no_run
+/// let gpu = wgkernels::Gpu::new()?;
+/// assert!(wgkernels::bench::warmup_ms(&gpu) >= 0.0);
+/// # Ok::<(), wgkernels::Error>(())
 /// ```
-/// assert!(wgkernels::bench::warmup_ms() >= 0.0);
-/// ```
-pub fn warmup_ms() -> f64 {
-    std::env::var("WGK_WARMUP_MS").ok().and_then(|v| v.parse().ok()).filter(|v: &f64| *v >= 0.0).unwrap_or(WARMUP_MS)
+pub fn warmup_ms(gpu: &Gpu) -> f64 {
+    gpu.measure_settings().0.unwrap_or(WARMUP_MS)
 }
 
 /// The median and spread of repeated runs of one piece of GPU work.
@@ -75,8 +77,8 @@ impl Timing {
 /// Bytes written between timed repeats so that no repeat finds its inputs left in the GPU's
 /// last-level cache by the one before (the H200 has 50 MB of L2: a 4096² f32 softmax's
 /// input and output nearly fit). PyTorch's figures (Triton's `do_bench`) are taken the same
-/// way. 256 MiB on GPUs, none on CPU devices (their caches are the host's); `WGK_FLUSH_MB`
-/// overrides.
+/// way. 256 MiB on GPUs, none on CPU devices (their caches are the host's);
+/// `GpuOptions::measure_flush_mb` (`WGK_FLUSH_MB`) overrides.
 ///
 /// ```no_run
 /// let gpu = wgkernels::Gpu::new()?;
@@ -84,7 +86,7 @@ impl Timing {
 /// # Ok::<(), wgkernels::Error>(())
 /// ```
 pub fn flush_bytes(gpu: &Gpu) -> u64 {
-    if let Some(mb) = std::env::var("WGK_FLUSH_MB").ok().and_then(|v| v.parse::<u64>().ok()) {
+    if let Some(mb) = gpu.measure_settings().1 {
         return mb << 20;
     }
     match gpu.info().device_type {
@@ -118,10 +120,10 @@ pub fn measure(gpu: &Gpu, warmup: usize, reps: usize, mut f: impl FnMut() -> Res
     f()?;
     gpu.finish_compiles();
     // Warm-up keeps the GPU busy (a wait every 8 runs, not after each: gaps let the clocks
-    // drop), for at least `warmup_ms()`.
+    // drop), for at least `warmup_ms(gpu)`.
     let start = std::time::Instant::now();
     let mut runs = 0;
-    while runs < warmup || start.elapsed().as_secs_f64() * 1e3 < warmup_ms() {
+    while runs < warmup || start.elapsed().as_secs_f64() * 1e3 < warmup_ms(gpu) {
         f()?;
         runs += 1;
         if runs % 8 == 0 {

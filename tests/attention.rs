@@ -852,10 +852,8 @@ fn tensor_core_tilings_fit_and_round_trip_their_labels() {
     assert_eq!(coop_bwd_tilings_for(DType::F32, 64, &h200)[0].label(), "4,16,16,1");
     assert_eq!(coop_bwd_tilings_for(DType::F32, 128, &h200)[0].label(), "4,16,16,1");
     assert_eq!(coop_tilings_for(DType::F32, 128, &h200)[0].label(), "8,1,16,1,16");
-    if std::env::var("WGK_ATTN_COOP_BWD").is_err() {
-        assert_eq!(coop_bwd_tilings(64, &h200)[0].label(), "8,64,16,1");
-        assert_eq!(coop_bwd_tilings(128, &h200)[0].label(), "8,32,16,1");
-    }
+    assert_eq!(coop_bwd_tilings(64, &h200)[0].label(), "8,64,16,1");
+    assert_eq!(coop_bwd_tilings(128, &h200)[0].label(), "8,32,16,1");
     assert_eq!(CoopTiling::parse("16,1,16,2"), CoopTiling::parse("16,1,16,2,16"));
     assert_eq!(CoopBwdTiling::parse("4,16"), CoopBwdTiling::parse("4,16,16,1"));
 }

@@ -202,8 +202,10 @@ pub(crate) struct GpuInner {
     /// Build every module with runtime bounds checks (`WGK_CHECKED=1`).
     pub(crate) checked: bool,
     pub(crate) autotune: bool,
-    /// GpuOptions::cache_dir.
+    /// GpuOptions::cache_dir, measure_warmup_ms, measure_flush_mb.
     cache_dir: Option<std::path::PathBuf>,
+    measure_warmup_ms: Option<f64>,
+    measure_flush_mb: Option<u64>,
     pub(crate) pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
     /// Kernel metadata buffers by content: read-only once made, so a loop that launches the
     /// same kernels on the same shapes makes none after its first step (see `meta_buffer`).
@@ -491,6 +493,8 @@ impl Gpu {
                 checked: opts.checked,
                 autotune: opts.autotune,
                 cache_dir: opts.cache_dir.clone(),
+                measure_warmup_ms: opts.measure_warmup_ms,
+                measure_flush_mb: opts.measure_flush_mb,
                 pipelines: Mutex::new(HashMap::new()),
                 meta: Mutex::new(HashMap::new()),
                 bind_groups: Mutex::new(HashMap::new()),
@@ -550,6 +554,11 @@ impl Gpu {
         self.inner.cache_dir.as_deref()
     }
 
+    /// `GpuOptions::measure_warmup_ms` and `measure_flush_mb`, for `bench::measure`.
+    pub(crate) fn measure_settings(&self) -> (Option<f64>, Option<u64>) {
+        (self.inner.measure_warmup_ms, self.inner.measure_flush_mb)
+    }
+
     /// Whether autotuning is on for this device (`GpuOptions::autotune`).
     pub(crate) fn autotune(&self) -> bool {
         self.inner.autotune
@@ -561,7 +570,7 @@ impl Gpu {
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
-    /// assert!(gpu.fusion() || std::env::var("WGK_FUSION").is_ok());
+    /// println!("fusion: {}", gpu.fusion()); // on unless GpuOptions::fusion (WGK_FUSION) says off
     /// # Ok(()) }
     /// ```
     pub fn fusion(&self) -> bool {

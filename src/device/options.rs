@@ -3,7 +3,9 @@
 
 use crate::error::{Error, Result};
 
-/// How to pick an adapter; `GpuOptions::from_env()` reads `WGK_BACKEND`, `WGK_ADAPTER`, `WGK_CHECKED`.
+/// Every setting of a device: which adapter, how shaders are built, fusion, autotuning,
+/// the fusion JIT's grid, measurement. `GpuOptions::from_env()` reads them from `WGK_*`
+/// variables; `GpuOptions::default()` is the same without the environment.
 ///
 /// ```no_run
 /// # use wgkernels::{DType, Gpu, Tensor};
@@ -64,6 +66,12 @@ pub struct GpuOptions {
     /// and crate version); `None`: nothing is persisted. `from_env` takes `WGK_CACHE_DIR`,
     /// else `$XDG_CACHE_HOME/wgkernels`, else `~/.cache/wgkernels`.
     pub cache_dir: Option<std::path::PathBuf>,
+    /// `bench::measure`'s warm-up before timed repeats, in milliseconds (`WGK_WARMUP_MS`);
+    /// `None`: [`crate::bench::WARMUP_MS`].
+    pub measure_warmup_ms: Option<f64>,
+    /// MiB `bench::measure` writes between timed repeats to flush the GPU's cache
+    /// (`WGK_FLUSH_MB`); `None`: 256 on GPUs, 0 on CPU devices.
+    pub measure_flush_mb: Option<u64>,
 }
 
 impl Default for GpuOptions {
@@ -81,68 +89,93 @@ impl Default for GpuOptions {
             fused_groups: 0,
             tiered_jit: None,
             cache_dir: None,
+            measure_warmup_ms: None,
+            measure_flush_mb: None,
         }
     }
 }
 
 impl GpuOptions {
-    /// Options from the environment: `WGK_BACKEND=vulkan|metal|dx12|gl`,
-    /// `WGK_ADAPTER=<substring>`, `WGK_CHECKED=1`.
+    /// Options from the environment, the one place the library reads it. [`Gpu::new`]
+    /// applies it once, when the device is created; [`Gpu::with_options`] never reads it.
+    /// Each `WGK_*` variable sets the field named beside it in the README's table
+    /// (`WGK_BACKEND=vulkan|metal|dx12|gl`, `WGK_ADAPTER=<substring>`, `WGK_CHECKED=1`,
+    /// `WGK_FUSION=off`, ...); a value it cannot read is an `Err` naming the variable.
+    ///
+    /// [`Gpu::new`]: crate::Gpu::new
+    /// [`Gpu::with_options`]: crate::Gpu::with_options
     ///
     /// ```no_run
-    /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
-    /// # let gpu = Gpu::new()?;
     /// let opts = wgkernels::GpuOptions::from_env()?; // WGK_BACKEND, WGK_CHECKED, ...
-    /// let gpu2 = Gpu::with_options(opts)?;
+    /// let gpu = wgkernels::Gpu::with_options(opts)?;
     /// # Ok(()) }
     /// ```
     pub fn from_env() -> Result<Self> {
-        let backends = match std::env::var("WGK_BACKEND") {
-            Ok(s) if !s.is_empty() => Some(parse_backend(&s)?),
-            _ => None,
-        };
-        let adapter_name = std::env::var("WGK_ADAPTER").ok().filter(|s| !s.is_empty());
-        let checked = matches!(std::env::var("WGK_CHECKED").as_deref(), Ok("1") | Ok("true"));
-        let autotune = !matches!(std::env::var("WGK_AUTOTUNE").as_deref(), Ok("0") | Ok("false"));
-        let fusion = !matches!(std::env::var("WGK_FUSION").as_deref(), Ok("0") | Ok("false"));
-        let fuse_matmul_epilogues = matches!(std::env::var("WGK_FUSE_MATMUL").as_deref(), Ok("1") | Ok("true"));
-        let native_f16 = !matches!(std::env::var("WGK_NATIVE_F16").as_deref(), Ok("0") | Ok("false"));
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// Options from `var`, which answers a variable's value (what [`GpuOptions::from_env`]
+    /// does with the environment): how the parsing is tested without touching the process's
+    /// environment. Unset or empty variables keep the default; a value that is not one of a
+    /// variable's spellings is an `Err` naming the variable.
+    ///
+    /// ```
+    /// use wgkernels::GpuOptions;
+    /// let opts = GpuOptions::from_vars(|name| (name == "WGK_FUSION").then(|| "off".to_string())).unwrap();
+    /// assert!(!opts.fusion);
+    /// assert!(GpuOptions::from_vars(|name| (name == "WGK_FUSION").then(|| "of".to_string())).is_err());
+    /// ```
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let var = |name: &str| var(name).filter(|v| !v.is_empty());
+        let switch = |name: &str, default: bool| var(name).map_or(Ok(default), |v| parse_switch(name, &v));
         let number = |name: &str, default: u32, what: &str| -> Result<u32> {
-            match std::env::var(name) {
-                Ok(v) if !v.is_empty() => v
-                    .parse()
-                    .map_err(|_| Error::InvalidArgument { op: "Gpu::new", msg: format!("{name}={v:?} is not {what}") }),
-                _ => Ok(default),
-            }
+            var(name)
+                .map_or(Ok(default), |v| v.trim().parse().map_err(|_| invalid(format!("{name}={v:?} is not {what}"))))
         };
-        let fused_unroll = number("WGK_FUSED_UNROLL", 0, "one of 1, 2, 4, 8 (0: auto)")?;
-        let fused_workgroup = number("WGK_FUSED_WORKGROUP", 0, "one of 64, 128, 256, 512, 1024 (0: auto)")?;
-        let fused_groups = number("WGK_FUSED_GROUPS", 0, "a count of workgroups")?;
-        let tiered_jit = match std::env::var("WGK_TIERED_JIT").as_deref() {
-            Ok("1") | Ok("true") => Some(true),
-            Ok("0") | Ok("false") => Some(false),
-            _ => None,
-        };
-        let cache_dir = std::env::var_os("WGK_CACHE_DIR")
-            .filter(|d| !d.is_empty())
-            .map(std::path::PathBuf::from)
-            .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| std::path::PathBuf::from(d).join("wgkernels")))
-            .or_else(|| std::env::var_os("HOME").map(|d| std::path::PathBuf::from(d).join(".cache").join("wgkernels")));
+        let defaults = Self::default();
+        let home_cache = || var("HOME").map(|d| std::path::PathBuf::from(d).join(".cache").join("wgkernels"));
         Ok(Self {
-            cache_dir,
-            backends,
-            adapter_name,
-            checked,
-            autotune,
-            fusion,
-            fuse_matmul_epilogues,
-            native_f16,
-            fused_unroll,
-            fused_workgroup,
-            fused_groups,
-            tiered_jit,
+            backends: var("WGK_BACKEND").map(|s| parse_backend(&s)).transpose()?,
+            adapter_name: var("WGK_ADAPTER"),
+            checked: switch("WGK_CHECKED", defaults.checked)?,
+            autotune: switch("WGK_AUTOTUNE", defaults.autotune)?,
+            fusion: switch("WGK_FUSION", defaults.fusion)?,
+            fuse_matmul_epilogues: switch("WGK_FUSE_MATMUL", defaults.fuse_matmul_epilogues)?,
+            native_f16: switch("WGK_NATIVE_F16", defaults.native_f16)?,
+            fused_unroll: number("WGK_FUSED_UNROLL", 0, "one of 1, 2, 4, 8 (0: auto)")?,
+            fused_workgroup: number("WGK_FUSED_WORKGROUP", 0, "one of 64, 128, 256, 512, 1024 (0: auto)")?,
+            fused_groups: number("WGK_FUSED_GROUPS", 0, "a count of workgroups")?,
+            tiered_jit: var("WGK_TIERED_JIT").map(|v| parse_switch("WGK_TIERED_JIT", &v)).transpose()?,
+            cache_dir: var("WGK_CACHE_DIR")
+                .map(std::path::PathBuf::from)
+                .or_else(|| var("XDG_CACHE_HOME").map(|d| std::path::PathBuf::from(d).join("wgkernels")))
+                .or_else(home_cache),
+            measure_warmup_ms: var("WGK_WARMUP_MS")
+                .map(|v| match v.trim().parse::<f64>() {
+                    Ok(ms) if ms >= 0.0 && ms.is_finite() => Ok(ms),
+                    _ => Err(invalid(format!("WGK_WARMUP_MS={v:?} is not a number of milliseconds ≥ 0"))),
+                })
+                .transpose()?,
+            measure_flush_mb: var("WGK_FLUSH_MB")
+                .map(|v| {
+                    v.trim().parse::<u64>().map_err(|_| invalid(format!("WGK_FLUSH_MB={v:?} is not a count of MiB")))
+                })
+                .transpose()?,
         })
+    }
+}
+
+fn invalid(msg: String) -> Error {
+    Error::InvalidArgument { op: "GpuOptions::from_env", msg }
+}
+
+/// An on/off switch in the usual spellings: 1/0, true/false, yes/no, on/off (any case).
+fn parse_switch(name: &str, value: &str) -> Result<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(invalid(format!("{name}={value:?} is not one of 1/0, true/false, yes/no, on/off"))),
     }
 }
 
@@ -152,9 +185,6 @@ fn parse_backend(s: &str) -> Result<wgpu::Backends> {
         "metal" | "mtl" => Ok(wgpu::Backends::METAL),
         "dx12" | "d3d12" => Ok(wgpu::Backends::DX12),
         "gl" | "gles" | "opengl" => Ok(wgpu::Backends::GL),
-        other => Err(Error::InvalidArgument {
-            op: "Gpu::new",
-            msg: format!("WGK_BACKEND={other:?} is not one of vulkan, metal, dx12, gl"),
-        }),
+        other => Err(invalid(format!("WGK_BACKEND={other:?} is not one of vulkan, metal, dx12, gl"))),
     }
 }

@@ -763,15 +763,13 @@ impl FlashTiling {
         (2 * self.head_chunk * 68 + 64 * 68 + 64 * 16) * 4
     }
 
-    /// The default tiling under the adapter's `limits` (the first of [`flash_tilings`]), or
-    /// the one `WGK_ATTN_FLASH=R,C` forces if it is one of them. None when nothing fits.
+    /// The default tiling under the adapter's `limits`: the first of [`flash_tilings`]
+    /// (`AttentionOptions::flash_tiling` forces another). None when nothing fits.
     pub fn preferred(d: usize, limits: &wgpu::Limits) -> Option<FlashTiling> {
-        let all = flash_tilings(d, limits);
-        let forced = std::env::var("WGK_ATTN_FLASH").ok().and_then(|v| FlashTiling::parse(&v));
-        forced.filter(|t| all.contains(t)).or(all.first().copied())
+        flash_tilings(d, limits).first().copied()
     }
 
-    /// `R,C` as in `WGK_ATTN_FLASH`.
+    /// `R,C` (rows per invocation, head-dim chunk), as the bench's flags name it.
     pub fn parse(text: &str) -> Option<FlashTiling> {
         let (r, c) = text.split_once(',')?;
         Some(FlashTiling::new(r.trim().parse().ok()?, c.trim().parse().ok()?))
@@ -949,16 +947,14 @@ impl CoopTiling {
     }
 
     /// The default tiling for inputs of `dtype` at head dim `d` under the adapter's `limits`
-    /// (the first of [`coop_tilings_for`]), or the one `WGK_ATTN_COOP=S,R,K,T[,C]` forces
-    /// (subgroups, row blocks, key tile, stages, key chunk) if it is one of them. None when
-    /// nothing fits.
+    /// (the first of [`coop_tilings_for`]; `AttentionOptions::coop_tiling` forces another).
+    /// None when nothing fits.
     pub fn preferred_for(dtype: DType, d: usize, limits: &wgpu::Limits) -> Option<CoopTiling> {
-        let all = coop_tilings_for(dtype, d, limits);
-        let forced = std::env::var("WGK_ATTN_COOP").ok().and_then(|v| CoopTiling::parse(&v));
-        forced.filter(|t| all.contains(t)).or(all.first().copied())
+        coop_tilings_for(dtype, d, limits).first().copied()
     }
 
-    /// `S,R,K,T[,C]` as in `WGK_ATTN_COOP` (the chunk C defaults to the key tile K).
+    /// `S,R,K,T[,C]` (subgroups, row blocks, key tile, stages, key chunk; the chunk C
+    /// defaults to the key tile K).
     pub fn parse(text: &str) -> Option<CoopTiling> {
         let n: Vec<usize> = text.split(',').map(|x| x.trim().parse().ok()).collect::<Option<_>>()?;
         match n[..] {
@@ -1346,15 +1342,15 @@ impl CoopBwdTiling {
         }
     }
 
-    /// `S,T,C,N` (subgroups, tile rows, chunk rows, stages), as `WGK_ATTN_COOP_BWD` names it.
+    /// `S,T,C,N` (subgroups, tile rows, chunk rows, stages).
     pub fn label(self) -> String {
         format!("{},{},{},{}", self.subgroups, self.tile, self.chunk, self.stages)
     }
 }
 
 /// The tilings of the tensor-core backward that fit head dim `d` under `limits`, the
-/// default first: the one `WGK_ATTN_COOP_BWD=S,T,C,N` names if it is one of them (benchmarks
-/// and the device test run of each), else the measured order below.
+/// default first, in the measured order below (`AttentionOptions::coop_bwd_tiling` forces
+/// another).
 ///
 /// H200, B4 H16 S2048 f16, TFLOP/s counted as 2.5× the forward's FLOPs (BENCHMARKS.md,
 /// seventh round, call 1; call 4's S stride of 20 kept the order of the first five, 2–12%
@@ -1394,7 +1390,7 @@ pub fn coop_bwd_tilings_for(dtype: DType, d: usize, limits: &wgpu::Limits) -> Ve
             t(8, 32, 16, 2),
         ])
     };
-    let mut all: Vec<CoopBwdTiling> = split_first
+    split_first
         .iter()
         .copied()
         .chain(order.filter(|t| !split_first.contains(t)))
@@ -1402,12 +1398,7 @@ pub fn coop_bwd_tilings_for(dtype: DType, d: usize, limits: &wgpu::Limits) -> Ve
             t.workgroup_bytes_for(dtype, d) <= limits.max_compute_workgroup_storage_size as usize
                 && 32 * t.subgroups <= limits.max_compute_invocations_per_workgroup as usize
         })
-        .collect();
-    if let Some(named) = std::env::var("WGK_ATTN_COOP_BWD").ok().and_then(|v| CoopBwdTiling::parse(&v)) {
-        // A stable sort: the named tiling first, the others in their order.
-        all.sort_by_key(|t| *t != named);
-    }
-    all
+        .collect()
 }
 
 /// A tensor-core backward kernel (`dkdv`: dK and dV; else dQ) for head dim `d`, a multiple
