@@ -398,6 +398,32 @@ fn cross_entropy_loss_and_gradient() {
     }
 }
 
+/// Logits far from 0 (offset by 1e4): the loss is (max − x_t) + log(sum), the two large
+/// values taken off each other first; max + log(sum) − x_t lost log(sum)'s low bits at
+/// 1e4's magnitude (1.4e-4 off, where f32 allows about 1e-6).
+#[test]
+fn cross_entropy_keeps_precision_at_large_logits() {
+    let gpu = gpu();
+    for (rows, v) in [(4, 1000), (3, 50257), (5, 7)] {
+        let xs: Vec<f32> = random_vec(rows * v, 61).iter().map(|&x| x + 1e4).collect();
+        let x = Tensor::from_slice(&gpu, &xs, &[rows, v]).unwrap();
+        let xv: Vec<f64> = xs.iter().map(|&x| x as f64).collect();
+        let targets: Vec<u32> = (0..rows).map(|r| ((r * 7919 + 3) % v) as u32).collect();
+        let lsm = softmax_ref(&xv, v, true);
+        let want: f64 = (0..rows).map(|r| -lsm[r * v + targets[r] as usize]).sum::<f64>() / rows as f64;
+        for vpt in [None, Some(1)] {
+            let (loss, _) = x.cross_entropy_with(&targets, vpt).unwrap();
+            assert_close(
+                &format!("ce loss at 1e4, {rows}x{v} vpt {vpt:?}"),
+                &loss.to_vec_f32().unwrap(),
+                &[want],
+                2e-6,
+                2e-6,
+            );
+        }
+    }
+}
+
 #[test]
 fn norm_errors() {
     let gpu = gpu();

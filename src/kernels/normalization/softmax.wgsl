@@ -409,7 +409,9 @@ fn cross_entropy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
             lane = 0u;
         }
         let xt = logits(row, tu);
-        losses[row] = stats.x + log(stats.y) - xt[lane];
+        // (max − x_t) first: two values of the same large magnitude cancel exactly, where
+        // max + log(sum) would round log(sum) away at max's magnitude (1e-4 at 1e4).
+        losses[row] = (stats.x - xt[lane]) + log(stats.y);
     }
 }
 
