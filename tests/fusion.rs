@@ -1007,3 +1007,40 @@ fn a_row_broadcast_leaf_reads_one_row_repeated() {
         assert_eq!(wide, unit, "{rows}x{n} {dtype:?}: elements per 16-byte unit");
     }
 }
+
+/// On a device that binds few storage buffers per stage, a chain with more inputs than one
+/// kernel can bind is split (its pending operands realised first), and an op whose own
+/// inputs are too many returns an `Err` naming it; the retry used to recurse without end.
+#[test]
+fn few_storage_buffers_split_the_chain_or_refuse_the_op() {
+    let cap = |buffers: u32| {
+        let limits = wgkernels::wgpu::Limits {
+            max_storage_buffers_per_shader_stage: buffers,
+            ..wgkernels::wgpu::Limits::unlimited()
+        };
+        Gpu::with_options(GpuOptions { limits_cap: Some(limits), fusion: true, ..GpuOptions::from_env().unwrap() })
+            .unwrap()
+    };
+    // 4: a binary op's two inputs, its output and the params; a 3-input chain is split.
+    let gpu = cap(4);
+    assert_eq!(gpu.info().limits.max_storage_buffers_per_shader_stage, 4);
+    let (a, av) = random_tensor(&gpu, &[37, 5], DType::F32, 1);
+    let (b, bv) = random_tensor(&gpu, &[37, 5], DType::F32, 2);
+    let (c, cv) = random_tensor(&gpu, &[37, 5], DType::F32, 3);
+    let y = a.add(&b).unwrap().mul(&c).unwrap().exp().unwrap();
+    let want: Vec<f64> = (0..av.len()).map(|i| ((av[i] + bv[i]) * cv[i]).exp()).collect();
+    assert_close("(a + b)·c, 4 bindings", &y.to_vec_f32().unwrap(), &want, 1e-5, 1e-5);
+    // where: three inputs, an output and the params cannot bind in 4.
+    let cond = a.gt(&b).unwrap().realize().unwrap().clone();
+    let e = where_(&cond, &b, &c).unwrap().realize().map(drop).unwrap_err();
+    assert!(matches!(e, wgkernels::Error::Unsupported { op: "where", .. }), "{e}");
+    assert!(e.to_string().contains("allows 4"), "{e}");
+    // 3: one input and the output only; a binary op is refused, a unary one runs.
+    let gpu = cap(3);
+    let (a, av) = random_tensor(&gpu, &[9], DType::F32, 4);
+    let (b, _) = random_tensor(&gpu, &[9], DType::F32, 5);
+    let e = a.add(&b).unwrap().realize().map(drop).unwrap_err();
+    assert!(matches!(e, wgkernels::Error::Unsupported { op: "add", .. }), "{e}");
+    let want: Vec<f64> = av.iter().map(|x| x.exp()).collect();
+    assert_close("exp, 3 bindings", &a.exp().unwrap().to_vec_f32().unwrap(), &want, 1e-5, 1e-5);
+}

@@ -315,3 +315,27 @@ fn the_untuned_default_suits_the_device() {
         assert!(tiled >= 1);
     }
 }
+
+/// An adapter whose limits admit no matmul tiling (128 invocations per workgroup, below
+/// every tiled configuration's 256) gets an `Err` naming the op, tuned or not; the
+/// autotuner indexed the empty candidate list and panicked.
+#[test]
+fn no_tiling_fits_is_an_error_not_a_panic() {
+    for autotune in [true, false] {
+        let limits = wgkernels::wgpu::Limits {
+            max_compute_invocations_per_workgroup: 128,
+            max_compute_workgroup_size_x: 128,
+            max_compute_workgroup_size_y: 128,
+            ..wgkernels::wgpu::Limits::unlimited()
+        };
+        let opts =
+            wgkernels::GpuOptions { limits_cap: Some(limits), autotune, ..wgkernels::GpuOptions::from_env().unwrap() };
+        let gpu = Gpu::with_options(opts).unwrap();
+        // 2·520·256·500 = 133 MFLOP: above the tuning threshold.
+        let a = Tensor::randn(&gpu, &[520, 256], DType::F32, 1).unwrap();
+        let b = Tensor::randn(&gpu, &[256, 500], DType::F32, 2).unwrap();
+        assert!(candidates(&gpu, DType::F32, 520, false).is_empty());
+        let e = a.matmul(&b).and_then(|c| c.realize().map(drop)).unwrap_err();
+        assert!(matches!(e, Error::Unsupported { op: "matmul", .. }), "{e}");
+    }
+}

@@ -423,7 +423,10 @@ impl Gpu {
         };
 
         let features = adapter.features() & wanted_features();
-        let limits = adapter.limits();
+        let limits = match &opts.limits_cap {
+            Some(cap) => adapter.limits().or_worse_values_from(cap),
+            None => adapter.limits(),
+        };
         let fits =
             |wg: u32| wg <= limits.max_compute_invocations_per_workgroup && wg <= limits.max_compute_workgroup_size_x;
         let wide_workgroup = if fits(512) { 512 } else { 256 };

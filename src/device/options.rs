@@ -66,6 +66,10 @@ pub struct GpuOptions {
     /// and crate version); `None`: nothing is persisted. `from_env` takes `WGK_CACHE_DIR`,
     /// else `$XDG_CACHE_HOME/wgkernels`, else `~/.cache/wgkernels`.
     pub cache_dir: Option<std::path::PathBuf>,
+    /// Caps the limits requested from the adapter (each the worse of the adapter's and this
+    /// one's: `wgpu::Limits { max_storage_buffers_per_shader_stage: 4, ..wgpu::Limits::unlimited() }`),
+    /// to see how the library behaves on a smaller device. `None`: the adapter's own limits.
+    pub limits_cap: Option<wgpu::Limits>,
     /// `bench::measure`'s warm-up before timed repeats, in milliseconds (`WGK_WARMUP_MS`);
     /// `None`: [`crate::bench::WARMUP_MS`].
     pub measure_warmup_ms: Option<f64>,
@@ -89,6 +93,7 @@ impl Default for GpuOptions {
             fused_groups: 0,
             tiered_jit: None,
             cache_dir: None,
+            limits_cap: None,
             measure_warmup_ms: None,
             measure_flush_mb: None,
         }
@@ -151,6 +156,7 @@ impl GpuOptions {
                 .map(std::path::PathBuf::from)
                 .or_else(|| var("XDG_CACHE_HOME").map(|d| std::path::PathBuf::from(d).join("wgkernels")))
                 .or_else(home_cache),
+            limits_cap: None,
             measure_warmup_ms: var("WGK_WARMUP_MS")
                 .map(|v| match v.trim().parse::<f64>() {
                     Ok(ms) if ms >= 0.0 && ms.is_finite() => Ok(ms),

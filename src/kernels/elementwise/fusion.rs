@@ -76,6 +76,18 @@ pub(crate) enum Expr {
 }
 
 impl Expr {
+    /// The op's name, for errors.
+    fn op_name(&self) -> &'static str {
+        match self {
+            Expr::Map(op, _) => op.name(),
+            Expr::Zip(op, _, _) | Expr::Scalar { op, .. } => op.name(),
+            Expr::Cast(_) => "to_dtype",
+            Expr::Dropout { .. } => "dropout",
+            Expr::Where(..) => "where",
+            Expr::Matmul(_) => "matmul",
+        }
+    }
+
     fn operands(&self) -> Vec<&Tensor> {
         match self {
             Expr::Map(_, a) | Expr::Cast(a) | Expr::Dropout { x: a, .. } | Expr::Scalar { x: a, .. } => vec![a],
@@ -130,10 +142,11 @@ pub(crate) struct FusedEpilogue {
 /// The most intermediates one fused kernel stores besides its result.
 const MAX_EXTRA_OUTPUTS: usize = 3;
 
-/// The most inputs one fused kernel binds (room is kept for the outputs and the params); a
-/// larger graph is split by realising subgraphs.
-fn max_leaves(gpu: &Gpu) -> usize {
-    (gpu.info().limits.max_storage_buffers_per_shader_stage as usize).saturating_sub(2 + MAX_EXTRA_OUTPUTS).clamp(1, 8)
+/// The most inputs one fused kernel binds besides its result, `extra_outputs` held
+/// intermediates and the params (at most 8); a larger graph is split by realising
+/// subgraphs. 0 on a device that cannot bind even one input beside them.
+fn max_leaves(gpu: &Gpu, extra_outputs: usize) -> usize {
+    (gpu.info().limits.max_storage_buffers_per_shader_stage as usize).saturating_sub(2 + extra_outputs).min(8)
 }
 
 struct Builder {
@@ -354,18 +367,32 @@ pub(crate) fn realize(root: &Tensor) -> Result<Arc<Storage>> {
         if limit >= 7 && gpu.matmul_epilogue_fusion() { epilogue_source(root, held.is_empty())? } else { None };
     let leaf_cap = match &matmul {
         // a, b, c, params, bias and ew_params are bound besides the leaves.
-        Some(_) => max_leaves(gpu).min(limit.saturating_sub(6)).max(1),
-        None => max_leaves(gpu),
+        Some(_) => max_leaves(gpu, held.len()).min(limit.saturating_sub(6)).max(1),
+        None => max_leaves(gpu, held.len()),
     };
     let mut b = Builder::new(matmul, leaf_cap);
     let result = match b.visit(root) {
         Ok(r) => r,
         Err(Overflow) => {
-            // Realise the root's pending operands first (each a smaller graph), then retry.
-            if let Some(expr) = expr_of(root) {
-                for o in expr.operands() {
-                    o.realize()?;
-                }
+            // Realise the root's pending operands first (each a smaller graph), then retry:
+            // each retry has fewer pending nodes. When they are all realised already, the
+            // op's own inputs are more than one kernel can bind, and no split helps.
+            let expr = expr_of(root);
+            let pending: Vec<&Tensor> =
+                expr.iter().flat_map(|e| e.operands()).filter(|o| !o.data().is_realized()).collect();
+            if pending.is_empty() {
+                let inputs = expr.as_ref().map_or(0, |e| e.operands().len());
+                return Err(Error::Unsupported {
+                    op: expr.as_ref().map_or("fused", Expr::op_name),
+                    msg: format!(
+                        "{inputs} inputs, an output and the params need {} storage buffers per shader stage; {} allows {limit}",
+                        inputs + 2,
+                        gpu.info().name
+                    ),
+                });
+            }
+            for o in pending {
+                o.realize()?;
             }
             return realize(root);
         }
@@ -595,7 +622,7 @@ pub(crate) fn prologue(x: &Tensor, first_binding: usize, leaf_cap: usize, keep: 
     for t in held_intermediates(x) {
         t.realize()?;
     }
-    let mut b = Builder::new(None, leaf_cap.min(max_leaves(gpu)));
+    let mut b = Builder::new(None, leaf_cap.min(max_leaves(gpu, MAX_EXTRA_OUTPUTS)));
     // Too many inputs, or a pending matmul inside: no prologue.
     let Ok(result) = b.visit(x) else { return Ok(None) };
     let (mut params, layout) = leaf_layout(&b, x.shape())?;
