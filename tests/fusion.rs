@@ -1044,3 +1044,33 @@ fn few_storage_buffers_split_the_chain_or_refuse_the_op() {
     let want: Vec<f64> = av.iter().map(|x| x.exp()).collect();
     assert_close("exp, 3 bindings", &a.exp().unwrap().to_vec_f32().unwrap(), &want, 1e-5, 1e-5);
 }
+
+/// The pipeline cache keeps at most `GpuOptions::pipeline_cache` pipelines, dropping the
+/// least recently used: a process that builds ever new chains stays bounded, and a chain
+/// still in use is not the one dropped.
+#[test]
+fn the_pipeline_cache_is_bounded_and_keeps_what_is_in_use() {
+    let gpu = Gpu::with_options(GpuOptions {
+        pipeline_cache: 6,
+        fusion: true,
+        tiered_jit: Some(false),
+        ..GpuOptions::from_env().unwrap()
+    })
+    .unwrap();
+    let (x, xv) = random_tensor(&gpu, &[33], DType::F32, 9);
+    let hot = |x: &Tensor| x.exp().unwrap().mul(x).unwrap();
+    hot(&x).realize().unwrap();
+    // 20 chains of distinct structure (k + 1 negations), the hot one used between each.
+    for k in 0..20 {
+        let mut y = x.sin().unwrap();
+        for _ in 0..=k {
+            y = y.neg().unwrap();
+        }
+        let want: Vec<f64> = xv.iter().map(|v| if k % 2 == 0 { -v.sin() } else { v.sin() }).collect();
+        assert_close(&format!("chain {k}"), &y.to_vec_f32().unwrap(), &want, 1e-6, 1e-6);
+        let compiled = gpu.stats().pipelines_compiled;
+        hot(&x).realize().unwrap();
+        assert_eq!(gpu.stats().pipelines_compiled, compiled, "the chain in use was dropped (chain {k})");
+        assert!(gpu.stats().pipelines_cached <= 6, "{} pipelines cached", gpu.stats().pipelines_cached);
+    }
+}

@@ -268,14 +268,21 @@ fn matmul_errors() {
     let b = Tensor::randn(&gpu, &[6, 3], DType::F32, 2).unwrap();
     let h = Tensor::randn(&gpu, &[5, 3], DType::F16, 3).unwrap();
     let e = a.matmul(&b).unwrap_err();
-    assert!(matches!(e, Error::ShapeMismatch { op: "matmul", .. }), "{e}");
-    assert!(e.to_string().contains("[4, 5]") && e.to_string().contains("[6, 3]"), "{e}");
+    assert!(matches!(e, Error::InvalidArgument { op: "matmul", .. }), "{e}");
+    // The message names the dims that disagree, not only the shapes.
+    let text = e.to_string();
+    assert!(text.contains("[4, 5]") && text.contains("[6, 3]"), "{e}");
+    assert!(text.contains("inner dims differ") && text.contains("5 columns") && text.contains("6 rows"), "{e}");
+    let square = Tensor::randn(&gpu, &[4, 8], DType::F32, 8).unwrap();
+    let e = square.matmul(&square).unwrap_err().to_string();
+    assert!(e.contains("8 columns") && e.contains("4 rows"), "{e}");
     let e = a.matmul(&h).unwrap_err();
     assert!(matches!(e, Error::DTypeMismatch { op: "matmul", .. }), "{e}");
     let c = Tensor::randn(&gpu, &[2, 4, 5], DType::F32, 4).unwrap();
     let d = Tensor::randn(&gpu, &[3, 5, 2], DType::F32, 5).unwrap();
     let e = c.matmul(&d).unwrap_err();
-    assert!(matches!(e, Error::ShapeMismatch { op: "matmul", .. }), "batch dims 2 vs 3: {e}");
+    assert!(matches!(e, Error::InvalidArgument { op: "matmul", .. }), "batch dims 2 vs 3: {e}");
+    assert!(e.to_string().contains("[2]") && e.to_string().contains("[3]"), "{e}");
     let good_b = Tensor::randn(&gpu, &[5, 3], DType::F32, 6).unwrap();
     let bad_bias = Tensor::randn(&gpu, &[4], DType::F32, 7).unwrap();
     let e = a.matmul_with(&good_b, &MatmulOptions { bias: Some(&bad_bias), ..Default::default() }).unwrap_err();

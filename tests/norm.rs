@@ -509,3 +509,24 @@ fn each_row_length_gets_its_unit() {
         }
     }
 }
+
+/// A negative, infinite or NaN eps is refused by every norm (LayerNorm with eps −1 turned
+/// rows of near-equal values into NaNs), as the optimizers refuse theirs.
+#[test]
+fn bad_eps_is_refused() {
+    let gpu = gpu();
+    let x = Tensor::from_slice(&gpu, &[1.0f32, 1.1, 0.9, 1.0], &[1, 4]).unwrap();
+    let dy = Tensor::randn(&gpu, &[1, 4], DType::F32, 1).unwrap();
+    for eps in [-1.0f32, f32::NAN, f32::INFINITY, -1e-12] {
+        let e = x.layer_norm(None, None, eps).unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument { op: "layer_norm", .. }), "{eps}: {e}");
+        let e = x.rms_norm(None, eps).unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument { op: "rms_norm", .. }), "{eps}: {e}");
+        let e = x.layer_norm_backward(None, &dy, eps).unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument { op: "layer_norm_backward", .. }), "{eps}: {e}");
+        let e = x.rms_norm_backward(None, &dy, eps).unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument { op: "rms_norm_backward", .. }), "{eps}: {e}");
+    }
+    // eps 0 is allowed (rows that are not constant stay finite).
+    assert!(x.layer_norm(None, None, 0.0).unwrap().to_vec_f32().unwrap().iter().all(|v| v.is_finite()));
+}

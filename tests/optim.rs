@@ -434,3 +434,35 @@ fn bad_input_is_refused_without_dispatching() {
     assert!(e.contains("loss scale"), "{e}");
     assert_eq!(opt.step_count().unwrap(), 1);
 }
+
+/// The same tensor (or two views over the same elements) passed twice to one step would be
+/// updated by two invocations at once: refused, naming both; disjoint views of one buffer
+/// are fine.
+#[test]
+fn aliased_parameters_are_refused() {
+    let gpu = gpu();
+    let p = Tensor::randn(&gpu, &[64, 16], DType::F32, 1).unwrap();
+    let g = Tensor::randn(&gpu, &[64, 16], DType::F32, 2).unwrap();
+    let mut adam = AdamW::new(&gpu, AdamWConfig::default()).unwrap();
+    let e = adam.step(&mut [p.clone(), p.clone()], &[g.clone(), g.clone()]).unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument { op: "adamw", .. }), "{e}");
+    assert!(e.to_string().contains("parameters 0 and 1"), "{e}");
+    let flat = p.reshape(&[1024]).unwrap();
+    let (lo, mid) = (flat.narrow(0, 0, 512).unwrap(), flat.narrow(0, 256, 512).unwrap());
+    let gh = Tensor::randn(&gpu, &[512], DType::F32, 3).unwrap();
+    let mut sgd = Sgd::new(&gpu, SgdConfig::default()).unwrap();
+    let e = sgd.step(&mut [lo.clone(), mid], &[gh.clone(), gh.clone()]).unwrap_err();
+    assert!(e.to_string().contains("share elements"), "{e}");
+    // Disjoint halves of one buffer: one update each, as if they were separate tensors.
+    let hi = flat.narrow(0, 512, 512).unwrap();
+    let gflat = Tensor::randn(&gpu, &[1024], DType::F32, 4).unwrap();
+    let (glo, ghi) = (gflat.narrow(0, 0, 512).unwrap(), gflat.narrow(0, 512, 512).unwrap());
+    let before = flat.to_vec_f32().unwrap();
+    let lr = SgdConfig::default().lr;
+    let mut sgd = Sgd::new(&gpu, SgdConfig::default()).unwrap();
+    sgd.step(&mut [lo, hi], &[glo, ghi]).unwrap();
+    let after = flat.to_vec_f32().unwrap();
+    let gv = gflat.to_vec_f32().unwrap();
+    let want: Vec<f64> = (0..1024).map(|i| before[i] as f64 - lr as f64 * gv[i] as f64).collect();
+    assert_close("disjoint halves", &after, &want, 1e-6, 1e-6);
+}

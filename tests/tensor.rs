@@ -323,3 +323,48 @@ fn buffer_gives_the_realised_storage_for_interop() {
     let want: Vec<f64> = xv.iter().map(|v| (3.0 * *v as f32) as f64).collect();
     assert_close("y read through its wgpu buffer", &got, &want, 0.0, 0.0);
 }
+
+/// Shapes whose element count overflows are refused, naming the op and the shape (the
+/// product used to wrap: [2^32, 2^32] made a tensor of 0 elements that ops then ran on).
+#[test]
+fn overflowing_shapes_are_refused() {
+    let gpu = gpu();
+    let huge = [1usize << 32, 1usize << 32];
+    for dtype in DType::ALL {
+        let e = Tensor::zeros(&gpu, &huge, dtype).unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument { op: "zeros", .. }), "{e}");
+        assert!(e.to_string().contains(&format!("{huge:?}")), "{e}");
+    }
+    // Host data is never allocated for a shape past the binding limit.
+    let e = Tensor::randn(&gpu, &[1 << 20, 1 << 20], DType::F32, 1).unwrap_err();
+    assert!(matches!(e, Error::TooLarge { op: "randn", .. }), "{e}");
+    let e = Tensor::full(&gpu, &[1 << 40], 1.0, DType::F32).unwrap_err();
+    assert!(matches!(e, Error::TooLarge { op: "full", .. }), "{e}");
+    let e = Tensor::from_slice(&gpu, &[1.0f32], &huge).unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument { op: "from_slice", .. }), "{e}");
+    // A broadcast view whose element count overflows.
+    let x = Tensor::randn(&gpu, &[1, 1], DType::F32, 2).unwrap();
+    let e = x.expand(&huge).unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument { op: "view", .. }), "{e}");
+    let e = x.reshape(&[usize::MAX, 2]).unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument { op: "reshape", .. }), "{e}");
+}
+
+/// A lazy op whose result cannot be bound is refused when it is recorded, under its own
+/// name (it used to surface at a later realisation as "fused").
+#[test]
+fn a_lazy_op_past_the_binding_limit_is_refused_by_name() {
+    for fusion in [true, false] {
+        let gpu =
+            Gpu::with_options(wgkernels::GpuOptions { fusion, ..wgkernels::GpuOptions::from_env().unwrap() }).unwrap();
+        let limit = gpu.info().limits.max_storage_buffer_binding_size;
+        // Rows × columns of f32 just past the limit, from two small operands.
+        let side = ((limit / 4) as f64).sqrt() as usize + 2;
+        let a = Tensor::randn(&gpu, &[side, 1], DType::F32, 3).unwrap();
+        let b = Tensor::randn(&gpu, &[1, side], DType::F32, 4).unwrap();
+        let e = (&a + &b).unwrap_err();
+        assert!(matches!(e, Error::TooLarge { op: "add", .. }), "fusion {fusion}: {e}");
+        let e = a.expand(&[side, side]).unwrap().exp().unwrap_err();
+        assert!(matches!(e, Error::TooLarge { op: "exp", .. }), "fusion {fusion}: {e}");
+    }
+}

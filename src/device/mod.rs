@@ -19,7 +19,7 @@ mod pipeline;
 mod profiler;
 
 pub use options::GpuOptions;
-use pipeline::PipelineKey;
+use pipeline::PipelineCache;
 pub use pipeline::{Kernel, ShaderSource};
 use profiler::ProfilerState;
 pub use profiler::{KernelTime, Profiler, Report};
@@ -179,6 +179,8 @@ pub struct Stats {
     pub submits: u64,
     /// Fused element-wise kernels run (realisations of pending expressions).
     pub fused_kernels: u64,
+    /// Pipelines held in the cache now (at most `GpuOptions::pipeline_cache`).
+    pub pipelines_cached: u64,
 }
 
 struct Pool {
@@ -206,7 +208,7 @@ pub(crate) struct GpuInner {
     cache_dir: Option<std::path::PathBuf>,
     measure_warmup_ms: Option<f64>,
     measure_flush_mb: Option<u64>,
-    pub(crate) pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
+    pub(crate) pipelines: Mutex<PipelineCache>,
     /// Kernel metadata buffers by content: read-only once made, so a loop that launches the
     /// same kernels on the same shapes makes none after its first step (see `meta_buffer`).
     pub(crate) meta: Mutex<HashMap<Vec<u32>, wgpu::Buffer>>,
@@ -498,7 +500,7 @@ impl Gpu {
                 cache_dir: opts.cache_dir.clone(),
                 measure_warmup_ms: opts.measure_warmup_ms,
                 measure_flush_mb: opts.measure_flush_mb,
-                pipelines: Mutex::new(HashMap::new()),
+                pipelines: Mutex::new(PipelineCache::new(opts.pipeline_cache)),
                 meta: Mutex::new(HashMap::new()),
                 bind_groups: Mutex::new(HashMap::new()),
                 family_state: Mutex::new(HashMap::new()),
@@ -851,6 +853,7 @@ impl Gpu {
             dispatches: i.dispatches.load(Ordering::Relaxed),
             submits: i.submits.load(Ordering::Relaxed),
             fused_kernels: i.fused.load(Ordering::Relaxed),
+            pipelines_cached: lock(&i.pipelines).len() as u64,
         }
     }
 

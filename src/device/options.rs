@@ -70,6 +70,9 @@ pub struct GpuOptions {
     /// one's: `wgpu::Limits { max_storage_buffers_per_shader_stage: 4, ..wgpu::Limits::unlimited() }`),
     /// to see how the library behaves on a smaller device. `None`: the adapter's own limits.
     pub limits_cap: Option<wgpu::Limits>,
+    /// Compiled pipelines kept per device, the least recently used dropped past it (and
+    /// compiled again if needed). Default 1024: more than a GPT training step uses.
+    pub pipeline_cache: usize,
     /// `bench::measure`'s warm-up before timed repeats, in milliseconds (`WGK_WARMUP_MS`);
     /// `None`: [`crate::bench::WARMUP_MS`].
     pub measure_warmup_ms: Option<f64>,
@@ -94,6 +97,7 @@ impl Default for GpuOptions {
             tiered_jit: None,
             cache_dir: None,
             limits_cap: None,
+            pipeline_cache: 1024,
             measure_warmup_ms: None,
             measure_flush_mb: None,
         }
@@ -157,6 +161,7 @@ impl GpuOptions {
                 .or_else(|| var("XDG_CACHE_HOME").map(|d| std::path::PathBuf::from(d).join("wgkernels")))
                 .or_else(home_cache),
             limits_cap: None,
+            pipeline_cache: defaults.pipeline_cache,
             measure_warmup_ms: var("WGK_WARMUP_MS")
                 .map(|v| match v.trim().parse::<f64>() {
                     Ok(ms) if ms >= 0.0 && ms.is_finite() => Ok(ms),

@@ -458,6 +458,31 @@ fn invalid(op: &'static str, msg: String) -> Error {
     Error::InvalidArgument { op, msg }
 }
 
+/// Two parameters over the same elements would be updated by two invocations at once (a
+/// race: on lavapipe 0–96 of 1M elements got one update instead of two), so a step refuses
+/// them, naming both. Parameters are contiguous here: each covers `offset..offset + numel`
+/// of its storage.
+fn check_no_aliased_params(op: &'static str, params: &[Tensor]) -> Result<()> {
+    let mut spans: Vec<(usize, usize, usize, usize)> =
+        params.iter().enumerate().map(|(i, p)| (p.storage_id(), p.offset(), p.offset() + p.numel(), i)).collect();
+    spans.sort_unstable();
+    for pair in spans.windows(2) {
+        let ((sa, _, end_a, i), (sb, start_b, _, j)) = (pair[0], pair[1]);
+        if sa == sb && start_b < end_a {
+            let (i, j) = (i.min(j), i.max(j));
+            return Err(invalid(
+                op,
+                format!(
+                    "parameters {i} and {j} (shapes {:?} and {:?}) share elements of one storage: each would be updated twice at once",
+                    params[i].shape(),
+                    params[j].shape()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn check_finite_nonneg(op: &'static str, name: &str, x: f32) -> Result<()> {
     if !(x.is_finite() && x >= 0.0) {
         return Err(invalid(op, format!("{name} must be finite and >= 0, got {x}")));
@@ -688,6 +713,7 @@ impl Engine {
                 }
             }
         }
+        check_no_aliased_params(op, params)?;
         if let Some(layout) = &self.layout {
             let sig: Vec<(Vec<usize>, DType)> = params.iter().map(|p| (p.shape().to_vec(), p.dtype())).collect();
             if sig != layout.signature {

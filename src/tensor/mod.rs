@@ -115,6 +115,36 @@ pub(crate) fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
     strides
 }
 
+/// The element count of `shape`, or an `Err` naming `op` and the shape when the count (or
+/// its bytes at 8 per element) does not fit a `usize`.
+pub(crate) fn checked_numel(op: &'static str, shape: &[usize]) -> Result<usize> {
+    shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).filter(|n| n.checked_mul(8).is_some()).ok_or_else(|| {
+        Error::InvalidArgument { op, msg: format!("shape {shape:?} has more elements than a usize counts") }
+    })
+}
+
+/// The element count of `shape` if a tensor of it in `dtype` fits one storage binding of
+/// `gpu`; checked before any host or device memory is taken for it.
+pub(crate) fn bindable_numel(gpu: &Gpu, op: &'static str, shape: &[usize], dtype: DType) -> Result<usize> {
+    let numel = checked_numel(op, shape)?;
+    let bytes = (numel as u64).saturating_mul(dtype.size_in_bytes() as u64);
+    let limit = gpu.info().limits.max_storage_buffer_binding_size;
+    if bytes.next_multiple_of(4) > limit {
+        return Err(Error::TooLarge { op, shape: shape.to_vec(), bytes, limit });
+    }
+    Ok(numel)
+}
+
+/// True when every element of the view (`shape`, `strides`, `offset`) lies inside a storage
+/// of `len` elements (an empty view always does).
+pub(crate) fn view_in_bounds(shape: &[usize], strides: &[usize], offset: usize, len: usize) -> bool {
+    if shape.contains(&0) {
+        return true;
+    }
+    let last = shape.iter().zip(strides).try_fold(offset, |at, (&n, &s)| at.checked_add((n - 1).checked_mul(s)?));
+    last.is_some_and(|last| last < len.max(1))
+}
+
 /// Resolves a possibly negative dim (`-1` is the last) against `rank`.
 pub(crate) fn resolve_dim(op: &'static str, dim: isize, shape: &[usize]) -> Result<usize> {
     let rank = shape.len() as isize;
@@ -147,12 +177,9 @@ impl Tensor {
 
     /// Allocates an uninitialised contiguous tensor (pool-backed). Every caller fills it.
     pub(crate) fn empty(gpu: &Gpu, op: &'static str, shape: &[usize], dtype: DType) -> Result<Self> {
-        let numel: usize = shape.iter().product();
+        let numel = bindable_numel(gpu, op, shape, dtype)?;
         let bytes = (numel * dtype.size_in_bytes()) as u64;
         let limit = gpu.info().limits.max_storage_buffer_binding_size;
-        if bytes.next_multiple_of(4) > limit {
-            return Err(Error::TooLarge { op, shape: shape.to_vec(), bytes, limit });
-        }
         let (buffer, class) = gpu.alloc(op, bytes.min(limit))?;
         Ok(Self {
             gpu: gpu.clone(),
@@ -176,7 +203,7 @@ impl Tensor {
     /// # Ok(()) }
     /// ```
     pub fn from_slice<T: Element>(gpu: &Gpu, data: &[T], shape: &[usize]) -> Result<Self> {
-        let numel: usize = shape.iter().product();
+        let numel = checked_numel("from_slice", shape)?;
         if numel != data.len() {
             return Err(Error::ShapeMismatch { op: "from_slice", lhs: vec![data.len()], rhs: shape.to_vec() });
         }
@@ -195,7 +222,7 @@ impl Tensor {
     /// # Ok(()) }
     /// ```
     pub fn from_f32(gpu: &Gpu, data: &[f32], shape: &[usize], dtype: DType) -> Result<Self> {
-        let numel: usize = shape.iter().product();
+        let numel = checked_numel("from_f32", shape)?;
         if numel != data.len() {
             return Err(Error::ShapeMismatch { op: "from_f32", lhs: vec![data.len()], rhs: shape.to_vec() });
         }
@@ -232,7 +259,7 @@ impl Tensor {
     /// # Ok(()) }
     /// ```
     pub fn full(gpu: &Gpu, shape: &[usize], value: f32, dtype: DType) -> Result<Self> {
-        let numel: usize = shape.iter().product();
+        let numel = bindable_numel(gpu, "full", shape, dtype)?;
         Self::from_f32(gpu, &vec![value; numel], shape, dtype)
     }
 
@@ -247,7 +274,7 @@ impl Tensor {
     /// # Ok(()) }
     /// ```
     pub fn rand(gpu: &Gpu, shape: &[usize], dtype: DType, seed: u64) -> Result<Self> {
-        let numel: usize = shape.iter().product();
+        let numel = bindable_numel(gpu, "rand", shape, dtype)?;
         let data: Vec<f32> = (0..numel as u64).map(|i| (uniform_pair(seed, i).0 - 2f64.powi(-24)) as f32).collect();
         Self::from_f32(gpu, &data, shape, dtype)
     }
@@ -264,7 +291,7 @@ impl Tensor {
     /// # Ok(()) }
     /// ```
     pub fn randn(gpu: &Gpu, shape: &[usize], dtype: DType, seed: u64) -> Result<Self> {
-        let numel: usize = shape.iter().product();
+        let numel = bindable_numel(gpu, "randn", shape, dtype)?;
         let data: Vec<f32> = (0..numel as u64)
             .map(|i| {
                 let (u1, u2) = uniform_pair(seed, i);
@@ -372,6 +399,7 @@ impl Tensor {
     /// # Ok(()) }
     /// ```
     pub fn numel(&self) -> usize {
+        // Every shape a tensor can have was checked by `checked_numel`: no overflow here.
         self.shape.iter().product()
     }
 
@@ -502,6 +530,12 @@ impl Tensor {
         }
     }
 
+    /// An identity of the storage (or pending node) behind this tensor: equal for tensors
+    /// that [`Tensor::shares_storage`].
+    pub(crate) fn storage_id(&self) -> usize {
+        Arc::as_ptr(&self.data) as usize
+    }
+
     pub(crate) fn data(&self) -> &Arc<Data> {
         &self.data
     }
@@ -529,11 +563,17 @@ impl Tensor {
     /// keeps to same-shape element-wise chains; a view ends the chain).
     fn view(&self, shape: Vec<usize>, strides: Vec<usize>, offset: usize) -> Result<Self> {
         let len = self.storage()?.len;
-        // Every view stays inside its storage: launchers rely on this to build unchecked shaders.
-        debug_assert!(
-            shape.contains(&0)
-                || offset + shape.iter().zip(&strides).map(|(&n, &s)| (n - 1) * s).sum::<usize>() < len.max(1)
-        );
+        checked_numel("view", &shape)?;
+        // Every view stays inside its storage: launchers rely on this to build unchecked
+        // shaders, so it is checked in every build, not only with debug assertions.
+        if !view_in_bounds(&shape, &strides, offset, len) {
+            return Err(Error::InvalidArgument {
+                op: "view",
+                msg: format!(
+                    "shape {shape:?} with strides {strides:?} from offset {offset} reaches past the {len} elements of its storage"
+                ),
+            });
+        }
         Ok(Self { gpu: self.gpu.clone(), dtype: self.dtype, shape, strides, offset, data: self.data.clone() })
     }
 
@@ -550,7 +590,7 @@ impl Tensor {
     /// # Ok(()) }
     /// ```
     pub fn reshape(&self, shape: &[usize]) -> Result<Self> {
-        let numel: usize = shape.iter().product();
+        let numel = checked_numel("reshape", shape)?;
         if numel != self.numel() {
             return Err(Error::ShapeMismatch { op: "reshape", lhs: self.shape.clone(), rhs: shape.to_vec() });
         }

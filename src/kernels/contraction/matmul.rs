@@ -844,10 +844,28 @@ impl Tensor {
         let (m, k) = (a.shape()[a.rank() - 2], a.shape()[a.rank() - 1]);
         let (k2, n) = (b.shape()[b.rank() - 2], b.shape()[b.rank() - 1]);
         if k != k2 {
-            return Err(Error::ShapeMismatch { op: OP, lhs: self.shape().to_vec(), rhs: other.shape().to_vec() });
+            return Err(Error::InvalidArgument {
+                op: OP,
+                msg: format!(
+                    "inner dims differ: lhs {:?} has {k} columns (its last dim), rhs {:?} has {k2} rows (its dim {})",
+                    self.shape(),
+                    other.shape(),
+                    b.rank() - 2
+                ),
+            });
         }
-        let batch = broadcast_shapes(OP, &a.shape()[..a.rank() - 2], &b.shape()[..b.rank() - 2])
-            .map_err(|_| Error::ShapeMismatch { op: OP, lhs: self.shape().to_vec(), rhs: other.shape().to_vec() })?;
+        let batch = broadcast_shapes(OP, &a.shape()[..a.rank() - 2], &b.shape()[..b.rank() - 2]).map_err(|_| {
+            Error::InvalidArgument {
+                op: OP,
+                msg: format!(
+                    "batch dims {:?} of lhs {:?} and {:?} of rhs {:?} do not broadcast",
+                    &a.shape()[..a.rank() - 2],
+                    self.shape(),
+                    &b.shape()[..b.rank() - 2],
+                    other.shape()
+                ),
+            }
+        })?;
         if let Some(bias) = opts.bias {
             if bias.shape() != [n] {
                 return Err(Error::ShapeMismatch { op: "matmul bias", lhs: bias.shape().to_vec(), rhs: vec![n] });

@@ -978,6 +978,7 @@ pub fn norm_forward(
     rms: bool,
     kernel: RowKernel,
 ) -> Result<Tensor> {
+    check_eps(op, eps)?;
     let r = rows_of(op, x)?;
     // A bad forced class is refused here, before `prologue` below may realise pending
     // inputs (`choose` checks it again once the unit is known).
@@ -1105,6 +1106,7 @@ pub fn norm_backward_with(
     rms: bool,
     grads: NormGrads,
 ) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
+    check_eps(op, eps)?;
     if x.shape() != dy.shape() {
         return Err(Error::ShapeMismatch { op, lhs: x.shape().to_vec(), rhs: dy.shape().to_vec() });
     }
@@ -1222,4 +1224,13 @@ pub fn norm_backward_with(
     let dw = grads.narrow(0, 0, r.n)?;
     let db = if rms { None } else { Some(grads.narrow(0, r.n, r.n)?) };
     Ok((dx, Some(dw), db))
+}
+
+/// `eps` must be finite and ≥ 0 (a negative one turns rows of equal values into NaNs), as
+/// the optimizers require of theirs.
+fn check_eps(op: &'static str, eps: f32) -> Result<()> {
+    if eps.is_finite() && eps >= 0.0 {
+        return Ok(());
+    }
+    Err(Error::InvalidArgument { op, msg: format!("eps must be finite and ≥ 0, got {eps}") })
 }
