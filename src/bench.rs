@@ -24,7 +24,7 @@ pub const WARMUP_MS: f64 = 1000.0;
 /// The warm-up `gpu` measures with: `GpuOptions::measure_warmup_ms` (`WGK_WARMUP_MS`), else
 /// [`WARMUP_MS`].
 ///
-/// ```no_run
+/// ```
 /// let gpu = wgkernels::Gpu::new()?;
 /// assert!(wgkernels::bench::warmup_ms(&gpu) >= 0.0);
 /// # Ok::<(), wgkernels::Error>(())
@@ -80,7 +80,7 @@ impl Timing {
 /// way. 256 MiB on GPUs, none on CPU devices (their caches are the host's);
 /// `GpuOptions::measure_flush_mb` (`WGK_FLUSH_MB`) overrides.
 ///
-/// ```no_run
+/// ```
 /// let gpu = wgkernels::Gpu::new()?;
 /// println!("{} bytes flushed between repeats", wgkernels::bench::flush_bytes(&gpu));
 /// # Ok::<(), wgkernels::Error>(())

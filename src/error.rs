@@ -7,7 +7,7 @@ use crate::DType;
 /// operation that refused its input (`"matmul"`, `"softmax mask"`, ...), `lhs`/`rhs` or
 /// `shape` the offending shapes or dtypes, and `msg` what was expected.
 ///
-/// ```no_run
+/// ```
 /// # use wgkernels::{DType, Gpu, Tensor};
 /// # fn main() -> wgkernels::Result<()> {
 /// # let gpu = Gpu::new()?;
@@ -80,7 +80,7 @@ pub enum Error {
 
 /// `Result` with the crate's [`Error`].
 ///
-/// ```no_run
+/// ```
 /// # use wgkernels::{DType, Gpu, Tensor};
 /// # fn main() -> wgkernels::Result<()> {
 /// # let gpu = Gpu::new()?;

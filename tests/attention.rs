@@ -591,7 +591,7 @@ fn tensor_core_path_matches_f64_where_the_adapter_has_it() {
     if attention(&probe, &probe, &probe, &forced).is_err() {
         let e = attention(&probe, &probe, &probe, &forced).unwrap_err().to_string();
         assert!(e.contains("cooperative matrices"), "{e}");
-        eprintln!("skipped: no tensor-core attention on {} ({e})", gpu.info().name);
+        skipped("tensor-core attention forward", &format!("no tensor-core attention on {} ({e})", gpu.info().name));
         return;
     }
     // P is rounded to f16 before P·V (tensor-core inputs): twice the f16 storage tolerance.
@@ -675,7 +675,7 @@ fn scaled_tensor_core_path_matches_f64(dtype: DType) {
     if let Err(e) = attention(&probe, &probe, &probe, &forced) {
         let e = e.to_string();
         assert!(e.contains("cooperative matrices"), "{e}");
-        eprintln!("skipped: no tensor-core attention on {} ({e})", gpu.info().name);
+        skipped("tensor-core attention forward", &format!("no tensor-core attention on {} ({e})", gpu.info().name));
         return;
     }
     let (atol, rtol) = att_tol(dtype);
@@ -868,7 +868,7 @@ fn tensor_core_backward_matches_f64_where_the_adapter_has_it() {
         let (o, lse) = attention_forward(&probe, &probe, &probe, &AttentionOptions::default()).unwrap();
         let e = attention_backward(&probe, &probe, &probe, &o, &lse, &o, &forced).unwrap_err().to_string();
         assert!(e.contains("cooperative matrices"), "{e}");
-        eprintln!("skipped: no tensor-core attention on {}", gpu.info().name);
+        skipped("tensor-core attention backward", &format!("no tensor-core attention on {}", gpu.info().name));
         return;
     }
     // P and dS are rounded to f16 before their products (tensor-core inputs): twice the f16

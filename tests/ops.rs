@@ -42,12 +42,28 @@ fn binary_ops_broadcast_every_dtype() {
             // pow is undefined for negative bases on GPUs: give it |a|.
             let a_abs = a.abs().unwrap();
             let av_abs: Vec<f64> = av.iter().map(|x| x.abs()).collect();
+            // Comparisons see both outcomes and ties: both sides on a grid of halves in [-2, 2).
+            let halves = |v: Vec<f32>| -> Vec<f32> { v.iter().map(|x| (x * 2.0).floor() / 2.0).collect() };
+            let ah = halves(random_vec(ash.iter().product(), 10 + k as u64));
+            let bh = halves(random_vec(bsh.iter().product(), 200 + k as u64));
+            let (ac, bc) =
+                (Tensor::from_f32(&gpu, &ah, ash, dtype).unwrap(), Tensor::from_f32(&gpu, &bh, bsh, dtype).unwrap());
+            let (acv, bcv) = (rounded(&ah, dtype), rounded(&bh, dtype));
+            assert_eq!(BinaryOp::ALL.len(), 12, "every op is tested");
             for op in BinaryOp::ALL {
-                let (a, av) = if op == BinaryOp::Pow { (&a_abs, &av_abs) } else { (&a, &av) };
-                let got = wgkernels::ops::elementwise::binary(a, &b, op).unwrap();
+                let (a, av, b, bv) = match op {
+                    BinaryOp::Pow => (&a_abs, &av_abs, &b, &bv),
+                    _ if op.is_comparison() => (&ac, &acv, &bc, &bcv),
+                    _ => (&a, &av, &b, &bv),
+                };
+                let got = wgkernels::ops::elementwise::binary(a, b, op).unwrap();
                 assert_eq!(got.shape(), &out_shape[..]);
                 assert_eq!(got.dtype(), dtype);
-                let want = broadcast_ref(op, av, ash, &bv, bsh, &out_shape);
+                let want = broadcast_ref(op, av, ash, bv, bsh, &out_shape);
+                if op.is_comparison() && ash.iter().product::<usize>() > 8 {
+                    // Both outcomes occur (and ties, for the grid), or the test shows nothing.
+                    assert!(want.contains(&0.0) && want.contains(&1.0), "{op:?} {ash:?}: one outcome only");
+                }
                 assert_close(
                     &format!("{op:?} {ash:?}x{bsh:?} {dtype:?}"),
                     &got.to_vec_f32().unwrap(),

@@ -56,7 +56,7 @@ const MAX_PENDING_DISPATCHES: usize = 64;
 
 /// What the library got from the adapter: the answer to "what can this machine do?".
 ///
-/// ```no_run
+/// ```
 /// # use wgkernels::{DType, Gpu, Tensor};
 /// # fn main() -> wgkernels::Result<()> {
 /// # let gpu = Gpu::new()?;
@@ -89,7 +89,7 @@ pub struct GpuInfo {
 impl GpuInfo {
     /// True when the device has 16×16×16 f16×f16→f32 cooperative matrices (tensor cores).
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -139,7 +139,7 @@ impl std::fmt::Display for GpuInfo {
 
 /// Bytes in use, as `gpu.memory()` reports them.
 ///
-/// ```no_run
+/// ```
 /// # use wgkernels::{DType, Gpu, Tensor};
 /// # fn main() -> wgkernels::Result<()> {
 /// # let gpu = Gpu::new()?;
@@ -159,7 +159,7 @@ pub struct MemoryStats {
 
 /// Counters for the pipeline cache (and, later, the fusion JIT).
 ///
-/// ```no_run
+/// ```
 /// # use wgkernels::{DType, Gpu, Tensor};
 /// # fn main() -> wgkernels::Result<()> {
 /// # let gpu = Gpu::new()?;
@@ -349,7 +349,7 @@ impl Gpu {
     /// `WGK_ADAPTER` and `WGK_CHECKED`, and creates a device with the adapter's own limits and
     /// every optional feature the library can use.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -536,7 +536,7 @@ impl Gpu {
 
     /// What the adapter is and what the library got from it.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -585,7 +585,7 @@ impl Gpu {
     /// Turns element-wise fusion on or off, to measure what it buys. Tensors already pending
     /// stay pending and are still computed fused when realised.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -602,7 +602,7 @@ impl Gpu {
     /// Whether chains consuming an f32 matmul run in its epilogue (with fusion on); see
     /// [`GpuOptions::fuse_matmul_epilogues`].
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -616,7 +616,7 @@ impl Gpu {
 
     /// Turns matmul-epilogue fusion on or off for work recorded from now on.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -631,7 +631,7 @@ impl Gpu {
 
     /// True when shaders are built with runtime bounds checks (`WGK_CHECKED=1`).
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -648,7 +648,7 @@ impl Gpu {
     /// inputs chosen around every rounding tie (shaders/f16_probe.wgsl). Otherwise kernels
     /// round with the library's own routine; results are the same bits either way.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -745,7 +745,7 @@ impl Gpu {
 
     /// The underlying wgpu device, for interop.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -758,7 +758,7 @@ impl Gpu {
 
     /// The underlying wgpu queue, for interop.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -771,7 +771,7 @@ impl Gpu {
 
     /// True when the device has `feature`.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -784,7 +784,7 @@ impl Gpu {
 
     /// Bytes in tensors, in the pool, and the peak since `reset_peak()`.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -815,7 +815,7 @@ impl Gpu {
 
     /// Frees every idle buffer the pool holds.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -834,7 +834,7 @@ impl Gpu {
 
     /// Pipeline cache and dispatch counters.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -1052,7 +1052,7 @@ impl Gpu {
     /// Whether new fused structures start with a quick kernel while the full one compiles
     /// in the background ([`GpuOptions::tiered_jit`], resolved for this adapter).
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -1113,7 +1113,7 @@ impl Gpu {
 
     /// Submits all recorded work and blocks until the GPU has finished it.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;

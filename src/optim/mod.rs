@@ -2,7 +2,7 @@
 //! one pass over every parameter, gradient and state element, for all tensors of a model in
 //! a few dispatches (`shaders/optim.wgsl` explains the kernel).
 //!
-//! ```no_run
+//! ```
 //! use wgkernels::optim::{AdamW, AdamWConfig, Optimizer};
 //! # fn demo(gpu: &wgkernels::Gpu, mut params: Vec<wgkernels::Tensor>, grads: Vec<wgkernels::Tensor>) -> wgkernels::Result<()> {
 //! let mut opt = AdamW::new(gpu, AdamWConfig { lr: 3e-4, weight_decay: 0.1, ..Default::default() })?;
@@ -113,7 +113,7 @@ impl Default for SgdConfig {
 
 /// What the optimizers share: stepping, state, counters.
 ///
-/// ```no_run
+/// ```
 /// # use wgkernels::{DType, Gpu, Tensor};
 /// # fn main() -> wgkernels::Result<()> {
 /// # let gpu = Gpu::new()?;
@@ -153,7 +153,7 @@ pub trait Optimizer {
 
 /// AdamW (and Adam, AMSGrad) in one fused pass per step. See the [module docs](self).
 ///
-/// ```no_run
+/// ```
 /// # use wgkernels::{DType, Gpu, Tensor};
 /// # fn main() -> wgkernels::Result<()> {
 /// # let gpu = Gpu::new()?;
@@ -199,7 +199,7 @@ impl AdamW {
     /// The hyperparameters, to change between steps (lr schedules): no recompilation.
     /// `amsgrad` is fixed at creation.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -214,7 +214,7 @@ impl AdamW {
 
     /// The hyperparameters.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -238,7 +238,7 @@ impl AdamW {
     /// Dispatches per step: one per group of segments (+ the norm reduction and the
     /// finalize dispatch). Known after the first step.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -309,7 +309,7 @@ impl_optimizer!(AdamW);
 /// SGD with momentum, dampening, Nesterov and L2 weight decay, fused like [`AdamW`]: one
 /// state tensor (the momentum buffer) instead of two.
 ///
-/// ```no_run
+/// ```
 /// # use wgkernels::{DType, Gpu, Tensor};
 /// # fn main() -> wgkernels::Result<()> {
 /// # let gpu = Gpu::new()?;
@@ -329,7 +329,7 @@ impl Sgd {
     ///
     /// Errors: `InvalidArgument` for hyperparameters outside their ranges.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// use wgkernels::optim::{Optimizer, Sgd, SgdConfig};
     /// # fn main() -> wgkernels::Result<()> {
@@ -1030,7 +1030,7 @@ pub fn all_kernels() -> Vec<Kernel> {
 /// With fusion on (the default) the fusion JIT compiles these ops into one kernel; turn it
 /// off ([`Gpu::set_fusion`]) to run them one kernel each, as an eager framework would.
 ///
-/// ```no_run
+/// ```
 /// # use wgkernels::{DType, Gpu, Tensor};
 /// # fn main() -> wgkernels::Result<()> {
 /// # let gpu = Gpu::new()?;

@@ -72,7 +72,7 @@ impl Data {
 
 /// An n-dimensional array on the GPU: a dtype, a shape and strides over shared storage.
 ///
-/// ```no_run
+/// ```
 /// use wgkernels::{DType, Gpu, Tensor};
 /// # fn main() -> wgkernels::Result<()> {
 /// let gpu = Gpu::new()?;
@@ -193,7 +193,7 @@ impl Tensor {
 
     /// A tensor holding `data` (row-major) with `shape`; the dtype follows `T`.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -214,7 +214,7 @@ impl Tensor {
 
     /// A tensor of `dtype` from f32 values, rounded to nearest-even for 16-bit dtypes.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -233,7 +233,7 @@ impl Tensor {
 
     /// A tensor of zeros.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -250,7 +250,7 @@ impl Tensor {
 
     /// A tensor with every element `value` (rounded to `dtype`).
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -265,7 +265,7 @@ impl Tensor {
 
     /// Uniform values in [0, 1), reproducible from `seed` on every backend.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -281,7 +281,7 @@ impl Tensor {
 
     /// Standard normal values (Box–Muller), reproducible from `seed` on every backend.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -305,7 +305,7 @@ impl Tensor {
 
     /// The device this tensor lives on.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -319,7 +319,7 @@ impl Tensor {
 
     /// Element type.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -333,7 +333,7 @@ impl Tensor {
 
     /// Size of each dim.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -348,7 +348,7 @@ impl Tensor {
 
     /// Element stride of each dim (0 where broadcast).
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -362,7 +362,7 @@ impl Tensor {
 
     /// Offset of the first element in the storage, in elements.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -376,7 +376,7 @@ impl Tensor {
 
     /// Number of dims.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -390,7 +390,7 @@ impl Tensor {
 
     /// Number of elements.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -405,7 +405,7 @@ impl Tensor {
 
     /// Size of dim `dim` (negative counts from the end).
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -419,7 +419,7 @@ impl Tensor {
 
     /// True when the elements are laid out row-major without gaps from `offset`.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -435,7 +435,7 @@ impl Tensor {
 
     /// True when `self` and `other` share storage (or the same pending expression).
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -470,7 +470,7 @@ impl Tensor {
     /// Computes a pending element-wise expression now (one fused kernel) and returns `self`,
     /// realised. A no-op for realised tensors.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -509,7 +509,7 @@ impl Tensor {
 
     /// True when the tensor is a pending expression that has not been computed yet.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -580,7 +580,7 @@ impl Tensor {
     /// The same elements with a new shape. A view when the data is contiguous; otherwise
     /// the data is first copied (like `torch.reshape`).
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -600,7 +600,7 @@ impl Tensor {
 
     /// Swaps two dims (negative counts from the end). A view.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -619,7 +619,7 @@ impl Tensor {
 
     /// Reorders dims: dim `i` of the result is dim `order[i]` of `self`. A view.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -644,7 +644,7 @@ impl Tensor {
 
     /// `len` elements of dim `dim` starting at `start`. A view.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -673,7 +673,7 @@ impl Tensor {
 
     /// Inserts a dim of size 1 at `dim` (`0..=rank`). A view.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -700,7 +700,7 @@ impl Tensor {
     /// Broadcasts to `shape` (NumPy rules: leading dims added, size-1 dims repeated with
     /// stride 0). A view.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -736,7 +736,7 @@ impl Tensor {
 
     /// The elements, row-major, as `T` (which must match the dtype).
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -755,7 +755,7 @@ impl Tensor {
 
     /// The elements, row-major, converted to f32 whatever the dtype.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;

@@ -12,6 +12,14 @@ pub fn gpu() -> Gpu {
     GPU.get_or_init(|| Gpu::new().expect("a GPU or software adapter (apt-get install mesa-vulkan-drivers)")).clone()
 }
 
+/// Says, where CI's log shows it, that a test checked nothing on this adapter and why:
+/// written straight to the process's stderr, past the harness's capture of `eprintln!`
+/// (which shows a passing test's output only with `--nocapture`).
+pub fn skipped(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why} (run it on an adapter that has it, e.g. the H200)");
+}
+
 /// (atol, rtol) for results stored in `dtype` after f32 math. 16-bit storage rounds each
 /// stored value to half an ulp: 2^-11 relative for f16, 2^-8 for bf16.
 pub fn tol(dtype: DType) -> (f64, f64) {

@@ -86,7 +86,7 @@ const BWD_ROWS: usize = 64;
 
 /// How q, k, v (and the output) lay out their dims.
 ///
-/// ```no_run
+/// ```
 /// # use wgkernels::{DType, Gpu, Tensor};
 /// # fn main() -> wgkernels::Result<()> {
 /// # let gpu = Gpu::new()?;
@@ -107,7 +107,7 @@ pub enum AttentionLayout {
 
 /// Which implementation runs.
 ///
-/// ```no_run
+/// ```
 /// # use wgkernels::{DType, Gpu, Tensor};
 /// # fn main() -> wgkernels::Result<()> {
 /// # let gpu = Gpu::new()?;
@@ -134,7 +134,7 @@ pub enum AttentionPath {
 
 /// Options of [`attention`]. `Default`: no mask, scale 1/√D, `Bhsd`, `Auto`.
 ///
-/// ```no_run
+/// ```
 /// # use wgkernels::{DType, Gpu, Tensor};
 /// # fn main() -> wgkernels::Result<()> {
 /// # let gpu = Gpu::new()?;
@@ -285,7 +285,7 @@ fn flash_applies(d: &Dims) -> bool {
 /// Errors: `ShapeMismatch` when q, k, v (or the bias) do not fit together, `DTypeMismatch`,
 /// `InvalidArgument` for a rank other than 4 or a flash path forced where it does not apply.
 ///
-/// ```no_run
+/// ```
 /// # use wgkernels::{DType, Gpu, Tensor};
 /// # fn main() -> wgkernels::Result<()> {
 /// # let gpu = Gpu::new()?;
@@ -305,7 +305,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOptions) ->
 /// (tensor cores), `Flash` (FMA units) or `Naive`, never `Auto`; the error `attention` would
 /// return where the inputs do not fit or a forced path does not apply. Nothing is dispatched.
 ///
-/// ```no_run
+/// ```
 /// # use wgkernels::{DType, Gpu, Tensor};
 /// # fn main() -> wgkernels::Result<()> {
 /// # let gpu = Gpu::new()?;
@@ -354,7 +354,7 @@ fn flash_head_dim_error(op: &'static str, dims: &Dims) -> Error {
 /// Flash attention forward: the output (q's dtype and layout) and the log-sum-exp of each
 /// query row's scaled scores, `[B, H, S_q]` f32, which [`attention_backward`] needs.
 ///
-/// ```no_run
+/// ```
 /// # use wgkernels::{DType, Gpu, Tensor};
 /// # fn main() -> wgkernels::Result<()> {
 /// # let gpu = Gpu::new()?;
@@ -445,7 +445,7 @@ pub fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpt
 /// Gradients of [`attention_forward`]: (dq, dk, dv) in the inputs' dtype and layout, from
 /// q, k, v, the forward's output and log-sum-exp, and the output's gradient `dout`.
 ///
-/// ```no_run
+/// ```
 /// # use wgkernels::{DType, Gpu, Tensor};
 /// # fn main() -> wgkernels::Result<()> {
 /// # let gpu = Gpu::new()?;
@@ -603,7 +603,7 @@ pub fn attention_backward(
 /// The reference composition: scores = q·kᵀ (f32) → scale, bias, causal mask → softmax →
 /// · v. Materialises `[B, H, S_q, S_k]` scores and probabilities.
 ///
-/// ```no_run
+/// ```
 /// # use wgkernels::{DType, Gpu, Tensor};
 /// use wgkernels::ops::attention::{attention_naive, AttentionOptions};
 /// # fn main() -> wgkernels::Result<()> {

@@ -98,7 +98,7 @@ impl Activation {
 /// per invocation ((BM/TM)·(BN/TN) invocations); `vec4` selects the `tiled_v4` entry
 /// (contiguous per-invocation blocks, vec4 workgroup loads).
 ///
-/// ```no_run
+/// ```
 /// # use wgkernels::{DType, Gpu, Tensor};
 /// # fn main() -> wgkernels::Result<()> {
 /// # let gpu = Gpu::new()?;
@@ -124,7 +124,7 @@ pub struct TileConfig {
 /// K-steps of BK (a multiple of 16); `prefetch` loads the next K-step into registers
 /// during this one's MMAs (taken only where both operands stage 8 halves at a time).
 ///
-/// ```no_run
+/// ```
 /// # use wgkernels::{DType, Gpu, Tensor};
 /// # fn main() -> wgkernels::Result<()> {
 /// # let gpu = Gpu::new()?;
@@ -158,7 +158,7 @@ impl CoopConfig {
 
 /// Which kernel runs a matmul.
 ///
-/// ```no_run
+/// ```
 /// # use wgkernels::{DType, Gpu, Tensor};
 /// # fn main() -> wgkernels::Result<()> {
 /// # let gpu = Gpu::new()?;
@@ -238,7 +238,7 @@ const THIN_COLS: usize = 16;
 
 /// Options for [`Tensor::matmul_with`].
 ///
-/// ```no_run
+/// ```
 /// # use wgkernels::{DType, Gpu, Tensor};
 /// # fn main() -> wgkernels::Result<()> {
 /// # let gpu = Gpu::new()?;
@@ -271,7 +271,7 @@ fn fixed_subgroup(gpu: &Gpu) -> Option<u32> {
 
 /// True when the coop path can run `dtype` inputs on this device.
 ///
-/// ```no_run
+/// ```
 /// # use wgkernels::{DType, Gpu, Tensor};
 /// # fn main() -> wgkernels::Result<()> {
 /// # let gpu = Gpu::new()?;
@@ -801,7 +801,7 @@ impl Tensor {
     /// 1-D operands are treated as a row (left) or column (right) vector and the added dim is
     /// removed, as in `torch.matmul`. Same dtype on both sides; the result has that dtype.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -816,7 +816,7 @@ impl Tensor {
 
     /// [`Tensor::matmul`] with options: output dtype, reduced precision, bias, activation.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;

@@ -66,9 +66,26 @@ pub enum BinaryOp {
 }
 
 impl BinaryOp {
-    /// All binary ops, for tests and the portability check.
-    pub const ALL: [BinaryOp; 6] =
-        [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div, BinaryOp::Maximum, BinaryOp::Minimum];
+    /// Every binary op, for tests and the portability check.
+    pub const ALL: [BinaryOp; 12] = [
+        BinaryOp::Add,
+        BinaryOp::Sub,
+        BinaryOp::Mul,
+        BinaryOp::Div,
+        BinaryOp::Maximum,
+        BinaryOp::Minimum,
+        BinaryOp::Pow,
+        BinaryOp::Gt,
+        BinaryOp::Lt,
+        BinaryOp::Ge,
+        BinaryOp::Le,
+        BinaryOp::Eq,
+    ];
+
+    /// The comparisons: 1 where they hold, else 0.
+    pub fn is_comparison(self) -> bool {
+        matches!(self, BinaryOp::Gt | BinaryOp::Lt | BinaryOp::Ge | BinaryOp::Le | BinaryOp::Eq)
+    }
 
     /// The op's name in errors.
     pub fn name(self) -> &'static str {
@@ -474,7 +491,7 @@ fn launch(
 
 /// `op(a, b)` with broadcasting; both operands must have the same dtype.
 ///
-/// ```no_run
+/// ```
 /// # use wgkernels::{DType, Gpu, Tensor};
 /// # fn main() -> wgkernels::Result<()> {
 /// # let gpu = Gpu::new()?;
@@ -505,7 +522,7 @@ pub fn binary(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
 /// `op(x)` into a new contiguous tensor of `out_dtype` (a copy, or a cast when the dtype
 /// changes). With fusion on, everything but a plain copy returns a pending tensor.
 ///
-/// ```no_run
+/// ```
 /// # use wgkernels::{DType, Gpu, Tensor};
 /// # fn main() -> wgkernels::Result<()> {
 /// # let gpu = Gpu::new()?;
@@ -530,7 +547,7 @@ pub fn map(x: &Tensor, op: UnaryOp, out_dtype: DType) -> Result<Tensor> {
 /// `b` share a dtype, which the result has; `cond` may be any dtype (comparisons give 1/0).
 /// Lazy with fusion on, like every element-wise op.
 ///
-/// ```no_run
+/// ```
 /// # use wgkernels::{DType, Gpu, Tensor};
 /// use wgkernels::ops::elementwise::where_;
 /// # fn main() -> wgkernels::Result<()> {
@@ -593,7 +610,7 @@ scalar_methods! {
 impl Tensor {
     /// Clamps every element to [`min`, `max`] (one fused node pair).
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -684,7 +701,7 @@ impl Tensor {
     ///
     /// Errors: `InvalidArgument` unless 0 ≤ p < 1.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -709,7 +726,7 @@ impl Tensor {
 
     /// Element-wise maximum with broadcasting (NaN handling follows the backend's `max`).
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -724,7 +741,7 @@ impl Tensor {
 
     /// Element-wise minimum with broadcasting.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -743,7 +760,7 @@ impl Tensor {
 impl Tensor {
     /// A contiguous copy when `self` is a strided view or has an offset; `self` otherwise.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -765,7 +782,7 @@ impl Tensor {
 
     /// The same values in `dtype` (round-to-nearest-even when narrowing).
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;

@@ -1,7 +1,7 @@
 //! Transposed copies through workgroup-memory tiles (shaders/transpose.wgsl): what
 //! [`Tensor::contiguous`] runs for a view whose last two dims are swapped.
 //!
-//! ```no_run
+//! ```
 //! # use wgkernels::{DType, Gpu, Tensor};
 //! # fn main() -> wgkernels::Result<()> {
 //! # let gpu = Gpu::new()?;

@@ -134,7 +134,7 @@ fn with_units(mut k: Kernel, unit: u32, words: &[(&'static str, Option<DType>)])
 
 /// Which row kernel runs a row-wise op.
 ///
-/// ```no_run
+/// ```
 /// # use wgkernels::{DType, Gpu, Tensor};
 /// # fn main() -> wgkernels::Result<()> {
 /// # let gpu = Gpu::new()?;
@@ -328,7 +328,7 @@ fn auto_vpt(n: usize, unit: u32) -> u32 {
 
 /// Options of [`Tensor::softmax_with`].
 ///
-/// ```no_run
+/// ```
 /// # use wgkernels::{DType, Gpu, Tensor};
 /// # fn main() -> wgkernels::Result<()> {
 /// # let gpu = Gpu::new()?;
@@ -643,7 +643,7 @@ impl Tensor {
     /// Softmax over `dim` (negative counts from the end), max-subtracted. A row of all −inf
     /// gives zeros, not NaN. Dims other than the last go through a transposed copy.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -659,7 +659,7 @@ impl Tensor {
 
     /// log-softmax over `dim`. A row of all −inf gives −inf.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -684,7 +684,7 @@ impl Tensor {
     /// Softmax over the last dim with a scale, an additive mask and/or causal masking, all
     /// applied inside the one kernel.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -769,7 +769,7 @@ impl Tensor {
     /// Gradient of softmax over the last dim: `dx = y ⊙ (dy − Σ y·dy)`, from the forward
     /// output `self` (= y) and the upstream gradient `dy`.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -816,7 +816,7 @@ impl Tensor {
     /// against integer `targets` (one per row), and its gradient with respect to the logits,
     /// in one pass over the logits: `(loss, dlogits)`, loss a 0-dim f32 tensor.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -831,7 +831,7 @@ impl Tensor {
 
     /// [`Tensor::cross_entropy`] with a forced register class (tests, benchmarks).
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -886,7 +886,7 @@ impl Tensor {
     /// LayerNorm over the last dim: `(x − mean) / √(var + eps) · weight + bias`, biased
     /// variance as in PyTorch; `weight` and `bias` (shape `[N]`) are optional.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -901,7 +901,7 @@ impl Tensor {
 
     /// RMSNorm over the last dim: `x / √(mean(x²) + eps) · weight`.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -916,7 +916,7 @@ impl Tensor {
     /// Gradients of [`Tensor::layer_norm`] from the input `self`, the weight and the
     /// upstream gradient: `(dx, dweight, dbias)` (`dweight`, `dbias` when a weight is given).
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -937,7 +937,7 @@ impl Tensor {
 
     /// Gradients of [`Tensor::rms_norm`]: `(dx, dweight)`.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
@@ -1086,7 +1086,7 @@ fn in_pass_rows(rows: usize) -> u32 {
 /// LayerNorm (`rms = false`) or RMSNorm backward, `(dx, dw, db)`, with a forced way to dw
 /// and db (the tests and benchmarks compare them; [`Tensor::layer_norm_backward`] is `Auto`).
 ///
-/// ```no_run
+/// ```
 /// # use wgkernels::{DType, Gpu, Tensor};
 /// # fn main() -> wgkernels::Result<()> {
 /// # let gpu = Gpu::new()?;

@@ -1,6 +1,6 @@
 //! Reductions: sum over one dim, accumulated in f32.
 //!
-//! ```no_run
+//! ```
 //! # fn main() -> wgkernels::Result<()> {
 //! let gpu = wgkernels::Gpu::new()?;
 //! let x = wgkernels::Tensor::from_slice(&gpu, &[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3])?;
@@ -46,7 +46,7 @@ impl Tensor {
     ///
     /// Errors: `AxisOutOfRange` for a bad `dim`, `Empty` when the tensor has no elements.
     ///
-    /// ```no_run
+    /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
