@@ -51,6 +51,10 @@ extern "C" fn end_jit_workers_at_exit() {
     }
 }
 
+/// Devices of this process not yet torn down: every `Gpu::new` adds one, the drop of its
+/// last handle (and of everything holding one: tensors, optimizers, caches) takes it off.
+static LIVE_DEVICES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// Dispatches recorded before the pending encoder is submitted without being asked.
 const MAX_PENDING_DISPATCHES: usize = 64;
 
@@ -255,6 +259,12 @@ pub(crate) struct GpuInner {
     jit_hold: Arc<JitHold>,
     /// GL only: held around every device call of this library (see [`Gpu::serial`]).
     gl_serial: Option<parking_lot::ReentrantMutex<()>>,
+}
+
+impl Drop for GpuInner {
+    fn drop(&mut self) {
+        LIVE_DEVICES.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A handle to one GPU device. Clone it freely; clones share the device, the pool and the caches.
@@ -490,6 +500,7 @@ impl Gpu {
             candidates: names,
             subgroup_sizes: (ainfo.subgroup_min_size, ainfo.subgroup_max_size),
         };
+        LIVE_DEVICES.fetch_add(1, Ordering::Relaxed);
         Ok(Gpu {
             inner: Arc::new(GpuInner {
                 device,
@@ -532,6 +543,26 @@ impl Gpu {
                 gl_serial: (ainfo.backend == wgpu::Backend::Gl).then(|| parking_lot::ReentrantMutex::new(())),
             }),
         })
+    }
+
+    /// How many devices this process holds now: each [`Gpu::new`] adds one until its last
+    /// handle is gone, with every tensor, optimizer and cache entry that holds one. A process
+    /// that creates and drops devices (a test suite, a server) sees this return to where it
+    /// was; drivers list no adapter once too many devices stay alive.
+    ///
+    /// ```
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// let before = Gpu::live_devices();
+    /// {
+    ///     let gpu = Gpu::new()?;
+    ///     let x = Tensor::randn(&gpu, &[8], DType::F32, 0)?;
+    ///     x.exp()?.realize()?;
+    /// }
+    /// assert_eq!(Gpu::live_devices(), before);
+    /// # Ok::<(), wgkernels::Error>(())
+    /// ```
+    pub fn live_devices() -> usize {
+        LIVE_DEVICES.load(Ordering::Relaxed)
     }
 
     /// What the adapter is and what the library got from it.
