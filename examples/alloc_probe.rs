@@ -9,6 +9,10 @@
 //! On the H200 (2026-11-28): no buffer effect; the first two measurements (~0.3 s) after
 //! allocating new 256 MiB buffers ran at 1.5–1.7 TB/s, every later one at 3.2–3.7 TB/s
 //! (BENCHMARKS.md).
+#[path = "common/args.rs"]
+#[allow(dead_code)]
+mod args;
+
 use std::time::Instant;
 use wgkernels::{wgpu, DType, Gpu, Tensor};
 
@@ -33,7 +37,9 @@ fn main() -> wgkernels::Result<()> {
         label: None,
         source: wgpu::ShaderSource::Wgsl(SHADER.into()),
     });
-    let sizes: Vec<u64> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let args = args::Args::parse("alloc_probe [MiB ...]", &[], &[], true);
+    let sizes: Vec<u64> =
+        args.positional.iter().map(|a| a.parse().unwrap_or_else(|_| panic!("{a:?} is not a size in MiB"))).collect();
     for mib in if sizes.is_empty() { vec![64, 256, 1024] } else { sizes } {
         let bytes = mib << 20;
         let n = (bytes / 4) as usize;

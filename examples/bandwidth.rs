@@ -15,6 +15,10 @@
 //!
 //! Timing: 20 repeats recorded into one submission, wall clock around submit + wait.
 
+#[path = "common/args.rs"]
+#[allow(dead_code)]
+mod args;
+
 use std::time::Instant;
 
 use wgkernels::{wgpu, DType, Gpu, Tensor};
@@ -116,7 +120,9 @@ fn copy_ms(
 fn main() -> wgkernels::Result<()> {
     let gpu = Gpu::new()?;
     println!("{}", gpu.info());
-    let sizes: Vec<u64> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let args = args::Args::parse("bandwidth [MiB ...]", &[], &[], true);
+    let sizes: Vec<u64> =
+        args.positional.iter().map(|a| a.parse().unwrap_or_else(|_| panic!("{a:?} is not a size in MiB"))).collect();
     let sizes = if sizes.is_empty() { vec![64, 256, 1024] } else { sizes };
     let device = gpu.device();
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -125,8 +131,13 @@ fn main() -> wgkernels::Result<()> {
     });
     let max_binding = gpu.info().limits.max_storage_buffer_binding_size;
     println!("| buffer | variant | ms | GB/s |\n|---|---|---:|---:|");
-    for mib in sizes {
-        let bytes = (mib << 20).min(max_binding / 16 * 16);
+    for asked in sizes {
+        let bytes = (asked << 20).min(max_binding / 16 * 16);
+        // The label says what ran: a size past the binding limit is clamped to it.
+        let mib = format!("{:.0}", bytes as f64 / (1 << 20) as f64);
+        if bytes < asked << 20 {
+            println!("| {asked} MiB asked | clamped to {mib} MiB, the adapter's storage binding limit | | |");
+        }
         let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
         let make = |label| {
             device.create_buffer(&wgpu::BufferDescriptor {
@@ -171,7 +182,7 @@ fn main() -> wgkernels::Result<()> {
         let ms = run_copy(reps) / reps as f64;
         println!("| {mib} MiB | copy_buffer_to_buffer | {ms:.4} | {:.0} |", 2.0 * bytes as f64 / (ms * 1e-3) / 1e9);
         drop((src, dst));
-        through_the_library(&gpu, &module, mib, bytes, reps)?;
+        through_the_library(&gpu, &module, &mib, bytes, reps)?;
     }
     Ok(())
 }
@@ -187,7 +198,7 @@ fn main() -> wgkernels::Result<()> {
 fn through_the_library(
     gpu: &Gpu,
     module: &wgpu::ShaderModule,
-    mib: u64,
+    mib: &str,
     bytes: u64,
     reps: usize,
 ) -> wgkernels::Result<()> {

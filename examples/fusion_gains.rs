@@ -4,18 +4,18 @@
 //!
 //!     cargo run --release --example fusion_gains [-- --svg fusion_gains.svg]
 
+#[path = "common/args.rs"]
+#[allow(dead_code)]
+mod args;
+
 use std::fmt::Write as _;
 
 use wgkernels::bench::measure;
 use wgkernels::{DType, Gpu, Result, Tensor};
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let svg_path = args
-        .iter()
-        .position(|a| a == "--svg")
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| "fusion_gains.svg".into());
+    let args = args::Args::parse("fusion_gains [--svg OUT.svg]", &[], &["--svg"], false);
+    let svg_path = args.value("--svg").unwrap_or("fusion_gains.svg").to_string();
     let gpu = Gpu::new()?;
     let software = gpu.info().device_type == wgpu::DeviceType::Cpu;
     let max_log2 = if software { 20 } else { 26 };

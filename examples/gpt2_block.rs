@@ -9,6 +9,10 @@
 //!
 //!     cargo run --release --example gpt2_block [-- --batch 8 --seq 1024]
 
+#[path = "common/args.rs"]
+#[allow(dead_code)]
+mod args;
+
 use wgkernels::ops::attention::{attention, AttentionLayout, AttentionOptions, AttentionPath};
 use wgkernels::ops::matmul::{Activation, MatmulOptions};
 use wgkernels::{DType, Gpu, Profiler, Result, Tensor};
@@ -95,16 +99,9 @@ impl Block {
     }
 }
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse().expect("a number"))
-        .unwrap_or(default)
-}
-
 fn main() -> Result<()> {
+    let args = args::Args::parse("gpt2_block [--batch B] [--seq S]", &[], &["--batch", "--seq"], false);
+    let arg = |name: &str, default: usize| args.parsed(name, default);
     let gpu = Gpu::new()?;
     let software = gpu.info().device_type == wgpu::DeviceType::Cpu;
     let batch = arg("--batch", if software { 1 } else { 8 });

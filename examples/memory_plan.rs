@@ -5,17 +5,18 @@
 //!
 //!     cargo run --release --example memory_plan -- --memory 16GB [--seq 1024]
 
+#[path = "common/args.rs"]
+#[allow(dead_code)]
+mod args;
+
 use wgkernels::ops::matmul::{Activation, MatmulOptions};
 use wgkernels::ops::norm::SoftmaxOptions;
 use wgkernels::plan::{human, parse_bytes, ModelConfig, Optimizer, Precision, GPT2};
 use wgkernels::{DType, Gpu, Tensor};
 
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
-}
-
 fn main() -> wgkernels::Result<()> {
+    let args = args::Args::parse("memory_plan [--memory 16GB] [--seq 1024]", &[], &["--memory", "--seq"], false);
+    let arg = |name: &str| args.value(name).map(String::from);
     let memory_arg = arg("--memory").unwrap_or_else(|| "16GB".into());
     let memory =
         parse_bytes(&memory_arg).unwrap_or_else(|| panic!("--memory {memory_arg:?}: expected e.g. 16GB or 24GiB"));

@@ -4,6 +4,10 @@
 //!     cargo run --release --example tour            # sizes picked for the device
 //!     cargo run --release --example tour -- --large # full sizes even on a software device
 
+#[path = "common/args.rs"]
+#[allow(dead_code)]
+mod args;
+
 use std::time::Instant;
 
 use wgkernels::bench::measure;
@@ -51,8 +55,33 @@ impl Tour {
         if !checked.0 {
             self.failed.push(format!("{} {} {}", what.kernel, what.shape, what.dtype.name()));
         }
-        self.rows.push(Row { what, ms: t.median_ms, rate: format!("{:.1} {unit}", t.rate(work)), check: checked.1 });
+        let row = Row { what, ms: t.median_ms, rate: format!("{:.1} {unit}", t.rate(work)), check: checked.1 };
+        if self.rows.is_empty() {
+            println!("{HEADER}");
+        }
+        println!("{}", row.line());
+        self.rows.push(row);
         Ok(())
+    }
+}
+
+/// The table's header, printed before its first row.
+const HEADER: &str = "kernel                 shape            dtype         ms             rate  path                         check vs CPU";
+
+impl Row {
+    /// The row as the table prints it, as soon as it is measured.
+    fn line(&self) -> String {
+        let w = &self.what;
+        format!(
+            "{:<22} {:<16} {:<5} {:>10.4} {:>16}  {:<28} {}",
+            w.kernel,
+            w.shape,
+            w.dtype.name(),
+            self.ms,
+            self.rate,
+            w.path,
+            self.check
+        )
     }
 }
 
@@ -79,6 +108,7 @@ fn check_scaled(got: &[f32], want: impl Fn(usize) -> f64, dtype: DType, samples:
 }
 
 fn main() -> Result<()> {
+    let args = args::Args::parse("tour [--large]", &["--large"], &[], false);
     let t0 = Instant::now();
     let gpu = Gpu::new()?;
     println!("{}", gpu.info());
@@ -86,7 +116,7 @@ fn main() -> Result<()> {
     let f16_rounding = if gpu.native_f16() { "the adapter (probed: round to nearest even)" } else { "the library" };
     println!("f16       stores rounded by {f16_rounding}\n");
     let software = gpu.info().device_type == wgpu::DeviceType::Cpu;
-    let large = std::env::args().any(|a| a == "--large");
+    let large = args.has("--large");
     // 64 M elements (256 MB in f32) outgrows any cache; a software device gets 1 M.
     let n: usize = if software && !large { 1 << 20 } else { 64 << 20 };
     let reps = if software && !large { 5 } else { 20 };
@@ -324,23 +354,6 @@ fn main() -> Result<()> {
         not_used.push("subgroups: the adapter lacks SUBGROUP".into());
     }
 
-    println!(
-        "{:<22} {:<16} {:<5} {:>10} {:>16}  {:<28} check vs CPU",
-        "kernel", "shape", "dtype", "ms", "rate", "path"
-    );
-    for r in &tour.rows {
-        let w = &r.what;
-        println!(
-            "{:<22} {:<16} {:<5} {:>10.4} {:>16}  {:<28} {}",
-            w.kernel,
-            w.shape,
-            w.dtype.name(),
-            r.ms,
-            r.rate,
-            w.path,
-            r.check
-        );
-    }
     println!("\ntimes: median of {reps} repeats, {timing_src}; GB/s counts bytes read + written.");
     for n in &not_used {
         println!("not used: {n}");

@@ -6,6 +6,10 @@
 //!
 //!     cargo run --release --example train_mlp [-- --steps 600] [--unfused]
 
+#[path = "common/args.rs"]
+#[allow(dead_code)]
+mod args;
+
 use wgkernels::ops::matmul::{Activation, MatmulOptions};
 use wgkernels::optim::{adamw_unfused, AdamW, AdamWConfig, Optimizer};
 use wgkernels::{DType, Gpu, Result, Tensor};
@@ -103,13 +107,9 @@ pub fn train(gpu: &Gpu, steps: usize, every: usize, verbose: bool, fused: bool) 
 
 #[allow(dead_code)] // the test includes this file for `train` only
 fn main() -> Result<()> {
-    let steps: usize = std::env::args()
-        .collect::<Vec<_>>()
-        .windows(2)
-        .find(|w| w[0] == "--steps")
-        .map(|w| w[1].parse().expect("--steps N"))
-        .unwrap_or(600);
-    let fused = !std::env::args().any(|a| a == "--unfused");
+    let args = args::Args::parse("train_mlp [--steps N] [--unfused]", &["--unfused"], &["--steps"], false);
+    let steps: usize = args.parsed("--steps", 600);
+    let fused = !args.has("--unfused");
     let gpu = Gpu::new()?;
     println!(
         "training a 2-{HIDDEN}-{HIDDEN}-3 MLP on {} spiral points, full batch, {} Adam, on {}",

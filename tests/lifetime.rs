@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use wgkernels::ops::attention::{attention, AttentionOptions};
 use wgkernels::optim::{AdamW, AdamWConfig, Optimizer};
-use wgkernels::{DType, Gpu, GpuOptions, Profiler, Tensor};
+use wgkernels::{DType, Gpu, GpuOptions, Profiler};
 
 type Path = fn(&Gpu);
 
