@@ -510,13 +510,19 @@ fn bad_shapes_are_refused() {
         &AttentionOptions { path: AttentionPath::Flash, ..o },
     ));
     assert!(e.contains("multiples of 8"), "{e}");
-    // Auto falls back to the naive path for such a head dim, and says so.
-    assert!(attention(&t(&[1, 1, 4, 12]), &t(&[1, 1, 4, 12]), &t(&[1, 1, 4, 12]), &o).is_ok());
+    // Auto never falls back to the naive S×S path on its own: attention, attention_path and
+    // attention_forward refuse such a head dim alike, and say how to ask for the naive path.
     let x12 = t(&[1, 1, 4, 12]);
-    assert_eq!(attention_path(&x12, &x12, &x12, &o).unwrap(), AttentionPath::Naive);
-    // attention_forward keeps a log-sum-exp, which the naive path has not: refused there.
-    let e = err(attention_forward(&x12, &x12, &x12, &o).map(|r| r.0));
-    assert!(e.contains("multiples of 8"), "{e}");
+    for e in [
+        err(attention(&x12, &x12, &x12, &o)),
+        err(attention_path(&x12, &x12, &x12, &o).map(|_| x12.clone())),
+        err(attention_forward(&x12, &x12, &x12, &o).map(|r| r.0)),
+    ] {
+        assert!(e.contains("multiples of 8") && e.contains("AttentionPath::Naive"), "{e}");
+    }
+    let naive = AttentionOptions { path: AttentionPath::Naive, ..o };
+    assert_eq!(attention_path(&x12, &x12, &x12, &naive).unwrap(), AttentionPath::Naive);
+    assert!(attention(&x12, &x12, &x12, &naive).is_ok());
 }
 
 /// attention_path names what attention runs, for every dtype and requested path, and refuses

@@ -119,8 +119,9 @@ pub enum AttentionLayout {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AttentionPath {
     /// Flash on tensor cores where it applies (f16 cooperative matrices, head dim a multiple
-    /// of 16, any dtype), else the FMA flash kernel where it applies (head dim ≤ 128, a
-    /// multiple of 8), else naive.
+    /// of 16, any dtype), else the FMA flash kernel (head dim ≤ 128, a multiple of 8), else
+    /// an error: Auto never runs the naive path, whose [S_q, S_k] scores a caller must ask
+    /// for. `attention` and `attention_forward` resolve it alike.
     #[default]
     Auto,
     /// The FMA flash kernel (every adapter); an error where it does not apply.
@@ -128,7 +129,9 @@ pub enum AttentionPath {
     /// The tensor-core flash kernels (forward and backward); an error where the adapter or
     /// the inputs do not allow them.
     FlashCoop,
-    /// matmul → softmax → matmul through the tensor ops.
+    /// matmul → softmax → matmul through the tensor ops, the [S_q, S_k] scores stored: any
+    /// head dim, for comparison and for head dims no flash kernel takes. `attention` only
+    /// (no log-sum-exp for a backward); `attention_forward` takes it as Auto.
     Naive,
 }
 
@@ -338,8 +341,10 @@ fn forward_path(
         AttentionPath::FlashCoop => Err(Error::InvalidArgument { op, msg: coop_requirements(q.gpu()) }),
         AttentionPath::Auto if coop => Ok(AttentionPath::FlashCoop),
         AttentionPath::Auto | AttentionPath::Flash if flash => Ok(AttentionPath::Flash),
-        AttentionPath::Auto => Ok(AttentionPath::Naive),
-        AttentionPath::Flash => Err(flash_head_dim_error(op, dims)),
+        // Auto never falls back to the S×S path on its own (2.6 GiB at S = 2048 where flash
+        // needs 16 MiB): a head dim no flash kernel takes is an error, for `attention` as
+        // for `attention_forward`, which says how to ask for the naive path.
+        AttentionPath::Auto | AttentionPath::Flash => Err(flash_head_dim_error(op, dims)),
     }
 }
 
@@ -347,7 +352,11 @@ fn forward_path(
 fn flash_head_dim_error(op: &'static str, dims: &Dims) -> Error {
     Error::InvalidArgument {
         op,
-        msg: format!("the flash kernel takes head dims that are multiples of 8 up to {MAX_HEAD_DIM}, got {}", dims.d),
+        msg: format!(
+            "the flash kernels take head dims that are multiples of 8 up to {MAX_HEAD_DIM}, got {}; \
+             pad the head dim, or ask for AttentionPath::Naive (it materialises the [S_q, S_k] scores, and has no backward)",
+            dims.d
+        ),
     }
 }
 
