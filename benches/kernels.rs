@@ -347,7 +347,7 @@ fn main() -> wgkernels::Result<()> {
                 for &(path, ref label) in &grads {
                     let t = measure(&gpu, 2, reps, || {
                         norm_backward_with("layer_norm_backward", &x, Some(&w), &dy, 1e-5, false, path)
-                            .and_then(|(dx, dw, db)| realize_all(&[Some(dx), dw, db]))
+                            .and_then(|g| realize_all(&[Some(g.dx), g.dweight, g.dbias]))
                     })?;
                     push("layernorm_backward", size.clone(), t, 1.5 * bytes, label);
                 }
@@ -356,7 +356,7 @@ fn main() -> wgkernels::Result<()> {
                 for &(path, ref label) in &grads {
                     let t = measure(&gpu, 2, reps, || {
                         norm_backward_with("rms_norm_backward", &x, Some(&w), &dy, 1e-5, true, path)
-                            .and_then(|(dx, dw, _)| realize_all(&[Some(dx), dw]))
+                            .and_then(|g| realize_all(&[Some(g.dx), g.dweight]))
                     })?;
                     push("rmsnorm_backward", size.clone(), t, 1.5 * bytes, label);
                 }
@@ -739,7 +739,8 @@ fn main() -> wgkernels::Result<()> {
             Box::new(move |rows: &mut Vec<Row>| {
                 use wgkernels::ops::attention::{
                     attention, attention_backward, attention_forward, coop_bwd_tilings_for, coop_tilings_for,
-                    flash_tilings, AttentionOptions, AttentionPath, CoopBwdTiling, CoopTiling, FlashTiling,
+                    flash_tilings, AttentionOptions, AttentionPath, AttentionSaved, CoopBwdTiling, CoopTiling,
+                    FlashTiling,
                 };
                 let (b, h) = (4usize, 16usize);
                 // WGK_ATTN_SEQS=2048,8192 picks sequence lengths; WGK_ATTN_BACKWARD=0 skips the
@@ -909,7 +910,11 @@ fn main() -> wgkernels::Result<()> {
                                     (None, None) => "flash".to_string(),
                                 };
                                 let tm = measure(&gpu, 1, reps, || {
-                                    let (dq, dk, dv) = attention_backward(&q, &k, &v, &o, &lse, &dout, &opts)?;
+                                    let (dq, dk, dv) = attention_backward(
+                                        &AttentionSaved { q: &q, k: &k, v: &v, out: &o, lse: &lse },
+                                        &dout,
+                                        &opts,
+                                    )?;
                                     for x in [dq, dk, dv] {
                                         x.realize()?;
                                     }

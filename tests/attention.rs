@@ -8,8 +8,8 @@ mod common;
 use common::*;
 use wgkernels::ops::attention::{
     attention, attention_backward, attention_forward, attention_path, coop_bwd_tilings, coop_bwd_tilings_for,
-    coop_tilings, coop_tilings_for, flash_tilings, AttentionLayout, AttentionOptions, AttentionPath, CoopBwdTiling,
-    CoopTiling, FlashTiling,
+    coop_tilings, coop_tilings_for, flash_tilings, AttentionLayout, AttentionOptions, AttentionPath, AttentionSaved,
+    CoopBwdTiling, CoopTiling, FlashTiling,
 };
 use wgkernels::{DType, Error, Tensor};
 
@@ -327,7 +327,9 @@ fn every_flash_tiling_matches_f64() {
     assert!(e.contains("flash_tilings"), "{e}");
     // The backward refuses it too (before dispatching anything).
     let (o, lse) = attention_forward(&x.tq, &x.tk, &x.tv, &AttentionOptions::default()).unwrap();
-    let e = attention_backward(&x.tq, &x.tk, &x.tv, &o, &lse, &o, &opts).unwrap_err().to_string();
+    let e = attention_backward(&AttentionSaved { q: &x.tq, k: &x.tk, v: &x.tv, out: &o, lse: &lse }, &o, &opts)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("attention_backward") && e.contains("flash_tilings"), "{e}");
 }
 
@@ -409,7 +411,9 @@ fn check_backward_path(
     let (out, lse) = attention_forward(&x.tq, &x.tk, &x.tv, &opts).unwrap();
     let dout_v: Vec<f32> = random_vec(c.b * c.h * c.s_q * c.d, 77);
     let dout = tensor_in(&dout_v, c.b, c.h, c.s_q, c.d, layout, dtype);
-    let (dq, dk, dv) = attention_backward(&x.tq, &x.tk, &x.tv, &out, &lse, &dout, &opts).unwrap();
+    let (dq, dk, dv) =
+        attention_backward(&AttentionSaved { q: &x.tq, k: &x.tk, v: &x.tv, out: &out, lse: &lse }, &dout, &opts)
+            .unwrap();
     let (ref_out, _, probs) = reference(&c, &x, scale, None);
     // The kernel's δ uses the stored output; use the same in the reference.
     let out_used: Vec<f64> = values_bhsd(&out, layout).iter().map(|&v| v as f64).collect();
@@ -457,7 +461,9 @@ fn backward_matches_finite_differences() {
     let dout_v = random_vec(c.b * c.h * c.s_q * c.d, 2);
     let dout = Tensor::from_slice(&gpu, &dout_v, &[c.b, c.h, c.s_q, c.d]).unwrap();
     let (out, lse) = attention_forward(&x.tq, &x.tk, &x.tv, &opts).unwrap();
-    let grads = attention_backward(&x.tq, &x.tk, &x.tv, &out, &lse, &dout, &opts).unwrap();
+    let grads =
+        attention_backward(&AttentionSaved { q: &x.tq, k: &x.tk, v: &x.tv, out: &out, lse: &lse }, &dout, &opts)
+            .unwrap();
     let loss = |q: &[f32], k: &[f32], v: &[f32]| -> f64 {
         let t = |d: &[f32], heads, s| Tensor::from_slice(&gpu, d, &[c.b, heads, s, c.d]).unwrap();
         let o = attention(&t(q, c.h, c.s_q), &t(k, c.h_kv, c.s_k), &t(v, c.h_kv, c.s_k), &opts).unwrap();
@@ -872,7 +878,10 @@ fn tensor_core_backward_matches_f64_where_the_adapter_has_it() {
     if attention_forward(&probe, &probe, &probe, &forced).is_err() {
         // Without cooperative matrices FlashCoop is refused by the backward too.
         let (o, lse) = attention_forward(&probe, &probe, &probe, &AttentionOptions::default()).unwrap();
-        let e = attention_backward(&probe, &probe, &probe, &o, &lse, &o, &forced).unwrap_err().to_string();
+        let e =
+            attention_backward(&AttentionSaved { q: &probe, k: &probe, v: &probe, out: &o, lse: &lse }, &o, &forced)
+                .unwrap_err()
+                .to_string();
         assert!(e.contains("cooperative matrices"), "{e}");
         skipped("tensor-core attention backward", &format!("no tensor-core attention on {}", gpu.info().name));
         return;
@@ -913,7 +922,9 @@ fn tensor_core_backward_matches_f64_where_the_adapter_has_it() {
             let o = AttentionOptions { causal: true, scale: Some(scale as f32), path, ..Default::default() };
             let (out, lse) =
                 attention_forward(&x.tq, &x.tk, &x.tv, &AttentionOptions { path: AttentionPath::Flash, ..o }).unwrap();
-            let (dq, dk, dv) = attention_backward(&x.tq, &x.tk, &x.tv, &out, &lse, &dout, &o).unwrap();
+            let (dq, dk, dv) =
+                attention_backward(&AttentionSaved { q: &x.tq, k: &x.tk, v: &x.tv, out: &out, lse: &lse }, &dout, &o)
+                    .unwrap();
             [dq, dk, dv].map(|t| t.to_vec_f32().unwrap())
         };
         let (want, got) = (grads(AttentionPath::Flash), grads(AttentionPath::FlashCoop));
@@ -930,7 +941,9 @@ fn tensor_core_backward_matches_f64_where_the_adapter_has_it() {
     let bad = CoopBwdTiling { subgroups: 16, tile: 128, chunk: 16, stages: 2 };
     let o = AttentionOptions { coop_bwd_tiling: Some(bad), path: AttentionPath::FlashCoop, ..Default::default() };
     let (out, lse) = attention_forward(&probe, &probe, &probe, &o).unwrap();
-    let e = attention_backward(&probe, &probe, &probe, &out, &lse, &out, &o).unwrap_err().to_string();
+    let e = attention_backward(&AttentionSaved { q: &probe, k: &probe, v: &probe, out: &out, lse: &lse }, &out, &o)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("coop_bwd_tilings"), "{e}");
     // With a bias, against the FMA backward on the same inputs.
     let c = Case::new(37, 45, 64, false).gqa(2, 1);
@@ -940,7 +953,9 @@ fn tensor_core_backward_matches_f64_where_the_adapter_has_it() {
     let grads = |path| {
         let o = AttentionOptions { bias: Some(&bias), path, ..Default::default() };
         let (out, lse) = attention_forward(&x.tq, &x.tk, &x.tv, &o).unwrap();
-        let (dq, dk, dv) = attention_backward(&x.tq, &x.tk, &x.tv, &out, &lse, &dout, &o).unwrap();
+        let (dq, dk, dv) =
+            attention_backward(&AttentionSaved { q: &x.tq, k: &x.tk, v: &x.tv, out: &out, lse: &lse }, &dout, &o)
+                .unwrap();
         [dq, dk, dv].map(|t| t.to_vec_f32().unwrap())
     };
     let (want, got) = (grads(AttentionPath::Flash), grads(AttentionPath::FlashCoop));
@@ -970,7 +985,9 @@ fn backward_with_a_bias_and_bf16_storage() {
         let (out, lse) = attention_forward(&x.tq, &x.tk, &x.tv, &opts).unwrap();
         let dout_v = random_vec(c.b * c.h * c.s_q * c.d, 63);
         let dout = Tensor::from_f32(&gpu, &dout_v, &[c.b, c.h, c.s_q, c.d], dtype).unwrap();
-        let (dq, dk, dv) = attention_backward(&x.tq, &x.tk, &x.tv, &out, &lse, &dout, &opts).unwrap();
+        let (dq, dk, dv) =
+            attention_backward(&AttentionSaved { q: &x.tq, k: &x.tk, v: &x.tv, out: &out, lse: &lse }, &dout, &opts)
+                .unwrap();
         let f = |_b: usize, _h: usize, i: usize, j: usize| bias_v[i * c.s_k + j] as f64;
         let (want_out, _, probs) = reference(&c, &x, scale, Some(&f));
         let (atol, rtol) = if dtype == DType::F32 { (5e-5, 2e-4) } else { (4.0 * tol(dtype).0, 4.0 * tol(dtype).1) };

@@ -314,14 +314,15 @@ fn norm_backward_matches_reference() {
                 let op = if rms { "rms_norm_backward" } else { "layer_norm_backward" };
                 for path in grads_paths(n) {
                     let what = format!("{op} {rows}x{n} {dtype:?} {path:?}");
-                    let (dx, dw, db) = if path == NormGrads::Auto && rms {
-                        let (dx, dw) = x.rms_norm_backward(Some(&w), &dy, eps).unwrap();
-                        (dx, dw, None)
+                    let g = if path == NormGrads::Auto && rms {
+                        x.rms_norm_backward(Some(&w), &dy, eps).unwrap()
                     } else if path == NormGrads::Auto {
                         x.layer_norm_backward(Some(&w), &dy, eps).unwrap()
                     } else {
                         norm_backward_with(op, &x, Some(&w), &dy, eps, rms, path).unwrap()
                     };
+                    assert_eq!(g.dbias.is_some(), !rms, "{what}: dbias for LayerNorm only");
+                    let (dx, dw, db) = (g.dx, g.dweight, g.dbias);
                     assert_close(&format!("{what} dx"), &dx.to_vec_f32().unwrap(), &dx_want, atol * 50.0, rtol * 4.0);
                     let sum_tol = atol * 50.0 * (rows as f64).sqrt();
                     let dw = dw.unwrap().to_vec_f32().unwrap();
@@ -332,9 +333,9 @@ fn norm_backward_matches_reference() {
                 }
             }
             // Without a weight there is no dw or db: dx alone, whatever the path asked for.
-            let (dx, dw, db) =
-                norm_backward_with("layer_norm_backward", &x, None, &dy, eps, false, NormGrads::InPass(7))
-                    .unwrap_or_else(|e| panic!("{rows}x{n}: {e}"));
+            let g = norm_backward_with("layer_norm_backward", &x, None, &dy, eps, false, NormGrads::InPass(7))
+                .unwrap_or_else(|e| panic!("{rows}x{n}: {e}"));
+            let (dx, dw, db) = (g.dx, g.dweight, g.dbias);
             assert!(dw.is_none() && db.is_none());
             let ones = vec![1.0; n];
             let (dx_want, _, _) = norm_backward_ref(&xv, &ones, &dyv, n, eps as f64, false);

@@ -156,8 +156,6 @@ fn bad_inputs_return_errors_naming_the_op() {
     assert!(matches!(e, Error::InvalidArgument { op: "permute", .. }), "{e}");
     let e = a.expand(&[2, 4]).unwrap_err();
     assert!(matches!(e, Error::ShapeMismatch { op: "expand", .. }), "{e}");
-    let e = a.to_vec::<f16>().unwrap_err();
-    assert!(matches!(e, Error::DTypeMismatch { op: "to_vec", .. }), "{e}");
     let e = empty.sum(-1).unwrap_err();
     assert!(matches!(e, Error::Empty { op: "sum", .. }), "{e}");
     let limit = gpu.info().limits.max_storage_buffer_binding_size as usize;
@@ -367,4 +365,20 @@ fn a_lazy_op_past_the_binding_limit_is_refused_by_name() {
         let e = a.expand(&[side, side]).unwrap().exp().unwrap_err();
         assert!(matches!(e, Error::TooLarge { op: "exp", .. }), "fusion {fusion}: {e}");
     }
+}
+
+/// `to_vec::<T>()` converts to the host type asked for: exactly when widening, rounded to
+/// nearest even when narrowing, as `to_dtype` would.
+#[test]
+fn to_vec_converts_to_the_host_type() {
+    let gpu = gpu();
+    let (a, _) = random_tensor(&gpu, &[3, 11], DType::F32, 5);
+    let av = a.to_vec::<f32>().unwrap();
+    let narrowed: Vec<f16> = a.to_vec::<f16>().unwrap();
+    assert_eq!(narrowed, av.iter().map(|&x| f16::from_f32(x)).collect::<Vec<_>>());
+    assert_eq!(narrowed, a.to_dtype(DType::F16).unwrap().to_vec::<f16>().unwrap());
+    let widened = a.to_dtype(DType::BF16).unwrap().to_vec::<f32>().unwrap();
+    assert_eq!(widened, av.iter().map(|&x| bf16::from_f32(x).to_f32()).collect::<Vec<_>>());
+    let h = a.to_dtype(DType::F16).unwrap();
+    assert_eq!(h.to_vec::<bf16>().unwrap(), narrowed.iter().map(|x| bf16::from_f32(x.to_f32())).collect::<Vec<_>>());
 }

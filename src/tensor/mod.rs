@@ -734,23 +734,28 @@ impl Tensor {
 
     // ---- reading back ---------------------------------------------------------------
 
-    /// The elements, row-major, as `T` (which must match the dtype).
+    /// The elements, row-major, as `T`, converted on the host where `T` is not the dtype:
+    /// exactly when widening (`to_vec::<f32>()` of f16 or bf16 data), with
+    /// round-to-nearest-even when narrowing (`to_vec::<f16>()` of f32 data), as a cast would.
     ///
     /// ```
-    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # use wgkernels::{bf16, DType, Gpu, Tensor};
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
     /// let t = Tensor::from_slice(&gpu, &[1.0f32, 2.0], &[2])?;
     /// let back: Vec<f32> = t.to_vec()?;
     /// assert_eq!(back, [1.0, 2.0]);
+    /// let h = t.to_dtype(DType::BF16)?;
+    /// assert_eq!(h.to_vec::<f32>()?, [1.0, 2.0]);        // widened
+    /// assert_eq!(h.to_vec::<bf16>()?, [bf16::ONE, bf16::from_f32(2.0)]);
     /// # Ok(()) }
     /// ```
     pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
-        if T::DTYPE != self.dtype {
-            return Err(Error::DTypeMismatch { op: "to_vec", lhs: self.dtype, rhs: T::DTYPE });
-        }
         let bytes = self.raw_bytes()?;
-        Ok(bytemuck::pod_collect_to_vec(&bytes))
+        if T::DTYPE == self.dtype {
+            return Ok(bytemuck::pod_collect_to_vec(&bytes));
+        }
+        Ok(decode_f32(&bytes, self.dtype).into_iter().map(T::from_f32).collect())
     }
 
     /// The elements, row-major, converted to f32 whatever the dtype.

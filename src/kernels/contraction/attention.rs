@@ -22,7 +22,7 @@
 //! dtype.
 //!
 //! ```no_run
-//! use wgkernels::ops::attention::{attention, attention_backward, attention_forward, AttentionOptions};
+//! use wgkernels::ops::attention::{attention, attention_backward, attention_forward, AttentionOptions, AttentionSaved};
 //! use wgkernels::{DType, Gpu, Tensor};
 //! # fn main() -> wgkernels::Result<()> {
 //! let gpu = Gpu::new()?;
@@ -34,7 +34,7 @@
 //! // Training: keep the log-sum-exp for the backward pass.
 //! let (out, lse) = attention_forward(&q, &k, &v, &opts)?;
 //! let dout = Tensor::randn(&gpu, out.shape(), DType::F16, 3)?;
-//! let (dq, dk, dv) = attention_backward(&q, &k, &v, &out, &lse, &dout, &opts)?;
+//! let (dq, dk, dv) = attention_backward(&AttentionSaved { q: &q, k: &k, v: &v, out: &out, lse: &lse }, &dout, &opts)?;
 //! # let _ = (dq, dk, dv);
 //! # Ok(()) }
 //! ```
@@ -451,30 +451,44 @@ pub fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpt
     Ok((out, lse))
 }
 
+/// What [`attention_backward`] needs from the forward: its inputs and what it returned.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionSaved<'a> {
+    /// The forward's query, key and value, as passed to it.
+    pub q: &'a Tensor,
+    /// See `q`.
+    pub k: &'a Tensor,
+    /// See `q`.
+    pub v: &'a Tensor,
+    /// The forward's output.
+    pub out: &'a Tensor,
+    /// The forward's log-sum-exp, `[B, H, S_q]` f32.
+    pub lse: &'a Tensor,
+}
+
 /// Gradients of [`attention_forward`]: (dq, dk, dv) in the inputs' dtype and layout, from
-/// q, k, v, the forward's output and log-sum-exp, and the output's gradient `dout`.
+/// what the forward saw and returned ([`AttentionSaved`]) and the output's gradient `dout`.
 ///
 /// ```
 /// # use wgkernels::{DType, Gpu, Tensor};
 /// # fn main() -> wgkernels::Result<()> {
 /// # let gpu = Gpu::new()?;
-/// use wgkernels::ops::attention::{attention_backward, attention_forward, AttentionOptions};
+/// use wgkernels::ops::attention::{attention_backward, attention_forward, AttentionOptions, AttentionSaved};
 /// let q = Tensor::randn(&gpu, &[1, 2, 50, 32], DType::F32, 0)?;
 /// let opts = AttentionOptions { causal: true, ..Default::default() };
 /// let (o, lse) = attention_forward(&q, &q, &q, &opts)?;
-/// let (dq, dk, dv) = attention_backward(&q, &q, &q, &o, &lse, &Tensor::randn(&gpu, o.shape(), DType::F32, 1)?, &opts)?;
+/// let dout = Tensor::randn(&gpu, o.shape(), DType::F32, 1)?;
+/// let saved = AttentionSaved { q: &q, k: &q, v: &q, out: &o, lse: &lse };
+/// let (dq, dk, dv) = attention_backward(&saved, &dout, &opts)?;
 /// # Ok(()) }
 /// ```
 pub fn attention_backward(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    out: &Tensor,
-    lse: &Tensor,
+    saved: &AttentionSaved,
     dout: &Tensor,
     opts: &AttentionOptions,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     const OP: &str = "attention_backward";
+    let AttentionSaved { q, k, v, out, lse } = *saved;
     let dims = check(OP, q, k, v, opts)?;
     if !flash_applies(&dims) {
         return Err(Error::InvalidArgument {

@@ -914,7 +914,7 @@ impl Tensor {
     }
 
     /// Gradients of [`Tensor::layer_norm`] from the input `self`, the weight and the
-    /// upstream gradient: `(dx, dweight, dbias)` (`dweight`, `dbias` when a weight is given).
+    /// upstream gradient (`dweight`, `dbias` when a weight is given).
     ///
     /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
@@ -923,19 +923,16 @@ impl Tensor {
     /// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
     /// let w = Tensor::full(&gpu, &[8], 1.0, DType::F32)?;
     /// let dy = Tensor::randn(&gpu, &[4, 8], DType::F32, 1)?;
-    /// let (dx, dw, db) = x.layer_norm_backward(Some(&w), &dy, 1e-5)?; // dw, db: Some with a weight
+    /// let g = x.layer_norm_backward(Some(&w), &dy, 1e-5)?;
+    /// assert!(g.dweight.is_some() && g.dbias.is_some()); // with a weight
+    /// assert_eq!(g.dx.shape(), x.shape());
     /// # Ok(()) }
     /// ```
-    pub fn layer_norm_backward(
-        &self,
-        weight: Option<&Tensor>,
-        dy: &Tensor,
-        eps: f32,
-    ) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
+    pub fn layer_norm_backward(&self, weight: Option<&Tensor>, dy: &Tensor, eps: f32) -> Result<NormGradients> {
         norm_backward_with("layer_norm_backward", self, weight, dy, eps, false, NormGrads::Auto)
     }
 
-    /// Gradients of [`Tensor::rms_norm`]: `(dx, dweight)`.
+    /// Gradients of [`Tensor::rms_norm`], the same struct as LayerNorm's (`dbias` is None).
     ///
     /// ```
     /// # use wgkernels::{DType, Gpu, Tensor};
@@ -944,17 +941,12 @@ impl Tensor {
     /// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
     /// let w = Tensor::full(&gpu, &[8], 1.0, DType::F32)?;
     /// let dy = Tensor::randn(&gpu, &[4, 8], DType::F32, 1)?;
-    /// let (dx, dw) = x.rms_norm_backward(Some(&w), &dy, 1e-6)?;
+    /// let g = x.rms_norm_backward(Some(&w), &dy, 1e-6)?;
+    /// assert!(g.dweight.is_some() && g.dbias.is_none());
     /// # Ok(()) }
     /// ```
-    pub fn rms_norm_backward(
-        &self,
-        weight: Option<&Tensor>,
-        dy: &Tensor,
-        eps: f32,
-    ) -> Result<(Tensor, Option<Tensor>)> {
-        let (dx, dw, _) = norm_backward_with("rms_norm_backward", self, weight, dy, eps, true, NormGrads::Auto)?;
-        Ok((dx, dw))
+    pub fn rms_norm_backward(&self, weight: Option<&Tensor>, dy: &Tensor, eps: f32) -> Result<NormGradients> {
+        norm_backward_with("rms_norm_backward", self, weight, dy, eps, true, NormGrads::Auto)
     }
 }
 
@@ -1058,6 +1050,18 @@ pub fn norm_forward(
     finish(out, x.dtype(), x.shape())
 }
 
+/// The gradients of a LayerNorm or RMSNorm: `dx` (x's shape and dtype), and, when a weight
+/// was given, `dweight` and (LayerNorm only) `dbias`, f32 `[n]`.
+#[derive(Clone, Debug)]
+pub struct NormGradients {
+    /// Gradient of the input.
+    pub dx: Tensor,
+    /// Gradient of the weight (None without one).
+    pub dweight: Option<Tensor>,
+    /// Gradient of the bias (None without a weight, and for RMSNorm).
+    pub dbias: Option<Tensor>,
+}
+
 /// How a norm backward sums dw and db over rows ([`norm_backward_with`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum NormGrads {
@@ -1105,7 +1109,7 @@ pub fn norm_backward_with(
     eps: f32,
     rms: bool,
     grads: NormGrads,
-) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
+) -> Result<NormGradients> {
     check_eps(op, eps)?;
     if x.shape() != dy.shape() {
         return Err(Error::ShapeMismatch { op, lhs: x.shape().to_vec(), rhs: dy.shape().to_vec() });
@@ -1184,7 +1188,7 @@ pub fn norm_backward_with(
     }
     gpu.dispatch(&k, &bind, per_group.map_or(r.rows, |_| chunks) as u32)?;
     let dx = finish(dx, x.dtype(), x.shape())?;
-    let (Some(w), Some(partials)) = (w, partials) else { return Ok((dx, None, None)) };
+    let (Some(w), Some(partials)) = (w, partials) else { return Ok(NormGradients { dx, dweight: None, dbias: None }) };
     if per_group.is_none() {
         let k = norm_kernel(
             "param_grads",
@@ -1223,7 +1227,7 @@ pub fn norm_backward_with(
     )?;
     let dw = grads.narrow(0, 0, r.n)?;
     let db = if rms { None } else { Some(grads.narrow(0, r.n, r.n)?) };
-    Ok((dx, Some(dw), db))
+    Ok(NormGradients { dx, dweight: Some(dw), dbias: db })
 }
 
 /// `eps` must be finite and ≥ 0 (a negative one turns rows of equal values into NaNs), as
