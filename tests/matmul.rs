@@ -352,3 +352,45 @@ fn no_tiling_fits_is_an_error_not_a_panic() {
         assert!(matches!(e, Error::Unsupported { op: "matmul", .. }), "{e}");
     }
 }
+
+/// A 16-bit C is stored by the matmul kernel itself (two columns to a word) when N is even,
+/// on every path: the same bits as the f32 result cast afterwards, which odd N still takes,
+/// and within the dtype's tolerance of f64. With a bias and an activation, batched, N not a
+/// multiple of any tile, M from the thin kernel's 1 to past a tile.
+#[test]
+fn sixteen_bit_outputs_are_stored_directly_and_match_the_cast() {
+    // A device of its own: the test counts dispatches, which other tests would add to.
+    let gpu = Gpu::new().unwrap();
+    for dtype in [DType::F16, DType::BF16] {
+        for &(batch, m, k, n) in &[(1, 1, 40, 34), (2, 5, 33, 66), (1, 70, 47, 130), (3, 33, 65, 18), (1, 9, 20, 17)] {
+            let (a, av) = random_tensor(&gpu, &[batch, m, k], dtype, 300 + n as u64);
+            let (b, bv) = random_tensor(&gpu, &[k, n], dtype, 301 + n as u64);
+            let (bias, biasv) = random_tensor(&gpu, &[n], dtype, 302);
+            let want = reference(&av, &bv, batch, true, false, m, k, n, Some(&biasv), Activation::Gelu);
+            let (atol, rtol) = mm_tol(dtype, k);
+            let mut paths: Vec<Option<MatmulPath>> = vec![None];
+            paths.extend(candidates(&gpu, dtype, m, false).into_iter().map(Some));
+            for path in paths {
+                let with = |out_dtype| MatmulOptions {
+                    bias: Some(&bias),
+                    activation: Activation::Gelu,
+                    out_dtype,
+                    path,
+                    ..Default::default()
+                };
+                let before = gpu.stats().dispatches;
+                let direct = a.matmul_with(&b, &with(None)).unwrap();
+                direct.realize().unwrap();
+                assert_eq!(direct.dtype(), dtype);
+                // One kernel when N is even (no cast after it); odd N adds the cast.
+                let dispatches = gpu.stats().dispatches - before;
+                assert_eq!(dispatches, if n % 2 == 0 { 1 } else { 2 }, "{n} columns: {dispatches} dispatches");
+                let cast = a.matmul_with(&b, &with(Some(DType::F32))).unwrap().to_dtype(dtype).unwrap();
+                let what = format!("{batch}x{m}x{k}x{n} {dtype:?} {}", path.map_or("auto".into(), |p| p.name()));
+                let got = direct.to_vec_f32().unwrap();
+                assert_eq!(got, cast.to_vec_f32().unwrap(), "{what}: direct 16-bit store vs f32 + cast");
+                assert_close(&what, &got, &want, atol * 4.0, rtol);
+            }
+        }
+    }
+}

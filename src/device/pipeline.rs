@@ -143,8 +143,9 @@ impl Kernel {
         let source = preprocess(self.shader.source, &self.flags);
         let (enables, body): (Vec<&str>, Vec<&str>) =
             source.lines().partition(|l| l.starts_with("enable ") || l.starts_with("diagnostic("));
-        let mut text =
-            format!("{}\n{}\n{}\n{}", enables.join("\n"), DTYPE_PRELUDE, self.shader.shared, body.join("\n"));
+        // The shared source takes the same `//#if` flags as the family's own.
+        let shared = preprocess(self.shader.shared, &self.flags);
+        let mut text = format!("{}\n{}\n{}\n{}", enables.join("\n"), DTYPE_PRELUDE, shared, body.join("\n"));
         for (name, value) in &self.subs {
             text = text.replace(&format!("{{{{{name}}}}}"), value);
         }

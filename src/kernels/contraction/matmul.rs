@@ -609,7 +609,7 @@ fn coop_kernel(c: CoopConfig, sub: u32, dtype: DType, bias: Option<DType>, act: 
     for i in 0..c.fm {
         for j in 0..c.fn_ {
             store.push_str(&format!(
-                "coopStoreT(acc_{i}_{j}, &scratch[own], 16u);\n    workgroupBarrier();\n    for (var e = lane; e < 256u; e += SUBGROUP) {{\n        let m = m0 + sg_m + {}u + e / 16u;\n        let n = n0 + sg_n + {}u + e % 16u;\n        if (m < M && n < N) {{\n            let o = c_base + m * N + n;\n            c[o] = fused_chain(epilogue(scratch[own + e], n, o), o);\n        }}\n    }}\n    workgroupBarrier();\n    ",
+                "coopStoreT(acc_{i}_{j}, &scratch[own], 16u);\n    workgroupBarrier();\n    store_fragment(own, lane, m0 + sg_m + {}u, n0 + sg_n + {}u, c_base, M, N);\n    workgroupBarrier();\n    ",
                 i * 16,
                 j * 16
             ));
@@ -678,6 +678,19 @@ pub fn all_kernels() -> Vec<Kernel> {
     }
     let mut all: Vec<Kernel> = all.into_iter().map(|k| with_epilogue(k, None)).collect();
     all.extend(sample_with_epilogue(&crate::kernels::elementwise::fusion::sample_epilogue()));
+    // Every entry storing a 16-bit C directly, with a bias and an activation.
+    let lay = layouts(false)[0];
+    for out in [DType::F16, DType::BF16] {
+        let mut direct = vec![
+            tiled_kernel(TILED_CANDIDATES[0], out, Some(out), Activation::Gelu, lay, false),
+            tiled_kernel(TILED_CANDIDATES[4], out, None, Activation::None, lay, false),
+            tiled_kernel(TILED_CANDIDATES[0], out, None, Activation::Silu, lay, true),
+        ];
+        if out == DType::F16 {
+            direct.push(coop_kernel(COOP_CANDIDATES[0], 32, out, Some(out), Activation::Relu, lay));
+        }
+        all.extend(direct.into_iter().map(|k| with_output(with_epilogue(k, None), out)));
+    }
     all
 }
 
@@ -707,10 +720,20 @@ pub(crate) struct MatmulNode {
     path: Option<MatmulPath>,
 }
 
-impl EpilogueHost for MatmulNode {
-    /// Runs the matmul, with `epilogue` fused before the store, into a new f32 tensor of the
-    /// output shape. The path is chosen (autotuned) for the plain matmul.
-    fn run(&self, epilogue: Option<&FusedEpilogue>) -> Result<Tensor> {
+impl MatmulNode {
+    /// Runs the matmul into a new tensor of `out_dtype`: stored by the kernel itself where
+    /// it can ([`stores_directly`]), else as f32 and cast.
+    fn run_into(&self, out_dtype: DType) -> Result<Tensor> {
+        if stores_directly(out_dtype, self.n) {
+            return self.launch(None, out_dtype);
+        }
+        self.launch(None, DType::F32)?.to_dtype(out_dtype)
+    }
+
+    /// Runs the matmul, with `epilogue` fused before the store (f32 only), into a new tensor
+    /// of the output shape stored as `store`. The path is chosen (autotuned) for the plain
+    /// matmul.
+    fn launch(&self, epilogue: Option<&FusedEpilogue>, store: DType) -> Result<Tensor> {
         let gpu = self.a.gpu();
         let opts = MatmulOptions {
             out_dtype: None,
@@ -719,7 +742,7 @@ impl EpilogueHost for MatmulNode {
             activation: self.activation,
             path: self.path,
         };
-        let out = Tensor::empty(gpu, "matmul", &self.out_shape, DType::F32)?;
+        let out = Tensor::empty(gpu, "matmul", &self.out_shape, store)?;
         let mut launch = Launch {
             a: &self.a,
             b: &self.b,
@@ -751,6 +774,14 @@ impl EpilogueHost for MatmulNode {
         launch.run(path)?;
         Ok(out)
     }
+}
+
+impl EpilogueHost for MatmulNode {
+    /// Runs the matmul, with `epilogue` fused before the store, into a new f32 tensor of the
+    /// output shape.
+    fn run(&self, epilogue: Option<&FusedEpilogue>) -> Result<Tensor> {
+        self.launch(epilogue, DType::F32)
+    }
 
     fn shape(&self) -> &[usize] {
         &self.out_shape
@@ -759,6 +790,22 @@ impl EpilogueHost for MatmulNode {
     fn gpu(&self) -> &Gpu {
         self.a.gpu()
     }
+}
+
+/// `k` storing C in `out`: f32 as is; f16 and bf16 two columns to a word (flag OUT16), for
+/// outputs with an even N (see matmul_common.wgsl).
+fn with_output(k: Kernel, out: DType) -> Kernel {
+    match out {
+        DType::F32 => k,
+        DType::F16 => k.flag("OUT16").sub("PACK_PAIR", "pack_f16x2(vec2<f32>(v0, v1))"),
+        DType::BF16 => k.flag("OUT16").sub("PACK_PAIR", "f32_to_bf16_bits(v0) | (f32_to_bf16_bits(v1) << 16u)"),
+    }
+}
+
+/// Whether a C of `out_dtype` with `n` columns is stored directly by the matmul kernel (a
+/// 16-bit C needs whole words per invocation: even N); else f32 and a cast after.
+fn stores_directly(out_dtype: DType, n: usize) -> bool {
+    out_dtype == DType::F32 || n.is_multiple_of(2)
 }
 
 /// `k` with its epilogue placeholders filled: the plain store, or a fused chain.
@@ -939,7 +986,7 @@ impl Tensor {
         {
             return Ok(crate::kernels::elementwise::fusion::lazy_matmul(std::sync::Arc::new(node)));
         }
-        let out = node.run(None)?;
+        let out = node.run_into(out_dtype)?;
         let out = if self.rank() == 1 && other.rank() == 1 {
             out.reshape(&out_shape[..out_shape.len() - 2])?
         } else if self.rank() == 1 {
@@ -951,7 +998,7 @@ impl Tensor {
         } else {
             out
         };
-        out.to_dtype(out_dtype)
+        Ok(out)
     }
 }
 
@@ -1001,8 +1048,9 @@ impl Launch<'_> {
         let lg = |x: usize| usize::BITS - (x.max(1) - 1).leading_zeros();
         let lay = self.layout();
         format!(
-            "matmul {} m{} n{} k{} b{} a{} b{}{}{} red{}",
+            "matmul {} out {} m{} n{} k{} b{} a{} b{}{}{} red{}",
             self.a.dtype().name(),
+            self.out.dtype().name(),
             lg(self.m),
             lg(self.n),
             lg(self.k),
@@ -1105,7 +1153,7 @@ impl Launch<'_> {
                 )
             }
         };
-        let kernel = with_epilogue(kernel, self.epilogue);
+        let kernel = with_output(with_epilogue(kernel, self.epilogue), self.out.dtype());
         let max = gpu.info().limits.max_compute_workgroups_per_dimension as usize;
         if groups.0 > max || groups.1 > max {
             return Err(Error::InvalidArgument {

@@ -28,7 +28,8 @@
 //
 // Placeholders, each in double braces: LOAD_A/LOAD_B (loader bodies), BM BN BK TM TN
 // (tile constants), A_COORD/B_COORD (load mapping), THIN_COLS; matmul_common.wgsl has the
-// rest.
+// rest. Flag OUT16: C is f16 or bf16, stored two columns at a time by whoever computed
+// both (a 16-bit C used to be stored as f32 and cast by a kernel of its own).
 
 @group(0) @binding(0) var<storage, read> a: array<u32>;
 @group(0) @binding(1) var<storage, read> b: array<u32>;
@@ -49,6 +50,17 @@ const TN: u32 = {{TN}}u;
 const WG_X: u32 = BN / TN;
 const WG_Y: u32 = BM / TM;
 const THREADS: u32 = WG_X * WG_Y;
+
+// Column (within the tile) of an invocation's j-th output in `tiled`: tx + j·WG_X, so a
+// subgroup reads tile_b without bank conflicts; with a 16-bit C, adjacent pairs
+// 2·tx + j%2 + (j/2)·2·WG_X, so that each invocation owns whole words of C.
+fn tiled_col(tx: u32, j: u32) -> u32 {
+//#if OUT16
+    return 2u * tx + (j & 1u) + (j >> 1u) * 2u * WG_X;
+//#else
+    return tx + j * WG_X;
+//#endif
+}
 
 var<workgroup> tile_a: array<f32, BK * BM>; // [k][m]
 var<workgroup> tile_b: array<f32, BK * BN>; // [k][n]
@@ -106,7 +118,7 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
                 a_reg[i] = tile_a[kk * BM + ty + i * WG_Y];
             }
             for (var j = 0u; j < TN; j++) {
-                b_reg[j] = tile_b[kk * BN + tx + j * WG_X];
+                b_reg[j] = tile_b[kk * BN + tiled_col(tx, j)];
             }
             for (var i = 0u; i < TM; i++) {
                 for (var j = 0u; j < TN; j++) {
@@ -118,16 +130,29 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     }
 
     let c_base = z * M * N;
+//#if OUT16
+    for (var i = 0u; i < TM; i++) {
+        let m = m0 + ty + i * WG_Y;
+        for (var j = 0u; j < TN; j += 2u) {
+            let n = n0 + tiled_col(tx, j);
+            if (m < M && n < N) {
+                let o = c_base + m * N + n;
+                store_pair(o, epilogue(acc[i * TN + j], n, o), epilogue(acc[i * TN + j + 1u], n + 1u, o + 1u));
+            }
+        }
+    }
+//#else
     for (var i = 0u; i < TM; i++) {
         let m = m0 + ty + i * WG_Y;
         for (var j = 0u; j < TN; j++) {
-            let n = n0 + tx + j * WG_X;
+            let n = n0 + tiled_col(tx, j);
             if (m < M && n < N) {
                 let o = c_base + m * N + n;
                 c[o] = epilogue(acc[i * TN + j], n, o);
             }
         }
     }
+//#endif
 //#if FUSED
     // A fused element-wise chain runs over this invocation's own stores, not inside the loop
     // above: there it kept the compiler from unrolling it, and the accumulators, indexed
@@ -135,7 +160,7 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     for (var i = 0u; i < TM; i++) {
         let m = m0 + ty + i * WG_Y;
         for (var j = 0u; j < TN; j++) {
-            let n = n0 + tx + j * WG_X;
+            let n = n0 + tiled_col(tx, j);
             if (m < M && n < N) {
                 let o = c_base + m * N + n;
                 c[o] = fused_chain(c[o], o);
@@ -220,6 +245,19 @@ fn tiled_v4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     }
 
     let c_base = z * M * N;
+//#if OUT16
+    for (var i = 0u; i < TM; i++) {
+        let m = m0 + ty * TM + i;
+        for (var j = 0u; j < TN; j += 2u) {
+            let n = n0 + tx * TN + j;
+            if (m < M && n < N) {
+                let o = c_base + m * N + n;
+                let q = acc[i * (TN / 4u) + j / 4u];
+                store_pair(o, epilogue(q[j % 4u], n, o), epilogue(q[j % 4u + 1u], n + 1u, o + 1u));
+            }
+        }
+    }
+//#else
     for (var i = 0u; i < TM; i++) {
         let m = m0 + ty * TM + i;
         for (var j = 0u; j < TN; j++) {
@@ -230,6 +268,7 @@ fn tiled_v4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
             }
         }
     }
+//#endif
 //#if FUSED
     // The fused chain over this invocation's own stores (see the tiled entry).
     for (var i = 0u; i < TM; i++) {
@@ -304,8 +343,25 @@ fn thin(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         thin_partial[(slice * THIN_M + r) * THIN_COLS + col] = acc[r];
     }
     workgroupBarrier();
-    // One invocation per (row, column) of the tile sums the 16 slices.
     let t = slice * THIN_COLS + col;
+//#if OUT16
+    // One invocation per (row, column pair) of the tile sums the 16 slices of both columns.
+    let r = t / (THIN_COLS / 2u);
+    let c_col = (t % (THIN_COLS / 2u)) * 2u;
+    let n_out = wid.x * THIN_COLS + c_col;
+    if (r < min(M, THIN_M) && n_out < N) {
+        var t0 = 0.0;
+        var t1 = 0.0;
+        for (var s = 0u; s < THIN_SLICES; s++) {
+            let at = (s * THIN_M + r) * THIN_COLS + c_col;
+            t0 += thin_partial[at];
+            t1 += thin_partial[at + 1u];
+        }
+        let o = z * M * N + r * N + n_out;
+        store_pair(o, epilogue(t0, n_out, o), epilogue(t1, n_out + 1u, o + 1u));
+    }
+//#else
+    // One invocation per (row, column) of the tile sums the 16 slices.
     let r = t / THIN_COLS;
     let c_col = t % THIN_COLS;
     let n_out = wid.x * THIN_COLS + c_col;
@@ -317,4 +373,5 @@ fn thin(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         let o = z * M * N + r * N + n_out;
         c[o] = fused_chain(epilogue(total, n_out, o), o);
     }
+//#endif
 }

@@ -1,5 +1,5 @@
-// Shared by the matmul families (prepended by src/shaders.rs after the bindings' file
-// header): the params layout, batch offsets, the epilogue and the tile order.
+// Shared by the matmul families (placed after the dtype prelude by the device's pipeline
+// module): the params layout, batch offsets, the epilogue and the tile order.
 //
 // params (u32 words):
 //   [0] M  [1] N  [2] K  [3] batches
@@ -8,7 +8,8 @@
 //   [23] bias offset  [24] bias stride
 //
 // Placeholders, each in double braces: LOAD_BIAS (loader body), EPILOGUE (bias and
-// activation on `v` at column `n`); EPILOGUE_DECLS, FUSED_BODY, FUSED_RESULT: an
+// activation on `v` at column `n`), PACK_PAIR (two f32 `v0`, `v1` as one word of 16-bit C,
+// flag OUT16); EPILOGUE_DECLS, FUSED_BODY, FUSED_RESULT: an
 // element-wise chain fused after them by the fusion JIT (src/fusion.rs), evaluated on the
 // value `mm` at linear output index `i` with its own leaves and `ew_params` (empty, empty
 // and `mm` for a plain matmul).
@@ -18,7 +19,19 @@ const MAX_BATCH_DIMS: u32 = 4u;
 // wave of resident workgroups shares A row-panels and B column-panels in L2.
 const TILE_GROUP: u32 = 8u;
 
+//#if OUT16
+// A 16-bit C, two elements per word, low half first. Written only in whole words: N is
+// even and every invocation stores column pairs (n, n + 1) with n even, so no two
+// invocations share a word (the host takes the f32 path and a cast for odd N).
+@group(0) @binding(2) var<storage, read_write> c: array<u32>;
+
+// Elements o (even) and o + 1 of C, rounded to nearest even.
+fn store_pair(o: u32, v0: f32, v1: f32) {
+    c[o >> 1u] = {{PACK_PAIR}};
+}
+//#else
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;
+//#endif
 @group(0) @binding(3) var<storage, read> params: array<u32>;
 @group(0) @binding(4) var<storage, read> bias: array<u32>;
 

@@ -51,6 +51,32 @@ var<workgroup> tile_a: array<f16, BM * A_STRIDE>; // [m][k]
 var<workgroup> tile_b: array<f16, BK * B_STRIDE>; // [k][n]
 var<workgroup> scratch: array<f32, SG_M * SG_N * 256u>;
 
+// Stores one accumulator fragment, staged by its subgroup at scratch[own..own + 256]
+// (16×16, row-major), to C at (m_first, n_first) after the epilogue: element by element
+// (and through a fused chain), or with a 16-bit C (flag OUT16) as column pairs, 16 even.
+fn store_fragment(own: u32, lane: u32, m_first: u32, n_first: u32, c_base: u32, M: u32, N: u32) {
+//#if OUT16
+    for (var p = lane; p < 128u; p += SUBGROUP) {
+        let e = 2u * p;
+        let m = m_first + e / 16u;
+        let n = n_first + e % 16u;
+        if (m < M && n < N) {
+            let o = c_base + m * N + n;
+            store_pair(o, epilogue(scratch[own + e], n, o), epilogue(scratch[own + e + 1u], n + 1u, o + 1u));
+        }
+    }
+//#else
+    for (var e = lane; e < 256u; e += SUBGROUP) {
+        let m = m_first + e / 16u;
+        let n = n_first + e % 16u;
+        if (m < M && n < N) {
+            let o = c_base + m * N + n;
+            c[o] = fused_chain(epilogue(scratch[own + e], n, o), o);
+        }
+    }
+//#endif
+}
+
 @compute @workgroup_size(THREADS)
 fn coop(
     @builtin(workgroup_id) wid: vec3<u32>,
