@@ -55,6 +55,24 @@ extern "C" fn end_jit_workers_at_exit() {
 /// last handle (and of everything holding one: tensors, optimizers, caches) takes it off.
 static LIVE_DEVICES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// The wgpu instance for `backends`, one per process and backend set, shared by every
+/// device made from it. On the H200, a process that made a fresh instance for each of its
+/// devices found no adapter at all after about 32 of them (the fusion test binary run with
+/// one thread), though every device had been torn down; reusing the instance keeps the
+/// driver's instance count at one.
+fn shared_instance(backends: wgpu::Backends) -> wgpu::Instance {
+    static INSTANCES: Mutex<Vec<(wgpu::Backends, wgpu::Instance)>> = Mutex::new(Vec::new());
+    let mut instances = lock(&INSTANCES);
+    if let Some((_, instance)) = instances.iter().find(|(b, _)| *b == backends) {
+        return instance.clone();
+    }
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = backends;
+    let instance = wgpu::Instance::new(desc);
+    instances.push((backends, instance.clone()));
+    instance
+}
+
 /// Dispatches recorded before the pending encoder is submitted without being asked.
 const MAX_PENDING_DISPATCHES: usize = 64;
 
@@ -395,15 +413,10 @@ impl Gpu {
         // Without an explicit choice, GL is probed only when no primary backend has an
         // adapter: it is the slowest path, and probing it wakes EGL (and its warnings).
         let mut backends = opts.backends.unwrap_or(wgpu::Backends::PRIMARY);
-        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
-        desc.backends = backends;
-        let instance = wgpu::Instance::new(desc);
-        let mut adapters = instance.enumerate_adapters(backends).await;
+        let mut adapters = shared_instance(backends).enumerate_adapters(backends).await;
         if adapters.is_empty() && opts.backends.is_none() {
             backends = wgpu::Backends::all();
-            let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
-            desc.backends = backends;
-            adapters = wgpu::Instance::new(desc).enumerate_adapters(backends).await;
+            adapters = shared_instance(backends).enumerate_adapters(backends).await;
         }
         let mut candidates: Vec<(wgpu::Adapter, wgpu::AdapterInfo)> = adapters
             .drain(..)
