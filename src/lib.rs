@@ -49,8 +49,8 @@ pub mod ops {
 /// [`ShaderSource`](shaders::ShaderSource), specialised), and every kernel the library can
 /// build, for the portability test.
 pub mod shaders {
-    pub use crate::device::{Kernel, ShaderSource, F16_PROBE};
-    pub use crate::kernels::{all_kernels, all_shaders};
+    pub use crate::device::{Kernel, ParamsLayout, ShaderSource, F16_PROBE};
+    pub use crate::kernels::{all_kernels, all_params, all_shaders};
 }
 
 // Re-exported so users can name the element types without depending on `half` themselves.

@@ -44,3 +44,37 @@ fn every_shader_family_is_covered() {
     names.dedup();
     assert_eq!(names.len(), shaders.len(), "shader names must be unique");
 }
+
+/// Every kernel params struct is a `#[repr(C)]` Rust struct mirrored by a WGSL struct of the
+/// same name: the same fields in the same order at the same byte offsets, the same size
+/// (naga's layout of the WGSL, from a kernel that declares it).
+#[test]
+fn params_structs_mirror_their_wgsl() {
+    let kernels = wgkernels::shaders::all_kernels();
+    let params = wgkernels::shaders::all_params();
+    assert!(!params.is_empty());
+    for layout in params {
+        let decl = format!("struct {} {{", layout.name);
+        let wgsl = kernels
+            .iter()
+            .map(|k| k.wgsl())
+            .find(|w| w.contains(&decl) && !w.contains("enable wgpu_cooperative_matrix"))
+            .unwrap_or_else(|| panic!("no kernel declares {}", layout.name));
+        let module = naga::front::wgsl::parse_str(&wgsl).unwrap();
+        let (members, span) = module
+            .types
+            .iter()
+            .find_map(|(_, ty)| match &ty.inner {
+                naga::TypeInner::Struct { members, span } if ty.name.as_deref() == Some(layout.name) => {
+                    Some((members.clone(), *span))
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{} not found by naga", layout.name));
+        let wgsl_fields: Vec<(String, usize)> =
+            members.iter().map(|m| (m.name.clone().unwrap_or_default(), m.offset as usize)).collect();
+        let rust_fields: Vec<(String, usize)> = layout.fields.iter().map(|(n, o)| (n.to_string(), *o)).collect();
+        assert_eq!(wgsl_fields, rust_fields, "{}: WGSL fields vs Rust fields", layout.name);
+        assert_eq!(span as usize, layout.size, "{}: WGSL size vs Rust size", layout.name);
+    }
+}

@@ -19,8 +19,9 @@ mod pipeline;
 mod profiler;
 
 pub use options::GpuOptions;
+pub(crate) use pipeline::params_layout;
 use pipeline::PipelineCache;
-pub use pipeline::{Kernel, ShaderSource};
+pub use pipeline::{Kernel, ParamsLayout, ShaderSource};
 use profiler::ProfilerState;
 pub use profiler::{KernelTime, Profiler, Report};
 

@@ -179,6 +179,32 @@ fn preprocess(source: &str, flags: &[&str]) -> String {
     out
 }
 
+/// The layout of a kernel's `#[repr(C)]` params struct: its name (the same as its WGSL
+/// mirror's), size and each field's byte offset, for the test that checks the mirror field
+/// for field (see `tests/portability.rs`).
+#[doc(hidden)]
+#[derive(Clone, Debug)]
+pub struct ParamsLayout {
+    /// The struct's name in Rust and in WGSL.
+    pub name: &'static str,
+    /// `size_of` the Rust struct.
+    pub size: usize,
+    /// (field, byte offset), in declaration order.
+    pub fields: Vec<(&'static str, usize)>,
+}
+
+/// The [`ParamsLayout`] of a params struct, from its field list (each field named once).
+macro_rules! params_layout {
+    ($ty:ident { $($field:ident),* $(,)? }) => {
+        $crate::device::ParamsLayout {
+            name: stringify!($ty),
+            size: std::mem::size_of::<$ty>(),
+            fields: vec![$((stringify!($field), std::mem::offset_of!($ty, $field))),*],
+        }
+    };
+}
+pub(crate) use params_layout;
+
 /// Cache key of a compiled pipeline.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct PipelineKey {
@@ -394,6 +420,13 @@ impl Gpu {
         }
         cache.insert(key, group.clone());
         group
+    }
+
+    /// The read-only storage buffer of a kernel's params: a `#[repr(C)]` struct of u32 and
+    /// f32 fields that the kernel's WGSL mirrors field for field (shared like
+    /// [`Gpu::meta_buffer`]'s).
+    pub(crate) fn params_buffer<P: bytemuck::Pod>(&self, params: &P) -> wgpu::Buffer {
+        self.meta_buffer(bytemuck::cast_slice(std::slice::from_ref(params)))
     }
 
     /// A small read-only storage buffer holding `words` (kernel metadata: shapes, strides),

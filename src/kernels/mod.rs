@@ -41,6 +41,13 @@ pub fn all_shaders() -> Vec<&'static ShaderSource> {
     all
 }
 
+/// The layout of every kernel params struct, each mirrored by a WGSL struct of the same
+/// name and fields (checked by the portability test).
+#[doc(hidden)]
+pub fn all_params() -> Vec<crate::device::ParamsLayout> {
+    contraction::matmul::params_layouts()
+}
+
 /// Every specialisation the library can build, for the portability test: each family
 /// contributes the kernels it can launch.
 pub fn all_kernels() -> Vec<Kernel> {

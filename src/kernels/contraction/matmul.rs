@@ -348,7 +348,7 @@ fn coop_workgroup_bytes(c: &CoopConfig) -> u32 {
 fn epilogue_wgsl(bias: bool, act: Activation) -> String {
     let mut s = String::new();
     if bias {
-        s.push_str("v += load_bias(params[23] + n * params[24]);\n    ");
+        s.push_str("v += load_bias(params.bias_off + n * params.bias_stride);\n    ");
     }
     s.push_str(act.wgsl());
     s
@@ -700,6 +700,28 @@ pub fn kernels_checksum() -> u64 {
     crate::tune::checksum(&[env!("CARGO_PKG_VERSION"), MATMUL.source, MATMUL_COOP.source, MATMUL.shared])
 }
 
+/// The layouts of this family's params structs, for the test of their WGSL mirrors.
+pub(crate) fn params_layouts() -> Vec<crate::device::ParamsLayout> {
+    vec![crate::device::params_layout!(MatmulParams {
+        m,
+        n,
+        k,
+        batches,
+        a_off,
+        a_sm,
+        a_sk,
+        b_off,
+        b_sk,
+        b_sn,
+        batch_rank,
+        batch_shape,
+        a_batch_strides,
+        b_batch_strides,
+        bias_off,
+        bias_stride,
+    })]
+}
+
 /// A validated matmul whose launch waits for its result to be needed: with fusion on,
 /// `matmul` returns a pending tensor holding this, so that an element-wise chain consuming
 /// it can run in its epilogue (src/fusion.rs).
@@ -842,6 +864,30 @@ fn batch_strides(t: &Tensor, batch: &[usize]) -> Vec<usize> {
 }
 
 const MAX_BATCH_DIMS: usize = 4;
+
+/// The matmul kernels' params, mirrored field for field by `struct MatmulParams` in
+/// matmul_common.wgsl. Offsets and strides in elements; the batch shape front-padded with 1s
+/// to MAX_BATCH_DIMS, each operand's batch strides 0 where it broadcasts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct MatmulParams {
+    m: u32,
+    n: u32,
+    k: u32,
+    batches: u32,
+    a_off: u32,
+    a_sm: u32,
+    a_sk: u32,
+    b_off: u32,
+    b_sk: u32,
+    b_sn: u32,
+    batch_rank: u32,
+    batch_shape: [u32; MAX_BATCH_DIMS],
+    a_batch_strides: [u32; MAX_BATCH_DIMS],
+    b_batch_strides: [u32; MAX_BATCH_DIMS],
+    bias_off: u32,
+    bias_stride: u32,
+}
 
 impl Tensor {
     /// Matrix product with batch broadcasting: `[..., M, K] × [..., K, N] → [..., M, N]`;
@@ -1108,28 +1154,27 @@ impl Launch<'_> {
         let (a, b) = (self.a, self.b);
         let (ra, rb) = (a.rank(), b.rank());
         let pad = MAX_BATCH_DIMS - self.bshape.len();
-        let mut p = vec![0u32; 25];
-        p[0] = self.m as u32;
-        p[1] = self.n as u32;
-        p[2] = self.k as u32;
-        p[3] = self.nbatch as u32;
-        p[4] = a.offset() as u32;
-        p[5] = a.strides()[ra - 2] as u32;
-        p[6] = a.strides()[ra - 1] as u32;
-        p[7] = b.offset() as u32;
-        p[8] = b.strides()[rb - 2] as u32;
-        p[9] = b.strides()[rb - 1] as u32;
-        p[10] = self.bshape.len() as u32;
-        for d in 0..MAX_BATCH_DIMS {
-            p[11 + d] = if d < pad { 1 } else { self.bshape[d - pad] as u32 };
-            p[15 + d] = if d < pad { 0 } else { self.sa[d - pad] as u32 };
-            p[19 + d] = if d < pad { 0 } else { self.sb[d - pad] as u32 };
-        }
-        let bias_dtype = self.opts.bias.map(|t| t.dtype());
-        if let Some(bias) = self.opts.bias {
-            p[23] = bias.offset() as u32;
-            p[24] = bias.strides()[0] as u32;
-        }
+        let batch_dim = |d: usize, of: &[usize], pad_value: usize| if d < pad { pad_value } else { of[d - pad] } as u32;
+        let bias = self.opts.bias;
+        let p = MatmulParams {
+            m: self.m as u32,
+            n: self.n as u32,
+            k: self.k as u32,
+            batches: self.nbatch as u32,
+            a_off: a.offset() as u32,
+            a_sm: a.strides()[ra - 2] as u32,
+            a_sk: a.strides()[ra - 1] as u32,
+            b_off: b.offset() as u32,
+            b_sk: b.strides()[rb - 2] as u32,
+            b_sn: b.strides()[rb - 1] as u32,
+            batch_rank: self.bshape.len() as u32,
+            batch_shape: std::array::from_fn(|d| batch_dim(d, self.bshape, 1)),
+            a_batch_strides: std::array::from_fn(|d| batch_dim(d, self.sa, 0)),
+            b_batch_strides: std::array::from_fn(|d| batch_dim(d, self.sb, 0)),
+            bias_off: bias.map_or(0, |t| t.offset() as u32),
+            bias_stride: bias.map_or(0, |t| t.strides()[0] as u32),
+        };
+        let bias_dtype = bias.map(|t| t.dtype());
         let lay = self.layout();
         let act = self.opts.activation;
         let (kernel, groups) = match path {
@@ -1161,7 +1206,7 @@ impl Launch<'_> {
                 msg: format!("{}x{} output tiles exceed {max} workgroups per dimension", groups.0, groups.1),
             });
         }
-        let params = gpu.meta_buffer(&p);
+        let params = gpu.params_buffer(&p);
         let mut bindings = vec![
             (0, a.storage()?.buffer()),
             (1, b.storage()?.buffer()),

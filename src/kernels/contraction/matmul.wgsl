@@ -67,13 +67,13 @@ var<workgroup> tile_b: array<f32, BK * BN>; // [k][n]
 
 @compute @workgroup_size(THREADS)
 fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let M = params[0];
-    let N = params[1];
-    let K = params[2];
-    let a_sm = params[5];
-    let a_sk = params[6];
-    let b_sk = params[8];
-    let b_sn = params[9];
+    let M = params.m;
+    let N = params.n;
+    let K = params.k;
+    let a_sm = params.a_sm;
+    let a_sk = params.a_sk;
+    let b_sk = params.b_sk;
+    let b_sn = params.b_sn;
     let tx = lid % WG_X;
     let ty = lid / WG_X;
     let tile = tile_of(wid, nwg);
@@ -178,13 +178,13 @@ var<workgroup> tile_b4: array<vec4<f32>, BK * BN / 4u>; // [k][n/4]
 
 @compute @workgroup_size(THREADS)
 fn tiled_v4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let M = params[0];
-    let N = params[1];
-    let K = params[2];
-    let a_sm = params[5];
-    let a_sk = params[6];
-    let b_sk = params[8];
-    let b_sn = params[9];
+    let M = params.m;
+    let N = params.n;
+    let K = params.k;
+    let a_sm = params.a_sm;
+    let a_sk = params.a_sk;
+    let b_sk = params.b_sk;
+    let b_sn = params.b_sn;
     let tx = lid % WG_X;
     let ty = lid / WG_X;
     let tile = tile_of(wid, nwg);
@@ -294,13 +294,13 @@ var<workgroup> thin_partial: array<f32, THIN_SLICES * THIN_M * THIN_COLS>;
 
 @compute @workgroup_size(THIN_COLS, THIN_SLICES)
 fn thin(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
-    let M = params[0];
-    let N = params[1];
-    let K = params[2];
-    let a_sm = params[5];
-    let a_sk = params[6];
-    let b_sk = params[8];
-    let b_sn = params[9];
+    let M = params.m;
+    let N = params.n;
+    let K = params.k;
+    let a_sm = params.a_sm;
+    let a_sk = params.a_sk;
+    let b_sk = params.b_sk;
+    let b_sn = params.b_sn;
     let col = lid3.x;
     let slice = lid3.y;
     let n = wid.x * THIN_COLS + col;

@@ -1,12 +1,10 @@
 // Shared by the matmul families (placed after the dtype prelude by the device's pipeline
 // module): the params layout, batch offsets, the epilogue and the tile order.
 //
-// params (u32 words):
-//   [0] M  [1] N  [2] K  [3] batches
-//   [4] a_off [5] a_sm [6] a_sk   [7] b_off [8] b_sk [9] b_sn
-//   [10] batch rank  [11..15) batch shape  [15..19) A batch strides  [19..23) B batch strides
-//   [23] bias offset  [24] bias stride
-//
+// The params are `MatmulParams`, mirrored field for field by the #[repr(C)] struct of the
+// same name in matmul.rs: sizes, operand offsets and strides in elements, the batch shape
+// (front-padded with 1s to MAX_BATCH_DIMS) and each operand's batch strides (0 where
+// broadcast), the bias view.
 // Placeholders, each in double braces: LOAD_BIAS (loader body), EPILOGUE (bias and
 // activation on `v` at column `n`), PACK_PAIR (two f32 `v0`, `v1` as one word of 16-bit C,
 // flag OUT16); EPILOGUE_DECLS, FUSED_BODY, FUSED_RESULT: an
@@ -32,7 +30,26 @@ fn store_pair(o: u32, v0: f32, v1: f32) {
 //#else
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;
 //#endif
-@group(0) @binding(3) var<storage, read> params: array<u32>;
+struct MatmulParams {
+    m: u32,
+    n: u32,
+    k: u32,
+    batches: u32,
+    a_off: u32,
+    a_sm: u32,
+    a_sk: u32,
+    b_off: u32,
+    b_sk: u32,
+    b_sn: u32,
+    batch_rank: u32,
+    batch_shape: array<u32, 4>,
+    a_batch_strides: array<u32, 4>,
+    b_batch_strides: array<u32, 4>,
+    bias_off: u32,
+    bias_stride: u32,
+}
+
+@group(0) @binding(3) var<storage, read> params: MatmulParams;
 @group(0) @binding(4) var<storage, read> bias: array<u32>;
 
 fn load_bias(e: u32) -> f32 {
@@ -59,14 +76,14 @@ fn fused_chain(mm: f32, i: u32) -> f32 {
 // Element offsets of batch `z` in A and B (batch dims broadcast with stride 0).
 fn batch_offsets(z: u32) -> vec2<u32> {
     var rem = z;
-    var off = vec2<u32>(params[4], params[7]);
-    let rank = params[10];
+    var off = vec2<u32>(params.a_off, params.b_off);
+    let rank = params.batch_rank;
     for (var d = 0u; d < rank; d++) {
         let dim = MAX_BATCH_DIMS - 1u - d;
-        let size = params[11u + dim];
+        let size = params.batch_shape[dim];
         let i = rem % size;
         rem /= size;
-        off += i * vec2<u32>(params[15u + dim], params[19u + dim]);
+        off += i * vec2<u32>(params.a_batch_strides[dim], params.b_batch_strides[dim]);
     }
     return off;
 }

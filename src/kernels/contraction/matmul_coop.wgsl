@@ -85,13 +85,13 @@ fn coop(
     @builtin(subgroup_id) sg: u32,
     @builtin(subgroup_invocation_id) lane: u32,
 ) {
-    let M = params[0];
-    let N = params[1];
-    let K = params[2];
-    let a_sm = params[5];
-    let a_sk = params[6];
-    let b_sk = params[8];
-    let b_sn = params[9];
+    let M = params.m;
+    let N = params.n;
+    let K = params.k;
+    let a_sm = params.a_sm;
+    let a_sk = params.a_sk;
+    let b_sk = params.b_sk;
+    let b_sn = params.b_sn;
     let tile = tile_of(wid, nwg);
     let m0 = tile.x * BM;
     let n0 = tile.y * BN;
