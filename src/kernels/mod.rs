@@ -45,7 +45,11 @@ pub fn all_shaders() -> Vec<&'static ShaderSource> {
 /// name and fields (checked by the portability test).
 #[doc(hidden)]
 pub fn all_params() -> Vec<crate::device::ParamsLayout> {
-    contraction::matmul::params_layouts()
+    let mut all = contraction::matmul::params_layouts();
+    all.extend(normalization::norm::params_layouts());
+    all.extend(normalization::reduce::params_layouts());
+    all.extend(elementwise::transpose::params_layouts());
+    all
 }
 
 /// Every specialisation the library can build, for the portability test: each family

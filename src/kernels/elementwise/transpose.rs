@@ -68,7 +68,12 @@ pub(crate) fn try_copy(x: &Tensor) -> Result<Option<Tensor>> {
         return Ok(None);
     }
     let out = Tensor::empty(gpu, "contiguous", shape, x.dtype())?;
-    let params = gpu.meta_buffer(&[r as u32, c as u32, x.offset() as u32, batch_stride as u32]);
+    let params = gpu.params_buffer(&TransposeParams {
+        rows: r as u32,
+        cols: c as u32,
+        x_off: x.offset() as u32,
+        x_batch_stride: batch_stride as u32,
+    });
     // Unchecked is safe: reads of (b, r, c) with r < R, c < C are elements
     // offset + b·batch_stride + c·R + r of the view; writes b·R·C + r·C + c (and c + 1 < C,
     // C even, for 16-bit pairs) are below B·R·C, the fresh output's size.
@@ -78,4 +83,20 @@ pub(crate) fn try_copy(x: &Tensor) -> Result<Option<Tensor>> {
         [grid[0] as u32, grid[1] as u32, grid[2] as u32],
     )?;
     Ok(Some(out))
+}
+
+/// The transposed copy's params, mirrored by `struct TransposeParams` in transpose.wgsl: the
+/// copied view is [batches, R, C] read column by column.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct TransposeParams {
+    rows: u32,
+    cols: u32,
+    x_off: u32,
+    x_batch_stride: u32,
+}
+
+/// The layouts of this family's params structs, for the test of their WGSL mirrors.
+pub(crate) fn params_layouts() -> Vec<crate::device::ParamsLayout> {
+    vec![crate::device::params_layout!(TransposeParams { rows, cols, x_off, x_batch_stride })]
 }

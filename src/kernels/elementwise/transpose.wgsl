@@ -16,10 +16,16 @@
 const T: u32 = 32u;
 const PAIRS: bool = {{PAIRS}};
 
-// params: [0] R [1] C [2] x offset [3] x batch stride
+// params: TransposeParams (transpose.rs): R, C, x offset and batch stride in elements.
 @group(0) @binding(0) var<storage, read> x: array<u32>;
 @group(0) @binding(1) var<storage, read_write> out: array<u32>;
-@group(0) @binding(2) var<storage, read> params: array<u32>;
+struct TransposeParams {
+    rows: u32,
+    cols: u32,
+    x_off: u32,
+    x_batch_stride: u32,
+}
+@group(0) @binding(2) var<storage, read> params: TransposeParams;
 
 var<workgroup> tile: array<f32, T * (T + 1u)>;
 
@@ -33,12 +39,12 @@ fn store(e: u32, lo: f32, hi: f32) {
 
 @compute @workgroup_size(32, 8)
 fn transpose(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l: vec3<u32>) {
-    let R = params[0];
-    let C = params[1];
+    let R = params.rows;
+    let C = params.cols;
     let c0 = wid.x * T;
     let r0 = wid.y * T;
     let b = wid.z;
-    let x_base = params[2] + b * params[3];
+    let x_base = params.x_off + b * params.x_batch_stride;
     // Read: tile[i][j] = element (r0 + j, c0 + i), consecutive j across the invocations.
     for (var i = l.y; i < T; i += 8u) {
         let c = c0 + i;

@@ -461,8 +461,8 @@ fn norm_kernel(
         .sub("STORE", unit_store(out, unit, caps.native_f16))
         .sub("VPT", vpt.to_string())
         .sub("RMS", rms.to_string())
-        .sub("AFFINE_W", if w.is_some() { "y *= load_w(params[5] + j);" } else { "" })
-        .sub("AFFINE_B", if b.is_some() && !rms { "y += load_b(params[6] + j);" } else { "" })
+        .sub("AFFINE_W", if w.is_some() { "y *= load_w(params.w_off + j);" } else { "" })
+        .sub("AFFINE_B", if b.is_some() && !rms { "y += load_b(params.b_off + j);" } else { "" })
         .sub("ONE_LOADERS", prelude)
         .trusted();
     let words = [("WORD_X", Some(x)), ("WORD_OUT", Some(out)), ("WORD_W", w), ("WORD_B", b), ("WORD_DY", dy)];
@@ -729,18 +729,17 @@ impl Tensor {
         };
         let gpu = self.gpu();
         let out = Tensor::empty(gpu, op, &[r.rows, r.n], r.out_dtype)?;
-        let p = [
-            r.rows as u32,
-            r.n as u32,
-            r.x.offset() as u32,
-            mask_rows as u32,
-            mask.as_ref().map_or(0, |m| m.offset() as u32),
-            opts.causal as u32,
-            s_q as u32,
-            opts.scale.unwrap_or(1.0).to_bits(),
-            0,
-        ];
-        let params = gpu.meta_buffer(&p);
+        let params = gpu.params_buffer(&SoftmaxParams {
+            rows: r.rows as u32,
+            n: r.n as u32,
+            x_off: r.x.offset() as u32,
+            mask_rows: mask_rows as u32,
+            mask_off: mask.as_ref().map_or(0, |m| m.offset() as u32),
+            causal: opts.causal as u32,
+            s_q: s_q as u32,
+            scale: opts.scale.unwrap_or(1.0),
+            dy_off: 0,
+        });
         let k = softmax_kernel(
             entry,
             r.x.dtype(),
@@ -791,7 +790,7 @@ impl Tensor {
         let dyc = dy.contiguous()?;
         let gpu = self.gpu();
         let out = Tensor::empty(gpu, OP, &[r.rows, r.n], r.out_dtype)?;
-        let params = gpu.meta_buffer(&[r.rows as u32, r.n as u32, 0, 0, 0, 0, 1, 1f32.to_bits(), dyc.offset() as u32]);
+        let params = gpu.params_buffer(&SoftmaxParams::rows(r.rows, r.n, dyc.offset()));
         let (vpt, caps) = (auto_vpt(r.n, r.unit), Caps::of(gpu));
         let k = softmax_kernel(
             "softmax_backward",
@@ -856,7 +855,7 @@ impl Tensor {
         let dlogits = Tensor::empty(gpu, OP, &[r.rows, r.n], r.out_dtype)?;
         let losses = Tensor::empty(gpu, OP, &[r.rows], DType::F32)?;
         let tbuf = gpu.meta_buffer(targets);
-        let params = gpu.meta_buffer(&[r.rows as u32, r.n as u32, 0, 0, 0, 0, 1, 1f32.to_bits(), 0]);
+        let params = gpu.params_buffer(&SoftmaxParams::rows(r.rows, r.n, 0));
         let k = softmax_kernel(
             "cross_entropy",
             r.x.dtype(),
@@ -995,7 +994,7 @@ pub fn norm_forward(
     let class = choose(op, gpu, kernel, r.n, unit)?;
     let out = Tensor::empty(gpu, op, &[r.rows, r.n], r.out_dtype)?;
     let stats = Tensor::empty(gpu, op, &[r.rows, 2], DType::F32)?;
-    let params = gpu.meta_buffer(&[r.rows as u32, r.n as u32, 0, eps.to_bits(), 0, 0, 0]);
+    let params = gpu.params_buffer(&NormParams { rows: r.rows as u32, n: r.n as u32, eps, ..Default::default() });
     let (entry, vpt) = match class {
         RowKernel::Subgroup => ("forward_sg_rows", 1),
         RowKernel::Workgroup(v) => ("forward", v),
@@ -1048,6 +1047,55 @@ pub fn norm_forward(
         p.finish(&r.x);
     }
     finish(out, x.dtype(), x.shape())
+}
+
+/// The softmax kernels' params, mirrored field for field by `struct SoftmaxParams` in
+/// softmax.wgsl: rows and row length, offsets in elements, the mask's rows (0: none) and
+/// offset, causal (0/1) with `s_q` rows per causal block, the scale, dy's offset.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct SoftmaxParams {
+    rows: u32,
+    n: u32,
+    x_off: u32,
+    mask_rows: u32,
+    mask_off: u32,
+    causal: u32,
+    s_q: u32,
+    scale: f32,
+    dy_off: u32,
+}
+
+impl SoftmaxParams {
+    /// Plain rows (no mask, scale 1), dy at `dy_off`: the backward and cross-entropy.
+    fn rows(rows: usize, n: usize, dy_off: usize) -> Self {
+        Self { rows: rows as u32, n: n as u32, s_q: 1, scale: 1.0, dy_off: dy_off as u32, ..Default::default() }
+    }
+}
+
+/// The LayerNorm / RMSNorm kernels' params, mirrored field for field by `struct NormParams`
+/// in norm.wgsl: rows and row length, offsets in elements, eps, and (backward) the rows per
+/// chunk of the dw/db partial sums.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct NormParams {
+    rows: u32,
+    n: u32,
+    x_off: u32,
+    eps: f32,
+    dy_off: u32,
+    w_off: u32,
+    b_off: u32,
+    chunk_rows: u32,
+}
+
+/// The layouts of this family's params structs, for the test of their WGSL mirrors.
+pub(crate) fn params_layouts() -> Vec<crate::device::ParamsLayout> {
+    use crate::device::params_layout;
+    vec![
+        params_layout!(SoftmaxParams { rows, n, x_off, mask_rows, mask_off, causal, s_q, scale, dy_off }),
+        params_layout!(NormParams { rows, n, x_off, eps, dy_off, w_off, b_off, chunk_rows }),
+    ]
 }
 
 /// The gradients of a LayerNorm or RMSNorm: `dx` (x's shape and dtype), and, when a weight
@@ -1153,8 +1201,14 @@ pub fn norm_backward_with(
     let dyc = dy.contiguous()?;
     let gpu = x.gpu();
     let dx = Tensor::empty(gpu, op, &[r.rows, r.n], r.out_dtype)?;
-    let params =
-        gpu.meta_buffer(&[r.rows as u32, r.n as u32, 0, eps.to_bits(), dyc.offset() as u32, 0, chunk_rows as u32]);
+    let params = gpu.params_buffer(&NormParams {
+        rows: r.rows as u32,
+        n: r.n as u32,
+        eps,
+        dy_off: dyc.offset() as u32,
+        chunk_rows: chunk_rows as u32,
+        ..Default::default()
+    });
     let entry = if per_group.is_some() { "backward_grads" } else { "backward" };
     let k = norm_kernel(
         entry,

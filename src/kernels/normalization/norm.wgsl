@@ -44,11 +44,21 @@ const VPT: u32 = {{VPT}}u;
 const UNIT: u32 = {{UNIT}}u;
 const RMS: bool = {{RMS}};
 
-// params: [0] rows [1] n [2] x offset [3] eps (f32 bits) [4] dy offset [5] w offset
-// [6] b offset (forward) or rows per chunk of the dw/db partial sums (backward)
+// params: NormParams, mirrored by the #[repr(C)] struct of that name in norm.rs: rows, row
+// length, offsets in elements, eps, and (backward) the rows per chunk of the dw/db partial sums.
 @group(0) @binding(0) var<storage, read> x: array<{{WORD_X}}>;
 @group(0) @binding(1) var<storage, read_write> out: array<{{WORD_OUT}}>;
-@group(0) @binding(2) var<storage, read> params: array<u32>;
+struct NormParams {
+    rows: u32,
+    n: u32,
+    x_off: u32,
+    eps: f32,
+    dy_off: u32,
+    w_off: u32,
+    b_off: u32,
+    chunk_rows: u32,
+}
+@group(0) @binding(2) var<storage, read> params: NormParams;
 @group(0) @binding(3) var<storage, read> w: array<{{WORD_W}}>;
 @group(0) @binding(4) var<storage, read> b: array<{{WORD_B}}>;
 @group(0) @binding(5) var<storage, read> dy: array<{{WORD_DY}}>;
@@ -215,9 +225,9 @@ fn to_welford(acc: vec3<f32>, shift: f32) -> vec3<f32> {
 
 // (mean, rstd) of the row, caching the first 256·VPT units when `cache` is used.
 fn row_moments(row: u32, lid: u32, cache: ptr<function, array<Unit, VPT>>) -> vec2<f32> {
-    let n = params[1];
+    let n = params.n;
     let units = (n + UNIT - 1u) / UNIT;
-    let base = params[2] + row * n;
+    let base = params.x_off + row * n;
     // RMSNorm: no shift (Σx² is what it needs); LayerNorm: this invocation's first value.
     var shift = 0.0;
     if (!RMS && lid < units) {
@@ -244,7 +254,7 @@ fn row_moments(row: u32, lid: u32, cache: ptr<function, array<Unit, VPT>>) -> ve
 
 // (mean, rstd) of the row from every invocation's shifted sums (see add_unit).
 fn moments_of(lid: u32, acc: vec3<f32>, shift: f32) -> vec2<f32> {
-    let eps = bitcast<f32>(params[3]);
+    let eps = params.eps;
     if (RMS) {
         let total = reduce_sum2(lid, vec2<f32>(acc.x, acc.z));
         return vec2<f32>(0.0, inverseSqrt(total.y / total.x + eps));
@@ -256,7 +266,7 @@ fn moments_of(lid: u32, acc: vec3<f32>, shift: f32) -> vec2<f32> {
 // (mean(g), mean(g·x̂)) of the row from every invocation's (Σ g, Σ g·x̂); mean(g) is 0 for
 // RMSNorm, which has no mean term.
 fn grad_means(lid: u32, sums: vec2<f32>) -> vec2<f32> {
-    let n = f32(params[1]);
+    let n = f32(params.n);
     let total = reduce_sum2(lid, sums);
     return vec2<f32>(select(total.x / n, 0.0, RMS), total.y / n);
 }
@@ -272,10 +282,10 @@ fn affine(v: Unit, j: u32, m: vec2<f32>) -> Unit {
 fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32{{SG_ARGS}}) {
     {{SG_INIT}}
     let row = wid.x + wid.y * nwg.x;
-    if (row >= params[0]) {
+    if (row >= params.rows) {
         return;
     }
-    let n = params[1];
+    let n = params.n;
     let units = (n + UNIT - 1u) / UNIT;
     var cache: array<Unit, VPT>;
     let m = row_moments(row, lid, &cache);
@@ -289,7 +299,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         }
     }
     for (var u = lid + VPT * WG; u < units; u += WG) {
-        store(row * n + u * UNIT, affine(load_x_again(params[2] + row * n + u * UNIT), u * UNIT, m));
+        store(row * n + u * UNIT, affine(load_x_again(params.x_off + row * n + u * UNIT), u * UNIT, m));
     }
 }
 
@@ -299,10 +309,10 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
 fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32{{SG_ARGS}}) {
     {{SG_INIT}}
     let row = wid.x + wid.y * nwg.x;
-    if (row >= params[0]) {
+    if (row >= params.rows) {
         return;
     }
-    let n = params[1];
+    let n = params.n;
     let units = (n + UNIT - 1u) / UNIT;
     var cache: array<Unit, VPT>;
     let m = row_moments(row, lid, &cache);
@@ -315,7 +325,7 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     // Loads first, clamped and branch-free (see row_moments).
     for (var i = 0u; i < VPT; i++) {
         let j = min(lid + i * WG, units - 1u) * UNIT;
-        g_cache[i] = load_dy(params[4] + row * n + j) * load_w(params[5] + j);
+        g_cache[i] = load_dy(params.dy_off + row * n + j) * load_w(params.w_off + j);
     }
     for (var i = 0u; i < VPT; i++) {
         if (lid + i * WG < units) {
@@ -327,8 +337,8 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     }
     for (var u = lid + VPT * WG; u < units; u += WG) {
         let j = u * UNIT;
-        let xh = (load_x(params[2] + row * n + j) - m.x) * m.y;
-        let g = real_lanes(load_dy(params[4] + row * n + j) * load_w(params[5] + j));
+        let xh = (load_x(params.x_off + row * n + j) - m.x) * m.y;
+        let g = real_lanes(load_dy(params.dy_off + row * n + j) * load_w(params.w_off + j));
         sums += vec2<f32>(hsum(g), dot(g, xh));
     }
     let means = grad_means(lid, sums);
@@ -341,14 +351,14 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     }
     for (var u = lid + VPT * WG; u < units; u += WG) {
         let j = u * UNIT;
-        let xh = (load_x(params[2] + row * n + j) - m.x) * m.y;
-        let g = load_dy(params[4] + row * n + j) * load_w(params[5] + j);
+        let xh = (load_x(params.x_off + row * n + j) - m.x) * m.y;
+        let g = load_dy(params.dy_off + row * n + j) * load_w(params.w_off + j);
         store(row * n + j, m.y * (g - means.x - xh * means.y));
     }
 }
 
 // dx, and dw/db partial sums, in one pass (rows that fit the register class, with a
-// weight): a workgroup takes params[6] consecutive rows, each invocation the same units of
+// weight): a workgroup takes params.chunk_rows consecutive rows, each invocation the same units of
 // every one of them, so it adds dy·x̂ and dy for its columns up in registers and writes
 // them once, as partials[group · 2N + j] and partials[group · 2N + N + j] (summed over groups
 // by param_grads_sum). x and dy are read once — against twice with `backward` and
@@ -359,13 +369,13 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
 fn backward_grads(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32{{SG_ARGS}}) {
     {{SG_INIT}}
     let group = wid.x + wid.y * nwg.x;
-    let rows = params[0];
-    let n = params[1];
-    let first = group * params[6];
+    let rows = params.rows;
+    let n = params.n;
+    let first = group * params.chunk_rows;
     if (first >= rows) {
         return;
     }
-    let last = min(first + params[6], rows);
+    let last = min(first + params.chunk_rows, rows);
     let units = (n + UNIT - 1u) / UNIT;
     // [VPT] units of this invocation: w, the running dw and db, and the next row's x, dy.
     var w_cache: array<Unit, VPT>;
@@ -376,9 +386,9 @@ fn backward_grads(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     // Clamped, branch-free loads (see row_moments); units past the row are masked below.
     for (var i = 0u; i < VPT; i++) {
         let j = min(lid + i * WG, units - 1u) * UNIT;
-        w_cache[i] = load_w(params[5] + j);
-        x_next[i] = load_x(params[2] + first * n + j);
-        dy_next[i] = load_dy(params[4] + first * n + j);
+        w_cache[i] = load_w(params.w_off + j);
+        x_next[i] = load_x(params.x_off + first * n + j);
+        dy_next[i] = load_dy(params.dy_off + first * n + j);
         dw[i] = Unit(0.0);
         db[i] = Unit(0.0);
     }
@@ -388,8 +398,8 @@ fn backward_grads(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
         let next = min(row + 1u, last - 1u);
         for (var i = 0u; i < VPT; i++) {
             let j = min(lid + i * WG, units - 1u) * UNIT;
-            x_next[i] = load_x(params[2] + next * n + j);
-            dy_next[i] = load_dy(params[4] + next * n + j);
+            x_next[i] = load_x(params.x_off + next * n + j);
+            dy_next[i] = load_dy(params.dy_off + next * n + j);
         }
         // Moments, as row_moments takes them from its cache.
         let shift = select(xs[0].x, 0.0, RMS);
@@ -431,7 +441,7 @@ fn backward_grads(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     }
 }
 
-// Partial dw, db over a chunk of params[6] rows (longer rows than backward_grads takes): invocation (unit u of columns, chunk
+// Partial dw, db over a chunk of params.chunk_rows rows (longer rows than backward_grads takes): invocation (unit u of columns, chunk
 // c) writes partials[c · 2N + j] = Σ dy·x̂ and partials[c · 2N + N + j] = Σ dy for the
 // columns j of its unit. Consecutive invocations take consecutive units, so every row read
 // is coalesced. Rows go ROW_BATCH at a time with all their loads issued first: a loop that
@@ -440,8 +450,8 @@ const ROW_BATCH: u32 = 8u;
 
 @compute @workgroup_size(256)
 fn param_grads(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let rows = params[0];
-    let n = params[1];
+    let rows = params.rows;
+    let n = params.n;
     let u = gid.x;
     let chunk = gid.y;
     if (u * UNIT >= n) {
@@ -450,8 +460,8 @@ fn param_grads(@builtin(global_invocation_id) gid: vec3<u32>) {
     let j = u * UNIT;
     var dw = Unit(0.0);
     var db = Unit(0.0);
-    let first = chunk * params[6];
-    let last = min(first + params[6], rows);
+    let first = chunk * params.chunk_rows;
+    let last = min(first + params.chunk_rows, rows);
     for (var r0 = first; r0 < last; r0 += ROW_BATCH) {
         var xs: array<Unit, ROW_BATCH>;
         var gs: array<Unit, ROW_BATCH>;
@@ -459,8 +469,8 @@ fn param_grads(@builtin(global_invocation_id) gid: vec3<u32>) {
         for (var i = 0u; i < ROW_BATCH; i++) {
             let r = min(r0 + i, last - 1u);
             ms[i] = stats[r];
-            xs[i] = load_x(params[2] + r * n + j);
-            gs[i] = load_dy(params[4] + r * n + j);
+            xs[i] = load_x(params.x_off + r * n + j);
+            gs[i] = load_dy(params.dy_off + r * n + j);
         }
         for (var i = 0u; i < ROW_BATCH; i++) {
             if (r0 + i < last) {
@@ -485,8 +495,8 @@ var<workgroup> pair_sums: array<vec2<f32>, 256>;
 
 @compute @workgroup_size(256)
 fn param_grads_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let n = params[1];
-    let chunks = (params[0] + params[6] - 1u) / params[6];
+    let n = params.n;
+    let chunks = (params.rows + params.chunk_rows - 1u) / params.chunk_rows;
     let p = (wid.x + wid.y * nwg.x) * 32u + lid % 32u;
     let lane = lid / 32u;
     var acc = vec2<f32>(0.0);
@@ -522,12 +532,12 @@ fn param_grads_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
 fn forward_sg_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32{{SG_ARGS}}) {
     {{SG_INIT}}
     let row = (wid.x + wid.y * nwg.x) * sg_count + sg_id;
-    if (row >= params[0]) {
+    if (row >= params.rows) {
         return;
     }
-    let n = params[1];
+    let n = params.n;
     let units = (n + UNIT - 1u) / UNIT;
-    let base = params[2] + row * n;
+    let base = params.x_off + row * n;
     var shift = 0.0;
     if (!RMS && lane < units) {
         shift = load_x(base + lane * UNIT).x;
@@ -536,7 +546,7 @@ fn forward_sg_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
     for (var u = lane; u < units; u += sg_size) {
         acc = add_unit(acc, load_x_first(base + u * UNIT), shift);
     }
-    let eps = bitcast<f32>(params[3]);
+    let eps = params.eps;
     var m: vec2<f32>;
     if (RMS) {
         let total = subgroupAdd(vec2<f32>(acc.x, acc.z));

@@ -74,7 +74,8 @@ impl Tensor {
         let out = Tensor::empty(self.gpu(), "sum", &out_shape, DType::F32)?;
         // Unchecked is safe: workgroup `row < rows` reads elements offset + row·cols + j
         // with j < cols, all inside the contiguous view, and writes out[row] < rows words.
-        let meta = self.gpu().meta_buffer(&[rows as u32, cols as u32, x.offset() as u32]);
+        let meta =
+            self.gpu().params_buffer(&ReduceParams { rows: rows as u32, cols: cols as u32, x_off: x.offset() as u32 });
         self.gpu().dispatch(
             &kernel(x.dtype(), self.gpu().has(wgpu::Features::SUBGROUP)),
             &[(0, x.storage()?.buffer()), (1, out.storage()?.buffer()), (2, &meta)],
@@ -82,4 +83,19 @@ impl Tensor {
         )?;
         out.to_dtype(self.dtype())
     }
+}
+
+/// The row-sum kernel's params, mirrored by `struct ReduceParams` in reduce.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct ReduceParams {
+    rows: u32,
+    cols: u32,
+    /// x's first element.
+    x_off: u32,
+}
+
+/// The layouts of this family's params structs, for the test of their WGSL mirrors.
+pub(crate) fn params_layouts() -> Vec<crate::device::ParamsLayout> {
+    vec![crate::device::params_layout!(ReduceParams { rows, cols, x_off })]
 }

@@ -12,10 +12,15 @@
 
 const WORKGROUP: u32 = 256u;
 
-// params: [0] rows  [1] cols  [2] x offset (elements)
+// params: ReduceParams (reduce.rs): rows, columns, x offset in elements.
 @group(0) @binding(0) var<storage, read> x: array<u32>;
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
-@group(0) @binding(2) var<storage, read> params: array<u32>;
+struct ReduceParams {
+    rows: u32,
+    cols: u32,
+    x_off: u32,
+}
+@group(0) @binding(2) var<storage, read> params: ReduceParams;
 
 var<workgroup> partial: array<f32, WORKGROUP>;
 
@@ -60,14 +65,14 @@ fn sum_rows(
     @builtin(local_invocation_index) lid: u32,
     {{SG_ARGS}}
 ) {
-    let rows = params[0];
-    let cols = params[1];
+    let rows = params.rows;
+    let cols = params.cols;
     let row = wid.x + wid.y * nwg.x;
     // Uniform per workgroup, so the early return keeps the barriers below uniform.
     if (row >= rows) {
         return;
     }
-    let base = params[2] + row * cols;
+    let base = params.x_off + row * cols;
     var acc = 0.0;
     for (var j = lid; j < cols; j += WORKGROUP) {
         acc += load_x(base + j);

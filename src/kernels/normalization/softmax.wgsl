@@ -28,11 +28,23 @@ const VPT: u32 = {{VPT}}u;
 const UNIT: u32 = {{UNIT}}u;
 const LOG: bool = {{LOG}};
 
-// params (u32 words): [0] rows [1] n [2] x offset [3] mask rows (0: none) [4] mask offset
-//   [5] causal (0/1) [6] rows per causal block (S_q) [7] scale (f32 bits) [8] dy offset
+// params: SoftmaxParams, mirrored by the #[repr(C)] struct of that name in norm.rs: rows,
+// row length, offsets in elements, mask rows (0: no mask), causal (0/1) with S_q rows per
+// causal block, the scale.
 @group(0) @binding(0) var<storage, read> x: array<{{WORD_X}}>;
 @group(0) @binding(1) var<storage, read_write> out: array<{{WORD_OUT}}>;
-@group(0) @binding(2) var<storage, read> params: array<u32>;
+struct SoftmaxParams {
+    rows: u32,
+    n: u32,
+    x_off: u32,
+    mask_rows: u32,
+    mask_off: u32,
+    causal: u32,
+    s_q: u32,
+    scale: f32,
+    dy_off: u32,
+}
+@group(0) @binding(2) var<storage, read> params: SoftmaxParams;
 @group(0) @binding(3) var<storage, read> mask: array<{{WORD_MASK}}>;
 @group(0) @binding(4) var<storage, read> dy: array<{{WORD_DY}}>;
 @group(0) @binding(5) var<storage, read> targets: array<u32>;
@@ -86,7 +98,7 @@ fn unit_count(n: u32) -> u32 {
 // True for the leftover element of an odd row (always false without ODD_ROWS).
 fn is_leftover(u: u32) -> bool {
 //#if ODD_ROWS
-    return u == params[1] / 2u;
+    return u == params.n / 2u;
 //#else
     return false;
 //#endif
@@ -95,7 +107,7 @@ fn is_leftover(u: u32) -> bool {
 // The row's element where unit u starts.
 fn unit_start(row: u32, u: u32) -> u32 {
 //#if ODD_ROWS
-    let n = params[1];
+    let n = params.n;
     let first = (row * n) & 1u;
     if (u == n / 2u) {
         return select(n - 1u, 0u, first == 1u);
@@ -117,7 +129,7 @@ fn pad_lanes(v: Unit, u: u32, pad: f32) -> Unit {
 }
 
 fn x_unit(row: u32, u: u32) -> Unit {
-    let e = params[2] + row * params[1] + unit_start(row, u);
+    let e = params.x_off + row * params.n + unit_start(row, u);
 //#if ODD_ROWS
     if (is_leftover(u)) {
         return Unit(load_one_x(e), 0.0);
@@ -127,7 +139,7 @@ fn x_unit(row: u32, u: u32) -> Unit {
 }
 
 fn dy_unit(row: u32, u: u32) -> Unit {
-    let e = params[8] + row * params[1] + unit_start(row, u);
+    let e = params.dy_off + row * params.n + unit_start(row, u);
 //#if ODD_ROWS
     if (is_leftover(u)) {
         return Unit(load_one_dy(e), 0.0);
@@ -143,18 +155,18 @@ fn store_unit(row: u32, u: u32, v: Unit) {
         return;
     }
 //#endif
-    store(row * params[1] + unit_start(row, u), v);
+    store(row * params.n + unit_start(row, u), v);
 }
 
 // The scaled, masked logits of unit `u` of `row`; −inf where masked or past the row.
 fn logits(row: u32, u: u32) -> Unit {
-    let n = params[1];
+    let n = params.n;
     let j = unit_start(row, u);
-    var v = x_unit(row, u) * bitcast<f32>(params[7]);
-    let mask_rows = params[3];
+    var v = x_unit(row, u) * params.scale;
+    let mask_rows = params.mask_rows;
     if (mask_rows > 0u) {
         // A mask row's parity differs from x's: with ODD_ROWS its loader reads elements.
-        let e = params[4] + (row % mask_rows) * n + j;
+        let e = params.mask_off + (row % mask_rows) * n + j;
 //#if ODD_ROWS
         if (is_leftover(u)) {
             v += Unit(load_one_mask(e), 0.0);
@@ -165,9 +177,9 @@ fn logits(row: u32, u: u32) -> Unit {
         v += load_mask(e);
 //#endif
     }
-    if (params[5] == 1u) {
+    if (params.causal == 1u) {
         // Bottom-right aligned, as with a KV cache: query i of S_q sees keys ≤ i + n − S_q.
-        let s_q = params[6];
+        let s_q = params.s_q;
         let limit = row % s_q + n - s_q;
         v = select(v, Unit(neg_inf()), UnitIdx(j) + LANE > UnitIdx(limit));
     }
@@ -264,7 +276,7 @@ fn reduce_sum(lid: u32, s: f32) -> f32 {
 
 // (max, sum of exp) of the row, caching the first 256·VPT units in `cache`.
 fn row_stats(row: u32, lid: u32, cache: ptr<function, array<Unit, VPT>>) -> vec2<f32> {
-    let units = unit_count(params[1]);
+    let units = unit_count(params.n);
     var m = neg_inf();
     // Every cached load issued before any is used, with no branch between them: the index
     // is clamped into the row and units past it are masked to −inf. On the H200 this took
@@ -309,10 +321,10 @@ fn normalise(v: Unit, stats: vec2<f32>) -> Unit {
 fn softmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32{{SG_ARGS}}) {
     {{SG_INIT}}
     let row = wid.x + wid.y * nwg.x;
-    if (row >= params[0]) {
+    if (row >= params.rows) {
         return; // uniform across the workgroup
     }
-    let n = params[1];
+    let n = params.n;
     let units = unit_count(n);
     var cache: array<Unit, VPT>;
     let stats = row_stats(row, lid, &cache);
@@ -333,10 +345,10 @@ fn softmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
 fn softmax_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32{{SG_ARGS}}) {
     {{SG_INIT}}
     let row = wid.x + wid.y * nwg.x;
-    if (row >= params[0]) {
+    if (row >= params.rows) {
         return;
     }
-    let n = params[1];
+    let n = params.n;
     let units = unit_count(n);
     var y_cache: array<Unit, VPT>;
     var dy_cache: array<Unit, VPT>;
@@ -376,10 +388,10 @@ fn softmax_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
 fn cross_entropy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32{{SG_ARGS}}) {
     {{SG_INIT}}
     let row = wid.x + wid.y * nwg.x;
-    if (row >= params[0]) {
+    if (row >= params.rows) {
         return;
     }
-    let n = params[1];
+    let n = params.n;
     let units = unit_count(n);
     var cache: array<Unit, VPT>;
     let stats = row_stats(row, lid, &cache);
@@ -423,10 +435,10 @@ fn cross_entropy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
 fn softmax_sg_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32{{SG_ARGS}}) {
     {{SG_INIT}}
     let row = (wid.x + wid.y * nwg.x) * sg_count + sg_id;
-    if (row >= params[0]) {
+    if (row >= params.rows) {
         return; // uniform within the subgroup, and no barrier follows
     }
-    let n = params[1];
+    let n = params.n;
     let units = unit_count(n);
     var m = neg_inf();
     var sum = 0.0;
@@ -451,8 +463,8 @@ fn softmax_sg_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
 @compute @workgroup_size(256)
 fn join_edges(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let k = (wid.x + wid.y * nwg.x) * 256u + lid;
-    let rows = params[0];
-    let n = params[1];
+    let rows = params.rows;
+    let n = params.n;
     if (2u * k >= rows) {
         return;
     }
