@@ -346,6 +346,94 @@ struct JitHoldState {
     closing: bool,
 }
 
+/// The adapter `opts` asks for (the best by device type and backend among those its
+/// backends and name allow), its info and the names of every adapter seen.
+async fn pick_adapter(opts: &GpuOptions) -> Result<(wgpu::Adapter, wgpu::AdapterInfo, Vec<String>)> {
+    // Without an explicit choice, GL is probed only when no primary backend has an
+    // adapter: it is the slowest path, and probing it wakes EGL (and its warnings).
+    let mut backends = opts.backends.unwrap_or(wgpu::Backends::PRIMARY);
+    let mut adapters = shared_instance(backends).enumerate_adapters(backends).await;
+    if adapters.is_empty() && opts.backends.is_none() {
+        backends = wgpu::Backends::all();
+        adapters = shared_instance(backends).enumerate_adapters(backends).await;
+    }
+    let mut candidates: Vec<(wgpu::Adapter, wgpu::AdapterInfo)> = adapters
+        .drain(..)
+        .map(|a| {
+            let i = a.get_info();
+            (a, i)
+        })
+        .collect();
+    candidates.sort_by_key(|(_, i)| (device_type_rank(i.device_type), backend_rank(i.backend)));
+    let names: Vec<String> =
+        candidates.iter().map(|(_, i)| format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type)).collect();
+    if let Some(want) = &opts.adapter_name {
+        let want = want.to_lowercase();
+        candidates.retain(|(_, i)| i.name.to_lowercase().contains(&want));
+    }
+    let Some((adapter, ainfo)) = candidates.into_iter().next() else {
+        let tried = format!(
+            "backends {:?}{}; adapters seen: [{}]",
+            backends,
+            opts.adapter_name.as_ref().map(|n| format!(", name containing {n:?}")).unwrap_or_default(),
+            names.join(", ")
+        );
+        return Err(Error::NoAdapter {
+            tried,
+            hint: "Without a GPU, install a software Vulkan device (Debian/Ubuntu: \
+                       `apt-get install mesa-vulkan-drivers`), or try WGK_BACKEND=gl with Mesa's llvmpipe."
+                .into(),
+        });
+    };
+
+    Ok((adapter, ainfo, names))
+}
+
+/// A device with `features` and `limits` from `adapter` (its own limits, not wgpu's
+/// defaults, or large buffers and workgroups are refused).
+async fn request_device(
+    adapter: &wgpu::Adapter,
+    ainfo: &wgpu::AdapterInfo,
+    features: wgpu::Features,
+    limits: &wgpu::Limits,
+) -> Result<(wgpu::Device, wgpu::Queue)> {
+    let device_desc = wgpu::DeviceDescriptor {
+        label: Some("wgkernels"),
+        required_features: features,
+        required_limits: limits.clone(),
+        // SAFETY: the only experimental feature requested is cooperative matrices, used
+        // by kernels that the tests check against CPU references on the devices that have it.
+        experimental_features: unsafe { wgpu::ExperimentalFeatures::enabled() },
+        memory_hints: wgpu::MemoryHints::Performance,
+        trace: wgpu::Trace::Off,
+    };
+    adapter
+        .request_device(&device_desc)
+        .await
+        .map_err(|e| Error::RequestDevice { adapter: ainfo.name.clone(), reason: e.to_string() })
+}
+
+/// Slots that device loss and errors escaping the host checks are written to: they become
+/// `Err`s on the next call instead of wgpu's default handler, which panics.
+type ErrorSlot = Arc<Mutex<Option<String>>>;
+
+fn catch_device_errors(device: &wgpu::Device) -> (ErrorSlot, ErrorSlot) {
+    let lost: ErrorSlot = Arc::new(Mutex::new(None));
+    let lost_cb = lost.clone();
+    device.set_device_lost_callback(move |reason, msg| {
+        *lost_cb.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{reason:?}: {msg}"));
+    });
+    let uncaptured: ErrorSlot = Arc::new(Mutex::new(None));
+    let uncaptured_cb = uncaptured.clone();
+    device.on_uncaptured_error(Arc::new(move |err: wgpu::Error| {
+        let mut slot = uncaptured_cb.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = Some(err.to_string());
+        }
+    }));
+    (lost, uncaptured)
+}
+
 fn device_type_rank(t: wgpu::DeviceType) -> u8 {
     match t {
         wgpu::DeviceType::DiscreteGpu => 0,
@@ -411,43 +499,7 @@ impl Gpu {
                 msg: format!("fused_unroll {} is not 0 (auto) or one of 1, 2, 4, 8", opts.fused_unroll),
             });
         }
-        // Without an explicit choice, GL is probed only when no primary backend has an
-        // adapter: it is the slowest path, and probing it wakes EGL (and its warnings).
-        let mut backends = opts.backends.unwrap_or(wgpu::Backends::PRIMARY);
-        let mut adapters = shared_instance(backends).enumerate_adapters(backends).await;
-        if adapters.is_empty() && opts.backends.is_none() {
-            backends = wgpu::Backends::all();
-            adapters = shared_instance(backends).enumerate_adapters(backends).await;
-        }
-        let mut candidates: Vec<(wgpu::Adapter, wgpu::AdapterInfo)> = adapters
-            .drain(..)
-            .map(|a| {
-                let i = a.get_info();
-                (a, i)
-            })
-            .collect();
-        candidates.sort_by_key(|(_, i)| (device_type_rank(i.device_type), backend_rank(i.backend)));
-        let names: Vec<String> =
-            candidates.iter().map(|(_, i)| format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type)).collect();
-        if let Some(want) = &opts.adapter_name {
-            let want = want.to_lowercase();
-            candidates.retain(|(_, i)| i.name.to_lowercase().contains(&want));
-        }
-        let Some((adapter, ainfo)) = candidates.into_iter().next() else {
-            let tried = format!(
-                "backends {:?}{}; adapters seen: [{}]",
-                backends,
-                opts.adapter_name.as_ref().map(|n| format!(", name containing {n:?}")).unwrap_or_default(),
-                names.join(", ")
-            );
-            return Err(Error::NoAdapter {
-                tried,
-                hint: "Without a GPU, install a software Vulkan device (Debian/Ubuntu: \
-                       `apt-get install mesa-vulkan-drivers`), or try WGK_BACKEND=gl with Mesa's llvmpipe."
-                    .into(),
-            });
-        };
-
+        let (adapter, ainfo, names) = pick_adapter(&opts).await?;
         let features = adapter.features() & wanted_features();
         let limits = match &opts.limits_cap {
             Some(cap) => adapter.limits().or_worse_values_from(cap),
@@ -467,41 +519,14 @@ impl Gpu {
                 ),
             });
         }
-        let device_desc = wgpu::DeviceDescriptor {
-            label: Some("wgkernels"),
-            required_features: features,
-            required_limits: limits.clone(),
-            // SAFETY: the only experimental feature requested is cooperative matrices, used
-            // by kernels that the tests check against CPU references on the devices that have it.
-            experimental_features: unsafe { wgpu::ExperimentalFeatures::enabled() },
-            memory_hints: wgpu::MemoryHints::Performance,
-            trace: wgpu::Trace::Off,
-        };
-        let (device, queue) = adapter
-            .request_device(&device_desc)
-            .await
-            .map_err(|e| Error::RequestDevice { adapter: ainfo.name.clone(), reason: e.to_string() })?;
+        let (device, queue) = request_device(&adapter, &ainfo, features, &limits).await?;
         let cooperative_matrix = if features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
             adapter.cooperative_matrix_properties()
         } else {
             Vec::new()
         };
 
-        // Device loss and errors that escape the host checks become `Err`s on the next
-        // call instead of wgpu's default handler, which panics.
-        let lost = Arc::new(Mutex::new(None));
-        let lost_cb = lost.clone();
-        device.set_device_lost_callback(move |reason, msg| {
-            *lost_cb.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{reason:?}: {msg}"));
-        });
-        let uncaptured = Arc::new(Mutex::new(None::<String>));
-        let uncaptured_cb = uncaptured.clone();
-        device.on_uncaptured_error(Arc::new(move |err: wgpu::Error| {
-            let mut slot = uncaptured_cb.lock().unwrap_or_else(|e| e.into_inner());
-            if slot.is_none() {
-                *slot = Some(err.to_string());
-            }
-        }));
+        let (lost, uncaptured) = catch_device_errors(&device);
 
         let info = GpuInfo {
             name: ainfo.name.clone(),

@@ -404,26 +404,55 @@ pub(crate) fn realize(root: &Tensor) -> Result<Arc<Storage>> {
     }
     let (mut params, layout) = leaf_layout(&b, &shape)?;
     let extra_params = b.extra.clone();
-    let nl = b.leaves.len();
     params.extend(extra_params);
     if let Some((node, _)) = &b.matmul {
-        // The chain runs in the matmul's epilogue: one kernel, the matmul's store.
-        let ep = FusedEpilogue {
-            decls: format!(
-                "{}\n@group(0) @binding(5) var<storage, read> ew_params: array<u32>;\n{}\n{}",
-                include_str!("ew_common.wgsl"),
-                leaf_decls(&layout, 6),
-                b.ops_wgsl()
-            ),
-            body: b.body.clone(),
-            result: result.clone(),
-            ew_params: params,
-            leaves: b.leaves.clone(),
-        };
-        let out = node.run(Some(&ep))?;
-        gpu.inner.fused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        return Ok(out.storage()?.clone());
+        return run_in_epilogue(gpu, node, &b, &layout, params, result);
     }
+    run_fused(root, &b, held, &layout, params, result)
+}
+
+/// Runs the chain `b` in the epilogue of the matmul `node`: one kernel, the matmul's store.
+fn run_in_epilogue(
+    gpu: &Gpu,
+    node: &Arc<dyn EpilogueHost>,
+    b: &Builder,
+    layout: &[LeafLayout],
+    params: Vec<u32>,
+    result: String,
+) -> Result<Arc<Storage>> {
+    // The chain runs in the matmul's epilogue: one kernel, the matmul's store.
+    let ep = FusedEpilogue {
+        decls: format!(
+            "{}\n@group(0) @binding(5) var<storage, read> ew_params: array<u32>;\n{}\n{}",
+            include_str!("ew_common.wgsl"),
+            leaf_decls(layout, 6),
+            b.ops_wgsl()
+        ),
+        body: b.body.clone(),
+        result: result.clone(),
+        ew_params: params,
+        leaves: b.leaves.clone(),
+    };
+    let out = node.run(Some(&ep))?;
+    gpu.inner.fused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(out.storage()?.clone())
+}
+
+/// Runs the chain `b` (result `result`, and the `held` intermediates it computes) as one
+/// generated kernel into new storage: the full kernel from the per-device cache, or, while
+/// the tiered JIT compiles it, the quick one.
+fn run_fused(
+    root: &Tensor,
+    b: &Builder,
+    held: Vec<Tensor>,
+    layout: &[LeafLayout],
+    params: Vec<u32>,
+    result: String,
+) -> Result<Arc<Storage>> {
+    let gpu = root.gpu();
+    let shape = root.shape().to_vec();
+    let n: usize = shape.iter().product();
+    let nl = b.leaves.len();
     let out = Tensor::empty(gpu, "fused", &shape, root.dtype())?;
     let storage = out.storage()?.clone();
     // The held intermediates that this graph computes (all of them, unless a concurrent
@@ -450,7 +479,7 @@ pub(crate) fn realize(root: &Tensor) -> Result<Arc<Storage>> {
     // The generated kernel, from the per-device cache of structures when this one was
     // realised before (formatting the WGSL was most of a cache hit's host time).
     let key = FusedKey {
-        layout: layout.clone(),
+        layout: layout.to_vec(),
         ops: b.ops.clone(),
         body: b.body.clone(),
         outputs: outputs.clone(),
