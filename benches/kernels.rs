@@ -112,6 +112,9 @@ fn progress(done: usize, total: usize, what: &str) {
     eprint!("\r[{}{}] {done}/{total} {what:<48}", "#".repeat(filled), ".".repeat(width - filled));
 }
 
+/// One benchmark job: measures and appends its rows.
+type Job = Box<dyn FnMut(&mut Vec<Row>) -> wgkernels::Result<()>>;
+
 fn main() -> wgkernels::Result<()> {
     let args = args();
     let gpu = Gpu::new()?;
@@ -121,9 +124,81 @@ fn main() -> wgkernels::Result<()> {
     let mut rows: Vec<Row> = Vec::new();
 
     // Plan: (label, closure) pairs so the progress bar knows the total.
-    type Job<'a> = Box<dyn FnMut(&mut Vec<Row>) -> wgkernels::Result<()> + 'a>;
     let mut jobs: Vec<(String, Job)> = Vec::new();
 
+    for add in [copy_jobs, matmul_jobs, decode_jobs, normalization_jobs, fusion_jobs, optimizer_jobs, attention_jobs] {
+        add(&mut jobs, &gpu, quick, reps);
+    }
+
+    // `--only` picks jobs by label: "copy", "matmul", "matmul 4096", "gpt2", "normalizations f16", ...
+    if let Some(o) = &args.only {
+        jobs.retain(|(label, _)| label.contains(o.as_str()));
+    }
+    let total = jobs.len();
+    for (i, (label, job)) in jobs.iter_mut().enumerate() {
+        progress(i, total, label);
+        job(&mut rows)?;
+    }
+    progress(total, total, "done");
+    eprintln!();
+
+    let torch = args.reference.as_deref().map(torch_rates).unwrap_or_default();
+    let torch_rate = |key: &Option<(String, String, String, String)>| {
+        key.as_ref().and_then(|(b, s, d, v)| {
+            torch.iter().find(|t| &t.0 == b && &t.1 == s && &t.2 == d && &t.3 == v).map(|t| (t.3.clone(), t.4))
+        })
+    };
+    let info = gpu.info();
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "Adapter: {} ({:?}, driver {}); f16 stores through the adapter's rounding: {}.\n",
+        info.name,
+        info.backend,
+        info.driver,
+        gpu.native_f16()
+    );
+    let _ = writeln!(md, "| bench | size | dtype | variant | ms | ours | ours, wall clock | PyTorch | ratio |");
+    let _ = writeln!(md, "|---|---|---|---|---:|---:|---:|---:|---:|");
+    let mut json = String::new();
+    for r in &rows {
+        let t = torch_rate(&r.torch_key);
+        let (tcol, ratio) = match &t {
+            Some((v, rate)) => (format!("{} {} ({v})", sig3(*rate), r.unit), format!("{:.2}", r.rate / rate)),
+            None => ("—".into(), "—".into()),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {:.4} | {} {} | {} | {} | {} |",
+            r.bench,
+            r.size,
+            r.dtype,
+            r.variant,
+            r.ms,
+            sig3(r.rate),
+            r.unit,
+            sig3(r.wall_rate),
+            tcol,
+            ratio
+        );
+        let _ = writeln!(
+            json,
+            "{}",
+            serde_json::json!({"bench": r.bench, "size": r.size, "dtype": r.dtype, "variant": r.variant, "median_ms": r.ms, "rate": r.rate, "wall_rate": r.wall_rate, "unit": r.unit, "torch_rate": t.map(|t| t.1)})
+        );
+    }
+    println!("{md}");
+    if let Some(p) = &args.md {
+        std::fs::write(p, &md).expect("write --md");
+    }
+    if let Some(p) = &args.json {
+        std::fs::write(p, &json).expect("write --json");
+    }
+    Ok(())
+}
+
+/// Copy bandwidth: the roofline of every memory-bound kernel.
+fn copy_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, quick: bool, reps: usize) {
     for n in if quick { vec![1usize << 20] } else { vec![1usize << 26, 1 << 28] } {
         let gpu = gpu.clone();
         jobs.push((
@@ -163,7 +238,10 @@ fn main() -> wgkernels::Result<()> {
             }),
         ));
     }
+}
 
+/// Square matmuls in f32 and f16 (every candidate at 4096), GPT-2 small's MLP shapes.
+fn matmul_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, quick: bool, reps: usize) {
     let sizes: Vec<usize> = if quick { vec![128, 256] } else { vec![1024, 2048, 4096, 8192] };
     for dtype in [DType::F32, DType::F16] {
         for &n in &sizes {
@@ -251,11 +329,13 @@ fn main() -> wgkernels::Result<()> {
             ));
         }
     }
+}
 
-    // Decode-time matmuls (M ≤ 8: the thin kernel): GPT-2 small's projections and its LM
-    // head, B stored [k, n] or as a Linear weight W [n, k] read through its transpose. Bytes
-    // of A, B and C counted: reading B is the work. --quick: a 4096-token vocabulary (software
-    // devices bind at most 128 MiB).
+/// Decode-time matmuls (M ≤ 8: the thin kernel): GPT-2 small's projections and its LM
+/// head, B stored [k, n] or as a Linear weight W [n, k] read through its transpose. Bytes
+/// of A, B and C counted: reading B is the work. --quick: a 4096-token vocabulary (software
+/// devices bind at most 128 MiB).
+fn decode_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, quick: bool, reps: usize) {
     let vocab = if quick { 4096 } else { 50257 };
     for dtype in [DType::F32, DType::F16] {
         let gpu = gpu.clone();
@@ -292,7 +372,10 @@ fn main() -> wgkernels::Result<()> {
             }),
         ));
     }
+}
 
+/// Softmax, LayerNorm, RMSNorm and cross-entropy, forward and backward.
+fn normalization_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, quick: bool, reps: usize) {
     for dtype in [DType::F32, DType::F16] {
         let esize = dtype.size_in_bytes() as f64;
         let gpu = gpu.clone();
@@ -371,9 +454,11 @@ fn main() -> wgkernels::Result<()> {
             }),
         ));
     }
+}
 
-    // The fusion benchmark: gelu(x·a + b)·c + x, fused (one generated kernel) and unfused (one
-    // kernel per op), 5 tensors of n f32 moved in the fused count (4 read, 1 written).
+/// The fusion benchmark: gelu(x·a + b)·c + x, fused (one generated kernel) and unfused (one
+/// kernel per op), 5 tensors of n f32 moved in the fused count (4 read, 1 written).
+fn fusion_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, quick: bool, reps: usize) {
     {
         // WGK_CHAIN_MIB: another size, in Mi elements (a fixed cost per dispatch weighs less
         // on a longer run).
@@ -610,13 +695,15 @@ fn main() -> wgkernels::Result<()> {
             }),
         ));
     }
+}
 
-    // The optimizer benchmark: one AdamW step over 64 M f32 parameters in one tensor and
-    // over GPT-2 small's 148 tensors (124 M parameters), fused against the same update built
-    // from element-wise ops (one kernel each, and through the fusion JIT). Bytes per
-    // parameter: read p, g, m, v and write p, m, v = 7·4 = 28; with a loss scale (the norm
-    // reduction reads g once more) 32; bf16 params with f32 master weights: p 2+2, g 2,
-    // master, m, v 8 each = 30.
+/// The optimizer benchmark: one AdamW step over 64 M f32 parameters in one tensor and
+/// over GPT-2 small's 148 tensors (124 M parameters), fused against the same update built
+/// from element-wise ops (one kernel each, and through the fusion JIT). Bytes per
+/// parameter: read p, g, m, v and write p, m, v = 7·4 = 28; with a loss scale (the norm
+/// reduction reads g once more) 32; bf16 params with f32 master weights: p 2+2, g 2,
+/// master, m, v 8 each = 30.
+fn optimizer_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, quick: bool, reps: usize) {
     {
         let gpu = gpu.clone();
         // --quick (software devices bind at most 128 MiB): GPT-2 small's shapes with a 1024-token vocabulary.
@@ -723,15 +810,17 @@ fn main() -> wgkernels::Result<()> {
             }),
         ));
     }
+}
 
-    // Attention (issue 5): B = 4, H = 16, S ∈ {512, 2048, 8192}, D ∈ {64, 128}, causal or not,
-    // f32, f16 and bf16, each on tensor cores (f32 split into two f16 parts, bf16 scaled into
-    // f16; 3x the counted products executed for f32), on FMA units and naive. FLOPs
-    // 4·B·H·S²·D for the forward (halved when causal), 2.5× that for the backward (five
-    // S×S×D products against two), as FlashAttention counts. The variant names
-    // the extra memory one call allocated beyond its inputs (peak − before): flash keeps a
-    // log-sum-exp per row, naive an S×S score and probability matrix per head; at S = 8192 the
-    // naive scores (4·16·8192² f32 = 16 GiB) exceed a storage binding and it cannot run.
+/// Attention (issue 5): B = 4, H = 16, S ∈ {512, 2048, 8192}, D ∈ {64, 128}, causal or not,
+/// f32, f16 and bf16, each on tensor cores (f32 split into two f16 parts, bf16 scaled into
+/// f16; 3x the counted products executed for f32), on FMA units and naive. FLOPs
+/// 4·B·H·S²·D for the forward (halved when causal), 2.5× that for the backward (five
+/// S×S×D products against two), as FlashAttention counts. The variant names
+/// the extra memory one call allocated beyond its inputs (peak − before): flash keeps a
+/// log-sum-exp per row, naive an S×S score and probability matrix per head; at S = 8192 the
+/// naive scores (4·16·8192² f32 = 16 GiB) exceed a storage binding and it cannot run.
+fn attention_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, quick: bool, reps: usize) {
     for dtype in [DType::F16, DType::F32, DType::BF16] {
         let gpu = gpu.clone();
         jobs.push((
@@ -946,70 +1035,4 @@ fn main() -> wgkernels::Result<()> {
             }),
         ));
     }
-
-    // `--only` picks jobs by label: "copy", "matmul", "matmul 4096", "gpt2", "normalizations f16", ...
-    if let Some(o) = &args.only {
-        jobs.retain(|(label, _)| label.contains(o.as_str()));
-    }
-    let total = jobs.len();
-    for (i, (label, job)) in jobs.iter_mut().enumerate() {
-        progress(i, total, label);
-        job(&mut rows)?;
-    }
-    progress(total, total, "done");
-    eprintln!();
-
-    let torch = args.reference.as_deref().map(torch_rates).unwrap_or_default();
-    let torch_rate = |key: &Option<(String, String, String, String)>| {
-        key.as_ref().and_then(|(b, s, d, v)| {
-            torch.iter().find(|t| &t.0 == b && &t.1 == s && &t.2 == d && &t.3 == v).map(|t| (t.3.clone(), t.4))
-        })
-    };
-    let info = gpu.info();
-    let mut md = String::new();
-    let _ = writeln!(
-        md,
-        "Adapter: {} ({:?}, driver {}); f16 stores through the adapter's rounding: {}.\n",
-        info.name,
-        info.backend,
-        info.driver,
-        gpu.native_f16()
-    );
-    let _ = writeln!(md, "| bench | size | dtype | variant | ms | ours | ours, wall clock | PyTorch | ratio |");
-    let _ = writeln!(md, "|---|---|---|---|---:|---:|---:|---:|---:|");
-    let mut json = String::new();
-    for r in &rows {
-        let t = torch_rate(&r.torch_key);
-        let (tcol, ratio) = match &t {
-            Some((v, rate)) => (format!("{} {} ({v})", sig3(*rate), r.unit), format!("{:.2}", r.rate / rate)),
-            None => ("—".into(), "—".into()),
-        };
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {} | {:.4} | {} {} | {} | {} | {} |",
-            r.bench,
-            r.size,
-            r.dtype,
-            r.variant,
-            r.ms,
-            sig3(r.rate),
-            r.unit,
-            sig3(r.wall_rate),
-            tcol,
-            ratio
-        );
-        let _ = writeln!(
-            json,
-            "{}",
-            serde_json::json!({"bench": r.bench, "size": r.size, "dtype": r.dtype, "variant": r.variant, "median_ms": r.ms, "rate": r.rate, "wall_rate": r.wall_rate, "unit": r.unit, "torch_rate": t.map(|t| t.1)})
-        );
-    }
-    println!("{md}");
-    if let Some(p) = &args.md {
-        std::fs::write(p, &md).expect("write --md");
-    }
-    if let Some(p) = &args.json {
-        std::fs::write(p, &json).expect("write --json");
-    }
-    Ok(())
 }

@@ -469,7 +469,7 @@ fn run_fused(
     // params[7]: the merged shape's last dim (front-padded to MAX_DIMS).
     let offsets: Vec<usize> = b.leaves.iter().map(|t| t.offset()).collect();
     let dtypes: Vec<DType> = outputs.iter().map(|o| o.1).collect();
-    let wide = wide_elements(&layout, &offsets, &dtypes, n, params[7] as usize);
+    let wide = wide_elements(layout, &offsets, &dtypes, n, params[7] as usize);
     let per = wide.unwrap_or_else(|| units_per_invocation(&outputs));
     // UNROLL units per invocation, WORKGROUP invocations per workgroup (GpuOptions::
     // fused_unroll, fused_workgroup, resolved per path): the grid shrinks with both, and
@@ -534,7 +534,7 @@ fn run_fused(
             gpu.dispatch_compiled(&pipeline, full, &bind, groups)?
         }
         None if gpu.compile_in_background(full) => {
-            let kernel = fused_kernel(&layout, &b.ops_wgsl(), &b.body, &outputs, None).constant("UNROLL", 1.0);
+            let kernel = fused_kernel(layout, &b.ops_wgsl(), &b.body, &outputs, None).constant("UNROLL", 1.0);
             let groups = n.div_ceil(units_per_invocation(&outputs)).div_ceil(WORKGROUP) as u32;
             gpu.dispatch(&kernel, &bind, groups)?;
         }
