@@ -18,6 +18,18 @@
 //! # Ok(()) }
 //! ```
 
+//!
+//! # Zero-size tensors
+//!
+//! One rule, PyTorch's: a shape may have zero-length dims, and every op whose result is
+//! defined returns it without dispatching a kernel (beyond a fill). Element-wise ops, views,
+//! copies and row-wise ops (softmax, norms and their backward) give empty results of the
+//! right shape; sums over nothing are 0 (`sum` over an empty dim, a matmul with K = 0 —
+//! then the bias through the activation —, a norm's weight and bias gradients over no
+//! rows); attention over no keys gives 0 with a log-sum-exp of −∞. Two things are an
+//! `Err(Empty)` naming the op: cross-entropy over no rows (a mean over nothing) and an
+//! optimizer step over a parameter with no elements.
+
 #![warn(missing_docs)]
 
 // The layers, each importing only those listed before it (README, "Layout"):

@@ -11,7 +11,8 @@ fn with(pairs: &[(&str, &str)]) -> wgkernels::Result<GpuOptions> {
 
 #[test]
 fn switches_take_the_usual_spellings() {
-    let fields: [(&str, fn(&GpuOptions) -> bool); 5] = [
+    type Field = (&'static str, fn(&GpuOptions) -> bool);
+    let fields: [Field; 5] = [
         ("WGK_CHECKED", |o| o.checked),
         ("WGK_AUTOTUNE", |o| o.autotune),
         ("WGK_FUSION", |o| o.fusion),

@@ -134,7 +134,6 @@ fn bad_inputs_return_errors_naming_the_op() {
     let a = Tensor::zeros(&gpu, &[2, 3], DType::F32).unwrap();
     let b = Tensor::zeros(&gpu, &[4, 3], DType::F32).unwrap();
     let h = Tensor::zeros(&gpu, &[2, 3], DType::F16).unwrap();
-    let empty = Tensor::zeros(&gpu, &[4, 0], DType::F32).unwrap();
     let dispatched = gpu.stats().dispatches;
 
     let e = a.add(&b).unwrap_err();
@@ -156,8 +155,6 @@ fn bad_inputs_return_errors_naming_the_op() {
     assert!(matches!(e, Error::InvalidArgument { op: "permute", .. }), "{e}");
     let e = a.expand(&[2, 4]).unwrap_err();
     assert!(matches!(e, Error::ShapeMismatch { op: "expand", .. }), "{e}");
-    let e = empty.sum(-1).unwrap_err();
-    assert!(matches!(e, Error::Empty { op: "sum", .. }), "{e}");
     let limit = gpu.info().limits.max_storage_buffer_binding_size as usize;
     let e = Tensor::zeros(&gpu, &[limit / 4 + 1, 2], DType::F32).unwrap_err();
     assert!(matches!(e, Error::TooLarge { op: "zeros", .. }), "{e}");
@@ -381,4 +378,75 @@ fn to_vec_converts_to_the_host_type() {
     assert_eq!(widened, av.iter().map(|&x| bf16::from_f32(x).to_f32()).collect::<Vec<_>>());
     let h = a.to_dtype(DType::F16).unwrap();
     assert_eq!(h.to_vec::<bf16>().unwrap(), narrowed.iter().map(|x| bf16::from_f32(x.to_f32())).collect::<Vec<_>>());
+}
+
+/// Zero-size tensors follow one rule (the crate docs, "Zero-size tensors"): every op whose
+/// result PyTorch defines returns it (an empty result; sums over nothing are 0), and only a
+/// mean over nothing (cross-entropy of no rows) or an optimizer step over a 0-element
+/// parameter is an `Err(Empty)`.
+#[test]
+fn zero_size_tensors_follow_one_rule() {
+    use wgkernels::ops::attention::{
+        attention, attention_backward, attention_forward, AttentionOptions, AttentionSaved,
+    };
+    use wgkernels::ops::matmul::{Activation, MatmulOptions};
+    let gpu = gpu();
+    let z = |shape: &[usize]| Tensor::zeros(&gpu, shape, DType::F32).unwrap();
+    let (no_rows, no_cols) = (z(&[0, 5]), z(&[3, 0]));
+    // Element-wise, views, copies: empty results of the right shape.
+    assert_eq!(no_rows.exp().unwrap().add(&no_rows).unwrap().shape(), &[0, 5]);
+    assert_eq!(no_cols.transpose(0, 1).unwrap().contiguous().unwrap().shape(), &[0, 3]);
+    // Sums over nothing are 0.
+    assert_eq!(no_cols.sum(-1).unwrap().to_vec_f32().unwrap(), [0.0; 3]);
+    assert_eq!(no_rows.sum(0).unwrap().to_vec_f32().unwrap(), [0.0; 5]);
+    assert_eq!(no_rows.sum(1).unwrap().shape(), &[0]);
+    // Row-wise ops keep the shape; a norm's weight and bias gradients are sums over no rows.
+    for x in [&no_rows, &no_cols] {
+        let n = x.shape()[1];
+        assert_eq!(x.softmax(-1).unwrap().shape(), x.shape());
+        assert_eq!(x.log_softmax(-1).unwrap().shape(), x.shape());
+        assert_eq!(x.softmax_backward(x).unwrap().shape(), x.shape());
+        let w = Tensor::full(&gpu, &[n], 1.0, DType::F32).unwrap();
+        assert_eq!(x.layer_norm(Some(&w), Some(&w), 1e-5).unwrap().shape(), x.shape());
+        assert_eq!(x.rms_norm(Some(&w), 1e-5).unwrap().shape(), x.shape());
+        let g = x.layer_norm_backward(Some(&w), x, 1e-5).unwrap();
+        assert_eq!(g.dx.shape(), x.shape());
+        assert_eq!(g.dweight.unwrap().to_vec_f32().unwrap(), vec![0.0; n]);
+        assert_eq!(g.dbias.unwrap().to_vec_f32().unwrap(), vec![0.0; n]);
+        assert!(x.rms_norm_backward(Some(&w), x, 1e-5).unwrap().dbias.is_none());
+        // A weight of the wrong length is still refused.
+        let bad = Tensor::full(&gpu, &[n + 1], 1.0, DType::F32).unwrap();
+        assert!(x.layer_norm(Some(&bad), None, 1e-5).is_err());
+    }
+    // Matmul: K = 0 gives zeros (each dot product sums nothing), through bias and activation.
+    let (a, b) = (z(&[3, 0]), z(&[0, 4]));
+    assert_eq!(a.matmul(&b).unwrap().to_vec_f32().unwrap(), [0.0; 12]);
+    let bias = Tensor::from_slice(&gpu, &[-1.0f32, 0.5, 2.0, -3.0], &[4]).unwrap();
+    let y = a.matmul_with(&b, &MatmulOptions { bias: Some(&bias), activation: Activation::Relu, ..Default::default() });
+    assert_eq!(y.unwrap().to_vec_f32().unwrap(), [0.0, 0.5, 2.0, 0.0].repeat(3));
+    let h = a.to_dtype(DType::F16).unwrap().matmul(&b.to_dtype(DType::F16).unwrap()).unwrap();
+    assert_eq!((h.shape(), h.dtype()), (&[3usize, 4][..], DType::F16));
+    assert_eq!(z(&[0, 5]).matmul(&z(&[5, 4])).unwrap().shape(), &[0, 4]);
+    assert_eq!(z(&[2, 3, 0]).matmul(&z(&[0, 4])).unwrap().shape(), &[2, 3, 4]);
+    assert_eq!(z(&[0]).matmul(&z(&[0])).unwrap().to_vec_f32().unwrap(), [0.0]); // a dot product of nothing
+    assert_eq!(z(&[0]).matmul(&z(&[0, 4])).unwrap().shape(), &[4]);
+    // Attention: no query rows give an empty output; no keys, zeros and a log-sum-exp of −∞.
+    let opts = AttentionOptions::default();
+    let (q, kv) = (z(&[1, 2, 0, 8]), z(&[1, 2, 6, 8]));
+    assert_eq!(attention(&q, &kv, &kv, &opts).unwrap().shape(), &[1, 2, 0, 8]);
+    let (q, kv) = (Tensor::randn(&gpu, &[1, 2, 4, 8], DType::F32, 1).unwrap(), z(&[1, 2, 0, 8]));
+    let (out, lse) = attention_forward(&q, &kv, &kv, &opts).unwrap();
+    assert_eq!(out.to_vec_f32().unwrap(), vec![0.0; 64]);
+    assert!(lse.to_vec_f32().unwrap().iter().all(|&l| l == f32::NEG_INFINITY));
+    let saved = AttentionSaved { q: &q, k: &kv, v: &kv, out: &out, lse: &lse };
+    let (dq, dk, dv) = attention_backward(&saved, &out, &opts).unwrap();
+    assert_eq!(dq.to_vec_f32().unwrap(), vec![0.0; 64]);
+    assert_eq!((dk.shape(), dv.shape()), (&[1usize, 2, 0, 8][..], &[1usize, 2, 0, 8][..]));
+    // The exceptions: a mean over no rows, and an optimizer step over no elements.
+    let e = no_rows.cross_entropy(&[]).unwrap_err();
+    assert!(matches!(e, Error::Empty { op: "cross_entropy", .. }), "{e}");
+    let mut opt = wgkernels::optim::Sgd::new(&gpu, Default::default()).unwrap();
+    use wgkernels::optim::Optimizer;
+    let e = opt.step(&mut [z(&[0])], &[z(&[0])]).unwrap_err();
+    assert!(matches!(e, Error::Empty { .. }), "{e}");
 }

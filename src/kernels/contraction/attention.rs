@@ -233,9 +233,6 @@ fn check(op: &'static str, q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionO
     if bk != b || dk != d || h_kv == 0 || h % h_kv != 0 {
         return Err(Error::ShapeMismatch { op, lhs: q.shape().to_vec(), rhs: k.shape().to_vec() });
     }
-    if b * h * s_q * s_k * d == 0 {
-        return Err(Error::Empty { op, shape: q.shape().to_vec() });
-    }
     if let Some(bias) = opts.bias {
         let full = [b, h, s_q, s_k];
         let ok = bias.rank() <= 4 && broadcast_shapes(op, bias.shape(), &full).is_ok_and(|s| s == full);
@@ -298,6 +295,10 @@ fn flash_applies(d: &Dims) -> bool {
 /// # Ok(()) }
 /// ```
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOptions) -> Result<Tensor> {
+    let dims = check("attention", q, k, v, opts)?;
+    if let Some(empty) = zero_size_forward(q, &dims, opts) {
+        return empty.map(|(out, _)| out);
+    }
     match attention_path(q, k, v, opts)? {
         AttentionPath::Naive => attention_naive(q, k, v, opts),
         _ => Ok(attention_forward(q, k, v, opts)?.0),
@@ -348,6 +349,21 @@ fn forward_path(
     }
 }
 
+/// Attention on zero-size inputs (the crate's rule for zero-size tensors, see the crate
+/// docs), nothing dispatched but fills: no batches, heads, query rows or head dims give an
+/// empty output; no keys, an output of zeros and a log-sum-exp of −∞ for every query (a
+/// query that sees no key, as under a mask that hides them all). None when nothing is empty.
+fn zero_size_forward(q: &Tensor, dims: &Dims, opts: &AttentionOptions) -> Option<Result<(Tensor, Tensor)>> {
+    let Dims { b, h, s_q, s_k, d, .. } = *dims;
+    if b * h * s_q * s_k * d != 0 {
+        return None;
+    }
+    let gpu = q.gpu();
+    let out = Tensor::zeros(gpu, &shape_in(opts.layout, b, h, s_q, d), q.dtype());
+    let lse = Tensor::full(gpu, &[b, h, s_q], f32::NEG_INFINITY, DType::F32);
+    Some(out.and_then(|out| Ok((out, lse?))))
+}
+
 /// The FMA flash kernel's refusal of a head dim it does not take.
 fn flash_head_dim_error(op: &'static str, dims: &Dims) -> Error {
     Error::InvalidArgument {
@@ -376,6 +392,9 @@ fn flash_head_dim_error(op: &'static str, dims: &Dims) -> Error {
 pub fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOptions) -> Result<(Tensor, Tensor)> {
     const OP: &str = "attention";
     let dims = check(OP, q, k, v, opts)?;
+    if let Some(empty) = zero_size_forward(q, &dims, opts) {
+        return empty;
+    }
     // The naive path keeps no log-sum-exp: a request for it here takes Auto's flash kernel,
     // and where only the naive path would apply, the flash kernel's error.
     let requested = match opts.path {
@@ -490,6 +509,11 @@ pub fn attention_backward(
     const OP: &str = "attention_backward";
     let AttentionSaved { q, k, v, out, lse } = *saved;
     let dims = check(OP, q, k, v, opts)?;
+    if dims.b * dims.h * dims.s_q * dims.s_k * dims.d == 0 {
+        // Zero-size: every gradient is a sum over nothing, 0 (the crate's rule).
+        let zeros = |t: &Tensor| Tensor::zeros(t.gpu(), t.shape(), t.dtype());
+        return Ok((zeros(q)?, zeros(k)?, zeros(v)?));
+    }
     if !flash_applies(&dims) {
         return Err(Error::InvalidArgument {
             op: OP,

@@ -82,6 +82,17 @@ impl Activation {
         }
     }
 
+    /// The element-wise op the activation is (None for `None`).
+    pub(crate) fn as_unary(self) -> Option<UnaryOp> {
+        match self {
+            Activation::None => None,
+            Activation::Relu => Some(UnaryOp::Relu),
+            Activation::Gelu => Some(UnaryOp::Gelu),
+            Activation::GeluTanh => Some(UnaryOp::GeluTanh),
+            Activation::Silu => Some(UnaryOp::Silu),
+        }
+    }
+
     /// The activation in f64, for CPU references.
     pub fn apply_f64(self, x: f64) -> f64 {
         match self {
@@ -967,8 +978,17 @@ impl Tensor {
         let out_dtype = opts.out_dtype.unwrap_or(self.dtype());
         let mut out_shape = batch.clone();
         out_shape.extend([m, n]);
-        if k == 0 {
-            return Err(Error::Empty { op: OP, shape: vec![m, k, n] });
+        // torch.matmul's result shape: a rank-1 operand's unit dim is dropped.
+        let mut result_shape = out_shape.clone();
+        if other.rank() == 1 {
+            result_shape.pop();
+        }
+        if self.rank() == 1 {
+            let at = result_shape.len() - if other.rank() == 1 { 1 } else { 2 };
+            result_shape.remove(at);
+        }
+        if k == 0 || out_shape.contains(&0) {
+            return zero_size_matmul(self.gpu(), &out_shape, opts, out_dtype)?.reshape(&result_shape);
         }
         let nbatch: usize = batch.iter().product();
         let gpu = self.gpu().clone();
@@ -1002,9 +1022,6 @@ impl Tensor {
                 msg: format!("{nbatch} batches exceed the {max_groups} workgroups per dispatch dimension"),
             });
         }
-        if out_shape.contains(&0) {
-            return Tensor::empty(&gpu, OP, &out_shape, DType::F32)?.to_dtype(out_dtype);
-        }
         let node = MatmulNode {
             a,
             b,
@@ -1032,20 +1049,25 @@ impl Tensor {
         {
             return Ok(crate::kernels::elementwise::fusion::lazy_matmul(std::sync::Arc::new(node)));
         }
-        let out = node.run_into(out_dtype)?;
-        let out = if self.rank() == 1 && other.rank() == 1 {
-            out.reshape(&out_shape[..out_shape.len() - 2])?
-        } else if self.rank() == 1 {
-            let mut s = out_shape.clone();
-            s.remove(s.len() - 2);
-            out.reshape(&s)?
-        } else if other.rank() == 1 {
-            out.reshape(&out_shape[..out_shape.len() - 1])?
-        } else {
-            out
-        };
-        Ok(out)
+        node.run_into(out_dtype)?.reshape(&result_shape)
     }
+}
+
+/// A matmul with nothing to multiply (the crate's rule for zero-size tensors, see the crate
+/// docs): an empty result where M, N or a batch dim is 0; where K is 0, every dot product
+/// is a sum over nothing, 0, so the result is the bias (or 0) through the activation, as
+/// torch.matmul and addmm give. Only element-wise kernels run.
+fn zero_size_matmul(gpu: &Gpu, out_shape: &[usize], opts: &MatmulOptions, out_dtype: DType) -> Result<Tensor> {
+    let mut y = Tensor::zeros(gpu, out_shape, DType::F32)?;
+    if !out_shape.contains(&0) {
+        if let Some(bias) = opts.bias {
+            y = y.add(&bias.to_dtype(DType::F32)?)?;
+        }
+        if let Some(op) = opts.activation.as_unary() {
+            y = crate::kernels::elementwise::map(&y, op, DType::F32)?;
+        }
+    }
+    y.to_dtype(out_dtype)
 }
 
 /// Merges adjacent batch dims that both operands (and the contiguous output) walk with

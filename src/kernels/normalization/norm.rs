@@ -235,11 +235,20 @@ struct Rows {
     out_dtype: DType,
 }
 
+/// The result of a row-wise op (softmax, norms, their backward) on a zero-size `x` of rank
+/// ≥ 1: an empty tensor of x's shape and dtype, nothing dispatched (the crate's rule for
+/// zero-size tensors; see the crate docs). None when x has elements or no dim.
+fn zero_size_rows(x: &Tensor) -> Option<Result<Tensor>> {
+    (x.rank() >= 1 && x.numel() == 0).then(|| Tensor::zeros(x.gpu(), x.shape(), x.dtype()))
+}
+
 fn rows_of(op: &'static str, x: &Tensor) -> Result<Rows> {
     if x.rank() == 0 {
         return Err(Error::InvalidArgument { op, msg: "needs at least one dim".into() });
     }
     if x.numel() == 0 {
+        // Only cross-entropy gets here with no elements: a mean over no rows (or a target
+        // among no classes) is not defined.
         return Err(Error::Empty { op, shape: x.shape().to_vec() });
     }
     // A strided x is copied; with fusion on the copy stays pending, so that a norm runs it
@@ -695,6 +704,9 @@ impl Tensor {
     /// ```
     pub fn softmax_with(&self, opts: &SoftmaxOptions) -> Result<Tensor> {
         let op = if opts.log { "log_softmax" } else { "softmax" };
+        if let Some(empty) = zero_size_rows(self) {
+            return empty;
+        }
         let (r, odd) = softmax_rows(op, self)?;
         let class = choose(op, self.gpu(), opts.kernel, r.n, r.unit)?;
         let (mask, mask_rows) = match opts.mask {
@@ -785,6 +797,9 @@ impl Tensor {
         }
         if self.dtype() != dy.dtype() {
             return Err(Error::DTypeMismatch { op: OP, lhs: self.dtype(), rhs: dy.dtype() });
+        }
+        if let Some(empty) = zero_size_rows(self) {
+            return empty;
         }
         let (r, odd) = softmax_rows(OP, self)?;
         let dyc = dy.contiguous()?;
@@ -970,6 +985,12 @@ pub fn norm_forward(
     kernel: RowKernel,
 ) -> Result<Tensor> {
     check_eps(op, eps)?;
+    if let Some(empty) = zero_size_rows(x) {
+        let n = x.shape()[x.rank() - 1];
+        param(op, weight, n)?;
+        param(op, bias, n)?;
+        return empty;
+    }
     let r = rows_of(op, x)?;
     // A bad forced class is refused here, before `prologue` below may realise pending
     // inputs (`choose` checks it again once the unit is known).
@@ -1164,6 +1185,17 @@ pub fn norm_backward_with(
     }
     if x.dtype() != dy.dtype() {
         return Err(Error::DTypeMismatch { op, lhs: x.dtype(), rhs: dy.dtype() });
+    }
+    if let Some(empty) = zero_size_rows(x) {
+        // No rows: dw and db are sums over nothing (zeros); rows of no elements: empty.
+        let n = x.shape()[x.rank() - 1];
+        param(op, weight, n)?;
+        let zeros = || Tensor::zeros(x.gpu(), &[n], DType::F32);
+        return Ok(NormGradients {
+            dx: empty?,
+            dweight: weight.map(|_| zeros()).transpose()?,
+            dbias: if weight.is_some() && !rms { Some(zeros()?) } else { None },
+        });
     }
     if let NormGrads::InPass(per) = grads {
         if !(1..=4096).contains(&per) {

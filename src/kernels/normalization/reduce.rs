@@ -10,7 +10,7 @@
 //! ```
 
 use crate::device::{Kernel, ShaderSource};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::kernels::wgsl_load;
 use crate::tensor::{resolve_dim, Tensor};
 use crate::DType;
@@ -57,7 +57,11 @@ impl Tensor {
     pub fn sum(&self, dim: isize) -> Result<Tensor> {
         let d = resolve_dim("sum", dim, self.shape())?;
         if self.numel() == 0 {
-            return Err(Error::Empty { op: "sum", shape: self.shape().to_vec() });
+            // The sum of nothing is 0: zeros where the summed dim is empty, an empty result
+            // where another dim is; nothing dispatched beyond the clear.
+            let mut out_shape = self.shape().to_vec();
+            out_shape.remove(d);
+            return Tensor::zeros(self.gpu(), &out_shape, DType::F32);
         }
         let last = self.rank() - 1;
         let x = if d == last && self.is_contiguous() {
