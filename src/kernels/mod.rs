@@ -46,6 +46,7 @@ pub fn all_shaders() -> Vec<&'static ShaderSource> {
 #[doc(hidden)]
 pub fn all_params() -> Vec<crate::device::ParamsLayout> {
     let mut all = contraction::matmul::params_layouts();
+    all.extend(contraction::attention::params_layouts());
     all.extend(normalization::norm::params_layouts());
     all.extend(normalization::reduce::params_layouts());
     all.extend(elementwise::transpose::params_layouts());

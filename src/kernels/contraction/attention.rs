@@ -49,30 +49,39 @@ use crate::tensor::Tensor;
 use crate::DType;
 
 /// Flash attention forward on FMA units.
-pub const ATTENTION: ShaderSource =
-    ShaderSource { name: "attention", source: include_str!("attention.wgsl"), shared: "" };
+pub const ATTENTION: ShaderSource = ShaderSource {
+    name: "attention",
+    source: include_str!("attention.wgsl"),
+    shared: include_str!("attention_params.wgsl"),
+};
 
 /// Flash attention backward on FMA units (dk/dv and dq).
-pub const ATTENTION_BWD: ShaderSource =
-    ShaderSource { name: "attention_bwd", source: include_str!("attention_bwd.wgsl"), shared: "" };
+pub const ATTENTION_BWD: ShaderSource = ShaderSource {
+    name: "attention_bwd",
+    source: include_str!("attention_bwd.wgsl"),
+    shared: include_str!("attention_params.wgsl"),
+};
 
 /// Flash attention forward on cooperative matrices (tensor cores).
 pub const ATTENTION_COOP: ShaderSource = ShaderSource {
     name: "attention_coop",
     source: include_str!("attention_coop.wgsl"),
-    shared: include_str!("attention_common.wgsl"),
+    shared: concat!(include_str!("attention_params.wgsl"), "\n", include_str!("attention_common.wgsl")),
 };
 
 /// Flash attention backward on cooperative matrices (dk/dv and dq).
 pub const ATTENTION_COOP_BWD: ShaderSource = ShaderSource {
     name: "attention_coop_bwd",
     source: include_str!("attention_coop_bwd.wgsl"),
-    shared: include_str!("attention_common.wgsl"),
+    shared: concat!(include_str!("attention_params.wgsl"), "\n", include_str!("attention_common.wgsl")),
 };
 
 /// The largest |x| of q, k, v (and dO), for the scaled tensor-core paths.
-pub const ATTENTION_RANGE: ShaderSource =
-    ShaderSource { name: "attention_range", source: include_str!("attention_range.wgsl"), shared: "" };
+pub const ATTENTION_RANGE: ShaderSource = ShaderSource {
+    name: "attention_range",
+    source: include_str!("attention_range.wgsl"),
+    shared: include_str!("attention_params.wgsl"),
+};
 
 /// The most head dim the flash kernels take: the FMA kernels keep D/16 output vec4 per
 /// invocation in registers, and the tensor-core kernels' K/V tiles grow with it.
@@ -184,14 +193,77 @@ struct Dims {
     d: usize,
 }
 
-/// (offset, batch, head, row) strides of a q/k/v/o tensor in `layout`.
-fn view_strides(t: &Tensor, layout: AttentionLayout) -> [u32; 4] {
+/// The view of a q/k/v/o/dO tensor in `layout`: its offset and batch, head, row strides.
+fn view_of(t: &Tensor, layout: AttentionLayout) -> View {
     let s = t.strides();
     let (head, row) = match layout {
         AttentionLayout::Bhsd => (s[1], s[2]),
         AttentionLayout::Bshd => (s[2], s[1]),
     };
-    [t.offset() as u32, s[0] as u32, head as u32, row as u32]
+    View { off: t.offset() as u32, batch: s[0] as u32, head: head as u32, row: row as u32 }
+}
+
+/// A strided q/k/v/o/dO view as the kernels address it (attention_params.wgsl's `View`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct View {
+    off: u32,
+    batch: u32,
+    head: u32,
+    row: u32,
+}
+
+/// The attention kernels' params, mirrored field for field by `struct AttentionParams` in
+/// attention_params.wgsl: the sizes, causal (0/1), the scale, the views of q, k, v, o and
+/// (backward) dO in slots VIEW_Q..VIEW_DO, the bias view (stride 0 where it broadcasts) and
+/// −∞, the log-sum-exp of a row that saw no key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct AttentionParams {
+    b: u32,
+    h: u32,
+    h_kv: u32,
+    s_q: u32,
+    s_k: u32,
+    d: u32,
+    causal: u32,
+    scale: f32,
+    views: [View; 5],
+    bias_off: u32,
+    bias_batch: u32,
+    bias_head: u32,
+    bias_query: u32,
+    bias_key: u32,
+    neg_inf: f32,
+}
+
+/// View slots of [`AttentionParams::views`], as attention_params.wgsl names them.
+const VIEW_O: usize = 3;
+const VIEW_DO: usize = 4;
+
+/// The layouts of this family's params structs, for the test of their WGSL mirrors.
+pub(crate) fn params_layouts() -> Vec<crate::device::ParamsLayout> {
+    use crate::device::params_layout;
+    vec![
+        params_layout!(View { off, batch, head, row }),
+        params_layout!(AttentionParams {
+            b,
+            h,
+            h_kv,
+            s_q,
+            s_k,
+            d,
+            causal,
+            scale,
+            views,
+            bias_off,
+            bias_batch,
+            bias_head,
+            bias_query,
+            bias_key,
+            neg_inf,
+        }),
+    ]
 }
 
 /// (batch, heads, seq, head_dim) of a tensor in `layout`.
@@ -414,7 +486,7 @@ pub fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpt
     let out = Tensor::empty(gpu, OP, &shape_in(opts.layout, b, h, s_q, dims.d), q.dtype())?;
     let lse = Tensor::empty(gpu, OP, &[b, h, s_q], DType::F32)?;
     let mut params = base_params(&dims, opts, &q, &k, &v, bias.as_ref().map(|x| &x.1));
-    params[20..24].copy_from_slice(&view_strides(&out, opts.layout));
+    params.views[VIEW_O] = view_of(&out, opts.layout);
     let bias_dtype = bias.as_ref().map(|x| x.0.dtype());
     let limits = &gpu.info().limits;
     let dtype = q.dtype();
@@ -446,7 +518,7 @@ pub fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpt
     // same with the broadcast strides; out (fresh, contiguous) is written in whole words at
     // even element indices (D is a multiple of 8); lse at (b·H + h)·S_q + s < B·H·S_q;
     // params has the 30 words read; workgroup arrays are indexed below their sizes.
-    let meta = gpu.meta_buffer(&params);
+    let meta = gpu.params_buffer(&params);
     let mut bind: Vec<(u32, &wgpu::Buffer)> = vec![
         (0, q.storage()?.buffer()),
         (1, k.storage()?.buffer()),
@@ -588,8 +660,8 @@ pub fn attention_backward(
     let lse = lse.contiguous()?;
     let bias = opts.bias.map(|t| bias_view(t, &dims)).transpose()?;
     let mut params = base_params(&dims, opts, &q, &k, &v, bias.as_ref().map(|x| &x.1));
-    params.extend_from_slice(&view_strides(&dout, opts.layout));
-    let meta = gpu.meta_buffer(&params);
+    params.views[VIEW_DO] = view_of(&dout, opts.layout);
+    let meta = gpu.params_buffer(&params);
     let dq = Tensor::empty(gpu, OP, &[b, h, s_q, d], DType::F32)?;
     let dk = Tensor::empty(gpu, OP, &[b, h_kv, s_k, d], DType::F32)?;
     let dv = Tensor::empty(gpu, OP, &[b, h_kv, s_k, d], DType::F32)?;
@@ -729,27 +801,27 @@ fn base_params(
     k: &Tensor,
     v: &Tensor,
     bias: Option<&[u32; 5]>,
-) -> Vec<u32> {
-    let scale = opts.scale.unwrap_or(1.0 / (d.d as f32).sqrt());
-    let mut p = vec![0u32; 30];
-    p[..8].copy_from_slice(&[
-        d.b as u32,
-        d.h as u32,
-        d.h_kv as u32,
-        d.s_q as u32,
-        d.s_k as u32,
-        d.d as u32,
-        opts.causal as u32,
-        scale.to_bits(),
-    ]);
-    p[8..12].copy_from_slice(&view_strides(q, opts.layout));
-    p[12..16].copy_from_slice(&view_strides(k, opts.layout));
-    p[16..20].copy_from_slice(&view_strides(v, opts.layout));
-    if let Some(b) = bias {
-        p[24..29].copy_from_slice(b);
+) -> AttentionParams {
+    let [bias_off, bias_batch, bias_head, bias_query, bias_key] = bias.copied().unwrap_or_default();
+    let mut views = [View::default(); 5];
+    views[..3].copy_from_slice(&[view_of(q, opts.layout), view_of(k, opts.layout), view_of(v, opts.layout)]);
+    AttentionParams {
+        b: d.b as u32,
+        h: d.h as u32,
+        h_kv: d.h_kv as u32,
+        s_q: d.s_q as u32,
+        s_k: d.s_k as u32,
+        d: d.d as u32,
+        causal: opts.causal as u32,
+        scale: opts.scale.unwrap_or(1.0 / (d.d as f32).sqrt()),
+        views,
+        bias_off,
+        bias_batch,
+        bias_head,
+        bias_query,
+        bias_key,
+        neg_inf: f32::NEG_INFINITY,
     }
-    p[29] = f32::NEG_INFINITY.to_bits();
-    p
 }
 
 /// Loader body for the FMA-unit flash kernels: [`wgsl_load`], except that an f16 element is
@@ -1159,7 +1231,7 @@ fn coop_kernel(dtype: DType, bias: Option<DType>, d: usize, t: CoopTiling) -> Ke
             };
             q_stage += &format!(
                 "for (var idx = lid; idx < BQ * {words}u; idx += THREADS) {{\n        let r = idx / {words}u;\n        let w = idx % {words}u;\n        \
-                 var qw = vec4<u32>(0u);\n        if (q0 + r < S_q) {{\n            qw = q[row_base(8u, b, h, q0 + r) / EPW + {}u + w];\n        }}\n        \
+                 var qw = vec4<u32>(0u);\n        if (q0 + r < S_q) {{\n            qw = q[row_base(VIEW_Q, b, h, q0 + r) / EPW + {}u + w];\n        }}\n        \
                  {put};\n    }}\n    workgroupBarrier();\n    ",
                 qc / epw * slice
             );

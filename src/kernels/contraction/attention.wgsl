@@ -57,17 +57,15 @@ const NEG_BIG: f32 = -3.4028235e38;
 const QK_PER: u32 = 16u * DC / THREADS;
 const NEXT: u32 = 2u * QK_PER;
 
-// params (u32 words): [0] B [1] H [2] H_kv [3] S_q [4] S_k [5] D [6] causal [7] scale (f32)
-//   q at 8, k at 12, v at 16, o at 20: offset, batch stride, head stride, row stride
-//   [24] bias offset [25..29) bias strides (batch, head, query, key; 0 where broadcast)
-//   [29] the bits of −∞ (log-sum-exp of a row that saw no key)
+// params: AttentionParams (attention_params.wgsl): sizes, causal, scale, the views of q, k,
+// v and o, the bias view, −∞.
 @group(0) @binding(0) var<storage, read> q: array<u32>;
 @group(0) @binding(1) var<storage, read> k: array<u32>;
 @group(0) @binding(2) var<storage, read> v: array<u32>;
 @group(0) @binding(3) var<storage, read_write> o: array<u32>;
 // [B, H, S_q]
 @group(0) @binding(4) var<storage, read_write> lse: array<f32>;
-@group(0) @binding(5) var<storage, read> params: array<u32>;
+@group(0) @binding(5) var<storage, read> params: AttentionParams;
 //#if BIAS
 @group(0) @binding(6) var<storage, read> bias: array<u32>;
 //#endif
@@ -100,11 +98,6 @@ fn store_o(e: u32, x: f32, y: f32) {
     {{STORE_O}}
 }
 
-// Element index of row `s`, column 0 of (b, h) in the tensor whose params start at `at`.
-fn row_base(at: u32, b: u32, h: u32, s: u32) -> u32 {
-    return params[at] + b * params[at + 1u] + h * params[at + 2u] + s * params[at + 3u];
-}
-
 // Row 0 of this workgroup's (batch, head) in q, k, v, and their row strides.
 var<private> q_row0: u32;
 var<private> k_row0: u32;
@@ -119,9 +112,9 @@ var<private> next: array<vec4<f32>, NEXT>;
 // column dc + idx % DC of rows 4·(idx / DC)..+3 (idx = lid + THREADS·i), zero outside S_q,
 // S_k and D.
 fn fetch_qk(q0: u32, k0: u32, dc: u32, lid: u32) {
-    let S_q = params[3];
-    let S_k = params[4];
-    let D = params[5];
+    let S_q = params.s_q;
+    let S_k = params.s_k;
+    let D = params.d;
     for (var i = 0u; i < QK_PER; i++) {
         let idx = lid + THREADS * i;
         let d = dc + idx % DC;
@@ -155,8 +148,8 @@ fn put_qk(lid: u32) {
 // Keys k0 + vc.. + VC, all DP columns (zero outside S_k and D): part i is the vec4 of
 // columns 4·(idx % (DP/4)).. of key idx / (DP/4).
 fn fetch_v(k0: u32, vc: u32, lid: u32) {
-    let S_k = params[4];
-    let D = params[5];
+    let S_k = params.s_k;
+    let D = params.d;
     for (var i = 0u; i < NEXT; i++) {
         let idx = lid + THREADS * i;
         let key = k0 + vc + idx / (DP / 4u);
@@ -179,23 +172,23 @@ fn put_v(lid: u32) {
 
 @compute @workgroup_size(THREADS)
 fn attention_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let H = params[1];
-    let H_kv = params[2];
-    let S_q = params[3];
-    let S_k = params[4];
-    let D = params[5];
-    let causal = params[6] != 0u;
-    let scale = bitcast<f32>(params[7]);
+    let H = params.h;
+    let H_kv = params.h_kv;
+    let S_q = params.s_q;
+    let S_k = params.s_k;
+    let D = params.d;
+    let causal = params.causal != 0u;
+    let scale = params.scale;
     let q0 = wid.x * BQ;
     let h = wid.y;
     let b = wid.z;
     let kv_h = h / (H / H_kv);
-    q_row0 = row_base(8u, b, h, 0u);
-    k_row0 = row_base(12u, b, kv_h, 0u);
-    v_row0 = row_base(16u, b, kv_h, 0u);
-    q_rs = params[11];
-    k_rs = params[15];
-    v_rs = params[19];
+    q_row0 = row_base(VIEW_Q, b, h, 0u);
+    k_row0 = row_base(VIEW_K, b, kv_h, 0u);
+    v_row0 = row_base(VIEW_V, b, kv_h, 0u);
+    q_rs = params.views[VIEW_Q].row;
+    k_rs = params.views[VIEW_K].row;
+    v_rs = params.views[VIEW_V].row;
     let ty = lid / 16u;
     let tx = lid % 16u;
     // Keys a query row may see: i + offset (causal, bottom-right aligned).
@@ -252,7 +245,7 @@ fn attention_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
                 var x = NEG_BIG;
                 let visible = r < S_q && key < S_k && (!causal || i32(key) <= i32(r) + offset);
                 if (visible) {
-                    let e = params[24] + b * params[25] + h * params[26] + r * params[27] + key * params[28];
+                    let e = bias_index(b, h, r, key);
                     x = max(s[i][c] * scale + load_bias(e), NEG_BIG);
                 }
                 s[i][c] = x;
@@ -325,7 +318,7 @@ fn attention_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         let l = (l4.x + l4.y) + (l4.z + l4.w);
         if (r < S_q) {
             let inv = select(1.0 / l, 0.0, l == 0.0);
-            let base = row_base(20u, b, h, r);
+            let base = row_base(VIEW_O, b, h, r);
             for (var j = 0u; j < CB; j++) {
                 let c = 4u * tx + 64u * j;
                 if (c < D) {
@@ -336,7 +329,7 @@ fn attention_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
             }
             if (tx == 0u) {
                 // −∞ for a row that saw no key.
-                lse[(b * H + h) * S_q + r] = select(m[i] + log(l), bitcast<f32>(params[29]), l == 0.0);
+                lse[(b * H + h) * S_q + r] = select(m[i] + log(l), params.neg_inf, l == 0.0);
             }
         }
     }

@@ -44,14 +44,14 @@ const CB: u32 = DP / 64u;
 // Row stride in vec4 of the transposed chunks and of W (68 floats, as in the forward).
 const ST: u32 = 17u;
 
-// params: as the forward's (shaders/attention.wgsl) for [0..30); dO at 30 (offset, batch,
-// head, row strides). Outputs are contiguous [B, heads, S, D] f32.
+// params: AttentionParams (attention_params.wgsl), with dO's view in slot VIEW_DO. Outputs are
+// contiguous [B, heads, S, D] f32.
 @group(0) @binding(0) var<storage, read> q: array<u32>;
 @group(0) @binding(1) var<storage, read> k: array<u32>;
 @group(0) @binding(2) var<storage, read> v: array<u32>;
 @group(0) @binding(3) var<storage, read> dout: array<u32>;
 @group(0) @binding(4) var<storage, read> lse: array<f32>;
-@group(0) @binding(5) var<storage, read> params: array<u32>;
+@group(0) @binding(5) var<storage, read> params: AttentionParams;
 //#if BIAS
 @group(0) @binding(6) var<storage, read> bias: array<u32>;
 //#endif
@@ -88,26 +88,22 @@ fn load_bias(e: u32) -> f32 {
 //#endif
 }
 
-// Tensors by the index of their params: 8 q, 12 k, 16 v, 30 dO.
+// Tensors by their view slot (VIEW_Q, VIEW_K, VIEW_V, VIEW_DO).
 fn load_from(at: u32, e: u32) -> f32 {
     switch at {
-        case 8u: { return load_q(e); }
-        case 12u: { return load_k(e); }
-        case 16u: { return load_v(e); }
+        case 0u: { return load_q(e); }
+        case 1u: { return load_k(e); }
+        case 2u: { return load_v(e); }
         default: { return load_do(e); }
     }
-}
-
-fn row_base(at: u32, b: u32, h: u32, s: u32) -> u32 {
-    return params[at] + b * params[at + 1u] + h * params[at + 2u] + s * params[at + 3u];
 }
 
 // The four rows r0.., column d of tensor `at` (head h) as a vec4, zero past `rows` and D.
 fn load4_rows(at: u32, b: u32, h: u32, r0: u32, rows: u32, d: u32) -> vec4<f32> {
     var x = vec4<f32>(0.0);
-    if (d < params[5]) {
+    if (d < params.d) {
         let base = row_base(at, b, h, r0);
-        let rs = params[at + 3u];
+        let rs = params.views[at].row;
         for (var j = 0u; j < 4u; j++) {
             if (r0 + j < rows) {
                 x[j] = load_from(at, base + j * rs + d);
@@ -174,7 +170,7 @@ fn load_rows(at: u32, b: u32, h: u32, t0: u32, rows: u32, lid: u32, n: u32) -> v
     let r = t0 + idx / (DP / 4u);
     let d = 4u * (idx % (DP / 4u));
     var x = vec4<f32>(0.0);
-    if (r < rows && d < params[5]) {
+    if (r < rows && d < params.d) {
         // D is a multiple of 8: the four columns are all inside or all outside.
         let e = row_base(at, b, h, r) + d;
         x = vec4<f32>(load_from(at, e), load_from(at, e + 1u), load_from(at, e + 2u), load_from(at, e + 3u));
@@ -234,11 +230,11 @@ struct QueryStats {
 
 // The log-sum-exp and δ of queries r0..r0 + 3 of head h (0 past S_q, where P is masked).
 fn query_stats4(b: u32, h: u32, r0: u32) -> QueryStats {
-    let S_q = params[3];
+    let S_q = params.s_q;
     var st = QueryStats(vec4<f32>(0.0), vec4<f32>(0.0));
     for (var j = 0u; j < 4u; j++) {
         if (r0 + j < S_q) {
-            let at = (b * params[1] + h) * S_q + r0 + j;
+            let at = (b * params.h + h) * S_q + r0 + j;
             st.lse[j] = lse[at];
             st.delta[j] = delta[at];
         }
@@ -249,23 +245,23 @@ fn query_stats4(b: u32, h: u32, r0: u32) -> QueryStats {
 // P and dS for query `qr`, key `kc` of head h, from the raw q·k, dp = dO·v, and the query's
 // log-sum-exp `l` and δ. 0 where masked, and for a query that saw no key (lse −∞).
 fn p_and_ds(b: u32, h: u32, qr: u32, kc: u32, qk: f32, dp: f32, l: f32, dl: f32) -> vec2<f32> {
-    let S_q = params[3];
-    let S_k = params[4];
-    let causal = params[6] != 0u;
+    let S_q = params.s_q;
+    let S_k = params.s_k;
+    let causal = params.causal != 0u;
     let offset = i32(S_k) - i32(S_q);
     let visible = qr < S_q && kc < S_k && (!causal || i32(kc) <= i32(qr) + offset);
     if (!visible || l < -3.4028235e38) {
         return vec2<f32>(0.0);
     }
-    let e = params[24] + b * params[25] + h * params[26] + qr * params[27] + kc * params[28];
-    let p = exp(qk * bitcast<f32>(params[7]) + load_bias(e) - l);
+    let e = bias_index(b, h, qr, kc);
+    let p = exp(qk * params.scale + load_bias(e) - l);
     return vec2<f32>(p, p * (dp - dl));
 }
 
 // The invocation's accumulator [i][j] times `factor` as rows r0 + 4ty + i (below `rows`),
 // columns 4tx + 64j (below D), of the contiguous [.., D] f32 output from element `out0`.
 fn store_rows(acc: ptr<function, array<vec4<f32>, 4u * CB>>, to_b: bool, out0: u32, r0: u32, rows: u32, factor: f32, lid: u32) {
-    let D = params[5];
+    let D = params.d;
     let ty = lid / 16u;
     let tx = lid % 16u;
     for (var i = 0u; i < 4u; i++) {
@@ -296,11 +292,11 @@ fn store_rows(acc: ptr<function, array<vec4<f32>, 4u * CB>>, to_b: bool, out0: u
 //#if DKDV
 @compute @workgroup_size(256)
 fn attention_bwd_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let H = params[1];
-    let H_kv = params[2];
-    let S_q = params[3];
-    let S_k = params[4];
-    let causal = params[6] != 0u;
+    let H = params.h;
+    let H_kv = params.h_kv;
+    let S_q = params.s_q;
+    let S_k = params.s_k;
+    let causal = params.causal != 0u;
     let offset = i32(S_k) - i32(S_q);
     let j0 = wid.x * FR;
     let kv_h = wid.y;
@@ -319,8 +315,8 @@ fn attention_bwd_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invo
         for (var qt = u32(first_q) / SR; qt < q_tiles; qt++) {
             let q0 = qt * SR;
             // Sᵀ and dPᵀ: keys j0 + 4ty + i × queries q0 + 4tx + c.
-            var s = product(12u, kv_h, j0, S_k, 8u, h, q0, S_q, b, lid);
-            var dp = product(16u, kv_h, j0, S_k, 30u, h, q0, S_q, b, lid);
+            var s = product(VIEW_K, kv_h, j0, S_k, VIEW_Q, h, q0, S_q, b, lid);
+            var dp = product(VIEW_V, kv_h, j0, S_k, VIEW_DO, h, q0, S_q, b, lid);
             let stats = query_stats4(b, h, q0 + 4u * tx);
             let l = stats.lse;
             let dl = stats.delta;
@@ -335,27 +331,27 @@ fn attention_bwd_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invo
                 // W was last read in the previous tile, before the products' barriers.
                 w_tile[(4u * ty + i) * ST + tx] = p;
             }
-            accumulate(&dv, 30u, b, h, q0, S_q, lid);
+            accumulate(&dv, VIEW_DO, b, h, q0, S_q, lid);
             // Every invocation has read P.
             workgroupBarrier();
             for (var i = 0u; i < 4u; i++) {
                 w_tile[(4u * ty + i) * ST + tx] = ds[i];
             }
-            accumulate(&dk, 8u, b, h, q0, S_q, lid);
+            accumulate(&dk, VIEW_Q, b, h, q0, S_q, lid);
         }
     }
-    let out0 = (b * H_kv + kv_h) * S_k * params[5];
-    store_rows(&dk, false, out0, j0, S_k, bitcast<f32>(params[7]), lid);
+    let out0 = (b * H_kv + kv_h) * S_k * params.d;
+    store_rows(&dk, false, out0, j0, S_k, params.scale, lid);
     store_rows(&dv, true, out0, j0, S_k, 1.0, lid);
 }
 //#else
 @compute @workgroup_size(256)
 fn attention_bwd_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let H = params[1];
-    let H_kv = params[2];
-    let S_q = params[3];
-    let S_k = params[4];
-    let causal = params[6] != 0u;
+    let H = params.h;
+    let H_kv = params.h_kv;
+    let S_q = params.s_q;
+    let S_k = params.s_k;
+    let causal = params.causal != 0u;
     let offset = i32(S_k) - i32(S_q);
     let q0 = wid.x * FR;
     let h = wid.y;
@@ -377,8 +373,8 @@ fn attention_bwd_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     for (var kt = 0u; kt < k_tiles; kt++) {
         let k0 = kt * SR;
         // S and dP: queries q0 + 4ty + i × keys k0 + 4tx + c.
-        var s = product(8u, h, q0, S_q, 12u, kv_h, k0, S_k, b, lid);
-        var dp = product(30u, h, q0, S_q, 16u, kv_h, k0, S_k, b, lid);
+        var s = product(VIEW_Q, h, q0, S_q, VIEW_K, kv_h, k0, S_k, b, lid);
+        var dp = product(VIEW_DO, h, q0, S_q, VIEW_V, kv_h, k0, S_k, b, lid);
         for (var i = 0u; i < 4u; i++) {
             var ds = vec4<f32>(0.0);
             for (var c = 0u; c < 4u; c++) {
@@ -387,8 +383,8 @@ fn attention_bwd_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
             // W was last read in the previous tile, before the products' barriers.
             w_tile[(4u * ty + i) * ST + tx] = ds;
         }
-        accumulate(&dq, 12u, b, kv_h, k0, S_k, lid);
+        accumulate(&dq, VIEW_K, b, kv_h, k0, S_k, lid);
     }
-    store_rows(&dq, false, (b * H + h) * S_q * params[5], q0, S_q, bitcast<f32>(params[7]), lid);
+    store_rows(&dq, false, (b * H + h) * S_q * params.d, q0, S_q, params.scale, lid);
 }
 //#endif

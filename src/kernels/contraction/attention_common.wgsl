@@ -10,12 +10,6 @@ const SST: u32 = {{SST}}u;
 const NEG_BIG: f32 = -3.4028235e38;
 const LOG2E: f32 = 1.4426950408889634;
 
-// Element index of row s of a q/k/v/o/dO view (batch b, head h), its params at `at`:
-// offset, batch, head and row strides.
-fn row_base(at: u32, b: u32, h: u32, s: u32) -> u32 {
-    return params[at] + b * params[at + 1u] + h * params[at + 2u] + s * params[at + 3u];
-}
-
 // Eight halves from a 16-byte word into workgroup memory at `at` (through f32, exactly:
 // naga 30 does not take bitcast<vec2<f16>>(u32)).
 fn put8(at: u32, w: vec4<u32>) {

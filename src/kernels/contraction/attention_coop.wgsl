@@ -97,7 +97,7 @@ const TAU: f32 = 8.0;
 @group(0) @binding(2) var<storage, read> v: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read_write> o: array<u32>;
 @group(0) @binding(4) var<storage, read_write> lse: array<f32>;
-@group(0) @binding(5) var<storage, read> params: array<u32>;
+@group(0) @binding(5) var<storage, read> params: AttentionParams;
 //#if BIAS
 @group(0) @binding(6) var<storage, read> bias: array<u32>;
 //#endif
@@ -148,7 +148,7 @@ var<private> v_next: array<vec4<u32>, PF>;
 
 // Rows k0..k0 + BK of K and V into k_next and v_next, zero past S_k.
 fn fetch_kv(b: u32, kv_h: u32, k0: u32, lid: u32) {
-    let S_k = params[4];
+    let S_k = params.s_k;
     for (var i = 0u; i < PF; i++) {
         let idx = lid + i * THREADS;
         let key = idx / WORDS;
@@ -156,8 +156,8 @@ fn fetch_kv(b: u32, kv_h: u32, k0: u32, lid: u32) {
         var kw = vec4<u32>(0u);
         var vw = vec4<u32>(0u);
         if (idx < BK * WORDS && k0 + key < S_k) {
-            kw = k[row_base(12u, b, kv_h, k0 + key) / EPW + w];
-            vw = v[row_base(16u, b, kv_h, k0 + key) / EPW + w];
+            kw = k[row_base(VIEW_K, b, kv_h, k0 + key) / EPW + w];
+            vw = v[row_base(VIEW_V, b, kv_h, k0 + key) / EPW + w];
         }
         k_next[i] = kw;
         v_next[i] = vw;
@@ -197,13 +197,13 @@ fn attention_coop(
     @builtin(subgroup_id) sg: u32,
     @builtin(subgroup_invocation_id) lane: u32,
 ) {
-    let H = params[1];
-    let H_kv = params[2];
-    let S_q = params[3];
-    let S_k = params[4];
-    let causal = params[6] != 0u;
+    let H = params.h;
+    let H_kv = params.h_kv;
+    let S_q = params.s_q;
+    let S_k = params.s_k;
+    let causal = params.causal != 0u;
     // Scores in log2 units, so that exp becomes exp2 (one instruction on GPUs).
-    var scale = bitcast<f32>(params[7]) * LOG2E;
+    var scale = params.scale * LOG2E;
     // Powers of two for f32 and bf16 inputs (1 for f16): q, k, v scaled on staging, the
     // scores and the output scaled back.
     var fq = 1.0;
@@ -253,7 +253,7 @@ fn attention_coop(
             last = min(last, i32(r) + offset);
         }
         last_key[rb] = select(-1, last, r < S_q);
-        bias_row[rb] = params[24] + b * params[25] + h * params[26] + r * params[27];
+        bias_row[rb] = params.bias_off + b * params.bias_batch + h * params.bias_head + r * params.bias_query;
         m_ref[rb] = NEG_BIG;
         l[rb] = 0.0;
     }
@@ -327,7 +327,7 @@ fn attention_coop(
                         let key = kc0 + col;
                         var x = NEG_BIG;
                         if (i32(key) <= last_key[rb]) {
-                            x = max(scratch[s_base + col * SST + row] * scale + LOG2E * load_bias(bias_row[rb] + key * params[28]), NEG_BIG);
+                            x = max(scratch[s_base + col * SST + row] * scale + LOG2E * load_bias(bias_row[rb] + key * params.bias_key), NEG_BIG);
                         }
                         xs[c] = x;
                         tile_max = max(tile_max, x);
@@ -379,7 +379,7 @@ fn attention_coop(
         let r = q0 + sg_row + 16u * rb + row;
         if (half == 0u && r < S_q) {
             // Back to natural units: ln(Σ e^x) = ln 2 · (m + log2 Σ 2^(x − m)).
-            lse[(b * H + h) * S_q + r] = select(0.6931471805599453 * (m_ref[rb] + log2(l_row) - P_SHIFT), bitcast<f32>(params[29]), l_row == 0.0);
+            lse[(b * H + h) * S_q + r] = select(0.6931471805599453 * (m_ref[rb] + log2(l_row) - P_SHIFT), params.neg_inf, l_row == 0.0);
         }
     }
     {{O_STORE}}
@@ -397,14 +397,14 @@ fn scale_rows(at: u32, lane: u32, f: f32) {
 // col0..col0 + 16 of the output rows r0..r0 + 16, each row divided by its sum: lane pairs
 // of columns, rows e / 8 (held by lane e / 8, whose inv_l a shuffle brings).
 fn store_fragment(at: u32, lane: u32, inv_l: f32, b: u32, h: u32, r0: u32, col0: u32) {
-    let S_q = params[3];
+    let S_q = params.s_q;
     for (var i = 0u; i < 4u; i++) {
         let e = lane + 32u * i;
         let rr = e / 8u;
         let cp = 2u * (e % 8u);
         let f = subgroupShuffle(inv_l, rr);
         if (r0 + rr < S_q) {
-            store_o(row_base(20u, b, h, r0 + rr) + col0 + cp, scratch[at + cp * 16u + rr] * f, scratch[at + (cp + 1u) * 16u + rr] * f);
+            store_o(row_base(VIEW_O, b, h, r0 + rr) + col0 + cp, scratch[at + cp * 16u + rr] * f, scratch[at + (cp + 1u) * 16u + rr] * f);
         }
     }
 }

@@ -76,14 +76,13 @@ const WORDS: u32 = D / EPW;
 // lse (base 2) of a row that takes no part: P = 2^(x − this) underflows to 0.
 const NO_ROW: f32 = 3.0e38;
 
-// params: as the forward's (shaders/attention.wgsl) for [0..30); dO at 30 (offset, batch,
-// head, row strides).
+// params: AttentionParams (attention_params.wgsl), with dO's view in slot VIEW_DO.
 @group(0) @binding(0) var<storage, read> q: array<vec4<u32>>;
 @group(0) @binding(1) var<storage, read> k: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read> v: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read> dout: array<vec4<u32>>;
 @group(0) @binding(4) var<storage, read> lse: array<f32>;
-@group(0) @binding(5) var<storage, read> params: array<u32>;
+@group(0) @binding(5) var<storage, read> params: AttentionParams;
 //#if BIAS
 @group(0) @binding(6) var<storage, read> bias: array<u32>;
 //#endif
@@ -131,12 +130,12 @@ fn set_factors(partner: u32) {
 //#endif
 }
 
-// The staging factor of the tensor at params index `at` (8 q, 12 k, 16 v, 30 dO).
+// The staging factor of the tensor in view slot `at` (VIEW_Q, VIEW_K, VIEW_V, VIEW_DO).
 fn factor_of(at: u32) -> f32 {
     switch at {
-        case 8u: { return in_factor.x; }
-        case 12u: { return in_factor.y; }
-        case 16u: { return in_factor.z; }
+        case 0u: { return in_factor.x; }
+        case 1u: { return in_factor.y; }
+        case 2u: { return in_factor.z; }
         default: { return in_factor.w; }
     }
 }
@@ -208,12 +207,12 @@ fn load_bias(e: u32) -> f32 {
 //#endif
 }
 
-// Word `i` of a tensor by the index of its params: 8 q, 12 k, 16 v, 30 dO.
+// Word `i` of a tensor by its view slot (VIEW_Q, VIEW_K, VIEW_V, VIEW_DO).
 fn word(at: u32, i: u32) -> vec4<u32> {
     switch at {
-        case 8u: { return q[i]; }
-        case 12u: { return k[i]; }
-        case 16u: { return v[i]; }
+        case 0u: { return q[i]; }
+        case 1u: { return k[i]; }
+        case 2u: { return v[i]; }
         default: { return dout[i]; }
     }
 }
@@ -279,11 +278,11 @@ fn put_tiles(lid: u32, base: u32, at_a: u32, at_b: u32) {
 // Query i's log-sum-exp in base 2 and its δ; (NO_ROW, 0) for a padding row (i ≥ S_q) or
 // one that saw no key (lse −∞), whose probabilities are then all 0.
 fn query_stats(b: u32, h: u32, i: u32) -> vec2<f32> {
-    let S_q = params[3];
+    let S_q = params.s_q;
     if (i >= S_q) {
         return vec2<f32>(NO_ROW, 0.0);
     }
-    let at = (b * params[1] + h) * S_q + i;
+    let at = (b * params.h + h) * S_q + i;
     let l = lse[at];
     return vec2<f32>(select(l * LOG2E, NO_ROW, l <= NEG_BIG), delta[at]);
 }
@@ -319,12 +318,12 @@ fn coop_bwd_dkdv(
     @builtin(subgroup_id) sg: u32,
     @builtin(subgroup_invocation_id) lane: u32,
 ) {
-    let H = params[1];
-    let H_kv = params[2];
-    let S_q = params[3];
-    let S_k = params[4];
-    let causal = params[6] != 0u;
-    let scale = bitcast<f32>(params[7]);
+    let H = params.h;
+    let H_kv = params.h_kv;
+    let S_q = params.s_q;
+    let S_k = params.s_k;
+    let causal = params.causal != 0u;
+    let scale = params.scale;
     let offset = i32(S_k) - i32(S_q);
     let j0 = wid.x * 16u * SGS;
     let kv_h = wid.y;
@@ -354,7 +353,7 @@ fn coop_bwd_dkdv(
     let head_tiles = select(0u, (S_q - i_first + BT - 1u) / BT, i_first < S_q);
     let pairs = group * head_tiles;
     if (pairs > 0u) {
-        fetch_tiles(8u, 30u, b, kv_h * group, i_first, S_q, lid);
+        fetch_tiles(VIEW_Q, VIEW_DO, b, kv_h * group, i_first, S_q, lid);
     }
     // The first query that sees any of this subgroup's keys (causal); chunks wholly
     // before it are skipped.
@@ -382,7 +381,7 @@ fn coop_bwd_dkdv(
         workgroupBarrier();
         if (t + 1u < pairs) {
             let next = t + 1u;
-            fetch_tiles(8u, 30u, b, kv_h * group + next / head_tiles, i_first + (next % head_tiles) * BT, S_q, lid);
+            fetch_tiles(VIEW_Q, VIEW_DO, b, kv_h * group + next / head_tiles, i_first + (next % head_tiles) * BT, S_q, lid);
         }
         for (var ch = 0u; ch < BT / CH; ch++) {
             let ic0 = i0 + ch * CH;
@@ -406,7 +405,7 @@ fn coop_bwd_dkdv(
                 let pt = p_base + col * 16u + row;
                 var p = 0.0;
                 if (key < S_k && i < S_q && (!causal || i32(key) <= i32(i) + offset)) {
-                    let bias_at = params[24] + b * params[25] + hq * params[26] + i * params[27] + key * params[28];
+                    let bias_at = bias_index(b, hq, i, key);
                     p = exp2(s_tile[at] * s_mul + LOG2E * load_bias(bias_at) - row_stats[rc + col]);
                 }
                 put_p_ds(pt, p, p * (dp_tile[at] * dp_unscale - row_stats[rc + BT + col]) * ds_factor);
@@ -428,12 +427,12 @@ fn coop_bwd_dq(
     @builtin(subgroup_id) sg: u32,
     @builtin(subgroup_invocation_id) lane: u32,
 ) {
-    let H = params[1];
-    let H_kv = params[2];
-    let S_q = params[3];
-    let S_k = params[4];
-    let causal = params[6] != 0u;
-    let scale = bitcast<f32>(params[7]);
+    let H = params.h;
+    let H_kv = params.h_kv;
+    let S_q = params.s_q;
+    let S_k = params.s_k;
+    let causal = params.causal != 0u;
+    let scale = params.scale;
     let offset = i32(S_k) - i32(S_q);
     let q0 = wid.x * 16u * SGS;
     let h = wid.y;
@@ -467,9 +466,9 @@ fn coop_bwd_dq(
         let last = i32(min(q0 + 16u * SGS, S_q)) - 1 + offset;
         key_tiles = select(0u, min(key_tiles, u32(last) / BT + 1u), last >= 0);
     }
-    let bias_row = params[24] + b * params[25] + h * params[26] + r * params[27];
+    let bias_row = params.bias_off + b * params.bias_batch + h * params.bias_head + r * params.bias_query;
     if (key_tiles > 0u) {
-        fetch_tiles(12u, 16u, b, kv_h, 0u, S_k, lid);
+        fetch_tiles(VIEW_K, VIEW_V, b, kv_h, 0u, S_k, lid);
     }
     // The last key any query of this subgroup sees: chunks past it are skipped.
     var sg_last = i32(S_k) - 1;
@@ -485,7 +484,7 @@ fn coop_bwd_dq(
         put_tiles(lid, stage, 12u, 16u);
         workgroupBarrier();
         if (kt + 1u < key_tiles) {
-            fetch_tiles(12u, 16u, b, kv_h, k0 + BT, S_k, lid);
+            fetch_tiles(VIEW_K, VIEW_V, b, kv_h, k0 + BT, S_k, lid);
         }
         for (var ch = 0u; ch < BT / CH; ch++) {
             let kc0 = k0 + ch * CH;
@@ -505,7 +504,7 @@ fn coop_bwd_dq(
                 let pt = p_base + col * 16u + row;
                 var p = 0.0;
                 if (i32(key) <= last_key) {
-                    p = exp2(s_tile[at] * s_mul + LOG2E * load_bias(bias_row + key * params[28]) - l2);
+                    p = exp2(s_tile[at] * s_mul + LOG2E * load_bias(bias_row + key * params.bias_key) - l2);
                 }
                 put_ds(pt, p * (dp_tile[at] * dp_unscale - dl) * ds_factor);
             }

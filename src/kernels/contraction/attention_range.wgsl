@@ -19,7 +19,7 @@ const EPW: u32 = {{EPW}}u;
 @group(0) @binding(2) var<storage, read> v: array<vec4<u32>>;
 // [q, k, v, dO]: zero before the dispatch.
 @group(0) @binding(3) var<storage, read_write> ranges: array<atomic<u32>, 4>;
-@group(0) @binding(4) var<storage, read> params: array<u32>;
+@group(0) @binding(4) var<storage, read> params: AttentionParams;
 //#if DOUT
 @group(0) @binding(5) var<storage, read> dout: array<vec4<u32>>;
 //#endif
@@ -44,17 +44,18 @@ fn attention_range(
     let which = wid.y;
     // q and dO have H heads of S_q rows; k and v H_kv heads of S_k rows.
     let query_like = which == 0u || which == 3u;
-    let heads = select(params[2], params[1], query_like);
-    let rows = select(params[4], params[3], query_like);
-    let words = params[5] / EPW;
-    let total = params[0] * heads * rows * words;
-    let at = select(8u + 4u * which, 30u, which == 3u);
+    let heads = select(params.h_kv, params.h, query_like);
+    let rows = select(params.s_k, params.s_q, query_like);
+    let words = params.d / EPW;
+    let total = params.b * heads * rows * words;
+    // q, k, v are views 0, 1, 2; dO (which 3) is view 4.
+    let view = params.views[select(which, VIEW_DO, which == 3u)];
     var m = 0.0;
     for (var i = wid.x * WORKGROUP + lid; i < total; i += groups.x * WORKGROUP) {
         let w = i % words;
         let r = i / words;
         let bh = r / rows;
-        let e = (params[at] + (bh / heads) * params[at + 1u] + (bh % heads) * params[at + 2u] + (r % rows) * params[at + 3u]) / EPW + w;
+        let e = (view.off + (bh / heads) * view.batch + (bh % heads) * view.head + (r % rows) * view.row) / EPW + w;
         var x: vec4<u32>;
         if (which == 0u) {
             x = q[e];
