@@ -1529,11 +1529,11 @@ fn coop_bwd_kernel(dtype: DType, dkdv: bool, bias: Option<DType>, d: usize, t: C
     let split = dtype == DType::F32;
     let Parts { epw, names: parts, terms } = Parts::of(dtype);
     let lo_at = Parts::lo_at;
-    // The fixed rows: (params index, head, first row, limit, fragment name) per tensor.
+    // The fixed rows: (view slot, head, first row, limit, fragment name) per tensor.
     let fixed: [(&str, &str, &str, &str, &str); 2] = if dkdv {
-        [("12u", "kv_h", "j0", "S_k", "ka"), ("16u", "kv_h", "j0", "S_k", "va")]
+        [("VIEW_K", "kv_h", "j0", "S_k", "ka"), ("VIEW_V", "kv_h", "j0", "S_k", "va")]
     } else {
-        [("8u", "h", "q0", "S_q", "qa"), ("30u", "h", "q0", "S_q", "da")]
+        [("VIEW_Q", "h", "q0", "S_q", "qa"), ("VIEW_DO", "h", "q0", "S_q", "da")]
     };
     // Each tensor in column slices of fc: stage the slice (all 16·SGS rows), barrier, every
     // subgroup loads its fragments of it, barrier.

@@ -108,8 +108,8 @@ var<private> ds_factor: f32;
 var<private> unscale_a: f32;
 var<private> unscale_b: f32;
 
-// Sets the factors; `partner` is the params index of the tensor that dS multiplies into the
-// first accumulator: Q (8) for dK, K (12) for dQ.
+// Sets the factors; `partner` is the view slot of the tensor that dS multiplies into the
+// first accumulator: VIEW_Q for dK, VIEW_K for dQ.
 fn set_factors(partner: u32) {
     in_factor = vec4<f32>(1.0);
     s_unscale = 1.0;
@@ -125,7 +125,7 @@ fn set_factors(partner: u32) {
     s_unscale = pow2(-e.x) * pow2(-e.y);
     dp_unscale = pow2(-e.z) * pow2(-e.w);
     ds_factor = pow2(g);
-    unscale_a = pow2(-g) * pow2(select(-e.y, -e.x, partner == 8u));
+    unscale_a = pow2(-g) * pow2(select(-e.y, -e.x, partner == VIEW_Q));
     unscale_b = pow2(-e.w);
 //#endif
 }
@@ -335,7 +335,7 @@ fn coop_bwd_dkdv(
     let row = lane % 16u;
     let half = lane / 16u;
     let key = j0 + sg * 16u + row;
-    set_factors(8u);
+    set_factors(VIEW_Q);
     let s_mul = scale * LOG2E * s_unscale;
 
     // K, then V, of the workgroup's keys through the staging memory, as A fragments.
@@ -371,7 +371,7 @@ fn coop_bwd_dkdv(
         if (STAGES == 1u) {
             workgroupBarrier();
         }
-        put_tiles(lid, stage, 8u, 30u);
+        put_tiles(lid, stage, VIEW_Q, VIEW_DO);
         if (lid < BT) {
             let i = i0 + lid;
             let stats = query_stats(b, hq, i);
@@ -444,7 +444,7 @@ fn coop_bwd_dq(
     let row = lane % 16u;
     let half = lane / 16u;
     let r = q0 + sg * 16u + row;
-    set_factors(12u);
+    set_factors(VIEW_K);
     let s_mul = scale * LOG2E * s_unscale;
 
     // Q, then dO, of the workgroup's queries through the staging memory, as A fragments.
@@ -481,7 +481,7 @@ fn coop_bwd_dq(
         if (STAGES == 1u) {
             workgroupBarrier();
         }
-        put_tiles(lid, stage, 12u, 16u);
+        put_tiles(lid, stage, VIEW_K, VIEW_V);
         workgroupBarrier();
         if (kt + 1u < key_tiles) {
             fetch_tiles(VIEW_K, VIEW_V, b, kv_h, k0 + BT, S_k, lid);
