@@ -61,15 +61,26 @@ static LIVE_DEVICES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicU
 /// devices found no adapter at all after about 32 of them (the fusion test binary run with
 /// one thread), though every device had been torn down; reusing the instance keeps the
 /// driver's instance count at one.
+///
+/// GL is the exception: a GL instance holds one EGL context that every device made from it
+/// would share, each device serialising only its own calls (`Gpu::serial`), so two devices
+/// on two threads made the context current at once (EGL `BadAccess` on llvmpipe). A set of
+/// backends that includes GL gets an instance of its own per device, as before.
 fn shared_instance(backends: wgpu::Backends) -> wgpu::Instance {
     static INSTANCES: Mutex<Vec<(wgpu::Backends, wgpu::Instance)>> = Mutex::new(Vec::new());
+    let fresh = || {
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+        desc.backends = backends;
+        wgpu::Instance::new(desc)
+    };
+    if backends.contains(wgpu::Backends::GL) {
+        return fresh();
+    }
     let mut instances = lock(&INSTANCES);
     if let Some((_, instance)) = instances.iter().find(|(b, _)| *b == backends) {
         return instance.clone();
     }
-    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
-    desc.backends = backends;
-    let instance = wgpu::Instance::new(desc);
+    let instance = fresh();
     instances.push((backends, instance.clone()));
     instance
 }
@@ -221,8 +232,9 @@ struct Pending {
 pub(crate) type BindKey = (wgpu::ComputePipeline, Vec<(u32, wgpu::Buffer)>);
 
 pub(crate) struct GpuInner {
-    pub(crate) device: wgpu::Device,
-    pub(crate) queue: wgpu::Queue,
+    /// Dropped explicitly, last, under DEVICE_LIFECYCLE (see `Drop for GpuInner`).
+    pub(crate) device: std::mem::ManuallyDrop<wgpu::Device>,
+    pub(crate) queue: std::mem::ManuallyDrop<wgpu::Queue>,
     pub(crate) info: GpuInfo,
     /// Build every module with runtime bounds checks (`WGK_CHECKED=1`).
     pub(crate) checked: bool,
@@ -280,8 +292,30 @@ pub(crate) struct GpuInner {
     gl_serial: Option<parking_lot::ReentrantMutex<()>>,
 }
 
+/// Held while a device is made (adapter enumeration and the device request) and while one
+/// is torn down: the devices of a process share one wgpu instance (`shared_instance`), and
+/// these steps on it are not run concurrently (on the H200, test threads making and
+/// dropping devices of one instance at once stopped making progress).
+static DEVICE_LIFECYCLE: Mutex<()> = Mutex::new(());
+
 impl Drop for GpuInner {
     fn drop(&mut self) {
+        let _lifecycle = lock(&DEVICE_LIFECYCLE);
+        // Everything that holds the device goes first (pipelines, buffers, bind groups, the
+        // open encoder, the state layers above keep), then the queue (which waits for the
+        // GPU to be idle) and the device itself, all under the lock.
+        lock(&self.pending).encoder.take();
+        lock(&self.bind_groups).clear();
+        lock(&self.meta).clear();
+        *lock(&self.pipelines) = PipelineCache::new(1);
+        lock(&self.pool).free.clear();
+        lock(&self.family_state).clear();
+        lock(&self.profiler).take();
+        // SAFETY: neither field is used after this; GpuInner is being dropped.
+        unsafe {
+            std::mem::ManuallyDrop::drop(&mut self.queue);
+            std::mem::ManuallyDrop::drop(&mut self.device);
+        }
         LIVE_DEVICES.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -499,6 +533,7 @@ impl Gpu {
                 msg: format!("fused_unroll {} is not 0 (auto) or one of 1, 2, 4, 8", opts.fused_unroll),
             });
         }
+        let lifecycle = lock(&DEVICE_LIFECYCLE);
         let (adapter, ainfo, names) = pick_adapter(&opts).await?;
         let features = adapter.features() & wanted_features();
         let limits = match &opts.limits_cap {
@@ -520,6 +555,7 @@ impl Gpu {
             });
         }
         let (device, queue) = request_device(&adapter, &ainfo, features, &limits).await?;
+        drop(lifecycle);
         let cooperative_matrix = if features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
             adapter.cooperative_matrix_properties()
         } else {
@@ -542,8 +578,8 @@ impl Gpu {
         LIVE_DEVICES.fetch_add(1, Ordering::Relaxed);
         Ok(Gpu {
             inner: Arc::new(GpuInner {
-                device,
-                queue,
+                device: std::mem::ManuallyDrop::new(device),
+                queue: std::mem::ManuallyDrop::new(queue),
                 info,
                 checked: opts.checked,
                 autotune: opts.autotune,
