@@ -475,8 +475,8 @@ impl Tensor {
     /// # fn main() -> wgkernels::Result<()> {
     /// # let gpu = Gpu::new()?;
     /// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
-    /// let y = x.exp()?.add(&x)?;     // pending (with fusion on)
-    /// assert!(y.is_pending());
+    /// let y = x.exp()?.add(&x)?;     // pending with fusion on (GpuOptions::fusion)
+    /// assert_eq!(y.is_pending(), gpu.fusion());
     /// y.realize()?;                  // one fused kernel runs now
     /// assert!(!y.is_pending());
     /// # Ok(()) }
