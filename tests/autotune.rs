@@ -65,3 +65,34 @@ fn tunes_once_persists_and_reuses() {
     assert!(gpu3.stats().dispatches - before > 8, "a winner of other kernels must be timed again");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Callers that ask for a class another thread is tuning wait for that tune and take its
+/// winner: four threads, one device, one shape class, tuned once (one entry persisted,
+/// every result right).
+#[test]
+fn concurrent_callers_wait_for_one_tune() {
+    let dir = std::env::temp_dir().join(format!("wgk-autotune-concurrent-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let opts = GpuOptions { autotune: true, cache_dir: Some(dir.clone()), ..GpuOptions::from_env().unwrap() };
+    let gpu = Gpu::with_options(opts).unwrap();
+    let (m, k, n) = (520, 256, 500); // 133 MFLOP: above the tuning threshold
+    let (a, av) = random_tensor(&gpu, &[m, k], DType::F32, 11);
+    let (b, bv) = random_tensor(&gpu, &[k, n], DType::F32, 12);
+    let start = std::sync::Barrier::new(4);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                start.wait();
+                let got = a.matmul(&b).unwrap().to_vec_f32().unwrap();
+                let want: f64 = (0..k).map(|p| av[7 * k + p] * bv[p * n + 3]).sum();
+                assert_close("c[7,3]", &[got[7 * n + 3]], &[want], 1e-4, 1e-5);
+            });
+        }
+    });
+    let files: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    assert_eq!(files.len(), 1);
+    let text = std::fs::read_to_string(files[0].as_ref().unwrap().path()).unwrap();
+    let entries = text.lines().filter(|l| l.starts_with("matmul f32")).count();
+    assert_eq!(entries, 1, "one tune for four concurrent callers, got:\n{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
