@@ -1206,18 +1206,52 @@ impl Parts {
     }
 }
 
-/// The tensor-core forward for head dim `d` (a multiple of 16) and tiling `t`: fragment
-/// code unrolled here, see shaders/attention_coop.wgsl.
+/// The tensor-core forward for head dim `d` (a multiple of 16) and tiling `t`: the template
+/// attention_coop.wgsl, its fragment code unrolled here (`coop_q_stage`, `coop_s_mma`,
+/// `coop_pv`, `coop_o_code`).
 fn coop_kernel(dtype: DType, bias: Option<DType>, d: usize, t: CoopTiling) -> Kernel {
     let split = dtype == DType::F32;
-    let frags = d / 16;
-    let key_frags = t.key_chunk / 16;
     let blocks = t.row_blocks;
-    let Parts { epw, names: parts, terms } = Parts::of(dtype);
-    let lo_at = Parts::lo_at;
-    // Q in column slices of QC (64, or 32 for 256 rows): stage a slice (all BQ rows), then
-    // every subgroup loads its fragments of it; split, the hi parts first, then the lo parts
-    // (Q read twice, to keep the staging area the size of one part).
+    let Parts { epw, names: parts, .. } = Parts::of(dtype);
+    let qc = t.q_cols(d);
+    let (o_decl, rescale, o_store) = coop_o_code(blocks, d / 16);
+    let mut k = Kernel::new(&ATTENTION_COOP, "attention_coop")
+        .sub("D", d.to_string())
+        .sub("SGS", t.subgroups.to_string())
+        .sub("RB", blocks.to_string())
+        .sub("BK", t.key_tile.to_string())
+        .sub("KC", t.key_chunk.to_string())
+        .sub("SST", S_STRIDE.to_string())
+        .sub("HAS_BIAS", bias.is_some().to_string())
+        .sub("STAGES", t.stages.to_string())
+        .sub("TILE_HALVES", t.tile_halves(d, split).to_string())
+        .sub("EPW", epw.to_string())
+        .sub("PARTS", parts.len().to_string())
+        .sub("P_SHIFT", if split { "6.0" } else { "0.0" })
+        .sub("STORE_O", store_pair(dtype))
+        .sub("QC", qc.to_string())
+        .sub("Q_STAGE", coop_q_stage(dtype, d, t))
+        .sub("O_DECL", o_decl)
+        .sub("S_MMA", coop_s_mma(dtype, d, t))
+        .sub("PV_MMA", coop_pv(dtype, d, t))
+        .sub("O_RESCALE", rescale)
+        .sub("O_STORE", o_store)
+        .trusted();
+    k = Parts::flags(k, dtype);
+    k = match bias {
+        Some(bd) => k.flag("BIAS").sub("LOAD_BIAS", wgsl_load("bias", bd)),
+        None => k.sub("LOAD_BIAS", ""),
+    };
+    k
+}
+
+/// The forward's Q staging: Q in column slices of QC (64, or 32 for 256 rows), each slice
+/// staged (all BQ rows), then every subgroup loads its fragments of it; split, the hi parts
+/// first, then the lo parts (Q read twice, to keep the staging area the size of one part).
+fn coop_q_stage(dtype: DType, d: usize, t: CoopTiling) -> String {
+    let frags = d / 16;
+    let blocks = t.row_blocks;
+    let Parts { epw, names: parts, .. } = Parts::of(dtype);
     let qc = t.q_cols(d);
     let per_slice = qc / 16;
     let mut q_stage = String::new();
@@ -1247,12 +1281,17 @@ fn coop_kernel(dtype: DType, bias: Option<DType>, d: usize, t: CoopTiling) -> Ke
             q_stage += "workgroupBarrier();\n    ";
         }
     }
+    q_stage
+}
+
+/// The forward's output fragments: their declarations (after the S and P buffer bases of
+/// each row block), the rescale by each row's alpha when the running max moves, and the
+/// final store through the subgroup's scratch. Returns (declarations, rescale, store).
+fn coop_o_code(blocks: usize, frags: usize) -> (String, String, String) {
     let mut o_decl = String::new();
-    let mut s_mma = String::new();
-    let mut pv = String::new();
     // S (and bounce) buffer of row block rb at (sg·RB + rb)·SST·KC, its P buffer at
     // (sg·RB + rb)·16·KC, bound to names first
-    // (naga 30 fails on a coop pointer indexed by an inline expression: ../shared/gpu).
+    // (naga 30 fails on a coop pointer indexed by an inline expression).
     let mut rescale = String::from("subgroupBarrier();\n            ");
     let mut o_store = String::from("subgroupBarrier();\n    ");
     let mut bases = String::new();
@@ -1280,9 +1319,20 @@ fn coop_kernel(dtype: DType, bias: Option<DType>, d: usize, t: CoopTiling) -> Ke
             );
         }
     }
+    (bases + &o_decl, rescale, o_store)
+}
+
+/// The forward's S products for the chunk at k_at: block (rb, j) = Σ_c Q_(rb, c) · Kᵀ_(c, j),
+/// each K fragment loaded once for all blocks, then every block into the subgroup's S buffer.
+fn coop_s_mma(dtype: DType, d: usize, t: CoopTiling) -> String {
+    let frags = d / 16;
+    let key_frags = t.key_chunk / 16;
+    let blocks = t.row_blocks;
+    let Parts { names: parts, terms, .. } = Parts::of(dtype);
+    let lo_at = Parts::lo_at;
+    let block_base = |rb: usize| format!("block_{rb}");
+    let mut s_mma = String::new();
     // A lo part lies past its hi part: K and V one tile on, P P_LO halves on.
-    // S block (rb, j) = Σ_c Q_(rb, c) · Kᵀ_(c, j) for the chunk at k_at: each K fragment
-    // loaded once for all blocks; then every block into the subgroup's S buffer.
     let mut s_store = String::new();
     for j in 0..key_frags {
         for rb in 0..blocks {
@@ -1310,7 +1360,18 @@ fn coop_kernel(dtype: DType, bias: Option<DType>, d: usize, t: CoopTiling) -> Ke
             );
         }
     }
-    // O_(rb, j) += P_(rb, kb) · V_(kb, j): each V fragment loaded once for all blocks.
+    s_mma + &s_store
+}
+
+/// The forward's P·V products: O_(rb, j) += P_(rb, kb) · V_(kb, j), each V fragment loaded
+/// once for all blocks.
+fn coop_pv(dtype: DType, d: usize, t: CoopTiling) -> String {
+    let frags = d / 16;
+    let key_frags = t.key_chunk / 16;
+    let blocks = t.row_blocks;
+    let Parts { names: parts, terms, .. } = Parts::of(dtype);
+    let lo_at = Parts::lo_at;
+    let mut pv = String::new();
     for kb in 0..key_frags {
         for rb in 0..blocks {
             for part in parts {
@@ -1332,34 +1393,7 @@ fn coop_kernel(dtype: DType, bias: Option<DType>, d: usize, t: CoopTiling) -> Ke
             }
         }
     }
-    let mut k = Kernel::new(&ATTENTION_COOP, "attention_coop")
-        .sub("D", d.to_string())
-        .sub("SGS", t.subgroups.to_string())
-        .sub("RB", blocks.to_string())
-        .sub("BK", t.key_tile.to_string())
-        .sub("KC", t.key_chunk.to_string())
-        .sub("SST", S_STRIDE.to_string())
-        .sub("HAS_BIAS", bias.is_some().to_string())
-        .sub("STAGES", t.stages.to_string())
-        .sub("TILE_HALVES", t.tile_halves(d, split).to_string())
-        .sub("EPW", epw.to_string())
-        .sub("PARTS", parts.len().to_string())
-        .sub("P_SHIFT", if split { "6.0" } else { "0.0" })
-        .sub("STORE_O", store_pair(dtype))
-        .sub("QC", qc.to_string())
-        .sub("Q_STAGE", q_stage)
-        .sub("O_DECL", bases + &o_decl)
-        .sub("S_MMA", s_mma + &s_store)
-        .sub("PV_MMA", pv)
-        .sub("O_RESCALE", rescale)
-        .sub("O_STORE", o_store)
-        .trusted();
-    k = Parts::flags(k, dtype);
-    k = match bias {
-        Some(bd) => k.flag("BIAS").sub("LOAD_BIAS", wgsl_load("bias", bd)),
-        None => k.sub("LOAD_BIAS", ""),
-    };
-    k
+    pv
 }
 
 /// The range pass before the tensor-core kernels on f32 (split) and bf16 inputs: of q, k, v,
@@ -1521,14 +1555,13 @@ pub fn coop_bwd_tilings_for(dtype: DType, d: usize, limits: &wgpu::Limits) -> Ve
 }
 
 /// A tensor-core backward kernel (`dkdv`: dK and dV; else dQ) for head dim `d`, a multiple
-/// of 16: fragment code unrolled here, see shaders/attention_coop_bwd.wgsl.
+/// of 16: the template attention_coop_bwd.wgsl, its fragment code unrolled here (the fixed
+/// rows' fragments, then `coop_bwd_products`, `coop_bwd_accumulate`, the guarded stores).
 fn coop_bwd_kernel(dtype: DType, dkdv: bool, bias: Option<DType>, d: usize, t: CoopBwdTiling) -> Kernel {
     let frags = d / 16;
-    let blocks = t.chunk / 16;
     let fc = CoopBwdTiling::fixed_cols(d);
     let split = dtype == DType::F32;
-    let Parts { epw, names: parts, terms } = Parts::of(dtype);
-    let lo_at = Parts::lo_at;
+    let Parts { epw, names: parts, .. } = Parts::of(dtype);
     // The fixed rows: (view slot, head, first row, limit, fragment name) per tensor.
     let fixed: [(&str, &str, &str, &str, &str); 2] = if dkdv {
         [("VIEW_K", "kv_h", "j0", "S_k", "ka"), ("VIEW_V", "kv_h", "j0", "S_k", "va")]
@@ -1564,62 +1597,6 @@ fn coop_bwd_kernel(dtype: DType, dkdv: bool, bias: Option<DType>, d: usize, t: C
             acc_decl += &format!("var acc_b_{c} = coop_mat16x16<f32, C>();\n    ");
         }
     }
-    // S (Sᵀ) and dP (dPᵀ) blocks: the fixed fragments times the streamed tiles read
-    // column-major (the transposes), stored column-major for the lanes.
-    let (s_a, dp_a) = if dkdv { ("ka", "va") } else { ("qa", "da") };
-    let ind = "\n            ";
-    let mut products = String::new();
-    let mut products_store = String::new();
-    for t in 0..blocks {
-        products += &format!("var st_{t} = coop_mat16x16<f32, C>();{ind}var dpt_{t} = coop_mat16x16<f32, C>();{ind}");
-        for c in 0..frags {
-            for (tile, frag, fixed_frag, acc) in [("a_at", "tb", s_a, "st"), ("b_at", "ub", dp_a, "dpt")] {
-                for part in parts {
-                    let at = format!("{tile} + {}u * RS + {}u{}", 16 * t, 16 * c, lo_at(part, "LO"));
-                    products += &frag_load(&format!("{frag}_{part}_{t}_{c}"), &at, "B", "coopLoad", "tiles", "RS", ind);
-                }
-                for (a, b) in terms {
-                    products += &format!(
-                        "{acc}_{t} = coopMultiplyAdd({fixed_frag}_{a}_{c}, {frag}_{b}_{t}_{c}, {acc}_{t});{ind}"
-                    );
-                }
-            }
-        }
-        products_store += &format!(
-            "let so_{t} = s_base + {}u;{ind}coopStore(st_{t}, &s_tile[so_{t}], SST);{ind}coopStore(dpt_{t}, &dp_tile[so_{t}], SST);{ind}",
-            16 * S_STRIDE * t
-        );
-    }
-    // dkdv: dV += Pᵀ·dO (dO rows of the B tile), dK += dSᵀ·Q (Q rows of the A tile);
-    // dq: dQ += dS·K (K rows of the A tile). Streamed rows read row-major.
-    let mut accumulate = String::new();
-    // (A operand from its tile, B tile, fragment names, accumulator) per product.
-    let mut pairs = vec![("ds_tile", "a_at", "dsa", "rb", "acc_a")];
-    if dkdv {
-        pairs.push(("p_tile", "b_at", "pa", "wb", "acc_b"));
-    }
-    for t in 0..blocks {
-        for (a_tile, _, a_name, _, _) in &pairs {
-            for part in parts {
-                let at = format!("p_base + {}u{}", 256 * t, lo_at(part, "P_LO"));
-                accumulate += &frag_load(&format!("{a_name}_{part}_{t}"), &at, "A", "coopLoad", a_tile, "16u", ind);
-            }
-        }
-        for c in 0..frags {
-            for (_, b_tile, a_name, b_name, acc) in &pairs {
-                for part in parts {
-                    let at = format!("{b_tile} + {}u * RS + {}u{}", 16 * t, 16 * c, lo_at(part, "LO"));
-                    accumulate +=
-                        &frag_load(&format!("{b_name}_{part}_{t}_{c}"), &at, "B", "coopLoadT", "tiles", "RS", ind);
-                }
-                for (a, b) in terms {
-                    accumulate += &format!(
-                        "{acc}_{c} = coopMultiplyAdd({a_name}_{a}_{t}, {b_name}_{b}_{t}_{c}, {acc}_{c});{ind}"
-                    );
-                }
-            }
-        }
-    }
     // Finished accumulators bounce through the subgroup's S block (row-major) to guarded
     // f32 stores: dK and dQ times the scale, each with the factors of a bf16 kernel's inputs
     // taken out (1 for f16).
@@ -1652,8 +1629,8 @@ fn coop_bwd_kernel(dtype: DType, dkdv: bool, bias: Option<DType>, d: usize, t: C
         .sub("PARTS", parts.len().to_string())
         .sub("FIXED_FRAGS", fixed_frags)
         .sub("ACC_DECL", acc_decl)
-        .sub("PRODUCTS", products + &products_store)
-        .sub("ACCUMULATE", accumulate)
+        .sub("PRODUCTS", coop_bwd_products(dtype, dkdv, d, t))
+        .sub("ACCUMULATE", coop_bwd_accumulate(dtype, dkdv, d, t))
         .sub("ACC_STORE", acc_store)
         .trusted();
     if dkdv {
@@ -1665,6 +1642,78 @@ fn coop_bwd_kernel(dtype: DType, dkdv: bool, bias: Option<DType>, d: usize, t: C
         None => k.sub("LOAD_BIAS", ""),
     };
     k
+}
+
+/// The backward's S (Sᵀ) and dP (dPᵀ) blocks: the fixed fragments times the streamed tiles
+/// read column-major (the transposes), stored column-major for the lanes.
+fn coop_bwd_products(dtype: DType, dkdv: bool, d: usize, t: CoopBwdTiling) -> String {
+    let (frags, blocks) = (d / 16, t.chunk / 16);
+    let Parts { names: parts, terms, .. } = Parts::of(dtype);
+    let lo_at = Parts::lo_at;
+    let (s_a, dp_a) = if dkdv { ("ka", "va") } else { ("qa", "da") };
+    let ind = "\n            ";
+    let mut products = String::new();
+    let mut products_store = String::new();
+    for t in 0..blocks {
+        products += &format!("var st_{t} = coop_mat16x16<f32, C>();{ind}var dpt_{t} = coop_mat16x16<f32, C>();{ind}");
+        for c in 0..frags {
+            for (tile, frag, fixed_frag, acc) in [("a_at", "tb", s_a, "st"), ("b_at", "ub", dp_a, "dpt")] {
+                for part in parts {
+                    let at = format!("{tile} + {}u * RS + {}u{}", 16 * t, 16 * c, lo_at(part, "LO"));
+                    products += &frag_load(&format!("{frag}_{part}_{t}_{c}"), &at, "B", "coopLoad", "tiles", "RS", ind);
+                }
+                for (a, b) in terms {
+                    products += &format!(
+                        "{acc}_{t} = coopMultiplyAdd({fixed_frag}_{a}_{c}, {frag}_{b}_{t}_{c}, {acc}_{t});{ind}"
+                    );
+                }
+            }
+        }
+        products_store += &format!(
+            "let so_{t} = s_base + {}u;{ind}coopStore(st_{t}, &s_tile[so_{t}], SST);{ind}coopStore(dpt_{t}, &dp_tile[so_{t}], SST);{ind}",
+            16 * S_STRIDE * t
+        );
+    }
+    products + &products_store
+}
+
+/// The backward's accumulation: for dkdv, dV += Pᵀ·dO (dO rows of the B tile) and
+/// dK += dSᵀ·Q (Q rows of the A tile); for dq, dQ += dS·K (K rows of the A tile). Streamed
+/// rows read row-major.
+fn coop_bwd_accumulate(dtype: DType, dkdv: bool, d: usize, t: CoopBwdTiling) -> String {
+    let (frags, blocks) = (d / 16, t.chunk / 16);
+    let Parts { names: parts, terms, .. } = Parts::of(dtype);
+    let lo_at = Parts::lo_at;
+    let ind = "\n            ";
+    let mut accumulate = String::new();
+    // (A operand from its tile, B tile, fragment names, accumulator) per product.
+    let mut pairs = vec![("ds_tile", "a_at", "dsa", "rb", "acc_a")];
+    if dkdv {
+        pairs.push(("p_tile", "b_at", "pa", "wb", "acc_b"));
+    }
+    for t in 0..blocks {
+        for (a_tile, _, a_name, _, _) in &pairs {
+            for part in parts {
+                let at = format!("p_base + {}u{}", 256 * t, lo_at(part, "P_LO"));
+                accumulate += &frag_load(&format!("{a_name}_{part}_{t}"), &at, "A", "coopLoad", a_tile, "16u", ind);
+            }
+        }
+        for c in 0..frags {
+            for (_, b_tile, a_name, b_name, acc) in &pairs {
+                for part in parts {
+                    let at = format!("{b_tile} + {}u * RS + {}u{}", 16 * t, 16 * c, lo_at(part, "LO"));
+                    accumulate +=
+                        &frag_load(&format!("{b_name}_{part}_{t}_{c}"), &at, "B", "coopLoadT", "tiles", "RS", ind);
+                }
+                for (a, b) in terms {
+                    accumulate += &format!(
+                        "{acc}_{c} = coopMultiplyAdd({a_name}_{a}_{t}, {b_name}_{b}_{t}_{c}, {acc}_{c});{ind}"
+                    );
+                }
+            }
+        }
+    }
+    accumulate
 }
 
 /// Every specialisation the attention ops can launch (all head-dim paddings, dtypes, with
