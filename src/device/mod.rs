@@ -526,6 +526,10 @@ impl Gpu {
         pollster::block_on(Self::new_async(opts))
     }
 
+    // The lifecycle lock is held across the adapter and device requests: `with_options`
+    // runs this future to completion on the caller's thread (pollster), and the lock is what
+    // keeps device creation one at a time process-wide (DEVICE_LIFECYCLE).
+    #[allow(clippy::await_holding_lock)]
     async fn new_async(opts: GpuOptions) -> Result<Self> {
         if ![0, 1, 2, 4, 8].contains(&opts.fused_unroll) {
             return Err(Error::InvalidArgument {

@@ -489,146 +489,91 @@ pub fn all_kernels() -> Vec<Kernel> {
             let caps = Caps { subgroup: sg, native_f16: sg && d == DType::F16 };
             for unit in [1u32, 2, 4] {
                 let out = if unit == 1 { DType::F32 } else { d };
-                for vpt in VPT_CLASSES {
-                    all.push(softmax_kernel("softmax", d, None, None, out, unit, vpt, false, 1.0, caps, false));
-                    all.push(softmax_kernel(
-                        "softmax_backward",
-                        d,
-                        None,
-                        Some(d),
-                        out,
-                        unit,
-                        vpt,
-                        false,
-                        1.0,
-                        caps,
-                        false,
-                    ));
-                    all.push(norm_kernel("forward", d, Some(d), Some(d), None, out, unit, vpt, false, caps, None));
-                    all.push(norm_kernel("forward", d, Some(d), None, None, out, unit, vpt, true, caps, None));
-                    for rms in [false, true] {
-                        all.push(norm_kernel("backward", d, Some(d), None, Some(d), out, unit, vpt, rms, caps, None));
-                        if vpt <= 8 {
-                            let k = norm_kernel(
-                                "backward_grads",
-                                d,
-                                Some(d),
-                                None,
-                                Some(d),
-                                out,
-                                unit,
-                                vpt,
-                                rms,
-                                caps,
-                                None,
-                            );
-                            all.push(k);
-                        }
-                    }
-                }
-                all.push(softmax_kernel("softmax", d, Some(d), None, out, unit, 4, true, 1.0, caps, false));
-                all.push(softmax_kernel("cross_entropy", d, None, None, out, unit, 16, false, 0.5, caps, false));
-                all.push(norm_kernel("forward", d, None, None, None, out, unit, 2, false, caps, None));
-                for rms in [false, true] {
-                    all.push(norm_kernel("param_grads", d, None, None, Some(d), out, unit, 1, rms, caps, None));
-                }
-                if unit == 2 {
-                    all.push(norm_kernel("param_grads_sum", d, None, None, None, d, 2, 1, false, caps, None));
-                }
-                // With a fused prologue (a residual add with dropout), both row classes; units
-                // of at most 2 (norm_forward).
-                if unit == 2 || (unit == 1 && d == DType::F32) {
-                    let pro = crate::kernels::elementwise::fusion::sample_prologue_decls(PROLOGUE_BINDING, d);
-                    all.push(norm_kernel(
-                        "forward",
-                        d,
-                        Some(d),
-                        Some(d),
-                        None,
-                        out,
-                        unit,
-                        4,
-                        false,
-                        caps,
-                        Some((&pro, true)),
-                    ));
-                    all.push(norm_kernel(
-                        "forward",
-                        d,
-                        None,
-                        None,
-                        None,
-                        out,
-                        unit,
-                        16,
-                        true,
-                        caps,
-                        Some((&pro, false)),
-                    ));
-                    if sg {
-                        let k = norm_kernel(
-                            "forward_sg_rows",
-                            d,
-                            Some(d),
-                            None,
-                            None,
-                            out,
-                            unit,
-                            1,
-                            true,
-                            caps,
-                            Some((&pro, true)),
-                        );
-                        all.push(k);
-                    }
-                }
-                // Odd rows of 16-bit data: pairs shifted to word boundaries, leftovers joined.
-                if unit == 2 && d != DType::F32 {
-                    for (entry, mask, dy, vpt, log) in [
-                        ("softmax", Some(d), None, 4, false),
-                        ("softmax", None, None, 16, true),
-                        ("softmax_backward", None, Some(d), 2, false),
-                        ("cross_entropy", None, None, 16, false),
-                        ("join_edges", None, None, 1, false),
-                    ] {
-                        all.push(softmax_kernel(entry, d, mask, dy, d, 2, vpt, log, 0.5, caps, true));
-                    }
-                    if sg {
-                        all.push(softmax_kernel("softmax_sg_rows", d, Some(d), None, d, 2, 1, false, 1.0, caps, true));
-                    }
-                }
-                if sg {
-                    all.push(softmax_kernel(
-                        "softmax_sg_rows",
-                        d,
-                        Some(d),
-                        None,
-                        out,
-                        unit,
-                        1,
-                        false,
-                        1.0,
-                        caps,
-                        false,
-                    ));
-                    all.push(softmax_kernel("softmax_sg_rows", d, None, None, out, unit, 1, true, 1.0, caps, false));
-                    for rms in [false, true] {
-                        all.push(norm_kernel(
-                            "forward_sg_rows",
-                            d,
-                            Some(d),
-                            Some(d),
-                            None,
-                            out,
-                            unit,
-                            1,
-                            rms,
-                            caps,
-                            None,
-                        ));
-                    }
-                }
+                all.extend(row_kernels(d, caps, unit, out));
+                all.extend(prologue_kernels(d, caps, unit, out, sg));
+                all.extend(odd_row_kernels(d, caps, unit, sg));
+                all.extend(subgroup_row_kernels(d, caps, unit, out, sg));
             }
+        }
+    }
+    all
+}
+
+/// The workgroup-row entries of every kind at every register class: softmax (forward,
+/// backward, masked, log), cross-entropy, LayerNorm/RMSNorm forward and backward, the
+/// param-gradient passes.
+fn row_kernels(d: DType, caps: Caps, unit: u32, out: DType) -> Vec<Kernel> {
+    let mut all = Vec::new();
+    for vpt in VPT_CLASSES {
+        all.push(softmax_kernel("softmax", d, None, None, out, unit, vpt, false, 1.0, caps, false));
+        all.push(softmax_kernel("softmax_backward", d, None, Some(d), out, unit, vpt, false, 1.0, caps, false));
+        all.push(norm_kernel("forward", d, Some(d), Some(d), None, out, unit, vpt, false, caps, None));
+        all.push(norm_kernel("forward", d, Some(d), None, None, out, unit, vpt, true, caps, None));
+        for rms in [false, true] {
+            all.push(norm_kernel("backward", d, Some(d), None, Some(d), out, unit, vpt, rms, caps, None));
+            if vpt <= 8 {
+                let k = norm_kernel("backward_grads", d, Some(d), None, Some(d), out, unit, vpt, rms, caps, None);
+                all.push(k);
+            }
+        }
+    }
+    all.push(softmax_kernel("softmax", d, Some(d), None, out, unit, 4, true, 1.0, caps, false));
+    all.push(softmax_kernel("cross_entropy", d, None, None, out, unit, 16, false, 0.5, caps, false));
+    all.push(norm_kernel("forward", d, None, None, None, out, unit, 2, false, caps, None));
+    for rms in [false, true] {
+        all.push(norm_kernel("param_grads", d, None, None, Some(d), out, unit, 1, rms, caps, None));
+    }
+    if unit == 2 {
+        all.push(norm_kernel("param_grads_sum", d, None, None, None, d, 2, 1, false, caps, None));
+    }
+    all
+}
+
+/// The norm forward with a fused prologue (a residual add with dropout), both row classes;
+/// units of at most 2 (norm_forward).
+fn prologue_kernels(d: DType, caps: Caps, unit: u32, out: DType, sg: bool) -> Vec<Kernel> {
+    let mut all = Vec::new();
+    if unit == 2 || (unit == 1 && d == DType::F32) {
+        let pro = crate::kernels::elementwise::fusion::sample_prologue_decls(PROLOGUE_BINDING, d);
+        all.push(norm_kernel("forward", d, Some(d), Some(d), None, out, unit, 4, false, caps, Some((&pro, true))));
+        all.push(norm_kernel("forward", d, None, None, None, out, unit, 16, true, caps, Some((&pro, false))));
+        if sg {
+            let k =
+                norm_kernel("forward_sg_rows", d, Some(d), None, None, out, unit, 1, true, caps, Some((&pro, true)));
+            all.push(k);
+        }
+    }
+    all
+}
+
+/// Odd rows of 16-bit data: pairs shifted to word boundaries, leftovers joined.
+fn odd_row_kernels(d: DType, caps: Caps, unit: u32, sg: bool) -> Vec<Kernel> {
+    let mut all = Vec::new();
+    if unit == 2 && d != DType::F32 {
+        for (entry, mask, dy, vpt, log) in [
+            ("softmax", Some(d), None, 4, false),
+            ("softmax", None, None, 16, true),
+            ("softmax_backward", None, Some(d), 2, false),
+            ("cross_entropy", None, None, 16, false),
+            ("join_edges", None, None, 1, false),
+        ] {
+            all.push(softmax_kernel(entry, d, mask, dy, d, 2, vpt, log, 0.5, caps, true));
+        }
+        if sg {
+            all.push(softmax_kernel("softmax_sg_rows", d, Some(d), None, d, 2, 1, false, 1.0, caps, true));
+        }
+    }
+    all
+}
+
+/// The subgroup-per-row entries (softmax, log-softmax, the norms' forward).
+fn subgroup_row_kernels(d: DType, caps: Caps, unit: u32, out: DType, sg: bool) -> Vec<Kernel> {
+    let mut all = Vec::new();
+    if sg {
+        all.push(softmax_kernel("softmax_sg_rows", d, Some(d), None, out, unit, 1, false, 1.0, caps, false));
+        all.push(softmax_kernel("softmax_sg_rows", d, None, None, out, unit, 1, true, 1.0, caps, false));
+        for rms in [false, true] {
+            all.push(norm_kernel("forward_sg_rows", d, Some(d), Some(d), None, out, unit, 1, rms, caps, None));
         }
     }
     all
