@@ -3,7 +3,7 @@
 //!
 //!     cargo bench --bench kernels -- [--quick] [--only NAME] [--reference torch.json] [--json out.json] [--md out.md]
 //!
-//! `--reference` takes the JSON lines that ../shared/gpu/torch_ref.py prints (one object per
+//! `--reference` takes the JSON lines that benches/torch_ref.py prints (one object per
 //! measurement: bench, size, dtype, variant, rate). Run both in the same device call: the
 //! machine is shared and absolute figures drift between calls.
 
@@ -106,12 +106,6 @@ fn sig3(x: f64) -> String {
     format!("{x:.decimals$}")
 }
 
-fn progress(done: usize, total: usize, what: &str) {
-    let width = 30;
-    let filled = done * width / total.max(1);
-    eprint!("\r[{}{}] {done}/{total} {what:<48}", "#".repeat(filled), ".".repeat(width - filled));
-}
-
 /// One benchmark job: measures and appends its rows.
 type Job = Box<dyn FnMut(&mut Vec<Row>) -> wgkernels::Result<()>>;
 
@@ -134,13 +128,17 @@ fn main() -> wgkernels::Result<()> {
     if let Some(o) = &args.only {
         jobs.retain(|(label, _)| label.contains(o.as_str()));
     }
-    let total = jobs.len();
-    for (i, (label, job)) in jobs.iter_mut().enumerate() {
-        progress(i, total, label);
+    // One bar over the jobs, with the running job's label and the elapsed and remaining time.
+    let bar = indicatif::ProgressBar::new(jobs.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template("[{elapsed_precise}] {bar:30} {pos}/{len} {msg} (eta {eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    for (label, job) in jobs.iter_mut() {
+        bar.set_message(label.clone());
         job(&mut rows)?;
+        bar.inc(1);
     }
-    progress(total, total, "done");
-    eprintln!();
+    bar.finish_with_message("done");
 
     let torch = args.reference.as_deref().map(torch_rates).unwrap_or_default();
     let torch_rate = |key: &Option<(String, String, String, String)>| {

@@ -1,4 +1,4 @@
-"""PyTorch (CUDA) figures for the benchmarks of benches/kernels.rs that ../shared/gpu/torch_ref.py
+"""PyTorch (CUDA) figures for the benchmarks of benches/kernels.rs that benches/torch_ref.py
 does not cover (GPT-2 matmul shapes, normalization backward passes, RMSNorm, cross-entropy),
 in its pattern: one JSON line per measurement. Bytes counted as in our bench: forward read +
 write of the tensor, backward read x (or y) and dy + write dx (parameter gradients not

@@ -1163,8 +1163,7 @@ const S_STRIDE: usize = 20;
 
 /// WGSL for an f16 fragment `name` (use A or B) loaded by `load` (coopLoad, coopLoadT) from
 /// `array` at `at`, row stride `stride`, the statement then indented by `indent`; the offset is
-/// bound to a name first (naga 30 fails on a coop pointer indexed by an inline expression:
-/// ../shared/gpu).
+/// bound to a name first (naga 30 fails on a coop pointer indexed by an inline expression).
 fn frag_load(name: &str, at: &str, usage: &str, load: &str, array: &str, stride: &str, indent: &str) -> String {
     format!("let {name}_at = {at};{indent}let {name} = {load}<coop_mat16x16<f16, {usage}>>(&{array}[{name}_at], {stride});{indent}")
 }
