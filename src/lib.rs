@@ -62,7 +62,35 @@ pub mod ops {
 /// build, for the portability test.
 pub mod shaders {
     pub use crate::device::{Kernel, ParamsLayout, ShaderSource, F16_PROBE};
-    pub use crate::kernels::{all_kernels, all_params, all_shaders};
+
+    /// Every WGSL file the library compiles, each once.
+    ///
+    /// ```
+    /// for s in wgkernels::shaders::all_shaders() { assert!(s.source.len() > 100, "{}", s.name); }
+    /// ```
+    pub fn all_shaders() -> Vec<&'static ShaderSource> {
+        let mut all = vec![&crate::device::F16_PROBE, &crate::optim::OPTIM];
+        all.extend(crate::kernels::shaders());
+        all
+    }
+
+    /// Every specialisation the library can build, for the portability test: each layer
+    /// and family contributes the kernels it can launch.
+    pub fn all_kernels() -> Vec<Kernel> {
+        let mut all = crate::kernels::all_kernels();
+        all.extend(crate::optim::all_kernels());
+        all.push(crate::device::f16_probe_kernel());
+        all
+    }
+
+    /// The layout of every kernel params struct, each mirrored by a WGSL struct of the same
+    /// name and fields (checked by the portability test).
+    #[doc(hidden)]
+    pub fn all_params() -> Vec<ParamsLayout> {
+        let mut all = crate::kernels::all_params();
+        all.extend(crate::optim::params_layouts());
+        all
+    }
 }
 
 // Re-exported so users can name the element types without depending on `half` themselves.

@@ -28,38 +28,29 @@ pub(crate) fn wgsl_load(buf: &str, dtype: DType) -> String {
     }
 }
 
-/// Every WGSL file the library compiles, each once.
-///
-/// ```
-/// for s in wgkernels::shaders::all_shaders() { assert!(s.source.len() > 100, "{}", s.name); }
-/// ```
-pub fn all_shaders() -> Vec<&'static ShaderSource> {
-    let mut all = vec![&crate::device::F16_PROBE, &crate::optim::OPTIM];
-    all.extend(contraction::shaders());
+/// Every WGSL file of the kernel families (the crate's registry, `shaders::all_shaders`,
+/// adds the device's and the optimizers').
+pub(crate) fn shaders() -> Vec<&'static ShaderSource> {
+    let mut all = contraction::shaders();
     all.extend(normalization::shaders());
     all.extend(elementwise::shaders());
     all
 }
 
-/// The layout of every kernel params struct, each mirrored by a WGSL struct of the same
-/// name and fields (checked by the portability test).
-#[doc(hidden)]
-pub fn all_params() -> Vec<crate::device::ParamsLayout> {
+/// Every kernel the families can build (see `shaders::all_kernels`).
+pub(crate) fn all_kernels() -> Vec<Kernel> {
+    let mut all = elementwise::all_kernels();
+    all.extend(normalization::all_kernels());
+    all.extend(contraction::all_kernels());
+    all
+}
+
+/// The families' params layouts (see `shaders::all_params`).
+pub(crate) fn all_params() -> Vec<crate::device::ParamsLayout> {
     let mut all = contraction::matmul::params_layouts();
     all.extend(contraction::attention::params_layouts());
     all.extend(normalization::norm::params_layouts());
     all.extend(normalization::reduce::params_layouts());
     all.extend(elementwise::transpose::params_layouts());
-    all
-}
-
-/// Every specialisation the library can build, for the portability test: each family
-/// contributes the kernels it can launch.
-pub fn all_kernels() -> Vec<Kernel> {
-    let mut all = elementwise::all_kernels();
-    all.extend(normalization::all_kernels());
-    all.extend(contraction::all_kernels());
-    all.extend(crate::optim::all_kernels());
-    all.push(crate::device::f16_probe_kernel());
     all
 }

@@ -40,8 +40,69 @@ const WORKGROUP_ELEMENTS: usize = 4096;
 /// on the H200 the 148 tensors in 5 dispatches of 32 ran at 3.79 TB/s against 4.01 for one
 /// 64 M tensor.
 const MAX_SLOTS: usize = 160;
+/// The control buffer: an optimizer's state on the GPU besides its moments, mirrored field
+/// for field by `struct OptimControl` in optim.wgsl (which says who writes each field).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct OptimControl {
+    steps: u32,
+    skipped: u32,
+    last_skipped: u32,
+    clip: f32,
+    grad_norm: f32,
+    partials: u32,
+    flags: u32,
+    reserved7: u32,
+    lr: f32,
+    beta1_or_momentum: f32,
+    beta2_or_dampening: f32,
+    eps: f32,
+    weight_decay: f32,
+    inv_scale: f32,
+    max_grad_norm: f32,
+    reserved15: u32,
+    bias1: f32,
+    bias2: f32,
+    reserved18: u32,
+    reserved19: u32,
+}
+
 /// Words of the control buffer.
-const CONTROL_WORDS: usize = 20;
+const CONTROL_WORDS: usize = std::mem::size_of::<OptimControl>() / 4;
+
+/// The host writes the fields from `partials` to `max_grad_norm` before each step, as one
+/// run of ten words; the others are the GPU's.
+const HOST_CONTROL_WORDS: usize = 10;
+const _: () = assert!(
+    std::mem::offset_of!(OptimControl, max_grad_norm)
+        == std::mem::offset_of!(OptimControl, partials) + 4 * (HOST_CONTROL_WORDS - 1)
+);
+
+/// The layouts of this module's params structs, for the test of their WGSL mirrors.
+pub(crate) fn params_layouts() -> Vec<crate::device::ParamsLayout> {
+    vec![crate::device::params_layout!(OptimControl {
+        steps,
+        skipped,
+        last_skipped,
+        clip,
+        grad_norm,
+        partials,
+        flags,
+        reserved7,
+        lr,
+        beta1_or_momentum,
+        beta2_or_dampening,
+        eps,
+        weight_decay,
+        inv_scale,
+        max_grad_norm,
+        reserved15,
+        bias1,
+        bias2,
+        reserved18,
+        reserved19,
+    })]
+}
 
 /// Hyperparameters of [`AdamW`]; `Default` is PyTorch's `AdamW` default.
 ///
@@ -289,13 +350,13 @@ macro_rules! impl_optimizer {
                 self.engine.state_bytes()
             }
             fn step_count(&self) -> Result<u64> {
-                Ok(self.engine.read_control()?[0] as u64)
+                Ok(self.engine.read_control()?.steps as u64)
             }
             fn skipped_steps(&self) -> Result<u64> {
-                Ok(self.engine.read_control()?[1] as u64)
+                Ok(self.engine.read_control()?.skipped as u64)
             }
             fn last_step_skipped(&self) -> Result<bool> {
-                Ok(self.engine.read_control()?[2] != 0)
+                Ok(self.engine.read_control()?.last_skipped != 0)
             }
             fn last_grad_norm(&self) -> Result<Option<f32>> {
                 self.engine.last_grad_norm()
@@ -653,21 +714,17 @@ impl Engine {
         bytes
     }
 
-    /// The control words (see shaders/optim.wgsl). Waits for the GPU.
-    fn read_control(&self) -> Result<[u32; CONTROL_WORDS]> {
+    /// The control buffer (see optim.wgsl). Waits for the GPU.
+    fn read_control(&self) -> Result<OptimControl> {
         let words: Vec<f32> = self.control.to_vec()?;
-        let mut out = [0u32; CONTROL_WORDS];
-        for (o, w) in out.iter_mut().zip(words) {
-            *o = w.to_bits();
-        }
-        Ok(out)
+        Ok(bytemuck::pod_read_unaligned(bytemuck::cast_slice(&words)))
     }
 
     fn last_grad_norm(&self) -> Result<Option<f32>> {
         if !self.norm_computed {
             return Ok(None);
         }
-        Ok(Some(f32::from_bits(self.read_control()?[4])))
+        Ok(Some(self.read_control()?.grad_norm))
     }
 
     /// Checks the step's tensors; returns the params' dtype.
@@ -841,7 +898,8 @@ impl Engine {
         flags |= if hyper.nesterov { 4 } else { 0 };
         flags |= if clip { 8 } else { 0 };
         let total_partials = layout.groups.iter().map(|g| g.workgroups).sum::<usize>();
-        let host_words: [u32; 10] = [
+        // partials, flags, reserved7, lr .. max_grad_norm (see HOST_CONTROL_WORDS).
+        let host_words: [u32; HOST_CONTROL_WORDS] = [
             if need_norm { total_partials as u32 } else { 0 },
             flags,
             0,
@@ -853,7 +911,8 @@ impl Engine {
             (1.0 / loss_scale.unwrap_or(1.0)).to_bits(),
             hyper.max_grad_norm.unwrap_or(0.0).to_bits(),
         ];
-        self.gpu.write(self.control.storage()?.buffer(), 5 * 4, bytemuck::cast_slice(&host_words))?;
+        let at = std::mem::offset_of!(OptimControl, partials) as u64;
+        self.gpu.write(self.control.storage()?.buffer(), at, bytemuck::cast_slice(&host_words))?;
         let control = self.control.storage()?.buffer();
         let partials = layout.partials.storage()?.buffer();
 

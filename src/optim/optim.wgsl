@@ -42,17 +42,37 @@ const UNITS_PER_WORKGROUP: u32 = 1024u;
 // [1] first partial index of this group (grad_sumsq).
 @group(0) @binding(0) var<storage, read> table: array<u32>;
 
-// control (words): written by finalize: [0] t (steps taken) [1] skipped steps
-//   [2] last step skipped (0/1) [3] clip factor (f32) [4] gradient norm (f32)
-// written by the host before each step: [5] partials to reduce [6] flags
-//   (1 decoupled weight decay, 2 check finite, 4 nesterov, 8 clip)
-//   [8] lr [9] beta1 / momentum [10] beta2 / dampening [11] eps [12] weight decay
-//   [13] inv_scale (1 / loss scale) [14] max grad norm
-// written by finalize (Adam): [16] 1 - beta1^t  [17] 1 - beta2^t, by the recurrence
-//   c_t = (1 - beta) + beta · c_(t-1): 1 - pow(beta2, t) in f32 loses 3 digits to
-//   cancellation at t = 1 (and lavapipe's pow is approximate), the recurrence adds only
-//   positive terms (1 - beta is exact in f32 for beta in [0.5, 1)).
-@group(0) @binding(1) var<storage, read_write> control: array<u32>;
+// control: OptimControl, mirrored by the #[repr(C)] struct of that name in optim/mod.rs.
+// Written by finalize: steps taken, skipped steps, whether the last was skipped (0/1), the
+// clip factor and the gradient norm; by the host before each step: partials to reduce,
+// flags (1 decoupled weight decay, 2 check finite, 4 nesterov, 8 clip), the hyperparameters,
+// 1 / loss scale, the max grad norm; by finalize (Adam): bias1 = 1 - beta1^t and
+// bias2 = 1 - beta2^t by the recurrence c_t = (1 - beta) + beta · c_(t-1): 1 - pow(beta2, t)
+// in f32 loses 3 digits to cancellation at t = 1 (and lavapipe's pow is approximate), the
+// recurrence adds only positive terms (1 - beta is exact in f32 for beta in [0.5, 1)).
+struct OptimControl {
+    steps: u32,
+    skipped: u32,
+    last_skipped: u32,
+    clip: f32,
+    grad_norm: f32,
+    partials: u32,
+    flags: u32,
+    reserved7: u32,
+    lr: f32,
+    beta1_or_momentum: f32,
+    beta2_or_dampening: f32,
+    eps: f32,
+    weight_decay: f32,
+    inv_scale: f32,
+    max_grad_norm: f32,
+    reserved15: u32,
+    bias1: f32,
+    bias2: f32,
+    reserved18: u32,
+    reserved19: u32,
+}
+@group(0) @binding(1) var<storage, read_write> control: OptimControl;
 
 // Flat f32 state of this group, in units (vec4 = 4 elements).
 @group(0) @binding(2) var<storage, read_write> m: array<vec4<f32>>;
@@ -75,10 +95,6 @@ fn decode(w: {{PWORD}}) -> vec4<f32> {
 
 fn encode(x: vec4<f32>) -> {{PWORD}} {
     {{ENCODE}}
-}
-
-fn ctl_f32(i: u32) -> f32 {
-    return bitcast<f32>(control[i]);
 }
 
 struct Segment {
@@ -177,7 +193,7 @@ fn grad_sumsq(
         return;
     }
     let seg = find_segment(group);
-    let inv_scale = ctl_f32(13u);
+    let inv_scale = control.inv_scale;
     var acc = 0.0;
     for (var j = 0u; j < UNITS_PER_INVOCATION; j++) {
         let local = seg.local_unit + j * WORKGROUP + lid;
@@ -197,14 +213,14 @@ fn grad_sumsq(
 // One workgroup: reduces the partials, decides skip / clip, advances the step counter.
 @compute @workgroup_size(256)
 fn finalize(@builtin(local_invocation_index) lid: u32) {
-    let count = control[5];
+    let count = control.partials;
     var acc = 0.0;
     for (var i = lid; i < count; i += WORKGROUP) {
         acc += partials[i];
     }
     let sumsq = workgroup_sum(lid, acc);
     if (lid == 0u) {
-        let flags = control[6];
+        let flags = control.flags;
         let norm = sqrt(sumsq);
         // isinf/isnan are not WGSL: a finite norm is one that equals itself and stays below
         // the largest f32 (NaN fails both comparisons).
@@ -212,19 +228,19 @@ fn finalize(@builtin(local_invocation_index) lid: u32) {
         let skip = (flags & 2u) != 0u && !finite;
         var clip = 1.0;
         if ((flags & 8u) != 0u && finite) {
-            clip = min(1.0, ctl_f32(14u) / (norm + 1e-6));
+            clip = min(1.0, control.max_grad_norm / (norm + 1e-6));
         }
-        control[2] = select(0u, 1u, skip);
-        control[3] = bitcast<u32>(clip);
-        control[4] = bitcast<u32>(norm);
+        control.last_skipped = select(0u, 1u, skip);
+        control.clip = clip;
+        control.grad_norm = norm;
         if (skip) {
-            control[1] += 1u;
+            control.skipped += 1u;
         } else {
-            control[0] += 1u;
-            let b1 = ctl_f32(9u);
-            let b2 = ctl_f32(10u);
-            control[16] = bitcast<u32>((1.0 - b1) + b1 * ctl_f32(16u));
-            control[17] = bitcast<u32>((1.0 - b2) + b2 * ctl_f32(17u));
+            control.steps += 1u;
+            let b1 = control.beta1_or_momentum;
+            let b2 = control.beta2_or_dampening;
+            control.bias1 = (1.0 - b1) + b1 * control.bias1;
+            control.bias2 = (1.0 - b2) + b2 * control.bias2;
         }
     }
 }
@@ -255,21 +271,21 @@ fn adam_step(
 ) {
     let group = group_index(wid, nwg);
     let groups = table[4u + 4u * table[0] + 3u];
-    // control[2] is the same for every invocation: the whole dispatch returns together.
-    if (group >= groups || control[2] != 0u) {
+    // control.last_skipped is the same for every invocation: the whole dispatch returns together.
+    if (group >= groups || control.last_skipped != 0u) {
         return;
     }
     let seg = find_segment(group);
-    let flags = control[6];
-    let lr = ctl_f32(8u);
-    let beta1 = ctl_f32(9u);
-    let beta2 = ctl_f32(10u);
-    let eps = ctl_f32(11u);
-    let wd = ctl_f32(12u);
-    let grad_factor = ctl_f32(13u) * ctl_f32(3u);
-    let step_size = lr / ctl_f32(16u);
+    let flags = control.flags;
+    let lr = control.lr;
+    let beta1 = control.beta1_or_momentum;
+    let beta2 = control.beta2_or_dampening;
+    let eps = control.eps;
+    let wd = control.weight_decay;
+    let grad_factor = control.inv_scale * control.clip;
+    let step_size = lr / control.bias1;
     // Not inverseSqrt: lavapipe implements it with a 12-bit estimate.
-    let inv_sqrt_bias2 = 1.0 / sqrt(ctl_f32(17u));
+    let inv_sqrt_bias2 = 1.0 / sqrt(control.bias2);
     let decoupled = (flags & 1u) != 0u;
     for (var j = 0u; j < UNITS_PER_INVOCATION; j++) {
         let local = seg.local_unit + j * WORKGROUP + lid;
@@ -310,17 +326,17 @@ fn sgd_step(
 ) {
     let group = group_index(wid, nwg);
     let groups = table[4u + 4u * table[0] + 3u];
-    if (group >= groups || control[2] != 0u) {
+    if (group >= groups || control.last_skipped != 0u) {
         return;
     }
     let seg = find_segment(group);
-    let flags = control[6];
-    let lr = ctl_f32(8u);
-    let momentum = ctl_f32(9u);
-    let dampening = ctl_f32(10u);
-    let wd = ctl_f32(12u);
-    let grad_factor = ctl_f32(13u) * ctl_f32(3u);
-    let first_step = control[0] == 1u;
+    let flags = control.flags;
+    let lr = control.lr;
+    let momentum = control.beta1_or_momentum;
+    let dampening = control.beta2_or_dampening;
+    let wd = control.weight_decay;
+    let grad_factor = control.inv_scale * control.clip;
+    let first_step = control.steps == 1u;
     let nesterov = (flags & 4u) != 0u;
     for (var j = 0u; j < UNITS_PER_INVOCATION; j++) {
         let local = seg.local_unit + j * WORKGROUP + lid;
