@@ -586,64 +586,13 @@ pub fn attention_backward(
         let zeros = |t: &Tensor| Tensor::zeros(t.gpu(), t.shape(), t.dtype());
         return Ok((zeros(q)?, zeros(k)?, zeros(v)?));
     }
-    if !flash_applies(&dims) {
-        return Err(Error::InvalidArgument {
-            op: OP,
-            msg: format!(
-                "the flash kernel takes head dims that are multiples of 8 up to {MAX_HEAD_DIM}, got {}",
-                dims.d
-            ),
-        });
-    }
-    if out.shape() != q.shape() || dout.shape() != q.shape() {
-        let bad = if out.shape() != q.shape() { out } else { dout };
-        return Err(Error::ShapeMismatch { op: OP, lhs: bad.shape().to_vec(), rhs: q.shape().to_vec() });
-    }
-    for t in [out, dout] {
-        if t.dtype() != q.dtype() {
-            return Err(Error::DTypeMismatch { op: OP, lhs: t.dtype(), rhs: q.dtype() });
-        }
-    }
+    check_backward_inputs(saved, dout, &dims)?;
     let Dims { b, h, h_kv, s_q, s_k, d } = dims;
-    if lse.shape() != [b, h, s_q] || lse.dtype() != DType::F32 {
-        return Err(Error::ShapeMismatch {
-            op: "attention_backward lse",
-            lhs: lse.shape().to_vec(),
-            rhs: vec![b, h, s_q],
-        });
-    }
     let gpu = q.gpu();
     grid_fits(OP, gpu, [s_q.div_ceil(BWD_ROWS), h, b])?;
     grid_fits(OP, gpu, [s_k.div_ceil(BWD_ROWS), h_kv, b])?;
     let dtype = q.dtype();
-    let tilings = coop_bwd_tilings_for(dtype, d, &gpu.info().limits);
-    let tiling = match opts.coop_bwd_tiling {
-        None => tilings.first().copied(),
-        Some(t) if tilings.contains(&t) => Some(t),
-        Some(t) => {
-            return Err(Error::InvalidArgument {
-                op: OP,
-                msg: format!(
-                    "tensor-core backward tiling {t:?} is not one of coop_bwd_tilings_for({dtype:?}) at head dim {d} on this adapter ({} bytes of workgroup memory, {} allowed)",
-                    t.workgroup_bytes_for(dtype, d),
-                    gpu.info().limits.max_compute_workgroup_storage_size
-                ),
-            });
-        }
-    };
-    let word = 16 / dtype.size_in_bytes();
-    let tiling = tiling.filter(|_| {
-        coop_applies(q, k, v, &dims)
-            && dout.offset().is_multiple_of(word)
-            && dout.strides()[..3].iter().all(|s| s.is_multiple_of(word))
-    });
-    let tiling = match opts.path {
-        AttentionPath::FlashCoop if tiling.is_none() => {
-            return Err(Error::InvalidArgument { op: OP, msg: coop_requirements(gpu) });
-        }
-        AttentionPath::Flash => None,
-        _ => tiling,
-    };
+    let tiling = backward_tiling(saved, dout, &dims, opts)?;
     // The FMA kernels' head-dim chunk, checked before δ is dispatched.
     let flash_chunk = match tiling {
         Some(_) => 0,
@@ -717,6 +666,85 @@ pub fn attention_backward(
         t.to_dtype(q.dtype())
     };
     Ok((finish(dq)?, finish(dk)?, finish(dv)?))
+}
+
+/// The backward's inputs beyond `check`: a head dim the flash kernels take, out and dout
+/// of q's shape and dtype, the log-sum-exp `[B, H, S_q]` f32.
+fn check_backward_inputs(saved: &AttentionSaved, dout: &Tensor, dims: &Dims) -> Result<()> {
+    const OP: &str = "attention_backward";
+    let AttentionSaved { q, out, lse, .. } = *saved;
+    let Dims { b, h, s_q, .. } = *dims;
+    if !flash_applies(dims) {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            msg: format!(
+                "the flash kernel takes head dims that are multiples of 8 up to {MAX_HEAD_DIM}, got {}",
+                dims.d
+            ),
+        });
+    }
+    if out.shape() != q.shape() || dout.shape() != q.shape() {
+        let bad = if out.shape() != q.shape() { out } else { dout };
+        return Err(Error::ShapeMismatch { op: OP, lhs: bad.shape().to_vec(), rhs: q.shape().to_vec() });
+    }
+    for t in [out, dout] {
+        if t.dtype() != q.dtype() {
+            return Err(Error::DTypeMismatch { op: OP, lhs: t.dtype(), rhs: q.dtype() });
+        }
+    }
+    if lse.shape() != [b, h, s_q] || lse.dtype() != DType::F32 {
+        return Err(Error::ShapeMismatch {
+            op: "attention_backward lse",
+            lhs: lse.shape().to_vec(),
+            rhs: vec![b, h, s_q],
+        });
+    }
+    Ok(())
+}
+
+/// The tensor-core backward's tiling for these inputs, or None for the FMA kernels: the
+/// forced one (an error if it does not fit) or the first that fits, where the adapter and
+/// every operand's 16-byte alignment allow the tensor cores and the path asks for them.
+fn backward_tiling(
+    saved: &AttentionSaved,
+    dout: &Tensor,
+    dims: &Dims,
+    opts: &AttentionOptions,
+) -> Result<Option<CoopBwdTiling>> {
+    const OP: &str = "attention_backward";
+    let AttentionSaved { q, k, v, .. } = *saved;
+    let gpu = q.gpu();
+    let d = dims.d;
+    let dtype = q.dtype();
+    let tilings = coop_bwd_tilings_for(dtype, d, &gpu.info().limits);
+    let tiling = match opts.coop_bwd_tiling {
+        None => tilings.first().copied(),
+        Some(t) if tilings.contains(&t) => Some(t),
+        Some(t) => {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                msg: format!(
+                    "tensor-core backward tiling {t:?} is not one of coop_bwd_tilings_for({dtype:?}) at head dim {d} on this adapter ({} bytes of workgroup memory, {} allowed)",
+                    t.workgroup_bytes_for(dtype, d),
+                    gpu.info().limits.max_compute_workgroup_storage_size
+                ),
+            });
+        }
+    };
+    let word = 16 / dtype.size_in_bytes();
+    let tiling = tiling.filter(|_| {
+        coop_applies(q, k, v, dims)
+            && dout.offset().is_multiple_of(word)
+            && dout.strides()[..3].iter().all(|s| s.is_multiple_of(word))
+    });
+    let tiling = match opts.path {
+        AttentionPath::FlashCoop if tiling.is_none() => {
+            return Err(Error::InvalidArgument { op: OP, msg: coop_requirements(gpu) });
+        }
+        AttentionPath::Flash => None,
+        _ => tiling,
+    };
+    Ok(tiling)
 }
 
 /// The reference composition: scores = q·kᵀ (f32) → scale, bias, causal mask → softmax →
