@@ -865,54 +865,13 @@ impl Engine {
                 return Err(invalid(op, format!("loss scale must be finite and > 0, got {s}")));
             }
         }
-        // Realise everything (pending gradients run their kernels now) and check that each
-        // dispatch's bindings are legal and every index the shader forms is in range.
-        let word_bytes = if dtype == DType::F32 { 16 } else { 8 };
-        for (i, (p, g)) in params.iter().zip(grads).enumerate() {
-            let (ps, gs) = (p.storage()?, g.storage()?);
-            for (what, t, s) in [("parameter", p, ps), ("gradient", g, gs)] {
-                // The shader reads whole units: the last one must lie inside the buffer.
-                let end_units = (t.offset() + t.numel()).div_ceil(4) as u64;
-                if end_units * word_bytes > s.buffer().size() {
-                    return Err(invalid(
-                        op,
-                        format!("{what} {i}: its last 4-element unit passes the end of its buffer"),
-                    ));
-                }
-            }
-            if params.iter().any(|q| q.shares_storage(g)) {
-                return Err(invalid(op, format!("gradient {i} shares storage with a parameter")));
-            }
-        }
+        Self::check_buffers(op, params, grads, dtype)?;
         if self.layout.is_none() {
             self.layout = Some(self.build_layout(params)?);
         }
         let layout = self.layout.as_ref().expect("built above");
 
-        let check_finite = loss_scale.is_some();
-        let clip = hyper.max_grad_norm.is_some();
-        let need_norm = check_finite || clip;
-        let mut flags = 0u32;
-        flags |= if hyper.decoupled { 1 } else { 0 };
-        flags |= if check_finite { 2 } else { 0 };
-        flags |= if hyper.nesterov { 4 } else { 0 };
-        flags |= if clip { 8 } else { 0 };
-        let total_partials = layout.groups.iter().map(|g| g.workgroups).sum::<usize>();
-        // partials, flags, reserved7, lr .. max_grad_norm (see HOST_CONTROL_WORDS).
-        let host_words: [u32; HOST_CONTROL_WORDS] = [
-            if need_norm { total_partials as u32 } else { 0 },
-            flags,
-            0,
-            hyper.lr.to_bits(),
-            hyper.a.to_bits(),
-            hyper.b.to_bits(),
-            hyper.eps.to_bits(),
-            hyper.weight_decay.to_bits(),
-            (1.0 / loss_scale.unwrap_or(1.0)).to_bits(),
-            hyper.max_grad_norm.unwrap_or(0.0).to_bits(),
-        ];
-        let at = std::mem::offset_of!(OptimControl, partials) as u64;
-        self.gpu.write(self.control.storage()?.buffer(), at, bytemuck::cast_slice(&host_words))?;
+        let need_norm = self.write_control(hyper, loss_scale, layout)?;
         let control = self.control.storage()?.buffer();
         let partials = layout.partials.storage()?.buffer();
 
@@ -988,6 +947,60 @@ impl Engine {
         }
         self.norm_computed = need_norm;
         Ok(())
+    }
+
+    /// Realises every tensor (pending gradients run their kernels now) and checks that each
+    /// dispatch's bindings are legal and every index the shader forms is in range.
+    fn check_buffers(op: &'static str, params: &[Tensor], grads: &[Tensor], dtype: DType) -> Result<()> {
+        let word_bytes = if dtype == DType::F32 { 16 } else { 8 };
+        for (i, (p, g)) in params.iter().zip(grads).enumerate() {
+            let (ps, gs) = (p.storage()?, g.storage()?);
+            for (what, t, s) in [("parameter", p, ps), ("gradient", g, gs)] {
+                // The shader reads whole units: the last one must lie inside the buffer.
+                let end_units = (t.offset() + t.numel()).div_ceil(4) as u64;
+                if end_units * word_bytes > s.buffer().size() {
+                    return Err(invalid(
+                        op,
+                        format!("{what} {i}: its last 4-element unit passes the end of its buffer"),
+                    ));
+                }
+            }
+            if params.iter().any(|q| q.shares_storage(g)) {
+                return Err(invalid(op, format!("gradient {i} shares storage with a parameter")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the host's part of the control buffer for this step (partials to reduce, flags,
+    /// hyperparameters, 1 / loss scale, max grad norm); returns whether the step computes the
+    /// gradient norm (to check finiteness or to clip).
+    fn write_control(&self, hyper: &Hyper, loss_scale: Option<f32>, layout: &Layout) -> Result<bool> {
+        let check_finite = loss_scale.is_some();
+        let clip = hyper.max_grad_norm.is_some();
+        let need_norm = check_finite || clip;
+        let mut flags = 0u32;
+        flags |= if hyper.decoupled { 1 } else { 0 };
+        flags |= if check_finite { 2 } else { 0 };
+        flags |= if hyper.nesterov { 4 } else { 0 };
+        flags |= if clip { 8 } else { 0 };
+        let total_partials = layout.groups.iter().map(|g| g.workgroups).sum::<usize>();
+        // partials, flags, reserved7, lr .. max_grad_norm (see HOST_CONTROL_WORDS).
+        let host_words: [u32; HOST_CONTROL_WORDS] = [
+            if need_norm { total_partials as u32 } else { 0 },
+            flags,
+            0,
+            hyper.lr.to_bits(),
+            hyper.a.to_bits(),
+            hyper.b.to_bits(),
+            hyper.eps.to_bits(),
+            hyper.weight_decay.to_bits(),
+            (1.0 / loss_scale.unwrap_or(1.0)).to_bits(),
+            hyper.max_grad_norm.unwrap_or(0.0).to_bits(),
+        ];
+        let at = std::mem::offset_of!(OptimControl, partials) as u64;
+        self.gpu.write(self.control.storage()?.buffer(), at, bytemuck::cast_slice(&host_words))?;
+        Ok(need_norm)
     }
 }
 
