@@ -517,7 +517,7 @@ pub fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpt
     // tests, hence an element of that view and inside its buffer; the bias index is the
     // same with the broadcast strides; out (fresh, contiguous) is written in whole words at
     // even element indices (D is a multiple of 8); lse at (b·H + h)·S_q + s < B·H·S_q;
-    // params has the 30 words read; workgroup arrays are indexed below their sizes.
+    // params is one AttentionParams; workgroup arrays are indexed below their sizes.
     let meta = gpu.params_buffer(&params);
     let mut bind: Vec<(u32, &wgpu::Buffer)> = vec![
         (0, q.storage()?.buffer()),
