@@ -1151,24 +1151,7 @@ pub fn norm_backward_with(
     let r = rows_of(op, x)?;
     let w = param(op, weight, r.n)?;
     let vpt = auto_vpt(r.n, r.unit);
-    let lanes = if r.unit == 4 { 4 } else { 2 };
-    let fits = r.n.div_ceil(r.unit as usize) <= WG * vpt as usize;
-    let per_group = match grads {
-        _ if w.is_none() => None,
-        NormGrads::Auto if fits && vpt * lanes <= 16 => Some(in_pass_rows(r.rows)),
-        NormGrads::Auto | NormGrads::Separate => None,
-        NormGrads::InPass(_) if !fits => {
-            return Err(Error::InvalidArgument {
-                op,
-                msg: format!(
-                    "rows of {} elements do not fit one pass (at most {})",
-                    r.n,
-                    WG * vpt as usize * r.unit as usize
-                ),
-            })
-        }
-        NormGrads::InPass(per) => Some(per),
-    };
+    let per_group = in_pass_rows_for(op, &r, vpt, w.is_some(), grads)?;
     let chunk_rows = per_group.map_or(ROWS_PER_CHUNK, |p| p as usize);
     let chunks = r.rows.div_ceil(chunk_rows);
     // param_grads puts the chunks on the grid's second dimension.
@@ -1221,13 +1204,74 @@ pub fn norm_backward_with(
     gpu.dispatch(&k, &bind, per_group.map_or(r.rows, |_| chunks) as u32)?;
     let dx = finish(dx, x.dtype(), x.shape())?;
     let (Some(w), Some(partials)) = (w, partials) else { return Ok(NormGradients { dx, dweight: None, dbias: None }) };
-    if per_group.is_none() {
+    let (dw, db) = param_grads(
+        op,
+        &r,
+        &w,
+        &partials,
+        &ParamGradBuffers { params: &params, dy: &dyc, stats: &stats },
+        chunks,
+        per_group.is_some(),
+        rms,
+    )?;
+    Ok(NormGradients { dx, dweight: Some(dw), dbias: db })
+}
+
+/// Rows per workgroup of the one-pass backward (dx, dw and db together), or None for the
+/// separate param_grads pass: none without a weight; Auto takes the one pass where a row
+/// fits one workgroup's registers; InPass is refused where it does not.
+fn in_pass_rows_for(op: &'static str, r: &Rows, vpt: u32, has_weight: bool, grads: NormGrads) -> Result<Option<u32>> {
+    let lanes = if r.unit == 4 { 4 } else { 2 };
+    let fits = r.n.div_ceil(r.unit as usize) <= WG * vpt as usize;
+    Ok(match grads {
+        _ if !has_weight => None,
+        NormGrads::Auto if fits && vpt * lanes <= 16 => Some(in_pass_rows(r.rows)),
+        NormGrads::Auto | NormGrads::Separate => None,
+        NormGrads::InPass(_) if !fits => {
+            return Err(Error::InvalidArgument {
+                op,
+                msg: format!(
+                    "rows of {} elements do not fit one pass (at most {})",
+                    r.n,
+                    WG * vpt as usize * r.unit as usize
+                ),
+            })
+        }
+        NormGrads::InPass(per) => Some(per),
+    })
+}
+
+/// The buffers the backward's param-gradient passes read besides x and the partials.
+struct ParamGradBuffers<'a> {
+    params: &'a wgpu::Buffer,
+    dy: &'a Tensor,
+    stats: &'a Tensor,
+}
+
+/// dw (and db for LayerNorm) from the backward's per-chunk partial sums: the separate
+/// param_grads pass first unless the one pass wrote them (`in_pass`), then one kernel sums
+/// the chunks and stores both in the weight's dtype.
+#[allow(clippy::too_many_arguments)]
+fn param_grads(
+    op: &'static str,
+    r: &Rows,
+    w: &Tensor,
+    partials: &Tensor,
+    bufs: &ParamGradBuffers,
+    chunks: usize,
+    in_pass: bool,
+    rms: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let gpu = w.gpu();
+    let (params, dyc, stats) = (bufs.params, bufs.dy, bufs.stats);
+    let dy_dtype = dyc.dtype();
+    if !in_pass {
         let k = norm_kernel(
             "param_grads",
             r.x.dtype(),
             None,
             None,
-            Some(dy.dtype()),
+            Some(dy_dtype),
             r.out_dtype,
             r.unit,
             1,
@@ -1239,7 +1283,7 @@ pub fn norm_backward_with(
             &k,
             &[
                 (0, r.x.storage()?.buffer()),
-                (2, &params),
+                (2, params),
                 (5, dyc.storage()?.buffer()),
                 (6, stats.storage()?.buffer()),
                 (7, partials.storage()?.buffer()),
@@ -1254,12 +1298,12 @@ pub fn norm_backward_with(
     // writes elements 2p, 2p + 1 < 2n of `grads` (pairs: 2n is even).
     gpu.dispatch(
         &k,
-        &[(1, grads.storage()?.buffer()), (2, &params), (7, partials.storage()?.buffer())],
+        &[(1, grads.storage()?.buffer()), (2, params), (7, partials.storage()?.buffer())],
         r.n.div_ceil(32) as u32,
     )?;
     let dw = grads.narrow(0, 0, r.n)?;
     let db = if rms { None } else { Some(grads.narrow(0, r.n, r.n)?) };
-    Ok(NormGradients { dx, dweight: Some(dw), dbias: db })
+    Ok((dw, db))
 }
 
 /// `eps` must be finite and ≥ 0 (a negative one turns rows of equal values into NaNs), as
