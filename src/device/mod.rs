@@ -58,7 +58,7 @@ static LIVE_DEVICES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicU
 
 /// The wgpu instance for `backends`, one per process and backend set, shared by every
 /// device made from it. On the H200, a process that made a fresh instance for each of its
-/// devices found no adapter at all after about 32 of them (the fusion test binary run with
+/// devices found no adapter at all after about 30 of them (the fusion test binary run with
 /// one thread), though every device had been torn down; reusing the instance keeps the
 /// driver's instance count at one.
 ///

@@ -177,10 +177,9 @@ impl Tensor {
 
     /// Allocates an uninitialised contiguous tensor (pool-backed). Every caller fills it.
     pub(crate) fn empty(gpu: &Gpu, op: &'static str, shape: &[usize], dtype: DType) -> Result<Self> {
+        // Within the binding limit: bindable_numel checked it.
         let numel = bindable_numel(gpu, op, shape, dtype)?;
-        let bytes = (numel * dtype.size_in_bytes()) as u64;
-        let limit = gpu.info().limits.max_storage_buffer_binding_size;
-        let (buffer, class) = gpu.alloc(op, bytes.min(limit))?;
+        let (buffer, class) = gpu.alloc(op, (numel * dtype.size_in_bytes()) as u64)?;
         Ok(Self {
             gpu: gpu.clone(),
             dtype,
