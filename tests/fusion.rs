@@ -1001,9 +1001,11 @@ fn a_row_broadcast_leaf_reads_one_row_repeated() {
         gpu.finish_compiles();
         let new: Vec<String> =
             gpu.compiled_kernels().iter().filter(|k| !before.contains(k)).map(|k| k.wgsl()).collect();
-        let rows_read = new.iter().any(|w| w.contains("% ew_params[7]"));
+        let rows_read = new.iter().any(|w| w.contains("% ew_params.out.dims[MAX_DIMS - 1u]"));
         assert!(rows_read, "{rows}x{n} {dtype:?}: the bias is read as a repeated row");
-        let wide = [4, 8].into_iter().find(|e| new.iter().any(|w| w.contains(&format!("({e}u * t0) % ew_params[7]"))));
+        let wide = [4, 8]
+            .into_iter()
+            .find(|e| new.iter().any(|w| w.contains(&format!("({e}u * t0) % ew_params.out.dims[MAX_DIMS - 1u]"))));
         assert_eq!(wide, unit, "{rows}x{n} {dtype:?}: elements per 16-byte unit");
     }
 }

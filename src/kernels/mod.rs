@@ -52,5 +52,6 @@ pub(crate) fn all_params() -> Vec<crate::device::ParamsLayout> {
     all.extend(normalization::norm::params_layouts());
     all.extend(normalization::reduce::params_layouts());
     all.extend(elementwise::transpose::params_layouts());
+    all.extend(elementwise::fusion::params_layouts());
     all
 }

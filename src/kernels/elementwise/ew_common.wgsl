@@ -1,20 +1,48 @@
-// Element-wise helpers shared by the generated kernels (shaders/fused.wgsl) and by matmul
-// kernels that run a fused element-wise chain in their epilogue (src/ops/matmul.rs): strided
-// leaf indexing, rounding to 16-bit dtypes, dropout. They read `ew_params`, the chain's own
-// params array (named apart from the matmul's `params`):
-//   [0] n  [1] rank  [2..8) output shape (front-padded with 1)
-//   then per leaf k at 8 + 7k: offset, strides[6]; then 4 words per dropout node.
+// Element-wise helpers shared by the generated kernels (fused.wgsl) and by the kernels
+// that run a fused element-wise chain in their epilogue (matmul) or prologue (norms):
+// the chain's params, strided leaf indexing, rounding to 16-bit dtypes, dropout. They read
+// `ew_params`, the chain's own params (named apart from the host kernel's `params`). The
+// generator declares LEAF_SLOTS, DROPOUT_SLOTS and SCALAR_SLOTS (each at least 1).
+// Host mirrors: FusedShape, LeafView, DropoutParams and ChainParams in fusion.rs.
 
 const MAX_DIMS: u32 = 6u;
 
-fn strided_index(i: u32, base: u32) -> u32 {
+// The merged output shape: n elements, rank dims, front-padded with 1 to MAX_DIMS.
+struct FusedShape {
+    n: u32,
+    rank: u32,
+    dims: array<u32, MAX_DIMS>,
+}
+
+// A leaf's view over the merged shape: offset in elements, stride per dim (0: broadcast).
+struct LeafView {
+    offset: u32,
+    strides: array<u32, MAX_DIMS>,
+}
+
+// A dropout node: seed halves, keep when hash >= keep_threshold, kept values times scale.
+struct DropoutParams {
+    seed_lo: u32,
+    seed_hi: u32,
+    keep_threshold: u32,
+    scale: f32,
+}
+
+struct FusedParams {
+    out: FusedShape,
+    leaves: array<LeafView, LEAF_SLOTS>,
+    dropouts: array<DropoutParams, DROPOUT_SLOTS>,
+    scalars: array<f32, SCALAR_SLOTS>,
+}
+
+// Leaf `leaf`'s element for output index i: offset + Σ coordinate·stride.
+fn strided_index(i: u32, leaf: u32) -> u32 {
     var rem = i;
-    var e = ew_params[base];
-    let rank = ew_params[1];
-    for (var d = 0u; d < rank; d++) {
+    var e = ew_params.leaves[leaf].offset;
+    for (var d = 0u; d < ew_params.out.rank; d++) {
         let dim = MAX_DIMS - 1u - d;
-        let size = ew_params[2u + dim];
-        e += (rem % size) * ew_params[base + 1u + dim];
+        let size = ew_params.out.dims[dim];
+        e += (rem % size) * ew_params.leaves[leaf].strides[dim];
         rem /= size;
     }
     return e;
@@ -30,8 +58,8 @@ fn round_bf16(x: f32) -> f32 {
 
 // Dropout's counter-based RNG: a 32-bit hash of (seed, linear index) — two rounds of
 // Wellons' lowbias32 mixer — so the mask is reproducible from the seed on every backend and
-// never stored. `base` indexes its 4 params words (seed lo, seed hi, keep threshold,
-// 1/(1 − p) as f32 bits). Host twin: fusion::dropout_keeps.
+// never stored. `node` indexes the node's params in `ew_params.dropouts`. Host twin:
+// fusion::dropout_keeps.
 fn mix32(x: u32) -> u32 {
     var h = x;
     h ^= h >> 16u;
@@ -42,7 +70,8 @@ fn mix32(x: u32) -> u32 {
     return h;
 }
 
-fn op_dropout(x: f32, index: u32, base: u32) -> f32 {
-    let h = mix32(mix32(index + mix32(ew_params[base])) ^ ew_params[base + 1u]);
-    return select(0.0, x * bitcast<f32>(ew_params[base + 3u]), h >= ew_params[base + 2u]);
+fn op_dropout(x: f32, index: u32, node: u32) -> f32 {
+    let d = ew_params.dropouts[node];
+    let h = mix32(mix32(index + mix32(d.seed_lo)) ^ d.seed_hi);
+    return select(0.0, x * d.scale, h >= d.keep_threshold);
 }

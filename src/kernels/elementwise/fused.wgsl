@@ -19,8 +19,9 @@
 // Several outputs: the chain's result and any intermediate that a tensor handle still holds
 // (so it is not computed again later) are stored by the same kernel.
 //
-// Runtime values (dropout seeds and thresholds, scalar constants) follow the leaves' in
-// `ew_params` from EXTRA_BASE, set per kernel.
+// `ew_params` is a FusedParams (ew_common.wgsl, prepended): the merged output shape, each
+// leaf's view, then the runtime values (dropout seeds and thresholds, scalar constants), so
+// that a new value compiles nothing.
 //
 // Placeholders, each in double braces: BINDINGS (one read-only array<u32> per leaf, then
 // the outputs and `ew_params`), LOADERS (load_k and index_k per leaf), OPS (one function per op
@@ -33,7 +34,6 @@
 override WORKGROUP: u32 = 256u;
 override UNROLL: u32 = 4u;
 
-// ew_params: see shaders/ew_common.wgsl (prepended).
 {{BINDINGS}}
 
 {{LOADERS}}
@@ -56,7 +56,7 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let n = ew_params[0];
+    let n = ew_params.out.n;
     let grid = nwg.x * nwg.y;
     for (var group = wid.x + wid.y * nwg.x; ; group += grid) {
         {{STEP}}

@@ -155,9 +155,11 @@ struct Builder {
     matmul: Option<(Arc<dyn EpilogueHost>, usize)>,
     /// The most leaves the kernel can bind.
     leaf_cap: usize,
-    /// Runtime values of the graph after the leaves' words in `ew_params` (dropout seeds
-    /// and thresholds, scalar constants), in the order the body reads them at EXTRA_BASE + k.
-    extra: Vec<u32>,
+    /// Runtime values of the graph, in `ew_params` after the leaves' views: each dropout
+    /// node's seed and threshold (`ew_params.dropouts[k]`) and each scalar constant
+    /// (`ew_params.scalars[k]`), so that a new seed or value compiles nothing.
+    dropouts: Vec<DropoutParams>,
+    scalars: Vec<f32>,
     leaves: Vec<Tensor>,
     leaf_ids: HashMap<(usize, usize, Vec<usize>, DType), usize>,
     /// Leaves whose load the body already has.
@@ -177,7 +179,8 @@ impl Builder {
         Self {
             matmul,
             leaf_cap,
-            extra: vec![],
+            dropouts: vec![],
+            scalars: vec![],
             leaves: vec![],
             leaf_ids: HashMap::new(),
             loaded: std::collections::HashSet::new(),
@@ -245,18 +248,18 @@ impl Builder {
                 DType::BF16 => format!("round_bf16({})", args[0]),
             },
             Expr::Dropout { p, seed, .. } => {
-                // Its seed and threshold are runtime params (4 words each, after the leaves'),
-                // so a new seed every step reuses the compiled kernel.
-                let at = self.extra.len();
-                self.extra.extend(dropout_words(*p, *seed));
-                format!("op_dropout({}, linear_index(i), EXTRA_BASE + {at}u)", args[0])
+                // Its seed and threshold are runtime params, so a new seed every step reuses
+                // the compiled kernel.
+                let at = self.dropouts.len();
+                self.dropouts.push(DropoutParams::new(*p, *seed));
+                format!("op_dropout({}, linear_index(i), {at}u)", args[0])
             }
             Expr::Scalar { op, value, scalar_first, .. } => {
                 // The constant is a runtime param: another value compiles nothing.
-                let at = self.extra.len();
-                self.extra.push(value.to_bits());
+                let at = self.scalars.len();
+                self.scalars.push(*value);
                 self.op_fn(OpFn { name: op.name(), wgsl: op.wgsl(), binary: true });
-                let c = format!("bitcast<f32>(ew_params[EXTRA_BASE + {at}u])");
+                let c = format!("ew_params.scalars[{at}]");
                 if *scalar_first {
                     format!("op_{}({c}, {})", op.name(), args[0])
                 } else {
@@ -282,6 +285,20 @@ impl Builder {
     /// The WGSL of the op functions the body calls.
     fn ops_wgsl(&self) -> String {
         self.ops.iter().map(|o| o.wgsl()).collect()
+    }
+
+    /// How many runtime values of each kind the body reads.
+    fn slots(&self) -> ExtraSlots {
+        ExtraSlots { dropouts: self.dropouts.len(), scalars: self.scalars.len() }
+    }
+
+    /// The params of the graph over an output of `shape`, and each leaf's layout.
+    fn params(&self, shape: &[usize]) -> Result<(ChainParams, Vec<LeafLayout>)> {
+        let leaves: Vec<&Tensor> = self.leaves.iter().collect();
+        let (mut params, layout) = ChainParams::new("fused", shape, &leaves)?;
+        params.dropouts = self.dropouts.clone();
+        params.scalars = self.scalars.clone();
+        Ok((params, layout))
     }
 }
 
@@ -402,9 +419,7 @@ pub(crate) fn realize(root: &Tensor) -> Result<Arc<Storage>> {
     if n == 0 {
         return Ok(Tensor::empty(gpu, "fused", &shape, root.dtype())?.storage()?.clone());
     }
-    let (mut params, layout) = leaf_layout(&b, &shape)?;
-    let extra_params = b.extra.clone();
-    params.extend(extra_params);
+    let (params, layout) = b.params(&shape)?;
     if let Some((node, _)) = &b.matmul {
         return run_in_epilogue(gpu, node, &b, &layout, params, result);
     }
@@ -417,20 +432,20 @@ fn run_in_epilogue(
     node: &Arc<dyn EpilogueHost>,
     b: &Builder,
     layout: &[LeafLayout],
-    params: Vec<u32>,
+    params: ChainParams,
     result: String,
 ) -> Result<Arc<Storage>> {
     // The chain runs in the matmul's epilogue: one kernel, the matmul's store.
     let ep = FusedEpilogue {
         decls: format!(
-            "{}\n@group(0) @binding(5) var<storage, read> ew_params: array<u32>;\n{}\n{}",
+            "{}\n@group(0) @binding(5) var<storage, read> ew_params: FusedParams;\n{}\n{}",
             include_str!("ew_common.wgsl"),
-            leaf_decls(layout, 6),
+            leaf_decls(layout, b.slots(), 6),
             b.ops_wgsl()
         ),
         body: b.body.clone(),
         result: result.clone(),
-        ew_params: params,
+        ew_params: params.words(),
         leaves: b.leaves.clone(),
     };
     let out = node.run(Some(&ep))?;
@@ -446,7 +461,7 @@ fn run_fused(
     b: &Builder,
     held: Vec<Tensor>,
     layout: &[LeafLayout],
-    params: Vec<u32>,
+    params: ChainParams,
     result: String,
 ) -> Result<Arc<Storage>> {
     let gpu = root.gpu();
@@ -466,10 +481,9 @@ fn run_fused(
     }
     let mut outputs = vec![(result, root.dtype())];
     outputs.extend(extra.iter().map(|(t, name, _)| (name.clone(), t.dtype())));
-    // params[7]: the merged shape's last dim (front-padded to MAX_DIMS).
     let offsets: Vec<usize> = b.leaves.iter().map(|t| t.offset()).collect();
     let dtypes: Vec<DType> = outputs.iter().map(|o| o.1).collect();
-    let wide = wide_elements(layout, &offsets, &dtypes, n, params[7] as usize);
+    let wide = wide_elements(layout, &offsets, &dtypes, n, params.last_dim());
     let per = wide.unwrap_or_else(|| units_per_invocation(&outputs));
     // UNROLL units per invocation, WORKGROUP invocations per workgroup (GpuOptions::
     // fused_unroll, fused_workgroup, resolved per path): the grid shrinks with both, and
@@ -480,6 +494,7 @@ fn run_fused(
     // realised before (formatting the WGSL was most of a cache hit's host time).
     let key = FusedKey {
         layout: layout.to_vec(),
+        slots: b.slots(),
         ops: b.ops.clone(),
         body: b.body.clone(),
         outputs: outputs.clone(),
@@ -490,7 +505,7 @@ fn run_fused(
     let entry = match cached {
         Some(entry) => entry,
         None => {
-            let kernel = fused_kernel(&key.layout, &b.ops_wgsl(), &key.body, &key.outputs, key.wide)
+            let kernel = fused_kernel(&key.layout, key.slots, &b.ops_wgsl(), &key.body, &key.outputs, key.wide)
                 .constant("UNROLL", unroll as f64)
                 .constant("WORKGROUP", workgroup as f64);
             let entry = Arc::new(FusedEntry { kernel, pipeline: std::sync::OnceLock::new() });
@@ -500,7 +515,7 @@ fn run_fused(
         }
     };
     let full = &entry.kernel;
-    let params_buf = gpu.meta_buffer(&params);
+    let params_buf = gpu.meta_buffer(&params.words());
     let leaf_storages: Vec<&Arc<Storage>> = b.leaves.iter().map(|t| t.storage()).collect::<Result<_>>()?;
     let mut bind: Vec<(u32, &wgpu::Buffer)> =
         leaf_storages.iter().enumerate().map(|(k, s)| (k as u32, s.buffer())).collect();
@@ -534,7 +549,8 @@ fn run_fused(
             gpu.dispatch_compiled(&pipeline, full, &bind, groups)?
         }
         None if gpu.compile_in_background(full) => {
-            let kernel = fused_kernel(layout, &b.ops_wgsl(), &b.body, &outputs, None).constant("UNROLL", 1.0);
+            let kernel =
+                fused_kernel(layout, b.slots(), &b.ops_wgsl(), &b.body, &outputs, None).constant("UNROLL", 1.0);
             let groups = n.div_ceil(units_per_invocation(&outputs)).div_ceil(WORKGROUP) as u32;
             gpu.dispatch(&kernel, &bind, groups)?;
         }
@@ -562,45 +578,137 @@ pub(crate) enum Access {
 /// A leaf's storage dtype and access pattern over the output's index space.
 pub(crate) type LeafLayout = (DType, Access);
 
-/// `ew_params` of a built graph over an output of `shape` (its extra runtime words not yet
-/// appended) and each leaf's (dtype, contiguous) layout: n, rank and the merged shape, then
-/// per leaf its offset and strides over that shape.
-fn leaf_layout(b: &Builder, shape: &[usize]) -> Result<(Vec<u32>, Vec<LeafLayout>)> {
-    let mut strides: Vec<Vec<usize>> = b.leaves.iter().map(|t| t.strides().to_vec()).collect();
-    let (cshape, cstrides) = crate::kernels::elementwise::collapse(shape, &mut strides);
-    if cshape.len() > MAX_DIMS {
-        return Err(Error::InvalidArgument {
-            op: "fused",
-            msg: format!(
-                "inputs of shape {shape:?} need more than {MAX_DIMS} dims after merging; make them contiguous first"
-            ),
-        });
-    }
-    let pad = MAX_DIMS - cshape.len();
-    let mut params = vec![0u32; 8 + 7 * b.leaves.len()];
-    params[0] = shape.iter().product::<usize>() as u32;
-    params[1] = cshape.len() as u32;
-    for d in 0..MAX_DIMS {
-        params[2 + d] = if d < pad { 1 } else { cshape[d - pad] as u32 };
-    }
-    let mut layout = Vec::new();
-    for (k, leaf) in b.leaves.iter().enumerate() {
-        let base = 8 + 7 * k;
-        params[base] = leaf.offset() as u32;
-        for d in pad..MAX_DIMS {
-            params[base + 1 + d] = cstrides[k][d - pad] as u32;
+/// The merged output shape a chain's kernel runs over (WGSL `FusedShape`): `n` elements,
+/// `rank` dims after merging (see `elementwise::collapse`), the dims front-padded with 1 to
+/// MAX_DIMS.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct FusedShape {
+    pub n: u32,
+    pub rank: u32,
+    pub dims: [u32; MAX_DIMS],
+}
+
+/// One leaf's view over the merged output shape (WGSL `LeafView`): its offset in elements
+/// and its stride per merged dim (0 where broadcast), front-padded like the dims.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct LeafView {
+    pub offset: u32,
+    pub strides: [u32; MAX_DIMS],
+}
+
+/// A dropout node's runtime params (WGSL `DropoutParams`): the seed's halves, the keep
+/// threshold on the 32-bit hash (keep when hash ≥ p·2³²) and the kept values' scale
+/// 1/(1 − p).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct DropoutParams {
+    pub seed_lo: u32,
+    pub seed_hi: u32,
+    pub keep_threshold: u32,
+    pub scale: f32,
+}
+
+impl DropoutParams {
+    fn new(p: f32, seed: u64) -> Self {
+        Self {
+            seed_lo: seed as u32,
+            seed_hi: (seed >> 32) as u32,
+            keep_threshold: (p as f64 * 4294967296.0).round().min(4294967295.0) as u32,
+            scale: (1.0 / (1.0 - p as f64)) as f32,
         }
-        let rank = cshape.len();
-        let access = if cstrides[k] == contiguous_strides(&cshape) {
-            Access::Contiguous
-        } else if rank >= 2 && cstrides[k][rank - 1] == 1 && cstrides[k][..rank - 1].iter().all(|&s| s == 0) {
-            Access::Rows
-        } else {
-            Access::Strided
-        };
-        layout.push((leaf.dtype(), access));
     }
-    Ok((params, layout))
+}
+
+/// How many runtime values of each kind a chain reads: the lengths of `FusedParams`'
+/// `dropouts` and `scalars` arrays (at least one slot each: WGSL has no empty arrays).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub(crate) struct ExtraSlots {
+    pub dropouts: usize,
+    pub scalars: usize,
+}
+
+/// What a chain's kernel reads at `ew_params`: WGSL `FusedParams` (ew_common.wgsl), whose
+/// array lengths are the kernel's LEAF_SLOTS, DROPOUT_SLOTS and SCALAR_SLOTS.
+pub(crate) struct ChainParams {
+    pub shape: FusedShape,
+    pub leaves: Vec<LeafView>,
+    pub dropouts: Vec<DropoutParams>,
+    pub scalars: Vec<f32>,
+}
+
+impl ChainParams {
+    /// The params of a chain over an output of `shape` reading `leaves` (each expanded to
+    /// `shape`), with no runtime values yet, and each leaf's layout. Dims that every leaf
+    /// walks contiguously are merged first; past MAX_DIMS merged dims, an `Err` names `op`.
+    pub(crate) fn new(op: &'static str, shape: &[usize], leaves: &[&Tensor]) -> Result<(Self, Vec<LeafLayout>)> {
+        let mut strides: Vec<Vec<usize>> = leaves.iter().map(|t| t.strides().to_vec()).collect();
+        let (cshape, cstrides) = crate::kernels::elementwise::collapse(shape, &mut strides);
+        let rank = cshape.len();
+        if rank > MAX_DIMS {
+            return Err(Error::InvalidArgument {
+                op,
+                msg: format!(
+                    "inputs of shape {shape:?} need {rank} dims after merging; at most {MAX_DIMS} are supported (call contiguous() first)"
+                ),
+            });
+        }
+        let pad = MAX_DIMS - rank;
+        let mut out = FusedShape { n: shape.iter().product::<usize>() as u32, rank: rank as u32, dims: [1; MAX_DIMS] };
+        for d in pad..MAX_DIMS {
+            out.dims[d] = cshape[d - pad] as u32;
+        }
+        let mut views = Vec::new();
+        let mut layout = Vec::new();
+        for (leaf, cstrides) in leaves.iter().zip(&cstrides) {
+            let mut view = LeafView { offset: leaf.offset() as u32, strides: [0; MAX_DIMS] };
+            for d in pad..MAX_DIMS {
+                view.strides[d] = cstrides[d - pad] as u32;
+            }
+            views.push(view);
+            let access = if *cstrides == contiguous_strides(&cshape) {
+                Access::Contiguous
+            } else if rank >= 2 && cstrides[rank - 1] == 1 && cstrides[..rank - 1].iter().all(|&s| s == 0) {
+                Access::Rows
+            } else {
+                Access::Strided
+            };
+            layout.push((leaf.dtype(), access));
+        }
+        Ok((Self { shape: out, leaves: views, dropouts: vec![], scalars: vec![] }, layout))
+    }
+
+    /// The last merged dim: the row length a [`Access::Rows`] leaf repeats.
+    pub(crate) fn last_dim(&self) -> usize {
+        self.shape.dims[MAX_DIMS - 1] as usize
+    }
+
+    /// The bytes of `FusedParams`, as words: every array padded to at least one slot.
+    pub(crate) fn words(&self) -> Vec<u32> {
+        fn at_least_one<T: bytemuck::Pod + Default>(v: &[T]) -> Vec<T> {
+            if v.is_empty() {
+                vec![T::default()]
+            } else {
+                v.to_vec()
+            }
+        }
+        let mut words: Vec<u32> = bytemuck::cast_slice(&[self.shape]).to_vec();
+        words.extend_from_slice(bytemuck::cast_slice(&at_least_one(&self.leaves)));
+        words.extend_from_slice(bytemuck::cast_slice(&at_least_one(&self.dropouts)));
+        words.extend_from_slice(bytemuck::cast_slice(&at_least_one(&self.scalars)));
+        words
+    }
+}
+
+/// The host structs mirrored in ew_common.wgsl, for the portability test.
+pub(crate) fn params_layouts() -> Vec<crate::device::ParamsLayout> {
+    use crate::device::params_layout;
+    vec![
+        params_layout!(FusedShape { n, rank, dims }),
+        params_layout!(LeafView { offset, strides }),
+        params_layout!(DropoutParams { seed_lo, seed_hi, keep_threshold, scale }),
+    ]
 }
 
 /// An element-wise chain run in the prologue of a row-wise kernel (LayerNorm, RMSNorm): the
@@ -651,16 +759,15 @@ pub(crate) fn prologue(x: &Tensor, first_binding: usize, leaf_cap: usize, keep: 
     let mut b = Builder::new(None, leaf_cap.min(max_leaves(gpu, MAX_EXTRA_OUTPUTS)));
     // Too many inputs, or a pending matmul inside: no prologue.
     let Ok(result) = b.visit(x) else { return Ok(None) };
-    let (mut params, layout) = leaf_layout(&b, x.shape())?;
-    params.extend(&b.extra);
+    let (params, layout) = b.params(x.shape())?;
     let rounded = match x.dtype() {
         DType::F32 => result,
         DType::F16 => format!("round_f16({result})"),
         DType::BF16 => format!("round_bf16({result})"),
     };
-    let decls = prologue_decls(first_binding, &layout, &b.ops_wgsl(), &b.body, &rounded);
+    let decls = prologue_decls(first_binding, &layout, b.slots(), &b.ops_wgsl(), &b.body, &rounded);
     let held = if keep { Some(Tensor::empty(gpu, "fused", x.shape(), x.dtype())?.storage()?.clone()) } else { None };
-    Ok(Some(FusedPrologue { decls, ew_params: params, leaves: b.leaves, held }))
+    Ok(Some(FusedPrologue { decls, ew_params: params.words(), leaves: b.leaves, held }))
 }
 
 /// The WGSL of a [`FusedPrologue`]: bindings from `first_binding` (held, ew_params, leaves),
@@ -668,17 +775,18 @@ pub(crate) fn prologue(x: &Tensor, first_binding: usize, leaf_cap: usize, keep: 
 pub(crate) fn prologue_decls(
     first_binding: usize,
     leaves: &[LeafLayout],
+    slots: ExtraSlots,
     ops: &str,
     body: &str,
     result: &str,
 ) -> String {
     format!(
         "@group(0) @binding({first_binding}) var<storage, read_write> held: array<u32>;\n\
-         @group(0) @binding({}) var<storage, read> ew_params: array<u32>;\n{}\n{}\n{ops}\n\
+         @group(0) @binding({}) var<storage, read> ew_params: FusedParams;\n{}\n{}\n{ops}\n\
          fn chain_value(i: u32) -> f32 {{\n    {body}return {result};\n}}\n",
         first_binding + 1,
         include_str!("ew_common.wgsl"),
-        leaf_decls(leaves, first_binding + 2),
+        leaf_decls(leaves, slots, first_binding + 2),
     )
 }
 
@@ -687,13 +795,14 @@ pub(crate) fn prologue_decls(
 pub(crate) fn sample_prologue_decls(first_binding: usize, dtype: DType) -> String {
     let ops = format!("fn op_add(x: f32, y: f32) -> f32 {{\n    return {};\n}}\n", BinaryOp::Add.wgsl());
     let body = "let l0 = load_0(index_0(i));\n    let l1 = load_1(index_1(i));\n    \
-                let n0 = op_add(l0, op_dropout(l1, linear_index(i), EXTRA_BASE));\n    ";
+                let n0 = op_add(l0, op_dropout(l1, linear_index(i), 0u));\n    ";
     let result = match dtype {
         DType::F32 => "n0",
         DType::F16 => "round_f16(n0)",
         DType::BF16 => "round_bf16(n0)",
     };
-    prologue_decls(first_binding, &[(DType::F32, Access::Contiguous), (dtype, Access::Strided)], &ops, body, result)
+    let leaves = [(DType::F32, Access::Contiguous), (dtype, Access::Strided)];
+    prologue_decls(first_binding, &leaves, ExtraSlots { dropouts: 1, scalars: 0 }, &ops, body, result)
 }
 
 /// The generated kernel: leaves of (dtype, contiguous) layouts, op functions, a body that
@@ -706,22 +815,23 @@ pub(crate) fn sample_prologue_decls(first_binding: usize, dtype: DType) -> Strin
 /// multiples of 4 and the views are contiguous.
 pub(crate) fn fused_kernel(
     leaves: &[LeafLayout],
+    slots: ExtraSlots,
     ops: &str,
     body: &str,
     outputs: &[(String, DType)],
     wide: Option<Wide>,
 ) -> Kernel {
     if let Some(wide) = wide {
-        return fused_kernel_wide(leaves, ops, body, outputs, wide);
+        return fused_kernel_wide(leaves, slots, ops, body, outputs, wide);
     }
     let mut bindings = String::new();
-    let loaders = leaf_decls(leaves, 0);
+    let loaders = leaf_decls(leaves, slots, 0);
     let nl = leaves.len();
     for k in 0..outputs.len() {
         bindings.push_str(&format!("@group(0) @binding({}) var<storage, read_write> out{k}: array<u32>;\n", nl + k));
     }
     bindings
-        .push_str(&format!("@group(0) @binding({}) var<storage, read> ew_params: array<u32>;\n", nl + outputs.len()));
+        .push_str(&format!("@group(0) @binding({}) var<storage, read> ew_params: FusedParams;\n", nl + outputs.len()));
     let fields: Vec<String> = (0..outputs.len()).map(|k| format!("o{k}: f32,")).collect();
     let names: Vec<&str> = outputs.iter().map(|(n, _)| n.as_str()).collect();
     let per = units_per_invocation(outputs);
@@ -759,22 +869,28 @@ pub(crate) fn fused_kernel(
         .trusted()
 }
 
+/// The lengths of `FusedParams`' arrays (ew_common.wgsl) for `leaves` leaves and `slots`.
+fn slot_consts(leaves: usize, slots: ExtraSlots) -> String {
+    format!(
+        "const LEAF_SLOTS: u32 = {}u;\nconst DROPOUT_SLOTS: u32 = {}u;\nconst SCALAR_SLOTS: u32 = {}u;\n\n",
+        leaves.max(1),
+        slots.dropouts.max(1),
+        slots.scalars.max(1)
+    )
+}
+
 /// The scalar variant's leaf bindings (from `first_binding`) and loaders `load_k(e)`,
-/// `index_k(i)` (see [`Access`]), with `linear_index` and the dropout params' base (they
-/// follow the leaves' in `ew_params`, see Expr::Dropout).
-fn leaf_decls(leaves: &[LeafLayout], first_binding: usize) -> String {
-    let mut s = format!(
-        "const EXTRA_BASE: u32 = {}u;\n\nfn linear_index(i: u32) -> u32 {{\n    return i;\n}}\n\n",
-        8 + 7 * leaves.len()
-    );
+/// `index_k(i)` (see [`Access`]), with `linear_index` and the lengths of `FusedParams`'
+/// arrays.
+fn leaf_decls(leaves: &[LeafLayout], slots: ExtraSlots, first_binding: usize) -> String {
+    let mut s = slot_consts(leaves.len(), slots);
+    s.push_str("fn linear_index(i: u32) -> u32 {\n    return i;\n}\n\n");
     for (k, &(dtype, access)) in leaves.iter().enumerate() {
-        let base = 8 + 7 * k;
         s.push_str(&format!("@group(0) @binding({}) var<storage, read> leaf{k}: array<u32>;\n\n", first_binding + k));
-        // ew_params[7] is the last dim of the merged shape (front-padded to MAX_DIMS).
         let index = match access {
-            Access::Contiguous => format!("return ew_params[{base}] + i;"),
-            Access::Rows => format!("return ew_params[{base}] + i % ew_params[7];"),
-            Access::Strided => format!("return strided_index(i, {base}u);"),
+            Access::Contiguous => format!("return ew_params.leaves[{k}].offset + i;"),
+            Access::Rows => format!("return ew_params.leaves[{k}].offset + i % ew_params.out.dims[MAX_DIMS - 1u];"),
+            Access::Strided => format!("return strided_index(i, {k}u);"),
         };
         s.push_str(&format!(
             "fn load_{k}(e: u32) -> f32 {{\n    {}\n}}\n\nfn index_{k}(i: u32) -> u32 {{\n    {index}\n}}\n\n",
@@ -858,6 +974,7 @@ pub(crate) fn wide_elements(
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct FusedKey {
     layout: Vec<LeafLayout>,
+    slots: ExtraSlots,
     ops: Vec<OpFn>,
     body: String,
     outputs: Vec<(String, DType)>,
@@ -924,15 +1041,22 @@ pub(crate) struct Wide {
 /// on the H200, loads first at 4261–4293 (4 units). A unit past the end loads the last
 /// unit instead (in range) and is not stored. `index_k` returns the lane, `load_k` reads
 /// it from the registers.
-fn fused_kernel_wide(layout: &[LeafLayout], ops: &str, body: &str, outputs: &[(String, DType)], wide: Wide) -> Kernel {
+fn fused_kernel_wide(
+    layout: &[LeafLayout],
+    slots: ExtraSlots,
+    ops: &str,
+    body: &str,
+    outputs: &[(String, DType)],
+    wide: Wide,
+) -> Kernel {
     let (e, units) = (wide.elements, wide.units);
     let leaves = layout.len();
     let mut bindings = String::new();
     // `i` is the lane (0..e) of unit `unit`: the linear index is e·unit + i.
-    let mut loaders = format!(
-        "const EXTRA_BASE: u32 = {}u;\n\nvar<private> unit: u32;\n\nfn linear_index(i: u32) -> u32 {{\n    return {e}u * unit + i;\n}}\n\n",
-        8 + 7 * leaves
-    );
+    let mut loaders = slot_consts(leaves, slots);
+    loaders.push_str(&format!(
+        "var<private> unit: u32;\n\nfn linear_index(i: u32) -> u32 {{\n    return {e}u * unit + i;\n}}\n\n"
+    ));
     let mut step = format!(
         "let units = n / {e}u;\n        let t0 = group * {units}u * WORKGROUP + lid;\n        if (t0 >= units) {{\n            return;\n        }}\n        "
     );
@@ -948,18 +1072,17 @@ fn fused_kernel_wide(layout: &[LeafLayout], ops: &str, body: &str, outputs: &[(S
             "var<private> lanes_{k}: {lanes_type};\n\nfn load_{k}(lane: u32) -> f32 {{\n    return lanes_{k}[lane];\n}}\n\n\
              fn index_{k}(lane: u32) -> u32 {{\n    return lane;\n}}\n\n"
         ));
-        // ew_params[8 + 7k] is the leaf's offset in elements, a whole number of words; a
-        // repeated row's unit starts at (e·t mod N), also a whole number of words.
+        // The leaf's offset in elements is a whole number of words; a repeated row's unit
+        // starts at (e·t mod N), also a whole number of words.
         let per_word = 16 / dtype.size_in_bytes();
-        let o = 8 + 7 * k;
+        let o = format!("ew_params.leaves[{k}].offset");
         for u in 0..units {
             for w in 0..words(dtype) {
                 let word = match access {
-                    Access::Rows => format!("(ew_params[{o}] + ({e}u * t{u}) % ew_params[7]) / {per_word}u + {w}u"),
-                    _ => format!(
-                        "ew_params[{o}] / {per_word}u + {}t{u} + {w}u",
-                        if words(dtype) == 2 { "2u * " } else { "" }
-                    ),
+                    Access::Rows => {
+                        format!("({o} + ({e}u * t{u}) % ew_params.out.dims[MAX_DIMS - 1u]) / {per_word}u + {w}u")
+                    }
+                    _ => format!("{o} / {per_word}u + {}t{u} + {w}u", if words(dtype) == 2 { "2u * " } else { "" }),
                 };
                 step.push_str(&format!("let word_{k}_{u}_{w} = leaf{k}[{word}];\n        "));
             }
@@ -972,7 +1095,7 @@ fn fused_kernel_wide(layout: &[LeafLayout], ops: &str, body: &str, outputs: &[(S
         ));
     }
     bindings.push_str(&format!(
-        "@group(0) @binding({}) var<storage, read> ew_params: array<u32>;\n",
+        "@group(0) @binding({}) var<storage, read> ew_params: FusedParams;\n",
         leaves + outputs.len()
     ));
     const XYZW: [&str; 4] = ["x", "y", "z", "w"];
@@ -1090,15 +1213,21 @@ pub(crate) fn sample_kernels() -> Vec<Kernel> {
             let body = "let l0 = load_0(index_0(i));\n    let l1 = load_1(index_1(i));\n    let l2 = load_2(index_2(i));\n    \
                         let n0 = op_gelu_tanh(op_add(op_mul(l0, l1), l2));\n    let n1 = round_f16(n0);\n    let n2 = round_bf16(n1);\n    \
                         let n3 = op_add(op_mul(n2, l2), l0);\n    ";
-            all.push(fused_kernel(&leaves, &every_op, body, &[("n3".into(), out)], None));
+            let slots = ExtraSlots::default();
+            all.push(fused_kernel(&leaves, slots, &every_op, body, &[("n3".into(), out)], None));
             // Two outputs: the result and a held intermediate of another dtype.
-            all.push(fused_kernel(&leaves, &every_op, body, &[("n3".into(), out), ("n0".into(), a)], None));
+            let outputs = [("n3".into(), out), ("n0".into(), a)];
+            all.push(fused_kernel(&leaves, slots, &every_op, body, &outputs, None));
         }
     }
-    let body = "let l0 = load_0(index_0(i));\n    let l1 = load_1(index_1(i));\n    let n0 = op_gelu_tanh(op_mul(l0, l1));\n    ";
+    // A scalar constant and dropout: the runtime values after the leaves' views.
+    let body = "let l0 = load_0(index_0(i));\n    let l1 = load_1(index_1(i));\n    \
+                let n0 = op_dropout(op_gelu_tanh(op_mul(op_mul(l0, ew_params.scalars[1]), l1)), linear_index(i), 0u);\n    ";
+    let slots = ExtraSlots { dropouts: 1, scalars: 2 };
     let leaves = [(DType::F32, Access::Contiguous), (DType::F32, Access::Rows)];
     all.push(fused_kernel(
         &leaves,
+        slots,
         &every_op,
         body,
         &[("n0".into(), DType::F32)],
@@ -1106,6 +1235,7 @@ pub(crate) fn sample_kernels() -> Vec<Kernel> {
     ));
     all.push(fused_kernel(
         &leaves,
+        slots,
         &every_op,
         body,
         &[("n0".into(), DType::F32), ("l1".into(), DType::F32)],
@@ -1117,7 +1247,7 @@ pub(crate) fn sample_kernels() -> Vec<Kernel> {
         for (units, access) in [(1, Access::Contiguous), (2, Access::Rows)] {
             let leaves = [(d, Access::Contiguous), (DType::F32, access)];
             let outputs = [("n0".into(), d), ("l1".into(), DType::F32)];
-            all.push(fused_kernel(&leaves, &every_op, body, &outputs, Some(Wide { elements: 8, units })));
+            all.push(fused_kernel(&leaves, slots, &every_op, body, &outputs, Some(Wide { elements: 8, units })));
         }
     }
     all
@@ -1131,13 +1261,13 @@ pub(crate) fn sample_epilogue() -> FusedEpilogue {
     let leaves = [(DType::F32, Access::Rows), (DType::BF16, Access::Contiguous)];
     FusedEpilogue {
         decls: format!(
-            "{}\n@group(0) @binding(5) var<storage, read> ew_params: array<u32>;\n{}\n{}",
+            "{}\n@group(0) @binding(5) var<storage, read> ew_params: FusedParams;\n{}\n{}",
             include_str!("ew_common.wgsl"),
-            leaf_decls(&leaves, 6),
+            leaf_decls(&leaves, ExtraSlots { dropouts: 1, scalars: 0 }, 6),
             every_op
         ),
         body: "let l0 = load_0(index_0(i));\n    let l1 = load_1(index_1(i));\n    \
-               let n0 = op_add(op_gelu_tanh(op_add(mm, l0)), l1);\n    let n1 = op_dropout(n0, linear_index(i), EXTRA_BASE);\n    "
+               let n0 = op_add(op_gelu_tanh(op_add(mm, l0)), l1);\n    let n1 = op_dropout(n0, linear_index(i), 0u);\n    "
             .into(),
         result: "n1".into(),
         ew_params: vec![],
@@ -1181,13 +1311,6 @@ pub(crate) fn lazy_zip(op: BinaryOp, a: Tensor, b: Tensor, dtype: DType) -> Resu
     Ok(Tensor::pending(&gpu, &shape, dtype, Expr::Zip(op, a, b), d))
 }
 
-/// The params words of a dropout node: seed (low, high), the keep threshold on the 32-bit
-/// hash (keep when hash ≥ p·2³²), and 1/(1 − p) as f32 bits.
-fn dropout_words(p: f32, seed: u64) -> [u32; 4] {
-    let threshold = (p as f64 * 4294967296.0).round().min(4294967295.0) as u32;
-    [seed as u32, (seed >> 32) as u32, threshold, ((1.0 / (1.0 - p as f64)) as f32).to_bits()]
-}
-
 /// The mask the kernels compute, on the host (tests and references): whether element
 /// `index` survives dropout with probability `p` and `seed`. Bit-exact with the shaders'
 /// `dropout_hash` in shaders/fused.wgsl.
@@ -1206,8 +1329,8 @@ pub fn dropout_keeps(p: f32, seed: u64, index: u32) -> bool {
         h ^= h >> 16;
         h
     }
-    let [lo, hi, threshold, _] = dropout_words(p, seed);
-    mix32(mix32(index.wrapping_add(mix32(lo))) ^ hi) >= threshold
+    let d = DropoutParams::new(p, seed);
+    mix32(mix32(index.wrapping_add(mix32(d.seed_lo))) ^ d.seed_hi) >= d.keep_threshold
 }
 
 /// A pending matmul (its node validated, its launch deferred).

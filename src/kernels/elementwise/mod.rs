@@ -21,11 +21,9 @@ pub use fusion::dropout_keeps;
 
 use crate::device::Kernel;
 use crate::error::{Error, Result};
-use crate::tensor::{contiguous_strides, Tensor};
+use crate::tensor::Tensor;
 use crate::DType;
 
-/// Dims the kernel indexes; more are collapsed on the host where the layout allows.
-const MAX_DIMS: usize = 6;
 const WORKGROUP: usize = 256;
 /// Output units per invocation (`UNROLL` in the shader).
 const UNROLL: usize = 4;
@@ -337,7 +335,7 @@ pub fn broadcast_shapes(op: &'static str, a: &[usize], b: &[usize]) -> Result<Ve
 }
 
 /// Merges adjacent dims that every operand walks contiguously, and drops size-1 dims, so
-/// that most layouts fit `MAX_DIMS` and the index math does fewer divisions.
+/// that most layouts fit the kernels' MAX_DIMS (see fusion::ChainParams) and the index math does fewer divisions.
 pub(crate) fn collapse(shape: &[usize], strides: &mut [Vec<usize>]) -> (Vec<usize>, Vec<Vec<usize>>) {
     let mut out_shape: Vec<usize> = Vec::new();
     let mut out_strides: Vec<Vec<usize>> = vec![Vec::new(); strides.len()];
@@ -378,7 +376,7 @@ fn kernel(a: (DType, bool), b: Option<(DType, bool)>, op: &str, out: DType, wide
         None => (vec![a], format!("let x = load_0(index_0(i));\n    let r = {op};\n    ")),
     };
     let wide = wide.map(|elements| fusion::Wide { elements, units: UNROLL });
-    fusion::fused_kernel(&leaves, "", &body, &[("r".into(), out)], wide)
+    fusion::fused_kernel(&leaves, fusion::ExtraSlots::default(), "", &body, &[("r".into(), out)], wide)
 }
 
 /// This class's WGSL files.
@@ -424,7 +422,8 @@ pub fn all_kernels() -> Vec<Kernel> {
 /// `out_shape`, so for each output index `i < n` the element index the shader computes is
 /// one of the view's elements; its word (`e` or `e >> 1`) is inside the buffer. The output
 /// word of unit `t` is written only when `t·per < n`, and the buffer holds
-/// ceil(n / per) words. `meta` has exactly the 8 + 7·inputs words the shader reads.
+/// ceil(n / per) words. The params hold every array element the shader reads (one view per
+/// input).
 fn launch(
     op: &'static str,
     inputs: &[&Tensor],
@@ -438,29 +437,10 @@ fn launch(
     if n == 0 {
         return Ok(out);
     }
-    let mut strides: Vec<Vec<usize>> = inputs.iter().map(|t| t.strides().to_vec()).collect();
-    let (shape, strides) = collapse(out_shape, &mut strides);
-    if shape.len() > MAX_DIMS {
-        return Err(Error::InvalidArgument {
-            op,
-            msg: format!("layout of shape {out_shape:?} needs {} dims after merging; at most {MAX_DIMS} are supported (call contiguous() first)", shape.len()),
-        });
-    }
-    let contiguous: Vec<bool> = strides.iter().map(|s| *s == contiguous_strides(&shape)).collect();
-    let mut meta = vec![0u32; 8 + 7 * inputs.len()];
-    meta[0] = n as u32;
-    meta[1] = shape.len() as u32;
-    let pad = MAX_DIMS - shape.len();
-    for d in 0..MAX_DIMS {
-        meta[2 + d] = if d < pad { 1 } else { shape[d - pad] as u32 };
-    }
-    for (k, t) in inputs.iter().enumerate() {
-        let base = 8 + 7 * k;
-        meta[base] = t.offset() as u32;
-        for d in pad..MAX_DIMS {
-            meta[base + 1 + d] = strides[k][d - pad] as u32;
-        }
-    }
+    let (params, layout) = fusion::ChainParams::new(op, out_shape, inputs)?;
+    // The one-op kernels index a leaf contiguously or by its strides (a repeated row, which
+    // the fusion JIT reads by one remainder, takes the strided path here).
+    let contiguous: Vec<bool> = layout.iter().map(|l| l.1 == fusion::Access::Contiguous).collect();
     let a = (inputs[0].dtype(), contiguous[0]);
     let b = inputs.get(1).map(|t| (t.dtype(), contiguous[1]));
     // Whole 16-byte units (4 f32 elements, 8 where a dtype is 16-bit) where every operand is
@@ -473,7 +453,7 @@ fn launch(
     let offsets: Vec<usize> = inputs.iter().map(|t| t.offset()).collect();
     let wide = fusion::wide_elements(&layout, &offsets, &[out_dtype], n, 0);
     let k = kernel(a, b, wgsl_op, out_dtype, wide);
-    let meta_buf = gpu.meta_buffer(&meta);
+    let meta_buf = gpu.meta_buffer(&params.words());
     let per = match wide {
         Some(elements) => elements,
         None if out_dtype == DType::F32 => 1,
