@@ -3,6 +3,10 @@
 //!
 //!     cargo bench --bench kernels -- [--quick] [--only NAME] [--reference torch.json] [--json out.json] [--md out.md]
 //!
+//! Experiment flags (extra rows, for tiling and grid studies; see [`USAGE`]): `--grads`,
+//! `--chain-mib`, `--fused-grids`, `--attn-seqs`, `--no-attn-backward`, `--attn-paths`,
+//! `--attn-tilings`, `--attn-flash-tilings`, `--attn-bwd-tilings`.
+//!
 //! `--reference` takes the JSON lines that benches/torch_ref.py prints (one object per
 //! measurement: bench, size, dtype, variant, rate). Run both in the same device call: the
 //! machine is shared and absolute figures drift between calls.
@@ -28,25 +32,85 @@ struct Row {
     torch_key: Option<(String, String, String, String)>,
 }
 
+const USAGE: &str = "usage: cargo bench --bench kernels -- [flags]
+  --quick                  small sizes, 3 repetitions
+  --only NAME              jobs whose label contains NAME (copy, matmul, gpt2, attention f16, ...)
+  --reference FILE         PyTorch's JSON lines (benches/torch_ref.py) to compare with
+  --json FILE, --md FILE   write the rows
+  --grads LIST             norm backward dw/db variants besides the default: separate or rows per workgroup, comma-separated
+  --chain-mib N            fused chain size in Mi elements (default 64)
+  --fused-grids LIST       extra grids for the fused chain: unroll,workgroup,groups;...
+  --attn-seqs LIST         attention sequence lengths (default 512,2048,8192)
+  --no-attn-backward       attention forward rows only
+  --attn-paths tc|flash    one attention path only
+  --attn-tilings LIST      tensor-core forward tilings: all, or CoopTiling::parse items joined by ;
+  --attn-flash-tilings L   FMA-unit flash tilings: all, or rows,cols;...
+  --attn-bwd-tilings LIST  tensor-core backward tilings: all, or CoopBwdTiling::parse items joined by ;";
+
+/// The bench's flags: what to run and where to write, and the experiment knobs.
+#[derive(Clone, Default)]
 struct Args {
     quick: bool,
     reference: Option<String>,
     json: Option<String>,
     md: Option<String>,
     only: Option<String>,
+    grads: Option<String>,
+    chain_mib: Option<usize>,
+    fused_grids: Option<String>,
+    attn_seqs: Option<Vec<usize>>,
+    attn_backward: bool,
+    attn_paths: Option<String>,
+    attn_tilings: Option<String>,
+    attn_flash_tilings: Option<String>,
+    attn_bwd_tilings: Option<String>,
 }
 
+/// Parses the flags; an unknown flag or a missing or bad value exits with the usage.
 fn args() -> Args {
-    let mut a = Args { quick: false, reference: None, json: None, md: None, only: None };
+    let mut a = Args { attn_backward: true, ..Default::default() };
     let mut it = std::env::args().skip(1);
+    let fail = |msg: String| -> ! {
+        eprintln!("{msg}\n{USAGE}");
+        std::process::exit(2)
+    };
     while let Some(x) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| fail(format!("{x} needs a value")));
         match x.as_str() {
             "--quick" => a.quick = true,
-            "--reference" => a.reference = it.next(),
-            "--json" => a.json = it.next(),
-            "--md" => a.md = it.next(),
-            "--only" => a.only = it.next(),
-            _ => {} // cargo bench passes --bench
+            "--reference" => a.reference = Some(value()),
+            "--json" => a.json = Some(value()),
+            "--md" => a.md = Some(value()),
+            "--only" => a.only = Some(value()),
+            "--grads" => a.grads = Some(value()),
+            "--chain-mib" => {
+                let v = value();
+                a.chain_mib = Some(v.parse().unwrap_or_else(|_| fail(format!("--chain-mib {v}: a whole number"))));
+            }
+            "--fused-grids" => a.fused_grids = Some(value()),
+            "--attn-seqs" => {
+                let v = value();
+                let seqs: Option<Vec<usize>> = v.split(',').map(|x| x.trim().parse().ok()).collect();
+                a.attn_seqs = Some(seqs.unwrap_or_else(|| fail(format!("--attn-seqs {v}: comma-separated lengths"))));
+            }
+            "--no-attn-backward" => a.attn_backward = false,
+            "--attn-paths" => {
+                let v = value();
+                if v != "tc" && v != "flash" {
+                    fail(format!("--attn-paths {v}: tc or flash"));
+                }
+                a.attn_paths = Some(v);
+            }
+            "--attn-tilings" => a.attn_tilings = Some(value()),
+            "--attn-flash-tilings" => a.attn_flash_tilings = Some(value()),
+            "--attn-bwd-tilings" => a.attn_bwd_tilings = Some(value()),
+            // cargo bench passes --bench to every bench target.
+            "--bench" => {}
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0)
+            }
+            other => fail(format!("unknown flag {other}")),
         }
     }
     a
@@ -63,11 +127,11 @@ fn torch_rates(path: &str) -> Vec<(String, String, String, String, f64)> {
         .collect()
 }
 
-/// The norm backward's ways to dw/db to time: the default, then those WGK_BENCH_GRADS names
+/// The norm backward's ways to dw/db to time: the default, then those `--grads` names
 /// ("separate", or rows per workgroup of the one pass), each with its row label.
-fn norm_grads_variants() -> wgkernels::Result<Vec<(NormGrads, String)>> {
+fn norm_grads_variants(grads: Option<&str>) -> wgkernels::Result<Vec<(NormGrads, String)>> {
     let mut v = vec![(NormGrads::Auto, "dx + dw, db (auto)".to_string())];
-    for item in std::env::var("WGK_BENCH_GRADS").unwrap_or_default().split(',').filter(|s| !s.is_empty()) {
+    for item in grads.unwrap_or_default().split(',').filter(|s| !s.is_empty()) {
         v.push(match item.trim() {
             "separate" => (NormGrads::Separate, "dx, then dw, db re-reading x, dy".to_string()),
             rows => match rows.parse::<u32>() {
@@ -75,7 +139,7 @@ fn norm_grads_variants() -> wgkernels::Result<Vec<(NormGrads, String)>> {
                 Err(_) => {
                     return Err(wgkernels::Error::InvalidArgument {
                         op: "bench",
-                        msg: format!("WGK_BENCH_GRADS item {rows:?}: \"separate\" or a row count"),
+                        msg: format!("--grads item {rows:?}: \"separate\" or a row count"),
                     })
                 }
             },
@@ -121,7 +185,7 @@ fn main() -> wgkernels::Result<()> {
     let mut jobs: Vec<(String, Job)> = Vec::new();
 
     for add in [copy_jobs, matmul_jobs, decode_jobs, normalization_jobs, fusion_jobs, optimizer_jobs, attention_jobs] {
-        add(&mut jobs, &gpu, quick, reps);
+        add(&mut jobs, &gpu, &args, reps);
     }
 
     // `--only` picks jobs by label: "copy", "matmul", "matmul 4096", "gpt2", "normalizations f16", ...
@@ -196,7 +260,8 @@ fn main() -> wgkernels::Result<()> {
 }
 
 /// Copy bandwidth: the roofline of every memory-bound kernel.
-fn copy_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, quick: bool, reps: usize) {
+fn copy_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, args: &Args, reps: usize) {
+    let quick = args.quick;
     for n in if quick { vec![1usize << 20] } else { vec![1usize << 26, 1 << 28] } {
         let gpu = gpu.clone();
         jobs.push((
@@ -239,7 +304,8 @@ fn copy_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, quick: bool, reps: usize)
 }
 
 /// Square matmuls in f32 and f16 (every candidate at 4096), GPT-2 small's MLP shapes.
-fn matmul_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, quick: bool, reps: usize) {
+fn matmul_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, args: &Args, reps: usize) {
+    let quick = args.quick;
     let sizes: Vec<usize> = if quick { vec![128, 256] } else { vec![1024, 2048, 4096, 8192] };
     for dtype in [DType::F32, DType::F16] {
         for &n in &sizes {
@@ -333,7 +399,8 @@ fn matmul_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, quick: bool, reps: usiz
 /// head, B stored [k, n] or as a Linear weight W [n, k] read through its transpose. Bytes
 /// of A, B and C counted: reading B is the work. --quick: a 4096-token vocabulary (software
 /// devices bind at most 128 MiB).
-fn decode_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, quick: bool, reps: usize) {
+fn decode_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, args: &Args, reps: usize) {
+    let quick = args.quick;
     let vocab = if quick { 4096 } else { 50257 };
     for dtype in [DType::F32, DType::F16] {
         let gpu = gpu.clone();
@@ -373,10 +440,12 @@ fn decode_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, quick: bool, reps: usiz
 }
 
 /// Softmax, LayerNorm, RMSNorm and cross-entropy, forward and backward.
-fn normalization_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, quick: bool, reps: usize) {
+fn normalization_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, args: &Args, reps: usize) {
+    let quick = args.quick;
     for dtype in [DType::F32, DType::F16] {
         let esize = dtype.size_in_bytes() as f64;
         let gpu = gpu.clone();
+        let grads_flag = args.grads.clone();
         jobs.push((
             format!("normalizations {}", dtype.name()),
             Box::new(move |rows: &mut Vec<Row>| {
@@ -424,7 +493,7 @@ fn normalization_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, quick: bool, rep
                 push("layernorm", size.clone(), t, bytes, "registers, shifted sums");
                 // The default, then any other ways to dw/db named in WGK_BENCH_GRADS
                 // ("separate" or rows per workgroup of the one pass, comma-separated).
-                let grads = norm_grads_variants()?;
+                let grads = norm_grads_variants(grads_flag.as_deref())?;
                 for &(path, ref label) in &grads {
                     let t = measure(&gpu, 2, reps, || {
                         norm_backward_with("layer_norm_backward", &x, Some(&w), &dy, 1e-5, false, path)
@@ -456,11 +525,13 @@ fn normalization_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, quick: bool, rep
 
 /// The fusion benchmark: gelu(x·a + b)·c + x, fused (one generated kernel) and unfused (one
 /// kernel per op), 5 tensors of n f32 moved in the fused count (4 read, 1 written).
-fn fusion_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, quick: bool, reps: usize) {
+fn fusion_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, args: &Args, reps: usize) {
+    let quick = args.quick;
     {
-        // WGK_CHAIN_MIB: another size, in Mi elements (a fixed cost per dispatch weighs less
+        // --chain-mib: another size, in Mi elements (a fixed cost per dispatch weighs less
         // on a longer run).
-        let mib: usize = std::env::var("WGK_CHAIN_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
+        let mib: usize = args.chain_mib.unwrap_or(64);
+        let fused_grids = args.fused_grids.clone().unwrap_or_default();
         let n: usize = if quick { 1 << 20 } else { mib << 20 };
         let gpu = gpu.clone();
         jobs.push((
@@ -496,14 +567,14 @@ fn fusion_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, quick: bool, reps: usiz
                     });
                 }
                 gpu.set_fusion(was);
-                // Other grids for the fused chain, each on a device of its own (WGK_FUSED_GRIDS:
+                // Other grids for the fused chain, each on a device of its own (--fused-grids
                 // "unroll,workgroup,groups;…", see GpuOptions::fused_unroll and the rest).
-                for grid in std::env::var("WGK_FUSED_GRIDS").unwrap_or_default().split(';').filter(|g| !g.is_empty()) {
+                for grid in fused_grids.split(';').filter(|g| !g.is_empty()) {
                     let v: Vec<u32> = grid.split(',').filter_map(|x| x.trim().parse().ok()).collect();
                     let [unroll, workgroup, groups] = v[..] else {
                         return Err(wgkernels::Error::InvalidArgument {
                             op: "bench",
-                            msg: format!("WGK_FUSED_GRIDS item {grid:?}: unroll,workgroup,groups"),
+                            msg: format!("--fused-grids item {grid:?}: unroll,workgroup,groups"),
                         });
                     };
                     let opts = wgkernels::GpuOptions {
@@ -701,7 +772,8 @@ fn fusion_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, quick: bool, reps: usiz
 /// parameter: read p, g, m, v and write p, m, v = 7·4 = 28; with a loss scale (the norm
 /// reduction reads g once more) 32; bf16 params with f32 master weights: p 2+2, g 2,
 /// master, m, v 8 each = 30.
-fn optimizer_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, quick: bool, reps: usize) {
+fn optimizer_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, args: &Args, reps: usize) {
+    let quick = args.quick;
     {
         let gpu = gpu.clone();
         // --quick (software devices bind at most 128 MiB): GPT-2 small's shapes with a 1024-token vocabulary.
@@ -818,9 +890,11 @@ fn optimizer_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, quick: bool, reps: u
 /// the extra memory one call allocated beyond its inputs (peak − before): flash keeps a
 /// log-sum-exp per row, naive an S×S score and probability matrix per head; at S = 8192 the
 /// naive scores (4·16·8192² f32 = 16 GiB) exceed a storage binding and it cannot run.
-fn attention_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, quick: bool, reps: usize) {
+fn attention_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, args: &Args, reps: usize) {
+    let quick = args.quick;
     for dtype in [DType::F16, DType::F32, DType::BF16] {
         let gpu = gpu.clone();
+        let knobs = args.clone();
         jobs.push((
             format!("attention {}", dtype.name()),
             Box::new(move |rows: &mut Vec<Row>| {
@@ -830,17 +904,17 @@ fn attention_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, quick: bool, reps: u
                     FlashTiling,
                 };
                 let (b, h) = (4usize, 16usize);
-                // WGK_ATTN_SEQS=2048,8192 picks sequence lengths; WGK_ATTN_BACKWARD=0 skips the
+                // --attn-seqs 2048,8192 picks sequence lengths; --no-attn-backward skips the
                 // backward rows (both to spend less device time on a forward-only change);
-                // WGK_ATTN_TILINGS=all times every tensor-core tiling (or a list such as
+                // --attn-tilings all times every tensor-core tiling (or a list such as
                 // "4,2,32,2;8,1,32,1": CoopTiling::parse), the default's row first;
-                // WGK_ATTN_BWD_TILINGS likewise for the tensor-core backward ("4,64,16,1;…").
-                let seqs: Vec<usize> = match std::env::var("WGK_ATTN_SEQS") {
-                    Ok(v) => v.split(',').filter_map(|x| x.trim().parse().ok()).collect(),
-                    Err(_) if quick => vec![128],
-                    Err(_) => vec![512, 2048, 8192],
+                // --attn-bwd-tilings likewise for the tensor-core backward ("4,64,16,1;…").
+                let seqs: Vec<usize> = match &knobs.attn_seqs {
+                    Some(v) => v.clone(),
+                    None if quick => vec![128],
+                    None => vec![512, 2048, 8192],
                 };
-                let backward = std::env::var("WGK_ATTN_BACKWARD").map_or(true, |v| v != "0");
+                let backward = knobs.attn_backward;
                 for &s in &seqs {
                     for d in [64usize, 128] {
                         let size = format!("{b}x{h}x{s}x{d}");
@@ -861,30 +935,30 @@ fn attention_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, quick: bool, reps: u
                             // Every dtype also on tensor cores (f32 split into f16 parts, bf16
                             // scaled into f16; "cannot run" where the adapter lacks them).
                             let paths = [AttentionPath::FlashCoop, AttentionPath::Flash, AttentionPath::Naive];
-                            // WGK_ATTN_PATHS=tc (or flash): the tensor-core (or FMA-unit flash) path
+                            // --attn-paths tc (or flash): the tensor-core (or FMA-unit flash) path
                             // alone, for tiling experiments.
-                            let only_path = match std::env::var("WGK_ATTN_PATHS").as_deref() {
-                                Ok("tc") => Some(AttentionPath::FlashCoop),
-                                Ok("flash") => Some(AttentionPath::Flash),
+                            let only_path = match knobs.attn_paths.as_deref() {
+                                Some("tc") => Some(AttentionPath::FlashCoop),
+                                Some("flash") => Some(AttentionPath::Flash),
                                 _ => None,
                             };
                             let limits = gpu.info().limits.clone();
-                            let tilings: Vec<Option<CoopTiling>> = match std::env::var("WGK_ATTN_TILINGS").as_deref() {
-                                Ok("all") => std::iter::once(None)
+                            let tilings: Vec<Option<CoopTiling>> = match knobs.attn_tilings.as_deref() {
+                                Some("all") => std::iter::once(None)
                                     .chain(coop_tilings_for(dtype, d, &limits).into_iter().map(Some))
                                     .collect(),
-                                Ok(list) => list.split(';').filter_map(CoopTiling::parse).map(Some).collect(),
-                                Err(_) => vec![None],
+                                Some(list) => list.split(';').filter_map(CoopTiling::parse).map(Some).collect(),
+                                None => vec![None],
                             };
-                            // WGK_ATTN_FLASH_TILINGS=all: every FMA-unit flash tiling (or "8,32;4,16").
-                            let flash_tilings_run: Vec<Option<FlashTiling>> =
-                                match std::env::var("WGK_ATTN_FLASH_TILINGS").as_deref() {
-                                    Ok("all") => std::iter::once(None)
-                                        .chain(flash_tilings(d, &limits).into_iter().map(Some))
-                                        .collect(),
-                                    Ok(list) => list.split(';').filter_map(FlashTiling::parse).map(Some).collect(),
-                                    Err(_) => vec![None],
-                                };
+                            // --attn-flash-tilings all: every FMA-unit flash tiling (or "8,32;4,16").
+                            let flash_tilings_run: Vec<Option<FlashTiling>> = match knobs.attn_flash_tilings.as_deref()
+                            {
+                                Some("all") => std::iter::once(None)
+                                    .chain(flash_tilings(d, &limits).into_iter().map(Some))
+                                    .collect(),
+                                Some(list) => list.split(';').filter_map(FlashTiling::parse).map(Some).collect(),
+                                None => vec![None],
+                            };
                             let runs = paths
                                 .iter()
                                 .filter(|&&p| only_path.is_none_or(|only| p == only))
@@ -962,25 +1036,25 @@ fn attention_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, quick: bool, reps: u
                             .is_ok();
                             let path = if coop { AttentionPath::FlashCoop } else { AttentionPath::Flash };
                             // The FMA-unit backward takes the flash tiling's head-dim chunk: one
-                            // row per distinct chunk under WGK_ATTN_FLASH_TILINGS.
-                            let bwd_tilings: Vec<(Option<CoopBwdTiling>, Option<FlashTiling>)> =
-                                match std::env::var("WGK_ATTN_BWD_TILINGS").as_deref() {
-                                    Ok("all") if coop => std::iter::once(None)
-                                        .chain(coop_bwd_tilings_for(dtype, d, &limits).into_iter().map(Some))
-                                        .map(|t| (t, None))
-                                        .collect(),
-                                    Ok(list) if coop && list != "all" => list
-                                        .split(';')
-                                        .filter_map(CoopBwdTiling::parse)
-                                        .map(|t| (Some(t), None))
-                                        .collect(),
-                                    _ if !coop => flash_tilings_run
-                                        .iter()
-                                        .filter(|t| t.is_none_or(|t| t.rows == 4))
-                                        .map(|&t| (None, t))
-                                        .collect(),
-                                    _ => vec![(None, None)],
-                                };
+                            // row per distinct chunk under --attn-flash-tilings.
+                            let bwd_tilings: Vec<(Option<CoopBwdTiling>, Option<FlashTiling>)> = match knobs
+                                .attn_bwd_tilings
+                                .as_deref()
+                            {
+                                Some("all") if coop => std::iter::once(None)
+                                    .chain(coop_bwd_tilings_for(dtype, d, &limits).into_iter().map(Some))
+                                    .map(|t| (t, None))
+                                    .collect(),
+                                Some(list) if coop && list != "all" => {
+                                    list.split(';').filter_map(CoopBwdTiling::parse).map(|t| (Some(t), None)).collect()
+                                }
+                                _ if !coop => flash_tilings_run
+                                    .iter()
+                                    .filter(|t| t.is_none_or(|t| t.rows == 4))
+                                    .map(|&t| (None, t))
+                                    .collect(),
+                                _ => vec![(None, None)],
+                            };
                             for (coop_bwd_tiling, flash_tiling) in bwd_tilings {
                                 let opts = AttentionOptions {
                                     causal,
