@@ -1063,8 +1063,6 @@ fn fused_kernel_wide(
     for u in 1..units {
         step.push_str(&format!("let t{u} = min(t0 + {u}u * WORKGROUP, units - 1u);\n        "));
     }
-    // Words of a unit per leaf or output: two for f32 in 8-element units, else one.
-    let words = |d: DType| if d == DType::F32 && e == 8 { 2 } else { 1 };
     let lanes_type = if e == 4 { "vec4<f32>".to_string() } else { format!("array<f32, {e}>") };
     for (k, &(dtype, access)) in layout.iter().enumerate() {
         bindings.push_str(&format!("@group(0) @binding({k}) var<storage, read> leaf{k}: array<vec4<u32>>;\n"));
@@ -1072,21 +1070,7 @@ fn fused_kernel_wide(
             "var<private> lanes_{k}: {lanes_type};\n\nfn load_{k}(lane: u32) -> f32 {{\n    return lanes_{k}[lane];\n}}\n\n\
              fn index_{k}(lane: u32) -> u32 {{\n    return lane;\n}}\n\n"
         ));
-        // The leaf's offset in elements is a whole number of words; a repeated row's unit
-        // starts at (e·t mod N), also a whole number of words.
-        let per_word = 16 / dtype.size_in_bytes();
-        let o = format!("ew_params.leaves[{k}].offset");
-        for u in 0..units {
-            for w in 0..words(dtype) {
-                let word = match access {
-                    Access::Rows => {
-                        format!("({o} + ({e}u * t{u}) % ew_params.out.dims[MAX_DIMS - 1u]) / {per_word}u + {w}u")
-                    }
-                    _ => format!("{o} / {per_word}u + {}t{u} + {w}u", if words(dtype) == 2 { "2u * " } else { "" }),
-                };
-                step.push_str(&format!("let word_{k}_{u}_{w} = leaf{k}[{word}];\n        "));
-            }
-        }
+        step.push_str(&wide_leaf_loads(k, dtype, access, e, units));
     }
     for k in 0..outputs.len() {
         bindings.push_str(&format!(
@@ -1098,66 +1082,8 @@ fn fused_kernel_wide(
         "@group(0) @binding({}) var<storage, read> ew_params: FusedParams;\n",
         leaves + outputs.len()
     ));
-    const XYZW: [&str; 4] = ["x", "y", "z", "w"];
     for u in 0..units {
-        let mut unit = format!("unit = t{u};\n        ");
-        for (k, &(dtype, _)) in layout.iter().enumerate() {
-            let lanes: Vec<String> = match (dtype, e) {
-                (DType::F32, 4) => {
-                    unit.push_str(&format!("lanes_{k} = bitcast<vec4<f32>>(word_{k}_{u}_0);\n        "));
-                    continue;
-                }
-                (DType::F32, _) => {
-                    (0..8).map(|l| format!("bitcast<f32>(word_{k}_{u}_{}.{})", l / 4, XYZW[l % 4])).collect()
-                }
-                (DType::F16, _) => {
-                    (0..8).map(|l| format!("unpack2x16float(word_{k}_{u}_0.{})[{}]", XYZW[l / 2], l % 2)).collect()
-                }
-                (DType::BF16, _) => (0..8)
-                    .map(|l| {
-                        let half = if l % 2 == 0 { "<< 16u" } else { "& 0xffff0000u" };
-                        format!("bitcast<f32>(word_{k}_{u}_0.{} {half})", XYZW[l / 2])
-                    })
-                    .collect(),
-            };
-            unit.push_str(&format!("lanes_{k} = array<f32, 8>({});\n        ", lanes.join(", ")));
-        }
-        for l in 0..e {
-            unit.push_str(&format!("let v{l} = values({l}u);\n        "));
-        }
-        for (k, (_, dtype)) in outputs.iter().enumerate() {
-            let lane = |l: usize| format!("v{l}.o{k}");
-            match (dtype, e) {
-                (DType::F32, _) => {
-                    for w in 0..e / 4 {
-                        let index = if e == 4 { format!("t{u}") } else { format!("2u * t{u} + {w}u") };
-                        let v: Vec<String> = (4 * w..4 * w + 4).map(lane).collect();
-                        unit.push_str(&format!(
-                            "out{k}[{index}] = bitcast<vec4<u32>>(vec4<f32>({}));\n        ",
-                            v.join(", ")
-                        ));
-                    }
-                }
-                (DType::F16, _) => {
-                    let v: Vec<String> = (0..4)
-                        .map(|p| format!("pack_f16x2(vec2<f32>({}, {}))", lane(2 * p), lane(2 * p + 1)))
-                        .collect();
-                    unit.push_str(&format!("out{k}[t{u}] = vec4<u32>({});\n        ", v.join(", ")));
-                }
-                (DType::BF16, _) => {
-                    let v: Vec<String> = (0..4)
-                        .map(|p| {
-                            format!(
-                                "f32_to_bf16_bits({}) | (f32_to_bf16_bits({}) << 16u)",
-                                lane(2 * p),
-                                lane(2 * p + 1)
-                            )
-                        })
-                        .collect();
-                    unit.push_str(&format!("out{k}[t{u}] = vec4<u32>({});\n        ", v.join(", ")));
-                }
-            }
-        }
+        let unit = wide_unit(layout, outputs, e, u);
         if u == 0 {
             step.push_str(&unit);
         } else {
@@ -1178,6 +1104,88 @@ fn fused_kernel_wide(
         .sub("BODY", format!("{body}return Outs({});", names.join(", ")))
         .sub("STEP", step.trim_end().to_string())
         .trusted()
+}
+
+/// Words of a 16-byte path's unit per leaf or output: two for f32 in 8-element units, else one.
+fn words_per_unit(dtype: DType, elements: usize) -> usize {
+    if dtype == DType::F32 && elements == 8 {
+        2
+    } else {
+        1
+    }
+}
+
+/// The statements loading leaf `k`'s 16-byte words `word_k_u_w` of every unit `u` (the
+/// loads come first, see [`fused_kernel_wide`]).
+fn wide_leaf_loads(k: usize, dtype: DType, access: Access, e: usize, units: usize) -> String {
+    // The leaf's offset in elements is a whole number of words; a repeated row's unit
+    // starts at (e·t mod N), also a whole number of words.
+    let per_word = 16 / dtype.size_in_bytes();
+    let o = format!("ew_params.leaves[{k}].offset");
+    let words = words_per_unit(dtype, e);
+    let mut s = String::new();
+    for u in 0..units {
+        for w in 0..words {
+            let word = match access {
+                Access::Rows => {
+                    format!("({o} + ({e}u * t{u}) % ew_params.out.dims[MAX_DIMS - 1u]) / {per_word}u + {w}u")
+                }
+                _ => format!("{o} / {per_word}u + {}t{u} + {w}u", if words == 2 { "2u * " } else { "" }),
+            };
+            s.push_str(&format!("let word_{k}_{u}_{w} = leaf{k}[{word}];\n        "));
+        }
+    }
+    s
+}
+
+/// The statements of unit `u` on the 16-byte path: every leaf's lanes from its loaded
+/// words, the chain per lane, and each output's whole words stored.
+fn wide_unit(layout: &[LeafLayout], outputs: &[(String, DType)], e: usize, u: usize) -> String {
+    const XYZW: [&str; 4] = ["x", "y", "z", "w"];
+    let mut unit = format!("unit = t{u};\n        ");
+    for (k, &(dtype, _)) in layout.iter().enumerate() {
+        let lanes: Vec<String> = match (dtype, e) {
+            (DType::F32, 4) => {
+                unit.push_str(&format!("lanes_{k} = bitcast<vec4<f32>>(word_{k}_{u}_0);\n        "));
+                continue;
+            }
+            (DType::F32, _) => {
+                (0..8).map(|l| format!("bitcast<f32>(word_{k}_{u}_{}.{})", l / 4, XYZW[l % 4])).collect()
+            }
+            (DType::F16, _) => {
+                (0..8).map(|l| format!("unpack2x16float(word_{k}_{u}_0.{})[{}]", XYZW[l / 2], l % 2)).collect()
+            }
+            (DType::BF16, _) => (0..8)
+                .map(|l| {
+                    let half = if l % 2 == 0 { "<< 16u" } else { "& 0xffff0000u" };
+                    format!("bitcast<f32>(word_{k}_{u}_0.{} {half})", XYZW[l / 2])
+                })
+                .collect(),
+        };
+        unit.push_str(&format!("lanes_{k} = array<f32, 8>({});\n        ", lanes.join(", ")));
+    }
+    for l in 0..e {
+        unit.push_str(&format!("let v{l} = values({l}u);\n        "));
+    }
+    for (k, (_, dtype)) in outputs.iter().enumerate() {
+        let lane = |l: usize| format!("v{l}.o{k}");
+        // Two lanes per word for 16-bit outputs, packed low lane first.
+        let pair = |p: usize| match dtype {
+            DType::F16 => format!("pack_f16x2(vec2<f32>({}, {}))", lane(2 * p), lane(2 * p + 1)),
+            _ => format!("f32_to_bf16_bits({}) | (f32_to_bf16_bits({}) << 16u)", lane(2 * p), lane(2 * p + 1)),
+        };
+        if *dtype == DType::F32 {
+            for w in 0..e / 4 {
+                let index = if e == 4 { format!("t{u}") } else { format!("2u * t{u} + {w}u") };
+                let v: Vec<String> = (4 * w..4 * w + 4).map(lane).collect();
+                unit.push_str(&format!("out{k}[{index}] = bitcast<vec4<u32>>(vec4<f32>({}));\n        ", v.join(", ")));
+            }
+        } else {
+            let v: Vec<String> = (0..4).map(pair).collect();
+            unit.push_str(&format!("out{k}[t{u}] = vec4<u32>({});\n        ", v.join(", ")));
+        }
+    }
+    unit
 }
 
 /// 2 when an output is 16-bit (whole words of packed pairs), else 1.
