@@ -527,243 +527,259 @@ fn normalization_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, args: &Args, rep
 /// kernel per op), 5 tensors of n f32 moved in the fused count (4 read, 1 written).
 fn fusion_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, args: &Args, reps: usize) {
     let quick = args.quick;
+    // --chain-mib: another size, in Mi elements (a fixed cost per dispatch weighs less on a
+    // longer run).
+    let mib: usize = args.chain_mib.unwrap_or(64);
+    let fused_grids = args.fused_grids.clone().unwrap_or_default();
+    let n: usize = if quick { 1 << 20 } else { mib << 20 };
+    let gpu = gpu.clone();
+    jobs.push((
+        format!("fusion chain {n}"),
+        Box::new(move |rows: &mut Vec<Row>| {
+            chain_rows(rows, &gpu, n, reps)?;
+            grid_rows(rows, n, reps, &fused_grids)?;
+            mlp_block_rows(rows, &gpu, quick, reps)?;
+            add_layernorm_rows(rows, &gpu, quick, reps)?;
+            jit_host_rows(rows, &gpu)
+        }),
+    ));
+}
+
+/// The fused chain gelu(x·a + b)·c + x over n f32, fused and unfused; 5 tensors moved.
+fn chain_rows(rows: &mut Vec<Row>, gpu: &Gpu, n: usize, reps: usize) -> wgkernels::Result<()> {
+    let t = |seed| Tensor::randn(&gpu, &[n], DType::F32, seed);
+    let (x, a, b, c) = (t(1)?, t(2)?, t(3)?, t(4)?);
+    // Built inside a function so that no intermediate is held at realisation.
+    let chain = || x.mul(&a)?.add(&b)?.gelu_tanh()?.mul(&c)?.add(&x);
+    let bytes = 5.0 * n as f64 * 4.0;
+    let was = gpu.fusion();
+    for (fused, variant, torch_variant) in
+        [(true, "fused (1 kernel)", "torch.compile"), (false, "unfused (5 kernels)", "eager")]
     {
-        // --chain-mib: another size, in Mi elements (a fixed cost per dispatch weighs less
-        // on a longer run).
-        let mib: usize = args.chain_mib.unwrap_or(64);
-        let fused_grids = args.fused_grids.clone().unwrap_or_default();
-        let n: usize = if quick { 1 << 20 } else { mib << 20 };
-        let gpu = gpu.clone();
-        jobs.push((
-            format!("fusion chain {n}"),
-            Box::new(move |rows: &mut Vec<Row>| {
-                let t = |seed| Tensor::randn(&gpu, &[n], DType::F32, seed);
-                let (x, a, b, c) = (t(1)?, t(2)?, t(3)?, t(4)?);
-                // Built inside a function so that no intermediate is held at realisation.
-                let chain = || x.mul(&a)?.add(&b)?.gelu_tanh()?.mul(&c)?.add(&x);
-                let bytes = 5.0 * n as f64 * 4.0;
-                let was = gpu.fusion();
-                for (fused, variant, torch_variant) in
-                    [(true, "fused (1 kernel)", "torch.compile"), (false, "unfused (5 kernels)", "eager")]
-                {
-                    gpu.set_fusion(fused);
-                    let t = measure(&gpu, 2, reps, || chain().and_then(|t| t.realize().map(drop)))?;
-                    let key = Some((
-                        "elementwise_chain".to_string(),
-                        format!("{}M", n >> 20),
-                        "f32".to_string(),
-                        torch_variant.to_string(),
-                    ));
-                    rows.push(Row {
-                        bench: "elementwise_chain",
-                        size: format!("{}M", n >> 20),
-                        dtype: "f32",
-                        variant: variant.into(),
-                        ms: t.median_ms,
-                        rate: t.rate(bytes),
-                        wall_rate: bytes / (t.wall_ms * 1e-3) / 1e9,
-                        unit: "GB/s",
-                        torch_key: key,
-                    });
-                }
-                gpu.set_fusion(was);
-                // Other grids for the fused chain, each on a device of its own (--fused-grids
-                // "unroll,workgroup,groups;…", see GpuOptions::fused_unroll and the rest).
-                for grid in fused_grids.split(';').filter(|g| !g.is_empty()) {
-                    let v: Vec<u32> = grid.split(',').filter_map(|x| x.trim().parse().ok()).collect();
-                    let [unroll, workgroup, groups] = v[..] else {
-                        return Err(wgkernels::Error::InvalidArgument {
-                            op: "bench",
-                            msg: format!("--fused-grids item {grid:?}: unroll,workgroup,groups"),
-                        });
-                    };
-                    let opts = wgkernels::GpuOptions {
-                        fused_unroll: unroll,
-                        fused_workgroup: workgroup,
-                        fused_groups: groups,
-                        ..wgkernels::GpuOptions::from_env()?
-                    };
-                    let other = Gpu::with_options(opts)?;
-                    // f32 runs the 16-byte path; f16 the element path (pairs packed per word).
-                    for (dtype, name) in [(DType::F32, "f32"), (DType::F16, "f16")] {
-                        let t = |seed| Tensor::randn(&other, &[n], dtype, seed);
-                        let (x, a, b, c) = (t(1)?, t(2)?, t(3)?, t(4)?);
-                        let chain = || x.mul(&a)?.add(&b)?.gelu_tanh()?.mul(&c)?.add(&x);
-                        let t = measure(&other, 2, reps, || chain().and_then(|t| t.realize().map(drop)))?;
-                        let bytes = 5.0 * n as f64 * dtype.size_in_bytes() as f64;
-                        rows.push(Row {
-                            bench: "elementwise_chain",
-                            size: format!("{}M", n >> 20),
-                            dtype: name,
-                            variant: format!("fused, unroll {unroll} workgroup {workgroup} groups {groups}"),
-                            ms: t.median_ms,
-                            rate: t.rate(bytes),
-                            wall_rate: bytes / (t.wall_ms * 1e-3) / 1e9,
-                            unit: "GB/s",
-                            torch_key: Some((
-                                "elementwise_chain".to_string(),
-                                format!("{}M", n >> 20),
-                                name.to_string(),
-                                "torch.compile".to_string(),
-                            )),
-                        });
-                    }
-                }
-                // A transformer MLP block, y = gelu(x·W1 + b1)·W2 + b2 + x (GPT-2 small: 8192 tokens,
-                // 768 → 3072 → 768), fused (bias + GELU and bias + residual in the two matmuls'
-                // epilogues, generated by the fusion JIT: 2 kernels) against unfused (fusion
-                // off: 2 matmuls + 4 element-wise kernels). FLOPs: the two matmuls.
-                {
-                    let (tokens, d, hidden) = if quick { (256, 128, 512) } else { (8192, 768, 3072) };
-                    let r = |shape: &[usize], seed| Tensor::randn(&gpu, shape, DType::F32, seed);
-                    let (x, w1, b1, w2, b2) = (
-                        r(&[tokens, d], 11)?,
-                        r(&[d, hidden], 12)?,
-                        r(&[hidden], 13)?,
-                        r(&[hidden, d], 14)?,
-                        r(&[d], 15)?,
-                    );
-                    let block = || -> wgkernels::Result<Tensor> {
-                        let h = x.matmul(&w1)?.add(&b1)?.gelu_tanh()?;
-                        h.matmul(&w2)?.add(&b2)?.add(&x)
-                    };
-                    let flops = 4.0 * (tokens * d * hidden) as f64;
-                    for (fused, variant) in [(true, "fused: 2 kernels (epilogues)"), (false, "unfused: 6 kernels")] {
-                        gpu.set_fusion(fused);
-                        gpu.set_matmul_epilogue_fusion(fused);
-                        let t = measure(&gpu, 2, reps, || block().and_then(|t| t.realize().map(drop)))?;
-                        rows.push(Row {
-                            bench: "mlp_block",
-                            size: format!("{tokens}x{d}x{hidden}"),
-                            dtype: "f32",
-                            variant: variant.into(),
-                            ms: t.median_ms,
-                            rate: t.rate(flops),
-                            wall_rate: flops / (t.wall_ms * 1e-3) / 1e9,
-                            unit: "GFLOP/s",
-                            torch_key: None,
-                        });
-                    }
-                    gpu.set_fusion(was);
-                    gpu.set_matmul_epilogue_fusion(false);
-                }
-                // The residual add before a LayerNorm, h = x + a; y = layer_norm(h) with h kept
-                // (the residual stream is used again): fused (the add in the norm's prologue,
-                // which also stores h: 1 kernel) against unfused (fusion off: 2 kernels). Bytes:
-                // x and a read, h and y written — 4 tensors, in both rows.
-                {
-                    let (tokens, d) = if quick { (256, 1024) } else { (8192, 4096) };
-                    let r = |shape: &[usize], seed| Tensor::randn(&gpu, shape, DType::F32, seed);
-                    let (x, a, w, b) = (r(&[tokens, d], 21)?, r(&[tokens, d], 22)?, r(&[d], 23)?, r(&[d], 24)?);
-                    let bytes = 4.0 * (tokens * d) as f64 * 4.0;
-                    for (fused, variant, torch_variant) in
-                        [(true, "fused: 1 kernel (prologue)", "torch.compile"), (false, "unfused: 2 kernels", "eager")]
-                    {
-                        gpu.set_fusion(fused);
-                        let t = measure(&gpu, 2, reps, || {
-                            let h = x.add(&a)?;
-                            let y = h.layer_norm(Some(&w), Some(&b), 1e-5)?;
-                            y.realize()?;
-                            h.realize().map(drop)
-                        })?;
-                        let size = format!("{tokens}x{d}");
-                        rows.push(Row {
-                            bench: "add_layernorm",
-                            size: size.clone(),
-                            dtype: "f32",
-                            variant: variant.into(),
-                            ms: t.median_ms,
-                            rate: t.rate(bytes),
-                            wall_rate: bytes / (t.wall_ms * 1e-3) / 1e9,
-                            unit: "GB/s",
-                            torch_key: Some(("add_layernorm".into(), size, "f32".into(), torch_variant.into())),
-                        });
-                    }
-                    gpu.set_fusion(was);
-                }
-                // Host cost of the JIT: realising a chain of a structure not seen before
-                // (graph → WGSL → pipeline) and of one already compiled (cache hit), on 4096
-                // elements so the GPU work is negligible; medians over 12 structures.
-                gpu.set_fusion(true);
-                let small = |seed| Tensor::randn(&gpu, &[4096], DType::F32, seed);
-                let (x, y) = (small(5)?, small(6)?);
-                let ops: [fn(&Tensor) -> wgkernels::Result<Tensor>; 4] =
-                    [|t| t.exp(), |t| t.tanh(), |t| t.sigmoid(), |t| t.gelu()];
-                let chain = |k: usize| -> wgkernels::Result<Tensor> {
-                    // 12 distinct 6-op chains: the op order encodes k in base 4.
-                    let mut t = x.mul(&y)?;
-                    for d in 0..3 {
-                        t = ops[(k >> (2 * d)) % 4](&t)?.add(&y)?;
-                    }
-                    Ok(t)
-                };
-                // With the tiered JIT the realisation runs the quick kernel; the full one is
-                // ready when finish_compiles returns (measured from the same start).
-                let (mut compile, mut ready, mut hit) = (Vec::new(), Vec::new(), Vec::new());
-                for k in 20..32 {
-                    gpu.synchronize()?;
-                    let t0 = std::time::Instant::now();
-                    chain(k)?.realize()?;
-                    compile.push(t0.elapsed().as_secs_f64() * 1e3);
-                    gpu.finish_compiles();
-                    ready.push(t0.elapsed().as_secs_f64() * 1e3);
-                    gpu.synchronize()?;
-                    let t0 = std::time::Instant::now();
-                    chain(k)?.realize()?;
-                    hit.push(t0.elapsed().as_secs_f64() * 1e3);
-                }
-                // A training loop's view: the structure has run with these buffers before
-                // (bind groups cached), the GPU idle since the last step's read-back.
-                let mut after_wait = Vec::new();
-                for k in 20..32 {
-                    gpu.synchronize()?;
-                    let t0 = std::time::Instant::now();
-                    chain(k)?.realize()?;
-                    after_wait.push(t0.elapsed().as_secs_f64() * 1e3);
-                }
-                // A loop's view: cache hits back to back (the command encoder open, one
-                // submission per 64 dispatches included), mean over 128 per structure.
-                let mut steady = Vec::new();
-                for k in 20..32 {
-                    gpu.synchronize()?;
-                    chain(k)?.realize()?;
-                    let t0 = std::time::Instant::now();
-                    for _ in 0..128 {
-                        chain(k)?.realize()?;
-                    }
-                    steady.push(t0.elapsed().as_secs_f64() * 1e3 / 128.0);
-                }
-                gpu.set_fusion(was);
-                let mut timings = vec![("new structure: graph → WGSL → pipeline", compile)];
-                if gpu.tiered_jit() {
-                    timings = vec![
-                        ("new structure: graph → WGSL → quick kernel (tiered JIT)", timings.remove(0).1),
-                        ("new structure: until the full kernel is compiled (background)", ready),
-                    ];
-                }
-                for (variant, mut v) in timings.into_iter().chain([
-                    ("compiled kernel's first run (new bind group), after a wait", hit),
-                    ("cache hit, after a wait", after_wait),
-                    ("cache hit, in a loop", steady),
-                ]) {
-                    v.sort_by(f64::total_cmp);
-                    let ms = v[v.len() / 2];
-                    rows.push(Row {
-                        bench: "fusion_host_ms",
-                        size: "6-op chain".into(),
-                        dtype: "f32",
-                        variant: variant.into(),
-                        ms,
-                        rate: ms,
-                        wall_rate: ms,
-                        unit: "ms",
-                        torch_key: None,
-                    });
-                }
-                Ok(())
-            }),
+        gpu.set_fusion(fused);
+        let t = measure(&gpu, 2, reps, || chain().and_then(|t| t.realize().map(drop)))?;
+        let key = Some((
+            "elementwise_chain".to_string(),
+            format!("{}M", n >> 20),
+            "f32".to_string(),
+            torch_variant.to_string(),
         ));
+        rows.push(Row {
+            bench: "elementwise_chain",
+            size: format!("{}M", n >> 20),
+            dtype: "f32",
+            variant: variant.into(),
+            ms: t.median_ms,
+            rate: t.rate(bytes),
+            wall_rate: bytes / (t.wall_ms * 1e-3) / 1e9,
+            unit: "GB/s",
+            torch_key: key,
+        });
     }
+    gpu.set_fusion(was);
+    Ok(())
+}
+
+/// Other grids for the fused chain, each on a device of its own (--fused-grids
+/// "unroll,workgroup,groups;…", see GpuOptions::fused_unroll and the rest).
+fn grid_rows(rows: &mut Vec<Row>, n: usize, reps: usize, grids: &str) -> wgkernels::Result<()> {
+    for grid in grids.split(';').filter(|g| !g.is_empty()) {
+        let v: Vec<u32> = grid.split(',').filter_map(|x| x.trim().parse().ok()).collect();
+        let [unroll, workgroup, groups] = v[..] else {
+            return Err(wgkernels::Error::InvalidArgument {
+                op: "bench",
+                msg: format!("--fused-grids item {grid:?}: unroll,workgroup,groups"),
+            });
+        };
+        let opts = wgkernels::GpuOptions {
+            fused_unroll: unroll,
+            fused_workgroup: workgroup,
+            fused_groups: groups,
+            ..wgkernels::GpuOptions::from_env()?
+        };
+        let other = Gpu::with_options(opts)?;
+        // f32 runs the 16-byte path; f16 the element path (pairs packed per word).
+        for (dtype, name) in [(DType::F32, "f32"), (DType::F16, "f16")] {
+            let t = |seed| Tensor::randn(&other, &[n], dtype, seed);
+            let (x, a, b, c) = (t(1)?, t(2)?, t(3)?, t(4)?);
+            let chain = || x.mul(&a)?.add(&b)?.gelu_tanh()?.mul(&c)?.add(&x);
+            let t = measure(&other, 2, reps, || chain().and_then(|t| t.realize().map(drop)))?;
+            let bytes = 5.0 * n as f64 * dtype.size_in_bytes() as f64;
+            rows.push(Row {
+                bench: "elementwise_chain",
+                size: format!("{}M", n >> 20),
+                dtype: name,
+                variant: format!("fused, unroll {unroll} workgroup {workgroup} groups {groups}"),
+                ms: t.median_ms,
+                rate: t.rate(bytes),
+                wall_rate: bytes / (t.wall_ms * 1e-3) / 1e9,
+                unit: "GB/s",
+                torch_key: Some((
+                    "elementwise_chain".to_string(),
+                    format!("{}M", n >> 20),
+                    name.to_string(),
+                    "torch.compile".to_string(),
+                )),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A transformer MLP block, y = gelu(x·W1 + b1)·W2 + b2 + x (GPT-2 small: 8192 tokens, 768 →
+/// 3072 → 768), fused (bias + GELU and bias + residual in the two matmuls' epilogues, generated
+/// by the fusion JIT: 2 kernels) against unfused (fusion off: 2 matmuls + 4 element-wise
+/// kernels). FLOPs: the two matmuls.
+fn mlp_block_rows(rows: &mut Vec<Row>, gpu: &Gpu, quick: bool, reps: usize) -> wgkernels::Result<()> {
+    let was = gpu.fusion();
+    let (tokens, d, hidden) = if quick { (256, 128, 512) } else { (8192, 768, 3072) };
+    let r = |shape: &[usize], seed| Tensor::randn(&gpu, shape, DType::F32, seed);
+    let (x, w1, b1, w2, b2) =
+        (r(&[tokens, d], 11)?, r(&[d, hidden], 12)?, r(&[hidden], 13)?, r(&[hidden, d], 14)?, r(&[d], 15)?);
+    let block = || -> wgkernels::Result<Tensor> {
+        let h = x.matmul(&w1)?.add(&b1)?.gelu_tanh()?;
+        h.matmul(&w2)?.add(&b2)?.add(&x)
+    };
+    let flops = 4.0 * (tokens * d * hidden) as f64;
+    for (fused, variant) in [(true, "fused: 2 kernels (epilogues)"), (false, "unfused: 6 kernels")] {
+        gpu.set_fusion(fused);
+        gpu.set_matmul_epilogue_fusion(fused);
+        let t = measure(&gpu, 2, reps, || block().and_then(|t| t.realize().map(drop)))?;
+        rows.push(Row {
+            bench: "mlp_block",
+            size: format!("{tokens}x{d}x{hidden}"),
+            dtype: "f32",
+            variant: variant.into(),
+            ms: t.median_ms,
+            rate: t.rate(flops),
+            wall_rate: flops / (t.wall_ms * 1e-3) / 1e9,
+            unit: "GFLOP/s",
+            torch_key: None,
+        });
+    }
+    gpu.set_fusion(was);
+    gpu.set_matmul_epilogue_fusion(false);
+    Ok(())
+}
+
+/// The residual add before a LayerNorm, h = x + a; y = layer_norm(h) with h kept (the residual
+/// stream is used again): fused (the add in the norm's prologue, which also stores h: 1 kernel)
+/// against unfused (fusion off: 2 kernels). Bytes: x and a read, h and y written — 4 tensors,
+/// in both rows.
+fn add_layernorm_rows(rows: &mut Vec<Row>, gpu: &Gpu, quick: bool, reps: usize) -> wgkernels::Result<()> {
+    let was = gpu.fusion();
+    let (tokens, d) = if quick { (256, 1024) } else { (8192, 4096) };
+    let r = |shape: &[usize], seed| Tensor::randn(&gpu, shape, DType::F32, seed);
+    let (x, a, w, b) = (r(&[tokens, d], 21)?, r(&[tokens, d], 22)?, r(&[d], 23)?, r(&[d], 24)?);
+    let bytes = 4.0 * (tokens * d) as f64 * 4.0;
+    for (fused, variant, torch_variant) in
+        [(true, "fused: 1 kernel (prologue)", "torch.compile"), (false, "unfused: 2 kernels", "eager")]
+    {
+        gpu.set_fusion(fused);
+        let t = measure(&gpu, 2, reps, || {
+            let h = x.add(&a)?;
+            let y = h.layer_norm(Some(&w), Some(&b), 1e-5)?;
+            y.realize()?;
+            h.realize().map(drop)
+        })?;
+        let size = format!("{tokens}x{d}");
+        rows.push(Row {
+            bench: "add_layernorm",
+            size: size.clone(),
+            dtype: "f32",
+            variant: variant.into(),
+            ms: t.median_ms,
+            rate: t.rate(bytes),
+            wall_rate: bytes / (t.wall_ms * 1e-3) / 1e9,
+            unit: "GB/s",
+            torch_key: Some(("add_layernorm".into(), size, "f32".into(), torch_variant.into())),
+        });
+    }
+    gpu.set_fusion(was);
+    Ok(())
+}
+
+/// Host cost of the JIT: realising a chain of a structure not seen before (graph → WGSL →
+/// pipeline) and of one already compiled (cache hit), on 4096 elements so the GPU work is
+/// negligible; medians over 12 structures.
+fn jit_host_rows(rows: &mut Vec<Row>, gpu: &Gpu) -> wgkernels::Result<()> {
+    let was = gpu.fusion();
+    gpu.set_fusion(true);
+    let small = |seed| Tensor::randn(&gpu, &[4096], DType::F32, seed);
+    let (x, y) = (small(5)?, small(6)?);
+    let ops: [fn(&Tensor) -> wgkernels::Result<Tensor>; 4] = [|t| t.exp(), |t| t.tanh(), |t| t.sigmoid(), |t| t.gelu()];
+    let chain = |k: usize| -> wgkernels::Result<Tensor> {
+        // 12 distinct 6-op chains: the op order encodes k in base 4.
+        let mut t = x.mul(&y)?;
+        for d in 0..3 {
+            t = ops[(k >> (2 * d)) % 4](&t)?.add(&y)?;
+        }
+        Ok(t)
+    };
+    // With the tiered JIT the realisation runs the quick kernel; the full one is
+    // ready when finish_compiles returns (measured from the same start).
+    let (mut compile, mut ready, mut hit) = (Vec::new(), Vec::new(), Vec::new());
+    for k in 20..32 {
+        gpu.synchronize()?;
+        let t0 = std::time::Instant::now();
+        chain(k)?.realize()?;
+        compile.push(t0.elapsed().as_secs_f64() * 1e3);
+        gpu.finish_compiles();
+        ready.push(t0.elapsed().as_secs_f64() * 1e3);
+        gpu.synchronize()?;
+        let t0 = std::time::Instant::now();
+        chain(k)?.realize()?;
+        hit.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    // A training loop's view: the structure has run with these buffers before
+    // (bind groups cached), the GPU idle since the last step's read-back.
+    let mut after_wait = Vec::new();
+    for k in 20..32 {
+        gpu.synchronize()?;
+        let t0 = std::time::Instant::now();
+        chain(k)?.realize()?;
+        after_wait.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    // A loop's view: cache hits back to back (the command encoder open, one
+    // submission per 64 dispatches included), mean over 128 per structure.
+    let mut steady = Vec::new();
+    for k in 20..32 {
+        gpu.synchronize()?;
+        chain(k)?.realize()?;
+        let t0 = std::time::Instant::now();
+        for _ in 0..128 {
+            chain(k)?.realize()?;
+        }
+        steady.push(t0.elapsed().as_secs_f64() * 1e3 / 128.0);
+    }
+    gpu.set_fusion(was);
+    let mut timings = vec![("new structure: graph → WGSL → pipeline", compile)];
+    if gpu.tiered_jit() {
+        timings = vec![
+            ("new structure: graph → WGSL → quick kernel (tiered JIT)", timings.remove(0).1),
+            ("new structure: until the full kernel is compiled (background)", ready),
+        ];
+    }
+    for (variant, mut v) in timings.into_iter().chain([
+        ("compiled kernel's first run (new bind group), after a wait", hit),
+        ("cache hit, after a wait", after_wait),
+        ("cache hit, in a loop", steady),
+    ]) {
+        v.sort_by(f64::total_cmp);
+        let ms = v[v.len() / 2];
+        rows.push(Row {
+            bench: "fusion_host_ms",
+            size: "6-op chain".into(),
+            dtype: "f32",
+            variant: variant.into(),
+            ms,
+            rate: ms,
+            wall_rate: ms,
+            unit: "ms",
+            torch_key: None,
+        });
+    }
+    Ok(())
 }
 
 /// The optimizer benchmark: one AdamW step over 64 M f32 parameters in one tensor and
@@ -898,207 +914,30 @@ fn attention_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, args: &Args, reps: u
         jobs.push((
             format!("attention {}", dtype.name()),
             Box::new(move |rows: &mut Vec<Row>| {
-                use wgkernels::ops::attention::{
-                    attention, attention_backward, attention_forward, coop_bwd_tilings_for, coop_tilings_for,
-                    flash_tilings, AttentionOptions, AttentionPath, AttentionSaved, CoopBwdTiling, CoopTiling,
-                    FlashTiling,
-                };
                 let (b, h) = (4usize, 16usize);
                 // --attn-seqs 2048,8192 picks sequence lengths; --no-attn-backward skips the
-                // backward rows (both to spend less device time on a forward-only change);
-                // --attn-tilings all times every tensor-core tiling (or a list such as
-                // "4,2,32,2;8,1,32,1": CoopTiling::parse), the default's row first;
-                // --attn-bwd-tilings likewise for the tensor-core backward ("4,64,16,1;…").
+                // backward rows (both to spend less device time on a forward-only change).
                 let seqs: Vec<usize> = match &knobs.attn_seqs {
                     Some(v) => v.clone(),
                     None if quick => vec![128],
                     None => vec![512, 2048, 8192],
                 };
-                let backward = knobs.attn_backward;
                 for &s in &seqs {
                     for d in [64usize, 128] {
-                        let size = format!("{b}x{h}x{s}x{d}");
                         let t = |seed| Tensor::randn(&gpu, &[b, h, s, d], dtype, seed);
-                        let (q, k, v) = (t(1)?, t(2)?, t(3)?);
-                        let dout = t(4)?;
                         for causal in [false, true] {
-                            let flops = 4.0 * (b * h * s * s * d) as f64 * if causal { 0.5 } else { 1.0 };
-                            let suffix = if causal { "-causal" } else { "" };
-                            let torch_key = |bench: &str, variant: &str| {
-                                Some((
-                                    bench.to_string(),
-                                    size.clone(),
-                                    dtype.name().to_string(),
-                                    format!("{variant}{suffix}"),
-                                ))
+                            let case = AttnCase {
+                                gpu: &gpu,
+                                dtype,
+                                shape: [b, h, s, d],
+                                causal,
+                                qkv: [t(1)?, t(2)?, t(3)?],
+                                dout: t(4)?,
+                                reps,
                             };
-                            // Every dtype also on tensor cores (f32 split into f16 parts, bf16
-                            // scaled into f16; "cannot run" where the adapter lacks them).
-                            let paths = [AttentionPath::FlashCoop, AttentionPath::Flash, AttentionPath::Naive];
-                            // --attn-paths tc (or flash): the tensor-core (or FMA-unit flash) path
-                            // alone, for tiling experiments.
-                            let only_path = match knobs.attn_paths.as_deref() {
-                                Some("tc") => Some(AttentionPath::FlashCoop),
-                                Some("flash") => Some(AttentionPath::Flash),
-                                _ => None,
-                            };
-                            let limits = gpu.info().limits.clone();
-                            let tilings: Vec<Option<CoopTiling>> = match knobs.attn_tilings.as_deref() {
-                                Some("all") => std::iter::once(None)
-                                    .chain(coop_tilings_for(dtype, d, &limits).into_iter().map(Some))
-                                    .collect(),
-                                Some(list) => list.split(';').filter_map(CoopTiling::parse).map(Some).collect(),
-                                None => vec![None],
-                            };
-                            // --attn-flash-tilings all: every FMA-unit flash tiling (or "8,32;4,16").
-                            let flash_tilings_run: Vec<Option<FlashTiling>> = match knobs.attn_flash_tilings.as_deref()
-                            {
-                                Some("all") => std::iter::once(None)
-                                    .chain(flash_tilings(d, &limits).into_iter().map(Some))
-                                    .collect(),
-                                Some(list) => list.split(';').filter_map(FlashTiling::parse).map(Some).collect(),
-                                None => vec![None],
-                            };
-                            let runs = paths
-                                .iter()
-                                .filter(|&&p| only_path.is_none_or(|only| p == only))
-                                .flat_map(|&p| {
-                                    let ts: Vec<(Option<CoopTiling>, Option<FlashTiling>)> = match p {
-                                        AttentionPath::FlashCoop => tilings.iter().map(|&t| (t, None)).collect(),
-                                        AttentionPath::Flash => flash_tilings_run.iter().map(|&t| (None, t)).collect(),
-                                        _ => vec![(None, None)],
-                                    };
-                                    ts.into_iter().map(move |(t, f)| (p, t, f))
-                                })
-                                .collect::<Vec<_>>();
-                            for (path, coop_tiling, flash_tiling) in runs {
-                                let opts =
-                                    AttentionOptions { causal, path, coop_tiling, flash_tiling, ..Default::default() };
-                                gpu.synchronize()?;
-                                let before = gpu.memory().live_bytes;
-                                gpu.reset_peak();
-                                let once = attention(&q, &k, &v, &opts).and_then(|o| o.realize().map(drop));
-                                gpu.synchronize()?;
-                                let extra = gpu.memory().peak_live_bytes.saturating_sub(before);
-                                let name = match (path, coop_tiling, flash_tiling) {
-                                    (AttentionPath::FlashCoop, Some(t), _) => format!("flash-tc[{}]", t.label()),
-                                    (AttentionPath::FlashCoop, None, _) => "flash-tc".to_string(),
-                                    (AttentionPath::Flash, _, Some(t)) => format!("flash[{}]", t.label()),
-                                    (AttentionPath::Flash, _, None) => "flash".to_string(),
-                                    _ => "naive".to_string(),
-                                };
-                                if let Err(e) = once {
-                                    eprintln!("\n{name} {size} {dtype:?} causal={causal}: cannot run: {e}");
-                                    rows.push(Row {
-                                        bench: "attention",
-                                        size: size.clone(),
-                                        dtype: dtype.name(),
-                                        variant: format!(
-                                            "{name}{suffix}: cannot run ({})",
-                                            e.to_string().chars().take(60).collect::<String>()
-                                        ),
-                                        ms: f64::NAN,
-                                        rate: f64::NAN,
-                                        wall_rate: f64::NAN,
-                                        unit: "GFLOP/s",
-                                        torch_key: None,
-                                    });
-                                    continue;
-                                }
-                                let tm = measure(&gpu, 1, reps, || {
-                                    attention(&q, &k, &v, &opts).and_then(|o| o.realize().map(drop))
-                                })?;
-                                rows.push(Row {
-                                    bench: "attention",
-                                    size: size.clone(),
-                                    dtype: dtype.name(),
-                                    variant: format!("{name}{suffix}, +{} MiB", extra >> 20),
-                                    ms: tm.median_ms,
-                                    rate: tm.rate(flops),
-                                    wall_rate: flops / (tm.wall_ms * 1e-3) / 1e9,
-                                    unit: "GFLOP/s",
-                                    torch_key: torch_key(
-                                        "attention",
-                                        if path == AttentionPath::Naive { "naive" } else { "sdpa" },
-                                    ),
-                                });
-                            }
-                            if !backward {
-                                continue;
-                            }
-                            // The tensor-core backward where the adapter has it.
-                            let coop = attention_forward(
-                                &q,
-                                &k,
-                                &v,
-                                &AttentionOptions { path: AttentionPath::FlashCoop, ..Default::default() },
-                            )
-                            .is_ok();
-                            let path = if coop { AttentionPath::FlashCoop } else { AttentionPath::Flash };
-                            // The FMA-unit backward takes the flash tiling's head-dim chunk: one
-                            // row per distinct chunk under --attn-flash-tilings.
-                            let bwd_tilings: Vec<(Option<CoopBwdTiling>, Option<FlashTiling>)> = match knobs
-                                .attn_bwd_tilings
-                                .as_deref()
-                            {
-                                Some("all") if coop => std::iter::once(None)
-                                    .chain(coop_bwd_tilings_for(dtype, d, &limits).into_iter().map(Some))
-                                    .map(|t| (t, None))
-                                    .collect(),
-                                Some(list) if coop && list != "all" => {
-                                    list.split(';').filter_map(CoopBwdTiling::parse).map(|t| (Some(t), None)).collect()
-                                }
-                                _ if !coop => flash_tilings_run
-                                    .iter()
-                                    .filter(|t| t.is_none_or(|t| t.rows == 4))
-                                    .map(|&t| (None, t))
-                                    .collect(),
-                                _ => vec![(None, None)],
-                            };
-                            for (coop_bwd_tiling, flash_tiling) in bwd_tilings {
-                                let opts = AttentionOptions {
-                                    causal,
-                                    path,
-                                    coop_bwd_tiling,
-                                    flash_tiling,
-                                    ..Default::default()
-                                };
-                                let (o, lse) = attention_forward(&q, &k, &v, &opts)?;
-                                let name = match (coop_bwd_tiling, flash_tiling) {
-                                    (Some(t), _) => format!("flash-tc[{}]", t.label()),
-                                    (None, _) if coop => "flash-tc".to_string(),
-                                    (None, Some(t)) => format!("flash[{}]", t.label()),
-                                    (None, None) => "flash".to_string(),
-                                };
-                                let tm = measure(&gpu, 1, reps, || {
-                                    let (dq, dk, dv) = attention_backward(
-                                        &AttentionSaved { q: &q, k: &k, v: &v, out: &o, lse: &lse },
-                                        &dout,
-                                        &opts,
-                                    )?;
-                                    for x in [dq, dk, dv] {
-                                        x.realize()?;
-                                    }
-                                    Ok(())
-                                });
-                                let tm = match tm {
-                                    Ok(tm) => tm,
-                                    Err(e) => {
-                                        eprintln!("\n{name} backward {size} causal={causal}: cannot run: {e}");
-                                        continue;
-                                    }
-                                };
-                                rows.push(Row {
-                                    bench: "attention_backward",
-                                    size: size.clone(),
-                                    dtype: dtype.name(),
-                                    variant: format!("{name}{suffix}"),
-                                    ms: tm.median_ms,
-                                    rate: tm.rate(2.5 * flops),
-                                    wall_rate: 2.5 * flops / (tm.wall_ms * 1e-3) / 1e9,
-                                    unit: "GFLOP/s",
-                                    torch_key: torch_key("attention_backward", "sdpa"),
-                                });
+                            let flash_tilings_run = attention_forward_rows(rows, &case, &knobs)?;
+                            if knobs.attn_backward {
+                                attention_backward_rows(rows, &case, &knobs, &flash_tilings_run)?;
                             }
                         }
                     }
@@ -1107,4 +946,205 @@ fn attention_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, args: &Args, reps: u
             }),
         ));
     }
+}
+
+/// One attention bench problem: q, k, v (and the backward's dout) of `shape` [B, H, S, D].
+struct AttnCase<'a> {
+    gpu: &'a Gpu,
+    dtype: DType,
+    shape: [usize; 4],
+    causal: bool,
+    qkv: [Tensor; 3],
+    dout: Tensor,
+    reps: usize,
+}
+
+impl AttnCase<'_> {
+    fn size(&self) -> String {
+        let [b, h, s, d] = self.shape;
+        format!("{b}x{h}x{s}x{d}")
+    }
+
+    /// 4·B·H·S²·D, halved when causal.
+    fn flops(&self) -> f64 {
+        let [b, h, s, d] = self.shape;
+        4.0 * (b * h * s * s * d) as f64 * if self.causal { 0.5 } else { 1.0 }
+    }
+
+    fn suffix(&self) -> &'static str {
+        if self.causal {
+            "-causal"
+        } else {
+            ""
+        }
+    }
+
+    /// PyTorch's row to compare with.
+    fn torch_key(&self, bench: &str, variant: &str) -> Option<(String, String, String, String)> {
+        Some((bench.to_string(), self.size(), self.dtype.name().to_string(), format!("{variant}{}", self.suffix())))
+    }
+}
+
+/// The forward rows of one case: every path (tensor cores, FMA-unit flash, naive), or the
+/// one `--attn-paths` names, at the default tiling and those `--attn-tilings` (tensor
+/// cores: "all" or a list such as "4,2,32,2;8,1,32,1", CoopTiling::parse) and
+/// `--attn-flash-tilings` ("all" or "8,32;4,16") name. Returns the flash tilings run, which
+/// the FMA-unit backward follows.
+fn attention_forward_rows(
+    rows: &mut Vec<Row>,
+    case: &AttnCase,
+    knobs: &Args,
+) -> wgkernels::Result<Vec<Option<wgkernels::ops::attention::FlashTiling>>> {
+    use wgkernels::ops::attention::{
+        attention, coop_tilings_for, flash_tilings, AttentionOptions, AttentionPath, CoopTiling, FlashTiling,
+    };
+    let (gpu, dtype, d) = (case.gpu, case.dtype, case.shape[3]);
+    let [q, k, v] = &case.qkv;
+    // Every dtype also on tensor cores (f32 split into f16 parts, bf16 scaled into f16;
+    // "cannot run" where the adapter lacks them).
+    let paths = [AttentionPath::FlashCoop, AttentionPath::Flash, AttentionPath::Naive];
+    let only_path = match knobs.attn_paths.as_deref() {
+        Some("tc") => Some(AttentionPath::FlashCoop),
+        Some("flash") => Some(AttentionPath::Flash),
+        _ => None,
+    };
+    let limits = gpu.info().limits.clone();
+    let tilings: Vec<Option<CoopTiling>> = match knobs.attn_tilings.as_deref() {
+        Some("all") => std::iter::once(None).chain(coop_tilings_for(dtype, d, &limits).into_iter().map(Some)).collect(),
+        Some(list) => list.split(';').filter_map(CoopTiling::parse).map(Some).collect(),
+        None => vec![None],
+    };
+    let flash_tilings_run: Vec<Option<FlashTiling>> = match knobs.attn_flash_tilings.as_deref() {
+        Some("all") => std::iter::once(None).chain(flash_tilings(d, &limits).into_iter().map(Some)).collect(),
+        Some(list) => list.split(';').filter_map(FlashTiling::parse).map(Some).collect(),
+        None => vec![None],
+    };
+    let runs = paths
+        .iter()
+        .filter(|&&p| only_path.is_none_or(|only| p == only))
+        .flat_map(|&p| {
+            let ts: Vec<(Option<CoopTiling>, Option<FlashTiling>)> = match p {
+                AttentionPath::FlashCoop => tilings.iter().map(|&t| (t, None)).collect(),
+                AttentionPath::Flash => flash_tilings_run.iter().map(|&t| (None, t)).collect(),
+                _ => vec![(None, None)],
+            };
+            ts.into_iter().map(move |(t, f)| (p, t, f))
+        })
+        .collect::<Vec<_>>();
+    let (size, suffix, flops) = (case.size(), case.suffix(), case.flops());
+    for (path, coop_tiling, flash_tiling) in runs {
+        let opts = AttentionOptions { causal: case.causal, path, coop_tiling, flash_tiling, ..Default::default() };
+        gpu.synchronize()?;
+        let before = gpu.memory().live_bytes;
+        gpu.reset_peak();
+        let once = attention(q, k, v, &opts).and_then(|o| o.realize().map(drop));
+        gpu.synchronize()?;
+        let extra = gpu.memory().peak_live_bytes.saturating_sub(before);
+        let name = match (path, coop_tiling, flash_tiling) {
+            (AttentionPath::FlashCoop, Some(t), _) => format!("flash-tc[{}]", t.label()),
+            (AttentionPath::FlashCoop, None, _) => "flash-tc".to_string(),
+            (AttentionPath::Flash, _, Some(t)) => format!("flash[{}]", t.label()),
+            (AttentionPath::Flash, _, None) => "flash".to_string(),
+            _ => "naive".to_string(),
+        };
+        if let Err(e) = once {
+            eprintln!("\n{name} {size} {dtype:?} causal={}: cannot run: {e}", case.causal);
+            rows.push(Row {
+                bench: "attention",
+                size: size.clone(),
+                dtype: dtype.name(),
+                variant: format!("{name}{suffix}: cannot run ({})", e.to_string().chars().take(60).collect::<String>()),
+                ms: f64::NAN,
+                rate: f64::NAN,
+                wall_rate: f64::NAN,
+                unit: "GFLOP/s",
+                torch_key: None,
+            });
+            continue;
+        }
+        let tm = measure(gpu, 1, case.reps, || attention(q, k, v, &opts).and_then(|o| o.realize().map(drop)))?;
+        rows.push(Row {
+            bench: "attention",
+            size: size.clone(),
+            dtype: dtype.name(),
+            variant: format!("{name}{suffix}, +{} MiB", extra >> 20),
+            ms: tm.median_ms,
+            rate: tm.rate(flops),
+            wall_rate: flops / (tm.wall_ms * 1e-3) / 1e9,
+            unit: "GFLOP/s",
+            torch_key: case.torch_key("attention", if path == AttentionPath::Naive { "naive" } else { "sdpa" }),
+        });
+    }
+    Ok(flash_tilings_run)
+}
+
+/// The backward rows of one case: the tensor-core backward where the adapter has it (at the
+/// default tiling and those `--attn-bwd-tilings` names: "all" or "4,64,16,1;…"), else the
+/// FMA-unit one, which takes the flash tiling's head-dim chunk: one row per distinct chunk
+/// among `flash_tilings_run`. FLOPs 2.5× the forward's.
+fn attention_backward_rows(
+    rows: &mut Vec<Row>,
+    case: &AttnCase,
+    knobs: &Args,
+    flash_tilings_run: &[Option<wgkernels::ops::attention::FlashTiling>],
+) -> wgkernels::Result<()> {
+    use wgkernels::ops::attention::{
+        attention_backward, attention_forward, coop_bwd_tilings_for, AttentionOptions, AttentionPath, AttentionSaved,
+        CoopBwdTiling, FlashTiling,
+    };
+    let (gpu, dtype, d) = (case.gpu, case.dtype, case.shape[3]);
+    let [q, k, v] = &case.qkv;
+    let limits = gpu.info().limits.clone();
+    let coop_opts = AttentionOptions { path: AttentionPath::FlashCoop, ..Default::default() };
+    let coop = attention_forward(q, k, v, &coop_opts).is_ok();
+    let path = if coop { AttentionPath::FlashCoop } else { AttentionPath::Flash };
+    let bwd_tilings: Vec<(Option<CoopBwdTiling>, Option<FlashTiling>)> = match knobs.attn_bwd_tilings.as_deref() {
+        Some("all") if coop => std::iter::once(None)
+            .chain(coop_bwd_tilings_for(dtype, d, &limits).into_iter().map(Some))
+            .map(|t| (t, None))
+            .collect(),
+        Some(list) if coop && list != "all" => {
+            list.split(';').filter_map(CoopBwdTiling::parse).map(|t| (Some(t), None)).collect()
+        }
+        _ if !coop => flash_tilings_run.iter().filter(|t| t.is_none_or(|t| t.rows == 4)).map(|&t| (None, t)).collect(),
+        _ => vec![(None, None)],
+    };
+    let (size, suffix, flops) = (case.size(), case.suffix(), 2.5 * case.flops());
+    for (coop_bwd_tiling, flash_tiling) in bwd_tilings {
+        let opts = AttentionOptions { causal: case.causal, path, coop_bwd_tiling, flash_tiling, ..Default::default() };
+        let (o, lse) = attention_forward(q, k, v, &opts)?;
+        let name = match (coop_bwd_tiling, flash_tiling) {
+            (Some(t), _) => format!("flash-tc[{}]", t.label()),
+            (None, _) if coop => "flash-tc".to_string(),
+            (None, Some(t)) => format!("flash[{}]", t.label()),
+            (None, None) => "flash".to_string(),
+        };
+        let saved = AttentionSaved { q, k, v, out: &o, lse: &lse };
+        let tm = measure(gpu, 1, case.reps, || {
+            let (dq, dk, dv) = attention_backward(&saved, &case.dout, &opts)?;
+            for x in [dq, dk, dv] {
+                x.realize()?;
+            }
+            Ok(())
+        });
+        let tm = match tm {
+            Ok(tm) => tm,
+            Err(e) => {
+                eprintln!("\n{name} backward {size} causal={}: cannot run: {e}", case.causal);
+                continue;
+            }
+        };
+        rows.push(Row {
+            bench: "attention_backward",
+            size: size.clone(),
+            dtype: dtype.name(),
+            variant: format!("{name}{suffix}"),
+            ms: tm.median_ms,
+            rate: tm.rate(flops),
+            wall_rate: flops / (tm.wall_ms * 1e-3) / 1e9,
+            unit: "GFLOP/s",
+            torch_key: case.torch_key("attention_backward", "sdpa"),
+        });
+    }
+    Ok(())
 }
