@@ -91,6 +91,23 @@ fn main() -> wgkernels::Result<()> {
 
 /// Builds a small GPT-2 on the GPU, runs a forward pass that keeps what a backward pass
 /// would need, and an SGD-momentum step, measuring the bytes at each point.
+/// Bytes of the momentum state one SGD step with momentum on random gradients allocates
+/// (one state tensor per parameter), taken from the tensors it keeps.
+fn sgd_momentum_state(gpu: &Gpu, params: &[&Tensor]) -> wgkernels::Result<u64> {
+    let mut momentum = Vec::new();
+    let beta = Tensor::full(gpu, &[1], 0.9, DType::F32)?;
+    let lr = Tensor::full(gpu, &[1], 1e-3, DType::F32)?;
+    for p in params {
+        let g = Tensor::randn(gpu, p.shape(), DType::F32, 99)?;
+        let m = Tensor::zeros(gpu, p.shape(), DType::F32)?.mul(&beta)?.add(&g)?;
+        m.realize()?;
+        p.sub(&m.mul(&lr)?)?.realize()?;
+        momentum.push(m);
+    }
+    gpu.synchronize()?;
+    Ok(momentum.iter().map(|m| (m.numel() * 4) as u64).sum())
+}
+
 fn measured() -> wgkernels::Result<()> {
     let gpu = Gpu::new()?;
     let software = gpu.info().device_type == wgpu::DeviceType::Cpu;
@@ -174,18 +191,7 @@ fn measured() -> wgkernels::Result<()> {
 
     // SGD with momentum on random gradients: one state tensor per parameter.
     let params: Vec<&Tensor> = layers.iter().flatten().chain([&wte, &wpe, &ln_f.0, &ln_f.1]).collect();
-    let mut momentum = Vec::new();
-    let beta = Tensor::full(&gpu, &[1], 0.9, DType::F32)?;
-    let lr = Tensor::full(&gpu, &[1], 1e-3, DType::F32)?;
-    for p in &params {
-        let g = Tensor::randn(&gpu, p.shape(), DType::F32, 99)?;
-        let m = Tensor::zeros(&gpu, p.shape(), DType::F32)?.mul(&beta)?.add(&g)?;
-        m.realize()?;
-        p.sub(&m.mul(&lr)?)?.realize()?;
-        momentum.push(m);
-    }
-    gpu.synchronize()?;
-    let opt_measured: u64 = momentum.iter().map(|m| (m.numel() * 4) as u64).sum();
+    let opt_measured = sgd_momentum_state(&gpu, &params)?;
 
     let est = cfg.training(batch, seq, Precision::Fp32, Optimizer::SgdMomentum, false, false);
     println!("{:<34} {:>12} {:>12}", "", "estimate", "measured");
