@@ -4,6 +4,8 @@
 //!
 //!     cargo run --release --example report_plot -- OUT.svg IN.json [IN.json ...]
 //!
+//! Files oldest first: a later file's row replaces an earlier row of the same label.
+//!
 //! BENCHMARKS.svg is made this way from the H200 runs kept in benchmarks/.
 
 use std::fmt::Write as _;
@@ -30,7 +32,11 @@ fn main() {
                 continue;
             }
             let label = format!("{} {} {} {}", s("bench"), s("size"), s("dtype"), s("variant"));
-            bars.push(Bar { label, ratio: ours / torch });
+            // A later file's row replaces an earlier one of the same label: list files oldest first.
+            match bars.iter_mut().find(|b: &&mut Bar| b.label == label) {
+                Some(bar) => bar.ratio = ours / torch,
+                None => bars.push(Bar { label, ratio: ours / torch }),
+            }
         }
     }
     if bars.is_empty() {
