@@ -33,6 +33,7 @@
 #![warn(missing_docs)]
 
 // The layers, each importing only those listed before it (README, "Layout"):
+pub mod autograd;
 pub mod bench;
 mod device;
 mod dtype;

@@ -450,3 +450,46 @@ fn zero_size_tensors_follow_one_rule() {
     let e = opt.step(&mut [z(&[0])], &[z(&[0])]).unwrap_err();
     assert!(matches!(e, Error::Empty { .. }), "{e}");
 }
+
+/// `cat` along every dim of odd shapes, in every dtype (16-bit blocks that are not whole
+/// words go through f32), against the same concatenation on the host; bad inputs name the
+/// op and the shapes or dtypes.
+#[test]
+fn cat_joins_along_any_dim_in_every_dtype() {
+    let gpu = common::gpu();
+    for dtype in DType::ALL {
+        for dim in 0..3usize {
+            let base = [3usize, 5, 7];
+            let sizes = [2usize, 1, 4];
+            let mut parts = Vec::new();
+            for (k, &n) in sizes.iter().enumerate() {
+                let mut shape = base;
+                shape[dim] = n;
+                parts.push(common::random_tensor(&gpu, &shape, dtype, 50 + k as u64));
+            }
+            let refs: Vec<&Tensor> = parts.iter().map(|p| &p.0).collect();
+            let got = Tensor::cat(&refs, dim as isize).unwrap();
+            let mut out_shape = base;
+            out_shape[dim] = sizes.iter().sum();
+            assert_eq!(got.shape(), &out_shape);
+            // Host: for each outer index, each part's block in turn.
+            let outer: usize = base[..dim].iter().product();
+            let inner: usize = base[dim + 1..].iter().product();
+            let mut want = Vec::new();
+            for o in 0..outer {
+                for (p, &n) in parts.iter().zip(&sizes) {
+                    want.extend_from_slice(&p.1[o * n * inner..(o + 1) * n * inner]);
+                }
+            }
+            common::assert_close(&format!("cat {dtype:?} dim {dim}"), &got.to_vec_f32().unwrap(), &want, 0.0, 0.0);
+        }
+    }
+    let a = Tensor::zeros(&gpu, &[2, 3], DType::F32).unwrap();
+    let b = Tensor::zeros(&gpu, &[3, 3], DType::F32).unwrap();
+    let err = Tensor::cat(&[&a, &b], 1).unwrap_err().to_string();
+    assert!(err.contains("cat") && err.contains("[2, 3]") && err.contains("[3, 3]"), "{err}");
+    let h = Tensor::zeros(&gpu, &[2, 3], DType::F16).unwrap();
+    let err = Tensor::cat(&[&a, &h], 0).unwrap_err().to_string();
+    assert!(err.contains("cat"), "{err}");
+    assert!(Tensor::cat(&[], 0).is_err());
+}

@@ -210,6 +210,43 @@ pub trait Optimizer {
     /// The global gradient norm (unscaled, before clipping) of the last step, when it was
     /// computed (clipping or a loss scale on). Waits for the GPU.
     fn last_grad_norm(&self) -> Result<Option<f32>>;
+
+    /// One step over autograd parameters: each var's value is updated in place from the
+    /// gradient [`Var::backward`](crate::autograd::Var::backward) accumulated into it
+    /// (PyTorch's `optimizer.step()`; clear the gradients with `zero_grad` after).
+    ///
+    /// Errors: `InvalidArgument` naming the first parameter without a gradient (a step
+    /// must see the same parameters in the same order every time).
+    ///
+    /// ```
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// use wgkernels::optim::{AdamW, AdamWConfig, Optimizer};
+    /// let w = Tensor::randn(&gpu, &[8, 4], DType::F32, 0)?.requires_grad();
+    /// let x = Tensor::randn(&gpu, &[16, 8], DType::F32, 1)?.constant();
+    /// let mut opt = AdamW::new(&gpu, AdamWConfig { lr: 1e-2, ..Default::default() })?;
+    /// for _ in 0..3 {
+    ///     let loss = x.matmul(&w)?.square()?.mean_all()?;
+    ///     loss.backward()?;
+    ///     opt.step_params(&[w.clone()])?;
+    ///     w.zero_grad();
+    /// }
+    /// # Ok(()) }
+    /// ```
+    fn step_params(&mut self, params: &[crate::autograd::Var]) -> Result<()> {
+        let mut values = Vec::with_capacity(params.len());
+        let mut grads = Vec::with_capacity(params.len());
+        for (i, p) in params.iter().enumerate() {
+            let g = p.grad().ok_or_else(|| Error::InvalidArgument {
+                op: "optimizer step",
+                msg: format!("parameter {i} (shape {:?}) has no gradient: run backward() first", p.shape()),
+            })?;
+            values.push(p.tensor().clone());
+            grads.push(g);
+        }
+        self.step(&mut values, &grads)
+    }
 }
 
 /// AdamW (and Adam, AMSGrad) in one fused pass per step. See the [module docs](self).

@@ -778,3 +778,91 @@ impl Tensor {
         map(self, UnaryOp::Copy, dtype)
     }
 }
+
+impl Tensor {
+    /// Concatenates `tensors` along `dim` (negative counts from the end): every other dim
+    /// must agree, and so must the dtypes and devices. The result is contiguous. Each input
+    /// is copied by buffer-to-buffer copies (one per index of the dims before `dim`), no
+    /// kernel; a 16-bit block that does not start or end on a 4-byte boundary goes through
+    /// f32 (copy commands move whole words).
+    ///
+    /// Errors: `InvalidArgument` for no tensors or different devices, `DTypeMismatch`,
+    /// `ShapeMismatch` naming the first input and the one that disagrees, `AxisOutOfRange`.
+    ///
+    /// ```
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let a = Tensor::from_slice(&gpu, &[1.0f32, 2.0, 3.0, 4.0], &[2, 2])?;
+    /// let b = Tensor::from_slice(&gpu, &[5.0f32, 6.0], &[2, 1])?;
+    /// let c = Tensor::cat(&[&a, &b], 1)?;
+    /// assert_eq!(c.to_vec::<f32>()?, vec![1.0, 2.0, 5.0, 3.0, 4.0, 6.0]);
+    /// # Ok(()) }
+    /// ```
+    pub fn cat(tensors: &[&Tensor], dim: isize) -> Result<Tensor> {
+        const OP: &str = "cat";
+        let Some(first) = tensors.first() else {
+            return Err(Error::InvalidArgument { op: OP, msg: "no tensors to concatenate".into() });
+        };
+        let d = crate::tensor::resolve_dim(OP, dim, first.shape())?;
+        let mut total = 0usize;
+        for t in tensors {
+            if !std::ptr::eq(t.gpu().inner.as_ref(), first.gpu().inner.as_ref()) {
+                return Err(Error::InvalidArgument { op: OP, msg: "tensors live on different Gpu devices".into() });
+            }
+            if t.dtype() != first.dtype() {
+                return Err(Error::DTypeMismatch { op: OP, lhs: first.dtype(), rhs: t.dtype() });
+            }
+            let agrees = t.rank() == first.rank() && (0..t.rank()).all(|k| k == d || t.shape()[k] == first.shape()[k]);
+            if !agrees {
+                return Err(Error::ShapeMismatch { op: OP, lhs: first.shape().to_vec(), rhs: t.shape().to_vec() });
+            }
+            total += t.shape()[d];
+        }
+        let mut shape = first.shape().to_vec();
+        shape[d] = total;
+        let out = Tensor::empty(first.gpu(), OP, &shape, first.dtype())?;
+        if out.numel() == 0 {
+            return Ok(out);
+        }
+        // Output as [outer, total·inner]; input k as [outer, d_k·inner], placed at column
+        // start_k·inner of every outer row.
+        let outer: usize = shape[..d].iter().product();
+        let inner: usize = shape[d + 1..].iter().product();
+        let esize = first.dtype().size_in_bytes();
+        let aligned = tensors.iter().scan(0usize, |start, t| {
+            let ok = (*start * inner * esize).is_multiple_of(4)
+                && (t.shape()[d] * inner * esize).is_multiple_of(4)
+                && (total * inner * esize).is_multiple_of(4);
+            *start += t.shape()[d];
+            Some(ok)
+        });
+        if esize < 4 && !aligned.collect::<Vec<_>>().iter().all(|&ok| ok) {
+            let wide: Vec<Tensor> = tensors.iter().map(|t| t.to_dtype(DType::F32)).collect::<Result<_>>()?;
+            let refs: Vec<&Tensor> = wide.iter().collect();
+            return Tensor::cat(&refs, dim)?.to_dtype(first.dtype());
+        }
+        let sources: Vec<Tensor> = tensors.iter().map(|t| t.contiguous()).collect::<Result<_>>()?;
+        let dst = out.storage()?.clone();
+        let gpu = first.gpu();
+        let mut start = 0usize;
+        for (t, src) in tensors.iter().zip(&sources) {
+            let block = (t.shape()[d] * inner * esize) as u64;
+            if block > 0 {
+                let src_storage = src.storage()?.clone();
+                let src_off = (src.offset() * esize) as u64;
+                // Offsets and sizes are whole words (checked above), inside both buffers:
+                // row o of the source spans [src_off + o·block, + block), of the output
+                // [(o·total + start)·inner·esize, + block).
+                gpu.record(|enc| {
+                    for o in 0..outer as u64 {
+                        let to = ((o as usize * total + start) * inner * esize) as u64;
+                        enc.copy_buffer_to_buffer(src_storage.buffer(), src_off + o * block, dst.buffer(), to, block);
+                    }
+                })?;
+            }
+            start += t.shape()[d];
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,335 @@
+//! Reverse-mode automatic differentiation over the tensor API.
+//!
+//! A [`Var`] is a tensor that takes part in differentiation: a parameter (a leaf that
+//! requires grad, made by [`Tensor::requires_grad`]), a constant ([`Var::constant`]), or the
+//! result of an op on other vars, which records on the graph what its backward needs.
+//! [`Var::backward`] walks the graph from a scalar loss in reverse topological order and
+//! adds each parameter's gradient into its [`Var::grad`]; gradients accumulate across
+//! `backward` calls until [`Var::zero_grad`]. Inside [`no_grad`] nothing is recorded.
+//!
+//! The backward of each op is built from the crate's kernels: matmuls for matmul,
+//! the fused backward kernels for the norms and softmax, the dlogits that cross-entropy's
+//! forward already computes, and lazy element-wise ops elsewhere, which the fusion JIT
+//! compiles into as few kernels as the forward's chains (e.g. GELU's derivative times the
+//! upstream gradient is one kernel). A node's saved tensors are freed once its backward has
+//! run (as PyTorch does without `retain_graph`); a second `backward` through the same
+//! graph is an error.
+//!
+//! ```
+//! use wgkernels::{DType, Gpu, Tensor};
+//! # fn main() -> wgkernels::Result<()> {
+//! let gpu = Gpu::new()?;
+//! let w = Tensor::randn(&gpu, &[3, 2], DType::F32, 0)?.requires_grad(); // a parameter
+//! let x = Tensor::randn(&gpu, &[4, 3], DType::F32, 1)?.constant();      // data
+//! let loss = x.matmul(&w)?.tanh()?.square()?.mean_all()?;               // [] (0-dim)
+//! loss.backward()?;
+//! assert_eq!(w.grad().unwrap().shape(), &[3, 2]);
+//! w.zero_grad();
+//! # Ok(()) }
+//! ```
+
+mod ops;
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+use crate::DType;
+
+pub use ops::sum_to;
+
+/// What a node's backward returns: one gradient per input (`None` where the input needs
+/// none), each of that input's shape and dtype.
+type Grads = Result<Vec<Option<Tensor>>>;
+
+/// The backward of one recorded op: from the gradient of its output to its inputs'.
+type BackwardFn = Box<dyn FnOnce(&Tensor) -> Grads + Send>;
+
+/// An op recorded on the graph.
+struct Node {
+    op: &'static str,
+    inputs: Vec<Var>,
+    /// Taken when the backward runs: its saved tensors are freed then.
+    backward: Mutex<Option<BackwardFn>>,
+}
+
+struct VarInner {
+    value: Tensor,
+    requires_grad: bool,
+    node: Option<Node>,
+    /// The accumulated gradient of a leaf that requires grad.
+    grad: Mutex<Option<Tensor>>,
+}
+
+/// A tensor in the autograd graph: its value, whether gradients flow to it, and (for an
+/// op's result) the recorded op. Cloning is cheap (shared).
+#[derive(Clone)]
+pub struct Var(Arc<VarInner>);
+
+impl std::fmt::Debug for Var {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Var")
+            .field("shape", &self.0.value.shape())
+            .field("dtype", &self.0.value.dtype())
+            .field("requires_grad", &self.0.requires_grad)
+            .field("op", &self.0.node.as_ref().map(|n| n.op))
+            .finish()
+    }
+}
+
+thread_local! {
+    static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Runs `f` without recording: every var made inside is a constant (PyTorch's
+/// `torch.no_grad()`), e.g. for evaluation or generation. Restores the previous mode after,
+/// also when `f` panics.
+///
+/// ```
+/// # use wgkernels::{DType, Gpu, Tensor};
+/// # fn main() -> wgkernels::Result<()> {
+/// # let gpu = Gpu::new()?;
+/// let w = Tensor::randn(&gpu, &[4], DType::F32, 0)?.requires_grad();
+/// let y = wgkernels::autograd::no_grad(|| w.exp())?;
+/// assert!(!y.requires_grad());
+/// # Ok(()) }
+/// ```
+pub fn no_grad<T>(f: impl FnOnce() -> T) -> T {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            GRAD_ENABLED.with(|g| g.set(self.0));
+        }
+    }
+    let _restore = Restore(GRAD_ENABLED.with(|g| g.replace(false)));
+    f()
+}
+
+/// Whether ops on this thread record (false inside [`no_grad`]).
+pub fn is_grad_enabled() -> bool {
+    GRAD_ENABLED.with(|g| g.get())
+}
+
+impl Tensor {
+    /// This tensor as a parameter: a leaf var whose gradient [`Var::backward`] fills.
+    pub fn requires_grad(self) -> Var {
+        Var::leaf(self, true)
+    }
+
+    /// This tensor as a constant of the graph (data, targets): no gradient flows to it.
+    pub fn constant(self) -> Var {
+        Var::leaf(self, false)
+    }
+}
+
+impl Var {
+    fn leaf(value: Tensor, requires_grad: bool) -> Self {
+        Var(Arc::new(VarInner { value, requires_grad, node: None, grad: Mutex::new(None) }))
+    }
+
+    /// A constant (no gradient flows to it).
+    pub fn constant(value: Tensor) -> Self {
+        Self::leaf(value, false)
+    }
+
+    /// A parameter: a leaf that requires grad.
+    pub fn parameter(value: Tensor) -> Self {
+        Self::leaf(value, true)
+    }
+
+    /// The result of op `op` on `inputs`: recorded with `backward` when recording is on and
+    /// some input requires grad, else a constant (and `backward` is dropped unrun).
+    pub(crate) fn from_op(
+        value: Tensor,
+        op: &'static str,
+        inputs: &[&Var],
+        backward: impl FnOnce(&Tensor) -> Grads + Send + 'static,
+    ) -> Self {
+        if !is_grad_enabled() || !inputs.iter().any(|v| v.requires_grad()) {
+            return Self::leaf(value, false);
+        }
+        let node = Node {
+            op,
+            inputs: inputs.iter().map(|&v| v.clone()).collect(),
+            backward: Mutex::new(Some(Box::new(backward))),
+        };
+        Var(Arc::new(VarInner { value, requires_grad: true, node: Some(node), grad: Mutex::new(None) }))
+    }
+
+    /// The value.
+    pub fn tensor(&self) -> &Tensor {
+        &self.0.value
+    }
+
+    /// The value as a constant: the same tensor, cut from the graph.
+    pub fn detach(&self) -> Var {
+        Self::leaf(self.0.value.clone(), false)
+    }
+
+    /// The value's shape.
+    pub fn shape(&self) -> &[usize] {
+        self.0.value.shape()
+    }
+
+    /// The value's dtype.
+    pub fn dtype(&self) -> DType {
+        self.0.value.dtype()
+    }
+
+    /// Whether gradients flow to this var (a parameter, or computed from one).
+    pub fn requires_grad(&self) -> bool {
+        self.0.requires_grad
+    }
+
+    /// True for a var no op made (a parameter or a constant).
+    pub fn is_leaf(&self) -> bool {
+        self.0.node.is_none()
+    }
+
+    /// The name of the op that made this var, if any.
+    pub fn op(&self) -> Option<&'static str> {
+        self.0.node.as_ref().map(|n| n.op)
+    }
+
+    /// The gradient accumulated by [`Var::backward`] calls since the last
+    /// [`Var::zero_grad`] (parameters only; `None` before any).
+    pub fn grad(&self) -> Option<Tensor> {
+        lock(&self.0.grad).clone()
+    }
+
+    /// Clears the accumulated gradient.
+    pub fn zero_grad(&self) {
+        *lock(&self.0.grad) = None;
+    }
+
+    /// Whether `self` and `other` are the same var.
+    pub fn same(&self, other: &Var) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    fn key(&self) -> usize {
+        Arc::as_ptr(&self.0) as usize
+    }
+
+    /// Back-propagates from this scalar (one element, e.g. a mean loss) with gradient 1,
+    /// adding into every parameter's [`Var::grad`] the gradient of this value with respect
+    /// to it.
+    ///
+    /// Errors: `InvalidArgument` when the var has more than one element or requires no
+    /// grad, or when part of its graph has run its backward already; any op's backward
+    /// error, naming the op.
+    pub fn backward(&self) -> Result<()> {
+        if self.tensor().numel() != 1 {
+            return Err(Error::InvalidArgument {
+                op: "backward",
+                msg: format!(
+                    "backward() starts from a scalar; this var has shape {:?} (use backward_with(grad))",
+                    self.shape()
+                ),
+            });
+        }
+        let one = Tensor::full(self.tensor().gpu(), self.shape(), 1.0, self.dtype())?;
+        self.backward_with(one)
+    }
+
+    /// Back-propagates `grad` (of this var's shape and dtype) through the graph.
+    pub fn backward_with(&self, grad: Tensor) -> Result<()> {
+        if grad.shape() != self.shape() {
+            return Err(Error::ShapeMismatch {
+                op: "backward",
+                lhs: self.shape().to_vec(),
+                rhs: grad.shape().to_vec(),
+            });
+        }
+        if !self.requires_grad() {
+            return Err(Error::InvalidArgument {
+                op: "backward",
+                msg: "this var requires no grad: no parameter took part in computing it".into(),
+            });
+        }
+        let order = self.topological_order();
+        let mut grads: HashMap<usize, Tensor> = HashMap::new();
+        grads.insert(self.key(), grad);
+        for var in order.iter().rev() {
+            let Some(g) = grads.remove(&var.key()) else { continue };
+            let Some(node) = &var.0.node else {
+                var.accumulate(g)?;
+                continue;
+            };
+            let backward = lock(&node.backward).take().ok_or_else(|| Error::InvalidArgument {
+                op: node.op,
+                msg: "backward through this part of the graph ran already (its saved tensors are freed); \
+                      build the graph again"
+                    .into(),
+            })?;
+            let input_grads = backward(&g)?;
+            for (input, ig) in node.inputs.iter().zip(input_grads) {
+                let Some(ig) = ig else { continue };
+                if !input.requires_grad() {
+                    continue;
+                }
+                if ig.shape() != input.shape() {
+                    return Err(Error::ShapeMismatch {
+                        op: node.op,
+                        lhs: input.shape().to_vec(),
+                        rhs: ig.shape().to_vec(),
+                    });
+                }
+                let sum = match grads.remove(&input.key()) {
+                    Some(prev) => prev.add(&ig)?,
+                    None => ig,
+                };
+                grads.insert(input.key(), sum);
+            }
+        }
+        Ok(())
+    }
+
+    /// Vars that require grad reachable from `self`, each after all of its inputs.
+    fn topological_order(&self) -> Vec<Var> {
+        let mut order = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        // Iterative DFS (a deep graph must not overflow the stack): (var, inputs pushed).
+        let mut stack = vec![(self.clone(), false)];
+        while let Some((var, expanded)) = stack.pop() {
+            if expanded {
+                order.push(var);
+                continue;
+            }
+            if !seen.insert(var.key()) {
+                continue;
+            }
+            stack.push((var.clone(), true));
+            if let Some(node) = &var.0.node {
+                for input in &node.inputs {
+                    if input.requires_grad() && !seen.contains(&input.key()) {
+                        stack.push((input.clone(), false));
+                    }
+                }
+            }
+        }
+        order
+    }
+
+    /// Adds `g` into this leaf's gradient (realised, so a long accumulation is no chain).
+    fn accumulate(&self, g: Tensor) -> Result<()> {
+        if !self.requires_grad() {
+            return Ok(());
+        }
+        let mut slot = lock(&self.0.grad);
+        let sum = match slot.take() {
+            Some(prev) => prev.add(&g)?,
+            None if g.dtype() != self.dtype() => g.to_dtype(self.dtype())?,
+            None => g,
+        };
+        sum.realize()?;
+        *slot = Some(sum);
+        Ok(())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,469 @@
+//! The differentiable ops on [`Var`]: each runs the tensor op forward and records the
+//! backward, in the tensor API's names.
+
+use super::Var;
+use crate::error::{Error, Result};
+use crate::kernels::contraction::attention::{attention_backward, attention_forward, AttentionOptions, AttentionSaved};
+use crate::tensor::Tensor;
+
+/// `g` summed down to `shape`, the shape of an operand that NumPy broadcasting expanded to
+/// `g`'s shape: over the leading dims `shape` lacks and over every dim where `shape` has 1.
+/// This is how a broadcast operand (a bias row, a scalar) gets its gradient.
+///
+/// ```
+/// # use wgkernels::{DType, Gpu, Tensor};
+/// # fn main() -> wgkernels::Result<()> {
+/// # let gpu = Gpu::new()?;
+/// let g = Tensor::full(&gpu, &[4, 3, 2], 1.0, DType::F32)?;
+/// let s = wgkernels::autograd::sum_to(&g, &[3, 1])?;
+/// assert_eq!(s.to_vec::<f32>()?, vec![8.0, 8.0, 8.0]);
+/// # Ok(()) }
+/// ```
+pub fn sum_to(g: &Tensor, shape: &[usize]) -> Result<Tensor> {
+    if g.shape() == shape {
+        return Ok(g.clone());
+    }
+    let lead = g.rank().checked_sub(shape.len()).ok_or_else(|| Error::ShapeMismatch {
+        op: "sum_to",
+        lhs: g.shape().to_vec(),
+        rhs: shape.to_vec(),
+    })?;
+    let reduce: Vec<usize> =
+        (0..g.rank()).filter(|&d| d < lead || (shape[d - lead] == 1 && g.shape()[d] != 1)).collect();
+    // Highest dim first, so the lower ones keep their index.
+    let mut t = g.clone();
+    for &d in reduce.iter().rev() {
+        t = t.sum(d as isize)?;
+    }
+    t.reshape(shape)
+}
+
+/// The derivative of the tanh-approximated GELU at `x`:
+/// 0.5·(1 + t) + 0.5·x·(1 − t²)·√(2/π)·(1 + 3·0.044715·x²), t = tanh(√(2/π)·(x + 0.044715·x³)).
+fn gelu_tanh_grad(x: &Tensor) -> Result<Tensor> {
+    let k = (2.0 / std::f64::consts::PI).sqrt() as f32;
+    let x2 = x.square()?;
+    let t = x.mul(&x2.mul_scalar(0.044715)?.add_scalar(1.0)?)?.mul_scalar(k)?.tanh()?;
+    let left = t.add_scalar(1.0)?.mul_scalar(0.5)?;
+    let du = x2.mul_scalar(3.0 * 0.044715)?.add_scalar(1.0)?.mul_scalar(k)?;
+    let right = x.mul(&t.square()?.rsub_scalar(1.0)?)?.mul(&du)?.mul_scalar(0.5)?;
+    left.add(&right)
+}
+
+trait Rows {
+    /// `self` as a matrix of rows of length `k` (every leading dim flattened).
+    fn tensor_rows(&self, k: usize) -> Result<Tensor>;
+}
+
+impl Rows for Tensor {
+    fn tensor_rows(&self, k: usize) -> Result<Tensor> {
+        self.reshape(&[self.numel() / k, k])
+    }
+}
+
+/// A 0-dim constant of `like`'s dtype on its device.
+fn scalar(like: &Tensor, value: f32) -> Result<Tensor> {
+    Tensor::full(like.gpu(), &[], value, like.dtype())
+}
+
+/// The permutation that undoes `order`.
+fn inverse(order: &[usize]) -> Vec<usize> {
+    let mut inv = vec![0; order.len()];
+    for (i, &d) in order.iter().enumerate() {
+        inv[d] = i;
+    }
+    inv
+}
+
+macro_rules! unary {
+    ($($(#[$doc:meta])* $name:ident($x:ident, $y:ident, $g:ident) => $grad:expr;)*) => {
+        impl Var {
+            $(
+                $(#[$doc])*
+                pub fn $name(&self) -> Result<Var> {
+                    let y = self.tensor().$name()?;
+                    // The closure keeps (saves) only what its gradient reads.
+                    #[allow(unused_variables)]
+                    let ($x, $y) = (self.tensor().clone(), y.clone());
+                    Ok(Var::from_op(y, stringify!($name), &[self], move |$g: &Tensor| {
+                        Ok(vec![Some($grad)])
+                    }))
+                }
+            )*
+        }
+    };
+}
+
+unary! {
+    /// −x.
+    neg(x, y, g) => g.neg()?;
+    /// eˣ; the gradient reuses the output: g·y.
+    exp(x, y, g) => g.mul(&y)?;
+    /// ln x; g / x.
+    log(x, y, g) => g.div(&x)?;
+    /// √x; g / (2·y).
+    sqrt(x, y, g) => g.div(&y.mul_scalar(2.0)?)?;
+    /// 1/√x; −g·y³/2.
+    rsqrt(x, y, g) => g.mul(&y.mul(&y.square()?)?)?.mul_scalar(-0.5)?;
+    /// 1/x; −g·y².
+    recip(x, y, g) => g.mul(&y.square()?)?.neg()?;
+    /// x²; 2·g·x.
+    square(x, y, g) => g.mul(&x)?.mul_scalar(2.0)?;
+    /// tanh x; g·(1 − y²).
+    tanh(x, y, g) => g.mul(&y.square()?.rsub_scalar(1.0)?)?;
+    /// σ(x); g·y·(1 − y).
+    sigmoid(x, y, g) => g.mul(&y.mul(&y.rsub_scalar(1.0)?)?)?;
+    /// max(x, 0); g where x > 0.
+    relu(x, y, g) => g.mul(&x.gt(&scalar(&x, 0.0)?)?)?;
+    /// GELU, tanh approximation (GPT-2's).
+    gelu_tanh(x, y, g) => g.mul(&gelu_tanh_grad(&x)?)?;
+    /// x·σ(x); g·(σ + x·σ·(1 − σ)).
+    silu(x, y, g) => {
+        let s = x.sigmoid()?;
+        g.mul(&s.add(&x.mul(&s)?.mul(&s.rsub_scalar(1.0)?)?)?)?
+    };
+    /// sin x; g·cos x.
+    sin(x, y, g) => g.mul(&x.cos()?)?;
+    /// cos x; −g·sin x.
+    cos(x, y, g) => g.mul(&x.sin()?)?.neg()?;
+    /// |x|; g·sign(x) (0 at 0, as PyTorch).
+    abs(x, y, g) => {
+        let zero = scalar(&x, 0.0)?;
+        g.mul(&x.gt(&zero)?.sub(&x.lt(&zero)?)?)?
+    };
+}
+
+macro_rules! with_scalar {
+    ($($(#[$doc:meta])* $name:ident($x:ident, $y:ident, $c:ident, $g:ident) => $grad:expr;)*) => {
+        impl Var {
+            $(
+                $(#[$doc])*
+                pub fn $name(&self, $c: f32) -> Result<Var> {
+                    let y = self.tensor().$name($c)?;
+                    #[allow(unused_variables)]
+                    let ($x, $y) = (self.tensor().clone(), y.clone());
+                    Ok(Var::from_op(y, stringify!($name), &[self], move |$g: &Tensor| {
+                        Ok(vec![Some($grad)])
+                    }))
+                }
+            )*
+        }
+    };
+}
+
+with_scalar! {
+    /// x + c.
+    add_scalar(x, y, c, g) => g.clone();
+    /// x − c.
+    sub_scalar(x, y, c, g) => g.clone();
+    /// c − x.
+    rsub_scalar(x, y, c, g) => g.neg()?;
+    /// x·c.
+    mul_scalar(x, y, c, g) => g.mul_scalar(c)?;
+    /// x / c.
+    div_scalar(x, y, c, g) => g.div_scalar(c)?;
+    /// c / x; −g·y / x.
+    rdiv_scalar(x, y, c, g) => g.mul(&y)?.div(&x)?.neg()?;
+    /// xᶜ; g·c·xᶜ⁻¹.
+    pow_scalar(x, y, c, g) => g.mul(&x.pow_scalar(c - 1.0)?)?.mul_scalar(c)?;
+}
+
+/// The broadcast binary ops: the forward's result, and each operand's gradient from the
+/// upstream one (before it is summed down to the operand's shape).
+#[derive(Clone, Copy)]
+enum Binary {
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+impl Var {
+    fn binary(&self, other: &Var, op: Binary) -> Result<Var> {
+        let (a, b) = (self.tensor().clone(), other.tensor().clone());
+        let (name, y) = match op {
+            Binary::Add => ("add", a.add(&b)?),
+            Binary::Sub => ("sub", a.sub(&b)?),
+            Binary::Mul => ("mul", a.mul(&b)?),
+            Binary::Div => ("div", a.div(&b)?),
+        };
+        let (need_a, need_b) = (self.requires_grad(), other.requires_grad());
+        Ok(Var::from_op(y, name, &[self, other], move |g: &Tensor| {
+            let ga = match (need_a, op) {
+                (false, _) => None,
+                (true, Binary::Add | Binary::Sub) => Some(g.clone()),
+                (true, Binary::Mul) => Some(g.mul(&b)?),
+                (true, Binary::Div) => Some(g.div(&b)?),
+            };
+            let gb = match (need_b, op) {
+                (false, _) => None,
+                (true, Binary::Add) => Some(g.clone()),
+                (true, Binary::Sub) => Some(g.neg()?),
+                (true, Binary::Mul) => Some(g.mul(&a)?),
+                // −g·a / b².
+                (true, Binary::Div) => Some(g.mul(&a)?.div(&b.square()?)?.neg()?),
+            };
+            Ok(vec![ga.map(|t| sum_to(&t, a.shape())).transpose()?, gb.map(|t| sum_to(&t, b.shape())).transpose()?])
+        }))
+    }
+
+    /// self + other, NumPy broadcasting; a broadcast operand's gradient is summed back to
+    /// its shape.
+    pub fn add(&self, other: &Var) -> Result<Var> {
+        self.binary(other, Binary::Add)
+    }
+
+    /// self − other, broadcasting.
+    pub fn sub(&self, other: &Var) -> Result<Var> {
+        self.binary(other, Binary::Sub)
+    }
+
+    /// self · other element-wise, broadcasting.
+    pub fn mul(&self, other: &Var) -> Result<Var> {
+        self.binary(other, Binary::Mul)
+    }
+
+    /// self / other element-wise, broadcasting.
+    pub fn div(&self, other: &Var) -> Result<Var> {
+        self.binary(other, Binary::Div)
+    }
+
+    /// Matrix product over the last two dims, batch dims broadcast (see [`Tensor::matmul`]):
+    /// dA = dC·Bᵀ and dB = Aᵀ·dC, each a matmul over transposed views (no copy), summed
+    /// over the batch dims the operand was broadcast along.
+    pub fn matmul(&self, other: &Var) -> Result<Var> {
+        let (a, b) = (self.tensor().clone(), other.tensor().clone());
+        if a.rank() < 2 || b.rank() < 2 {
+            return Err(Error::InvalidArgument {
+                op: "matmul",
+                msg: format!("autograd matmul takes operands of rank ≥ 2, got {:?} and {:?}", a.shape(), b.shape()),
+            });
+        }
+        let y = a.matmul(&b)?;
+        let (need_a, need_b) = (self.requires_grad(), other.requires_grad());
+        Ok(Var::from_op(y, "matmul", &[self, other], move |g: &Tensor| {
+            let ga = if need_a { Some(sum_to(&g.matmul(&b.transpose(-1, -2)?)?, a.shape())?) } else { None };
+            let gb = match (need_b, b.rank(), a.rank()) {
+                (false, ..) => None,
+                // A weight [K, N] shared by every row of a [..., M, K] input (a Linear
+                // layer): one matmul over the rows flattened, [K, rows]·[rows, N].
+                (true, 2, r) if r > 2 => {
+                    let k = a.shape()[r - 1];
+                    let rows = a.tensor_rows(k)?;
+                    let g2 = g.reshape(&[g.numel() / b.shape()[1], b.shape()[1]])?;
+                    Some(rows.transpose(0, 1)?.matmul(&g2)?)
+                }
+                (true, ..) => Some(sum_to(&a.transpose(-1, -2)?.matmul(g)?, b.shape())?),
+            };
+            Ok(vec![ga, gb])
+        }))
+    }
+
+    /// Sum over `dim`, which is removed; the gradient is the upstream one broadcast back.
+    pub fn sum(&self, dim: isize) -> Result<Var> {
+        let shape = self.shape().to_vec();
+        let d = crate::tensor::resolve_dim("sum", dim, &shape)?;
+        let y = self.tensor().sum(dim)?;
+        Ok(Var::from_op(y, "sum", &[self], move |g: &Tensor| Ok(vec![Some(g.unsqueeze(d)?.expand(&shape)?)])))
+    }
+
+    /// Mean over `dim`, which is removed.
+    pub fn mean(&self, dim: isize) -> Result<Var> {
+        let d = crate::tensor::resolve_dim("mean", dim, self.shape())?;
+        let n = self.shape()[d];
+        self.sum(dim)?.div_scalar(n as f32)
+    }
+
+    /// Sum of every element: a 0-dim var.
+    pub fn sum_all(&self) -> Result<Var> {
+        self.reshape(&[self.tensor().numel()])?.sum(0)
+    }
+
+    /// Mean of every element: a 0-dim var (a loss).
+    pub fn mean_all(&self) -> Result<Var> {
+        let n = self.tensor().numel();
+        self.sum_all()?.div_scalar(n as f32)
+    }
+
+    /// Softmax over `dim`; the backward is the fused softmax-backward kernel over the
+    /// saved output.
+    pub fn softmax(&self, dim: isize) -> Result<Var> {
+        let d = crate::tensor::resolve_dim("softmax", dim, self.shape())? as isize;
+        let y = self.tensor().softmax(dim)?;
+        let saved = y.clone();
+        Ok(Var::from_op(y, "softmax", &[self], move |g: &Tensor| {
+            let last = saved.rank() as isize - 1;
+            if d == last {
+                return Ok(vec![Some(saved.softmax_backward(g)?)]);
+            }
+            let dx = saved.transpose(d, last)?.softmax_backward(&g.transpose(d, last)?)?;
+            Ok(vec![Some(dx.transpose(d, last)?)])
+        }))
+    }
+
+    /// log-softmax over `dim`: dx = g − softmax(x)·Σ g over the dim.
+    pub fn log_softmax(&self, dim: isize) -> Result<Var> {
+        let d = crate::tensor::resolve_dim("log_softmax", dim, self.shape())?;
+        let y = self.tensor().log_softmax(dim)?;
+        let saved = y.clone();
+        Ok(Var::from_op(y, "log_softmax", &[self], move |g: &Tensor| {
+            let total = g.sum(d as isize)?.unsqueeze(d)?;
+            Ok(vec![Some(g.sub(&saved.exp()?.mul(&total)?)?)])
+        }))
+    }
+
+    /// LayerNorm over the last dim with optional weight and bias `[N]`; the backward is
+    /// the fused LayerNorm-backward kernel (dx, and dweight, dbias in the same pass).
+    pub fn layer_norm(&self, weight: Option<&Var>, bias: Option<&Var>, eps: f32) -> Result<Var> {
+        self.norm(weight, bias, eps, false)
+    }
+
+    /// RMSNorm over the last dim with an optional weight `[N]`; the backward is the fused
+    /// RMSNorm-backward kernel.
+    pub fn rms_norm(&self, weight: Option<&Var>, eps: f32) -> Result<Var> {
+        self.norm(weight, None, eps, true)
+    }
+
+    fn norm(&self, weight: Option<&Var>, bias: Option<&Var>, eps: f32, rms: bool) -> Result<Var> {
+        let x = self.tensor().clone();
+        let (w, b) = (weight.map(|w| w.tensor().clone()), bias.map(|b| b.tensor().clone()));
+        let y = if rms { x.rms_norm(w.as_ref(), eps)? } else { x.layer_norm(w.as_ref(), b.as_ref(), eps)? };
+        let mut inputs = vec![self];
+        inputs.extend(weight);
+        inputs.extend(bias);
+        let name = if rms { "rms_norm" } else { "layer_norm" };
+        Ok(Var::from_op(y, name, &inputs, move |g: &Tensor| {
+            let grads =
+                if rms { x.rms_norm_backward(w.as_ref(), g, eps)? } else { x.layer_norm_backward(w.as_ref(), g, eps)? };
+            let mut out = vec![Some(grads.dx)];
+            if w.is_some() {
+                out.push(grads.dweight);
+            }
+            if let Some(b) = &b {
+                // Without a weight the kernel computes no dbias: Σ g over the rows.
+                out.push(Some(match grads.dbias {
+                    Some(db) => db,
+                    None => sum_to(g, b.shape())?,
+                }));
+            }
+            Ok(out)
+        }))
+    }
+
+    /// Mean cross-entropy of these logits `[rows, classes]` (leading dims flattened)
+    /// against `targets`, a 0-dim f32 var. Its forward kernel computes the gradient with
+    /// respect to the logits in the same pass; the backward scales it by the upstream
+    /// gradient.
+    pub fn cross_entropy(&self, targets: &[u32]) -> Result<Var> {
+        let (loss, dlogits) = self.tensor().cross_entropy(targets)?;
+        Ok(Var::from_op(loss, "cross_entropy", &[self], move |g: &Tensor| {
+            Ok(vec![Some(dlogits.mul(&g.to_dtype(dlogits.dtype())?)?)])
+        }))
+    }
+
+    /// Inverted dropout with probability `p` and `seed` (see [`Tensor::dropout`]); the
+    /// backward applies the same mask to the gradient (it is never stored).
+    pub fn dropout(&self, p: f32, seed: u64) -> Result<Var> {
+        let y = self.tensor().dropout(p, seed)?;
+        Ok(Var::from_op(y, "dropout", &[self], move |g: &Tensor| Ok(vec![Some(g.dropout(p, seed)?)])))
+    }
+
+    /// Scaled dot-product attention over `[B, H, S, D]` q, k, v (causal or not, scale 1/√D
+    /// unless given) through the flash kernels: the forward keeps the log-sum-exp per row,
+    /// the backward is the flash backward (dq, dk, dv), recomputing the probabilities.
+    pub fn attention(q: &Var, k: &Var, v: &Var, causal: bool, scale: Option<f32>) -> Result<Var> {
+        let opts = AttentionOptions { causal, scale, ..Default::default() };
+        let (qt, kt, vt) = (q.tensor().clone(), k.tensor().clone(), v.tensor().clone());
+        let (out, lse) = attention_forward(&qt, &kt, &vt, &opts)?;
+        let saved_out = out.clone();
+        Ok(Var::from_op(out, "attention", &[q, k, v], move |g: &Tensor| {
+            let opts = AttentionOptions { causal, scale, ..Default::default() };
+            let saved = AttentionSaved { q: &qt, k: &kt, v: &vt, out: &saved_out, lse: &lse };
+            let (dq, dk, dv) = attention_backward(&saved, g, &opts)?;
+            Ok(vec![Some(dq), Some(dk), Some(dv)])
+        }))
+    }
+
+    // ---- views -------------------------------------------------------------------------
+
+    /// The same elements in `shape`.
+    pub fn reshape(&self, shape: &[usize]) -> Result<Var> {
+        let from = self.shape().to_vec();
+        let y = self.tensor().reshape(shape)?;
+        Ok(Var::from_op(y, "reshape", &[self], move |g: &Tensor| Ok(vec![Some(g.reshape(&from)?)])))
+    }
+
+    /// Dims reordered: dim i of the result is dim `order[i]` of `self`.
+    pub fn permute(&self, order: &[usize]) -> Result<Var> {
+        let y = self.tensor().permute(order)?;
+        let back = inverse(order);
+        Ok(Var::from_op(y, "permute", &[self], move |g: &Tensor| Ok(vec![Some(g.permute(&back)?)])))
+    }
+
+    /// Two dims swapped.
+    pub fn transpose(&self, dim0: isize, dim1: isize) -> Result<Var> {
+        let y = self.tensor().transpose(dim0, dim1)?;
+        Ok(Var::from_op(y, "transpose", &[self], move |g: &Tensor| Ok(vec![Some(g.transpose(dim0, dim1)?)])))
+    }
+
+    /// A size-1 dim inserted at `dim`.
+    pub fn unsqueeze(&self, dim: usize) -> Result<Var> {
+        let from = self.shape().to_vec();
+        let y = self.tensor().unsqueeze(dim)?;
+        Ok(Var::from_op(y, "unsqueeze", &[self], move |g: &Tensor| Ok(vec![Some(g.reshape(&from)?)])))
+    }
+
+    /// Broadcast to `shape` (a view); the gradient is summed back.
+    pub fn expand(&self, shape: &[usize]) -> Result<Var> {
+        let from = self.shape().to_vec();
+        let y = self.tensor().expand(shape)?;
+        Ok(Var::from_op(y, "expand", &[self], move |g: &Tensor| Ok(vec![Some(sum_to(g, &from)?)])))
+    }
+
+    /// `len` indices of `dim` from `start` (a view); the gradient is the upstream one
+    /// placed there, zeros around it.
+    pub fn narrow(&self, dim: isize, start: usize, len: usize) -> Result<Var> {
+        let from = self.shape().to_vec();
+        let d = crate::tensor::resolve_dim("narrow", dim, &from)?;
+        let y = self.tensor().narrow(dim, start, len)?;
+        Ok(Var::from_op(y, "narrow", &[self], move |g: &Tensor| {
+            let zeros = |n: usize| {
+                let mut s = from.clone();
+                s[d] = n;
+                Tensor::zeros(g.gpu(), &s, g.dtype())
+            };
+            let (before, after) = (zeros(start)?, zeros(from[d] - start - len)?);
+            Ok(vec![Some(Tensor::cat(&[&before, g, &after], d as isize)?)])
+        }))
+    }
+
+    /// Concatenation along `dim` (see [`Tensor::cat`]); each input's gradient is its slice.
+    pub fn cat(vars: &[&Var], dim: isize) -> Result<Var> {
+        let tensors: Vec<&Tensor> = vars.iter().map(|v| v.tensor()).collect();
+        let y = Tensor::cat(&tensors, dim)?;
+        let d = crate::tensor::resolve_dim("cat", dim, y.shape())? as isize;
+        let sizes: Vec<usize> = vars.iter().map(|v| v.shape()[d as usize]).collect();
+        Ok(Var::from_op(y, "cat", vars, move |g: &Tensor| {
+            let mut start = 0;
+            let mut out = Vec::new();
+            for &n in &sizes {
+                out.push(Some(g.narrow(d, start, n)?));
+                start += n;
+            }
+            Ok(out)
+        }))
+    }
+
+    /// A contiguous copy (the gradient passes through).
+    pub fn contiguous(&self) -> Result<Var> {
+        let y = self.tensor().contiguous()?;
+        Ok(Var::from_op(y, "contiguous", &[self], move |g: &Tensor| Ok(vec![Some(g.clone())])))
+    }
+
+    /// The values in `dtype`; the gradient is cast back to this var's dtype.
+    pub fn to_dtype(&self, dtype: crate::DType) -> Result<Var> {
+        let from = self.dtype();
+        let y = self.tensor().to_dtype(dtype)?;
+        Ok(Var::from_op(y, "to_dtype", &[self], move |g: &Tensor| Ok(vec![Some(g.to_dtype(from)?)])))
+    }
+}
