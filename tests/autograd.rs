@@ -540,3 +540,12 @@ fn optimizer_steps_from_the_tape() {
     let err = opt.step_params(&[w.clone()]).unwrap_err().to_string();
     assert!(err.contains("no gradient"), "{err}");
 }
+
+#[test]
+fn embedding_gradient_adds_rows_of_repeated_ids() {
+    let (vocab, d) = (7usize, 5usize);
+    let ids: Vec<u32> = vec![3, 0, 3, 6, 3, 1];
+    let ids2 = ids.clone();
+    let reference = move |v: &[Vec<f64>]| ids2.iter().flat_map(|&i| v[0][i as usize * d..][..d].to_vec()).collect();
+    check("embedding", &[input(&[vocab, d], 44)], &|v| Var::embedding(&v[0], &ids), &reference, TOL);
+}

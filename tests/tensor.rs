@@ -493,3 +493,45 @@ fn cat_joins_along_any_dim_in_every_dtype() {
     assert!(err.contains("cat"), "{err}");
     assert!(Tensor::cat(&[], 0).is_err());
 }
+
+/// index_select (the embedding lookup) and index_add_rows (its backward) in every dtype,
+/// with rows of whole words and odd 16-bit rows (through f32), against the host; ids out of
+/// range name the op and the id.
+#[test]
+fn index_select_and_index_add_rows_match_the_host() {
+    let gpu = common::gpu();
+    let ids: Vec<u32> = vec![4, 0, 4, 2, 9, 4, 0];
+    for dtype in DType::ALL {
+        for d in [6usize, 7] {
+            let (table, tv) = common::random_tensor(&gpu, &[10, d], dtype, 60);
+            let got = table.index_select(&ids).unwrap();
+            assert_eq!(got.shape(), &[ids.len(), d]);
+            let want: Vec<f64> = ids.iter().flat_map(|&i| tv[i as usize * d..][..d].to_vec()).collect();
+            common::assert_close(&format!("index_select {dtype:?} d {d}"), &got.to_vec_f32().unwrap(), &want, 0.0, 0.0);
+            let (dy, dyv) = common::random_tensor(&gpu, &[ids.len(), d], dtype, 61);
+            let sums = Tensor::index_add_rows(&dy, &ids, 10).unwrap();
+            assert_eq!(sums.shape(), &[10, d]);
+            let mut want = vec![0.0f64; 10 * d];
+            for (p, &i) in ids.iter().enumerate() {
+                for c in 0..d {
+                    want[i as usize * d + c] += dyv[p * d + c];
+                }
+            }
+            let want: Vec<f64> = want.into_iter().map(|v| common::round_to(v, dtype)).collect();
+            let (atol, rtol) = common::tol(dtype);
+            common::assert_close(
+                &format!("index_add_rows {dtype:?} d {d}"),
+                &sums.to_vec_f32().unwrap(),
+                &want,
+                atol,
+                rtol,
+            );
+        }
+    }
+    let table = Tensor::zeros(&gpu, &[10, 4], DType::F32).unwrap();
+    let err = table.index_select(&[1, 10]).unwrap_err().to_string();
+    assert!(err.contains("index_select") && err.contains("id 10"), "{err}");
+    let dy = Tensor::zeros(&gpu, &[2, 4], DType::F32).unwrap();
+    assert!(Tensor::index_add_rows(&dy, &[1], 10).unwrap_err().to_string().contains("index_add_rows"));
+    assert!(Tensor::index_add_rows(&dy, &[1, 12], 10).unwrap_err().to_string().contains("id 12"));
+}

@@ -384,6 +384,17 @@ impl Var {
         }))
     }
 
+    /// Rows `ids` of `table` `[V, ...]` (an embedding lookup): `[ids.len(), ...]`. The
+    /// backward adds each gradient row into its id's row ([`Tensor::index_add_rows`]: a
+    /// deterministic scatter-add, no atomics).
+    pub fn embedding(table: &Var, ids: &[u32]) -> Result<Var> {
+        let y = table.tensor().index_select(ids)?;
+        let (ids, rows) = (ids.to_vec(), table.shape()[0]);
+        Ok(Var::from_op(y, "embedding", &[table], move |g: &Tensor| {
+            Ok(vec![Some(Tensor::index_add_rows(g, &ids, rows)?)])
+        }))
+    }
+
     // ---- views -------------------------------------------------------------------------
 
     /// The same elements in `shape`.

@@ -53,5 +53,6 @@ pub(crate) fn all_params() -> Vec<crate::device::ParamsLayout> {
     all.extend(normalization::reduce::params_layouts());
     all.extend(elementwise::transpose::params_layouts());
     all.extend(elementwise::fusion::params_layouts());
+    all.extend(elementwise::gather::params_layouts());
     all
 }

@@ -15,6 +15,7 @@
 //! ```
 
 pub(crate) mod fusion;
+pub mod gather;
 pub mod transpose;
 
 pub use fusion::dropout_keeps;
@@ -381,7 +382,7 @@ fn kernel(a: (DType, bool), b: Option<(DType, bool)>, op: &str, out: DType, wide
 
 /// This class's WGSL files.
 pub(crate) fn shaders() -> Vec<&'static crate::device::ShaderSource> {
-    vec![&fusion::FUSED, &transpose::TRANSPOSE]
+    vec![&fusion::FUSED, &transpose::TRANSPOSE, &gather::GATHER]
 }
 
 /// Every specialisation `binary` and `map` can launch, the fusion JIT's sample chains and
@@ -412,6 +413,7 @@ pub fn all_kernels() -> Vec<Kernel> {
     }
     all.extend(fusion::sample_kernels());
     all.extend(transpose::all_kernels());
+    all.extend(gather::all_kernels());
     all
 }
 
