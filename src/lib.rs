@@ -39,6 +39,7 @@ mod device;
 mod dtype;
 mod error;
 pub mod kernels;
+pub mod nn;
 pub mod optim;
 pub mod plan;
 mod tensor;

@@ -313,7 +313,9 @@ impl Var {
         order
     }
 
-    /// Adds `g` into this leaf's gradient (realised, so a long accumulation is no chain).
+    /// Adds `g` into this leaf's gradient: realised (a long accumulation is no chain),
+    /// contiguous and starting its own storage, as the parameter does (the optimizers pair
+    /// them element by element).
     fn accumulate(&self, g: Tensor) -> Result<()> {
         if !self.requires_grad() {
             return Ok(());
@@ -324,6 +326,7 @@ impl Var {
             None if g.dtype() != self.dtype() => g.to_dtype(self.dtype())?,
             None => g,
         };
+        let sum = sum.contiguous()?;
         sum.realize()?;
         *slot = Some(sum);
         Ok(())

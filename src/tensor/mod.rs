@@ -772,6 +772,39 @@ impl Tensor {
         Ok(decode_f32(&bytes, self.dtype))
     }
 
+    /// The elements' bytes in row-major order, little-endian, in this tensor's dtype (what
+    /// a safetensors file holds). Waits for the GPU.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        self.raw_bytes()
+    }
+
+    /// Overwrites this tensor's elements in place with `bytes` (row-major, this dtype, one
+    /// value per element), after the work recorded so far: every tensor sharing the storage
+    /// sees the new values (loading weights into parameters an optimizer already holds).
+    ///
+    /// Errors: `InvalidArgument` unless the tensor is realised, contiguous and starts its
+    /// storage, and `bytes` holds exactly its elements.
+    pub fn write_bytes(&self, bytes: &[u8]) -> Result<()> {
+        const OP: &str = "write_bytes";
+        let want = self.numel() * self.dtype.size_in_bytes();
+        if bytes.len() != want {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                msg: format!("{} bytes for {:?} {:?} ({want} bytes)", bytes.len(), self.shape, self.dtype),
+            });
+        }
+        if self.is_pending() || !self.is_contiguous() || self.offset != 0 {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                msg: "only a realised, contiguous tensor that starts its storage is written in place".into(),
+            });
+        }
+        if want == 0 {
+            return Ok(());
+        }
+        self.gpu.write(self.storage()?.buffer(), 0, bytes)
+    }
+
     fn raw_bytes(&self) -> Result<Vec<u8>> {
         if self.numel() == 0 {
             return Ok(Vec::new());

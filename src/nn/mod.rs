@@ -1,0 +1,432 @@
+//! A small `nn` over [`autograd`](crate::autograd): Linear, Embedding, LayerNorm, an MLP,
+//! causal self-attention, and a GPT-2-architecture model configurable in vocabulary,
+//! context, layers, heads and width. Every module lists its parameters by name (GPT-2's
+//! checkpoint names: `h.0.attn.c_attn.weight`, ...) for the optimizer and for
+//! safetensors files.
+//!
+//! Weights are stored `[in, out]`, as the matmul takes them (GPT-2's Conv1D layout), and
+//! initialised as GPT-2 does: normal(0, 0.02), residual projections scaled by
+//! 1/√(2·layers), biases 0, LayerNorm weight 1.
+//!
+//! ```
+//! use wgkernels::nn::{Gpt, GptConfig, Module};
+//! use wgkernels::optim::{AdamW, AdamWConfig, Optimizer};
+//! use wgkernels::{DType, Gpu};
+//! # fn main() -> wgkernels::Result<()> {
+//! let gpu = Gpu::new()?;
+//! let config = GptConfig { vocab: 32, context: 16, layers: 1, heads: 2, d_model: 16 };
+//! let model = Gpt::new(&gpu, &config, DType::F32, 0)?;
+//! let params = model.parameters();
+//! let mut opt = AdamW::new(&gpu, AdamWConfig::default())?;
+//! let ids: Vec<u32> = (0..16).map(|i| i % 32).collect();
+//! let targets: Vec<u32> = (1..17).map(|i| i % 32).collect();
+//! let loss = model.loss(&ids, &targets, 2, 8)?; // batch 2 × 8 tokens
+//! loss.backward()?;
+//! opt.step_params(&params.iter().map(|(_, p)| p.clone()).collect::<Vec<_>>())?;
+//! # Ok(()) }
+//! ```
+
+use crate::autograd::Var;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+use crate::{DType, Gpu};
+
+/// A module: something with named parameters.
+pub trait Module {
+    /// Every parameter with its name, in a fixed order (the optimizer's and the files').
+    fn parameters(&self) -> Vec<(String, Var)>;
+
+    /// The parameters' element count.
+    fn parameter_count(&self) -> usize {
+        self.parameters().iter().map(|(_, p)| p.tensor().numel()).sum()
+    }
+}
+
+/// Parameters of `module` under `prefix.` (how modules nest names).
+fn prefixed(prefix: &str, module: &dyn Module) -> Vec<(String, Var)> {
+    module.parameters().into_iter().map(|(n, p)| (format!("{prefix}.{n}"), p)).collect()
+}
+
+/// A normal(0, `std`) parameter of `shape`.
+fn normal(gpu: &Gpu, shape: &[usize], std: f32, dtype: DType, seed: u64) -> Result<Var> {
+    let t = Tensor::randn(gpu, shape, DType::F32, seed)?.mul_scalar(std)?.to_dtype(dtype)?;
+    t.realize()?;
+    Ok(t.requires_grad())
+}
+
+fn filled(gpu: &Gpu, shape: &[usize], value: f32, dtype: DType) -> Result<Var> {
+    Ok(Tensor::full(gpu, shape, value, dtype)?.requires_grad())
+}
+
+/// y = x·W + b, W `[in, out]`.
+pub struct Linear {
+    /// `[in, out]`.
+    pub weight: Var,
+    /// `[out]`.
+    pub bias: Option<Var>,
+}
+
+impl Linear {
+    /// A layer of normal(0, `std`) weights and zero bias (if `bias`).
+    pub fn new(
+        gpu: &Gpu,
+        inputs: usize,
+        outputs: usize,
+        bias: bool,
+        std: f32,
+        dtype: DType,
+        seed: u64,
+    ) -> Result<Self> {
+        Ok(Self {
+            weight: normal(gpu, &[inputs, outputs], std, dtype, seed)?,
+            bias: if bias { Some(filled(gpu, &[outputs], 0.0, dtype)?) } else { None },
+        })
+    }
+
+    /// `x` `[..., in]` → `[..., out]`.
+    pub fn forward(&self, x: &Var) -> Result<Var> {
+        let y = x.matmul(&self.weight)?;
+        match &self.bias {
+            Some(b) => y.add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+impl Module for Linear {
+    fn parameters(&self) -> Vec<(String, Var)> {
+        let mut p = vec![("weight".to_string(), self.weight.clone())];
+        p.extend(self.bias.iter().map(|b| ("bias".to_string(), b.clone())));
+        p
+    }
+}
+
+/// A lookup table `[rows, dim]`.
+pub struct Embedding {
+    /// `[rows, dim]`.
+    pub weight: Var,
+}
+
+impl Embedding {
+    /// A table of normal(0, `std`) values.
+    pub fn new(gpu: &Gpu, rows: usize, dim: usize, std: f32, dtype: DType, seed: u64) -> Result<Self> {
+        Ok(Self { weight: normal(gpu, &[rows, dim], std, dtype, seed)? })
+    }
+
+    /// Rows `ids`: `[ids.len(), dim]`.
+    pub fn forward(&self, ids: &[u32]) -> Result<Var> {
+        Var::embedding(&self.weight, ids)
+    }
+}
+
+impl Module for Embedding {
+    fn parameters(&self) -> Vec<(String, Var)> {
+        vec![("weight".to_string(), self.weight.clone())]
+    }
+}
+
+/// LayerNorm over the last dim with weight and bias.
+pub struct LayerNorm {
+    /// `[dim]`, 1 at first.
+    pub weight: Var,
+    /// `[dim]`, 0 at first.
+    pub bias: Var,
+    /// Added to the variance (1e-5, as GPT-2).
+    pub eps: f32,
+}
+
+impl LayerNorm {
+    /// weight 1, bias 0, eps 1e-5.
+    pub fn new(gpu: &Gpu, dim: usize, dtype: DType) -> Result<Self> {
+        Ok(Self { weight: filled(gpu, &[dim], 1.0, dtype)?, bias: filled(gpu, &[dim], 0.0, dtype)?, eps: 1e-5 })
+    }
+
+    /// Normalises `x` `[..., dim]`.
+    pub fn forward(&self, x: &Var) -> Result<Var> {
+        x.layer_norm(Some(&self.weight), Some(&self.bias), self.eps)
+    }
+}
+
+impl Module for LayerNorm {
+    fn parameters(&self) -> Vec<(String, Var)> {
+        vec![("weight".to_string(), self.weight.clone()), ("bias".to_string(), self.bias.clone())]
+    }
+}
+
+/// GPT-2's MLP: Linear(d, 4d) → GELU (tanh) → Linear(4d, d).
+pub struct Mlp {
+    /// `[d, 4d]`.
+    pub c_fc: Linear,
+    /// `[4d, d]`.
+    pub c_proj: Linear,
+}
+
+impl Mlp {
+    /// `x` `[..., d]` → `[..., d]`.
+    pub fn forward(&self, x: &Var) -> Result<Var> {
+        self.c_proj.forward(&self.c_fc.forward(x)?.gelu_tanh()?)
+    }
+}
+
+impl Module for Mlp {
+    fn parameters(&self) -> Vec<(String, Var)> {
+        [prefixed("c_fc", &self.c_fc), prefixed("c_proj", &self.c_proj)].concat()
+    }
+}
+
+/// Multi-head causal self-attention: one Linear(d, 3d) for q, k, v, flash attention per
+/// head, Linear(d, d) out.
+pub struct CausalSelfAttention {
+    /// `[d, 3d]`: q, k, v side by side.
+    pub c_attn: Linear,
+    /// `[d, d]`.
+    pub c_proj: Linear,
+    /// Heads (d divisible by it).
+    pub heads: usize,
+}
+
+impl CausalSelfAttention {
+    /// `x` `[batch, seq, d]` → `[batch, seq, d]`, each position attending to itself and the
+    /// positions before it.
+    pub fn forward(&self, x: &Var) -> Result<Var> {
+        let &[b, s, d] = x.shape() else {
+            return Err(Error::InvalidArgument {
+                op: "attention",
+                msg: format!("x must be [batch, seq, d], got {:?}", x.shape()),
+            });
+        };
+        let (h, hd) = (self.heads, d / self.heads);
+        // [b, s, 3d] → [b, s, 3, h, hd] → [3, b, h, s, hd]: q, k, v as [b, h, s, hd] each.
+        let qkv = self.c_attn.forward(x)?.reshape(&[b, s, 3, h, hd])?.permute(&[2, 0, 3, 1, 4])?;
+        let part = |i: usize| qkv.narrow(0, i, 1)?.reshape(&[b, h, s, hd]);
+        let out = Var::attention(&part(0)?, &part(1)?, &part(2)?, true, None)?;
+        // [b, h, s, hd] → [b, s, h, hd] → [b, s, d].
+        self.c_proj.forward(&out.permute(&[0, 2, 1, 3])?.reshape(&[b, s, d])?)
+    }
+}
+
+impl Module for CausalSelfAttention {
+    fn parameters(&self) -> Vec<(String, Var)> {
+        [prefixed("c_attn", &self.c_attn), prefixed("c_proj", &self.c_proj)].concat()
+    }
+}
+
+/// A pre-norm transformer block: x + attn(ln_1(x)), then + mlp(ln_2(·)).
+pub struct Block {
+    /// Before attention.
+    pub ln_1: LayerNorm,
+    /// Causal self-attention.
+    pub attn: CausalSelfAttention,
+    /// Before the MLP.
+    pub ln_2: LayerNorm,
+    /// The MLP.
+    pub mlp: Mlp,
+}
+
+impl Block {
+    /// `x` `[batch, seq, d]` → the same shape.
+    pub fn forward(&self, x: &Var) -> Result<Var> {
+        let x = x.add(&self.attn.forward(&self.ln_1.forward(x)?)?)?;
+        x.add(&self.mlp.forward(&self.ln_2.forward(&x)?)?)
+    }
+}
+
+impl Module for Block {
+    fn parameters(&self) -> Vec<(String, Var)> {
+        [
+            prefixed("ln_1", &self.ln_1),
+            prefixed("attn", &self.attn),
+            prefixed("ln_2", &self.ln_2),
+            prefixed("mlp", &self.mlp),
+        ]
+        .concat()
+    }
+}
+
+/// The size of a GPT-2-architecture model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GptConfig {
+    /// Tokens in the vocabulary.
+    pub vocab: usize,
+    /// Longest sequence (learned positions).
+    pub context: usize,
+    /// Transformer blocks.
+    pub layers: usize,
+    /// Attention heads; `d_model` is a multiple of it.
+    pub heads: usize,
+    /// Width of the residual stream.
+    pub d_model: usize,
+}
+
+impl GptConfig {
+    /// GPT-2 small (124M): vocabulary 50257, context 1024, 12 layers, 12 heads, width 768.
+    pub fn gpt2_small() -> Self {
+        Self { vocab: 50257, context: 1024, layers: 12, heads: 12, d_model: 768 }
+    }
+}
+
+/// A GPT-2-architecture language model: token and position embeddings, `layers` blocks, a
+/// final LayerNorm, and logits through the token embedding (tied, as GPT-2).
+pub struct Gpt {
+    /// The size.
+    pub config: GptConfig,
+    /// Token embeddings `[vocab, d]`, also the output projection.
+    pub wte: Embedding,
+    /// Position embeddings `[context, d]`.
+    pub wpe: Embedding,
+    /// The blocks.
+    pub h: Vec<Block>,
+    /// The final LayerNorm.
+    pub ln_f: LayerNorm,
+}
+
+impl Gpt {
+    /// A model of `config` with GPT-2's initialisation from `seed`, parameters in `dtype`.
+    ///
+    /// Errors: `InvalidArgument` when `d_model` is not a multiple of `heads` or a size is 0.
+    pub fn new(gpu: &Gpu, config: &GptConfig, dtype: DType, seed: u64) -> Result<Self> {
+        let c = config;
+        if c.heads == 0 || c.d_model % c.heads != 0 || c.vocab == 0 || c.context == 0 || c.layers == 0 {
+            return Err(Error::InvalidArgument {
+                op: "Gpt::new",
+                msg: format!("{c:?}: every size must be positive and d_model a multiple of heads"),
+            });
+        }
+        let d = c.d_model;
+        let std = 0.02;
+        let proj_std = std / ((2 * c.layers) as f32).sqrt();
+        let mut seed = seed.wrapping_mul(1000);
+        let mut next = || {
+            seed += 1;
+            seed
+        };
+        let mut h = Vec::new();
+        for _ in 0..c.layers {
+            h.push(Block {
+                ln_1: LayerNorm::new(gpu, d, dtype)?,
+                attn: CausalSelfAttention {
+                    c_attn: Linear::new(gpu, d, 3 * d, true, std, dtype, next())?,
+                    c_proj: Linear::new(gpu, d, d, true, proj_std, dtype, next())?,
+                    heads: c.heads,
+                },
+                ln_2: LayerNorm::new(gpu, d, dtype)?,
+                mlp: Mlp {
+                    c_fc: Linear::new(gpu, d, 4 * d, true, std, dtype, next())?,
+                    c_proj: Linear::new(gpu, 4 * d, d, true, proj_std, dtype, next())?,
+                },
+            });
+        }
+        Ok(Self {
+            config: c.clone(),
+            wte: Embedding::new(gpu, c.vocab, d, std, dtype, next())?,
+            wpe: Embedding::new(gpu, c.context, d, std / 2.0, dtype, next())?,
+            h,
+            ln_f: LayerNorm::new(gpu, d, dtype)?,
+        })
+    }
+
+    /// Logits `[batch·seq, vocab]` for `ids` (`batch` rows of `seq` tokens, row-major).
+    ///
+    /// Errors: `InvalidArgument` when `ids` is not batch·seq long or seq exceeds the
+    /// context; any id ≥ vocab is refused by the embedding.
+    pub fn forward(&self, ids: &[u32], batch: usize, seq: usize) -> Result<Var> {
+        let d = self.config.d_model;
+        if ids.len() != batch * seq || seq == 0 || seq > self.config.context {
+            return Err(Error::InvalidArgument {
+                op: "Gpt::forward",
+                msg: format!("{} ids for batch {batch} × seq {seq} (context {})", ids.len(), self.config.context),
+            });
+        }
+        let positions: Vec<u32> = (0..batch * seq).map(|i| (i % seq) as u32).collect();
+        let tok = self.wte.forward(ids)?;
+        let pos = self.wpe.forward(&positions)?;
+        let mut x = tok.add(&pos)?.reshape(&[batch, seq, d])?;
+        for block in &self.h {
+            x = block.forward(&x)?;
+        }
+        let x = self.ln_f.forward(&x)?.reshape(&[batch * seq, d])?;
+        x.matmul(&self.wte.weight.transpose(0, 1)?)
+    }
+
+    /// Mean cross-entropy of the next-token predictions: `targets[i]` follows `ids[i]`.
+    pub fn loss(&self, ids: &[u32], targets: &[u32], batch: usize, seq: usize) -> Result<Var> {
+        let logits = self.forward(ids, batch, seq)?;
+        let logits = if logits.dtype() == DType::F32 { logits } else { logits.to_dtype(DType::F32)? };
+        logits.cross_entropy(targets)
+    }
+}
+
+impl Module for Gpt {
+    fn parameters(&self) -> Vec<(String, Var)> {
+        let mut p = prefixed("wte", &self.wte);
+        p.extend(prefixed("wpe", &self.wpe));
+        for (i, block) in self.h.iter().enumerate() {
+            p.extend(prefixed(&format!("h.{i}"), block));
+        }
+        p.extend(prefixed("ln_f", &self.ln_f));
+        p
+    }
+}
+
+/// Writes `module`'s parameters to a safetensors file, under their names.
+#[cfg(feature = "safetensors")]
+pub fn save_safetensors(module: &dyn Module, path: &std::path::Path) -> Result<()> {
+    use safetensors::tensor::TensorView;
+    let params = module.parameters();
+    let data: Vec<(String, Vec<u8>, Vec<usize>, DType)> = params
+        .iter()
+        .map(|(n, p)| Ok((n.clone(), p.tensor().to_bytes()?, p.shape().to_vec(), p.dtype())))
+        .collect::<Result<_>>()?;
+    let views: Vec<(String, TensorView)> = data
+        .iter()
+        .map(|(n, bytes, shape, dtype)| {
+            let dt = match dtype {
+                DType::F32 => safetensors::Dtype::F32,
+                DType::F16 => safetensors::Dtype::F16,
+                DType::BF16 => safetensors::Dtype::BF16,
+            };
+            TensorView::new(dt, shape.clone(), bytes)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| Error::InvalidArgument { op: "save_safetensors", msg: format!("{n}: {e}") })
+        })
+        .collect::<Result<_>>()?;
+    safetensors::serialize_to_file(views, None, path)
+        .map_err(|e| Error::InvalidArgument { op: "save_safetensors", msg: format!("{}: {e}", path.display()) })
+}
+
+/// Loads a safetensors file into `module`'s parameters in place (every parameter must be
+/// in the file with its shape and dtype; extra tensors in the file are ignored).
+#[cfg(feature = "safetensors")]
+pub fn load_safetensors(module: &dyn Module, path: &std::path::Path) -> Result<()> {
+    const OP: &str = "load_safetensors";
+    let bytes =
+        std::fs::read(path).map_err(|e| Error::InvalidArgument { op: OP, msg: format!("{}: {e}", path.display()) })?;
+    let file = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::InvalidArgument { op: OP, msg: format!("{}: {e}", path.display()) })?;
+    for (name, p) in module.parameters() {
+        let view = file
+            .tensor(&name)
+            .map_err(|e| Error::InvalidArgument { op: OP, msg: format!("{}: {name}: {e}", path.display()) })?;
+        let dtype = match view.dtype() {
+            safetensors::Dtype::F32 => DType::F32,
+            safetensors::Dtype::F16 => DType::F16,
+            safetensors::Dtype::BF16 => DType::BF16,
+            other => {
+                return Err(Error::InvalidArgument { op: OP, msg: format!("{name}: dtype {other:?} is not supported") })
+            }
+        };
+        if view.shape() != p.shape() || dtype != p.dtype() {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                msg: format!(
+                    "{name}: the file has {:?} {dtype:?}, the model {:?} {:?}",
+                    view.shape(),
+                    p.shape(),
+                    p.dtype()
+                ),
+            });
+        }
+        p.tensor().write_bytes(view.data())?;
+    }
+    Ok(())
+}
