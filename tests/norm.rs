@@ -302,7 +302,9 @@ fn norm_backward_matches_reference() {
         // Units of 1, 2 and 4; register classes 1, 1, 1, 4, 4, 8 with a streamed tail (9000
         // in units of 4) and 16 with a streamed tail (odd 4097); many rows: dw and db summed
         // over 79 and 71 chunks of 64 rows (param_grads_sum's lanes take several each), or
-        // over 5000 and 643 chunks of the one pass.
+        // over 5000 and 643 chunks of the one pass. Where the adapter has subgroups, rows up to
+        // SG_BACKWARD_ROWS_MAX (2, 6, 8, 127 here) take backward_sg_rows under Auto and
+        // Separate, and the one pass only when forced (InPass).
         for (rows, n) in
             [(3, 2), (5, 127), (130, 1000), (3, 2002), (2, 3000), (2, 9000), (2, 4097), (5000, 6), (4500, 8)]
         {

@@ -356,6 +356,73 @@ impl Gpt {
     }
 }
 
+/// How [`Gpt::generate`] draws each next token from the predicted distribution.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sampling {
+    /// Divides the logits; 0 takes the most likely token (greedy).
+    pub temperature: f32,
+    /// Draws among the `top_k` most likely tokens only; 0 means all.
+    pub top_k: usize,
+    /// Seed of the host's random draws (the same seed, the same text).
+    pub seed: u64,
+}
+
+impl Default for Sampling {
+    /// Greedy.
+    fn default() -> Self {
+        Self { temperature: 0.0, top_k: 0, seed: 0 }
+    }
+}
+
+/// The index of the token drawn from `logits` (`u` uniform in [0, 1)).
+fn draw(logits: &[f32], sampling: &Sampling, u: f64) -> u32 {
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    if sampling.temperature <= 0.0 {
+        return order[0] as u32;
+    }
+    let k = if sampling.top_k == 0 { logits.len() } else { sampling.top_k.min(logits.len()) };
+    let top = &order[..k];
+    let m = logits[top[0]] as f64;
+    let weights: Vec<f64> = top.iter().map(|&i| ((logits[i] as f64 - m) / sampling.temperature as f64).exp()).collect();
+    let mut target = u * weights.iter().sum::<f64>();
+    for (&i, w) in top.iter().zip(&weights) {
+        target -= w;
+        if target < 0.0 {
+            return i as u32;
+        }
+    }
+    top[k - 1] as u32
+}
+
+impl Gpt {
+    /// `prompt` followed by `new_tokens` tokens, each drawn ([`Sampling`]) from the model's
+    /// prediction after the last `context` tokens, without recording gradients. Each step
+    /// recomputes the forward over that window (no KV cache yet: O(window) work per token).
+    ///
+    /// Errors: `InvalidArgument` for an empty prompt; any id ≥ vocab is refused.
+    pub fn generate(&self, prompt: &[u32], new_tokens: usize, sampling: Sampling) -> Result<Vec<u32>> {
+        if prompt.is_empty() {
+            return Err(Error::InvalidArgument { op: "generate", msg: "the prompt is empty".into() });
+        }
+        let mut tokens = prompt.to_vec();
+        let mut state = sampling.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        crate::autograd::no_grad(|| {
+            for _ in 0..new_tokens {
+                let window = &tokens[tokens.len().saturating_sub(self.config.context)..];
+                let logits = self.forward(window, 1, window.len())?;
+                let last = logits.tensor().narrow(0, window.len() - 1, 1)?.to_vec_f32()?;
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let u = (state >> 11) as f64 / (1u64 << 53) as f64;
+                tokens.push(draw(&last, &sampling, u));
+            }
+            Ok(tokens)
+        })
+    }
+}
+
 impl Module for Gpt {
     fn parameters(&self) -> Vec<(String, Var)> {
         let mut p = prefixed("wte", &self.wte);

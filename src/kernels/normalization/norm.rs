@@ -158,6 +158,11 @@ pub enum RowKernel {
 /// Rows up to this many elements take the subgroup-per-row kernel where there are subgroups.
 pub const SG_ROWS_MAX: usize = 1024;
 
+/// The longest rows the norms' backward gives one subgroup each (`backward_sg_rows`):
+/// below a quarter of a 256-invocation workgroup's units, most of `backward`'s invocations
+/// would idle (on lavapipe a [1024, 64] LayerNorm backward took 223 ms that way).
+pub const SG_BACKWARD_ROWS_MAX: usize = 256;
+
 const SG_ARGS: &str = ", @builtin(subgroup_id) sgid: u32, @builtin(num_subgroups) nsg: u32, @builtin(subgroup_size) sgsize: u32, @builtin(subgroup_invocation_id) lane: u32";
 const SG_INIT: &str = "sg_id = sgid;\n    sg_count = nsg;\n    sg_size = sgsize;\n    sg_lane = lane;";
 
@@ -574,6 +579,7 @@ fn subgroup_row_kernels(d: DType, caps: Caps, unit: u32, out: DType, sg: bool) -
         all.push(softmax_kernel("softmax_sg_rows", d, None, None, out, unit, 1, true, 1.0, caps, false));
         for rms in [false, true] {
             all.push(norm_kernel("forward_sg_rows", d, Some(d), Some(d), None, out, unit, 1, rms, caps, None));
+            all.push(norm_kernel("backward_sg_rows", d, Some(d), None, Some(d), out, unit, 1, rms, caps, None));
         }
     }
     all
@@ -1150,7 +1156,12 @@ pub fn norm_backward_with(
     }
     let r = rows_of(op, x)?;
     let w = param(op, weight, r.n)?;
-    let vpt = auto_vpt(r.n, r.unit);
+    // Rows up to SG_BACKWARD_ROWS_MAX take one subgroup each (dw, db by the separate pass),
+    // unless the one pass is forced.
+    let sg_rows =
+        x.gpu().has(wgpu::Features::SUBGROUP) && r.n <= SG_BACKWARD_ROWS_MAX && !matches!(grads, NormGrads::InPass(_));
+    let vpt = if sg_rows { 1 } else { auto_vpt(r.n, r.unit) };
+    let grads = if sg_rows { NormGrads::Separate } else { grads };
     let per_group = in_pass_rows_for(op, &r, vpt, w.is_some(), grads)?;
     let chunk_rows = per_group.map_or(ROWS_PER_CHUNK, |p| p as usize);
     let chunks = r.rows.div_ceil(chunk_rows);
@@ -1170,7 +1181,11 @@ pub fn norm_backward_with(
         chunk_rows: chunk_rows as u32,
         ..Default::default()
     });
-    let entry = if per_group.is_some() { "backward_grads" } else { "backward" };
+    let entry = match (per_group, sg_rows) {
+        (Some(_), _) => "backward_grads",
+        (None, true) => "backward_sg_rows",
+        (None, false) => "backward",
+    };
     let k = norm_kernel(
         entry,
         r.x.dtype(),
@@ -1197,11 +1212,17 @@ pub fn norm_backward_with(
     }
     match (&partials, per_group) {
         // Unchecked is safe: every load index is clamped into the row (unit ≤ units − 1,
-        // row < rows) and group g < chunks writes partials[g·2n + j], j < 2n.
+        // row < rows) and group g < chunks writes partials[g·2n + j], j < 2n; the subgroup
+        // kernel reads and writes units u < units of rows row < rows only.
         (Some(p), Some(_)) => bind.push((7, p.storage()?.buffer())),
         _ => bind.push((6, stats.storage()?.buffer())),
     }
-    gpu.dispatch(&k, &bind, per_group.map_or(r.rows, |_| chunks) as u32)?;
+    let groups = match per_group {
+        Some(_) => chunks as u32,
+        None if sg_rows => row_groups(gpu, RowKernel::Subgroup, r.rows),
+        None => r.rows as u32,
+    };
+    gpu.dispatch(&k, &bind, groups)?;
     let dx = finish(dx, x.dtype(), x.shape())?;
     let (Some(w), Some(partials)) = (w, partials) else { return Ok(NormGradients { dx, dweight: None, dbias: None }) };
     let (dw, db) = param_grads(

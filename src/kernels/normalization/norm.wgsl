@@ -562,4 +562,55 @@ fn forward_sg_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
         store(row * n + u * UNIT, affine(load_x_again(base + u * UNIT), u * UNIT, m));
     }
 }
+
+// Short rows, backward (dx; dw and db by param_grads): one subgroup per row, as
+// forward_sg_rows, where `backward`'s 256 invocations per row would mostly idle. The
+// moments and (Σ g, Σ g·x̂) by subgroup sums; x and dy are read twice (the sums, then dx):
+// 5·N·size bytes per row against 3·N·size, for rows too short to fill a workgroup.
+@compute @workgroup_size(256)
+fn backward_sg_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32{{SG_ARGS}}) {
+    {{SG_INIT}}
+    let row = (wid.x + wid.y * nwg.x) * sg_count + sg_id;
+    if (row >= params.rows) {
+        return;
+    }
+    let n = params.n;
+    let units = (n + UNIT - 1u) / UNIT;
+    let base = params.x_off + row * n;
+    var shift = 0.0;
+    if (!RMS && lane < units) {
+        shift = load_x(base + lane * UNIT).x;
+    }
+    var acc = vec3<f32>(0.0);
+    for (var u = lane; u < units; u += sg_size) {
+        acc = add_unit(acc, load_x(base + u * UNIT), shift);
+    }
+    let eps = params.eps;
+    var m: vec2<f32>;
+    if (RMS) {
+        let total = subgroupAdd(vec2<f32>(acc.x, acc.z));
+        m = vec2<f32>(0.0, inverseSqrt(total.y / total.x + eps));
+    } else {
+        let total = welford_subgroup(to_welford(acc, shift));
+        m = vec2<f32>(total.y, inverseSqrt(max(total.z / total.x, 0.0) + eps));
+    }
+    if (lane == 0u) {
+        stats[row] = m;
+    }
+    var sums = vec2<f32>(0.0); // (Σ g, Σ g·x̂)
+    for (var u = lane; u < units; u += sg_size) {
+        let j = u * UNIT;
+        let xh = (load_x(base + j) - m.x) * m.y;
+        let g = real_lanes(load_dy(params.dy_off + row * n + j) * load_w(params.w_off + j));
+        sums += vec2<f32>(hsum(g), dot(g, xh));
+    }
+    let total = subgroupAdd(sums);
+    let means = vec2<f32>(select(total.x / f32(n), 0.0, RMS), total.y / f32(n));
+    for (var u = lane; u < units; u += sg_size) {
+        let j = u * UNIT;
+        let xh = (load_x(base + j) - m.x) * m.y;
+        let g = load_dy(params.dy_off + row * n + j) * load_w(params.w_off + j);
+        store(row * n + j, m.y * (g - means.x - xh * means.y));
+    }
+}
 //#endif
