@@ -8,7 +8,9 @@
 //!     cargo run --release --example train_gpt -- --quick      # lavapipe: a few minutes
 //!     cargo run --release --example train_gpt                 # a GPU: a larger model
 //!
-//! Flags: `--steps N`, `--svg PATH` (default train_gpt_loss.svg), `--save PATH.safetensors`.
+//! Flags: `--steps N`, `--checkpointing` (recompute each block in the backward),
+//! `--accumulate K` (K micro-batches of batch/K rows per step), `--svg PATH` (default
+//! train_gpt_loss.svg), `--save PATH.safetensors`, `--profile` (the kernels of step 3).
 
 #[path = "common/args.rs"]
 #[allow(dead_code)]
@@ -23,7 +25,8 @@ use wgkernels::optim::{AdamW, AdamWConfig, Optimizer};
 use wgkernels::plan::{human, ModelConfig, Optimizer as PlanOptimizer, Precision};
 use wgkernels::{DType, Gpu, Result};
 
-const USAGE: &str = "train_gpt [--quick] [--steps N] [--svg PATH] [--save PATH]";
+const USAGE: &str =
+    "train_gpt [--quick] [--steps N] [--checkpointing] [--accumulate K] [--profile] [--svg PATH] [--save PATH]";
 
 /// A deterministic text of about `lines` lines: sentences of a small grammar and sums in
 /// words and digits.
@@ -121,7 +124,12 @@ fn loss_svg(train: &[f32], held_out: &[(usize, f32)], baseline: f64) -> String {
 }
 
 fn main() -> Result<()> {
-    let args = args::Args::parse(USAGE, &["--quick", "--profile"], &["--steps", "--svg", "--save"], false);
+    let args = args::Args::parse(
+        USAGE,
+        &["--quick", "--profile", "--checkpointing"],
+        &["--steps", "--svg", "--save", "--accumulate"],
+        false,
+    );
     let quick = args.has("--quick");
     let gpu = Gpu::new()?;
     println!("{}", gpu.info());
@@ -142,7 +150,13 @@ fn main() -> Result<()> {
         (GptConfig { vocab: chars.len(), context: 256, layers: 6, heads: 6, d_model: 384 }, 32, 256, 1500, 1e-3)
     };
     let steps = args.parsed("--steps", steps);
-    let model = Gpt::new(&gpu, &config, DType::F32, 1)?;
+    let mut model = Gpt::new(&gpu, &config, DType::F32, 1)?;
+    model.checkpointing = args.has("--checkpointing");
+    let accumulate: usize = args.parsed("--accumulate", 1);
+    if accumulate == 0 || batch % accumulate != 0 {
+        eprintln!("--accumulate {accumulate}: a divisor of the batch ({batch})");
+        std::process::exit(2);
+    }
     let params: Vec<_> = model.parameters().into_iter().map(|(_, p)| p).collect();
     println!(
         "corpus: {} characters, vocabulary {}; model: {} layers, d {}, {} heads, {} parameters; batch {batch} × {seq}, {steps} steps",
@@ -183,13 +197,16 @@ fn main() -> Result<()> {
         };
         opt.config_mut().lr = lr * scale;
         let (ids, targets) = batch_of(train, batch, seq, &mut state);
-        let profile = if std::env::args().any(|a| a == "--profile") && step == 3 {
-            Some(wgkernels::Profiler::start(&gpu)?)
-        } else {
-            None
-        };
-        let loss = model.loss(&ids, &targets, batch, seq)?;
-        loss.backward()?;
+        let profile = if args.has("--profile") && step == 3 { Some(wgkernels::Profiler::start(&gpu)?) } else { None };
+        // K micro-batches, each loss scaled by 1/K: the gradients add up to the whole batch's.
+        let rows = batch / accumulate * seq;
+        let mut value = 0.0;
+        for m in 0..accumulate {
+            let (i, t) = (&ids[m * rows..(m + 1) * rows], &targets[m * rows..(m + 1) * rows]);
+            let loss = model.loss(i, t, batch / accumulate, seq)?.mul_scalar(1.0 / accumulate as f32)?;
+            loss.backward()?;
+            value += loss.tensor().to_vec_f32()?[0];
+        }
         opt.step_params(&params)?;
         if let Some(p) = profile {
             let report = p.finish()?;
@@ -198,7 +215,6 @@ fn main() -> Result<()> {
             }
         }
         params.iter().for_each(|p| p.zero_grad());
-        let value = loss.tensor().to_vec_f32()?[0];
         losses.push(value);
         if step % 25 == 24 || step + 1 == steps {
             held_out.push((step, held_loss(&mut held_state)?));
@@ -218,9 +234,9 @@ fn main() -> Result<()> {
         vocab: config.vocab,
         context: config.context,
     }
-    .training(batch, seq, Precision::Fp32, PlanOptimizer::Adam, true, false);
+    .training(batch / accumulate, seq, Precision::Fp32, PlanOptimizer::Adam, true, model.checkpointing);
     println!(
-        "{steps} steps in {elapsed:.1} s: {:.0} tokens/s; peak device memory {} (plan's estimate for this model and batch: {})",
+        "{steps} steps in {elapsed:.1} s: {:.0} tokens/s; peak device memory {} (plan's estimate for this model, micro-batch and checkpointing: {})",
         (steps * batch * seq) as f64 / elapsed,
         human(peak),
         human(plan.total())

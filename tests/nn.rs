@@ -180,3 +180,101 @@ fn training_steps_lower_the_loss() {
     assert!((first - (16f32).ln()).abs() < 0.3, "initial loss {first} ≈ ln 16");
     assert!(last < 0.5 * first, "losses {losses:?}");
 }
+
+/// The parameters' gradients as host vectors, then cleared.
+fn take_grads(model: &Gpt) -> Vec<(String, Vec<f32>)> {
+    model
+        .parameters()
+        .into_iter()
+        .map(|(n, p)| {
+            let g = p.grad().unwrap_or_else(|| panic!("{n}: no gradient")).to_vec_f32().unwrap();
+            p.zero_grad();
+            (n, g)
+        })
+        .collect()
+}
+
+/// Activation checkpointing per block gives the same gradients and a lower measured peak
+/// (a device of its own: the peak is per device, and other tests run beside this one).
+#[test]
+fn checkpointing_gives_the_same_gradients_with_a_lower_peak() {
+    let gpu = wgkernels::Gpu::new().unwrap();
+    let config = GptConfig { vocab: 20, context: 32, layers: 4, heads: 2, d_model: 32 };
+    let mut model = Gpt::new(&gpu, &config, DType::F32, 9).unwrap();
+    let (batch, seq) = (4usize, 32usize);
+    let ids: Vec<u32> = (0..batch * seq).map(|i| (i * 7 % 20) as u32).collect();
+    let targets: Vec<u32> = (0..batch * seq).map(|i| (i * 3 % 20) as u32).collect();
+    let mut runs = Vec::new();
+    for checkpointing in [false, true] {
+        model.checkpointing = checkpointing;
+        gpu.synchronize().unwrap();
+        let base = gpu.memory().live_bytes;
+        gpu.reset_peak();
+        let loss = model.loss(&ids, &targets, batch, seq).unwrap();
+        loss.backward().unwrap();
+        gpu.synchronize().unwrap();
+        let peak = gpu.memory().peak_live_bytes - base;
+        drop(loss);
+        runs.push((peak, take_grads(&model)));
+    }
+    for ((name, plain), (_, ckpt)) in runs[0].1.iter().zip(&runs[1].1) {
+        let want: Vec<f64> = plain.iter().map(|&v| v as f64).collect();
+        assert_close(&format!("{name}: checkpointed vs plain gradient"), ckpt, &want, 1e-6, 1e-5);
+    }
+    let (plain, ckpt) = (runs[0].0, runs[1].0);
+    eprintln!("peak above the weights: plain {plain} bytes, checkpointed {ckpt} bytes");
+    assert!(ckpt < plain * 9 / 10, "checkpointing should lower the peak: plain {plain}, checkpointed {ckpt}");
+}
+
+/// k micro-batches whose losses are scaled by 1/k accumulate the gradient of one batch k
+/// times as large (the batch mean of the same rows).
+#[test]
+fn gradient_accumulation_matches_one_large_batch() {
+    let gpu = gpu();
+    let config = GptConfig { vocab: 12, context: 8, layers: 1, heads: 2, d_model: 16 };
+    let model = Gpt::new(&gpu, &config, DType::F32, 4).unwrap();
+    let (batch, seq, k) = (4usize, 8usize, 2usize);
+    let ids: Vec<u32> = (0..batch * seq).map(|i| (i * 5 % 12) as u32).collect();
+    let targets: Vec<u32> = (0..batch * seq).map(|i| (i * 7 % 12) as u32).collect();
+    model.loss(&ids, &targets, batch, seq).unwrap().backward().unwrap();
+    let whole = take_grads(&model);
+    let rows = batch / k * seq;
+    for m in 0..k {
+        let (i, t) = (&ids[m * rows..(m + 1) * rows], &targets[m * rows..(m + 1) * rows]);
+        model.loss(i, t, batch / k, seq).unwrap().mul_scalar(1.0 / k as f32).unwrap().backward().unwrap();
+    }
+    let accumulated = take_grads(&model);
+    for ((name, w), (_, a)) in whole.iter().zip(&accumulated) {
+        let want: Vec<f64> = w.iter().map(|&v| v as f64).collect();
+        assert_close(&format!("{name}: accumulated vs whole-batch gradient"), a, &want, 1e-6, 1e-4);
+    }
+}
+
+/// 1000 training steps of a tiny model leave the device memory in use where it was after
+/// the first few (nothing kept per step: graphs, gradients, optimizer temporaries).
+#[test]
+fn a_long_training_loop_keeps_memory_flat() {
+    use wgkernels::optim::{AdamW, AdamWConfig, Optimizer};
+    let gpu = wgkernels::Gpu::new().unwrap();
+    let config = GptConfig { vocab: 8, context: 8, layers: 1, heads: 1, d_model: 8 };
+    let model = Gpt::new(&gpu, &config, DType::F32, 6).unwrap();
+    let params: Vec<_> = model.parameters().into_iter().map(|(_, p)| p).collect();
+    let mut opt = AdamW::new(&gpu, AdamWConfig::default()).unwrap();
+    let ids: Vec<u32> = (0..8).map(|i| i % 8).collect();
+    let targets: Vec<u32> = (0..8).map(|i| (i + 1) % 8).collect();
+    let mut after_warmup = 0;
+    for step in 0..1000 {
+        // Measured between steps: the last step's graph is gone, as it is after the loop.
+        if step == 10 {
+            gpu.synchronize().unwrap();
+            after_warmup = gpu.memory().live_bytes;
+        }
+        let loss = model.loss(&ids, &targets, 1, 8).unwrap();
+        loss.backward().unwrap();
+        opt.step_params(&params).unwrap();
+        params.iter().for_each(|p| p.zero_grad());
+    }
+    gpu.synchronize().unwrap();
+    let end = gpu.memory().live_bytes;
+    assert_eq!(end, after_warmup, "live bytes after step 10: {after_warmup}, after step 1000: {end}");
+}

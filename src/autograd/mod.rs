@@ -107,6 +107,59 @@ pub fn no_grad<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
 
+/// Runs `f` with recording on (the backward of a checkpoint records its recomputation even
+/// when called inside [`no_grad`]).
+fn with_grad<T>(f: impl FnOnce() -> T) -> T {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            GRAD_ENABLED.with(|g| g.set(self.0));
+        }
+    }
+    let _restore = Restore(GRAD_ENABLED.with(|g| g.replace(true)));
+    f()
+}
+
+/// Activation checkpointing: `f(inputs)` computed without keeping anything its backward
+/// would need; the backward computes `f` again from the saved inputs, with recording on,
+/// and back-propagates through that recomputation. Memory: only the inputs and the output
+/// stay alive between forward and backward (per transformer block: the block's input
+/// instead of its ~10 activations), for one more forward in the backward pass.
+///
+/// `f` must compute the same values both times (a dropout inside takes its seed from the
+/// closure, not from a counter). Parameters that `f` uses (captured vars) get their
+/// gradients during the recomputation's backward, as if `f` had been recorded.
+///
+/// ```
+/// # use wgkernels::{DType, Gpu, Tensor};
+/// # fn main() -> wgkernels::Result<()> {
+/// # let gpu = Gpu::new()?;
+/// use wgkernels::autograd::checkpoint;
+/// let w = Tensor::randn(&gpu, &[8, 8], DType::F32, 0)?.requires_grad();
+/// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 1)?.requires_grad();
+/// let w2 = w.clone();
+/// let y = checkpoint(&[&x], move |v| v[0].matmul(&w2)?.gelu_tanh()?.matmul(&w2))?;
+/// y.sum_all()?.backward()?;
+/// assert!(w.grad().is_some() && x.grad().is_some());
+/// # Ok(()) }
+/// ```
+pub fn checkpoint(inputs: &[&Var], f: impl Fn(&[Var]) -> Result<Var> + Send + 'static) -> Result<Var> {
+    let constants: Vec<Var> = inputs.iter().map(|v| v.detach()).collect();
+    let out = no_grad(|| f(&constants))?;
+    let saved: Vec<(Tensor, bool)> = inputs.iter().map(|v| (v.tensor().clone(), v.requires_grad())).collect();
+    let value = out.tensor().clone();
+    Ok(Var::from_op(value, "checkpoint", inputs, move |g: &Tensor| {
+        with_grad(|| {
+            let fresh: Vec<Var> = saved.iter().map(|(t, needs)| Var::leaf(t.clone(), *needs)).collect();
+            let y = f(&fresh)?;
+            if y.requires_grad() {
+                y.backward_with(g.clone())?;
+            }
+            Ok(fresh.iter().map(|v| v.grad()).collect())
+        })
+    }))
+}
+
 /// Whether ops on this thread record (false inside [`no_grad`]).
 pub fn is_grad_enabled() -> bool {
     GRAD_ENABLED.with(|g| g.get())

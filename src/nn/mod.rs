@@ -59,6 +59,7 @@ fn filled(gpu: &Gpu, shape: &[usize], value: f32, dtype: DType) -> Result<Var> {
 }
 
 /// y = x·W + b, W `[in, out]`.
+#[derive(Clone)]
 pub struct Linear {
     /// `[in, out]`.
     pub weight: Var,
@@ -102,6 +103,7 @@ impl Module for Linear {
 }
 
 /// A lookup table `[rows, dim]`.
+#[derive(Clone)]
 pub struct Embedding {
     /// `[rows, dim]`.
     pub weight: Var,
@@ -126,6 +128,7 @@ impl Module for Embedding {
 }
 
 /// LayerNorm over the last dim with weight and bias.
+#[derive(Clone)]
 pub struct LayerNorm {
     /// `[dim]`, 1 at first.
     pub weight: Var,
@@ -154,6 +157,7 @@ impl Module for LayerNorm {
 }
 
 /// GPT-2's MLP: Linear(d, 4d) → GELU (tanh) → Linear(4d, d).
+#[derive(Clone)]
 pub struct Mlp {
     /// `[d, 4d]`.
     pub c_fc: Linear,
@@ -176,6 +180,7 @@ impl Module for Mlp {
 
 /// Multi-head causal self-attention: one Linear(d, 3d) for q, k, v, flash attention per
 /// head, Linear(d, d) out.
+#[derive(Clone)]
 pub struct CausalSelfAttention {
     /// `[d, 3d]`: q, k, v side by side.
     pub c_attn: Linear,
@@ -212,6 +217,7 @@ impl Module for CausalSelfAttention {
 }
 
 /// A pre-norm transformer block: x + attn(ln_1(x)), then + mlp(ln_2(·)).
+#[derive(Clone)]
 pub struct Block {
     /// Before attention.
     pub ln_1: LayerNorm,
@@ -278,6 +284,10 @@ pub struct Gpt {
     pub h: Vec<Block>,
     /// The final LayerNorm.
     pub ln_f: LayerNorm,
+    /// Activation checkpointing per block (see [`crate::autograd::checkpoint`]): the
+    /// forward keeps each block's input only, the backward recomputes the block. Off at
+    /// first.
+    pub checkpointing: bool,
 }
 
 impl Gpt {
@@ -322,6 +332,7 @@ impl Gpt {
             wpe: Embedding::new(gpu, c.context, d, std / 2.0, dtype, next())?,
             h,
             ln_f: LayerNorm::new(gpu, d, dtype)?,
+            checkpointing: false,
         })
     }
 
@@ -342,7 +353,12 @@ impl Gpt {
         let pos = self.wpe.forward(&positions)?;
         let mut x = tok.add(&pos)?.reshape(&[batch, seq, d])?;
         for block in &self.h {
-            x = block.forward(&x)?;
+            x = if self.checkpointing {
+                let block = block.clone();
+                crate::autograd::checkpoint(&[&x], move |v| block.forward(&v[0]))?
+            } else {
+                block.forward(&x)?
+            };
         }
         let x = self.ln_f.forward(&x)?.reshape(&[batch * seq, d])?;
         x.matmul(&self.wte.weight.transpose(0, 1)?)
