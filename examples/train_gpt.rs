@@ -252,7 +252,18 @@ fn main() -> Result<()> {
     }
 
     let prompt: Vec<u32> = "the cat ".chars().map(encode).collect();
-    let sample = model.generate(&prompt, 120, Sampling { temperature: 0.8, top_k: 8, seed: 3 })?;
+    let sampling = Sampling { temperature: 0.8, top_k: 8, seed: 3 };
+    let t = Instant::now();
+    let sample = model.generate(&prompt, 120, sampling)?;
+    let cached_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    model.generate_uncached(&prompt, 120, sampling)?;
+    let uncached_s = t.elapsed().as_secs_f64();
+    println!(
+        "generation, batch 1: {:.1} tokens/s with the KV cache, {:.1} recomputing the window",
+        120.0 / cached_s,
+        120.0 / uncached_s
+    );
     let sample: String = sample.iter().map(|&t| chars[t as usize]).collect();
     println!("sample:\n{sample}\n");
     let final_loss = held_loss(&mut held_state)?;

@@ -278,3 +278,32 @@ fn a_long_training_loop_keeps_memory_flat() {
     let end = gpu.memory().live_bytes;
     assert_eq!(end, after_warmup, "live bytes after step 10: {after_warmup}, after step 1000: {end}");
 }
+
+/// The KV-cache path (a prefill, then one token per step) gives the logits of the full
+/// forward over the same tokens, and greedy generation picks the same tokens as the
+/// uncached path.
+#[test]
+fn kv_cache_decoding_matches_the_full_forward() {
+    use wgkernels::nn::{LayerCache, Sampling};
+    let gpu = gpu();
+    let config = GptConfig { vocab: 17, context: 16, layers: 2, heads: 2, d_model: 16 };
+    let model = Gpt::new(&gpu, &config, DType::F32, 8).unwrap();
+    let tokens: Vec<u32> = (0..12).map(|i| (i * 5 % 17) as u32).collect();
+    let full = model.forward(&tokens, 1, tokens.len()).unwrap().tensor().to_vec_f32().unwrap();
+    let want: Vec<f64> = full.iter().map(|&v| v as f64).collect();
+    let mut caches = vec![LayerCache::default(); config.layers];
+    let mut got = model.forward_cached(&tokens[..5], &mut caches).unwrap().to_vec_f32().unwrap();
+    for &t in &tokens[5..] {
+        got.extend(model.forward_cached(&[t], &mut caches).unwrap().to_vec_f32().unwrap());
+    }
+    assert_eq!(caches[0].len(), 12);
+    assert_close("cached logits vs full forward", &got, &want, 1e-5, 1e-4);
+    let greedy = Sampling::default();
+    let cached = model.generate(&tokens[..3], 10, greedy).unwrap();
+    let uncached = model.generate_uncached(&tokens[..3], 10, greedy).unwrap();
+    assert_eq!(cached, uncached, "greedy tokens, cached vs uncached");
+    // Past the context the cache is rebuilt: generation goes on.
+    assert_eq!(model.generate(&tokens[..3], 40, Sampling { temperature: 1.0, top_k: 5, seed: 2 }).unwrap().len(), 43);
+    let err = model.forward_cached(&tokens, &mut caches).unwrap_err().to_string();
+    assert!(err.contains("forward_cached") && err.contains("context 16"), "{err}");
+}

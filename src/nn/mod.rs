@@ -210,6 +210,57 @@ impl CausalSelfAttention {
     }
 }
 
+/// One layer's keys and values of the tokens seen so far, `[1, heads, tokens, head_dim]`
+/// each (see [`Gpt::generate`]).
+#[derive(Clone, Default)]
+pub struct LayerCache {
+    /// Keys, or None before the first token.
+    pub k: Option<Tensor>,
+    /// Values.
+    pub v: Option<Tensor>,
+}
+
+impl LayerCache {
+    /// Tokens cached.
+    pub fn len(&self) -> usize {
+        self.k.as_ref().map_or(0, |k| k.shape()[2])
+    }
+
+    /// True before the first token.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl CausalSelfAttention {
+    /// [`CausalSelfAttention::forward`] for `x` `[1, s, d]`, the new tokens after those in
+    /// `cache`, whose keys and values are appended to it: each new query attends to every
+    /// cached key and the new ones up to itself (the causal mask aligned bottom-right).
+    pub fn forward_cached(&self, x: &Var, cache: &mut LayerCache) -> Result<Var> {
+        let &[1, s, d] = x.shape() else {
+            return Err(Error::InvalidArgument {
+                op: "attention",
+                msg: format!("a cached forward takes x [1, seq, d], got {:?}", x.shape()),
+            });
+        };
+        let (h, hd) = (self.heads, d / self.heads);
+        let qkv = self.c_attn.forward(x)?.reshape(&[1, s, 3, h, hd])?.permute(&[2, 0, 3, 1, 4])?;
+        let part = |i: usize| qkv.narrow(0, i, 1)?.reshape(&[1, h, s, hd]);
+        let (q, k, v) = (part(0)?, part(1)?, part(2)?);
+        let append = |old: &Option<Tensor>, new: &Var| -> Result<Tensor> {
+            match old {
+                Some(old) => Tensor::cat(&[old, new.tensor()], 2),
+                None => Ok(new.tensor().clone()),
+            }
+        };
+        let (k_all, v_all) = (append(&cache.k, &k)?, append(&cache.v, &v)?);
+        cache.k = Some(k_all.clone());
+        cache.v = Some(v_all.clone());
+        let out = Var::attention(&q, &k_all.constant(), &v_all.constant(), true, None)?;
+        self.c_proj.forward(&out.permute(&[0, 2, 1, 3])?.reshape(&[1, s, d])?)
+    }
+}
+
 impl Module for CausalSelfAttention {
     fn parameters(&self) -> Vec<(String, Var)> {
         [prefixed("c_attn", &self.c_attn), prefixed("c_proj", &self.c_proj)].concat()
@@ -233,6 +284,14 @@ impl Block {
     /// `x` `[batch, seq, d]` → the same shape.
     pub fn forward(&self, x: &Var) -> Result<Var> {
         let x = x.add(&self.attn.forward(&self.ln_1.forward(x)?)?)?;
+        x.add(&self.mlp.forward(&self.ln_2.forward(&x)?)?)
+    }
+}
+
+impl Block {
+    /// [`Block::forward`] of new tokens `[1, s, d]` after those in `cache`.
+    pub fn forward_cached(&self, x: &Var, cache: &mut LayerCache) -> Result<Var> {
+        let x = x.add(&self.attn.forward_cached(&self.ln_1.forward(x)?, cache)?)?;
         x.add(&self.mlp.forward(&self.ln_2.forward(&x)?)?)
     }
 }
@@ -412,12 +471,75 @@ fn draw(logits: &[f32], sampling: &Sampling, u: f64) -> u32 {
 }
 
 impl Gpt {
+    /// Logits `[s, vocab]` of `ids`, the tokens after those in `caches` (one per layer),
+    /// whose keys and values are appended: a decode step is `ids` of one token, each
+    /// projection a thin `[1, d]` matmul and attention over the cache. Records nothing.
+    ///
+    /// Errors: `InvalidArgument` when the cache and `ids` together exceed the context or
+    /// `caches` is not one per layer.
+    pub fn forward_cached(&self, ids: &[u32], caches: &mut [LayerCache]) -> Result<Tensor> {
+        let start = caches.first().map_or(0, LayerCache::len);
+        if caches.len() != self.h.len() || ids.is_empty() || start + ids.len() > self.config.context {
+            return Err(Error::InvalidArgument {
+                op: "Gpt::forward_cached",
+                msg: format!(
+                    "{} new tokens after {start} cached, {} caches for {} layers (context {})",
+                    ids.len(),
+                    caches.len(),
+                    self.h.len(),
+                    self.config.context
+                ),
+            });
+        }
+        crate::autograd::no_grad(|| {
+            let d = self.config.d_model;
+            let positions: Vec<u32> = (start..start + ids.len()).map(|p| p as u32).collect();
+            let mut x = self.wte.forward(ids)?.add(&self.wpe.forward(&positions)?)?.reshape(&[1, ids.len(), d])?;
+            for (block, cache) in self.h.iter().zip(caches.iter_mut()) {
+                x = block.forward_cached(&x, cache)?;
+            }
+            let x = self.ln_f.forward(&x)?.reshape(&[ids.len(), d])?;
+            Ok(x.matmul(&self.wte.weight.transpose(0, 1)?)?.tensor().clone())
+        })
+    }
+
     /// `prompt` followed by `new_tokens` tokens, each drawn ([`Sampling`]) from the model's
-    /// prediction after the last `context` tokens, without recording gradients. Each step
-    /// recomputes the forward over that window (no KV cache yet: O(window) work per token).
+    /// prediction, without recording gradients. The prompt runs once (prefill), then one
+    /// decode step per token over the KV cache; when the cache reaches the context, it is
+    /// rebuilt from the last half-context of tokens (their positions restart at 0).
     ///
     /// Errors: `InvalidArgument` for an empty prompt; any id ≥ vocab is refused.
     pub fn generate(&self, prompt: &[u32], new_tokens: usize, sampling: Sampling) -> Result<Vec<u32>> {
+        if prompt.is_empty() {
+            return Err(Error::InvalidArgument { op: "generate", msg: "the prompt is empty".into() });
+        }
+        let mut tokens = prompt.to_vec();
+        let mut state = sampling.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let context = self.config.context;
+        let mut caches = vec![LayerCache::default(); self.h.len()];
+        let mut pending: Vec<u32> = tokens[tokens.len().saturating_sub(context)..].to_vec();
+        for _ in 0..new_tokens {
+            if caches[0].len() + pending.len() > context {
+                // Rebuild from the last half-context (at least the pending tokens).
+                caches = vec![LayerCache::default(); self.h.len()];
+                pending = tokens[tokens.len().saturating_sub((context / 2).max(1))..].to_vec();
+            }
+            let logits = self.forward_cached(&pending, &mut caches)?;
+            let last = logits.narrow(0, pending.len() - 1, 1)?.to_vec_f32()?;
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let u = (state >> 11) as f64 / (1u64 << 53) as f64;
+            let next = draw(&last, &sampling, u);
+            tokens.push(next);
+            pending = vec![next];
+        }
+        Ok(tokens)
+    }
+
+    /// [`Gpt::generate`] without a cache: every token recomputes the forward over the last
+    /// `context` tokens (the reference the cached path is tested against).
+    pub fn generate_uncached(&self, prompt: &[u32], new_tokens: usize, sampling: Sampling) -> Result<Vec<u32>> {
         if prompt.is_empty() {
             return Err(Error::InvalidArgument { op: "generate", msg: "the prompt is empty".into() });
         }
