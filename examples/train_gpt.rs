@@ -9,7 +9,8 @@
 //!     cargo run --release --example train_gpt                 # a GPU: a larger model
 //!
 //! Flags: `--steps N`, `--checkpointing` (recompute each block in the backward),
-//! `--accumulate K` (K micro-batches of batch/K rows per step), `--svg PATH` (default
+//! `--accumulate K` (K micro-batches of batch/K rows per step), `--dtype f16|bf16` (16-bit
+//! weights and activations, f32 master weights in AdamW; f16 with a dynamic loss scale), `--svg PATH` (default
 //! train_gpt_loss.svg), `--save PATH.safetensors`, `--profile` (the kernels of step 3).
 
 #[path = "common/args.rs"]
@@ -21,12 +22,12 @@ use std::time::Instant;
 
 use wgkernels::autograd::no_grad;
 use wgkernels::nn::{Gpt, GptConfig, Module, Sampling};
-use wgkernels::optim::{AdamW, AdamWConfig, Optimizer};
+use wgkernels::optim::{AdamW, AdamWConfig, DynamicLossScale, Optimizer};
 use wgkernels::plan::{human, ModelConfig, Optimizer as PlanOptimizer, Precision};
 use wgkernels::{DType, Gpu, Result};
 
 const USAGE: &str =
-    "train_gpt [--quick] [--steps N] [--checkpointing] [--accumulate K] [--profile] [--svg PATH] [--save PATH]";
+    "train_gpt [--quick] [--steps N] [--checkpointing] [--accumulate K] [--dtype f32|f16|bf16] [--profile] [--svg PATH] [--save PATH]";
 
 /// A deterministic text of about `lines` lines: sentences of a small grammar and sums in
 /// words and digits.
@@ -127,7 +128,7 @@ fn main() -> Result<()> {
     let args = args::Args::parse(
         USAGE,
         &["--quick", "--profile", "--checkpointing"],
-        &["--steps", "--svg", "--save", "--accumulate"],
+        &["--steps", "--svg", "--save", "--accumulate", "--dtype"],
         false,
     );
     let quick = args.has("--quick");
@@ -150,7 +151,18 @@ fn main() -> Result<()> {
         (GptConfig { vocab: chars.len(), context: 256, layers: 6, heads: 6, d_model: 384 }, 32, 256, 1500, 1e-3)
     };
     let steps = args.parsed("--steps", steps);
-    let mut model = Gpt::new(&gpu, &config, DType::F32, 1)?;
+    let dtype = match args.value("--dtype").unwrap_or("f32") {
+        "f32" => DType::F32,
+        "f16" => DType::F16,
+        "bf16" => DType::BF16,
+        other => {
+            eprintln!("--dtype {other}: f32, f16 or bf16\nusage: {USAGE}");
+            std::process::exit(2);
+        }
+    };
+    // f16 needs the loss scaled so that small gradients survive; bf16 has f32's range.
+    let mut scaler = DynamicLossScale::new(if dtype == DType::F16 { 65536.0 } else { 1.0 });
+    let mut model = Gpt::new(&gpu, &config, dtype, 1)?;
     model.checkpointing = args.has("--checkpointing");
     let accumulate: usize = args.parsed("--accumulate", 1);
     if accumulate == 0 || batch % accumulate != 0 {
@@ -159,7 +171,7 @@ fn main() -> Result<()> {
     }
     let params: Vec<_> = model.parameters().into_iter().map(|(_, p)| p).collect();
     println!(
-        "corpus: {} characters, vocabulary {}; model: {} layers, d {}, {} heads, {} parameters; batch {batch} × {seq}, {steps} steps",
+        "corpus: {} characters, vocabulary {}; model: {} layers, d {}, {} heads, {} parameters, {dtype:?}; batch {batch} × {seq}, {steps} steps",
         tokens.len(),
         chars.len(),
         config.layers,
@@ -204,10 +216,15 @@ fn main() -> Result<()> {
         for m in 0..accumulate {
             let (i, t) = (&ids[m * rows..(m + 1) * rows], &targets[m * rows..(m + 1) * rows]);
             let loss = model.loss(i, t, batch / accumulate, seq)?.mul_scalar(1.0 / accumulate as f32)?;
-            loss.backward()?;
+            loss.mul_scalar(scaler.scale)?.backward()?;
             value += loss.tensor().to_vec_f32()?[0];
         }
-        opt.step_params(&params)?;
+        if dtype == DType::F32 {
+            opt.step_params(&params)?;
+        } else {
+            opt.step_params_scaled(&params, scaler.scale)?;
+            scaler.update(opt.last_step_skipped()?);
+        }
         if let Some(p) = profile {
             let report = p.finish()?;
             for (k, n, ms) in report.by_kernel().iter().take(25) {
@@ -234,7 +251,14 @@ fn main() -> Result<()> {
         vocab: config.vocab,
         context: config.context,
     }
-    .training(batch / accumulate, seq, Precision::Fp32, PlanOptimizer::Adam, true, model.checkpointing);
+    .training(
+        batch / accumulate,
+        seq,
+        if dtype == DType::F32 { Precision::Fp32 } else { Precision::Mixed16 },
+        PlanOptimizer::Adam,
+        true,
+        model.checkpointing,
+    );
     println!(
         "{steps} steps in {elapsed:.1} s: {:.0} tokens/s; peak device memory {} (plan's estimate for this model, micro-batch and checkpointing: {})",
         (steps * batch * seq) as f64 / elapsed,

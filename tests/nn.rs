@@ -307,3 +307,51 @@ fn kv_cache_decoding_matches_the_full_forward() {
     let err = model.forward_cached(&tokens, &mut caches).unwrap_err().to_string();
     assert!(err.contains("forward_cached") && err.contains("context 16"), "{err}");
 }
+
+/// Mixed precision: f16 and bf16 weights and activations, f32 master weights in AdamW, the
+/// loss scaled dynamically. The loss falls; a scale that overflows the gradients skips the
+/// step (weights unchanged) and backs off.
+#[test]
+fn mixed_precision_training_with_dynamic_loss_scaling() {
+    use wgkernels::optim::{AdamW, AdamWConfig, DynamicLossScale, Optimizer};
+    let gpu = gpu();
+    let config = GptConfig { vocab: 16, context: 8, layers: 1, heads: 2, d_model: 16 };
+    let ids: Vec<u32> = (0..16).map(|i| (i * 5 % 16) as u32).collect();
+    let targets: Vec<u32> = (0..16).map(|i| (i * 5 % 16 + 1) as u32 % 16).collect();
+    for dtype in [DType::F16, DType::BF16] {
+        let model = Gpt::new(&gpu, &config, dtype, 5).unwrap();
+        let params: Vec<_> = model.parameters().into_iter().map(|(_, p)| p).collect();
+        let mut opt = AdamW::new(&gpu, AdamWConfig { lr: 1e-2, weight_decay: 0.0, ..Default::default() }).unwrap();
+        // f16: a scale past its range (65504), so the first step's gradients overflow and
+        // it is skipped. bf16 has f32's range and needs no scaling (as with PyTorch's AMP).
+        let initial = if dtype == DType::F16 { 1048576.0 } else { 1.0 };
+        let mut scaler = DynamicLossScale::new(initial);
+        let before = params[0].tensor().to_vec_f32().unwrap();
+        let mut losses = Vec::new();
+        let mut skipped = Vec::new();
+        for _ in 0..25 {
+            let loss = model.loss(&ids, &targets, 2, 8).unwrap();
+            losses.push(loss.tensor().to_vec_f32().unwrap()[0]);
+            loss.mul_scalar(scaler.scale).unwrap().backward().unwrap();
+            opt.step_params_scaled(&params, scaler.scale).unwrap();
+            let skip = opt.last_step_skipped().unwrap();
+            if skipped.is_empty() && skip {
+                assert_eq!(
+                    params[0].tensor().to_vec_f32().unwrap(),
+                    before,
+                    "{dtype:?}: a skipped step changes nothing"
+                );
+            }
+            skipped.push(skip);
+            scaler.update(skip);
+            params.iter().for_each(|p| p.zero_grad());
+        }
+        if dtype == DType::F16 {
+            assert!(skipped[0], "{dtype:?}: a loss scale of {initial} overflows");
+            assert!(scaler.scale < initial, "{dtype:?}: the scale backed off");
+        }
+        assert!(skipped.iter().filter(|s| !**s).count() >= 15, "{dtype:?}: skipped {skipped:?}");
+        let (first, last) = (losses[0], *losses.last().unwrap());
+        assert!(last < 0.6 * first, "{dtype:?}: losses {losses:?}, skipped {skipped:?}");
+    }
+}

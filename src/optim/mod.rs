@@ -235,18 +235,33 @@ pub trait Optimizer {
     /// # Ok(()) }
     /// ```
     fn step_params(&mut self, params: &[crate::autograd::Var]) -> Result<()> {
-        let mut values = Vec::with_capacity(params.len());
-        let mut grads = Vec::with_capacity(params.len());
-        for (i, p) in params.iter().enumerate() {
-            let g = p.grad().ok_or_else(|| Error::InvalidArgument {
-                op: "optimizer step",
-                msg: format!("parameter {i} (shape {:?}) has no gradient: run backward() first", p.shape()),
-            })?;
-            values.push(p.tensor().clone());
-            grads.push(g);
-        }
+        let (mut values, grads) = params_and_grads(params)?;
         self.step(&mut values, &grads)
     }
+
+    /// [`Optimizer::step_params`] for gradients of a loss multiplied by `loss_scale`
+    /// (mixed precision: [`Optimizer::step_scaled`]): they are divided by it inside the
+    /// step, and the step is skipped when any is non-finite; feed
+    /// [`Optimizer::last_step_skipped`] to a [`DynamicLossScale`].
+    fn step_params_scaled(&mut self, params: &[crate::autograd::Var], loss_scale: f32) -> Result<()> {
+        let (mut values, grads) = params_and_grads(params)?;
+        self.step_scaled(&mut values, &grads, loss_scale)
+    }
+}
+
+/// Each parameter's value and accumulated gradient; an `Err` names the first without one.
+fn params_and_grads(params: &[crate::autograd::Var]) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
+    let mut values = Vec::with_capacity(params.len());
+    let mut grads = Vec::with_capacity(params.len());
+    for (i, p) in params.iter().enumerate() {
+        let g = p.grad().ok_or_else(|| Error::InvalidArgument {
+            op: "optimizer step",
+            msg: format!("parameter {i} (shape {:?}) has no gradient: run backward() first", p.shape()),
+        })?;
+        values.push(p.tensor().clone());
+        grads.push(g);
+    }
+    Ok((values, grads))
 }
 
 /// AdamW (and Adam, AMSGrad) in one fused pass per step. See the [module docs](self).
