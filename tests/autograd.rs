@@ -549,3 +549,65 @@ fn embedding_gradient_adds_rows_of_repeated_ids() {
     let reference = move |v: &[Vec<f64>]| ids2.iter().flat_map(|&i| v[0][i as usize * d..][..d].to_vec()).collect();
     check("embedding", &[input(&[vocab, d], 44)], &|v| Var::embedding(&v[0], &ids), &reference, TOL);
 }
+
+/// linear: activation(x·W + b) with the bias (and ReLU) in the matmul's epilogue, for every
+/// activation with a derivative, with and without a bias, on a batched input.
+#[test]
+fn linear_with_epilogue_bias_and_activations() {
+    use wgkernels::ops::matmul::Activation;
+    let acts: [(Activation, fn(f64) -> f64); 4] = [
+        (Activation::None, |z| z),
+        (Activation::Relu, |z| z.max(0.0)),
+        (Activation::GeluTanh, gelu_tanh),
+        (Activation::Silu, |z| z * sigmoid(z)),
+    ];
+    for (act, f) in acts {
+        for with_bias in [true, false] {
+            let reference = move |v: &[Vec<f64>]| {
+                let mut z = matmul_ref(&v[0], &[6, 5], &v[1], &[5, 4]);
+                for (i, x) in z.iter_mut().enumerate() {
+                    *x = f(*x + if with_bias { v[2][i % 4] } else { 0.0 });
+                }
+                z
+            };
+            let mut inputs = vec![input(&[2, 3, 5], 45), input(&[5, 4], 46)];
+            if with_bias {
+                inputs.push(input(&[4], 47));
+            }
+            check(
+                &format!("linear {act:?} bias {with_bias}"),
+                &inputs,
+                &|v| v[0].linear(&v[1], v.get(2), act),
+                &reference,
+                TOL,
+            );
+        }
+    }
+    let gpu = gpu();
+    let x = Tensor::randn(&gpu, &[4, 3], DType::F32, 1).unwrap().requires_grad();
+    let w = Tensor::randn(&gpu, &[3, 2], DType::F32, 2).unwrap().requires_grad();
+    let err = x.linear(&w, None, Activation::Gelu).unwrap_err().to_string();
+    assert!(err.contains("linear") && err.contains("GeluTanh"), "{err}");
+}
+
+/// The backward's element-wise chains are fused like the forward's: GELU's derivative
+/// times the upstream gradient (about ten ops) costs one kernel with fusion on.
+#[test]
+fn backward_element_wise_chains_are_fused() {
+    let gpu = wgkernels::Gpu::new().unwrap();
+    let mut counts = Vec::new();
+    for fused in [true, false] {
+        gpu.set_fusion(fused);
+        let x = Tensor::randn(&gpu, &[64, 32], DType::F32, 3).unwrap().requires_grad();
+        let loss = x.gelu_tanh().unwrap().sum_all().unwrap();
+        loss.tensor().realize().unwrap();
+        gpu.synchronize().unwrap();
+        let before = gpu.stats().dispatches;
+        loss.backward().unwrap();
+        x.grad().unwrap().realize().unwrap();
+        gpu.synchronize().unwrap();
+        counts.push(gpu.stats().dispatches - before);
+    }
+    eprintln!("GPU commands in the backward: fused {}, unfused {}", counts[0], counts[1]);
+    assert!(counts[0] * 3 <= counts[1], "GPU commands in the backward: fused {}, unfused {}", counts[0], counts[1]);
+}

@@ -4,6 +4,7 @@
 use super::Var;
 use crate::error::{Error, Result};
 use crate::kernels::contraction::attention::{attention_backward, attention_forward, AttentionOptions, AttentionSaved};
+use crate::kernels::contraction::matmul::{Activation, MatmulOptions};
 use crate::tensor::Tensor;
 
 /// `g` summed down to `shape`, the shape of an operand that NumPy broadcasting expanded to
@@ -257,6 +258,64 @@ impl Var {
             };
             Ok(vec![ga, gb])
         }))
+    }
+
+    /// A linear layer: activation(self·weight + bias), the bias (and a ReLU) applied in the
+    /// matmul's epilogue, one kernel. GELU (tanh) and SiLU follow as element-wise ops on the
+    /// saved pre-activation (their derivatives need it), which the fusion JIT joins to what
+    /// reads them. The backward: the activation's, then db = Σ g over the rows, dx = g·Wᵀ,
+    /// dW = xᵀ·g.
+    ///
+    /// Errors: `Unsupported` for the erf GELU (no derivative op yet: use `GeluTanh`), and
+    /// the matmul's errors.
+    pub fn linear(&self, weight: &Var, bias: Option<&Var>, activation: Activation) -> Result<Var> {
+        let fused_act = match activation {
+            Activation::None | Activation::Relu => activation,
+            Activation::GeluTanh | Activation::Silu => Activation::None,
+            Activation::Gelu => {
+                return Err(Error::Unsupported {
+                    op: "linear",
+                    msg: "the erf GELU has no autograd derivative yet; use Activation::GeluTanh".into(),
+                })
+            }
+        };
+        let (x, w) = (self.tensor().clone(), weight.tensor().clone());
+        if x.rank() < 2 || w.rank() != 2 {
+            return Err(Error::InvalidArgument {
+                op: "linear",
+                msg: format!(
+                    "x must be [..., in] with rank ≥ 2 and weight [in, out], got {:?} and {:?}",
+                    x.shape(),
+                    w.shape()
+                ),
+            });
+        }
+        let b = bias.map(|b| b.tensor().clone());
+        let y = x.matmul_with(&w, &MatmulOptions { bias: b.as_ref(), activation: fused_act, ..Default::default() })?;
+        let relu_out = (fused_act == Activation::Relu).then(|| y.clone());
+        let mut inputs = vec![self, weight];
+        inputs.extend(bias);
+        let (need_x, need_w) = (self.requires_grad(), weight.requires_grad());
+        let z = Var::from_op(y, "linear", &inputs, move |g: &Tensor| {
+            let g = match &relu_out {
+                Some(y) => g.mul(&y.gt(&scalar(y, 0.0)?)?)?,
+                None => g.clone(),
+            };
+            let (k, n) = (w.shape()[0], w.shape()[1]);
+            let g2 = g.reshape(&[g.numel() / n, n])?;
+            let gx = if need_x { Some(g.matmul(&w.transpose(0, 1)?)?) } else { None };
+            let gw = if need_w { Some(x.tensor_rows(k)?.transpose(0, 1)?.matmul(&g2)?) } else { None };
+            let mut out = vec![gx, gw];
+            if let Some(b) = &b {
+                out.push(Some(sum_to(&g2, b.shape())?));
+            }
+            Ok(out)
+        });
+        match activation {
+            Activation::GeluTanh => z.gelu_tanh(),
+            Activation::Silu => z.silu(),
+            _ => Ok(z),
+        }
     }
 
     /// Sum over `dim`, which is removed; the gradient is the upstream one broadcast back.

@@ -28,6 +28,7 @@
 
 use crate::autograd::Var;
 use crate::error::{Error, Result};
+use crate::kernels::contraction::matmul::Activation;
 use crate::tensor::Tensor;
 use crate::{DType, Gpu};
 
@@ -84,13 +85,14 @@ impl Linear {
         })
     }
 
-    /// `x` `[..., in]` → `[..., out]`.
+    /// `x` `[..., in]` → `[..., out]` (the bias added in the matmul's epilogue).
     pub fn forward(&self, x: &Var) -> Result<Var> {
-        let y = x.matmul(&self.weight)?;
-        match &self.bias {
-            Some(b) => y.add(b),
-            None => Ok(y),
-        }
+        x.linear(&self.weight, self.bias.as_ref(), Activation::None)
+    }
+
+    /// activation(x·W + b) (see [`Var::linear`]).
+    pub fn forward_act(&self, x: &Var, activation: Activation) -> Result<Var> {
+        x.linear(&self.weight, self.bias.as_ref(), activation)
     }
 }
 
@@ -168,7 +170,7 @@ pub struct Mlp {
 impl Mlp {
     /// `x` `[..., d]` → `[..., d]`.
     pub fn forward(&self, x: &Var) -> Result<Var> {
-        self.c_proj.forward(&self.c_fc.forward(x)?.gelu_tanh()?)
+        self.c_proj.forward(&self.c_fc.forward_act(x, Activation::GeluTanh)?)
     }
 }
 
