@@ -97,27 +97,26 @@ thread_local! {
 /// # Ok(()) }
 /// ```
 pub fn no_grad<T>(f: impl FnOnce() -> T) -> T {
+    with_mode(false, f)
+}
+
+/// Runs `f` with recording set to `enabled`, restoring the previous mode after (also when
+/// `f` panics).
+fn with_mode<T>(enabled: bool, f: impl FnOnce() -> T) -> T {
     struct Restore(bool);
     impl Drop for Restore {
         fn drop(&mut self) {
             GRAD_ENABLED.with(|g| g.set(self.0));
         }
     }
-    let _restore = Restore(GRAD_ENABLED.with(|g| g.replace(false)));
+    let _restore = Restore(GRAD_ENABLED.with(|g| g.replace(enabled)));
     f()
 }
 
 /// Runs `f` with recording on (the backward of a checkpoint records its recomputation even
 /// when called inside [`no_grad`]).
 fn with_grad<T>(f: impl FnOnce() -> T) -> T {
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            GRAD_ENABLED.with(|g| g.set(self.0));
-        }
-    }
-    let _restore = Restore(GRAD_ENABLED.with(|g| g.replace(true)));
-    f()
+    with_mode(true, f)
 }
 
 /// Activation checkpointing: `f(inputs)` computed without keeping anything its backward

@@ -451,6 +451,14 @@ impl Default for Sampling {
     }
 }
 
+/// The next value in [0, 1) of a xorshift64 generator (the host's draws for sampling).
+fn uniform(state: &mut u64) -> f64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    (*state >> 11) as f64 / (1u64 << 53) as f64
+}
+
 /// The index of the token drawn from `logits` (`u` uniform in [0, 1)).
 fn draw(logits: &[f32], sampling: &Sampling, u: f64) -> u32 {
     let mut order: Vec<usize> = (0..logits.len()).collect();
@@ -528,10 +536,7 @@ impl Gpt {
             }
             let logits = self.forward_cached(&pending, &mut caches)?;
             let last = logits.narrow(0, pending.len() - 1, 1)?.to_vec_f32()?;
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let u = (state >> 11) as f64 / (1u64 << 53) as f64;
+            let u = uniform(&mut state);
             let next = draw(&last, &sampling, u);
             tokens.push(next);
             pending = vec![next];
@@ -552,10 +557,7 @@ impl Gpt {
                 let window = &tokens[tokens.len().saturating_sub(self.config.context)..];
                 let logits = self.forward(window, 1, window.len())?;
                 let last = logits.tensor().narrow(0, window.len() - 1, 1)?.to_vec_f32()?;
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                let u = (state >> 11) as f64 / (1u64 << 53) as f64;
+                let u = uniform(&mut state);
                 tokens.push(draw(&last, &sampling, u));
             }
             Ok(tokens)
