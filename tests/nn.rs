@@ -226,6 +226,48 @@ fn checkpointing_gives_the_same_gradients_with_a_lower_peak() {
     assert!(ckpt < plain * 9 / 10, "checkpointing should lower the peak: plain {plain}, checkpointed {ckpt}");
 }
 
+/// The peak device memory of a training step (the second: AdamW's moments alive), as the
+/// crate's accounting measures it, is within 15% of `plan`'s estimate for the same model,
+/// batch and levers. This also guards the autograd's memory: a graph that held every
+/// intermediate value, or sums that kept their operands, measured 20–30% over.
+#[test]
+fn a_training_steps_peak_memory_is_within_15_percent_of_plans_estimate() {
+    use wgkernels::optim::{AdamW, AdamWConfig, Optimizer as _};
+    use wgkernels::plan::{ModelConfig, Optimizer, Precision};
+    let config = GptConfig { vocab: 64, context: 64, layers: 3, heads: 2, d_model: 64 };
+    let (batch, seq) = (8usize, 64usize);
+    let ids: Vec<u32> = (0..batch * seq).map(|i| (i * 7919 % 64) as u32).collect();
+    let targets: Vec<u32> = (0..batch * seq).map(|i| (i * 104729 % 64) as u32).collect();
+    let plan = ModelConfig { name: "test", layers: 3, d_model: 64, heads: 2, vocab: 64, context: 64 };
+    for (dtype, checkpointing) in [(DType::F32, false), (DType::F32, true), (DType::BF16, false)] {
+        // A device per case: the peak is per device, and other tests run beside this one.
+        let gpu = wgkernels::Gpu::new().unwrap();
+        let mut model = Gpt::new(&gpu, &config, dtype, 5).unwrap();
+        model.checkpointing = checkpointing;
+        let params: Vec<_> = model.parameters().into_iter().map(|(_, p)| p).collect();
+        let mut opt = AdamW::new(&gpu, AdamWConfig::default()).unwrap();
+        for step in 0..2 {
+            gpu.synchronize().unwrap();
+            if step == 1 {
+                gpu.reset_peak();
+            }
+            model.loss(&ids, &targets, batch, seq).unwrap().backward().unwrap();
+            opt.step_params(&params).unwrap();
+            params.iter().for_each(|p| p.zero_grad());
+        }
+        gpu.synchronize().unwrap();
+        let measured = gpu.memory().peak_live_bytes as f64;
+        let precision = if dtype == DType::F32 { Precision::Fp32 } else { Precision::Mixed16 };
+        let estimate = plan.training(batch, seq, precision, Optimizer::Adam, true, checkpointing).total() as f64;
+        let ratio = measured / estimate;
+        eprintln!("{dtype:?}, checkpointing {checkpointing}: measured {measured} bytes, plan {estimate}, ratio {ratio:.3}");
+        assert!(
+            (0.85..=1.15).contains(&ratio),
+            "{dtype:?}, checkpointing {checkpointing}: measured peak {measured} bytes vs plan's {estimate} (ratio {ratio:.3})"
+        );
+    }
+}
+
 /// k micro-batches whose losses are scaled by 1/k accumulate the gradient of one batch k
 /// times as large (the batch mean of the same rows).
 #[test]

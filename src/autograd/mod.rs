@@ -47,34 +47,49 @@ type Grads = Result<Vec<Option<Tensor>>>;
 /// The backward of one recorded op: from the gradient of its output to its inputs'.
 type BackwardFn = Box<dyn FnOnce(&Tensor) -> Grads + Send>;
 
-/// An op recorded on the graph.
+/// An op recorded on the graph. It refers to its inputs' places in the graph, not to their
+/// values: an intermediate's value lives only as long as some var or some backward's saved
+/// tensors hold it (PyTorch's rule), so a layer's outputs that no backward needs (a
+/// projection's result, a view's source) are freed during the forward.
 struct Node {
     op: &'static str,
-    inputs: Vec<Var>,
+    inputs: Vec<Arc<GraphSlot>>,
     /// Taken when the backward runs: its saved tensors are freed then.
     backward: Mutex<Option<BackwardFn>>,
 }
 
-struct VarInner {
-    value: Tensor,
+/// A var's place in the graph: what backward needs to know of it without its value.
+struct GraphSlot {
     requires_grad: bool,
     node: Option<Node>,
+    /// `[dims]` and dtype of the value, which each gradient flowing here must match.
+    shape: Vec<usize>,
+    dtype: DType,
     /// The accumulated gradient of a leaf that requires grad.
     grad: Mutex<Option<Tensor>>,
+}
+
+impl GraphSlot {
+    fn key(self: &Arc<Self>) -> usize {
+        Arc::as_ptr(self) as usize
+    }
 }
 
 /// A tensor in the autograd graph: its value, whether gradients flow to it, and (for an
 /// op's result) the recorded op. Cloning is cheap (shared).
 #[derive(Clone)]
-pub struct Var(Arc<VarInner>);
+pub struct Var {
+    value: Tensor,
+    slot: Arc<GraphSlot>,
+}
 
 impl std::fmt::Debug for Var {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Var")
-            .field("shape", &self.0.value.shape())
-            .field("dtype", &self.0.value.dtype())
-            .field("requires_grad", &self.0.requires_grad)
-            .field("op", &self.0.node.as_ref().map(|n| n.op))
+            .field("shape", &self.value.shape())
+            .field("dtype", &self.value.dtype())
+            .field("requires_grad", &self.slot.requires_grad)
+            .field("op", &self.op())
             .finish()
     }
 }
@@ -178,7 +193,18 @@ impl Tensor {
 
 impl Var {
     fn leaf(value: Tensor, requires_grad: bool) -> Self {
-        Var(Arc::new(VarInner { value, requires_grad, node: None, grad: Mutex::new(None) }))
+        Self::with_node(value, requires_grad, None)
+    }
+
+    fn with_node(value: Tensor, requires_grad: bool, node: Option<Node>) -> Self {
+        let slot = GraphSlot {
+            requires_grad,
+            node,
+            shape: value.shape().to_vec(),
+            dtype: value.dtype(),
+            grad: Mutex::new(None),
+        };
+        Var { value, slot: Arc::new(slot) }
     }
 
     /// A constant (no gradient flows to it).
@@ -204,65 +230,61 @@ impl Var {
         }
         let node = Node {
             op,
-            inputs: inputs.iter().map(|&v| v.clone()).collect(),
+            inputs: inputs.iter().map(|v| v.slot.clone()).collect(),
             backward: Mutex::new(Some(Box::new(backward))),
         };
-        Var(Arc::new(VarInner { value, requires_grad: true, node: Some(node), grad: Mutex::new(None) }))
+        Self::with_node(value, true, Some(node))
     }
 
     /// The value.
     pub fn tensor(&self) -> &Tensor {
-        &self.0.value
+        &self.value
     }
 
     /// The value as a constant: the same tensor, cut from the graph.
     pub fn detach(&self) -> Var {
-        Self::leaf(self.0.value.clone(), false)
+        Self::leaf(self.value.clone(), false)
     }
 
     /// The value's shape.
     pub fn shape(&self) -> &[usize] {
-        self.0.value.shape()
+        self.value.shape()
     }
 
     /// The value's dtype.
     pub fn dtype(&self) -> DType {
-        self.0.value.dtype()
+        self.value.dtype()
     }
 
     /// Whether gradients flow to this var (a parameter, or computed from one).
     pub fn requires_grad(&self) -> bool {
-        self.0.requires_grad
+        self.slot.requires_grad
     }
 
     /// True for a var no op made (a parameter or a constant).
     pub fn is_leaf(&self) -> bool {
-        self.0.node.is_none()
+        self.slot.node.is_none()
     }
 
     /// The name of the op that made this var, if any.
     pub fn op(&self) -> Option<&'static str> {
-        self.0.node.as_ref().map(|n| n.op)
+        self.slot.node.as_ref().map(|n| n.op)
     }
 
     /// The gradient accumulated by [`Var::backward`] calls since the last
     /// [`Var::zero_grad`] (parameters only; `None` before any).
     pub fn grad(&self) -> Option<Tensor> {
-        lock(&self.0.grad).clone()
+        lock(&self.slot.grad).clone()
     }
 
     /// Clears the accumulated gradient.
     pub fn zero_grad(&self) {
-        *lock(&self.0.grad) = None;
+        *lock(&self.slot.grad) = None;
     }
 
     /// Whether `self` and `other` are the same var.
     pub fn same(&self, other: &Var) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
-
-    fn key(&self) -> usize {
-        Arc::as_ptr(&self.0) as usize
+        Arc::ptr_eq(&self.slot, &other.slot)
     }
 
     /// Back-propagates from this scalar (one element, e.g. a mean loss) with gradient 1,
@@ -301,13 +323,13 @@ impl Var {
                 msg: "this var requires no grad: no parameter took part in computing it".into(),
             });
         }
-        let order = self.topological_order();
+        let order = topological_order(&self.slot);
         let mut grads: HashMap<usize, Tensor> = HashMap::new();
-        grads.insert(self.key(), grad);
-        for var in order.iter().rev() {
-            let Some(g) = grads.remove(&var.key()) else { continue };
-            let Some(node) = &var.0.node else {
-                var.accumulate(g)?;
+        grads.insert(self.slot.key(), grad);
+        for slot in order.iter().rev() {
+            let Some(g) = grads.remove(&slot.key()) else { continue };
+            let Some(node) = &slot.node else {
+                accumulate(slot, g)?;
                 continue;
             };
             let backward = lock(&node.backward).take().ok_or_else(|| Error::InvalidArgument {
@@ -319,15 +341,11 @@ impl Var {
             let input_grads = backward(&g)?;
             for (input, ig) in node.inputs.iter().zip(input_grads) {
                 let Some(ig) = ig else { continue };
-                if !input.requires_grad() {
+                if !input.requires_grad {
                     continue;
                 }
-                if ig.shape() != input.shape() {
-                    return Err(Error::ShapeMismatch {
-                        op: node.op,
-                        lhs: input.shape().to_vec(),
-                        rhs: ig.shape().to_vec(),
-                    });
+                if ig.shape() != input.shape.as_slice() {
+                    return Err(Error::ShapeMismatch { op: node.op, lhs: input.shape.clone(), rhs: ig.shape().to_vec() });
                 }
                 let sum = match grads.remove(&input.key()) {
                     Some(prev) => prev.add(&ig)?,
@@ -338,51 +356,51 @@ impl Var {
         }
         Ok(())
     }
+}
 
-    /// Vars that require grad reachable from `self`, each after all of its inputs.
-    fn topological_order(&self) -> Vec<Var> {
-        let mut order = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        // Iterative DFS (a deep graph must not overflow the stack): (var, inputs pushed).
-        let mut stack = vec![(self.clone(), false)];
-        while let Some((var, expanded)) = stack.pop() {
-            if expanded {
-                order.push(var);
-                continue;
-            }
-            if !seen.insert(var.key()) {
-                continue;
-            }
-            stack.push((var.clone(), true));
-            if let Some(node) = &var.0.node {
-                for input in &node.inputs {
-                    if input.requires_grad() && !seen.contains(&input.key()) {
-                        stack.push((input.clone(), false));
-                    }
+/// Slots that require grad reachable from `root`, each after all of its inputs.
+fn topological_order(root: &Arc<GraphSlot>) -> Vec<Arc<GraphSlot>> {
+    let mut order = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    // Iterative DFS (a deep graph must not overflow the stack): (slot, inputs pushed).
+    let mut stack = vec![(root.clone(), false)];
+    while let Some((slot, expanded)) = stack.pop() {
+        if expanded {
+            order.push(slot);
+            continue;
+        }
+        if !seen.insert(slot.key()) {
+            continue;
+        }
+        stack.push((slot.clone(), true));
+        if let Some(node) = &slot.node {
+            for input in &node.inputs {
+                if input.requires_grad && !seen.contains(&input.key()) {
+                    stack.push((input.clone(), false));
                 }
             }
         }
-        order
     }
+    order
+}
 
-    /// Adds `g` into this leaf's gradient: realised (a long accumulation is no chain),
-    /// contiguous and starting its own storage, as the parameter does (the optimizers pair
-    /// them element by element).
-    fn accumulate(&self, g: Tensor) -> Result<()> {
-        if !self.requires_grad() {
-            return Ok(());
-        }
-        let mut slot = lock(&self.0.grad);
-        let sum = match slot.take() {
-            Some(prev) => prev.add(&g)?,
-            None if g.dtype() != self.dtype() => g.to_dtype(self.dtype())?,
-            None => g,
-        };
-        let sum = sum.contiguous()?;
-        sum.realize()?;
-        *slot = Some(sum);
-        Ok(())
+/// Adds `g` into a leaf's gradient: realised (a long accumulation is no chain), contiguous
+/// and starting its own storage, as the parameter does (the optimizers pair them element by
+/// element).
+fn accumulate(leaf: &GraphSlot, g: Tensor) -> Result<()> {
+    if !leaf.requires_grad {
+        return Ok(());
     }
+    let mut slot = lock(&leaf.grad);
+    let sum = match slot.take() {
+        Some(prev) => prev.add(&g)?,
+        None if g.dtype() != leaf.dtype => g.to_dtype(leaf.dtype)?,
+        None => g,
+    };
+    let sum = sum.contiguous()?;
+    sum.realize()?;
+    *slot = Some(sum);
+    Ok(())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -189,22 +189,31 @@ impl Var {
             Binary::Div => ("div", a.div(&b)?),
         };
         let (need_a, need_b) = (self.requires_grad(), other.requires_grad());
+        let (shape_a, shape_b) = (a.shape().to_vec(), b.shape().to_vec());
+        // Only the values the derivatives read are kept for the backward (none for + and −):
+        // a residual stream's sums must not hold their operands until then.
+        let keep_a = matches!(op, Binary::Mul | Binary::Div) && need_b;
+        let keep_b = matches!(op, Binary::Mul) && need_a || matches!(op, Binary::Div);
+        let (a, b) = (keep_a.then_some(a), keep_b.then_some(b));
         Ok(Var::from_op(y, name, &[self, other], move |g: &Tensor| {
+            let kept = |t: &Option<Tensor>| {
+                t.clone().ok_or(Error::Backend { op: name, msg: "an operand its backward needs was not kept".into() })
+            };
             let ga = match (need_a, op) {
                 (false, _) => None,
                 (true, Binary::Add | Binary::Sub) => Some(g.clone()),
-                (true, Binary::Mul) => Some(g.mul(&b)?),
-                (true, Binary::Div) => Some(g.div(&b)?),
+                (true, Binary::Mul) => Some(g.mul(&kept(&b)?)?),
+                (true, Binary::Div) => Some(g.div(&kept(&b)?)?),
             };
             let gb = match (need_b, op) {
                 (false, _) => None,
                 (true, Binary::Add) => Some(g.clone()),
                 (true, Binary::Sub) => Some(g.neg()?),
-                (true, Binary::Mul) => Some(g.mul(&a)?),
+                (true, Binary::Mul) => Some(g.mul(&kept(&a)?)?),
                 // −g·a / b².
-                (true, Binary::Div) => Some(g.mul(&a)?.div(&b.square()?)?.neg()?),
+                (true, Binary::Div) => Some(g.mul(&kept(&a)?)?.div(&kept(&b)?.square()?)?.neg()?),
             };
-            Ok(vec![ga.map(|t| sum_to(&t, a.shape())).transpose()?, gb.map(|t| sum_to(&t, b.shape())).transpose()?])
+            Ok(vec![ga.map(|t| sum_to(&t, &shape_a)).transpose()?, gb.map(|t| sum_to(&t, &shape_b)).transpose()?])
         }))
     }
 
@@ -385,6 +394,12 @@ impl Var {
 
     fn norm(&self, weight: Option<&Var>, bias: Option<&Var>, eps: f32, rms: bool) -> Result<Var> {
         let x = self.tensor().clone();
+        if self.requires_grad() && super::is_grad_enabled() {
+            // The backward keeps x: as a pending expression (a residual stream's sum) it would
+            // keep every term's buffer alive until then, one per block branch. Stored once, it
+            // is one buffer; the forward then reads it instead of fusing the sum as a prologue.
+            x.realize()?;
+        }
         let (w, b) = (weight.map(|w| w.tensor().clone()), bias.map(|b| b.tensor().clone()));
         let y = if rms { x.rms_norm(w.as_ref(), eps)? } else { x.layer_norm(w.as_ref(), b.as_ref(), eps)? };
         let mut inputs = vec![self];
