@@ -260,7 +260,9 @@ fn a_training_steps_peak_memory_is_within_15_percent_of_plans_estimate() {
         let precision = if dtype == DType::F32 { Precision::Fp32 } else { Precision::Mixed16 };
         let estimate = plan.training(batch, seq, precision, Optimizer::Adam, true, checkpointing).total() as f64;
         let ratio = measured / estimate;
-        eprintln!("{dtype:?}, checkpointing {checkpointing}: measured {measured} bytes, plan {estimate}, ratio {ratio:.3}");
+        eprintln!(
+            "{dtype:?}, checkpointing {checkpointing}: measured {measured} bytes, plan {estimate}, ratio {ratio:.3}"
+        );
         assert!(
             (0.85..=1.15).contains(&ratio),
             "{dtype:?}, checkpointing {checkpointing}: measured peak {measured} bytes vs plan's {estimate} (ratio {ratio:.3})"

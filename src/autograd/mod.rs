@@ -345,7 +345,11 @@ impl Var {
                     continue;
                 }
                 if ig.shape() != input.shape.as_slice() {
-                    return Err(Error::ShapeMismatch { op: node.op, lhs: input.shape.clone(), rhs: ig.shape().to_vec() });
+                    return Err(Error::ShapeMismatch {
+                        op: node.op,
+                        lhs: input.shape.clone(),
+                        rhs: ig.shape().to_vec(),
+                    });
                 }
                 let sum = match grads.remove(&input.key()) {
                     Some(prev) => prev.add(&ig)?,

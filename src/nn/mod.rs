@@ -357,7 +357,7 @@ impl Gpt {
     /// Errors: `InvalidArgument` when `d_model` is not a multiple of `heads` or a size is 0.
     pub fn new(gpu: &Gpu, config: &GptConfig, dtype: DType, seed: u64) -> Result<Self> {
         let c = config;
-        if c.heads == 0 || c.d_model % c.heads != 0 || c.vocab == 0 || c.context == 0 || c.layers == 0 {
+        if c.heads == 0 || !c.d_model.is_multiple_of(c.heads) || c.vocab == 0 || c.context == 0 || c.layers == 0 {
             return Err(Error::InvalidArgument {
                 op: "Gpt::new",
                 msg: format!("{c:?}: every size must be positive and d_model a multiple of heads"),
