@@ -5,7 +5,7 @@
 //!
 //! Experiment flags (extra rows, for tiling and grid studies; see [`USAGE`]): `--grads`,
 //! `--chain-mib`, `--fused-grids`, `--attn-seqs`, `--no-attn-backward`, `--attn-paths`,
-//! `--attn-tilings`, `--attn-flash-tilings`, `--attn-bwd-tilings`.
+//! `--attn-tilings`, `--attn-flash-tilings`, `--attn-bwd-tilings`, `--gpt2-profile`.
 //!
 //! `--reference` takes the JSON lines that benches/torch_ref.py prints (one object per
 //! measurement: bench, size, dtype, variant, rate). Run both in the same device call: the
@@ -45,7 +45,8 @@ const USAGE: &str = "usage: cargo bench --bench kernels -- [flags]
   --attn-paths tc|flash    one attention path only
   --attn-tilings LIST      tensor-core forward tilings: all, or CoopTiling::parse items joined by ;
   --attn-flash-tilings L   FMA-unit flash tilings: all, or rows,cols;...
-  --attn-bwd-tilings LIST  tensor-core backward tilings: all, or CoopBwdTiling::parse items joined by ;";
+  --attn-bwd-tilings LIST  tensor-core backward tilings: all, or CoopBwdTiling::parse items joined by ;
+  --gpt2-profile DIR       the model-level jobs (gpt2 block/forward/train/generate) write a profiled step's per-kernel table there";
 
 /// The bench's flags: what to run and where to write, and the experiment knobs.
 #[derive(Clone, Default)]
@@ -64,6 +65,7 @@ struct Args {
     attn_tilings: Option<String>,
     attn_flash_tilings: Option<String>,
     attn_bwd_tilings: Option<String>,
+    gpt2_profile: Option<String>,
 }
 
 /// Parses the flags; an unknown flag or a missing or bad value exits with the usage.
@@ -104,6 +106,7 @@ fn args() -> Args {
             "--attn-tilings" => a.attn_tilings = Some(value()),
             "--attn-flash-tilings" => a.attn_flash_tilings = Some(value()),
             "--attn-bwd-tilings" => a.attn_bwd_tilings = Some(value()),
+            "--gpt2-profile" => a.gpt2_profile = Some(value()),
             // cargo bench passes --bench to every bench target.
             "--bench" => {}
             "-h" | "--help" => {
@@ -184,7 +187,16 @@ fn main() -> wgkernels::Result<()> {
     // Plan: (label, closure) pairs so the progress bar knows the total.
     let mut jobs: Vec<(String, Job)> = Vec::new();
 
-    for add in [copy_jobs, matmul_jobs, decode_jobs, normalization_jobs, fusion_jobs, optimizer_jobs, attention_jobs] {
+    for add in [
+        gpt2_model_jobs,
+        copy_jobs,
+        matmul_jobs,
+        decode_jobs,
+        normalization_jobs,
+        fusion_jobs,
+        optimizer_jobs,
+        attention_jobs,
+    ] {
         add(&mut jobs, &gpu, &args, reps);
     }
 
@@ -1147,4 +1159,197 @@ fn attention_backward_rows(
         });
     }
     Ok(())
+}
+
+/// What a model-level job runs: one block's forward, the whole forward (logits), the
+/// training step (forward, cross-entropy, backward, AdamW), or batch-1 generation.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum ModelWork {
+    Block,
+    Forward,
+    Train,
+    Generate,
+}
+
+impl ModelWork {
+    fn name(self) -> &'static str {
+        match self {
+            ModelWork::Block => "block",
+            ModelWork::Forward => "forward",
+            ModelWork::Train => "train",
+            ModelWork::Generate => "generate",
+        }
+    }
+}
+
+/// Tokens generated per `gpt2 generate` run after a 16-token prompt (benches/torch_gpt2.py
+/// runs the same loop).
+const GENERATED: usize = 64;
+
+/// GPT-2 small (124M: 12 layers, width 768, 12 heads, vocabulary 50257, context 1024)
+/// through `nn` and autograd at batch 8 × 1024 — the path a user's model takes — in f32
+/// and with bf16 and f16 compute (f32 master weights in AdamW; f16 with dynamic loss
+/// scaling). Rate: tokens/s from back-to-back wall-clock steps (host work included, as
+/// PyTorch's perf_counter figure); the variant gives the GPU-busy share, the model FLOP/s
+/// (PaLM's count: 6N + 12·L·d·S per trained token, a third of it per forward token) and,
+/// for training, the measured peak beside `plan`'s. `--gpt2-profile DIR` writes one
+/// profiled step's per-kernel table per job. --quick: a 2-layer width-64 model, batch 2 × 64.
+fn gpt2_model_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, args: &Args, reps: usize) {
+    use wgkernels::nn::GptConfig;
+    let (config, batch, seq) = if args.quick {
+        (GptConfig { vocab: 512, context: 64, layers: 2, heads: 2, d_model: 64 }, 2, 64)
+    } else {
+        (GptConfig::gpt2_small(), 8, 1024)
+    };
+    let cases = [
+        (ModelWork::Block, DType::F32),
+        (ModelWork::Forward, DType::F32),
+        (ModelWork::Train, DType::F32),
+        (ModelWork::Block, DType::BF16),
+        (ModelWork::Forward, DType::BF16),
+        (ModelWork::Train, DType::BF16),
+        (ModelWork::Train, DType::F16),
+        (ModelWork::Generate, DType::F32),
+        (ModelWork::Generate, DType::BF16),
+    ];
+    for (work, dtype) in cases {
+        let (gpu, config, profile) = (gpu.clone(), config.clone(), args.gpt2_profile.clone());
+        jobs.push((
+            format!("gpt2 {} {}", work.name(), dtype.name()),
+            Box::new(move |rows: &mut Vec<Row>| {
+                let run = ModelRun { gpu: &gpu, config: &config, batch, seq, dtype, work };
+                rows.push(run.row(reps.min(5), profile.as_deref())?);
+                Ok(())
+            }),
+        ));
+    }
+}
+
+/// One model-level measurement (see [`gpt2_model_jobs`]).
+struct ModelRun<'a> {
+    gpu: &'a Gpu,
+    config: &'a wgkernels::nn::GptConfig,
+    batch: usize,
+    seq: usize,
+    dtype: DType,
+    work: ModelWork,
+}
+
+impl ModelRun<'_> {
+    /// Model FLOPs per token of this work (PaLM's count, attention without causal savings).
+    fn flops_per_token(&self) -> f64 {
+        let c = self.config;
+        let (l, d, s) = (c.layers as f64, c.d_model as f64, self.seq as f64);
+        let plan = self.plan_config();
+        let n = plan.params() as f64 - (c.context * c.d_model) as f64; // positions are a lookup
+        match self.work {
+            ModelWork::Block => 24.0 * d * d + 4.0 * s * d,
+            ModelWork::Forward | ModelWork::Generate => 2.0 * n + 4.0 * l * d * s,
+            ModelWork::Train => 6.0 * n + 12.0 * l * d * s,
+        }
+    }
+
+    fn plan_config(&self) -> wgkernels::plan::ModelConfig {
+        let c = self.config;
+        wgkernels::plan::ModelConfig {
+            name: "gpt2",
+            layers: c.layers,
+            d_model: c.d_model,
+            heads: c.heads,
+            vocab: c.vocab,
+            context: c.context,
+        }
+    }
+
+    fn row(&self, reps: usize, profile_dir: Option<&str>) -> wgkernels::Result<Row> {
+        use wgkernels::autograd::no_grad;
+        use wgkernels::nn::{Gpt, Module, Sampling};
+        use wgkernels::optim::{AdamW, AdamWConfig, DynamicLossScale, Optimizer as _};
+        let (gpu, batch, seq, dtype) = (self.gpu, self.batch, self.seq, self.dtype);
+        let model = Gpt::new(gpu, self.config, dtype, 1)?;
+        let vocab = self.config.vocab as u64;
+        let ids: Vec<u32> = (0..batch * seq).map(|i| ((i as u64 * 7919 + 13) % vocab) as u32).collect();
+        let targets: Vec<u32> = (0..batch * seq).map(|i| ((i as u64 * 104729 + 7) % vocab) as u32).collect();
+        let x = Tensor::randn(gpu, &[batch, seq, self.config.d_model], dtype, 2)?;
+        let params: Vec<_> = model.parameters().into_iter().map(|(_, p)| p).collect();
+        let mut opt = AdamW::new(gpu, AdamWConfig { lr: 1e-4, ..Default::default() })?;
+        let mut scaler = DynamicLossScale::default();
+        let prompt: Vec<u32> = ids[..16].to_vec();
+        let mut step = || -> wgkernels::Result<()> {
+            match self.work {
+                ModelWork::Block => no_grad(|| model.h[0].forward(&x.clone().constant())?.tensor().realize().map(drop)),
+                ModelWork::Forward => no_grad(|| model.forward(&ids, batch, seq)?.tensor().realize().map(drop)),
+                ModelWork::Generate => no_grad(|| model.generate(&prompt, GENERATED, Sampling::default()).map(drop)),
+                ModelWork::Train => {
+                    let loss = model.loss(&ids, &targets, batch, seq)?;
+                    if dtype == DType::F16 {
+                        loss.mul_scalar(scaler.scale)?.backward()?;
+                        opt.step_params_scaled(&params, scaler.scale)?;
+                        scaler.update(opt.last_step_skipped()?);
+                    } else {
+                        loss.backward()?;
+                        opt.step_params(&params)?;
+                    }
+                    params.iter().for_each(|p| p.zero_grad());
+                    Ok(())
+                }
+            }
+        };
+        let t = measure(gpu, 1, reps, &mut step)?;
+        // The peak of one more step on its own (measure's cache-flush buffer excluded).
+        gpu.synchronize()?;
+        gpu.reset_peak();
+        step()?;
+        gpu.synchronize()?;
+        let peak = gpu.memory().peak_live_bytes;
+        if let Some(dir) = profile_dir {
+            let p = wgkernels::Profiler::start(gpu)?;
+            step()?;
+            let report = p.finish()?;
+            let total = report.total_ms();
+            let mut text =
+                format!("{} {} on {}: {:.2} ms GPU time\n", self.work.name(), dtype.name(), gpu.info().name, total);
+            let mut kernels = report.by_kernel();
+            kernels.sort_by(|a, b| b.2.total_cmp(&a.2));
+            for (k, n, ms) in kernels {
+                let _ = writeln!(text, "{ms:9.3} ms {:5.1}% {n:5} {k}", 100.0 * ms / total);
+            }
+            let path = format!("{dir}/gpt2_{}_{}.txt", self.work.name(), dtype.name());
+            std::fs::write(&path, text)
+                .map_err(|e| wgkernels::Error::InvalidArgument { op: "bench", msg: format!("{path}: {e}") })?;
+        }
+        let tokens = if self.work == ModelWork::Generate { GENERATED } else { batch * seq } as f64;
+        let tokens_per_s = tokens / (t.wall_ms * 1e-3);
+        let tflops = tokens_per_s * self.flops_per_token() / 1e12;
+        let mut variant = format!(
+            "{} TFLOP/s model, GPU busy {:.0}% ({:.2} of {:.2} ms)",
+            sig3(tflops),
+            100.0 * t.median_ms / t.wall_ms,
+            t.median_ms,
+            t.wall_ms
+        );
+        let human = wgkernels::plan::human;
+        if self.work == ModelWork::Train {
+            use wgkernels::plan::{Optimizer, Precision};
+            let precision = if dtype == DType::F32 { Precision::Fp32 } else { Precision::Mixed16 };
+            let plan = self.plan_config().training(batch, seq, precision, Optimizer::Adam, true, false).total();
+            let _ = write!(variant, ", peak {} (plan {})", human(peak), human(plan));
+        } else {
+            let _ = write!(variant, ", peak {}", human(peak));
+        }
+        // PyTorch's eager f32 beside f32 rows, its bf16 autocast beside the 16-bit ones.
+        let (torch_dtype, torch_variant) =
+            if dtype == DType::F32 { ("f32", "eager-f32") } else { ("bf16", "amp-bf16") };
+        Ok(Row {
+            bench: "gpt2",
+            size: self.work.name().into(),
+            dtype: dtype.name(),
+            variant,
+            ms: t.wall_ms,
+            rate: tokens_per_s,
+            wall_rate: tokens / (t.median_ms * 1e-3),
+            unit: "tokens/s",
+            torch_key: Some(("gpt2".into(), self.work.name().into(), torch_dtype.into(), torch_variant.into())),
+        })
+    }
 }
