@@ -24,8 +24,12 @@
 //!   (their `34·d` bytes in 16-bit include two dropout masks). Without flash attention the
 //!   softmax probabilities add `a·s` values. In fp32 each value takes twice the bytes of
 //!   16-bit. With full activation checkpointing only each layer's input (`d` values per
-//!   token) is kept, and one layer's activations are rebuilt at a time. The logits (`V`
-//!   values per token, f32 for the loss) are counted separately.
+//!   token) is kept, and one layer's activations are rebuilt at a time.
+//! - The loss's working set, counted apart: the logits in f32 and their gradient, which the
+//!   crate's cross-entropy computes in its forward pass and keeps for the backward (`2·V`
+//!   f32 values per token), plus the 16-bit logits under mixed precision (`V` more). For
+//!   GPT-2 small at 8 × 1024 tokens that is 3.3 GB in f32, more than its weights and Adam
+//!   state together.
 //! - KV cache for inference: `2·L·d` values per token.
 
 /// A GPT-2-style model shape.
@@ -122,7 +126,8 @@ pub struct Estimate {
     pub optimizer: u64,
     /// Activations saved for backward, for the whole batch.
     pub activations: u64,
-    /// The logits of the batch (f32), the largest single activation of a language model.
+    /// The loss's working set: the batch's logits and their gradient in f32 (and the 16-bit
+    /// logits under mixed precision), the largest activations of a language model.
     pub logits: u64,
     /// The largest transient buffer beyond the saved activations: the S×S attention scores
     /// of one layer without flash attention, else one layer's recomputed activations when
@@ -254,7 +259,7 @@ impl ModelConfig {
         };
         let tokens = (batch * seq) as u64;
         let activations = tokens * self.activation_bytes_per_token(seq, p, flash, checkpointing);
-        let logits = tokens * self.vocab as u64 * 4;
+        let logits = tokens * self.vocab as u64 * (8 + if p == Precision::Mixed16 { 2 } else { 0 });
         let scores = (batch * self.heads * seq * seq) as u64 * p.act_bytes();
         let one_layer = tokens * self.activation_values_per_token_per_layer(seq, flash) * p.act_bytes();
         let working = if checkpointing {
