@@ -708,7 +708,12 @@ pub fn all_kernels() -> Vec<Kernel> {
 /// The checksum the autotuner keeps with each matmul winner: the matmul shaders and the
 /// crate version (a winner timed against other kernels is timed again).
 pub fn kernels_checksum() -> u64 {
-    crate::tune::checksum(&[env!("CARGO_PKG_VERSION"), MATMUL.source, MATMUL_COOP.source, MATMUL.shared])
+    // Hashed once: byte by byte over ~25 kB of WGSL it cost tens of µs of host time on every
+    // matmul launch (the largest host cost of a decode step, seen with perf).
+    static CHECKSUM: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *CHECKSUM.get_or_init(|| {
+        crate::tune::checksum(&[env!("CARGO_PKG_VERSION"), MATMUL.source, MATMUL_COOP.source, MATMUL.shared])
+    })
 }
 
 /// The layouts of this family's params structs, for the test of their WGSL mirrors.
