@@ -376,22 +376,44 @@ fn matmul_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, args: &Args, reps: usiz
                 }),
             ));
         }
-        // GPT-2 small MLP: [B·T, 768] × [768, 3072] and back, B·T = 8·1024.
+        // GPT-2 small at B·T = 8·1024 tokens, as its layers run them: the MLP forward
+        // [B·T, 768]·[768, 3072] and back, and (not --quick) the backward's layouts — dX = dY·Wᵀ
+        // (B a transposed view), dW = Xᵀ·dY (A a transposed view, K = B·T) — and the tied LM
+        // head, logits = X·Eᵀ with E [50257, 768]. The model's profile compares with these.
         let tokens = if quick { 256 } else { 8 * 1024 };
-        for (m, k, n) in [(tokens, 768, 3072), (tokens, 3072, 768), (1, 768, 3072)] {
+        let mut shapes = vec![
+            (tokens, 768, 3072, Operands::Plain),
+            (tokens, 3072, 768, Operands::Plain),
+            (1, 768, 3072, Operands::Plain),
+        ];
+        if !quick {
+            shapes.extend([
+                (tokens, 3072, 768, Operands::BTransposed),
+                (768, tokens, 3072, Operands::ATransposed),
+                (tokens, 768, 50257, Operands::BTransposed),
+            ]);
+        }
+        for (m, k, n, operands) in shapes {
             let gpu = gpu.clone();
             jobs.push((
-                format!("gpt2 {m}x{k}x{n} {}", dtype.name()),
+                format!("gpt2 {m}x{k}x{n}{} {}", operands.suffix(), dtype.name()),
                 Box::new(move |rows: &mut Vec<Row>| {
-                    let a = Tensor::randn(&gpu, &[m, k], dtype, 3)?;
-                    let b = Tensor::randn(&gpu, &[k, n], dtype, 4)?;
+                    // Stored as the model stores them; the transposed operand is a view.
+                    let a = match operands {
+                        Operands::ATransposed => Tensor::randn(&gpu, &[k, m], dtype, 3)?.transpose(0, 1)?,
+                        _ => Tensor::randn(&gpu, &[m, k], dtype, 3)?,
+                    };
+                    let b = match operands {
+                        Operands::BTransposed => Tensor::randn(&gpu, &[n, k], dtype, 4)?.transpose(0, 1)?,
+                        _ => Tensor::randn(&gpu, &[k, n], dtype, 4)?,
+                    };
                     let t = measure(&gpu, 2, reps, || a.matmul(&b).and_then(|t| t.realize().map(drop)))?;
                     let torch_variant = if dtype == DType::F32 { "cublas-fp32" } else { "cublas" };
-                    let key =
-                        Some(("matmul".into(), format!("{m}x{k}x{n}"), dtype.name().into(), torch_variant.into()));
+                    let size = format!("{m}x{k}x{n}{}", operands.suffix());
+                    let key = Some(("matmul".into(), size.clone(), dtype.name().into(), torch_variant.into()));
                     rows.push(Row {
                         bench: "matmul",
-                        size: format!("{m}x{k}x{n}"),
+                        size,
                         dtype: dtype.name(),
                         variant: "auto".into(),
                         ms: t.median_ms,
@@ -403,6 +425,27 @@ fn matmul_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, args: &Args, reps: usiz
                     Ok(())
                 }),
             ));
+        }
+    }
+}
+
+/// How a matmul's operands are laid out in memory.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Operands {
+    /// A [M, K] and B [K, N], row-major.
+    Plain,
+    /// A read through the transpose of a row-major [K, M].
+    ATransposed,
+    /// B read through the transpose of a row-major [N, K].
+    BTransposed,
+}
+
+impl Operands {
+    fn suffix(self) -> &'static str {
+        match self {
+            Operands::Plain => "",
+            Operands::ATransposed => " At",
+            Operands::BTransposed => " Bt",
         }
     }
 }

@@ -16,7 +16,10 @@ JSON line per figure: bench "gpt2", size (block/forward/train/generate), variant
 tokens_per_s, ms, max_memory_allocated (bytes, the step's peak) and rate (= tokens_per_s,
 the key benches/kernels.rs compares with).
 
-    python3 benches/torch_gpt2.py [--layers 12 --batch 8 --seq 1024] [--only train]
+Also GPT-2's matmul shapes and layouts alone (cuBLAS f32 and f16), bench "matmul", the
+keys of benches/kernels.rs's "gpt2 MxKxN" rows.
+
+    python3 benches/torch_gpt2.py [--layers 12 --batch 8 --seq 1024] [--only train|matmul]
 """
 import argparse, json, time, torch, torch.nn as nn, torch.nn.functional as F
 
@@ -145,5 +148,32 @@ def run(variant):
         emit("generate", variant, 64, ms, mem)
 
 
+def matmuls():
+    """GPT-2 small's matmul shapes and layouts as benches/kernels.rs's "gpt2 MxKxN" rows
+    (a transposed operand is a view of the row-major tensor), cuBLAS f32 (no TF32) and f16;
+    GFLOP/s from CUDA events over 20 runs."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    t = a.batch * a.seq
+    for dtype, name, variant in [(torch.float32, "f32", "cublas-fp32"), (torch.float16, "f16", "cublas")]:
+        for m, k, n, lay in [(t, 768, 3072, ""), (t, 3072, 768, ""), (t, 3072, 768, " Bt"), (768, t, 3072, " At"),
+                             (t, 768, 50257, " Bt")]:
+            x = torch.randn(k, m, device=dev, dtype=dtype).t() if lay == " At" else torch.randn(m, k, device=dev, dtype=dtype)
+            w = torch.randn(n, k, device=dev, dtype=dtype).t() if lay == " Bt" else torch.randn(k, n, device=dev, dtype=dtype)
+            for _ in range(3):
+                x @ w
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(20):
+                x @ w
+            end.record()
+            torch.cuda.synchronize()
+            ms = start.elapsed_time(end) / 20
+            print(json.dumps(dict(bench="matmul", size=f"{m}x{k}x{n}{lay}", dtype=name, variant=variant,
+                                  rate=2 * m * k * n / (ms * 1e-3) / 1e9, ms=ms)), flush=True)
+
+
 for v in ["eager-f32", "eager-tf32", "compile", "amp-bf16"]:
-    run(v)
+    if a.only != "matmul":
+        run(v)
+if not a.only or a.only == "matmul":
+    matmuls()
