@@ -420,8 +420,25 @@ fn matmul_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, args: &Args, reps: usiz
                         rate: t.rate(2.0 * (m * k * n) as f64),
                         wall_rate: 2.0 * (m * k * n) as f64 / (t.wall_ms * 1e-3) / 1e9,
                         unit: "GFLOP/s",
-                        torch_key: key,
+                        torch_key: key.clone(),
                     });
+                    // The weight gradient's layout with K cut into chunks (what autograd runs).
+                    if operands == Operands::ATransposed {
+                        for splits in [2, 4, 8] {
+                            let t = measure(&gpu, 2, reps, || a.matmul_split_k(&b, splits)?.realize().map(drop))?;
+                            rows.push(Row {
+                                bench: "matmul",
+                                size: format!("{m}x{k}x{n}{}", operands.suffix()),
+                                dtype: dtype.name(),
+                                variant: format!("split-K {splits}"),
+                                ms: t.median_ms,
+                                rate: t.rate(2.0 * (m * k * n) as f64),
+                                wall_rate: 2.0 * (m * k * n) as f64 / (t.wall_ms * 1e-3) / 1e9,
+                                unit: "GFLOP/s",
+                                torch_key: key.clone(),
+                            });
+                        }
+                    }
                     Ok(())
                 }),
             ));

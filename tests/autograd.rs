@@ -611,3 +611,34 @@ fn backward_element_wise_chains_are_fused() {
     eprintln!("GPU commands in the backward: fused {}, unfused {}", counts[0], counts[1]);
     assert!(counts[0] * 3 <= counts[1], "GPU commands in the backward: fused {}, unfused {}", counts[0], counts[1]);
 }
+
+/// A Linear over many rows takes its weight gradient Xᵀ·dY with the rows split into chunks
+/// (`matmul_split_k`): against f64 for the loss Σ y·c, whose dW is Xᵀ·c, in f32 and f16.
+#[test]
+fn a_linear_over_many_rows_has_the_weight_gradient_of_the_reference() {
+    let gpu = common::gpu();
+    let (rows, k, n) = (2048, 5, 3);
+    for dtype in [DType::F32, DType::F16] {
+        let xv = common::random_vec(rows * k, 81);
+        let cv = common::random_vec(rows * n, 82);
+        let wv = common::random_vec(k * n, 83);
+        let x = Tensor::from_f32(&gpu, &xv, &[rows, k], dtype).unwrap().constant();
+        let c = Tensor::from_f32(&gpu, &cv, &[rows, n], dtype).unwrap().constant();
+        let w = Tensor::from_f32(&gpu, &wv, &[k, n], dtype).unwrap().requires_grad();
+        let y = x.linear(&w, None, wgkernels::ops::matmul::Activation::None).unwrap();
+        y.mul(&c).unwrap().sum_all().unwrap().backward().unwrap();
+        let (xr, cr) = (common::rounded(&xv, dtype), common::rounded(&cv, dtype));
+        let mut want = vec![0.0; k * n];
+        for r in 0..rows {
+            for i in 0..k {
+                for j in 0..n {
+                    want[i * n + j] += xr[r * k + i] * cr[r * n + j];
+                }
+            }
+        }
+        // f32 accumulation over 2048 products of magnitude ≤ 1; 16-bit rounds the result.
+        let (atol, rtol) = if dtype == DType::F32 { (1e-3, 1e-5) } else { (0.05, 2e-3) };
+        let got = w.grad().unwrap().to_vec_f32().unwrap();
+        common::assert_close(&format!("dW over {rows} rows, {dtype:?}"), &got, &want, atol, rtol);
+    }
+}

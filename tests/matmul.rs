@@ -394,3 +394,41 @@ fn sixteen_bit_outputs_are_stored_directly_and_match_the_cast() {
         }
     }
 }
+
+/// K split into chunks (`matmul_split_k`, the weight gradients' path) against f64, for A a
+/// transposed view as a weight gradient reads it, every dtype, odd M and N, every split that
+/// divides K; and its errors.
+#[test]
+fn split_k_matches_the_reference_and_refuses_bad_splits() {
+    let gpu = gpu();
+    let (m, k, n) = (37, 96, 29);
+    for dtype in DType::ALL {
+        // A = Xᵀ with X [k, m] row-major; B [k, n].
+        let (x, xv) = random_tensor(&gpu, &[k, m], dtype, 71);
+        let (b, bv) = random_tensor(&gpu, &[k, n], dtype, 72);
+        let mut av = vec![0.0; m * k];
+        for i in 0..m {
+            for j in 0..k {
+                av[i * k + j] = xv[j * m + i];
+            }
+        }
+        let want = reference(&av, &bv, 1, false, false, m, k, n, None, Activation::None);
+        let (atol, rtol) = mm_tol(dtype, k);
+        let a = x.transpose(0, 1).unwrap();
+        for splits in [1, 2, 3, 4, 8] {
+            let got = a.matmul_split_k(&b, splits).unwrap();
+            assert_eq!((got.shape(), got.dtype()), (&[m, n][..], dtype));
+            assert_close(&format!("split-K {splits} {dtype:?}"), &got.to_vec_f32().unwrap(), &want, atol, rtol);
+        }
+    }
+    let (a, _) = random_tensor(&gpu, &[4, 10], DType::F32, 1);
+    let (b, _) = random_tensor(&gpu, &[10, 3], DType::F32, 2);
+    for (splits, what) in [(3, "K 10 in 3"), (0, "no chunks")] {
+        let err = a.matmul_split_k(&b, splits).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument { op: "matmul_split_k", .. }), "{what}: {err}");
+    }
+    let (a3, _) = random_tensor(&gpu, &[2, 4, 10], DType::F32, 3);
+    assert!(a3.matmul_split_k(&b, 2).is_err(), "a 3-D operand");
+    let (b16, _) = random_tensor(&gpu, &[10, 3], DType::F16, 4);
+    assert!(matches!(a.matmul_split_k(&b16, 2), Err(Error::DTypeMismatch { .. })));
+}

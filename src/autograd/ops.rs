@@ -62,6 +62,21 @@ impl Rows for Tensor {
     }
 }
 
+/// A shared weight's gradient Xᵀ·dY, `x` `[rows, k]` and `g` `[rows, n]` → `[k, n]`: over
+/// many rows (tokens) and few output tiles, with K = rows split into chunks
+/// ([`Tensor::matmul_split_k`]) so that about 512 tiles of 128×128 run side by side, each
+/// chunk at least 1024 rows, at most 8 chunks. GPT-2 small's [768, 3072] gradient over 8192
+/// tokens: 4 chunks.
+fn weight_grad(x: &Tensor, g: &Tensor) -> Result<Tensor> {
+    let (rows, k, n) = (x.shape()[0], x.shape()[1], g.shape()[1]);
+    let tiles = k.div_ceil(128) * n.div_ceil(128);
+    let mut splits = 1;
+    while splits < 8 && tiles * splits < 512 && rows % (2 * splits) == 0 && rows / (2 * splits) >= 1024 {
+        splits *= 2;
+    }
+    x.transpose(0, 1)?.matmul_split_k(g, splits)
+}
+
 /// A 0-dim constant of `like`'s dtype on its device.
 fn scalar(like: &Tensor, value: f32) -> Result<Tensor> {
     Tensor::full(like.gpu(), &[], value, like.dtype())
@@ -261,7 +276,7 @@ impl Var {
                     let k = a.shape()[r - 1];
                     let rows = a.tensor_rows(k)?;
                     let g2 = g.reshape(&[g.numel() / b.shape()[1], b.shape()[1]])?;
-                    Some(rows.transpose(0, 1)?.matmul(&g2)?)
+                    Some(weight_grad(&rows, &g2)?)
                 }
                 (true, ..) => Some(sum_to(&a.transpose(-1, -2)?.matmul(g)?, b.shape())?),
             };
@@ -313,7 +328,7 @@ impl Var {
             let (k, n) = (w.shape()[0], w.shape()[1]);
             let g2 = g.reshape(&[g.numel() / n, n])?;
             let gx = if need_x { Some(g.matmul(&w.transpose(0, 1)?)?) } else { None };
-            let gw = if need_w { Some(x.tensor_rows(k)?.transpose(0, 1)?.matmul(&g2)?) } else { None };
+            let gw = if need_w { Some(weight_grad(&x.tensor_rows(k)?, &g2)?) } else { None };
             let mut out = vec![gx, gw];
             if let Some(b) = &b {
                 out.push(Some(sum_to(&g2, b.shape())?));

@@ -560,7 +560,7 @@ impl Tensor {
 
     /// A view of the same data. Views of a pending expression realise it first (fusion
     /// keeps to same-shape element-wise chains; a view ends the chain).
-    fn view(&self, shape: Vec<usize>, strides: Vec<usize>, offset: usize) -> Result<Self> {
+    pub(crate) fn view(&self, shape: Vec<usize>, strides: Vec<usize>, offset: usize) -> Result<Self> {
         let len = self.storage()?.len;
         checked_numel("view", &shape)?;
         // Every view stays inside its storage: launchers rely on this to build unchecked

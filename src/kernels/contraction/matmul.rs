@@ -906,6 +906,71 @@ pub(crate) struct MatmulParams {
 }
 
 impl Tensor {
+    /// `self`·`other` for 2-D operands, with K cut into `splits` equal chunks: one batched
+    /// matmul computes the chunks' partial products side by side, in f32, with `splits`
+    /// times the workgroups; one element-wise kernel then adds them (and rounds to the
+    /// inputs' dtype). For a long K with few output tiles — a weight gradient Xᵀ·dY over
+    /// thousands of tokens, [768, 8192]·[8192, 3072] is 144 tiles of 128×128 — where one
+    /// workgroup per tile leaves most of the GPU idle. Any strides (the chunks are views);
+    /// `splits` 1 is [`Tensor::matmul`].
+    ///
+    /// Errors: `InvalidArgument` unless both operands are 2-D with K divisible by `splits`
+    /// (≥ 1); then matmul's errors.
+    ///
+    /// ```
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[64, 6], DType::F32, 0)?; // [tokens, in]
+    /// let dy = Tensor::randn(&gpu, &[64, 5], DType::F32, 1)?; // [tokens, out]
+    /// let dw = x.transpose(0, 1)?.matmul_split_k(&dy, 4)?; // [in, out], 4 chunks of 16 tokens
+    /// assert_eq!(dw.shape(), &[6, 5]);
+    /// # Ok(()) }
+    /// ```
+    pub fn matmul_split_k(&self, other: &Tensor, splits: usize) -> Result<Tensor> {
+        let (&[m, k], &[k2, n]) = (self.shape(), other.shape()) else {
+            return Err(Error::InvalidArgument {
+                op: "matmul_split_k",
+                msg: format!("takes 2-D operands, got {:?} and {:?}", self.shape(), other.shape()),
+            });
+        };
+        if k != k2 || splits == 0 || k % splits != 0 {
+            return Err(Error::InvalidArgument {
+                op: "matmul_split_k",
+                msg: format!(
+                    "lhs {:?} and rhs {:?}: the inner dims must agree and divide into {splits} chunks",
+                    self.shape(),
+                    other.shape()
+                ),
+            });
+        }
+        if self.dtype() != other.dtype() {
+            return Err(Error::DTypeMismatch { op: "matmul_split_k", lhs: self.dtype(), rhs: other.dtype() });
+        }
+        if splits == 1 {
+            return self.matmul(other);
+        }
+        let chunk = k / splits;
+        let (a, b) = (self.realize()?, other.realize()?);
+        let (a_sm, a_sk, b_sk, b_sn) = (a.strides()[0], a.strides()[1], b.strides()[0], b.strides()[1]);
+        // [splits, m, chunk] and [splits, chunk, n]: chunk s starts s·chunk along K.
+        let a3 = a.view(vec![splits, m, chunk], vec![chunk * a_sk, a_sm, a_sk], a.offset())?;
+        let b3 = b.view(vec![splits, chunk, n], vec![chunk * b_sk, b_sk, b_sn], b.offset())?;
+        let parts = a3.matmul_with(&b3, &MatmulOptions { out_dtype: Some(DType::F32), ..Default::default() })?;
+        let part = |s: usize| parts.narrow(0, s, 1)?.reshape(&[m, n]);
+        let mut sum = part(0)?;
+        for s in 1..splits {
+            sum = sum.add(&part(s)?)?;
+        }
+        if self.dtype() == DType::F32 {
+            Ok(sum)
+        } else {
+            sum.to_dtype(self.dtype())
+        }
+    }
+}
+
+impl Tensor {
     /// Matrix product with batch broadcasting: `[..., M, K] × [..., K, N] → [..., M, N]`;
     /// 1-D operands are treated as a row (left) or column (right) vector and the added dim is
     /// removed, as in `torch.matmul`. Same dtype on both sides; the result has that dtype.
