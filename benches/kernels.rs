@@ -424,13 +424,17 @@ fn matmul_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, args: &Args, reps: usiz
                     });
                     // The weight gradient's layout with K cut into chunks (what autograd runs).
                     if operands == Operands::ATransposed {
-                        for splits in [2, 4, 8] {
-                            let t = measure(&gpu, 2, reps, || a.matmul_split_k(&b, splits)?.realize().map(drop))?;
+                        // (split, A copied row-major first, as autograd does for 16-bit)
+                        for (splits, copy) in [(2, false), (4, false), (8, false), (1, true), (4, true), (8, true)] {
+                            let t = measure(&gpu, 2, reps, || {
+                                let a = if copy { a.contiguous()? } else { a.clone() };
+                                a.matmul_split_k(&b, splits)?.realize().map(drop)
+                            })?;
                             rows.push(Row {
                                 bench: "matmul",
                                 size: format!("{m}x{k}x{n}{}", operands.suffix()),
                                 dtype: dtype.name(),
-                                variant: format!("split-K {splits}"),
+                                variant: format!("split-K {splits}{}", if copy { ", Aᵀ copied" } else { "" }),
                                 ms: t.median_ms,
                                 rate: t.rate(2.0 * (m * k * n) as f64),
                                 wall_rate: 2.0 * (m * k * n) as f64 / (t.wall_ms * 1e-3) / 1e9,
