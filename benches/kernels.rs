@@ -34,7 +34,7 @@ struct Row {
 
 const USAGE: &str = "usage: cargo bench --bench kernels -- [flags]
   --quick                  small sizes, 3 repetitions
-  --only NAME              jobs whose label contains NAME (copy, matmul, gpt2, attention f16, ...)
+  --only NAME[,NAME...]    jobs whose label contains one of the NAMEs (copy, matmul, gpt2, attention f16, ...)
   --reference FILE         PyTorch's JSON lines (benches/torch_ref.py) to compare with
   --json FILE, --md FILE   write the rows
   --grads LIST             norm backward dw/db variants besides the default: separate or rows per workgroup, comma-separated
@@ -202,7 +202,7 @@ fn main() -> wgkernels::Result<()> {
 
     // `--only` picks jobs by label: "copy", "matmul", "matmul 4096", "gpt2", "normalizations f16", ...
     if let Some(o) = &args.only {
-        jobs.retain(|(label, _)| label.contains(o.as_str()));
+        jobs.retain(|(label, _)| o.split(',').any(|part| label.contains(part)));
     }
     // One bar over the jobs, with the running job's label and the elapsed and remaining time.
     let bar = indicatif::ProgressBar::new(jobs.len() as u64).with_style(
@@ -356,6 +356,29 @@ fn matmul_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, args: &Args, reps: usiz
                             )),
                         });
                     }
+                    if dtype == DType::F32
+                        && wgkernels::ops::matmul::coop_available_for(
+                            &gpu,
+                            DType::F32,
+                            wgkernels::MatmulPrecision::High,
+                        )
+                    {
+                        let opts =
+                            MatmulOptions { precision: Some(wgkernels::MatmulPrecision::High), ..Default::default() };
+                        let t =
+                            measure(&gpu, 2, reps, || a.matmul_with(&b, &opts).and_then(|t| t.realize().map(drop)))?;
+                        rows.push(Row {
+                            bench: "matmul",
+                            size: n.to_string(),
+                            dtype: "f32",
+                            variant: "auto, high (f16 parts on tensor cores)".into(),
+                            ms: t.median_ms,
+                            rate: t.rate(flops),
+                            wall_rate: flops / (t.wall_ms * 1e-3) / 1e9,
+                            unit: "GFLOP/s",
+                            torch_key: Some(("matmul".into(), n.to_string(), "f32".into(), "cublas-tf32".into())),
+                        });
+                    }
                     if dtype == DType::F32 && wgkernels::ops::matmul::coop_available(&gpu, DType::F32, true) {
                         let opts = MatmulOptions { allow_reduced_precision: true, ..Default::default() };
                         let t =
@@ -410,6 +433,23 @@ fn matmul_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, args: &Args, reps: usiz
                     let t = measure(&gpu, 2, reps, || a.matmul(&b).and_then(|t| t.realize().map(drop)))?;
                     let torch_variant = if dtype == DType::F32 { "cublas-fp32" } else { "cublas" };
                     let size = format!("{m}x{k}x{n}{}", operands.suffix());
+                    if dtype == DType::F32 {
+                        let opts =
+                            MatmulOptions { precision: Some(wgkernels::MatmulPrecision::High), ..Default::default() };
+                        let th =
+                            measure(&gpu, 2, reps, || a.matmul_with(&b, &opts).and_then(|t| t.realize().map(drop)))?;
+                        rows.push(Row {
+                            bench: "matmul",
+                            size: size.clone(),
+                            dtype: "f32",
+                            variant: "auto, high".into(),
+                            ms: th.median_ms,
+                            rate: th.rate(2.0 * (m * k * n) as f64),
+                            wall_rate: 2.0 * (m * k * n) as f64 / (th.wall_ms * 1e-3) / 1e9,
+                            unit: "GFLOP/s",
+                            torch_key: Some(("matmul".into(), size.clone(), "f32".into(), "cublas-tf32".into())),
+                        });
+                    }
                     let key = Some(("matmul".into(), size.clone(), dtype.name().into(), torch_variant.into()));
                     rows.push(Row {
                         bench: "matmul",
@@ -1265,23 +1305,27 @@ fn gpt2_model_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, args: &Args, reps: 
     } else {
         (GptConfig::gpt2_small(), 8, 1024)
     };
+    use wgkernels::MatmulPrecision::{High, Highest};
     let cases = [
-        (ModelWork::Block, DType::F32),
-        (ModelWork::Forward, DType::F32),
-        (ModelWork::Train, DType::F32),
-        (ModelWork::Block, DType::BF16),
-        (ModelWork::Forward, DType::BF16),
-        (ModelWork::Train, DType::BF16),
-        (ModelWork::Train, DType::F16),
-        (ModelWork::Generate, DType::F32),
-        (ModelWork::Generate, DType::BF16),
+        (ModelWork::Block, DType::F32, Highest),
+        (ModelWork::Forward, DType::F32, Highest),
+        (ModelWork::Train, DType::F32, Highest),
+        (ModelWork::Block, DType::F32, High),
+        (ModelWork::Forward, DType::F32, High),
+        (ModelWork::Train, DType::F32, High),
+        (ModelWork::Block, DType::BF16, Highest),
+        (ModelWork::Forward, DType::BF16, Highest),
+        (ModelWork::Train, DType::BF16, Highest),
+        (ModelWork::Train, DType::F16, Highest),
+        (ModelWork::Generate, DType::F32, Highest),
+        (ModelWork::Generate, DType::BF16, Highest),
     ];
-    for (work, dtype) in cases {
+    for (work, dtype, precision) in cases {
         let (gpu, config, profile) = (gpu.clone(), config.clone(), args.gpt2_profile.clone());
         jobs.push((
-            format!("gpt2 {} {}", work.name(), dtype.name()),
+            format!("gpt2 {} {}{}", work.name(), dtype.name(), if precision == High { " high" } else { "" }),
             Box::new(move |rows: &mut Vec<Row>| {
-                let run = ModelRun { gpu: &gpu, config: &config, batch, seq, dtype, work };
+                let run = ModelRun { gpu: &gpu, config: &config, batch, seq, dtype, work, precision };
                 rows.push(run.row(reps.min(5), profile.as_deref())?);
                 Ok(())
             }),
@@ -1297,6 +1341,8 @@ struct ModelRun<'a> {
     seq: usize,
     dtype: DType,
     work: ModelWork,
+    /// The device's f32 matmul precision during the run (restored after).
+    precision: wgkernels::MatmulPrecision,
 }
 
 impl ModelRun<'_> {
@@ -1326,6 +1372,14 @@ impl ModelRun<'_> {
     }
 
     fn row(&self, reps: usize, profile_dir: Option<&str>) -> wgkernels::Result<Row> {
+        let before = self.gpu.f32_matmul_precision();
+        self.gpu.set_f32_matmul_precision(self.precision);
+        let row = self.row_at_precision(reps, profile_dir);
+        self.gpu.set_f32_matmul_precision(before);
+        row
+    }
+
+    fn row_at_precision(&self, reps: usize, profile_dir: Option<&str>) -> wgkernels::Result<Row> {
         use wgkernels::autograd::no_grad;
         use wgkernels::nn::{Gpt, Module, Sampling};
         use wgkernels::optim::{AdamW, AdamWConfig, DynamicLossScale, Optimizer as _};
@@ -1378,7 +1432,7 @@ impl ModelRun<'_> {
             for (k, n, ms) in kernels {
                 let _ = writeln!(text, "{ms:9.3} ms {:5.1}% {n:5} {k}", 100.0 * ms / total);
             }
-            let path = format!("{dir}/gpt2_{}_{}.txt", self.work.name(), dtype.name());
+            let path = format!("{dir}/gpt2_{}_{}_{}.txt", self.work.name(), dtype.name(), self.precision.name());
             std::fs::write(&path, text)
                 .map_err(|e| wgkernels::Error::InvalidArgument { op: "bench", msg: format!("{path}: {e}") })?;
         }
@@ -1402,8 +1456,15 @@ impl ModelRun<'_> {
             let _ = write!(variant, ", peak {}", human(peak));
         }
         // PyTorch's eager f32 beside f32 rows, its bf16 autocast beside the 16-bit ones.
-        let (torch_dtype, torch_variant) =
-            if dtype == DType::F32 { ("f32", "eager-f32") } else { ("bf16", "amp-bf16") };
+        // PyTorch's eager f32 beside Highest, TF32 (its 'high') beside High.
+        let (torch_dtype, torch_variant) = match (dtype, self.precision) {
+            (DType::F32, wgkernels::MatmulPrecision::Highest) => ("f32", "eager-f32"),
+            (DType::F32, _) => ("f32", "eager-tf32"),
+            _ => ("bf16", "amp-bf16"),
+        };
+        if dtype == DType::F32 {
+            variant = format!("{}, {variant}", self.precision.name());
+        }
         Ok(Row {
             bench: "gpt2",
             size: self.work.name().into(),

@@ -154,7 +154,9 @@ def matmuls():
     GFLOP/s from CUDA events over 20 runs."""
     torch.backends.cuda.matmul.allow_tf32 = False
     t = a.batch * a.seq
-    for dtype, name, variant in [(torch.float32, "f32", "cublas-fp32"), (torch.float16, "f16", "cublas")]:
+    for dtype, name, variant in [(torch.float32, "f32", "cublas-fp32"), (torch.float32, "f32", "cublas-tf32"),
+                                 (torch.float16, "f16", "cublas")]:
+        torch.backends.cuda.matmul.allow_tf32 = variant == "cublas-tf32"
         for m, k, n, lay in [(t, 768, 3072, ""), (t, 3072, 768, ""), (t, 3072, 768, " Bt"), (768, t, 3072, " At"),
                              (t, 768, 50257, " Bt")]:
             x = torch.randn(k, m, device=dev, dtype=dtype).t() if lay == " At" else torch.randn(m, k, device=dev, dtype=dtype)

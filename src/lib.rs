@@ -45,7 +45,7 @@ pub mod plan;
 mod tensor;
 pub mod tune;
 
-pub use device::{Gpu, GpuInfo, GpuOptions, KernelTime, MemoryStats, Profiler, Report, Stats};
+pub use device::{Gpu, GpuInfo, GpuOptions, KernelTime, MatmulPrecision, MemoryStats, Profiler, Report, Stats};
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
 pub use tensor::Tensor;

@@ -432,3 +432,70 @@ fn split_k_matches_the_reference_and_refuses_bad_splits() {
     let (b16, _) = random_tensor(&gpu, &[10, 3], DType::F16, 4);
     assert!(matches!(a.matmul_split_k(&b16, 2), Err(Error::DTypeMismatch { .. })));
 }
+
+/// `MatmulPrecision::High`: f32 split into two f16 parts on tensor cores, against f64 at a
+/// per-product error of about 2^-21 (22 significant bits), for every coop tiling, plain and
+/// transposed A, operands far from 1 (×10⁴ and ×10⁻⁶: the per-tensor scales), a bias and
+/// GELU epilogue; and the device setting reaching `Tensor::matmul`. Where the adapter has no
+/// f16 cooperative matrices, High runs the f32 FMA kernels: checked at f32's tolerance.
+#[test]
+fn high_precision_splits_f32_into_f16_parts() {
+    use wgkernels::ops::matmul::{candidates_for, coop_available_for};
+    use wgkernels::MatmulPrecision;
+    let gpu = gpu();
+    let high = MatmulPrecision::High;
+    let (m, k, n) = (77, 300, 45);
+    if !coop_available_for(&gpu, DType::F32, high) {
+        skipped(
+            "high_precision_splits_f32_into_f16_parts (tensor-core part)",
+            "no f16 cooperative matrices: High runs the FMA kernels here, checked at the same bound",
+        );
+    }
+    for (scale_a, scale_b) in [(1.0f32, 1.0f32), (1e4, 1e-6)] {
+        let av: Vec<f32> = random_vec(m * k, 91).iter().map(|x| x * scale_a).collect();
+        let bv: Vec<f32> = random_vec(k * n, 92).iter().map(|x| x * scale_b).collect();
+        let (a64, b64): (Vec<f64>, Vec<f64>) =
+            (av.iter().map(|&x| x as f64).collect(), bv.iter().map(|&x| x as f64).collect());
+        let a = Tensor::from_f32(&gpu, &av, &[m, k], DType::F32).unwrap();
+        // B also as the transpose of a row-major [n, k], as a Linear weight is read.
+        let bt_host: Vec<f32> = (0..n * k).map(|i| bv[(i % k) * n + i / k]).collect();
+        let bt = Tensor::from_f32(&gpu, &bt_host, &[n, k], DType::F32).unwrap().transpose(0, 1).unwrap();
+        let b = Tensor::from_f32(&gpu, &bv, &[k, n], DType::F32).unwrap();
+        let want = reference(&a64, &b64, 1, false, false, m, k, n, None, Activation::None);
+        // |a|, |b| < 2·scale: each product within 2^-21 of it, k of them.
+        let bound = (4.0 * scale_a as f64 * scale_b as f64) * k as f64;
+        let (atol, rtol) = (bound * 2f64.powi(-21), 1e-5);
+        let mut paths: Vec<Option<MatmulPath>> = candidates_for(&gpu, DType::F32, m, high)
+            .into_iter()
+            .filter(|p| matches!(p, MatmulPath::Coop(_)))
+            .map(Some)
+            .collect();
+        paths.push(None); // the library's choice at High
+        for path in paths {
+            let name = path.map_or("auto".to_string(), |p| p.name());
+            let opts = MatmulOptions { path, precision: Some(high), ..Default::default() };
+            for (label, rhs) in [("B", &b), ("Wᵀ", &bt)] {
+                let got = a.matmul_with(rhs, &opts).unwrap().to_vec_f32().unwrap();
+                assert_close(&format!("high {name} A·{label} ×{scale_a}×{scale_b}"), &got, &want, atol, rtol);
+            }
+        }
+    }
+    // Epilogue: bias and GELU after the scales are divided out.
+    let (a, av) = random_tensor(&gpu, &[m, k], DType::F32, 93);
+    let (b, bv) = random_tensor(&gpu, &[k, n], DType::F32, 94);
+    let (bias, biasv) = random_tensor(&gpu, &[n], DType::F32, 95);
+    let want = reference(&av, &bv, 1, false, false, m, k, n, Some(&biasv), Activation::Gelu);
+    let opts =
+        MatmulOptions { bias: Some(&bias), activation: Activation::Gelu, precision: Some(high), ..Default::default() };
+    let got = a.matmul_with(&b, &opts).unwrap().to_vec_f32().unwrap();
+    assert_close("high, bias and GELU", &got, &want, 16.0 * k as f64 * 2f64.powi(-21), 1e-5);
+    // The device setting is what Tensor::matmul uses.
+    let gpu2 = wgkernels::Gpu::new().unwrap();
+    gpu2.set_f32_matmul_precision(high);
+    assert_eq!(gpu2.f32_matmul_precision(), high);
+    let a2 = Tensor::from_f32(&gpu2, &a.to_vec_f32().unwrap(), &[m, k], DType::F32).unwrap();
+    let b2 = Tensor::from_f32(&gpu2, &b.to_vec_f32().unwrap(), &[k, n], DType::F32).unwrap();
+    let want = reference(&av, &bv, 1, false, false, m, k, n, None, Activation::None);
+    let got = a2.matmul(&b2).unwrap().to_vec_f32().unwrap();
+    assert_close("device setting High", &got, &want, 16.0 * k as f64 * 2f64.powi(-21), 1e-5);
+}

@@ -73,3 +73,16 @@ fn numbers_paths_and_backends() {
         assert!(err.contains(name), "{name}={bad:?}: {err}");
     }
 }
+
+#[test]
+fn f32_matmul_precision_reads_its_three_settings() {
+    use wgkernels::MatmulPrecision;
+    assert_eq!(with(&[]).unwrap().f32_matmul_precision, MatmulPrecision::Highest);
+    for (v, p) in
+        [("highest", MatmulPrecision::Highest), ("High", MatmulPrecision::High), ("medium", MatmulPrecision::Medium)]
+    {
+        assert_eq!(with(&[("WGK_F32_MATMUL_PRECISION", v)]).unwrap().f32_matmul_precision, p);
+    }
+    let err = with(&[("WGK_F32_MATMUL_PRECISION", "tf32")]).unwrap_err().to_string();
+    assert!(err.contains("WGK_F32_MATMUL_PRECISION"), "{err}");
+}

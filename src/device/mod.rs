@@ -18,7 +18,7 @@ mod options;
 mod pipeline;
 mod profiler;
 
-pub use options::GpuOptions;
+pub use options::{GpuOptions, MatmulPrecision};
 pub(crate) use pipeline::params_layout;
 use pipeline::PipelineCache;
 pub use pipeline::{Kernel, ParamsLayout, ShaderSource};
@@ -263,6 +263,8 @@ pub(crate) struct GpuInner {
     pub(crate) fused: AtomicU64,
     fusion: std::sync::atomic::AtomicBool,
     matmul_epilogues: std::sync::atomic::AtomicBool,
+    /// [`MatmulPrecision`] as its index (Highest 0, High 1, Medium 2).
+    f32_matmul_precision: std::sync::atomic::AtomicU8,
     pub(crate) cache_hits: AtomicU64,
     dispatches: AtomicU64,
     submits: AtomicU64,
@@ -603,6 +605,7 @@ impl Gpu {
                 fused: AtomicU64::new(0),
                 fusion: std::sync::atomic::AtomicBool::new(opts.fusion),
                 matmul_epilogues: std::sync::atomic::AtomicBool::new(opts.fuse_matmul_epilogues),
+                f32_matmul_precision: std::sync::atomic::AtomicU8::new(opts.f32_matmul_precision as u8),
                 cache_hits: AtomicU64::new(0),
                 dispatches: AtomicU64::new(0),
                 submits: AtomicU64::new(0),
@@ -707,6 +710,30 @@ impl Gpu {
     /// ```
     pub fn set_fusion(&self, on: bool) {
         self.inner.fusion.store(on, Ordering::Relaxed);
+    }
+
+    /// How f32 matmuls that do not say otherwise (`MatmulOptions::precision` None) compute,
+    /// like `torch.get_float32_matmul_precision()`; see [`MatmulPrecision`].
+    ///
+    /// ```
+    /// # use wgkernels::{DType, Gpu, MatmulPrecision, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// gpu.set_f32_matmul_precision(MatmulPrecision::High); // f32 split into f16 parts
+    /// assert_eq!(gpu.f32_matmul_precision(), MatmulPrecision::High);
+    /// # Ok(()) }
+    /// ```
+    pub fn f32_matmul_precision(&self) -> MatmulPrecision {
+        match self.inner.f32_matmul_precision.load(Ordering::Relaxed) {
+            1 => MatmulPrecision::High,
+            2 => MatmulPrecision::Medium,
+            _ => MatmulPrecision::Highest,
+        }
+    }
+
+    /// Sets how f32 matmuls compute from now on (`torch.set_float32_matmul_precision`).
+    pub fn set_f32_matmul_precision(&self, precision: MatmulPrecision) {
+        self.inner.f32_matmul_precision.store(precision as u8, Ordering::Relaxed);
     }
 
     /// Whether chains consuming an f32 matmul run in its epilogue (with fusion on); see

@@ -79,6 +79,55 @@ pub struct GpuOptions {
     /// MiB `bench::measure` writes between timed repeats to flush the GPU's cache
     /// (`WGK_FLUSH_MB`); `None`: 256 on GPUs, 0 on CPU devices.
     pub measure_flush_mb: Option<u64>,
+    /// How f32 matmuls may run (`WGK_F32_MATMUL_PRECISION=highest|high|medium`), like
+    /// PyTorch's `torch.set_float32_matmul_precision`; [`crate::Gpu::set_f32_matmul_precision`]
+    /// changes it later. Default: `Highest`.
+    pub f32_matmul_precision: MatmulPrecision,
+}
+
+/// How an f32 matmul may compute its products, like PyTorch's
+/// `torch.set_float32_matmul_precision`. A hint: where the adapter has no f16 cooperative
+/// matrices every setting runs the f32 FMA kernels (`Highest`).
+///
+/// ```
+/// use wgkernels::MatmulPrecision;
+/// assert_eq!(MatmulPrecision::parse("high"), Some(MatmulPrecision::High));
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum MatmulPrecision {
+    /// f32 products and sums on FMA units (24 significant bits).
+    #[default]
+    Highest,
+    /// Each f32 operand split into two f16 parts (scaled per tensor by a power of two so
+    /// that neither overflows), three tensor-core products per fragment (hi·hi, hi·lo,
+    /// lo·hi), f32 accumulation: about 22 significant bits. (Measured on the H200 at 48.9
+    /// TFLOP/s against 27.4 for `Highest` at 8192×768×3072; the run of its accuracy test
+    /// after the hi/lo split's last fix is pending: see BENCHMARKS.md, call E.)
+    High,
+    /// Operands rounded to f16 on tensor cores, f32 accumulation: 11 significant bits (the
+    /// older `MatmulOptions::allow_reduced_precision`).
+    Medium,
+}
+
+impl MatmulPrecision {
+    /// `highest`, `high` or `medium` (any case); None otherwise.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "highest" => Some(Self::Highest),
+            "high" => Some(Self::High),
+            "medium" => Some(Self::Medium),
+            _ => None,
+        }
+    }
+
+    /// The setting's name, as [`MatmulPrecision::parse`] reads it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Highest => "highest",
+            Self::High => "high",
+            Self::Medium => "medium",
+        }
+    }
 }
 
 impl Default for GpuOptions {
@@ -100,6 +149,7 @@ impl Default for GpuOptions {
             pipeline_cache: 1024,
             measure_warmup_ms: None,
             measure_flush_mb: None,
+            f32_matmul_precision: MatmulPrecision::Highest,
         }
     }
 }
@@ -173,6 +223,12 @@ impl GpuOptions {
                     v.trim().parse::<u64>().map_err(|_| invalid(format!("WGK_FLUSH_MB={v:?} is not a count of MiB")))
                 })
                 .transpose()?,
+            f32_matmul_precision: match var("WGK_F32_MATMUL_PRECISION") {
+                None => MatmulPrecision::Highest,
+                Some(v) => MatmulPrecision::parse(&v).ok_or_else(|| {
+                    invalid(format!("WGK_F32_MATMUL_PRECISION={v:?} is not one of highest, high, medium"))
+                })?,
+            },
         })
     }
 }

@@ -33,7 +33,7 @@ use crate::kernels::elementwise::UnaryOp;
 use crate::kernels::wgsl_load;
 use crate::tensor::Tensor;
 use crate::tune;
-use crate::{DType, Gpu};
+use crate::{DType, Gpu, MatmulPrecision};
 
 /// Register-tiled and thin matmul.
 pub const MATMUL: ShaderSource =
@@ -45,6 +45,20 @@ pub const MATMUL_COOP: ShaderSource = ShaderSource {
     source: include_str!("matmul_coop.wgsl"),
     shared: include_str!("matmul_common.wgsl"),
 };
+
+/// The operands' largest |x| before a split f32 matmul (MatmulPrecision::High).
+pub const MATMUL_RANGE: ShaderSource =
+    ShaderSource { name: "matmul_range", source: include_str!("matmul_range.wgsl"), shared: "" };
+
+/// `RangeParams` of matmul_range.wgsl: each operand's storage span, in elements.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct RangeParams {
+    a_off: u32,
+    a_len: u32,
+    b_off: u32,
+    b_len: u32,
+}
 
 /// Activation applied in the matmul's epilogue, after the bias.
 ///
@@ -272,6 +286,10 @@ pub struct MatmulOptions<'a> {
     pub activation: Activation,
     /// Forces a kernel path (tests, benchmarks); `None` lets the library choose.
     pub path: Option<MatmulPath>,
+    /// How F32 inputs compute ([`MatmulPrecision`]); `None`: the device's setting
+    /// ([`Gpu::f32_matmul_precision`], `Highest` unless changed). `allow_reduced_precision`
+    /// means `Medium` whatever this says. Other dtypes ignore it.
+    pub precision: Option<MatmulPrecision>,
 }
 
 /// The subgroup size the coop kernel is generated for, when the adapter's is fixed.
@@ -290,7 +308,17 @@ fn fixed_subgroup(gpu: &Gpu) -> Option<u32> {
 /// # Ok(()) }
 /// ```
 pub fn coop_available(gpu: &Gpu, dtype: DType, allow_reduced_precision: bool) -> bool {
-    let dtype_ok = dtype == DType::F16 || (dtype == DType::F32 && allow_reduced_precision);
+    coop_available_for(
+        gpu,
+        dtype,
+        if allow_reduced_precision { MatmulPrecision::Medium } else { MatmulPrecision::Highest },
+    )
+}
+
+/// True when the coop path can run `dtype` inputs at `precision` on this device (F32: at
+/// `High`, split into f16 parts; at `Medium`, rounded to f16).
+pub fn coop_available_for(gpu: &Gpu, dtype: DType, precision: MatmulPrecision) -> bool {
+    let dtype_ok = dtype == DType::F16 || (dtype == DType::F32 && precision != MatmulPrecision::Highest);
     dtype_ok
         && gpu.info().has_coop_f16_16x16x16()
         && gpu.has(wgpu::Features::SHADER_F16)
@@ -308,6 +336,18 @@ pub fn coop_available(gpu: &Gpu, dtype: DType, allow_reduced_precision: bool) ->
 /// # Ok(()) }
 /// ```
 pub fn candidates(gpu: &Gpu, dtype: DType, m: usize, allow_reduced_precision: bool) -> Vec<MatmulPath> {
+    candidates_for(
+        gpu,
+        dtype,
+        m,
+        if allow_reduced_precision { MatmulPrecision::Medium } else { MatmulPrecision::Highest },
+    )
+}
+
+/// [`candidates`] at an explicit [`MatmulPrecision`] (for F32 inputs: `High` adds the
+/// split tensor-core kernels, `Medium` the rounded ones).
+pub fn candidates_for(gpu: &Gpu, dtype: DType, m: usize, precision: MatmulPrecision) -> Vec<MatmulPath> {
+    let split = dtype == DType::F32 && precision == MatmulPrecision::High;
     let max_threads = gpu.info().limits.max_compute_invocations_per_workgroup;
     let wg_bytes = gpu.info().limits.max_compute_workgroup_storage_size;
     let mut out = Vec::new();
@@ -315,7 +355,7 @@ pub fn candidates(gpu: &Gpu, dtype: DType, m: usize, allow_reduced_precision: bo
     if m <= THIN_M {
         out.push(MatmulPath::Thin);
     }
-    if coop_available(gpu, dtype, allow_reduced_precision) {
+    if coop_available_for(gpu, dtype, precision) {
         let sub = fixed_subgroup(gpu).unwrap_or(32);
         out.extend(
             COOP_CANDIDATES
@@ -324,7 +364,7 @@ pub fn candidates(gpu: &Gpu, dtype: DType, m: usize, allow_reduced_precision: bo
                     let threads = c.sg_m * c.sg_n * sub;
                     // Staging loops must split evenly, 8 halves per invocation and step.
                     let even = (c.bm() * c.bk) % (threads * 8) == 0 && (c.bk * c.bn()) % (threads * 8) == 0;
-                    threads <= max_threads && even && coop_workgroup_bytes(c) <= wg_bytes
+                    threads <= max_threads && even && coop_workgroup_bytes(c, split) <= wg_bytes
                 })
                 .map(|&c| MatmulPath::Coop(c)),
         );
@@ -352,8 +392,11 @@ pub fn candidates(gpu: &Gpu, dtype: DType, m: usize, allow_reduced_precision: bo
     out
 }
 
-fn coop_workgroup_bytes(c: &CoopConfig) -> u32 {
-    c.bm() * (c.bk + 8) * 2 + c.bk * (c.bn() + 8) * 2 + c.sg_m * c.sg_n * 256 * 4
+/// Workgroup memory of a coop kernel: the A and B tiles (twice, hi and lo parts, when
+/// `split`) and the epilogue's scratch.
+fn coop_workgroup_bytes(c: &CoopConfig, split: bool) -> u32 {
+    let tiles = c.bm() * (c.bk + 8) * 2 + c.bk * (c.bn() + 8) * 2;
+    tiles * if split { 2 } else { 1 } + c.sg_m * c.sg_n * 256 * 4
 }
 
 fn epilogue_wgsl(bias: bool, act: Activation) -> String {
@@ -537,7 +580,33 @@ impl VecStage {
 
 /// Generates the coop kernel: staging loops for the layout, then the fragment code
 /// (named accumulators, unrolled), then the guarded epilogue stores.
-fn coop_kernel(c: CoopConfig, sub: u32, dtype: DType, bias: Option<DType>, act: Activation, lay: Layout) -> Kernel {
+///
+/// `split` (f32 inputs, [`MatmulPrecision::High`]): scalar staging writes each scaled value
+/// as hi and lo f16 parts, each fragment pair takes three products, and the max-|x| ranges
+/// are read at binding `ranges_binding` (after the fused epilogue's leaves).
+#[allow(clippy::too_many_arguments)]
+fn coop_kernel(
+    c: CoopConfig,
+    sub: u32,
+    dtype: DType,
+    bias: Option<DType>,
+    act: Activation,
+    lay: Layout,
+    split: bool,
+    ranges_binding: u32,
+) -> Kernel {
+    // Scalar staging of one element `v` of operand `x` into its tile(s). Split, hi is xs
+    // with its low 13 mantissa bits cleared (exact in f16), not f16(xs): the driver may fold
+    // f32(f16(xs)) into xs, which made lo zero and the product f16-accurate (H200, call E).
+    let stage_one = |tile: &str, index: &str, scale: &str| {
+        if split {
+            format!(
+                "let xs = v * {scale};\n            let hi = bitcast<f32>(bitcast<u32>(xs) & 0xffffe000u);\n            {tile}[{index}] = f16(hi);\n            {tile}_lo[{index}] = f16(xs - hi);"
+            )
+        } else {
+            format!("{tile}[{index}] = f16(v);")
+        }
+    };
     let threads = c.sg_m * c.sg_n * sub;
     let prefetch = c.prefetch && lay.a_vec8 && lay.b_vec8;
     let a_vec = VecStage::for_a(lay.a_k_fast);
@@ -575,7 +644,8 @@ fn coop_kernel(c: CoopConfig, sub: u32, dtype: DType, bias: Option<DType>, act: 
             } else {
                 "let mm = l % BM;\n            let kk = l / BM;"
             };
-            format!("for (var s = 0u; s < BM * BK / THREADS; s++) {{\n            let l = lid + s * THREADS;\n            {coords}\n            let m = m0 + mm;\n            let k = k0 + kk;\n            var v = 0.0;\n            if (m < M && k < K) {{\n                v = load_a(base.x + m * a_sm + k * a_sk);\n            }}\n            tile_a[mm * A_STRIDE + kk] = f16(v);\n        }}")
+            let store = stage_one("tile_a", "mm * A_STRIDE + kk", "scale_a");
+            format!("for (var s = 0u; s < BM * BK / THREADS; s++) {{\n            let l = lid + s * THREADS;\n            {coords}\n            let m = m0 + mm;\n            let k = k0 + kk;\n            var v = 0.0;\n            if (m < M && k < K) {{\n                v = load_a(base.x + m * a_sm + k * a_sk);\n            }}\n            {store}\n        }}")
         };
         let sb = if lay.b_vec8 {
             format!(
@@ -589,7 +659,8 @@ fn coop_kernel(c: CoopConfig, sub: u32, dtype: DType, bias: Option<DType>, act: 
             } else {
                 "let kk = l % BK;\n            let nn = l / BK;"
             };
-            format!("for (var s = 0u; s < BK * BN / THREADS; s++) {{\n            let l = lid + s * THREADS;\n            {coords}\n            let k = k0 + kk;\n            let n = n0 + nn;\n            var v = 0.0;\n            if (k < K && n < N) {{\n                v = load_b(base.y + k * b_sk + n * b_sn);\n            }}\n            tile_b[kk * B_STRIDE + nn] = f16(v);\n        }}")
+            let store = stage_one("tile_b", "kk * B_STRIDE + nn", "scale_b");
+            format!("for (var s = 0u; s < BK * BN / THREADS; s++) {{\n            let l = lid + s * THREADS;\n            {coords}\n            let k = k0 + kk;\n            let n = n0 + nn;\n            var v = 0.0;\n            if (k < K && n < N) {{\n                v = load_b(base.y + k * b_sk + n * b_sn);\n            }}\n            {store}\n        }}")
         };
         (sa, sb)
     };
@@ -606,13 +677,27 @@ fn coop_kernel(c: CoopConfig, sub: u32, dtype: DType, bias: Option<DType>, act: 
         // Pointer operands take a bound index: naga 30 cannot cache inline index expressions there.
         for i in 0..c.fm {
             mma.push_str(&format!("            let oa{i} = (sg_m + {}u) * A_STRIDE + {}u;\n            let a{i} = coopLoadT<coop_mat16x16<f16, A>>(&tile_a[oa{i}], A_STRIDE);\n", i * 16, ks * 16));
+            if split {
+                mma.push_str(&format!(
+                    "            let al{i} = coopLoadT<coop_mat16x16<f16, A>>(&tile_a_lo[oa{i}], A_STRIDE);\n"
+                ));
+            }
         }
         for j in 0..c.fn_ {
             mma.push_str(&format!("            let ob{j} = {}u * B_STRIDE + sg_n + {}u;\n            let b{j} = coopLoadT<coop_mat16x16<f16, B>>(&tile_b[ob{j}], B_STRIDE);\n", ks * 16, j * 16));
+            if split {
+                mma.push_str(&format!(
+                    "            let bl{j} = coopLoadT<coop_mat16x16<f16, B>>(&tile_b_lo[ob{j}], B_STRIDE);\n"
+                ));
+            }
         }
         for i in 0..c.fm {
             for j in 0..c.fn_ {
                 mma.push_str(&format!("            acc_{i}_{j} = coopMultiplyAdd(a{i}, b{j}, acc_{i}_{j});\n"));
+                if split {
+                    // The small products after the large one: f32 accumulation keeps them.
+                    mma.push_str(&format!("            acc_{i}_{j} = coopMultiplyAdd(a{i}, bl{j}, acc_{i}_{j});\n            acc_{i}_{j} = coopMultiplyAdd(al{i}, b{j}, acc_{i}_{j});\n"));
+                }
             }
         }
         mma.push_str("        }\n        ");
@@ -626,7 +711,10 @@ fn coop_kernel(c: CoopConfig, sub: u32, dtype: DType, bias: Option<DType>, act: 
             ));
         }
     }
-    Kernel::new(&MATMUL_COOP, "coop")
+    let kernel = Kernel::new(&MATMUL_COOP, "coop");
+    let kernel = if split { kernel.flag("SPLIT") } else { kernel };
+    kernel
+        .sub("RANGES_BINDING", ranges_binding.to_string())
         .sub("A_ELEM", if lay.a_vec8 { "vec4<u32>" } else { "u32" })
         .sub("B_ELEM", if lay.b_vec8 { "vec4<u32>" } else { "u32" })
         .sub("LOAD_A", if lay.a_vec8 { "return 0.0;".to_string() } else { wgsl_load("a", dtype) })
@@ -680,14 +768,24 @@ pub fn all_kernels() -> Vec<Kernel> {
     for dtype in [DType::F16, DType::F32] {
         for lay in layouts(dtype == DType::F16) {
             for c in COOP_CANDIDATES {
-                all.push(coop_kernel(c, 32, dtype, None, Activation::None, lay));
+                all.push(coop_kernel(c, 32, dtype, None, Activation::None, lay, false, 6));
             }
         }
         for act in Activation::ALL {
-            all.push(coop_kernel(COOP_CANDIDATES[0], 32, dtype, Some(DType::F32), act, layouts(false)[0]));
+            all.push(coop_kernel(COOP_CANDIDATES[0], 32, dtype, Some(DType::F32), act, layouts(false)[0], false, 6));
         }
     }
+    // f32 split into f16 parts (MatmulPrecision::High): every layout, two tilings, epilogues.
+    for lay in layouts(false) {
+        for c in [COOP_CANDIDATES[0], COOP_CANDIDATES[2]] {
+            all.push(coop_kernel(c, 32, DType::F32, None, Activation::None, lay, true, 6));
+        }
+    }
+    for act in [Activation::GeluTanh, Activation::Relu] {
+        all.push(coop_kernel(COOP_CANDIDATES[0], 32, DType::F32, Some(DType::F32), act, layouts(false)[0], true, 6));
+    }
     let mut all: Vec<Kernel> = all.into_iter().map(|k| with_epilogue(k, None)).collect();
+    all.push(Kernel::new(&MATMUL_RANGE, "matmul_range"));
     all.extend(sample_with_epilogue(&crate::kernels::elementwise::fusion::sample_epilogue()));
     // Every entry storing a 16-bit C directly, with a bias and an activation.
     let lay = layouts(false)[0];
@@ -698,7 +796,7 @@ pub fn all_kernels() -> Vec<Kernel> {
             tiled_kernel(TILED_CANDIDATES[0], out, None, Activation::Silu, lay, true),
         ];
         if out == DType::F16 {
-            direct.push(coop_kernel(COOP_CANDIDATES[0], 32, out, Some(out), Activation::Relu, lay));
+            direct.push(coop_kernel(COOP_CANDIDATES[0], 32, out, Some(out), Activation::Relu, lay, false, 6));
         }
         all.extend(direct.into_iter().map(|k| with_output(with_epilogue(k, None), out)));
     }
@@ -718,24 +816,27 @@ pub fn kernels_checksum() -> u64 {
 
 /// The layouts of this family's params structs, for the test of their WGSL mirrors.
 pub(crate) fn params_layouts() -> Vec<crate::device::ParamsLayout> {
-    vec![crate::device::params_layout!(MatmulParams {
-        m,
-        n,
-        k,
-        batches,
-        a_off,
-        a_sm,
-        a_sk,
-        b_off,
-        b_sk,
-        b_sn,
-        batch_rank,
-        batch_shape,
-        a_batch_strides,
-        b_batch_strides,
-        bias_off,
-        bias_stride,
-    })]
+    vec![
+        crate::device::params_layout!(MatmulParams {
+            m,
+            n,
+            k,
+            batches,
+            a_off,
+            a_sm,
+            a_sk,
+            b_off,
+            b_sk,
+            b_sn,
+            batch_rank,
+            batch_shape,
+            a_batch_strides,
+            b_batch_strides,
+            bias_off,
+            bias_stride,
+        }),
+        crate::device::params_layout!(RangeParams { a_off, a_len, b_off, b_len }),
+    ]
 }
 
 /// A validated matmul whose launch waits for its result to be needed: with fusion on,
@@ -754,7 +855,8 @@ pub(crate) struct MatmulNode {
     out_shape: Vec<usize>,
     bias: Option<Tensor>,
     activation: Activation,
-    allow_reduced_precision: bool,
+    /// Resolved for F32 inputs (Highest for others).
+    precision: MatmulPrecision,
     path: Option<MatmulPath>,
 }
 
@@ -775,10 +877,11 @@ impl MatmulNode {
         let gpu = self.a.gpu();
         let opts = MatmulOptions {
             out_dtype: None,
-            allow_reduced_precision: self.allow_reduced_precision,
+            allow_reduced_precision: self.precision == MatmulPrecision::Medium,
             bias: self.bias.as_ref(),
             activation: self.activation,
             path: self.path,
+            precision: Some(self.precision),
         };
         let out = Tensor::empty(gpu, "matmul", &self.out_shape, store)?;
         let mut launch = Launch {
@@ -804,7 +907,7 @@ impl MatmulNode {
                     flops: launch.flops(),
                     kernels: kernels_checksum(),
                 };
-                let paths = candidates(gpu, self.a.dtype(), self.m, self.allow_reduced_precision);
+                let paths = candidates_for(gpu, self.a.dtype(), self.m, self.precision);
                 tune::choose(gpu, &problem, &paths, |p| p.name(), |p| launch.run(p))?
             }
         };
@@ -858,6 +961,21 @@ pub(crate) fn with_epilogue(k: Kernel, ep: Option<&FusedEpilogue>) -> Kernel {
     }
 }
 
+/// The binding after every one a matmul kernel declares: 6 (a, b, c, params, bias and
+/// ew_params below it), or past the fused epilogue's leaves.
+fn first_free_binding(ep: Option<&FusedEpilogue>) -> u32 {
+    let declared = ep.map_or(0, |e| {
+        e.decls
+            .split("@binding(")
+            .skip(1)
+            .filter_map(|rest| rest.split(')').next()?.trim().parse::<u32>().ok())
+            .map(|b| b + 1)
+            .max()
+            .unwrap_or(0)
+    });
+    declared.max(6)
+}
+
 /// A tiled and a coop kernel with `ep` in their epilogue, for the portability test.
 fn sample_with_epilogue(ep: &FusedEpilogue) -> Vec<Kernel> {
     let lay = Layout { a_k_fast: true, b_n_fast: true, a_vec8: false, b_vec8: false };
@@ -867,7 +985,20 @@ fn sample_with_epilogue(ep: &FusedEpilogue) -> Vec<Kernel> {
             Some(ep),
         ),
         with_epilogue(tiled_kernel(TILED_CANDIDATES[0], DType::F32, None, Activation::None, lay, true), Some(ep)),
-        with_epilogue(coop_kernel(COOP_CANDIDATES[0], 32, DType::F16, None, Activation::None, lay), Some(ep)),
+        with_epilogue(coop_kernel(COOP_CANDIDATES[0], 32, DType::F16, None, Activation::None, lay, false, 6), Some(ep)),
+        with_epilogue(
+            coop_kernel(
+                COOP_CANDIDATES[0],
+                32,
+                DType::F32,
+                None,
+                Activation::None,
+                lay,
+                true,
+                first_free_binding(Some(ep)),
+            ),
+            Some(ep),
+        ),
     ]
 }
 
@@ -1062,8 +1193,13 @@ impl Tensor {
         }
         let nbatch: usize = batch.iter().product();
         let gpu = self.gpu().clone();
+        let precision = match (self.dtype(), opts.allow_reduced_precision) {
+            (DType::F32, true) => MatmulPrecision::Medium,
+            (DType::F32, false) => opts.precision.unwrap_or_else(|| gpu.f32_matmul_precision()),
+            _ => MatmulPrecision::Highest,
+        };
         if let Some(p) = opts.path {
-            let allowed = candidates(&gpu, self.dtype(), m, opts.allow_reduced_precision);
+            let allowed = candidates_for(&gpu, self.dtype(), m, precision);
             if !allowed.contains(&p) {
                 let names: Vec<String> = allowed.iter().map(|p| p.name()).collect();
                 let msg = format!(
@@ -1105,7 +1241,7 @@ impl Tensor {
             out_shape: out_shape.clone(),
             bias: opts.bias.cloned(),
             activation: opts.activation,
-            allow_reduced_precision: opts.allow_reduced_precision,
+            precision,
             path: opts.path,
         };
         // With fusion and matmul-epilogue fusion on, an f32 result waits: the element-wise
@@ -1186,7 +1322,7 @@ impl Launch<'_> {
         let lg = |x: usize| usize::BITS - (x.max(1) - 1).leading_zeros();
         let lay = self.layout();
         format!(
-            "matmul {} out {} m{} n{} k{} b{} a{} b{}{}{} red{}",
+            "matmul {} out {} m{} n{} k{} b{} a{} b{}{}{} {}",
             self.a.dtype().name(),
             self.out.dtype().name(),
             lg(self.m),
@@ -1197,12 +1333,21 @@ impl Launch<'_> {
             if lay.b_n_fast { "n" } else { "k" },
             if lay.a_vec8 { "8" } else { "" },
             if lay.b_vec8 { "8" } else { "" },
-            self.opts.allow_reduced_precision as u8,
+            self.precision().name(),
         )
     }
 
     pub(crate) fn gpu(&self) -> &Gpu {
         self.a.gpu()
+    }
+
+    /// The precision the launching node resolved (F32 inputs split on tensor cores at High).
+    fn precision(&self) -> MatmulPrecision {
+        if self.opts.allow_reduced_precision {
+            MatmulPrecision::Medium
+        } else {
+            self.opts.precision.unwrap_or(MatmulPrecision::Highest)
+        }
     }
 
     pub(crate) fn flops(&self) -> f64 {
@@ -1230,6 +1375,37 @@ impl Launch<'_> {
                 b_sk == 1 && self.k.is_multiple_of(8) && aligned(b.offset(), &[&[b_sn][..], self.sb].concat())
             };
         Layout { a_k_fast, b_n_fast, a_vec8, b_vec8 }
+    }
+
+    /// max |A| and max |B| as f32 (a `[2]` tensor), for the split kernel's scales: one
+    /// dispatch of matmul_range.wgsl over the storage span of each operand's view.
+    ///
+    /// Why it may run unchecked: workgroup row y reads element off + i with i < len, and
+    /// off + len is one past the view's last element, inside its storage (every view is).
+    fn ranges(&self) -> Result<Tensor> {
+        let gpu = self.gpu();
+        let span = |t: &Tensor| 1 + t.shape().iter().zip(t.strides()).map(|(&d, &s)| (d.max(1) - 1) * s).sum::<usize>();
+        let (a_len, b_len) = (span(self.a), span(self.b));
+        let ranges = Tensor::zeros(gpu, &[2], DType::F32)?;
+        let params = gpu.params_buffer(&RangeParams {
+            a_off: self.a.offset() as u32,
+            a_len: a_len as u32,
+            b_off: self.b.offset() as u32,
+            b_len: b_len as u32,
+        });
+        let groups = a_len.max(b_len).div_ceil(256).clamp(1, 1024) as u32;
+        let kernel = Kernel::new(&MATMUL_RANGE, "matmul_range").trusted();
+        gpu.dispatch_3d(
+            &kernel,
+            &[
+                (0, self.a.storage()?.buffer()),
+                (1, self.b.storage()?.buffer()),
+                (2, ranges.storage()?.buffer()),
+                (3, &params),
+            ],
+            [groups, 2, 1],
+        )?;
+        Ok(ranges)
     }
 
     /// Records the matmul on `path` into `self.out`.
@@ -1269,6 +1445,11 @@ impl Launch<'_> {
         let bias_dtype = bias.map(|t| t.dtype());
         let lay = self.layout();
         let act = self.opts.activation;
+        let split =
+            matches!(path, MatmulPath::Coop(_)) && a.dtype() == DType::F32 && self.precision() == MatmulPrecision::High;
+        // The split kernel reads the operands' ranges after the fused epilogue's bindings.
+        let ranges_binding = first_free_binding(self.epilogue);
+        let ranges = if split { Some(self.ranges()?) } else { None };
         let (kernel, groups) = match path {
             MatmulPath::Tiled(t) => (
                 tiled_kernel(t, a.dtype(), bias_dtype, act, lay, false),
@@ -1285,7 +1466,7 @@ impl Launch<'_> {
                     hint: "the coop path needs a fixed subgroup size",
                 })?;
                 (
-                    coop_kernel(c, sub, a.dtype(), bias_dtype, act, lay),
+                    coop_kernel(c, sub, a.dtype(), bias_dtype, act, lay, split, ranges_binding),
                     (self.n.div_ceil(c.bn() as usize), self.m.div_ceil(c.bm() as usize)),
                 )
             }
@@ -1320,6 +1501,10 @@ impl Launch<'_> {
         }
         for (k, s) in leaf_storages.iter().enumerate() {
             bindings.push((6 + k as u32, s.buffer()));
+        }
+        let ranges_storage = ranges.as_ref().map(|r| r.storage()).transpose()?;
+        if let Some(r) = &ranges_storage {
+            bindings.push((ranges_binding, r.buffer()));
         }
         gpu.dispatch_3d(&kernel, &bindings, [groups.0 as u32, groups.1 as u32, self.nbatch as u32])
     }

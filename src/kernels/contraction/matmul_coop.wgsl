@@ -16,6 +16,13 @@
 // cores; they are written to workgroup memory after the second barrier. The epilogue goes through a per-subgroup 16×16 f32 scratch tile so that
 // edge tiles are stored with bounds checks and bias/activation apply before the store.
 //
+// Flag SPLIT (f32 inputs, MatmulPrecision::High): each operand, scaled by a power of two
+// from its largest |x| (matmul_range.wgsl, read from `ranges`) so that it stays below 2^14,
+// is staged as two f16 tiles, hi = x with its low 13 mantissa bits cleared (exact in f16)
+// and lo = f16(x − hi); each fragment pair takes
+// three products, hi·hi + hi·lo + lo·hi (lo·lo, ~2^-22 relative, dropped), about 22
+// significant bits; the store divides the scales out. Twice the staging bytes and three
+// times the tensor-core work of the f16 kernel per K-step.
 // Placeholders, each in double braces: A_ELEM B_ELEM (buffer element types), LOAD_A
 // LOAD_B, SG_M SG_N FM FN BK SUBGROUP (constants), STAGE_A STAGE_B (staging
 // loops), PROLOGUE PREFETCH (register prefetch), ACC_DECL MMA STORE (generated fragment
@@ -51,6 +58,32 @@ var<workgroup> tile_a: array<f16, BM * A_STRIDE>; // [m][k]
 var<workgroup> tile_b: array<f16, BK * B_STRIDE>; // [k][n]
 var<workgroup> scratch: array<f32, SG_M * SG_N * 256u>;
 
+//#if SPLIT
+var<workgroup> tile_a_lo: array<f16, BM * A_STRIDE>;
+var<workgroup> tile_b_lo: array<f16, BK * B_STRIDE>;
+// max |A|, max |B| as f32 bits (matmul_range.wgsl).
+@group(0) @binding({{RANGES_BINDING}}) var<storage, read> ranges: array<u32, 2>;
+// Per-invocation: the operands' scales and what the store multiplies by.
+var<private> scale_a: f32 = 1.0;
+var<private> scale_b: f32 = 1.0;
+var<private> unscale: f32 = 1.0;
+
+// 2^(14 − e) for max = f·2^e (f in [0.5, 1)): the operand's largest |x| scaled into
+// [2^13, 2^14), well inside f16's range; zero and subnormal maxima clamp the exponent.
+fn exponent_of(max_abs: f32) -> i32 {
+    return clamp(frexp(max(max_abs, 1e-30)).exp, -48, 64);
+}
+//#endif
+
+// A stored value: the accumulator, with the split operands' scales divided out.
+fn unscaled(v: f32) -> f32 {
+//#if SPLIT
+    return v * unscale;
+//#else
+    return v;
+//#endif
+}
+
 // Stores one accumulator fragment, staged by its subgroup at scratch[own..own + 256]
 // (16×16, row-major), to C at (m_first, n_first) after the epilogue: element by element
 // (and through a fused chain), or with a 16-bit C (flag OUT16) as column pairs, 16 even.
@@ -62,7 +95,7 @@ fn store_fragment(own: u32, lane: u32, m_first: u32, n_first: u32, c_base: u32, 
         let n = n_first + e % 16u;
         if (m < M && n < N) {
             let o = c_base + m * N + n;
-            store_pair(o, epilogue(scratch[own + e], n, o), epilogue(scratch[own + e + 1u], n + 1u, o + 1u));
+            store_pair(o, epilogue(unscaled(scratch[own + e]), n, o), epilogue(unscaled(scratch[own + e + 1u]), n + 1u, o + 1u));
         }
     }
 //#else
@@ -71,7 +104,7 @@ fn store_fragment(own: u32, lane: u32, m_first: u32, n_first: u32, c_base: u32, 
         let n = n_first + e % 16u;
         if (m < M && n < N) {
             let o = c_base + m * N + n;
-            c[o] = fused_chain(epilogue(scratch[own + e], n, o), o);
+            c[o] = fused_chain(epilogue(unscaled(scratch[own + e]), n, o), o);
         }
     }
 //#endif
@@ -100,6 +133,13 @@ fn coop(
     // This subgroup's corner inside the workgroup tile.
     let sg_m = (sg / SG_N) * FM * 16u;
     let sg_n = (sg % SG_N) * FN * 16u;
+//#if SPLIT
+    let ea = exponent_of(bitcast<f32>(ranges[0]));
+    let eb = exponent_of(bitcast<f32>(ranges[1]));
+    scale_a = ldexp(1.0, 14 - ea);
+    scale_b = ldexp(1.0, 14 - eb);
+    unscale = ldexp(1.0, ea + eb - 28);
+//#endif
 
     {{ACC_DECL}}
     {{PROLOGUE}}

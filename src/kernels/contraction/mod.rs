@@ -11,6 +11,7 @@ pub(crate) fn shaders() -> Vec<&'static ShaderSource> {
     vec![
         &matmul::MATMUL,
         &matmul::MATMUL_COOP,
+        &matmul::MATMUL_RANGE,
         &attention::ATTENTION,
         &attention::ATTENTION_BWD,
         &attention::ATTENTION_COOP,
