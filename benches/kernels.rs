@@ -315,6 +315,28 @@ fn copy_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, args: &Args, reps: usize)
     }
 }
 
+/// A matmul row: `flops` over the timing, PyTorch's `torch_variant` of the same size beside.
+fn matmul_row(
+    size: String,
+    dtype: &'static str,
+    variant: String,
+    t: &wgkernels::bench::Timing,
+    flops: f64,
+    torch_variant: &str,
+) -> Row {
+    Row {
+        bench: "matmul",
+        torch_key: Some(("matmul".into(), size.clone(), dtype.into(), torch_variant.into())),
+        size,
+        dtype,
+        variant,
+        ms: t.median_ms,
+        rate: t.rate(flops),
+        wall_rate: flops / (t.wall_ms * 1e-3) / 1e9,
+        unit: "GFLOP/s",
+    }
+}
+
 /// Square matmuls in f32 and f16 (every candidate at 4096), GPT-2 small's MLP shapes.
 fn matmul_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, args: &Args, reps: usize) {
     let quick = args.quick;
@@ -339,22 +361,8 @@ fn matmul_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, args: &Args, reps: usiz
                         let t =
                             measure(&gpu, 2, reps, || a.matmul_with(&b, &opts).and_then(|t| t.realize().map(drop)))?;
                         let torch_variant = if dtype == DType::F32 { "cublas-fp32" } else { "cublas" };
-                        rows.push(Row {
-                            bench: "matmul",
-                            size: n.to_string(),
-                            dtype: dtype.name(),
-                            variant: p.map(|p| p.name()).unwrap_or_else(|| "auto".into()),
-                            ms: t.median_ms,
-                            rate: t.rate(flops),
-                            wall_rate: flops / (t.wall_ms * 1e-3) / 1e9,
-                            unit: "GFLOP/s",
-                            torch_key: Some((
-                                "matmul".into(),
-                                n.to_string(),
-                                dtype.name().into(),
-                                torch_variant.into(),
-                            )),
-                        });
+                        let variant = p.map(|p| p.name()).unwrap_or_else(|| "auto".into());
+                        rows.push(matmul_row(n.to_string(), dtype.name(), variant, &t, flops, torch_variant));
                     }
                     if dtype == DType::F32
                         && wgkernels::ops::matmul::coop_available_for(
@@ -367,33 +375,15 @@ fn matmul_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, args: &Args, reps: usiz
                             MatmulOptions { precision: Some(wgkernels::MatmulPrecision::High), ..Default::default() };
                         let t =
                             measure(&gpu, 2, reps, || a.matmul_with(&b, &opts).and_then(|t| t.realize().map(drop)))?;
-                        rows.push(Row {
-                            bench: "matmul",
-                            size: n.to_string(),
-                            dtype: "f32",
-                            variant: "auto, high (f16 parts on tensor cores)".into(),
-                            ms: t.median_ms,
-                            rate: t.rate(flops),
-                            wall_rate: flops / (t.wall_ms * 1e-3) / 1e9,
-                            unit: "GFLOP/s",
-                            torch_key: Some(("matmul".into(), n.to_string(), "f32".into(), "cublas-tf32".into())),
-                        });
+                        let variant = "auto, high (f16 parts on tensor cores)".to_string();
+                        rows.push(matmul_row(n.to_string(), "f32", variant, &t, flops, "cublas-tf32"));
                     }
                     if dtype == DType::F32 && wgkernels::ops::matmul::coop_available(&gpu, DType::F32, true) {
                         let opts = MatmulOptions { allow_reduced_precision: true, ..Default::default() };
                         let t =
                             measure(&gpu, 2, reps, || a.matmul_with(&b, &opts).and_then(|t| t.realize().map(drop)))?;
-                        rows.push(Row {
-                            bench: "matmul",
-                            size: n.to_string(),
-                            dtype: "f32",
-                            variant: "auto, f16 tensor cores".into(),
-                            ms: t.median_ms,
-                            rate: t.rate(flops),
-                            wall_rate: flops / (t.wall_ms * 1e-3) / 1e9,
-                            unit: "GFLOP/s",
-                            torch_key: Some(("matmul".into(), n.to_string(), "f32".into(), "cublas-tf32".into())),
-                        });
+                        let variant = "auto, f16 tensor cores".to_string();
+                        rows.push(matmul_row(n.to_string(), "f32", variant, &t, flops, "cublas-tf32"));
                     }
                     Ok(())
                 }),
@@ -433,35 +423,15 @@ fn matmul_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, args: &Args, reps: usiz
                     let t = measure(&gpu, 2, reps, || a.matmul(&b).and_then(|t| t.realize().map(drop)))?;
                     let torch_variant = if dtype == DType::F32 { "cublas-fp32" } else { "cublas" };
                     let size = format!("{m}x{k}x{n}{}", operands.suffix());
+                    let flops = 2.0 * (m * k * n) as f64;
                     if dtype == DType::F32 {
                         let opts =
                             MatmulOptions { precision: Some(wgkernels::MatmulPrecision::High), ..Default::default() };
                         let th =
                             measure(&gpu, 2, reps, || a.matmul_with(&b, &opts).and_then(|t| t.realize().map(drop)))?;
-                        rows.push(Row {
-                            bench: "matmul",
-                            size: size.clone(),
-                            dtype: "f32",
-                            variant: "auto, high".into(),
-                            ms: th.median_ms,
-                            rate: th.rate(2.0 * (m * k * n) as f64),
-                            wall_rate: 2.0 * (m * k * n) as f64 / (th.wall_ms * 1e-3) / 1e9,
-                            unit: "GFLOP/s",
-                            torch_key: Some(("matmul".into(), size.clone(), "f32".into(), "cublas-tf32".into())),
-                        });
+                        rows.push(matmul_row(size.clone(), "f32", "auto, high".into(), &th, flops, "cublas-tf32"));
                     }
-                    let key = Some(("matmul".into(), size.clone(), dtype.name().into(), torch_variant.into()));
-                    rows.push(Row {
-                        bench: "matmul",
-                        size,
-                        dtype: dtype.name(),
-                        variant: "auto".into(),
-                        ms: t.median_ms,
-                        rate: t.rate(2.0 * (m * k * n) as f64),
-                        wall_rate: 2.0 * (m * k * n) as f64 / (t.wall_ms * 1e-3) / 1e9,
-                        unit: "GFLOP/s",
-                        torch_key: key.clone(),
-                    });
+                    rows.push(matmul_row(size.clone(), dtype.name(), "auto".into(), &t, flops, torch_variant));
                     // The weight gradient's layout with K cut into chunks (what autograd runs).
                     if operands == Operands::ATransposed {
                         // (split, A copied row-major first, as autograd does for 16-bit)
@@ -470,17 +440,8 @@ fn matmul_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, args: &Args, reps: usiz
                                 let a = if copy { a.contiguous()? } else { a.clone() };
                                 a.matmul_split_k(&b, splits)?.realize().map(drop)
                             })?;
-                            rows.push(Row {
-                                bench: "matmul",
-                                size: format!("{m}x{k}x{n}{}", operands.suffix()),
-                                dtype: dtype.name(),
-                                variant: format!("split-K {splits}{}", if copy { ", Aᵀ copied" } else { "" }),
-                                ms: t.median_ms,
-                                rate: t.rate(2.0 * (m * k * n) as f64),
-                                wall_rate: 2.0 * (m * k * n) as f64 / (t.wall_ms * 1e-3) / 1e9,
-                                unit: "GFLOP/s",
-                                torch_key: key.clone(),
-                            });
+                            let variant = format!("split-K {splits}{}", if copy { ", Aᵀ copied" } else { "" });
+                            rows.push(matmul_row(size.clone(), dtype.name(), variant, &t, flops, torch_variant));
                         }
                     }
                     Ok(())
