@@ -434,8 +434,8 @@ fn split_k_matches_the_reference_and_refuses_bad_splits() {
 }
 
 /// `MatmulPrecision::High`: f32 split into two f16 parts on tensor cores, against f64 at a
-/// per-product error of about 2^-21 (22 significant bits), for every coop tiling, plain and
-/// transposed A, operands far from 1 (×10⁴ and ×10⁻⁶: the per-tensor scales), a bias and
+/// per-product error of about 2^-21 (22 significant bits), for every coop tiling, B plain
+/// and as a transposed view, operands far from 1 (×10⁴ and ×10⁻⁶: the per-tensor scales), a bias and
 /// GELU epilogue; and the device setting reaching `Tensor::matmul`. Where the adapter has no
 /// f16 cooperative matrices, High runs the f32 FMA kernels: checked at f32's tolerance.
 #[test]

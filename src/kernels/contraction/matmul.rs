@@ -308,11 +308,26 @@ fn fixed_subgroup(gpu: &Gpu) -> Option<u32> {
 /// # Ok(()) }
 /// ```
 pub fn coop_available(gpu: &Gpu, dtype: DType, allow_reduced_precision: bool) -> bool {
-    coop_available_for(
-        gpu,
-        dtype,
-        if allow_reduced_precision { MatmulPrecision::Medium } else { MatmulPrecision::Highest },
-    )
+    coop_available_for(gpu, dtype, reduced_or_highest(allow_reduced_precision))
+}
+
+/// The precision the older `allow_reduced_precision` switch names.
+fn reduced_or_highest(allow_reduced_precision: bool) -> MatmulPrecision {
+    if allow_reduced_precision {
+        MatmulPrecision::Medium
+    } else {
+        MatmulPrecision::Highest
+    }
+}
+
+/// The precision `opts` gives `dtype` inputs on `gpu`: `allow_reduced_precision` is Medium,
+/// else `opts.precision`, else the device's setting; not F32: Highest (nothing to choose).
+fn resolved_precision(gpu: &Gpu, dtype: DType, opts: &MatmulOptions) -> MatmulPrecision {
+    match (dtype, opts.allow_reduced_precision) {
+        (DType::F32, true) => MatmulPrecision::Medium,
+        (DType::F32, false) => opts.precision.unwrap_or_else(|| gpu.f32_matmul_precision()),
+        _ => MatmulPrecision::Highest,
+    }
 }
 
 /// True when the coop path can run `dtype` inputs at `precision` on this device (F32: at
@@ -336,12 +351,7 @@ pub fn coop_available_for(gpu: &Gpu, dtype: DType, precision: MatmulPrecision) -
 /// # Ok(()) }
 /// ```
 pub fn candidates(gpu: &Gpu, dtype: DType, m: usize, allow_reduced_precision: bool) -> Vec<MatmulPath> {
-    candidates_for(
-        gpu,
-        dtype,
-        m,
-        if allow_reduced_precision { MatmulPrecision::Medium } else { MatmulPrecision::Highest },
-    )
+    candidates_for(gpu, dtype, m, reduced_or_highest(allow_reduced_precision))
 }
 
 /// [`candidates`] at an explicit [`MatmulPrecision`] (for F32 inputs: `High` adds the
@@ -1193,11 +1203,7 @@ impl Tensor {
         }
         let nbatch: usize = batch.iter().product();
         let gpu = self.gpu().clone();
-        let precision = match (self.dtype(), opts.allow_reduced_precision) {
-            (DType::F32, true) => MatmulPrecision::Medium,
-            (DType::F32, false) => opts.precision.unwrap_or_else(|| gpu.f32_matmul_precision()),
-            _ => MatmulPrecision::Highest,
-        };
+        let precision = resolved_precision(&gpu, self.dtype(), opts);
         if let Some(p) = opts.path {
             let allowed = candidates_for(&gpu, self.dtype(), m, precision);
             if !allowed.contains(&p) {
@@ -1343,11 +1349,7 @@ impl Launch<'_> {
 
     /// The precision the launching node resolved (F32 inputs split on tensor cores at High).
     fn precision(&self) -> MatmulPrecision {
-        if self.opts.allow_reduced_precision {
-            MatmulPrecision::Medium
-        } else {
-            self.opts.precision.unwrap_or(MatmulPrecision::Highest)
-        }
+        resolved_precision(self.gpu(), self.a.dtype(), self.opts)
     }
 
     pub(crate) fn flops(&self) -> f64 {
