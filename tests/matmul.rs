@@ -382,10 +382,16 @@ fn sixteen_bit_outputs_are_stored_directly_and_match_the_cast() {
                 let direct = a.matmul_with(&b, &with(None)).unwrap();
                 direct.realize().unwrap();
                 assert_eq!(direct.dtype(), dtype);
-                // One kernel when N is even (no cast after it); odd N adds the cast.
-                let dispatches = gpu.stats().dispatches - before;
-                assert_eq!(dispatches, if n % 2 == 0 { 1 } else { 2 }, "{n} columns: {dispatches} dispatches");
-                let cast = a.matmul_with(&b, &with(Some(DType::F32))).unwrap().to_dtype(dtype).unwrap();
+                let direct_dispatches = gpu.stats().dispatches - before;
+                let before = gpu.stats().dispatches;
+                let f32_out = a.matmul_with(&b, &with(Some(DType::F32))).unwrap();
+                f32_out.realize().unwrap();
+                let f32_dispatches = gpu.stats().dispatches - before;
+                // As many as the f32 product (one kernel, after a range pass where bf16 is
+                // scaled for tensor cores) when N is even, no cast after it; odd N adds it.
+                let want_dispatches = f32_dispatches + u64::from(n % 2 != 0);
+                assert_eq!(direct_dispatches, want_dispatches, "{n} columns: dispatches");
+                let cast = f32_out.to_dtype(dtype).unwrap();
                 let what = format!("{batch}x{m}x{k}x{n} {dtype:?} {}", path.map_or("auto".into(), |p| p.name()));
                 let got = direct.to_vec_f32().unwrap();
                 assert_eq!(got, cast.to_vec_f32().unwrap(), "{what}: direct 16-bit store vs f32 + cast");
@@ -498,4 +504,142 @@ fn high_precision_splits_f32_into_f16_parts() {
     let want = reference(&av, &bv, 1, false, false, m, k, n, None, Activation::None);
     let got = a2.matmul(&b2).unwrap().to_vec_f32().unwrap();
     assert_close("device setting High", &got, &want, 16.0 * k as f64 * 2f64.powi(-21), 1e-5);
+}
+
+/// The layouts a scaled coop kernel stages in: A row-major or a transposed view, B
+/// row-major or a transposed view (Wᵀ), at `m, k, n`; each paired with its f64 values
+/// (row-major [m, k] and [k, n]). `av`, `bv` are the host values, stored in `dtype`; A's
+/// storage (A's rows, or for the view Aᵀ's rows) carries one more row of `poison` after
+/// the view, so the range pass must mask what lies past the view's last element.
+#[allow(clippy::type_complexity)]
+fn scaled_operands(
+    gpu: &Gpu,
+    (m, k, n): (usize, usize, usize),
+    av: &[f32],
+    bv: &[f32],
+    dtype: DType,
+    poison: f32,
+) -> Vec<(String, Tensor, Tensor)> {
+    let mut a_full = av.to_vec();
+    a_full.extend(std::iter::repeat_n(poison, k));
+    let a = Tensor::from_f32(gpu, &a_full, &[m + 1, k], dtype).unwrap().narrow(0, 0, m).unwrap();
+    // Aᵀ stored row-major as [k + 1, m], the last row poison; A is its transposed view.
+    let mut at_host: Vec<f32> = (0..k * m).map(|e| av[(e % m) * k + e / m]).collect();
+    at_host.extend(std::iter::repeat_n(poison, m));
+    let at =
+        Tensor::from_f32(gpu, &at_host, &[k + 1, m], dtype).unwrap().narrow(0, 0, k).unwrap().transpose(0, 1).unwrap();
+    let b = Tensor::from_f32(gpu, bv, &[k, n], dtype).unwrap();
+    let bt_host: Vec<f32> = (0..n * k).map(|i| bv[(i % k) * n + i / k]).collect();
+    let bt = Tensor::from_f32(gpu, &bt_host, &[n, k], dtype).unwrap().transpose(0, 1).unwrap();
+    vec![
+        ("A·B".to_string(), a.clone(), b.clone()),
+        ("A·Wᵀ".to_string(), a, bt.clone()),
+        ("Aᵀview·B".to_string(), at.clone(), b),
+        ("Aᵀview·Wᵀ".to_string(), at, bt),
+    ]
+}
+
+/// `MatmulPrecision::High` in every operand layout the staging specialises on (16-byte
+/// words of 4 f32 where the fast dim allows, one element otherwise; (64, 96, 80) stages
+/// every operand in words, (77, 301, 45) none of A's rows in words), with a huge value
+/// just past A's view in its storage, which the range pass must not count: counted, it
+/// would scale A's values below f16's range and the check fails.
+#[test]
+fn high_precision_every_layout_and_the_range_ignores_storage_past_the_view() {
+    use wgkernels::ops::matmul::{candidates_for, coop_available_for};
+    use wgkernels::MatmulPrecision;
+    let gpu = gpu();
+    let high = MatmulPrecision::High;
+    if !coop_available_for(&gpu, DType::F32, high) {
+        skipped(
+            "high_precision_every_layout (tensor-core part)",
+            "no f16 cooperative matrices: High runs the FMA kernels here, checked at the same bound",
+        );
+    }
+    for (i, &(m, k, n)) in [(64, 96, 80), (77, 301, 45)].iter().enumerate() {
+        let av = random_vec(m * k, 200 + i as u64);
+        let bv = random_vec(k * n, 210 + i as u64);
+        let want = reference(
+            &av.iter().map(|&x| x as f64).collect::<Vec<_>>(),
+            &bv.iter().map(|&x| x as f64).collect::<Vec<_>>(),
+            1,
+            false,
+            false,
+            m,
+            k,
+            n,
+            None,
+            Activation::None,
+        );
+        let (atol, rtol) = (4.0 * k as f64 * 2f64.powi(-21), 1e-5);
+        let mut paths: Vec<Option<MatmulPath>> = candidates_for(&gpu, DType::F32, m, high)
+            .into_iter()
+            .filter(|p| matches!(p, MatmulPath::Coop(_)))
+            .map(Some)
+            .collect();
+        paths.push(None);
+        for (label, a, b) in scaled_operands(&gpu, (m, k, n), &av, &bv, DType::F32, 1e30) {
+            for &path in &paths {
+                let opts = MatmulOptions { path, precision: Some(high), ..Default::default() };
+                let got = a.matmul_with(&b, &opts).unwrap().to_vec_f32().unwrap();
+                let name = path.map_or("auto".to_string(), |p| p.name());
+                assert_close(&format!("high {m}x{k}x{n} {label} {name}"), &got, &want, atol, rtol);
+            }
+        }
+    }
+}
+
+/// bf16 on tensor cores: each operand scaled by a power of two into f16's range, where
+/// bf16 values convert exactly; against f64 of the bf16 inputs at bf16's tolerance, for
+/// every path (coop and FMA), every operand layout, operands of 1, of 10³⁰ and 10⁻³⁰
+/// (outside f16's range, inside bf16's), and values spread over 2^20 in one operand; a
+/// huge value past A's view must not count. Where the adapter has no f16 cooperative
+/// matrices, the FMA paths run the same checks.
+#[test]
+fn bf16_matmul_on_tensor_cores_is_scaled_into_f16_range() {
+    let gpu = gpu();
+    if !wgkernels::ops::matmul::coop_available(&gpu, DType::BF16, false) {
+        skipped(
+            "bf16_matmul_on_tensor_cores (tensor-core part)",
+            "no f16 cooperative matrices: only the FMA paths ran",
+        );
+    }
+    let bf16 = |v: &[f32]| -> Vec<f64> { v.iter().map(|&x| half::bf16::from_f32(x).to_f64()).collect() };
+    for (i, &(m, k, n)) in [(64, 96, 80), (77, 301, 45)].iter().enumerate() {
+        for (scale_a, scale_b, spread) in [(1.0f32, 1.0f32, false), (1e30, 1e-30, false), (1.0, 1.0, true)] {
+            let mut av: Vec<f32> = random_vec(m * k, 300 + i as u64).iter().map(|x| x * scale_a).collect();
+            if spread {
+                // Every row a different power of two, 2^-10 to 2^10: within 2^28 of the max.
+                for (e, x) in av.iter_mut().enumerate() {
+                    *x *= 2f32.powi((e / k % 21) as i32 - 10);
+                }
+            }
+            let bv: Vec<f32> = random_vec(k * n, 310 + i as u64).iter().map(|x| x * scale_b).collect();
+            let (a64, b64) = (bf16(&av), bf16(&bv));
+            let want = reference(&a64, &b64, 1, false, false, m, k, n, None, Activation::None);
+            // Per row: |a| < 2·(row scale), accumulated in f32, stored in bf16.
+            let row_scale = |r: usize| scale_a as f64 * if spread { 2f64.powi((r % 21) as i32 - 10) } else { 1.0 };
+            let mut paths: Vec<Option<MatmulPath>> =
+                candidates(&gpu, DType::BF16, m, false).into_iter().map(Some).collect();
+            paths.push(None);
+            for (label, a, b) in scaled_operands(&gpu, (m, k, n), &av, &bv, DType::BF16, 1e35) {
+                for &path in &paths {
+                    let opts = MatmulOptions { path, out_dtype: Some(DType::F32), ..Default::default() };
+                    let got = a.matmul_with(&b, &opts).unwrap().to_vec_f32().unwrap();
+                    let name = path.map_or("auto".to_string(), |p| p.name());
+                    for r in 0..m {
+                        // f32 accumulation over k products of ≤ 4·scales each.
+                        let atol = 4.0 * row_scale(r) * scale_b as f64 * k as f64 * 2f64.powi(-22);
+                        assert_close(
+                            &format!("bf16 {m}x{k}x{n} ×{scale_a}×{scale_b} spread {spread} {label} {name}, row {r}"),
+                            &got[r * n..(r + 1) * n],
+                            &want[r * n..(r + 1) * n],
+                            atol,
+                            1e-4, // exact products, f32 sums, an f32 result
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

@@ -46,9 +46,19 @@ pub const MATMUL_COOP: ShaderSource = ShaderSource {
     shared: include_str!("matmul_common.wgsl"),
 };
 
-/// The operands' largest |x| before a split f32 matmul (MatmulPrecision::High).
+/// The operands' largest |x| before a scaled matmul (bf16, or f32 at MatmulPrecision::High).
 pub const MATMUL_RANGE: ShaderSource =
     ShaderSource { name: "matmul_range", source: include_str!("matmul_range.wgsl"), shared: "" };
+
+/// The range pass for operands of `dtype` (f32 or bf16).
+fn range_kernel(dtype: DType) -> Kernel {
+    let k = Kernel::new(&MATMUL_RANGE, "matmul_range");
+    if dtype == DType::BF16 {
+        k.flag("BF16")
+    } else {
+        k
+    }
+}
 
 /// `RangeParams` of matmul_range.wgsl: each operand's storage span, in elements.
 #[repr(C)]
@@ -333,7 +343,10 @@ fn resolved_precision(gpu: &Gpu, dtype: DType, opts: &MatmulOptions) -> MatmulPr
 /// True when the coop path can run `dtype` inputs at `precision` on this device (F32: at
 /// `High`, split into f16 parts; at `Medium`, rounded to f16).
 pub fn coop_available_for(gpu: &Gpu, dtype: DType, precision: MatmulPrecision) -> bool {
-    let dtype_ok = dtype == DType::F16 || (dtype == DType::F32 && precision != MatmulPrecision::Highest);
+    let dtype_ok = match dtype {
+        DType::F16 | DType::BF16 => true,
+        DType::F32 => precision != MatmulPrecision::Highest,
+    };
     dtype_ok
         && gpu.info().has_coop_f16_16x16x16()
         && gpu.has(wgpu::Features::SHADER_F16)
@@ -357,7 +370,7 @@ pub fn candidates(gpu: &Gpu, dtype: DType, m: usize, allow_reduced_precision: bo
 /// [`candidates`] at an explicit [`MatmulPrecision`] (for F32 inputs: `High` adds the
 /// split tensor-core kernels, `Medium` the rounded ones).
 pub fn candidates_for(gpu: &Gpu, dtype: DType, m: usize, precision: MatmulPrecision) -> Vec<MatmulPath> {
-    let split = dtype == DType::F32 && precision == MatmulPrecision::High;
+    let staging = Staging::of(dtype, precision);
     let max_threads = gpu.info().limits.max_compute_invocations_per_workgroup;
     let wg_bytes = gpu.info().limits.max_compute_workgroup_storage_size;
     let mut out = Vec::new();
@@ -374,7 +387,7 @@ pub fn candidates_for(gpu: &Gpu, dtype: DType, m: usize, precision: MatmulPrecis
                     let threads = c.sg_m * c.sg_n * sub;
                     // Staging loops must split evenly, 8 halves per invocation and step.
                     let even = (c.bm() * c.bk) % (threads * 8) == 0 && (c.bk * c.bn()) % (threads * 8) == 0;
-                    threads <= max_threads && even && coop_workgroup_bytes(c, split) <= wg_bytes
+                    threads <= max_threads && even && coop_workgroup_bytes(c, staging) <= wg_bytes
                 })
                 .map(|&c| MatmulPath::Coop(c)),
         );
@@ -403,10 +416,10 @@ pub fn candidates_for(gpu: &Gpu, dtype: DType, m: usize, precision: MatmulPrecis
 }
 
 /// Workgroup memory of a coop kernel: the A and B tiles (twice, hi and lo parts, when
-/// `split`) and the epilogue's scratch.
-fn coop_workgroup_bytes(c: &CoopConfig, split: bool) -> u32 {
+/// split staging) and the epilogue's scratch.
+fn coop_workgroup_bytes(c: &CoopConfig, staging: Staging) -> u32 {
     let tiles = c.bm() * (c.bk + 8) * 2 + c.bk * (c.bn() + 8) * 2;
-    tiles * if split { 2 } else { 1 } + c.sg_m * c.sg_n * 256 * 4
+    tiles * if staging == Staging::Split { 2 } else { 1 } + c.sg_m * c.sg_n * 256 * 4
 }
 
 fn epilogue_wgsl(bias: bool, act: Activation) -> String {
@@ -425,9 +438,48 @@ struct Layout {
     a_k_fast: bool,
     /// B's unit-stride dim is N (row-major B), else K.
     b_n_fast: bool,
-    /// A can be staged 8 halves at a time (f16, contiguous along its fast dim, 8-aligned).
-    a_vec8: bool,
-    b_vec8: bool,
+    /// A can be staged one 16-byte word at a time (8 halves or 4 f32: contiguous along its
+    /// fast dim, whose extent, the offset and the other strides are multiples of the word).
+    a_vec: bool,
+    b_vec: bool,
+}
+
+/// How the coop kernel turns operand values into its f16 tiles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Staging {
+    /// As they are: f16 inputs; f32 rounded to f16 (`MatmulPrecision::Medium`).
+    Plain,
+    /// bf16 inputs: scaled by a power of two from the operand's max |x| (matmul_range.wgsl)
+    /// into f16's range, where every bf16 value at most 2^28 below the max is exact (f16's
+    /// 11 significant bits hold bf16's 8); smaller ones lose bits, below 2^38 they are 0.
+    Scaled,
+    /// f32 inputs at `MatmulPrecision::High`: scaled, then split into hi and lo f16 parts.
+    Split,
+}
+
+impl Staging {
+    /// The staging a coop kernel gives `dtype` inputs at `precision`.
+    fn of(dtype: DType, precision: MatmulPrecision) -> Staging {
+        match (dtype, precision) {
+            (DType::BF16, _) => Staging::Scaled,
+            (DType::F32, MatmulPrecision::High) => Staging::Split,
+            _ => Staging::Plain,
+        }
+    }
+
+    /// WGSL writing the operand value `v` (f32) into `tile[index]` (and `tile_lo`), with the
+    /// operand's scale `scale`. Split, hi is xs with its low 13 mantissa bits cleared (exact
+    /// in f16), not f16(xs): the driver may fold f32(f16(xs)) into xs, which made lo zero and
+    /// the product f16-accurate (H200, call E).
+    fn store(self, tile: &str, index: &str, scale: &str) -> String {
+        match self {
+            Staging::Plain => format!("{tile}[{index}] = f16(v);"),
+            Staging::Scaled => format!("{tile}[{index}] = f16(v * {scale});"),
+            Staging::Split => format!(
+                "let xs = v * {scale};\n            let hi = bitcast<f32>(bitcast<u32>(xs) & 0xffffe000u);\n            {tile}[{index}] = f16(hi);\n            {tile}_lo[{index}] = f16(xs - hi);"
+            ),
+        }
+    }
 }
 
 fn tiled_kernel(t: TileConfig, dtype: DType, bias: Option<DType>, act: Activation, lay: Layout, thin: bool) -> Kernel {
@@ -476,56 +528,74 @@ fn tiled_kernel(t: TileConfig, dtype: DType, bias: Option<DType>, act: Activatio
     k.trusted()
 }
 
-/// Staging of one operand 8 halves (one vec4<u32>) at a time: which tile coordinates an
-/// invocation's step `s` covers, the guarded global load, and the unpacked stores.
+/// Staging of one operand one 16-byte word (a vec4<u32>) at a time — 8 elements of an f16
+/// or bf16 operand, 4 of an f32 one: which tile coordinates an invocation's step `s`
+/// covers, the guarded global load, and the converted stores.
 struct VecStage {
     /// Code defining the tile coordinates from `l`.
-    coords: &'static str,
-    /// Bounds condition and global word address (elements, 8-aligned), given `kload`.
+    coords: String,
+    /// Bounds condition and global element address (a multiple of the word), given `kload`.
     guard: &'static str,
     addr: &'static str,
-    /// Workgroup-memory index of half `e` (0..8) of the word.
     tile: &'static str,
+    /// Workgroup-memory index of element `e` of the word.
     index: fn(u32) -> String,
+    dtype: DType,
+    staging: Staging,
+}
+
+/// Elements of `dtype` in one 16-byte word.
+fn per_word(dtype: DType) -> u32 {
+    16 / dtype.size_in_bytes() as u32
 }
 
 impl VecStage {
-    fn for_a(k_fast: bool) -> Self {
+    fn for_a(k_fast: bool, dtype: DType, staging: Staging) -> Self {
+        let w = per_word(dtype);
         if k_fast {
             VecStage {
-                coords: "let mm = l / (BK / 8u);\n            let kk = (l % (BK / 8u)) * 8u;\n            let m = m0 + mm;\n            let k = kload + kk;",
+                coords: format!("let mm = l / (BK / {w}u);\n            let kk = (l % (BK / {w}u)) * {w}u;\n            let m = m0 + mm;\n            let k = kload + kk;"),
                 guard: "m < M && k < K",
                 addr: "base.x + m * a_sm + k",
                 tile: "tile_a",
                 index: |e| format!("mm * A_STRIDE + kk + {e}u"),
+                dtype,
+                staging,
             }
         } else {
             VecStage {
-                coords: "let kk = l / (BM / 8u);\n            let mm = (l % (BM / 8u)) * 8u;\n            let m = m0 + mm;\n            let k = kload + kk;",
+                coords: format!("let kk = l / (BM / {w}u);\n            let mm = (l % (BM / {w}u)) * {w}u;\n            let m = m0 + mm;\n            let k = kload + kk;"),
                 guard: "m < M && k < K",
                 addr: "base.x + m + k * a_sk",
                 tile: "tile_a",
                 index: |e| format!("(mm + {e}u) * A_STRIDE + kk"),
+                dtype,
+                staging,
             }
         }
     }
 
-    fn for_b(n_fast: bool) -> Self {
+    fn for_b(n_fast: bool, dtype: DType, staging: Staging) -> Self {
+        let w = per_word(dtype);
         if n_fast {
             VecStage {
-                coords: "let kk = l / (BN / 8u);\n            let nn = (l % (BN / 8u)) * 8u;\n            let k = kload + kk;\n            let n = n0 + nn;",
+                coords: format!("let kk = l / (BN / {w}u);\n            let nn = (l % (BN / {w}u)) * {w}u;\n            let k = kload + kk;\n            let n = n0 + nn;"),
                 guard: "k < K && n < N",
                 addr: "base.y + k * b_sk + n",
                 tile: "tile_b",
                 index: |e| format!("kk * B_STRIDE + nn + {e}u"),
+                dtype,
+                staging,
             }
         } else {
             VecStage {
-                coords: "let nn = l / (BK / 8u);\n            let kk = (l % (BK / 8u)) * 8u;\n            let k = kload + kk;\n            let n = n0 + nn;",
+                coords: format!("let nn = l / (BK / {w}u);\n            let kk = (l % (BK / {w}u)) * {w}u;\n            let k = kload + kk;\n            let n = n0 + nn;"),
                 guard: "k < K && n < N",
                 addr: "base.y + k + n * b_sn",
                 tile: "tile_b",
                 index: |e| format!("(kk + {e}u) * B_STRIDE + nn"),
+                dtype,
+                staging,
             }
         }
     }
@@ -538,15 +608,23 @@ impl VecStage {
         }
     }
 
+    fn scale(&self) -> &'static str {
+        if self.tile == "tile_a" {
+            "scale_a"
+        } else {
+            "scale_b"
+        }
+    }
+
     /// Body of a staging loop iteration `step` (an expression) loading into `var word`.
     fn load_body(&self, step: &str, word: &str) -> String {
         format!(
-            "            let l = lid + {step} * THREADS;\n            {}\n            var {word} = vec4<u32>(0u);\n            if ({}) {{\n                {word} = {}[({}) / 8u];\n            }}\n",
-            self.coords, self.guard, self.buf(), self.addr
+            "            let l = lid + {step} * THREADS;\n            {}\n            var {word} = vec4<u32>(0u);\n            if ({}) {{\n                {word} = {}[({}) / {}u];\n            }}\n",
+            self.coords, self.guard, self.buf(), self.addr, per_word(self.dtype)
         )
     }
 
-    /// Writes the 8 halves of `word` for step `step` into the tile.
+    /// Writes the elements of `word` for step `step` into the tile(s).
     fn store_body(&self, step: &str, word: &str) -> String {
         let mut s = String::new();
         // The coordinates again (cheap integer math) so loads and stores can sit in
@@ -559,14 +637,23 @@ impl VecStage {
                 .replace("let n = n0 + nn;", "")
         ));
         for (w, comp) in ["x", "y", "z", "w"].iter().enumerate() {
-            s.push_str(&format!("            let h{w} = vec2<f16>(unpack2x16float({word}.{comp}));\n"));
-            for half in 0..2u32 {
-                let e = 2 * w as u32 + half;
+            // Element e of the word as an f32 (f16 pairs exactly, bf16 is the top half of an f32).
+            let values: Vec<String> = match self.dtype {
+                DType::F16 => {
+                    s.push_str(&format!("            let h{w} = unpack2x16float({word}.{comp});\n"));
+                    vec![format!("h{w}.x"), format!("h{w}.y")]
+                }
+                DType::BF16 => vec![
+                    format!("bitcast<f32>({word}.{comp} << 16u)"),
+                    format!("bitcast<f32>({word}.{comp} & 0xffff0000u)"),
+                ],
+                DType::F32 => vec![format!("bitcast<f32>({word}.{comp})")],
+            };
+            for (i, value) in values.iter().enumerate() {
+                let e = values.len() as u32 * w as u32 + i as u32;
                 s.push_str(&format!(
-                    "            {}[{}] = h{w}.{};\n",
-                    self.tile,
-                    (self.index)(e),
-                    if half == 0 { "x" } else { "y" }
+                    "            {{\n            let v = {value};\n            {}\n            }}\n",
+                    self.staging.store(self.tile, &(self.index)(e), self.scale())
                 ));
             }
         }
@@ -577,8 +664,8 @@ impl VecStage {
     /// Prefetch of unrolled step `s` into the register `reg` (declared in the prologue).
     fn load(&self, s: u32, reg: &str) -> String {
         format!(
-            "        {{\n            let l = lid + {s}u * THREADS;\n            {}\n            {reg} = vec4<u32>(0u);\n            if ({}) {{\n                {reg} = {}[({}) / 8u];\n            }}\n        }}\n",
-            self.coords, self.guard, self.buf(), self.addr
+            "        {{\n            let l = lid + {s}u * THREADS;\n            {}\n            {reg} = vec4<u32>(0u);\n            if ({}) {{\n                {reg} = {}[({}) / {}u];\n            }}\n        }}\n",
+            self.coords, self.guard, self.buf(), self.addr, per_word(self.dtype)
         )
     }
 
@@ -591,9 +678,9 @@ impl VecStage {
 /// Generates the coop kernel: staging loops for the layout, then the fragment code
 /// (named accumulators, unrolled), then the guarded epilogue stores.
 ///
-/// `split` (f32 inputs, [`MatmulPrecision::High`]): scalar staging writes each scaled value
-/// as hi and lo f16 parts, each fragment pair takes three products, and the max-|x| ranges
-/// are read at binding `ranges_binding` (after the fused epilogue's leaves).
+/// `staging` says how values become f16 ([`Staging`]); scaled kernels read the max-|x|
+/// ranges at binding `ranges_binding` (after the fused epilogue's leaves), and split ones
+/// take three products per fragment pair.
 #[allow(clippy::too_many_arguments)]
 fn coop_kernel(
     c: CoopConfig,
@@ -602,30 +689,20 @@ fn coop_kernel(
     bias: Option<DType>,
     act: Activation,
     lay: Layout,
-    split: bool,
+    staging: Staging,
     ranges_binding: u32,
 ) -> Kernel {
-    // Scalar staging of one element `v` of operand `x` into its tile(s). Split, hi is xs
-    // with its low 13 mantissa bits cleared (exact in f16), not f16(xs): the driver may fold
-    // f32(f16(xs)) into xs, which made lo zero and the product f16-accurate (H200, call E).
-    let stage_one = |tile: &str, index: &str, scale: &str| {
-        if split {
-            format!(
-                "let xs = v * {scale};\n            let hi = bitcast<f32>(bitcast<u32>(xs) & 0xffffe000u);\n            {tile}[{index}] = f16(hi);\n            {tile}_lo[{index}] = f16(xs - hi);"
-            )
-        } else {
-            format!("{tile}[{index}] = f16(v);")
-        }
-    };
+    let split = staging == Staging::Split;
     let threads = c.sg_m * c.sg_n * sub;
-    let prefetch = c.prefetch && lay.a_vec8 && lay.b_vec8;
-    let a_vec = VecStage::for_a(lay.a_k_fast);
-    let b_vec = VecStage::for_b(lay.b_n_fast);
+    let prefetch = c.prefetch && lay.a_vec && lay.b_vec;
+    let a_vec = VecStage::for_a(lay.a_k_fast, dtype, staging);
+    let b_vec = VecStage::for_b(lay.b_n_fast, dtype, staging);
+    let w = per_word(dtype);
     let (mut prologue, mut refill) = (String::new(), String::new());
     let (stage_a, stage_b) = if prefetch {
         // Named registers, unrolled: one vec4<u32> per invocation and staging step.
-        let na = c.bm() * c.bk / 8 / threads;
-        let nb = c.bk * c.bn() / 8 / threads;
+        let na = c.bm() * c.bk / w / threads;
+        let nb = c.bk * c.bn() / w / threads;
         let (mut sa, mut sb) = (String::new(), String::new());
         for s in 0..na {
             prologue.push_str(&format!("var pa{s} = vec4<u32>(0u);\n    "));
@@ -642,9 +719,9 @@ fn coop_kernel(
         refill = format!("{{\n            let kload = k0 + BK;\n{}        }}", refill);
         (sa, sb)
     } else {
-        let sa = if lay.a_vec8 {
+        let sa = if lay.a_vec {
             format!(
-                "for (var s = 0u; s < BM * BK / 8u / THREADS; s++) {{\n            let kload = k0;\n{}{}        }}",
+                "for (var s = 0u; s < BM * BK / {w}u / THREADS; s++) {{\n            let kload = k0;\n{}{}        }}",
                 a_vec.load_body("s", "word"),
                 a_vec.store_body("s", "word")
             )
@@ -654,12 +731,12 @@ fn coop_kernel(
             } else {
                 "let mm = l % BM;\n            let kk = l / BM;"
             };
-            let store = stage_one("tile_a", "mm * A_STRIDE + kk", "scale_a");
+            let store = staging.store("tile_a", "mm * A_STRIDE + kk", "scale_a");
             format!("for (var s = 0u; s < BM * BK / THREADS; s++) {{\n            let l = lid + s * THREADS;\n            {coords}\n            let m = m0 + mm;\n            let k = k0 + kk;\n            var v = 0.0;\n            if (m < M && k < K) {{\n                v = load_a(base.x + m * a_sm + k * a_sk);\n            }}\n            {store}\n        }}")
         };
-        let sb = if lay.b_vec8 {
+        let sb = if lay.b_vec {
             format!(
-                "for (var s = 0u; s < BK * BN / 8u / THREADS; s++) {{\n            let kload = k0;\n{}{}        }}",
+                "for (var s = 0u; s < BK * BN / {w}u / THREADS; s++) {{\n            let kload = k0;\n{}{}        }}",
                 b_vec.load_body("s", "word"),
                 b_vec.store_body("s", "word")
             )
@@ -669,7 +746,7 @@ fn coop_kernel(
             } else {
                 "let kk = l % BK;\n            let nn = l / BK;"
             };
-            let store = stage_one("tile_b", "kk * B_STRIDE + nn", "scale_b");
+            let store = staging.store("tile_b", "kk * B_STRIDE + nn", "scale_b");
             format!("for (var s = 0u; s < BK * BN / THREADS; s++) {{\n            let l = lid + s * THREADS;\n            {coords}\n            let k = k0 + kk;\n            let n = n0 + nn;\n            var v = 0.0;\n            if (k < K && n < N) {{\n                v = load_b(base.y + k * b_sk + n * b_sn);\n            }}\n            {store}\n        }}")
         };
         (sa, sb)
@@ -722,13 +799,17 @@ fn coop_kernel(
         }
     }
     let kernel = Kernel::new(&MATMUL_COOP, "coop");
-    let kernel = if split { kernel.flag("SPLIT") } else { kernel };
+    let kernel = match staging {
+        Staging::Plain => kernel,
+        Staging::Scaled => kernel.flag("SCALED"),
+        Staging::Split => kernel.flag("SCALED").flag("SPLIT"),
+    };
     kernel
         .sub("RANGES_BINDING", ranges_binding.to_string())
-        .sub("A_ELEM", if lay.a_vec8 { "vec4<u32>" } else { "u32" })
-        .sub("B_ELEM", if lay.b_vec8 { "vec4<u32>" } else { "u32" })
-        .sub("LOAD_A", if lay.a_vec8 { "return 0.0;".to_string() } else { wgsl_load("a", dtype) })
-        .sub("LOAD_B", if lay.b_vec8 { "return 0.0;".to_string() } else { wgsl_load("b", dtype) })
+        .sub("A_ELEM", if lay.a_vec { "vec4<u32>" } else { "u32" })
+        .sub("B_ELEM", if lay.b_vec { "vec4<u32>" } else { "u32" })
+        .sub("LOAD_A", if lay.a_vec { "return 0.0;".to_string() } else { wgsl_load("a", dtype) })
+        .sub("LOAD_B", if lay.b_vec { "return 0.0;".to_string() } else { wgsl_load("b", dtype) })
         .sub("LOAD_BIAS", bias.map(|d| wgsl_load("bias", d)).unwrap_or_else(|| "return 0.0;".into()))
         .sub("EPILOGUE", epilogue_wgsl(bias.is_some(), act))
         .sub("SG_M", c.sg_m.to_string())
@@ -755,10 +836,10 @@ pub fn all_kernels() -> Vec<Kernel> {
         let mut v = Vec::new();
         for a_k_fast in [true, false] {
             for b_n_fast in [true, false] {
-                for (a_vec8, b_vec8) in
+                for (a_vec, b_vec) in
                     if vec { vec![(false, false), (true, true), (true, false)] } else { vec![(false, false)] }
                 {
-                    v.push(Layout { a_k_fast, b_n_fast, a_vec8, b_vec8 });
+                    v.push(Layout { a_k_fast, b_n_fast, a_vec, b_vec });
                 }
             }
         }
@@ -775,27 +856,28 @@ pub fn all_kernels() -> Vec<Kernel> {
             all.push(tiled_kernel(TILED_CANDIDATES[0], dtype, Some(dtype), act, layouts(false)[0], false));
         }
     }
-    for dtype in [DType::F16, DType::F32] {
-        for lay in layouts(dtype == DType::F16) {
-            for c in COOP_CANDIDATES {
-                all.push(coop_kernel(c, 32, dtype, None, Activation::None, lay, false, 6));
+    // Every coop staging: f16 as is, f32 rounded (Medium), bf16 scaled, f32 split (High);
+    // every layout, word staging included.
+    let stagings = [
+        (DType::F16, Staging::Plain),
+        (DType::F32, Staging::Plain),
+        (DType::BF16, Staging::Scaled),
+        (DType::F32, Staging::Split),
+    ];
+    for (dtype, staging) in stagings {
+        let tilings: &[CoopConfig] = if dtype == DType::F16 { &COOP_CANDIDATES } else { &COOP_CANDIDATES[..3] };
+        for lay in layouts(true) {
+            for &c in tilings {
+                all.push(coop_kernel(c, 32, dtype, None, Activation::None, lay, staging, 6));
             }
         }
         for act in Activation::ALL {
-            all.push(coop_kernel(COOP_CANDIDATES[0], 32, dtype, Some(DType::F32), act, layouts(false)[0], false, 6));
+            let lay = layouts(false)[0];
+            all.push(coop_kernel(COOP_CANDIDATES[0], 32, dtype, Some(DType::F32), act, lay, staging, 6));
         }
-    }
-    // f32 split into f16 parts (MatmulPrecision::High): every layout, two tilings, epilogues.
-    for lay in layouts(false) {
-        for c in [COOP_CANDIDATES[0], COOP_CANDIDATES[2]] {
-            all.push(coop_kernel(c, 32, DType::F32, None, Activation::None, lay, true, 6));
-        }
-    }
-    for act in [Activation::GeluTanh, Activation::Relu] {
-        all.push(coop_kernel(COOP_CANDIDATES[0], 32, DType::F32, Some(DType::F32), act, layouts(false)[0], true, 6));
     }
     let mut all: Vec<Kernel> = all.into_iter().map(|k| with_epilogue(k, None)).collect();
-    all.push(Kernel::new(&MATMUL_RANGE, "matmul_range"));
+    all.extend([range_kernel(DType::F32), range_kernel(DType::BF16)]);
     all.extend(sample_with_epilogue(&crate::kernels::elementwise::fusion::sample_epilogue()));
     // Every entry storing a 16-bit C directly, with a bias and an activation.
     let lay = layouts(false)[0];
@@ -805,9 +887,8 @@ pub fn all_kernels() -> Vec<Kernel> {
             tiled_kernel(TILED_CANDIDATES[4], out, None, Activation::None, lay, false),
             tiled_kernel(TILED_CANDIDATES[0], out, None, Activation::Silu, lay, true),
         ];
-        if out == DType::F16 {
-            direct.push(coop_kernel(COOP_CANDIDATES[0], 32, out, Some(out), Activation::Relu, lay, false, 6));
-        }
+        let staging = if out == DType::F16 { Staging::Plain } else { Staging::Scaled };
+        direct.push(coop_kernel(COOP_CANDIDATES[0], 32, out, Some(out), Activation::Relu, lay, staging, 6));
         all.extend(direct.into_iter().map(|k| with_output(with_epilogue(k, None), out)));
     }
     all
@@ -988,14 +1069,17 @@ fn first_free_binding(ep: Option<&FusedEpilogue>) -> u32 {
 
 /// A tiled and a coop kernel with `ep` in their epilogue, for the portability test.
 fn sample_with_epilogue(ep: &FusedEpilogue) -> Vec<Kernel> {
-    let lay = Layout { a_k_fast: true, b_n_fast: true, a_vec8: false, b_vec8: false };
+    let lay = Layout { a_k_fast: true, b_n_fast: true, a_vec: false, b_vec: false };
     vec![
         with_epilogue(
             tiled_kernel(TILED_CANDIDATES[0], DType::F32, Some(DType::F32), Activation::GeluTanh, lay, false),
             Some(ep),
         ),
         with_epilogue(tiled_kernel(TILED_CANDIDATES[0], DType::F32, None, Activation::None, lay, true), Some(ep)),
-        with_epilogue(coop_kernel(COOP_CANDIDATES[0], 32, DType::F16, None, Activation::None, lay, false, 6), Some(ep)),
+        with_epilogue(
+            coop_kernel(COOP_CANDIDATES[0], 32, DType::F16, None, Activation::None, lay, Staging::Plain, 6),
+            Some(ep),
+        ),
         with_epilogue(
             coop_kernel(
                 COOP_CANDIDATES[0],
@@ -1004,7 +1088,7 @@ fn sample_with_epilogue(ep: &FusedEpilogue) -> Vec<Kernel> {
                 None,
                 Activation::None,
                 lay,
-                true,
+                Staging::Split,
                 first_free_binding(Some(ep)),
             ),
             Some(ep),
@@ -1337,8 +1421,8 @@ impl Launch<'_> {
             lg(self.nbatch).min(4),
             if lay.a_k_fast { "k" } else { "m" },
             if lay.b_n_fast { "n" } else { "k" },
-            if lay.a_vec8 { "8" } else { "" },
-            if lay.b_vec8 { "8" } else { "" },
+            if lay.a_vec { "8" } else { "" },
+            if lay.b_vec { "8" } else { "" },
             self.precision().name(),
         )
     }
@@ -1363,23 +1447,26 @@ impl Launch<'_> {
         let (b_sk, b_sn) = (b.strides()[rb - 2], b.strides()[rb - 1]);
         let a_k_fast = a_sk == 1 || (a_sm != 1 && a_sk <= a_sm);
         let b_n_fast = b_sn == 1 || (b_sk != 1 && b_sn <= b_sk);
-        let aligned = |off: usize, strides: &[usize]| off.is_multiple_of(8) && strides.iter().all(|&s| s % 8 == 0);
-        let a_vec8 = a.dtype() == DType::F16
+        // Word staging is the coop kernel's: 16-bit inputs, and f32 where it may run there.
+        let vec_dtype = a.dtype() != DType::F32 || self.precision() != MatmulPrecision::Highest;
+        let w = per_word(a.dtype()) as usize;
+        let aligned = |off: usize, strides: &[usize]| off.is_multiple_of(w) && strides.iter().all(|&s| s % w == 0);
+        let a_vec = vec_dtype
             && if a_k_fast {
-                a_sk == 1 && self.k.is_multiple_of(8) && aligned(a.offset(), &[&[a_sm][..], self.sa].concat())
+                a_sk == 1 && self.k.is_multiple_of(w) && aligned(a.offset(), &[&[a_sm][..], self.sa].concat())
             } else {
-                a_sm == 1 && self.m.is_multiple_of(8) && aligned(a.offset(), &[&[a_sk][..], self.sa].concat())
+                a_sm == 1 && self.m.is_multiple_of(w) && aligned(a.offset(), &[&[a_sk][..], self.sa].concat())
             };
-        let b_vec8 = b.dtype() == DType::F16
+        let b_vec = vec_dtype
             && if b_n_fast {
-                b_sn == 1 && self.n.is_multiple_of(8) && aligned(b.offset(), &[&[b_sk][..], self.sb].concat())
+                b_sn == 1 && self.n.is_multiple_of(w) && aligned(b.offset(), &[&[b_sk][..], self.sb].concat())
             } else {
-                b_sk == 1 && self.k.is_multiple_of(8) && aligned(b.offset(), &[&[b_sn][..], self.sb].concat())
+                b_sk == 1 && self.k.is_multiple_of(w) && aligned(b.offset(), &[&[b_sn][..], self.sb].concat())
             };
-        Layout { a_k_fast, b_n_fast, a_vec8, b_vec8 }
+        Layout { a_k_fast, b_n_fast, a_vec, b_vec }
     }
 
-    /// max |A| and max |B| as f32 (a `[2]` tensor), for the split kernel's scales: one
+    /// max |A| and max |B| as f32 (a `[2]` tensor), for a scaled kernel's scales: one
     /// dispatch of matmul_range.wgsl over the storage span of each operand's view.
     ///
     /// Why it may run unchecked: workgroup row y reads element off + i with i < len, and
@@ -1396,7 +1483,7 @@ impl Launch<'_> {
             b_len: b_len as u32,
         });
         let groups = a_len.max(b_len).div_ceil(256).clamp(1, 1024) as u32;
-        let kernel = Kernel::new(&MATMUL_RANGE, "matmul_range").trusted();
+        let kernel = range_kernel(self.a.dtype()).trusted();
         gpu.dispatch_3d(
             &kernel,
             &[
@@ -1447,11 +1534,11 @@ impl Launch<'_> {
         let bias_dtype = bias.map(|t| t.dtype());
         let lay = self.layout();
         let act = self.opts.activation;
-        let split =
-            matches!(path, MatmulPath::Coop(_)) && a.dtype() == DType::F32 && self.precision() == MatmulPrecision::High;
-        // The split kernel reads the operands' ranges after the fused epilogue's bindings.
+        let staging = Staging::of(a.dtype(), self.precision());
+        let scaled = matches!(path, MatmulPath::Coop(_)) && staging != Staging::Plain;
+        // A scaled kernel reads the operands' ranges after the fused epilogue's bindings.
         let ranges_binding = first_free_binding(self.epilogue);
-        let ranges = if split { Some(self.ranges()?) } else { None };
+        let ranges = if scaled { Some(self.ranges()?) } else { None };
         let (kernel, groups) = match path {
             MatmulPath::Tiled(t) => (
                 tiled_kernel(t, a.dtype(), bias_dtype, act, lay, false),
@@ -1468,7 +1555,7 @@ impl Launch<'_> {
                     hint: "the coop path needs a fixed subgroup size",
                 })?;
                 (
-                    coop_kernel(c, sub, a.dtype(), bias_dtype, act, lay, split, ranges_binding),
+                    coop_kernel(c, sub, a.dtype(), bias_dtype, act, lay, staging, ranges_binding),
                     (self.n.div_ceil(c.bn() as usize), self.m.div_ceil(c.bm() as usize)),
                 )
             }

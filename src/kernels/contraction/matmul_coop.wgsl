@@ -2,27 +2,30 @@
 //
 // Tiling: a workgroup of SG_M·SG_N subgroups computes a BM×BN tile of C, BM = SG_M·FM·16,
 // BN = SG_N·FN·16. Each subgroup owns FM×FN fragments of 16×16 (named accumulators,
-// unrolled by the generator in src/ops/matmul.rs: an array of fragments indexed in a
+// unrolled by the generator in matmul.rs: an array of fragments indexed in a
 // loop ran 2.3× slower on the H200). Per K-step of BK, A[BM×BK] and B[BK×BN] are staged in
 // workgroup memory as f16 (rows padded by 8 halves against bank conflicts), then each
 // subgroup runs BK/16 × FM×FN coopMultiplyAdd.
 //   FLOPs per K-step: 2·BM·BN·BK. Global bytes: (BM + BN)·BK·2 (f16).
 //   Arithmetic intensity: BM·BN / (BM + BN) FLOP/byte — 64 for a 128×128 tile.
-// Staging is either 8 halves (one vec4<u32>) per load when the operand is contiguous along
-// its inner dim and 8-aligned (VEC8), or one element per load through the dtype loader
-// (any strides; f32 inputs rounded to f16 here, which only an explicit reduced-precision
-// option allows). With PREFETCH (vec8 staging only), the next K-step's global words are
-// loaded into registers before this step's MMAs, so their latency hides behind the tensor
-// cores; they are written to workgroup memory after the second barrier. The epilogue goes through a per-subgroup 16×16 f32 scratch tile so that
-// edge tiles are stored with bounds checks and bias/activation apply before the store.
+// Staging is either one 16-byte word per load (8 halves of f16/bf16, 4 f32) when the
+// operand is contiguous along its inner dim and aligned to the word (word staging), or one
+// element per load through the dtype loader (any strides). With PREFETCH (word staging
+// only), the next K-step's global words are loaded into registers before this step's MMAs,
+// so their latency hides behind the tensor cores; they are written to workgroup memory after
+// the second barrier. The epilogue goes through a per-subgroup 16×16 f32 scratch tile so
+// that edge tiles are stored with bounds checks and bias/activation apply before the store.
 //
-// Flag SPLIT (f32 inputs, MatmulPrecision::High): each operand, scaled by a power of two
-// from its largest |x| (matmul_range.wgsl, read from `ranges`) so that it stays below 2^14,
-// is staged as two f16 tiles, hi = x with its low 13 mantissa bits cleared (exact in f16)
-// and lo = f16(x − hi); each fragment pair takes
-// three products, hi·hi + hi·lo + lo·hi (lo·lo, ~2^-22 relative, dropped), about 22
-// significant bits; the store divides the scales out. Twice the staging bytes and three
-// times the tensor-core work of the f16 kernel per K-step.
+// How values become f16 (the generator's `Staging`): f16 as they are; f32 rounded (only
+// MatmulPrecision::Medium allows it). Flag SCALED: each operand is scaled by a power of two
+// from its largest |x| (matmul_range.wgsl, read from `ranges`) so that it lies in
+// [2^13, 2^14), and the store divides the scales out — bf16 then converts exactly to f16
+// (f16's 11 significant bits hold bf16's 8) down to 2^28 below the operand's max.
+// Flag SPLIT as well (f32, MatmulPrecision::High): each scaled value is staged as two f16
+// tiles, hi = x with its low 13 mantissa bits cleared (exact in f16) and lo = f16(x − hi);
+// each fragment pair takes three products, hi·hi + hi·lo + lo·hi (lo·lo, ~2^-22 relative,
+// dropped), about 22 significant bits. Twice the staging bytes and three times the
+// tensor-core work of the f16 kernel per K-step.
 // Placeholders, each in double braces: A_ELEM B_ELEM (buffer element types), LOAD_A
 // LOAD_B, SG_M SG_N FM FN BK SUBGROUP (constants), STAGE_A STAGE_B (staging
 // loops), PROLOGUE PREFETCH (register prefetch), ACC_DECL MMA STORE (generated fragment
@@ -61,6 +64,8 @@ var<workgroup> scratch: array<f32, SG_M * SG_N * 256u>;
 //#if SPLIT
 var<workgroup> tile_a_lo: array<f16, BM * A_STRIDE>;
 var<workgroup> tile_b_lo: array<f16, BK * B_STRIDE>;
+//#endif
+//#if SCALED
 // max |A|, max |B| as f32 bits (matmul_range.wgsl).
 @group(0) @binding({{RANGES_BINDING}}) var<storage, read> ranges: array<u32, 2>;
 // Per-invocation: the operands' scales and what the store multiplies by.
@@ -68,16 +73,17 @@ var<private> scale_a: f32 = 1.0;
 var<private> scale_b: f32 = 1.0;
 var<private> unscale: f32 = 1.0;
 
-// 2^(14 − e) for max = f·2^e (f in [0.5, 1)): the operand's largest |x| scaled into
-// [2^13, 2^14), well inside f16's range; zero and subnormal maxima clamp the exponent.
+// e for max = f·2^e (f in [0.5, 1)): the scale 2^(14 − e) puts the operand's largest |x|
+// into [2^13, 2^14), well inside f16's range. Clamped so that the scale is a normal f32
+// (2^-113 .. 2^114): bf16 and f32 maxima reach 2^128, tiny or zero maxima just scale less.
 fn exponent_of(max_abs: f32) -> i32 {
-    return clamp(frexp(max(max_abs, 1e-30)).exp, -48, 64);
+    return clamp(frexp(max_abs).exp, -100, 127);
 }
 //#endif
 
-// A stored value: the accumulator, with the split operands' scales divided out.
+// A stored value: the accumulator, with the scaled operands' scales divided out.
 fn unscaled(v: f32) -> f32 {
-//#if SPLIT
+//#if SCALED
     return v * unscale;
 //#else
     return v;
@@ -133,7 +139,7 @@ fn coop(
     // This subgroup's corner inside the workgroup tile.
     let sg_m = (sg / SG_N) * FM * 16u;
     let sg_n = (sg % SG_N) * FN * 16u;
-//#if SPLIT
+//#if SCALED
     let ea = exponent_of(bitcast<f32>(ranges[0]));
     let eb = exponent_of(bitcast<f32>(ranges[1]));
     scale_a = ldexp(1.0, 14 - ea);
