@@ -32,6 +32,25 @@ struct Row {
     torch_key: Option<(String, String, String, String)>,
 }
 
+/// `--log-tuning`: the library's autotuner lines (`wgkernels::tune`), to stderr.
+struct TuningLog;
+
+impl log::Log for TuningLog {
+    fn enabled(&self, meta: &log::Metadata) -> bool {
+        meta.target().starts_with("wgkernels::tune")
+    }
+
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            eprintln!("{}", record.args());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+static TUNING_LOG: TuningLog = TuningLog;
+
 const USAGE: &str = "usage: cargo bench --bench kernels -- [flags]
   --quick                  small sizes, 3 repetitions
   --only NAME[,NAME...]    jobs whose label contains one of the NAMEs (copy, matmul, gpt2, attention f16, ...)
@@ -46,7 +65,8 @@ const USAGE: &str = "usage: cargo bench --bench kernels -- [flags]
   --attn-tilings LIST      tensor-core forward tilings: all, or CoopTiling::parse items joined by ;
   --attn-flash-tilings L   FMA-unit flash tilings: all, or rows,cols;...
   --attn-bwd-tilings LIST  tensor-core backward tilings: all, or CoopBwdTiling::parse items joined by ;
-  --gpt2-profile DIR       the model-level jobs (gpt2 block/forward/train/generate) write a profiled step's per-kernel table there";
+  --gpt2-profile DIR       the model-level jobs (gpt2 block/forward/train/generate) write a profiled step's per-kernel table there
+  --log-tuning             print the autotuner's classes, candidates' times and winners to stderr";
 
 /// The bench's flags: what to run and where to write, and the experiment knobs.
 #[derive(Clone, Default)]
@@ -107,6 +127,9 @@ fn args() -> Args {
             "--attn-flash-tilings" => a.attn_flash_tilings = Some(value()),
             "--attn-bwd-tilings" => a.attn_bwd_tilings = Some(value()),
             "--gpt2-profile" => a.gpt2_profile = Some(value()),
+            "--log-tuning" => {
+                log::set_logger(&TUNING_LOG).map(|()| log::set_max_level(log::LevelFilter::Debug)).expect("one logger")
+            }
             // cargo bench passes --bench to every bench target.
             "--bench" => {}
             "-h" | "--help" => {
@@ -443,6 +466,22 @@ fn matmul_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, args: &Args, reps: usiz
                             let variant = format!("split-K {splits}{}", if copy { ", Aᵀ copied" } else { "" });
                             rows.push(matmul_row(size.clone(), dtype.name(), variant, &t, flops, torch_variant));
                         }
+                        // f32 at High: which of view and copy autograd should take there.
+                        if dtype == DType::F32 {
+                            let before = gpu.f32_matmul_precision();
+                            gpu.set_f32_matmul_precision(wgkernels::MatmulPrecision::High);
+                            for (splits, copy) in [(1, false), (4, false), (1, true), (4, true)] {
+                                let t = measure(&gpu, 2, reps, || {
+                                    let a = if copy { a.contiguous()? } else { a.clone() };
+                                    a.matmul_split_k(&b, splits)?.realize().map(drop)
+                                });
+                                let variant =
+                                    format!("high, split-K {splits}{}", if copy { ", Aᵀ copied" } else { "" });
+                                let t = t.inspect_err(|_| gpu.set_f32_matmul_precision(before))?;
+                                rows.push(matmul_row(size.clone(), "f32", variant, &t, flops, "cublas-tf32"));
+                            }
+                            gpu.set_f32_matmul_precision(before);
+                        }
                     }
                     Ok(())
                 }),
@@ -624,7 +663,7 @@ fn fusion_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, args: &Args, reps: usiz
 
 /// The fused chain gelu(x·a + b)·c + x over n f32, fused and unfused; 5 tensors moved.
 fn chain_rows(rows: &mut Vec<Row>, gpu: &Gpu, n: usize, reps: usize) -> wgkernels::Result<()> {
-    let t = |seed| Tensor::randn(&gpu, &[n], DType::F32, seed);
+    let t = |seed| Tensor::randn(gpu, &[n], DType::F32, seed);
     let (x, a, b, c) = (t(1)?, t(2)?, t(3)?, t(4)?);
     // Built inside a function so that no intermediate is held at realisation.
     let chain = || x.mul(&a)?.add(&b)?.gelu_tanh()?.mul(&c)?.add(&x);
@@ -634,7 +673,7 @@ fn chain_rows(rows: &mut Vec<Row>, gpu: &Gpu, n: usize, reps: usize) -> wgkernel
         [(true, "fused (1 kernel)", "torch.compile"), (false, "unfused (5 kernels)", "eager")]
     {
         gpu.set_fusion(fused);
-        let t = measure(&gpu, 2, reps, || chain().and_then(|t| t.realize().map(drop)))?;
+        let t = measure(gpu, 2, reps, || chain().and_then(|t| t.realize().map(drop)))?;
         let key = Some((
             "elementwise_chain".to_string(),
             format!("{}M", n >> 20),
@@ -710,7 +749,7 @@ fn grid_rows(rows: &mut Vec<Row>, n: usize, reps: usize, grids: &str) -> wgkerne
 fn mlp_block_rows(rows: &mut Vec<Row>, gpu: &Gpu, quick: bool, reps: usize) -> wgkernels::Result<()> {
     let was = gpu.fusion();
     let (tokens, d, hidden) = if quick { (256, 128, 512) } else { (8192, 768, 3072) };
-    let r = |shape: &[usize], seed| Tensor::randn(&gpu, shape, DType::F32, seed);
+    let r = |shape: &[usize], seed| Tensor::randn(gpu, shape, DType::F32, seed);
     let (x, w1, b1, w2, b2) =
         (r(&[tokens, d], 11)?, r(&[d, hidden], 12)?, r(&[hidden], 13)?, r(&[hidden, d], 14)?, r(&[d], 15)?);
     let block = || -> wgkernels::Result<Tensor> {
@@ -721,7 +760,7 @@ fn mlp_block_rows(rows: &mut Vec<Row>, gpu: &Gpu, quick: bool, reps: usize) -> w
     for (fused, variant) in [(true, "fused: 2 kernels (epilogues)"), (false, "unfused: 6 kernels")] {
         gpu.set_fusion(fused);
         gpu.set_matmul_epilogue_fusion(fused);
-        let t = measure(&gpu, 2, reps, || block().and_then(|t| t.realize().map(drop)))?;
+        let t = measure(gpu, 2, reps, || block().and_then(|t| t.realize().map(drop)))?;
         rows.push(Row {
             bench: "mlp_block",
             size: format!("{tokens}x{d}x{hidden}"),
@@ -746,14 +785,14 @@ fn mlp_block_rows(rows: &mut Vec<Row>, gpu: &Gpu, quick: bool, reps: usize) -> w
 fn add_layernorm_rows(rows: &mut Vec<Row>, gpu: &Gpu, quick: bool, reps: usize) -> wgkernels::Result<()> {
     let was = gpu.fusion();
     let (tokens, d) = if quick { (256, 1024) } else { (8192, 4096) };
-    let r = |shape: &[usize], seed| Tensor::randn(&gpu, shape, DType::F32, seed);
+    let r = |shape: &[usize], seed| Tensor::randn(gpu, shape, DType::F32, seed);
     let (x, a, w, b) = (r(&[tokens, d], 21)?, r(&[tokens, d], 22)?, r(&[d], 23)?, r(&[d], 24)?);
     let bytes = 4.0 * (tokens * d) as f64 * 4.0;
     for (fused, variant, torch_variant) in
         [(true, "fused: 1 kernel (prologue)", "torch.compile"), (false, "unfused: 2 kernels", "eager")]
     {
         gpu.set_fusion(fused);
-        let t = measure(&gpu, 2, reps, || {
+        let t = measure(gpu, 2, reps, || {
             let h = x.add(&a)?;
             let y = h.layer_norm(Some(&w), Some(&b), 1e-5)?;
             y.realize()?;
@@ -782,7 +821,7 @@ fn add_layernorm_rows(rows: &mut Vec<Row>, gpu: &Gpu, quick: bool, reps: usize) 
 fn jit_host_rows(rows: &mut Vec<Row>, gpu: &Gpu) -> wgkernels::Result<()> {
     let was = gpu.fusion();
     gpu.set_fusion(true);
-    let small = |seed| Tensor::randn(&gpu, &[4096], DType::F32, seed);
+    let small = |seed| Tensor::randn(gpu, &[4096], DType::F32, seed);
     let (x, y) = (small(5)?, small(6)?);
     let ops: [fn(&Tensor) -> wgkernels::Result<Tensor>; 4] = [|t| t.exp(), |t| t.tanh(), |t| t.sigmoid(), |t| t.gelu()];
     let chain = |k: usize| -> wgkernels::Result<Tensor> {

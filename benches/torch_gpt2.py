@@ -16,7 +16,7 @@ JSON line per figure: bench "gpt2", size (block/forward/train/generate), variant
 tokens_per_s, ms, max_memory_allocated (bytes, the step's peak) and rate (= tokens_per_s,
 the key benches/kernels.rs compares with).
 
-Also GPT-2's matmul shapes and layouts alone (cuBLAS f32 and f16), bench "matmul", the
+Also GPT-2's matmul shapes and layouts alone (cuBLAS f32, TF32, f16, bf16), bench "matmul", the
 keys of benches/kernels.rs's "gpt2 MxKxN" rows.
 
     python3 benches/torch_gpt2.py [--layers 12 --batch 8 --seq 1024] [--only train|matmul]
@@ -150,12 +150,12 @@ def run(variant):
 
 def matmuls():
     """GPT-2 small's matmul shapes and layouts as benches/kernels.rs's "gpt2 MxKxN" rows
-    (a transposed operand is a view of the row-major tensor), cuBLAS f32 (no TF32) and f16;
+    (a transposed operand is a view of the row-major tensor), cuBLAS f32 (no TF32), TF32, f16, bf16;
     GFLOP/s from CUDA events over 20 runs."""
     torch.backends.cuda.matmul.allow_tf32 = False
     t = a.batch * a.seq
     for dtype, name, variant in [(torch.float32, "f32", "cublas-fp32"), (torch.float32, "f32", "cublas-tf32"),
-                                 (torch.float16, "f16", "cublas")]:
+                                 (torch.float16, "f16", "cublas"), (torch.bfloat16, "bf16", "cublas")]:
         torch.backends.cuda.matmul.allow_tf32 = variant == "cublas-tf32"
         for m, k, n, lay in [(t, 768, 3072, ""), (t, 3072, 768, ""), (t, 3072, 768, " Bt"), (768, t, 3072, " At"),
                              (t, 768, 50257, " Bt")]:

@@ -537,7 +537,7 @@ fn optimizer_steps_from_the_tape() {
     }
     let last = loss(&w).tensor().to_vec_f32().unwrap()[0];
     assert!(last < 0.8 * first, "loss {first} → {last}");
-    let err = opt.step_params(&[w.clone()]).unwrap_err().to_string();
+    let err = opt.step_params(std::slice::from_ref(&w)).unwrap_err().to_string();
     assert!(err.contains("no gradient"), "{err}");
 }
 
@@ -555,7 +555,8 @@ fn embedding_gradient_adds_rows_of_repeated_ids() {
 #[test]
 fn linear_with_epilogue_bias_and_activations() {
     use wgkernels::ops::matmul::Activation;
-    let acts: [(Activation, fn(f64) -> f64); 4] = [
+    type Derivable = (Activation, fn(f64) -> f64);
+    let acts: [Derivable; 4] = [
         (Activation::None, |z| z),
         (Activation::Relu, |z| z.max(0.0)),
         (Activation::GeluTanh, gelu_tanh),
