@@ -124,7 +124,7 @@ pub fn measure(gpu: &Gpu, warmup: usize, reps: usize, mut f: impl FnMut() -> Res
     gpu.finish_compiles();
     // Warm-up keeps the GPU busy (a wait every 8 runs, not after each: gaps let the clocks
     // drop), for at least `warmup_ms(gpu)`.
-    let start = std::time::Instant::now();
+    let start = crate::device::Instant::now();
     let mut runs = 0;
     while runs < warmup || start.elapsed().as_secs_f64() * 1e3 < warmup_ms(gpu) {
         f()?;

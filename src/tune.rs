@@ -17,11 +17,11 @@
 //! candidate, a portable default, is always taken. The cache file is best-effort: if it
 //! cannot be read or written, tuning is redone.
 
+use crate::device::Instant;
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Condvar, Mutex};
-use std::time::Instant;
 
 use crate::device::{lock, Gpu};
 use crate::error::{Error, Result};

@@ -8,7 +8,13 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+
+/// A monotonic clock on every target: std's, which wasm32-unknown-unknown lacks (its
+/// `Instant::now` panics there), or the browser's `performance.now()` through web-time.
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) use std::time::Instant;
+#[cfg(target_arch = "wasm32")]
+pub(crate) use web_time::Instant;
 
 use std::any::{Any, TypeId};
 
@@ -55,6 +61,34 @@ extern "C" fn end_jit_workers_at_exit() {
 /// Devices of this process not yet torn down: every `Gpu::new` adds one, the drop of its
 /// last handle (and of everything holding one: tensors, optimizers, caches) takes it off.
 static LIVE_DEVICES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Runs `f` inside an error scope of `filter` and returns what the scope caught. Native code
+/// waits for the scope here. The browser cannot block on a promise, so there `f` runs
+/// unscoped: an error reaches the device's uncaptured-error handler instead, and the next
+/// operation's health check returns it (`Gpu::check_health`).
+pub(crate) fn scoped<T>(
+    device: &wgpu::Device,
+    filter: wgpu::ErrorFilter,
+    f: impl FnOnce() -> T,
+) -> (T, Option<wgpu::Error>) {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let scope = device.push_error_scope(filter);
+        let out = f();
+        (out, pollster::block_on(scope.pop()))
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        let _ = (device, filter);
+        (f(), None)
+    }
+}
+
+/// The error a blocking call returns in the browser, which cannot wait for the GPU.
+#[cfg(target_arch = "wasm32")]
+fn cannot_block(op: &'static str, instead: &str) -> Error {
+    Error::Unsupported { op, msg: format!("the browser cannot block on the GPU: await {instead} instead") }
+}
 
 /// The wgpu instance for `backends`, one per process and backend set, shared by every
 /// device made from it. On the H200, a process that made a fresh instance for each of its
@@ -510,6 +544,9 @@ impl Gpu {
     /// println!("{}", gpu2.info()); // adapter, backend, features, limits
     /// # Ok(()) }
     /// ```
+    ///
+    /// Native only: the browser cannot block; it awaits [`Gpu::new_async`].
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn new() -> Result<Self> {
         Self::with_options(GpuOptions::from_env()?)
     }
@@ -524,21 +561,48 @@ impl Gpu {
     /// let sw = Gpu::with_options(GpuOptions { backends: Some(wgkernels::wgpu::Backends::GL), ..GpuOptions::from_env()? })?;
     /// # Ok(()) }
     /// ```
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn with_options(opts: GpuOptions) -> Result<Self> {
         pollster::block_on(Self::new_async(opts))
     }
 
-    // The lifecycle lock is held across the adapter and device requests: `with_options`
-    // runs this future to completion on the caller's thread (pollster), and the lock is what
-    // keeps device creation one at a time process-wide (DEVICE_LIFECYCLE).
+    /// [`Gpu::with_options`] as a future: the way to a device in the browser
+    /// (wasm32 + WebGPU), where nothing may block. There the adapter is the browser's
+    /// WebGPU adapter; autotuning and the tiered JIT's background compiles are off (both
+    /// wait for the GPU or a thread), and reading results back is async
+    /// ([`Tensor::to_vec_async`](crate::Tensor::to_vec_async)).
+    ///
+    /// ```
+    /// # use wgkernels::{Gpu, GpuOptions};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// let gpu = pollster::block_on(Gpu::new_async(GpuOptions::from_env()?))?; // browser: .await
+    /// # Ok(()) }
+    /// ```
+    pub async fn new_async(opts: GpuOptions) -> Result<Self> {
+        let gpu = Self::create(opts).await?;
+        // The browser cannot run the f16 rounding probe when `native_f16()` is first asked.
+        #[cfg(target_arch = "wasm32")]
+        if gpu.inner.native_f16_allowed {
+            let agree = gpu.probe_f16_rounding().await.unwrap_or(false);
+            let _ = gpu.inner.native_f16.set(agree);
+        }
+        Ok(gpu)
+    }
+
+    // The lifecycle lock is held across the adapter and device requests: natively,
+    // `with_options` runs this future to completion on the caller's thread (pollster), and
+    // the lock is what keeps device creation one at a time process-wide
+    // (DEVICE_LIFECYCLE). The browser runs one thread: there is nothing to exclude, and a
+    // second request while the first awaits would find the lock taken, so it is not taken.
     #[allow(clippy::await_holding_lock)]
-    async fn new_async(opts: GpuOptions) -> Result<Self> {
+    async fn create(opts: GpuOptions) -> Result<Self> {
         if ![0, 1, 2, 4, 8].contains(&opts.fused_unroll) {
             return Err(Error::InvalidArgument {
                 op: "Gpu::new",
                 msg: format!("fused_unroll {} is not 0 (auto) or one of 1, 2, 4, 8", opts.fused_unroll),
             });
         }
+        #[cfg(not(target_arch = "wasm32"))]
         let lifecycle = lock(&DEVICE_LIFECYCLE);
         let (adapter, ainfo, names) = pick_adapter(&opts).await?;
         let features = adapter.features() & wanted_features();
@@ -561,6 +625,7 @@ impl Gpu {
             });
         }
         let (device, queue) = request_device(&adapter, &ainfo, features, &limits).await?;
+        #[cfg(not(target_arch = "wasm32"))]
         drop(lifecycle);
         let cooperative_matrix = if features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
             adapter.cooperative_matrix_properties()
@@ -588,7 +653,8 @@ impl Gpu {
                 queue: std::mem::ManuallyDrop::new(queue),
                 info,
                 checked: opts.checked,
-                autotune: opts.autotune,
+                // Tuning times candidates, waiting for the GPU: not in the browser.
+                autotune: opts.autotune && !cfg!(target_arch = "wasm32"),
                 cache_dir: opts.cache_dir.clone(),
                 measure_warmup_ms: opts.measure_warmup_ms,
                 measure_flush_mb: opts.measure_flush_mb,
@@ -614,9 +680,11 @@ impl Gpu {
                 fused_wide: (pick(opts.fused_unroll, 1), pick(opts.fused_workgroup, wide_workgroup)),
                 fused_element: (pick(opts.fused_unroll, 4), pick(opts.fused_workgroup, 256)),
                 fused_groups: opts.fused_groups,
-                tiered_jit: opts
-                    .tiered_jit
-                    .unwrap_or(ainfo.device_type != wgpu::DeviceType::Cpu && ainfo.backend != wgpu::Backend::Gl),
+                // The background compiler is a thread: none in the browser.
+                tiered_jit: !cfg!(target_arch = "wasm32")
+                    && opts
+                        .tiered_jit
+                        .unwrap_or(ainfo.device_type != wgpu::DeviceType::Cpu && ainfo.backend != wgpu::Backend::Gl),
                 jit_queue: Mutex::new(None),
                 jit_pending: Mutex::new(std::collections::HashSet::new()),
                 jit_done: std::sync::Condvar::new(),
@@ -796,16 +864,26 @@ impl Gpu {
         if !self.inner.native_f16_allowed {
             return false;
         }
-        // A probe that cannot run counts as a "no": the exact routine is always correct.
-        *self.inner.native_f16.get_or_init(|| self.probe_f16_rounding().unwrap_or(false))
+        // A probe that cannot run counts as a "no": the exact routine is always correct. (In
+        // the browser `new_async` has run it; it cannot run here.)
+        *self.inner.native_f16.get_or_init(|| {
+            #[cfg(not(target_arch = "wasm32"))]
+            {
+                let _serial = self.serial();
+                pollster::block_on(self.probe_f16_rounding()).unwrap_or(false)
+            }
+            #[cfg(target_arch = "wasm32")]
+            false
+        })
     }
 
     /// Runs shaders/f16_probe.wgsl with wgpu objects of its own (no pooled buffer, pending
     /// encoder, pipeline cache or counter of the library is touched, so `stats()` and the
-    /// kernel counts that tests check are the same with and without it).
-    fn probe_f16_rounding(&self) -> Result<bool> {
+    /// kernel counts that tests check are the same with and without it). Native code runs it
+    /// on the first `native_f16()` call; the browser, which cannot wait there, in
+    /// [`Gpu::new_async`].
+    async fn probe_f16_rounding(&self) -> Result<bool> {
         use wgpu::util::DeviceExt;
-        let _serial = self.serial();
         let device = &self.inner.device;
         let values = f16_probe_inputs();
         let pairs = values.len() / 2;
@@ -825,59 +903,71 @@ impl Gpu {
         };
         let flags = buffer(wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC);
         let staging = buffer(wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
-        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some("f16_probe"),
-            source: wgpu::ShaderSource::Wgsl(f16_probe_kernel().wgsl().into()),
+        let (enc, err) = scoped(device, wgpu::ErrorFilter::Validation, || {
+            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some("f16_probe"),
+                source: wgpu::ShaderSource::Wgsl(f16_probe_kernel().wgsl().into()),
+            });
+            let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some("f16_probe"),
+                layout: None,
+                module: &module,
+                entry_point: Some("f16_probe"),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+            let group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("f16_probe"),
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &[
+                    wgpu::BindGroupEntry { binding: 0, resource: input.as_entire_binding() },
+                    wgpu::BindGroupEntry { binding: 1, resource: flags.as_entire_binding() },
+                ],
+            });
+            let mut enc = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("f16_probe") });
+            {
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+                pass.set_pipeline(&pipeline);
+                pass.set_bind_group(0, &group, &[]);
+                pass.dispatch_workgroups(pairs.div_ceil(64) as u32, 1, 1);
+            }
+            enc.copy_buffer_to_buffer(&flags, 0, &staging, 0, bytes);
+            enc
         });
-        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some("f16_probe"),
-            layout: None,
-            module: &module,
-            entry_point: Some("f16_probe"),
-            compilation_options: Default::default(),
-            cache: None,
-        });
-        let group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("f16_probe"),
-            layout: &pipeline.get_bind_group_layout(0),
-            entries: &[
-                wgpu::BindGroupEntry { binding: 0, resource: input.as_entire_binding() },
-                wgpu::BindGroupEntry { binding: 1, resource: flags.as_entire_binding() },
-            ],
-        });
-        let mut enc = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("f16_probe") });
-        {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
-            pass.set_pipeline(&pipeline);
-            pass.set_bind_group(0, &group, &[]);
-            pass.dispatch_workgroups(pairs.div_ceil(64) as u32, 1, 1);
-        }
-        enc.copy_buffer_to_buffer(&flags, 0, &staging, 0, bytes);
-        if let Some(err) = pollster::block_on(scope.pop()) {
+        if let Some(err) = err {
             return Err(Error::Backend { op: "f16_probe", msg: err.to_string() });
         }
         self.inner.queue.submit([enc.finish()]);
-        let (tx, rx) = std::sync::mpsc::channel();
+        let flags = self.mapped_bytes("f16_probe", &staging, bytes).await?;
+        // Each word is the xor of the two roundings' bits: all zero when they agree.
+        Ok(flags.iter().all(|&b| b == 0))
+    }
+
+    /// Maps `staging` (MAP_READ, its copy submitted) and returns its first `bytes` bytes.
+    /// Native code blocks in `poll` until the map is done; in the browser the future yields
+    /// to the event loop until the map's promise resolves.
+    async fn mapped_bytes(&self, op: &'static str, staging: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+        let (tx, rx) = futures_channel::oneshot::channel();
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
             let _ = tx.send(r);
         });
-        device
+        #[cfg(not(target_arch = "wasm32"))]
+        self.inner
+            .device
             .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Backend { op: "f16_probe", msg: e.to_string() })?;
-        match rx.recv() {
+            .map_err(|e| Error::Backend { op, msg: e.to_string() })?;
+        match rx.await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(Error::Backend { op: "f16_probe", msg: e.to_string() }),
+            Ok(Err(e)) => return Err(Error::Backend { op, msg: e.to_string() }),
             Err(_) => return Err(Error::DeviceLost("map callback never ran".into())),
         }
-        let agree = {
-            let view =
-                staging.get_mapped_range(..).map_err(|e| Error::Backend { op: "f16_probe", msg: e.to_string() })?;
-            // Each word is the xor of the two roundings' bits: all zero when they agree.
-            view.iter().all(|&b| b == 0)
+        self.check_health()?;
+        let out = {
+            let view = staging.get_mapped_range(..).map_err(|e| Error::Backend { op, msg: e.to_string() })?;
+            view[..bytes as usize].to_vec()
         };
         staging.unmap();
-        Ok(agree)
+        Ok(out)
     }
 
     /// The underlying wgpu device, for interop.
@@ -1035,14 +1125,17 @@ impl Gpu {
         let buffer = match reused {
             Some(b) => b,
             None => {
-                let scope = self.inner.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-                let b = self.inner.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some(op),
-                    size: class,
-                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
+                let (b, err) = scoped(&self.inner.device, wgpu::ErrorFilter::OutOfMemory, || {
+                    self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some(op),
+                        size: class,
+                        usage: wgpu::BufferUsages::STORAGE
+                            | wgpu::BufferUsages::COPY_SRC
+                            | wgpu::BufferUsages::COPY_DST,
+                        mapped_at_creation: false,
+                    })
                 });
-                if pollster::block_on(scope.pop()).is_some() {
+                if err.is_some() {
                     return Err(Error::OutOfMemory { op, bytes: class });
                 }
                 b
@@ -1259,19 +1352,77 @@ impl Gpu {
     /// gpu.synchronize()?;                 // the GPU has finished
     /// # Ok(()) }
     /// ```
+    ///
+    /// In the browser, which cannot wait, an `Unsupported` error: await
+    /// [`Gpu::synchronize_async`] there.
     pub fn synchronize(&self) -> Result<()> {
-        let _serial = self.serial();
-        self.flush()?;
-        self.inner
-            .device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Backend { op: "synchronize", msg: e.to_string() })?;
-        self.check_health()
+        #[cfg(target_arch = "wasm32")]
+        return Err(cannot_block("synchronize", "Gpu::synchronize_async"));
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let _serial = self.serial();
+            self.flush()?;
+            self.inner
+                .device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| Error::Backend { op: "synchronize", msg: e.to_string() })?;
+            self.check_health()
+        }
     }
 
-    /// Copies `bytes` bytes at `offset` of `buffer` back to the host.
+    /// Submits all recorded work and resolves when the GPU has finished it: the browser's
+    /// [`Gpu::synchronize`] (native code blocks inside, as `synchronize` does).
+    ///
+    /// ```
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[4, 8], DType::F32, 0)?;
+    /// x.exp()?.realize()?;
+    /// pollster::block_on(gpu.synchronize_async())?; // in the browser: .await
+    /// # Ok(()) }
+    /// ```
+    pub async fn synchronize_async(&self) -> Result<()> {
+        #[cfg(not(target_arch = "wasm32"))]
+        return self.synchronize();
+        #[cfg(target_arch = "wasm32")]
+        {
+            self.flush()?;
+            let (tx, rx) = futures_channel::oneshot::channel();
+            self.inner.queue.on_submitted_work_done(move || {
+                let _ = tx.send(());
+            });
+            rx.await.map_err(|_| Error::DeviceLost("the queue's done callback never ran".into()))?;
+            self.check_health()
+        }
+    }
+
+    /// Copies `bytes` bytes at `offset` of `buffer` back to the host, waiting for the GPU.
+    /// In the browser, which cannot wait, an `Unsupported` error: see [`Gpu::read_async`].
     pub(crate) fn read(&self, buffer: &wgpu::Buffer, offset: u64, bytes: u64) -> Result<Vec<u8>> {
-        let _serial = self.serial();
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let _serial = self.serial();
+            pollster::block_on(self.read_mapped(buffer, offset, bytes))
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            let _ = (buffer, offset, bytes);
+            Err(cannot_block("read", "Tensor::to_vec_async"))
+        }
+    }
+
+    /// [`Gpu::read`] as a future, for the browser (native code gets the blocking read).
+    pub(crate) async fn read_async(&self, buffer: &wgpu::Buffer, offset: u64, bytes: u64) -> Result<Vec<u8>> {
+        #[cfg(not(target_arch = "wasm32"))]
+        return self.read(buffer, offset, bytes);
+        #[cfg(target_arch = "wasm32")]
+        self.read_mapped(buffer, offset, bytes).await
+    }
+
+    /// Copies the bytes into a staging buffer after the work recorded so far, submits, and
+    /// maps it (see `mapped_bytes`).
+    async fn read_mapped(&self, buffer: &wgpu::Buffer, offset: u64, bytes: u64) -> Result<Vec<u8>> {
         let aligned = bytes.next_multiple_of(4).max(4);
         let staging = self.inner.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
@@ -1281,26 +1432,7 @@ impl Gpu {
         });
         self.record(|enc| enc.copy_buffer_to_buffer(buffer, offset, &staging, 0, aligned))?;
         self.flush()?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
-            let _ = tx.send(r);
-        });
-        self.inner
-            .device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Backend { op: "read", msg: e.to_string() })?;
-        self.check_health()?;
-        match rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(Error::Backend { op: "read", msg: e.to_string() }),
-            Err(_) => return Err(Error::DeviceLost("map callback never ran".into())),
-        }
-        let out = {
-            let view = staging.get_mapped_range(..).map_err(|e| Error::Backend { op: "read", msg: e.to_string() })?;
-            view[..bytes as usize].to_vec()
-        };
-        staging.unmap();
-        Ok(out)
+        self.mapped_bytes("read", &staging, bytes).await
     }
 
     /// Times `f` (which records GPU work) in wall-clock milliseconds, including a final sync.

@@ -270,30 +270,34 @@ impl Gpu {
         }
         let device = &self.inner.device;
         let source = kernel.wgsl();
-        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let desc =
-            wgpu::ShaderModuleDescriptor { label: Some(kernel.entry), source: wgpu::ShaderSource::Wgsl(source.into()) };
-        let module = if checked {
-            device.create_shader_module(desc)
-        } else {
-            // SAFETY: `trusted` kernels are launched only after the host has checked that
-            // every buffer index the shader computes is in range (see the op's launcher).
-            unsafe { device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) }
-        };
-        let constants = kernel.constants();
-        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(kernel.entry),
-            layout: None,
-            module: &module,
-            entry_point: Some(kernel.entry),
-            compilation_options: wgpu::PipelineCompilationOptions {
-                constants: &constants,
-                // Our kernels write workgroup memory before reading it.
-                zero_initialize_workgroup_memory: false,
-            },
-            cache: None,
+        let (pipeline, err) = super::scoped(device, wgpu::ErrorFilter::Validation, || {
+            let desc = wgpu::ShaderModuleDescriptor {
+                label: Some(kernel.entry),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            };
+            let module = if checked {
+                device.create_shader_module(desc)
+            } else {
+                // SAFETY: `trusted` kernels are launched only after the host has checked that
+                // every buffer index the shader computes is in range (see the op's launcher).
+                // (A browser checks every access whatever is asked.)
+                unsafe { device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) }
+            };
+            let constants = kernel.constants();
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(kernel.entry),
+                layout: None,
+                module: &module,
+                entry_point: Some(kernel.entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &constants,
+                    // Our kernels write workgroup memory before reading it.
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            })
         });
-        if let Some(err) = pollster::block_on(scope.pop()) {
+        if let Some(err) = err {
             return Err(Error::Backend { op: "compile", msg: format!("{}: {err}", kernel.label()) });
         }
         let pipeline = Arc::new(pipeline);

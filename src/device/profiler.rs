@@ -12,7 +12,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::time::Instant;
+use super::Instant;
 
 use super::{lock, Gpu};
 use crate::error::{Error, Result};

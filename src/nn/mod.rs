@@ -519,7 +519,28 @@ impl Gpt {
     /// rebuilt from the last half-context of tokens (their positions restart at 0).
     ///
     /// Errors: `InvalidArgument` for an empty prompt; any id ≥ vocab is refused.
+    ///
+    /// Native only: the browser awaits [`Gpt::generate_async`](Self::generate_async).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn generate(&self, prompt: &[u32], new_tokens: usize, sampling: Sampling) -> Result<Vec<u32>> {
+        pollster::block_on(self.generate_async(prompt, new_tokens, sampling))
+    }
+
+    /// [`Gpt::generate`] as a future: each step's logits are read back with
+    /// [`Tensor::to_vec_f32_async`], so the browser's event loop runs while the GPU works.
+    ///
+    /// ```
+    /// # use wgkernels::{DType, Gpu};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// use wgkernels::nn::{Gpt, GptConfig, Sampling};
+    /// let config = GptConfig { vocab: 50, context: 16, layers: 1, heads: 2, d_model: 16 };
+    /// let model = Gpt::new(&gpu, &config, DType::F32, 0)?;
+    /// let tokens = pollster::block_on(model.generate_async(&[1, 2, 3], 4, Sampling::default()))?; // browser: .await
+    /// assert_eq!(tokens.len(), 7);
+    /// # Ok(()) }
+    /// ```
+    pub async fn generate_async(&self, prompt: &[u32], new_tokens: usize, sampling: Sampling) -> Result<Vec<u32>> {
         if prompt.is_empty() {
             return Err(Error::InvalidArgument { op: "generate", msg: "the prompt is empty".into() });
         }
@@ -535,7 +556,7 @@ impl Gpt {
                 pending = tokens[tokens.len().saturating_sub((context / 2).max(1))..].to_vec();
             }
             let logits = self.forward_cached(&pending, &mut caches)?;
-            let last = logits.narrow(0, pending.len() - 1, 1)?.to_vec_f32()?;
+            let last = logits.narrow(0, pending.len() - 1, 1)?.to_vec_f32_async().await?;
             let u = uniform(&mut state);
             let next = draw(&last, &sampling, u);
             tokens.push(next);

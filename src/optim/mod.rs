@@ -723,7 +723,7 @@ impl Engine {
         }
         // The f32 state of a segment (and the parameter it updates) must fit one binding.
         let max_bytes = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
-        let max_state_bytes = (max_bytes as usize / 16 * 16).min(1 << 32);
+        let max_state_bytes = usize::try_from((max_bytes / 16 * 16).min(1 << 32)).unwrap_or(usize::MAX);
         let max_segment = max_state_bytes / 4;
         let control = Tensor::zeros(gpu, &[CONTROL_WORDS], DType::F32)?;
         Ok(Self {

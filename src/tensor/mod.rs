@@ -772,6 +772,33 @@ impl Tensor {
         Ok(decode_f32(&bytes, self.dtype))
     }
 
+    /// [`Tensor::to_vec`] as a future: the way to read results in the browser (wasm32 +
+    /// WebGPU), where the blocking readers return an `Unsupported` error. Native code may
+    /// use it too (it blocks inside, as `to_vec` does).
+    ///
+    /// ```
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let t = Tensor::from_slice(&gpu, &[1.0f32, 2.0], &[2])?.exp()?;
+    /// let back: Vec<f32> = pollster::block_on(t.to_vec_async())?; // browser: .await
+    /// assert_eq!(back.len(), 2);
+    /// # Ok(()) }
+    /// ```
+    pub async fn to_vec_async<T: Element>(&self) -> Result<Vec<T>> {
+        let bytes = self.raw_bytes_async().await?;
+        if T::DTYPE == self.dtype {
+            return Ok(bytemuck::pod_collect_to_vec(&bytes));
+        }
+        Ok(decode_f32(&bytes, self.dtype).into_iter().map(T::from_f32).collect())
+    }
+
+    /// [`Tensor::to_vec_f32`] as a future (see [`Tensor::to_vec_async`]).
+    pub async fn to_vec_f32_async(&self) -> Result<Vec<f32>> {
+        let bytes = self.raw_bytes_async().await?;
+        Ok(decode_f32(&bytes, self.dtype))
+    }
+
     /// The elements' bytes in row-major order, little-endian, in this tensor's dtype (what
     /// a safetensors file holds). Waits for the GPU.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
@@ -813,5 +840,14 @@ impl Tensor {
         let bytes = (c.numel() * c.dtype.size_in_bytes()) as u64;
         // An offset view of 16-bit data may start mid-word: `contiguous()` gave offset 0.
         self.gpu.read(c.storage()?.buffer(), 0, bytes)
+    }
+
+    async fn raw_bytes_async(&self) -> Result<Vec<u8>> {
+        if self.numel() == 0 {
+            return Ok(Vec::new());
+        }
+        let c = self.contiguous()?;
+        let bytes = (c.numel() * c.dtype.size_in_bytes()) as u64;
+        c.gpu.read_async(c.storage()?.buffer(), 0, bytes).await
     }
 }
