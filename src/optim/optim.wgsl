@@ -31,6 +31,9 @@
 // Flags (blocks do not nest, so both step entries are always present): MASTER (16-bit
 // params with f32 master weights), AMSGRAD, MOMENTUM (SGD state).
 
+// The largest finite f32, as a hex literal: browsers' WGSL compilers reject the decimal
+// 3.4028235e38, which rounds just past it.
+const F32_MAX: f32 = 0x1.fffffep+127f;
 const WORKGROUP: u32 = 256u;
 const UNITS_PER_INVOCATION: u32 = 4u;
 const UNITS_PER_WORKGROUP: u32 = 1024u;
@@ -224,7 +227,7 @@ fn finalize(@builtin(local_invocation_index) lid: u32) {
         let norm = sqrt(sumsq);
         // isinf/isnan are not WGSL: a finite norm is one that equals itself and stays below
         // the largest f32 (NaN fails both comparisons).
-        let finite = norm <= 3.4028235e38;
+        let finite = norm <= F32_MAX;
         let skip = (flags & 2u) != 0u && !finite;
         var clip = 1.0;
         if ((flags & 8u) != 0u && finite) {

@@ -2,13 +2,13 @@
 //! and `assert_close` with per-dtype tolerances that names the worst element.
 #![allow(dead_code)]
 
-use std::sync::OnceLock;
-
 use wgkernels::{DType, Gpu, Tensor};
 
 /// The device for this test binary, chosen as users get it (`WGK_BACKEND`, `WGK_CHECKED`).
+/// (The browser tests, tests/web.rs, await `Gpu::new_async` instead.)
+#[cfg(not(target_arch = "wasm32"))]
 pub fn gpu() -> Gpu {
-    static GPU: OnceLock<Gpu> = OnceLock::new();
+    static GPU: std::sync::OnceLock<Gpu> = std::sync::OnceLock::new();
     GPU.get_or_init(|| Gpu::new().expect("a GPU or software adapter (apt-get install mesa-vulkan-drivers)")).clone()
 }
 
@@ -151,6 +151,7 @@ use naga::valid::{Capabilities, ValidationFlags, Validator};
 /// GLSL for modules that enable f16).
 pub fn translate(wgsl: &str, entry: &str, constants: &[(&str, f64)]) -> Result<(), String> {
     let module = naga::front::wgsl::parse_str(wgsl).map_err(|e| format!("parse: {}", e.emit_to_string(wgsl)))?;
+    browser_lint(wgsl)?;
     let mut validator = Validator::new(ValidationFlags::all(), Capabilities::all());
     let info = validator.validate(&module).map_err(|e| format!("validate: {}", e.emit_to_string(wgsl)))?;
     let constants: naga::back::PipelineConstants = constants.iter().map(|(k, v)| (k.to_string(), *v)).collect();
@@ -205,5 +206,55 @@ pub fn translate(wgsl: &str, entry: &str, constants: &[(&str, f64)]) -> Result<(
         .map_err(|e| format!("glsl: {e}"))?
         .write()
         .map_err(|e| format!("glsl: {e}"))?;
+    Ok(())
+}
+
+/// What browsers' WGSL compiler (Tint) rejects and naga accepts, seen in headless Chromium
+/// (tests/web.rs): a decimal f32 literal past f32::MAX (`3.4028235e38` rounds just above it;
+/// write `0x1.fffffep+127f`), and a constant expression that evaluates to an infinity or NaN
+/// (`bitcast<f32>(0xff800000u)`; bitcast a `let` instead), which naga leaves unfolded in a
+/// function body: both are found in the text.
+pub fn browser_lint(wgsl: &str) -> Result<(), String> {
+    let code: String = wgsl.lines().map(|l| l.split("//").next().unwrap_or("")).collect::<Vec<_>>().join("\n");
+    let wgsl = code.as_str();
+    let bytes = wgsl.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let starts_number =
+            bytes[i].is_ascii_digit() && (i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_'));
+        if !starts_number {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        let hex = bytes[i] == b'0' && bytes.get(i + 1).is_some_and(|&c| c == b'x' || c == b'X');
+        while i < bytes.len()
+            && (bytes[i].is_ascii_alphanumeric()
+                || bytes[i] == b'.'
+                || ((bytes[i] == b'+' || bytes[i] == b'-') && matches!(bytes[i - 1], b'e' | b'E' | b'p' | b'P')))
+        {
+            i += 1;
+        }
+        let token = &wgsl[start..i];
+        let decimal_float = !hex && (token.contains('.') || token.contains(['e', 'E'])) && !token.ends_with('h');
+        if decimal_float {
+            let value: f64 = token.trim_end_matches('f').parse().unwrap_or(0.0);
+            if value.abs() > f32::MAX as f64 {
+                return Err(format!("browser: the f32 literal {token} is past f32::MAX (write 0x1.fffffep+127f)"));
+            }
+        }
+    }
+    // bitcast<f32>(<hex literal>) with all exponent bits set: an infinity or NaN constant.
+    for (at, _) in wgsl.match_indices("bitcast<f32>(") {
+        let arg: String = wgsl[at + 13..].chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+        let Some(hex) = arg.strip_prefix("0x").map(|h| h.trim_end_matches(['u', 'i'])) else { continue };
+        let bits = u32::from_str_radix(hex, 16).map_err(|e| format!("bitcast literal {arg}: {e}"))?;
+        if !f32::from_bits(bits).is_finite() {
+            return Err(format!(
+                "browser: bitcast<f32>({arg}) is the constant {} (make it at run time from a let)",
+                f32::from_bits(bits)
+            ));
+        }
+    }
     Ok(())
 }

@@ -51,7 +51,7 @@ const CB: u32 = DP / 64u;
 // over the banks; reads stay 16-byte aligned.
 const ST: u32 = 17u;
 // Finite stand-in for −∞ (WGSL has no infinity literal); scores are clamped to ≥ it.
-const NEG_BIG: f32 = -3.4028235e38;
+const NEG_BIG: f32 = -0x1.fffffep+127f; // -f32::MAX (browsers reject the decimal -3.4028235e38)
 // vec4 words of a Q (and of a K) chunk each invocation fetches; a V chunk takes as many as
 // both (VC·DP = 2·64·DC floats), so one register array holds either.
 const QK_PER: u32 = 16u * DC / THREADS;

@@ -250,7 +250,7 @@ fn p_and_ds(b: u32, h: u32, qr: u32, kc: u32, qk: f32, dp: f32, l: f32, dl: f32)
     let causal = params.causal != 0u;
     let offset = i32(S_k) - i32(S_q);
     let visible = qr < S_q && kc < S_k && (!causal || i32(kc) <= i32(qr) + offset);
-    if (!visible || l < -3.4028235e38) {
+    if (!visible || l < -0x1.fffffep+127f) {
         return vec2<f32>(0.0);
     }
     let e = bias_index(b, h, qr, kc);

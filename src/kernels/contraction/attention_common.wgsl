@@ -7,7 +7,7 @@ const SUBGROUP: u32 = 32u;
 // that a coopStore's 32 lanes hit 32 different banks (src/ops/attention.rs, S_STRIDE).
 const SST: u32 = {{SST}}u;
 // Finite stand-in for −∞ (WGSL has no infinity literal).
-const NEG_BIG: f32 = -3.4028235e38;
+const NEG_BIG: f32 = -0x1.fffffep+127f; // -f32::MAX (browsers reject the decimal -3.4028235e38)
 const LOG2E: f32 = 1.4426950408889634;
 
 // Eight halves from a 16-byte word into workgroup memory at `at` (through f32, exactly:

@@ -57,8 +57,11 @@ struct SoftmaxParams {
 var<workgroup> red_m: array<f32, WG>;
 var<workgroup> red_s: array<f32, WG>;
 
+// -inf, made at run time: a constant expression that evaluates to an infinity is a
+// shader-creation error in browsers' WGSL compilers (Tint), though naga accepts it.
 fn neg_inf() -> f32 {
-    return bitcast<f32>(0xff800000u);
+    let bits = 0xff800000u;
+    return bitcast<f32>(bits);
 }
 
 {{ONE_LOADERS}}
