@@ -143,9 +143,9 @@ async fn tiny_gpt(gpu: &Gpu) -> Result<Value> {
     let model = Gpt::new(gpu, &config, DType::F32, 7)?;
     let pattern: Vec<u32> = (0..12).map(|i| (i * 37 + 11) % config.vocab as u32).collect();
     let text: Vec<u32> = (0..4096).map(|i| pattern[i % pattern.len()]).collect();
-    let (batch, seq, steps) = (4, 32, 20);
+    let (batch, seq, steps) = (2, 24, 40);
     let params: Vec<_> = model.parameters().into_iter().map(|(_, p)| p).collect();
-    let mut opt = AdamW::new(gpu, AdamWConfig { lr: 2e-2, weight_decay: 0.0, ..Default::default() })?;
+    let mut opt = AdamW::new(gpu, AdamWConfig { lr: 1e-2, weight_decay: 0.0, ..Default::default() })?;
     let mut losses = Vec::new();
     let (mut start, mut first_ms) = (Instant::now(), 0.0);
     let mut stats_after_first = gpu.stats();
