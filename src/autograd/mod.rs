@@ -277,6 +277,29 @@ impl Var {
         lock(&self.slot.grad).clone()
     }
 
+    /// Replaces the accumulated gradient (data-parallel training writes the all-reduced
+    /// mean here; the optimizer then reads it as [`Var::grad`]).
+    ///
+    /// Errors: `InvalidArgument` unless the var requires grad; `ShapeMismatch` or
+    /// `DTypeMismatch` when `grad` does not match its value.
+    pub fn set_grad(&self, grad: Tensor) -> Result<()> {
+        if !self.requires_grad() {
+            return Err(Error::InvalidArgument { op: "set_grad", msg: "the var requires no grad".into() });
+        }
+        if grad.shape() != self.shape() {
+            return Err(Error::ShapeMismatch {
+                op: "set_grad",
+                lhs: self.shape().to_vec(),
+                rhs: grad.shape().to_vec(),
+            });
+        }
+        if grad.dtype() != self.dtype() {
+            return Err(Error::DTypeMismatch { op: "set_grad", lhs: self.dtype(), rhs: grad.dtype() });
+        }
+        *lock(&self.slot.grad) = Some(grad);
+        Ok(())
+    }
+
     /// Clears the accumulated gradient.
     pub fn zero_grad(&self) {
         *lock(&self.slot.grad) = None;

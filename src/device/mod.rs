@@ -418,7 +418,13 @@ struct JitHoldState {
 
 /// The adapter `opts` asks for (the best by device type and backend among those its
 /// backends and name allow), its info and the names of every adapter seen.
-async fn pick_adapter(opts: &GpuOptions) -> Result<(wgpu::Adapter, wgpu::AdapterInfo, Vec<String>)> {
+/// The best adapter for `opts` (`index` 0), or the `index`-th of the adapters of the same
+/// device type and backend as the best one, best first (one device per adapter:
+/// [`Gpu::per_adapter`]). Also returns how many such adapters there are.
+async fn pick_adapter(
+    opts: &GpuOptions,
+    index: usize,
+) -> Result<(wgpu::Adapter, wgpu::AdapterInfo, Vec<String>, usize)> {
     // Without an explicit choice, GL is probed only when no primary backend has an
     // adapter: it is the slowest path, and probing it wakes EGL (and its warnings).
     let mut backends = opts.backends.unwrap_or(wgpu::Backends::PRIMARY);
@@ -441,7 +447,18 @@ async fn pick_adapter(opts: &GpuOptions) -> Result<(wgpu::Adapter, wgpu::Adapter
         let want = want.to_lowercase();
         candidates.retain(|(_, i)| i.name.to_lowercase().contains(&want));
     }
-    let Some((adapter, ainfo)) = candidates.into_iter().next() else {
+    if let Some((_, best)) = candidates.first() {
+        let (device_type, backend) = (best.device_type, best.backend);
+        candidates.retain(|(_, i)| i.device_type == device_type && i.backend == backend);
+    }
+    let peers = candidates.len();
+    if index > 0 && index >= peers {
+        return Err(Error::InvalidArgument {
+            op: "Gpu::per_adapter",
+            msg: format!("adapter {index} asked for; {peers} of the best kind: [{}]", names.join(", ")),
+        });
+    }
+    let Some((adapter, ainfo)) = candidates.into_iter().nth(index) else {
         let tried = format!(
             "backends {:?}{}; adapters seen: [{}]",
             backends,
@@ -456,7 +473,7 @@ async fn pick_adapter(opts: &GpuOptions) -> Result<(wgpu::Adapter, wgpu::Adapter
         });
     };
 
-    Ok((adapter, ainfo, names))
+    Ok((adapter, ainfo, names, peers))
 }
 
 /// A device with `features` and `limits` from `adapter` (its own limits, not wgpu's
@@ -566,6 +583,26 @@ impl Gpu {
         pollster::block_on(Self::new_async(opts))
     }
 
+    /// One device on each adapter of the best kind for `opts` (the device type and backend
+    /// `Gpu::with_options` would pick: on a machine with two GPUs, one device on each), best
+    /// first: the devices of data-parallel training ([`crate::parallel`]).
+    ///
+    /// ```no_run
+    /// # use wgkernels::{Gpu, GpuOptions};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// let gpus = Gpu::per_adapter(GpuOptions::from_env()?)?;
+    /// println!("{} adapters: {:?}", gpus.len(), gpus.iter().map(|g| &g.info().name).collect::<Vec<_>>());
+    /// # Ok(()) }
+    /// ```
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn per_adapter(opts: GpuOptions) -> Result<Vec<Self>> {
+        let peers = {
+            let _lifecycle = lock(&DEVICE_LIFECYCLE);
+            pollster::block_on(pick_adapter(&opts, 0))?.3
+        };
+        (0..peers).map(|i| pollster::block_on(Self::create(opts.clone(), i))).collect()
+    }
+
     /// [`Gpu::with_options`] as a future: the way to a device in the browser
     /// (wasm32 + WebGPU), where nothing may block. There the adapter is the browser's
     /// WebGPU adapter; autotuning and the tiered JIT's background compiles are off (both
@@ -579,7 +616,7 @@ impl Gpu {
     /// # Ok(()) }
     /// ```
     pub async fn new_async(opts: GpuOptions) -> Result<Self> {
-        let gpu = Self::create(opts).await?;
+        let gpu = Self::create(opts, 0).await?;
         // The browser cannot run the f16 rounding probe when `native_f16()` is first asked.
         #[cfg(target_arch = "wasm32")]
         if gpu.inner.native_f16_allowed {
@@ -595,7 +632,7 @@ impl Gpu {
     // (DEVICE_LIFECYCLE). The browser runs one thread: there is nothing to exclude, and a
     // second request while the first awaits would find the lock taken, so it is not taken.
     #[allow(clippy::await_holding_lock)]
-    async fn create(opts: GpuOptions) -> Result<Self> {
+    async fn create(opts: GpuOptions, index: usize) -> Result<Self> {
         if ![0, 1, 2, 4, 8].contains(&opts.fused_unroll) {
             return Err(Error::InvalidArgument {
                 op: "Gpu::new",
@@ -604,7 +641,7 @@ impl Gpu {
         }
         #[cfg(not(target_arch = "wasm32"))]
         let lifecycle = lock(&DEVICE_LIFECYCLE);
-        let (adapter, ainfo, names) = pick_adapter(&opts).await?;
+        let (adapter, ainfo, names, _) = pick_adapter(&opts, index).await?;
         let features = adapter.features() & wanted_features();
         let limits = match &opts.limits_cap {
             Some(cap) => adapter.limits().or_worse_values_from(cap),
@@ -1409,6 +1446,48 @@ impl Gpu {
         {
             let _ = (buffer, offset, bytes);
             Err(cannot_block("read", "Tensor::to_vec_async"))
+        }
+    }
+
+    /// Copies several byte ranges `(buffer, offset, bytes)` back to the host after the work
+    /// recorded so far, in one submit and one map (a gradient bucket's tensors: one wait
+    /// instead of one per tensor). Offsets are 4-byte aligned, as every tensor's storage
+    /// starts (an odd 16-bit view is made contiguous first by the caller).
+    pub(crate) fn read_many(&self, parts: &[(&wgpu::Buffer, u64, u64)]) -> Result<Vec<Vec<u8>>> {
+        #[cfg(target_arch = "wasm32")]
+        {
+            let _ = parts;
+            Err(cannot_block("read", "Tensor::to_vec_async"))
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let _serial = self.serial();
+            let mut at = Vec::with_capacity(parts.len());
+            let mut total = 0u64;
+            for &(_, _, bytes) in parts {
+                at.push(total);
+                total += bytes.next_multiple_of(4);
+            }
+            let staging = self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("readback"),
+                size: total.max(4),
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            self.record(|enc| {
+                for (&(buffer, offset, bytes), &to) in parts.iter().zip(&at) {
+                    if bytes > 0 {
+                        enc.copy_buffer_to_buffer(buffer, offset, &staging, to, bytes.next_multiple_of(4));
+                    }
+                }
+            })?;
+            self.flush()?;
+            let all = pollster::block_on(self.mapped_bytes("read", &staging, total))?;
+            Ok(parts
+                .iter()
+                .zip(&at)
+                .map(|(&(_, _, bytes), &to)| all[to as usize..(to + bytes) as usize].to_vec())
+                .collect())
         }
     }
 

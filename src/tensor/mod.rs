@@ -230,6 +230,28 @@ impl Tensor {
         Ok(t)
     }
 
+    /// A copy of this tensor on `gpu` (row-major, the same dtype), through host memory:
+    /// wgpu has no copies between devices. Waits for this tensor's device.
+    ///
+    /// ```
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let other = Gpu::new()?;
+    /// let t = Tensor::randn(&gpu, &[2, 3], DType::BF16, 0)?;
+    /// let u = t.to_device(&other)?;
+    /// assert_eq!(u.to_vec_f32()?, t.to_vec_f32()?);
+    /// # Ok(()) }
+    /// ```
+    pub fn to_device(&self, gpu: &Gpu) -> Result<Self> {
+        let bytes = self.raw_bytes()?;
+        let t = Self::empty(gpu, "to_device", &self.shape, self.dtype)?;
+        if !bytes.is_empty() {
+            gpu.write(t.storage()?.buffer(), 0, &bytes)?;
+        }
+        Ok(t)
+    }
+
     /// A tensor of zeros.
     ///
     /// ```
@@ -770,6 +792,41 @@ impl Tensor {
     pub fn to_vec_f32(&self) -> Result<Vec<f32>> {
         let bytes = self.raw_bytes()?;
         Ok(decode_f32(&bytes, self.dtype))
+    }
+
+    /// The elements of every tensor in `tensors` (all on one device), converted to f32, read
+    /// back in one wait instead of one per tensor (a gradient bucket in data-parallel
+    /// training).
+    ///
+    /// Errors: `InvalidArgument` when the tensors are on different devices.
+    ///
+    /// ```
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let a = Tensor::from_slice(&gpu, &[1.0f32, 2.0], &[2])?;
+    /// let b = Tensor::full(&gpu, &[3], 0.5, DType::BF16)?;
+    /// let all = Tensor::to_vec_f32_all(&[&a, &b])?;
+    /// assert_eq!(all, vec![vec![1.0, 2.0], vec![0.5, 0.5, 0.5]]);
+    /// # Ok(()) }
+    /// ```
+    pub fn to_vec_f32_all(tensors: &[&Tensor]) -> Result<Vec<Vec<f32>>> {
+        let Some(first) = tensors.first() else { return Ok(Vec::new()) };
+        if let Some(other) = tensors.iter().find(|t| !Arc::ptr_eq(&t.gpu.inner, &first.gpu.inner)) {
+            return Err(Error::InvalidArgument {
+                op: "to_vec_f32_all",
+                msg: format!("tensors on two devices ({} and {})", first.gpu.info().name, other.gpu.info().name),
+            });
+        }
+        let contiguous: Vec<Tensor> = tensors.iter().map(|t| t.contiguous()).collect::<Result<_>>()?;
+        let storages = contiguous.iter().map(|c| c.storage()).collect::<Result<Vec<_>>>()?;
+        let parts: Vec<(&wgpu::Buffer, u64, u64)> = contiguous
+            .iter()
+            .zip(&storages)
+            .map(|(c, s)| (s.buffer(), 0, (c.numel() * c.dtype.size_in_bytes()) as u64))
+            .collect();
+        let bytes = first.gpu.read_many(&parts)?;
+        Ok(bytes.iter().zip(&contiguous).map(|(b, c)| decode_f32(b, c.dtype)).collect())
     }
 
     /// [`Tensor::to_vec`] as a future: the way to read results in the browser (wasm32 +
