@@ -41,6 +41,7 @@ mod error;
 pub mod kernels;
 pub mod nn;
 pub mod optim;
+pub mod parallel;
 pub mod plan;
 mod tensor;
 pub mod tune;

@@ -1,0 +1,443 @@
+//! Training across devices: data parallel (a replica of the model per device, the batch
+//! split across them, gradients averaged) and a column-split Linear (tensor parallel).
+//!
+//! wgpu has no peer-to-peer copies between devices, so every exchange is staged through
+//! host memory: a bucket of gradients is read back from each device in one wait
+//! ([`Tensor::to_vec_f32_all`]), summed on the host in a fixed order, summed across
+//! processes by a [`ProcessGroup`] where there is one (MPI, feature `mpi`), divided by the
+//! number of replicas in all, and written back to every replica as its gradient.
+//!
+//! Overlap: every replica's backward is recorded and submitted before the first bucket is
+//! read, so the devices compute their backward passes at the same time, and the host waits
+//! on the slowest. The reduction of a bucket does not start while the backward that
+//! produces it is still running (that needs per-parameter hooks in the backward, which
+//! `Var::backward` does not offer); the time spent is reported by
+//! [`DataParallel::last_sync`].
+//!
+//! ```
+//! # use wgkernels::{DType, Gpu};
+//! # fn main() -> wgkernels::Result<()> {
+//! use wgkernels::nn::{Gpt, GptConfig};
+//! use wgkernels::optim::{Optimizer, Sgd, SgdConfig};
+//! use wgkernels::parallel::{DataParallel, DataParallelOptions};
+//! let gpus = [Gpu::new()?, Gpu::new()?]; // one per adapter; here two on one
+//! let config = GptConfig { vocab: 32, context: 8, layers: 1, heads: 2, d_model: 16 };
+//! let mut dp = DataParallel::new(&gpus, |gpu| Gpt::new(gpu, &config, DType::F32, 0), &DataParallelOptions::default())?;
+//! let mut opts = gpus.iter().map(|g| Sgd::new(g, SgdConfig::default())).collect::<wgkernels::Result<Vec<_>>>()?;
+//! let ids: Vec<u32> = (0..32).map(|i| i % 32).collect(); // batch 4 × 8, split 2 + 2
+//! let losses = dp.map(|r, model| {
+//!     let rows = &ids[r * 16..(r + 1) * 16];
+//!     model.loss(rows, rows, 2, 8)
+//! })?;
+//! dp.backward(&losses)?; // each replica's backward, then the gradients averaged
+//! for (r, opt) in opts.iter_mut().enumerate() {
+//!     opt.step_params(dp.params(r))?;
+//! }
+//! dp.zero_grad();
+//! # Ok(()) }
+//! ```
+
+use crate::autograd::Var;
+use crate::device::{Gpu, Instant};
+use crate::error::{Error, Result};
+use crate::nn::{Linear, Module};
+use crate::tensor::Tensor;
+use crate::DType;
+
+#[cfg(feature = "mpi")]
+mod mpi;
+#[cfg(feature = "mpi")]
+pub use self::mpi::MpiGroup;
+
+/// Processes that train together, each holding replicas of its own: what data parallelism
+/// needs of them is a sum of equal-length f32 buffers across all of them, in place.
+/// [`MpiGroup`] (feature `mpi`) is the one over MPI.
+pub trait ProcessGroup {
+    /// This process's index, 0..size.
+    fn rank(&self) -> usize;
+    /// Processes in the group.
+    fn size(&self) -> usize;
+    /// Replaces `data` with the element-wise sum of every process's `data` (the same length
+    /// everywhere; every process calls this in the same order).
+    fn all_reduce_sum(&self, data: &mut [f32]) -> Result<()>;
+}
+
+/// Settings of [`DataParallel`].
+#[derive(Clone, Debug)]
+pub struct DataParallelOptions {
+    /// Gradient bytes (f32) per bucket: the parameters are cut, in order, into buckets of
+    /// about this size, each read back from a device in one wait and reduced in one call.
+    /// Default 25 MiB, PyTorch DDP's.
+    pub bucket_bytes: usize,
+}
+
+impl Default for DataParallelOptions {
+    fn default() -> Self {
+        Self { bucket_bytes: 25 << 20 }
+    }
+}
+
+/// What the last gradient synchronisation did and how long it took (host wall clock).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SyncStats {
+    /// Buckets reduced.
+    pub buckets: usize,
+    /// Gradient bytes (f32) per replica.
+    pub bytes: usize,
+    /// From the first read-back to the last gradient written: waiting for the backward
+    /// passes to finish, the reads, the host sums, the process group's reduction and the
+    /// writes.
+    pub ms: f64,
+    /// The part of `ms` inside [`ProcessGroup::all_reduce_sum`].
+    pub group_ms: f64,
+}
+
+/// A model replicated on several devices, each replica trained on its part of the batch;
+/// after each backward, every parameter's gradient is the mean over all replicas (of every
+/// process of the [`ProcessGroup`], if any): what one device computing the mean loss of
+/// the whole batch would get, when the parts are of equal size.
+pub struct DataParallel<M: Module> {
+    gpus: Vec<Gpu>,
+    replicas: Vec<M>,
+    /// Per replica, its parameters in `Module::parameters` order.
+    params: Vec<Vec<Var>>,
+    /// Parameter index ranges, each about `bucket_bytes` of f32 gradient.
+    buckets: Vec<std::ops::Range<usize>>,
+    group: Option<Box<dyn ProcessGroup>>,
+    last_sync: SyncStats,
+}
+
+impl<M: Module> DataParallel<M> {
+    /// One replica per device in `gpus`, built by `build`, then given replica 0's values
+    /// (so replicas start equal whatever `build` does), and, with a process group,
+    /// process 0's ([`DataParallel::with_group`]).
+    ///
+    /// Errors: `InvalidArgument` for no device, a `bucket_bytes` of 0, or replicas whose
+    /// parameters differ in count, shape or dtype; `build`'s errors.
+    pub fn new(gpus: &[Gpu], build: impl Fn(&Gpu) -> Result<M>, opts: &DataParallelOptions) -> Result<Self> {
+        Self::build(gpus, build, opts, None)
+    }
+
+    /// [`DataParallel::new`] across the processes of `group` too: each process holds the
+    /// replicas of its own `gpus` (often one), the gradients are averaged over all of them,
+    /// and process 0's initial values are copied to every replica everywhere.
+    pub fn with_group(
+        gpus: &[Gpu],
+        build: impl Fn(&Gpu) -> Result<M>,
+        opts: &DataParallelOptions,
+        group: Box<dyn ProcessGroup>,
+    ) -> Result<Self> {
+        Self::build(gpus, build, opts, Some(group))
+    }
+
+    fn build(
+        gpus: &[Gpu],
+        build: impl Fn(&Gpu) -> Result<M>,
+        opts: &DataParallelOptions,
+        group: Option<Box<dyn ProcessGroup>>,
+    ) -> Result<Self> {
+        const OP: &str = "DataParallel::new";
+        if gpus.is_empty() || opts.bucket_bytes == 0 {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                msg: format!(
+                    "{} devices and bucket_bytes {}: need at least one of each",
+                    gpus.len(),
+                    opts.bucket_bytes
+                ),
+            });
+        }
+        let replicas: Vec<M> = gpus.iter().map(&build).collect::<Result<_>>()?;
+        let params: Vec<Vec<Var>> =
+            replicas.iter().map(|m| m.parameters().into_iter().map(|(_, p)| p).collect()).collect();
+        for (r, ps) in params.iter().enumerate().skip(1) {
+            let same = ps.len() == params[0].len()
+                && ps.iter().zip(&params[0]).all(|(a, b)| a.shape() == b.shape() && a.dtype() == b.dtype());
+            if !same {
+                return Err(Error::InvalidArgument {
+                    op: OP,
+                    msg: format!("replica {r}'s parameters differ from replica 0's in count, shape or dtype"),
+                });
+            }
+        }
+        let mut buckets = Vec::new();
+        let (mut start, mut bytes) = (0, 0);
+        for (i, p) in params[0].iter().enumerate() {
+            bytes += p.tensor().numel() * 4;
+            if bytes >= opts.bucket_bytes {
+                buckets.push(start..i + 1);
+                (start, bytes) = (i + 1, 0);
+            }
+        }
+        if start < params[0].len() {
+            buckets.push(start..params[0].len());
+        }
+        let dp = Self { gpus: gpus.to_vec(), replicas, params, buckets, group, last_sync: SyncStats::default() };
+        dp.broadcast_values()?;
+        Ok(dp)
+    }
+
+    /// Copies replica 0's parameter values (process 0's, with a group) to every replica.
+    fn broadcast_values(&self) -> Result<()> {
+        for bucket in &self.buckets {
+            let tensors: Vec<&Tensor> = self.params[0][bucket.clone()].iter().map(Var::tensor).collect();
+            let mut values = Tensor::to_vec_f32_all(&tensors)?;
+            if let Some(g) = &self.group {
+                // A sum in which only process 0 contributes is process 0's values.
+                let mut flat: Vec<f32> = values.concat();
+                if g.rank() != 0 {
+                    flat.iter_mut().for_each(|v| *v = 0.0);
+                }
+                g.all_reduce_sum(&mut flat)?;
+                values = split_like(&flat, &values);
+            }
+            let from_other_process = self.group.as_ref().is_some_and(|g| g.rank() != 0);
+            for (r, params) in self.params.iter().enumerate() {
+                if r == 0 && !from_other_process {
+                    continue;
+                }
+                for (p, v) in params[bucket.clone()].iter().zip(&values) {
+                    let t = host_tensor(&self.gpus[r], v, p.shape(), p.dtype())?;
+                    p.tensor().realize()?.write_bytes(&t.to_bytes()?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The devices, one per replica.
+    pub fn gpus(&self) -> &[Gpu] {
+        &self.gpus
+    }
+
+    /// The replicas, one per device.
+    pub fn replicas(&self) -> &[M] {
+        &self.replicas
+    }
+
+    /// Replica `r`'s parameters in `Module::parameters` order (what its optimizer steps).
+    pub fn params(&self, r: usize) -> &[Var] {
+        &self.params[r]
+    }
+
+    /// Runs `f(r, replica)` for every replica in order and collects the results (each
+    /// replica's loss on its part of the batch).
+    pub fn map<T>(&self, mut f: impl FnMut(usize, &M) -> Result<T>) -> Result<Vec<T>> {
+        self.replicas.iter().enumerate().map(|(r, m)| f(r, m)).collect()
+    }
+
+    /// Back-propagates `losses[r]` on replica `r` (each a scalar, the mean loss of its part
+    /// of the batch), then averages every gradient over all replicas
+    /// ([`DataParallel::all_reduce_gradients`]).
+    ///
+    /// Errors: `InvalidArgument` unless there is one loss per replica; the backward's.
+    pub fn backward(&mut self, losses: &[Var]) -> Result<()> {
+        if losses.len() != self.replicas.len() {
+            return Err(Error::InvalidArgument {
+                op: "DataParallel::backward",
+                msg: format!("{} losses for {} replicas", losses.len(), self.replicas.len()),
+            });
+        }
+        for loss in losses {
+            loss.backward()?;
+        }
+        // Every device starts on its backward before the host waits on any.
+        for gpu in &self.gpus {
+            gpu.flush()?;
+        }
+        self.all_reduce_gradients()
+    }
+
+    /// Replaces every parameter's gradient, on every replica, with the mean over all
+    /// replicas (of every process, with a group), bucket by bucket. A parameter without a
+    /// gradient counts as zeros (a replica whose part of the batch did not reach it).
+    pub fn all_reduce_gradients(&mut self) -> Result<()> {
+        let start = Instant::now();
+        let replicas_in_all = self.replicas.len() * self.group.as_ref().map_or(1, |g| g.size());
+        let mut stats = SyncStats { buckets: self.buckets.len(), ..Default::default() };
+        for bucket in &self.buckets {
+            let mut sum: Vec<Vec<f64>> =
+                self.params[0][bucket.clone()].iter().map(|p| vec![0.0; p.tensor().numel()]).collect();
+            for params in &self.params {
+                let grads: Vec<Option<Tensor>> = params[bucket.clone()].iter().map(Var::grad).collect();
+                let present: Vec<&Tensor> = grads.iter().flatten().collect();
+                let mut values = Tensor::to_vec_f32_all(&present)?.into_iter();
+                for (acc, g) in sum.iter_mut().zip(&grads) {
+                    if g.is_some() {
+                        let v = values.next().unwrap_or_default();
+                        acc.iter_mut().zip(&v).for_each(|(a, &x)| *a += x as f64);
+                    }
+                }
+            }
+            let mut flat: Vec<f32> = sum.iter().flatten().map(|&x| x as f32).collect();
+            stats.bytes += flat.len() * 4;
+            if let Some(g) = &self.group {
+                let t = Instant::now();
+                g.all_reduce_sum(&mut flat)?;
+                stats.group_ms += t.elapsed().as_secs_f64() * 1e3;
+            }
+            let scale = 1.0 / replicas_in_all as f32;
+            flat.iter_mut().for_each(|x| *x *= scale);
+            let shapes: Vec<Vec<f32>> = sum.iter().map(|v| vec![0.0; v.len()]).collect();
+            let means = split_like(&flat, &shapes);
+            for (r, params) in self.params.iter().enumerate() {
+                for (p, mean) in params[bucket.clone()].iter().zip(&means) {
+                    p.set_grad(host_tensor(&self.gpus[r], mean, p.shape(), p.dtype())?)?;
+                }
+            }
+        }
+        stats.ms = start.elapsed().as_secs_f64() * 1e3;
+        self.last_sync = stats;
+        Ok(())
+    }
+
+    /// Clears every replica's gradients.
+    pub fn zero_grad(&self) {
+        self.params.iter().flatten().for_each(Var::zero_grad);
+    }
+
+    /// What the last gradient synchronisation did and how long it took.
+    pub fn last_sync(&self) -> &SyncStats {
+        &self.last_sync
+    }
+}
+
+/// y = x·W + b with W `[in, out]` split by columns across devices (tensor parallel): device
+/// k holds the columns `cols[k]` of W and of b, computes its part of y, and the parts are
+/// gathered, through the host, into y on the first device in column order. Each device
+/// holds and multiplies only its share of the weight (its memory and FLOPs divided by the
+/// number of devices); every device reads all of x.
+pub struct ColumnParallelLinear {
+    gpus: Vec<Gpu>,
+    /// Per device: `[in, cols[k].len()]`.
+    weights: Vec<Tensor>,
+    /// Per device: `[cols[k].len()]`.
+    biases: Vec<Option<Tensor>>,
+    cols: Vec<std::ops::Range<usize>>,
+    out_features: usize,
+    dtype: DType,
+}
+
+impl ColumnParallelLinear {
+    /// `linear`'s weight and bias cut into `gpus.len()` column blocks as equal as they can
+    /// be (the first ones one column wider), block k copied to `gpus[k]`.
+    ///
+    /// Errors: `InvalidArgument` for no device or more devices than columns.
+    ///
+    /// ```
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// use wgkernels::nn::Linear;
+    /// use wgkernels::parallel::ColumnParallelLinear;
+    /// let gpus = [Gpu::new()?, Gpu::new()?];
+    /// let linear = Linear::new(&gpus[0], 16, 30, true, 0.1, DType::F32, 0)?;
+    /// let split = ColumnParallelLinear::from_linear(&linear, &gpus)?; // 15 columns each
+    /// let x = Tensor::randn(&gpus[0], &[4, 16], DType::F32, 1)?;
+    /// let y = split.forward(&x)?; // [4, 30] on gpus[0]
+    /// assert_eq!(y.shape(), &[4, 30]);
+    /// # Ok(()) }
+    /// ```
+    pub fn from_linear(linear: &Linear, gpus: &[Gpu]) -> Result<Self> {
+        const OP: &str = "ColumnParallelLinear";
+        let w = linear.weight.tensor();
+        let (inputs, outputs) = (w.shape()[0], w.shape()[1]);
+        if gpus.is_empty() || gpus.len() > outputs {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                msg: format!("{} devices for {outputs} output columns: need 1 to {outputs}", gpus.len()),
+            });
+        }
+        let base = outputs / gpus.len();
+        let wider = outputs % gpus.len();
+        let mut cols = Vec::new();
+        let mut at = 0;
+        for k in 0..gpus.len() {
+            let len = base + usize::from(k < wider);
+            cols.push(at..at + len);
+            at += len;
+        }
+        let dtype = w.dtype();
+        let (mut weights, mut biases) = (Vec::new(), Vec::new());
+        for (gpu, c) in gpus.iter().zip(&cols) {
+            let part = w.narrow(1, c.start, c.len())?.to_vec_f32()?;
+            weights.push(host_tensor(gpu, &part, &[inputs, c.len()], dtype)?);
+            biases.push(match &linear.bias {
+                Some(b) => {
+                    let part = b.tensor().narrow(0, c.start, c.len())?.to_vec_f32()?;
+                    Some(host_tensor(gpu, &part, &[c.len()], dtype)?)
+                }
+                None => None,
+            });
+        }
+        Ok(Self { gpus: gpus.to_vec(), weights, biases, cols, out_features: outputs, dtype })
+    }
+
+    /// The column range each device holds.
+    pub fn columns(&self) -> &[std::ops::Range<usize>] {
+        &self.cols
+    }
+
+    /// `x` `[..., in]` (on any device) → y `[..., out]` on the first device: x copied to
+    /// every device, each part computed there, the parts gathered in column order.
+    ///
+    /// Errors: `ShapeMismatch` when x's last dim is not the weight's `in`; matmul's.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let inputs = self.weights[0].shape()[0];
+        if x.shape().last() != Some(&inputs) {
+            return Err(Error::ShapeMismatch {
+                op: "ColumnParallelLinear",
+                lhs: x.shape().to_vec(),
+                rhs: vec![inputs],
+            });
+        }
+        let rows = x.numel() / inputs;
+        let host = x.to_vec_f32()?;
+        // Every device's part is recorded before any is read back: they compute together.
+        let parts: Vec<Tensor> = self
+            .gpus
+            .iter()
+            .zip(&self.weights)
+            .zip(&self.biases)
+            .map(|((gpu, w), b)| {
+                let xk = host_tensor(gpu, &host, &[rows, inputs], self.dtype)?;
+                let y = xk.matmul(w)?;
+                let y = match b {
+                    Some(b) => y.add(b)?,
+                    None => y,
+                };
+                y.realize().cloned()
+            })
+            .collect::<Result<_>>()?;
+        for gpu in &self.gpus {
+            gpu.flush()?;
+        }
+        let mut out = vec![0.0f32; rows * self.out_features];
+        for (part, c) in parts.iter().zip(&self.cols) {
+            let values = part.to_vec_f32()?;
+            for (r, row) in values.chunks(c.len()).enumerate() {
+                out[r * self.out_features + c.start..r * self.out_features + c.end].copy_from_slice(row);
+            }
+        }
+        let mut shape = x.shape().to_vec();
+        *shape.last_mut().unwrap_or(&mut 0) = self.out_features;
+        host_tensor(&self.gpus[0], &out, &shape, self.dtype)
+    }
+}
+
+/// `values` (f32, row-major) as a tensor of `shape` and `dtype` on `gpu` (rounded once
+/// where 16-bit).
+fn host_tensor(gpu: &Gpu, values: &[f32], shape: &[usize], dtype: DType) -> Result<Tensor> {
+    Tensor::from_f32(gpu, values, shape, dtype)
+}
+
+/// `flat` cut into pieces of the lengths of `like`'s.
+fn split_like(flat: &[f32], like: &[Vec<f32>]) -> Vec<Vec<f32>> {
+    let mut at = 0;
+    like.iter()
+        .map(|v| {
+            let piece = flat[at..at + v.len()].to_vec();
+            at += v.len();
+            piece
+        })
+        .collect()
+}
