@@ -256,7 +256,8 @@ impl<M: Module> DataParallel<M> {
         let replicas_in_all = self.replicas.len() * self.group.as_ref().map_or(1, |g| g.size());
         let mut stats = SyncStats { buckets: self.buckets.len(), ..Default::default() };
         for bucket in &self.buckets {
-            let mut sum: Vec<Vec<f64>> =
+            // Summed in f32 in replica order, the same order on every process.
+            let mut sum: Vec<Vec<f32>> =
                 self.params[0][bucket.clone()].iter().map(|p| vec![0.0; p.tensor().numel()]).collect();
             for params in &self.params {
                 let grads: Vec<Option<Tensor>> = params[bucket.clone()].iter().map(Var::grad).collect();
@@ -265,11 +266,11 @@ impl<M: Module> DataParallel<M> {
                 for (acc, g) in sum.iter_mut().zip(&grads) {
                     if g.is_some() {
                         let v = values.next().unwrap_or_default();
-                        acc.iter_mut().zip(&v).for_each(|(a, &x)| *a += x as f64);
+                        acc.iter_mut().zip(&v).for_each(|(a, &x)| *a += x);
                     }
                 }
             }
-            let mut flat: Vec<f32> = sum.iter().flatten().map(|&x| x as f32).collect();
+            let mut flat: Vec<f32> = sum.concat();
             stats.bytes += flat.len() * 4;
             if let Some(g) = &self.group {
                 let t = Instant::now();
@@ -278,8 +279,7 @@ impl<M: Module> DataParallel<M> {
             }
             let scale = 1.0 / replicas_in_all as f32;
             flat.iter_mut().for_each(|x| *x *= scale);
-            let shapes: Vec<Vec<f32>> = sum.iter().map(|v| vec![0.0; v.len()]).collect();
-            let means = split_like(&flat, &shapes);
+            let means = split_like(&flat, &sum);
             for (r, params) in self.params.iter().enumerate() {
                 for (p, mean) in params[bucket.clone()].iter().zip(&means) {
                     p.set_grad(host_tensor(&self.gpus[r], mean, p.shape(), p.dtype())?)?;
