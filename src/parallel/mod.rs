@@ -254,6 +254,12 @@ impl<M: Module> DataParallel<M> {
     pub fn all_reduce_gradients(&mut self) -> Result<()> {
         let start = Instant::now();
         let replicas_in_all = self.replicas.len() * self.group.as_ref().map_or(1, |g| g.size());
+        if replicas_in_all == 1 {
+            // The mean of one: the gradients stay where they are (a one-device baseline
+            // pays nothing for the wrapper).
+            self.last_sync = SyncStats::default();
+            return Ok(());
+        }
         let mut stats = SyncStats { buckets: self.buckets.len(), ..Default::default() };
         for bucket in &self.buckets {
             // Summed in f32 in replica order, the same order on every process.
