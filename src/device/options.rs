@@ -38,7 +38,7 @@ pub struct GpuOptions {
     /// Let 16-bit stores use the adapter's own f32 → f16 conversion (one instruction instead
     /// of ~18 integer operations per element) where the device has `SHADER_F16` and a probe
     /// shows that conversion rounding to nearest even, as the library's own routine does
-    /// (`WGK_NATIVE_F16=0` keeps the library's routine everywhere). See [`Gpu::native_f16`].
+    /// (`WGK_NATIVE_F16=0` keeps the library's routine everywhere). See [`Gpu::native_f16`](crate::Gpu::native_f16).
     pub native_f16: bool,
     /// Units per invocation of the kernels the fusion JIT generates: 1, 2, 4 or 8
     /// (`WGK_FUSED_UNROLL`), for both paths; 0 (auto) picks per path from the H200's

@@ -51,7 +51,7 @@ pub use self::mpi::MpiGroup;
 
 /// Processes that train together, each holding replicas of its own: what data parallelism
 /// needs of them is a sum of equal-length f32 buffers across all of them, in place.
-/// [`MpiGroup`] (feature `mpi`) is the one over MPI.
+/// `MpiGroup` (feature `mpi`) is the one over MPI.
 pub trait ProcessGroup {
     /// This process's index, 0..size.
     fn rank(&self) -> usize;
