@@ -321,7 +321,22 @@ fn norm_backward_matches_reference() {
                     } else if path == NormGrads::Auto {
                         x.layer_norm_backward(Some(&w), &dy, eps).unwrap()
                     } else {
-                        norm_backward_with(op, &x, Some(&w), &dy, eps, rms, path).unwrap()
+                        match norm_backward_with(op, &x, Some(&w), &dy, eps, rms, path) {
+                            Ok(g) => g,
+                            // The one pass holds a row in one workgroup's registers: 256
+                            // invocations' worth, or 64's on a CPU adapter without subgroups.
+                            Err(e) if matches!(path, NormGrads::InPass(_)) => {
+                                let msg = e.to_string();
+                                let at_most: usize = msg
+                                    .split("at most ")
+                                    .nth(1)
+                                    .and_then(|t| t.trim_end_matches(')').parse().ok())
+                                    .unwrap_or_else(|| panic!("{what}: {msg}"));
+                                assert!(at_most < n && at_most >= 1024, "{what}: {msg}");
+                                continue;
+                            }
+                            Err(e) => panic!("{what}: {e}"),
+                        }
                     };
                     assert_eq!(g.dbias.is_some(), !rms, "{what}: dbias for LayerNorm only");
                     let (dx, dw, db) = (g.dx, g.dweight, g.dbias);

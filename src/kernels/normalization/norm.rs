@@ -172,14 +172,27 @@ const SG_INIT: &str = "sg_id = sgid;\n    sg_count = nsg;\n    sg_size = sgsize;
 struct Caps {
     subgroup: bool,
     native_f16: bool,
+    /// 64 invocations per row instead of 256 (flag WG64): CPU adapters without subgroups.
+    wg64: bool,
 }
 
 /// Neither: param_grads stores f32 partial sums and reduces nothing across invocations.
-const PLAIN: Caps = Caps { subgroup: false, native_f16: false };
+const PLAIN: Caps = Caps { subgroup: false, native_f16: false, wg64: false };
 
 impl Caps {
     fn of(gpu: &crate::Gpu) -> Self {
-        Caps { subgroup: gpu.has(wgpu::Features::SUBGROUP), native_f16: gpu.native_f16() }
+        let subgroup = gpu.has(wgpu::Features::SUBGROUP);
+        let cpu = gpu.info().device_type == wgpu::DeviceType::Cpu;
+        Caps { subgroup, native_f16: gpu.native_f16(), wg64: cpu && !subgroup }
+    }
+
+    /// Invocations per row of the workgroup-row entries built with these caps.
+    fn row_wg(self) -> usize {
+        if self.wg64 {
+            64
+        } else {
+            WG
+        }
     }
 }
 
@@ -187,6 +200,7 @@ impl Caps {
 /// or the workgroup-memory one, and the f16 rounding of the stores.
 fn with_caps(k: Kernel, caps: Caps) -> Kernel {
     let k = if caps.native_f16 { k.flag("NATIVE_F16") } else { k };
+    let k = if caps.wg64 { k.flag("WG64") } else { k };
     if caps.subgroup {
         k.flag("SUBGROUP").sub("SG_ARGS", SG_ARGS).sub("SG_INIT", SG_INIT)
     } else {
@@ -197,9 +211,10 @@ fn with_caps(k: Kernel, caps: Caps) -> Kernel {
 /// The kernel class for a row of `n` elements, after checking a forced one.
 fn choose(op: &'static str, gpu: &crate::Gpu, forced: RowKernel, n: usize, unit: u32) -> Result<RowKernel> {
     let has_sg = gpu.has(wgpu::Features::SUBGROUP);
+    let wg = Caps::of(gpu).row_wg();
     match forced {
         RowKernel::Auto if has_sg && n <= SG_ROWS_MAX => Ok(RowKernel::Subgroup),
-        RowKernel::Auto => Ok(RowKernel::Workgroup(auto_vpt(n, unit))),
+        RowKernel::Auto => Ok(RowKernel::Workgroup(auto_vpt(n, unit, wg))),
         RowKernel::Subgroup if !has_sg => {
             Err(Error::MissingFeature { op, feature: "SUBGROUP", hint: "use RowKernel::Workgroup or Auto" })
         }
@@ -211,13 +226,13 @@ fn choose(op: &'static str, gpu: &crate::Gpu, forced: RowKernel, n: usize, unit:
 }
 
 /// Validates a forced register class for the kernels that have only the workgroup form.
-fn workgroup_vpt(op: &'static str, vpt: Option<u32>, n: usize, unit: u32) -> Result<u32> {
+fn workgroup_vpt(op: &'static str, vpt: Option<u32>, n: usize, unit: u32, wg: usize) -> Result<u32> {
     match vpt {
         Some(v) if !VPT_CLASSES.contains(&v) => {
             Err(Error::InvalidArgument { op, msg: format!("vpt {v} is not one of {VPT_CLASSES:?}") })
         }
         Some(v) => Ok(v),
-        None => Ok(auto_vpt(n, unit)),
+        None => Ok(auto_vpt(n, unit, wg)),
     }
 }
 
@@ -334,10 +349,10 @@ fn dispatch_rows(
 /// The smallest register class that holds the row, or the largest (then the row streams).
 /// Units of 4 stop at 8 per invocation (32 floats, as 16 pairs): the backward keeps two
 /// such caches, and more would cost occupancy.
-fn auto_vpt(n: usize, unit: u32) -> u32 {
+fn auto_vpt(n: usize, unit: u32, wg: usize) -> u32 {
     let units = n.div_ceil(unit as usize);
     let max = if unit == 4 { 8 } else { 16 };
-    VPT_CLASSES.into_iter().filter(|&v| v <= max).find(|&v| units <= WG * v as usize).unwrap_or(max)
+    VPT_CLASSES.into_iter().filter(|&v| v <= max).find(|&v| units <= wg * v as usize).unwrap_or(max)
 }
 
 /// Options of [`Tensor::softmax_with`].
@@ -487,11 +502,12 @@ fn norm_kernel(
 /// subgroup reductions (and the subgroup-per-row entries) and with workgroup-memory ones.
 pub fn all_kernels() -> Vec<Kernel> {
     let mut all = Vec::new();
-    for sg in [false, true] {
+    // Without subgroups: 256 invocations per row (GPUs) and 64 (CPU adapters, WG64).
+    for (sg, wg64) in [(false, false), (false, true), (true, false)] {
         for d in DType::ALL {
             // f16 stores through the adapter's rounding with subgroups, the library's without:
             // both store paths, without doubling the list.
-            let caps = Caps { subgroup: sg, native_f16: sg && d == DType::F16 };
+            let caps = Caps { subgroup: sg, native_f16: sg && d == DType::F16, wg64 };
             for unit in [1u32, 2, 4] {
                 let out = if unit == 1 { DType::F32 } else { d };
                 all.extend(row_kernels(d, caps, unit, out));
@@ -688,7 +704,7 @@ impl Tensor {
         let (entry, vpt) = match class {
             RowKernel::Subgroup => ("softmax_sg_rows", 1),
             RowKernel::Workgroup(v) => ("softmax", v),
-            RowKernel::Auto => ("softmax", auto_vpt(r.n, r.unit)),
+            RowKernel::Auto => ("softmax", auto_vpt(r.n, r.unit, Caps::of(self.gpu()).row_wg())),
         };
         let gpu = self.gpu();
         let out = Tensor::empty(gpu, op, &[r.rows, r.n], r.out_dtype)?;
@@ -757,7 +773,8 @@ impl Tensor {
         let gpu = self.gpu();
         let out = Tensor::empty(gpu, OP, &[r.rows, r.n], r.out_dtype)?;
         let params = gpu.params_buffer(&SoftmaxParams::rows(r.rows, r.n, dyc.offset()));
-        let (vpt, caps) = (auto_vpt(r.n, r.unit), Caps::of(gpu));
+        let caps = Caps::of(gpu);
+        let vpt = auto_vpt(r.n, r.unit, caps.row_wg());
         let k = softmax_kernel(
             "softmax_backward",
             r.x.dtype(),
@@ -807,7 +824,7 @@ impl Tensor {
     pub fn cross_entropy_with(&self, targets: &[u32], vpt: Option<u32>) -> Result<(Tensor, Tensor)> {
         const OP: &str = "cross_entropy";
         let (r, odd) = softmax_rows(OP, self)?;
-        let vpt = workgroup_vpt(OP, vpt, r.n, r.unit)?;
+        let vpt = workgroup_vpt(OP, vpt, r.n, r.unit, Caps::of(self.gpu()).row_wg())?;
         if targets.len() != r.rows {
             return Err(Error::ShapeMismatch { op: OP, lhs: self.shape().to_vec(), rhs: vec![targets.len()] });
         }
@@ -946,7 +963,7 @@ pub fn norm_forward(
     // A bad forced class is refused here, before `prologue` below may realise pending
     // inputs (`choose` checks it again once the unit is known).
     if let RowKernel::Workgroup(v) = kernel {
-        workgroup_vpt(op, Some(v), r.n, r.unit)?;
+        workgroup_vpt(op, Some(v), r.n, r.unit, WG)?;
     }
     let w = param(op, weight, r.n)?;
     let b = param(op, bias, r.n)?;
@@ -970,7 +987,7 @@ pub fn norm_forward(
     let (entry, vpt) = match class {
         RowKernel::Subgroup => ("forward_sg_rows", 1),
         RowKernel::Workgroup(v) => ("forward", v),
-        RowKernel::Auto => ("forward", auto_vpt(r.n, unit)),
+        RowKernel::Auto => ("forward", auto_vpt(r.n, unit, Caps::of(gpu).row_wg())),
     };
     let k = norm_kernel(
         entry,
@@ -1160,9 +1177,10 @@ pub fn norm_backward_with(
     // unless the one pass is forced.
     let sg_rows =
         x.gpu().has(wgpu::Features::SUBGROUP) && r.n <= SG_BACKWARD_ROWS_MAX && !matches!(grads, NormGrads::InPass(_));
-    let vpt = if sg_rows { 1 } else { auto_vpt(r.n, r.unit) };
+    let wg = Caps::of(x.gpu()).row_wg();
+    let vpt = if sg_rows { 1 } else { auto_vpt(r.n, r.unit, wg) };
     let grads = if sg_rows { NormGrads::Separate } else { grads };
-    let per_group = in_pass_rows_for(op, &r, vpt, w.is_some(), grads)?;
+    let per_group = in_pass_rows_for(op, &r, vpt, w.is_some(), grads, wg)?;
     let chunk_rows = per_group.map_or(ROWS_PER_CHUNK, |p| p as usize);
     let chunks = r.rows.div_ceil(chunk_rows);
     // param_grads puts the chunks on the grid's second dimension.
@@ -1241,9 +1259,16 @@ pub fn norm_backward_with(
 /// Rows per workgroup of the one-pass backward (dx, dw and db together), or None for the
 /// separate param_grads pass: none without a weight; Auto takes the one pass where a row
 /// fits one workgroup's registers; InPass is refused where it does not.
-fn in_pass_rows_for(op: &'static str, r: &Rows, vpt: u32, has_weight: bool, grads: NormGrads) -> Result<Option<u32>> {
+fn in_pass_rows_for(
+    op: &'static str,
+    r: &Rows,
+    vpt: u32,
+    has_weight: bool,
+    grads: NormGrads,
+    wg: usize,
+) -> Result<Option<u32>> {
     let lanes = if r.unit == 4 { 4 } else { 2 };
-    let fits = r.n.div_ceil(r.unit as usize) <= WG * vpt as usize;
+    let fits = r.n.div_ceil(r.unit as usize) <= wg * vpt as usize;
     Ok(match grads {
         _ if !has_weight => None,
         NormGrads::Auto if fits && vpt * lanes <= 16 => Some(in_pass_rows(r.rows)),
@@ -1254,7 +1279,7 @@ fn in_pass_rows_for(op: &'static str, r: &Rows, vpt: u32, has_weight: bool, grad
                 msg: format!(
                     "rows of {} elements do not fit one pass (at most {})",
                     r.n,
-                    WG * vpt as usize * r.unit as usize
+                    wg * vpt as usize * r.unit as usize
                 ),
             })
         }

@@ -37,19 +37,6 @@ async fn report() -> Result<Value> {
     }))
 }
 
-/// Seeded values in [-2, 2) (xorshift), never all zero.
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-        })
-        .collect()
-}
-
 /// The chain the demo times: gelu(x·a + b)·c + x — one generated kernel fused, five
 /// kernels unfused. Bytes moved fused: 4 inputs read, 1 output written, f32.
 fn chain(x: &Tensor, a: &Tensor, b: &Tensor, c: &Tensor) -> Result<Tensor> {
@@ -65,7 +52,7 @@ async fn fusion_gains(gpu: &Gpu) -> Result<Value> {
     let mut rows = Vec::new();
     for log2 in (12..=20).step_by(2) {
         let n = 1usize << log2;
-        let t = |seed| Tensor::from_slice(gpu, &values(n, seed), &[n]);
+        let t = |seed| Tensor::randn(gpu, &[n], DType::F32, seed);
         let (x, a, b, c) = (t(1)?, t(2)?, t(3)?, t(4)?);
         let reps = 5;
         let mut ms = [0.0; 2];
@@ -100,8 +87,11 @@ async fn fusion_gains(gpu: &Gpu) -> Result<Value> {
 /// |got − want| ≤ 1e-5 + 1e-5·|want| everywhere.
 async fn fusion_check(gpu: &Gpu) -> Result<Value> {
     let n = 10_007;
-    let host: Vec<Vec<f32>> = (1..=4).map(|seed| values(n, 100 + seed)).collect();
-    let t: Vec<Tensor> = host.iter().map(|v| Tensor::from_slice(gpu, v, &[n])).collect::<Result<_>>()?;
+    let t: Vec<Tensor> = (1..=4).map(|seed| Tensor::randn(gpu, &[n], DType::F32, 100 + seed)).collect::<Result<_>>()?;
+    let mut host = Vec::new();
+    for x in &t {
+        host.push(x.to_vec_f32_async().await?);
+    }
     let want: Vec<f64> = (0..n)
         .map(|i| {
             let [x, a, b, c] = [0, 1, 2, 3].map(|k| host[k][i] as f64);
