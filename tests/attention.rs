@@ -1000,3 +1000,64 @@ fn backward_with_a_bias_and_bf16_storage() {
         }
     }
 }
+
+/// The FMA backward's dQ added by f32 atomics in the dK/dV pass (where the adapter has
+/// SHADER_FLOAT32_ATOMIC; the default there) against its separate dQ pass: the same
+/// gradients to f32 rounding of the sums' order, one dispatch fewer. Both are checked
+/// against f64 by `backward_matches_f64_gradients` on the adapter's default.
+#[test]
+fn backward_dq_by_atomics_matches_the_separate_pass() {
+    let gpu = gpu();
+    let has = gpu.has(wgpu::Features::SHADER_FLOAT32_ATOMIC);
+    for (c, layout) in [
+        (Case::new(150, 70, 40, true), AttentionLayout::Bhsd),
+        (Case::new(7, 50, 64, true).gqa(4, 2).batch(2), AttentionLayout::Bhsd),
+        (Case::new(33, 20, 32, false).gqa(6, 2), AttentionLayout::Bshd),
+        (Case::new(129, 129, 128, false), AttentionLayout::Bhsd),
+    ] {
+        let x = inputs(&c, layout, DType::F32, 300 + c.s_q as u64);
+        let dout_v: Vec<f32> = random_vec(c.b * c.h * c.s_q * c.d, 78);
+        let dout = tensor_in(&dout_v, c.b, c.h, c.s_q, c.d, layout, DType::F32);
+        let base = AttentionOptions { causal: c.causal, layout, path: AttentionPath::Flash, ..Default::default() };
+        let (out, lse) = attention_forward(&x.tq, &x.tk, &x.tv, &base).unwrap();
+        let saved = AttentionSaved { q: &x.tq, k: &x.tk, v: &x.tv, out: &out, lse: &lse };
+        // The kernels each way ran, by name (the profiler's timestamps).
+        let run = |atomic: Option<bool>| {
+            let opts = AttentionOptions { atomic_dq: atomic, ..base };
+            let profiler = wgkernels::Profiler::start(&gpu).unwrap();
+            let g = attention_backward(&saved, &dout, &opts).and_then(|g| {
+                g.0.realize()?;
+                Ok(g)
+            });
+            let names: Vec<String> = profiler.finish().unwrap().by_kernel().into_iter().map(|(k, _, _)| k).collect();
+            (g, names)
+        };
+        let (separate, separate_kernels) = run(Some(false));
+        let (dq, dk, dv) = separate.unwrap();
+        let (atomic, atomic_kernels) = run(Some(true));
+        if !has {
+            let err = atomic.unwrap_err().to_string();
+            assert!(err.contains("SHADER_FLOAT32_ATOMIC"), "{err}");
+            skipped(
+                "backward_dq_by_atomics",
+                &format!("{} has no f32 atomics: the separate pass ran", gpu.info().name),
+            );
+            return;
+        }
+        let (adq, adk, adv) = atomic.unwrap();
+        let ran = |names: &[String], entry: &str| names.iter().any(|n| n.contains(entry));
+        assert!(ran(&separate_kernels, "attention_bwd_dq"), "{separate_kernels:?}");
+        assert!(!ran(&atomic_kernels, "attention_bwd_dq"), "{c:?}: the dq pass ran: {atomic_kernels:?}");
+        assert!(ran(&atomic_kernels, "attention_bwd_dkdv"), "{atomic_kernels:?}");
+        for (name, a, s) in [("dq", &adq, &dq), ("dk", &adk, &dk), ("dv", &adv, &dv)] {
+            let want: Vec<f64> = values_bhsd(s, layout).iter().map(|&v| v as f64).collect();
+            assert_close(
+                &format!("{name} {c:?} {layout:?}, atomic vs separate"),
+                &values_bhsd(a, layout),
+                &want,
+                1e-6,
+                1e-5,
+            );
+        }
+    }
+}

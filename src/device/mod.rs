@@ -546,6 +546,7 @@ fn wanted_features() -> wgpu::Features {
         | wgpu::Features::SUBGROUP_BARRIER
         | wgpu::Features::TIMESTAMP_QUERY
         | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX
+        | wgpu::Features::SHADER_FLOAT32_ATOMIC
 }
 
 impl Gpu {

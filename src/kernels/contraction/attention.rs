@@ -180,6 +180,12 @@ pub struct AttentionOptions<'a> {
     /// [`flash_tilings`], else an error): the forward takes both fields, the backward the
     /// head-dim chunk. `None`: [`FlashTiling::preferred`].
     pub flash_tiling: Option<FlashTiling>,
+    /// How the FMA-unit backward computes dQ. `None`: in the dK/dV pass, added into an f32
+    /// buffer with `atomicAdd` where the adapter has `SHADER_FLOAT32_ATOMIC` (one pass over
+    /// the keys and queries instead of two), else the separate dQ pass. `Some(true)` asks for
+    /// the atomic pass (an error without the feature), `Some(false)` for the separate one.
+    /// The tensor-core backward always runs its two passes.
+    pub atomic_dq: Option<bool>,
 }
 
 /// The sizes of one attention call, checked.
@@ -611,7 +617,26 @@ pub fn attention_backward(
     let mut params = base_params(&dims, opts, &q, &k, &v, bias.as_ref().map(|x| &x.1));
     params.views[VIEW_DO] = view_of(&dout, opts.layout);
     let meta = gpu.params_buffer(&params);
-    let dq = Tensor::empty(gpu, OP, &[b, h, s_q, d], DType::F32)?;
+    // The FMA kernels' dQ by atomic adds in the dK/dV pass (into zeros), or its own pass.
+    let has_atomics = gpu.has(wgpu::Features::SHADER_FLOAT32_ATOMIC);
+    let atomic_dq = tiling.is_none()
+        && match opts.atomic_dq {
+            None => has_atomics,
+            Some(false) => false,
+            Some(true) if has_atomics => true,
+            Some(true) => {
+                return Err(Error::MissingFeature {
+                    op: OP,
+                    feature: "SHADER_FLOAT32_ATOMIC",
+                    hint: "atomic_dq: Some(true) needs f32 atomics; None takes them where the adapter has them",
+                })
+            }
+        };
+    let dq = if atomic_dq {
+        Tensor::zeros(gpu, &[b, h, s_q, d], DType::F32)?.realize()?.clone()
+    } else {
+        Tensor::empty(gpu, OP, &[b, h, s_q, d], DType::F32)?
+    };
     let dk = Tensor::empty(gpu, OP, &[b, h_kv, s_k, d], DType::F32)?;
     let dv = Tensor::empty(gpu, OP, &[b, h_kv, s_k, d], DType::F32)?;
     // Unchecked is safe by the forward's argument; the f32 outputs are contiguous
@@ -639,8 +664,8 @@ pub fn attention_backward(
             16 * t.subgroups,
         ),
         None => (
-            bwd_kernel("attention_bwd_dkdv", q.dtype(), bias_dtype, d, flash_chunk),
-            bwd_kernel("attention_bwd_dq", q.dtype(), bias_dtype, d, flash_chunk),
+            bwd_kernel("attention_bwd_dkdv", q.dtype(), bias_dtype, d, flash_chunk, atomic_dq),
+            bwd_kernel("attention_bwd_dq", q.dtype(), bias_dtype, d, flash_chunk, false),
             BWD_ROWS,
         ),
     };
@@ -654,10 +679,16 @@ pub fn attention_backward(
     }
     let mut bind = common.clone();
     bind.extend([(8, dk.storage()?.buffer()), (9, dv.storage()?.buffer())]);
+    if atomic_dq {
+        // Adds into dq at ((b·H + h)·S_q + s)·D + d with s < S_q, d < D: in range.
+        bind.push((11, dq.storage()?.buffer()));
+    }
     gpu.dispatch_3d(&dkdv, &bind, [s_k.div_ceil(rows) as u32, h_kv as u32, b as u32])?;
-    let mut bind = common;
-    bind.push((8, dq.storage()?.buffer()));
-    gpu.dispatch_3d(&dq_kernel, &bind, [s_q.div_ceil(rows) as u32, h as u32, b as u32])?;
+    if !atomic_dq {
+        let mut bind = common;
+        bind.push((8, dq.storage()?.buffer()));
+        gpu.dispatch_3d(&dq_kernel, &bind, [s_q.div_ceil(rows) as u32, h as u32, b as u32])?;
+    }
     let finish = |t: Tensor| -> Result<Tensor> {
         let t = match opts.layout {
             AttentionLayout::Bhsd => t,
@@ -997,7 +1028,14 @@ fn fwd_kernel(dtype: DType, bias: Option<DType>, d: usize, t: FlashTiling) -> Ke
     k
 }
 
-fn bwd_kernel(entry: &'static str, dtype: DType, bias: Option<DType>, d: usize, head_chunk: usize) -> Kernel {
+fn bwd_kernel(
+    entry: &'static str,
+    dtype: DType,
+    bias: Option<DType>,
+    d: usize,
+    head_chunk: usize,
+    atomic_dq: bool,
+) -> Kernel {
     // As the forward: output columns in blocks of 64, the products in head-dim chunks of C,
     // streamed rows for the outputs in chunks that fill the staging array (2·64·C floats).
     let dp = d.next_multiple_of(64);
@@ -1013,6 +1051,9 @@ fn bwd_kernel(entry: &'static str, dtype: DType, bias: Option<DType>, d: usize, 
         .trusted();
     if entry == "attention_bwd_dkdv" {
         k = k.flag("DKDV");
+        if atomic_dq {
+            k = k.flag("ATOMIC_DQ");
+        }
     }
     k = match bias {
         Some(bd) => k.flag("BIAS").sub("LOAD_BIAS", wgsl_load("bias", bd)),
@@ -1782,8 +1823,10 @@ pub fn all_kernels() -> Vec<Kernel> {
             }
             for d in [16, 32, 48, 64, 80, 96, 112, 128] {
                 for chunk in [16, 32] {
-                    all.push(bwd_kernel("attention_bwd_dkdv", dtype, bias, d, chunk));
-                    all.push(bwd_kernel("attention_bwd_dq", dtype, bias, d, chunk));
+                    for atomic_dq in [false, true] {
+                        all.push(bwd_kernel("attention_bwd_dkdv", dtype, bias, d, chunk, atomic_dq));
+                    }
+                    all.push(bwd_kernel("attention_bwd_dq", dtype, bias, d, chunk, false));
                 }
             }
         }

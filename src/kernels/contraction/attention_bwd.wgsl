@@ -4,8 +4,11 @@
 // never stored whole. With δ_i = Σ_d dO_i·O_i (computed before, by the tensor ops):
 //   dV_j = Σ_i P_ij dO_i,   dS_ij = P_ij (dO_i·V_j − δ_i),
 //   dK_j = scale Σ_i dS_ij Q_i,   dQ_i = scale Σ_j dS_ij K_j.
-// WGSL has no float atomics, so instead of FA2's atomic dQ there are two entry points,
-// each owning what it writes:
+// Where the adapter has f32 atomics (SHADER_FLOAT32_ATOMIC, flag ATOMIC_DQ), dkdv also adds
+// each tile's dQ contribution into a zeroed f32 dQ with atomicAdd, as FA2 does: one pass
+// over the key and query tiles instead of two (dq's S and dP are not recomputed), for
+// S_k / 64 atomic adds per dQ element. Elsewhere (core WGSL has no float atomics) there are
+// two entry points, each owning what it writes:
 // - attention_bwd_dkdv: a workgroup per 64 "fixed" keys (kv head, batch); query tiles of 64
 //   (every query head sharing the kv head: grouped-query attention) stream through.
 // - attention_bwd_dq: a workgroup per 64 fixed queries (head, batch); key tiles stream.
@@ -30,7 +33,8 @@
 // 25.5 KiB at DC 16, 34 KiB at DC 32, at every head dim.
 //
 // Placeholders: DC, DP (head dim padded to a multiple of 64), DS (padded to DC), VC
-// (streamed rows per output chunk), LOAD_Q/K/V/DO/BIAS. Flags: BIAS, DKDV (which entry).
+// (streamed rows per output chunk), LOAD_Q/K/V/DO/BIAS. Flags: BIAS, DKDV (which entry),
+// ATOMIC_DQ (dkdv adds dQ too).
 
 // Fixed rows per workgroup, streamed rows per tile.
 const FR: u32 = 64u;
@@ -61,6 +65,10 @@ const ST: u32 = 17u;
 @group(0) @binding(8) var<storage, read_write> out_a: array<f32>;
 // dV (dkdv)
 @group(0) @binding(9) var<storage, read_write> out_b: array<f32>;
+//#if ATOMIC_DQ
+// dQ, zeroed by the host, contiguous [B, H, S_q, D]: every dkdv workgroup adds into it.
+@group(0) @binding(11) var<storage, read_write> dq_sum: array<atomic<f32>>;
+//#endif
 
 // Products: the fixed rows' chunk [DC][ST] then the streamed rows' [DC][ST] (vec4 of 4
 // rows); outputs: a chunk of streamed rows [VC][DP / 4].
@@ -289,6 +297,43 @@ fn store_rows(acc: ptr<function, array<vec4<f32>, 4u * CB>>, to_b: bool, out0: u
     }
 }
 
+//#if ATOMIC_DQ
+// dQ_i += scale Σ_j dS_ij K_j for queries q0.. of head h over the dkdv workgroup's keys j0..
+// (dS as dkdv holds it: ds[i][c] for key 4ty + i, query 4tx + c): dS into W transposed,
+// [query 4tx + c][keys 4ty..4ty+3], then K's rows j0.. stream through `accumulate` with this
+// tile's queries as the accumulator's rows, added into dq_sum.
+fn add_dq(ds: array<vec4<f32>, 4>, b: u32, h: u32, kv_h: u32, q0: u32, j0: u32, lid: u32) {
+    let ty = lid / 16u;
+    let tx = lid % 16u;
+    let S_q = params.s_q;
+    let D = params.d;
+    // Every invocation has read dS from W (dK's accumulate).
+    workgroupBarrier();
+    for (var c = 0u; c < 4u; c++) {
+        w_tile[(4u * tx + c) * ST + ty] = vec4<f32>(ds[0][c], ds[1][c], ds[2][c], ds[3][c]);
+    }
+    var dq_tile: array<vec4<f32>, 4u * CB>;
+    accumulate(&dq_tile, VIEW_K, b, kv_h, j0, params.s_k, lid);
+    let dq0 = (b * params.h + h) * S_q * D;
+    for (var i = 0u; i < 4u; i++) {
+        let r = q0 + 4u * ty + i;
+        for (var j = 0u; j < CB; j++) {
+            let c = 4u * tx + 64u * j;
+            if (r < S_q && c < D) {
+                let x = dq_tile[i * CB + j] * params.scale;
+                let at = dq0 + r * D + c;
+                atomicAdd(&dq_sum[at], x.x);
+                atomicAdd(&dq_sum[at + 1u], x.y);
+                atomicAdd(&dq_sum[at + 2u], x.z);
+                atomicAdd(&dq_sum[at + 3u], x.w);
+            }
+        }
+    }
+}
+//#else
+fn add_dq(ds: array<vec4<f32>, 4>, b: u32, h: u32, kv_h: u32, q0: u32, j0: u32, lid: u32) {}
+//#endif
+
 //#if DKDV
 @compute @workgroup_size(256)
 fn attention_bwd_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -338,6 +383,7 @@ fn attention_bwd_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invo
                 w_tile[(4u * ty + i) * ST + tx] = ds[i];
             }
             accumulate(&dk, VIEW_Q, b, h, q0, S_q, lid);
+            add_dq(ds, b, h, kv_h, q0, j0, lid);
         }
     }
     let out0 = (b * H_kv + kv_h) * S_k * params.d;
