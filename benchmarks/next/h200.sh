@@ -9,6 +9,9 @@ R=$OUT/r; mkdir -p $R/prof
 g=$1
 if [ "$g" = 1 ]; then
 timeout 100 bash run.sh matmul_test --test-threads 1 bf16_matmul sixteen_bit high_precision > $R/matmul_test.txt 2>&1; echo "== matmul tests rc=$?"; grep -E "test result|FAILED|panicked|SKIPPED" $R/matmul_test.txt | head -8
+# tests/attention.rs (binary attention_test): the device now requests SHADER_FLOAT32_ATOMIC,
+# and the FMA backward's atomic dQ pass runs where it is forced (path Flash).
+timeout 120 bash run.sh attention_test --test-threads 1 > $R/attention_test.txt 2>&1; echo "== attention tests rc=$?"; grep -E "test result|FAILED|panicked" $R/attention_test.txt | head -4
 timeout 170 bash run.sh python3 torch_gpt2.py --only block,train > $R/torch_gpt2.json 2> $R/torch_gpt2.err; echo "== torch rc=$?"
 timeout 130 bash run.sh kernels --log-tuning --only "gpt2 block f32,gpt2 train f32" --gpt2-profile $R/prof --reference $R/torch_gpt2.json --json $R/f32.json --md $R/f32.md > $R/f32.txt 2>&1; echo "== f32 rc=$?"
 timeout 130 bash run.sh kernels --log-tuning --only "gpt2 block bf16,gpt2 train bf16,gpt2 train f16" --gpt2-profile $R/prof --reference $R/torch_gpt2.json --json $R/mixed.json --md $R/mixed.md > $R/mixed.txt 2>&1; echo "== mixed rc=$?"

@@ -4,8 +4,9 @@
 // δ_i = Σ_d dO_i·O_i (computed before, by the tensor ops):
 //   dV_j = Σ_i P_ij dO_i,   dS_ij = P_ij (dO_i·V_j − δ_i),
 //   dK_j = scale Σ_i dS_ij Q_i,   dQ_i = scale Σ_j dS_ij K_j.
-// WGSL has no float atomics, so there are two entry points (flag DKDV picks one), each
-// owning what it writes, as in shaders/attention_bwd.wgsl:
+// Two entry points (flag DKDV picks one), each owning what it writes. (The FMA kernels of
+// shaders/attention_bwd.wgsl add dQ by f32 atomics in their dK/dV pass where the adapter has
+// SHADER_FLOAT32_ATOMIC; these have not been given that pass yet.)
 // - coop_bwd_dkdv: a workgroup per 16·SGS keys of one (kv head, batch). Each subgroup keeps
 //   its 16 keys' K and V as A fragments and their dK, dV accumulators; query tiles of BT
 //   rows (Q and dO, every query head sharing the kv head) stream through workgroup memory.
