@@ -26,6 +26,8 @@ fi
 rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
 version=$(grep -A1 '^name = "wasm-bindgen"$' Cargo.lock | sed -n 's/^version = "\(.*\)"$/\1/p')
 if [ "$(wasm-bindgen --version 2>/dev/null | cut -d' ' -f2)" != "$version" ]; then
+  # Not --locked: the CLI's own lock file names a webpki-roots release that this
+  # workplace's registry mirror lacks (seen 2026-12-05); the versions cargo resolves build.
   cargo install wasm-bindgen-cli --version "$version"
 fi
 
