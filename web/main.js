@@ -29,7 +29,7 @@ function plot(rows) {
   for (const r of rows) s += `<text x="${px(r.elements)}" y="${H - B + 16}" text-anchor="middle">2^${Math.log2(r.elements)}</text>`;
   for (let k = 0; k <= 4; k++) {
     const v = (ymax * k) / 4;
-    s += `<text x="${L - 6}" y="${py(v) + 4}" text-anchor="end">${fmt(v, 1)}</text>`;
+    s += `<text x="${L - 6}" y="${py(v) + 4}" text-anchor="end">${fmt(v, ymax < 2 ? 2 : 1)}</text>`;
     s += `<text x="${W - R + 6}" y="${pg((gmax * k) / 4) + 4}">${fmt((gmax * k) / 4, 1)}×</text>`;
   }
   s += `<text x="${(L + W - R) / 2}" y="${H - 8}" text-anchor="middle">elements</text>`;
