@@ -1450,11 +1450,12 @@ impl Gpu {
         }
     }
 
-    /// Copies several byte ranges `(buffer, offset, bytes)` back to the host after the work
-    /// recorded so far, in one submit and one map (a gradient bucket's tensors: one wait
-    /// instead of one per tensor). Offsets are 4-byte aligned, as every tensor's storage
-    /// starts (an odd 16-bit view is made contiguous first by the caller).
-    pub(crate) fn read_many(&self, parts: &[(&wgpu::Buffer, u64, u64)]) -> Result<Vec<Vec<u8>>> {
+    /// Starts copying several byte ranges `(buffer, offset, bytes)` back to the host after
+    /// the work recorded so far: one submit and one map for all (a gradient bucket's
+    /// tensors), requested without waiting, so that reads from several devices run at once;
+    /// [`ReadInFlight::finish`] waits for this one. Offsets are 4-byte aligned, as every
+    /// tensor's storage starts. The browser cannot wait for it: `Unsupported` there.
+    pub(crate) fn start_read_many(&self, parts: &[(&wgpu::Buffer, u64, u64)]) -> Result<ReadInFlight> {
         #[cfg(target_arch = "wasm32")]
         {
             let _ = parts;
@@ -1463,10 +1464,10 @@ impl Gpu {
         #[cfg(not(target_arch = "wasm32"))]
         {
             let _serial = self.serial();
-            let mut at = Vec::with_capacity(parts.len());
+            let mut ranges = Vec::with_capacity(parts.len());
             let mut total = 0u64;
             for &(_, _, bytes) in parts {
-                at.push(total);
+                ranges.push((total, bytes));
                 total += bytes.next_multiple_of(4);
             }
             let staging = self.inner.device.create_buffer(&wgpu::BufferDescriptor {
@@ -1476,19 +1477,18 @@ impl Gpu {
                 mapped_at_creation: false,
             });
             self.record(|enc| {
-                for (&(buffer, offset, bytes), &to) in parts.iter().zip(&at) {
+                for (&(buffer, offset, bytes), &(to, _)) in parts.iter().zip(&ranges) {
                     if bytes > 0 {
                         enc.copy_buffer_to_buffer(buffer, offset, &staging, to, bytes.next_multiple_of(4));
                     }
                 }
             })?;
             self.flush()?;
-            let all = pollster::block_on(self.mapped_bytes("read", &staging, total))?;
-            Ok(parts
-                .iter()
-                .zip(&at)
-                .map(|(&(_, _, bytes), &to)| all[to as usize..(to + bytes) as usize].to_vec())
-                .collect())
+            let (tx, mapped) = futures_channel::oneshot::channel();
+            staging.map_async(wgpu::MapMode::Read, .., move |r| {
+                let _ = tx.send(r);
+            });
+            Ok(ReadInFlight { gpu: self.clone(), staging, ranges, mapped })
         }
     }
 
@@ -1531,6 +1531,49 @@ impl Gpu {
         let out = f()?;
         self.synchronize()?;
         Ok((out, t0.elapsed().as_secs_f64() * 1e3))
+    }
+}
+
+/// A read-back in flight ([`Gpu::start_read_many`]): its copies submitted, its staging
+/// buffer's map requested. (Never made in the browser, which cannot wait for one.)
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+pub(crate) struct ReadInFlight {
+    gpu: Gpu,
+    staging: wgpu::Buffer,
+    /// (offset in `staging`, bytes) of each part.
+    ranges: Vec<(u64, u64)>,
+    mapped: futures_channel::oneshot::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>,
+}
+
+impl ReadInFlight {
+    /// Waits for the copies and returns each part's bytes.
+    pub(crate) fn finish(self) -> Result<Vec<Vec<u8>>> {
+        #[cfg(target_arch = "wasm32")]
+        {
+            Err(cannot_block("read", "Tensor::to_vec_async"))
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let _serial = self.gpu.serial();
+            self.gpu
+                .inner
+                .device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| Error::Backend { op: "read", msg: e.to_string() })?;
+            match pollster::block_on(self.mapped) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(Error::Backend { op: "read", msg: e.to_string() }),
+                Err(_) => return Err(Error::DeviceLost("map callback never ran".into())),
+            }
+            self.gpu.check_health()?;
+            let out = {
+                let view =
+                    self.staging.get_mapped_range(..).map_err(|e| Error::Backend { op: "read", msg: e.to_string() })?;
+                self.ranges.iter().map(|&(at, bytes)| view[at as usize..(at + bytes) as usize].to_vec()).collect()
+            };
+            self.staging.unmap();
+            Ok(out)
+        }
     }
 }
 

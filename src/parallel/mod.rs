@@ -265,10 +265,17 @@ impl<M: Module> DataParallel<M> {
             // Summed in f32 in replica order, the same order on every process.
             let mut sum: Vec<Vec<f32>> =
                 self.params[0][bucket.clone()].iter().map(|p| vec![0.0; p.tensor().numel()]).collect();
+            // Every replica's read starts before the first is waited for: the devices copy
+            // at the same time.
+            let mut reads = Vec::with_capacity(self.params.len());
             for params in &self.params {
                 let grads: Vec<Option<Tensor>> = params[bucket.clone()].iter().map(Var::grad).collect();
                 let present: Vec<&Tensor> = grads.iter().flatten().collect();
-                let mut values = Tensor::to_vec_f32_all(&present)?.into_iter();
+                let read = Tensor::start_read_f32_all(&present)?;
+                reads.push((grads, read));
+            }
+            for (grads, read) in reads {
+                let mut values = read.finish()?.into_iter();
                 for (acc, g) in sum.iter_mut().zip(&grads) {
                     if g.is_some() {
                         let v = values.next().unwrap_or_default();

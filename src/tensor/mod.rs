@@ -811,7 +811,15 @@ impl Tensor {
     /// # Ok(()) }
     /// ```
     pub fn to_vec_f32_all(tensors: &[&Tensor]) -> Result<Vec<Vec<f32>>> {
-        let Some(first) = tensors.first() else { return Ok(Vec::new()) };
+        Self::start_read_f32_all(tensors)?.finish()
+    }
+
+    /// [`Tensor::to_vec_f32_all`] started and not waited for: reads from several devices
+    /// run at once (data-parallel gradient buckets), each finished in turn.
+    pub(crate) fn start_read_f32_all(tensors: &[&Tensor]) -> Result<F32ReadInFlight> {
+        let Some(first) = tensors.first() else {
+            return Ok(F32ReadInFlight { read: None, dtypes: Vec::new() });
+        };
         if let Some(other) = tensors.iter().find(|t| !Arc::ptr_eq(&t.gpu.inner, &first.gpu.inner)) {
             return Err(Error::InvalidArgument {
                 op: "to_vec_f32_all",
@@ -825,8 +833,9 @@ impl Tensor {
             .zip(&storages)
             .map(|(c, s)| (s.buffer(), 0, (c.numel() * c.dtype.size_in_bytes()) as u64))
             .collect();
-        let bytes = first.gpu.read_many(&parts)?;
-        Ok(bytes.iter().zip(&contiguous).map(|(b, c)| decode_f32(b, c.dtype)).collect())
+        // The copies are recorded before any later work that may reuse these buffers.
+        let read = first.gpu.start_read_many(&parts)?;
+        Ok(F32ReadInFlight { read: Some(read), dtypes: contiguous.iter().map(|c| c.dtype).collect() })
     }
 
     /// [`Tensor::to_vec`] as a future: the way to read results in the browser (wasm32 +
@@ -906,5 +915,19 @@ impl Tensor {
         let c = self.contiguous()?;
         let bytes = (c.numel() * c.dtype.size_in_bytes()) as u64;
         c.gpu.read_async(c.storage()?.buffer(), 0, bytes).await
+    }
+}
+
+/// Tensors being read back ([`Tensor::start_read_f32_all`]).
+pub(crate) struct F32ReadInFlight {
+    read: Option<crate::device::ReadInFlight>,
+    dtypes: Vec<DType>,
+}
+
+impl F32ReadInFlight {
+    /// Waits for the read and returns each tensor's elements as f32.
+    pub(crate) fn finish(self) -> Result<Vec<Vec<f32>>> {
+        let Some(read) = self.read else { return Ok(Vec::new()) };
+        Ok(read.finish()?.iter().zip(&self.dtypes).map(|(b, &d)| decode_f32(b, d)).collect())
     }
 }
