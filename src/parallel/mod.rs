@@ -2,8 +2,9 @@
 //! split across them, gradients averaged) and a column-split Linear (tensor parallel).
 //!
 //! wgpu has no peer-to-peer copies between devices, so every exchange is staged through
-//! host memory: a bucket of gradients is read back from each device in one wait
-//! ([`Tensor::to_vec_f32_all`]), summed on the host in a fixed order, summed across
+//! host memory: a bucket of gradients is read back from each device in one map, every
+//! device's read started before the first is waited for ([`Tensor::to_vec_f32_all`] is the
+//! blocking form), summed on the host in f32 in replica order, summed across
 //! processes by a [`ProcessGroup`] where there is one (MPI, feature `mpi`), divided by the
 //! number of replicas in all, and written back to every replica as its gradient.
 //!
