@@ -417,10 +417,10 @@ struct JitHoldState {
 }
 
 /// The adapter `opts` asks for (the best by device type and backend among those its
-/// backends and name allow), its info and the names of every adapter seen.
-/// The best adapter for `opts` (`index` 0), or the `index`-th of the adapters of the same
-/// device type and backend as the best one, best first (one device per adapter:
-/// [`Gpu::per_adapter`]). Also returns how many such adapters there are.
+/// backends and name allow) at `index` 0, or the `index`-th of the adapters of the same
+/// device type and backend as the best, best first (one device per adapter:
+/// [`Gpu::per_adapter`]); its info, the names of every adapter seen, and how many adapters
+/// share the best's type and backend.
 async fn pick_adapter(
     opts: &GpuOptions,
     index: usize,
@@ -976,36 +976,9 @@ impl Gpu {
             return Err(Error::Backend { op: "f16_probe", msg: err.to_string() });
         }
         self.inner.queue.submit([enc.finish()]);
-        let flags = self.mapped_bytes("f16_probe", &staging, bytes).await?;
+        let flags = self.map_staging(staging, vec![(0, bytes)]).bytes().await?;
         // Each word is the xor of the two roundings' bits: all zero when they agree.
-        Ok(flags.iter().all(|&b| b == 0))
-    }
-
-    /// Maps `staging` (MAP_READ, its copy submitted) and returns its first `bytes` bytes.
-    /// Native code blocks in `poll` until the map is done; in the browser the future yields
-    /// to the event loop until the map's promise resolves.
-    async fn mapped_bytes(&self, op: &'static str, staging: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
-        let (tx, rx) = futures_channel::oneshot::channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
-            let _ = tx.send(r);
-        });
-        #[cfg(not(target_arch = "wasm32"))]
-        self.inner
-            .device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Backend { op, msg: e.to_string() })?;
-        match rx.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(Error::Backend { op, msg: e.to_string() }),
-            Err(_) => return Err(Error::DeviceLost("map callback never ran".into())),
-        }
-        self.check_health()?;
-        let out = {
-            let view = staging.get_mapped_range(..).map_err(|e| Error::Backend { op, msg: e.to_string() })?;
-            view[..bytes as usize].to_vec()
-        };
-        staging.unmap();
-        Ok(out)
+        Ok(flags.iter().flatten().all(|&b| b == 0))
     }
 
     /// The underlying wgpu device, for interop.
@@ -1464,32 +1437,43 @@ impl Gpu {
         #[cfg(not(target_arch = "wasm32"))]
         {
             let _serial = self.serial();
-            let mut ranges = Vec::with_capacity(parts.len());
-            let mut total = 0u64;
-            for &(_, _, bytes) in parts {
-                ranges.push((total, bytes));
-                total += bytes.next_multiple_of(4);
-            }
-            let staging = self.inner.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("readback"),
-                size: total.max(4),
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            });
-            self.record(|enc| {
-                for (&(buffer, offset, bytes), &(to, _)) in parts.iter().zip(&ranges) {
-                    if bytes > 0 {
-                        enc.copy_buffer_to_buffer(buffer, offset, &staging, to, bytes.next_multiple_of(4));
-                    }
-                }
-            })?;
-            self.flush()?;
-            let (tx, mapped) = futures_channel::oneshot::channel();
-            staging.map_async(wgpu::MapMode::Read, .., move |r| {
-                let _ = tx.send(r);
-            });
-            Ok(ReadInFlight { gpu: self.clone(), staging, ranges, mapped })
+            self.begin_read(parts)
         }
+    }
+
+    /// Records the copies of `parts` into one staging buffer, submits, and requests its map.
+    fn begin_read(&self, parts: &[(&wgpu::Buffer, u64, u64)]) -> Result<ReadInFlight> {
+        let mut ranges = Vec::with_capacity(parts.len());
+        let mut total = 0u64;
+        for &(_, _, bytes) in parts {
+            ranges.push((total, bytes));
+            total += bytes.next_multiple_of(4);
+        }
+        let staging = self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: total.max(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.record(|enc| {
+            for (&(buffer, offset, bytes), &(to, _)) in parts.iter().zip(&ranges) {
+                if bytes > 0 {
+                    enc.copy_buffer_to_buffer(buffer, offset, &staging, to, bytes.next_multiple_of(4));
+                }
+            }
+        })?;
+        self.flush()?;
+        Ok(self.map_staging(staging, ranges))
+    }
+
+    /// Requests the map of `staging` (MAP_READ, its copies submitted), whose parts lie at
+    /// `ranges` (offset, bytes).
+    fn map_staging(&self, staging: wgpu::Buffer, ranges: Vec<(u64, u64)>) -> ReadInFlight {
+        let (tx, mapped) = futures_channel::oneshot::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        ReadInFlight { gpu: self.clone(), staging, ranges, mapped }
     }
 
     /// [`Gpu::read`] as a future, for the browser (native code gets the blocking read).
@@ -1501,18 +1485,10 @@ impl Gpu {
     }
 
     /// Copies the bytes into a staging buffer after the work recorded so far, submits, and
-    /// maps it (see `mapped_bytes`).
+    /// waits for its map.
     async fn read_mapped(&self, buffer: &wgpu::Buffer, offset: u64, bytes: u64) -> Result<Vec<u8>> {
-        let aligned = bytes.next_multiple_of(4).max(4);
-        let staging = self.inner.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size: aligned,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        self.record(|enc| enc.copy_buffer_to_buffer(buffer, offset, &staging, 0, aligned))?;
-        self.flush()?;
-        self.mapped_bytes("read", &staging, bytes).await
+        let mut parts = self.begin_read(&[(buffer, offset, bytes)])?.bytes().await?;
+        Ok(parts.pop().unwrap_or_default())
     }
 
     /// Times `f` (which records GPU work) in wall-clock milliseconds, including a final sync.
@@ -1534,9 +1510,7 @@ impl Gpu {
     }
 }
 
-/// A read-back in flight ([`Gpu::start_read_many`]): its copies submitted, its staging
-/// buffer's map requested. (Never made in the browser, which cannot wait for one.)
-#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+/// A read-back in flight: its copies submitted, its staging buffer's map requested.
 pub(crate) struct ReadInFlight {
     gpu: Gpu,
     staging: wgpu::Buffer,
@@ -1546,7 +1520,8 @@ pub(crate) struct ReadInFlight {
 }
 
 impl ReadInFlight {
-    /// Waits for the copies and returns each part's bytes.
+    /// Waits for the copies and returns each part's bytes (native code blocks; see
+    /// [`ReadInFlight::bytes`]).
     pub(crate) fn finish(self) -> Result<Vec<Vec<u8>>> {
         #[cfg(target_arch = "wasm32")]
         {
@@ -1554,26 +1529,34 @@ impl ReadInFlight {
         }
         #[cfg(not(target_arch = "wasm32"))]
         {
-            let _serial = self.gpu.serial();
-            self.gpu
-                .inner
-                .device
-                .poll(wgpu::PollType::wait_indefinitely())
-                .map_err(|e| Error::Backend { op: "read", msg: e.to_string() })?;
-            match pollster::block_on(self.mapped) {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(Error::Backend { op: "read", msg: e.to_string() }),
-                Err(_) => return Err(Error::DeviceLost("map callback never ran".into())),
-            }
-            self.gpu.check_health()?;
-            let out = {
-                let view =
-                    self.staging.get_mapped_range(..).map_err(|e| Error::Backend { op: "read", msg: e.to_string() })?;
-                self.ranges.iter().map(|&(at, bytes)| view[at as usize..(at + bytes) as usize].to_vec()).collect()
-            };
-            self.staging.unmap();
-            Ok(out)
+            let gpu = self.gpu.clone();
+            let _serial = gpu.serial();
+            pollster::block_on(self.bytes())
         }
+    }
+
+    /// Each part's bytes once the map is done. Native code blocks in `poll` until it is; in
+    /// the browser the future yields to the event loop until the map's promise resolves.
+    async fn bytes(self) -> Result<Vec<Vec<u8>>> {
+        #[cfg(not(target_arch = "wasm32"))]
+        self.gpu
+            .inner
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Backend { op: "read", msg: e.to_string() })?;
+        match self.mapped.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Error::Backend { op: "read", msg: e.to_string() }),
+            Err(_) => return Err(Error::DeviceLost("map callback never ran".into())),
+        }
+        self.gpu.check_health()?;
+        let out = {
+            let view =
+                self.staging.get_mapped_range(..).map_err(|e| Error::Backend { op: "read", msg: e.to_string() })?;
+            self.ranges.iter().map(|&(at, bytes)| view[at as usize..(at + bytes) as usize].to_vec()).collect()
+        };
+        self.staging.unmap();
+        Ok(out)
     }
 }
 

@@ -40,10 +40,10 @@
 
 use crate::autograd::Var;
 use crate::device::{Gpu, Instant};
+use crate::dtype::{encode_f32, DType};
 use crate::error::{Error, Result};
 use crate::nn::{Linear, Module};
 use crate::tensor::Tensor;
-use crate::DType;
 
 #[cfg(feature = "mpi")]
 mod mpi;
@@ -198,8 +198,7 @@ impl<M: Module> DataParallel<M> {
                     continue;
                 }
                 for (p, v) in params[bucket.clone()].iter().zip(&values) {
-                    let t = host_tensor(&self.gpus[r], v, p.shape(), p.dtype())?;
-                    p.tensor().realize()?.write_bytes(&t.to_bytes()?)?;
+                    p.tensor().realize()?.write_bytes(&encode_f32(v, p.dtype()))?;
                 }
             }
         }
@@ -296,7 +295,7 @@ impl<M: Module> DataParallel<M> {
             let means = split_like(&flat, &sum);
             for (r, params) in self.params.iter().enumerate() {
                 for (p, mean) in params[bucket.clone()].iter().zip(&means) {
-                    p.set_grad(host_tensor(&self.gpus[r], mean, p.shape(), p.dtype())?)?;
+                    p.set_grad(Tensor::from_f32(&self.gpus[r], mean, p.shape(), p.dtype())?)?;
                 }
             }
         }
@@ -354,7 +353,7 @@ impl ColumnParallelLinear {
     pub fn from_linear(linear: &Linear, gpus: &[Gpu]) -> Result<Self> {
         const OP: &str = "ColumnParallelLinear";
         let w = linear.weight.tensor();
-        let (inputs, outputs) = (w.shape()[0], w.shape()[1]);
+        let outputs = w.shape()[1];
         if gpus.is_empty() || gpus.len() > outputs {
             return Err(Error::InvalidArgument {
                 op: OP,
@@ -373,15 +372,9 @@ impl ColumnParallelLinear {
         let dtype = w.dtype();
         let (mut weights, mut biases) = (Vec::new(), Vec::new());
         for (gpu, c) in gpus.iter().zip(&cols) {
-            let part = w.narrow(1, c.start, c.len())?.to_vec_f32()?;
-            weights.push(host_tensor(gpu, &part, &[inputs, c.len()], dtype)?);
-            biases.push(match &linear.bias {
-                Some(b) => {
-                    let part = b.tensor().narrow(0, c.start, c.len())?.to_vec_f32()?;
-                    Some(host_tensor(gpu, &part, &[c.len()], dtype)?)
-                }
-                None => None,
-            });
+            weights.push(w.narrow(1, c.start, c.len())?.to_device(gpu)?);
+            let bias = linear.bias.as_ref().map(|b| b.tensor().narrow(0, c.start, c.len())?.to_device(gpu));
+            biases.push(bias.transpose()?);
         }
         Ok(Self { gpus: gpus.to_vec(), weights, biases, cols, out_features: outputs, dtype })
     }
@@ -413,7 +406,7 @@ impl ColumnParallelLinear {
             .zip(&self.weights)
             .zip(&self.biases)
             .map(|((gpu, w), b)| {
-                let xk = host_tensor(gpu, &host, &[rows, inputs], self.dtype)?;
+                let xk = Tensor::from_f32(gpu, &host, &[rows, inputs], self.dtype)?;
                 let y = xk.matmul(w)?;
                 let y = match b {
                     Some(b) => y.add(b)?,
@@ -434,14 +427,8 @@ impl ColumnParallelLinear {
         }
         let mut shape = x.shape().to_vec();
         *shape.last_mut().unwrap_or(&mut 0) = self.out_features;
-        host_tensor(&self.gpus[0], &out, &shape, self.dtype)
+        Tensor::from_f32(&self.gpus[0], &out, &shape, self.dtype)
     }
-}
-
-/// `values` (f32, row-major) as a tensor of `shape` and `dtype` on `gpu` (rounded once
-/// where 16-bit).
-fn host_tensor(gpu: &Gpu, values: &[f32], shape: &[usize], dtype: DType) -> Result<Tensor> {
-    Tensor::from_f32(gpu, values, shape, dtype)
 }
 
 /// `flat` cut into pieces of the lengths of `like`'s.

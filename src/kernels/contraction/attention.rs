@@ -633,7 +633,7 @@ pub fn attention_backward(
             }
         };
     let dq = if atomic_dq {
-        Tensor::zeros(gpu, &[b, h, s_q, d], DType::F32)?.realize()?.clone()
+        Tensor::zeros(gpu, &[b, h, s_q, d], DType::F32)?
     } else {
         Tensor::empty(gpu, OP, &[b, h, s_q, d], DType::F32)?
     };
