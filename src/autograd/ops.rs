@@ -4,7 +4,7 @@
 use super::Var;
 use crate::error::{Error, Result};
 use crate::kernels::contraction::attention::{attention_backward, attention_forward, AttentionOptions, AttentionSaved};
-use crate::kernels::contraction::matmul::{Activation, MatmulOptions};
+use crate::kernels::contraction::matmul::{coop_available_for, Activation, MatmulOptions};
 use crate::tensor::Tensor;
 use crate::DType;
 
@@ -75,11 +75,15 @@ fn weight_grad(x: &Tensor, g: &Tensor) -> Result<Tensor> {
     while splits < 8 && tiles * splits < 512 && rows % (2 * splits) == 0 && rows / (2 * splits) >= 1024 {
         splits *= 2;
     }
-    // 16-bit Xᵀ read as a view stages its tiles 2 bytes at a time across rows; one
+    // The tensor-core kernels stage a transposed view element by element across rows; one
     // transposed copy of X (rows·k elements) lets every chunk stage 16-byte words. f16 on
-    // the H200's tensor cores, [768, 8192]·[8192, 3072]: 60–72 TFLOP/s as a view, 124 after
-    // the copy. For f32 the copy was slower (24 against 30), so f32 reads the view.
-    let xt = if x.dtype() == DType::F32 { x.transpose(0, 1)? } else { x.transpose(0, 1)?.contiguous()? };
+    // the H200, [768, 8192]·[8192, 3072]: 60–72 TFLOP/s as a view, 124 after the copy; f32
+    // at `High` (split into f16 parts): the views ran on the FMA kernel at 25–33 TFLOP/s,
+    // slower than the copy's tensor-core tiles. The FMA kernel reads the view well: f32 at
+    // `Highest` was slower with the copy (24 against 30), so it keeps the view.
+    let on_tensor_cores =
+        x.dtype() != DType::F32 || coop_available_for(x.gpu(), DType::F32, x.gpu().f32_matmul_precision());
+    let xt = if on_tensor_cores { x.transpose(0, 1)?.contiguous()? } else { x.transpose(0, 1)? };
     xt.matmul_split_k(g, splits)
 }
 
@@ -278,7 +282,9 @@ impl Var {
                 (false, ..) => None,
                 // A weight [K, N] shared by every row of a [..., M, K] input (a Linear
                 // layer): one matmul over the rows flattened, [K, rows]·[rows, N].
-                (true, 2, r) if r > 2 => {
+                // A rank-2 A ([tokens, d]·W, e.g. the tied LM head) is the same case.
+                (true, 2, 2) => Some(weight_grad(&a, g)?),
+                (true, 2, r) => {
                     let k = a.shape()[r - 1];
                     let rows = a.tensor_rows(k)?;
                     let g2 = g.reshape(&[g.numel() / b.shape()[1], b.shape()[1]])?;

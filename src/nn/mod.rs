@@ -459,16 +459,23 @@ fn uniform(state: &mut u64) -> f64 {
     (*state >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// The index of the token drawn from `logits` (`u` uniform in [0, 1)).
+/// The index of the token drawn from `logits` (`u` uniform in [0, 1)). Greedy is one pass
+/// (the first largest); top-k selects the k largest before sorting them. A full sort of
+/// GPT-2's 50257 logits took about 2 ms per token on the host, a fifth of a decode step.
 fn draw(logits: &[f32], sampling: &Sampling, u: f64) -> u32 {
-    let mut order: Vec<usize> = (0..logits.len()).collect();
-    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    // Descending, ties by index: the order a stable sort of the logits gives.
+    let before = |a: &usize, b: &usize| logits[*b].total_cmp(&logits[*a]).then(a.cmp(b));
     if sampling.temperature <= 0.0 {
-        return order[0] as u32;
+        return (0..logits.len()).min_by(before).unwrap_or(0) as u32;
     }
     let k = if sampling.top_k == 0 { logits.len() } else { sampling.top_k.min(logits.len()) };
-    let top = &order[..k];
-    let m = logits[top[0]] as f64;
+    let mut top: Vec<usize> = (0..logits.len()).collect();
+    if k < top.len() {
+        top.select_nth_unstable_by(k - 1, before);
+        top.truncate(k);
+        top.sort_unstable_by(before);
+    }
+    let m = top.iter().map(|&i| logits[i]).max_by(f32::total_cmp).unwrap_or(0.0) as f64;
     let weights: Vec<f64> = top.iter().map(|&i| ((logits[i] as f64 - m) / sampling.temperature as f64).exp()).collect();
     let mut target = u * weights.iter().sum::<f64>();
     for (&i, w) in top.iter().zip(&weights) {
@@ -477,7 +484,7 @@ fn draw(logits: &[f32], sampling: &Sampling, u: f64) -> u32 {
             return i as u32;
         }
     }
-    top[k - 1] as u32
+    top.last().map_or(0, |&i| i as u32)
 }
 
 impl Gpt {
@@ -659,4 +666,51 @@ pub fn load_safetensors(module: &dyn Module, path: &std::path::Path) -> Result<(
         p.tensor().write_bytes(view.data())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{draw, uniform, Sampling};
+
+    #[test]
+    fn greedy_takes_the_first_largest_logit() {
+        let logits = [0.5, 3.0, -1.0, 3.0, f32::NEG_INFINITY];
+        assert_eq!(draw(&logits, &Sampling::default(), 0.99), 1);
+        assert_eq!(draw(&[-2.0], &Sampling::default(), 0.0), 0);
+    }
+
+    /// Top-k draws only among the k largest, with frequencies exp(logit / T) / Σ over them.
+    #[test]
+    fn top_k_draws_follow_the_softmax_of_the_k_largest() {
+        let logits: Vec<f32> = (0..1000).map(|i| ((i * 7919) % 1000) as f32 / 250.0).collect();
+        let sampling = Sampling { temperature: 0.7, top_k: 4, seed: 0 };
+        let mut order: Vec<usize> = (0..logits.len()).collect();
+        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+        let top = &order[..4];
+        let w: Vec<f64> = top.iter().map(|&i| ((logits[i] - logits[top[0]]) as f64 / 0.7).exp()).collect();
+        let total: f64 = w.iter().sum();
+        let mut counts = [0usize; 4];
+        let mut state = 12345u64;
+        let draws = 20000;
+        for _ in 0..draws {
+            let t = draw(&logits, &sampling, uniform(&mut state)) as usize;
+            let slot =
+                top.iter().position(|&i| i == t).unwrap_or_else(|| panic!("drew {t}, outside the top 4 {top:?}"));
+            counts[slot] += 1;
+        }
+        for (slot, (&c, wi)) in counts.iter().zip(&w).enumerate() {
+            let (p, got) = (wi / total, c as f64 / draws as f64);
+            let sd = (p * (1.0 - p) / draws as f64).sqrt();
+            assert!(
+                (got - p).abs() < 5.0 * sd,
+                "top {slot} (logit {}): drawn {got:.4}, softmax {p:.4}",
+                logits[top[slot]]
+            );
+        }
+        // Without top-k every token can be drawn; at a high temperature the draws spread.
+        let all = Sampling { temperature: 100.0, top_k: 0, seed: 0 };
+        let distinct: std::collections::HashSet<u32> =
+            (0..200).map(|_| draw(&logits, &all, uniform(&mut state))).collect();
+        assert!(distinct.len() > 150, "{} distinct tokens in 200 draws at T = 100", distinct.len());
+    }
 }
