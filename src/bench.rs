@@ -106,7 +106,7 @@ pub fn flush_bytes(gpu: &Gpu) -> u64 {
 /// repeats back to back without flushes.
 ///
 /// Errors: `f`'s, and `InvalidArgument` when one repeat issues more dispatches than a
-/// profile can time (2048).
+/// profile can time (262 144).
 ///
 /// ```no_run
 /// # use wgkernels::{DType, Gpu, Tensor};

@@ -359,6 +359,25 @@ fn kv_cache_decoding_matches_the_full_forward() {
     assert_eq!(model.generate(&tokens[..3], 40, Sampling { temperature: 1.0, top_k: 5, seed: 2 }).unwrap().len(), 43);
     let err = model.forward_cached(&tokens, &mut caches).unwrap_err().to_string();
     assert!(err.contains("forward_cached") && err.contains("context 16"), "{err}");
+    // The cache grows by doubling: 5 tokens, then 6..12 one at a time.
+    assert_eq!(caches[0].capacity(), 20);
+    let keys = caches[1].keys().unwrap().unwrap();
+    assert_eq!(keys.shape(), &[1, 2, 12, 8]);
+
+    // 16-bit caches (rows of 8 halves per head, one copy per token).
+    for (dtype, d_model, heads) in [(DType::BF16, 16, 2), (DType::F16, 24, 3)] {
+        let config = GptConfig { vocab: 17, context: 16, layers: 2, heads, d_model };
+        let model = Gpt::new(&gpu, &config, dtype, 9).unwrap();
+        let full = model.forward(&tokens, 1, tokens.len()).unwrap().tensor().to_vec_f32().unwrap();
+        let want: Vec<f64> = full.iter().map(|&v| v as f64).collect();
+        let mut caches = vec![LayerCache::default(); config.layers];
+        let mut got = model.forward_cached(&tokens[..3], &mut caches).unwrap().to_vec_f32().unwrap();
+        for &t in &tokens[3..] {
+            got.extend(model.forward_cached(&[t], &mut caches).unwrap().to_vec_f32().unwrap());
+        }
+        assert_eq!(caches[1].len(), 12);
+        assert_close(&format!("{dtype:?} d {d_model}: cached logits vs full forward"), &got, &want, 2e-2, 2e-2);
+    }
 }
 
 /// Mixed precision: f16 and bf16 weights and activations, f32 master weights in AdamW, the

@@ -213,6 +213,30 @@ fn profiler_names_every_dispatch() {
     assert!(report.to_string().contains("reduce:sum_rows"));
 }
 
+/// A profile longer than one query set (2048 timed dispatches) times every dispatch: a
+/// decode loop issues thousands.
+#[test]
+fn profiler_times_more_dispatches_than_one_query_set() {
+    let gpu = Gpu::new().unwrap();
+    let (a, _) = random_tensor(&gpu, &[64], DType::F32, 2);
+    let profile = Profiler::start(&gpu).unwrap();
+    let n = 4100;
+    for i in 0..n {
+        a.sum(-1).unwrap().realize().unwrap();
+        if i % 512 == 0 {
+            gpu.synchronize().unwrap();
+        }
+    }
+    let report = profile.finish().unwrap();
+    assert_eq!((report.kernels.len(), report.untimed), (n, 0));
+    assert!(report.kernels.iter().all(|k| k.name == "reduce:sum_rows" && k.ms >= 0.0 && k.ms.is_finite()));
+    if report.timestamps {
+        // Sets 2 and 3 resolved after set 1: a misplaced resolve reads zeros.
+        let timed = report.kernels[2048..].iter().filter(|k| k.ms > 0.0).count();
+        assert!(timed > 0, "the dispatches past the first set all read 0 ms");
+    }
+}
+
 #[test]
 fn info_describes_the_adapter() {
     let gpu = gpu();

@@ -17,12 +17,18 @@ use super::Instant;
 use super::{lock, Gpu};
 use crate::error::{Error, Result};
 
-/// Timestamp pairs a profile can hold; dispatches beyond it are counted but not timed.
-const MAX_TIMED_DISPATCHES: u32 = 2048;
+/// Timestamp pairs per query set (wgpu allows 4096 queries in one set): a profile adds
+/// sets as dispatches come, so that a whole decode loop (GPT-2 small: ~7300 dispatches for
+/// 64 tokens) is timed.
+const DISPATCHES_PER_SET: u32 = 2048;
+/// Timestamp pairs a profile can hold (128 sets, 4 MiB of timestamps); dispatches beyond it are counted
+/// but not timed.
+const MAX_TIMED_DISPATCHES: u32 = 128 * DISPATCHES_PER_SET;
 
 pub(crate) struct ProfilerState {
-    /// `Some` when the device has timestamp queries.
-    queries: Option<wgpu::QuerySet>,
+    /// `Some` when the device has timestamp queries: the sets so far, each holding
+    /// `DISPATCHES_PER_SET` pairs.
+    queries: Option<Vec<wgpu::QuerySet>>,
     /// Kernel label for each timed dispatch, in order.
     labels: Vec<String>,
     /// Wall-clock fallback: milliseconds per dispatch.
@@ -168,13 +174,7 @@ impl Profiler {
                 msg: "a profile is already active on this Gpu".into(),
             });
         }
-        let queries = gpu.has(wgpu::Features::TIMESTAMP_QUERY).then(|| {
-            gpu.inner.device.create_query_set(&wgpu::QuerySetDescriptor {
-                label: Some("profiler"),
-                ty: wgpu::QueryType::Timestamp,
-                count: 2 * MAX_TIMED_DISPATCHES,
-            })
-        });
+        let queries = gpu.has(wgpu::Features::TIMESTAMP_QUERY).then(Vec::new);
         *slot = Some(ProfilerState { queries, labels: Vec::new(), wall_ms: Vec::new(), wall_start: None, untimed: 0 });
         Ok(Self { gpu: gpu.clone() })
     }
@@ -211,7 +211,15 @@ impl Profiler {
             usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
         });
-        self.gpu.record(|enc| enc.resolve_query_set(&queries, 0..2 * n, &resolve, 0))?;
+        // Set k's used pairs go to the buffer after the previous sets' (offsets are
+        // multiples of 2·2048·8 bytes: QUERY_RESOLVE_BUFFER_ALIGNMENT, 256, divides them).
+        self.gpu.record(|enc| {
+            for (k, set) in queries.iter().enumerate() {
+                let first = k as u32 * DISPATCHES_PER_SET;
+                let used = (n - first).min(DISPATCHES_PER_SET);
+                enc.resolve_query_set(set, 0..2 * used, &resolve, 2 * first as u64 * 8);
+            }
+        })?;
         let raw = self.gpu.read(&resolve, 0, bytes)?;
         let ticks: &[u64] = bytemuck::cast_slice(&raw);
         let period_ns = self.gpu.inner.queue.get_timestamp_period() as f64;
@@ -241,15 +249,23 @@ impl Gpu {
     pub(crate) fn profiler_slot(&self, label: &str) -> Result<Option<(wgpu::QuerySet, u32)>> {
         let mut slot = lock(&self.inner.profiler);
         let Some(state) = slot.as_mut() else { return Ok(None) };
-        match &state.queries {
-            Some(qs) => {
+        match &mut state.queries {
+            Some(sets) => {
                 let i = state.labels.len() as u32;
                 if i >= MAX_TIMED_DISPATCHES {
                     state.untimed += 1;
                     return Ok(None);
                 }
+                let k = (i / DISPATCHES_PER_SET) as usize;
+                if k == sets.len() {
+                    sets.push(self.inner.device.create_query_set(&wgpu::QuerySetDescriptor {
+                        label: Some("profiler"),
+                        ty: wgpu::QueryType::Timestamp,
+                        count: 2 * DISPATCHES_PER_SET,
+                    }));
+                }
                 state.labels.push(label.to_string());
-                Ok(Some((qs.clone(), 2 * i)))
+                Ok(Some((sets[k].clone(), 2 * (i % DISPATCHES_PER_SET))))
             }
             None => {
                 drop(slot);

@@ -212,25 +212,74 @@ impl CausalSelfAttention {
     }
 }
 
-/// One layer's keys and values of the tokens seen so far, `[1, heads, tokens, head_dim]`
-/// each (see [`Gpt::generate`]).
+/// One layer's keys and values of the tokens seen so far (see [`Gpt::generate`]), stored
+/// token-major, `[1, capacity, heads, head_dim]`, so that a decode step appends one
+/// contiguous row (a single buffer copy) instead of re-concatenating the cache per head;
+/// the capacity doubles when it runs out. [`LayerCache::keys`] and
+/// [`LayerCache::values`] give the filled part as `[1, heads, tokens, head_dim]` views.
 #[derive(Clone, Default)]
 pub struct LayerCache {
-    /// Keys, or None before the first token.
-    pub k: Option<Tensor>,
-    /// Values.
-    pub v: Option<Tensor>,
+    /// `[1, capacity, heads, head_dim]`; None before the first token.
+    k: Option<Tensor>,
+    v: Option<Tensor>,
+    len: usize,
 }
 
 impl LayerCache {
     /// Tokens cached.
     pub fn len(&self) -> usize {
-        self.k.as_ref().map_or(0, |k| k.shape()[2])
+        self.len
     }
 
     /// True before the first token.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
+    }
+
+    /// Tokens the storage holds before it grows.
+    pub fn capacity(&self) -> usize {
+        self.k.as_ref().map_or(0, |k| k.shape()[1])
+    }
+
+    /// The cached keys, `[1, heads, tokens, head_dim]` (a view), or None when empty.
+    pub fn keys(&self) -> Result<Option<Tensor>> {
+        self.k.as_ref().map(|k| Self::filled(k, self.len)).transpose()
+    }
+
+    /// The cached values, as [`LayerCache::keys`].
+    pub fn values(&self) -> Result<Option<Tensor>> {
+        self.v.as_ref().map(|v| Self::filled(v, self.len)).transpose()
+    }
+
+    fn filled(store: &Tensor, len: usize) -> Result<Tensor> {
+        store.narrow(1, 0, len)?.permute(&[0, 2, 1, 3])
+    }
+
+    /// Appends `k` and `v`, `[1, s, heads, head_dim]` views each.
+    fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<()> {
+        let s = k.shape()[1];
+        let needed = self.len + s;
+        if needed > self.capacity() {
+            let capacity = needed.max(2 * self.capacity());
+            self.k = Some(Self::grown(self.k.as_ref(), self.len, capacity, k)?);
+            self.v = Some(Self::grown(self.v.as_ref(), self.len, capacity, v)?);
+        }
+        // Rows of whole 16-byte words: attention takes head dims that are multiples of 8.
+        for (store, new) in [(&self.k, k), (&self.v, v)] {
+            store.as_ref().expect("allocated above").narrow(1, self.len, s)?.copy_from(new)?;
+        }
+        self.len = needed;
+        Ok(())
+    }
+
+    /// A store of `capacity` tokens shaped like `like` holding `old`'s first `len` tokens.
+    fn grown(old: Option<&Tensor>, len: usize, capacity: usize, like: &Tensor) -> Result<Tensor> {
+        let shape = [1, capacity, like.shape()[2], like.shape()[3]];
+        let store = Tensor::zeros(like.gpu(), &shape, like.dtype())?;
+        if let Some(old) = old.filter(|_| len > 0) {
+            store.narrow(1, 0, len)?.copy_from(&old.narrow(1, 0, len)?)?;
+        }
+        Ok(store)
     }
 }
 
@@ -246,19 +295,14 @@ impl CausalSelfAttention {
             });
         };
         let (h, hd) = (self.heads, d / self.heads);
-        let qkv = self.c_attn.forward(x)?.reshape(&[1, s, 3, h, hd])?.permute(&[2, 0, 3, 1, 4])?;
-        let part = |i: usize| qkv.narrow(0, i, 1)?.reshape(&[1, h, s, hd]);
-        let (q, k, v) = (part(0)?, part(1)?, part(2)?);
-        let append = |old: &Option<Tensor>, new: &Var| -> Result<Tensor> {
-            match old {
-                Some(old) => Tensor::cat(&[old, new.tensor()], 2),
-                None => Ok(new.tensor().clone()),
-            }
-        };
-        let (k_all, v_all) = (append(&cache.k, &k)?, append(&cache.v, &v)?);
-        cache.k = Some(k_all.clone());
-        cache.v = Some(v_all.clone());
-        let out = Var::attention(&q, &k_all.constant(), &v_all.constant(), true, None)?;
+        // [1, s, 3d] → [1, s, 3, h, hd]: q, k, v as [1, s, h, hd] views.
+        let qkv = self.c_attn.forward(x)?.tensor().reshape(&[1, s, 3, h, hd])?;
+        let part = |i: usize| qkv.narrow(2, i, 1)?.squeeze(2);
+        cache.append(&part(1)?, &part(2)?)?;
+        let q = part(0)?.permute(&[0, 2, 1, 3])?.constant();
+        let (k, v) = (cache.keys()?, cache.values()?);
+        let (k, v) = (k.expect("appended above").constant(), v.expect("appended above").constant());
+        let out = Var::attention(&q, &k, &v, true, None)?;
         self.c_proj.forward(&out.permute(&[0, 2, 1, 3])?.reshape(&[1, s, d])?)
     }
 }

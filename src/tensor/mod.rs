@@ -718,6 +718,33 @@ impl Tensor {
         self.view(shape, strides, self.offset)
     }
 
+    /// Removes `dim` (negative counts from the end), which must have size 1. A view.
+    ///
+    /// ```
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::randn(&gpu, &[4, 3, 8], DType::F32, 0)?;
+    /// let middle = x.narrow(1, 1, 1)?.squeeze(1)?;  // x[:, 1, :], a view
+    /// assert_eq!(middle.shape(), &[4, 8]);
+    /// assert!(x.squeeze(0).is_err());                // size 4
+    /// # Ok(()) }
+    /// ```
+    pub fn squeeze(&self, dim: isize) -> Result<Self> {
+        let d = resolve_dim("squeeze", dim, &self.shape)?;
+        if self.shape[d] != 1 {
+            return Err(Error::InvalidArgument {
+                op: "squeeze",
+                msg: format!("dim {d} of shape {:?} has size {}, not 1", self.shape, self.shape[d]),
+            });
+        }
+        let mut shape = self.shape.clone();
+        let mut strides = self.strides.clone();
+        shape.remove(d);
+        strides.remove(d);
+        self.view(shape, strides, self.offset)
+    }
+
     /// Broadcasts to `shape` (NumPy rules: leading dims added, size-1 dims repeated with
     /// stride 0). A view.
     ///

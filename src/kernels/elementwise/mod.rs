@@ -782,6 +782,55 @@ impl Tensor {
 }
 
 impl Tensor {
+    /// Writes `src`'s values into this view, which must be dense (one block of its storage)
+    /// with `src`'s shape, dtype and device: one buffer copy after `src` is made contiguous.
+    ///
+    /// Errors: as [`Tensor::cat`]'s, and `Unsupported` where a 16-bit block does not start
+    /// and end on 4-byte boundaries (copy commands move whole words).
+    ///
+    /// The caller guarantees that nothing still pending reads the elements written (a lazy
+    /// expression realised later would see the new values): the KV cache writes only rows
+    /// past every view it has handed out.
+    pub(crate) fn copy_from(&self, src: &Tensor) -> Result<()> {
+        const OP: &str = "copy_from";
+        if !std::ptr::eq(self.gpu().inner.as_ref(), src.gpu().inner.as_ref()) {
+            return Err(Error::InvalidArgument { op: OP, msg: "tensors live on different Gpu devices".into() });
+        }
+        if self.dtype() != src.dtype() {
+            return Err(Error::DTypeMismatch { op: OP, lhs: self.dtype(), rhs: src.dtype() });
+        }
+        if self.shape() != src.shape() {
+            return Err(Error::ShapeMismatch { op: OP, lhs: self.shape().to_vec(), rhs: src.shape().to_vec() });
+        }
+        if !self.is_contiguous() {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                msg: format!("the destination {:?} with strides {:?} is not dense", self.shape(), self.strides()),
+            });
+        }
+        let esize = self.dtype().size_in_bytes();
+        let (to, bytes) = ((self.offset() * esize) as u64, (self.numel() * esize) as u64);
+        if bytes == 0 {
+            return Ok(());
+        }
+        let src = if src.is_contiguous() { src.clone() } else { src.contiguous()? };
+        let from = (src.offset() * esize) as u64;
+        if [to, from, bytes].iter().any(|b| b % wgpu::COPY_BUFFER_ALIGNMENT != 0) {
+            return Err(Error::Unsupported {
+                op: OP,
+                msg: format!(
+                    "{:?} {:?} at element {}: not whole 4-byte words",
+                    self.dtype(),
+                    self.shape(),
+                    self.offset()
+                ),
+            });
+        }
+        let (dst, src) = (self.storage()?.clone(), src.storage()?.clone());
+        // Both ranges lie inside their views, which lie inside their buffers.
+        self.gpu().record(|enc| enc.copy_buffer_to_buffer(src.buffer(), from, dst.buffer(), to, bytes))
+    }
+
     /// Concatenates `tensors` along `dim` (negative counts from the end): every other dim
     /// must agree, and so must the dtypes and devices. The result is contiguous. Each input
     /// is copied by buffer-to-buffer copies (one per index of the dims before `dim`), no
