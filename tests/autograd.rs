@@ -643,3 +643,42 @@ fn a_linear_over_many_rows_has_the_weight_gradient_of_the_reference() {
         common::assert_close(&format!("dW over {rows} rows, {dtype:?}"), &got, &want, atol, rtol);
     }
 }
+
+/// `backward_hooked` reports each parameter once, when its gradient is complete: a weight
+/// used both first and last (tied) comes after one used only in the middle, and what
+/// `grad()` holds at that moment is the final gradient. A hook's error stops the backward.
+#[test]
+fn backward_hooks_fire_once_per_parameter_when_its_gradient_is_complete() {
+    let gpu = gpu();
+    let tied = Var::parameter(Tensor::randn(&gpu, &[4, 4], DType::F32, 1).unwrap());
+    let middle = Var::parameter(Tensor::randn(&gpu, &[4, 4], DType::F32, 2).unwrap());
+    let x = Var::constant(Tensor::randn(&gpu, &[3, 4], DType::F32, 3).unwrap());
+    let loss = || x.matmul(&tied)?.tanh()?.matmul(&middle)?.tanh()?.matmul(&tied)?.square()?.mean_all();
+    let mut seen = Vec::new();
+    loss()
+        .unwrap()
+        .backward_hooked(&mut |id| {
+            let p = if id == tied.id() { &tied } else { &middle };
+            seen.push((id, p.grad().unwrap().to_vec_f32()?));
+            Ok(())
+        })
+        .unwrap();
+    let ids: Vec<_> = seen.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids, [middle.id(), tied.id()]);
+    for (p, (_, at_hook)) in [&middle, &tied].into_iter().zip(&seen) {
+        assert_eq!(&p.grad().unwrap().to_vec_f32().unwrap(), at_hook, "the gradient changed after its hook");
+    }
+    // Against a plain backward's gradients.
+    let hooked: Vec<Vec<f32>> = [&tied, &middle].iter().map(|p| p.grad().unwrap().to_vec_f32().unwrap()).collect();
+    tied.zero_grad();
+    middle.zero_grad();
+    loss().unwrap().backward().unwrap();
+    for (p, h) in [&tied, &middle].iter().zip(&hooked) {
+        assert_eq!(&p.grad().unwrap().to_vec_f32().unwrap(), h);
+    }
+    let err = loss()
+        .unwrap()
+        .backward_hooked(&mut |_| Err(wgkernels::Error::InvalidArgument { op: "hook", msg: "stop".into() }))
+        .unwrap_err();
+    assert!(err.to_string().contains("stop"), "{err}");
+}

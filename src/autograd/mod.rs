@@ -75,6 +75,11 @@ impl GraphSlot {
     }
 }
 
+/// A var's identity (see [`Var::id`]): equal for clones of one var, different for two
+/// vars alive at the same time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct VarId(usize);
+
 /// A tensor in the autograd graph: its value, whether gradients flow to it, and (for an
 /// op's result) the recorded op. Cloning is cheap (shared).
 #[derive(Clone)]
@@ -310,6 +315,11 @@ impl Var {
         Arc::ptr_eq(&self.slot, &other.slot)
     }
 
+    /// This var's identity in the graph (what [`Var::backward_hooked`] reports).
+    pub fn id(&self) -> VarId {
+        VarId(self.slot.key())
+    }
+
     /// Back-propagates from this scalar (one element, e.g. a mean loss) with gradient 1,
     /// adding into every parameter's [`Var::grad`] the gradient of this value with respect
     /// to it.
@@ -318,6 +328,12 @@ impl Var {
     /// grad, or when part of its graph has run its backward already; any op's backward
     /// error, naming the op.
     pub fn backward(&self) -> Result<()> {
+        self.check_scalar()?;
+        let one = Tensor::full(self.tensor().gpu(), self.shape(), 1.0, self.dtype())?;
+        self.backward_with(one)
+    }
+
+    fn check_scalar(&self) -> Result<()> {
         if self.tensor().numel() != 1 {
             return Err(Error::InvalidArgument {
                 op: "backward",
@@ -327,12 +343,46 @@ impl Var {
                 ),
             });
         }
-        let one = Tensor::full(self.tensor().gpu(), self.shape(), 1.0, self.dtype())?;
-        self.backward_with(one)
+        Ok(())
     }
 
     /// Back-propagates `grad` (of this var's shape and dtype) through the graph.
     pub fn backward_with(&self, grad: Tensor) -> Result<()> {
+        self.backward_inner(grad, None)
+    }
+
+    /// [`Var::backward`], calling `on_grad_ready` with a parameter's [`Var::id`] as soon as
+    /// its gradient from this backward is complete (every op that read it has passed its
+    /// gradient back, and [`Var::grad`] holds the sum): parameters near the loss come
+    /// first. Data-parallel training starts reading a bucket of gradients back while the
+    /// rest of the backward is recorded and runs. An error from the hook stops the
+    /// backward and is returned.
+    ///
+    /// ```
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// use wgkernels::autograd::Var;
+    /// let w1 = Var::parameter(Tensor::randn(&gpu, &[4, 4], DType::F32, 1)?);
+    /// let w2 = Var::parameter(Tensor::randn(&gpu, &[4, 4], DType::F32, 2)?);
+    /// let x = Var::constant(Tensor::randn(&gpu, &[2, 4], DType::F32, 3)?);
+    /// let loss = x.matmul(&w1)?.tanh()?.matmul(&w2)?.mean_all()?;
+    /// let mut ready = Vec::new();
+    /// loss.backward_hooked(&mut |id| { ready.push(id); Ok(()) })?;
+    /// assert_eq!(ready, [w2.id(), w1.id()]); // the one nearer the loss first
+    /// # Ok(()) }
+    /// ```
+    pub fn backward_hooked(&self, on_grad_ready: &mut dyn FnMut(VarId) -> Result<()>) -> Result<()> {
+        self.check_scalar()?;
+        let one = Tensor::full(self.tensor().gpu(), self.shape(), 1.0, self.dtype())?;
+        self.backward_inner(one, Some(on_grad_ready))
+    }
+
+    fn backward_inner(
+        &self,
+        grad: Tensor,
+        mut on_grad_ready: Option<&mut dyn FnMut(VarId) -> Result<()>>,
+    ) -> Result<()> {
         if grad.shape() != self.shape() {
             return Err(Error::ShapeMismatch {
                 op: "backward",
@@ -347,12 +397,29 @@ impl Var {
             });
         }
         let order = topological_order(&self.slot);
+        // Ops still to pass a gradient to each slot: a leaf's gradient is complete, and is
+        // accumulated (and reported to the hook), when its count reaches 0, not at its
+        // place in the order, which may come much later (the order is one of many).
+        let mut consumers: HashMap<usize, usize> = HashMap::new();
+        for node in order.iter().filter_map(|slot| slot.node.as_ref()) {
+            for input in node.inputs.iter().filter(|i| i.requires_grad) {
+                *consumers.entry(input.key()).or_default() += 1;
+            }
+        }
         let mut grads: HashMap<usize, Tensor> = HashMap::new();
         grads.insert(self.slot.key(), grad);
+        let mut complete_leaf = |slot: &GraphSlot, key: usize, g: Tensor| -> Result<()> {
+            accumulate(slot, g)?;
+            match on_grad_ready.as_mut() {
+                Some(hook) => hook(VarId(key)),
+                None => Ok(()),
+            }
+        };
         for slot in order.iter().rev() {
             let Some(g) = grads.remove(&slot.key()) else { continue };
             let Some(node) = &slot.node else {
-                accumulate(slot, g)?;
+                // The root itself is a leaf.
+                complete_leaf(slot, slot.key(), g)?;
                 continue;
             };
             let backward = lock(&node.backward).take().ok_or_else(|| Error::InvalidArgument {
@@ -363,22 +430,30 @@ impl Var {
             })?;
             let input_grads = backward(&g)?;
             for (input, ig) in node.inputs.iter().zip(input_grads) {
-                let Some(ig) = ig else { continue };
                 if !input.requires_grad {
                     continue;
                 }
-                if ig.shape() != input.shape.as_slice() {
-                    return Err(Error::ShapeMismatch {
-                        op: node.op,
-                        lhs: input.shape.clone(),
-                        rhs: ig.shape().to_vec(),
-                    });
+                if let Some(ig) = ig {
+                    if ig.shape() != input.shape.as_slice() {
+                        return Err(Error::ShapeMismatch {
+                            op: node.op,
+                            lhs: input.shape.clone(),
+                            rhs: ig.shape().to_vec(),
+                        });
+                    }
+                    let sum = match grads.remove(&input.key()) {
+                        Some(prev) => prev.add(&ig)?,
+                        None => ig,
+                    };
+                    grads.insert(input.key(), sum);
                 }
-                let sum = match grads.remove(&input.key()) {
-                    Some(prev) => prev.add(&ig)?,
-                    None => ig,
-                };
-                grads.insert(input.key(), sum);
+                let left = consumers.get_mut(&input.key()).expect("counted above");
+                *left -= 1;
+                if *left == 0 && input.node.is_none() {
+                    if let Some(g) = grads.remove(&input.key()) {
+                        complete_leaf(input, input.key(), g)?;
+                    }
+                }
             }
         }
         Ok(())

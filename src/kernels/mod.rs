@@ -25,7 +25,9 @@ pub(crate) fn wgsl_load(buf: &str, dtype: DType) -> String {
         DType::F32 => format!("return bitcast<f32>({buf}[e]);"),
         // The wanted half shifted into the low one, then one conversion: a runtime index
         // into the unpacked pair (`[e & 1u]`) may put the pair in local memory.
-        DType::F16 => format!("let w = {buf}[e >> 1u];\n    return unpack2x16float(select(w, w >> 16u, (e & 1u) == 1u)).x;"),
+        DType::F16 => {
+            format!("let w = {buf}[e >> 1u];\n    return unpack2x16float(select(w, w >> 16u, (e & 1u) == 1u)).x;")
+        }
         DType::BF16 => format!("return bf16_bits_to_f32({buf}[e >> 1u], e);"),
     }
 }

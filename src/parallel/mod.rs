@@ -8,12 +8,14 @@
 //! processes by a [`ProcessGroup`] where there is one (MPI, feature `mpi`), divided by the
 //! number of replicas in all, and written back to every replica as its gradient.
 //!
-//! Overlap: every replica's backward is recorded and submitted before the first bucket is
-//! read, so the devices compute their backward passes at the same time, and the host waits
-//! on the slowest. The reduction of a bucket does not start while the backward that
-//! produces it is still running (that needs per-parameter hooks in the backward, which
-//! `Var::backward` does not offer); the time spent is reported by
-//! [`DataParallel::last_sync`].
+//! Overlap: buckets hold the parameters in the order their gradients complete in the
+//! backward (the last layers' first, as PyTorch DDP's). [`DataParallel::backward`] runs each
+//! replica's backward with [`Var::backward_hooked`], and the moment a bucket's gradients
+//! are all complete on a replica, its read-back is recorded and submitted: the device
+//! copies it out while it computes the rest of its backward and while the host records the
+//! other replicas'. The host then sums bucket by bucket in that order, so the first
+//! buckets are summed while the devices still run the last layers' backward. The time
+//! spent is reported by [`DataParallel::last_sync`].
 //!
 //! ```
 //! # use wgkernels::{DType, Gpu};
@@ -38,12 +40,13 @@
 //! # Ok(()) }
 //! ```
 
-use crate::autograd::Var;
+use crate::autograd::{Var, VarId};
 use crate::device::{Gpu, Instant};
 use crate::dtype::{encode_f32, DType};
 use crate::error::{Error, Result};
 use crate::nn::{Linear, Module};
-use crate::tensor::Tensor;
+use crate::tensor::{F32ReadInFlight, Tensor};
+use std::collections::HashMap;
 
 #[cfg(feature = "mpi")]
 mod mpi;
@@ -91,6 +94,15 @@ pub struct SyncStats {
     pub ms: f64,
     /// The part of `ms` inside [`ProcessGroup::all_reduce_sum`].
     pub group_ms: f64,
+    /// Bucket reads (over all replicas) started inside the backward, before it was wholly
+    /// recorded: the overlapped part of the exchange.
+    pub reads_during_backward: usize,
+}
+
+/// One replica's gradients of one bucket being read back (`None`: not reached, zeros).
+struct BucketRead {
+    grads: Vec<Option<Tensor>>,
+    read: F32ReadInFlight,
 }
 
 /// A model replicated on several devices, each replica trained on its part of the batch;
@@ -102,8 +114,11 @@ pub struct DataParallel<M: Module> {
     replicas: Vec<M>,
     /// Per replica, its parameters in `Module::parameters` order.
     params: Vec<Vec<Var>>,
-    /// Parameter index ranges, each about `bucket_bytes` of f32 gradient.
-    buckets: Vec<std::ops::Range<usize>>,
+    /// Parameter indices, each bucket about `bucket_bytes` of f32 gradient, the parameters
+    /// taken from the last: about the order in which the backward completes them.
+    buckets: Vec<Vec<usize>>,
+    /// The bucket of each parameter.
+    bucket_of: Vec<usize>,
     group: Option<Box<dyn ProcessGroup>>,
     last_sync: SyncStats,
 }
@@ -161,19 +176,22 @@ impl<M: Module> DataParallel<M> {
                 });
             }
         }
-        let mut buckets = Vec::new();
-        let (mut start, mut bytes) = (0, 0);
-        for (i, p) in params[0].iter().enumerate() {
+        let (mut buckets, mut bucket, mut bytes) = (Vec::new(), Vec::new(), 0);
+        let mut bucket_of = vec![0; params[0].len()];
+        for (i, p) in params[0].iter().enumerate().rev() {
+            bucket_of[i] = buckets.len();
+            bucket.push(i);
             bytes += p.tensor().numel() * 4;
             if bytes >= opts.bucket_bytes {
-                buckets.push(start..i + 1);
-                (start, bytes) = (i + 1, 0);
+                buckets.push(std::mem::take(&mut bucket));
+                bytes = 0;
             }
         }
-        if start < params[0].len() {
-            buckets.push(start..params[0].len());
+        if !bucket.is_empty() {
+            buckets.push(bucket);
         }
-        let dp = Self { gpus: gpus.to_vec(), replicas, params, buckets, group, last_sync: SyncStats::default() };
+        let dp =
+            Self { gpus: gpus.to_vec(), replicas, params, buckets, bucket_of, group, last_sync: SyncStats::default() };
         dp.broadcast_values()?;
         Ok(dp)
     }
@@ -181,7 +199,7 @@ impl<M: Module> DataParallel<M> {
     /// Copies replica 0's parameter values (process 0's, with a group) to every replica.
     fn broadcast_values(&self) -> Result<()> {
         for bucket in &self.buckets {
-            let tensors: Vec<&Tensor> = self.params[0][bucket.clone()].iter().map(Var::tensor).collect();
+            let tensors: Vec<&Tensor> = bucket.iter().map(|&i| self.params[0][i].tensor()).collect();
             let mut values = Tensor::to_vec_f32_all(&tensors)?;
             if let Some(g) = &self.group {
                 // A sum in which only process 0 contributes is process 0's values.
@@ -197,7 +215,8 @@ impl<M: Module> DataParallel<M> {
                 if r == 0 && !from_other_process {
                     continue;
                 }
-                for (p, v) in params[bucket.clone()].iter().zip(&values) {
+                for (&i, v) in bucket.iter().zip(&values) {
+                    let p = &params[i];
                     p.tensor().realize()?.write_bytes(&encode_f32(v, p.dtype()))?;
                 }
             }
@@ -227,8 +246,10 @@ impl<M: Module> DataParallel<M> {
     }
 
     /// Back-propagates `losses[r]` on replica `r` (each a scalar, the mean loss of its part
-    /// of the batch), then averages every gradient over all replicas
-    /// ([`DataParallel::all_reduce_gradients`]).
+    /// of the batch), then averages every gradient over all replicas, as
+    /// [`DataParallel::all_reduce_gradients`] does, with each bucket's read-back started
+    /// inside the backward as soon as its gradients are complete (see the module's
+    /// "Overlap").
     ///
     /// Errors: `InvalidArgument` unless there is one loss per replica; the backward's.
     pub fn backward(&mut self, losses: &[Var]) -> Result<()> {
@@ -238,14 +259,52 @@ impl<M: Module> DataParallel<M> {
                 msg: format!("{} losses for {} replicas", losses.len(), self.replicas.len()),
             });
         }
-        for loss in losses {
-            loss.backward()?;
+        if self.replicas_in_all() == 1 {
+            losses[0].backward()?;
+            self.last_sync = SyncStats::default();
+            return Ok(());
         }
-        // Every device starts on its backward before the host waits on any.
+        let start = Instant::now();
+        let mut reads: Vec<Vec<Option<BucketRead>>> =
+            self.buckets.iter().map(|_| (0..self.replicas.len()).map(|_| None).collect()).collect();
+        let mut during = 0;
+        for (r, loss) in losses.iter().enumerate() {
+            let index: HashMap<VarId, Vec<usize>> =
+                self.params[r].iter().enumerate().fold(HashMap::new(), |mut m, (i, p)| {
+                    m.entry(p.id()).or_default().push(i);
+                    m
+                });
+            let mut missing: Vec<usize> = self.buckets.iter().map(Vec::len).collect();
+            loss.backward_hooked(&mut |id| {
+                for &i in index.get(&id).map_or(&[][..], Vec::as_slice) {
+                    let b = self.bucket_of[i];
+                    missing[b] -= 1;
+                    if missing[b] == 0 {
+                        reads[b][r] = Some(self.start_bucket_read(r, b)?);
+                        during += 1;
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        // Buckets with a parameter no backward reached (zeros on that replica) start now.
+        for (b, per_replica) in reads.iter_mut().enumerate() {
+            for (r, read) in per_replica.iter_mut().enumerate() {
+                if read.is_none() {
+                    *read = Some(self.start_bucket_read(r, b)?);
+                }
+            }
+        }
         for gpu in &self.gpus {
             gpu.flush()?;
         }
-        self.all_reduce_gradients()
+        let mut stats = SyncStats { reads_during_backward: during, ..Default::default() };
+        for (b, per_replica) in reads.into_iter().enumerate() {
+            self.reduce_bucket(b, per_replica.into_iter().flatten().collect(), &mut stats)?;
+        }
+        stats.ms = start.elapsed().as_secs_f64() * 1e3;
+        self.last_sync = stats;
+        Ok(())
     }
 
     /// Replaces every parameter's gradient, on every replica, with the mean over all
@@ -253,54 +312,67 @@ impl<M: Module> DataParallel<M> {
     /// gradient counts as zeros (a replica whose part of the batch did not reach it).
     pub fn all_reduce_gradients(&mut self) -> Result<()> {
         let start = Instant::now();
-        let replicas_in_all = self.replicas.len() * self.group.as_ref().map_or(1, |g| g.size());
-        if replicas_in_all == 1 {
+        if self.replicas_in_all() == 1 {
             // The mean of one: the gradients stay where they are (a one-device baseline
             // pays nothing for the wrapper).
             self.last_sync = SyncStats::default();
             return Ok(());
         }
-        let mut stats = SyncStats { buckets: self.buckets.len(), ..Default::default() };
-        for bucket in &self.buckets {
-            // Summed in f32 in replica order, the same order on every process.
-            let mut sum: Vec<Vec<f32>> =
-                self.params[0][bucket.clone()].iter().map(|p| vec![0.0; p.tensor().numel()]).collect();
+        let mut stats = SyncStats::default();
+        for b in 0..self.buckets.len() {
             // Every replica's read starts before the first is waited for: the devices copy
             // at the same time.
-            let mut reads = Vec::with_capacity(self.params.len());
-            for params in &self.params {
-                let grads: Vec<Option<Tensor>> = params[bucket.clone()].iter().map(Var::grad).collect();
-                let present: Vec<&Tensor> = grads.iter().flatten().collect();
-                let read = Tensor::start_read_f32_all(&present)?;
-                reads.push((grads, read));
-            }
-            for (grads, read) in reads {
-                let mut values = read.finish()?.into_iter();
-                for (acc, g) in sum.iter_mut().zip(&grads) {
-                    if g.is_some() {
-                        let v = values.next().unwrap_or_default();
-                        acc.iter_mut().zip(&v).for_each(|(a, &x)| *a += x);
-                    }
-                }
-            }
-            let mut flat: Vec<f32> = sum.concat();
-            stats.bytes += flat.len() * 4;
-            if let Some(g) = &self.group {
-                let t = Instant::now();
-                g.all_reduce_sum(&mut flat)?;
-                stats.group_ms += t.elapsed().as_secs_f64() * 1e3;
-            }
-            let scale = 1.0 / replicas_in_all as f32;
-            flat.iter_mut().for_each(|x| *x *= scale);
-            let means = split_like(&flat, &sum);
-            for (r, params) in self.params.iter().enumerate() {
-                for (p, mean) in params[bucket.clone()].iter().zip(&means) {
-                    p.set_grad(Tensor::from_f32(&self.gpus[r], mean, p.shape(), p.dtype())?)?;
-                }
-            }
+            let reads = (0..self.replicas.len()).map(|r| self.start_bucket_read(r, b)).collect::<Result<_>>()?;
+            self.reduce_bucket(b, reads, &mut stats)?;
         }
         stats.ms = start.elapsed().as_secs_f64() * 1e3;
         self.last_sync = stats;
+        Ok(())
+    }
+
+    fn replicas_in_all(&self) -> usize {
+        self.replicas.len() * self.group.as_ref().map_or(1, |g| g.size())
+    }
+
+    /// Starts reading bucket `b`'s gradients back from replica `r`.
+    fn start_bucket_read(&self, r: usize, b: usize) -> Result<BucketRead> {
+        let grads: Vec<Option<Tensor>> = self.buckets[b].iter().map(|&i| self.params[r][i].grad()).collect();
+        let present: Vec<&Tensor> = grads.iter().flatten().collect();
+        let read = Tensor::start_read_f32_all(&present)?;
+        Ok(BucketRead { grads, read })
+    }
+
+    /// Sums bucket `b`'s reads (one per replica, in replica order) in f32, across the
+    /// process group too, and writes the mean back to every replica.
+    fn reduce_bucket(&self, b: usize, reads: Vec<BucketRead>, stats: &mut SyncStats) -> Result<()> {
+        let bucket = &self.buckets[b];
+        let mut sum: Vec<Vec<f32>> = bucket.iter().map(|&i| vec![0.0; self.params[0][i].tensor().numel()]).collect();
+        for BucketRead { grads, read } in reads {
+            let mut values = read.finish()?.into_iter();
+            for (acc, g) in sum.iter_mut().zip(&grads) {
+                if g.is_some() {
+                    let v = values.next().unwrap_or_default();
+                    acc.iter_mut().zip(&v).for_each(|(a, &x)| *a += x);
+                }
+            }
+        }
+        let mut flat: Vec<f32> = sum.concat();
+        stats.buckets += 1;
+        stats.bytes += flat.len() * 4;
+        if let Some(g) = &self.group {
+            let t = Instant::now();
+            g.all_reduce_sum(&mut flat)?;
+            stats.group_ms += t.elapsed().as_secs_f64() * 1e3;
+        }
+        let scale = 1.0 / self.replicas_in_all() as f32;
+        flat.iter_mut().for_each(|x| *x *= scale);
+        let means = split_like(&flat, &sum);
+        for (r, params) in self.params.iter().enumerate() {
+            for (&i, mean) in bucket.iter().zip(&means) {
+                let p = &params[i];
+                p.set_grad(Tensor::from_f32(&self.gpus[r], mean, p.shape(), p.dtype())?)?;
+            }
+        }
         Ok(())
     }
 
