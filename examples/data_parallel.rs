@@ -118,13 +118,15 @@ fn main() -> Result<()> {
         let timed_steps = (steps - 1) as f64;
         let secs = t.elapsed().as_secs_f64();
         say(format!(
-            "{:.0} tokens/s over {} steps; gradient sync {:.1} ms a step ({:.1} ms of it in the process group), {:.2} MB of f32 gradients in {} buckets",
+            "{:.0} tokens/s over {} steps; gradient sync {:.1} ms a step ({:.1} ms of it in the process group), {:.2} MB of f32 gradients in {} buckets, {} of {} bucket reads started inside the backward",
             timed_steps * (batch * seq) as f64 / secs,
             steps - 1,
             sync_ms / timed_steps,
             group_ms / timed_steps,
             dp.last_sync().bytes as f64 / 1e6,
             dp.last_sync().buckets,
+            dp.last_sync().reads_during_backward,
+            dp.last_sync().buckets * dp.replicas().len(),
         ));
     }
     if args.has("--check") && rank == 0 {
