@@ -339,16 +339,21 @@ fn a_long_training_loop_keeps_memory_flat() {
 fn kv_cache_decoding_matches_the_full_forward() {
     use wgkernels::nn::{LayerCache, Sampling};
     let gpu = gpu();
+    let tokens: Vec<u32> = (0..12).map(|i| (i * 5 % 17) as u32).collect();
+    // Logits of `prefill` tokens at once, then one token at a time, beside the full
+    // forward's; the caches after.
+    let decode = |model: &Gpt, prefill: usize| {
+        let full = model.forward(&tokens, 1, tokens.len()).unwrap().tensor().to_vec_f32().unwrap();
+        let mut caches = vec![LayerCache::default(); model.config.layers];
+        let mut got = model.forward_cached(&tokens[..prefill], &mut caches).unwrap().to_vec_f32().unwrap();
+        for &t in &tokens[prefill..] {
+            got.extend(model.forward_cached(&[t], &mut caches).unwrap().to_vec_f32().unwrap());
+        }
+        (got, full.iter().map(|&v| v as f64).collect::<Vec<f64>>(), caches)
+    };
     let config = GptConfig { vocab: 17, context: 16, layers: 2, heads: 2, d_model: 16 };
     let model = Gpt::new(&gpu, &config, DType::F32, 8).unwrap();
-    let tokens: Vec<u32> = (0..12).map(|i| (i * 5 % 17) as u32).collect();
-    let full = model.forward(&tokens, 1, tokens.len()).unwrap().tensor().to_vec_f32().unwrap();
-    let want: Vec<f64> = full.iter().map(|&v| v as f64).collect();
-    let mut caches = vec![LayerCache::default(); config.layers];
-    let mut got = model.forward_cached(&tokens[..5], &mut caches).unwrap().to_vec_f32().unwrap();
-    for &t in &tokens[5..] {
-        got.extend(model.forward_cached(&[t], &mut caches).unwrap().to_vec_f32().unwrap());
-    }
+    let (got, want, mut caches) = decode(&model, 5);
     assert_eq!(caches[0].len(), 12);
     assert_close("cached logits vs full forward", &got, &want, 1e-5, 1e-4);
     let greedy = Sampling::default();
@@ -367,14 +372,7 @@ fn kv_cache_decoding_matches_the_full_forward() {
     // 16-bit caches (rows of 8 halves per head, one copy per token).
     for (dtype, d_model, heads) in [(DType::BF16, 16, 2), (DType::F16, 24, 3)] {
         let config = GptConfig { vocab: 17, context: 16, layers: 2, heads, d_model };
-        let model = Gpt::new(&gpu, &config, dtype, 9).unwrap();
-        let full = model.forward(&tokens, 1, tokens.len()).unwrap().tensor().to_vec_f32().unwrap();
-        let want: Vec<f64> = full.iter().map(|&v| v as f64).collect();
-        let mut caches = vec![LayerCache::default(); config.layers];
-        let mut got = model.forward_cached(&tokens[..3], &mut caches).unwrap().to_vec_f32().unwrap();
-        for &t in &tokens[3..] {
-            got.extend(model.forward_cached(&[t], &mut caches).unwrap().to_vec_f32().unwrap());
-        }
+        let (got, want, caches) = decode(&Gpt::new(&gpu, &config, dtype, 9).unwrap(), 3);
         assert_eq!(caches[1].len(), 12);
         assert_close(&format!("{dtype:?} d {d_model}: cached logits vs full forward"), &got, &want, 2e-2, 2e-2);
     }
