@@ -206,8 +206,9 @@ fn profiler_names_every_dispatch() {
     let _s = y.sum(-1).unwrap();
     let report = profile.finish().unwrap();
     let names: Vec<&str> = report.kernels.iter().map(|k| k.name.as_str()).collect();
-    // Element-wise work, fused or not, runs in the `fused` family's kernels.
-    assert_eq!(names, ["fused:main", "reduce:sum_rows"]);
+    // Element-wise work, fused or not, runs in the `fused` family's kernels, labelled with
+    // their ops.
+    assert_eq!(names, ["fused:main[add]", "reduce:sum_rows"]);
     assert!(report.kernels.iter().all(|k| k.ms >= 0.0 && k.ms.is_finite()));
     assert_eq!(report.timestamps, gpu.has(wgkernels::wgpu::Features::TIMESTAMP_QUERY));
     assert!(report.to_string().contains("reduce:sum_rows"));

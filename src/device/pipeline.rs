@@ -98,12 +98,23 @@ pub struct Kernel {
     pub trusted: bool,
     /// Flags of the `//#if` blocks to keep.
     pub flags: Vec<&'static str>,
+    /// What this specialisation computes, for profiles (a generated kernel's ops); empty
+    /// for the static families.
+    pub note: String,
 }
 
 impl Kernel {
     /// A kernel with no specialisation yet.
     pub fn new(shader: &'static ShaderSource, entry: &'static str) -> Self {
-        Self { shader, entry, subs: Vec::new(), constants: Vec::new(), trusted: false, flags: Vec::new() }
+        Self {
+            shader,
+            entry,
+            subs: Vec::new(),
+            constants: Vec::new(),
+            trusted: false,
+            flags: Vec::new(),
+            note: String::new(),
+        }
     }
 
     /// Replaces `{{name}}` by `text`.
@@ -121,6 +132,12 @@ impl Kernel {
     /// Keeps the `//#if name` blocks (and drops their `//#else` parts).
     pub fn flag(mut self, name: &'static str) -> Self {
         self.flags.push(name);
+        self
+    }
+
+    /// Sets the note its label carries (see [`Kernel::label`]).
+    pub fn note(mut self, note: impl Into<String>) -> Self {
+        self.note = note.into();
         self
     }
 
@@ -152,9 +169,15 @@ impl Kernel {
         text
     }
 
-    /// A short label for profiles and errors: `family:entry`.
+    /// A short label for profiles and errors: `family:entry`, then the note in brackets
+    /// where there is one (a fused kernel's ops: `fused:main[add,gelu_tanh]`), so that a
+    /// profile tells generated kernels apart.
     pub fn label(&self) -> String {
-        format!("{}:{}", self.shader.name, self.entry)
+        if self.note.is_empty() {
+            format!("{}:{}", self.shader.name, self.entry)
+        } else {
+            format!("{}:{}[{}]", self.shader.name, self.entry, self.note)
+        }
     }
 }
 

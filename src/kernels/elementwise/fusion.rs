@@ -805,6 +805,20 @@ pub(crate) fn sample_prologue_decls(first_binding: usize, dtype: DType) -> Strin
     prologue_decls(first_binding, &leaves, ExtraSlots { dropouts: 1, scalars: 0 }, &ops, body, result)
 }
 
+/// A fused kernel's note for profiles: the names of its op functions (`fn op_NAME`) in
+/// order, at most 6 ("copy" for none: a cast or a strided copy), and how many values it
+/// stores.
+fn ops_note(ops: &str, outputs: usize) -> String {
+    let mut names: Vec<&str> = ops.split("fn op_").skip(1).filter_map(|rest| rest.split('(').next()).collect();
+    if names.is_empty() {
+        names.push("copy");
+    }
+    let shown = names.iter().take(6).copied().collect::<Vec<_>>().join(",");
+    let more = if names.len() > 6 { ",…" } else { "" };
+    let outs = if outputs > 1 { format!(" →{outputs}") } else { String::new() };
+    format!("{shown}{more}{outs}")
+}
+
 /// The generated kernel: leaves of (dtype, contiguous) layouts, op functions, a body that
 /// computes the values named in `outputs` (each stored with its dtype).
 ///
@@ -853,6 +867,7 @@ pub(crate) fn fused_kernel(
         }
     }
     Kernel::new(&FUSED, "main")
+        .note(ops_note(ops, outputs.len()))
         .sub("BINDINGS", bindings)
         .sub("LOADERS", loaders)
         .sub("OPS", ops)
@@ -1097,6 +1112,7 @@ fn fused_kernel_wide(
     let fields: Vec<String> = (0..outputs.len()).map(|k| format!("o{k}: f32,")).collect();
     let names: Vec<&str> = outputs.iter().map(|(n, _)| n.as_str()).collect();
     Kernel::new(&FUSED, "main")
+        .note(ops_note(ops, outputs.len()))
         .sub("BINDINGS", bindings)
         .sub("LOADERS", loaders)
         .sub("OPS", ops)
