@@ -1222,13 +1222,12 @@ impl Gpu {
         if queue.is_none() {
             *queue = self.start_jit_worker();
         }
-        match queue.as_ref().map(|q| q.send(kernel.clone())) {
-            Some(Ok(())) => {
-                pending.insert(kernel.clone());
-                true
-            }
-            _ => false,
+        // A send fails only when the worker has gone; the kernel then stays quick-only.
+        let sent = queue.as_ref().is_some_and(|q| q.send(kernel.clone()).is_ok());
+        if sent {
+            pending.insert(kernel.clone());
         }
+        sent
     }
 
     /// The background compiler: one thread, so that a burst of new structures (a training
