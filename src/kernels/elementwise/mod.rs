@@ -362,9 +362,10 @@ pub(crate) fn collapse(shape: &[usize], strides: &mut [Vec<usize>]) -> (Vec<usiz
 }
 
 /// The kernel for given input dtypes (None for the absent second input), contiguity and
-/// output dtype, on the 16-byte path with `wide` elements per unit. Trusted: see `launch`
-/// for why every index is in range.
-fn kernel(a: (DType, bool), b: Option<(DType, bool)>, op: &str, out: DType, wide: Option<usize>) -> Kernel {
+/// output dtype, on the 16-byte path with `wide` elements per unit, labelled `name` in
+/// profiles (as the fusion JIT's: the op, or "copy"). Trusted: see `launch` for why every
+/// index is in range.
+fn kernel(a: (DType, bool), b: Option<(DType, bool)>, op: &str, name: &str, out: DType, wide: Option<usize>) -> Kernel {
     use fusion::Access;
     let layout = |(d, contiguous): (DType, bool)| (d, if contiguous { Access::Contiguous } else { Access::Strided });
     let (a, b) = (layout(a), b.map(layout));
@@ -377,7 +378,7 @@ fn kernel(a: (DType, bool), b: Option<(DType, bool)>, op: &str, out: DType, wide
         None => (vec![a], format!("let x = load_0(index_0(i));\n    let r = {op};\n    ")),
     };
     let wide = wide.map(|elements| fusion::Wide { elements, units: UNROLL });
-    fusion::fused_kernel(&leaves, fusion::ExtraSlots::default(), "", &body, &[("r".into(), out)], wide)
+    fusion::fused_kernel(&leaves, fusion::ExtraSlots::default(), "", &body, &[("r".into(), out)], wide).note(name)
 }
 
 /// This class's WGSL files.
@@ -394,21 +395,21 @@ pub fn all_kernels() -> Vec<Kernel> {
     for out in DType::ALL {
         for a in DType::ALL {
             for ac in [false, true] {
-                all.push(kernel((a, ac), None, "x", out, None));
+                all.push(kernel((a, ac), None, "x", "copy", out, None));
             }
-            all.push(kernel((a, true), None, "x", out, Some(wide(&[a, out]))));
+            all.push(kernel((a, true), None, "x", "copy", out, Some(wide(&[a, out]))));
         }
         for op in UnaryOp::ALL {
-            all.push(kernel((out, true), None, op.wgsl(), out, None));
-            all.push(kernel((out, true), None, op.wgsl(), out, Some(wide(&[out]))));
+            all.push(kernel((out, true), None, op.wgsl(), op.name(), out, None));
+            all.push(kernel((out, true), None, op.wgsl(), op.name(), out, Some(wide(&[out]))));
         }
         for op in BinaryOp::ALL {
             for ac in [false, true] {
                 for bc in [false, true] {
-                    all.push(kernel((out, ac), Some((out, bc)), op.wgsl(), out, None));
+                    all.push(kernel((out, ac), Some((out, bc)), op.wgsl(), op.name(), out, None));
                 }
             }
-            all.push(kernel((out, true), Some((out, true)), op.wgsl(), out, Some(wide(&[out]))));
+            all.push(kernel((out, true), Some((out, true)), op.wgsl(), op.name(), out, Some(wide(&[out]))));
         }
     }
     all.extend(fusion::sample_kernels());
@@ -454,7 +455,8 @@ fn launch(
         .collect();
     let offsets: Vec<usize> = inputs.iter().map(|t| t.offset()).collect();
     let wide = fusion::wide_elements(&layout, &offsets, &[out_dtype], n, 0);
-    let k = kernel(a, b, wgsl_op, out_dtype, wide);
+    let label = if matches!(op, "contiguous" | "to_dtype") { "copy" } else { op };
+    let k = kernel(a, b, wgsl_op, label, out_dtype, wide);
     let meta_buf = gpu.meta_buffer(&params.words());
     let per = match wide {
         Some(elements) => elements,
