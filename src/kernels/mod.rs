@@ -23,8 +23,9 @@ use crate::DType;
 pub(crate) fn wgsl_load(buf: &str, dtype: DType) -> String {
     match dtype {
         DType::F32 => format!("return bitcast<f32>({buf}[e]);"),
-        // The wanted half shifted into the low one, then one conversion: a runtime index
-        // into the unpacked pair (`[e & 1u]`) may put the pair in local memory.
+        // The wanted half shifted into the low one, then one conversion: with a runtime
+        // index into the unpacked pair (`[e & 1u]`) GPT-2's f16 step spent 73.5 ms in its
+        // tensor-core matmuls on the H200 instead of 45.5 (operands staged element by element).
         DType::F16 => {
             format!("let w = {buf}[e >> 1u];\n    return unpack2x16float(select(w, w >> 16u, (e & 1u) == 1u)).x;")
         }
