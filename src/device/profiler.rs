@@ -21,8 +21,8 @@ use crate::error::{Error, Result};
 /// sets as dispatches come, so that a whole decode loop (GPT-2 small: ~7300 dispatches for
 /// 64 tokens) is timed.
 const DISPATCHES_PER_SET: u32 = 2048;
-/// Timestamp pairs a profile can hold (128 sets, 4 MiB of timestamps); dispatches beyond it are counted
-/// but not timed.
+/// Timestamp pairs a profile can hold (128 sets, 4 MiB of timestamps); dispatches beyond
+/// it are counted but not timed.
 const MAX_TIMED_DISPATCHES: u32 = 128 * DISPATCHES_PER_SET;
 
 pub(crate) struct ProfilerState {

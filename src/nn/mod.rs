@@ -505,7 +505,7 @@ fn uniform(state: &mut u64) -> f64 {
 
 /// The index of the token drawn from `logits` (`u` uniform in [0, 1)). Greedy is one pass
 /// (the first largest); top-k selects the k largest before sorting them. A full sort of
-/// GPT-2's 50257 logits took about 2 ms per token on the host, a fifth of a decode step.
+/// GPT-2's 50257 logits took about 2 ms per token on the build machine's CPU.
 fn draw(logits: &[f32], sampling: &Sampling, u: f64) -> u32 {
     // Descending, ties by index: the order a stable sort of the logits gives.
     let before = |a: &usize, b: &usize| logits[*b].total_cmp(&logits[*a]).then(a.cmp(b));

@@ -507,7 +507,6 @@ impl ColumnParallelLinear {
     }
 }
 
-/// `flat` cut into pieces of the lengths of `like`'s.
 /// `f(acc part, x part)` over `acc` split into as many parts as the host has threads (each
 /// at least 2^18 values; `x`, when not empty, split alike): the host's part of the
 /// all-reduce is memory-bound, and one thread adds a few GB/s. Element-wise, so the result
@@ -533,6 +532,7 @@ fn on_threads(acc: &mut [f32], x: &[f32], f: impl Fn(&mut [f32], &[f32]) + Sync)
     });
 }
 
+/// `flat` cut into pieces of the lengths of `like`'s.
 fn split_like(flat: &[f32], like: &[Vec<f32>]) -> Vec<Vec<f32>> {
     let mut at = 0;
     like.iter()

@@ -361,6 +361,18 @@ pub(crate) fn collapse(shape: &[usize], strides: &mut [Vec<usize>]) -> (Vec<usiz
     (out_shape, out_strides)
 }
 
+/// `Err` naming `op` unless every tensor lives on the first one's device.
+fn same_device(op: &'static str, tensors: &[&Tensor]) -> Result<()> {
+    match tensors.split_first() {
+        Some((first, rest))
+            if rest.iter().any(|t| !std::ptr::eq(t.gpu().inner.as_ref(), first.gpu().inner.as_ref())) =>
+        {
+            Err(Error::InvalidArgument { op, msg: "operands live on different Gpu devices".into() })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The kernel for given input dtypes (None for the absent second input), contiguity and
 /// output dtype, on the 16-byte path with `wide` elements per unit, labelled `name` in
 /// profiles (as the fusion JIT's: the op, or "copy"). Trusted: see `launch` for why every
@@ -489,9 +501,7 @@ pub fn binary(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
     if a.dtype() != b.dtype() {
         return Err(Error::DTypeMismatch { op: name, lhs: a.dtype(), rhs: b.dtype() });
     }
-    if !std::ptr::eq(a.gpu().inner.as_ref(), b.gpu().inner.as_ref()) {
-        return Err(Error::InvalidArgument { op: name, msg: "operands live on different Gpu devices".into() });
-    }
+    same_device(name, &[a, b])?;
     let shape = broadcast_shapes(name, a.shape(), b.shape())?;
     // Only operands of another shape become broadcast views (a pending one is realised
     // for that); same-shape pending operands stay in the fused chain.
@@ -546,10 +556,7 @@ pub fn where_(cond: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if a.dtype() != b.dtype() {
         return Err(Error::DTypeMismatch { op: OP, lhs: a.dtype(), rhs: b.dtype() });
     }
-    let same_gpu = |t: &Tensor| std::ptr::eq(t.gpu().inner.as_ref(), a.gpu().inner.as_ref());
-    if !same_gpu(b) || !same_gpu(cond) {
-        return Err(Error::InvalidArgument { op: OP, msg: "operands live on different Gpu devices".into() });
-    }
+    same_device(OP, &[a, b, cond])?;
     let shape = broadcast_shapes(OP, &broadcast_shapes(OP, cond.shape(), a.shape())?, b.shape())?;
     let expand = |t: &Tensor| if t.shape() == shape.as_slice() { Ok(t.clone()) } else { t.expand(&shape) };
     let t = fusion::lazy_where(expand(cond)?, expand(a)?, expand(b)?)?;
@@ -795,9 +802,7 @@ impl Tensor {
     /// past every view it has handed out.
     pub(crate) fn copy_from(&self, src: &Tensor) -> Result<()> {
         const OP: &str = "copy_from";
-        if !std::ptr::eq(self.gpu().inner.as_ref(), src.gpu().inner.as_ref()) {
-            return Err(Error::InvalidArgument { op: OP, msg: "tensors live on different Gpu devices".into() });
-        }
+        same_device(OP, &[self, src])?;
         if self.dtype() != src.dtype() {
             return Err(Error::DTypeMismatch { op: OP, lhs: self.dtype(), rhs: src.dtype() });
         }
@@ -858,11 +863,9 @@ impl Tensor {
             return Err(Error::InvalidArgument { op: OP, msg: "no tensors to concatenate".into() });
         };
         let d = crate::tensor::resolve_dim(OP, dim, first.shape())?;
+        same_device(OP, tensors)?;
         let mut total = 0usize;
         for t in tensors {
-            if !std::ptr::eq(t.gpu().inner.as_ref(), first.gpu().inner.as_ref()) {
-                return Err(Error::InvalidArgument { op: OP, msg: "tensors live on different Gpu devices".into() });
-            }
             if t.dtype() != first.dtype() {
                 return Err(Error::DTypeMismatch { op: OP, lhs: first.dtype(), rhs: t.dtype() });
             }
