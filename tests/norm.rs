@@ -416,6 +416,60 @@ fn cross_entropy_loss_and_gradient() {
     }
 }
 
+/// Cross-entropy's forward and backward apart (autograd's path): the loss and each row's
+/// log-sum-exp against f64, and the gradient times an upstream gradient (1, and loss
+/// scales) in the logits' dtype; every dtype, even and odd rows (16-bit odd rows take the
+/// shifted pairs and the edge join), both register classes of the forward. The backward
+/// is also checked against the one-pass kernel's gradient multiplied by the same factor.
+#[test]
+fn cross_entropy_forward_and_backward_apart() {
+    let gpu = gpu();
+    for dtype in DType::ALL {
+        for (rows, v) in [(1, 1), (4, 3), (5, 7), (6, 1000), (3, 1002), (3, 50257), (2, 50260)] {
+            let (x, xv) = random_tensor(&gpu, &[rows, v], dtype, 62);
+            let targets: Vec<u32> = (0..rows).map(|r| ((r * 7919 + 5) % v) as u32).collect();
+            let lsm = softmax_ref(&xv, v, true);
+            let loss_want: f64 = (0..rows).map(|r| -lsm[r * v + targets[r] as usize]).sum::<f64>() / rows as f64;
+            let lse_want: Vec<f64> = (0..rows).map(|r| xv[r * v] - lsm[r * v]).collect();
+            for vpt in [None, Some(1)] {
+                let (loss, lse) = x.cross_entropy_forward_with(&targets, vpt).unwrap();
+                let what = format!("{rows}x{v} {dtype:?} vpt {vpt:?}");
+                assert_close(&format!("ce forward loss {what}"), &loss.to_vec_f32().unwrap(), &[loss_want], 1e-5, 1e-5);
+                assert_close(&format!("ce forward lse {what}"), &lse.to_vec_f32().unwrap(), &lse_want, 1e-5, 1e-5);
+            }
+            let (_, lse) = x.cross_entropy_forward(&targets).unwrap();
+            let (atol, rtol) = softmax_tol(dtype);
+            for scale in [1.0f32, -0.37, 1024.0, 65536.0] {
+                let g = Tensor::full(&gpu, &[], scale, DType::F32).unwrap();
+                let dl = x.cross_entropy_backward(&lse, &targets, &g).unwrap();
+                assert_eq!((dl.shape(), dl.dtype()), (&[rows, v][..], dtype));
+                let mut want: Vec<f64> = lsm.iter().map(|l| l.exp()).collect();
+                for r in 0..rows {
+                    want[r * v + targets[r] as usize] -= 1.0;
+                }
+                let k = scale as f64 / rows as f64;
+                want.iter_mut().for_each(|w| *w *= k);
+                let what = format!("ce backward {rows}x{v} {dtype:?} × {scale}");
+                assert_close(&what, &dl.to_vec_f32().unwrap(), &want, atol * k.abs(), rtol);
+                // Against the one-pass kernel's gradient times the same factor (f32: the
+                // 16-bit one-pass gradient is rounded before it is scaled).
+                if dtype == DType::F32 {
+                    let (_, one_pass) = x.cross_entropy(&targets).unwrap();
+                    let composed = one_pass.mul(&g).unwrap().to_vec_f32().unwrap();
+                    let composed: Vec<f64> = composed.iter().map(|&f| f as f64).collect();
+                    assert_close(
+                        &format!("{what} vs one pass"),
+                        &dl.to_vec_f32().unwrap(),
+                        &composed,
+                        1e-7 * k.abs(),
+                        1e-5,
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// Logits far from 0 (offset by 1e4): the loss is (max − x_t) + log(sum), the two large
 /// values taken off each other first; max + log(sum) − x_t lost log(sum)'s low bits at
 /// 1e4's magnitude (1.4e-4 off, where f32 allows about 1e-6).
@@ -463,6 +517,18 @@ fn norm_errors() {
     assert!(matches!(e, Error::ShapeMismatch { op: "cross_entropy", .. }), "{e}");
     let e = x.cross_entropy(&[0, 1, 2, 6]).unwrap_err();
     assert!(matches!(e, Error::InvalidArgument { op: "cross_entropy", .. }), "{e}");
+    let e = x.cross_entropy_forward(&[0, 1, 2]).unwrap_err();
+    assert!(matches!(e, Error::ShapeMismatch { op: "cross_entropy_forward", .. }), "{e}");
+    let (_, lse) = x.cross_entropy_forward(&[0, 1, 2, 5]).unwrap();
+    let one = Tensor::full(&gpu, &[], 1.0, DType::F32).unwrap();
+    let e = x.cross_entropy_backward(&lse, &[0, 1, 2, 6], &one).unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument { op: "cross_entropy_backward", .. }), "target 6: {e}");
+    let e = x.cross_entropy_backward(&lse.to_dtype(DType::F16).unwrap(), &[0, 1, 2, 5], &one).unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument { op: "cross_entropy_backward", .. }), "f16 lse: {e}");
+    let e = x.cross_entropy_backward(&one, &[0, 1, 2, 5], &one).unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument { op: "cross_entropy_backward", .. }), "lse []: {e}");
+    let e = x.cross_entropy_backward(&lse, &[0, 1, 2, 5], &lse).unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument { op: "cross_entropy_backward", .. }), "grad of 4: {e}");
     let dy = Tensor::randn(&gpu, &[4, 5], DType::F32, 5).unwrap();
     let e = x.layer_norm_backward(None, &dy, 1e-5).unwrap_err();
     assert!(matches!(e, Error::ShapeMismatch { op: "layer_norm_backward", .. }), "{e}");

@@ -452,13 +452,17 @@ impl Var {
     }
 
     /// Mean cross-entropy of these logits `[rows, classes]` (leading dims flattened)
-    /// against `targets`, a 0-dim f32 var. Its forward kernel computes the gradient with
-    /// respect to the logits in the same pass; the backward scales it by the upstream
-    /// gradient.
+    /// against `targets`, a 0-dim f32 var, computed in f32 from logits of any dtype (16-bit
+    /// logits need no f32 copy). The forward keeps the logits and each row's log-sum-exp;
+    /// the backward writes the gradient in the logits' dtype, the upstream gradient (a loss
+    /// scale, say) applied before it is rounded, in one pass (see
+    /// [`Tensor::cross_entropy_backward`]).
     pub fn cross_entropy(&self, targets: &[u32]) -> Result<Var> {
-        let (loss, dlogits) = self.tensor().cross_entropy(targets)?;
+        let logits = self.tensor().clone();
+        let (loss, lse) = logits.cross_entropy_forward(targets)?;
+        let targets = targets.to_vec();
         Ok(Var::from_op(loss, "cross_entropy", &[self], move |g: &Tensor| {
-            Ok(vec![Some(dlogits.mul(&g.to_dtype(dlogits.dtype())?)?)])
+            Ok(vec![Some(logits.cross_entropy_backward(&lse, &targets, g)?)])
         }))
     }
 

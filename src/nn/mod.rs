@@ -471,9 +471,11 @@ impl Gpt {
 
     /// Mean cross-entropy of the next-token predictions: `targets[i]` follows `ids[i]`.
     pub fn loss(&self, ids: &[u32], targets: &[u32], batch: usize, seq: usize) -> Result<Var> {
-        let logits = self.forward(ids, batch, seq)?;
-        let logits = if logits.dtype() == DType::F32 { logits } else { logits.to_dtype(DType::F32)? };
-        logits.cross_entropy(targets)
+        // 16-bit logits as they are: the loss computes in f32 and writes their gradient in
+        // 16-bit once scaled. Per logit, 6 bytes move (read, read, write) where an f32 copy,
+        // an f32 gradient and its scaling moved 20: 2.5 GB against 8.2 GB at GPT-2 small's
+        // 8192 tokens × 50257.
+        self.forward(ids, batch, seq)?.cross_entropy(targets)
     }
 }
 

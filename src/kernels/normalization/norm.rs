@@ -521,7 +521,7 @@ pub fn all_kernels() -> Vec<Kernel> {
 }
 
 /// The workgroup-row entries of every kind at every register class: softmax (forward,
-/// backward, masked, log), cross-entropy, LayerNorm/RMSNorm forward and backward, the
+/// backward, masked, log), cross-entropy (one pass, and forward and backward apart), LayerNorm/RMSNorm forward and backward, the
 /// param-gradient passes.
 fn row_kernels(d: DType, caps: Caps, unit: u32, out: DType) -> Vec<Kernel> {
     let mut all = Vec::new();
@@ -540,6 +540,8 @@ fn row_kernels(d: DType, caps: Caps, unit: u32, out: DType) -> Vec<Kernel> {
     }
     all.push(softmax_kernel("softmax", d, Some(d), None, out, unit, 4, true, 1.0, caps, false));
     all.push(softmax_kernel("cross_entropy", d, None, None, out, unit, 16, false, 0.5, caps, false));
+    all.push(softmax_kernel("cross_entropy_loss", d, None, None, out, unit, 16, false, 1.0, caps, false));
+    all.push(softmax_kernel("cross_entropy_backward", d, None, None, out, unit, 1, false, 0.5, caps, false));
     all.push(norm_kernel("forward", d, None, None, None, out, unit, 2, false, caps, None));
     for rms in [false, true] {
         all.push(norm_kernel("param_grads", d, None, None, Some(d), out, unit, 1, rms, caps, None));
@@ -576,6 +578,8 @@ fn odd_row_kernels(d: DType, caps: Caps, unit: u32, sg: bool) -> Vec<Kernel> {
             ("softmax", None, None, 16, true),
             ("softmax_backward", None, Some(d), 2, false),
             ("cross_entropy", None, None, 16, false),
+            ("cross_entropy_loss", None, None, 16, false),
+            ("cross_entropy_backward", None, None, 1, false),
             ("join_edges", None, None, 1, false),
         ] {
             all.push(softmax_kernel(entry, d, mask, dy, d, 2, vpt, log, 0.5, caps, true));
@@ -609,6 +613,23 @@ fn param(op: &'static str, p: Option<&Tensor>, n: usize) -> Result<Option<Tensor
         Some(t) if t.shape() != [n] => Err(Error::ShapeMismatch { op, lhs: t.shape().to_vec(), rhs: vec![n] }),
         Some(t) => Ok(Some(t.contiguous()?)),
     }
+}
+
+/// The rows of a cross-entropy over `x` (`[rows, classes]`, leading dims flattened) after
+/// checking one target per row, each a class index: (rows, odd, register class).
+fn cross_entropy_rows(op: &'static str, x: &Tensor, targets: &[u32], vpt: Option<u32>) -> Result<(Rows, bool, u32)> {
+    let (r, odd) = softmax_rows(op, x)?;
+    let vpt = workgroup_vpt(op, vpt, r.n, r.unit, Caps::of(x.gpu()).row_wg())?;
+    if targets.len() != r.rows {
+        return Err(Error::ShapeMismatch { op, lhs: x.shape().to_vec(), rhs: vec![targets.len()] });
+    }
+    if let Some((i, &t)) = targets.iter().enumerate().find(|&(_, &t)| t as usize >= r.n) {
+        return Err(Error::InvalidArgument {
+            op,
+            msg: format!("target {t} of row {i} is not a class index below {}", r.n),
+        });
+    }
+    Ok((r, odd, vpt))
 }
 
 fn finish(out: Tensor, dtype: DType, shape: &[usize]) -> Result<Tensor> {
@@ -823,17 +844,7 @@ impl Tensor {
     /// ```
     pub fn cross_entropy_with(&self, targets: &[u32], vpt: Option<u32>) -> Result<(Tensor, Tensor)> {
         const OP: &str = "cross_entropy";
-        let (r, odd) = softmax_rows(OP, self)?;
-        let vpt = workgroup_vpt(OP, vpt, r.n, r.unit, Caps::of(self.gpu()).row_wg())?;
-        if targets.len() != r.rows {
-            return Err(Error::ShapeMismatch { op: OP, lhs: self.shape().to_vec(), rhs: vec![targets.len()] });
-        }
-        if let Some((i, &t)) = targets.iter().enumerate().find(|&(_, &t)| t as usize >= r.n) {
-            return Err(Error::InvalidArgument {
-                op: OP,
-                msg: format!("target {t} of row {i} is not a class index below {}", r.n),
-            });
-        }
+        let (r, odd, vpt) = cross_entropy_rows(OP, self, targets, vpt)?;
         let gpu = self.gpu();
         let dlogits = Tensor::empty(gpu, OP, &[r.rows, r.n], r.out_dtype)?;
         let losses = Tensor::empty(gpu, OP, &[r.rows], DType::F32)?;
@@ -863,6 +874,141 @@ impl Tensor {
         dispatch_rows(OP, gpu, &k, &b, r.rows as u32, &r, odd, &dlogits, &params)?;
         let loss = losses.sum(0)?.div(&Tensor::full(gpu, &[], r.rows as f32, DType::F32)?)?;
         Ok((loss, finish(dlogits, self.dtype(), self.shape())?))
+    }
+
+    /// The forward half of [`Tensor::cross_entropy`], for a backward that comes later (as in
+    /// autograd): the mean loss (0-dim f32) and each row's log-sum-exp (`[rows]` f32), the
+    /// logits read once in their own dtype. [`Tensor::cross_entropy_backward`] then writes
+    /// the gradient from the logits and these, so that what waits for the backward is the
+    /// logits themselves (2 bytes an element in 16-bit) rather than an f32 gradient.
+    ///
+    /// ```
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let logits = Tensor::randn(&gpu, &[3, 10], DType::F16, 0)?;
+    /// let (loss, lse) = logits.cross_entropy_forward(&[1, 0, 9])?; // loss [], lse [3]
+    /// let g = Tensor::full(&gpu, &[], 1.0, DType::F32)?; // d(objective)/d(loss)
+    /// let dlogits = logits.cross_entropy_backward(&lse, &[1, 0, 9], &g)?; // [3, 10] in f16
+    /// assert_eq!((lse.shape(), dlogits.dtype()), (&[3][..], DType::F16));
+    /// # Ok(()) }
+    /// ```
+    pub fn cross_entropy_forward(&self, targets: &[u32]) -> Result<(Tensor, Tensor)> {
+        self.cross_entropy_forward_with(targets, None)
+    }
+
+    /// [`Tensor::cross_entropy_forward`] with a forced register class (tests, benchmarks).
+    ///
+    /// ```
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let logits = Tensor::randn(&gpu, &[3, 10], DType::F32, 0)?;
+    /// let (loss, lse) = logits.cross_entropy_forward_with(&[1, 0, 9], Some(1))?;
+    /// # Ok(()) }
+    /// ```
+    pub fn cross_entropy_forward_with(&self, targets: &[u32], vpt: Option<u32>) -> Result<(Tensor, Tensor)> {
+        const OP: &str = "cross_entropy_forward";
+        let (r, odd, vpt) = cross_entropy_rows(OP, self, targets, vpt)?;
+        let gpu = self.gpu();
+        let losses = Tensor::empty(gpu, OP, &[r.rows], DType::F32)?;
+        let lse = Tensor::empty(gpu, OP, &[r.rows], DType::F32)?;
+        let tbuf = gpu.meta_buffer(targets);
+        let params = gpu.params_buffer(&SoftmaxParams::rows(r.rows, r.n, 0));
+        let k = softmax_kernel(
+            "cross_entropy_loss",
+            r.x.dtype(),
+            None,
+            None,
+            r.out_dtype,
+            r.unit,
+            vpt,
+            false,
+            1.0,
+            Caps::of(gpu),
+            odd,
+        );
+        // Unchecked is safe as for softmax (reads only); targets were checked < n, and row
+        // r < rows writes losses[r] and row_lse[r], both [rows].
+        let b = [
+            (0, r.x.storage()?.buffer()),
+            (2, &params),
+            (5, &tbuf),
+            (6, losses.storage()?.buffer()),
+            (8, lse.storage()?.buffer()),
+        ];
+        gpu.dispatch(&k, &b, r.rows as u32)?;
+        let loss = losses.sum(0)?.div(&Tensor::full(gpu, &[], r.rows as f32, DType::F32)?)?;
+        Ok((loss, lse))
+    }
+
+    /// The gradient of [`Tensor::cross_entropy_forward`]'s mean loss with respect to these
+    /// logits, times `grad` (the upstream gradient of the loss: one element, e.g. a loss
+    /// scale), in the logits' dtype and shape: `(softmax − one-hot) · grad / rows`, computed
+    /// in f32 and rounded once. `lse` is the forward's `[rows]` log-sum-exp.
+    ///
+    /// ```
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let logits = Tensor::randn(&gpu, &[3, 10], DType::F32, 0)?;
+    /// let (_, lse) = logits.cross_entropy_forward(&[1, 0, 9])?;
+    /// let scale = Tensor::full(&gpu, &[], 1024.0, DType::F32)?; // a loss scale
+    /// let dlogits = logits.cross_entropy_backward(&lse, &[1, 0, 9], &scale)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn cross_entropy_backward(&self, lse: &Tensor, targets: &[u32], grad: &Tensor) -> Result<Tensor> {
+        const OP: &str = "cross_entropy_backward";
+        let (r, odd, _) = cross_entropy_rows(OP, self, targets, None)?;
+        if lse.shape() != [r.rows] || lse.dtype() != DType::F32 {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                msg: format!("lse is {:?} {:?}, wants [{}] F32 (the forward's)", lse.shape(), lse.dtype(), r.rows),
+            });
+        }
+        if grad.numel() != 1 {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                msg: format!("grad has shape {:?}, wants one element", grad.shape()),
+            });
+        }
+        let gpu = self.gpu();
+        for t in [lse, grad] {
+            if !std::ptr::eq(t.gpu().inner.as_ref(), gpu.inner.as_ref()) {
+                return Err(Error::InvalidArgument { op: OP, msg: "operands live on different Gpu devices".into() });
+            }
+        }
+        // Both read from element 0: made contiguous at offset 0 (one element for grad).
+        let lse = lse.contiguous()?;
+        let grad = grad.reshape(&[1])?.to_dtype(DType::F32)?.contiguous()?;
+        let dlogits = Tensor::empty(gpu, OP, &[r.rows, r.n], r.out_dtype)?;
+        let tbuf = gpu.meta_buffer(targets);
+        let params = gpu.params_buffer(&SoftmaxParams::rows(r.rows, r.n, 0));
+        let k = softmax_kernel(
+            "cross_entropy_backward",
+            r.x.dtype(),
+            None,
+            None,
+            r.out_dtype,
+            r.unit,
+            1,
+            false,
+            1.0 / r.rows as f32,
+            Caps::of(gpu),
+            odd,
+        );
+        // Unchecked is safe as for softmax: units below unit_count(n) of rows below rows;
+        // targets were checked < n; row_lse [rows] and upstream [1] are read at r and 0.
+        let b = [
+            (0, r.x.storage()?.buffer()),
+            (1, dlogits.storage()?.buffer()),
+            (2, &params),
+            (5, &tbuf),
+            (8, lse.storage()?.buffer()),
+            (9, grad.storage()?.buffer()),
+        ];
+        dispatch_rows(OP, gpu, &k, &b, r.rows as u32, &r, odd, &dlogits, &params)?;
+        finish(dlogits, self.dtype(), self.shape())
     }
 
     /// LayerNorm over the last dim: `(x − mean) / √(var + eps) · weight + bias`, biased

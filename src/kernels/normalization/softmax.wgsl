@@ -60,6 +60,10 @@ struct SoftmaxParams {
 // [rows] The output of each row's leftover element (see unit_start), joined by join_edges.
 @group(0) @binding(7) var<storage, read_write> edges: array<f32>;
 //#endif
+// [rows] Each row's log-sum-exp (cross_entropy_loss writes it, cross_entropy_backward reads it).
+@group(0) @binding(8) var<storage, read_write> row_lse: array<f32>;
+// [1] The gradient of the loss from upstream (cross_entropy_backward).
+@group(0) @binding(9) var<storage, read> upstream: array<f32>;
 
 var<workgroup> red_m: array<f32, WG>;
 var<workgroup> red_s: array<f32, WG>;
@@ -421,19 +425,69 @@ fn cross_entropy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
         store_unit(row, u, p * ce_scale);
     }
     if (lid == 0u) {
-        // The target's unit and lane: units start at unit_start(row, 0) (0 or 1) in steps
-        // of UNIT, except the leftover element of an odd row.
-        let first = unit_start(row, 0u);
-        var tu = (t - first) / UNIT;
-        var lane = (t - first) % UNIT;
-        if (t < first || tu >= units || is_leftover(tu)) {
-            tu = units - 1u;
-            lane = 0u;
-        }
-        let xt = logits(row, tu);
-        // (max − x_t) first: two values of the same large magnitude cancel exactly, where
-        // max + log(sum) would round log(sum) away at max's magnitude (1e-4 at 1e4).
-        losses[row] = (stats.x - xt[lane]) + log(stats.y);
+        losses[row] = row_loss(row, t, stats);
+    }
+}
+
+// The target's logit x_t of `row`, read alone.
+fn target_logit(row: u32, t: u32) -> f32 {
+    // The target's unit and lane: units start at unit_start(row, 0) (0 or 1) in steps of
+    // UNIT, except the leftover element of an odd row.
+    let units = unit_count(params.n);
+    let first = unit_start(row, 0u);
+    var tu = (t - first) / UNIT;
+    var lane = (t - first) % UNIT;
+    if (t < first || tu >= units || is_leftover(tu)) {
+        tu = units - 1u;
+        lane = 0u;
+    }
+    return logits(row, tu)[lane];
+}
+
+// loss_r = log Σ e^(x_j) − x_t from the row's (max, sum of exp). (max − x_t) first: two
+// values of the same large magnitude cancel exactly, where max + log(sum) would round
+// log(sum) away at max's magnitude (1e-4 at 1e4).
+fn row_loss(row: u32, t: u32, stats: vec2<f32>) -> f32 {
+    return (stats.x - target_logit(row, t)) + log(stats.y);
+}
+
+// Cross-entropy in two passes, for autograd: the forward reads the logits once and keeps
+// each row's log-sum-exp (4 bytes a row, not the [rows, n] gradient), the backward reads
+// them again and writes dlogits = (e^(x_j − lse_r) − [j = t]) · CE_SCALE · upstream[0] in
+// the logits' dtype. Traffic: forward N·size per row, backward 2·N·size (one-pass
+// cross_entropy: N·size read, N·size written, and the scaling by the upstream gradient
+// another pass over the f32 gradient). 16-bit logits are read as they are: no f32 copy.
+@compute @workgroup_size(WG)
+fn cross_entropy_loss(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32{{SG_ARGS}}) {
+    {{SG_INIT}}
+    let row = wid.x + wid.y * nwg.x;
+    if (row >= params.rows) {
+        return;
+    }
+    var cache: array<Unit, VPT>;
+    let stats = row_stats(row, lid, &cache);
+    if (lid == 0u) {
+        losses[row] = row_loss(row, targets[row], stats);
+        row_lse[row] = stats.x + log(stats.y);
+    }
+}
+
+// One workgroup per row, no reduction: each invocation writes units lid, lid + WG, ...
+@compute @workgroup_size(WG)
+fn cross_entropy_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32{{SG_ARGS}}) {
+    {{SG_INIT}}
+    let row = wid.x + wid.y * nwg.x;
+    if (row >= params.rows) {
+        return;
+    }
+    let units = unit_count(params.n);
+    let lse = row_lse[row];
+    let t = targets[row];
+    let g = upstream[0] * {{CE_SCALE}};
+    for (var u = lid; u < units; u += WG) {
+        let j = unit_start(row, u);
+        let p = exp(logits(row, u) - lse) - select(Unit(0.0), Unit(1.0), UnitIdx(j) + LANE == UnitIdx(t));
+        store_unit(row, u, p * g);
     }
 }
 
