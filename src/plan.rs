@@ -17,11 +17,12 @@
 //!   master weights and f32 optimizer state (16 bytes per parameter with Adam, as in the
 //!   ZeRO paper); fp32 keeps everything in f32.
 //! - Activations saved for the backward pass, per layer and token, counted as this crate's
-//!   autograd keeps them for a pre-norm GPT-2 block without dropout: `17·d` values — the
-//!   block's input and ln_1's output (2), q, k and v (3), the attention output and its
-//!   re-laid copy for c_proj (2), the residual sum and ln_2's output (2), the MLP's
-//!   pre-activation and GELU output (8). Korthikanti et al. (2022) count the same tensors
-//!   (their `34·d` bytes in 16-bit include two dropout masks). Without flash attention the
+//!   autograd keeps them for a pre-norm GPT-2 block without dropout: `16·d` values — the
+//!   block's input and ln_1's output (2), q, k and v (3, the c_attn output they are views
+//!   of), the attention output (1: written in the order c_proj reads, so no re-laid copy),
+//!   the residual sum and ln_2's output (2), the MLP's pre-activation and GELU output (8).
+//!   Korthikanti et al. (2022) count the same tensors: their `34·d` bytes in 16-bit are
+//!   these 32 and two 1-byte dropout masks. Without flash attention the
 //!   softmax probabilities add `a·s` values. In fp32 each value takes twice the bytes of
 //!   16-bit. With full activation checkpointing only each layer's input (`d` values per
 //!   token) is kept, and one layer's activations are rebuilt at a time.
@@ -203,7 +204,7 @@ impl ModelConfig {
     /// ```
     pub fn activation_values_per_token_per_layer(&self, seq: usize, flash: bool) -> u64 {
         let d = self.d_model as u64;
-        17 * d + if flash { 0 } else { (self.heads * seq) as u64 }
+        16 * d + if flash { 0 } else { (self.heads * seq) as u64 }
     }
 
     /// Activation bytes per token (all layers), with or without full checkpointing.
@@ -396,7 +397,7 @@ mod tests {
         let flash = m.training(8, 1024, Precision::Fp32, Optimizer::Adam, true, false);
         let ckpt = m.training(8, 1024, Precision::Fp32, Optimizer::Adam, true, true);
         assert!(full.activations > flash.activations && flash.activations > ckpt.activations);
-        // 17·d vs 17·d + a·s per token per layer.
+        // 16·d vs 16·d + a·s per token per layer.
         assert_eq!(full.activations - flash.activations, 8 * 1024 * 12 * 12 * 1024 * 4);
         let mem = parse_bytes("16GB").unwrap();
         let b = m.max_batch(mem, 1024, Precision::Mixed16, Optimizer::Adam, true, false);

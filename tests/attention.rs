@@ -7,9 +7,9 @@
 mod common;
 use common::*;
 use wgkernels::ops::attention::{
-    attention, attention_backward, attention_forward, attention_path, coop_bwd_tilings, coop_bwd_tilings_for,
-    coop_tilings, coop_tilings_for, flash_tilings, AttentionLayout, AttentionOptions, AttentionPath, AttentionSaved,
-    CoopBwdTiling, CoopTiling, FlashTiling,
+    attention, attention_backward, attention_backward_qkv, attention_forward, attention_path, coop_bwd_tilings,
+    coop_bwd_tilings_for, coop_tilings, coop_tilings_for, flash_tilings, AttentionLayout, AttentionOptions,
+    AttentionPath, AttentionSaved, CoopBwdTiling, CoopTiling, FlashTiling,
 };
 use wgkernels::{DType, Error, Tensor};
 
@@ -449,6 +449,84 @@ fn backward_matches_f64_gradients() {
     // a head dim that pads to 48 in the products.
     check_backward(Case::new(150, 70, 40, true), AttentionLayout::Bhsd, DType::F32);
     check_backward(Case::new(40, 40, 64, true).gqa(2, 1), AttentionLayout::Bhsd, DType::F16);
+}
+
+/// The packed backward of a fused qkv projection: q, k, v read as strided views of one
+/// `[B, S, 3, H, D]` tensor, their gradients written as one. Checked against the f64
+/// gradients and against `attention_backward`'s three gradients stacked (the unfused
+/// composition), every dtype, lengths that do not divide the 64-row tiles, causal or not.
+#[test]
+fn backward_qkv_packs_the_three_gradients_of_one_projection() {
+    let gpu = gpu();
+    for dtype in DType::ALL {
+        for (b, s, h, d, causal) in
+            [(1, 7, 2, 32, true), (2, 65, 3, 64, true), (1, 129, 2, 16, false), (2, 5, 1, 8, false)]
+        {
+            let c = Case { b, h, h_kv: h, s_q: s, s_k: s, d, causal };
+            let x = inputs(&c, AttentionLayout::Bhsd, dtype, 300 + s as u64);
+            // [B, S, 3, H, D] from the BHSD values of q, k, v.
+            let mut packed = vec![0.0f32; b * s * 3 * h * d];
+            for (part, values) in [&x.q, &x.k, &x.v].into_iter().enumerate() {
+                for bi in 0..b {
+                    for hi in 0..h {
+                        for si in 0..s {
+                            for e in 0..d {
+                                packed[(((bi * s + si) * 3 + part) * h + hi) * d + e] =
+                                    values[((bi * h + hi) * s + si) * d + e] as f32;
+                            }
+                        }
+                    }
+                }
+            }
+            let qkv = Tensor::from_f32(&gpu, &packed, &[b, s, 3, h, d], dtype).unwrap();
+            let view = |i: usize| qkv.narrow(2, i, 1).unwrap().squeeze(2).unwrap();
+            let (q, k, v) = (view(0), view(1), view(2));
+            let opts = AttentionOptions { causal, layout: AttentionLayout::Bshd, ..Default::default() };
+            let (out, lse) = attention_forward(&q, &k, &v, &opts).unwrap();
+            let dout_v: Vec<f32> = random_vec(b * h * s * d, 78);
+            let dout = tensor_in(&dout_v, b, h, s, d, AttentionLayout::Bshd, dtype);
+            let saved = AttentionSaved { q: &q, k: &k, v: &v, out: &out, lse: &lse };
+            let dqkv = attention_backward_qkv(&saved, &dout, &opts).unwrap();
+            assert_eq!((dqkv.shape(), dqkv.dtype()), (&[b, s, 3, h, d][..], dtype));
+            let what = format!("{c:?} {dtype:?}");
+            // The f64 gradients (the kernel's δ uses its stored output; so does the reference).
+            let scale = 1.0 / (d as f64).sqrt();
+            let (_, _, probs) = reference(&c, &x, scale, None);
+            let out_used: Vec<f64> = values_bhsd(&out, AttentionLayout::Bshd).iter().map(|&v| v as f64).collect();
+            let (wq, wk, wv) = reference_grads(&c, &x, scale, &probs, &out_used, &rounded(&dout_v, dtype));
+            let (atol, rtol) = match dtype {
+                DType::F32 => (5e-5, 2e-4),
+                d => (tol(d).0 * 4.0, tol(d).1 * 4.0),
+            };
+            let part = |i: usize| dqkv.narrow(2, i, 1).unwrap().squeeze(2).unwrap();
+            for (i, (name, want)) in [("dq", &wq), ("dk", &wk), ("dv", &wv)].into_iter().enumerate() {
+                let got = values_bhsd(&part(i), AttentionLayout::Bshd);
+                assert_close(&format!("packed {name} {what}"), &got, want, atol, rtol);
+            }
+            // The unfused composition: attention_backward's gradients stacked on a new dim 2.
+            let (dq, dk, dv) = attention_backward(&saved, &dout, &opts).unwrap();
+            let stacked =
+                Tensor::cat(&[&dq.unsqueeze(2).unwrap(), &dk.unsqueeze(2).unwrap(), &dv.unsqueeze(2).unwrap()], 2)
+                    .unwrap();
+            let want: Vec<f64> = stacked.to_vec_f32().unwrap().iter().map(|&v| v as f64).collect();
+            assert_close(&format!("packed vs stacked {what}"), &dqkv.to_vec_f32().unwrap(), &want, 0.0, 0.0);
+        }
+    }
+    // Refused: another layout, grouped-query heads, S_q ≠ S_k.
+    let t = |shape: &[usize]| Tensor::randn(&gpu, shape, DType::F32, 1).unwrap();
+    let (q, o) = (t(&[1, 4, 2, 8]), AttentionOptions { layout: AttentionLayout::Bshd, ..Default::default() });
+    let (out, lse) = attention_forward(&q, &q, &q, &o).unwrap();
+    let bhsd = AttentionOptions::default();
+    let e = attention_backward_qkv(&AttentionSaved { q: &q, k: &q, v: &q, out: &out, lse: &lse }, &out, &bhsd);
+    assert!(matches!(e, Err(Error::InvalidArgument { op: "attention_backward_qkv", .. })), "{e:?}");
+    let kv = t(&[1, 4, 1, 8]);
+    let (out, lse) = attention_forward(&q, &kv, &kv, &o).unwrap();
+    let e = attention_backward_qkv(&AttentionSaved { q: &q, k: &kv, v: &kv, out: &out, lse: &lse }, &out, &o);
+    assert!(matches!(e, Err(Error::InvalidArgument { op: "attention_backward_qkv", .. })), "GQA: {e:?}");
+    let kv = t(&[1, 6, 2, 8]);
+    let (out, lse) = attention_forward(&q, &kv, &kv, &o).unwrap();
+    let e = attention_backward_qkv(&AttentionSaved { q: &q, k: &kv, v: &kv, out: &out, lse: &lse }, &out, &o);
+    assert!(matches!(e, Err(Error::InvalidArgument { op: "attention_backward_qkv", .. })), "S_k 6: {e:?}");
 }
 
 #[test]

@@ -414,6 +414,50 @@ fn attention_gradients_through_the_flash_backward() {
     }
 }
 
+/// Self-attention over a fused projection `[B, S, 3·H·D]` (q, k, v read in place, the
+/// gradient written in one pass), against f64 finite differences of the reference.
+#[test]
+fn attention_over_a_packed_qkv_projection() {
+    let (b, s, h, d) = (2usize, 5usize, 2usize, 8usize);
+    for causal in [false, true] {
+        let reference = move |v: &[Vec<f64>]| {
+            // [B, S, 3, H, D] → q, k, v as [B, H, S, D]; the output back as [B, S, H, D].
+            let part = |i: usize| {
+                let mut t = vec![0.0; b * h * s * d];
+                for bi in 0..b {
+                    for si in 0..s {
+                        for hi in 0..h {
+                            for e in 0..d {
+                                t[((bi * h + hi) * s + si) * d + e] = v[0][(((bi * s + si) * 3 + i) * h + hi) * d + e];
+                            }
+                        }
+                    }
+                }
+                t
+            };
+            let o = attention_ref(&part(0), &part(1), &part(2), s, d, causal);
+            let mut out = vec![0.0; o.len()];
+            for bi in 0..b {
+                for hi in 0..h {
+                    for si in 0..s {
+                        for e in 0..d {
+                            out[((bi * s + si) * h + hi) * d + e] = o[((bi * h + hi) * s + si) * d + e];
+                        }
+                    }
+                }
+            }
+            out
+        };
+        check(
+            &format!("attention_qkv causal {causal}"),
+            &[input(&[b, s, 3 * h * d], 32)],
+            &|v| Var::attention_qkv(&v[0], h, causal, None),
+            &reference,
+            (2e-4, 2e-3),
+        );
+    }
+}
+
 #[test]
 fn views_route_gradients_to_the_viewed_elements() {
     let shape = [2usize, 3, 4];

@@ -196,19 +196,15 @@ impl CausalSelfAttention {
     /// `x` `[batch, seq, d]` → `[batch, seq, d]`, each position attending to itself and the
     /// positions before it.
     pub fn forward(&self, x: &Var) -> Result<Var> {
-        let &[b, s, d] = x.shape() else {
+        if x.shape().len() != 3 {
             return Err(Error::InvalidArgument {
                 op: "attention",
                 msg: format!("x must be [batch, seq, d], got {:?}", x.shape()),
             });
-        };
-        let (h, hd) = (self.heads, d / self.heads);
-        // [b, s, 3d] → [b, s, 3, h, hd] → [3, b, h, s, hd]: q, k, v as [b, h, s, hd] each.
-        let qkv = self.c_attn.forward(x)?.reshape(&[b, s, 3, h, hd])?.permute(&[2, 0, 3, 1, 4])?;
-        let part = |i: usize| qkv.narrow(0, i, 1)?.reshape(&[b, h, s, hd]);
-        let out = Var::attention(&part(0)?, &part(1)?, &part(2)?, true, None)?;
-        // [b, h, s, hd] → [b, s, h, hd] → [b, s, d].
-        self.c_proj.forward(&out.permute(&[0, 2, 1, 3])?.reshape(&[b, s, d])?)
+        }
+        // [b, s, 3d] → [b, s, d]: q, k, v read in place, heads written per token.
+        let out = Var::attention_qkv(&self.c_attn.forward(x)?, self.heads, true, None)?;
+        self.c_proj.forward(&out)
     }
 }
 

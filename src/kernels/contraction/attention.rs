@@ -76,6 +76,11 @@ pub const ATTENTION_COOP_BWD: ShaderSource = ShaderSource {
     shared: concat!(include_str!("attention_params.wgsl"), "\n", include_str!("attention_common.wgsl")),
 };
 
+/// The backward's f32 dq, dk, dv packed as one `[B, S, 3, H, D]` gradient of a fused qkv
+/// projection ([`attention_backward_qkv`]).
+pub const ATTENTION_PACK: ShaderSource =
+    ShaderSource { name: "attention_pack", source: include_str!("attention_pack.wgsl"), shared: "" };
+
 /// The largest |x| of q, k, v (and dO), for the scaled tensor-core paths.
 pub const ATTENTION_RANGE: ShaderSource = ShaderSource {
     name: "attention_range",
@@ -269,6 +274,7 @@ pub(crate) fn params_layouts() -> Vec<crate::device::ParamsLayout> {
             bias_key,
             neg_inf,
         }),
+        params_layout!(PackParams { b, h, s, d, pairs }),
     ]
 }
 
@@ -585,24 +591,137 @@ pub fn attention_backward(
     opts: &AttentionOptions,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     const OP: &str = "attention_backward";
-    let AttentionSaved { q, k, v, out, lse } = *saved;
+    let AttentionSaved { q, k, v, .. } = *saved;
     let dims = check(OP, q, k, v, opts)?;
     if dims.b * dims.h * dims.s_q * dims.s_k * dims.d == 0 {
         // Zero-size: every gradient is a sum over nothing, 0 (the crate's rule).
         let zeros = |t: &Tensor| Tensor::zeros(t.gpu(), t.shape(), t.dtype());
         return Ok((zeros(q)?, zeros(k)?, zeros(v)?));
     }
+    let (dq, dk, dv) = backward_f32(OP, saved, dout, opts, &dims)?;
+    let finish = |t: Tensor| -> Result<Tensor> {
+        let t = match opts.layout {
+            AttentionLayout::Bhsd => t,
+            AttentionLayout::Bshd => t.transpose(1, 2)?.contiguous()?,
+        };
+        t.to_dtype(q.dtype())
+    };
+    Ok((finish(dq)?, finish(dk)?, finish(dv)?))
+}
+
+/// Gradients of a self-attention whose q, k and v came out of one projection side by side
+/// (GPT-2's `c_attn`: `[B, S, 3·H·D]`, viewed as three `[B, S, H, D]` with
+/// [`AttentionLayout::Bshd`]), written as that projection's output gradient: one
+/// `[B, S, 3, H, D]` tensor in the inputs' dtype, dq, dk, dv in that order. One kernel
+/// writes it from the backward's f32 gradients, where [`attention_backward`] and a
+/// concatenation take three transposed copies, three casts and the concatenation's
+/// copies. q, k, v need not share a buffer, only their shape: S_q = S_k, H_kv = H.
+///
+/// ```
+/// # use wgkernels::{DType, Gpu, Tensor};
+/// # fn main() -> wgkernels::Result<()> {
+/// # let gpu = Gpu::new()?;
+/// use wgkernels::ops::attention::{attention_backward_qkv, attention_forward, AttentionLayout, AttentionOptions, AttentionSaved};
+/// let qkv = Tensor::randn(&gpu, &[2, 40, 3, 4, 16], DType::F32, 0)?; // [B, S, 3, H, D]
+/// let part = |i: usize| qkv.narrow(2, i, 1)?.squeeze(2); // [B, S, H, D] views, no copies
+/// let (q, k, v) = (part(0)?, part(1)?, part(2)?);
+/// let opts = AttentionOptions { causal: true, layout: AttentionLayout::Bshd, ..Default::default() };
+/// let (o, lse) = attention_forward(&q, &k, &v, &opts)?; // [B, S, H, D]
+/// let dout = Tensor::randn(&gpu, o.shape(), DType::F32, 1)?;
+/// let saved = AttentionSaved { q: &q, k: &k, v: &v, out: &o, lse: &lse };
+/// let dqkv = attention_backward_qkv(&saved, &dout, &opts)?;
+/// assert_eq!(dqkv.shape(), qkv.shape());
+/// # Ok(()) }
+/// ```
+///
+/// Errors: `InvalidArgument` unless the layout is `Bshd`, S_q = S_k, H_kv = H and D is
+/// even; then [`attention_backward`]'s.
+pub fn attention_backward_qkv(saved: &AttentionSaved, dout: &Tensor, opts: &AttentionOptions) -> Result<Tensor> {
+    const OP: &str = "attention_backward_qkv";
+    let AttentionSaved { q, k, v, .. } = *saved;
+    let dims = check(OP, q, k, v, opts)?;
+    let Dims { b, h, h_kv, s_q, s_k, d } = dims;
+    if opts.layout != AttentionLayout::Bshd || s_q != s_k || h_kv != h || d % 2 == 1 {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            msg: format!(
+                "takes the Bshd layout with q, k, v of one shape and an even head dim, got {:?} with q {:?}, k {:?}, v {:?}",
+                opts.layout,
+                q.shape(),
+                k.shape(),
+                v.shape()
+            ),
+        });
+    }
+    let gpu = q.gpu();
+    if b * h * s_q * d == 0 {
+        return Tensor::zeros(gpu, &[b, s_q, 3, h, d], q.dtype());
+    }
+    let (dq, dk, dv) = backward_f32(OP, saved, dout, opts, &dims)?;
+    let out = Tensor::empty(gpu, OP, &[b, s_q, 3, h, d], q.dtype())?;
+    let pairs = b * s_q * 3 * h * d / 2;
+    let params =
+        gpu.params_buffer(&PackParams { b: b as u32, h: h as u32, s: s_q as u32, d: d as u32, pairs: pairs as u32 });
+    // Unchecked is safe: invocation p < pairs = B·S·3·H·D/2 writes word(s) p of out (its
+    // size), and reads pair ((b·H + h)·S + s)·D/2 + d/2 of dq, dk or dv with b < B, h < H,
+    // s < S, d < D (p decomposed), below B·H·S·D/2, their size.
+    let bind = [
+        (0, dq.storage()?.buffer()),
+        (1, dk.storage()?.buffer()),
+        (2, dv.storage()?.buffer()),
+        (3, out.storage()?.buffer()),
+        (4, &params),
+    ];
+    gpu.dispatch(&pack_kernel(q.dtype()), &bind, pairs.div_ceil(PACK_WORKGROUP) as u32)?;
+    Ok(out)
+}
+
+/// Invocations per workgroup of the packing kernel (attention_pack.wgsl).
+const PACK_WORKGROUP: usize = 256;
+
+/// The packing kernel's params, mirrored by `struct PackParams` in attention_pack.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct PackParams {
+    b: u32,
+    h: u32,
+    s: u32,
+    d: u32,
+    pairs: u32,
+}
+
+/// The kernel writing `[B, S, 3, H, D]` of `dtype` from three f32 `[B, H, S, D]`.
+fn pack_kernel(dtype: DType) -> Kernel {
+    let (word, store) = match dtype {
+        DType::F32 => ("vec2<u32>", "out[p] = bitcast<vec2<u32>>(v);"),
+        DType::F16 => ("u32", "out[p] = pack_f16x2(v);"),
+        DType::BF16 => ("u32", "out[p] = f32_to_bf16_bits(v.x) | (f32_to_bf16_bits(v.y) << 16u);"),
+    };
+    Kernel::new(&ATTENTION_PACK, "pack_qkv_grads").sub("WORD", word).sub("STORE", store).trusted()
+}
+
+/// dq, dk, dv in f32 and the backward's own layout, `[B, H, S_q, D]` and `[B, H_kv, S_k, D]`
+/// contiguous, for inputs `check` accepted with no zero-size dim.
+fn backward_f32(
+    op: &'static str,
+    saved: &AttentionSaved,
+    dout: &Tensor,
+    opts: &AttentionOptions,
+    dims: &Dims,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let AttentionSaved { q, k, v, out, lse } = *saved;
+    let dims = *dims;
     check_backward_inputs(saved, dout, &dims)?;
     let Dims { b, h, h_kv, s_q, s_k, d } = dims;
     let gpu = q.gpu();
-    grid_fits(OP, gpu, [s_q.div_ceil(BWD_ROWS), h, b])?;
-    grid_fits(OP, gpu, [s_k.div_ceil(BWD_ROWS), h_kv, b])?;
+    grid_fits(op, gpu, [s_q.div_ceil(BWD_ROWS), h, b])?;
+    grid_fits(op, gpu, [s_k.div_ceil(BWD_ROWS), h_kv, b])?;
     let dtype = q.dtype();
     let tiling = backward_tiling(saved, dout, &dims, opts)?;
     // The FMA kernels' head-dim chunk, checked before δ is dispatched.
     let flash_chunk = match tiling {
         Some(_) => 0,
-        None => flash_tiling(OP, opts, d, &gpu.info().limits)?.head_chunk,
+        None => flash_tiling(op, opts, d, &gpu.info().limits)?.head_chunk,
     };
     // δ_i = Σ_d dO_i·O_i in f32, [B, H, S_q].
     let delta = dout.to_dtype(DType::F32)?.mul(&out.to_dtype(DType::F32)?)?.sum(-1)?;
@@ -626,7 +745,7 @@ pub fn attention_backward(
             Some(true) if has_atomics => true,
             Some(true) => {
                 return Err(Error::MissingFeature {
-                    op: OP,
+                    op,
                     feature: "SHADER_FLOAT32_ATOMIC",
                     hint: "atomic_dq: Some(true) needs f32 atomics; None takes them where the adapter has them",
                 })
@@ -635,10 +754,10 @@ pub fn attention_backward(
     let dq = if atomic_dq {
         Tensor::zeros(gpu, &[b, h, s_q, d], DType::F32)?
     } else {
-        Tensor::empty(gpu, OP, &[b, h, s_q, d], DType::F32)?
+        Tensor::empty(gpu, op, &[b, h, s_q, d], DType::F32)?
     };
-    let dk = Tensor::empty(gpu, OP, &[b, h_kv, s_k, d], DType::F32)?;
-    let dv = Tensor::empty(gpu, OP, &[b, h_kv, s_k, d], DType::F32)?;
+    let dk = Tensor::empty(gpu, op, &[b, h_kv, s_k, d], DType::F32)?;
+    let dv = Tensor::empty(gpu, op, &[b, h_kv, s_k, d], DType::F32)?;
     // Unchecked is safe by the forward's argument; the f32 outputs are contiguous
     // [B, heads, S, D] written at ((b·heads + h)·S + s)·D + d with s < S, d < D.
     let mut common: Vec<(u32, &wgpu::Buffer)> = vec![
@@ -689,14 +808,7 @@ pub fn attention_backward(
         bind.push((8, dq.storage()?.buffer()));
         gpu.dispatch_3d(&dq_kernel, &bind, [s_q.div_ceil(rows) as u32, h as u32, b as u32])?;
     }
-    let finish = |t: Tensor| -> Result<Tensor> {
-        let t = match opts.layout {
-            AttentionLayout::Bhsd => t,
-            AttentionLayout::Bshd => t.transpose(1, 2)?.contiguous()?,
-        };
-        t.to_dtype(q.dtype())
-    };
-    Ok((finish(dq)?, finish(dk)?, finish(dv)?))
+    Ok((dq, dk, dv))
 }
 
 /// The backward's inputs beyond `check`: a head dim the flash kernels take, out and dout
@@ -1787,12 +1899,13 @@ fn coop_bwd_accumulate(dtype: DType, dkdv: bool, d: usize, t: CoopBwdTiling) -> 
 /// Every specialisation the attention ops can launch (all head-dim paddings, dtypes, with
 /// and without a bias), for the portability test.
 pub fn all_kernels() -> Vec<Kernel> {
-    let mut all = vec![
+    let mut all: Vec<Kernel> = DType::ALL.into_iter().map(pack_kernel).collect();
+    all.extend([
         range_kernel(DType::F32, false),
         range_kernel(DType::BF16, false),
         range_kernel(DType::F32, true),
         range_kernel(DType::BF16, true),
-    ];
+    ]);
     let h200 = wgpu::Limits {
         max_compute_workgroup_storage_size: 48 << 10,
         max_compute_invocations_per_workgroup: 1024,

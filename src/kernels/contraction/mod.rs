@@ -17,6 +17,7 @@ pub(crate) fn shaders() -> Vec<&'static ShaderSource> {
         &attention::ATTENTION_COOP,
         &attention::ATTENTION_COOP_BWD,
         &attention::ATTENTION_RANGE,
+        &attention::ATTENTION_PACK,
     ]
 }
 
