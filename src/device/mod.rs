@@ -105,6 +105,35 @@ fn shared_instance(backends: wgpu::Backends) -> wgpu::Instance {
     let fresh = || {
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
         desc.backends = backends;
+        // Asked for by name only (WGK_BACKEND=noop, feature noop-backend). It reports the
+        // H200's limits and features (../shared/gpu/README.md), so that the host takes the
+        // paths it takes there: its own defaults (every limit at its maximum) overflow
+        // wgpu-core's fixed-size tables.
+        if backends.contains(wgpu::Backends::NOOP) {
+            desc.backend_options.noop = wgpu::NoopBackendOptions {
+                enable: true,
+                limits: Some(wgpu::Limits {
+                    max_compute_workgroup_storage_size: 48 << 10,
+                    max_compute_invocations_per_workgroup: 1024,
+                    max_compute_workgroup_size_x: 1024,
+                    max_compute_workgroup_size_y: 1024,
+                    max_storage_buffer_binding_size: (2u64 << 30) - 4,
+                    max_buffer_size: 4 << 30,
+                    max_storage_buffers_per_shader_stage: 16,
+                    ..wgpu::Limits::default()
+                }),
+                features: Some(
+                    wgpu::Features::SHADER_F16
+                        | wgpu::Features::SUBGROUP
+                        | wgpu::Features::TIMESTAMP_QUERY
+                        | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX
+                        | wgpu::Features::SHADER_FLOAT32_ATOMIC,
+                ),
+                device_type: Some(wgpu::DeviceType::DiscreteGpu),
+                subgroup_min_size: Some(32),
+                subgroup_max_size: Some(32),
+            };
+        }
         wgpu::Instance::new(desc)
     };
     if backends.contains(wgpu::Backends::GL) {

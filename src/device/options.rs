@@ -252,6 +252,10 @@ fn parse_backend(s: &str) -> Result<wgpu::Backends> {
         "metal" | "mtl" => Ok(wgpu::Backends::METAL),
         "dx12" | "d3d12" => Ok(wgpu::Backends::DX12),
         "gl" | "gles" | "opengl" => Ok(wgpu::Backends::GL),
-        other => Err(invalid(format!("WGK_BACKEND={other:?} is not one of vulkan, metal, dx12, gl"))),
+        "noop" if cfg!(feature = "noop-backend") => Ok(wgpu::Backends::NOOP),
+        other => Err(invalid(format!(
+            "WGK_BACKEND={other:?} is not one of vulkan, metal, dx12, gl{}",
+            if cfg!(feature = "noop-backend") { ", noop" } else { "" }
+        ))),
     }
 }

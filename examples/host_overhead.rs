@@ -1,0 +1,80 @@
+//! A probe, not a benchmark: the host's share of GPT-2 small's steps — recording,
+//! wgpu's validation and tracking, the crate's own work — with the GPU taken out. On
+//! wgpu's noop backend every call is accepted and nothing runs, so a step's wall clock is
+//! the host's alone. It times a KV-cache decode (batch 1, f32: ms per token) and a training
+//! step (f32 and f16 with loss scaling, batch 1 × 1024 tokens: the dispatches of B 8 ×
+//! 1024, a host buffer per tensor an eighth the size), with dispatches counted and the
+//! host time per dispatch. Values read back are not computed (zeros), so the drawn tokens
+//! and the loss scale's decisions are not a real run's; the work recorded is.
+//!
+//!     cargo run --release --features noop-backend --example host_overhead
+//!
+//! `WGK_BACKEND` is set to `noop` here; the noop adapter reports the H200's limits and
+//! features (src/device/mod.rs), so the paths taken are the H200's. What the driver adds on
+//! a real device (Vulkan command recording) is not in these figures.
+use std::time::Instant;
+use wgkernels::nn::{Gpt, GptConfig, Module, Sampling};
+use wgkernels::optim::{AdamW, AdamWConfig, DynamicLossScale, Optimizer as _};
+use wgkernels::{DType, Gpu, GpuOptions};
+
+fn main() -> wgkernels::Result<()> {
+    let opts = GpuOptions { backends: Some(wgkernels::wgpu::Backends::NOOP), ..GpuOptions::from_env()? };
+    let gpu = Gpu::with_options(opts)?;
+    println!("adapter: {} (the host's time only)", gpu.info().name);
+    let config = GptConfig::gpt2_small();
+    // Per step: wall ms, dispatches (commands recorded), submits.
+    let time = |f: &mut dyn FnMut() -> wgkernels::Result<()>, reps: usize| -> wgkernels::Result<(f64, f64, f64)> {
+        // Two untimed runs: the first compiles pipelines and tunes, the second is a training
+        // step's first with AdamW's moments (a step once took 1.3 s here before settling).
+        f()?;
+        f()?;
+        gpu.synchronize()?;
+        let before = gpu.stats();
+        let t = Instant::now();
+        for _ in 0..reps {
+            f()?;
+        }
+        gpu.synchronize()?;
+        let ms = t.elapsed().as_secs_f64() * 1e3 / reps as f64;
+        let after = gpu.stats();
+        let per = |a: u64, b: u64| (a - b) as f64 / reps as f64;
+        Ok((ms, per(after.dispatches, before.dispatches), per(after.submits, before.submits)))
+    };
+    let report = |what: &str, (ms, dispatches, submits): (f64, f64, f64)| {
+        println!(
+            "{what:<34} {ms:8.2} ms  {dispatches:6.0} commands  {submits:4.0} submits  {:5.1} µs/command",
+            ms * 1e3 / dispatches
+        );
+    };
+    let model = Gpt::new(&gpu, &config, DType::F32, 1)?;
+    let prompt: Vec<u32> = (0..16).collect();
+    let tokens = 64;
+    let (ms, d, s) = time(&mut || model.generate(&prompt, tokens, Sampling::default()).map(drop), 3)?;
+    let t = tokens as f64;
+    report("decode f32, per token", (ms / t, d / t, s / t));
+    drop(model);
+    let (batch, seq) = (1, 1024);
+    let ids: Vec<u32> = (0..batch * seq).map(|i| (i * 7919 % config.vocab) as u32).collect();
+    let targets: Vec<u32> = (0..batch * seq).map(|i| (i * 104729 % config.vocab) as u32).collect();
+    for dtype in [DType::F32, DType::F16] {
+        let model = Gpt::new(&gpu, &config, dtype, 1)?;
+        let params: Vec<_> = model.parameters().into_iter().map(|(_, p)| p).collect();
+        let mut opt = AdamW::new(&gpu, AdamWConfig::default())?;
+        let mut scaler = DynamicLossScale::default();
+        let mut step = || -> wgkernels::Result<()> {
+            let loss = model.loss(&ids, &targets, batch, seq)?;
+            if dtype == DType::F16 {
+                loss.mul_scalar(scaler.scale)?.backward()?;
+                opt.step_params_scaled(&params, scaler.scale)?;
+                scaler.update(opt.last_step_skipped()?);
+            } else {
+                loss.backward()?;
+                opt.step_params(&params)?;
+            }
+            params.iter().for_each(|p| p.zero_grad());
+            Ok(())
+        };
+        report(&format!("train step {}", dtype.name()), time(&mut step, 5)?);
+    }
+    Ok(())
+}
