@@ -5,6 +5,7 @@
 //! read back, before any upload (so queue writes stay ordered after earlier dispatches),
 //! and every `MAX_PENDING_DISPATCHES` dispatches.
 
+use rustc_hash::FxHashMap;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -309,11 +310,11 @@ pub(crate) struct GpuInner {
     pub(crate) pipelines: Mutex<PipelineCache>,
     /// Kernel metadata buffers by content: read-only once made, so a loop that launches the
     /// same kernels on the same shapes makes none after its first step (see `meta_buffer`).
-    pub(crate) meta: Mutex<HashMap<Vec<u32>, wgpu::Buffer>>,
+    pub(crate) meta: Mutex<FxHashMap<Vec<u32>, wgpu::Buffer>>,
     /// Bind groups by (pipeline, bound buffers): the pool hands a loop the same buffers step
     /// after step, so its bind groups are made once. Cleared with the pool (`empty_cache`),
     /// whose buffers the keys would otherwise keep alive.
-    pub(crate) bind_groups: Mutex<HashMap<BindKey, wgpu::BindGroup>>,
+    pub(crate) bind_groups: Mutex<FxHashMap<BindKey, wgpu::BindGroup>>,
     /// State that layers above keep per device (the fusion JIT's kernel cache, the
     /// autotuner's winners), one value per type: the device layer holds it without naming it.
     family_state: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
@@ -726,8 +727,8 @@ impl Gpu {
                 measure_warmup_ms: opts.measure_warmup_ms,
                 measure_flush_mb: opts.measure_flush_mb,
                 pipelines: Mutex::new(PipelineCache::new(opts.pipeline_cache)),
-                meta: Mutex::new(HashMap::new()),
-                bind_groups: Mutex::new(HashMap::new()),
+                meta: Mutex::new(FxHashMap::default()),
+                bind_groups: Mutex::new(FxHashMap::default()),
                 family_state: Mutex::new(HashMap::new()),
                 pool: Mutex::new(Pool { free: HashMap::new(), stats: MemoryStats::default() }),
                 pending: Mutex::new(Pending { encoder: None, dispatches: 0 }),

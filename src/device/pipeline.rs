@@ -22,7 +22,7 @@
 //! launches it has proven on the host that every index it computes is in range (see each
 //! op's `launch` function for the argument). `WGK_CHECKED=1` builds every module checked.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -239,7 +239,7 @@ pub(crate) struct PipelineKey {
 /// ever new fused structures would otherwise keep every pipeline: 1000 structures took a
 /// process from 74 to 590 MB).
 pub(crate) struct PipelineCache {
-    entries: HashMap<PipelineKey, (Arc<wgpu::ComputePipeline>, u64)>,
+    entries: FxHashMap<PipelineKey, (Arc<wgpu::ComputePipeline>, u64)>,
     /// Uses so far: each hit and insert stamps its entry with the next value.
     clock: u64,
     capacity: usize,
@@ -247,7 +247,7 @@ pub(crate) struct PipelineCache {
 
 impl PipelineCache {
     pub(crate) fn new(capacity: usize) -> Self {
-        Self { entries: HashMap::new(), clock: 0, capacity: capacity.max(1) }
+        Self { entries: FxHashMap::default(), clock: 0, capacity: capacity.max(1) }
     }
 
     fn get(&mut self, key: &PipelineKey) -> Option<Arc<wgpu::ComputePipeline>> {
@@ -393,8 +393,9 @@ impl Gpu {
             return Ok(());
         }
         let bind_group = self.bind_group(pipeline, kernel.entry, buffers);
-        let label = kernel.label();
-        let timestamps = self.profiler_slot(&label)?;
+        // The pass is named by its entry point (a static name: formatting the full label
+        // for every dispatch showed in a decode step's host profile); profiles get the label.
+        let timestamps = self.profiler_slot(kernel)?;
         self.record(|enc| {
             let timestamp_writes = timestamps.as_ref().map(|(qs, i)| wgpu::ComputePassTimestampWrites {
                 query_set: qs,
@@ -402,12 +403,12 @@ impl Gpu {
                 end_of_pass_write_index: Some(*i + 1),
             });
             let mut pass =
-                enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(&label), timestamp_writes });
+                enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(kernel.entry), timestamp_writes });
             pass.set_pipeline(pipeline);
             pass.set_bind_group(0, &bind_group, &[]);
             pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
         })?;
-        self.profiler_after_dispatch(&label)
+        self.profiler_after_dispatch(kernel)
     }
 
     /// Every kernel this device has compiled so far (the fusion tests translate the

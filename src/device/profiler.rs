@@ -14,7 +14,7 @@
 
 use super::Instant;
 
-use super::{lock, Gpu};
+use super::{lock, Gpu, Kernel};
 use crate::error::{Error, Result};
 
 /// Timestamp pairs per query set (wgpu allows 4096 queries in one set): a profile adds
@@ -246,7 +246,7 @@ impl Drop for Profiler {
 impl Gpu {
     /// While profiling with timestamps: the query set and the first of the two query
     /// indices for the next dispatch. In wall-clock mode, syncs and starts the clock.
-    pub(crate) fn profiler_slot(&self, label: &str) -> Result<Option<(wgpu::QuerySet, u32)>> {
+    pub(crate) fn profiler_slot(&self, kernel: &Kernel) -> Result<Option<(wgpu::QuerySet, u32)>> {
         let mut slot = lock(&self.inner.profiler);
         let Some(state) = slot.as_mut() else { return Ok(None) };
         match &mut state.queries {
@@ -264,7 +264,7 @@ impl Gpu {
                         count: 2 * DISPATCHES_PER_SET,
                     }));
                 }
-                state.labels.push(label.to_string());
+                state.labels.push(kernel.label());
                 Ok(Some((sets[k].clone(), 2 * (i % DISPATCHES_PER_SET))))
             }
             None => {
@@ -280,7 +280,7 @@ impl Gpu {
     }
 
     /// In wall-clock mode, waits for the dispatch just recorded and stores its time.
-    pub(crate) fn profiler_after_dispatch(&self, label: &str) -> Result<()> {
+    pub(crate) fn profiler_after_dispatch(&self, kernel: &Kernel) -> Result<()> {
         let wall = matches!(lock(&self.inner.profiler).as_ref(), Some(s) if s.queries.is_none());
         if !wall {
             return Ok(());
@@ -288,7 +288,7 @@ impl Gpu {
         self.synchronize()?;
         if let Some(state) = lock(&self.inner.profiler).as_mut() {
             if let Some(t0) = state.wall_start.take() {
-                state.labels.push(label.to_string());
+                state.labels.push(kernel.label());
                 state.wall_ms.push(t0.elapsed().as_secs_f64() * 1e3);
             }
         }
