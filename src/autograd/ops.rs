@@ -498,8 +498,8 @@ impl Var {
     /// so neither direction copies: the backward writes `qkv`'s gradient in one pass from
     /// dq, dk, dv ([`attention_backward_qkv`]). What [`Var::attention`] on narrowed,
     /// re-laid copies computes, without the copies (per layer of GPT-2 small in 16-bit at
-    /// 8 × 1024 tokens, ~0.1 GB moved forward and ~0.45 GB backward, counted from the
-    /// shapes).
+    /// 8 × 1024 tokens, ~0.1 GB less moved forward and ~0.5 GB less backward, counted from
+    /// the shapes in BENCHMARKS.md).
     ///
     /// Errors: `InvalidArgument` unless `qkv` is rank 3 with its last dim 3·heads·D, D ≥ 1;
     /// then the attention kernels' errors.
