@@ -154,12 +154,40 @@ fn check_cast(gpu: &wgkernels::Gpu, v: &[f32], from: DType, to: DType) {
     assert_close(&format!("cast {from:?}->{to:?}"), &y.to_vec_f32().unwrap(), &want, 0.0, 0.0);
 }
 
+/// A sum over a leading dim of a view that starts inside its buffer (a narrowed, still
+/// contiguous tensor): the column sums read from its offset.
+#[test]
+fn sum_over_a_leading_dim_of_an_offset_view() {
+    let gpu = gpu();
+    for dtype in DType::ALL {
+        let (x, xv) = random_tensor(&gpu, &[50, 33], dtype, 12);
+        let view = x.narrow(0, 7, 40).unwrap();
+        let got = view.sum(0).unwrap();
+        let want: Vec<f64> = (0..33).map(|i| (7..47).map(|r| xv[r * 33 + i]).sum()).collect();
+        let (atol, rtol) = tol(dtype);
+        assert_close(&format!("sum of rows 7..47 {dtype:?}"), &got.to_vec_f32().unwrap(), &want, atol + 4e-5, rtol);
+    }
+}
+
 #[test]
 fn sum_over_each_dim() {
     let gpu = gpu();
     for dtype in DType::ALL {
         let (atol, rtol) = tol(dtype);
-        for shape in [vec![1usize], vec![3], vec![1000], vec![4097], vec![7, 300], vec![3, 5, 257], vec![70000, 2]] {
+        // Dims other than the last are summed in place (column sums in chunks of rows):
+        // long K in many chunks with an odd output width, several outer rows, K < 32.
+        for shape in [
+            vec![1usize],
+            vec![3],
+            vec![1000],
+            vec![4097],
+            vec![7, 300],
+            vec![3, 5, 257],
+            vec![70000, 2],
+            vec![3000, 769],
+            vec![2, 3001, 5],
+            vec![1, 9, 1, 4],
+        ] {
             let (x, xv) = random_tensor(&gpu, &shape, dtype, 11);
             for dim in 0..shape.len() {
                 let got = x.sum(dim as isize).unwrap();

@@ -8,7 +8,7 @@ use crate::device::{Kernel, ShaderSource};
 
 /// This class's WGSL files.
 pub(crate) fn shaders() -> Vec<&'static ShaderSource> {
-    vec![&norm::SOFTMAX, &norm::NORM, &reduce::REDUCE]
+    vec![&norm::SOFTMAX, &norm::NORM, &reduce::REDUCE, &reduce::COLUMN_SUM]
 }
 
 /// Every kernel this class can build.

@@ -18,6 +18,24 @@ use crate::DType;
 /// Row reductions.
 pub const REDUCE: ShaderSource = ShaderSource { name: "reduce", source: include_str!("reduce.wgsl"), shared: "" };
 
+/// Sums over a dim other than the last, without a transposed copy.
+pub const COLUMN_SUM: ShaderSource =
+    ShaderSource { name: "column_sum", source: include_str!("column_sum.wgsl"), shared: "" };
+
+/// The column sums' two entries for `dtype` (x's, and the output's).
+fn column_kernel(entry: &'static str, dtype: DType) -> Kernel {
+    let store = match dtype {
+        DType::F32 => "out[p] = bitcast<u32>(lo);",
+        DType::F16 => "out[p] = pack_f16x2(vec2<f32>(lo, hi));",
+        DType::BF16 => "out[p] = f32_to_bf16_bits(lo) | (f32_to_bf16_bits(hi) << 16u);",
+    };
+    Kernel::new(&COLUMN_SUM, entry)
+        .sub("LOAD_X", wgsl_load("x", dtype))
+        .sub("STORE", store)
+        .sub("PAIRS", (dtype != DType::F32).to_string())
+        .trusted()
+}
+
 /// `sum_rows` for `dtype`, reducing by subgroup operations where the device has them.
 fn kernel(dtype: DType, subgroup: bool) -> Kernel {
     let k = Kernel::new(&REDUCE, "sum_rows").sub("LOAD_X", wgsl_load("x", dtype)).trusted();
@@ -36,7 +54,12 @@ fn kernel(dtype: DType, subgroup: bool) -> Kernel {
 
 /// Every specialisation `sum` can launch.
 pub fn all_kernels() -> Vec<Kernel> {
-    DType::ALL.into_iter().flat_map(|d| [kernel(d, false), kernel(d, true)]).collect()
+    DType::ALL
+        .into_iter()
+        .flat_map(|d| {
+            [kernel(d, false), kernel(d, true), column_kernel("column_partials", d), column_kernel("column_finish", d)]
+        })
+        .collect()
 }
 
 impl Tensor {
@@ -64,6 +87,11 @@ impl Tensor {
             return Tensor::zeros(self.gpu(), &out_shape, DType::F32);
         }
         let last = self.rank() - 1;
+        if d != last && self.is_contiguous() {
+            if let Some(out) = sum_columns(self, d)? {
+                return Ok(out);
+            }
+        }
         let x = if d == last && self.is_contiguous() {
             self.clone()
         } else {
@@ -89,6 +117,74 @@ impl Tensor {
     }
 }
 
+/// Workgroups the column sums aim for (pass 1): enough to fill a large GPU when the output
+/// is a few hundred columns wide.
+const COLUMN_WORKGROUPS: usize = 1024;
+
+/// The sum of contiguous `x` over dim `d` (not the last) in two passes over its layout
+/// (column_sum.wgsl), stored in x's dtype; None where the grid would exceed the adapter's
+/// limits (the caller then sums a transposed copy).
+fn sum_columns(x: &Tensor, d: usize) -> Result<Option<Tensor>> {
+    let shape = x.shape();
+    let outer: usize = shape[..d].iter().product();
+    let k = shape[d];
+    let inner: usize = shape[d + 1..].iter().product();
+    let gpu = x.gpu();
+    let max = gpu.info().limits.max_compute_workgroups_per_dimension as usize;
+    let tiles = outer * inner.div_ceil(256);
+    // Chunks of at least 32 rows, as many as bring the grid to about COLUMN_WORKGROUPS.
+    let chunks = (COLUMN_WORKGROUPS / tiles.max(1)).clamp(1, k.div_ceil(32).max(1));
+    let chunk_rows = k.div_ceil(chunks);
+    let chunks = k.div_ceil(chunk_rows);
+    if inner.div_ceil(256) > max || chunks > max || outer > max {
+        return Ok(None);
+    }
+    let mut out_shape = shape.to_vec();
+    out_shape.remove(d);
+    let partials = Tensor::empty(gpu, "sum", &[outer * chunks * inner], DType::F32)?;
+    let out = Tensor::empty(gpu, "sum", &out_shape, x.dtype())?;
+    let params = gpu.params_buffer(&ColumnSumParams {
+        outer: outer as u32,
+        k: k as u32,
+        inner: inner as u32,
+        x_off: x.offset() as u32,
+        chunks: chunks as u32,
+        chunk_rows: chunk_rows as u32,
+    });
+    // Unchecked is safe: pass 1's invocation (i < inner, chunk c < chunks, o < outer) reads
+    // x_off + (o·K + r)·inner + i with r < K — inside the contiguous view — and writes
+    // partials[(o·chunks + c)·inner + i] < outer·chunks·inner, their size. Pass 2's unit
+    // p reads those partials for elements t < outer·inner and writes word p of out: one
+    // element per word (f32) or the pair 2p, 2p + 1 (16-bit), inside out's words.
+    let x_buf = x.storage()?.buffer();
+    let (p_buf, out_buf) = (partials.storage()?.buffer(), out.storage()?.buffer());
+    gpu.dispatch_3d(
+        &column_kernel("column_partials", x.dtype()),
+        &[(0, x_buf), (1, p_buf), (2, &params)],
+        [inner.div_ceil(256) as u32, chunks as u32, outer as u32],
+    )?;
+    let units = if x.dtype() == DType::F32 { outer * inner } else { (outer * inner).div_ceil(2) };
+    gpu.dispatch(
+        &column_kernel("column_finish", x.dtype()),
+        &[(1, p_buf), (2, &params), (3, out_buf)],
+        units.div_ceil(256) as u32,
+    )?;
+    Ok(Some(out))
+}
+
+/// The column sums' params, mirrored by `struct ColumnSumParams` in column_sum.wgsl: x as
+/// [outer, K, inner] from x_off, K cut into `chunks` of `chunk_rows` rows (the last shorter).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct ColumnSumParams {
+    outer: u32,
+    k: u32,
+    inner: u32,
+    x_off: u32,
+    chunks: u32,
+    chunk_rows: u32,
+}
+
 /// The row-sum kernel's params, mirrored by `struct ReduceParams` in reduce.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
@@ -101,5 +197,8 @@ pub(crate) struct ReduceParams {
 
 /// The layouts of this family's params structs, for the test of their WGSL mirrors.
 pub(crate) fn params_layouts() -> Vec<crate::device::ParamsLayout> {
-    vec![crate::device::params_layout!(ReduceParams { rows, cols, x_off })]
+    vec![
+        crate::device::params_layout!(ReduceParams { rows, cols, x_off }),
+        crate::device::params_layout!(ColumnSumParams { outer, k, inner, x_off, chunks, chunk_rows }),
+    ]
 }
