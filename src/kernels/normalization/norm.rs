@@ -632,6 +632,19 @@ fn cross_entropy_rows(op: &'static str, x: &Tensor, targets: &[u32], vpt: Option
     Ok((r, odd, vpt))
 }
 
+/// A cross-entropy kernel of `entry` for the rows `r`. The one-pass kernel's gradient of the
+/// mean loss is scaled by CE_SCALE = 1/rows, written into its WGSL; the two-pass kernels
+/// take the row count from their params (one pipeline whatever the batch).
+fn ce_kernel(entry: &'static str, r: &Rows, vpt: u32, odd: bool) -> Kernel {
+    let ce_scale = if entry == "cross_entropy" { 1.0 / r.rows as f32 } else { 1.0 };
+    softmax_kernel(entry, r.x.dtype(), None, None, r.out_dtype, r.unit, vpt, false, ce_scale, Caps::of(r.x.gpu()), odd)
+}
+
+/// The mean of the per-row `losses` `[rows]`, a 0-dim f32 tensor.
+fn mean_loss(losses: &Tensor) -> Result<Tensor> {
+    losses.sum(0)?.div(&Tensor::full(losses.gpu(), &[], losses.numel() as f32, DType::F32)?)
+}
+
 fn finish(out: Tensor, dtype: DType, shape: &[usize]) -> Result<Tensor> {
     out.reshape(shape)?.to_dtype(dtype)
 }
@@ -850,19 +863,7 @@ impl Tensor {
         let losses = Tensor::empty(gpu, OP, &[r.rows], DType::F32)?;
         let tbuf = gpu.meta_buffer(targets);
         let params = gpu.params_buffer(&SoftmaxParams::rows(r.rows, r.n, 0));
-        let k = softmax_kernel(
-            "cross_entropy",
-            r.x.dtype(),
-            None,
-            None,
-            r.out_dtype,
-            r.unit,
-            vpt,
-            false,
-            1.0 / r.rows as f32,
-            Caps::of(gpu),
-            odd,
-        );
+        let k = ce_kernel("cross_entropy", &r, vpt, odd);
         // Unchecked is safe as for softmax; targets were checked < n above.
         let b = [
             (0, r.x.storage()?.buffer()),
@@ -872,7 +873,7 @@ impl Tensor {
             (6, losses.storage()?.buffer()),
         ];
         dispatch_rows(OP, gpu, &k, &b, r.rows as u32, &r, odd, &dlogits, &params)?;
-        let loss = losses.sum(0)?.div(&Tensor::full(gpu, &[], r.rows as f32, DType::F32)?)?;
+        let loss = mean_loss(&losses)?;
         Ok((loss, finish(dlogits, self.dtype(), self.shape())?))
     }
 
@@ -915,19 +916,7 @@ impl Tensor {
         let lse = Tensor::empty(gpu, OP, &[r.rows], DType::F32)?;
         let tbuf = gpu.meta_buffer(targets);
         let params = gpu.params_buffer(&SoftmaxParams::rows(r.rows, r.n, 0));
-        let k = softmax_kernel(
-            "cross_entropy_loss",
-            r.x.dtype(),
-            None,
-            None,
-            r.out_dtype,
-            r.unit,
-            vpt,
-            false,
-            1.0,
-            Caps::of(gpu),
-            odd,
-        );
+        let k = ce_kernel("cross_entropy_loss", &r, vpt, odd);
         // Unchecked is safe as for softmax (reads only); targets were checked < n, and row
         // r < rows writes losses[r] and row_lse[r], both [rows].
         let b = [
@@ -938,7 +927,7 @@ impl Tensor {
             (8, lse.storage()?.buffer()),
         ];
         gpu.dispatch(&k, &b, r.rows as u32)?;
-        let loss = losses.sum(0)?.div(&Tensor::full(gpu, &[], r.rows as f32, DType::F32)?)?;
+        let loss = mean_loss(&losses)?;
         Ok((loss, lse))
     }
 
@@ -984,19 +973,7 @@ impl Tensor {
         let dlogits = Tensor::empty(gpu, OP, &[r.rows, r.n], r.out_dtype)?;
         let tbuf = gpu.meta_buffer(targets);
         let params = gpu.params_buffer(&SoftmaxParams::rows(r.rows, r.n, 0));
-        let k = softmax_kernel(
-            "cross_entropy_backward",
-            r.x.dtype(),
-            None,
-            None,
-            r.out_dtype,
-            r.unit,
-            1,
-            false,
-            1.0 / r.rows as f32,
-            Caps::of(gpu),
-            odd,
-        );
+        let k = ce_kernel("cross_entropy_backward", &r, 1, odd);
         // Unchecked is safe as for softmax: units below unit_count(n) of rows below rows;
         // targets were checked < n; row_lse [rows] and upstream [1] are read at r and 0.
         let b = [

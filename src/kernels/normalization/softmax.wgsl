@@ -453,7 +453,7 @@ fn row_loss(row: u32, t: u32, stats: vec2<f32>) -> f32 {
 
 // Cross-entropy in two passes, for autograd: the forward reads the logits once and keeps
 // each row's log-sum-exp (4 bytes a row, not the [rows, n] gradient), the backward reads
-// them again and writes dlogits = (e^(x_j − lse_r) − [j = t]) · CE_SCALE · upstream[0] in
+// them again and writes dlogits = (e^(x_j − lse_r) − [j = t]) · upstream[0] / rows in
 // the logits' dtype. Traffic: forward N·size per row, backward 2·N·size (one-pass
 // cross_entropy: N·size read, N·size written, and the scaling by the upstream gradient
 // another pass over the f32 gradient). 16-bit logits are read as they are: no f32 copy.
@@ -483,7 +483,7 @@ fn cross_entropy_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wo
     let units = unit_count(params.n);
     let lse = row_lse[row];
     let t = targets[row];
-    let g = upstream[0] * {{CE_SCALE}};
+    let g = upstream[0] / f32(params.rows);
     for (var u = lid; u < units; u += WG) {
         let j = unit_start(row, u);
         let p = exp(logits(row, u) - lse) - select(Unit(0.0), Unit(1.0), UnitIdx(j) + LANE == UnitIdx(t));
