@@ -362,7 +362,7 @@ pub(crate) fn collapse(shape: &[usize], strides: &mut [Vec<usize>]) -> (Vec<usiz
 }
 
 /// `Err` naming `op` unless every tensor lives on the first one's device.
-fn same_device(op: &'static str, tensors: &[&Tensor]) -> Result<()> {
+pub(crate) fn same_device(op: &'static str, tensors: &[&Tensor]) -> Result<()> {
     match tensors.split_first() {
         Some((first, rest))
             if rest.iter().any(|t| !std::ptr::eq(t.gpu().inner.as_ref(), first.gpu().inner.as_ref())) =>

@@ -521,8 +521,8 @@ pub fn all_kernels() -> Vec<Kernel> {
 }
 
 /// The workgroup-row entries of every kind at every register class: softmax (forward,
-/// backward, masked, log), cross-entropy (one pass, and forward and backward apart), LayerNorm/RMSNorm forward and backward, the
-/// param-gradient passes.
+/// backward, masked, log), cross-entropy (one pass, and forward and backward apart),
+/// LayerNorm/RMSNorm forward and backward, the param-gradient passes.
 fn row_kernels(d: DType, caps: Caps, unit: u32, out: DType) -> Vec<Kernel> {
     let mut all = Vec::new();
     for vpt in VPT_CLASSES {
@@ -961,12 +961,8 @@ impl Tensor {
                 msg: format!("grad has shape {:?}, wants one element", grad.shape()),
             });
         }
+        crate::kernels::elementwise::same_device(OP, &[self, lse, grad])?;
         let gpu = self.gpu();
-        for t in [lse, grad] {
-            if !std::ptr::eq(t.gpu().inner.as_ref(), gpu.inner.as_ref()) {
-                return Err(Error::InvalidArgument { op: OP, msg: "operands live on different Gpu devices".into() });
-            }
-        }
         // Both read from element 0: made contiguous at offset 0 (one element for grad).
         let lse = lse.contiguous()?;
         let grad = grad.reshape(&[1])?.to_dtype(DType::F32)?.contiguous()?;
