@@ -1432,6 +1432,15 @@ impl ModelRun<'_> {
             for (k, n, ms) in kernels {
                 let _ = writeln!(text, "{ms:9.3} ms {:5.1}% {n:5} {k}", 100.0 * ms / total);
             }
+            // The same time split by workgroup grid (a matmul's grid is its output tiles, so
+            // this names the shapes), the 40 largest.
+            let mut shapes = report.by_kernel_and_grid();
+            shapes.sort_by(|a, b| b.2.total_cmp(&a.2));
+            let _ = writeln!(text, "\nby kernel and workgroup grid (largest 40):");
+            for ((k, [x, y, z]), n, ms) in shapes.into_iter().take(40) {
+                let each = ms / n as f64;
+                let _ = writeln!(text, "{ms:9.3} ms {:5.1}% {n:5} × {each:7.3} ms  {x}×{y}×{z}  {k}", 100.0 * ms / total);
+            }
             let path = format!("{dir}/gpt2_{}_{}_{}.txt", self.work.name(), dtype.name(), self.precision.name());
             std::fs::write(&path, text)
                 .map_err(|e| wgkernels::Error::InvalidArgument { op: "bench", msg: format!("{path}: {e}") })?;

@@ -5,7 +5,7 @@
 #   ../shared/gpu/stage.sh; copy the kernels bench as .gpu/bin/kernels, tests/attention.rs's
 #   binary as attention_test, tests/matmul.rs's as matmul_test, tests/nn.rs's as nn_test; strip;
 #   (cd .gpu && tar cf - bin | xz > bins.tar.xz && rm -rf bin); cp benches/torch_gpt2.py .gpu/
-#   mkdir -p .gpu/cache && cp benchmarks/h200-2026-12-05/call4/cache/*.tsv .gpu/cache/  (skips re-tuning
+#   mkdir -p .gpu/cache && cp benchmarks/h200-2026-12-05/call3/cache/*.tsv .gpu/cache/  (skips re-tuning
 #   unchanged kernels; a changed kernel's checksum re-tunes it)
 #   cp benchmarks/next/h200.sh .gpu/job.sh; run(command="bash .gpu/job.sh", carry=[".gpu"])
 # 1. The attention and matmul suites in full (the fourteenth round's call 1 cut attention's

@@ -395,7 +395,7 @@ impl Gpu {
         let bind_group = self.bind_group(pipeline, kernel.entry, buffers);
         // The pass is named by its entry point (a static name: formatting the full label
         // for every dispatch showed in a decode step's host profile); profiles get the label.
-        let timestamps = self.profiler_slot(kernel)?;
+        let timestamps = self.profiler_slot(kernel, grid)?;
         self.record(|enc| {
             let timestamp_writes = timestamps.as_ref().map(|(qs, i)| wgpu::ComputePassTimestampWrites {
                 query_set: qs,
@@ -408,7 +408,7 @@ impl Gpu {
             pass.set_bind_group(0, &bind_group, &[]);
             pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
         })?;
-        self.profiler_after_dispatch(kernel)
+        self.profiler_after_dispatch(kernel, grid)
     }
 
     /// Every kernel this device has compiled so far (the fusion tests translate the

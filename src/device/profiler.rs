@@ -29,8 +29,8 @@ pub(crate) struct ProfilerState {
     /// `Some` when the device has timestamp queries: the sets so far, each holding
     /// `DISPATCHES_PER_SET` pairs.
     queries: Option<Vec<wgpu::QuerySet>>,
-    /// Kernel label for each timed dispatch, in order.
-    labels: Vec<String>,
+    /// Kernel label and workgroup grid of each timed dispatch, in order.
+    labels: Vec<(String, [u32; 3])>,
     /// Wall-clock fallback: milliseconds per dispatch.
     wall_ms: Vec<f64>,
     wall_start: Option<Instant>,
@@ -55,6 +55,9 @@ pub struct KernelTime {
     pub name: String,
     /// GPU time in milliseconds (or wall time when `Report::timestamps` is false).
     pub ms: f64,
+    /// The dispatch's workgroup grid `[x, y, z]`: tells apart the shapes one kernel ran
+    /// at (a matmul's grid is its output tiles).
+    pub grid: [u32; 3],
 }
 
 /// The result of a profile: every dispatch, in order.
@@ -110,14 +113,41 @@ impl Report {
     /// # Ok(()) }
     /// ```
     pub fn by_kernel(&self) -> Vec<(String, usize, f64)> {
-        let mut out: Vec<(String, usize, f64)> = Vec::new();
+        self.grouped(|k| k.name.clone())
+    }
+
+    /// ((name, grid), count, total ms) per kernel name and workgroup grid, in order of
+    /// first appearance: one kernel's time split by the shapes it ran at.
+    ///
+    /// ```no_run
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let (a, b) = (Tensor::randn(&gpu, &[64, 64], DType::F32, 0)?, Tensor::randn(&gpu, &[64, 8], DType::F32, 1)?);
+    /// let p = wgkernels::Profiler::start(&gpu)?;
+    /// a.matmul(&a)?.realize()?;
+    /// a.matmul(&b)?.realize()?;
+    /// for ((label, grid), count, ms) in p.finish()?.by_kernel_and_grid() {
+    ///     println!("{label} {grid:?} ×{count}: {ms:.3} ms");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn by_kernel_and_grid(&self) -> Vec<((String, [u32; 3]), usize, f64)> {
+        self.grouped(|k| (k.name.clone(), k.grid))
+    }
+
+    /// (key, count, total ms) per distinct `key` of the dispatches, in order of first
+    /// appearance.
+    fn grouped<K: PartialEq>(&self, key: impl Fn(&KernelTime) -> K) -> Vec<(K, usize, f64)> {
+        let mut out: Vec<(K, usize, f64)> = Vec::new();
         for k in &self.kernels {
-            match out.iter_mut().find(|(n, _, _)| *n == k.name) {
+            let key = key(k);
+            match out.iter_mut().find(|(n, _, _)| *n == key) {
                 Some(e) => {
                     e.1 += 1;
                     e.2 += k.ms;
                 }
-                None => out.push((k.name.clone(), 1, k.ms)),
+                None => out.push((key, 1, k.ms)),
             }
         }
         out
@@ -197,7 +227,7 @@ impl Profiler {
         let state = lock(&self.gpu.inner.profiler).take().expect("profile state is present while a Profiler lives");
         let Some(queries) = state.queries else {
             let kernels =
-                state.labels.into_iter().zip(state.wall_ms).map(|(name, ms)| KernelTime { name, ms }).collect();
+                state.labels.into_iter().zip(state.wall_ms).map(|((name, grid), ms)| KernelTime { name, ms, grid }).collect();
             return Ok(Report { kernels, timestamps: false, untimed: state.untimed });
         };
         let n = state.labels.len() as u32;
@@ -227,9 +257,10 @@ impl Profiler {
             .labels
             .into_iter()
             .enumerate()
-            .map(|(i, name)| KernelTime {
+            .map(|(i, (name, grid))| KernelTime {
                 name,
                 ms: ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * period_ns * 1e-6,
+                grid,
             })
             .collect();
         Ok(Report { kernels, timestamps: true, untimed: state.untimed })
@@ -246,7 +277,7 @@ impl Drop for Profiler {
 impl Gpu {
     /// While profiling with timestamps: the query set and the first of the two query
     /// indices for the next dispatch. In wall-clock mode, syncs and starts the clock.
-    pub(crate) fn profiler_slot(&self, kernel: &Kernel) -> Result<Option<(wgpu::QuerySet, u32)>> {
+    pub(crate) fn profiler_slot(&self, kernel: &Kernel, grid: [u32; 3]) -> Result<Option<(wgpu::QuerySet, u32)>> {
         let mut slot = lock(&self.inner.profiler);
         let Some(state) = slot.as_mut() else { return Ok(None) };
         match &mut state.queries {
@@ -264,7 +295,7 @@ impl Gpu {
                         count: 2 * DISPATCHES_PER_SET,
                     }));
                 }
-                state.labels.push(kernel.label());
+                state.labels.push((kernel.label(), grid));
                 Ok(Some((sets[k].clone(), 2 * (i % DISPATCHES_PER_SET))))
             }
             None => {
@@ -280,7 +311,7 @@ impl Gpu {
     }
 
     /// In wall-clock mode, waits for the dispatch just recorded and stores its time.
-    pub(crate) fn profiler_after_dispatch(&self, kernel: &Kernel) -> Result<()> {
+    pub(crate) fn profiler_after_dispatch(&self, kernel: &Kernel, grid: [u32; 3]) -> Result<()> {
         let wall = matches!(lock(&self.inner.profiler).as_ref(), Some(s) if s.queries.is_none());
         if !wall {
             return Ok(());
@@ -288,7 +319,7 @@ impl Gpu {
         self.synchronize()?;
         if let Some(state) = lock(&self.inner.profiler).as_mut() {
             if let Some(t0) = state.wall_start.take() {
-                state.labels.push(kernel.label());
+                state.labels.push((kernel.label(), grid));
                 state.wall_ms.push(t0.elapsed().as_secs_f64() * 1e3);
             }
         }
