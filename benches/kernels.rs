@@ -1439,7 +1439,8 @@ impl ModelRun<'_> {
             let _ = writeln!(text, "\nby kernel and workgroup grid (largest 40):");
             for ((k, [x, y, z]), n, ms) in shapes.into_iter().take(40) {
                 let each = ms / n as f64;
-                let _ = writeln!(text, "{ms:9.3} ms {:5.1}% {n:5} × {each:7.3} ms  {x}×{y}×{z}  {k}", 100.0 * ms / total);
+                let _ =
+                    writeln!(text, "{ms:9.3} ms {:5.1}% {n:5} × {each:7.3} ms  {x}×{y}×{z}  {k}", 100.0 * ms / total);
             }
             let path = format!("{dir}/gpt2_{}_{}_{}.txt", self.work.name(), dtype.name(), self.precision.name());
             std::fs::write(&path, text)

@@ -2,7 +2,7 @@
 //! wgpu's validation and tracking, the crate's own work — with the GPU taken out. On
 //! wgpu's noop backend every call is accepted and nothing runs, so a step's wall clock is
 //! the host's alone. It times a KV-cache decode (batch 1, f32: ms per token) and a training
-//! step (f32 and f16 with loss scaling, batch 1 × 1024 tokens: the dispatches of B 8 ×
+//! step (f32, f16 with loss scaling and bf16; batch 1 × 1024 tokens: the dispatches of B 8 ×
 //! 1024, a host buffer per tensor an eighth the size), with dispatches counted and the
 //! host time per dispatch. Values read back are not computed (zeros), so the drawn tokens
 //! and the loss scale's decisions are not a real run's; the work recorded is.
@@ -22,8 +22,9 @@ fn main() -> wgkernels::Result<()> {
     let gpu = Gpu::with_options(opts)?;
     println!("adapter: {} (the host's time only)", gpu.info().name);
     let config = GptConfig::gpt2_small();
-    // Per step: wall ms, dispatches (commands recorded), submits.
-    let time = |f: &mut dyn FnMut() -> wgkernels::Result<()>, reps: usize| -> wgkernels::Result<(f64, f64, f64)> {
+    // Per step: wall ms, dispatches (commands recorded), submits, host waits.
+    type PerStep = (f64, f64, f64, f64);
+    let time = |f: &mut dyn FnMut() -> wgkernels::Result<()>, reps: usize| -> wgkernels::Result<PerStep> {
         // Two untimed runs: the first compiles pipelines and tunes, the second is a training
         // step's first with AdamW's moments (a step once took 1.3 s here before settling).
         f()?;
@@ -38,25 +39,30 @@ fn main() -> wgkernels::Result<()> {
         let ms = t.elapsed().as_secs_f64() * 1e3 / reps as f64;
         let after = gpu.stats();
         let per = |a: u64, b: u64| (a - b) as f64 / reps as f64;
-        Ok((ms, per(after.dispatches, before.dispatches), per(after.submits, before.submits)))
+        Ok((
+            ms,
+            per(after.dispatches, before.dispatches),
+            per(after.submits, before.submits),
+            per(after.host_waits, before.host_waits),
+        ))
     };
-    let report = |what: &str, (ms, dispatches, submits): (f64, f64, f64)| {
+    let report = |what: &str, (ms, dispatches, submits, waits): PerStep| {
         println!(
-            "{what:<34} {ms:8.2} ms  {dispatches:6.0} commands  {submits:4.0} submits  {:5.1} µs/command",
+            "{what:<34} {ms:8.2} ms  {dispatches:6.0} commands  {submits:4.0} submits  {waits:4.1} waits  {:5.1} µs/command",
             ms * 1e3 / dispatches
         );
     };
     let model = Gpt::new(&gpu, &config, DType::F32, 1)?;
     let prompt: Vec<u32> = (0..16).collect();
     let tokens = 64;
-    let (ms, d, s) = time(&mut || model.generate(&prompt, tokens, Sampling::default()).map(drop), 3)?;
+    let (ms, d, s, w) = time(&mut || model.generate(&prompt, tokens, Sampling::default()).map(drop), 3)?;
     let t = tokens as f64;
-    report("decode f32, per token", (ms / t, d / t, s / t));
+    report("decode f32, per token", (ms / t, d / t, s / t, w / t));
     drop(model);
     let (batch, seq) = (1, 1024);
     let ids: Vec<u32> = (0..batch * seq).map(|i| (i * 7919 % config.vocab) as u32).collect();
     let targets: Vec<u32> = (0..batch * seq).map(|i| (i * 104729 % config.vocab) as u32).collect();
-    for dtype in [DType::F32, DType::F16] {
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
         let model = Gpt::new(&gpu, &config, dtype, 1)?;
         let params: Vec<_> = model.parameters().into_iter().map(|(_, p)| p).collect();
         let mut opt = AdamW::new(&gpu, AdamWConfig::default())?;

@@ -275,6 +275,9 @@ pub struct Stats {
     pub dispatches: u64,
     /// Command buffers submitted.
     pub submits: u64,
+    /// Times the host waited for the GPU to finish (synchronize, read-backs): each one
+    /// leaves the GPU idle while the host records what follows.
+    pub host_waits: u64,
     /// Fused element-wise kernels run (realisations of pending expressions).
     pub fused_kernels: u64,
     /// Pipelines held in the cache now (at most `GpuOptions::pipeline_cache`).
@@ -332,6 +335,7 @@ pub(crate) struct GpuInner {
     pub(crate) cache_hits: AtomicU64,
     dispatches: AtomicU64,
     submits: AtomicU64,
+    host_waits: AtomicU64,
     /// Whether 16-bit stores may use the adapter's f32 → f16 conversion: off by option or
     /// without SHADER_F16, else the probe's verdict, made on first use.
     native_f16_allowed: bool,
@@ -743,6 +747,7 @@ impl Gpu {
                 cache_hits: AtomicU64::new(0),
                 dispatches: AtomicU64::new(0),
                 submits: AtomicU64::new(0),
+                host_waits: AtomicU64::new(0),
                 native_f16_allowed: opts.native_f16 && features.contains(wgpu::Features::SHADER_F16),
                 native_f16: std::sync::OnceLock::new(),
                 fused_wide: (pick(opts.fused_unroll, 1), pick(opts.fused_workgroup, wide_workgroup)),
@@ -1120,6 +1125,7 @@ impl Gpu {
             pipeline_cache_hits: i.cache_hits.load(Ordering::Relaxed),
             dispatches: i.dispatches.load(Ordering::Relaxed),
             submits: i.submits.load(Ordering::Relaxed),
+            host_waits: i.host_waits.load(Ordering::Relaxed),
             fused_kernels: i.fused.load(Ordering::Relaxed),
             pipelines_cached: lock(&i.pipelines).len() as u64,
         }
@@ -1402,6 +1408,7 @@ impl Gpu {
         {
             let _serial = self.serial();
             self.flush()?;
+            self.inner.host_waits.fetch_add(1, Ordering::Relaxed);
             self.inner
                 .device
                 .poll(wgpu::PollType::wait_indefinitely())
@@ -1568,11 +1575,14 @@ impl ReadInFlight {
     /// the browser the future yields to the event loop until the map's promise resolves.
     async fn bytes(self) -> Result<Vec<Vec<u8>>> {
         #[cfg(not(target_arch = "wasm32"))]
-        self.gpu
-            .inner
-            .device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Backend { op: "read", msg: e.to_string() })?;
+        {
+            self.gpu.inner.host_waits.fetch_add(1, Ordering::Relaxed);
+            self.gpu
+                .inner
+                .device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| Error::Backend { op: "read", msg: e.to_string() })?;
+        }
         match self.mapped.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(Error::Backend { op: "read", msg: e.to_string() }),

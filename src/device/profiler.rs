@@ -226,8 +226,12 @@ impl Profiler {
         self.gpu.synchronize()?;
         let state = lock(&self.gpu.inner.profiler).take().expect("profile state is present while a Profiler lives");
         let Some(queries) = state.queries else {
-            let kernels =
-                state.labels.into_iter().zip(state.wall_ms).map(|((name, grid), ms)| KernelTime { name, ms, grid }).collect();
+            let kernels = state
+                .labels
+                .into_iter()
+                .zip(state.wall_ms)
+                .map(|((name, grid), ms)| KernelTime { name, ms, grid })
+                .collect();
             return Ok(Report { kernels, timestamps: false, untimed: state.untimed });
         };
         let n = state.labels.len() as u32;
