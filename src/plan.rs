@@ -28,12 +28,11 @@
 //!   token) is kept, and one layer's activations are rebuilt at a time.
 //! - The loss's working set, counted apart: the logits, which the crate's cross-entropy
 //!   keeps for its backward, and their gradient, which that backward writes while they
-//!   live (`2·V` values per token, in the activations' dtype). Under mixed precision with
-//!   an odd `V` the output projection stores f32 logits and casts them (a 16-bit row of odd
-//!   length is not whole words), so the forward holds both for a moment: `V` values in f32
-//!   and `V` in 16-bit, 6 bytes where the backward holds 4. For GPT-2 small at 8 × 1024
-//!   tokens that is 3.3 GB in f32 (more than its weights and Adam state together) and
-//!   2.5 GB under mixed precision.
+//!   live (`2·Vp` values per token, in the activations' dtype, `Vp` the vocabulary padded
+//!   to a multiple of 64 as [`crate::nn::Gpt`]'s output projection has it). For GPT-2
+//!   small at 8 × 1024 tokens that is 3.3 GB in f32 (more than its weights and Adam state
+//!   together) and 1.6 GB under mixed precision. (The padded token table's extra rows,
+//!   47 × 768 values for GPT-2, are left out of the weights.)
 //! - KV cache for inference: `2·L·d` values per token.
 
 /// A GPT-2-style model shape.
@@ -131,7 +130,7 @@ pub struct Estimate {
     /// Activations saved for backward, for the whole batch.
     pub activations: u64,
     /// The loss's working set: the batch's logits and their gradient (in the activations'
-    /// dtype; see the module docs for an odd vocabulary under mixed precision), the largest
+    /// dtype, over the padded vocabulary; see the module docs), the largest
     /// activations of a language model.
     pub logits: u64,
     /// The largest transient buffer beyond the saved activations: the S×S attention scores
@@ -264,12 +263,8 @@ impl ModelConfig {
         };
         let tokens = (batch * seq) as u64;
         let activations = tokens * self.activation_bytes_per_token(seq, p, flash, checkpointing);
-        let per_logit = match p {
-            Precision::Fp32 => 8,
-            Precision::Mixed16 if self.vocab % 2 == 1 => 6,
-            Precision::Mixed16 => 4,
-        };
-        let logits = tokens * self.vocab as u64 * per_logit;
+        let padded_vocab = self.vocab.next_multiple_of(crate::nn::VOCAB_PADDING) as u64;
+        let logits = tokens * padded_vocab * 2 * p.act_bytes();
         let scores = (batch * self.heads * seq * seq) as u64 * p.act_bytes();
         let one_layer = tokens * self.activation_values_per_token_per_layer(seq, flash) * p.act_bytes();
         let working = if checkpointing {

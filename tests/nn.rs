@@ -181,6 +181,65 @@ fn training_steps_lower_the_loss() {
     assert!(last < 0.5 * first, "losses {losses:?}");
 }
 
+/// The vocabulary padded to a multiple of 64 inside the model (11 → 64 here) is GPT-2's
+/// function: `forward` gives `[rows, vocab]`; `loss` (padded logits, the padding masked)
+/// gives the loss and every gradient of the cross-entropy of `forward`'s narrowed logits
+/// made contiguous (the unpadded path); a token table replaced by the caller (no longer the
+/// padded storage's rows) takes the copying path to the same values; AdamW steps with
+/// weight decay keep the two paths equal (the padding rows are not parameters). Both paths
+/// share the output projection's backward (the padded table's gradient narrowed to the
+/// table's rows), which the float64 test above checks.
+#[test]
+fn the_padded_vocabulary_computes_the_unpadded_function() {
+    use wgkernels::optim::{AdamW, AdamWConfig, Optimizer};
+    let gpu = gpu();
+    let config = GptConfig { vocab: 11, context: 8, layers: 1, heads: 2, d_model: 16 };
+    assert_eq!(config.padded_vocab(), 64);
+    let (batch, seq) = (2, 8);
+    let ids: Vec<u32> = (0..16).map(|i| (i * 5 % 11) as u32).collect();
+    let targets: Vec<u32> = (0..16).map(|i| (i * 7 % 11 + 3) as u32 % 11).collect();
+    for dtype in [DType::F32, DType::BF16] {
+        let mut model = Gpt::new(&gpu, &config, dtype, 9).unwrap();
+        let params: Vec<_> = model.parameters().into_iter().map(|(_, p)| p).collect();
+        let mut opt = AdamW::new(&gpu, AdamWConfig { lr: 1e-2, weight_decay: 0.1, ..Default::default() }).unwrap();
+        let (atol, rtol) = if dtype == DType::F32 { (1e-6, 1e-5) } else { (1e-4, 1e-2) };
+        for step in 0..3 {
+            let logits = model.forward(&ids, batch, seq).unwrap();
+            assert_eq!(logits.shape(), &[16, 11]);
+            let plain = logits.contiguous().unwrap().cross_entropy(&targets).unwrap();
+            plain.backward().unwrap();
+            let want_grads = take_grads(&model);
+            let padded = model.loss(&ids, &targets, batch, seq).unwrap();
+            let what = format!("{dtype:?} step {step}");
+            let want_loss = plain.tensor().to_vec_f32().unwrap()[0] as f64;
+            assert_close(&format!("{what}: loss"), &padded.tensor().to_vec_f32().unwrap(), &[want_loss], atol, rtol);
+            padded.backward().unwrap();
+            for ((name, got), (_, want)) in take_grads(&model).iter().zip(&want_grads) {
+                let want: Vec<f64> = want.iter().map(|&v| v as f64).collect();
+                assert_close(&format!("{what}: d{name}"), got, &want, atol, rtol);
+            }
+            model.loss(&ids, &targets, batch, seq).unwrap().backward().unwrap();
+            opt.step_params(&params).unwrap();
+            params.iter().for_each(|p| p.zero_grad());
+        }
+        // A replaced token table: the output projection pads a copy of it.
+        let before = model.loss(&ids, &targets, batch, seq).unwrap().tensor().to_vec_f32().unwrap()[0] as f64;
+        model.wte.weight = wgkernels::autograd::Var::parameter(
+            model.wte.weight.tensor().contiguous().unwrap().add_scalar(0.0).unwrap(),
+        );
+        let after = model.loss(&ids, &targets, batch, seq).unwrap();
+        assert_close(
+            &format!("{dtype:?}: loss with a replaced table"),
+            &after.tensor().to_vec_f32().unwrap(),
+            &[before],
+            atol,
+            rtol,
+        );
+        after.backward().unwrap();
+        assert!(model.wte.weight.grad().is_some(), "{dtype:?}: the replaced table gets a gradient");
+    }
+}
+
 /// The parameters' gradients as host vectors, then cleared.
 fn take_grads(model: &Gpt) -> Vec<(String, Vec<f32>)> {
     model

@@ -460,11 +460,20 @@ impl Var {
     /// scale, say) applied before it is rounded, in one pass (see
     /// [`Tensor::cross_entropy_backward`]).
     pub fn cross_entropy(&self, targets: &[u32]) -> Result<Var> {
+        let classes = self.shape().last().copied().unwrap_or(0);
+        self.cross_entropy_padded(targets, classes)
+    }
+
+    /// [`Var::cross_entropy`] over logits whose rows hold `classes` classes and then
+    /// padding (a vocabulary padded for the matmuls' sake, as [`crate::nn::Gpt`]'s): the
+    /// padding takes no probability and gets a zero gradient (see
+    /// [`Tensor::cross_entropy_forward_padded`]).
+    pub fn cross_entropy_padded(&self, targets: &[u32], classes: usize) -> Result<Var> {
         let logits = self.tensor().clone();
-        let (loss, lse) = logits.cross_entropy_forward(targets)?;
+        let (loss, lse) = logits.cross_entropy_forward_padded(targets, classes)?;
         let targets = targets.to_vec();
         Ok(Var::from_op(loss, "cross_entropy", &[self], move |g: &Tensor| {
-            Ok(vec![Some(logits.cross_entropy_backward(&lse, &targets, g)?)])
+            Ok(vec![Some(logits.cross_entropy_backward_padded(&lse, &targets, g, classes)?)])
         }))
     }
 

@@ -370,6 +370,12 @@ impl GptConfig {
     pub fn gpt2_small() -> Self {
         Self { vocab: 50257, context: 1024, layers: 12, heads: 12, d_model: 768 }
     }
+
+    /// The vocabulary rounded up to a multiple of [`VOCAB_PADDING`]: the logits' row length
+    /// inside [`Gpt`] (50304 for GPT-2).
+    pub fn padded_vocab(&self) -> usize {
+        self.vocab.next_multiple_of(VOCAB_PADDING)
+    }
 }
 
 /// A GPT-2-architecture language model: token and position embeddings, `layers` blocks, a
@@ -389,7 +395,19 @@ pub struct Gpt {
     /// forward keeps each block's input only, the backward recomputes the block. Off at
     /// first.
     pub checkpointing: bool,
+    /// `[padded_vocab, d]`: the storage `wte.weight` is the first `vocab` rows of, the rows
+    /// after them zero. The output projection multiplies by it, so the logits' rows are
+    /// `padded_vocab` long, a multiple of [`VOCAB_PADDING`]: with GPT-2's 50257 the 16-bit
+    /// logits could not be stored two to a word (they went through f32 and a cast) and the
+    /// backward's matmuls staged rows of odd stride element by element. The loss masks the
+    /// padding (see [`Var::cross_entropy_padded`]), so the function is GPT-2's; the padding
+    /// rows get zero gradients and stay zero.
+    lm_head: Tensor,
 }
+
+/// The output projection's rows are padded to a multiple of this (as llm.c and nanoGPT do
+/// for GPT-2's vocabulary of 50257: 50304).
+pub const VOCAB_PADDING: usize = 64;
 
 impl Gpt {
     /// A model of `config` with GPT-2's initialisation from `seed`, parameters in `dtype`.
@@ -427,21 +445,65 @@ impl Gpt {
                 },
             });
         }
+        // The token table, drawn as before, inside a zero-padded [padded_vocab, d] storage.
+        let table = normal(gpu, &[c.vocab, d], std, dtype, next())?;
+        let padding = Tensor::zeros(gpu, &[c.padded_vocab() - c.vocab, d], dtype)?;
+        let lm_head = Tensor::cat(&[table.tensor(), &padding], 0)?;
+        let wte = Embedding { weight: lm_head.narrow(0, 0, c.vocab)?.requires_grad() };
         Ok(Self {
             config: c.clone(),
-            wte: Embedding::new(gpu, c.vocab, d, std, dtype, next())?,
+            wte,
             wpe: Embedding::new(gpu, c.context, d, std / 2.0, dtype, next())?,
             h,
             ln_f: LayerNorm::new(gpu, d, dtype)?,
             checkpointing: false,
+            lm_head,
         })
     }
 
-    /// Logits `[batch·seq, vocab]` for `ids` (`batch` rows of `seq` tokens, row-major).
+    /// The output projection's weight `[padded_vocab, d]` as a var: the token table's
+    /// padded storage, whose gradient is the table's (its first `vocab` rows, a view). A
+    /// `wte.weight` that is no longer that storage's first rows (replaced by the caller)
+    /// is padded by a copy instead.
+    fn output_weight(&self) -> Result<Var> {
+        let (w, c) = (&self.wte.weight, &self.config);
+        let t = w.tensor();
+        let in_place = t.shares_storage(&self.lm_head)
+            && t.offset() == 0
+            && t.is_contiguous()
+            && t.shape() == [c.vocab, c.d_model]
+            && t.dtype() == self.lm_head.dtype();
+        if !in_place {
+            let padding = Tensor::zeros(t.gpu(), &[c.padded_vocab() - c.vocab, c.d_model], t.dtype())?.constant();
+            return Var::cat(&[w, &padding], 0);
+        }
+        let vocab = c.vocab;
+        Ok(Var::from_op(self.lm_head.clone(), "pad_rows", &[w], move |g: &Tensor| {
+            Ok(vec![Some(g.narrow(0, 0, vocab)?)])
+        }))
+    }
+
+    /// Logits over the padded vocabulary `[rows, padded_vocab]` of the final hidden states
+    /// `x` `[rows, d]`.
+    fn padded_logits(&self, x: &Var) -> Result<Var> {
+        x.matmul(&self.output_weight()?.transpose(0, 1)?)
+    }
+
+    /// Logits `[batch·seq, vocab]` for `ids` (`batch` rows of `seq` tokens, row-major): a
+    /// view of the first `vocab` columns of rows `padded_vocab` long.
     ///
     /// Errors: `InvalidArgument` when `ids` is not batch·seq long or seq exceeds the
     /// context; any id ≥ vocab is refused by the embedding.
     pub fn forward(&self, ids: &[u32], batch: usize, seq: usize) -> Result<Var> {
+        let logits = self.forward_padded(ids, batch, seq)?;
+        if self.config.padded_vocab() == self.config.vocab {
+            return Ok(logits);
+        }
+        logits.narrow(1, 0, self.config.vocab)
+    }
+
+    /// [`Gpt::forward`]'s logits with their padding: `[batch·seq, padded_vocab]`.
+    fn forward_padded(&self, ids: &[u32], batch: usize, seq: usize) -> Result<Var> {
         let d = self.config.d_model;
         if ids.len() != batch * seq || seq == 0 || seq > self.config.context {
             return Err(Error::InvalidArgument {
@@ -462,7 +524,7 @@ impl Gpt {
             };
         }
         let x = self.ln_f.forward(&x)?.reshape(&[batch * seq, d])?;
-        x.matmul(&self.wte.weight.transpose(0, 1)?)
+        self.padded_logits(&x)
     }
 
     /// Mean cross-entropy of the next-token predictions: `targets[i]` follows `ids[i]`.
@@ -471,7 +533,8 @@ impl Gpt {
         // 16-bit once scaled. Per logit, 6 bytes move (read, read, write) where an f32 copy,
         // an f32 gradient and its scaling moved 20: 2.5 GB against 8.2 GB at GPT-2 small's
         // 8192 tokens × 50257.
-        self.forward(ids, batch, seq)?.cross_entropy(targets)
+        // The padded logits as they are (the padding masked): no narrowed copy.
+        self.forward_padded(ids, batch, seq)?.cross_entropy_padded(targets, self.config.vocab)
     }
 }
 
@@ -558,7 +621,7 @@ impl Gpt {
                 x = block.forward_cached(&x, cache)?;
             }
             let x = self.ln_f.forward(&x)?.reshape(&[ids.len(), d])?;
-            Ok(x.matmul(&self.wte.weight.transpose(0, 1)?)?.tensor().clone())
+            self.padded_logits(&x)?.tensor().narrow(1, 0, self.config.vocab)
         })
     }
 

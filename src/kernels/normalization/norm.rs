@@ -615,21 +615,35 @@ fn param(op: &'static str, p: Option<&Tensor>, n: usize) -> Result<Option<Tensor
     }
 }
 
-/// The rows of a cross-entropy over `x` (`[rows, classes]`, leading dims flattened) after
-/// checking one target per row, each a class index: (rows, odd, register class).
-fn cross_entropy_rows(op: &'static str, x: &Tensor, targets: &[u32], vpt: Option<u32>) -> Result<(Rows, bool, u32)> {
+/// The rows of a cross-entropy over `x` (`[rows, n]`, leading dims flattened, the first
+/// `classes` elements of a row its classes, n when None) after checking one target per row,
+/// each a class index: (rows, odd, register class, classes).
+fn cross_entropy_rows(
+    op: &'static str,
+    x: &Tensor,
+    targets: &[u32],
+    vpt: Option<u32>,
+    classes: Option<usize>,
+) -> Result<(Rows, bool, u32, usize)> {
     let (r, odd) = softmax_rows(op, x)?;
     let vpt = workgroup_vpt(op, vpt, r.n, r.unit, Caps::of(x.gpu()).row_wg())?;
+    let classes = classes.unwrap_or(r.n);
+    if classes == 0 || classes > r.n {
+        return Err(Error::InvalidArgument {
+            op,
+            msg: format!("{classes} classes in rows of {} (logits {:?}): wants 1 to {}", r.n, x.shape(), r.n),
+        });
+    }
     if targets.len() != r.rows {
         return Err(Error::ShapeMismatch { op, lhs: x.shape().to_vec(), rhs: vec![targets.len()] });
     }
-    if let Some((i, &t)) = targets.iter().enumerate().find(|&(_, &t)| t as usize >= r.n) {
+    if let Some((i, &t)) = targets.iter().enumerate().find(|&(_, &t)| t as usize >= classes) {
         return Err(Error::InvalidArgument {
             op,
-            msg: format!("target {t} of row {i} is not a class index below {}", r.n),
+            msg: format!("target {t} of row {i} is not a class index below {classes}"),
         });
     }
-    Ok((r, odd, vpt))
+    Ok((r, odd, vpt, classes))
 }
 
 /// A cross-entropy kernel of `entry` for the rows `r`. The one-pass kernel's gradient of the
@@ -638,6 +652,69 @@ fn cross_entropy_rows(op: &'static str, x: &Tensor, targets: &[u32], vpt: Option
 fn ce_kernel(entry: &'static str, r: &Rows, vpt: u32, odd: bool) -> Kernel {
     let ce_scale = if entry == "cross_entropy" { 1.0 / r.rows as f32 } else { 1.0 };
     softmax_kernel(entry, r.x.dtype(), None, None, r.out_dtype, r.unit, vpt, false, ce_scale, Caps::of(r.x.gpu()), odd)
+}
+
+/// The two-pass cross-entropy's forward (see [`Tensor::cross_entropy_forward_padded`]).
+fn ce_forward(x: &Tensor, targets: &[u32], vpt: Option<u32>, classes: Option<usize>) -> Result<(Tensor, Tensor)> {
+    const OP: &str = "cross_entropy_forward";
+    let (r, odd, vpt, classes) = cross_entropy_rows(OP, x, targets, vpt, classes)?;
+    let gpu = x.gpu();
+    let losses = Tensor::empty(gpu, OP, &[r.rows], DType::F32)?;
+    let lse = Tensor::empty(gpu, OP, &[r.rows], DType::F32)?;
+    let tbuf = gpu.meta_buffer(targets);
+    let params = gpu.params_buffer(&SoftmaxParams::rows(r.rows, r.n, 0).with_classes(classes));
+    let k = ce_kernel("cross_entropy_loss", &r, vpt, odd);
+    // Unchecked is safe as for softmax (reads only); targets were checked < classes ≤ n, and row
+    // r < rows writes losses[r] and row_lse[r], both [rows].
+    let b = [
+        (0, r.x.storage()?.buffer()),
+        (2, &params),
+        (5, &tbuf),
+        (6, losses.storage()?.buffer()),
+        (8, lse.storage()?.buffer()),
+    ];
+    gpu.dispatch(&k, &b, r.rows as u32)?;
+    let loss = mean_loss(&losses)?;
+    Ok((loss, lse))
+}
+
+/// The two-pass cross-entropy's backward (see [`Tensor::cross_entropy_backward_padded`]).
+fn ce_backward(x: &Tensor, lse: &Tensor, targets: &[u32], grad: &Tensor, classes: Option<usize>) -> Result<Tensor> {
+    const OP: &str = "cross_entropy_backward";
+    let (r, odd, _, classes) = cross_entropy_rows(OP, x, targets, None, classes)?;
+    if lse.shape() != [r.rows] || lse.dtype() != DType::F32 {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            msg: format!("lse is {:?} {:?}, wants [{}] F32 (the forward's)", lse.shape(), lse.dtype(), r.rows),
+        });
+    }
+    if grad.numel() != 1 {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            msg: format!("grad has shape {:?}, wants one element", grad.shape()),
+        });
+    }
+    crate::kernels::elementwise::same_device(OP, &[x, lse, grad])?;
+    let gpu = x.gpu();
+    // Both read from element 0: made contiguous at offset 0 (one element for grad).
+    let lse = lse.contiguous()?;
+    let grad = grad.reshape(&[1])?.to_dtype(DType::F32)?.contiguous()?;
+    let dlogits = Tensor::empty(gpu, OP, &[r.rows, r.n], r.out_dtype)?;
+    let tbuf = gpu.meta_buffer(targets);
+    let params = gpu.params_buffer(&SoftmaxParams::rows(r.rows, r.n, 0).with_classes(classes));
+    let k = ce_kernel("cross_entropy_backward", &r, 1, odd);
+    // Unchecked is safe as for softmax: units below unit_count(n) of rows below rows;
+    // targets were checked < classes ≤ n; row_lse [rows] and upstream [1] are read at r and 0.
+    let b = [
+        (0, r.x.storage()?.buffer()),
+        (1, dlogits.storage()?.buffer()),
+        (2, &params),
+        (5, &tbuf),
+        (8, lse.storage()?.buffer()),
+        (9, grad.storage()?.buffer()),
+    ];
+    dispatch_rows(OP, gpu, &k, &b, r.rows as u32, &r, odd, &dlogits, &params)?;
+    finish(dlogits, x.dtype(), x.shape())
 }
 
 /// The mean of the per-row `losses` `[rows]`, a 0-dim f32 tensor.
@@ -752,6 +829,7 @@ impl Tensor {
             s_q: s_q as u32,
             scale: opts.scale.unwrap_or(1.0),
             dy_off: 0,
+            classes: r.n as u32,
         });
         let k = softmax_kernel(
             entry,
@@ -857,7 +935,7 @@ impl Tensor {
     /// ```
     pub fn cross_entropy_with(&self, targets: &[u32], vpt: Option<u32>) -> Result<(Tensor, Tensor)> {
         const OP: &str = "cross_entropy";
-        let (r, odd, vpt) = cross_entropy_rows(OP, self, targets, vpt)?;
+        let (r, odd, vpt, _) = cross_entropy_rows(OP, self, targets, vpt, None)?;
         let gpu = self.gpu();
         let dlogits = Tensor::empty(gpu, OP, &[r.rows, r.n], r.out_dtype)?;
         let losses = Tensor::empty(gpu, OP, &[r.rows], DType::F32)?;
@@ -909,26 +987,26 @@ impl Tensor {
     /// # Ok(()) }
     /// ```
     pub fn cross_entropy_forward_with(&self, targets: &[u32], vpt: Option<u32>) -> Result<(Tensor, Tensor)> {
-        const OP: &str = "cross_entropy_forward";
-        let (r, odd, vpt) = cross_entropy_rows(OP, self, targets, vpt)?;
-        let gpu = self.gpu();
-        let losses = Tensor::empty(gpu, OP, &[r.rows], DType::F32)?;
-        let lse = Tensor::empty(gpu, OP, &[r.rows], DType::F32)?;
-        let tbuf = gpu.meta_buffer(targets);
-        let params = gpu.params_buffer(&SoftmaxParams::rows(r.rows, r.n, 0));
-        let k = ce_kernel("cross_entropy_loss", &r, vpt, odd);
-        // Unchecked is safe as for softmax (reads only); targets were checked < n, and row
-        // r < rows writes losses[r] and row_lse[r], both [rows].
-        let b = [
-            (0, r.x.storage()?.buffer()),
-            (2, &params),
-            (5, &tbuf),
-            (6, losses.storage()?.buffer()),
-            (8, lse.storage()?.buffer()),
-        ];
-        gpu.dispatch(&k, &b, r.rows as u32)?;
-        let loss = mean_loss(&losses)?;
-        Ok((loss, lse))
+        ce_forward(self, targets, vpt, None)
+    }
+
+    /// [`Tensor::cross_entropy_forward`] over rows whose first `classes` elements are the
+    /// classes and the rest padding (a vocabulary padded to a multiple of 64 so that the
+    /// matmuls around it load and store whole words): the padding takes no probability.
+    /// Targets are below `classes`.
+    ///
+    /// ```
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let logits = Tensor::randn(&gpu, &[3, 16], DType::F16, 0)?; // 11 classes, 5 padding
+    /// let (loss, lse) = logits.cross_entropy_forward_padded(&[1, 0, 10], 11)?;
+    /// let g = Tensor::full(&gpu, &[], 1.0, DType::F32)?;
+    /// let dlogits = logits.cross_entropy_backward_padded(&lse, &[1, 0, 10], &g, 11)?; // 0 in the padding
+    /// # Ok(()) }
+    /// ```
+    pub fn cross_entropy_forward_padded(&self, targets: &[u32], classes: usize) -> Result<(Tensor, Tensor)> {
+        ce_forward(self, targets, None, Some(classes))
     }
 
     /// The gradient of [`Tensor::cross_entropy_forward`]'s mean loss with respect to these
@@ -947,41 +1025,31 @@ impl Tensor {
     /// # Ok(()) }
     /// ```
     pub fn cross_entropy_backward(&self, lse: &Tensor, targets: &[u32], grad: &Tensor) -> Result<Tensor> {
-        const OP: &str = "cross_entropy_backward";
-        let (r, odd, _) = cross_entropy_rows(OP, self, targets, None)?;
-        if lse.shape() != [r.rows] || lse.dtype() != DType::F32 {
-            return Err(Error::InvalidArgument {
-                op: OP,
-                msg: format!("lse is {:?} {:?}, wants [{}] F32 (the forward's)", lse.shape(), lse.dtype(), r.rows),
-            });
-        }
-        if grad.numel() != 1 {
-            return Err(Error::InvalidArgument {
-                op: OP,
-                msg: format!("grad has shape {:?}, wants one element", grad.shape()),
-            });
-        }
-        crate::kernels::elementwise::same_device(OP, &[self, lse, grad])?;
-        let gpu = self.gpu();
-        // Both read from element 0: made contiguous at offset 0 (one element for grad).
-        let lse = lse.contiguous()?;
-        let grad = grad.reshape(&[1])?.to_dtype(DType::F32)?.contiguous()?;
-        let dlogits = Tensor::empty(gpu, OP, &[r.rows, r.n], r.out_dtype)?;
-        let tbuf = gpu.meta_buffer(targets);
-        let params = gpu.params_buffer(&SoftmaxParams::rows(r.rows, r.n, 0));
-        let k = ce_kernel("cross_entropy_backward", &r, 1, odd);
-        // Unchecked is safe as for softmax: units below unit_count(n) of rows below rows;
-        // targets were checked < n; row_lse [rows] and upstream [1] are read at r and 0.
-        let b = [
-            (0, r.x.storage()?.buffer()),
-            (1, dlogits.storage()?.buffer()),
-            (2, &params),
-            (5, &tbuf),
-            (8, lse.storage()?.buffer()),
-            (9, grad.storage()?.buffer()),
-        ];
-        dispatch_rows(OP, gpu, &k, &b, r.rows as u32, &r, odd, &dlogits, &params)?;
-        finish(dlogits, self.dtype(), self.shape())
+        ce_backward(self, lse, targets, grad, None)
+    }
+
+    /// The gradient of [`Tensor::cross_entropy_forward_padded`]'s mean loss (see
+    /// [`Tensor::cross_entropy_backward`]): zero in each row's padding, from `classes` on.
+    ///
+    /// ```
+    /// # use wgkernels::{DType, Gpu, Tensor};
+    /// # fn main() -> wgkernels::Result<()> {
+    /// # let gpu = Gpu::new()?;
+    /// let logits = Tensor::randn(&gpu, &[2, 8], DType::F32, 0)?; // 5 classes, 3 padding
+    /// let (_, lse) = logits.cross_entropy_forward_padded(&[4, 0], 5)?;
+    /// let g = Tensor::full(&gpu, &[], 1.0, DType::F32)?;
+    /// let d = logits.cross_entropy_backward_padded(&lse, &[4, 0], &g, 5)?.to_vec::<f32>()?;
+    /// assert!(d[5..8].iter().chain(&d[13..16]).all(|&v| v == 0.0));
+    /// # Ok(()) }
+    /// ```
+    pub fn cross_entropy_backward_padded(
+        &self,
+        lse: &Tensor,
+        targets: &[u32],
+        grad: &Tensor,
+        classes: usize,
+    ) -> Result<Tensor> {
+        ce_backward(self, lse, targets, grad, Some(classes))
     }
 
     /// LayerNorm over the last dim: `(x − mean) / √(var + eps) · weight + bias`, biased
@@ -1172,12 +1240,27 @@ pub(crate) struct SoftmaxParams {
     s_q: u32,
     scale: f32,
     dy_off: u32,
+    classes: u32,
 }
 
 impl SoftmaxParams {
-    /// Plain rows (no mask, scale 1), dy at `dy_off`: the backward and cross-entropy.
+    /// Plain rows (no mask, scale 1, no padding), dy at `dy_off`: the backward and
+    /// cross-entropy.
     fn rows(rows: usize, n: usize, dy_off: usize) -> Self {
-        Self { rows: rows as u32, n: n as u32, s_q: 1, scale: 1.0, dy_off: dy_off as u32, ..Default::default() }
+        Self {
+            rows: rows as u32,
+            n: n as u32,
+            s_q: 1,
+            scale: 1.0,
+            dy_off: dy_off as u32,
+            classes: n as u32,
+            ..Default::default()
+        }
+    }
+
+    /// These params with elements from `classes` on masked as padding.
+    fn with_classes(self, classes: usize) -> Self {
+        Self { classes: classes as u32, ..self }
     }
 }
 
@@ -1201,7 +1284,7 @@ pub(crate) struct NormParams {
 pub(crate) fn params_layouts() -> Vec<crate::device::ParamsLayout> {
     use crate::device::params_layout;
     vec![
-        params_layout!(SoftmaxParams { rows, n, x_off, mask_rows, mask_off, causal, s_q, scale, dy_off }),
+        params_layout!(SoftmaxParams { rows, n, x_off, mask_rows, mask_off, causal, s_q, scale, dy_off, classes }),
         params_layout!(NormParams { rows, n, x_off, eps, dy_off, w_off, b_off, chunk_rows }),
     ]
 }

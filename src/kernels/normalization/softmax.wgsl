@@ -37,7 +37,9 @@ const LOG: bool = {{LOG}};
 
 // params: SoftmaxParams, mirrored by the #[repr(C)] struct of that name in norm.rs: rows,
 // row length, offsets in elements, mask rows (0: no mask), causal (0/1) with S_q rows per
-// causal block, the scale.
+// causal block, the scale, dy's offset, and the classes: elements from `classes` on are a
+// row's padding (a vocabulary padded for the matmuls), masked as −inf like the causal mask,
+// so they take no probability and get a zero gradient; `classes` = n for no padding.
 @group(0) @binding(0) var<storage, read> x: array<{{WORD_X}}>;
 @group(0) @binding(1) var<storage, read_write> out: array<{{WORD_OUT}}>;
 struct SoftmaxParams {
@@ -50,6 +52,7 @@ struct SoftmaxParams {
     s_q: u32,
     scale: f32,
     dy_off: u32,
+    classes: u32,
 }
 @group(0) @binding(2) var<storage, read> params: SoftmaxParams;
 @group(0) @binding(3) var<storage, read> mask: array<{{WORD_MASK}}>;
@@ -196,6 +199,9 @@ fn logits(row: u32, u: u32) -> Unit {
         let s_q = params.s_q;
         let limit = row % s_q + n - s_q;
         v = select(v, Unit(neg_inf()), UnitIdx(j) + LANE > UnitIdx(limit));
+    }
+    if (params.classes < n) {
+        v = select(v, Unit(neg_inf()), UnitIdx(j) + LANE >= UnitIdx(params.classes));
     }
     // A single-element unit's padding lane.
     return pad_lanes(v, u, neg_inf());
