@@ -50,9 +50,10 @@ fn numbers_paths_and_backends() {
         ("WGK_CACHE_DIR", "/tmp/wgk-cache"),
         ("WGK_BACKEND", "GL"),
         ("WGK_ADAPTER", "llvmpipe"),
+        ("WGK_FIRST_SUBMIT", "16"),
     ])
     .unwrap();
-    assert_eq!((o.fused_unroll, o.fused_workgroup), (4, 512));
+    assert_eq!((o.fused_unroll, o.fused_workgroup, o.first_submit), (4, 512, 16));
     assert_eq!((o.measure_warmup_ms, o.measure_flush_mb), (Some(250.0), Some(0)));
     assert_eq!(o.cache_dir.as_deref(), Some(std::path::Path::new("/tmp/wgk-cache")));
     assert_eq!(o.backends, Some(wgkernels::wgpu::Backends::GL));
@@ -68,6 +69,7 @@ fn numbers_paths_and_backends() {
         ("WGK_WARMUP_MS", "soon"),
         ("WGK_FLUSH_MB", "1.5"),
         ("WGK_BACKEND", "cuda"),
+        ("WGK_FIRST_SUBMIT", "-4"),
     ] {
         let err = with(&[(name, bad)]).unwrap_err().to_string();
         assert!(err.contains(name), "{name}={bad:?}: {err}");

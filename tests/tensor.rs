@@ -238,6 +238,36 @@ fn profiler_times_more_dispatches_than_one_query_set() {
     }
 }
 
+/// After the host waits for the GPU (which is then idle) work is submitted in batches
+/// growing from `first_submit` dispatches (4, 8, 16, ... up to 64), so that the GPU starts
+/// while the host records the rest; 64 batches by 64 throughout; out-of-range values are
+/// refused. Each wait is counted.
+#[test]
+fn submits_start_small_after_a_wait_and_grow() {
+    let opts = |first_submit| wgkernels::GpuOptions { first_submit, ..wgkernels::GpuOptions::from_env().unwrap() };
+    for (first, submits) in [(4, 2), (1, 3), (64, 0)] {
+        let gpu = Gpu::with_options(opts(first)).unwrap();
+        let (a, _) = random_tensor(&gpu, &[64], DType::F32, 3);
+        a.sum(-1).unwrap().realize().unwrap();
+        gpu.synchronize().unwrap();
+        let s0 = gpu.stats();
+        // 12 dispatches: submitted after 4 and 4 + 8 (first 4); after 1, 1 + 2, 1 + 2 + 4 (first 1).
+        for _ in 0..12 {
+            a.sum(-1).unwrap().realize().unwrap();
+        }
+        let s1 = gpu.stats();
+        assert_eq!(s1.dispatches - s0.dispatches, 12);
+        assert_eq!(s1.submits - s0.submits, submits, "first_submit {first}: submits during 12 dispatches");
+        assert_eq!(s1.host_waits, s0.host_waits);
+        a.sum(-1).unwrap().to_vec_f32().unwrap();
+        assert_eq!(gpu.stats().host_waits, s0.host_waits + 1, "a read-back waits once");
+    }
+    for bad in [0, 65] {
+        let e = Gpu::with_options(opts(bad)).err().expect("first_submit out of range");
+        assert!(matches!(e, Error::InvalidArgument { op: "Gpu::new", .. }), "{bad}: {e}");
+    }
+}
+
 #[test]
 fn info_describes_the_adapter() {
     let gpu = gpu();

@@ -18,6 +18,14 @@
 cd "$(dirname "$0")"
 tar xJf bins.tar.xz
 export WGK_BACKEND=vulkan WGK_CACHE_DIR=$PWD/cache
+# On another card (an H100 when no H200 is lent) the H200's tuning stands in, under that
+# adapter's cache name (Hopper both; the tuner re-tunes nothing it has a winner for).
+gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | sed 's/[^A-Za-z0-9.-]/_/g')
+gpu_driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -1)
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv 2>/dev/null
+if [ -n "$gpu_name" ] && [ "$gpu_name" != "NVIDIA_H200" ]; then
+  cp cache/autotune-NVIDIA_H200-*.tsv "cache/autotune-${gpu_name}-Vulkan-NVIDIA_${gpu_driver}-v0.1.0.tsv"
+fi
 R=$OUT/r; mkdir -p $R/prof $R/prof_old
 timeout 90 bash run.sh python3 torch_gpt2.py --only train > $R/torch_gpt2.json 2> $R/torch_gpt2.err; echo "== torch rc=$?"
 timeout 150 bash run.sh kernels --log-tuning --only "gpt2 train f16,gpt2 train bf16,gpt2 train f32 high" --gpt2-profile $R/prof --reference $R/torch_gpt2.json --json $R/mixed.json --md $R/mixed.md > $R/mixed.txt 2>&1; echo "== mixed rc=$?"

@@ -3,7 +3,8 @@
 //! `Gpu` is a cheap-to-clone handle (`Arc` inside) that is `Send + Sync`. Kernels record
 //! their dispatches into one pending command encoder; it is submitted when a result is
 //! read back, before any upload (so queue writes stay ordered after earlier dispatches),
-//! and every `MAX_PENDING_DISPATCHES` dispatches.
+//! and every `MAX_PENDING_DISPATCHES` dispatches (fewer right after the host waited for
+//! the GPU: see `GpuOptions::first_submit`).
 
 use rustc_hash::FxHashMap;
 use std::collections::HashMap;
@@ -293,6 +294,12 @@ struct Pool {
 struct Pending {
     encoder: Option<wgpu::CommandEncoder>,
     dispatches: usize,
+    /// Dispatches at which the encoder is submitted unasked: `GpuOptions::first_submit`
+    /// after the host has waited for the GPU, which is then idle (a training step that read
+    /// its loss scale's verdict, a decode step its logits: the GPU starts on the next
+    /// kernels instead of waiting until the host has recorded 64), doubling with each
+    /// submit up to MAX_PENDING_DISPATCHES (4, 8, 16, 32, 64: four more submits per wait).
+    submit_at: usize,
 }
 
 /// A bind group's identity: the pipeline and the (binding, buffer) pairs, by handle.
@@ -336,6 +343,8 @@ pub(crate) struct GpuInner {
     dispatches: AtomicU64,
     submits: AtomicU64,
     host_waits: AtomicU64,
+    /// GpuOptions::first_submit, checked.
+    first_submit: usize,
     /// Whether 16-bit stores may use the adapter's f32 → f16 conversion: off by option or
     /// without SHADER_F16, else the probe's verdict, made on first use.
     native_f16_allowed: bool,
@@ -674,6 +683,13 @@ impl Gpu {
                 msg: format!("fused_unroll {} is not 0 (auto) or one of 1, 2, 4, 8", opts.fused_unroll),
             });
         }
+        if !(1..=MAX_PENDING_DISPATCHES as u32).contains(&opts.first_submit) {
+            return Err(Error::InvalidArgument {
+                op: "Gpu::new",
+                msg: format!("first_submit {} is not 1 to {MAX_PENDING_DISPATCHES}", opts.first_submit),
+            });
+        }
+        let first_submit = opts.first_submit as usize;
         #[cfg(not(target_arch = "wasm32"))]
         let lifecycle = lock(&DEVICE_LIFECYCLE);
         let (adapter, ainfo, names, _) = pick_adapter(&opts, index).await?;
@@ -735,7 +751,7 @@ impl Gpu {
                 bind_groups: Mutex::new(FxHashMap::default()),
                 family_state: Mutex::new(HashMap::new()),
                 pool: Mutex::new(Pool { free: HashMap::new(), stats: MemoryStats::default() }),
-                pending: Mutex::new(Pending { encoder: None, dispatches: 0 }),
+                pending: Mutex::new(Pending { encoder: None, dispatches: 0, submit_at: first_submit }),
                 profiler: Mutex::new(None),
                 lost,
                 uncaptured,
@@ -748,6 +764,7 @@ impl Gpu {
                 dispatches: AtomicU64::new(0),
                 submits: AtomicU64::new(0),
                 host_waits: AtomicU64::new(0),
+                first_submit,
                 native_f16_allowed: opts.native_f16 && features.contains(wgpu::Features::SHADER_F16),
                 native_f16: std::sync::OnceLock::new(),
                 fused_wide: (pick(opts.fused_unroll, 1), pick(opts.fused_workgroup, wide_workgroup)),
@@ -1234,8 +1251,9 @@ impl Gpu {
             });
             f(encoder);
             pending.dispatches += 1;
-            if pending.dispatches >= MAX_PENDING_DISPATCHES {
+            if pending.dispatches >= pending.submit_at {
                 self.submit_locked(&mut pending);
+                pending.submit_at = (2 * pending.submit_at).min(MAX_PENDING_DISPATCHES);
             }
         };
         self.inner.dispatches.fetch_add(1, Ordering::Relaxed);
@@ -1377,6 +1395,13 @@ impl Gpu {
         self.check_health()
     }
 
+    /// Counts a wait of the host for the GPU, after which the GPU is idle: the next work is
+    /// submitted in a small first batch (`GpuOptions::first_submit`).
+    fn host_waits(&self) {
+        self.inner.host_waits.fetch_add(1, Ordering::Relaxed);
+        lock(&self.inner.pending).submit_at = self.inner.first_submit;
+    }
+
     /// Submits the pending encoder. The caller holds the lock through the submit, so that
     /// submissions (and uploads ordered against them) happen in the order work was recorded.
     fn submit_locked(&self, pending: &mut Pending) {
@@ -1408,7 +1433,7 @@ impl Gpu {
         {
             let _serial = self.serial();
             self.flush()?;
-            self.inner.host_waits.fetch_add(1, Ordering::Relaxed);
+            self.host_waits();
             self.inner
                 .device
                 .poll(wgpu::PollType::wait_indefinitely())
@@ -1576,7 +1601,7 @@ impl ReadInFlight {
     async fn bytes(self) -> Result<Vec<Vec<u8>>> {
         #[cfg(not(target_arch = "wasm32"))]
         {
-            self.gpu.inner.host_waits.fetch_add(1, Ordering::Relaxed);
+            self.gpu.host_waits();
             self.gpu
                 .inner
                 .device

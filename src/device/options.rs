@@ -55,6 +55,11 @@ pub struct GpuOptions {
     /// The most workgroups one generated kernel launches; past it each workgroup strides
     /// over the grid (`WGK_FUSED_GROUPS`). 0: as many as the elements need.
     pub fused_groups: u32,
+    /// Dispatches in the first submit after the host waited for the GPU (a read-back, a
+    /// synchronize), doubling with each submit up to 64 (`WGK_FIRST_SUBMIT`, 1 to 64): the
+    /// idle GPU starts on them while the host records the rest. 64 submits every 64
+    /// dispatches throughout.
+    pub first_submit: u32,
     /// Tiered JIT for fused chains: a structure not seen before first runs a small kernel
     /// (one element per invocation, the chain inlined once), which the driver compiles
     /// sooner, while the full kernel (16-byte units, `fused_unroll`) compiles on a
@@ -143,6 +148,7 @@ impl Default for GpuOptions {
             fused_unroll: 0,
             fused_workgroup: 0,
             fused_groups: 0,
+            first_submit: 4,
             tiered_jit: None,
             cache_dir: None,
             limits_cap: None,
@@ -205,6 +211,7 @@ impl GpuOptions {
             fused_unroll: number("WGK_FUSED_UNROLL", 0, "one of 1, 2, 4, 8 (0: auto)")?,
             fused_workgroup: number("WGK_FUSED_WORKGROUP", 0, "one of 64, 128, 256, 512, 1024 (0: auto)")?,
             fused_groups: number("WGK_FUSED_GROUPS", 0, "a count of workgroups")?,
+            first_submit: number("WGK_FIRST_SUBMIT", defaults.first_submit, "a count of dispatches")?,
             tiered_jit: var("WGK_TIERED_JIT").map(|v| parse_switch("WGK_TIERED_JIT", &v)).transpose()?,
             cache_dir: var("WGK_CACHE_DIR")
                 .map(std::path::PathBuf::from)
