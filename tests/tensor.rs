@@ -263,7 +263,7 @@ fn submits_start_small_after_a_wait_and_grow() {
         assert_eq!(gpu.stats().host_waits, s0.host_waits + 1, "a read-back waits once");
     }
     for bad in [0, 65] {
-        let e = Gpu::with_options(opts(bad)).err().expect("first_submit out of range");
+        let Err(e) = Gpu::with_options(opts(bad)) else { panic!("first_submit {bad} accepted") };
         assert!(matches!(e, Error::InvalidArgument { op: "Gpu::new", .. }), "{bad}: {e}");
     }
 }
