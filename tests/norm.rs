@@ -518,9 +518,16 @@ fn cross_entropy_over_padded_rows_ignores_the_padding() {
             let narrow = x.narrow(1, 0, classes).unwrap().contiguous().unwrap();
             let (loss_u, lse_u) = narrow.cross_entropy_forward(&targets).unwrap();
             let lse_u: Vec<f64> = lse_u.to_vec_f32().unwrap().iter().map(|&v| v as f64).collect();
-            assert_close(&format!("padded vs unpadded lse {what}"), &lse.to_vec_f32().unwrap(), &lse_u, 0.0, 1e-6);
+            // Another unit width sums in another order: the last bits may differ.
+            assert_close(&format!("padded vs unpadded lse {what}"), &lse.to_vec_f32().unwrap(), &lse_u, 1e-7, 1e-6);
             let loss_u = loss_u.to_vec_f32().unwrap()[0] as f64;
-            assert_close(&format!("padded vs unpadded loss {what}"), &loss.to_vec_f32().unwrap(), &[loss_u], 0.0, 1e-6);
+            assert_close(
+                &format!("padded vs unpadded loss {what}"),
+                &loss.to_vec_f32().unwrap(),
+                &[loss_u],
+                1e-7,
+                1e-6,
+            );
             let dl_u = narrow.cross_entropy_backward(&lse, &targets, &g).unwrap().to_vec_f32().unwrap();
             let dl_n: Vec<f64> =
                 (0..rows).flat_map(|r| got[r * n..r * n + classes].iter().map(|&v| v as f64)).collect();

@@ -12,7 +12,8 @@
 #    grid: unmeasured since the fourteenth round are the two-pass cross-entropy, the packed-qkv
 #    attention, in-place bias sums, and the vocabulary padded to 50304 (direct 16-bit logits,
 #    word-staged LM-head backward).
-# 2. The f16 step of the binary before the padded vocabulary, in the same call: what padding buys.
+# 2. The f16 step of the binary before the padded vocabulary, in the same call: what padding buys;
+#    then the new binary's f16 step with WGK_FIRST_SUBMIT=64 (the old submit batching).
 # 3. tests/attention.rs (tensor-core attention on strided q/k/v views) and tests/nn.rs (the
 #    GPT against f64, the peak-memory test) through the H200's paths.
 cd "$(dirname "$0")"
@@ -30,10 +31,12 @@ R=$OUT/r; mkdir -p $R/prof $R/prof_old
 timeout 90 bash run.sh python3 torch_gpt2.py --only train > $R/torch_gpt2.json 2> $R/torch_gpt2.err; echo "== torch rc=$?"
 timeout 150 bash run.sh kernels --log-tuning --only "gpt2 train f16,gpt2 train bf16,gpt2 train f32 high" --gpt2-profile $R/prof --reference $R/torch_gpt2.json --json $R/mixed.json --md $R/mixed.md > $R/mixed.txt 2>&1; echo "== mixed rc=$?"
 grep -h "gpt2" $R/*.md | head; tar czf $OUT/call.tgz -C $OUT r
-timeout 60 bash run.sh kernels_old --only "gpt2 train f16" --gpt2-profile $R/prof_old --reference $R/torch_gpt2.json --md $R/old.md > $R/old.txt 2>&1; echo "== old rc=$?"
+timeout 50 bash run.sh kernels_old --only "gpt2 train f16" --gpt2-profile $R/prof_old --reference $R/torch_gpt2.json --md $R/old.md > $R/old.txt 2>&1; echo "== old rc=$?"
 grep -h "gpt2" $R/old.md | head -3; tar czf $OUT/call.tgz -C $OUT r
-timeout 150 bash run.sh attention_test --test-threads 1 > $R/attention_test.txt 2>&1; echo "== attention tests rc=$?"; grep -E "test result|FAILED|panicked" $R/attention_test.txt | head -4
+WGK_FIRST_SUBMIT=64 timeout 40 bash run.sh kernels --only "gpt2 train f16" --reference $R/torch_gpt2.json --md $R/submit64.md > $R/submit64.txt 2>&1; echo "== submit64 rc=$?"
+grep -h "gpt2" $R/submit64.md | head -3; tar czf $OUT/call.tgz -C $OUT r
+timeout 140 bash run.sh attention_test --test-threads 1 > $R/attention_test.txt 2>&1; echo "== attention tests rc=$?"; grep -E "test result|FAILED|panicked" $R/attention_test.txt | head -4
 tar czf $OUT/call.tgz -C $OUT r
-timeout 80 bash run.sh nn_test --test-threads 1 --nocapture > $R/nn_test.txt 2>&1; echo "== nn tests rc=$?"; grep -E "test result|FAILED|panicked" $R/nn_test.txt | head -4
+timeout 75 bash run.sh nn_test --test-threads 1 --nocapture > $R/nn_test.txt 2>&1; echo "== nn tests rc=$?"; grep -E "test result|FAILED|panicked" $R/nn_test.txt | head -4
 cp -r cache $R/ 2>/dev/null
 tar czf $OUT/call.tgz -C $OUT r; rm -rf $R
