@@ -179,26 +179,41 @@ fn batched_with_broadcast_and_transposed_views() {
             assert_eq!(got.shape(), &[2, 3, m, n]);
             assert_close(&format!("batched {dtype:?} {}", path.name()), &got.to_vec_f32().unwrap(), &want, atol, rtol);
         }
-        // Transposed operands as views: Aᵀ stored [k, m], Bᵀ stored [n, k].
-        let (at, atv) = random_tensor(&gpu, &[k, m], dtype, 3);
-        let (bt, btv) = random_tensor(&gpu, &[n, k], dtype, 4);
-        let a_rows: Vec<f64> = (0..m * k).map(|i| atv[(i % k) * m + i / k]).collect();
-        let b_rows: Vec<f64> = (0..k * n).map(|i| btv[(i % n) * k + i / n]).collect();
-        let want = reference(&a_rows, &b_rows, 1, true, true, m, k, n, None, Activation::None);
-        let a_view = at.transpose(0, 1).unwrap();
-        let b_view = bt.transpose(0, 1).unwrap();
-        let before = gpu.stats().dispatches;
-        for path in candidates(&gpu, dtype, m, false) {
-            let got = a_view.matmul_with(&b_view, &MatmulOptions { path: Some(path), ..Default::default() }).unwrap();
-            assert_close(
-                &format!("transposed {dtype:?} {}", path.name()),
-                &got.to_vec_f32().unwrap(),
-                &want,
-                atol,
-                rtol,
-            );
+        // Transposed operands as views: Aᵀ stored [k, m], Bᵀ stored [n, k] (an m-fast A and
+        // a k-fast B: the tensor-core kernel stages them into tiles laid out the same way);
+        // sizes of 8s take the word staging, the odd ones element staging, each alone and
+        // beside a row-major other operand.
+        for (m, k, n) in [(m, k, n), (40, 72, 56)] {
+            let (atol, rtol) = mm_tol(dtype, k);
+            let (at, atv) = random_tensor(&gpu, &[k, m], dtype, 3);
+            let (bt, btv) = random_tensor(&gpu, &[n, k], dtype, 4);
+            let (ar, arv) = random_tensor(&gpu, &[m, k], dtype, 5);
+            let (br, brv) = random_tensor(&gpu, &[k, n], dtype, 6);
+            let a_rows: Vec<f64> = (0..m * k).map(|i| atv[(i % k) * m + i / k]).collect();
+            let b_rows: Vec<f64> = (0..k * n).map(|i| btv[(i % n) * k + i / n]).collect();
+            let a_view = at.transpose(0, 1).unwrap();
+            let b_view = bt.transpose(0, 1).unwrap();
+            let cases = [
+                ("Aᵀ·Bᵀ", &a_view, &b_view, &a_rows, &b_rows),
+                ("Aᵀ·B", &a_view, &br, &a_rows, &brv),
+                ("A·Bᵀ", &ar, &b_view, &arv, &b_rows),
+            ];
+            for (what, a, b, av, bv) in cases {
+                let want = reference(av, bv, 1, true, true, m, k, n, None, Activation::None);
+                let before = gpu.stats().dispatches;
+                for path in candidates(&gpu, dtype, m, false) {
+                    let got = a.matmul_with(b, &MatmulOptions { path: Some(path), ..Default::default() }).unwrap();
+                    assert_close(
+                        &format!("{what} {m}x{k}x{n} {dtype:?} {}", path.name()),
+                        &got.to_vec_f32().unwrap(),
+                        &want,
+                        atol,
+                        rtol,
+                    );
+                }
+                assert!(gpu.stats().dispatches > before);
+            }
         }
-        assert!(gpu.stats().dispatches > before);
     }
 }
 
