@@ -22,8 +22,8 @@ fn main() -> wgkernels::Result<()> {
     let gpu = Gpu::with_options(opts)?;
     println!("adapter: {} (the host's time only)", gpu.info().name);
     let config = GptConfig::gpt2_small();
-    // Per step: wall ms, dispatches (commands recorded), submits, host waits.
-    type PerStep = (f64, f64, f64, f64);
+    // Per step: wall ms, dispatches (commands recorded), submits, host waits, buffers created.
+    type PerStep = (f64, f64, f64, f64, f64);
     let time = |f: &mut dyn FnMut() -> wgkernels::Result<()>, reps: usize| -> wgkernels::Result<PerStep> {
         // Two untimed runs: the first compiles pipelines and tunes, the second is a training
         // step's first with AdamW's moments (a step once took 1.3 s here before settling).
@@ -44,20 +44,21 @@ fn main() -> wgkernels::Result<()> {
             per(after.dispatches, before.dispatches),
             per(after.submits, before.submits),
             per(after.host_waits, before.host_waits),
+            per(after.buffers_created, before.buffers_created),
         ))
     };
-    let report = |what: &str, (ms, dispatches, submits, waits): PerStep| {
+    let report = |what: &str, (ms, dispatches, submits, waits, created): PerStep| {
         println!(
-            "{what:<34} {ms:8.2} ms  {dispatches:6.0} commands  {submits:4.0} submits  {waits:4.1} waits  {:5.1} µs/command",
+            "{what:<34} {ms:8.2} ms  {dispatches:6.0} commands  {submits:4.0} submits  {waits:4.1} waits  {created:5.1} new buffers  {:5.1} µs/command",
             ms * 1e3 / dispatches
         );
     };
     let model = Gpt::new(&gpu, &config, DType::F32, 1)?;
     let prompt: Vec<u32> = (0..16).collect();
     let tokens = 64;
-    let (ms, d, s, w) = time(&mut || model.generate(&prompt, tokens, Sampling::default()).map(drop), 3)?;
+    let (ms, d, s, w, c) = time(&mut || model.generate(&prompt, tokens, Sampling::default()).map(drop), 3)?;
     let t = tokens as f64;
-    report("decode f32, per token", (ms / t, d / t, s / t, w / t));
+    report("decode f32, per token", (ms / t, d / t, s / t, w / t, c / t));
     drop(model);
     let (batch, seq) = (1, 1024);
     let ids: Vec<u32> = (0..batch * seq).map(|i| (i * 7919 % config.vocab) as u32).collect();

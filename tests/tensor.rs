@@ -106,11 +106,13 @@ fn memory_is_accounted_and_does_not_grow() {
         drop(y);
         gpu.memory()
     };
+    let created = gpu.stats().buffers_created;
     for _ in 0..1000 {
         let y = x.add(&x).unwrap();
         let s = y.sum(-1).unwrap();
         drop((y, s));
     }
+    assert_eq!(gpu.stats().buffers_created, created, "a loop of the same ops reuses pooled buffers");
     let after = gpu.memory();
     assert_eq!(after.live_bytes, before.live_bytes, "live bytes grew: {before:?} -> {after:?}");
     assert_eq!(after.pool_bytes, before.pool_bytes, "pool grew: {before:?} -> {after:?}");
@@ -118,6 +120,7 @@ fn memory_is_accounted_and_does_not_grow() {
     assert_eq!(gpu.memory().peak_live_bytes, gpu.memory().live_bytes);
     gpu.empty_cache();
     assert_eq!(gpu.memory().pool_bytes, 0);
+    let created = gpu.stats().buffers_created;
     // The same kernels right after the pool's buffers (and the bind groups cached on them)
     // were freed: new buffers, new bind groups, right values.
     for _ in 0..3 {
@@ -125,6 +128,7 @@ fn memory_is_accounted_and_does_not_grow() {
         assert_close("x + x after empty_cache", &x.add(&x).unwrap().to_vec_f32().unwrap(), &want, 0.0, 0.0);
         gpu.empty_cache();
     }
+    assert!(gpu.stats().buffers_created > created, "an emptied pool creates buffers again");
 }
 
 #[test]

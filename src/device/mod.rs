@@ -279,6 +279,8 @@ pub struct Stats {
     /// Times the host waited for the GPU to finish (synchronize, read-backs): each one
     /// leaves the GPU idle while the host records what follows.
     pub host_waits: u64,
+    /// Storage buffers created (the memory pool had none of the size class free).
+    pub buffers_created: u64,
     /// Fused element-wise kernels run (realisations of pending expressions).
     pub fused_kernels: u64,
     /// Pipelines held in the cache now (at most `GpuOptions::pipeline_cache`).
@@ -343,6 +345,7 @@ pub(crate) struct GpuInner {
     dispatches: AtomicU64,
     submits: AtomicU64,
     host_waits: AtomicU64,
+    buffers_created: AtomicU64,
     /// GpuOptions::first_submit, checked.
     first_submit: usize,
     /// Whether 16-bit stores may use the adapter's f32 → f16 conversion: off by option or
@@ -764,6 +767,7 @@ impl Gpu {
                 dispatches: AtomicU64::new(0),
                 submits: AtomicU64::new(0),
                 host_waits: AtomicU64::new(0),
+                buffers_created: AtomicU64::new(0),
                 first_submit,
                 native_f16_allowed: opts.native_f16 && features.contains(wgpu::Features::SHADER_F16),
                 native_f16: std::sync::OnceLock::new(),
@@ -1143,6 +1147,7 @@ impl Gpu {
             dispatches: i.dispatches.load(Ordering::Relaxed),
             submits: i.submits.load(Ordering::Relaxed),
             host_waits: i.host_waits.load(Ordering::Relaxed),
+            buffers_created: i.buffers_created.load(Ordering::Relaxed),
             fused_kernels: i.fused.load(Ordering::Relaxed),
             pipelines_cached: lock(&i.pipelines).len() as u64,
         }
@@ -1189,6 +1194,7 @@ impl Gpu {
         let buffer = match reused {
             Some(b) => b,
             None => {
+                self.inner.buffers_created.fetch_add(1, Ordering::Relaxed);
                 let (b, err) = scoped(&self.inner.device, wgpu::ErrorFilter::OutOfMemory, || {
                     self.inner.device.create_buffer(&wgpu::BufferDescriptor {
                         label: Some(op),
