@@ -435,6 +435,48 @@ fn check_backward_path(
     let _ = gpu;
 }
 
+/// The backward reads dO through its own view: an upstream gradient with a row stride and
+/// an offset of its own (a narrowed view, D contiguous) gives the gradients of the same
+/// values stored contiguously, in both layouts and every dtype (δ = Σ dO·O pairs each
+/// tensor's strides with its own buffer).
+#[test]
+fn backward_reads_the_upstream_gradient_through_its_own_strides() {
+    let gpu = gpu();
+    let c = Case::new(9, 9, 24, true);
+    for layout in [AttentionLayout::Bhsd, AttentionLayout::Bshd] {
+        for dtype in DType::ALL {
+            let x = inputs(&c, layout, dtype, 31);
+            let opts = AttentionOptions { causal: c.causal, layout, ..Default::default() };
+            let (out, lse) = attention_forward(&x.tq, &x.tk, &x.tv, &opts).unwrap();
+            let dout_v: Vec<f32> = random_vec(c.b * c.h * c.s_q * c.d, 78);
+            let dout = tensor_in(&dout_v, c.b, c.h, c.s_q, c.d, layout, dtype);
+            // The same values at element 1 of rows of D + 3.
+            let shape = dout.shape().to_vec();
+            let wide_shape = [shape[0], shape[1], shape[2], shape[3] + 3];
+            let mut wide = vec![0.5f32; wide_shape.iter().product()];
+            let vals = dout.to_vec_f32().unwrap();
+            for (r, row) in vals.chunks(c.d).enumerate() {
+                wide[r * (c.d + 3) + 1..r * (c.d + 3) + 1 + c.d].copy_from_slice(row);
+            }
+            let wide = Tensor::from_f32(&gpu, &wide, &wide_shape, dtype).unwrap();
+            let strided = wide.narrow(3, 1, c.d).unwrap();
+            let saved = AttentionSaved { q: &x.tq, k: &x.tk, v: &x.tv, out: &out, lse: &lse };
+            let want = attention_backward(&saved, &dout, &opts).unwrap();
+            let got = attention_backward(&saved, &strided, &opts).unwrap();
+            for (name, g, w) in [("dq", &got.0, &want.0), ("dk", &got.1, &want.1), ("dv", &got.2, &want.2)] {
+                let w: Vec<f64> = w.to_vec_f32().unwrap().iter().map(|&v| v as f64).collect();
+                assert_close(
+                    &format!("{name} {layout:?} {dtype:?}, strided dO"),
+                    &g.to_vec_f32().unwrap(),
+                    &w,
+                    1e-6,
+                    1e-5,
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn backward_matches_f64_gradients() {
     for s in [1, 7, 64, 129] {

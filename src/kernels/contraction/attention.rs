@@ -81,6 +81,10 @@ pub const ATTENTION_COOP_BWD: ShaderSource = ShaderSource {
 pub const ATTENTION_PACK: ShaderSource =
     ShaderSource { name: "attention_pack", source: include_str!("attention_pack.wgsl"), shared: "" };
 
+/// δ = Σ_d dO·O per query row, the backward's first step.
+pub const ATTENTION_DELTA: ShaderSource =
+    ShaderSource { name: "attention_delta", source: include_str!("attention_delta.wgsl"), shared: "" };
+
 /// The largest |x| of q, k, v (and dO), for the scaled tensor-core paths.
 pub const ATTENTION_RANGE: ShaderSource = ShaderSource {
     name: "attention_range",
@@ -275,6 +279,7 @@ pub(crate) fn params_layouts() -> Vec<crate::device::ParamsLayout> {
             neg_inf,
         }),
         params_layout!(PackParams { b, h, s, d, pairs }),
+        params_layout!(DeltaParams { h, s, d, rows, do_off, do_sb, do_sh, do_ss, o_off, o_sb, o_sh, o_ss }),
     ]
 }
 
@@ -679,6 +684,77 @@ pub fn attention_backward_qkv(saved: &AttentionSaved, dout: &Tensor, opts: &Atte
 /// Invocations per workgroup of the packing kernel (attention_pack.wgsl).
 const PACK_WORKGROUP: usize = 256;
 
+/// δ `[B, H, S_q]` f32: Σ_d dO·O per query row (attention_delta.wgsl), dO and O in
+/// `layout`, each read once in its own dtype.
+fn attention_delta(
+    op: &'static str,
+    dout: &Tensor,
+    out: &Tensor,
+    dims: &Dims,
+    layout: AttentionLayout,
+) -> Result<Tensor> {
+    let Dims { b, h, s_q, d, .. } = *dims;
+    let gpu = out.gpu();
+    let (dout, out) = (last_dim_contiguous(dout)?, last_dim_contiguous(out)?);
+    let rows = b * h * s_q;
+    let delta = Tensor::empty(gpu, op, &[b, h, s_q], DType::F32)?;
+    let (vd, vo) = (view_of(&dout, layout), view_of(&out, layout));
+    let params = gpu.params_buffer(&DeltaParams {
+        h: h as u32,
+        s: s_q as u32,
+        d: d as u32,
+        rows: rows as u32,
+        do_off: vd.off,
+        do_sb: vd.batch,
+        do_sh: vd.head,
+        do_ss: vd.row,
+        o_off: vo.off,
+        o_sb: vo.batch,
+        o_sh: vo.head,
+        o_ss: vo.row,
+    });
+    // Unchecked is safe: row < rows = B·H·S_q gives b < B, h < H, s < S_q, and d < D, so
+    // every element read is one of dO's and O's views (inside their storage, as every view
+    // is); delta[row] is inside [B, H, S_q].
+    let k = delta_kernel(dout.dtype(), out.dtype());
+    gpu.dispatch(
+        &k,
+        &[(0, dout.storage()?.buffer()), (1, out.storage()?.buffer()), (2, delta.storage()?.buffer()), (3, &params)],
+        rows.div_ceil(DELTA_ROWS) as u32,
+    )?;
+    Ok(delta)
+}
+
+/// Query rows per workgroup of attention_delta.wgsl (8 lanes a row).
+const DELTA_ROWS: usize = 32;
+
+/// The δ kernel for dO of `do_dtype` and O of `o_dtype`.
+fn delta_kernel(do_dtype: DType, o_dtype: DType) -> Kernel {
+    Kernel::new(&ATTENTION_DELTA, "attention_delta")
+        .sub("LOAD_DO", crate::kernels::wgsl_load("d_out", do_dtype))
+        .sub("LOAD_O", crate::kernels::wgsl_load("o", o_dtype))
+        .trusted()
+}
+
+/// The δ kernel's params, mirrored by `struct DeltaParams` in attention_delta.wgsl: heads,
+/// sequence, head dim, rows, then dO's and O's views (offset, batch, head, row strides).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct DeltaParams {
+    h: u32,
+    s: u32,
+    d: u32,
+    rows: u32,
+    do_off: u32,
+    do_sb: u32,
+    do_sh: u32,
+    do_ss: u32,
+    o_off: u32,
+    o_sb: u32,
+    o_sh: u32,
+    o_ss: u32,
+}
+
 /// The packing kernel's params, mirrored by `struct PackParams` in attention_pack.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
@@ -724,11 +800,7 @@ fn backward_f32(
         None => flash_tiling(op, opts, d, &gpu.info().limits)?.head_chunk,
     };
     // δ_i = Σ_d dO_i·O_i in f32, [B, H, S_q].
-    let delta = dout.to_dtype(DType::F32)?.mul(&out.to_dtype(DType::F32)?)?.sum(-1)?;
-    let delta = match opts.layout {
-        AttentionLayout::Bhsd => delta,
-        AttentionLayout::Bshd => delta.transpose(1, 2)?.contiguous()?,
-    };
+    let delta = attention_delta(op, dout, out, &dims, opts.layout)?;
     let (q, k, v, dout) =
         (last_dim_contiguous(q)?, last_dim_contiguous(k)?, last_dim_contiguous(v)?, last_dim_contiguous(dout)?);
     let lse = lse.contiguous()?;
@@ -1900,6 +1972,7 @@ fn coop_bwd_accumulate(dtype: DType, dkdv: bool, d: usize, t: CoopBwdTiling) -> 
 /// and without a bias), for the portability test.
 pub fn all_kernels() -> Vec<Kernel> {
     let mut all: Vec<Kernel> = DType::ALL.into_iter().map(pack_kernel).collect();
+    all.extend(DType::ALL.into_iter().flat_map(|d| DType::ALL.map(|o| delta_kernel(d, o))));
     all.extend([
         range_kernel(DType::F32, false),
         range_kernel(DType::BF16, false),

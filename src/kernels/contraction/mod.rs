@@ -18,6 +18,7 @@ pub(crate) fn shaders() -> Vec<&'static ShaderSource> {
         &attention::ATTENTION_COOP_BWD,
         &attention::ATTENTION_RANGE,
         &attention::ATTENTION_PACK,
+        &attention::ATTENTION_DELTA,
     ]
 }
 
