@@ -13,7 +13,7 @@
 #    grid: unmeasured since the fourteenth round are the two-pass cross-entropy, the packed-qkv
 #    attention, in-place bias sums, and the vocabulary padded to 50304 (direct 16-bit logits,
 #    word-staged LM-head backward), the first submit of 4 after a wait, tiles that follow
-#    their operands' layout (dX's k-fast Wᵀ).
+#    their operands' layout (dX's k-fast Wᵀ), attention's δ in one kernel.
 # 2. The f16 step of the binary before this session's changes (kernels_old, built at 2275292),
 #    in the same call, profiled by grid: per-shape matmul times before and after.
 # 3. tests/attention.rs (tensor-core attention on strided q/k/v views) and tests/nn.rs (the
