@@ -180,9 +180,9 @@ fn batched_with_broadcast_and_transposed_views() {
             assert_close(&format!("batched {dtype:?} {}", path.name()), &got.to_vec_f32().unwrap(), &want, atol, rtol);
         }
         // Transposed operands as views: Aᵀ stored [k, m], Bᵀ stored [n, k] (an m-fast A and
-        // a k-fast B: the tensor-core kernel stages them into tiles laid out the same way);
-        // sizes of 8s take the word staging, the odd ones element staging, each alone and
-        // beside a row-major other operand.
+        // a k-fast B, which the tensor-core kernel stages transposing); sizes of 8s take the
+        // word staging, the odd ones element staging, each alone and beside a row-major
+        // other operand.
         for (m, k, n) in [(m, k, n), (40, 72, 56)] {
             let (atol, rtol) = mm_tol(dtype, k);
             let (at, atv) = random_tensor(&gpu, &[k, m], dtype, 3);
