@@ -8,12 +8,14 @@
 #   mkdir -p .gpu/cache && cp benchmarks/h200-2026-12-05/call3/cache/*.tsv .gpu/cache/  (skips
 #   re-tuning unchanged kernels; a changed kernel's checksum re-tunes it)
 #   cp benchmarks/next/h200.sh .gpu/job.sh; run(command="bash .gpu/job.sh", carry=[".gpu"])
-# 0. tests/matmul.rs's tensor-core layouts (tiles laid out as their operands: transposed views).
+# 0. tests/matmul.rs's tensor-core layouts on transposed views (with branch
+#    coop-operand-layout-tiles built in, its tiles laid out as their operands: merge it only
+#    if these pass).
 # 1. PyTorch's training steps, then ours (f16, bf16, f32 `high`), profiled with each dispatch's
 #    grid: unmeasured since the fourteenth round are the two-pass cross-entropy, the packed-qkv
 #    attention, in-place bias sums, and the vocabulary padded to 50304 (direct 16-bit logits,
-#    word-staged LM-head backward), the first submit of 4 after a wait, tiles that follow
-#    their operands' layout (dX's k-fast Wᵀ), attention's δ in one kernel.
+#    word-staged LM-head backward), the first submit of 4 after a wait, attention's δ in one
+#    kernel (and, built from the branch, tiles that follow their operands' layout).
 # 2. The f16 step of the binary before this session's changes (kernels_old, built at 2275292),
 #    in the same call, profiled by grid: per-shape matmul times before and after.
 # 3. tests/attention.rs (tensor-core attention on strided q/k/v views) and tests/nn.rs (the
