@@ -216,6 +216,12 @@ fn profiler_names_every_dispatch() {
     assert!(report.kernels.iter().all(|k| k.ms >= 0.0 && k.ms.is_finite()));
     assert_eq!(report.timestamps, gpu.has(wgkernels::wgpu::Features::TIMESTAMP_QUERY));
     assert!(report.to_string().contains("reduce:sum_rows"));
+    // Each dispatch keeps its grid; grouping by kernel and grid accounts for every dispatch.
+    assert!(report.kernels.iter().all(|k| k.grid.iter().all(|&g| g >= 1)), "{:?}", report.kernels);
+    let groups = report.by_kernel_and_grid();
+    assert_eq!(groups.iter().map(|g| g.1).sum::<usize>(), report.kernels.len());
+    let grouped_ms: f64 = groups.iter().map(|g| g.2).sum();
+    assert!((grouped_ms - report.total_ms()).abs() <= 1e-9 * report.total_ms().max(1.0));
 }
 
 /// A profile longer than one query set (2048 timed dispatches) times every dispatch: a

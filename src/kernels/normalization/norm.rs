@@ -664,8 +664,8 @@ fn ce_forward(x: &Tensor, targets: &[u32], vpt: Option<u32>, classes: Option<usi
     let tbuf = gpu.meta_buffer(targets);
     let params = gpu.params_buffer(&SoftmaxParams::rows(r.rows, r.n, 0).with_classes(classes));
     let k = ce_kernel("cross_entropy_loss", &r, vpt, odd);
-    // Unchecked is safe as for softmax (reads only); targets were checked < classes ≤ n, and row
-    // r < rows writes losses[r] and row_lse[r], both [rows].
+    // Unchecked is safe as for softmax (reads only); targets were checked < classes ≤ n,
+    // and row r < rows writes losses[r] and row_lse[r], both [rows].
     let b = [
         (0, r.x.storage()?.buffer()),
         (2, &params),
