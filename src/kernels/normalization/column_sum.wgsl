@@ -7,14 +7,15 @@
 // of chunk c sums rows c·chunk_rows .. (c+1)·chunk_rows of column i, so that neighbouring
 // invocations read neighbouring elements of a row, and the chunks give the GPU enough
 // workgroups when `inner` is narrow (768 columns are 3 workgroups without them). Partials
-// [outer, chunks, inner] f32. Pass 2 (column_finish): each invocation adds its element's
-// chunks (a pair of adjacent elements for 16-bit outputs, one word) and stores them.
+// [outer, chunks, inner] f32. Pass 2 (column_finish): a workgroup adds the chunks of 32
+// consecutive output elements, 8 lanes an element, and stores them (a pair of adjacent
+// elements a word for 16-bit outputs).
 // Traffic: x read once (outer·K·inner·size), the partials written and read once
 // (outer·chunks·inner·4, a few hundred KB for a bias); K FLOPs per output: memory bound.
 //
 // Placeholders: LOAD_X (element loader of x's dtype), WORD (out's element: u32), STORE
 // (writes the values of elements t and t + 1 — `lo`, `hi` — at unit index `p`), PAIRS (true
-// for 16-bit outputs, two elements per invocation).
+// for 16-bit outputs, two elements a word).
 
 const PAIRS: bool = {{PAIRS}};
 
@@ -57,30 +58,60 @@ fn column_partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     partials[(o * params.chunks + c) * inner + i] = acc;
 }
 
-// The sum of output element t's chunks.
-fn total(t: u32) -> f32 {
-    let inner = params.inner;
-    let o = t / inner;
-    let i = t % inner;
-    var acc = 0.0;
-    for (var c = 0u; c < params.chunks; c++) {
-        acc += partials[(o * params.chunks + c) * inner + i];
+// Pass 2: a workgroup finishes FINISH_COLUMNS consecutive output elements. Lane (phase s,
+// column j) adds chunks s, s + FINISH_PHASES, ... of element t0 + j, so that the 32 columns
+// of one phase read 32 neighbouring partials (one 128-byte line) and each lane loads
+// chunks / 8 of them: a 768-wide bias over 256 chunks is 24 workgroups of 32 loads a lane,
+// where a lane an element would be 2 workgroups of 256 dependent loads each. The phases
+// are then added in workgroup memory.
+const FINISH_COLUMNS: u32 = 32u;
+const FINISH_PHASES: u32 = 8u;
+
+var<workgroup> phase_sums: array<f32, 256>; // [FINISH_PHASES][FINISH_COLUMNS]
+
+// Column j's total over the phases.
+fn column_total(j: u32) -> f32 {
+    var total = 0.0;
+    for (var q = 0u; q < FINISH_PHASES; q++) {
+        total += phase_sums[q * FINISH_COLUMNS + j];
     }
-    return acc;
+    return total;
 }
 
 @compute @workgroup_size(256)
 fn column_finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let p = (wid.x + wid.y * nwg.x) * 256u + lid;
     let n = params.outer * params.inner;
-    let t = select(p, 2u * p, PAIRS);
-    if (t >= n) {
+    let t0 = (wid.x + wid.y * nwg.x) * FINISH_COLUMNS;
+    let j = lid % FINISH_COLUMNS;
+    let s = lid / FINISH_COLUMNS;
+    let t = t0 + j;
+    var acc = 0.0;
+    if (t < n) {
+        let o = t / params.inner;
+        let i = t % params.inner;
+        for (var c = s; c < params.chunks; c += FINISH_PHASES) {
+            acc += partials[(o * params.chunks + c) * params.inner + i];
+        }
+    }
+    phase_sums[lid] = acc;
+    workgroupBarrier();
+    if (s != 0u) {
         return;
     }
-    let lo = total(t);
-    var hi = 0.0;
-    if (PAIRS && t + 1u < n) {
-        hi = total(t + 1u);
+    // Phase 0's lanes store: one element each (f32), or lane j < 16 the word of elements
+    // t0 + 2j and t0 + 2j + 1 (16-bit; t0 is even, so no word straddles two workgroups).
+    if (PAIRS) {
+        let e = t0 + 2u * j;
+        if (j < FINISH_COLUMNS / 2u && e < n) {
+            let lo = column_total(2u * j);
+            let hi = select(0.0, column_total(2u * j + 1u), e + 1u < n);
+            let p = e / 2u;
+            {{STORE}}
+        }
+    } else if (t < n) {
+        let lo = column_total(j);
+        let hi = 0.0;
+        let p = t;
+        {{STORE}}
     }
-    {{STORE}}
 }

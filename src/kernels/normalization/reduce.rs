@@ -121,6 +121,9 @@ impl Tensor {
 /// is a few hundred columns wide.
 const COLUMN_WORKGROUPS: usize = 1024;
 
+/// Output elements a workgroup of column_finish adds up (`FINISH_COLUMNS` in the WGSL).
+const FINISH_COLUMNS: usize = 32;
+
 /// The sum of contiguous `x` over dim `d` (not the last) in two passes over its layout
 /// (column_sum.wgsl), stored in x's dtype; None where the grid would exceed the adapter's
 /// limits (the caller then sums a transposed copy).
@@ -153,9 +156,10 @@ fn sum_columns(x: &Tensor, d: usize) -> Result<Option<Tensor>> {
     });
     // Unchecked is safe: pass 1's invocation (i < inner, chunk c < chunks, o < outer) reads
     // x_off + (o·K + r)·inner + i with r < K — inside the contiguous view — and writes
-    // partials[(o·chunks + c)·inner + i] < outer·chunks·inner, their size. Pass 2's unit
-    // p reads those partials for elements t < outer·inner and writes word p of out: one
-    // element per word (f32) or the pair 2p, 2p + 1 (16-bit), inside out's words.
+    // partials[(o·chunks + c)·inner + i] < outer·chunks·inner, their size. Pass 2's
+    // workgroup w reads those partials for elements t = 32w + j < outer·inner (chunks c <
+    // chunks), its workgroup array at lane indices < 256, and writes word p of out: element
+    // p = t (f32) or the pair 2p, 2p + 1 with 2p < outer·inner (16-bit), inside out's words.
     let x_buf = x.storage()?.buffer();
     let (p_buf, out_buf) = (partials.storage()?.buffer(), out.storage()?.buffer());
     gpu.dispatch_3d(
@@ -163,11 +167,10 @@ fn sum_columns(x: &Tensor, d: usize) -> Result<Option<Tensor>> {
         &[(0, x_buf), (1, p_buf), (2, &params)],
         [inner.div_ceil(256) as u32, chunks as u32, outer as u32],
     )?;
-    let units = if x.dtype() == DType::F32 { outer * inner } else { (outer * inner).div_ceil(2) };
     gpu.dispatch(
         &column_kernel("column_finish", x.dtype()),
         &[(1, p_buf), (2, &params), (3, out_buf)],
-        units.div_ceil(256) as u32,
+        (outer * inner).div_ceil(FINISH_COLUMNS) as u32,
     )?;
     Ok(Some(out))
 }
