@@ -13,9 +13,10 @@
 //! features (src/device/mod.rs), so the paths taken are the H200's. What the driver adds on
 //! a real device (Vulkan command recording) is not in these figures.
 use std::time::Instant;
+use wgkernels::autograd::no_grad;
 use wgkernels::nn::{Gpt, GptConfig, Module, Sampling};
 use wgkernels::optim::{AdamW, AdamWConfig, DynamicLossScale, Optimizer as _};
-use wgkernels::{DType, Gpu, GpuOptions};
+use wgkernels::{DType, Gpu, GpuOptions, Tensor};
 
 fn main() -> wgkernels::Result<()> {
     let opts = GpuOptions { backends: Some(wgkernels::wgpu::Backends::NOOP), ..GpuOptions::from_env()? };
@@ -59,6 +60,11 @@ fn main() -> wgkernels::Result<()> {
     let (ms, d, s, w, c) = time(&mut || model.generate(&prompt, tokens, Sampling::default()).map(drop), 3)?;
     let t = tokens as f64;
     report("decode f32, per token", (ms / t, d / t, s / t, w / t, c / t));
+    // One block's forward (the bench's `gpt2 block`): a handful of large dispatches, where
+    // the host's time per block bounds the wall clock if it exceeds the GPU's.
+    let x = Tensor::randn(&gpu, &[1, 1024, config.d_model], DType::F32, 2)?.constant();
+    let block = || no_grad(|| model.h[0].forward(&x)?.tensor().realize().map(drop));
+    report("block forward f32", time(&mut || block(), 20)?);
     drop(model);
     let (batch, seq) = (1, 1024);
     let ids: Vec<u32> = (0..batch * seq).map(|i| (i * 7919 % config.vocab) as u32).collect();
