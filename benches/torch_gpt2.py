@@ -19,7 +19,7 @@ the key benches/kernels.rs compares with).
 Also GPT-2's matmul shapes and layouts alone (cuBLAS f32, TF32, f16, bf16), bench "matmul", the
 keys of benches/kernels.rs's "gpt2 MxKxN" rows.
 
-    python3 benches/torch_gpt2.py [--layers 12 --batch 8 --seq 1024] [--only train|matmul]
+    python3 benches/torch_gpt2.py [--layers 12 --batch 8 --seq 1024] [--only train|matmul] [--variants eager-f32,amp-bf16]
 """
 import argparse, json, time, torch, torch.nn as nn, torch.nn.functional as F
 
@@ -27,6 +27,8 @@ p = argparse.ArgumentParser()
 for k, v in dict(layers=12, d=768, heads=12, vocab=50257, seq=1024, batch=8, reps=10).items():
     p.add_argument(f"--{k}", type=int, default=v)
 p.add_argument("--only", default="")
+p.add_argument("--variants", default="eager-f32,eager-tf32,compile,amp-bf16",
+               help="comma-separated subset of eager-f32, eager-tf32, compile, amp-bf16")
 a = p.parse_args()
 dev = "cuda"
 
@@ -174,7 +176,7 @@ def matmuls():
                                   rate=2 * m * k * n / (ms * 1e-3) / 1e9, ms=ms)), flush=True)
 
 
-for v in ["eager-f32", "eager-tf32", "compile", "amp-bf16"]:
+for v in a.variants.split(","):
     if a.only != "matmul":
         run(v)
 if not a.only or a.only == "matmul":
