@@ -80,8 +80,8 @@ fn weight_grad(x: &Tensor, g: &Tensor) -> Result<Tensor> {
     // The tensor-core kernels stage a transposed view with each 16-byte word's elements
     // scattered across tile rows; one transposed copy of X (rows·k elements) lets every chunk
     // store words whole. f16 on the H200, [768, 8192]·[8192, 3072]: 60–72 TFLOP/s as a
-    // view, 124 after the copy. (Branch coop-operand-layout-tiles lays tiles out as their
-    // operands, untested on a GPU: with it the copy may no longer pay.) f32
+    // view, 124 after the copy. (benchmarks/next/coop-operand-layout-tiles.patch lays tiles
+    // out as their operands, not yet tested on a GPU: with it the copy may no longer pay.) f32
     // at `High` (split into f16 parts): the views ran on the FMA kernel at 25–33 TFLOP/s,
     // slower than the copy's tensor-core tiles. The FMA kernel reads the view well: f32 at
     // `Highest` was slower with the copy (24 against 30), so it keeps the view.
