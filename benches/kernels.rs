@@ -1284,6 +1284,17 @@ impl ModelWork {
             ModelWork::Generate => "generate",
         }
     }
+
+    /// Timed repeats, as benches/torch_gpt2.py times the same work: `reps` (10) for the
+    /// forwards, half for a training step (at least 3), 3 generations. Fewer repeats of a
+    /// 3 ms block would weigh the closing wait more than PyTorch's figure does.
+    fn reps(self, reps: usize) -> usize {
+        match self {
+            ModelWork::Block | ModelWork::Forward => reps,
+            ModelWork::Train => (reps / 2).max(3),
+            ModelWork::Generate => 3,
+        }
+    }
 }
 
 /// Tokens generated per `gpt2 generate` run after a 16-token prompt (benches/torch_gpt2.py
@@ -1326,7 +1337,7 @@ fn gpt2_model_jobs(jobs: &mut Vec<(String, Job)>, gpu: &Gpu, args: &Args, reps: 
             format!("gpt2 {} {}{}", work.name(), dtype.name(), if precision == High { " high" } else { "" }),
             Box::new(move |rows: &mut Vec<Row>| {
                 let run = ModelRun { gpu: &gpu, config: &config, batch, seq, dtype, work, precision };
-                rows.push(run.row(reps.min(5), profile.as_deref())?);
+                rows.push(run.row(work.reps(reps), profile.as_deref())?);
                 Ok(())
             }),
         ));

@@ -13,9 +13,9 @@
 // Traffic: x read once (outer·K·inner·size), the partials written and read once
 // (outer·chunks·inner·4, a few hundred KB for a bias); K FLOPs per output: memory bound.
 //
-// Placeholders: LOAD_X (element loader of x's dtype), WORD (out's element: u32), STORE
-// (writes the values of elements t and t + 1 — `lo`, `hi` — at unit index `p`), PAIRS (true
-// for 16-bit outputs, two elements a word).
+// Placeholders: LOAD_X (element loader of x's dtype), STORE (writes the values of elements
+// t and t + 1 — `lo`, `hi` — at unit index `p`), PAIRS (true for 16-bit outputs, two
+// elements a word), FINISH_COLUMNS (pass 2's outputs a workgroup: even, a divisor of 256).
 
 const PAIRS: bool = {{PAIRS}};
 
@@ -64,8 +64,9 @@ fn column_partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
 // chunks / 8 of them: a 768-wide bias over 256 chunks is 24 workgroups of 32 loads a lane,
 // where a lane an element would be 2 workgroups of 256 dependent loads each. The phases
 // are then added in workgroup memory.
-const FINISH_COLUMNS: u32 = 32u;
-const FINISH_PHASES: u32 = 8u;
+// FINISH_COLUMNS comes from reduce.rs, which sizes the grid by it.
+const FINISH_COLUMNS: u32 = {{FINISH_COLUMNS}}u;
+const FINISH_PHASES: u32 = 256u / FINISH_COLUMNS;
 
 var<workgroup> phase_sums: array<f32, 256>; // [FINISH_PHASES][FINISH_COLUMNS]
 

@@ -33,6 +33,7 @@ fn column_kernel(entry: &'static str, dtype: DType) -> Kernel {
         .sub("LOAD_X", wgsl_load("x", dtype))
         .sub("STORE", store)
         .sub("PAIRS", (dtype != DType::F32).to_string())
+        .sub("FINISH_COLUMNS", FINISH_COLUMNS.to_string())
         .trusted()
 }
 
@@ -121,7 +122,9 @@ impl Tensor {
 /// is a few hundred columns wide.
 const COLUMN_WORKGROUPS: usize = 1024;
 
-/// Output elements a workgroup of column_finish adds up (`FINISH_COLUMNS` in the WGSL).
+/// Output elements a workgroup of column_finish adds up, each in 256 / FINISH_COLUMNS
+/// phases (substituted into column_sum.wgsl; even, so that a 16-bit word's pair stays in one
+/// workgroup, and a divisor of 256).
 const FINISH_COLUMNS: usize = 32;
 
 /// The sum of contiguous `x` over dim `d` (not the last) in two passes over its layout
