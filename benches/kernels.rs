@@ -1428,7 +1428,13 @@ impl ModelRun<'_> {
         // The peak of one more step on its own (measure's cache-flush buffer excluded).
         gpu.synchronize()?;
         gpu.reset_peak();
+        // What that step asks of the host and driver (counted before the closing wait): a
+        // wait inside the step idles the GPU, as does a driver-side gap per submit.
+        let before = gpu.stats();
+        let t0 = std::time::Instant::now();
         step()?;
+        let host_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let after = gpu.stats();
         gpu.synchronize()?;
         let peak = gpu.memory().peak_live_bytes;
         if let Some(dir) = profile_dir {
@@ -1466,6 +1472,14 @@ impl ModelRun<'_> {
             100.0 * t.median_ms / t.wall_ms,
             t.median_ms,
             t.wall_ms
+        );
+        let _ = write!(
+            variant,
+            ", a step records {} commands in {} submits with {} host waits, {} new buffers, host {host_ms:.2} ms",
+            after.dispatches - before.dispatches,
+            after.submits - before.submits,
+            after.host_waits - before.host_waits,
+            after.buffers_created - before.buffers_created,
         );
         let human = wgkernels::plan::human;
         if self.work == ModelWork::Train {
