@@ -77,17 +77,14 @@ fn weight_grad(x: &Tensor, g: &Tensor) -> Result<Tensor> {
     while splits < 8 && tiles * splits < 512 && rows % (2 * splits) == 0 && rows / (2 * splits) >= 1024 {
         splits *= 2;
     }
-    // The tensor-core kernels stage a transposed view with each 16-byte word's elements
-    // scattered across tile rows; one transposed copy of X (rows·k elements) lets every chunk
-    // store words whole. f16 on the H200, [768, 8192]·[8192, 3072]: 60–72 TFLOP/s as a
-    // view, 124 after the copy. (benchmarks/next/coop-operand-layout-tiles.patch lays tiles
-    // out as their operands, not yet tested on a GPU: with it the copy may no longer pay.) f32
-    // at `High` (split into f16 parts): the views ran on the FMA kernel at 25–33 TFLOP/s,
-    // slower than the copy's tensor-core tiles. The FMA kernel reads the view well: f32 at
-    // `Highest` was slower with the copy (24 against 30), so it keeps the view.
-    let on_tensor_cores =
-        x.dtype() != DType::F32 || coop_available_for(x.gpu(), DType::F32, x.gpu().f32_matmul_precision());
-    let xt = if on_tensor_cores { x.transpose(0, 1)?.contiguous()? } else { x.transpose(0, 1)? };
+    // Tensor-core tiles follow their operand's layout, so a 16-bit Xᵀ view is read as it
+    // lies: on the H100 (2026-12-05), copying X first made GPT-2 small's f16 step 3.1 ms
+    // slower (59.9 against 56.8 ms GPU: the 49 copies took 1.8 ms, the tensor-core matmuls
+    // 1.3 ms more). f32 at `High` (split into f16 parts) keeps the copy: its views ran on the FMA kernel at 25–33
+    // TFLOP/s, slower than the copy's tensor-core tiles (H200). The FMA kernel reads the view
+    // well: f32 at `Highest` was slower with the copy (24 against 30), so it keeps the view.
+    let copy = x.dtype() == DType::F32 && coop_available_for(x.gpu(), DType::F32, x.gpu().f32_matmul_precision());
+    let xt = if copy { x.transpose(0, 1)?.contiguous()? } else { x.transpose(0, 1)? };
     xt.matmul_split_k(g, splits)
 }
 

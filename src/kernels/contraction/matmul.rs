@@ -416,9 +416,11 @@ pub fn candidates_for(gpu: &Gpu, dtype: DType, m: usize, precision: MatmulPrecis
 }
 
 /// Workgroup memory of a coop kernel: the A and B tiles (twice, hi and lo parts, when
-/// split staging) and the epilogue's scratch.
+/// split staging) and the epilogue's scratch. Each tile takes the larger of its two
+/// layouts (rows padded by 8 halves: a k-fast B as [n][k] outgrows [k][n]).
 fn coop_workgroup_bytes(c: &CoopConfig, staging: Staging) -> u32 {
-    let tiles = c.bm() * (c.bk + 8) * 2 + c.bk * (c.bn() + 8) * 2;
+    let padded = |rows: u32, cols: u32| (rows * (cols + 8)).max(cols * (rows + 8)) * 2;
+    let tiles = padded(c.bm(), c.bk) + padded(c.bk, c.bn());
     tiles * if staging == Staging::Split { 2 } else { 1 } + c.sg_m * c.sg_n * 256 * 4
 }
 
@@ -568,7 +570,8 @@ impl VecStage {
                 guard: "m < M && k < K",
                 addr: "base.x + m + k * a_sk",
                 tile: "tile_a",
-                index: |e| format!("(mm + {e}u) * A_STRIDE + kk"),
+                // The tile follows the operand: [k][m], the word's elements side by side.
+                index: |e| format!("kk * A_STRIDE + mm + {e}u"),
                 dtype,
                 staging,
             }
@@ -593,7 +596,8 @@ impl VecStage {
                 guard: "k < K && n < N",
                 addr: "base.y + k + n * b_sn",
                 tile: "tile_b",
-                index: |e| format!("(kk + {e}u) * B_STRIDE + nn"),
+                // The tile follows the operand: [n][k], the word's elements side by side.
+                index: |e| format!("nn * B_STRIDE + kk + {e}u"),
                 dtype,
                 staging,
             }
@@ -699,6 +703,13 @@ fn coop_kernel(
     let b_vec = VecStage::for_b(lay.b_n_fast, dtype, staging);
     let w = per_word(dtype);
     let (mut prologue, mut refill) = (String::new(), String::new());
+    // Each tile is laid out as its operand is in memory, so that a staged word's elements
+    // land side by side (a transposing store scattered them A_STRIDE apart, and the 16-bit
+    // weight gradients' Xᵀ went through a copy to avoid it): A k-fast as [m][k] and m-fast
+    // as [k][m], B n-fast as [k][n] and k-fast as [n][k]. Fragments of a tile stored
+    // against the fragment's rows load column-major (coopLoad; coopLoadT is row-major).
+    let a_tile_index = if lay.a_k_fast { "mm * A_STRIDE + kk" } else { "kk * A_STRIDE + mm" };
+    let b_tile_index = if lay.b_n_fast { "kk * B_STRIDE + nn" } else { "nn * B_STRIDE + kk" };
     let (stage_a, stage_b) = if prefetch {
         // Named registers, unrolled: one vec4<u32> per invocation and staging step.
         let na = c.bm() * c.bk / w / threads;
@@ -731,7 +742,7 @@ fn coop_kernel(
             } else {
                 "let mm = l % BM;\n            let kk = l / BM;"
             };
-            let store = staging.store("tile_a", "mm * A_STRIDE + kk", "scale_a");
+            let store = staging.store("tile_a", a_tile_index, "scale_a");
             format!("for (var s = 0u; s < BM * BK / THREADS; s++) {{\n            let l = lid + s * THREADS;\n            {coords}\n            let m = m0 + mm;\n            let k = k0 + kk;\n            var v = 0.0;\n            if (m < M && k < K) {{\n                v = load_a(base.x + m * a_sm + k * a_sk);\n            }}\n            {store}\n        }}")
         };
         let sb = if lay.b_vec {
@@ -746,7 +757,7 @@ fn coop_kernel(
             } else {
                 "let kk = l % BK;\n            let nn = l / BK;"
             };
-            let store = staging.store("tile_b", "kk * B_STRIDE + nn", "scale_b");
+            let store = staging.store("tile_b", b_tile_index, "scale_b");
             format!("for (var s = 0u; s < BK * BN / THREADS; s++) {{\n            let l = lid + s * THREADS;\n            {coords}\n            let k = k0 + kk;\n            let n = n0 + nn;\n            var v = 0.0;\n            if (k < K && n < N) {{\n                v = load_b(base.y + k * b_sk + n * b_sn);\n            }}\n            {store}\n        }}")
         };
         (sa, sb)
@@ -763,18 +774,34 @@ fn coop_kernel(
         mma.push_str("{\n");
         // Pointer operands take a bound index: naga 30 cannot cache inline index expressions there.
         for i in 0..c.fm {
-            mma.push_str(&format!("            let oa{i} = (sg_m + {}u) * A_STRIDE + {}u;\n            let a{i} = coopLoadT<coop_mat16x16<f16, A>>(&tile_a[oa{i}], A_STRIDE);\n", i * 16, ks * 16));
+            let (m, k) = (format!("(sg_m + {}u)", i * 16), format!("{}u", ks * 16));
+            let (oa, load) = if lay.a_k_fast {
+                (format!("{m} * A_STRIDE + {k}"), "coopLoadT")
+            } else {
+                (format!("{k} * A_STRIDE + {m}"), "coopLoad")
+            };
+            mma.push_str(&format!(
+                "            let oa{i} = {oa};\n            let a{i} = {load}<coop_mat16x16<f16, A>>(&tile_a[oa{i}], A_STRIDE);\n"
+            ));
             if split {
                 mma.push_str(&format!(
-                    "            let al{i} = coopLoadT<coop_mat16x16<f16, A>>(&tile_a_lo[oa{i}], A_STRIDE);\n"
+                    "            let al{i} = {load}<coop_mat16x16<f16, A>>(&tile_a_lo[oa{i}], A_STRIDE);\n"
                 ));
             }
         }
         for j in 0..c.fn_ {
-            mma.push_str(&format!("            let ob{j} = {}u * B_STRIDE + sg_n + {}u;\n            let b{j} = coopLoadT<coop_mat16x16<f16, B>>(&tile_b[ob{j}], B_STRIDE);\n", ks * 16, j * 16));
+            let (k, n) = (format!("{}u", ks * 16), format!("(sg_n + {}u)", j * 16));
+            let (ob, load) = if lay.b_n_fast {
+                (format!("{k} * B_STRIDE + {n}"), "coopLoadT")
+            } else {
+                (format!("{n} * B_STRIDE + {k}"), "coopLoad")
+            };
+            mma.push_str(&format!(
+                "            let ob{j} = {ob};\n            let b{j} = {load}<coop_mat16x16<f16, B>>(&tile_b[ob{j}], B_STRIDE);\n"
+            ));
             if split {
                 mma.push_str(&format!(
-                    "            let bl{j} = coopLoadT<coop_mat16x16<f16, B>>(&tile_b_lo[ob{j}], B_STRIDE);\n"
+                    "            let bl{j} = {load}<coop_mat16x16<f16, B>>(&tile_b_lo[ob{j}], B_STRIDE);\n"
                 ));
             }
         }
@@ -818,6 +845,12 @@ fn coop_kernel(
         .sub("FN", c.fn_.to_string())
         .sub("BK", c.bk.to_string())
         .sub("SUBGROUP", sub.to_string())
+        .sub("A_ROWS", if lay.a_k_fast { "BM" } else { "BK" })
+        .sub("A_COLS", if lay.a_k_fast { "BK" } else { "BM" })
+        .sub("B_ROWS", if lay.b_n_fast { "BK" } else { "BN" })
+        .sub("B_COLS", if lay.b_n_fast { "BN" } else { "BK" })
+        .sub("A_TILE", if lay.a_k_fast { "m][k" } else { "k][m" })
+        .sub("B_TILE", if lay.b_n_fast { "k][n" } else { "n][k" })
         .sub("STAGE_A", stage_a)
         .sub("STAGE_B", stage_b)
         .sub("PROLOGUE", prologue)

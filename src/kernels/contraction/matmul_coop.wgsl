@@ -4,7 +4,8 @@
 // BN = SG_N·FN·16. Each subgroup owns FM×FN fragments of 16×16 (named accumulators,
 // unrolled by the generator in matmul.rs: an array of fragments indexed in a
 // loop ran 2.3× slower on the H200). Per K-step of BK, A[BM×BK] and B[BK×BN] are staged in
-// workgroup memory as f16 (rows padded by 8 halves against bank conflicts), then each
+// workgroup memory as f16 (rows padded by 8 halves against bank conflicts; each tile laid
+// out as its operand is in memory), then each
 // subgroup runs BK/16 × FM×FN coopMultiplyAdd.
 //   FLOPs per K-step: 2·BM·BN·BK. Global bytes: (BM + BN)·BK·2 (f16).
 //   Arithmetic intensity: BM·BN / (BM + BN) FLOP/byte — 64 for a 128×128 tile.
@@ -27,7 +28,8 @@
 // dropped), about 22 significant bits. Twice the staging bytes and three times the
 // tensor-core work of the f16 kernel per K-step.
 // Placeholders, each in double braces: A_ELEM B_ELEM (buffer element types), LOAD_A
-// LOAD_B, SG_M SG_N FM FN BK SUBGROUP (constants), STAGE_A STAGE_B (staging
+// LOAD_B, SG_M SG_N FM FN BK SUBGROUP A_ROWS A_COLS B_ROWS B_COLS (constants), A_TILE
+// B_TILE (the tiles' layouts, for the comments), STAGE_A STAGE_B (staging
 // loops), PROLOGUE PREFETCH (register prefetch), ACC_DECL MMA STORE (generated fragment
 // code); matmul_common.wgsl has the rest.
 
@@ -54,16 +56,21 @@ const SUBGROUP: u32 = {{SUBGROUP}}u;
 const BM: u32 = SG_M * FM * 16u;
 const BN: u32 = SG_N * FN * 16u;
 const THREADS: u32 = SG_M * SG_N * SUBGROUP;
-const A_STRIDE: u32 = BK + 8u;
-const B_STRIDE: u32 = BN + 8u;
+// Tiles [rows][cols + 8 halves of padding], laid out as the operand is in memory (A_TILE,
+// B_TILE: [m][k] or [k][m], [k][n] or [n][k]; the generator loads fragments row- or
+// column-major to match).
+const A_ROWS: u32 = {{A_ROWS}};
+const A_STRIDE: u32 = {{A_COLS}} + 8u;
+const B_ROWS: u32 = {{B_ROWS}};
+const B_STRIDE: u32 = {{B_COLS}} + 8u;
 
-var<workgroup> tile_a: array<f16, BM * A_STRIDE>; // [m][k]
-var<workgroup> tile_b: array<f16, BK * B_STRIDE>; // [k][n]
+var<workgroup> tile_a: array<f16, A_ROWS * A_STRIDE>; // [{{A_TILE}}]
+var<workgroup> tile_b: array<f16, B_ROWS * B_STRIDE>; // [{{B_TILE}}]
 var<workgroup> scratch: array<f32, SG_M * SG_N * 256u>;
 
 //#if SPLIT
-var<workgroup> tile_a_lo: array<f16, BM * A_STRIDE>;
-var<workgroup> tile_b_lo: array<f16, BK * B_STRIDE>;
+var<workgroup> tile_a_lo: array<f16, A_ROWS * A_STRIDE>;
+var<workgroup> tile_b_lo: array<f16, B_ROWS * B_STRIDE>;
 //#endif
 //#if SCALED
 // max |A|, max |B| as f32 bits (matmul_range.wgsl).
