@@ -1475,11 +1475,15 @@ impl ModelRun<'_> {
         );
         let _ = write!(
             variant,
-            ", a step records {} commands in {} submits with {} host waits, {} new buffers, host {host_ms:.2} ms",
+            ", a step records {} commands in {} submits with {} host waits, {} new buffers, {} new bind groups, \
+             host {host_ms:.2} ms ({:.2} recording in wgpu, {:.2} submitting)",
             after.dispatches - before.dispatches,
             after.submits - before.submits,
             after.host_waits - before.host_waits,
             after.buffers_created - before.buffers_created,
+            after.bind_groups_created - before.bind_groups_created,
+            (after.record_ns - before.record_ns) as f64 * 1e-6,
+            (after.submit_ns - before.submit_ns) as f64 * 1e-6,
         );
         let human = wgkernels::plan::human;
         if self.work == ModelWork::Train {

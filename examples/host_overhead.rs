@@ -23,8 +23,33 @@ fn main() -> wgkernels::Result<()> {
     let gpu = Gpu::with_options(opts)?;
     println!("adapter: {} (the host's time only)", gpu.info().name);
     let config = GptConfig::gpt2_small();
-    // Per step: wall ms, dispatches (commands recorded), submits, host waits, buffers created.
-    type PerStep = (f64, f64, f64, f64, f64);
+    // Per step: wall ms and the device's counters' growth (commands recorded, submits, host
+    // waits, buffers and bind groups created, ms recording in wgpu and submitting).
+    #[derive(Clone, Copy)]
+    struct PerStep {
+        ms: f64,
+        commands: f64,
+        submits: f64,
+        waits: f64,
+        buffers: f64,
+        bind_groups: f64,
+        record_ms: f64,
+        submit_ms: f64,
+    }
+    impl PerStep {
+        fn per(self, n: f64) -> PerStep {
+            PerStep {
+                ms: self.ms / n,
+                commands: self.commands / n,
+                submits: self.submits / n,
+                waits: self.waits / n,
+                buffers: self.buffers / n,
+                bind_groups: self.bind_groups / n,
+                record_ms: self.record_ms / n,
+                submit_ms: self.submit_ms / n,
+            }
+        }
+    }
     let time = |f: &mut dyn FnMut() -> wgkernels::Result<()>, reps: usize| -> wgkernels::Result<PerStep> {
         // Two untimed runs: the first compiles pipelines and tunes, the second is a training
         // step's first with AdamW's moments (a step once took 1.3 s here before settling).
@@ -37,29 +62,41 @@ fn main() -> wgkernels::Result<()> {
             f()?;
         }
         gpu.synchronize()?;
-        let ms = t.elapsed().as_secs_f64() * 1e3 / reps as f64;
+        let ms = t.elapsed().as_secs_f64() * 1e3;
         let after = gpu.stats();
-        let per = |a: u64, b: u64| (a - b) as f64 / reps as f64;
-        Ok((
+        let n = |a: u64, b: u64| (a - b) as f64;
+        let total = PerStep {
             ms,
-            per(after.dispatches, before.dispatches),
-            per(after.submits, before.submits),
-            per(after.host_waits, before.host_waits),
-            per(after.buffers_created, before.buffers_created),
-        ))
+            commands: n(after.dispatches, before.dispatches),
+            submits: n(after.submits, before.submits),
+            waits: n(after.host_waits, before.host_waits),
+            buffers: n(after.buffers_created, before.buffers_created),
+            bind_groups: n(after.bind_groups_created, before.bind_groups_created),
+            record_ms: n(after.record_ns, before.record_ns) * 1e-6,
+            submit_ms: n(after.submit_ns, before.submit_ns) * 1e-6,
+        };
+        Ok(total.per(reps as f64))
     };
-    let report = |what: &str, (ms, dispatches, submits, waits, created): PerStep| {
+    let report = |what: &str, p: PerStep| {
         println!(
-            "{what:<34} {ms:8.2} ms  {dispatches:6.0} commands  {submits:4.0} submits  {waits:4.1} waits  {created:5.1} new buffers  {:5.1} µs/command",
-            ms * 1e3 / dispatches
+            "{what:<24} {:8.2} ms {:6.0} commands {:4.0} submits {:4.1} waits {:5.1} new buffers {:5.1} new bind groups \
+             {:5.1} µs/command ({:.2} ms recording in wgpu, {:.2} submitting)",
+            p.ms,
+            p.commands,
+            p.submits,
+            p.waits,
+            p.buffers,
+            p.bind_groups,
+            p.ms * 1e3 / p.commands,
+            p.record_ms,
+            p.submit_ms
         );
     };
     let model = Gpt::new(&gpu, &config, DType::F32, 1)?;
     let prompt: Vec<u32> = (0..16).collect();
     let tokens = 64;
-    let (ms, d, s, w, c) = time(&mut || model.generate(&prompt, tokens, Sampling::default()).map(drop), 3)?;
-    let t = tokens as f64;
-    report("decode f32, per token", (ms / t, d / t, s / t, w / t, c / t));
+    let decode = time(&mut || model.generate(&prompt, tokens, Sampling::default()).map(drop), 3)?;
+    report("decode f32, per token", decode.per(tokens as f64));
     // One block's forward (the bench's `gpt2 block`): a handful of large dispatches, where
     // the host's time per block bounds the wall clock if it exceeds the GPU's.
     let x = Tensor::randn(&gpu, &[1, 1024, config.d_model], DType::F32, 2)?.constant();

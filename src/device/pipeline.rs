@@ -437,6 +437,7 @@ impl Gpu {
             .iter()
             .map(|&(binding, b)| wgpu::BindGroupEntry { binding, resource: b.as_entire_binding() })
             .collect();
+        self.inner.bind_groups_created.fetch_add(1, Ordering::Relaxed);
         let group = self.inner.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(label),
             layout: &pipeline.get_bind_group_layout(0),
