@@ -7,7 +7,10 @@
 //! host time per dispatch. Values read back are not computed (zeros), so the drawn tokens
 //! and the loss scale's decisions are not a real run's; the work recorded is.
 //!
-//!     cargo run --release --features noop-backend --example host_overhead
+//!     cargo run --release --features noop-backend --example host_overhead [decode|train] [REPS]
+//!
+//! With `decode` or `train` it runs that part alone (REPS repeats: a host profiler's window,
+//! e.g. `perf record`, then holds little else).
 //!
 //! `WGK_BACKEND` is set to `noop` here; the noop adapter reports the H200's limits and
 //! features (src/device/mod.rs), so the paths taken are the H200's. What the driver adds on
@@ -19,6 +22,9 @@ use wgkernels::optim::{AdamW, AdamWConfig, DynamicLossScale, Optimizer as _};
 use wgkernels::{DType, Gpu, GpuOptions, Tensor};
 
 fn main() -> wgkernels::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let only = args.first().map(String::as_str);
+    let reps: usize = args.get(1).and_then(|r| r.parse().ok()).unwrap_or(0);
     let opts = GpuOptions { backends: Some(wgkernels::wgpu::Backends::NOOP), ..GpuOptions::from_env()? };
     let gpu = Gpu::with_options(opts)?;
     println!("adapter: {} (the host's time only)", gpu.info().name);
@@ -92,17 +98,22 @@ fn main() -> wgkernels::Result<()> {
             p.submit_ms
         );
     };
-    let model = Gpt::new(&gpu, &config, DType::F32, 1)?;
-    let prompt: Vec<u32> = (0..16).collect();
-    let tokens = 64;
-    let decode = time(&mut || model.generate(&prompt, tokens, Sampling::default()).map(drop), 3)?;
-    report("decode f32, per token", decode.per(tokens as f64));
-    // One block's forward (the bench's `gpt2 block`): a handful of large dispatches, where
-    // the host's time per block bounds the wall clock if it exceeds the GPU's.
-    let x = Tensor::randn(&gpu, &[1, 1024, config.d_model], DType::F32, 2)?.constant();
-    let block = || no_grad(|| model.h[0].forward(&x)?.tensor().realize().map(drop));
-    report("block forward f32", time(&mut || block(), 20)?);
-    drop(model);
+    if only != Some("train") {
+        let model = Gpt::new(&gpu, &config, DType::F32, 1)?;
+        let prompt: Vec<u32> = (0..16).collect();
+        let tokens = 64;
+        let generate = || model.generate(&prompt, tokens, Sampling::default()).map(drop);
+        let decode = time(&mut || generate(), reps.max(3))?;
+        report("decode f32, per token", decode.per(tokens as f64));
+        if only == Some("decode") {
+            return Ok(());
+        }
+        // One block's forward (the bench's `gpt2 block`): a handful of large dispatches, where
+        // the host's time per block bounds the wall clock if it exceeds the GPU's.
+        let x = Tensor::randn(&gpu, &[1, 1024, config.d_model], DType::F32, 2)?.constant();
+        let block = || no_grad(|| model.h[0].forward(&x)?.tensor().realize().map(drop));
+        report("block forward f32", time(&mut || block(), 20)?);
+    }
     let (batch, seq) = (1, 1024);
     let ids: Vec<u32> = (0..batch * seq).map(|i| (i * 7919 % config.vocab) as u32).collect();
     let targets: Vec<u32> = (0..batch * seq).map(|i| (i * 104729 % config.vocab) as u32).collect();
@@ -124,7 +135,7 @@ fn main() -> wgkernels::Result<()> {
             params.iter().for_each(|p| p.zero_grad());
             Ok(())
         };
-        report(&format!("train step {}", dtype.name()), time(&mut step, 5)?);
+        report(&format!("train step {}", dtype.name()), time(&mut step, reps.max(5))?);
     }
     Ok(())
 }

@@ -228,18 +228,15 @@ macro_rules! params_layout {
 }
 pub(crate) use params_layout;
 
-/// Cache key of a compiled pipeline.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct PipelineKey {
-    kernel: Kernel,
-    checked: bool,
-}
-
 /// Compiled pipelines, least recently used dropped past `capacity` (a process that builds
 /// ever new fused structures would otherwise keep every pipeline: 1000 structures took a
-/// process from 74 to 590 MB).
+/// process from 74 to 590 MB). Keyed by kernel, one map for unchecked builds and one for
+/// checked: a lookup hashes the caller's kernel as it is, with no key to build (a clone of
+/// the kernel per dispatch, its substitutions included, was 5% of a decode step's host
+/// time on wgpu's noop backend).
 pub(crate) struct PipelineCache {
-    entries: FxHashMap<PipelineKey, (Arc<wgpu::ComputePipeline>, u64)>,
+    /// [unchecked, checked]: pipeline and the clock of its last use.
+    entries: [FxHashMap<Kernel, (Arc<wgpu::ComputePipeline>, u64)>; 2],
     /// Uses so far: each hit and insert stamps its entry with the next value.
     clock: u64,
     capacity: usize,
@@ -247,32 +244,35 @@ pub(crate) struct PipelineCache {
 
 impl PipelineCache {
     pub(crate) fn new(capacity: usize) -> Self {
-        Self { entries: FxHashMap::default(), clock: 0, capacity: capacity.max(1) }
+        Self { entries: Default::default(), clock: 0, capacity: capacity.max(1) }
     }
 
-    fn get(&mut self, key: &PipelineKey) -> Option<Arc<wgpu::ComputePipeline>> {
+    fn get(&mut self, kernel: &Kernel, checked: bool) -> Option<Arc<wgpu::ComputePipeline>> {
         self.clock += 1;
         let clock = self.clock;
-        self.entries.get_mut(key).map(|(p, used)| {
+        self.entries[usize::from(checked)].get_mut(kernel).map(|(p, used)| {
             *used = clock;
             p.clone()
         })
     }
 
-    fn insert(&mut self, key: PipelineKey, pipeline: Arc<wgpu::ComputePipeline>) {
+    fn insert(&mut self, kernel: Kernel, checked: bool, pipeline: Arc<wgpu::ComputePipeline>) {
         self.clock += 1;
-        if self.entries.len() >= self.capacity && !self.entries.contains_key(&key) {
+        if self.len() >= self.capacity && !self.entries[usize::from(checked)].contains_key(&kernel) {
             // A scan per eviction: evictions come with a compile, which costs far more.
-            let oldest = self.entries.iter().min_by_key(|(_, (_, used))| *used).map(|(k, _)| k.clone());
-            if let Some(oldest) = oldest {
-                self.entries.remove(&oldest);
+            let oldest = (0..2)
+                .flat_map(|c| self.entries[c].iter().map(move |(k, (_, used))| (*used, c, k)))
+                .min_by_key(|&(used, _, _)| used)
+                .map(|(_, c, k)| (c, k.clone()));
+            if let Some((c, oldest)) = oldest {
+                self.entries[c].remove(&oldest);
             }
         }
-        self.entries.insert(key, (pipeline, self.clock));
+        self.entries[usize::from(checked)].insert(kernel, (pipeline, self.clock));
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.iter().map(|m| m.len()).sum()
     }
 }
 
@@ -286,8 +286,7 @@ impl Gpu {
     pub(crate) fn pipeline(&self, kernel: &Kernel) -> Result<Arc<wgpu::ComputePipeline>> {
         let _serial = self.serial();
         let checked = self.checked() || !kernel.trusted;
-        let key = PipelineKey { kernel: kernel.clone(), checked };
-        if let Some(p) = lock(&self.inner.pipelines).get(&key) {
+        if let Some(p) = lock(&self.inner.pipelines).get(kernel, checked) {
             self.inner.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(p);
         }
@@ -325,7 +324,7 @@ impl Gpu {
         }
         let pipeline = Arc::new(pipeline);
         self.inner.compiled.fetch_add(1, Ordering::Relaxed);
-        lock(&self.inner.pipelines).insert(key, pipeline.clone());
+        lock(&self.inner.pipelines).insert(kernel.clone(), checked, pipeline.clone());
         Ok(pipeline)
     }
 
@@ -335,7 +334,7 @@ impl Gpu {
     /// realisation in a loop on the H200 against 29 µs untiered, same call).
     pub(crate) fn compiled(&self, kernel: &Kernel) -> Option<Arc<wgpu::ComputePipeline>> {
         let checked = self.checked() || !kernel.trusted;
-        let hit = lock(&self.inner.pipelines).get(&PipelineKey { kernel: kernel.clone(), checked });
+        let hit = lock(&self.inner.pipelines).get(kernel, checked);
         if hit.is_some() {
             self.inner.cache_hits.fetch_add(1, Ordering::Relaxed);
         }
@@ -415,7 +414,7 @@ impl Gpu {
     /// generated ones with naga).
     #[doc(hidden)]
     pub fn compiled_kernels(&self) -> Vec<Kernel> {
-        lock(&self.inner.pipelines).entries.keys().map(|k| k.kernel.clone()).collect()
+        lock(&self.inner.pipelines).entries.iter().flat_map(|m| m.keys().cloned()).collect()
     }
 
     /// The bind group of `buffers` for `pipeline`, from the cache when these buffers were

@@ -717,15 +717,36 @@ pub(crate) fn params_layouts() -> Vec<crate::device::ParamsLayout> {
 /// storage. The residual stream (`h = x + attn`, normalised, then added to again) is
 /// written once by the norm kernel, not written by one kernel and read back by the next.
 pub(crate) struct FusedPrologue {
-    /// WGSL: `held` at binding `first_binding`, `ew_params` at the next, the leaves after
-    /// it, their loaders, the op functions, shaders/ew_common.wgsl, and
-    /// `fn chain_value(i: u32) -> f32` (rounded to x's dtype).
-    pub decls: String,
+    /// What the WGSL is made from ([`PrologueShape::decls`]): a caller caching its kernels
+    /// keys them by this and formats the WGSL only on a miss.
+    pub shape: PrologueShape,
     pub ew_params: Vec<u32>,
     pub leaves: Vec<Tensor>,
     /// x's storage once the kernel has run (see [`FusedPrologue::finish`]); `None` when the
     /// kernel does not store x (see [`prologue`]).
     pub held: Option<Arc<Storage>>,
+}
+
+/// A prologue's structure: its bindings' first index, the leaves' layouts, runtime slots, op
+/// functions, body and (rounded) result. Equal shapes make equal WGSL.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(crate) struct PrologueShape {
+    first_binding: usize,
+    layout: Vec<LeafLayout>,
+    slots: ExtraSlots,
+    ops: Vec<OpFn>,
+    body: String,
+    result: String,
+}
+
+impl PrologueShape {
+    /// WGSL: `held` at binding `first_binding`, `ew_params` at the next, the leaves after
+    /// it, their loaders, the op functions, shaders/ew_common.wgsl, and
+    /// `fn chain_value(i: u32) -> f32` (rounded to x's dtype).
+    pub(crate) fn decls(&self) -> String {
+        let ops: String = self.ops.iter().map(|o| o.wgsl()).collect();
+        prologue_decls(self.first_binding, &self.layout, self.slots, &ops, &self.body, &self.result)
+    }
 }
 
 impl FusedPrologue {
@@ -765,9 +786,9 @@ pub(crate) fn prologue(x: &Tensor, first_binding: usize, leaf_cap: usize, keep: 
         DType::F16 => format!("round_f16({result})"),
         DType::BF16 => format!("round_bf16({result})"),
     };
-    let decls = prologue_decls(first_binding, &layout, b.slots(), &b.ops_wgsl(), &b.body, &rounded);
+    let shape = PrologueShape { first_binding, layout, slots: b.slots(), ops: b.ops, body: b.body, result: rounded };
     let held = if keep { Some(Tensor::empty(gpu, "fused", x.shape(), x.dtype())?.storage()?.clone()) } else { None };
-    Ok(Some(FusedPrologue { decls, ew_params: params.words(), leaves: b.leaves, held }))
+    Ok(Some(FusedPrologue { shape, ew_params: params.words(), leaves: b.leaves, held }))
 }
 
 /// The WGSL of a [`FusedPrologue`]: bindings from `first_binding` (held, ew_params, leaves),

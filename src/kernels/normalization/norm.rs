@@ -168,7 +168,7 @@ const SG_INIT: &str = "sg_id = sgid;\n    sg_count = nsg;\n    sg_size = sgsize;
 
 /// What the row kernels use of the device: subgroup operations, and the adapter's own f16
 /// rounding for 16-bit stores ([`crate::Gpu::native_f16`]).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Caps {
     subgroup: bool,
     native_f16: bool,
@@ -1176,19 +1176,19 @@ pub fn norm_forward(
         RowKernel::Workgroup(v) => ("forward", v),
         RowKernel::Auto => ("forward", auto_vpt(r.n, unit, Caps::of(gpu).row_wg())),
     };
-    let k = norm_kernel(
+    let key = ForwardKey {
         entry,
-        r.x.dtype(),
-        w.as_ref().map(|t| t.dtype()),
-        b.as_ref().map(|t| t.dtype()),
-        None,
-        r.out_dtype,
+        x: r.x.dtype(),
+        w: w.as_ref().map(|t| t.dtype()),
+        b: b.as_ref().map(|t| t.dtype()),
+        out: r.out_dtype,
         unit,
         vpt,
         rms,
-        Caps::of(gpu),
-        prologue.as_ref().map(|p| (p.decls.as_str(), p.held.is_some())),
-    );
+        caps: Caps::of(gpu),
+        prologue: prologue.as_ref().map(|p| (p.shape.clone(), p.held.is_some())),
+    };
+    let kernel = forward_kernel(gpu, key);
     // Unchecked is safe: row < rows, units < ceil(n / unit) inside contiguous rows; w and b
     // are contiguous [n] at offset 0; stats has one (mean, rstd) per row. A prologue's
     // leaves are views inside their storage expanded to x's shape, indexed below rows·n,
@@ -1218,11 +1218,82 @@ pub fn norm_forward(
             }
         }
     }
-    gpu.dispatch(&k, &bind, row_groups(gpu, class, r.rows))?;
+    let pipeline = match kernel.pipeline.get() {
+        Some(p) => {
+            gpu.inner.cache_hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            p.clone()
+        }
+        None => {
+            let p = gpu.pipeline(&kernel.kernel)?;
+            kernel.pipeline.get_or_init(|| p).clone()
+        }
+    };
+    gpu.dispatch_compiled(&pipeline, &kernel.kernel, &bind, row_groups(gpu, class, r.rows))?;
     if let Some(p) = prologue {
         p.finish(&r.x);
     }
     finish(out, x.dtype(), x.shape())
+}
+
+/// What a norm forward's kernel is built from: the per-device cache's key.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct ForwardKey {
+    entry: &'static str,
+    x: DType,
+    w: Option<DType>,
+    b: Option<DType>,
+    out: DType,
+    unit: u32,
+    vpt: u32,
+    rms: bool,
+    caps: Caps,
+    /// A fused prologue's structure, and whether the kernel stores x.
+    prologue: Option<(crate::kernels::elementwise::fusion::PrologueShape, bool)>,
+}
+
+/// A norm forward's kernel and, once compiled, its pipeline.
+struct ForwardEntry {
+    kernel: Kernel,
+    pipeline: std::sync::OnceLock<std::sync::Arc<wgpu::ComputePipeline>>,
+}
+
+/// The norm forwards' kernels by [`ForwardKey`], per device (`Gpu::family_state`). A hit
+/// builds no WGSL and looks no pipeline up: generating a fused prologue's WGSL, the
+/// kernel's substitutions and the pipeline lookup they keyed were 22% of a GPT-2 decode
+/// step's host time on wgpu's noop backend (25 norms a token, each after a residual add).
+#[derive(Default)]
+struct ForwardKernels(std::sync::Mutex<std::collections::HashMap<ForwardKey, std::sync::Arc<ForwardEntry>>>);
+
+/// Entries [`ForwardKernels`] keeps; past it the map starts again (the loop running now
+/// refills it).
+const FORWARD_KERNELS: usize = 256;
+
+fn forward_kernel(gpu: &crate::Gpu, key: ForwardKey) -> std::sync::Arc<ForwardEntry> {
+    let cache = gpu.family_state::<ForwardKernels>();
+    let mut map = cache.0.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(entry) = map.get(&key) {
+        return entry.clone();
+    }
+    let decls = key.prologue.as_ref().map(|(shape, keep)| (shape.decls(), *keep));
+    let kernel = norm_kernel(
+        key.entry,
+        key.x,
+        key.w,
+        key.b,
+        None,
+        key.out,
+        key.unit,
+        key.vpt,
+        key.rms,
+        key.caps,
+        decls.as_ref().map(|(d, keep)| (d.as_str(), *keep)),
+    );
+    let entry = std::sync::Arc::new(ForwardEntry { kernel, pipeline: std::sync::OnceLock::new() });
+    if map.len() >= FORWARD_KERNELS {
+        map.clear();
+    }
+    map.insert(key, entry.clone());
+    entry
 }
 
 /// The softmax kernels' params, mirrored field for field by `struct SoftmaxParams` in
