@@ -600,3 +600,59 @@ fn index_select_and_index_add_rows_match_the_host() {
     assert!(Tensor::index_add_rows(&dy, &[1], 10).unwrap_err().to_string().contains("index_add_rows"));
     assert!(Tensor::index_add_rows(&dy, &[1, 12], 10).unwrap_err().to_string().contains("id 12"));
 }
+
+/// index_add (a base plus rows scattered by id, the tied embedding's gradient) in every
+/// dtype against f64 (one rounding of base + Σ rows), on odd row lengths and odd totals
+/// (16-bit words across rows), a base and rows that are views at odd offsets, repeated and
+/// absent ids; index_add_rows on the same odd shapes; and against the unfused composition
+/// (index_add_rows, then add). Bad shapes, dtypes and ids name the op.
+#[test]
+fn index_add_adds_rows_into_a_base() {
+    let gpu = common::gpu();
+    let ids: Vec<u32> = vec![4, 0, 4, 2, 10, 4, 0, 9];
+    let rows = 11;
+    for dtype in DType::ALL {
+        for d in [1usize, 6, 7] {
+            let (big, bigv) = common::random_tensor(&gpu, &[rows + 3, d], dtype, 70);
+            let base = big.narrow(0, 3, rows).unwrap(); // offset 3·d: odd for odd d
+            let basev = &bigv[3 * d..];
+            let (dy_big, dy_bigv) = common::random_tensor(&gpu, &[ids.len() + 1, d], dtype, 71);
+            let (dy, dyv) = (dy_big.narrow(0, 1, ids.len()).unwrap(), &dy_bigv[d..]); // offset d
+            let mut sums = vec![0.0f64; rows * d];
+            for (p, &i) in ids.iter().enumerate() {
+                for c in 0..d {
+                    sums[i as usize * d + c] += dyv[p * d + c];
+                }
+            }
+            let (atol, rtol) = common::tol(dtype);
+            let got = base.index_add(&ids, &dy).unwrap();
+            assert_eq!((got.shape(), got.dtype()), (&[rows, d][..], dtype));
+            let want: Vec<f64> = sums.iter().zip(basev).map(|(s, b)| common::round_to(s + b, dtype)).collect();
+            let got = got.to_vec_f32().unwrap();
+            common::assert_close(&format!("index_add {dtype:?} d {d}"), &got, &want, atol, rtol);
+            let alone = Tensor::index_add_rows(&dy, &ids, rows).unwrap();
+            let want_alone: Vec<f64> = sums.iter().map(|&s| common::round_to(s, dtype)).collect();
+            let alone_v = alone.to_vec_f32().unwrap();
+            common::assert_close(&format!("index_add_rows {dtype:?} d {d}"), &alone_v, &want_alone, atol, rtol);
+            // The unfused composition rounds twice (the sums, then the add).
+            let unfused: Vec<f64> = base.add(&alone).unwrap().to_vec_f32().unwrap().iter().map(|&v| v as f64).collect();
+            common::assert_close(
+                &format!("index_add {dtype:?} d {d} vs unfused"),
+                &got,
+                &unfused,
+                2.0 * atol,
+                2.0 * rtol,
+            );
+        }
+    }
+    let base = Tensor::zeros(&gpu, &[10, 4], DType::F32).unwrap();
+    let dy = Tensor::zeros(&gpu, &[2, 4], DType::F32).unwrap();
+    let err = |r: wgkernels::Result<Tensor>| r.unwrap_err().to_string();
+    let e = err(base.index_add(&[1], &dy));
+    assert!(e.contains("index_add") && e.contains("[1, 4]") && e.contains("[2, 4]"), "{e}");
+    assert!(err(base.index_add(&[1, 2], &Tensor::zeros(&gpu, &[2, 5], DType::F32).unwrap())).contains("index_add"));
+    let e = err(base.index_add(&[1, 2], &Tensor::zeros(&gpu, &[2, 4], DType::F16).unwrap()));
+    assert!(e.contains("index_add") && e.contains("F16"), "{e}");
+    assert!(err(base.index_add(&[1, 10], &dy)).contains("id 10"));
+    assert!(err(Tensor::full(&gpu, &[], 1.0, DType::F32).unwrap().index_add(&[], &dy)).contains("index_add"));
+}
