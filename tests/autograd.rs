@@ -594,6 +594,78 @@ fn embedding_gradient_adds_rows_of_repeated_ids() {
     check("embedding", &[input(&[vocab, d], 44)], &|v| Var::embedding(&v[0], &ids), &reference, TOL);
 }
 
+/// A table both looked up and multiplied by (a tied embedding): its gradient is the
+/// product's plus the lookup's rows, added into it in one kernel, whichever of the two the
+/// backward reaches first (emb(ids)·tableᵀ reaches the lookup first, table·emb(ids)ᵀ the
+/// product); and a table looked up twice (both gradients rows).
+#[test]
+fn tied_embedding_gradients_add_the_rows_into_the_product_s() {
+    let (vocab, d) = (7usize, 5usize);
+    let ids: Vec<u32> = vec![3, 0, 3, 6, 3, 1];
+    let ids2: Vec<u32> = vec![2, 2, 5, 0, 6, 6];
+    let n = ids.len();
+    let rows =
+        |t: &[f64], ids: &[u32]| -> Vec<f64> { ids.iter().flat_map(|&i| t[i as usize * d..][..d].to_vec()).collect() };
+    // emb [n, d] · tableᵀ [d, vocab] → [n, vocab].
+    let (i1, i2) = (ids.clone(), ids.clone());
+    let logits = move |v: &[Vec<f64>]| -> Vec<f64> {
+        let e = rows(&v[0], &i1);
+        (0..n)
+            .flat_map(|r| (0..vocab).map(move |c| (r, c)))
+            .map(|(r, c)| (0..d).map(|k| e[r * d + k] * v[0][c * d + k]).sum())
+            .collect()
+    };
+    check(
+        "tied, lookup first",
+        &[input(&[vocab, d], 45)],
+        &|v| Var::embedding(&v[0], &i2)?.matmul(&v[0].transpose(0, 1)?),
+        &logits,
+        TOL,
+    );
+    // table [vocab, d] · embᵀ [d, n] → [vocab, n].
+    let (i3, i4) = (ids.clone(), ids.clone());
+    let transposed = move |v: &[Vec<f64>]| -> Vec<f64> {
+        let e = rows(&v[0], &i3);
+        (0..vocab)
+            .flat_map(|c| (0..n).map(move |r| (c, r)))
+            .map(|(c, r)| (0..d).map(|k| v[0][c * d + k] * e[r * d + k]).sum())
+            .collect()
+    };
+    check(
+        "tied, product first",
+        &[input(&[vocab, d], 46)],
+        &|v| v[0].matmul(&Var::embedding(&v[0], &i4)?.transpose(0, 1)?),
+        &transposed,
+        TOL,
+    );
+    let (i5, i6, j5, j6) = (ids.clone(), ids.clone(), ids2.clone(), ids2.clone());
+    let twice = move |v: &[Vec<f64>]| -> Vec<f64> {
+        rows(&v[0], &i5).iter().zip(rows(&v[0], &j5)).map(|(a, b)| a * b).collect()
+    };
+    check(
+        "looked up twice",
+        &[input(&[vocab, d], 47)],
+        &|v| Var::embedding(&v[0], &i6)?.mul(&Var::embedding(&v[0], &j6)?),
+        &twice,
+        TOL,
+    );
+    // Rows added into a leaf's gradient from an earlier backward (accumulation).
+    let gpu = gpu();
+    let table = Tensor::randn(&gpu, &[vocab, d], DType::F32, 48).unwrap().requires_grad();
+    let loss = || Var::embedding(&table, &ids).unwrap().sum_all().unwrap();
+    loss().backward().unwrap();
+    let once = table.grad().unwrap().to_vec_f32().unwrap();
+    loss().backward().unwrap();
+    let twice: Vec<f64> = once.iter().map(|&g| 2.0 * g as f64).collect();
+    assert_close(
+        "embedding gradient accumulated twice",
+        &table.grad().unwrap().to_vec_f32().unwrap(),
+        &twice,
+        0.0,
+        1e-6,
+    );
+}
+
 /// linear: activation(x·W + b) with the bias (and ReLU) in the matmul's epilogue, for every
 /// activation with a derivative, with and without a bias, on a batched input.
 #[test]

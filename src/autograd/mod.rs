@@ -45,7 +45,56 @@ pub use ops::sum_to;
 type Grads = Result<Vec<Option<Tensor>>>;
 
 /// The backward of one recorded op: from the gradient of its output to its inputs'.
-type BackwardFn = Box<dyn FnOnce(&Tensor) -> Grads + Send>;
+type BackwardFn = Box<dyn FnOnce(&Tensor) -> Result<Vec<Option<Grad>>> + Send>;
+
+/// A gradient on its way through the backward: a tensor, or an embedding's rows not yet
+/// added into their table ([`Var::embedding`]). Rows meet a dense gradient of the same
+/// table in one kernel ([`Tensor::index_add`]: a tied output projection's gradient plus the
+/// lookup's rows, where adding a scattered table to it took a zeroed table, a scatter and
+/// an add), and become a table of their own only when something needs it whole.
+pub(crate) enum Grad {
+    Dense(Tensor),
+    /// `dy` `[ids.len(), ...]`: row i belongs to row `ids[i]` of a `[rows, ...]` table.
+    Rows {
+        dy: Tensor,
+        ids: Arc<[u32]>,
+        rows: usize,
+    },
+}
+
+impl Grad {
+    fn shape(&self) -> Vec<usize> {
+        match self {
+            Grad::Dense(t) => t.shape().to_vec(),
+            Grad::Rows { dy, rows, .. } => std::iter::once(*rows).chain(dy.shape()[1..].iter().copied()).collect(),
+        }
+    }
+
+    fn into_tensor(self) -> Result<Tensor> {
+        match self {
+            Grad::Dense(t) => Ok(t),
+            Grad::Rows { dy, ids, rows } => Tensor::index_add_rows(&dy, &ids, rows),
+        }
+    }
+
+    /// `self + other`, `self` the sum so far (its dtype wins, as in `Tensor::add`).
+    fn add(self, other: Grad) -> Result<Grad> {
+        let into = |base: Tensor, rows: Grad| -> Result<Tensor> {
+            match rows {
+                Grad::Rows { dy, ids, .. } if dy.dtype() == base.dtype() => base.index_add(&ids, &dy),
+                rows => base.add(&rows.into_tensor()?),
+            }
+        };
+        Ok(Grad::Dense(match (self, other) {
+            (Grad::Dense(a), Grad::Dense(b)) => a.add(&b)?,
+            (Grad::Dense(a), rows) => into(a, rows)?,
+            (rows, Grad::Dense(b)) if matches!(&rows, Grad::Rows { dy, .. } if dy.dtype() == b.dtype()) => {
+                into(b, rows)?
+            }
+            (first, second) => into(first.into_tensor()?, second)?,
+        }))
+    }
+}
 
 /// An op recorded on the graph. It refers to its inputs' places in the graph, not to their
 /// values: an intermediate's value lives only as long as some var or some backward's saved
@@ -236,6 +285,26 @@ impl Var {
         let node = Node {
             op,
             inputs: inputs.iter().map(|v| v.slot.clone()).collect(),
+            backward: Mutex::new(Some(Box::new(move |g: &Tensor| {
+                Ok(backward(g)?.into_iter().map(|ig| ig.map(Grad::Dense)).collect())
+            }))),
+        };
+        Self::with_node(value, true, Some(node))
+    }
+
+    /// [`Var::from_op`] for a backward that may return [`Grad::Rows`].
+    pub(crate) fn from_op_grads(
+        value: Tensor,
+        op: &'static str,
+        inputs: &[&Var],
+        backward: impl FnOnce(&Tensor) -> Result<Vec<Option<Grad>>> + Send + 'static,
+    ) -> Self {
+        if !is_grad_enabled() || !inputs.iter().any(|v| v.requires_grad()) {
+            return Self::leaf(value, false);
+        }
+        let node = Node {
+            op,
+            inputs: inputs.iter().map(|v| v.slot.clone()).collect(),
             backward: Mutex::new(Some(Box::new(backward))),
         };
         Self::with_node(value, true, Some(node))
@@ -406,9 +475,9 @@ impl Var {
                 *consumers.entry(input.key()).or_default() += 1;
             }
         }
-        let mut grads: HashMap<usize, Tensor> = HashMap::new();
-        grads.insert(self.slot.key(), grad);
-        let mut complete_leaf = |slot: &GraphSlot, key: usize, g: Tensor| -> Result<()> {
+        let mut grads: HashMap<usize, Grad> = HashMap::new();
+        grads.insert(self.slot.key(), Grad::Dense(grad));
+        let mut complete_leaf = |slot: &GraphSlot, key: usize, g: Grad| -> Result<()> {
             accumulate(slot, g)?;
             match on_grad_ready.as_mut() {
                 Some(hook) => hook(VarId(key)),
@@ -428,21 +497,17 @@ impl Var {
                       build the graph again"
                     .into(),
             })?;
-            let input_grads = backward(&g)?;
+            let input_grads = backward(&g.into_tensor()?)?;
             for (input, ig) in node.inputs.iter().zip(input_grads) {
                 if !input.requires_grad {
                     continue;
                 }
                 if let Some(ig) = ig {
-                    if ig.shape() != input.shape.as_slice() {
-                        return Err(Error::ShapeMismatch {
-                            op: node.op,
-                            lhs: input.shape.clone(),
-                            rhs: ig.shape().to_vec(),
-                        });
+                    if ig.shape() != input.shape {
+                        return Err(Error::ShapeMismatch { op: node.op, lhs: input.shape.clone(), rhs: ig.shape() });
                     }
                     let sum = match grads.remove(&input.key()) {
-                        Some(prev) => prev.add(&ig)?,
+                        Some(prev) => prev.add(ig)?,
                         None => ig,
                     };
                     grads.insert(input.key(), sum);
@@ -489,15 +554,17 @@ fn topological_order(root: &Arc<GraphSlot>) -> Vec<Arc<GraphSlot>> {
 /// Adds `g` into a leaf's gradient: realised (a long accumulation is no chain), contiguous
 /// and starting its own storage, as the parameter does (the optimizers pair them element by
 /// element).
-fn accumulate(leaf: &GraphSlot, g: Tensor) -> Result<()> {
+fn accumulate(leaf: &GraphSlot, g: Grad) -> Result<()> {
     if !leaf.requires_grad {
         return Ok(());
     }
     let mut slot = lock(&leaf.grad);
     let sum = match slot.take() {
-        Some(prev) => prev.add(&g)?,
-        None if g.dtype() != leaf.dtype => g.to_dtype(leaf.dtype)?,
-        None => g,
+        Some(prev) => Grad::Dense(prev).add(g)?.into_tensor()?,
+        None => match g.into_tensor()? {
+            g if g.dtype() != leaf.dtype => g.to_dtype(leaf.dtype)?,
+            g => g,
+        },
     };
     let sum = sum.contiguous()?;
     sum.realize()?;

@@ -537,13 +537,15 @@ impl Var {
     }
 
     /// Rows `ids` of `table` `[V, ...]` (an embedding lookup): `[ids.len(), ...]`. The
-    /// backward adds each gradient row into its id's row ([`Tensor::index_add_rows`]: a
-    /// deterministic scatter-add, no atomics).
+    /// backward adds each gradient row into its id's row (a deterministic scatter-add, no
+    /// atomics), into the table's other gradient where it has one — a tied output
+    /// projection's — in the same kernel ([`Tensor::index_add`]), else into zeros
+    /// ([`Tensor::index_add_rows`]).
     pub fn embedding(table: &Var, ids: &[u32]) -> Result<Var> {
         let y = table.tensor().index_select(ids)?;
-        let (ids, rows) = (ids.to_vec(), table.shape()[0]);
-        Ok(Var::from_op(y, "embedding", &[table], move |g: &Tensor| {
-            Ok(vec![Some(Tensor::index_add_rows(g, &ids, rows)?)])
+        let (ids, rows): (std::sync::Arc<[u32]>, usize) = (ids.into(), table.shape()[0]);
+        Ok(Var::from_op_grads(y, "embedding", &[table], move |g: &Tensor| {
+            Ok(vec![Some(super::Grad::Rows { dy: g.clone(), ids, rows })])
         }))
     }
 
