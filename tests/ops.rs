@@ -347,5 +347,21 @@ fn transposed_views_copy_through_tiles() {
             let tiled = gpu.compiled_kernels().iter().any(|k| k.shader.name == "transpose");
             assert_eq!(tiled, dtype == DType::F32 || c % 2 == 0, "{batch}x{r}x{c} {dtype:?}: tiled kernel");
         }
+        // Narrowed to rows first..first + r of l: strides [·, 1, l] (a tied embedding's rows
+        // of its output projection's transposed gradient), tiled too.
+        for (batch, l, first, r, c) in
+            [(1usize, 70usize, 0usize, 67usize, 34usize), (2, 41, 5, 33, 8), (1, 9, 3, 2, 40)]
+        {
+            let gpu = wgkernels::Gpu::new().unwrap();
+            let (x, xv) = random_tensor(&gpu, &[batch, c, l], dtype, 91);
+            let y = x.transpose(1, 2).unwrap().narrow(1, first, r).unwrap().contiguous().unwrap();
+            assert_eq!(y.shape(), &[batch, r, c]);
+            let want: Vec<f64> =
+                (0..batch * r * c).map(|e| xv[(e / (r * c)) * l * c + (e % c) * l + first + (e / c) % r]).collect();
+            let what = format!("narrowed transpose {batch}x{l}[{first}..+{r}]x{c} {dtype:?}");
+            assert_close(&what, &y.to_vec_f32().unwrap(), &want, 0.0, 0.0);
+            let tiled = gpu.compiled_kernels().iter().any(|k| k.shader.name == "transpose");
+            assert!(tiled, "{what}: tiled kernel");
+        }
     }
 }

@@ -39,8 +39,10 @@ pub(crate) fn all_kernels() -> Vec<Kernel> {
 }
 
 /// The tiled copy of `x` when it is a (batched) transpose: shape [B, R, C] (B may be absent,
-/// any stride) with strides [·, 1, R] — a row-major [C, R] matrix with its dims swapped —
-/// and, for 16-bit data, C even (whole words per output pair). None otherwise.
+/// any stride) with strides [·, 1, L], L ≥ R — a row-major [C, L] matrix with its dims
+/// swapped, perhaps narrowed to R of its L columns (a tied embedding's rows of an output
+/// projection's gradient) — and, for 16-bit data, C even (whole words per output pair).
+/// None otherwise.
 pub(crate) fn try_copy(x: &Tensor) -> Result<Option<Tensor>> {
     let (shape, strides) = (x.shape(), x.strides());
     let rank = shape.len();
@@ -48,7 +50,8 @@ pub(crate) fn try_copy(x: &Tensor) -> Result<Option<Tensor>> {
         return Ok(None);
     }
     let (r, c) = (shape[rank - 2], shape[rank - 1]);
-    if r < 2 || c < 2 || strides[rank - 2] != 1 || strides[rank - 1] != r {
+    let lead_stride = strides[rank - 1];
+    if r < 2 || c < 2 || strides[rank - 2] != 1 || lead_stride < r {
         return Ok(None);
     }
     // At most one leading dim of size > 1 (the batch), at any stride.
@@ -73,9 +76,10 @@ pub(crate) fn try_copy(x: &Tensor) -> Result<Option<Tensor>> {
         cols: c as u32,
         x_off: x.offset() as u32,
         x_batch_stride: batch_stride as u32,
+        x_col_stride: lead_stride as u32,
     });
     // Unchecked is safe: reads of (b, r, c) with r < R, c < C are elements
-    // offset + b·batch_stride + c·R + r of the view; writes b·R·C + r·C + c (and c + 1 < C,
+    // offset + b·batch_stride + c·L + r of the view; writes b·R·C + r·C + c (and c + 1 < C,
     // C even, for 16-bit pairs) are below B·R·C, the fresh output's size.
     gpu.dispatch_3d(
         &kernel(x.dtype()),
@@ -94,9 +98,11 @@ pub(crate) struct TransposeParams {
     cols: u32,
     x_off: u32,
     x_batch_stride: u32,
+    /// L: elements from one column of the view to the next (its rows' stride in x).
+    x_col_stride: u32,
 }
 
 /// The layouts of this family's params structs, for the test of their WGSL mirrors.
 pub(crate) fn params_layouts() -> Vec<crate::device::ParamsLayout> {
-    vec![crate::device::params_layout!(TransposeParams { rows, cols, x_off, x_batch_stride })]
+    vec![crate::device::params_layout!(TransposeParams { rows, cols, x_off, x_batch_stride, x_col_stride })]
 }

@@ -1,6 +1,7 @@
 // Transposed copies: the contiguous copy of a view whose last two dims are swapped
-// (`x.transpose(-2, -1).contiguous()`, batched over one leading dim), as out[b][r][c] =
-// x[offset + b·batch_stride + c·R + r]. Read element by element, the strided path's
+// (`x.transpose(-2, -1).contiguous()`, batched over one leading dim, perhaps narrowed to R
+// of the L rows of the untransposed matrix), as out[b][r][c] = x[offset + b·batch_stride +
+// c·L + r]. Read element by element, the strided path's
 // neighbouring invocations read elements R apart (one word per access) and divide per dim.
 //
 // Tiling: a workgroup of 32×8 invocations moves a 32×32 tile through workgroup memory
@@ -16,7 +17,7 @@
 const T: u32 = 32u;
 const PAIRS: bool = {{PAIRS}};
 
-// params: TransposeParams (transpose.rs): R, C, x offset and batch stride in elements.
+// params: TransposeParams (transpose.rs): R, C, x offset, batch stride and L in elements.
 @group(0) @binding(0) var<storage, read> x: array<u32>;
 @group(0) @binding(1) var<storage, read_write> out: array<u32>;
 struct TransposeParams {
@@ -24,6 +25,7 @@ struct TransposeParams {
     cols: u32,
     x_off: u32,
     x_batch_stride: u32,
+    x_col_stride: u32,
 }
 @group(0) @binding(2) var<storage, read> params: TransposeParams;
 
@@ -51,7 +53,7 @@ fn transpose(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
         let r = r0 + l.x;
         var v = 0.0;
         if (c < C && r < R) {
-            v = load_x(x_base + c * R + r);
+            v = load_x(x_base + c * params.x_col_stride + r);
         }
         tile[i * (T + 1u) + l.x] = v;
     }
