@@ -279,17 +279,9 @@ impl Var {
         inputs: &[&Var],
         backward: impl FnOnce(&Tensor) -> Grads + Send + 'static,
     ) -> Self {
-        if !is_grad_enabled() || !inputs.iter().any(|v| v.requires_grad()) {
-            return Self::leaf(value, false);
-        }
-        let node = Node {
-            op,
-            inputs: inputs.iter().map(|v| v.slot.clone()).collect(),
-            backward: Mutex::new(Some(Box::new(move |g: &Tensor| {
-                Ok(backward(g)?.into_iter().map(|ig| ig.map(Grad::Dense)).collect())
-            }))),
-        };
-        Self::with_node(value, true, Some(node))
+        Self::from_op_grads(value, op, inputs, move |g: &Tensor| {
+            Ok(backward(g)?.into_iter().map(|ig| ig.map(Grad::Dense)).collect())
+        })
     }
 
     /// [`Var::from_op`] for a backward that may return [`Grad::Rows`].
