@@ -27,8 +27,8 @@ mod pipeline;
 mod profiler;
 
 pub use options::{GpuOptions, MatmulPrecision};
-pub(crate) use pipeline::params_layout;
 use pipeline::PipelineCache;
+pub(crate) use pipeline::{params_layout, CachedKernel};
 pub use pipeline::{Kernel, ParamsLayout, ShaderSource};
 use profiler::ProfilerState;
 pub use profiler::{KernelTime, Profiler, Report};

@@ -228,6 +228,43 @@ macro_rules! params_layout {
 }
 pub(crate) use params_layout;
 
+/// A kernel that a family caches under its own key (a structure it would otherwise format
+/// as WGSL on every launch) and, once compiled, its pipeline: a hit then builds no WGSL and
+/// looks nothing up in the device's pipeline cache, and keeps its pipeline when that cache
+/// drops it.
+pub(crate) struct CachedKernel {
+    pub(crate) kernel: Kernel,
+    pipeline: std::sync::OnceLock<Arc<wgpu::ComputePipeline>>,
+}
+
+impl CachedKernel {
+    pub(crate) fn new(kernel: Kernel) -> Self {
+        Self { kernel, pipeline: std::sync::OnceLock::new() }
+    }
+
+    /// The pipeline if this entry holds it already (counted as a cache hit).
+    pub(crate) fn ready(&self, gpu: &Gpu) -> Option<Arc<wgpu::ComputePipeline>> {
+        let p = self.pipeline.get()?;
+        gpu.inner.cache_hits.fetch_add(1, Ordering::Relaxed);
+        Some(p.clone())
+    }
+
+    /// Keeps `pipeline` (this kernel's) for the next launch.
+    pub(crate) fn keep(&self, pipeline: &Arc<wgpu::ComputePipeline>) {
+        let _ = self.pipeline.set(pipeline.clone());
+    }
+
+    /// The pipeline, compiled (or found in the device's cache) on first use.
+    pub(crate) fn pipeline(&self, gpu: &Gpu) -> Result<Arc<wgpu::ComputePipeline>> {
+        if let Some(p) = self.ready(gpu) {
+            return Ok(p);
+        }
+        let p = gpu.pipeline(&self.kernel)?;
+        self.keep(&p);
+        Ok(p)
+    }
+}
+
 /// Compiled pipelines, least recently used dropped past `capacity` (a process that builds
 /// ever new fused structures would otherwise keep every pipeline: 1000 structures took a
 /// process from 74 to 590 MB). Keyed by kernel, one map for unchecked builds and one for

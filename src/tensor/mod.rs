@@ -615,7 +615,7 @@ impl Tensor {
         if numel != self.numel() {
             return Err(Error::ShapeMismatch { op: "reshape", lhs: self.shape.clone(), rhs: shape.to_vec() });
         }
-        let src = if self.is_contiguous() { self.clone() } else { self.contiguous()? };
+        let src = self.contiguous_at_any_offset()?;
         src.view(shape.to_vec(), contiguous_strides(shape), src.offset)
     }
 

@@ -31,7 +31,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{BinaryOp, UnaryOp};
-use crate::device::lock;
+use crate::device::{lock, CachedKernel};
 use crate::device::{Kernel, ShaderSource};
 use crate::error::{Error, Result};
 use crate::kernels::wgsl_load;
@@ -508,7 +508,7 @@ fn run_fused(
             let kernel = fused_kernel(&key.layout, key.slots, &b.ops_wgsl(), &key.body, &key.outputs, key.wide)
                 .constant("UNROLL", unroll as f64)
                 .constant("WORKGROUP", workgroup as f64);
-            let entry = Arc::new(FusedEntry { kernel, pipeline: std::sync::OnceLock::new() });
+            let entry = Arc::new(CachedKernel::new(kernel));
             // Entries hold pipelines: never more of them than the device's pipeline cache.
             lock(&cache.0).insert(key, entry.clone(), FUSED_KERNEL_CACHE.min(gpu.pipeline_cache_capacity()));
             entry
@@ -535,17 +535,14 @@ fn run_fused(
     }
     // The full kernel's pipeline: kept in the cache entry once known (a hit then looks
     // nothing else up); else compiled, or (tiered) not ready yet.
-    let pipeline = match entry.pipeline.get() {
-        Some(p) => {
-            gpu.inner.cache_hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            Some(p.clone())
-        }
+    let pipeline = match entry.ready(gpu) {
+        Some(p) => Some(p),
         None if tiered => gpu.compiled(full),
         None => Some(gpu.pipeline(full)?),
     };
     match pipeline {
         Some(pipeline) => {
-            let _ = entry.pipeline.set(pipeline.clone());
+            entry.keep(&pipeline);
             gpu.dispatch_compiled(&pipeline, full, &bind, groups)?
         }
         None if gpu.compile_in_background(full) => {
@@ -1017,12 +1014,6 @@ struct FusedKey {
     wide: Option<Wide>,
 }
 
-/// A generated kernel and, once compiled, its pipeline.
-struct FusedEntry {
-    kernel: Kernel,
-    pipeline: std::sync::OnceLock<Arc<wgpu::ComputePipeline>>,
-}
-
 /// The fusion JIT's generated kernels by structure, kept per device (`Gpu::family_state`),
 /// the least recently used dropped past the capacity. Its entries hold their pipelines (a
 /// hit looks nothing else up), so a chain in use keeps its pipeline even when the device's
@@ -1032,12 +1023,12 @@ struct FusedCache(std::sync::Mutex<FusedEntries>);
 
 #[derive(Default)]
 struct FusedEntries {
-    entries: HashMap<FusedKey, (Arc<FusedEntry>, u64)>,
+    entries: HashMap<FusedKey, (Arc<CachedKernel>, u64)>,
     clock: u64,
 }
 
 impl FusedEntries {
-    fn get(&mut self, key: &FusedKey) -> Option<Arc<FusedEntry>> {
+    fn get(&mut self, key: &FusedKey) -> Option<Arc<CachedKernel>> {
         self.clock += 1;
         let clock = self.clock;
         self.entries.get_mut(key).map(|(entry, used)| {
@@ -1046,7 +1037,7 @@ impl FusedEntries {
         })
     }
 
-    fn insert(&mut self, key: FusedKey, entry: Arc<FusedEntry>, capacity: usize) {
+    fn insert(&mut self, key: FusedKey, entry: Arc<CachedKernel>, capacity: usize) {
         self.clock += 1;
         if self.entries.len() >= capacity.max(1) {
             let oldest = self.entries.iter().min_by_key(|(_, (_, used))| *used).map(|(k, _)| k.clone());

@@ -228,9 +228,8 @@ fn scatter_add(op: &'static str, base: Option<&Tensor>, dy: &Tensor, ids: &[u32]
         next[id as usize] += 1;
     }
     // Contiguous views are read where they lie (their offsets are params).
-    let lying = |t: &Tensor| if t.is_contiguous() { Ok(t.clone()) } else { t.contiguous() };
-    let dyc = lying(dy)?;
-    let basec = base.map(lying).transpose()?;
+    let dyc = dy.contiguous_at_any_offset()?;
+    let basec = base.map(Tensor::contiguous_at_any_offset).transpose()?;
     let gpu = dy.gpu();
     let params = gpu.params_buffer(&ScatterParams {
         table_rows: rows as u32,

@@ -771,6 +771,16 @@ impl Tensor {
         map(self, UnaryOp::Copy, self.dtype())
     }
 
+    /// This tensor where its elements are contiguous at any offset (a kernel then reads it
+    /// where it lies, its offset a param), else [`Tensor::contiguous`]'s copy.
+    pub(crate) fn contiguous_at_any_offset(&self) -> Result<Self> {
+        if self.is_contiguous() {
+            Ok(self.clone())
+        } else {
+            self.contiguous()
+        }
+    }
+
     /// The same values in `dtype` (round-to-nearest-even when narrowing).
     ///
     /// ```
@@ -820,7 +830,7 @@ impl Tensor {
         if bytes == 0 {
             return Ok(());
         }
-        let src = if src.is_contiguous() { src.clone() } else { src.contiguous()? };
+        let src = src.contiguous_at_any_offset()?;
         let from = (src.offset() * esize) as u64;
         if [to, from, bytes].iter().any(|b| b % wgpu::COPY_BUFFER_ALIGNMENT != 0) {
             return Err(Error::Unsupported {

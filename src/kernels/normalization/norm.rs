@@ -31,7 +31,7 @@
 //! # Ok(()) }
 //! ```
 
-use crate::device::{Kernel, ShaderSource};
+use crate::device::{CachedKernel, Kernel, ShaderSource};
 use crate::error::{Error, Result};
 use crate::kernels::wgsl_load;
 use crate::tensor::{resolve_dim, Tensor};
@@ -1218,17 +1218,7 @@ pub fn norm_forward(
             }
         }
     }
-    let pipeline = match kernel.pipeline.get() {
-        Some(p) => {
-            gpu.inner.cache_hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            p.clone()
-        }
-        None => {
-            let p = gpu.pipeline(&kernel.kernel)?;
-            kernel.pipeline.get_or_init(|| p).clone()
-        }
-    };
-    gpu.dispatch_compiled(&pipeline, &kernel.kernel, &bind, row_groups(gpu, class, r.rows))?;
+    gpu.dispatch_compiled(&kernel.pipeline(gpu)?, &kernel.kernel, &bind, row_groups(gpu, class, r.rows))?;
     if let Some(p) = prologue {
         p.finish(&r.x);
     }
@@ -1251,26 +1241,20 @@ struct ForwardKey {
     prologue: Option<(crate::kernels::elementwise::fusion::PrologueShape, bool)>,
 }
 
-/// A norm forward's kernel and, once compiled, its pipeline.
-struct ForwardEntry {
-    kernel: Kernel,
-    pipeline: std::sync::OnceLock<std::sync::Arc<wgpu::ComputePipeline>>,
-}
-
 /// The norm forwards' kernels by [`ForwardKey`], per device (`Gpu::family_state`). A hit
 /// builds no WGSL and looks no pipeline up: generating a fused prologue's WGSL, the
 /// kernel's substitutions and the pipeline lookup they keyed were 22% of a GPT-2 decode
 /// step's host time on wgpu's noop backend (25 norms a token, each after a residual add).
 #[derive(Default)]
-struct ForwardKernels(std::sync::Mutex<std::collections::HashMap<ForwardKey, std::sync::Arc<ForwardEntry>>>);
+struct ForwardKernels(std::sync::Mutex<std::collections::HashMap<ForwardKey, std::sync::Arc<CachedKernel>>>);
 
 /// Entries [`ForwardKernels`] keeps; past it the map starts again (the loop running now
 /// refills it).
 const FORWARD_KERNELS: usize = 256;
 
-fn forward_kernel(gpu: &crate::Gpu, key: ForwardKey) -> std::sync::Arc<ForwardEntry> {
+fn forward_kernel(gpu: &crate::Gpu, key: ForwardKey) -> std::sync::Arc<CachedKernel> {
     let cache = gpu.family_state::<ForwardKernels>();
-    let mut map = cache.0.lock().unwrap_or_else(|e| e.into_inner());
+    let mut map = crate::device::lock(&cache.0);
     if let Some(entry) = map.get(&key) {
         return entry.clone();
     }
@@ -1288,7 +1272,7 @@ fn forward_kernel(gpu: &crate::Gpu, key: ForwardKey) -> std::sync::Arc<ForwardEn
         key.caps,
         decls.as_ref().map(|(d, keep)| (d.as_str(), *keep)),
     );
-    let entry = std::sync::Arc::new(ForwardEntry { kernel, pipeline: std::sync::OnceLock::new() });
+    let entry = std::sync::Arc::new(CachedKernel::new(kernel));
     if map.len() >= FORWARD_KERNELS {
         map.clear();
     }
